@@ -1,0 +1,236 @@
+//! Benchmark phase markers and samples: how a guest workload tells the host what it ran.
+//!
+//! A workload brackets each case with [`crate::Hypercall::BenchPhase`] `Begin` / `End`
+//! markers; the host snapshots its exit ledger at each marker so the exits in between are
+//! attributed to the case (the two marker exits themselves are excluded). The guest then
+//! sends one [`BenchSample`] with its own cycle measurements.
+
+use crate::assert_layout;
+
+/// The device a case exercises.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Device {
+    /// Console output.
+    Console = 1,
+    /// Block storage.
+    Block = 2,
+    /// Time source reads.
+    Clock = 3,
+    /// Bare exit round trips (calibration).
+    Exit = 4,
+}
+
+/// How the device is reached.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// Emulated 16550 UART, LSR poll + THR write per byte.
+    Uart = 1,
+    /// One synchronous hypercall per request.
+    PvHypercall = 2,
+    /// Request ring, doorbell served by the VMM in userspace.
+    PvRing = 3,
+    /// Request ring, doorbell through ioeventfd to a host I/O thread.
+    PvEventfd = 4,
+    /// Request ring polled by a host thread.
+    PvPoll = 5,
+    /// Emulated ATA disk, PIO.
+    AtaPio = 6,
+    /// Emulated 8254 PIT, latch and read counter 0.
+    Pit = 7,
+    /// pvkit PV clock page.
+    PvClock = 8,
+    /// KVM's kvmclock.
+    KvmClock = 9,
+    /// Raw `out` to an unused port handled by the VMM.
+    PortOut = 10,
+}
+
+/// What the case does.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Workload {
+    /// 64-byte console writes.
+    Write64 = 1,
+    /// 4 KiB console writes.
+    Write4K = 2,
+    /// 4 KiB random reads.
+    RandRead4K = 3,
+    /// 4 KiB random writes.
+    RandWrite4K = 4,
+    /// 1 MiB sequential reads.
+    SeqRead1M = 5,
+    /// 1 MiB sequential writes.
+    SeqWrite1M = 6,
+    /// One time read.
+    ClockRead = 7,
+    /// One exit round trip.
+    RoundTrip = 8,
+}
+
+macro_rules! decode_u16 {
+    ($ty:ident { $($v:ident),* $(,)? }) => {
+        impl TryFrom<u16> for $ty {
+            type Error = u16;
+            fn try_from(v: u16) -> Result<Self, u16> {
+                $( if v == $ty::$v as u16 { return Ok($ty::$v); } )*
+                Err(v)
+            }
+        }
+    };
+}
+decode_u16!(Device {
+    Console,
+    Block,
+    Clock,
+    Exit
+});
+decode_u16!(Variant {
+    Uart,
+    PvHypercall,
+    PvRing,
+    PvEventfd,
+    PvPoll,
+    AtaPio,
+    Pit,
+    PvClock,
+    KvmClock,
+    PortOut
+});
+decode_u16!(Workload {
+    Write64,
+    Write4K,
+    RandRead4K,
+    RandWrite4K,
+    SeqRead1M,
+    SeqWrite1M,
+    ClockRead,
+    RoundTrip
+});
+
+/// A benchmark case: device, variant, workload. On the wire, packed into one `u64`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CaseId {
+    /// The device.
+    pub device: Device,
+    /// The variant.
+    pub variant: Variant,
+    /// The workload.
+    pub workload: Workload,
+}
+
+impl CaseId {
+    /// `device | variant << 16 | workload << 32`.
+    pub const fn to_u64(self) -> u64 {
+        self.device as u64 | (self.variant as u64) << 16 | (self.workload as u64) << 32
+    }
+}
+
+/// A packed case id whose parts are not all known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownCase(pub u64);
+
+impl TryFrom<u64> for CaseId {
+    type Error = UnknownCase;
+
+    fn try_from(v: u64) -> Result<Self, UnknownCase> {
+        if v >> 48 != 0 {
+            return Err(UnknownCase(v));
+        }
+        let device = Device::try_from(v as u16).map_err(|_| UnknownCase(v))?;
+        let variant = Variant::try_from((v >> 16) as u16).map_err(|_| UnknownCase(v))?;
+        let workload = Workload::try_from((v >> 32) as u16).map_err(|_| UnknownCase(v))?;
+        Ok(CaseId {
+            device,
+            variant,
+            workload,
+        })
+    }
+}
+
+/// arg1 of [`crate::Hypercall::BenchPhase`].
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PhaseMark {
+    /// The case starts after this call.
+    Begin = 1,
+    /// The case ended before this call.
+    End = 2,
+}
+
+impl TryFrom<u64> for PhaseMark {
+    type Error = u64;
+
+    fn try_from(v: u64) -> Result<Self, u64> {
+        match v {
+            1 => Ok(PhaseMark::Begin),
+            2 => Ok(PhaseMark::End),
+            other => Err(other),
+        }
+    }
+}
+
+/// `BenchSample::flags`: the guest verified the data of this case and it was right.
+pub const SAMPLE_VERIFIED: u32 = 1 << 0;
+/// `BenchSample::flags`: the guest's verification failed; the case must be reported FAILED.
+pub const SAMPLE_FAILED: u32 = 1 << 1;
+
+/// One case's guest-side measurements ([`crate::Hypercall::BenchResult`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BenchSample {
+    /// [`CaseId::to_u64`].
+    pub case: u64,
+    /// Operations done.
+    pub ops: u64,
+    /// Payload bytes moved.
+    pub bytes: u64,
+    /// Guest TSC cycles for the whole phase.
+    pub cycles_total: u64,
+    /// Median guest cycles per operation (over batches; see `docs/BENCHMARKS.md`).
+    pub cycles_median: u64,
+    /// 99th percentile guest cycles per operation.
+    pub cycles_p99: u64,
+    /// [`SAMPLE_VERIFIED`], [`SAMPLE_FAILED`].
+    pub flags: u32,
+    /// Zero.
+    pub reserved: u32,
+    /// Case-specific value (e.g. maximum clock disagreement in ns).
+    pub extra: u64,
+}
+assert_layout!(
+    BenchSample,
+    size = 64,
+    case @ 0,
+    ops @ 8,
+    bytes @ 16,
+    cycles_total @ 24,
+    cycles_median @ 32,
+    cycles_p99 @ 40,
+    flags @ 48,
+    extra @ 56,
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_round_trip() {
+        let c = CaseId {
+            device: Device::Block,
+            variant: Variant::PvPoll,
+            workload: Workload::SeqRead1M,
+        };
+        assert_eq!(CaseId::try_from(c.to_u64()), Ok(c));
+    }
+
+    #[test]
+    fn unknown_cases() {
+        assert!(CaseId::try_from(0).is_err());
+        assert!(CaseId::try_from(1 | 99 << 16 | 1 << 32).is_err());
+        assert!(CaseId::try_from(1 | 1 << 16 | 1 << 32 | 1 << 50).is_err());
+        assert_eq!(PhaseMark::try_from(3), Err(3));
+    }
+}

@@ -1,0 +1,169 @@
+//! The boot contract: the state in which the VMM starts a guest, and the boot-info structure.
+//!
+//! The VMM loads the guest ELF's `PT_LOAD` segments at their physical addresses and enters
+//! the ELF entry point on the bootstrap vCPU with:
+//!
+//! - 64-bit long mode, paging on, CR0.PE|PG|WP, CR4.PAE, EFER.LME|LMA|NXE; no SSE state is
+//!   promised (guests must be soft-float: the `x86_64-unknown-none` target is);
+//! - page tables at [`PAGE_TABLES`] identity-mapping guest-physical `[0, IDENTITY_MAP_SIZE)`
+//!   with 2 MiB pages, present + writable + user (a guest that wants tighter rules builds
+//!   its own tables);
+//! - a flat GDT at [`GDT_ADDR`]: selector `0x08` 64-bit code, `0x10` data; CS = `0x08`,
+//!   DS/ES/SS/FS/GS = `0x10`;
+//! - `RSP` = [`BOOT_STACK_TOP`] (16-byte aligned, stack grows down to [`BOOT_STACK_BOTTOM`]);
+//! - `RDI` = guest-physical address of a [`BootInfo`] (so a Rust entry point is
+//!   `extern "C" fn _start(boot_info: &'static BootInfo) -> !`);
+//! - `RFLAGS` = `0x2` (interrupts off); all other general registers zero.
+//!
+//! Guest kernels must link at or above [`KERNEL_MIN_ADDR`]; everything below it is the
+//! VMM's boot area (listed in the memory map as reserved).
+
+use crate::assert_layout;
+
+/// The boot GDT.
+pub const GDT_ADDR: u64 = 0x1000;
+/// The [`BootInfo`] structure.
+pub const BOOT_INFO_ADDR: u64 = 0x2000;
+/// The kernel command line (NUL-terminated, at most [`CMDLINE_MAX`] bytes with the NUL).
+pub const CMDLINE_ADDR: u64 = 0x3000;
+/// Room for the command line.
+pub const CMDLINE_MAX: u64 = 0x1000;
+/// The boot page tables (PML4, then one PDPT, then page directories).
+pub const PAGE_TABLES: u64 = 0x9000;
+/// Lowest address of the boot stack.
+pub const BOOT_STACK_BOTTOM: u64 = 0x1_0000;
+/// Initial `RSP`.
+pub const BOOT_STACK_TOP: u64 = 0x8_0000;
+/// Guest kernels load at or above this address.
+pub const KERNEL_MIN_ADDR: u64 = 0x10_0000;
+/// The boot page tables identity-map this much (4 GiB).
+pub const IDENTITY_MAP_SIZE: u64 = 4 << 30;
+
+/// `BootInfo::magic`.
+pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"PVKITBI1");
+/// Capacity of [`BootInfo::regions`].
+pub const MAX_MEMORY_REGIONS: usize = 8;
+
+/// The type of a [`MemoryRegion`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryKind {
+    /// Free RAM the guest may use.
+    Usable = 1,
+    /// RAM in use by the boot area, or by the loaded kernel image.
+    Reserved = 2,
+}
+
+impl TryFrom<u32> for MemoryKind {
+    type Error = u32;
+
+    fn try_from(v: u32) -> Result<Self, u32> {
+        match v {
+            1 => Ok(MemoryKind::Usable),
+            2 => Ok(MemoryKind::Reserved),
+            other => Err(other),
+        }
+    }
+}
+
+/// One entry of the memory map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryRegion {
+    /// Guest-physical start address.
+    pub start: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// A [`MemoryKind`] value.
+    pub kind: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+assert_layout!(MemoryRegion, size = 24, start @ 0, len @ 8, kind @ 16, reserved @ 20);
+
+/// What the VMM tells the guest at entry. Pointed to by `RDI`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootInfo {
+    /// [`BOOT_MAGIC`].
+    pub magic: u64,
+    /// The host's ABI version ([`crate::AbiVersion::to_u64`]).
+    pub abi_version: u64,
+    /// The host's feature bits ([`crate::cpuid::Features`]).
+    pub features: u64,
+    /// Total guest RAM in bytes (RAM is one range starting at 0).
+    pub mem_size: u64,
+    /// GPA of the command line (NUL-terminated).
+    pub cmdline_addr: u64,
+    /// Length of the command line in bytes, without the NUL.
+    pub cmdline_len: u64,
+    /// The TSC frequency in kHz as the host knows it (0 if unknown).
+    pub tsc_khz: u64,
+    /// Number of valid entries in `regions`.
+    pub region_count: u32,
+    /// Zero.
+    pub reserved: u32,
+    /// The memory map, sorted by address, non-overlapping.
+    pub regions: [MemoryRegion; MAX_MEMORY_REGIONS],
+}
+assert_layout!(
+    BootInfo,
+    size = 64 + 24 * MAX_MEMORY_REGIONS,
+    magic @ 0,
+    abi_version @ 8,
+    features @ 16,
+    mem_size @ 24,
+    cmdline_addr @ 32,
+    cmdline_len @ 40,
+    tsc_khz @ 48,
+    region_count @ 56,
+    regions @ 64,
+);
+
+impl BootInfo {
+    /// The valid entries of the memory map (a bad count is clamped, never trusted).
+    pub fn regions(&self) -> &[MemoryRegion] {
+        let n = (self.region_count as usize).min(MAX_MEMORY_REGIONS);
+        &self.regions[..n]
+    }
+}
+
+// The boot area is ordered, fits below the kernel, and the stack is aligned.
+const _: () = {
+    assert!(GDT_ADDR < BOOT_INFO_ADDR);
+    assert!(BOOT_INFO_ADDR + core::mem::size_of::<BootInfo>() as u64 <= CMDLINE_ADDR);
+    assert!(CMDLINE_ADDR + CMDLINE_MAX <= PAGE_TABLES);
+    // PML4 + PDPT + 4 page directories (4 GiB of 2 MiB pages).
+    assert!(PAGE_TABLES + 6 * 0x1000 <= BOOT_STACK_BOTTOM);
+    assert!(BOOT_STACK_TOP <= KERNEL_MIN_ADDR);
+    assert!(BOOT_STACK_TOP % 16 == 0);
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_count_is_clamped() {
+        let info = BootInfo {
+            magic: BOOT_MAGIC,
+            abi_version: 0,
+            features: 0,
+            mem_size: 0,
+            cmdline_addr: 0,
+            cmdline_len: 0,
+            tsc_khz: 0,
+            region_count: 1000,
+            reserved: 0,
+            regions: [MemoryRegion::default(); MAX_MEMORY_REGIONS],
+        };
+        assert_eq!(info.regions().len(), MAX_MEMORY_REGIONS);
+    }
+
+    #[test]
+    fn memory_kind_decoding() {
+        assert_eq!(MemoryKind::try_from(1), Ok(MemoryKind::Usable));
+        assert_eq!(MemoryKind::try_from(2), Ok(MemoryKind::Reserved));
+        assert_eq!(MemoryKind::try_from(0), Err(0));
+    }
+}

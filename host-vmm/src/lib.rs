@@ -1,0 +1,1 @@
+//! pvkit VMM
