@@ -136,7 +136,7 @@ const _: () = {
     // PML4 + PDPT + 4 page directories (4 GiB of 2 MiB pages).
     assert!(PAGE_TABLES + 6 * 0x1000 <= BOOT_STACK_BOTTOM);
     assert!(BOOT_STACK_TOP <= KERNEL_MIN_ADDR);
-    assert!(BOOT_STACK_TOP % 16 == 0);
+    assert!(BOOT_STACK_TOP.is_multiple_of(16));
 };
 
 #[cfg(test)]
