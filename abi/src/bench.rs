@@ -3,7 +3,10 @@
 //! A workload brackets each case with [`crate::Hypercall::BenchPhase`] `Begin` / `End`
 //! markers; the host snapshots its exit ledger at each marker so the exits in between are
 //! attributed to the case (the two marker exits themselves are excluded). The guest then
-//! sends one [`BenchSample`] with its own cycle measurements.
+//! sends one [`BenchSample`] with its own cycle measurements, and optionally an op log
+//! ([`OpRecord`]) so the host can verify the data itself: for reads, that each guest buffer
+//! holds what the disk holds at the logged sector; for writes, that the disk now holds what
+//! the logged source buffer holds. Verifying on the host keeps the guest's ring-0 loop short.
 
 use crate::assert_layout;
 
@@ -211,6 +214,32 @@ assert_layout!(
     flags @ 48,
     extra @ 56,
 );
+
+/// Most entries of an op log the host reads ([`crate::Hypercall::BenchResult`] a2).
+pub const MAX_OP_LOG: u64 = 8192;
+
+/// `OpRecord::op`: the guest read `len` bytes at `sector` into `addr`.
+pub const OP_READ: u32 = 1;
+/// `OpRecord::op`: the guest wrote `len` bytes from `addr` to `sector`.
+pub const OP_WRITE: u32 = 2;
+
+/// One logged block operation, for host-side verification. Buffers named by a log must not
+/// be modified by the guest between the operation and the `BenchResult` call, except by
+/// later logged operations (the host replays the log in order: the last operation on each
+/// buffer and each sector decides what must match).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpRecord {
+    /// First sector on disk.
+    pub sector: u64,
+    /// Guest-physical address of the buffer.
+    pub addr: u64,
+    /// Bytes (a multiple of [`crate::block::SECTOR_SIZE`]).
+    pub len: u32,
+    /// [`OP_READ`] or [`OP_WRITE`].
+    pub op: u32,
+}
+assert_layout!(OpRecord, size = 24, sector @ 0, addr @ 8, len @ 16, op @ 20);
 
 #[cfg(test)]
 mod tests {

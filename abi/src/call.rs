@@ -44,7 +44,9 @@ pub enum Hypercall {
     /// arg0 = phase id ([`crate::bench::CaseId`] packed), arg1 = [`crate::bench::PhaseMark`],
     /// arg2 = operations done in the phase (at `End`).
     BenchPhase = 6,
-    /// Report a benchmark sample. arg0 = GPA of a [`crate::bench::BenchSample`].
+    /// Report a benchmark sample. arg0 = GPA of a [`crate::bench::BenchSample`]; optionally
+    /// arg1 = GPA of an op log (`[crate::bench::OpRecord]`) and arg2 = its length
+    /// (≤ [`crate::bench::MAX_OP_LOG`]; 0 = no log) for host-side data verification.
     BenchResult = 7,
     /// Register a shared-memory region. arg0 = [`crate::ring::RegionKind`], arg1 = GPA
     /// (4 KiB aligned), arg2 = length in bytes, arg3 = kind-specific flags (for rings, the
