@@ -1,1 +1,30 @@
-//! Device models.
+//! I/O-free device models for pvkit.
+//!
+//! Every device here is a pure state machine in the style of `vm-superio`: the VMM's run
+//! loop hands it a port access (and, for timers, the current time) and it answers from
+//! its registers. Devices own no threads, no KVM handles and no timers; the only I/O is
+//! the disk [`BlockBackend`] a disk model is constructed with. That keeps them trivially
+//! unit-testable with plain values and a fake clock.
+//!
+//! # The guest is hostile
+//!
+//! Every value that comes from the guest (port numbers, access sizes, register values,
+//! sector counts, LBAs) is validated before use: address ranges are checked with
+//! overflow-safe arithmetic before any backend I/O, nothing guest-derived is used for
+//! unchecked indexing, `unwrap`/`expect` never touch guest input, and malformed or
+//! out-of-order command sequences end in a device-level error the guest can observe
+//! (for ATA, `ERR` with `ABRT`/`IDNF`), never a panic.
+//!
+//! # Devices
+//!
+//! * [`block_backend`]: [`BlockBackend`] with [`FileBackend`] and [`MemBackend`].
+//! * [`ata`]: [`Ata`], the primary-channel ATA master disk, PIO only.
+//! * [`pit`]: [`Pit`], the Intel 8254 interval timer.
+
+pub mod ata;
+pub mod block_backend;
+pub mod pit;
+
+pub use ata::{Ata, ATA_PRIMARY_CMD_BASE, ATA_PRIMARY_CMD_LEN, ATA_PRIMARY_CTRL, SECTOR_SIZE};
+pub use block_backend::{BackendError, BlockBackend, FileBackend, MemBackend};
+pub use pit::{Pit, PIT_FREQ_HZ};
