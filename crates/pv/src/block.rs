@@ -1,0 +1,590 @@
+//! The PV block backend: [`pvkit_abi::block`] requests served from a [`BlockBackend`].
+//!
+//! One [`BlockDevice`] serves both transports: the synchronous `BlockIo` hypercall
+//! ([`BlockDevice::handle_gpa`]) and the block ring ([`BlockDevice::service_ring`]).
+//! Every request is validated completely — op, segment count, segment lengths, total size,
+//! disk range, guest ranges — before the backend is touched, in the order and with the
+//! status codes of the [`BlockRequest`] documentation, so a rejected request never writes
+//! the disk. The data moves through one bounce buffer of [`MAX_REQUEST_BYTES`], allocated
+//! when the device is created: guest-controlled values never size an allocation, and a
+//! write's data is copied out of guest memory in full before the one backend write that
+//! stores it.
+
+use core::mem::size_of;
+
+use pvkit_abi::block::{
+    BlockOp, BlockRequest, BlockResponse, MAX_REQUEST_BYTES, MAX_SEGMENTS, SECTOR_SIZE,
+};
+use pvkit_abi::Status;
+use pvkit_devices::{BackendError, BlockBackend};
+use vm_memory::{Bytes, GuestMemory, GuestMemoryError};
+
+use crate::guest_range::{GuestRange, RangeError};
+use crate::ring::{Batch, RingConsumer, RingError};
+use crate::wire::Wire;
+
+/// The block ring: [`BlockRequest`]s in, [`BlockResponse`]s out.
+pub type BlockRing = RingConsumer<BlockRequest, BlockResponse>;
+
+/// Why a block request failed. [`BlockError::status`] is what the guest sees.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// `op` is not a [`BlockOp`] (`EINVAL`).
+    #[error("unknown block op {0}; use 1 (read), 2 (write) or 3 (flush)")]
+    BadOp(u32),
+    /// A read or write has no segments (`EINVAL`).
+    #[error("read/write request without segments")]
+    NoSegments,
+    /// More than [`MAX_SEGMENTS`] segments (`E2BIG`).
+    #[error("{0} segments; at most {MAX_SEGMENTS} per request")]
+    TooManySegments(u32),
+    /// A segment length is zero or not a multiple of [`SECTOR_SIZE`] (`EINVAL`).
+    #[error("segment {index} has length {len}, not a non-zero multiple of {SECTOR_SIZE}")]
+    BadSegmentLength {
+        /// Index of the segment in the request.
+        index: usize,
+        /// Its length.
+        len: u32,
+    },
+    /// The segments add up to more than [`MAX_REQUEST_BYTES`] (`E2BIG`).
+    #[error("request moves {0} bytes; at most {MAX_REQUEST_BYTES} per request")]
+    TooManyBytes(u64),
+    /// The sector range does not fit on the disk (`ERANGE`).
+    #[error("sectors {sector}+{sectors} are past the end of the {capacity}-sector disk")]
+    OutOfRange {
+        /// First sector requested.
+        sector: u64,
+        /// Number of sectors requested.
+        sectors: u64,
+        /// Disk capacity in sectors.
+        capacity: u64,
+    },
+    /// A segment (or the request itself, for `BlockIo`) is not inside guest RAM (`EFAULT`).
+    #[error("segment {index}: {source}")]
+    Fault {
+        /// Index of the segment, or `usize::MAX` for the request structure.
+        index: usize,
+        /// The range error.
+        source: RangeError,
+    },
+    /// Copying between guest memory and the bounce buffer failed after validation, e.g.
+    /// because the memory map changed (`EFAULT`).
+    #[error("guest memory access failed: {0}")]
+    Memory(#[from] GuestMemoryError),
+    /// The backend failed (`EIO`, or `ENOSPC` when the host is out of space).
+    #[error("backend: {0}")]
+    Backend(#[from] BackendError),
+}
+
+impl BlockError {
+    /// The status returned to the guest.
+    pub fn status(&self) -> Status {
+        match self {
+            BlockError::BadOp(_) | BlockError::NoSegments | BlockError::BadSegmentLength { .. } => {
+                Status::EINVAL
+            }
+            BlockError::TooManySegments(_) | BlockError::TooManyBytes(_) => Status::E2BIG,
+            BlockError::OutOfRange { .. } => Status::ERANGE,
+            BlockError::Fault { .. } | BlockError::Memory(_) => Status::EFAULT,
+            BlockError::Backend(e) if e.is_no_space() => Status::ENOSPC,
+            BlockError::Backend(_) => Status::EIO,
+        }
+    }
+}
+
+/// A fully validated read or write: the disk offset and the guest ranges, in order.
+struct Transfer {
+    op: BlockOp,
+    offset: u64,
+    total: usize,
+    segments: [Option<GuestRange>; MAX_SEGMENTS],
+}
+
+/// The PV block device over a backend `B`.
+#[derive(Debug)]
+pub struct BlockDevice<B: BlockBackend> {
+    backend: B,
+    /// Bounce buffer of exactly [`MAX_REQUEST_BYTES`], allocated once.
+    scratch: Vec<u8>,
+}
+
+impl<B: BlockBackend> BlockDevice<B> {
+    /// A device serving `backend`. Allocates the [`MAX_REQUEST_BYTES`] bounce buffer.
+    pub fn new(backend: B) -> Self {
+        Self {
+            backend,
+            scratch: vec![0; MAX_REQUEST_BYTES as usize],
+        }
+    }
+
+    /// Capacity in whole 512-byte sectors (a trailing partial sector is not addressable).
+    pub fn capacity_sectors(&self) -> u64 {
+        self.backend.len() / SECTOR_SIZE
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The backend, mutably.
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// Consumes the device, returning the backend.
+    pub fn into_backend(self) -> B {
+        self.backend
+    }
+
+    /// Executes `req` (already copied out of guest memory) and returns its status and the
+    /// bytes transferred (0 on failure and for flushes).
+    pub fn handle<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        req: &BlockRequest,
+    ) -> (Status, u64) {
+        match self.execute(mem, req) {
+            Ok(bytes) => (Status::Ok, bytes),
+            Err(e) => (e.status(), 0),
+        }
+    }
+
+    /// The synchronous `BlockIo` hypercall: copies the [`BlockRequest`] at `req_gpa` out of
+    /// guest memory once (`EFAULT` if it is not entirely inside RAM), then [`handle`]s the
+    /// copy.
+    ///
+    /// [`handle`]: Self::handle
+    pub fn handle_gpa<M: GuestMemory + ?Sized>(&mut self, mem: &M, req_gpa: u64) -> (Status, u64) {
+        match read_request(mem, req_gpa) {
+            Ok(req) => self.handle(mem, &req),
+            Err(e) => (e.status(), 0),
+        }
+    }
+
+    /// Services the block ring: every available request is handled and answered with a
+    /// [`BlockResponse`] carrying its `id`, status and byte count.
+    pub fn service_ring<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        ring: &mut BlockRing,
+    ) -> Result<Batch, RingError> {
+        ring.poll(mem, |req| {
+            let (status, bytes) = self.handle(mem, &req);
+            BlockResponse {
+                id: req.id,
+                status: status as i64,
+                bytes,
+            }
+        })
+    }
+
+    /// Executes `req`, returning the bytes transferred or why it failed.
+    pub fn execute<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        req: &BlockRequest,
+    ) -> Result<u64, BlockError> {
+        let op = BlockOp::try_from(req.op).map_err(BlockError::BadOp)?;
+        if op == BlockOp::Flush {
+            // A flush carries no data; `sector` and the segments are ignored.
+            self.backend.flush()?;
+            return Ok(0);
+        }
+        let xfer = self.validate(mem, op, req)?;
+        // Every check passed; only now touch the backend.
+        let buf = self
+            .scratch
+            .get_mut(..xfer.total)
+            .ok_or(BlockError::TooManyBytes(xfer.total as u64))?;
+        match xfer.op {
+            BlockOp::Read => {
+                self.backend.read_at(xfer.offset, buf)?;
+                for_each_segment(&xfer, buf, |range, chunk| {
+                    mem.write_slice(chunk, range.guest_addr())
+                })?;
+            }
+            BlockOp::Write => {
+                // Copy all the data out of the guest first: a fault here leaves the disk
+                // untouched, and the guest cannot change the data during the write.
+                for_each_segment_mut(&xfer, buf, |range, chunk| {
+                    mem.read_slice(chunk, range.guest_addr())
+                })?;
+                self.backend.write_at(xfer.offset, buf)?;
+            }
+            BlockOp::Flush => {}
+        }
+        Ok(xfer.total as u64)
+    }
+
+    /// Applies every rejection rule of [`BlockRequest`] to a read or write, in order.
+    fn validate<M: GuestMemory + ?Sized>(
+        &self,
+        mem: &M,
+        op: BlockOp,
+        req: &BlockRequest,
+    ) -> Result<Transfer, BlockError> {
+        let n = req.nr_segments;
+        if n == 0 {
+            return Err(BlockError::NoSegments);
+        }
+        let n = usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= MAX_SEGMENTS)
+            .ok_or(BlockError::TooManySegments(n))?;
+        let segments = req.segments.iter().take(n);
+
+        let mut total: u64 = 0;
+        for (index, seg) in segments.clone().enumerate() {
+            if seg.len == 0 || !u64::from(seg.len).is_multiple_of(SECTOR_SIZE) {
+                return Err(BlockError::BadSegmentLength {
+                    index,
+                    len: seg.len,
+                });
+            }
+            // At most 8 × u32::MAX: cannot overflow, but stay checked.
+            total = total.saturating_add(u64::from(seg.len));
+        }
+        if total > MAX_REQUEST_BYTES {
+            return Err(BlockError::TooManyBytes(total));
+        }
+
+        let sectors = total / SECTOR_SIZE;
+        let capacity = self.capacity_sectors();
+        let out_of_range = BlockError::OutOfRange {
+            sector: req.sector,
+            sectors,
+            capacity,
+        };
+        match req.sector.checked_add(sectors) {
+            Some(end) if end <= capacity => {}
+            _ => return Err(out_of_range),
+        }
+        // `sector + sectors <= capacity <= len / 512`, so this cannot overflow.
+        let offset = req.sector.checked_mul(SECTOR_SIZE).ok_or(out_of_range)?;
+
+        let mut ranges = [None; MAX_SEGMENTS];
+        for ((index, seg), slot) in segments.enumerate().zip(ranges.iter_mut()) {
+            let range = GuestRange::new(mem, seg.addr, u64::from(seg.len))
+                .map_err(|source| BlockError::Fault { index, source })?;
+            *slot = Some(range);
+        }
+        Ok(Transfer {
+            op,
+            offset,
+            // total <= MAX_REQUEST_BYTES (1 MiB) fits in usize.
+            total: total as usize,
+            segments: ranges,
+        })
+    }
+}
+
+/// Copies the `BlockRequest` at `gpa` out of guest memory.
+fn read_request<M: GuestMemory + ?Sized>(mem: &M, gpa: u64) -> Result<BlockRequest, BlockError> {
+    let fault = |source| BlockError::Fault {
+        index: usize::MAX,
+        source,
+    };
+    let range = GuestRange::new(mem, gpa, size_of::<BlockRequest>() as u64).map_err(fault)?;
+    Ok(mem.read_obj::<Wire<BlockRequest>>(range.guest_addr())?.0)
+}
+
+/// Calls `f` with each segment's range and its slice of `buf`, in order.
+fn for_each_segment<F>(xfer: &Transfer, buf: &[u8], mut f: F) -> Result<(), BlockError>
+where
+    F: FnMut(&GuestRange, &[u8]) -> Result<(), GuestMemoryError>,
+{
+    let mut pos = 0usize;
+    for range in xfer.segments.iter().flatten() {
+        let end = pos.saturating_add(range.len());
+        let chunk = buf
+            .get(pos..end)
+            .ok_or(BlockError::TooManyBytes(end as u64))?;
+        f(range, chunk)?;
+        pos = end;
+    }
+    Ok(())
+}
+
+/// Calls `f` with each segment's range and its mutable slice of `buf`, in order.
+fn for_each_segment_mut<F>(xfer: &Transfer, buf: &mut [u8], mut f: F) -> Result<(), BlockError>
+where
+    F: FnMut(&GuestRange, &mut [u8]) -> Result<(), GuestMemoryError>,
+{
+    let mut pos = 0usize;
+    for range in xfer.segments.iter().flatten() {
+        let end = pos.saturating_add(range.len());
+        let chunk = buf
+            .get_mut(pos..end)
+            .ok_or(BlockError::TooManyBytes(end as u64))?;
+        f(range, chunk)?;
+        pos = end;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_utils::GuestProducer;
+    use pvkit_abi::block::BlockSegment;
+    use pvkit_devices::MemBackend;
+    use std::io;
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    const RAM: usize = 1 << 20;
+    const DISK: usize = 64 * 1024;
+
+    fn mem() -> GuestMemoryMmap<()> {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM)]).unwrap()
+    }
+
+    fn patterned_disk() -> MemBackend {
+        MemBackend::from_vec((0..DISK).map(|i| (i * 7 + i / 512) as u8).collect())
+    }
+
+    fn seg(addr: u64, len: u32) -> BlockSegment {
+        BlockSegment {
+            addr,
+            len,
+            reserved: 0,
+        }
+    }
+
+    fn request(op: u32, sector: u64, segs: &[BlockSegment]) -> BlockRequest {
+        let mut r = BlockRequest {
+            id: 42,
+            op,
+            nr_segments: segs.len() as u32,
+            sector,
+            ..Default::default()
+        };
+        r.segments[..segs.len()].copy_from_slice(segs);
+        r
+    }
+
+    #[test]
+    fn capacity() {
+        let d = BlockDevice::new(MemBackend::new(DISK + 100));
+        assert_eq!(d.capacity_sectors(), (DISK / 512) as u64);
+    }
+
+    #[test]
+    fn read_scatters_into_segments_in_order() {
+        let m = mem();
+        let mut d = BlockDevice::new(patterned_disk());
+        let req = request(1, 3, &[seg(0x8000, 1024), seg(0x2000, 512)]);
+        assert_eq!(d.handle(&m, &req), (Status::Ok, 1536));
+        let disk = d.backend().as_slice();
+        let mut a = vec![0u8; 1024];
+        let mut b = vec![0u8; 512];
+        m.read_slice(&mut a, GuestAddress(0x8000)).unwrap();
+        m.read_slice(&mut b, GuestAddress(0x2000)).unwrap();
+        assert_eq!(a, &disk[3 * 512..5 * 512]);
+        assert_eq!(b, &disk[5 * 512..6 * 512]);
+    }
+
+    #[test]
+    fn write_gathers_from_segments_in_order() {
+        let m = mem();
+        m.write_slice(&[0xaa; 512], GuestAddress(0x3000)).unwrap();
+        m.write_slice(&[0xbb; 1024], GuestAddress(0x1000)).unwrap();
+        let mut d = BlockDevice::new(MemBackend::new(DISK));
+        let req = request(2, 127, &[seg(0x3000, 512)]);
+        assert_eq!(d.handle(&m, &req), (Status::Ok, 512));
+        let req = request(2, 1, &[seg(0x1000, 1024), seg(0x3000, 512)]);
+        assert_eq!(d.handle(&m, &req), (Status::Ok, 1536));
+        let disk = d.backend().as_slice();
+        assert!(disk[..512].iter().all(|&x| x == 0));
+        assert!(disk[512..1536].iter().all(|&x| x == 0xbb));
+        assert!(disk[1536..2048].iter().all(|&x| x == 0xaa));
+        assert!(disk[127 * 512..].iter().all(|&x| x == 0xaa));
+    }
+
+    #[test]
+    fn flush_ignores_segments() {
+        let m = mem();
+        let mut d = BlockDevice::new(MemBackend::new(DISK));
+        let mut req = request(3, u64::MAX, &[]);
+        req.nr_segments = 1000;
+        assert_eq!(d.handle(&m, &req), (Status::Ok, 0));
+    }
+
+    #[test]
+    fn every_rejection_rule() {
+        let m = mem();
+        let ok = seg(0x1000, 512);
+        let cases: Vec<(BlockRequest, Status)> = vec![
+            (request(0, 0, &[ok]), Status::EINVAL),
+            (request(4, 0, &[ok]), Status::EINVAL),
+            (request(u32::MAX, 0, &[ok]), Status::EINVAL),
+            (request(1, 0, &[]), Status::EINVAL),
+            (request(2, 0, &[]), Status::EINVAL),
+            (
+                BlockRequest {
+                    nr_segments: 9,
+                    ..request(2, 0, &[ok; 8])
+                },
+                Status::E2BIG,
+            ),
+            (
+                BlockRequest {
+                    nr_segments: u32::MAX,
+                    ..request(2, 0, &[ok; 8])
+                },
+                Status::E2BIG,
+            ),
+            (request(2, 0, &[ok, seg(0x1000, 0)]), Status::EINVAL),
+            (request(2, 0, &[seg(0x1000, 511)]), Status::EINVAL),
+            (request(2, 0, &[seg(0x1000, 513)]), Status::EINVAL),
+            (request(2, 0, &[seg(0, 1 << 20), ok]), Status::E2BIG),
+            (request(2, 0, &[seg(0, u32::MAX - 511)]), Status::E2BIG),
+            (request(2, 128, &[ok]), Status::ERANGE),
+            (request(2, 127, &[seg(0x1000, 1024)]), Status::ERANGE),
+            (request(2, u64::MAX, &[ok]), Status::ERANGE),
+            (request(2, u64::MAX / 512 + 1, &[ok]), Status::ERANGE),
+            (
+                request(2, 0, &[ok, seg(RAM as u64 - 512, 1024)]),
+                Status::EFAULT,
+            ),
+            (request(2, 0, &[seg(u64::MAX - 511, 1024)]), Status::EFAULT),
+            (request(2, 0, &[seg(0x1_0000_0000, 512)]), Status::EFAULT),
+            (request(1, 0, &[seg(RAM as u64, 512)]), Status::EFAULT),
+            // Order: a bad length is reported before a range or fault problem.
+            (request(2, u64::MAX, &[seg(u64::MAX, 7)]), Status::EINVAL),
+            // E2BIG (total) before ERANGE and EFAULT.
+            (
+                request(2, u64::MAX, &[seg(u64::MAX, 1 << 20), seg(0, 512)]),
+                Status::E2BIG,
+            ),
+            // ERANGE before EFAULT.
+            (request(2, 200, &[seg(u64::MAX, 512)]), Status::ERANGE),
+        ];
+        for (req, want) in cases {
+            let mut d = BlockDevice::new(patterned_disk());
+            let before = d.backend().clone();
+            assert_eq!(d.handle(&m, &req), (want, 0), "{req:?}");
+            assert_eq!(d.backend(), &before, "rejected request changed the disk");
+        }
+    }
+
+    #[test]
+    fn the_largest_request_is_accepted() {
+        let m = mem();
+        let mut d = BlockDevice::new(MemBackend::new(2 << 20));
+        let segs = [seg(0, 128 * 1024); 8];
+        assert_eq!(
+            d.handle(&m, &request(2, 0, &segs)),
+            (Status::Ok, MAX_REQUEST_BYTES)
+        );
+        assert_eq!(
+            d.handle(&m, &request(1, 2048, &segs)),
+            (Status::Ok, MAX_REQUEST_BYTES)
+        );
+        assert_eq!(
+            d.handle(&m, &request(2, 0, &[seg(0, 1 << 20)])),
+            (Status::Ok, MAX_REQUEST_BYTES)
+        );
+    }
+
+    #[test]
+    fn handle_gpa_reads_the_request_once() {
+        let m = mem();
+        m.write_slice(&[0x5a; 512], GuestAddress(0x4000)).unwrap();
+        let req = request(2, 2, &[seg(0x4000, 512)]);
+        m.write_obj(Wire(req), GuestAddress(0x100)).unwrap();
+        let mut d = BlockDevice::new(MemBackend::new(DISK));
+        assert_eq!(d.handle_gpa(&m, 0x100), (Status::Ok, 512));
+        assert!(d.backend().as_slice()[1024..1536]
+            .iter()
+            .all(|&x| x == 0x5a));
+
+        let at_end = RAM as u64 - size_of::<BlockRequest>() as u64 + 1;
+        assert_eq!(d.handle_gpa(&m, at_end), (Status::EFAULT, 0));
+        assert_eq!(d.handle_gpa(&m, u64::MAX - 8), (Status::EFAULT, 0));
+    }
+
+    /// A backend whose every operation fails with a chosen OS error.
+    struct Failing(i32);
+
+    impl BlockBackend for Failing {
+        fn len(&self) -> u64 {
+            DISK as u64
+        }
+        fn read_at(&mut self, _: u64, _: &mut [u8]) -> Result<(), BackendError> {
+            Err(io::Error::from_raw_os_error(self.0).into())
+        }
+        fn write_at(&mut self, _: u64, _: &[u8]) -> Result<(), BackendError> {
+            Err(io::Error::from_raw_os_error(self.0).into())
+        }
+        fn flush(&mut self) -> Result<(), BackendError> {
+            Err(io::Error::from_raw_os_error(self.0).into())
+        }
+    }
+
+    #[test]
+    fn backend_errors_map_to_eio_and_enospc() {
+        let m = mem();
+        let w = request(2, 0, &[seg(0, 512)]);
+        let r = request(1, 0, &[seg(0, 512)]);
+        let f = request(3, 0, &[]);
+        let mut eio = BlockDevice::new(Failing(5));
+        let mut full = BlockDevice::new(Failing(28));
+        assert_eq!(eio.handle(&m, &w), (Status::EIO, 0));
+        assert_eq!(eio.handle(&m, &r), (Status::EIO, 0));
+        assert_eq!(eio.handle(&m, &f), (Status::EIO, 0));
+        assert_eq!(full.handle(&m, &w), (Status::ENOSPC, 0));
+        assert_eq!(full.handle(&m, &f), (Status::ENOSPC, 0));
+        // Validation still comes first.
+        assert_eq!(
+            eio.handle(&m, &request(2, 500, &[seg(0, 512)])),
+            (Status::ERANGE, 0)
+        );
+    }
+
+    #[test]
+    fn ring_adapter() {
+        let m = mem();
+        let gpa = 0x8_0000;
+        let mut p = GuestProducer::<BlockRequest, BlockResponse>::init(&m, gpa, 4, 7).unwrap();
+        let mut ring = BlockRing::new(&m, gpa, 0x1000).unwrap();
+        let mut d = BlockDevice::new(MemBackend::new(DISK));
+        m.write_slice(&[0x11; 512], GuestAddress(0x1000)).unwrap();
+        let mut w = request(2, 4, &[seg(0x1000, 512)]);
+        w.id = 1;
+        let mut r = request(1, 4, &[seg(0x2000, 512)]);
+        r.id = 2;
+        let mut bad = request(9, 0, &[]);
+        bad.id = 3;
+        for q in [w, r, bad] {
+            p.push(&m, q).unwrap();
+        }
+        assert!(p.publish(&m).unwrap());
+        let b = d.service_ring(&m, &mut ring).unwrap();
+        assert_eq!((b.requests, b.batches), (3, 1));
+        let rsps = p.take_responses(&m).unwrap();
+        assert_eq!(
+            rsps,
+            vec![
+                BlockResponse {
+                    id: 1,
+                    status: 0,
+                    bytes: 512
+                },
+                BlockResponse {
+                    id: 2,
+                    status: 0,
+                    bytes: 512
+                },
+                BlockResponse {
+                    id: 3,
+                    status: Status::EINVAL as i64,
+                    bytes: 0
+                },
+            ]
+        );
+        let mut back = [0u8; 512];
+        m.read_slice(&mut back, GuestAddress(0x2000)).unwrap();
+        assert_eq!(back, [0x11; 512]);
+    }
+}
