@@ -1,1 +1,59 @@
-#![no_std]
+//! # pvkit-guest — guest-side pvkit drivers for any `no_std` x86_64 kernel
+//!
+//! Everything a kernel needs to run over the pvkit VMM, without the kernel itself:
+//!
+//! - [`addr`]: the guest-virtual → guest-physical translation used for every buffer handed
+//!   to the host (identity by default);
+//! - [`hypercall`]: safe wrappers around the calls of [`pvkit_abi::call`];
+//! - [`cpuid`]: detection of pvkit through the CPUID hypervisor leaves;
+//! - [`console`]: the PV console ([`console::PvConsole`]), one hypercall per buffer;
+//! - [`uart16550`]: a real 8250/16550 UART driver, for the emulated console and for hardware;
+//! - [`port`]: the port-I/O seam the UART is written against (tests substitute a recorder);
+//! - [`writer`]: the [`writer::ByteSink`] trait both consoles implement, and a fixed-buffer
+//!   [`writer::BufferedWriter`] that turns one formatted line into one device write;
+//! - [`fault`]: building a [`pvkit_abi::fault::FaultReport`] without allocation, reporting
+//!   CPU exceptions and panics;
+//! - [`cmdline`]: tokenizing the boot command line (`key=value` and bare flags).
+//!
+//! Nothing here allocates, and nothing here assumes a particular kernel layout. The crate
+//! also builds for the host target (it is part of the host workspace), where its pure parts
+//! are unit-tested; the parts that execute `in`/`out`/`cpuid` are x86_64 only.
+//!
+//! ## Cost model
+//!
+//! On kvm_pvm, guest ring-0 code is interpreted (~1 µs per instruction), so the hot paths
+//! here are kept short: a console write is one hypercall with no copy, a UART byte is
+//! exactly one LSR read and one THR write when the transmitter is ready, and nothing
+//! loops over a buffer in software that a single instruction can do.
+#![cfg_attr(not(test), no_std)]
+
+pub mod addr;
+pub mod cmdline;
+#[cfg(target_arch = "x86_64")]
+pub mod console;
+#[cfg(target_arch = "x86_64")]
+pub mod cpuid;
+pub mod fault;
+#[cfg(target_arch = "x86_64")]
+pub mod hypercall;
+pub mod port;
+pub mod uart16550;
+pub mod writer;
+
+#[cfg(target_arch = "x86_64")]
+pub use console::PvConsole;
+pub use uart16550::Uart16550;
+pub use writer::{BufferedWriter, ByteSink};
+
+/// Stops this CPU for good: interrupts off, `hlt` forever.
+///
+/// The last resort after a call that must not return (exit, fault report) did return, which
+/// only a broken host does, or when running without a pvkit host at all.
+#[cfg(target_arch = "x86_64")]
+pub fn halt_forever() -> ! {
+    loop {
+        // SAFETY: `cli; hlt` touches no memory and no stack. With interrupts disabled the
+        // CPU stays halted (an NMI resumes it, and the loop halts it again).
+        unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) };
+    }
+}
