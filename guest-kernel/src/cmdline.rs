@@ -1,0 +1,117 @@
+//! The kernel's command line: which console, and which mode to run.
+//!
+//! | token       | meaning                                                               |
+//! |-------------|-----------------------------------------------------------------------|
+//! | `console=`  | `uart` (16550 at COM1) or `pv` (the PV console); default: `pv` when the pvkit CPUID signature is present, else `uart` |
+//! | `exit=N`    | exit status (0–255), default 0                                        |
+//! | `print=N`   | instead of the banner, write exactly `N` bytes of `x` in one console write |
+//! | `alloc=N`   | before the output: allocate `N` bytes on the heap, touch the first and last, free them |
+//! | `writes=K`  | with `print=`: do it `K` times (K writes of N bytes), default 1      |
+//! | `fault=`    | after the banner: `ud` (ud2), `pf` (write above the 4 GiB identity map), `gp` (non-canonical access), `de` (divide by zero), `df` (double fault: a stack overflow into unmapped memory) |
+//! | `panic`     | after the banner: `panic!("requested panic")`                         |
+//! | `spin`      | after the banner: loop forever (watchdog tests)                       |
+//! | `triple`    | after the banner: load an empty IDT and `ud2` (triple fault)          |
+//!
+//! Unknown tokens are ignored (they may be meant for someone else). When several of
+//! `fault=`, `panic`, `spin`, `triple` are given, the last one wins.
+
+use crate::console::ConsoleKind;
+use pvkit_guest::cmdline::Cmdline;
+
+/// A CPU exception the kernel can raise on request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// `ud2`: #UD.
+    InvalidOpcode,
+    /// A write above the 4 GiB identity map: #PF.
+    PageFault,
+    /// A load from a non-canonical address: #GP.
+    GeneralProtection,
+    /// `div` by zero: #DE.
+    DivideError,
+    /// `RSP` pointed at unmapped memory, then `ud2`: pushing the #UD frame page-faults, and
+    /// so does pushing the #PF frame, which is a double fault, delivered on its IST stack.
+    DoubleFault,
+}
+
+/// What to do after the output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Raise a CPU exception.
+    Fault(FaultKind),
+    /// Panic.
+    Panic,
+    /// Loop forever.
+    Spin,
+    /// Triple fault.
+    Triple,
+}
+
+/// `print=N writes=K`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Print {
+    /// Bytes per write.
+    pub bytes: usize,
+    /// Number of writes.
+    pub writes: usize,
+}
+
+/// The parsed command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Args {
+    /// The console asked for, if any.
+    pub console: Option<ConsoleKind>,
+    /// Exit status.
+    pub exit_code: u8,
+    /// `print=` (replaces the banner).
+    pub print: Option<Print>,
+    /// `alloc=N`: a heap allocation to make (and free) first.
+    pub alloc: Option<usize>,
+    /// What to do instead of exiting.
+    pub action: Option<Action>,
+}
+
+/// Parses the command line in one pass. The error names the offending token.
+pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
+    let mut args = Args {
+        console: None,
+        exit_code: 0,
+        print: None,
+        alloc: None,
+        action: None,
+    };
+    let mut writes = 1;
+    for t in cmdline.tokens() {
+        let v = t.value;
+        match (t.key, v) {
+            ("console", Some("uart")) => args.console = Some(ConsoleKind::Uart),
+            ("console", Some("pv")) => args.console = Some(ConsoleKind::Pv),
+            ("exit", Some(n)) => args.exit_code = n.parse().map_err(|_| n)?,
+            ("print", Some(n)) => {
+                let bytes = n.parse().map_err(|_| n)?;
+                args.print = Some(Print { bytes, writes: 1 });
+            }
+            ("alloc", Some(n)) => args.alloc = Some(n.parse().map_err(|_| n)?),
+            ("writes", Some(n)) => writes = n.parse().map_err(|_| n)?,
+            ("fault", Some(kind)) => {
+                args.action = Some(Action::Fault(match kind {
+                    "ud" => FaultKind::InvalidOpcode,
+                    "pf" => FaultKind::PageFault,
+                    "gp" => FaultKind::GeneralProtection,
+                    "de" => FaultKind::DivideError,
+                    "df" => FaultKind::DoubleFault,
+                    other => return Err(other),
+                }))
+            }
+            ("panic", None) => args.action = Some(Action::Panic),
+            ("spin", None) => args.action = Some(Action::Spin),
+            ("triple", None) => args.action = Some(Action::Triple),
+            ("console", Some(other)) => return Err(other),
+            _ => {}
+        }
+    }
+    if let Some(p) = &mut args.print {
+        p.writes = writes;
+    }
+    Ok(args)
+}

@@ -1,0 +1,129 @@
+//! # pvkit-guest-kernel — the pvkit test and benchmark guest
+//!
+//! A small `no_std` kernel for the pvkit VMM. The VMM enters [`_start`] in long mode with
+//! `RDI` = the guest-physical address of a [`BootInfo`] (see [`pvkit_abi::boot`]); the kernel
+//! switches to its own stack, loads its GDT/TSS and IDT, validates the boot information,
+//! parses the command line, brings up the chosen console and the heap, runs the mode the
+//! command line asks for ([`modes`]) and exits through the `Exit` hypercall.
+//!
+//! Ring-0 code here is interpreted by KVM on kvm_pvm (~1 µs per instruction), so start-up
+//! does only what the modes need: no memory is zeroed in software (the loader zero-fills
+//! `.bss`), the heap is one free-list node, and the command line is parsed in one pass.
+//!
+//! One job per module: [`gdt`], [`interrupts`], [`heap`], [`console`], [`cmdline`],
+//! [`modes`]. Drivers (UART, PV console, hypercalls, fault reports) come from `pvkit-guest`.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+#[macro_use]
+mod console;
+mod cmdline;
+mod gdt;
+mod heap;
+mod interrupts;
+mod modes;
+
+use pvkit_abi::boot::{BootInfo, BOOT_MAGIC, CMDLINE_MAX, IDENTITY_MAP_SIZE};
+use pvkit_abi::{AbiVersion, ABI_VERSION};
+use pvkit_guest::cmdline::Cmdline;
+
+pvkit_abi::abi_note!();
+
+/// The kernel's version, printed in the banner.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Size of the kernel stack `_start` switches to.
+const STACK_SIZE: usize = 64 * 1024;
+
+/// A 16-byte aligned stack in `.bss`.
+#[repr(C, align(16))]
+pub struct Stack<const N: usize>([u8; N]);
+
+/// The kernel stack. Only ever used through `RSP` (set by `_start`), never through Rust
+/// references.
+static mut KERNEL_STACK: Stack<STACK_SIZE> = Stack([0; STACK_SIZE]);
+
+// The entry point. The VMM enters with `RSP` 16-byte aligned, which is not what a Rust
+// function expects (it expects `RSP + 8` aligned, as after a `call`), and with a boot stack in
+// the VMM's boot area. So: switch to our own stack and `call` into Rust, keeping `RDI`.
+core::arch::global_asm!(
+    ".pushsection .text._start, \"ax\", @progbits",
+    ".global _start",
+    ".type _start, @function",
+    "_start:",
+    "    lea rsp, [rip + {stack} + {size}]",
+    "    xor ebp, ebp",
+    "    call {main}",
+    "    ud2",
+    ".size _start, . - _start",
+    ".popsection",
+    stack = sym KERNEL_STACK,
+    size = const STACK_SIZE,
+    main = sym kernel_main,
+);
+
+/// The Rust entry point, called by `_start` with `RDI` from the VMM.
+extern "C" fn kernel_main(boot_info: *const BootInfo) -> ! {
+    // First the tables that make faults reportable: anything before this triple-faults.
+    gdt::init();
+    interrupts::init();
+
+    let boot = validate_boot_info(boot_info);
+    let cmdline = boot_cmdline(boot);
+    let args = match cmdline::parse(&cmdline) {
+        Ok(args) => args,
+        Err(bad) => panic!("bad command line value {bad:?} in {:?}", cmdline.as_str()),
+    };
+
+    let console = console::init(args.console);
+    heap::init(boot);
+    modes::run(&args, console)
+}
+
+/// Checks the `BootInfo` pointer, magic and ABI major version; panics (reported to the
+/// host) if they are bad.
+fn validate_boot_info(ptr: *const BootInfo) -> &'static BootInfo {
+    let addr = ptr as u64;
+    let size = core::mem::size_of::<BootInfo>() as u64;
+    if addr == 0 || !addr.is_multiple_of(8) || addr > IDENTITY_MAP_SIZE - size {
+        panic!("bad BootInfo address {addr:#x}");
+    }
+    // SAFETY: the address is non-null, aligned and inside the boot identity map, which the
+    // VMM backs with RAM; the boot contract says a `BootInfo` is there and nobody writes it.
+    let boot = unsafe { &*ptr };
+    if boot.magic != BOOT_MAGIC {
+        panic!("bad BootInfo magic {:#x}", boot.magic);
+    }
+    let host = AbiVersion::from_u64(boot.abi_version);
+    if host.major != ABI_VERSION.major {
+        panic!("host speaks pvkit ABI {host}, this kernel {ABI_VERSION}");
+    }
+    boot
+}
+
+/// The command line named by `BootInfo`, or an empty one if there is none. Panics if it
+/// lies outside guest RAM or is not UTF-8.
+fn boot_cmdline(boot: &BootInfo) -> Cmdline<'static> {
+    let (addr, len) = (boot.cmdline_addr, boot.cmdline_len);
+    if addr == 0 || len == 0 {
+        return Cmdline::new("");
+    }
+    let ram = boot.mem_size.min(IDENTITY_MAP_SIZE);
+    if len >= CMDLINE_MAX || addr > ram || len > ram - addr {
+        panic!("bad command line at {addr:#x}, {len} bytes");
+    }
+    // SAFETY: the range was just checked to lie inside guest RAM under the identity map; the
+    // VMM wrote the command line there before entry and nothing writes it afterwards.
+    let bytes = unsafe { core::slice::from_raw_parts(addr as *const u8, len as usize) };
+    match Cmdline::from_bytes(bytes) {
+        Some(c) => c,
+        None => panic!("command line is not UTF-8"),
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    pvkit_guest::fault::report_panic(info)
+}
