@@ -52,8 +52,10 @@ assert_layout!(BlockSegment, size = 16, addr @ 0, len @ 8, reserved @ 12);
 /// The host rejects with `EINVAL` a bad `op`, `nr_segments` of 0 for reads and writes,
 /// a segment length that is zero or not a multiple of [`SECTOR_SIZE`]; with `E2BIG` more
 /// than [`MAX_SEGMENTS`] segments or more than [`MAX_REQUEST_BYTES`]; with `ERANGE` a range
-/// past the end of the disk; with `EFAULT` a segment outside guest RAM; with `EIO`/`ENOSPC`
-/// a host I/O failure. Nothing is written to the disk unless every check passed.
+/// past the end of the disk; with `EFAULT` a segment outside guest RAM; with `EPERM` a write
+/// to a read-only disk; with `EIO`/`ENOSPC` a host I/O failure. Nothing is written to the
+/// disk unless every check passed. A flush ignores `sector` and the segments; `reserved`
+/// fields are ignored in v1 (guests must zero them).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BlockRequest {

@@ -1,6 +1,7 @@
 //! The boot contract: the state in which the VMM starts a guest, and the boot-info structure.
 //!
-//! The VMM loads the guest ELF's `PT_LOAD` segments at their physical addresses and enters
+//! The VMM loads the guest ELF's `PT_LOAD` segments at their physical addresses (the part of
+//! each segment beyond its file size, `p_memsz - p_filesz`, is zero-filled) and enters
 //! the ELF entry point on the bootstrap vCPU with:
 //!
 //! - 64-bit long mode, paging on, CR0.PE|PG|WP, CR4.PAE, EFER.LME|LMA|NXE; no SSE state is
@@ -10,7 +11,9 @@
 //!   its own tables);
 //! - a flat GDT at [`GDT_ADDR`]: selector `0x08` 64-bit code, `0x10` data; CS = `0x08`,
 //!   DS/ES/SS/FS/GS = `0x10`;
-//! - `RSP` = [`BOOT_STACK_TOP`] (16-byte aligned, stack grows down to [`BOOT_STACK_BOTTOM`]);
+//! - `RSP` = [`ENTRY_RSP`] = [`BOOT_STACK_TOP`] − 8, the alignment a function sees just after
+//!   a `call` (so a Rust `extern "C"` entry point is correctly aligned); the stack grows down
+//!   to [`BOOT_STACK_BOTTOM`];
 //! - `RDI` = guest-physical address of a [`BootInfo`] (so a Rust entry point is
 //!   `extern "C" fn _start(boot_info: &'static BootInfo) -> !`);
 //! - `RFLAGS` = `0x2` (interrupts off); all other general registers zero.
@@ -32,8 +35,10 @@ pub const CMDLINE_MAX: u64 = 0x1000;
 pub const PAGE_TABLES: u64 = 0x9000;
 /// Lowest address of the boot stack.
 pub const BOOT_STACK_BOTTOM: u64 = 0x1_0000;
-/// Initial `RSP`.
+/// Top of the boot stack (16-byte aligned).
 pub const BOOT_STACK_TOP: u64 = 0x8_0000;
+/// Initial `RSP`: as just after a `call`, so `(RSP + 8) % 16 == 0` as the SysV ABI expects.
+pub const ENTRY_RSP: u64 = BOOT_STACK_TOP - 8;
 /// Guest kernels load at or above this address.
 pub const KERNEL_MIN_ADDR: u64 = 0x10_0000;
 /// The boot page tables identity-map this much (4 GiB).

@@ -71,7 +71,8 @@ pub enum BlockError {
     /// because the memory map changed (`EFAULT`).
     #[error("guest memory access failed: {0}")]
     Memory(#[from] GuestMemoryError),
-    /// The backend failed (`EIO`, or `ENOSPC` when the host is out of space).
+    /// The backend failed (`EIO`; `ENOSPC` when the host is out of space; `EPERM` when the
+    /// disk is read-only).
     #[error("backend: {0}")]
     Backend(#[from] BackendError),
 }
@@ -87,6 +88,7 @@ impl BlockError {
             BlockError::OutOfRange { .. } => Status::ERANGE,
             BlockError::Fault { .. } | BlockError::Memory(_) => Status::EFAULT,
             BlockError::Backend(e) if e.is_no_space() => Status::ENOSPC,
+            BlockError::Backend(pvkit_devices::BackendError::ReadOnly) => Status::EPERM,
             BlockError::Backend(_) => Status::EIO,
         }
     }
