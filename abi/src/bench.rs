@@ -179,7 +179,14 @@ pub const SAMPLE_VERIFIED: u32 = 1 << 0;
 /// `BenchSample::flags`: the guest's verification failed; the case must be reported FAILED.
 pub const SAMPLE_FAILED: u32 = 1 << 1;
 
+/// Most per-operation cycle samples the host reads from one [`BenchSample`].
+pub const MAX_SAMPLES: u32 = 8192;
+
 /// One case's guest-side measurements ([`crate::Hypercall::BenchResult`]).
+///
+/// Percentiles are expensive to compute where guest ring 0 is interpreted, so a guest may
+/// leave `cycles_median`/`cycles_p99` at 0 and hand the host its raw samples instead
+/// (`samples_addr`, `sample_count`): the host then computes both.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BenchSample {
@@ -191,20 +198,23 @@ pub struct BenchSample {
     pub bytes: u64,
     /// Guest TSC cycles for the whole phase.
     pub cycles_total: u64,
-    /// Median guest cycles per operation (over batches; see `docs/BENCHMARKS.md`).
+    /// Median guest cycles per operation, or 0 if the host should compute it from samples.
     pub cycles_median: u64,
-    /// 99th percentile guest cycles per operation.
+    /// 99th percentile guest cycles per operation, or 0 (as above).
     pub cycles_p99: u64,
     /// [`SAMPLE_VERIFIED`], [`SAMPLE_FAILED`].
     pub flags: u32,
-    /// Zero.
-    pub reserved: u32,
+    /// Number of `u64` entries at `samples_addr` (≤ [`MAX_SAMPLES`]; 0 = none).
+    pub sample_count: u32,
+    /// GPA of `[u64; sample_count]`: guest cycles per operation, one entry per operation or
+    /// per batch of operations (each already divided by the batch size).
+    pub samples_addr: u64,
     /// Case-specific value (e.g. maximum clock disagreement in ns).
     pub extra: u64,
 }
 assert_layout!(
     BenchSample,
-    size = 64,
+    size = 72,
     case @ 0,
     ops @ 8,
     bytes @ 16,
@@ -212,7 +222,9 @@ assert_layout!(
     cycles_median @ 32,
     cycles_p99 @ 40,
     flags @ 48,
-    extra @ 56,
+    sample_count @ 52,
+    samples_addr @ 56,
+    extra @ 64,
 );
 
 /// Most entries of an op log the host reads ([`crate::Hypercall::BenchResult`] a2).

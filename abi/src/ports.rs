@@ -6,6 +6,10 @@
 /// The hypercall port: a 32-bit `out dx, eax` here is a hypercall. See [`crate::call`].
 pub const HYPERCALL: u16 = 0x0500;
 
+/// The null port: a write of any width exits to the VMM, which counts it and does nothing
+/// else. Benchmarks use it to measure the bare round trip of one port-I/O exit.
+pub const NULL: u16 = 0x0501;
+
 /// First doorbell port. The doorbell of ring `id` ([`crate::ring::RingId`]) is
 /// `DOORBELL_BASE + id`. Any write of any width to a doorbell port rings it; the value is
 /// ignored. A doorbell may be served by the VMM in userspace or by an ioeventfd, depending
