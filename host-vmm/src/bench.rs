@@ -1,0 +1,514 @@
+//! Benchmark bookkeeping: phases marked by the guest ([`pvkit_abi::Hypercall::BenchPhase`])
+//! with the exits attributed to each, and the samples it reports
+//! ([`pvkit_abi::Hypercall::BenchResult`]): percentiles computed from raw cycle samples
+//! when the guest leaves them to the host, and host-side verification of block data from
+//! an op log ([`verify_op_log`]).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use pvkit_abi::bench::{BenchSample, CaseId, OpRecord, OP_READ, OP_WRITE, SAMPLE_FAILED};
+use pvkit_abi::block::{MAX_REQUEST_BYTES, SECTOR_SIZE};
+use pvkit_abi::call::Hypercall;
+use pvkit_abi::Status;
+use vm_memory::Bytes;
+
+use crate::ledger::{ExitKind, ExitLedger, LedgerSnapshot};
+use crate::memory::{guest_range, GuestRam};
+
+/// Most phases (and, separately, samples) kept per run; more are refused with `ENOMEM`.
+pub const MAX_RECORDS: usize = 1 << 16;
+/// Most phases open at once; more are refused with `EBUSY`.
+pub const MAX_OPEN: usize = 16;
+/// Most raw cycle samples kept over a whole run (32 MiB); more are refused with `ENOMEM`.
+pub const MAX_RAW_CYCLES: usize = 1 << 22;
+/// Most 512-byte chunks an op log may name for verification (512 MiB of I/O); a larger
+/// log is recorded as not verifiable.
+pub const MAX_VERIFY_SECTORS: u64 = 1 << 20;
+
+/// One finished phase.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PhaseRecord {
+    /// The case.
+    pub case: CaseId,
+    /// Operations the guest says it did (arg2 of the `End` marker).
+    pub ops: u64,
+    /// Exits between the markers (the marker exits themselves excluded).
+    pub exits: LedgerSnapshot,
+    /// Host wall time between the two markers.
+    pub host_time: Duration,
+}
+
+/// The outcome of host-side data verification for one sample.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verification {
+    /// The guest sent no op log.
+    NoLog,
+    /// The guest sent an op log but the VMM has no disk to check it against, or the log is
+    /// too large to check.
+    NotVerifiable(String),
+    /// Every logged buffer and sector matched.
+    Passed,
+    /// A mismatch or an invalid log entry; the case must be reported FAILED.
+    Failed(String),
+}
+
+/// One reported sample, as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SampleRecord {
+    /// The sample; `cycles_median`/`cycles_p99` are filled in from `cycles` when the guest
+    /// left them at 0.
+    pub sample: BenchSample,
+    /// The raw per-operation cycle samples the guest passed (may be empty).
+    pub cycles: Vec<u64>,
+    /// Entries in the op log.
+    pub op_log_len: usize,
+    /// Host-side data verification.
+    pub verification: Verification,
+}
+
+impl SampleRecord {
+    /// Whether the case failed (the guest said so, or host verification failed).
+    pub fn failed(&self) -> bool {
+        self.sample.flags & SAMPLE_FAILED != 0
+            || matches!(self.verification, Verification::Failed(_))
+    }
+}
+
+/// Reads sectors of the disk a benchmark ran against, for [`verify_op_log`].
+pub trait DiskReader: Send {
+    /// Fills `buf` with sector `sector`.
+    fn read_sector(
+        &mut self,
+        sector: u64,
+        buf: &mut [u8; SECTOR_SIZE as usize],
+    ) -> Result<(), String>;
+}
+
+/// The nearest-rank percentile `p` (0–100) of `sorted` (ascending, non-empty).
+pub fn percentile(sorted: &[u64], p: u32) -> u64 {
+    let n = sorted.len() as u64;
+    // rank = ceil(p/100 · n), at least 1.
+    let rank = (u64::from(p) * n).div_ceil(100).clamp(1, n.max(1));
+    sorted
+        .get(usize::try_from(rank - 1).unwrap_or(0))
+        .copied()
+        .unwrap_or(0)
+}
+
+const CHUNK: u64 = SECTOR_SIZE;
+
+/// Replays an op log against guest memory and the disk, in order: for each 512-byte
+/// buffer chunk and each sector, the last operation that touched it decides what must
+/// match — a read buffer must hold what the disk holds at its sector (unless a later write
+/// changed that sector), and the disk must hold what a write's source buffer holds (unless
+/// a later read overwrote that buffer).
+pub fn verify_op_log(mem: &GuestRam, log: &[OpRecord], disk: &mut dyn DiskReader) -> Verification {
+    let mut total = 0u64;
+    for (i, r) in log.iter().enumerate() {
+        let bad = |why: &str| Verification::Failed(format!("op log entry {i}: {why}"));
+        if r.op != OP_READ && r.op != OP_WRITE {
+            return bad("unknown op");
+        }
+        let len = u64::from(r.len);
+        if len == 0 || len % CHUNK != 0 || len > MAX_REQUEST_BYTES {
+            return bad("length is not a non-zero multiple of 512 up to 1 MiB");
+        }
+        if guest_range(mem, r.addr, len).is_none() {
+            return bad("buffer is not inside guest RAM");
+        }
+        if r.sector.checked_add(len / CHUNK).is_none() {
+            return bad("sector range overflows");
+        }
+        total += len / CHUNK;
+    }
+    if total > MAX_VERIFY_SECTORS {
+        return Verification::NotVerifiable(format!(
+            "the op log names {total} sectors; at most {MAX_VERIFY_SECTORS} are verified"
+        ));
+    }
+    // Last operation per sector and per buffer chunk.
+    let mut last_sector: HashMap<u64, usize> = HashMap::new();
+    let mut last_chunk: HashMap<u64, usize> = HashMap::new();
+    for (i, r) in log.iter().enumerate() {
+        for k in 0..u64::from(r.len) / CHUNK {
+            last_sector.insert(r.sector + k, i);
+            last_chunk.insert(r.addr + k * CHUNK, i);
+        }
+    }
+    let op = |i: usize| log.get(i).map_or(0, |r| r.op);
+    let mut from_mem = [0u8; CHUNK as usize];
+    let mut from_disk = [0u8; CHUNK as usize];
+    let mut compare = |i: usize, chunk: u64, sector: u64, what: &str| -> Result<(), String> {
+        mem.read_slice(&mut from_mem, vm_memory::GuestAddress(chunk))
+            .map_err(|e| format!("op log entry {i}: cannot read the buffer: {e}"))?;
+        disk.read_sector(sector, &mut from_disk)
+            .map_err(|e| format!("op log entry {i}: cannot read sector {sector}: {e}"))?;
+        if from_mem != from_disk {
+            return Err(format!(
+                "op log entry {i} ({what} sector {sector}, buffer {chunk:#x}): data mismatch"
+            ));
+        }
+        Ok(())
+    };
+    let mut checks: Vec<(u64, usize)> = last_chunk.iter().map(|(c, i)| (*c, *i)).collect();
+    checks.sort_unstable();
+    for (chunk, i) in checks {
+        let Some(r) = log.get(i).filter(|r| r.op == OP_READ) else {
+            continue;
+        };
+        let sector = r.sector + (chunk - r.addr) / CHUNK;
+        // A later write to this sector changed the disk: nothing to compare.
+        let later = last_sector.get(&sector).copied().unwrap_or(i);
+        if later != i && op(later) == OP_WRITE {
+            continue;
+        }
+        if let Err(e) = compare(i, chunk, sector, "read") {
+            return Verification::Failed(e);
+        }
+    }
+    let mut checks: Vec<(u64, usize)> = last_sector.iter().map(|(s, i)| (*s, *i)).collect();
+    checks.sort_unstable();
+    for (sector, i) in checks {
+        let Some(r) = log.get(i).filter(|r| r.op == OP_WRITE) else {
+            continue;
+        };
+        let chunk = r.addr + (sector - r.sector) * CHUNK;
+        // A later read into this buffer overwrote the source data.
+        let later = last_chunk.get(&chunk).copied().unwrap_or(i);
+        if later != i && op(later) == OP_READ {
+            continue;
+        }
+        if let Err(e) = compare(i, chunk, sector, "write") {
+            return Verification::Failed(e);
+        }
+    }
+    Verification::Passed
+}
+
+/// Open phases, finished phases and samples of one run.
+#[derive(Default)]
+pub struct BenchRecorder {
+    open: Vec<(CaseId, LedgerSnapshot, Instant)>,
+    phases: Vec<PhaseRecord>,
+    samples: Vec<SampleRecord>,
+    raw_cycles: usize,
+    disk: Option<Box<dyn DiskReader>>,
+}
+
+impl std::fmt::Debug for BenchRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BenchRecorder")
+            .field("open", &self.open.len())
+            .field("phases", &self.phases.len())
+            .field("samples", &self.samples.len())
+            .field("disk", &self.disk.is_some())
+            .finish()
+    }
+}
+
+impl BenchRecorder {
+    /// An empty recorder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Gives the recorder the disk that op logs are verified against.
+    pub fn set_disk(&mut self, disk: Box<dyn DiskReader>) {
+        self.disk = Some(disk);
+    }
+
+    /// Starts `case`. The ledger must already count the marker's own exit (it is then part
+    /// of the snapshot and excluded from the phase). Beginning an open case restarts it.
+    pub fn begin(&mut self, case: CaseId, ledger: &ExitLedger) -> Result<(), Status> {
+        let snap = ledger.snapshot();
+        if let Some(slot) = self.open.iter_mut().find(|(c, _, _)| *c == case) {
+            *slot = (case, snap, Instant::now());
+            return Ok(());
+        }
+        if self.open.len() >= MAX_OPEN {
+            return Err(Status::EBUSY);
+        }
+        self.open.push((case, snap, Instant::now()));
+        Ok(())
+    }
+
+    /// Ends `case`; `EINVAL` if it was not begun. The `End` marker's own exit (already in
+    /// the ledger) is excluded.
+    pub fn end(&mut self, case: CaseId, ops: u64, ledger: &ExitLedger) -> Result<(), Status> {
+        let i = self
+            .open
+            .iter()
+            .position(|(c, _, _)| *c == case)
+            .ok_or(Status::EINVAL)?;
+        if self.phases.len() >= MAX_RECORDS {
+            return Err(Status::ENOMEM);
+        }
+        let (_, snap, start) = self.open.swap_remove(i);
+        let mut exits = ledger.delta(&snap);
+        exits.remove_one(ExitKind::Hypercall(Hypercall::BenchPhase));
+        self.phases.push(PhaseRecord {
+            case,
+            ops,
+            exits,
+            host_time: start.elapsed(),
+        });
+        Ok(())
+    }
+
+    /// Whether `n` more raw cycle samples may be stored.
+    pub fn has_room_for_cycles(&self, n: usize) -> bool {
+        self.samples.len() < MAX_RECORDS && self.raw_cycles.saturating_add(n) <= MAX_RAW_CYCLES
+    }
+
+    /// Stores a sample: fills in the percentiles the guest left at 0 from `cycles`, and
+    /// verifies `log` against the disk if there is one.
+    pub fn sample(
+        &mut self,
+        mem: &GuestRam,
+        mut sample: BenchSample,
+        cycles: Vec<u64>,
+        log: &[OpRecord],
+    ) -> Result<(), Status> {
+        if !self.has_room_for_cycles(cycles.len()) {
+            return Err(Status::ENOMEM);
+        }
+        if !cycles.is_empty() && (sample.cycles_median == 0 || sample.cycles_p99 == 0) {
+            let mut sorted = cycles.clone();
+            sorted.sort_unstable();
+            if sample.cycles_median == 0 {
+                sample.cycles_median = percentile(&sorted, 50);
+            }
+            if sample.cycles_p99 == 0 {
+                sample.cycles_p99 = percentile(&sorted, 99);
+            }
+        }
+        let verification = match (&mut self.disk, log.is_empty()) {
+            (_, true) => Verification::NoLog,
+            (None, false) => Verification::NotVerifiable("this VM has no disk".into()),
+            (Some(disk), false) => verify_op_log(mem, log, disk.as_mut()),
+        };
+        self.raw_cycles += cycles.len();
+        self.samples.push(SampleRecord {
+            sample,
+            cycles,
+            op_log_len: log.len(),
+            verification,
+        });
+        Ok(())
+    }
+
+    /// Finished phases, in the order they ended.
+    pub fn phases(&self) -> &[PhaseRecord] {
+        &self.phases
+    }
+
+    /// Samples, in the order they were reported.
+    pub fn samples(&self) -> &[SampleRecord] {
+        &self.samples
+    }
+
+    /// Consumes the recorder, returning phases and samples.
+    pub fn into_parts(self) -> (Vec<PhaseRecord>, Vec<SampleRecord>) {
+        (self.phases, self.samples)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::create_ram;
+    use pvkit_abi::bench::{Device, Variant, Workload};
+    use vm_memory::GuestAddress;
+
+    const CASE: CaseId = CaseId {
+        device: Device::Console,
+        variant: Variant::Uart,
+        workload: Workload::Write64,
+    };
+
+    #[test]
+    fn phase_excludes_both_markers() {
+        let mut l = ExitLedger::new();
+        let mut r = BenchRecorder::new();
+        l.record(ExitKind::Hypercall(Hypercall::BenchPhase));
+        r.begin(CASE, &l).unwrap();
+        l.record(ExitKind::PortWrite(0x3f8));
+        l.record(ExitKind::PortRead(0x3fd));
+        l.record(ExitKind::Hypercall(Hypercall::BenchPhase));
+        r.end(CASE, 1, &l).unwrap();
+        let p = &r.phases()[0];
+        assert_eq!(p.exits.total, 2);
+        assert_eq!(p.exits.count(ExitKind::Hypercall(Hypercall::BenchPhase)), 0);
+        assert_eq!(p.ops, 1);
+    }
+
+    #[test]
+    fn end_without_begin_and_restart() {
+        let l = ExitLedger::new();
+        let mut r = BenchRecorder::new();
+        assert_eq!(r.end(CASE, 0, &l), Err(Status::EINVAL));
+        r.begin(CASE, &l).unwrap();
+        r.begin(CASE, &l).unwrap();
+        assert_eq!(r.open.len(), 1, "re-begin restarts");
+    }
+
+    #[test]
+    fn percentiles_nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50), 50);
+        assert_eq!(percentile(&v, 99), 99);
+        assert_eq!(percentile(&v, 100), 100);
+        assert_eq!(percentile(&[7], 50), 7);
+        assert_eq!(percentile(&[7], 99), 7);
+        assert_eq!(percentile(&[1, 2], 50), 1);
+        assert_eq!(percentile(&[], 50), 0);
+    }
+
+    #[test]
+    fn samples_get_host_percentiles_unless_given() {
+        let mem = create_ram(4).unwrap();
+        let mut r = BenchRecorder::new();
+        let s = BenchSample {
+            case: CASE.to_u64(),
+            ..Default::default()
+        };
+        r.sample(&mem, s, vec![5, 1, 3, 2, 4], &[]).unwrap();
+        let given = BenchSample {
+            cycles_median: 77,
+            ..s
+        };
+        r.sample(&mem, given, vec![5, 1, 3], &[]).unwrap();
+        r.sample(&mem, s, vec![], &[]).unwrap();
+        let got: Vec<_> = r
+            .samples()
+            .iter()
+            .map(|x| (x.sample.cycles_median, x.sample.cycles_p99))
+            .collect();
+        assert_eq!(got, vec![(3, 5), (77, 5), (0, 0)]);
+        assert_eq!(r.samples()[0].verification, Verification::NoLog);
+        assert!(!r.samples()[0].failed());
+    }
+
+    struct MemDisk(Vec<u8>);
+    impl DiskReader for MemDisk {
+        fn read_sector(&mut self, sector: u64, buf: &mut [u8; 512]) -> Result<(), String> {
+            let at = usize::try_from(sector * 512).map_err(|e| e.to_string())?;
+            let s = self.0.get(at..at + 512).ok_or("past the end of the disk")?;
+            buf.copy_from_slice(s);
+            Ok(())
+        }
+    }
+
+    fn rec(op: u32, sector: u64, addr: u64, len: u32) -> OpRecord {
+        OpRecord {
+            sector,
+            addr,
+            len,
+            op,
+        }
+    }
+
+    fn setup() -> (GuestRam, MemDisk) {
+        let mem = create_ram(4).unwrap();
+        let disk: Vec<u8> = (0..16 * 512).map(|i| (i / 512) as u8).collect();
+        (mem, MemDisk(disk))
+    }
+
+    #[test]
+    fn op_log_reads_and_writes_verify() {
+        let (mem, mut disk) = setup();
+        // Read sectors 2..4 into 0x10000: the buffer holds what the disk holds.
+        mem.write_slice(&disk.0[1024..2048], GuestAddress(0x10000))
+            .unwrap();
+        // Write 0x20000 to sector 5: the disk holds the source buffer.
+        mem.write_slice(&[0xee; 512], GuestAddress(0x20000))
+            .unwrap();
+        disk.0[5 * 512..6 * 512].fill(0xee);
+        let log = [
+            rec(OP_READ, 2, 0x10000, 1024),
+            rec(OP_WRITE, 5, 0x20000, 512),
+        ];
+        assert_eq!(verify_op_log(&mem, &log, &mut disk), Verification::Passed);
+        // Corrupt the read buffer.
+        mem.write_slice(&[9], GuestAddress(0x10000 + 600)).unwrap();
+        assert!(matches!(
+            verify_op_log(&mem, &log, &mut disk),
+            Verification::Failed(m) if m.contains("entry 0") && m.contains("sector 3")
+        ));
+    }
+
+    #[test]
+    fn op_log_later_operations_decide() {
+        let (mem, mut disk) = setup();
+        // Read sector 1 into B, then write sector 1 from C: the read is superseded.
+        mem.write_slice(&[0xaa; 512], GuestAddress(0x30000))
+            .unwrap(); // stale B
+        mem.write_slice(&[0xcc; 512], GuestAddress(0x40000))
+            .unwrap();
+        disk.0[512..1024].fill(0xcc);
+        let log = [
+            rec(OP_READ, 1, 0x30000, 512),
+            rec(OP_WRITE, 1, 0x40000, 512),
+        ];
+        assert_eq!(verify_op_log(&mem, &log, &mut disk), Verification::Passed);
+        // Write sector 7 from D, then read sector 8 into D: the write's source is gone.
+        mem.write_slice(&disk.0[8 * 512..9 * 512], GuestAddress(0x50000))
+            .unwrap();
+        disk.0[7 * 512..8 * 512].fill(0x77);
+        let log = [
+            rec(OP_WRITE, 7, 0x50000, 512),
+            rec(OP_READ, 8, 0x50000, 512),
+        ];
+        assert_eq!(verify_op_log(&mem, &log, &mut disk), Verification::Passed);
+    }
+
+    #[test]
+    fn op_log_invalid_entries_fail() {
+        let (mem, mut disk) = setup();
+        for r in [
+            rec(3, 0, 0x1000, 512),
+            rec(OP_READ, 0, 0x1000, 0),
+            rec(OP_READ, 0, 0x1000, 100),
+            rec(OP_READ, 0, 0x1000, 2 << 20),
+            rec(OP_READ, 0, (4 << 20) - 256, 512),
+            rec(OP_READ, 0, u64::MAX - 100, 512),
+            rec(OP_READ, u64::MAX, 0x1000, 512),
+        ] {
+            assert!(
+                matches!(
+                    verify_op_log(&mem, &[r], &mut disk),
+                    Verification::Failed(_)
+                ),
+                "{r:?}"
+            );
+        }
+        // Past the end of the disk: a disk read error is a failure, not a panic.
+        assert!(matches!(
+            verify_op_log(&mem, &[rec(OP_READ, 100, 0x1000, 512)], &mut disk),
+            Verification::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn no_disk_means_not_verifiable() {
+        let mem = create_ram(4).unwrap();
+        let mut r = BenchRecorder::new();
+        let s = BenchSample {
+            case: CASE.to_u64(),
+            ..Default::default()
+        };
+        r.sample(&mem, s, vec![], &[rec(OP_READ, 0, 0x1000, 512)])
+            .unwrap();
+        assert!(matches!(
+            r.samples()[0].verification,
+            Verification::NotVerifiable(_)
+        ));
+        let (mem, disk) = setup();
+        r.set_disk(Box::new(disk));
+        // The buffer holds zeros, sector 3 holds 3s.
+        r.sample(&mem, s, vec![], &[rec(OP_READ, 3, 0x1000, 512)])
+            .unwrap();
+        assert!(r.samples()[1].failed());
+    }
+}

@@ -1,0 +1,260 @@
+//! The exit ledger: every VM exit counted by kind, with snapshots for attributing exits to
+//! a benchmark phase.
+//!
+//! The run loop records each exit once, before it is handled. Keys are bounded (ports,
+//! known hypercalls, a fixed set of MMIO regions), so a hostile guest cannot grow the ledger
+//! without bound. Notifications that never reach the vCPU thread (ioeventfd signals served
+//! by other threads) are counted through shared [`NotifyCounter`]s and appear in every
+//! snapshot next to the exits.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use pvkit_abi::call::Hypercall;
+
+/// One kind of VM exit, as the ledger counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ExitKind {
+    /// A port read (`in`) from this port.
+    PortRead(u16),
+    /// A port write (`out`) to this port that was not a hypercall.
+    PortWrite(u16),
+    /// A hypercall with a known number.
+    Hypercall(Hypercall),
+    /// A hypercall whose number this host does not know (answered `ENOSYS`).
+    UnknownHypercall,
+    /// An MMIO read in the named region.
+    MmioRead(&'static str),
+    /// An MMIO write in the named region.
+    MmioWrite(&'static str),
+    /// `hlt` with interrupts that can never wake the vCPU.
+    Hlt,
+    /// Triple fault or other shutdown.
+    Shutdown,
+    /// KVM could not emulate an instruction or enter the guest.
+    InternalError,
+    /// `KVM_RUN` was interrupted by a signal (the watchdog).
+    Interrupted,
+    /// Any other exit reason.
+    Other,
+}
+
+impl fmt::Display for ExitKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitKind::PortRead(p) => write!(f, "port {p:#06x} read"),
+            ExitKind::PortWrite(p) => write!(f, "port {p:#06x} write"),
+            ExitKind::Hypercall(h) => write!(f, "hypercall {}", h.name()),
+            ExitKind::UnknownHypercall => f.write_str("hypercall unknown"),
+            ExitKind::MmioRead(r) => write!(f, "mmio {r} read"),
+            ExitKind::MmioWrite(r) => write!(f, "mmio {r} write"),
+            ExitKind::Hlt => f.write_str("hlt"),
+            ExitKind::Shutdown => f.write_str("shutdown"),
+            ExitKind::InternalError => f.write_str("internal error"),
+            ExitKind::Interrupted => f.write_str("interrupted (signal)"),
+            ExitKind::Other => f.write_str("other"),
+        }
+    }
+}
+
+/// A counter of notifications served outside the vCPU thread (e.g. ioeventfd signals).
+/// The serving thread increments it; the ledger reads it in every snapshot.
+pub type NotifyCounter = Arc<AtomicU64>;
+
+/// Counts of every exit by kind, plus registered notification counters.
+#[derive(Debug, Default)]
+pub struct ExitLedger {
+    counts: BTreeMap<ExitKind, u64>,
+    total: u64,
+    notifiers: Vec<(&'static str, NotifyCounter)>,
+}
+
+/// The ledger's counts at one moment, or the difference between two moments.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LedgerSnapshot {
+    /// Exits by kind (kinds with a zero count are absent).
+    pub counts: BTreeMap<ExitKind, u64>,
+    /// Total exits.
+    pub total: u64,
+    /// Notification counters by source name.
+    pub notifications: BTreeMap<&'static str, u64>,
+}
+
+impl ExitLedger {
+    /// An empty ledger.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counts one exit.
+    pub fn record(&mut self, kind: ExitKind) {
+        *self.counts.entry(kind).or_insert(0) += 1;
+        self.total += 1;
+    }
+
+    /// Registers a notification source and returns the counter its thread increments.
+    /// Registering the same name again returns the existing counter.
+    pub fn notifier(&mut self, name: &'static str) -> NotifyCounter {
+        if let Some((_, c)) = self.notifiers.iter().find(|(n, _)| *n == name) {
+            return Arc::clone(c);
+        }
+        let c = NotifyCounter::default();
+        self.notifiers.push((name, Arc::clone(&c)));
+        c
+    }
+
+    /// Exits of one kind so far.
+    pub fn count(&self, kind: ExitKind) -> u64 {
+        self.counts.get(&kind).copied().unwrap_or(0)
+    }
+
+    /// Total exits so far.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The current counts.
+    pub fn snapshot(&self) -> LedgerSnapshot {
+        LedgerSnapshot {
+            counts: self.counts.clone(),
+            total: self.total,
+            notifications: self
+                .notifiers
+                .iter()
+                .map(|(n, c)| (*n, c.load(Ordering::Relaxed)))
+                .collect(),
+        }
+    }
+
+    /// What happened since `earlier` (a snapshot of this ledger).
+    pub fn delta(&self, earlier: &LedgerSnapshot) -> LedgerSnapshot {
+        self.snapshot().since(earlier)
+    }
+}
+
+impl LedgerSnapshot {
+    /// `self - earlier`, kind by kind (saturating; kinds that end at zero are dropped).
+    pub fn since(&self, earlier: &LedgerSnapshot) -> LedgerSnapshot {
+        let counts = self
+            .counts
+            .iter()
+            .filter_map(|(k, v)| {
+                let d = v.saturating_sub(earlier.counts.get(k).copied().unwrap_or(0));
+                (d > 0).then_some((*k, d))
+            })
+            .collect();
+        let notifications = self
+            .notifications
+            .iter()
+            .map(|(n, v)| {
+                (
+                    *n,
+                    v.saturating_sub(earlier.notifications.get(n).copied().unwrap_or(0)),
+                )
+            })
+            .collect();
+        LedgerSnapshot {
+            counts,
+            total: self.total.saturating_sub(earlier.total),
+            notifications,
+        }
+    }
+
+    /// Exits of one kind.
+    pub fn count(&self, kind: ExitKind) -> u64 {
+        self.counts.get(&kind).copied().unwrap_or(0)
+    }
+
+    /// Removes one exit of `kind` (used to exclude a marker exit from a phase).
+    pub fn remove_one(&mut self, kind: ExitKind) {
+        if let Some(v) = self.counts.get_mut(&kind) {
+            if *v > 0 {
+                *v -= 1;
+                self.total = self.total.saturating_sub(1);
+            }
+            if *v == 0 {
+                self.counts.remove(&kind);
+            }
+        }
+    }
+
+    /// The counts sorted by count, largest first (ties by kind).
+    pub fn by_count(&self) -> Vec<(ExitKind, u64)> {
+        let mut v: Vec<_> = self.counts.iter().map(|(k, c)| (*k, *c)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_kind_and_total() {
+        let mut l = ExitLedger::new();
+        l.record(ExitKind::PortWrite(0x3f8));
+        l.record(ExitKind::PortWrite(0x3f8));
+        l.record(ExitKind::PortRead(0x3fd));
+        l.record(ExitKind::Hypercall(Hypercall::ConsoleWrite));
+        assert_eq!(l.count(ExitKind::PortWrite(0x3f8)), 2);
+        assert_eq!(l.count(ExitKind::PortRead(0x3fd)), 1);
+        assert_eq!(l.count(ExitKind::PortRead(0x3f8)), 0);
+        assert_eq!(l.count(ExitKind::Hypercall(Hypercall::ConsoleWrite)), 1);
+        assert_eq!(l.total(), 4);
+    }
+
+    #[test]
+    fn delta_attributes_only_new_exits() {
+        let mut l = ExitLedger::new();
+        l.record(ExitKind::Hlt);
+        l.record(ExitKind::PortRead(0x3fd));
+        let snap = l.snapshot();
+        l.record(ExitKind::PortRead(0x3fd));
+        l.record(ExitKind::PortWrite(0x3f8));
+        let d = l.delta(&snap);
+        assert_eq!(d.total, 2);
+        assert_eq!(d.count(ExitKind::PortRead(0x3fd)), 1);
+        assert_eq!(d.count(ExitKind::PortWrite(0x3f8)), 1);
+        assert_eq!(d.count(ExitKind::Hlt), 0);
+        assert!(!d.counts.contains_key(&ExitKind::Hlt));
+    }
+
+    #[test]
+    fn notifications_are_part_of_snapshots() {
+        let mut l = ExitLedger::new();
+        let c = l.notifier("block doorbell");
+        assert!(Arc::ptr_eq(&c, &l.notifier("block doorbell")));
+        c.fetch_add(3, Ordering::Relaxed);
+        let snap = l.snapshot();
+        c.fetch_add(2, Ordering::Relaxed);
+        assert_eq!(l.delta(&snap).notifications.get("block doorbell"), Some(&2));
+        assert_eq!(l.snapshot().notifications.get("block doorbell"), Some(&5));
+    }
+
+    #[test]
+    fn remove_one_and_sorting() {
+        let mut l = ExitLedger::new();
+        for _ in 0..3 {
+            l.record(ExitKind::PortRead(1));
+        }
+        l.record(ExitKind::Hypercall(Hypercall::BenchPhase));
+        let mut s = l.snapshot();
+        assert_eq!(s.by_count()[0], (ExitKind::PortRead(1), 3));
+        s.remove_one(ExitKind::Hypercall(Hypercall::BenchPhase));
+        s.remove_one(ExitKind::Hlt);
+        assert_eq!(s.total, 3);
+        assert_eq!(s.counts.len(), 1);
+    }
+
+    #[test]
+    fn display_names() {
+        assert_eq!(ExitKind::PortRead(0x3fd).to_string(), "port 0x03fd read");
+        assert_eq!(
+            ExitKind::Hypercall(Hypercall::ConsoleWrite).to_string(),
+            "hypercall console_write"
+        );
+    }
+}

@@ -1,0 +1,83 @@
+//! The `--stats` report: platform, exits by kind, timings, peak RSS.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::vm::RunOutcome;
+
+/// Peak resident set size of this process in KiB (`VmHWM` in `/proc/self/status`).
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_hwm(&status)
+}
+
+/// Extracts `VmHWM` (KiB) from `/proc/<pid>/status` text.
+pub fn parse_vm_hwm(status: &str) -> Option<u64> {
+    status.lines().find_map(|l| {
+        let rest = l.strip_prefix("VmHWM:")?;
+        rest.trim().trim_end_matches("kB").trim().parse().ok()
+    })
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+/// The report printed by `pvkit run --stats`.
+pub fn report(o: &RunOutcome, peak_rss_kib: Option<u64>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "pvkit stats");
+    let _ = writeln!(s, "  platform:          {}", o.platform.kind);
+    let _ = writeln!(s, "  cpu:               {}", o.platform.cpu_model);
+    let _ = match o.platform.tsc_khz {
+        Some(k) => writeln!(s, "  tsc:               {k} kHz"),
+        None => writeln!(s, "  tsc:               unknown"),
+    };
+    let _ = writeln!(s, "  guest abi:         {}", o.guest_abi);
+    let _ = writeln!(s, "  hypercall regs:    {}", o.reg_access.name());
+    let _ = writeln!(s, "  stop:              {}", o.stop);
+    let _ = writeln!(s, "  exits by kind:");
+    for (kind, n) in o.ledger.by_count() {
+        let _ = writeln!(s, "    {n:>10}  {kind}");
+    }
+    for (name, n) in &o.ledger.notifications {
+        let _ = writeln!(s, "    {n:>10}  notify {name} (in-kernel)");
+    }
+    let _ = writeln!(s, "  total exits:       {}", o.ledger.total);
+    let _ = writeln!(s, "  to guest entry:    {}", ms(o.timings.to_guest_entry));
+    let _ = match o.timings.to_first_exit {
+        Some(d) => writeln!(s, "  to first exit:     {}", ms(d)),
+        None => writeln!(s, "  to first exit:     none"),
+    };
+    let _ = match o.timings.to_first_hypercall {
+        Some(d) => writeln!(s, "  to first hypercall: {}", ms(d)),
+        None => writeln!(s, "  to first hypercall: none made"),
+    };
+    let _ = writeln!(s, "  to stop:           {}", ms(o.timings.to_stop));
+    let _ = match peak_rss_kib {
+        Some(k) => writeln!(s, "  peak rss:          {k} KiB"),
+        None => writeln!(s, "  peak rss:          unknown"),
+    };
+    if !o.phases.is_empty() {
+        let _ = writeln!(s, "  bench phases:      {}", o.phases.len());
+    }
+    if !o.samples.is_empty() {
+        let _ = writeln!(s, "  bench samples:     {}", o.samples.len());
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_hwm() {
+        assert_eq!(
+            parse_vm_hwm("Name:\tx\nVmHWM:\t   5120 kB\nVmRSS: 1 kB\n"),
+            Some(5120)
+        );
+        assert_eq!(parse_vm_hwm("Name:\tx\n"), None);
+        assert!(peak_rss_kib().is_some());
+    }
+}

@@ -1,0 +1,45 @@
+//! Shared helpers of the KVM integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Output;
+
+/// Whether KVM tests can run. Without a usable /dev/kvm they are skipped with a note, except
+/// under CI (`CI=true`), where they fail: a CI runner without KVM must not look green.
+pub fn kvm_available() -> bool {
+    match pvkit_vmm::platform::open_kvm() {
+        Ok(_) => true,
+        Err(e) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("CI=true but KVM is unusable, so the KVM tests cannot run: {e}");
+            }
+            eprintln!("note: skipping a KVM test: {e}");
+            false
+        }
+    }
+}
+
+/// Writes `bytes` to a fresh file under the target's temp dir and returns its path.
+pub fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("pvkit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).expect("write temp file");
+    p
+}
+
+/// Runs the `pvkit` binary with `args`.
+pub fn pvkit(args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_pvkit"))
+        .args(args)
+        .output()
+        .expect("run pvkit")
+}
+
+/// The status code of a finished process (panics on a signal death).
+pub fn code(o: &Output) -> i32 {
+    o.status
+        .code()
+        .unwrap_or_else(|| panic!("pvkit died by a signal: {o:?}"))
+}
