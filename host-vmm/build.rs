@@ -2,6 +2,7 @@
 //! binaries to the crate:
 //! - `PVKIT_GUEST_KERNEL_ELF`: path of `pvkit-guest-kernel` (embedded as the built-in guest);
 //! - `PVKIT_EXAMPLE_GUEST_ELF`: path of `hello-os`;
+//! - `PVKIT_HOSTILE_GUEST_ELF`: path of `hostile-os` (the security tests' guest);
 //! - `PVKIT_GUEST_STATUS`: `built`, or why there is no built-in guest.
 //!
 //! The guest build runs from `guest-kernel/` (its `.cargo/config.toml` applies only there),
@@ -79,6 +80,10 @@ fn placeholder(out_dir: &Path, why: &str) {
     println!("cargo:rustc-env=PVKIT_GUEST_KERNEL_ELF={}", empty.display());
     println!(
         "cargo:rustc-env=PVKIT_EXAMPLE_GUEST_ELF={}",
+        empty.display()
+    );
+    println!(
+        "cargo:rustc-env=PVKIT_HOSTILE_GUEST_ELF={}",
         empty.display()
     );
     println!("cargo:rustc-env=PVKIT_GUEST_STATUS={why}");
@@ -196,6 +201,11 @@ fn main() {
     println!(
         "cargo:rustc-env=PVKIT_EXAMPLE_GUEST_ELF={}",
         example.display()
+    );
+    // The hostile guest of tests/hostile.rs, tests/faults.rs and tests/durability.rs.
+    println!(
+        "cargo:rustc-env=PVKIT_HOSTILE_GUEST_ELF={}",
+        bin_dir.join("hostile-os").display()
     );
     println!("cargo:rustc-env=PVKIT_GUEST_STATUS=built");
 }

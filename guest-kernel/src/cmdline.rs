@@ -11,10 +11,15 @@
 //! | `panic`     | after the banner: `panic!("requested panic")`                         |
 //! | `spin`      | after the banner: loop forever (watchdog tests)                       |
 //! | `triple`    | after the banner: load an empty IDT and `ud2` (triple fault)          |
+//! | `user`      | after the banner: run a function in ring 3 that reads the PV clock (when offered) and print what it returned |
+//! | `bench=`    | instead of everything else: run benchmark cases, see [`crate::bench`]; `all` or a comma-separated list of devices (`console`, `block`, `clock`, `exit`) and `device/variant` pairs (e.g. `block/ata-pio`) |
+//! | `quick`     | with `bench=`: small operation counts                                 |
+//! | `ops=N`     | with `bench=`: `N` (≥ 1) operations in every case                      |
 //!
 //! Unknown tokens are ignored (they may be meant for someone else). When several of
 //! `fault=`, `panic`, `spin`, `triple` are given, the last one wins.
 
+use crate::bench::Selection;
 use crate::console::ConsoleKind;
 use pvkit_guest::cmdline::Cmdline;
 
@@ -56,6 +61,17 @@ pub struct Print {
     pub writes: usize,
 }
 
+/// `bench=<list> [quick] [ops=N]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bench {
+    /// The devices and variants to benchmark.
+    pub selection: Selection,
+    /// Small operation counts.
+    pub quick: bool,
+    /// Operations per case, overriding every default.
+    pub ops: Option<u64>,
+}
+
 /// The parsed command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Args {
@@ -69,6 +85,10 @@ pub struct Args {
     pub alloc: Option<usize>,
     /// What to do instead of exiting.
     pub action: Option<Action>,
+    /// `user`: run the ring-3 check after the banner.
+    pub user: bool,
+    /// `bench=`: run benchmarks instead of everything else.
+    pub bench: Option<Bench>,
 }
 
 /// Parses the command line in one pass. The error names the offending token.
@@ -79,8 +99,12 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
         print: None,
         alloc: None,
         action: None,
+        user: false,
+        bench: None,
     };
     let mut writes = 1;
+    let mut quick = false;
+    let mut ops = None;
     for t in cmdline.tokens() {
         let v = t.value;
         match (t.key, v) {
@@ -106,12 +130,29 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
             ("panic", None) => args.action = Some(Action::Panic),
             ("spin", None) => args.action = Some(Action::Spin),
             ("triple", None) => args.action = Some(Action::Triple),
+            ("user", None) => args.user = true,
+            ("bench", Some(list)) => {
+                args.bench = Some(Bench {
+                    selection: Selection::parse(list)?,
+                    quick: false,
+                    ops: None,
+                })
+            }
+            ("quick", None) => quick = true,
+            ("ops", Some(n)) => match n.parse::<u64>() {
+                Ok(n) if n >= 1 => ops = Some(n),
+                _ => return Err(n),
+            },
             ("console", Some(other)) => return Err(other),
             _ => {}
         }
     }
     if let Some(p) = &mut args.print {
         p.writes = writes;
+    }
+    if let Some(b) = &mut args.bench {
+        b.quick = quick;
+        b.ops = ops;
     }
     Ok(args)
 }

@@ -1,8 +1,8 @@
 //! The kernel console: the 16550 UART or the PV console, chosen once at boot.
 //!
-//! [`print!`]/[`println!`] cost, per line: on the PV console one hypercall (the pieces are
+//! `print!`/`println!` cost, per line: on the PV console one hypercall (the pieces are
 //! formatted into a 256-byte stack buffer first); on the UART one LSR read and one THR
-//! write per byte, no `\n` translation. [`write`] hands a whole buffer to the device in a
+//! write per byte, no `\n` translation. [`write()`] hands a whole buffer to the device in a
 //! single driver call.
 //!
 //! Locking: the UART has state (and bytes of concurrent lines must not interleave), so it
@@ -80,7 +80,7 @@ pub fn write(bytes: &[u8]) -> Result<(), Status> {
     }
 }
 
-/// Formats `args` to the console. Used by [`print!`]. Console errors have nowhere to go:
+/// Formats `args` to the console. Used by `print!`. Console errors have nowhere to go:
 /// the text is dropped.
 pub fn print_fmt(args: fmt::Arguments<'_>) {
     match ACTIVE.load(Ordering::Acquire) {

@@ -9,7 +9,8 @@
 //! | `0x28`   | TSS (16 bytes)             |
 //!
 //! The kernel selectors match the boot GDT's, and the user pair is ordered data-then-code
-//! so that `SYSRET` works with `STAR[63:48] = 0x10` when ring-3 code is added.
+//! so that `SYSRET` works with `STAR[63:48] = 0x10`. [`crate::user`] enters ring 3 with
+//! `iretq` and these selectors.
 //!
 //! The TSS provides `IST1` ([`DOUBLE_FAULT_IST`]), a separate stack for the double-fault
 //! handler so a kernel stack overflow is still reported, and `RSP0`, the stack the CPU
@@ -42,11 +43,17 @@ static mut DOUBLE_FAULT_STACK: Stack<IST_STACK_SIZE> = Stack([0; IST_STACK_SIZE]
 /// The ring-0 stack for interrupts from ring 3 (only used through the TSS).
 static mut RSP0_STACK: Stack<RSP0_STACK_SIZE> = Stack([0; RSP0_STACK_SIZE]);
 
+/// The user data selector (`SS` in ring 3), GDT index 3, RPL 3.
+pub const USER_DATA: u16 = 0x1b;
+/// The user code selector (`CS` in ring 3), GDT index 4, RPL 3.
+pub const USER_CODE: u16 = 0x23;
+/// The kernel code selector.
+pub const KERNEL_CODE: u16 = 0x08;
+/// The kernel data selector.
+pub const KERNEL_DATA: u16 = 0x10;
+
 /// The selectors of [`GDT`].
-#[allow(
-    dead_code,
-    reason = "the user selectors are for the ring-3 work to come"
-)]
+#[allow(dead_code, reason = "all selectors are documented; not all are read")]
 #[derive(Clone, Copy, Debug)]
 pub struct Selectors {
     /// Kernel code, `0x08`.
@@ -63,12 +70,6 @@ pub struct Selectors {
 
 static TSS: Once<TaskStateSegment> = Once::new();
 static GDT: Once<(GlobalDescriptorTable, Selectors)> = Once::new();
-
-/// The selectors (after [`init`]).
-#[allow(dead_code, reason = "for the ring-3 work to come")]
-pub fn selectors() -> &'static Selectors {
-    &GDT.get().expect("gdt::init not called").1
-}
 
 /// Builds and loads the GDT and TSS and reloads every segment register that matters.
 pub fn init() {
@@ -94,6 +95,13 @@ pub fn init() {
             user_code,
             tss,
         };
+        assert!(
+            sel.user_data.0 == USER_DATA
+                && sel.user_code.0 == USER_CODE
+                && sel.kernel_data.0 == KERNEL_DATA
+                && sel.kernel_code.0 == KERNEL_CODE,
+            "GDT layout differs from the selectors ring-3 entry uses"
+        );
         (gdt, sel)
     });
     gdt.load();

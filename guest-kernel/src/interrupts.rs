@@ -29,6 +29,8 @@ pub const EXCEPTIONS: usize = 32;
 const PAGE_FAULT: u64 = 14;
 /// Vector of a double fault.
 const DOUBLE_FAULT: usize = 8;
+/// Vector of a general-protection fault.
+const GENERAL_PROTECTION: u64 = 13;
 
 /// The registers saved by the entry path, lowest address first.
 #[repr(C)]
@@ -213,9 +215,21 @@ extern "C" {
     static pvkit_trap_table: [u64; EXCEPTIONS];
 }
 
-/// Called by the entry path with the saved state. Every vector today is a CPU exception:
-/// report it to the host; this never returns.
+/// Called by the entry path with the saved state. Every vector is a CPU exception. The
+/// #UD that ends a ring-3 call ([`crate::user::trap_return`]) resumes the kernel; a #GP
+/// raised by an instruction with a fixup ([`crate::msr::fixup`], e.g. a `wrmsr` the host
+/// refused) resumes at the fixup; any other exception is reported to the host and never
+/// returns.
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
+    if crate::user::trap_return(frame) {
+        return;
+    }
+    if frame.vector == GENERAL_PROTECTION {
+        if let Some(resume) = crate::msr::fixup(frame.rip) {
+            frame.rip = resume;
+            return;
+        }
+    }
     let cr2 = if frame.vector == PAGE_FAULT {
         Cr2::read_raw()
     } else {
@@ -228,9 +242,11 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         frame.rip,
         cr2,
         format_args!(
-            "{} in ring {} (rsp {:#x})",
+            "{} in ring {} (cs {:#x}, ss {:#x}, rsp {:#x})",
             vector_name(vector),
             frame.cs & 3,
+            frame.cs,
+            frame.ss,
             frame.rsp
         ),
     )

@@ -1,6 +1,6 @@
 //! # pvkit-guest-kernel — the pvkit test and benchmark guest
 //!
-//! A small `no_std` kernel for the pvkit VMM. The VMM enters [`_start`] in long mode with
+//! A small `no_std` kernel for the pvkit VMM. The VMM enters `_start` in long mode with
 //! `RDI` = the guest-physical address of a [`BootInfo`] (see [`pvkit_abi::boot`]); the kernel
 //! switches to its own stack, loads its GDT/TSS and IDT, validates the boot information,
 //! parses the command line, brings up the chosen console and the heap, runs the mode the
@@ -10,8 +10,11 @@
 //! does only what the modes need: no memory is zeroed in software (the loader zero-fills
 //! `.bss`), the heap is one free-list node, and the command line is parsed in one pass.
 //!
-//! One job per module: [`gdt`], [`interrupts`], [`heap`], [`console`], [`cmdline`],
-//! [`modes`]. Drivers (UART, PV console, hypercalls, fault reports) come from `pvkit-guest`.
+//! One job per module: [`gdt`], [`interrupts`], [`msr`] (a fault-tolerant `wrmsr`),
+//! [`user`] (ring-3 calls), [`heap`], [`statics`] (page-aligned static buffers),
+//! [`console`], [`cmdline`], [`modes`], [`ata`] and [`pit`] (the emulated devices'
+//! instances), [`mod@bench`] (the benchmark workloads). Drivers (UART, PV console, PV block,
+//! rings, clocks, ATA, PIT, hypercalls, fault reports) come from `pvkit-guest`.
 #![no_std]
 #![no_main]
 
@@ -19,11 +22,17 @@ extern crate alloc;
 
 #[macro_use]
 mod console;
+mod ata;
+mod bench;
 mod cmdline;
 mod gdt;
 mod heap;
 mod interrupts;
 mod modes;
+mod msr;
+mod pit;
+mod statics;
+mod user;
 
 use pvkit_abi::boot::{BootInfo, BOOT_MAGIC, CMDLINE_MAX, IDENTITY_MAP_SIZE};
 use pvkit_abi::{AbiVersion, ABI_VERSION};
@@ -79,7 +88,7 @@ extern "C" fn kernel_main(boot_info: *const BootInfo) -> ! {
 
     let console = console::init(args.console);
     heap::init(boot);
-    modes::run(&args, console)
+    modes::run(&args, console, boot)
 }
 
 /// Checks the `BootInfo` pointer, magic and ABI major version; panics (reported to the

@@ -11,7 +11,10 @@ use crate::cmdline::{Action, Args, FaultKind, Print};
 use crate::console::{self, ConsoleKind};
 use crate::heap::MAX_HEAP;
 use alloc::vec::Vec;
+use pvkit_abi::boot::BootInfo;
+use pvkit_abi::cpuid::Features;
 use pvkit_abi::ABI_VERSION;
+use pvkit_guest::clock::ClockPage;
 use pvkit_guest::{console::MAX_WRITE, hypercall};
 
 /// A guest-physical address above the 4 GiB boot identity map, so unmapped (64 GiB).
@@ -20,7 +23,10 @@ const UNMAPPED: u64 = 0x10_0000_0000;
 const NON_CANONICAL: u64 = 0x8000_0000_0000_0000;
 
 /// Runs the mode and ends the VM.
-pub fn run(args: &Args, console: ConsoleKind) -> ! {
+pub fn run(args: &Args, console: ConsoleKind, boot: &BootInfo) -> ! {
+    if let Some(bench) = &args.bench {
+        crate::bench::run(bench, boot);
+    }
     if let Some(bytes) = args.alloc {
         alloc_touch_free(bytes);
     }
@@ -33,6 +39,9 @@ pub fn run(args: &Args, console: ConsoleKind) -> ! {
             ABI_VERSION.minor,
             console.name()
         ),
+    }
+    if args.user {
+        user_check(boot);
     }
     match args.action {
         None => hypercall::exit(args.exit_code),
@@ -92,6 +101,41 @@ fn print_x(p: Print) {
             left -= n;
         }
     }
+}
+
+/// The clock page of the `user` check.
+static USER_CLOCK: ClockPage = ClockPage::new();
+
+/// Ring 3: returns `arg + 1` (proves the call and its argument and result).
+extern "C" fn user_increment(arg: u64) -> u64 {
+    arg + 1
+}
+
+/// `user`: runs two functions in ring 3 and prints what they returned: `41 + 1` (with the
+/// cycles the ring-0 → ring-3 → ring-0 round trip took), and (when the host offers the PV
+/// clock) two clock reads, which must not go backwards.
+/// Panics (reported to the host) if a result is wrong.
+fn user_check(boot: &BootInfo) {
+    let t0 = pvkit_guest::tsc::rdtsc();
+    let r = crate::user::call(user_increment, 41);
+    let cycles = pvkit_guest::tsc::rdtsc() - t0;
+    assert_eq!(r, 42, "ring 3 returned {r} for 41 + 1");
+    println!("user: ring 3 returned {r} ({cycles} TSC cycles for the round trip)");
+    if !Features::from_bits_truncate(boot.features).contains(Features::CLOCK) {
+        println!("user: the host offers no PV clock");
+        return;
+    }
+    let reader = match pvkit_guest::clock::register(&USER_CLOCK) {
+        Ok(reader) => reader,
+        Err(s) => panic!("registering the PV clock page: {s}"),
+    };
+    let t0 = crate::user::read_clock(&reader);
+    let t1 = crate::user::read_clock(&reader);
+    assert!(
+        t0 != 0 && t1 >= t0,
+        "PV clock read in ring 3: {t0} then {t1}"
+    );
+    println!("user: PV clock read in ring 3: {t0} ns, then {t1} ns");
 }
 
 /// Raises the requested CPU exception. The handler reports it and never returns.

@@ -4,7 +4,8 @@
 //! when the guest leaves them to the host, and host-side verification of block data from
 //! an op log ([`verify_op_log`]).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pvkit_abi::bench::{BenchSample, CaseId, OpRecord, OP_READ, OP_WRITE, SAMPLE_FAILED};
@@ -33,10 +34,48 @@ pub struct PhaseRecord {
     pub case: CaseId,
     /// Operations the guest says it did (arg2 of the `End` marker).
     pub ops: u64,
-    /// Exits between the markers (the marker exits themselves excluded).
+    /// The ledger delta between the markers (the marker exits themselves excluded):
+    /// userspace exits by kind in `counts` (ports are named: `PortRead(0x1f0)` vs
+    /// `PortRead(0x1f7)`, doorbells are `PortWrite(0x510 + ring)`), their sum in `total`,
+    /// and in `notifications` the in-kernel notifications per ring (ioeventfd doorbell
+    /// writes that never left the kernel, by [`crate::paravirt::notifier_name`]).
     pub exits: LedgerSnapshot,
     /// Host wall time between the two markers.
     pub host_time: Duration,
+}
+
+impl PhaseRecord {
+    /// In-kernel notifications of ring `ring` during the phase.
+    pub fn notifications(&self, ring: pvkit_abi::ring::RingId) -> u64 {
+        self.exits
+            .notifications
+            .get(crate::paravirt::notifier_name(ring))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Called with each phase as it ends (on the vCPU thread, inside the `End` marker's exit:
+/// keep it short). `pvkit bench` drives its progress bar with it.
+#[derive(Clone)]
+pub struct PhaseObserver(pub Arc<dyn Fn(&PhaseRecord) + Send + Sync>);
+
+impl std::fmt::Debug for PhaseObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PhaseObserver(..)")
+    }
+}
+
+impl<F: Fn(&PhaseRecord) + Send + Sync + 'static> From<Arc<F>> for PhaseObserver {
+    fn from(f: Arc<F>) -> Self {
+        Self(f)
+    }
+}
+
+impl From<Arc<dyn Fn(&PhaseRecord) + Send + Sync>> for PhaseObserver {
+    fn from(f: Arc<dyn Fn(&PhaseRecord) + Send + Sync>) -> Self {
+        Self(f)
+    }
 }
 
 /// The outcome of host-side data verification for one sample.
@@ -127,9 +166,11 @@ pub fn verify_op_log(mem: &GuestRam, log: &[OpRecord], disk: &mut dyn DiskReader
             "the op log names {total} sectors; at most {MAX_VERIFY_SECTORS} are verified"
         ));
     }
-    // Last operation per sector and per buffer chunk.
-    let mut last_sector: HashMap<u64, usize> = HashMap::new();
-    let mut last_chunk: HashMap<u64, usize> = HashMap::new();
+    // Last operation per sector and per buffer chunk. B-trees, not hash maps: the keys are
+    // the guest's, so no hash-flooding, and no random hash seed (which the vCPU thread's
+    // seccomp filter would refuse: `getrandom`); they also iterate in order.
+    let mut last_sector: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut last_chunk: BTreeMap<u64, usize> = BTreeMap::new();
     for (i, r) in log.iter().enumerate() {
         for k in 0..u64::from(r.len) / CHUNK {
             last_sector.insert(r.sector + k, i);
@@ -151,9 +192,7 @@ pub fn verify_op_log(mem: &GuestRam, log: &[OpRecord], disk: &mut dyn DiskReader
         }
         Ok(())
     };
-    let mut checks: Vec<(u64, usize)> = last_chunk.iter().map(|(c, i)| (*c, *i)).collect();
-    checks.sort_unstable();
-    for (chunk, i) in checks {
+    for (&chunk, &i) in &last_chunk {
         let Some(r) = log.get(i).filter(|r| r.op == OP_READ) else {
             continue;
         };
@@ -167,9 +206,7 @@ pub fn verify_op_log(mem: &GuestRam, log: &[OpRecord], disk: &mut dyn DiskReader
             return Verification::Failed(e);
         }
     }
-    let mut checks: Vec<(u64, usize)> = last_sector.iter().map(|(s, i)| (*s, *i)).collect();
-    checks.sort_unstable();
-    for (sector, i) in checks {
+    for (&sector, &i) in &last_sector {
         let Some(r) = log.get(i).filter(|r| r.op == OP_WRITE) else {
             continue;
         };
@@ -194,6 +231,7 @@ pub struct BenchRecorder {
     samples: Vec<SampleRecord>,
     raw_cycles: usize,
     disk: Option<Box<dyn DiskReader>>,
+    observer: Option<PhaseObserver>,
 }
 
 impl std::fmt::Debug for BenchRecorder {
@@ -203,6 +241,7 @@ impl std::fmt::Debug for BenchRecorder {
             .field("phases", &self.phases.len())
             .field("samples", &self.samples.len())
             .field("disk", &self.disk.is_some())
+            .field("observer", &self.observer.is_some())
             .finish()
     }
 }
@@ -216,6 +255,11 @@ impl BenchRecorder {
     /// Gives the recorder the disk that op logs are verified against.
     pub fn set_disk(&mut self, disk: Box<dyn DiskReader>) {
         self.disk = Some(disk);
+    }
+
+    /// Calls `observer` with every phase as it ends.
+    pub fn set_observer(&mut self, observer: PhaseObserver) {
+        self.observer = Some(observer);
     }
 
     /// Starts `case`. The ledger must already count the marker's own exit (it is then part
@@ -247,12 +291,16 @@ impl BenchRecorder {
         let (_, snap, start) = self.open.swap_remove(i);
         let mut exits = ledger.delta(&snap);
         exits.remove_one(ExitKind::Hypercall(Hypercall::BenchPhase));
-        self.phases.push(PhaseRecord {
+        let record = PhaseRecord {
             case,
             ops,
             exits,
             host_time: start.elapsed(),
-        });
+        };
+        if let Some(obs) = &self.observer {
+            (obs.0)(&record);
+        }
+        self.phases.push(record);
         Ok(())
     }
 
@@ -341,6 +389,27 @@ mod tests {
         assert_eq!(p.exits.total, 2);
         assert_eq!(p.exits.count(ExitKind::Hypercall(Hypercall::BenchPhase)), 0);
         assert_eq!(p.ops, 1);
+    }
+
+    #[test]
+    fn observer_sees_each_phase_as_it_ends() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s2 = Arc::clone(&seen);
+        let mut r = BenchRecorder::new();
+        r.set_observer(PhaseObserver::from(Arc::new(move |p: &PhaseRecord| {
+            s2.lock().unwrap().push((p.case, p.ops, p.exits.total));
+        })));
+        let mut l = ExitLedger::new();
+        let n = l.notifier(crate::paravirt::NOTIFY_BLOCK_RING);
+        r.begin(CASE, &l).unwrap();
+        l.record(ExitKind::PortRead(0x40));
+        n.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+        r.end(CASE, 5, &l).unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec![(CASE, 5, 1)]);
+        let p = &r.phases()[0];
+        assert_eq!(p.notifications(pvkit_abi::ring::RingId::Block), 2);
+        assert_eq!(p.notifications(pvkit_abi::ring::RingId::Console), 0);
+        assert_eq!(format!("{:?}", r.observer.unwrap()), "PhaseObserver(..)");
     }
 
     #[test]

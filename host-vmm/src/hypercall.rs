@@ -142,9 +142,9 @@ impl TryFrom<RawCall> for Call {
 
 /// Handlers for the PV block device and the shared rings.
 ///
-/// The PV block/ring devices are wired in by the `pvkit-pv` backends (crates/pv), which
-/// implement this trait; until then [`NoPvDevices`] answers `EOPNOTSUPP` to every call.
-/// Each method receives guest memory and the raw arguments, and must validate them itself.
+/// [`crate::paravirt::PvBackend`] implements it over the `pvkit-pv` backends;
+/// [`NoPvDevices`] answers `EOPNOTSUPP` to every call. Each method receives guest memory
+/// and the raw arguments, and must validate them itself. Methods run on the vCPU thread.
 pub trait PvDevices: Send {
     /// The feature bits these devices add (e.g. [`Features::BLOCK`]).
     fn features(&self) -> Features {
@@ -172,6 +172,12 @@ pub trait PvDevices: Send {
     /// [`Hypercall::RingKick`].
     fn ring_kick(&mut self, _mem: &GuestRam, _ring: u64) -> CallReturn {
         CallReturn::err(Status::EOPNOTSUPP)
+    }
+    /// Stops the devices' threads when the VM stops (called once, after the vCPU thread
+    /// ended). Returns why a device thread failed during the run, if one did: the run is
+    /// then reported as a host failure.
+    fn shutdown(&mut self) -> Result<(), String> {
+        Ok(())
     }
 }
 
@@ -220,11 +226,16 @@ impl From<CallReturn> for Outcome {
     }
 }
 
-fn status_of(r: Result<u64, Status>) -> Outcome {
-    Outcome::Return(match r {
+/// A call's result as `RAX`/`RDX`: the value with `OK`, or the status with no value.
+pub fn call_return(r: Result<u64, Status>) -> CallReturn {
+    match r {
         Ok(v) => CallReturn::ok(v),
         Err(s) => CallReturn::err(s),
-    })
+    }
+}
+
+fn status_of(r: Result<u64, Status>) -> Outcome {
+    Outcome::Return(call_return(r))
 }
 
 /// Reads `N` bytes at a guest address, or `EFAULT`.
@@ -401,8 +412,8 @@ pub fn execute(mem: &GuestRam, call: Call, ctx: &mut HypercallContext<'_>) -> Ou
             log_addr,
             log_len,
         } => status_of(bench_result(mem, ctx, addr, log_addr, log_len)),
-        // The PV block/ring devices are wired in by the `pvkit-pv` backends (crates/pv)
-        // through `PvDevices`; without them these calls return EOPNOTSUPP.
+        // The PV block/ring devices (`PvDevices`); without them these calls return
+        // EOPNOTSUPP.
         Call::RegisterRegion {
             kind,
             addr,

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use pvkit_vmm::stop::{STATUS_USAGE, STATUS_VMM_ERROR};
 use pvkit_vmm::vcpu::RegAccess;
-use pvkit_vmm::{ConsoleKind, KernelSource, StopReason, VmConfig};
+use pvkit_vmm::{ConsoleKind, DiskConfig, KernelSource, StopReason, VmConfig};
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -19,7 +19,9 @@ Exit status:
   123   KVM internal error, or the guest halted with nothing to wake it
   124   the watchdog expired (--timeout)
   125   the guest reported a fault or a panic
-  126   the guest triple-faulted (shutdown)";
+  126   the guest triple-faulted (shutdown)
+  130   stopped by SIGINT (143: SIGTERM); the disk was flushed first
+  159   a VMM thread made a system call its seccomp filter forbids (docs/SECURITY.md)";
 
 /// Run paravirtualized and emulated-device guests under KVM.
 #[derive(Parser, Debug)]
@@ -34,6 +36,9 @@ enum Command {
     /// Boot a guest kernel and run it until it exits.
     #[command(after_long_help = EXIT_STATUS_HELP)]
     Run(RunArgs),
+    /// Benchmark emulated against paravirtual devices: exits, cycles and time per op.
+    #[command(after_long_help = BENCH_HELP)]
+    Bench(BenchArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -83,6 +88,20 @@ struct RunArgs {
     #[arg(long, value_enum, default_value_t = RegAccessArg::Auto)]
     reg_access: RegAccessArg,
 
+    /// A raw disk image: the emulated ATA disk (ports 0x1f0-0x1f7, 0x3f6) and the PV block
+    /// device both serve it, so both see the same bytes.
+    #[arg(long, value_name = "FILE")]
+    disk: Option<PathBuf>,
+
+    /// Open the --disk image read-only: guest writes fail.
+    #[arg(long, requires = "disk")]
+    disk_ro: bool,
+
+    /// Do not confine the vCPU and I/O threads with their seccomp filters (for debugging
+    /// the VMM, or a kernel without seccomp; see docs/SECURITY.md).
+    #[arg(long)]
+    no_seccomp: bool,
+
     /// The guest kernel command line (after `--`), e.g. `-- print=10 exit=3`.
     #[arg(last = true, value_name = "KERNEL-CMDLINE")]
     cmdline: Vec<String>,
@@ -111,6 +130,12 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
             RegAccessArg::Ioctl => Some(RegAccess::Ioctl),
         },
         started_at: Some(started_at),
+        disk: args.disk.as_ref().map(|path| DiskConfig {
+            path: path.clone(),
+            read_only: args.disk_ro,
+        }),
+        phase_observer: None,
+        seccomp: !args.no_seccomp,
     })
 }
 
@@ -118,8 +143,10 @@ fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
     let cfg = config(args, started_at)?;
     let outcome = pvkit_vmm::run(&cfg).context("cannot run the guest")?;
     let _ = std::io::stdout().flush();
-    if !matches!(outcome.stop, StopReason::Exit(_)) {
-        eprintln!("{}", outcome.stop);
+    match &outcome.stop {
+        StopReason::Exit(_) => {}
+        StopReason::Signal { .. } => eprintln!("pvkit: {}", outcome.stop),
+        other => eprintln!("{other}"),
     }
     if args.stats {
         eprint!(
@@ -128,6 +155,144 @@ fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
         );
     }
     Ok(outcome.stop.exit_status())
+}
+
+const BENCH_HELP: &str = "\
+Each device gets its own guest boot (bench=<device> on the guest command line), so a device
+whose guest crashes loses only its own cases. The Markdown report goes to stdout; the guest's
+console output is captured and checked, never printed. Cases the guest skipped (a host
+feature or device it needs is missing) are listed as unavailable on stderr and in results.md;
+they do not fail the run. Method: docs/BENCHMARKS.md.
+
+Exit status:
+  0     every case verified and every guest exited cleanly
+  1     the run could not start (no usable /dev/kvm, disk image, output directory)
+  2     usage error
+  3     a case FAILED (its data did not verify) or a device's guest crashed, timed out or
+        ran none of its cases; the reasons are printed on stderr";
+
+/// Exit status of `pvkit bench` when a case failed or a guest crashed.
+const STATUS_BENCH_FAILED: u8 = 3;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DeviceArg {
+    /// Console writes of 64 B and 4 KiB: UART vs PV hypercall, ring, ioeventfd, polled ring.
+    Console,
+    /// 4 KiB random and 1 MiB sequential reads and writes: ATA PIO vs the PV block variants.
+    Block,
+    /// Time reads: PIT vs the PV clock page and kvmclock.
+    Clock,
+    /// Bare exit round trips (null port), for calibration.
+    Exit,
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Run only these devices (repeat or comma-separate). Default: all four.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "DEVICE")]
+    only: Vec<DeviceArg>,
+
+    /// Fewer operations per case (passes `quick` to the guest): well under a minute.
+    #[arg(long)]
+    quick: bool,
+
+    /// Guest boots per device; the cases of all boots are pooled (ops, exits and time
+    /// summed, cycle samples merged).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    iterations: u32,
+
+    /// Directory for results.json, results.md, chart.svg and chart.png (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "bench-results")]
+    out: PathBuf,
+
+    /// Run the block cases against this existing raw image. The write cases WRITE TO IT.
+    /// Default: a 64 MiB temporary image filled with a known non-zero pattern, never left
+    /// behind.
+    #[arg(long, value_name = "FILE")]
+    disk: Option<PathBuf>,
+
+    /// Watchdog per guest boot, in seconds (fractions allowed). Default: 90, or 30 with
+    /// --quick.
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<f64>,
+
+    /// Guest RAM per boot in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = pvkit_vmm::runner::DEFAULT_MEM_MIB)]
+    mem: u64,
+
+    /// Do not confine the vCPU and I/O threads with their seccomp filters.
+    #[arg(long)]
+    no_seccomp: bool,
+}
+
+fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
+    use pvkit_vmm::runner::{self, BenchConfig, BenchDevice};
+    let timeout = match args.timeout {
+        None if args.quick => runner::DEFAULT_QUICK_TIMEOUT,
+        None => runner::DEFAULT_TIMEOUT,
+        Some(t) if t.is_finite() && t > 0.0 && t <= 1e6 => Duration::from_secs_f64(t),
+        Some(_) => anyhow::bail!("--timeout must be a positive number of seconds"),
+    };
+    let mut devices: Vec<BenchDevice> = Vec::new();
+    for d in &args.only {
+        let d = match d {
+            DeviceArg::Console => BenchDevice::Console,
+            DeviceArg::Block => BenchDevice::Block,
+            DeviceArg::Clock => BenchDevice::Clock,
+            DeviceArg::Exit => BenchDevice::Exit,
+        };
+        if !devices.contains(&d) {
+            devices.push(d);
+        }
+    }
+    if devices.is_empty() {
+        devices = BenchDevice::ALL.to_vec();
+    }
+    let cfg = BenchConfig {
+        devices,
+        quick: args.quick,
+        iterations: args.iterations,
+        disk: args.disk.clone(),
+        timeout,
+        mem_mib: args.mem,
+        seccomp: !args.no_seccomp,
+        command: std::iter::once("pvkit".to_owned())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
+        ..BenchConfig::default()
+    };
+    let outcome = runner::run(&cfg).context("cannot run the benchmarks")?;
+    if let Some(signal) = pvkit_vmm::signals::pending() {
+        // Each boot since the signal stopped at once (its disk flushed): no partial report.
+        eprintln!("pvkit: bench stopped by {signal}; no results written");
+        return Ok(signal.exit_status());
+    }
+    let files = runner::write_outputs(&outcome, &args.out)?;
+    print!("{}", outcome.markdown());
+    let _ = std::io::stdout().flush();
+    eprintln!(
+        "pvkit bench: {} cases in {:.1} s; wrote {}, {}, {}, {}",
+        outcome.report.cases.len(),
+        outcome.report.duration_s,
+        files.json.display(),
+        files.markdown.display(),
+        files.svg.display(),
+        files.png.display()
+    );
+    for line in runner::expected::grouped(&outcome.unavailable) {
+        eprintln!("warning: unavailable: {line}");
+    }
+    if outcome.passed() {
+        return Ok(0);
+    }
+    for p in &outcome.problems {
+        eprintln!("error: {p}");
+    }
+    for f in outcome.failures() {
+        eprintln!("FAILED: {f}");
+    }
+    Ok(STATUS_BENCH_FAILED)
 }
 
 fn main() -> ExitCode {
@@ -139,8 +304,14 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { STATUS_USAGE } else { 0 });
         }
     };
+    // SIGINT/SIGTERM stop the guest cleanly (src/signals.rs).
+    if let Err(e) = pvkit_vmm::signals::install() {
+        eprintln!("error: {e}");
+        return ExitCode::from(STATUS_VMM_ERROR);
+    }
     let result = match &cli.command {
         Command::Run(args) => run(args, started_at),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -4,6 +4,8 @@ use std::fmt;
 
 use pvkit_abi::fault::{vector_name, FaultReport, MESSAGE_MAX, VECTOR_PANIC};
 
+use crate::signals::{DiskFlush, StopSignal};
+
 /// A fault or panic reported by the guest, validated and decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuestFault {
@@ -96,6 +98,13 @@ pub enum StopReason {
         /// What KVM reported.
         detail: String,
     },
+    /// `pvkit` received SIGINT or SIGTERM ([`crate::signals`]) and stopped the guest.
+    Signal {
+        /// Which signal.
+        signal: StopSignal,
+        /// Whether the disk was flushed afterwards.
+        disk: DiskFlush,
+    },
 }
 
 /// Process exit status: VMM error (bad ELF, ABI mismatch, no usable `/dev/kvm`).
@@ -120,6 +129,12 @@ impl StopReason {
             StopReason::Shutdown { .. } => STATUS_SHUTDOWN,
             StopReason::Timeout { .. } => STATUS_TIMEOUT,
             StopReason::Halted { .. } | StopReason::InternalError { .. } => STATUS_INTERNAL,
+            // A failed flush is an I/O error: the guest's completed writes may be lost.
+            StopReason::Signal {
+                disk: DiskFlush::Failed(_),
+                ..
+            } => STATUS_VMM_ERROR,
+            StopReason::Signal { signal, .. } => signal.exit_status(),
         }
     }
 }
@@ -160,6 +175,11 @@ impl fmt::Display for StopReason {
                 Rip(*rip)
             ),
             StopReason::InternalError { detail } => write!(f, "KVM internal error: {detail}"),
+            StopReason::Signal {
+                signal,
+                disk: DiskFlush::NoDisk,
+            } => write!(f, "stopped by {signal}"),
+            StopReason::Signal { signal, disk } => write!(f, "stopped by {signal}; {disk}"),
         }
     }
 }
@@ -205,5 +225,17 @@ mod tests {
         assert_eq!(StopReason::Timeout { rip: None }.exit_status(), 124);
         assert_eq!(StopReason::Shutdown { rip: None }.exit_status(), 126);
         assert_eq!(StopReason::Halted { rip: None }.exit_status(), 123);
+        let term = |disk| StopReason::Signal {
+            signal: StopSignal::Term,
+            disk,
+        };
+        assert_eq!(term(DiskFlush::Flushed).exit_status(), 143);
+        assert_eq!(term(DiskFlush::NoDisk).exit_status(), 143);
+        assert_eq!(term(DiskFlush::Failed("EIO".into())).exit_status(), 1);
+        assert_eq!(
+            term(DiskFlush::Flushed).to_string(),
+            "stopped by SIGTERM; disk flushed"
+        );
+        assert_eq!(term(DiskFlush::NoDisk).to_string(), "stopped by SIGTERM");
     }
 }

@@ -18,7 +18,8 @@
 //! `KVM_SET_REGS` (each ioctl costs ~10 µs here).
 
 use kvm_bindings::{
-    kvm_cpuid_entry2, kvm_fpu, kvm_regs, kvm_segment, CpuId, KVM_MAX_CPUID_ENTRIES,
+    kvm_cpuid_entry2, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs,
+    KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 use pvkit_abi::boot::{BOOT_INFO_ADDR, ENTRY_RSP, GDT_ADDR, PAGE_TABLES};
@@ -126,6 +127,34 @@ pub fn build_cpuid(supported: &[kvm_cpuid_entry2], features: Features) -> Vec<kv
     out
 }
 
+/// KVM's CPUID table for this host (`KVM_GET_SUPPORTED_CPUID`).
+pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, VcpuError> {
+    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))
+}
+
+/// `KVM_FEATURE_CLOCKSOURCE2` in EAX of KVM's leaf `0x4000_0001`: the kvmclock MSRs at
+/// `0x4b56_4d00`/`0x4b56_4d01`.
+const KVM_FEATURE_CLOCKSOURCE2: u32 = 1 << 3;
+
+/// Whether KVM offers kvmclock (`"KVMKVMKVM"` at `0x4000_0000` with CLOCKSOURCE2 in
+/// `0x4000_0001`) in `supported`. [`build_cpuid`] moves those leaves to
+/// [`KVM_LEAF_BASE`], where KVM still finds its own signature (it scans the hypervisor
+/// range in steps of 0x100) and the guest's `wrmsr` is handled in the kernel.
+pub fn kvmclock_available(supported: &[kvm_cpuid_entry2]) -> bool {
+    let leaf = |f: u32| supported.iter().find(|e| e.function == f);
+    let signed = leaf(LEAF_BASE).is_some_and(|e| {
+        [e.ebx, e.ecx, e.edx]
+            .iter()
+            .flat_map(|r| r.to_le_bytes())
+            .eq(*b"KVMKVMKVM\0\0\0")
+    });
+    signed && leaf(LEAF_FEATURES).is_some_and(|e| e.eax & KVM_FEATURE_CLOCKSOURCE2 != 0)
+}
+
+/// The model-specific register of the time-stamp counter.
+const MSR_IA32_TSC: u32 = 0x10;
+
 fn segment(selector: u16, code: bool) -> kvm_segment {
     // The descriptor in the boot GDT, decoded into KVM's form.
     let desc = GDT.get(usize::from(selector >> 3)).copied().unwrap_or(0);
@@ -197,15 +226,21 @@ impl Vcpu {
         features: Features,
         access: Option<RegAccess>,
     ) -> Result<Self, VcpuError> {
-        let mut fd = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        let supported = supported_cpuid(kvm)?;
+        Self::with_cpuid(kvm, vm, entry, &supported, features, access)
+    }
 
-        let supported = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-        let entries = build_cpuid(supported.as_slice(), features);
-        let cpuid =
-            CpuId::from_entries(&entries).map_err(|e| VcpuError::Cpuid(format!("{e:?}")))?;
-        fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+    /// [`Vcpu::new`] with KVM's CPUID table already read ([`supported_cpuid`]).
+    pub fn with_cpuid(
+        kvm: &Kvm,
+        vm: &VmFd,
+        entry: u64,
+        supported: &CpuId,
+        features: Features,
+        access: Option<RegAccess>,
+    ) -> Result<Self, VcpuError> {
+        let mut fd = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        set_cpuid(&fd, supported, features)?;
 
         let mut sregs = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
         sregs.cs = segment(CODE_SELECTOR, true);
@@ -256,6 +291,45 @@ impl Vcpu {
         Ok(Self { fd, access })
     }
 
+    /// Replaces the CPUID table (pvkit leaves with `features`). Only before the first run.
+    pub fn set_features(&mut self, supported: &CpuId, features: Features) -> Result<(), VcpuError> {
+        set_cpuid(&self.fd, supported, features)
+    }
+
+    /// The guest's TSC offset: guest TSC = host TSC + offset (wrapping), for a VM without
+    /// TSC scaling, calibrated with `KVM_GET_MSRS` (`IA32_TSC`) bracketed by two host TSC
+    /// reads, the tightest of 4 tries. The offset lies in `[guest - after, guest - before]`;
+    /// when 0 is in that bracket the guest reads the host TSC directly (kvm_pvm, whose
+    /// ring-3 `rdtsc` runs natively) and the offset is exactly 0; otherwise the bracket's
+    /// midpoint is used (within half a `KVM_GET_MSRS` round trip, ~1–4 µs). Call before the
+    /// guest runs: a guest that writes its TSC later moves its own clock.
+    pub fn guest_tsc_offset(&self) -> Option<u64> {
+        let mut best: Option<(u64, u64, u64)> = None; // (width, before, guest)
+        for _ in 0..4 {
+            let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+                index: MSR_IA32_TSC,
+                ..Default::default()
+            }])
+            .ok()?;
+            let before = crate::paravirt::host_tsc();
+            let n = self.fd.get_msrs(&mut msrs).ok()?;
+            let after = crate::paravirt::host_tsc();
+            let guest = msrs.as_slice().first().filter(|_| n == 1)?.data;
+            let width = after.wrapping_sub(before);
+            if best.is_none_or(|(w, _, _)| width < w) {
+                best = Some((width, before, guest));
+            }
+        }
+        let (width, before, guest) = best?;
+        // As signed offsets: lo = guest - after, hi = guest - before.
+        let hi = guest.wrapping_sub(before) as i64;
+        let lo = hi.wrapping_sub(width as i64);
+        if lo <= 0 && 0 <= hi {
+            return Some(0);
+        }
+        Some(lo.wrapping_add((width / 2) as i64) as u64)
+    }
+
     /// How this vCPU reads and writes hypercall registers.
     pub fn reg_access(&self) -> RegAccess {
         self.access
@@ -287,7 +361,11 @@ impl Vcpu {
             }
         };
         let raw = RawCall {
-            nr,
+            // The ABI puts the call number in EAX with RAX's upper half 0. A call with upper
+            // bits set is not a call of this ABI and must not alias the call in EAX: it is
+            // dispatched as number 0, which the ABI never assigns (numbers are dense from
+            // 1), so the guest gets ENOSYS and the ledger counts an unknown hypercall.
+            nr: if r.rax >> 32 == 0 { nr } else { 0 },
             args: [r.rdi, r.rsi, r.r8, r.r9],
         };
         Ok((raw, keep))
@@ -393,6 +471,12 @@ impl Vcpu {
     }
 }
 
+fn set_cpuid(fd: &VcpuFd, supported: &CpuId, features: Features) -> Result<(), VcpuError> {
+    let entries = build_cpuid(supported.as_slice(), features);
+    let cpuid = CpuId::from_entries(&entries).map_err(|e| VcpuError::Cpuid(format!("{e:?}")))?;
+    fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))
+}
+
 /// The `KVM_EXIT_*` number of an exit the VMM does not handle, for messages.
 fn exit_reason_number(exit: &VcpuExit<'_>) -> u32 {
     use kvm_bindings::*;
@@ -456,6 +540,25 @@ mod tests {
         assert_eq!(find(0x8000_0000).eax, 0x8000_0008);
         assert_eq!(t.len(), 6);
         assert_eq!(t.iter().filter(|e| e.function == LEAF_BASE).count(), 1);
+    }
+
+    #[test]
+    fn kvmclock_needs_the_signature_and_clocksource2() {
+        let [b, c, d] = [*b"KVMK", *b"VMKV", *b"M\0\0\0"].map(u32::from_le_bytes);
+        let sig = kvm_cpuid_entry2 {
+            function: LEAF_BASE,
+            eax: LEAF_FEATURES,
+            ebx: b,
+            ecx: c,
+            edx: d,
+            ..Default::default()
+        };
+        let feat = |eax| entry(LEAF_FEATURES, eax, 0);
+        assert!(kvmclock_available(&[sig, feat(0x0100_7efb)]));
+        assert!(!kvmclock_available(&[sig, feat(0x1)]));
+        assert!(!kvmclock_available(&[sig]));
+        let other = kvm_cpuid_entry2 { ebx: 0, ..sig };
+        assert!(!kvmclock_available(&[other, feat(0x8)]));
     }
 
     #[test]

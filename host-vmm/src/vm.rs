@@ -6,25 +6,34 @@
 //! stops.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use kvm_ioctls::Cap;
 use pvkit_abi::AbiVersion;
 use thiserror::Error;
 
-use crate::bench::{PhaseRecord, SampleRecord};
+use crate::bench::{PhaseObserver, PhaseRecord, SampleRecord};
 use crate::bus::{BusError, PortBus};
 use crate::console::Console;
+use crate::disk::{DiskConfig, DiskError, SharedDisk};
 use crate::elf::{ElfError, ElfImage};
+use crate::emulated::{attach_ata, attach_pit, VmClock};
 use crate::exit::{ExitAction, Machine};
 use crate::hypercall::{NoPvDevices, PvDevices, BASE_FEATURES};
+use crate::iothread::IoStopper;
 use crate::ledger::LedgerSnapshot;
 use crate::memory::{create_ram, write_boot_area, BootParams, MemoryError, DEFAULT_MEM_MIB};
+use crate::paravirt::{
+    offered_features, ClockSource, KvmIoEvents, PvBackend, PvConfig, TscClock, DOORBELL_PORTS,
+};
 use crate::platform::{open_kvm, PlatformError, PlatformInfo};
+use crate::seccomp::{Confinement, SeccompError, ThreadKind};
 use crate::serial::{Uart, COM1_BASE, COM1_LEN};
+use crate::signals::{self, DiskFlush};
 use crate::stop::StopReason;
-use crate::vcpu::{create_vm, RegAccess, Vcpu, VcpuError};
+use crate::vcpu::{create_vm, kvmclock_available, supported_cpuid, RegAccess, Vcpu, VcpuError};
 use crate::watchdog::{self, ArmGuard, WatchdogError};
 
 /// Where the guest kernel comes from.
@@ -77,6 +86,14 @@ pub struct VmConfig {
     /// The instant timings are measured from (default: when [`run`] is called). `pvkit`
     /// passes its process start.
     pub started_at: Option<Instant>,
+    /// The disk image behind both the emulated ATA disk and the PV block device (the same
+    /// bytes for both); `None`: no disk, no ATA ports, no PV block device.
+    pub disk: Option<DiskConfig>,
+    /// Called with each benchmark phase as it ends (on the vCPU thread).
+    pub phase_observer: Option<PhaseObserver>,
+    /// Confine the vCPU and I/O threads with their seccomp filters ([`crate::seccomp`];
+    /// default `true`; `pvkit --no-seccomp` turns it off).
+    pub seccomp: bool,
 }
 
 impl Default for VmConfig {
@@ -90,6 +107,9 @@ impl Default for VmConfig {
             timeout: Duration::from_secs(60),
             reg_access: None,
             started_at: None,
+            disk: None,
+            phase_observer: None,
+            seccomp: true,
         }
     }
 }
@@ -189,6 +209,15 @@ pub enum VmError {
     /// The vCPU thread panicked (a bug in the VMM).
     #[error("the vCPU thread panicked")]
     VcpuPanicked,
+    /// The disk image could not be opened.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// The PV devices could not be set up (epoll, eventfd).
+    #[error("cannot set up the PV devices: {0}")]
+    PvDevices(std::io::Error),
+    /// A thread could not be confined with its seccomp filter.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 /// How long the watchdog keeps kicking after the deadline before giving up on the thread.
@@ -241,25 +270,126 @@ fn vcpu_loop(mut vcpu: Vcpu, mut m: Machine) -> VcpuResult {
     Ok((stop, m, entered, stopped))
 }
 
-/// Runs a VM with no PV block/ring devices.
-pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
-    run_with(config, Box::new(NoPvDevices))
+/// What the watchdog thread hears about.
+enum Event {
+    /// The vCPU thread ended.
+    VcpuDone,
+    /// A host thread of the VM failed; the VM must stop.
+    HostFailure(String),
 }
 
-/// Runs a VM with the given PV devices until the guest stops or the watchdog expires.
+/// The watchdog: waits for the vCPU thread to end. At the deadline, or as soon as a host
+/// thread of the VM reports a failure, it sets `stop_requested` and kicks the vCPU out of
+/// the guest every [`KICK_INTERVAL`] until the thread ends ([`VmError::VcpuStuck`] after
+/// [`KICK_GRACE`]). Returns the first host failure reported, if any.
+fn supervise<T>(
+    rx: &mpsc::Receiver<Event>,
+    thread: &std::thread::JoinHandle<T>,
+    deadline: Option<Instant>,
+    stop_requested: &AtomicBool,
+) -> Result<Option<String>, VmError> {
+    // Since when the vCPU is being kicked out of the guest.
+    let mut kicking: Option<Instant> = None;
+    let mut host_failure: Option<String> = None;
+    loop {
+        let mut wait = match (kicking, deadline) {
+            (Some(_), _) => KICK_INTERVAL,
+            (None, Some(d)) => d.saturating_duration_since(Instant::now()),
+            (None, None) => Duration::from_secs(3600),
+        };
+        if signals::installed() {
+            // SIGINT/SIGTERM only set a flag: look at it often enough.
+            wait = wait.min(signals::POLL_INTERVAL);
+        }
+        match rx.recv_timeout(wait) {
+            Ok(Event::VcpuDone) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Ok(host_failure)
+            }
+            Ok(Event::HostFailure(msg)) => {
+                host_failure.get_or_insert(msg);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if kicking.is_none()
+                    && signals::pending().is_none()
+                    && deadline.is_none_or(|d| Instant::now() < d)
+                {
+                    continue;
+                }
+            }
+        }
+        let since = *kicking.get_or_insert_with(|| {
+            stop_requested.store(true, Ordering::Release);
+            Instant::now()
+        });
+        if since.elapsed() > KICK_GRACE {
+            return Err(VmError::VcpuStuck(KICK_GRACE));
+        }
+        watchdog::kick(thread)?;
+    }
+}
+
+/// Flushes the disk (`fdatasync`) after a stop by a signal. The vCPU and I/O threads have
+/// ended: every write the guest saw complete is in the file.
+fn flush_disk(disk: Option<&SharedDisk>) -> DiskFlush {
+    use pvkit_devices::BlockBackend;
+    match disk.cloned().map(|mut d| d.flush()) {
+        None => DiskFlush::NoDisk,
+        Some(Ok(())) => DiskFlush::Flushed,
+        Some(Err(e)) => DiskFlush::Failed(e.to_string()),
+    }
+}
+
+/// Runs a VM with the PV devices of ABI v1 (console and block rings, PV block device, PV
+/// clock page) until the guest stops or the watchdog expires.
+pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
+    run_inner(config, None)
+}
+
+/// Runs a VM with the given PV devices instead of the built-in ones (no doorbell ports, no
+/// I/O thread unless `pv` brings its own) until the guest stops or the watchdog expires.
 pub fn run_with(config: &VmConfig, pv: Box<dyn PvDevices>) -> Result<RunOutcome, VmError> {
+    run_inner(config, Some(pv))
+}
+
+fn run_inner(config: &VmConfig, custom: Option<Box<dyn PvDevices>>) -> Result<RunOutcome, VmError> {
     let t0 = config.started_at.unwrap_or_else(Instant::now);
     let bytes = kernel_bytes(&config.kernel)?;
     let image = ElfImage::parse(&bytes)?;
+    let disk = config.disk.as_ref().map(SharedDisk::open).transpose()?;
     let kvm = open_kvm()?;
     watchdog::install()?;
 
     let mem = create_ram(config.mem_mib)?;
     let kernel = image.load(&mem)?;
-    let features = BASE_FEATURES | pv.features();
-    let vm = create_vm(&kvm, &mem)?;
-    let vcpu = Vcpu::new(&kvm, &vm, kernel.entry, features, config.reg_access)?;
+    let vm = Arc::new(create_vm(&kvm, &mem)?);
+    let clock = VmClock::start();
+    let supported = supported_cpuid(&kvm)?;
+    let kvmclock = kvmclock_available(supported.as_slice());
+    let eventfd = kvm.check_extension(Cap::Ioeventfd);
+    let clock_possible = kvm.check_extension(Cap::GetTscKhz);
+    let pv_features = |clock: bool| match &custom {
+        Some(pv) => pv.features(),
+        None => offered_features(disk.is_some(), eventfd, clock, kvmclock),
+    };
+    let mut features = BASE_FEATURES | pv_features(clock_possible);
+    let mut vcpu = Vcpu::with_cpuid(
+        &kvm,
+        &vm,
+        kernel.entry,
+        &supported,
+        features,
+        config.reg_access,
+    )?;
     let tsc_khz = vcpu.tsc_khz();
+    let tsc_clock = match (tsc_khz, vcpu.guest_tsc_offset()) {
+        (Some(khz), Some(offset)) => Some(TscClock::new(clock, khz, offset)),
+        _ => None,
+    };
+    if clock_possible && tsc_clock.is_none() {
+        // KVM could not tell the TSC rate or value after all: no clock page.
+        features = BASE_FEATURES | pv_features(false);
+        vcpu.set_features(&supported, features)?;
+    }
     let cmdline = config.full_cmdline();
     write_boot_area(
         &mem,
@@ -278,50 +408,100 @@ pub fn run_with(config: &VmConfig, pv: Box<dyn PvDevices>) -> Result<RunOutcome,
     };
     let mut bus = PortBus::new();
     bus.insert(COM1_BASE, COM1_LEN, Box::new(Uart::new(console.clone())))?;
-    let machine = Machine::new(mem, bus, console.clone(), pv);
+    attach_pit(&mut bus, clock)?;
+    if let Some(d) = &disk {
+        attach_ata(&mut bus, d.clone())?;
+    }
+    let mut machine = Machine::new(mem, bus, console.clone(), Box::new(NoPvDevices));
+    let (tx, rx) = mpsc::channel();
+    let mut io_stopper: Option<IoStopper> = None;
+    match custom {
+        Some(pv) => machine.pv = pv,
+        None => {
+            let fatal = tx.clone();
+            let pv = PvBackend::new(
+                PvConfig {
+                    mem: machine.mem.clone(),
+                    console: console.clone(),
+                    disk: disk.clone(),
+                    clock: tsc_clock.map(|c| Arc::new(c) as Arc<dyn ClockSource>),
+                    ioevents: eventfd.then(|| {
+                        Arc::new(KvmIoEvents(Arc::clone(&vm)))
+                            as Arc<dyn crate::paravirt::IoEventRegistrar>
+                    }),
+                    kvmclock,
+                    on_fatal: Arc::new(move |msg| {
+                        let _ = fatal.send(Event::HostFailure(msg));
+                    }),
+                },
+                &mut machine.ledger,
+            )
+            .map_err(VmError::PvDevices)?;
+            let (base, len) = DOORBELL_PORTS;
+            machine
+                .bus
+                .insert(base, len, Box::new(pv.doorbell_ports()))?;
+            io_stopper = Some(pv.stopper());
+            machine.pv = Box::new(pv);
+        }
+    }
+    debug_assert_eq!(features, BASE_FEATURES | machine.pv.features());
+    if let Some(d) = &disk {
+        machine.bench.set_disk(Box::new(d.clone()));
+    }
+    if let Some(obs) = &config.phase_observer {
+        machine.bench.set_observer(obs.clone());
+    }
     let stop_requested = machine.stop_requested.clone();
     let platform = crate::platform::info(tsc_khz);
     let reg_access = vcpu.reg_access();
+    let confinement = match config.seccomp {
+        true => Some(Confinement::new(ThreadKind::Vcpu)?),
+        false => None,
+    };
 
-    let (tx, rx) = mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("pvkit-vcpu0".into())
         .spawn(move || {
             // The VM fd must outlive the vCPU: keep it on this thread.
             let _vm = vm;
-            let r = vcpu_loop(vcpu, machine);
-            let _ = tx.send(());
+            // Confined before the first guest instruction; the filter stays for good.
+            let r = match confinement.map(Confinement::apply).transpose() {
+                Ok(_) => vcpu_loop(vcpu, machine).map_err(VmError::from),
+                Err(e) => Err(VmError::from(e)),
+            };
+            let _ = tx.send(Event::VcpuDone);
             r
         })
         .map_err(VmError::Thread)?;
 
     // A timeout too large to represent means "no deadline".
     let deadline = t0.checked_add(config.timeout);
-    let mut expired = false;
-    loop {
-        let wait = match deadline {
-            _ if expired => KICK_INTERVAL,
-            Some(d) => d.saturating_duration_since(Instant::now()),
-            None => Duration::from_secs(3600),
-        };
-        match rx.recv_timeout(wait) {
-            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let Some(deadline) = deadline else {
-                    continue;
-                };
-                if !expired {
-                    expired = true;
-                    stop_requested.store(true, Ordering::Release);
-                }
-                if deadline.elapsed() > KICK_GRACE {
-                    return Err(VmError::VcpuStuck(KICK_GRACE));
-                }
-                watchdog::kick(&thread)?;
+    let mut host_failure = match supervise(&rx, &thread, deadline, &stop_requested) {
+        Ok(failure) => failure,
+        Err(e) => {
+            if let Some(s) = &io_stopper {
+                s.stop();
+            }
+            return Err(e);
+        }
+    };
+    let (stop, mut machine, entered, stopped) =
+        thread.join().map_err(|_| VmError::VcpuPanicked)??;
+    if let Err(msg) = machine.pv.shutdown() {
+        host_failure.get_or_insert(msg);
+    }
+    let stop = match (host_failure, signals::pending()) {
+        (Some(detail), _) => StopReason::InternalError { detail },
+        // The watchdog kicked the vCPU out because of SIGINT/SIGTERM.
+        (None, Some(signal)) if matches!(stop, StopReason::Timeout { .. }) => {
+            StopReason::Signal {
+                signal,
+                disk: flush_disk(disk.as_ref()),
             }
         }
-    }
-    let (stop, machine, entered, stopped) = thread.join().map_err(|_| VmError::VcpuPanicked)??;
+        (None, _) => stop,
+    };
 
     let (phases, samples) = machine.bench.into_parts();
     Ok(RunOutcome {
@@ -361,6 +541,38 @@ mod tests {
         assert_eq!(c.full_cmdline(), "print=3");
         c.cmdline.clear();
         assert_eq!(c.full_cmdline(), "");
+    }
+
+    #[test]
+    fn a_host_failure_stops_the_vcpu_at_once() {
+        watchdog::install().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let (s2, tx2) = (Arc::clone(&stop), tx.clone());
+        // A stand-in vCPU thread: runs until asked to stop (the kick signal is harmless
+        // on a thread that is not in KVM_RUN).
+        let thread = std::thread::spawn(move || {
+            while !s2.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = tx2.send(Event::VcpuDone);
+        });
+        tx.send(Event::HostFailure("the host I/O thread panicked: x".into()))
+            .unwrap();
+        let t = Instant::now();
+        let deadline = Some(Instant::now() + Duration::from_secs(3600));
+        let r = supervise(&rx, &thread, deadline, &stop).unwrap();
+        assert_eq!(r.as_deref(), Some("the host I/O thread panicked: x"));
+        assert!(t.elapsed() < Duration::from_secs(2));
+        thread.join().unwrap();
+        // Without a failure and without a deadline, it just waits for the thread.
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let _ = tx.send(Event::VcpuDone);
+        });
+        let never = AtomicBool::new(false);
+        assert_eq!(supervise(&rx, &thread, None, &never).unwrap(), None);
+        assert!(!never.load(Ordering::Acquire));
     }
 
     #[test]

@@ -113,6 +113,21 @@ impl<T: BlockBackend + ?Sized> BlockBackend for Box<T> {
     }
 }
 
+/// Refuses anything but a regular file or a block device as a disk image.
+fn check_disk_type(meta: &std::fs::Metadata) -> Result<(), BackendError> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_file() || t.is_block_device() {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file or a block device",
+        )
+        .into())
+    }
+}
+
 /// A raw disk image file (or host block device) accessed with positional I/O.
 ///
 /// The size is sampled once at open time; the image is expected not to change size
@@ -129,7 +144,14 @@ impl FileBackend {
     /// Opens an existing raw image. With `read_only`, writes fail with
     /// [`BackendError::ReadOnly`] and the file is opened without write access.
     pub fn open(path: impl AsRef<Path>, read_only: bool) -> Result<Self, BackendError> {
+        // Only a regular file or a block device is a disk. Checked before opening (a FIFO
+        // would block the open) and again on the open file (the path may have changed).
+        // Without it a directory opened read-only was accepted as a disk whose every read
+        // failed.
+        let path = path.as_ref();
+        check_disk_type(&std::fs::metadata(path)?)?;
         let mut file = OpenOptions::new().read(true).write(!read_only).open(path)?;
+        check_disk_type(&file.metadata()?)?;
         // Seeking to the end also sizes host block devices, whose metadata length is 0.
         let len = file.seek(SeekFrom::End(0))?;
         Ok(Self {
@@ -356,6 +378,15 @@ pub(crate) mod tests {
         assert!(matches!(err, BackendError::Io(_)));
         assert_eq!(err.raw_os_error(), Some(2)); // ENOENT
         assert!(!err.is_no_space());
+    }
+
+    #[test]
+    fn file_backend_refuses_directories() {
+        let dir = std::env::temp_dir();
+        for read_only in [true, false] {
+            let err = FileBackend::open(&dir, read_only).unwrap_err();
+            assert!(matches!(err, BackendError::Io(_)), "{err}");
+        }
     }
 
     #[test]

@@ -7,11 +7,14 @@
 
 use crate::addr::virt_to_phys;
 use pvkit_abi::{
-    bench::{BenchSample, CaseId, PhaseMark},
+    bench::{BenchSample, CaseId, OpRecord, PhaseMark, MAX_OP_LOG},
+    block::BlockRequest,
     console::MAX_WRITE,
     cpuid::Features,
     fault::FaultReport,
-    guest, AbiVersion, Hypercall, Status,
+    guest,
+    ring::{RegionKind, RingId},
+    AbiVersion, Hypercall, Status,
 };
 
 /// Writes up to [`MAX_WRITE`] bytes of `bytes` to the host console in one call and returns
@@ -48,10 +51,75 @@ pub fn bench_phase(case: CaseId, mark: PhaseMark, ops: u64) {
 
 /// Sends one case's guest-side measurements.
 pub fn bench_result(sample: &BenchSample) -> Result<(), Status> {
-    // SAFETY: the host reads `size_of::<BenchSample>()` bytes at the sample's address; the
-    // sample is borrowed for the call.
-    let r = unsafe { guest::call(Hypercall::BenchResult, [virt_to_phys(sample), 0, 0, 0]) };
+    bench_result_with_log(sample, &[])
+}
+
+/// Sends one case's guest-side measurements with its op log, for the host to verify the
+/// data. At most [`MAX_OP_LOG`] records are sent (the first ones; callers that log more
+/// keep the last `MAX_OP_LOG` themselves). The samples named by `sample.samples_addr` and
+/// the buffers named by the log must be valid: the host reads them during the call.
+pub fn bench_result_with_log(sample: &BenchSample, log: &[OpRecord]) -> Result<(), Status> {
+    let n = log.len().min(MAX_OP_LOG as usize);
+    let log_gpa = if n == 0 {
+        0
+    } else {
+        virt_to_phys(log.as_ptr())
+    };
+    // SAFETY: the host reads the sample, its samples array and the log (all borrowed, or
+    // named by them, for the call) and, to verify, the guest buffers the log names; it
+    // writes nothing.
+    let r = unsafe {
+        guest::call(
+            Hypercall::BenchResult,
+            [virt_to_phys(sample), log_gpa, n as u64, 0],
+        )
+    };
     r.into_result().map(drop)
+}
+
+/// Registers a shared region of `len` bytes at guest-physical `gpa` (4 KiB aligned) as
+/// `kind`; `flags` is the ring transport for rings, 0 for the clock.
+///
+/// # Safety
+///
+/// From this call on the host reads and writes the region as the ABI says for `kind`, at
+/// any time, until it is replaced: the memory must stay valid and must only be accessed
+/// the way the ABI allows (atomics on shared fields).
+pub unsafe fn register_region(
+    kind: RegionKind,
+    gpa: u64,
+    len: u64,
+    flags: u64,
+) -> Result<(), Status> {
+    // SAFETY: forwarded to the caller's contract.
+    let r = unsafe { guest::call(Hypercall::RegisterRegion, [kind as u64, gpa, len, flags]) };
+    r.into_result().map(drop)
+}
+
+/// The capacity of the PV block device in 512-byte sectors.
+pub fn block_capacity() -> Result<u64, Status> {
+    // SAFETY: touches no guest memory.
+    unsafe { guest::call(Hypercall::BlockCapacity, [0; 4]) }.into_result()
+}
+
+/// One synchronous block request; returns the bytes transferred.
+///
+/// # Safety
+///
+/// The host reads `req`, and reads (write requests) or writes (read requests) every
+/// segment it names before the call returns: each segment must be valid for that access
+/// and not be used by Rust code meanwhile (it is not, during the call, on a single CPU).
+#[inline]
+pub unsafe fn block_io(req: &BlockRequest) -> Result<u64, Status> {
+    // SAFETY: forwarded to the caller's contract; `req` is borrowed for the call.
+    unsafe { guest::call(Hypercall::BlockIo, [virt_to_phys(req), 0, 0, 0]) }.into_result()
+}
+
+/// Asks the host to service ring `ring` now (the synchronous doorbell); returns the
+/// number of requests serviced.
+pub fn ring_kick(ring: RingId) -> Result<u64, Status> {
+    // SAFETY: the host accesses only the registered ring, which its registration allows.
+    unsafe { guest::call(Hypercall::RingKick, [ring as u64, 0, 0, 0]) }.into_result()
 }
 
 /// The host's ABI version (also in `BootInfo` and CPUID, which cost no exit to the VMM).

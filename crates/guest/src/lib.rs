@@ -13,7 +13,16 @@
 //!   [`writer::BufferedWriter`] that turns one formatted line into one device write;
 //! - [`fault`]: building a [`pvkit_abi::fault::FaultReport`] without allocation, reporting
 //!   CPU exceptions and panics;
-//! - [`cmdline`]: tokenizing the boot command line (`key=value` and bare flags).
+//! - [`cmdline`]: tokenizing the boot command line (`key=value` and bare flags);
+//! - [`ring`]: the guest end of a request/response ring (producer, notification rule,
+//!   doorbell, response polling), generic over the device's types;
+//! - [`block`]: the PV block device, synchronous ([`block::PvBlock`]) or over its ring
+//!   ([`block::BlockRing`]);
+//! - [`console_ring`]: the PV console over its ring;
+//! - [`clock`]: the PV clock page and kvmclock, read vDSO-style (usable from ring 3);
+//! - [`tsc`]: `rdtsc`, plain and ordered;
+//! - [`ata`]: a polling ATA PIO driver (the emulated disk, or hardware);
+//! - [`pit`]: the 8254 PIT as a time source, extended to a monotonic tick count.
 //!
 //! Nothing here allocates, and nothing here assumes a particular kernel layout. The crate
 //! also builds for the host target (it is part of the host workspace), where its pure parts
@@ -28,15 +37,23 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod addr;
+pub mod ata;
+pub mod block;
+pub mod clock;
 pub mod cmdline;
 #[cfg(target_arch = "x86_64")]
 pub mod console;
+pub mod console_ring;
 #[cfg(target_arch = "x86_64")]
 pub mod cpuid;
 pub mod fault;
 #[cfg(target_arch = "x86_64")]
 pub mod hypercall;
+pub mod pit;
 pub mod port;
+pub mod ring;
+#[cfg(target_arch = "x86_64")]
+pub mod tsc;
 pub mod uart16550;
 pub mod writer;
 

@@ -12,6 +12,17 @@ pub trait PortIo {
     fn write_u8(&mut self, port: u16, value: u8);
 }
 
+/// 16-bit string port I/O (`rep insw` / `rep outsw`), for PIO data ports such as ATA's.
+///
+/// One call is one string instruction. On KVM a `rep insw` whose buffer stays inside one
+/// page is one exit to the VMM; see the ATA driver ([`crate::ata`]) for what this costs.
+pub trait StringIo: PortIo {
+    /// Reads `buf.len() / 2` 16-bit words from `port` into `buf` (one `rep insw`).
+    fn read_words(&mut self, port: u16, buf: &mut [u8]);
+    /// Writes `buf.len() / 2` 16-bit words of `buf` to `port` (one `rep outsw`).
+    fn write_words(&mut self, port: u16, buf: &[u8]);
+}
+
 /// The real port-I/O instructions (`in al, dx` / `out dx, al`).
 ///
 /// A capability: whoever holds one may touch any I/O port, so creating one is `unsafe`.
@@ -58,10 +69,36 @@ impl PortIo for Pio {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+impl StringIo for Pio {
+    #[inline(always)]
+    fn read_words(&mut self, port: u16, buf: &mut [u8]) {
+        // SAFETY: permitted by the contract of `Pio::new`. `rep insw` stores exactly
+        // `buf.len() / 2` words at ES:RDI upwards (DF is clear, as the ABI guarantees),
+        // all inside `buf`, which we borrow mutably.
+        unsafe {
+            core::arch::asm!("rep insw", in("dx") port,
+                inout("rdi") buf.as_mut_ptr() => _, inout("rcx") buf.len() / 2 => _,
+                options(nostack, preserves_flags));
+        }
+    }
+
+    #[inline(always)]
+    fn write_words(&mut self, port: u16, buf: &[u8]) {
+        // SAFETY: permitted by the contract of `Pio::new`. `rep outsw` loads exactly
+        // `buf.len() / 2` words from DS:RSI upwards (DF is clear), all inside `buf`.
+        unsafe {
+            core::arch::asm!("rep outsw", in("dx") port,
+                inout("rsi") buf.as_ptr() => _, inout("rcx") buf.len() / 2 => _,
+                options(nostack, preserves_flags, readonly));
+        }
+    }
+}
+
 /// A recording [`PortIo`] for host tests: logs every access, answers reads from a table.
 #[cfg(test)]
 pub(crate) mod fake {
-    use super::PortIo;
+    use super::{PortIo, StringIo};
 
     /// One port access.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,13 +107,37 @@ pub(crate) mod fake {
         Read(u16, u8),
         /// A write of the value to the port.
         Write(u16, u8),
+        /// A `rep insw` of this many words from the port.
+        ReadWords(u16, usize),
+        /// A `rep outsw` of this many words to the port.
+        WriteWords(u16, usize),
     }
 
-    /// Logs accesses; reads return `reads[port]` (or 0xff, like an absent device).
-    #[derive(Default)]
+    /// Logs accesses; reads return `reads[port]` (or 0xff, like an absent device): a queue
+    /// whose last value repeats. String reads take bytes from `words` (0xff when empty);
+    /// string writes append to `written`.
+    #[derive(Debug, Default)]
     pub struct Recorder {
         pub log: Vec<Access>,
         pub reads: std::collections::HashMap<u16, Vec<u8>>,
+        pub words: std::collections::VecDeque<u8>,
+        pub written: Vec<u8>,
+    }
+
+    impl StringIo for Recorder {
+        fn read_words(&mut self, port: u16, buf: &mut [u8]) {
+            let n = buf.len() / 2;
+            for b in &mut buf[..n * 2] {
+                *b = self.words.pop_front().unwrap_or(0xff);
+            }
+            self.log.push(Access::ReadWords(port, n));
+        }
+
+        fn write_words(&mut self, port: u16, buf: &[u8]) {
+            let n = buf.len() / 2;
+            self.written.extend_from_slice(&buf[..n * 2]);
+            self.log.push(Access::WriteWords(port, n));
+        }
     }
 
     impl PortIo for Recorder {

@@ -1,0 +1,4 @@
+//! `pv_ring`: see `pvkit_fuzz::pv_ring` for the input format and the invariants checked.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| pvkit_fuzz::pv_ring::run(data));

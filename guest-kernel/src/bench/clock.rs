@@ -1,0 +1,239 @@
+//! Clock cases: time reads from the emulated 8254 PIT (ring 0, three exits per read) and
+//! from the PV clock page and kvmclock (ring 3, vDSO-style, no exit).
+//!
+//! | variant | per read | timed |
+//! |---|---|---|
+//! | `pit` | latch + LSB + MSB of counter 0: 3 exits, in ring 0 | per read |
+//! | `pv-clock` | version / record / `lfence; rdtsc` / version, in ring 3 ([`crate::user`]) | per batch of 1000 reads (more when `ops` exceeds 1000 × `MAX_SAMPLES`); `cycles_total` is measured in ring 3 around all the reads, without the one-time switch into and out of ring 3 |
+//! | `kvmclock` | the same on KVM's page (`MSR_KVM_SYSTEM_TIME_NEW`), if offered | same |
+//!
+//! Checks of `pv-clock` and `kvmclock` (their flags: `SAMPLE_VERIFIED` if both pass,
+//! `SAMPLE_FAILED` otherwise):
+//! - **monotonic**: no read returns less than the read before it (all reads of the case,
+//!   and the two reads of the agreement check);
+//! - **agreement with the PIT**, after the phase (unbilled): one interval of
+//!   [`INTERVAL_NS`] (20 ms) is measured with the clock (read in ring 3) and with the
+//!   PIT-extended counter (polled in ring 0); they must differ by at most **2 % of the
+//!   interval + 1 ms** ([`tolerance_ns`]: the clocks come from different host sources and
+//!   each read of either side takes tens of µs here). `extra` = the difference in ns.
+//!   Without a PIT only monotonicity is checked.
+//!
+//! The `pit` case has nothing to check (flags 0).
+
+use super::{begin, case, end, Outcome, Runner, Scratch};
+use crate::user;
+use pvkit_abi::bench::{CaseId, Device, Variant, Workload};
+use pvkit_abi::cpuid::Features;
+use pvkit_guest::clock::{self, kvm, ClockPage, ClockReader};
+use pvkit_guest::pit::{ticks_to_ns, PitClock};
+use pvkit_guest::port::Pio;
+use pvkit_guest::tsc::rdtsc;
+
+/// The interval of the agreement check.
+pub const INTERVAL_NS: u64 = 20_000_000;
+
+/// The largest disagreement accepted over an interval of `interval_ns`: 2 % + 1 ms.
+pub const fn tolerance_ns(interval_ns: u64) -> u64 {
+    interval_ns / 50 + 1_000_000
+}
+
+/// Reads per sample in ring 3.
+const READS_PER_BATCH: u64 = 1000;
+
+static PV_PAGE: ClockPage = ClockPage::new();
+static KVM_PAGE: ClockPage = ClockPage::new();
+
+/// Runs every clock case.
+pub fn run(r: &mut Runner, scratch: &mut Scratch) {
+    let mut pit = crate::pit::probe();
+    pit_case(r, scratch, pit.as_mut());
+    pv_case(r, scratch, pit.as_mut());
+    kvm_case(r, scratch, pit.as_mut());
+}
+
+/// `clock/pit/read`.
+fn pit_case(r: &mut Runner, scratch: &mut Scratch, pit: Option<&mut PitClock<Pio>>) {
+    let id = case(Device::Clock, Variant::Pit, Workload::ClockRead);
+    if !r.wants(id.device, id.variant) {
+        return;
+    }
+    let Some(pit) = pit else {
+        r.skip(id, format_args!("no PIT answers at 0x40-0x43"));
+        return;
+    };
+    let ops = r.count(500, 50);
+    let mut samples = scratch.samples();
+    let t0 = begin(id);
+    for _ in 0..ops {
+        let s = rdtsc();
+        pit.ticks();
+        samples.push(rdtsc() - s);
+    }
+    let cycles_total = end(id, t0, ops);
+    let outcome = Outcome {
+        ops,
+        cycles_total,
+        samples: samples.len(),
+        ..Outcome::default()
+    };
+    r.report(id, &outcome, scratch);
+}
+
+/// `clock/pv-clock/read`.
+fn pv_case(r: &mut Runner, scratch: &mut Scratch, pit: Option<&mut PitClock<Pio>>) {
+    let id = case(Device::Clock, Variant::PvClock, Workload::ClockRead);
+    if !r.wants(id.device, id.variant) {
+        return;
+    }
+    if !r.has(Features::CLOCK) {
+        r.skip(id, format_args!("host lacks CLOCK"));
+        return;
+    }
+    match clock::register(&PV_PAGE) {
+        Ok(reader) if reader.version() != 0 => read_case(r, scratch, id, reader, pit),
+        Ok(_) => r.fail_setup(
+            id,
+            format_args!("the host registered the clock page but never wrote it"),
+            scratch,
+        ),
+        Err(s) => r.fail_setup(id, format_args!("RegisterRegion(Clock): {s}"), scratch),
+    }
+}
+
+/// `clock/kvmclock/read`.
+fn kvm_case(r: &mut Runner, scratch: &mut Scratch, pit: Option<&mut PitClock<Pio>>) {
+    let id = case(Device::Clock, Variant::KvmClock, Workload::ClockRead);
+    if !r.wants(id.device, id.variant) {
+        return;
+    }
+    if !r.has(Features::KVMCLOCK) {
+        r.skip(id, format_args!("host lacks KVMCLOCK"));
+        return;
+    }
+    // SAFETY: ring 0; the page is a 'static page used for nothing else, and kvmclock is
+    // disabled again below before anything could reuse it.
+    let wrmsr = |msr, value| unsafe { crate::msr::wrmsr_safe(msr, value) };
+    // SAFETY: as above.
+    match unsafe { kvm::enable(&KVM_PAGE, wrmsr) } {
+        Ok(reader) => {
+            read_case(r, scratch, id, reader, pit);
+            // SAFETY: as above.
+            unsafe { kvm::disable(wrmsr) };
+        }
+        Err(why) => r.skip(id, format_args!("{}", why.reason())),
+    }
+}
+
+/// What the ring-3 read loop needs and reports.
+#[repr(C)]
+struct ReadLoop {
+    reader: ClockReader,
+    ops: u64,
+    per_batch: u64,
+    samples: *mut u64,
+    max_samples: u64,
+    // Results.
+    cycles: u64,
+    n_samples: u64,
+    backwards: u64,
+    last: u64,
+}
+
+/// Ring 3: `ops` clock reads in batches, one cycle sample per batch, counting reads that
+/// went backwards. `arg` is the address of a [`ReadLoop`].
+extern "C" fn read_loop(arg: u64) -> u64 {
+    // SAFETY: `arg` is the address of a `ReadLoop` the caller owns for the duration of the
+    // ring-3 call and does not touch meanwhile; its `samples` has `max_samples` entries.
+    let l = unsafe { &mut *(arg as *mut ReadLoop) };
+    let reader = l.reader;
+    let mut prev = reader.nanoseconds();
+    let mut backwards = 0;
+    let mut done = 0;
+    let mut n = 0;
+    let start = rdtsc();
+    while done < l.ops {
+        let batch = l.per_batch.min(l.ops - done);
+        let s = rdtsc();
+        for _ in 0..batch {
+            let now = reader.nanoseconds();
+            backwards += u64::from(now < prev);
+            prev = now;
+        }
+        let cycles = (rdtsc() - s) / batch;
+        if n < l.max_samples {
+            // SAFETY: `n < max_samples`, inside the caller's samples array.
+            unsafe { l.samples.add(n as usize).write(cycles) };
+            n += 1;
+        }
+        done += batch;
+    }
+    l.cycles = rdtsc() - start;
+    l.n_samples = n;
+    l.backwards = backwards;
+    l.last = prev;
+    backwards
+}
+
+/// The read case of a vDSO-style clock, then its checks.
+fn read_case(
+    r: &mut Runner,
+    scratch: &mut Scratch,
+    id: CaseId,
+    reader: ClockReader,
+    pit: Option<&mut PitClock<Pio>>,
+) {
+    let ops = r.count(100_000, 10_000);
+    let mut samples = scratch.samples();
+    let mut l = ReadLoop {
+        reader,
+        ops,
+        per_batch: READS_PER_BATCH.max(ops.div_ceil(samples.capacity() as u64)),
+        samples: samples.as_mut_ptr(),
+        max_samples: samples.capacity() as u64,
+        cycles: 0,
+        n_samples: 0,
+        backwards: 0,
+        last: 0,
+    };
+    let t0 = begin(id);
+    user::call(read_loop, &raw mut l as u64);
+    end(id, t0, ops);
+    // The reads' own time, measured in ring 3: without the one-time ring switch (an
+    // `iretq` in and an exception out, 100–300 µs on kvm_pvm), which a process pays
+    // once, not per read.
+    let cycles_total = l.cycles;
+    samples.set_len(l.n_samples as usize);
+    let samples = samples.len();
+
+    let mut failed = l.backwards != 0;
+    let mut extra = 0;
+    if let Some(pit) = pit {
+        let p0 = pit.ticks();
+        let c0 = user::read_clock(&reader);
+        let p1 = pit.wait_until(p0, INTERVAL_NS);
+        let c1 = user::read_clock(&reader);
+        let pit_ns = ticks_to_ns(p1 - p0);
+        let clock_ns = c1.wrapping_sub(c0);
+        extra = pit_ns.abs_diff(clock_ns);
+        let tolerance = tolerance_ns(pit_ns);
+        failed |= c0 < l.last || c1 < c0 || extra > tolerance;
+        println!(
+            "bench clock: {clock_ns} ns by the clock vs {pit_ns} ns by the PIT: differ by {extra} ns (tolerance {tolerance} ns); {} reads went backwards",
+            l.backwards
+        );
+    } else {
+        println!(
+            "bench clock: no PIT, agreement not checked; {} reads went backwards",
+            l.backwards
+        );
+    }
+    let outcome = Outcome {
+        ops,
+        cycles_total,
+        flags: Outcome::checked(failed),
+        extra,
+        samples,
+        ..Outcome::default()
+    };
+    r.report(id, &outcome, scratch);
+}

@@ -1,0 +1,674 @@
+//! Unit tests of the PV dispatch and the I/O thread, without KVM: the guest side of each
+//! ring is `pvkit-pv`'s reference producer, KVM's ioeventfd is a fake that lets the test
+//! signal the eventfd itself.
+
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use pvkit_abi::block::{BlockOp, BlockRequest, BlockResponse, BlockSegment};
+use pvkit_abi::clock::{PvClock, TSC_STABLE};
+use pvkit_abi::console::{ConsoleRequest, ConsoleResponse};
+use pvkit_abi::ring::{offsets, BROKEN, HOST_POLLING};
+use pvkit_devices::{BackendError, MemBackend};
+use pvkit_pv::test_utils::GuestProducer;
+use pvkit_pv::Wire;
+use vm_memory::{Bytes, GuestAddress};
+
+use super::*;
+use crate::memory::create_ram;
+
+const CONSOLE_RING: u64 = RegionKind::ConsoleRing as u64;
+const BLOCK_RING: u64 = RegionKind::BlockRing as u64;
+const CLOCK: u64 = RegionKind::Clock as u64;
+const DOORBELL: u64 = Transport::Doorbell as u64;
+const EVENTFD: u64 = Transport::DoorbellEventfd as u64;
+const POLL: u64 = Transport::HostPoll as u64;
+const RING_A: u64 = 0x10_0000;
+const RING_B: u64 = 0x11_0000;
+const DATA: u64 = 0x20_0000;
+const END: u64 = 8 << 20;
+
+struct FixedClock;
+impl ClockSource for FixedClock {
+    fn sample(&self) -> Option<ClockSample> {
+        Some(ClockSample {
+            tsc: 1_000_000,
+            system_ns: 5_000,
+            tsc_khz: 2_000_000,
+            stable: true,
+        })
+    }
+}
+
+/// KVM's ioeventfd, faked: remembers a clone of each registered eventfd by port so the
+/// test can signal it the way KVM would on a guest doorbell write.
+#[derive(Default)]
+struct FakeIoEvents {
+    live: Mutex<Vec<(u16, EventFd)>>,
+    unregistered: AtomicU64,
+}
+
+impl FakeIoEvents {
+    fn ring(&self, port: u16, times: u64) {
+        let live = self.live.lock().unwrap();
+        let (_, fd) = live.iter().find(|(p, _)| *p == port).expect("registered");
+        for _ in 0..times {
+            fd.write(1).unwrap();
+        }
+    }
+}
+
+impl IoEventRegistrar for FakeIoEvents {
+    fn register(&self, fd: &EventFd, port: u16) -> io::Result<()> {
+        let mut live = self.live.lock().unwrap();
+        if live.iter().any(|(p, _)| *p == port) {
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        live.push((port, fd.try_clone()?));
+        Ok(())
+    }
+
+    fn unregister(&self, _fd: &EventFd, port: u16) -> io::Result<()> {
+        self.live.lock().unwrap().retain(|(p, _)| *p != port);
+        self.unregistered.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A disk whose reads panic: to see the I/O thread report a panic.
+struct PanickingDisk;
+impl pvkit_devices::BlockBackend for PanickingDisk {
+    fn len(&self) -> u64 {
+        1 << 20
+    }
+    fn read_at(&mut self, _: u64, _: &mut [u8]) -> Result<(), BackendError> {
+        panic!("disk exploded");
+    }
+    fn write_at(&mut self, _: u64, _: &[u8]) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
+
+struct Harness {
+    pv: PvBackend,
+    mem: GuestRam,
+    ledger: ExitLedger,
+    console: Console,
+    io: Arc<FakeIoEvents>,
+    fatal: Arc<Mutex<Vec<String>>>,
+    disk: Option<SharedDisk>,
+}
+
+#[derive(Default)]
+struct Opts {
+    disk: Option<Box<dyn pvkit_devices::BlockBackend>>,
+    clock: bool,
+    eventfd: bool,
+    kvmclock: bool,
+}
+
+fn harness(o: Opts) -> Harness {
+    let mem = create_ram(8).unwrap();
+    let console = Console::capture();
+    let mut ledger = ExitLedger::new();
+    let io = Arc::new(FakeIoEvents::default());
+    let fatal = Arc::new(Mutex::new(Vec::new()));
+    let f2 = Arc::clone(&fatal);
+    let disk = o.disk.map(SharedDisk::new);
+    let pv = PvBackend::new(
+        PvConfig {
+            mem: mem.clone(),
+            console: console.clone(),
+            disk: disk.clone(),
+            clock: o
+                .clock
+                .then(|| Arc::new(FixedClock) as Arc<dyn ClockSource>),
+            ioevents: o
+                .eventfd
+                .then(|| Arc::clone(&io) as Arc<dyn IoEventRegistrar>),
+            kvmclock: o.kvmclock,
+            on_fatal: Arc::new(move |m| f2.lock().unwrap().push(m)),
+        },
+        &mut ledger,
+    )
+    .unwrap();
+    Harness {
+        pv,
+        mem,
+        ledger,
+        console,
+        io,
+        fatal,
+        disk,
+    }
+}
+
+fn with_disk() -> Opts {
+    // Sector n holds the byte n.
+    let bytes: Vec<u8> = (0..256 * 512).map(|i| (i / 512) as u8).collect();
+    Opts {
+        disk: Some(Box::new(MemBackend::from_vec(bytes))),
+        ..Opts::default()
+    }
+}
+
+fn all() -> Opts {
+    Opts {
+        clock: true,
+        eventfd: true,
+        kvmclock: true,
+        ..with_disk()
+    }
+}
+
+impl Harness {
+    fn register(&mut self, kind: u64, addr: u64, len: u64, flags: u64) -> CallReturn {
+        let mem = self.mem.clone();
+        self.pv.register_region(&mem, kind, addr, len, flags)
+    }
+
+    fn kick(&mut self, ring: u64) -> CallReturn {
+        let mem = self.mem.clone();
+        self.pv.ring_kick(&mem, ring)
+    }
+
+    fn notifications(&self, name: &str) -> u64 {
+        self.ledger
+            .snapshot()
+            .notifications
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn header(&self, gpa: u64, field: u64) -> u32 {
+        self.mem
+            .load(GuestAddress(gpa + field), Ordering::Acquire)
+            .unwrap()
+    }
+}
+
+type ConsoleProducer = GuestProducer<ConsoleRequest, ConsoleResponse>;
+type BlockProducer = GuestProducer<BlockRequest, BlockResponse>;
+
+const RING_LEN: u64 = 0x1_0000;
+
+fn console_ring(h: &Harness, gpa: u64, size: u32) -> ConsoleProducer {
+    GuestProducer::init(&h.mem, gpa, size, 0).unwrap()
+}
+
+fn block_ring(h: &Harness, gpa: u64, size: u32) -> BlockProducer {
+    GuestProducer::init(&h.mem, gpa, size, 0).unwrap()
+}
+
+fn say(h: &Harness, p: &mut ConsoleProducer, at: u64, text: &[u8], id: u32) {
+    h.mem.write_slice(text, GuestAddress(at)).unwrap();
+    p.push(
+        &h.mem,
+        ConsoleRequest {
+            addr: at,
+            len: text.len() as u32,
+            id,
+        },
+    )
+    .unwrap();
+}
+
+fn read_req(id: u64, sector: u64, addr: u64, sectors: u32) -> BlockRequest {
+    let mut segments = [BlockSegment::default(); 8];
+    segments[0] = BlockSegment {
+        addr,
+        len: sectors * 512,
+        reserved: 0,
+    };
+    BlockRequest {
+        id,
+        op: BlockOp::Read as u32,
+        nr_segments: 1,
+        sector,
+        segments,
+    }
+}
+
+fn ok(v: u64) -> CallReturn {
+    CallReturn::ok(v)
+}
+
+fn err(s: Status) -> CallReturn {
+    CallReturn::err(s)
+}
+
+/// Waits (up to 5 s) for `n` responses on `p`.
+fn wait_responses<Q: pvkit_pv::AbiPod, R: pvkit_pv::AbiPod>(
+    h: &Harness,
+    p: &mut GuestProducer<Q, R>,
+    n: usize,
+) -> Vec<R> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut got = Vec::new();
+    while got.len() < n {
+        got.extend(p.take_responses(&h.mem).unwrap());
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} responses",
+            got.len()
+        );
+        std::thread::yield_now();
+    }
+    got
+}
+
+#[test]
+fn features_follow_what_is_there() {
+    let h = harness(Opts::default());
+    assert_eq!(
+        h.pv.features(),
+        Features::CONSOLE_RING | Features::RING_POLL
+    );
+    let h = harness(all());
+    assert_eq!(
+        h.pv.features(),
+        Features::CONSOLE_RING
+            | Features::RING_POLL
+            | Features::BLOCK
+            | Features::BLOCK_RING
+            | Features::RING_EVENTFD
+            | Features::CLOCK
+            | Features::KVMCLOCK
+    );
+    assert_eq!(
+        h.pv.features(),
+        offered_features(true, true, true, true),
+        "the VM computes the CPUID bits with the same function"
+    );
+}
+
+#[test]
+fn registration_refuses_bad_arguments_and_missing_devices() {
+    let mut h = harness(Opts::default());
+    console_ring(&h, RING_A, 8);
+    for (kind, addr, len, flags, want) in [
+        (0, RING_A, RING_LEN, DOORBELL, Status::EINVAL), // unknown kind
+        (4, RING_A, RING_LEN, DOORBELL, Status::EINVAL),
+        (u64::MAX, RING_A, RING_LEN, DOORBELL, Status::EINVAL),
+        (CONSOLE_RING, RING_A, RING_LEN, 0, Status::EINVAL), // unknown transport
+        (CONSOLE_RING, RING_A, RING_LEN, 4, Status::EINVAL),
+        (CONSOLE_RING, RING_A, RING_LEN, 1 << 32 | 1, Status::EINVAL),
+        (CONSOLE_RING, RING_A, RING_LEN, EVENTFD, Status::EOPNOTSUPP), // no ioeventfd
+        (BLOCK_RING, RING_A, RING_LEN, DOORBELL, Status::EOPNOTSUPP),  // no disk
+        (CLOCK, 0x30_0000, 4096, 0, Status::EOPNOTSUPP),               // no clock source
+        (CONSOLE_RING, RING_A + 8, RING_LEN, DOORBELL, Status::EINVAL), // misaligned
+        (CONSOLE_RING, END, RING_LEN, DOORBELL, Status::EFAULT),       // outside RAM
+        (CONSOLE_RING, END - 4096, 8192, DOORBELL, Status::EFAULT),    // crosses the end
+        (CONSOLE_RING, !0xfff, 8192, DOORBELL, Status::EFAULT),        // wraps
+        (CONSOLE_RING, RING_A, 100, DOORBELL, Status::EINVAL),         // too small for 8 slots
+    ] {
+        assert_eq!(
+            h.register(kind, addr, len, flags),
+            err(want),
+            "kind {kind} addr {addr:#x} len {len} flags {flags:#x}"
+        );
+    }
+    // An invalid ring size in the header.
+    GuestProducer::<ConsoleRequest, ConsoleResponse>::init_raw_size(&h.mem, RING_B, 3, 0).unwrap();
+    assert_eq!(
+        h.register(CONSOLE_RING, RING_B, RING_LEN, DOORBELL),
+        err(Status::EINVAL)
+    );
+    // Nothing was registered, and no thread started.
+    assert_eq!(h.kick(0), err(Status::EINVAL));
+    assert!(!h.pv.io_thread_running());
+    // The same ring, valid, registers.
+    assert_eq!(h.register(CONSOLE_RING, RING_A, RING_LEN, DOORBELL), ok(0));
+    assert!(!h.pv.io_thread_running(), "a doorbell ring needs no thread");
+}
+
+#[test]
+fn block_calls_need_a_disk() {
+    let mut h = harness(Opts::default());
+    let mem = h.mem.clone();
+    assert_eq!(h.pv.block_capacity(), err(Status::EOPNOTSUPP));
+    assert_eq!(h.pv.block_io(&mem, DATA), err(Status::EOPNOTSUPP));
+    assert_eq!(h.kick(1), err(Status::EOPNOTSUPP));
+    for ring in [2, 0x1_0000_0000, u64::MAX] {
+        assert_eq!(h.kick(ring), err(Status::EINVAL), "ring {ring}");
+    }
+}
+
+#[test]
+fn block_io_reads_and_writes_the_shared_disk() {
+    let mut h = harness(with_disk());
+    let mem = h.mem.clone();
+    assert_eq!(h.pv.block_capacity(), ok(256));
+    // Read sectors 3..5 into DATA.
+    let req = read_req(7, 3, DATA, 2);
+    mem.write_obj(Wire(req), GuestAddress(0x30_0000)).unwrap();
+    assert_eq!(h.pv.block_io(&mem, 0x30_0000), ok(1024));
+    let mut buf = [0u8; 1024];
+    mem.read_slice(&mut buf, GuestAddress(DATA)).unwrap();
+    assert!(buf[..512].iter().all(|&b| b == 3) && buf[512..].iter().all(|&b| b == 4));
+    // Write sector 9 from a buffer of 0xee: the shared disk (what ATA and the op-log
+    // verifier read) has it.
+    mem.write_slice(&[0xee; 512], GuestAddress(DATA)).unwrap();
+    let mut w = read_req(8, 9, DATA, 1);
+    w.op = BlockOp::Write as u32;
+    mem.write_obj(Wire(w), GuestAddress(0x30_0000)).unwrap();
+    assert_eq!(h.pv.block_io(&mem, 0x30_0000), ok(512));
+    let mut s = [0u8; 512];
+    crate::bench::DiskReader::read_sector(h.disk.as_mut().unwrap(), 9, &mut s).unwrap();
+    assert_eq!(s, [0xee; 512]);
+    // Hostile requests: statuses, no panic.
+    assert_eq!(h.pv.block_io(&mem, END - 8), err(Status::EFAULT));
+    assert_eq!(h.pv.block_io(&mem, u64::MAX), err(Status::EFAULT));
+    let past = read_req(9, 256, DATA, 1);
+    mem.write_obj(Wire(past), GuestAddress(0x30_0000)).unwrap();
+    assert_eq!(h.pv.block_io(&mem, 0x30_0000), err(Status::ERANGE));
+}
+
+#[test]
+fn doorbell_ring_is_serviced_in_the_port_write() {
+    let mut h = harness(Opts::default());
+    let mut p = console_ring(&h, RING_A, 8);
+    assert_eq!(h.register(CONSOLE_RING, RING_A, RING_LEN, DOORBELL), ok(0));
+    say(&h, &mut p, DATA, b"one ", 1);
+    say(&h, &mut p, DATA + 64, b"two\n", 2);
+    assert!(p.publish(&h.mem).unwrap(), "idle host asks for a doorbell");
+    let mut bell = h.pv.doorbell_ports();
+    // The console doorbell is offset 0 of the doorbell range.
+    bell.write(0, &[0]);
+    // Responses are ready when the `out` retires: no waiting.
+    let rsp = p.take_responses(&h.mem).unwrap();
+    assert_eq!(rsp.len(), 2);
+    assert_eq!((rsp[0].id, rsp[0].status, rsp[0].written), (1, 0, 4));
+    assert_eq!(h.console.captured(), b"one two\n");
+    // The block doorbell and unknown doorbells are ignored; reads float.
+    bell.write(1, &[0]);
+    bell.write(15, &[0, 0]);
+    let mut d = [0u8; 2];
+    bell.read(0, &mut d);
+    assert_eq!(d, [0xff; 2]);
+    assert_eq!(
+        h.notifications(NOTIFY_CONSOLE_RING),
+        0,
+        "no in-kernel notification"
+    );
+}
+
+#[test]
+fn re_registration_replaces_the_ring() {
+    let mut h = harness(Opts::default());
+    let mut a = console_ring(&h, RING_A, 4);
+    assert_eq!(h.register(CONSOLE_RING, RING_A, RING_LEN, DOORBELL), ok(0));
+    let mut b = console_ring(&h, RING_B, 8);
+    assert_eq!(h.register(CONSOLE_RING, RING_B, RING_LEN, DOORBELL), ok(0));
+    say(&h, &mut a, DATA, b"old", 1);
+    a.publish(&h.mem).unwrap();
+    say(&h, &mut b, DATA + 64, b"new", 2);
+    b.publish(&h.mem).unwrap();
+    assert_eq!(h.kick(0), ok(1), "only the new ring is serviced");
+    assert_eq!(h.console.captured(), b"new");
+    assert!(a.take_responses(&h.mem).unwrap().is_empty());
+    // A failed re-registration keeps the current ring.
+    assert_eq!(
+        h.register(CONSOLE_RING, RING_A + 1, RING_LEN, DOORBELL),
+        err(Status::EINVAL)
+    );
+    say(&h, &mut b, DATA, b"!", 3);
+    b.publish(&h.mem).unwrap();
+    assert_eq!(h.kick(0), ok(1));
+    assert_eq!(h.console.captured(), b"new!");
+}
+
+#[test]
+fn requests_published_before_registration_are_served() {
+    let mut h = harness(Opts::default());
+    let mut p = console_ring(&h, RING_A, 8);
+    say(&h, &mut p, DATA, b"early", 1);
+    p.publish(&h.mem).unwrap();
+    assert_eq!(h.register(CONSOLE_RING, RING_A, RING_LEN, DOORBELL), ok(0));
+    assert_eq!(p.take_responses(&h.mem).unwrap().len(), 1);
+    assert_eq!(h.console.captured(), b"early");
+}
+
+#[test]
+fn a_broken_ring_is_not_serviced_and_does_not_panic() {
+    let mut h = harness(Opts::default());
+    let mut p = console_ring(&h, RING_A, 4);
+    assert_eq!(h.register(CONSOLE_RING, RING_A, RING_LEN, DOORBELL), ok(0));
+    say(&h, &mut p, DATA, b"x", 1);
+    p.publish(&h.mem).unwrap();
+    // The guest moves req_prod far past the host's consumer.
+    h.mem
+        .store(
+            1000u32,
+            GuestAddress(RING_A + offsets::REQ_PROD),
+            Ordering::Release,
+        )
+        .unwrap();
+    assert_eq!(h.kick(0), err(Status::EIO));
+    assert_ne!(h.header(RING_A, offsets::HOST_FLAGS) & BROKEN, 0);
+    assert_eq!(h.kick(0), err(Status::EIO), "stays broken");
+    h.pv.doorbell_ports().write(0, &[1]);
+    assert!(h.console.captured().is_empty());
+    // Registering a fresh ring recovers.
+    let mut q = console_ring(&h, RING_B, 4);
+    assert_eq!(h.register(CONSOLE_RING, RING_B, RING_LEN, DOORBELL), ok(0));
+    say(&h, &mut q, DATA, b"ok", 2);
+    q.publish(&h.mem).unwrap();
+    assert_eq!(h.kick(0), ok(1));
+    assert_eq!(h.console.captured(), b"ok");
+}
+
+#[test]
+fn polled_ring_is_served_by_the_io_thread_without_doorbells() {
+    let mut h = harness(with_disk());
+    let mut p = block_ring(&h, RING_A, 16);
+    assert_eq!(h.register(BLOCK_RING, RING_A, RING_LEN, POLL), ok(0));
+    assert!(h.pv.io_thread_running());
+    assert_eq!(h.header(RING_A, offsets::HOST_FLAGS), HOST_POLLING);
+    let mut rung = 0;
+    for batch in 0..4u64 {
+        for i in 0..3u64 {
+            let n = batch * 3 + i;
+            p.push(&h.mem, read_req(n, n, DATA + n * 512, 1)).unwrap();
+        }
+        if p.publish(&h.mem).unwrap() {
+            rung += 1;
+        }
+        let rsp = wait_responses(&h, &mut p, 3);
+        assert!(rsp.iter().all(|r| r.status == 0 && r.bytes == 512));
+    }
+    assert_eq!(rung, 0, "the guest never rings a polled ring");
+    let mut buf = [0u8; 12 * 512];
+    h.mem.read_slice(&mut buf, GuestAddress(DATA)).unwrap();
+    for (n, s) in buf.chunks(512).enumerate() {
+        assert!(s.iter().all(|&b| b == n as u8), "sector {n}");
+    }
+    // Re-registered with a doorbell: the thread stops polling it.
+    let mut q = block_ring(&h, RING_B, 4);
+    assert_eq!(h.register(BLOCK_RING, RING_B, RING_LEN, DOORBELL), ok(0));
+    assert_eq!(h.header(RING_B, offsets::HOST_FLAGS), 0);
+    q.push(&h.mem, read_req(1, 1, DATA, 1)).unwrap();
+    assert!(q.publish(&h.mem).unwrap(), "not polled any more: ring");
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(
+        q.take_responses(&h.mem).unwrap().is_empty(),
+        "nobody polls it"
+    );
+    h.pv.doorbell_ports().write(1, &[0]);
+    assert_eq!(q.take_responses(&h.mem).unwrap().len(), 1);
+    assert_eq!(h.pv.shutdown(), Ok(()));
+    assert!(h.fatal.lock().unwrap().is_empty());
+}
+
+#[test]
+fn eventfd_ring_counts_exact_notifications() {
+    let mut h = harness(all());
+    let mut p = console_ring(&h, RING_A, 8);
+    assert_eq!(h.register(CONSOLE_RING, RING_A, RING_LEN, EVENTFD), ok(0));
+    assert!(h.pv.io_thread_running());
+    let port = doorbell(RingId::Console);
+    for round in 0..3u32 {
+        say(&h, &mut p, DATA, b"ab", round);
+        assert!(p.publish(&h.mem).unwrap(), "idle host asks for a doorbell");
+        // What KVM does on the guest's `out`: signal the eventfd, in the kernel.
+        h.io.ring(port, 1);
+        let rsp = wait_responses(&h, &mut p, 1);
+        assert_eq!(rsp[0].id, round);
+    }
+    assert_eq!(h.console.captured(), b"ababab");
+    // The counter is bumped before the responses are published.
+    assert_eq!(h.notifications(NOTIFY_CONSOLE_RING), 3);
+    assert_eq!(h.notifications(NOTIFY_BLOCK_RING), 0);
+    // Several signals before the thread reads the counter are all counted.
+    say(&h, &mut p, DATA, b"c", 9);
+    p.publish(&h.mem).unwrap();
+    h.io.ring(port, 2);
+    wait_responses(&h, &mut p, 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.notifications(NOTIFY_CONSOLE_RING) < 5 {
+        assert!(Instant::now() < deadline);
+        std::thread::yield_now();
+    }
+    // Doorbells the thread has not read yet when the guest switches transports are still
+    // counted, exactly once.
+    h.io.ring(port, 4);
+    let mut r = console_ring(&h, RING_B, 8);
+    assert_eq!(h.register(CONSOLE_RING, RING_B, RING_LEN, DOORBELL), ok(0));
+    assert_eq!(h.notifications(NOTIFY_CONSOLE_RING), 9);
+    assert_eq!(h.io.unregistered.load(Ordering::Relaxed), 1);
+    say(&h, &mut r, DATA, b"-", 1);
+    r.publish(&h.mem).unwrap();
+    h.pv.doorbell_ports().write(0, &[0]);
+    assert_eq!(r.take_responses(&h.mem).unwrap().len(), 1);
+    assert_eq!(h.register(CONSOLE_RING, RING_A, RING_LEN, EVENTFD), ok(0));
+    // Re-registering with the same transport keeps the ioeventfd.
+    let mut q = console_ring(&h, RING_B, 8);
+    assert_eq!(h.register(CONSOLE_RING, RING_B, RING_LEN, EVENTFD), ok(0));
+    assert_eq!(h.io.unregistered.load(Ordering::Relaxed), 1);
+    say(&h, &mut q, DATA, b"d", 1);
+    q.publish(&h.mem).unwrap();
+    h.io.ring(port, 1);
+    wait_responses(&h, &mut q, 1);
+    // Switching to a doorbell unregisters it.
+    assert_eq!(h.register(CONSOLE_RING, RING_B, RING_LEN, DOORBELL), ok(0));
+    assert_eq!(h.io.unregistered.load(Ordering::Relaxed), 2);
+    assert!(h.io.live.lock().unwrap().is_empty());
+    // And back: registered again.
+    assert_eq!(h.register(CONSOLE_RING, RING_B, RING_LEN, EVENTFD), ok(0));
+    assert_eq!(h.io.live.lock().unwrap().len(), 1);
+    assert_eq!(h.pv.shutdown(), Ok(()));
+    assert!(h.io.live.lock().unwrap().is_empty(), "unregistered at stop");
+}
+
+#[test]
+fn ring_kick_services_any_transport_and_reports_counts() {
+    let mut h = harness(with_disk());
+    let mut p = block_ring(&h, RING_A, 8);
+    assert_eq!(h.register(BLOCK_RING, RING_A, RING_LEN, DOORBELL), ok(0));
+    assert_eq!(h.kick(1), ok(0));
+    for n in 0..5 {
+        p.push(&h.mem, read_req(n, n, DATA + n * 512, 1)).unwrap();
+    }
+    p.publish(&h.mem).unwrap();
+    assert_eq!(h.kick(1), ok(5));
+    assert_eq!(p.take_responses(&h.mem).unwrap().len(), 5);
+}
+
+#[test]
+fn clock_page_is_written_at_registration() {
+    let mut h = harness(all());
+    assert_eq!(h.register(CLOCK, 0x30_0008, 4096, 0), err(Status::EINVAL));
+    assert_eq!(h.register(CLOCK, 0x30_0000, 16, 0), err(Status::EINVAL));
+    assert_eq!(h.register(CLOCK, END, 4096, 0), err(Status::EFAULT));
+    assert!(h.pv.clock_page().is_none());
+    assert_eq!(h.register(CLOCK, 0x30_0000, 4096, 0), ok(0));
+    let c = h
+        .mem
+        .read_obj::<Wire<PvClock>>(GuestAddress(0x30_0000))
+        .unwrap()
+        .0;
+    let (mul, shift) = PvClock::scale_for_khz(2_000_000);
+    assert_eq!(c.version % 2, 0);
+    assert!(c.version >= 2);
+    assert_eq!((c.tsc_timestamp, c.system_time), (1_000_000, 5_000));
+    assert_eq!((c.tsc_to_system_mul, c.tsc_shift), (mul, shift));
+    assert_eq!(c.flags, TSC_STABLE);
+    // 2 GHz: 2000 ticks later is 1 µs later.
+    assert_eq!(c.nanoseconds(1_002_000), 6_000);
+    // Re-registration moves it.
+    assert_eq!(h.register(CLOCK, 0x31_0000, 4096, 7), ok(0));
+    assert_eq!(h.pv.clock_page().map(PvClockPage::gpa), Some(0x31_0000));
+}
+
+#[test]
+fn tsc_clock_pairs_the_tsc_with_vm_time() {
+    let c = TscClock::new(VmClock::start(), 2_000_000, 5u64.wrapping_neg());
+    let before = host_tsc();
+    let s = c.sample().unwrap();
+    let after = host_tsc();
+    let tsc = s.tsc.wrapping_add(5);
+    assert!(before <= tsc && tsc <= after);
+    assert!(s.stable);
+    assert_eq!(s.tsc_khz, 2_000_000);
+    assert!(s.system_ns < 1_000_000_000);
+}
+
+#[test]
+fn io_thread_panic_is_reported_not_hung() {
+    let mut h = harness(Opts {
+        disk: Some(Box::new(PanickingDisk)),
+        ..Opts::default()
+    });
+    let mut p = block_ring(&h, RING_A, 4);
+    assert_eq!(h.register(BLOCK_RING, RING_A, RING_LEN, POLL), ok(0));
+    p.push(&h.mem, read_req(1, 0, DATA, 1)).unwrap();
+    p.publish(&h.mem).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.fatal.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the panic was not reported");
+        std::thread::yield_now();
+    }
+    let msg = h.fatal.lock().unwrap()[0].clone();
+    assert!(
+        msg.contains("panicked") && msg.contains("disk exploded"),
+        "{msg}"
+    );
+    assert_eq!(h.pv.shutdown(), Err(msg));
+    // The vCPU side keeps working (poisoned locks are recovered).
+    assert_eq!(h.pv.block_capacity(), ok(2048));
+}
+
+#[test]
+fn io_thread_lifecycle() {
+    let mut h = harness(with_disk());
+    assert!(!h.pv.io_thread_running());
+    assert_eq!(h.pv.shutdown(), Ok(()), "stopping a thread never started");
+    let mut h = harness(with_disk());
+    block_ring(&h, RING_A, 4);
+    assert_eq!(h.register(BLOCK_RING, RING_A, RING_LEN, POLL), ok(0));
+    assert!(h.pv.io_thread_running());
+    let t = Instant::now();
+    assert_eq!(h.pv.shutdown(), Ok(()));
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "a polling thread stops at once"
+    );
+    assert_eq!(h.pv.shutdown(), Ok(()), "idempotent");
+    // No thread can be started after the stop: the guest is told to retry.
+    console_ring(&h, RING_B, 4);
+    assert_eq!(
+        h.register(CONSOLE_RING, RING_B, RING_LEN, POLL),
+        err(Status::EAGAIN)
+    );
+    // A stopper from another thread ends a waiting thread; dropping joins it.
+    let mut h = harness(all());
+    console_ring(&h, RING_A, 4);
+    assert_eq!(h.register(CONSOLE_RING, RING_A, RING_LEN, EVENTFD), ok(0));
+    let s = h.pv.stopper();
+    std::thread::spawn(move || s.stop()).join().unwrap();
+    drop(h);
+}

@@ -1,0 +1,598 @@
+//! From what the guests reported (phases, samples, captured console) to report [`Case`]s.
+//!
+//! A phase ([`PhaseRecord`]: exits between the markers, host wall time, ops) is paired with
+//! the next [`SampleRecord`] of the same case (guest cycles, bytes, flags, op-log
+//! verification). Pairs of the same case from several boots (`--iterations`) are pooled:
+//! ops, exits, notifications, bytes and host time are summed, raw cycle samples are pooled
+//! before taking the median and p99.
+//!
+//! A case is verified only if nothing failed and the check that proves its data passed:
+//! host op-log verification for block, the console capture for console, the guest's own
+//! check (`SAMPLE_VERIFIED`) for clocks, and for exit round trips the guest's flag or the
+//! ledger (exactly one userspace exit per op). A failed case carries the reason and no
+//! numbers (`NaN`, written as `null`).
+
+use std::collections::BTreeMap;
+
+use pvkit_abi::bench::{CaseId, Device, Variant, SAMPLE_VERIFIED};
+use pvkit_abi::ports;
+use pvkit_report::{Case, Kind};
+
+use super::console_check::{self, Expected};
+use super::names;
+use crate::bench::{percentile, PhaseRecord, SampleRecord, Verification};
+use crate::ledger::ExitKind;
+use crate::vm::RunOutcome;
+
+/// One phase and its sample from one boot. Either may be missing if the guest misbehaved.
+#[derive(Clone, Debug)]
+pub struct Measurement {
+    /// The case.
+    pub case: CaseId,
+    /// The phase markers' record.
+    pub phase: Option<PhaseRecord>,
+    /// The guest's sample.
+    pub sample: Option<SampleRecord>,
+    /// The console check (console cases only).
+    pub console: Option<Result<(), String>>,
+    /// What the guest said about the case on its console when it gave up on it
+    /// (`bench <case>: set-up failed: <why>`).
+    pub guest_says: Option<String>,
+}
+
+/// Pairs the phases of one boot with its samples, and checks console cases against the
+/// captured console. Also returns problems that belong to no case (samples with an unknown
+/// case id).
+pub fn measurements(outcome: &RunOutcome) -> (Vec<Measurement>, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut used = vec![false; outcome.samples.len()];
+    let mut out: Vec<Measurement> = Vec::new();
+    for phase in &outcome.phases {
+        let id = phase.case.to_u64();
+        let sample = outcome
+            .samples
+            .iter()
+            .zip(used.iter_mut())
+            .find(|(s, u)| !**u && s.sample.case == id)
+            .map(|(s, u)| {
+                *u = true;
+                s.clone()
+            });
+        out.push(Measurement {
+            case: phase.case,
+            phase: Some(phase.clone()),
+            sample,
+            console: None,
+            guest_says: None,
+        });
+    }
+    for (s, _) in outcome.samples.iter().zip(&used).filter(|(_, u)| !**u) {
+        match CaseId::try_from(s.sample.case) {
+            Ok(case) => out.push(Measurement {
+                case,
+                phase: None,
+                sample: Some(s.clone()),
+                console: None,
+                guest_says: None,
+            }),
+            Err(_) => problems.push(format!(
+                "the guest reported a sample for an unknown case id {:#x}",
+                s.sample.case
+            )),
+        }
+    }
+    check_console(outcome, &mut out);
+    let said = super::expected::guest_lines(&outcome.console, ": set-up failed:");
+    for m in &mut out {
+        m.guest_says = said
+            .iter()
+            .find(|(c, _)| *c == m.case)
+            .map(|(_, why)| format!("set-up failed: {why}"));
+    }
+    (out, problems)
+}
+
+/// Fills [`Measurement::console`] for the console cases that have a phase, in phase order.
+fn check_console(outcome: &RunOutcome, ms: &mut [Measurement]) {
+    let mut idx = Vec::new();
+    let mut expected = Vec::new();
+    for (i, m) in ms.iter().enumerate() {
+        let (Some(p), Some(len)) = (&m.phase, names::console_write_len(m.case.workload)) else {
+            continue;
+        };
+        if m.case.device != Device::Console {
+            continue;
+        }
+        idx.push(i);
+        expected.push(Expected {
+            write_len: len,
+            ops: p.ops,
+        });
+    }
+    let results = console_check::verify(&outcome.console, outcome.console_dropped, &expected);
+    for (i, r) in idx.into_iter().zip(results) {
+        if let Some(m) = ms.get_mut(i) {
+            m.console = Some(r);
+        }
+    }
+}
+
+/// A report case for something that could not be measured at all (a crashed or unavailable
+/// device): every number `NaN`, `failure` set.
+pub fn failed_case(device: &str, variant: &str, workload: &str, reason: String) -> Case {
+    Case {
+        device: device.into(),
+        variant: variant.into(),
+        kind: Kind::Pv,
+        workload: workload.into(),
+        ops: 0,
+        bytes: 0,
+        userspace_exits_per_op: f64::NAN,
+        exits_by_kind: BTreeMap::new(),
+        in_kernel_notifications_per_op: f64::NAN,
+        guest_cycles_per_op_median: f64::NAN,
+        guest_cycles_per_op_p99: f64::NAN,
+        ns_per_op: f64::NAN,
+        ns_per_op_p50: None,
+        ns_per_op_p99: None,
+        throughput: f64::NAN,
+        throughput_unit: String::new(),
+        verified: false,
+        failure: Some(reason),
+        speedup: None,
+        notes: Vec::new(),
+    }
+}
+
+/// Groups measurements by case (in order of first appearance) and builds one [`Case`] each.
+pub fn build_cases(ms: &[Measurement]) -> Vec<Case> {
+    let mut order: Vec<CaseId> = Vec::new();
+    for m in ms {
+        if !order.contains(&m.case) {
+            order.push(m.case);
+        }
+    }
+    order
+        .into_iter()
+        .map(|c| {
+            let group: Vec<&Measurement> = ms.iter().filter(|m| m.case == c).collect();
+            build_case(c, &group)
+        })
+        .collect()
+}
+
+/// Why one measurement failed, or `Ok(positive)` where `positive` says whether the check
+/// that proves this case's data passed.
+fn check(m: &Measurement) -> Result<bool, String> {
+    let (Some(p), Some(s)) = (&m.phase, &m.sample) else {
+        return Err(match m.phase {
+            None => "the guest sent a BenchResult without BenchPhase markers".into(),
+            Some(_) => "the guest sent no BenchResult for the phase".into(),
+        });
+    };
+    if s.sample.ops != p.ops {
+        return Err(format!(
+            "the BenchResult says {} ops, the End marker {}",
+            s.sample.ops, p.ops
+        ));
+    }
+    if s.failed() {
+        if let Verification::Failed(why) = &s.verification {
+            return Err(format!("host op-log verification: {why}"));
+        }
+        return Err(match m.case.device {
+            Device::Clock => format!(
+                "the guest's own check failed (SAMPLE_FAILED): a read went backwards, or the \
+                 clock and the PIT disagree over 20 ms (by {} ns)",
+                s.sample.extra
+            ),
+            _ => match &m.guest_says {
+                Some(why) => format!("the guest's own check failed (SAMPLE_FAILED): {why}"),
+                None => "the guest's own check failed (SAMPLE_FAILED)".into(),
+            },
+        });
+    }
+    if p.ops == 0 {
+        return Err("the phase ended with 0 ops".into());
+    }
+    let guest_ok = s.sample.flags & SAMPLE_VERIFIED != 0;
+    match m.case.device {
+        Device::Block => match &s.verification {
+            Verification::Passed => Ok(true),
+            Verification::NoLog => Err("no op log: the data cannot be verified on the host".into()),
+            Verification::NotVerifiable(why) => Err(format!("op log not verifiable: {why}")),
+            Verification::Failed(why) => Err(format!("host op-log verification: {why}")),
+        },
+        Device::Console => match &m.console {
+            Some(Ok(())) => Ok(true),
+            Some(Err(why)) => Err(why.clone()),
+            None => Err("the console output was not checked".into()),
+        },
+        Device::Clock | Device::Exit => Ok(guest_ok || ledger_proves(m.case, p)),
+    }
+}
+
+/// For cases with no data to check (the null-port round trip, a PIT read): whether the
+/// ledger shows exactly the exits one operation consists of, and nothing else.
+fn ledger_proves(c: CaseId, p: &PhaseRecord) -> bool {
+    let ops = p.ops;
+    let e = &p.exits;
+    match (c.device, c.variant) {
+        (Device::Exit, Variant::PortOut) => {
+            e.total == ops && e.count(ExitKind::PortWrite(ports::NULL)) == ops
+        }
+        // Latch counter 0 (mode/command port), then its LSB and MSB.
+        (Device::Clock, Variant::Pit) => {
+            e.total == 3 * ops
+                && e.count(ExitKind::PortWrite(PIT_COMMAND)) == ops
+                && e.count(ExitKind::PortRead(PIT_COUNTER0)) == 2 * ops
+        }
+        _ => false,
+    }
+}
+
+/// The 8254's mode/command port.
+const PIT_COMMAND: u16 = 0x43;
+/// The 8254's counter 0 data port.
+const PIT_COUNTER0: u16 = 0x40;
+
+fn build_case(c: CaseId, group: &[&Measurement]) -> Case {
+    let unit = names::unit(c.workload);
+    let mut case = failed_case(
+        names::device_name(c.device),
+        names::variant_name(c.variant),
+        names::workload_name(c.workload),
+        String::new(),
+    );
+    case.kind = names::kind(c.variant);
+    case.throughput_unit = unit.as_str().into();
+    if group.len() > 1 {
+        case.notes.push(format!("{} boots pooled", group.len()));
+    }
+    match c.variant {
+        Variant::PvPoll => case
+            .notes
+            .push("host polls the ring on a dedicated thread".into()),
+        Variant::PvEventfd => case
+            .notes
+            .push("doorbell is an ioeventfd served by a host I/O thread".into()),
+        _ => {}
+    }
+
+    let mut failures = Vec::new();
+    let mut all_positive = true;
+    for m in group {
+        match check(m) {
+            Ok(positive) => all_positive &= positive,
+            Err(why) => failures.push(why),
+        }
+    }
+    let phases: Vec<&PhaseRecord> = group.iter().filter_map(|m| m.phase.as_ref()).collect();
+    let samples: Vec<&SampleRecord> = group.iter().filter_map(|m| m.sample.as_ref()).collect();
+    case.ops = phases.iter().map(|p| p.ops).sum();
+    case.bytes = samples.iter().map(|s| s.sample.bytes).sum();
+    if failures.is_empty() && !all_positive {
+        failures.push(match c.device {
+            Device::Exit | Device::Clock => "neither the guest's check (SAMPLE_VERIFIED) nor the \
+                 ledger (exactly the exits of one operation per op) proves the case"
+                .into(),
+            _ => "the guest did not verify the case (SAMPLE_VERIFIED not set)".into(),
+        });
+    }
+    if !failures.is_empty() {
+        failures.dedup();
+        case.failure = Some(failures.join("; "));
+        return case;
+    }
+
+    let ops = case.ops as f64;
+    let mut by_kind: BTreeMap<ExitKind, u64> = BTreeMap::new();
+    let mut total_exits = 0u64;
+    let mut notifications = 0u64;
+    let mut host_ns = 0u128;
+    for p in &phases {
+        for (k, n) in &p.exits.counts {
+            *by_kind.entry(*k).or_insert(0) += n;
+        }
+        total_exits += p.exits.total;
+        notifications += p.exits.notifications.values().sum::<u64>();
+        host_ns += p.host_time.as_nanos();
+    }
+    case.userspace_exits_per_op = total_exits as f64 / ops;
+    case.exits_by_kind = by_kind
+        .into_iter()
+        .map(|(k, n)| (names::exit_key(k), n as f64 / ops))
+        .collect();
+    case.in_kernel_notifications_per_op = notifications as f64 / ops;
+    case.ns_per_op = host_ns as f64 / ops;
+    case.throughput = unit.throughput(case.ops, case.bytes, host_ns as f64);
+
+    let (median, p99, how) = guest_cycles(&samples, case.ops);
+    case.guest_cycles_per_op_median = median;
+    case.guest_cycles_per_op_p99 = p99;
+    if let Some(how) = how {
+        case.notes.push(how.into());
+    }
+    if group.len() > 1 {
+        let per_boot: Vec<f64> = phases
+            .iter()
+            .filter(|p| p.ops > 0)
+            .map(|p| p.host_time.as_nanos() as f64 / p.ops as f64)
+            .collect();
+        let lo = per_boot.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = per_boot.iter().copied().fold(0.0, f64::max);
+        case.notes
+            .push(format!("host ns/op per boot: {lo:.0} to {hi:.0}"));
+    }
+    if c.device == Device::Clock && matches!(c.variant, Variant::PvClock | Variant::KvmClock) {
+        if let Some(worst) = samples.iter().map(|s| s.sample.extra).max() {
+            case.notes.push(format!(
+                "guest check: agrees with the PIT over 20 ms within {worst} ns"
+            ));
+        }
+    }
+    case.verified = true;
+    case.failure = None;
+    case
+}
+
+/// Median and p99 guest cycles per op: from the pooled raw samples when the guest sent them,
+/// else from the guest's own percentiles, else the phase mean (with a note saying so).
+fn guest_cycles(samples: &[&SampleRecord], ops: u64) -> (f64, f64, Option<&'static str>) {
+    let mut raw: Vec<u64> = samples
+        .iter()
+        .flat_map(|s| s.cycles.iter().copied())
+        .collect();
+    if !raw.is_empty() {
+        raw.sort_unstable();
+        return (
+            percentile(&raw, 50) as f64,
+            percentile(&raw, 99) as f64,
+            None,
+        );
+    }
+    let given: Vec<&SampleRecord> = samples
+        .iter()
+        .copied()
+        .filter(|s| s.sample.cycles_median != 0)
+        .collect();
+    if !given.is_empty() {
+        let mut med: Vec<u64> = given.iter().map(|s| s.sample.cycles_median).collect();
+        med.sort_unstable();
+        let p99 = given.iter().map(|s| s.sample.cycles_p99).max().unwrap_or(0);
+        return (
+            percentile(&med, 50) as f64,
+            p99 as f64,
+            Some("guest cycles: the guest's own percentiles"),
+        );
+    }
+    let total: u64 = samples.iter().map(|s| s.sample.cycles_total).sum();
+    if total == 0 || ops == 0 {
+        return (f64::NAN, f64::NAN, Some("no guest cycle measurement"));
+    }
+    let mean = total as f64 / ops as f64;
+    (
+        mean,
+        mean,
+        Some("guest cycles: phase mean (no per-op samples)"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::LedgerSnapshot;
+    use pvkit_abi::bench::{BenchSample, Workload, SAMPLE_FAILED};
+    use pvkit_abi::call::Hypercall;
+    use std::time::Duration;
+
+    fn id(device: Device, variant: Variant, workload: Workload) -> CaseId {
+        CaseId {
+            device,
+            variant,
+            workload,
+        }
+    }
+
+    fn phase(case: CaseId, ops: u64, exits: &[(ExitKind, u64)], ns: u64) -> PhaseRecord {
+        let counts: BTreeMap<ExitKind, u64> = exits.iter().copied().collect();
+        PhaseRecord {
+            case,
+            ops,
+            exits: LedgerSnapshot {
+                total: counts.values().sum(),
+                counts,
+                notifications: BTreeMap::new(),
+            },
+            host_time: Duration::from_nanos(ns),
+        }
+    }
+
+    fn sample(case: CaseId, ops: u64, bytes: u64, flags: u32, cycles: Vec<u64>) -> SampleRecord {
+        SampleRecord {
+            sample: BenchSample {
+                case: case.to_u64(),
+                ops,
+                bytes,
+                flags,
+                cycles_total: 1000 * ops,
+                ..BenchSample::default()
+            },
+            cycles,
+            op_log_len: 0,
+            verification: Verification::NoLog,
+        }
+    }
+
+    #[test]
+    fn exit_case_numbers() {
+        let c = id(Device::Exit, Variant::PortOut, Workload::RoundTrip);
+        let m = Measurement {
+            case: c,
+            phase: Some(phase(
+                c,
+                100,
+                &[(ExitKind::PortWrite(0x501), 100)],
+                1_000_000,
+            )),
+            sample: Some(sample(c, 100, 0, 0, (1..=100).collect())),
+            console: None,
+            guest_says: None,
+        };
+        let cases = build_cases(&[m]);
+        let k = &cases[0];
+        assert!(k.verified && k.failure.is_none(), "{k:?}");
+        assert_eq!(
+            (k.device.as_str(), k.variant.as_str(), k.workload.as_str()),
+            ("exit", "null-port", "round-trip")
+        );
+        assert_eq!(k.kind, Kind::Emulated);
+        assert_eq!(k.userspace_exits_per_op, 1.0);
+        assert_eq!(k.exits_by_kind["port-out 0x501 (null)"], 1.0);
+        assert_eq!(k.ns_per_op, 10_000.0);
+        assert_eq!(k.guest_cycles_per_op_median, 50.0);
+        assert_eq!(k.guest_cycles_per_op_p99, 99.0);
+        assert!((k.throughput - 100_000.0).abs() < 1e-6);
+        assert_eq!(k.throughput_unit, "writes/s");
+    }
+
+    #[test]
+    fn pit_and_null_port_are_proved_by_the_ledger() {
+        let c = id(Device::Clock, Variant::Pit, Workload::ClockRead);
+        let m = |exits: &[(ExitKind, u64)]| Measurement {
+            case: c,
+            phase: Some(phase(c, 10, exits, 1000)),
+            sample: Some(sample(c, 10, 0, 0, vec![])),
+            console: None,
+            guest_says: None,
+        };
+        let good = [
+            (ExitKind::PortWrite(0x43), 10),
+            (ExitKind::PortRead(0x40), 20),
+        ];
+        assert!(build_cases(&[m(&good)])[0].verified);
+        let extra = [
+            (ExitKind::PortWrite(0x43), 10),
+            (ExitKind::PortRead(0x40), 20),
+            (ExitKind::PortRead(0x61), 1),
+        ];
+        let k = &build_cases(&[m(&extra)])[0];
+        assert!(k.failure.as_ref().unwrap().contains("ledger"), "{k:?}");
+    }
+
+    #[test]
+    fn iterations_pool() {
+        let c = id(Device::Clock, Variant::Pit, Workload::ClockRead);
+        let ms: Vec<Measurement> = [(10u64, 30_000u64), (30, 150_000)]
+            .into_iter()
+            .map(|(ops, ns)| Measurement {
+                case: c,
+                phase: Some(phase(c, ops, &[(ExitKind::PortRead(0x40), 2 * ops)], ns)),
+                sample: Some(sample(c, ops, 0, SAMPLE_VERIFIED, vec![])),
+                console: None,
+                guest_says: None,
+            })
+            .collect();
+        let k = &build_cases(&ms)[0];
+        assert!(k.verified, "{k:?}");
+        assert_eq!(k.ops, 40);
+        assert_eq!(k.userspace_exits_per_op, 2.0);
+        assert_eq!(k.ns_per_op, 180_000.0 / 40.0);
+        // No raw samples and no guest percentiles: the phase mean, with a note.
+        assert_eq!(k.guest_cycles_per_op_median, 1000.0);
+        assert!(k.notes.iter().any(|n| n.contains("phase mean")));
+        assert!(k.notes.iter().any(|n| n.contains("2 boots")));
+    }
+
+    #[test]
+    fn failures_carry_reasons_and_no_numbers() {
+        let c = id(Device::Block, Variant::PvRing, Workload::RandRead4K);
+        let ok_phase = phase(c, 4, &[(ExitKind::PortWrite(0x511), 4)], 100);
+        let mut bad = sample(c, 4, 16384, 0, vec![]);
+        bad.verification = Verification::Failed("entry 2: data mismatch".into());
+        let cases = build_cases(&[Measurement {
+            case: c,
+            phase: Some(ok_phase.clone()),
+            sample: Some(bad),
+            console: None,
+            guest_says: None,
+        }]);
+        let k = &cases[0];
+        assert!(!k.verified);
+        assert!(k.failure.as_ref().unwrap().contains("data mismatch"));
+        assert!(k.ns_per_op.is_nan() && k.userspace_exits_per_op.is_nan());
+
+        // A block case without an op log is not verified.
+        let cases = build_cases(&[Measurement {
+            case: c,
+            phase: Some(ok_phase.clone()),
+            sample: Some(sample(c, 4, 16384, SAMPLE_VERIFIED, vec![])),
+            console: None,
+            guest_says: None,
+        }]);
+        assert!(cases[0].failure.as_ref().unwrap().contains("no op log"));
+
+        // Guest failure flag, missing sample, ops mismatch.
+        for (s, why) in [
+            (
+                Some(sample(c, 4, 0, SAMPLE_FAILED, vec![])),
+                "SAMPLE_FAILED",
+            ),
+            (None, "no BenchResult"),
+            (Some(sample(c, 5, 0, 0, vec![])), "5 ops"),
+        ] {
+            let k = &build_cases(&[Measurement {
+                case: c,
+                phase: Some(ok_phase.clone()),
+                sample: s,
+                console: None,
+                guest_says: None,
+            }])[0];
+            assert!(k.failure.as_ref().unwrap().contains(why), "{k:?}");
+        }
+    }
+
+    #[test]
+    fn set_up_failures_carry_the_guests_reason() {
+        let c = id(Device::Block, Variant::PvPoll, Workload::SeqRead1M);
+        let k = &build_cases(&[Measurement {
+            case: c,
+            phase: Some(phase(c, 0, &[], 10)),
+            sample: Some(sample(c, 0, 0, SAMPLE_FAILED, vec![])),
+            console: None,
+            guest_says: Some("set-up failed: EOPNOTSUPP".into()),
+        }])[0];
+        assert!(
+            k.failure
+                .as_ref()
+                .unwrap()
+                .ends_with("set-up failed: EOPNOTSUPP"),
+            "{k:?}"
+        );
+    }
+
+    #[test]
+    fn console_cases_need_the_capture_check() {
+        let c = id(Device::Console, Variant::PvHypercall, Workload::Write64);
+        let m = |console| Measurement {
+            case: c,
+            phase: Some(phase(
+                c,
+                8,
+                &[(ExitKind::Hypercall(Hypercall::ConsoleWrite), 8)],
+                80_000,
+            )),
+            sample: Some(sample(c, 8, 512, SAMPLE_VERIFIED, vec![7; 8])),
+            console,
+            guest_says: None,
+        };
+        let k = &build_cases(&[m(Some(Ok(())))])[0];
+        assert!(k.verified);
+        assert_eq!(k.exits_by_kind["hypercall console_write"], 1.0);
+        assert!((k.throughput - 6.4).abs() < 1e-9, "{}", k.throughput);
+        let k = &build_cases(&[m(Some(Err("short".into())))])[0];
+        assert_eq!(k.failure.as_deref(), Some("short"));
+        let k = &build_cases(&[m(None)])[0];
+        assert!(!k.verified);
+    }
+}

@@ -1,0 +1,280 @@
+//! The names a report uses for the ABI's benchmark cases, and what each case's throughput is
+//! measured in. One place maps [`pvkit_abi::bench`] numbers to the `pvkit-report`
+//! conventions (`"uart"`, `"pv-hypercall"`, `"write-4KiB"`, …).
+
+use std::fmt;
+
+use pvkit_abi::bench::{CaseId, Device, Variant, Workload};
+use pvkit_abi::ports;
+use pvkit_report::Kind;
+
+use crate::ledger::ExitKind;
+
+/// A device `pvkit bench` boots a guest for (one boot per device).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BenchDevice {
+    /// Console writes: UART against the PV console variants.
+    Console,
+    /// Block I/O: ATA PIO against the PV block variants.
+    Block,
+    /// Time reads: PIT against the PV clock page and kvmclock.
+    Clock,
+    /// Bare exit round trips (calibration).
+    Exit,
+}
+
+impl BenchDevice {
+    /// Every device, in run order.
+    pub const ALL: [BenchDevice; 4] = [
+        BenchDevice::Console,
+        BenchDevice::Block,
+        BenchDevice::Clock,
+        BenchDevice::Exit,
+    ];
+
+    /// The name on the guest command line (`bench=<name>`) and in reports.
+    pub fn name(self) -> &'static str {
+        device_name(self.abi())
+    }
+
+    /// The ABI device.
+    pub fn abi(self) -> Device {
+        match self {
+            BenchDevice::Console => Device::Console,
+            BenchDevice::Block => Device::Block,
+            BenchDevice::Clock => Device::Clock,
+            BenchDevice::Exit => Device::Exit,
+        }
+    }
+
+    /// Whether this device's boot needs a disk image.
+    pub fn needs_disk(self) -> bool {
+        self == BenchDevice::Block
+    }
+
+    /// How many cases the guest is expected to run for this device (for the progress bar
+    /// only; the report lists whatever the guest actually ran).
+    pub fn expected_cases(self) -> u64 {
+        match self {
+            // uart, pv-hypercall, pv-ring, pv-ioeventfd, pv-poll × 64 B, 4 KiB.
+            BenchDevice::Console => 10,
+            // ata-pio + 4 PV variants × 4 workloads.
+            BenchDevice::Block => 20,
+            // pit, pvclock, kvmclock.
+            BenchDevice::Clock => 3,
+            // null port.
+            BenchDevice::Exit => 1,
+        }
+    }
+}
+
+impl fmt::Display for BenchDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The device of `case` as a [`BenchDevice`].
+pub fn bench_device(device: Device) -> BenchDevice {
+    match device {
+        Device::Console => BenchDevice::Console,
+        Device::Block => BenchDevice::Block,
+        Device::Clock => BenchDevice::Clock,
+        Device::Exit => BenchDevice::Exit,
+    }
+}
+
+/// `"console"`, `"block"`, `"clock"`, `"exit"`.
+pub fn device_name(d: Device) -> &'static str {
+    match d {
+        Device::Console => "console",
+        Device::Block => "block",
+        Device::Clock => "clock",
+        Device::Exit => "exit",
+    }
+}
+
+/// The report's variant name.
+pub fn variant_name(v: Variant) -> &'static str {
+    match v {
+        Variant::Uart => "uart",
+        Variant::PvHypercall => "pv-hypercall",
+        Variant::PvRing => "pv-ring",
+        Variant::PvEventfd => "pv-ioeventfd",
+        Variant::PvPoll => "pv-poll",
+        Variant::AtaPio => "ata-pio",
+        Variant::Pit => "pit",
+        Variant::PvClock => "pvclock",
+        Variant::KvmClock => "kvmclock",
+        Variant::PortOut => "null-port",
+    }
+}
+
+/// The report's workload name.
+pub fn workload_name(w: Workload) -> &'static str {
+    match w {
+        Workload::Write64 => "write-64B",
+        Workload::Write4K => "write-4KiB",
+        Workload::RandRead4K => "randread-4KiB",
+        Workload::RandWrite4K => "randwrite-4KiB",
+        Workload::SeqRead1M => "seqread-1MiB",
+        Workload::SeqWrite1M => "seqwrite-1MiB",
+        Workload::ClockRead => "read",
+        Workload::RoundTrip => "round-trip",
+    }
+}
+
+/// Emulated (the speedup baseline: UART, ATA PIO, PIT, and the bare null-port exit) or PV.
+pub fn kind(v: Variant) -> Kind {
+    match v {
+        Variant::Uart | Variant::AtaPio | Variant::Pit | Variant::PortOut => Kind::Emulated,
+        Variant::PvHypercall
+        | Variant::PvRing
+        | Variant::PvEventfd
+        | Variant::PvPoll
+        | Variant::PvClock
+        | Variant::KvmClock => Kind::Pv,
+    }
+}
+
+/// What a case's throughput is measured in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// Payload megabytes (10⁶ bytes) per second.
+    MBps,
+    /// Operations per second (4 KiB block requests).
+    Iops,
+    /// Clock reads per second.
+    ReadsPerSec,
+    /// Port writes per second (exit round trips).
+    WritesPerSec,
+}
+
+impl Unit {
+    /// The report's unit string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::MBps => "MB/s",
+            Unit::Iops => "IOPS",
+            Unit::ReadsPerSec => "reads/s",
+            Unit::WritesPerSec => "writes/s",
+        }
+    }
+
+    /// The throughput of `ops` operations moving `bytes` bytes in `ns` nanoseconds; NaN when
+    /// the time is unusable.
+    pub fn throughput(self, ops: u64, bytes: u64, ns: f64) -> f64 {
+        if !(ns.is_finite() && ns > 0.0) {
+            return f64::NAN;
+        }
+        match self {
+            Unit::MBps => bytes as f64 / ns * 1e3,
+            Unit::Iops | Unit::ReadsPerSec | Unit::WritesPerSec => ops as f64 / ns * 1e9,
+        }
+    }
+}
+
+/// MB/s for cases that move payload (console writes, 1 MiB block I/O), IOPS for 4 KiB block
+/// requests, reads/s for clocks, writes/s for exit round trips (each is one port write).
+pub fn unit(w: Workload) -> Unit {
+    match w {
+        Workload::Write64 | Workload::Write4K | Workload::SeqRead1M | Workload::SeqWrite1M => {
+            Unit::MBps
+        }
+        Workload::RandRead4K | Workload::RandWrite4K => Unit::Iops,
+        Workload::ClockRead => Unit::ReadsPerSec,
+        Workload::RoundTrip => Unit::WritesPerSec,
+    }
+}
+
+/// Payload bytes of one operation of a console workload (`None` for other devices).
+pub fn console_write_len(w: Workload) -> Option<usize> {
+    match w {
+        Workload::Write64 => Some(64),
+        Workload::Write4K => Some(4096),
+        _ => None,
+    }
+}
+
+/// `"console/pv-hypercall/write-64B"`.
+pub fn case_label(c: CaseId) -> String {
+    format!(
+        "{}/{}/{}",
+        device_name(c.device),
+        variant_name(c.variant),
+        workload_name(c.workload)
+    )
+}
+
+/// The key of an exit kind in [`pvkit_report::Case::exits_by_kind`]: `"port-out 0x3f8"`,
+/// `"port-in 0x3fd"`, `"port-out 0x511 (doorbell)"`, `"port-out 0x501 (null)"`,
+/// `"hypercall console_write"`, …
+pub fn exit_key(k: ExitKind) -> String {
+    let port_note = |p: u16| {
+        if p == ports::NULL {
+            " (null)"
+        } else if (ports::DOORBELL_BASE..ports::DOORBELL_END).contains(&p) {
+            " (doorbell)"
+        } else {
+            ""
+        }
+    };
+    match k {
+        ExitKind::PortRead(p) => format!("port-in {p:#x}{}", port_note(p)),
+        ExitKind::PortWrite(p) => format!("port-out {p:#x}{}", port_note(p)),
+        ExitKind::Hypercall(h) => format!("hypercall {}", h.name()),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pvkit_abi::call::Hypercall;
+
+    #[test]
+    fn names_follow_the_report_conventions() {
+        let c = CaseId {
+            device: Device::Block,
+            variant: Variant::PvEventfd,
+            workload: Workload::SeqRead1M,
+        };
+        assert_eq!(case_label(c), "block/pv-ioeventfd/seqread-1MiB");
+        assert_eq!(variant_name(Variant::PortOut), "null-port");
+        assert_eq!(workload_name(Workload::RoundTrip), "round-trip");
+        assert_eq!(kind(Variant::Pit), Kind::Emulated);
+        assert_eq!(kind(Variant::KvmClock), Kind::Pv);
+        for d in BenchDevice::ALL {
+            assert_eq!(bench_device(d.abi()), d);
+        }
+        assert_eq!(BenchDevice::Clock.name(), "clock");
+    }
+
+    #[test]
+    fn units_and_throughput() {
+        assert_eq!(unit(Workload::Write64), Unit::MBps);
+        assert_eq!(unit(Workload::RandWrite4K), Unit::Iops);
+        // 1 MB in 1 ms = 1000 MB/s; 10 ops in 1 µs = 10 M/s.
+        assert!((Unit::MBps.throughput(1, 1_000_000, 1e6) - 1000.0).abs() < 1e-9);
+        assert!((Unit::Iops.throughput(10, 0, 1e3) - 1e7).abs() < 1e-3);
+        assert!(Unit::Iops.throughput(10, 0, 0.0).is_nan());
+    }
+
+    #[test]
+    fn exit_keys() {
+        assert_eq!(exit_key(ExitKind::PortWrite(0x3f8)), "port-out 0x3f8");
+        assert_eq!(exit_key(ExitKind::PortRead(0x3fd)), "port-in 0x3fd");
+        assert_eq!(
+            exit_key(ExitKind::PortWrite(0x511)),
+            "port-out 0x511 (doorbell)"
+        );
+        assert_eq!(
+            exit_key(ExitKind::PortWrite(0x501)),
+            "port-out 0x501 (null)"
+        );
+        assert_eq!(
+            exit_key(ExitKind::Hypercall(Hypercall::BlockIo)),
+            "hypercall block_io"
+        );
+    }
+}

@@ -1,0 +1,264 @@
+//! `pvkit bench` end to end, on real KVM: the process runs the quick benchmark of every
+//! device and its `results.json` (read as untyped JSON: the file is a contract) must list
+//! every case with the contract fields, every case verified, and exit counts in the
+//! relations the design promises. Times are never asserted (benchmarks are not timed tests).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use common::{code, kvm_available, pvkit};
+use pvkit_vmm::guests;
+use serde_json::Value;
+
+/// Whether the real guest and KVM are available. Under CI (`CI=true`) their absence fails.
+fn ready() -> bool {
+    if guests::builtin_kernel().is_none() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!(
+                "CI=true but pvkit was built without its guests: {}",
+                guests::BUILD_STATUS
+            );
+        }
+        eprintln!(
+            "note: skipping: no built-in guest ({})",
+            guests::BUILD_STATUS
+        );
+        return false;
+    }
+    kvm_available()
+}
+
+fn out_dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("pvkit-bench-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn read_results(dir: &std::path::Path) -> Value {
+    let text = std::fs::read_to_string(dir.join("results.json")).expect("read results.json");
+    serde_json::from_str(&text).expect("results.json is JSON")
+}
+
+/// The fields every case must carry (`crates/report/src/model.rs`).
+const CASE_FIELDS: &[&str] = &[
+    "device",
+    "variant",
+    "kind",
+    "workload",
+    "ops",
+    "bytes",
+    "userspace_exits_per_op",
+    "exits_by_kind",
+    "in_kernel_notifications_per_op",
+    "guest_cycles_per_op_median",
+    "guest_cycles_per_op_p99",
+    "ns_per_op",
+    "throughput",
+    "throughput_unit",
+    "verified",
+    "failure",
+    "speedup",
+];
+
+fn s<'a>(c: &'a Value, k: &str) -> &'a str {
+    c[k].as_str()
+        .unwrap_or_else(|| panic!("{k} is not a string in {c}"))
+}
+
+fn exits(c: &Value) -> f64 {
+    c["userspace_exits_per_op"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("userspace_exits_per_op is not a number in {c}"))
+}
+
+fn name(c: &Value) -> String {
+    format!(
+        "{}/{}/{}",
+        s(c, "device"),
+        s(c, "variant"),
+        s(c, "workload")
+    )
+}
+
+#[test]
+fn quick_bench_verifies_every_case_and_exit_counts_order_as_designed() {
+    if !ready() {
+        return;
+    }
+    let dir = out_dir("quick");
+    let o = pvkit(&[
+        "bench",
+        "--quick",
+        "--out",
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        code(&o),
+        0,
+        "pvkit bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("# pvkit benchmark results"),
+        "the Markdown report goes to stdout: {stdout}"
+    );
+    // The console cases' output is captured, never printed.
+    assert!(!stdout.contains("abcdefghijklmnopqrstuvwxyzab"), "{stdout}");
+
+    let r = read_results(&dir);
+    for k in [
+        "kind",
+        "cpu_model",
+        "host_kernel",
+        "git_commit",
+        "abi_version",
+    ] {
+        assert!(
+            r["platform"][k].is_string(),
+            "platform.{k}: {}",
+            r["platform"]
+        );
+    }
+    assert!(r["platform"]["tsc_khz"].as_u64().is_some_and(|t| t > 0));
+    let cases = r["cases"].as_array().expect("cases is an array");
+    assert!(!cases.is_empty());
+    for c in cases {
+        for f in CASE_FIELDS {
+            assert!(c.get(f).is_some(), "{} lacks {f}: {c}", name(c));
+        }
+        assert_eq!(
+            c["verified"],
+            Value::Bool(true),
+            "{} not verified: {c}",
+            name(c)
+        );
+        assert!(c["failure"].is_null(), "{}: {c}", name(c));
+        assert!(c["ops"].as_u64().is_some_and(|n| n > 0), "{}", name(c));
+        for f in ["ns_per_op", "throughput", "guest_cycles_per_op_median"] {
+            assert!(
+                c[f].as_f64().is_some(),
+                "{}: {f} is not a number: {c}",
+                name(c)
+            );
+        }
+    }
+
+    // By (device, workload): emulated and PV cases.
+    let mut groups: BTreeMap<(&str, &str), Vec<&Value>> = BTreeMap::new();
+    for c in cases {
+        groups
+            .entry((s(c, "device"), s(c, "workload")))
+            .or_default()
+            .push(c);
+    }
+    let devices: Vec<&str> = cases.iter().map(|c| s(c, "device")).collect();
+    for d in ["console", "block", "clock", "exit"] {
+        assert!(devices.contains(&d), "no {d} cases in {devices:?}");
+    }
+    for ((device, workload), group) in &groups {
+        let emulated: Vec<&&Value> = group.iter().filter(|c| c["kind"] == "emulated").collect();
+        let pv: Vec<&&Value> = group.iter().filter(|c| c["kind"] == "pv").collect();
+        for c in &pv {
+            match s(c, "variant") {
+                // One hypercall per write (console), per request (block), per round trip.
+                "pv-hypercall" => assert_eq!(exits(c), 1.0, "{}: {c}", name(c)),
+                // Nothing exits to userspace: the host polls, or KVM signals a thread.
+                "pv-poll" | "pv-ioeventfd" | "pvclock" | "kvmclock" => {
+                    assert_eq!(exits(c), 0.0, "{}: {c}", name(c))
+                }
+                _ => {}
+            }
+        }
+        if *device == "exit" {
+            // Calibration: the bare round trip is exactly one exit per op.
+            for c in &emulated {
+                assert_eq!(exits(c), 1.0, "{}: {c}", name(c));
+            }
+            continue;
+        }
+        assert!(
+            !emulated.is_empty(),
+            "{device}/{workload}: no emulated case"
+        );
+        assert!(!pv.is_empty(), "{device}/{workload}: no PV case");
+        for e in &emulated {
+            for p in &pv {
+                assert!(
+                    exits(e) > exits(p),
+                    "{}: {} exits/op, not more than {}: {}",
+                    name(e),
+                    exits(e),
+                    name(p),
+                    exits(p)
+                );
+            }
+        }
+    }
+
+    for f in ["results.md", "chart.svg", "chart.png"] {
+        let len = std::fs::metadata(dir.join(f)).map_or(0, |m| m.len());
+        assert!(len > 0, "{f} missing or empty");
+    }
+    let svg = std::fs::read_to_string(dir.join("chart.svg")).expect("read chart.svg");
+    assert!(svg.contains("<svg"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_guest_stopped_by_the_watchdog_fails_the_run_with_its_reason() {
+    if !ready() {
+        return;
+    }
+    let dir = out_dir("timeout");
+    // 1 ms is not enough for any benchmark: the watchdog stops the guest.
+    let o = pvkit(&[
+        "bench",
+        "--only",
+        "exit",
+        "--quick",
+        "--timeout",
+        "0.001",
+        "--out",
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(code(&o), 0, "{stderr}");
+    assert!(stderr.contains("exit"), "{stderr}");
+    assert!(
+        stderr.contains("watchdog"),
+        "the reason is printed: {stderr}"
+    );
+    let r = read_results(&dir);
+    let cases = r["cases"].as_array().expect("cases");
+    assert!(
+        cases
+            .iter()
+            .any(|c| c["verified"] == false && c["failure"].is_string()),
+        "the crash is a failed case: {r}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn help_explains_every_flag() {
+    let o = pvkit(&["bench", "--help"]);
+    assert_eq!(code(&o), 0);
+    let help = String::from_utf8_lossy(&o.stdout);
+    for flag in [
+        "--only",
+        "--quick",
+        "--iterations",
+        "--out",
+        "--disk",
+        "--timeout",
+        "--mem",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
+    let o = pvkit(&["bench", "--only", "gpu"]);
+    assert_eq!(code(&o), 2, "an unknown device is a usage error");
+}

@@ -1,0 +1,225 @@
+//! The hostile guest (`guest-kernel/examples/hostile-os`) against the real VMM under KVM.
+//!
+//! Each scenario prints one `check <name> … ok|FAIL` line per observed outcome and exits
+//! with the number of mismatches; these tests run it through the `pvkit` binary (the VMM
+//! as deployed: seccomp on) and assert that every check passed, that the VMM stopped the
+//! way the guest asked (its exit code, nothing on stderr), and that the disk image outside
+//! the scratch sectors the guest may legitimately write is byte-for-byte unchanged (FNV-1a
+//! 64 of the protected part, before and after). One more run goes through the library to
+//! assert on the VMM's own records (exit ledger, op-log verification).
+//!
+//! Check counts per scenario are pinned, so a scenario that silently stops early fails.
+//! docs/SECURITY.md lists the cases.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use common::{code, kvm_available, pvkit};
+use pvkit_vmm::bench::Verification;
+use pvkit_vmm::guests;
+use pvkit_vmm::ledger::ExitKind;
+use pvkit_vmm::{run, DiskConfig, KernelSource, StopReason, VmConfig};
+
+/// The hostile guest ELF built with the VMM.
+const HOSTILE: &str = env!("PVKIT_HOSTILE_GUEST_ELF");
+/// Sectors `0..SCRATCH` may be written by the hostile scenarios (`hostile-os/src/disk.rs`,
+/// `FIRST_PROTECTED`); everything after must not change.
+const SCRATCH: u64 = 16;
+/// Size of the test image: 2048 sectors.
+const IMAGE: usize = 1 << 20;
+
+/// Checks each scenario makes (pinned: a scenario that stops early fails the test).
+const HYPERCALL_CHECKS: usize = 117;
+const RING_CHECKS: usize = 65;
+const DEVICE_CHECKS: usize = 78;
+
+/// Whether the hostile guest is built and KVM is usable (under CI a missing guest fails).
+fn ready() -> bool {
+    let built = std::fs::metadata(HOSTILE).is_ok_and(|m| m.len() > 0);
+    if !built {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!(
+                "CI=true but pvkit was built without its guests: {}",
+                guests::BUILD_STATUS
+            );
+        }
+        eprintln!(
+            "note: skipping: no hostile guest ({})",
+            guests::BUILD_STATUS
+        );
+        return false;
+    }
+    kvm_available()
+}
+
+/// FNV-1a, 64 bits.
+fn fnv64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A fresh image of [`IMAGE`] bytes of a deterministic pseudo-random pattern (xorshift64),
+/// so a stray write of zeros, of guest memory or of another sector shows.
+fn image(name: &str) -> PathBuf {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut bytes = Vec::with_capacity(IMAGE);
+    while bytes.len() < IMAGE {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        bytes.extend_from_slice(&x.to_le_bytes());
+    }
+    common::temp_file(name, &bytes)
+}
+
+/// The checksum of the protected part of an image (everything after the scratch sectors).
+fn protected_sum(img: &Path) -> u64 {
+    let bytes = std::fs::read(img).expect("read the image");
+    assert_eq!(bytes.len(), IMAGE, "the image changed size");
+    fnv64(&bytes[(SCRATCH * 512) as usize..])
+}
+
+/// The `check` lines of a scenario's output: (name, passed).
+fn checks(stdout: &str) -> Vec<(String, bool)> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("check "))
+        .map(|l| {
+            let name = l.split_whitespace().next().unwrap_or_default().to_owned();
+            (name, l.ends_with(" ok"))
+        })
+        .collect()
+}
+
+/// Runs `case` through `pvkit run` with a fresh patterned image; asserts exit 0, a clean
+/// stderr, `want` checks all passed and the protected part of the image unchanged.
+/// Returns stdout.
+fn scenario(case: &str, want: usize) -> String {
+    let img = image(&format!("hostile-{case}.img"));
+    let before = protected_sum(&img);
+    let o: Output = pvkit(&[
+        "run",
+        HOSTILE,
+        "--mem",
+        "32",
+        "--timeout",
+        "20",
+        "--disk",
+        img.to_str().expect("utf-8 path"),
+        "--",
+        &format!("case={case}"),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let got = checks(&out);
+    let failed: Vec<_> = got.iter().filter(|(_, ok)| !ok).collect();
+    assert!(
+        failed.is_empty(),
+        "case={case}: failed checks {failed:?}\n{out}\n{err}"
+    );
+    assert_eq!(code(&o), 0, "case={case}\n{out}\n{err}");
+    assert!(err.is_empty(), "case={case}: stderr: {err}");
+    assert_eq!(
+        got.len(),
+        want,
+        "case={case}: number of checks (update the pin and docs/SECURITY.md)\n{out}"
+    );
+    assert!(
+        out.contains(&format!("summary checks={want} failed=0")),
+        "{out}"
+    );
+    assert_eq!(
+        protected_sum(&img),
+        before,
+        "case={case}: the image changed outside the scratch sectors"
+    );
+    let _ = std::fs::remove_file(&img);
+    out
+}
+
+#[test]
+fn hostile_hypercalls() {
+    if !ready() {
+        return;
+    }
+    let out = scenario("hypercalls", HYPERCALL_CHECKS);
+    // The two console writes that were allowed, and nothing of the refused ones.
+    assert!(out.contains("[console ok]\n"), "{out}");
+    assert!(out.contains("<edge of ram>\n"), "{out}");
+}
+
+#[test]
+fn hostile_rings() {
+    if !ready() {
+        return;
+    }
+    let out = scenario("rings", RING_CHECKS);
+    // Exactly the one valid console-ring request reached the console.
+    assert_eq!(out.matches("[ring ok]").count(), 1, "{out}");
+}
+
+#[test]
+fn hostile_devices() {
+    if !ready() {
+        return;
+    }
+    let out = scenario("devices", DEVICE_CHECKS);
+    assert!(
+        out.contains("[uart ok]\n"),
+        "the UART must still transmit: {out}"
+    );
+    assert!(
+        !out.contains("LOOPLEAK"),
+        "bytes sent in loopback mode must not reach the console: {out}"
+    );
+}
+
+/// All three scenarios in one boot through the library, to look at the VMM's records:
+/// unknown hypercalls counted as such, the nonsense op logs verified as FAILED (not
+/// trusted, not crashing the verifier), the 16 benchmark phases recorded.
+#[test]
+fn hostile_all_vmm_records() {
+    if !ready() {
+        return;
+    }
+    let img = image("hostile-all.img");
+    let before = protected_sum(&img);
+    let cfg = VmConfig {
+        kernel: KernelSource::Path(HOSTILE.into()),
+        mem_mib: 32,
+        cmdline: "case=all".into(),
+        capture_console: true,
+        timeout: Duration::from_secs(30),
+        disk: Some(DiskConfig {
+            path: img.clone(),
+            read_only: false,
+        }),
+        // The process-level tests above run the confined VMM; here a seccomp kill would
+        // take the whole test binary down instead of failing one test.
+        seccomp: false,
+        ..VmConfig::default()
+    };
+    let o = run(&cfg).expect("run the hostile guest");
+    let console = String::from_utf8_lossy(&o.console);
+    assert_eq!(o.stop, StopReason::Exit(0), "{console}");
+    let total = HYPERCALL_CHECKS + RING_CHECKS + DEVICE_CHECKS;
+    assert_eq!(checks(&console).len(), total, "{console}");
+    assert!(checks(&console).iter().all(|(_, ok)| *ok), "{console}");
+    // 5 unknown numbers and 2 with RAX's upper half set.
+    assert_eq!(o.ledger.count(ExitKind::UnknownHypercall), 7);
+    let verdicts: Vec<_> = o.samples.iter().map(|s| &s.verification).collect();
+    assert_eq!(verdicts.len(), 4, "{verdicts:?}");
+    let failed = verdicts
+        .iter()
+        .filter(|v| matches!(v, Verification::Failed(m) if m.contains("op log entry 0")))
+        .count();
+    assert_eq!(failed, 3, "{verdicts:?}");
+    assert!(matches!(verdicts[3], Verification::NoLog), "{verdicts:?}");
+    assert_eq!(o.phases.len(), 16);
+    assert_eq!(protected_sum(&img), before);
+    let _ = std::fs::remove_file(&img);
+}
