@@ -56,7 +56,12 @@ fn ready() -> bool {
 /// Runs `case` in a child process: this test binary, only [`child_process`].
 fn in_child(case: &str) -> Output {
     Command::new(std::env::current_exe().expect("the test binary"))
-        .args(["--exact", "child_process", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_CASE, case)
         .output()
         .expect("run the child")
@@ -97,7 +102,10 @@ fn allowed_calls_work(kind: ThreadKind) {
     // Large enough for mmap, then grown (mremap), then freed (munmap).
     let mut v = vec![1u8; 4 << 20];
     v.resize(16 << 20, 2);
-    assert_eq!(v.iter().map(|b| u64::from(*b)).sum::<u64>(), (4 << 20) + (24 << 20));
+    assert_eq!(
+        v.iter().map(|b| u64::from(*b)).sum::<u64>(),
+        (4 << 20) + (24 << 20)
+    );
     drop(v);
     let m = Arc::new(Mutex::new(0u32));
     *m.lock().expect("lock") += 1;
@@ -116,8 +124,8 @@ fn allowed_calls_work(kind: ThreadKind) {
 
 /// Makes the forbidden call `call`.
 fn forbidden(call: &str) {
-    // SAFETY (for each arm): plain system calls with valid (or deliberately invalid but
-    // harmless) arguments; none of them is expected to return.
+    // SAFETY: each arm is a plain system call with valid (or deliberately invalid but
+    // harmless) arguments and pointers to live locals; none of them is expected to return.
     unsafe {
         match call {
             "none" => return,
@@ -182,7 +190,10 @@ fn assert_refused(case: &str, thread: &str, call: &str) {
     );
     assert!(stdout.contains(ALLOWED_OK), "{case}: {stdout}");
     let want = format!("pvkit: seccomp: the {thread} thread made a forbidden system call: {call}");
-    assert!(stderr.contains(&want), "{case}: want {want:?} in:\n{stderr}");
+    assert!(
+        stderr.contains(&want),
+        "{case}: want {want:?} in:\n{stderr}"
+    );
 }
 
 fn text(b: &[u8]) -> String {
@@ -289,6 +300,9 @@ fn ring_then_spin_elf() -> Vec<u8> {
     ElfBuilder::new(LOAD, &image).build()
 }
 
+/// A thread's name and its `Seccomp` (mode) and `Seccomp_filters`.
+type ThreadStatus = (String, (u32, u32));
+
 /// `Seccomp` (mode) and `Seccomp_filters` of a thread, from its status file.
 fn seccomp_status(task: &Path) -> Option<(u32, u32)> {
     let status = std::fs::read_to_string(task.join("status")).ok()?;
@@ -302,7 +316,7 @@ fn seccomp_status(task: &Path) -> Option<(u32, u32)> {
 }
 
 /// The threads of `pid` by name, with their seccomp status.
-fn threads(pid: u32) -> Vec<(String, (u32, u32))> {
+fn threads(pid: u32) -> Vec<ThreadStatus> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
@@ -316,7 +330,7 @@ fn threads(pid: u32) -> Vec<(String, (u32, u32))> {
 
 /// Starts `pvkit run ELF [extra]` and waits until both its vCPU and I/O threads exist;
 /// returns the child and the threads' status.
-fn start_and_inspect(elf: &Path, extra: &[&str]) -> (Child, Vec<(String, (u32, u32))>) {
+fn start_and_inspect(elf: &Path, extra: &[&str]) -> (Child, Vec<ThreadStatus>) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pvkit"));
     cmd.arg("run")
         .arg(elf)
@@ -353,13 +367,16 @@ fn stop(mut child: Child) -> Output {
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let t0 = Instant::now();
     while child.try_wait().expect("wait").is_none() {
-        assert!(t0.elapsed() < Duration::from_secs(5), "pvkit ignored SIGTERM");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "pvkit ignored SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     child.wait_with_output().expect("output")
 }
 
-fn status_of(ts: &[(String, (u32, u32))], name: &str) -> (u32, u32) {
+fn status_of(ts: &[ThreadStatus], name: &str) -> (u32, u32) {
     ts.iter()
         .find(|(n, _)| n == name)
         .map(|(_, s)| *s)
@@ -414,7 +431,10 @@ fn the_builtin_kernel_boots_under_seccomp() {
         let o = run(&builtin(console, "exit=3")).expect("run");
         assert_eq!(o.stop, StopReason::Exit(3), "{console:?}");
         let out = text(&o.console);
-        assert!(out.starts_with("pvkit guest kernel "), "{console:?}: {out:?}");
+        assert!(
+            out.starts_with("pvkit guest kernel "),
+            "{console:?}: {out:?}"
+        );
     }
     // The binary, printing to its stdout.
     let o = common::pvkit(&["run", "--console", "uart", "--", "exit=5"]);
@@ -452,7 +472,10 @@ fn phases_are_observed_on_the_confined_vcpu_thread() {
     assert_eq!(o.stop, StopReason::Exit(0));
     let seen = seen.lock().expect("lock");
     assert!(!seen.is_empty(), "no phases");
-    assert!(seen.iter().all(|k| *k == Some(ThreadKind::Vcpu)), "{seen:?}");
+    assert!(
+        seen.iter().all(|k| *k == Some(ThreadKind::Vcpu)),
+        "{seen:?}"
+    );
 }
 
 #[test]

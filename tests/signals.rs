@@ -108,7 +108,10 @@ fn the_disk_is_flushed_before_the_exit() {
     }
     let img = temp_file("signals-disk.img", &vec![0u8; 1 << 20]);
     let disk = img.to_str().expect("utf-8 path");
-    for (signal, code, name) in [(libc::SIGTERM, 143, "SIGTERM"), (libc::SIGINT, 130, "SIGINT")] {
+    for (signal, code, name) in [
+        (libc::SIGTERM, 143, "SIGTERM"),
+        (libc::SIGINT, 130, "SIGINT"),
+    ] {
         let (got, err, took) = signal_and_wait(spinning(&["--disk", disk]), signal);
         assert_eq!(got, Some(code), "{err}");
         assert_eq!(
@@ -119,10 +122,7 @@ fn the_disk_is_flushed_before_the_exit() {
         assert!(took < PROMPT, "took {took:?}");
     }
     // Also without seccomp (the signal path does not depend on it).
-    let (got, err, _) = signal_and_wait(
-        spinning(&["--disk", disk, "--no-seccomp"]),
-        libc::SIGTERM,
-    );
+    let (got, err, _) = signal_and_wait(spinning(&["--disk", disk, "--no-seccomp"]), libc::SIGTERM);
     assert_eq!(got, Some(143), "{err}");
     assert!(err.contains("disk flushed"), "{err}");
     let _ = std::fs::remove_file(&img);
@@ -161,6 +161,10 @@ fn sigint_stops_a_benchmark_run_without_results() {
         "{err}"
     );
     assert!(took < PROMPT, "took {took:?}");
-    assert!(!has_files(&dir), "results were written to {}", dir.display());
+    assert!(
+        !has_files(&dir),
+        "results were written to {}",
+        dir.display()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

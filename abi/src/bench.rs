@@ -178,6 +178,10 @@ impl TryFrom<u64> for PhaseMark {
 pub const SAMPLE_VERIFIED: u32 = 1 << 0;
 /// `BenchSample::flags`: the guest's verification failed; the case must be reported FAILED.
 pub const SAMPLE_FAILED: u32 = 1 << 1;
+/// `BenchSample::flags`: the case's timed loop ran in guest ring 3 (a vDSO-style clock read,
+/// a ring polled from user mode as with io_uring `SQPOLL`), not in ring 0. Informational:
+/// a host that does not know the bit ignores it.
+pub const SAMPLE_RING3: u32 = 1 << 2;
 
 /// Most per-operation cycle samples the host reads from one [`BenchSample`].
 pub const MAX_SAMPLES: u32 = 8192;
@@ -202,7 +206,7 @@ pub struct BenchSample {
     pub cycles_median: u64,
     /// 99th percentile guest cycles per operation, or 0 (as above).
     pub cycles_p99: u64,
-    /// [`SAMPLE_VERIFIED`], [`SAMPLE_FAILED`].
+    /// [`SAMPLE_VERIFIED`], [`SAMPLE_FAILED`], [`SAMPLE_RING3`]; other bits 0.
     pub flags: u32,
     /// Number of `u64` entries at `samples_addr` (≤ [`MAX_SAMPLES`]; 0 = none).
     pub sample_count: u32,

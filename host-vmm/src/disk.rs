@@ -101,6 +101,24 @@ impl BlockBackend for SharedDisk {
     fn flush(&mut self) -> Result<(), BackendError> {
         self.lock().flush()
     }
+
+    // Forwarded so that the PV block device reaches the image's zero-copy path instead of
+    // the trait's bounce-buffer default.
+    fn read_volatile_at(
+        &mut self,
+        offset: u64,
+        dst: &vm_memory::VolatileSlice<'_>,
+    ) -> Result<(), BackendError> {
+        self.lock().read_volatile_at(offset, dst)
+    }
+
+    fn write_volatile_at(
+        &mut self,
+        offset: u64,
+        src: &vm_memory::VolatileSlice<'_>,
+    ) -> Result<(), BackendError> {
+        self.lock().write_volatile_at(offset, src)
+    }
 }
 
 impl DiskReader for SharedDisk {

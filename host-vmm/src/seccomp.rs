@@ -7,7 +7,7 @@
 //! the KVM requests the thread issues, `clone` to threads (no processes, no namespaces),
 //! `mmap`/`mprotect` to non-executable anonymous memory, `futex` to the non-PI operations.
 //! Anything else hits the default action, [`SeccompAction::Trap`]: the kernel sends `SIGSYS`
-//! and [`sigsys`] prints one line naming the thread and the system call, then ends the
+//! and the handler prints one line naming the thread and the system call, then ends the
 //! process with [`STATUS_SECCOMP`] (159 = 128 + SIGSYS) without running anything else. The
 //! lists, the reason for each entry and why the default is a trap and not `EPERM`:
 //! `docs/SECURITY.md`, "Confinement".
@@ -170,8 +170,10 @@ const CLONE_CHECKED: u64 = CLONE_THREAD_FLAGS
     | CLONE_NAMESPACES
     | (libc::CLONE_PTRACE | libc::CLONE_VFORK | libc::CLONE_PARENT | libc::CLONE_UNTRACED) as u64;
 
-/// `FUTEX_CMD_MASK`: the operation without `FUTEX_PRIVATE_FLAG`/`FUTEX_CLOCK_REALTIME`.
-const FUTEX_CMD_MASK: u64 = 0x7f;
+/// `FUTEX_CMD_MASK` of the kernel: every bit but `FUTEX_PRIVATE_FLAG` and
+/// `FUTEX_CLOCK_REALTIME` (the operation argument is an `int`: 32 bits are compared).
+const FUTEX_CMD_MASK: u64 =
+    0xffff_ffff & !((libc::FUTEX_PRIVATE_FLAG | libc::FUTEX_CLOCK_REALTIME) as u64);
 /// The futex operations std and glibc use: wait and wake, plain and with a bitset.
 const FUTEX_OPS: &[u64] = &[
     libc::FUTEX_WAIT as u64,
@@ -207,13 +209,7 @@ fn ioctl_rules() -> Rules {
 fn futex_rules() -> Rules {
     FUTEX_OPS
         .iter()
-        .map(|op| {
-            SeccompRule::new(vec![cond(
-                1,
-                SeccompCmpOp::MaskedEq(FUTEX_CMD_MASK),
-                *op,
-            )?])
-        })
+        .map(|op| SeccompRule::new(vec![cond(1, SeccompCmpOp::MaskedEq(FUTEX_CMD_MASK), *op)?]))
         .collect()
 }
 
@@ -261,11 +257,14 @@ fn prctl_rules() -> Rules {
 
 fn seccomp_rules() -> Rules {
     Ok(vec![SeccompRule::new(vec![
-        cond(0, SeccompCmpOp::Eq, u64::from(libc::SECCOMP_SET_MODE_FILTER))?,
+        cond(
+            0,
+            SeccompCmpOp::Eq,
+            u64::from(libc::SECCOMP_SET_MODE_FILTER),
+        )?,
         cond(1, SeccompCmpOp::Eq, 0)?,
     ])?])
 }
-
 
 /// One allowlist entry: the documented facts and the argument rules.
 struct Entry {
@@ -274,10 +273,10 @@ struct Entry {
 }
 
 macro_rules! allow {
-    ($sys:ident, $why:expr) => {
+    ($sys:ident, $why:expr $(,)?) => {
         allow!($sys, any, "", $why)
     };
-    ($sys:ident, $rules:expr, $only:expr, $why:expr) => {
+    ($sys:ident, $rules:expr, $only:expr, $why:expr $(,)?) => {
         Entry {
             doc: Allowed {
                 name: syscall_label(stringify!($sys)),
@@ -297,44 +296,160 @@ fn syscall_label(sys: &'static str) -> &'static str {
 /// Entries both threads need: memory, locks, time, signal return, thread end, output.
 fn common_entries() -> Vec<Entry> {
     vec![
-        allow!(SYS_write, "console output to stdout (UART, PV console, console ring), messages on stderr, waking the I/O thread (eventfd)"),
-        allow!(SYS_pread64, "disk reads (ATA, PV block: `FileExt::read_exact_at`)"),
+        allow!(
+            SYS_write,
+            "console output to stdout (UART, PV console, console ring), messages on stderr, waking \
+                the I/O thread (eventfd)",
+        ),
+        allow!(
+            SYS_pread64,
+            "disk reads (ATA, PV block: `FileExt::read_exact_at`)"
+        ),
         allow!(SYS_pwrite64, "disk writes (ATA, PV block)"),
         allow!(SYS_fdatasync, "PV block flush requests (`File::sync_data`)"),
-        allow!(SYS_futex, futex_rules, "arg1: FUTEX_WAIT, FUTEX_WAKE, FUTEX_WAIT_BITSET, FUTEX_WAKE_BITSET (±PRIVATE, ±CLOCK_REALTIME)", "mutexes (rings, disk, console, ledger), the channel to the watchdog, joining threads"),
-        allow!(SYS_mmap, mmap_rules, "arg2 without PROT_EXEC, arg3 with MAP_ANONYMOUS", "the allocator (large blocks, per-thread arenas), thread stacks"),
-        allow!(SYS_mprotect, mprotect_rules, "arg2 without PROT_EXEC", "the allocator growing a per-thread arena, stack guard pages"),
-        allow!(SYS_munmap, "the allocator, thread stacks and signal stacks when a thread ends"),
-        allow!(SYS_mremap, "the allocator growing large buffers (console capture, op logs)"),
-        allow!(SYS_madvise, madvise_rules, "arg2: MADV_DONTNEED", "the allocator returning memory; glibc releasing a finished thread's stack"),
+        allow!(
+            SYS_futex,
+            futex_rules,
+            "arg1: FUTEX_WAIT, FUTEX_WAKE, FUTEX_WAIT_BITSET, FUTEX_WAKE_BITSET (±PRIVATE, \
+                ±CLOCK_REALTIME)",
+            "mutexes (rings, disk, console, ledger), the channel to the watchdog, joining threads",
+        ),
+        allow!(
+            SYS_mmap,
+            mmap_rules,
+            "arg2 without PROT_EXEC, arg3 with MAP_ANONYMOUS",
+            "the allocator (large blocks, per-thread arenas), thread stacks",
+        ),
+        allow!(
+            SYS_mprotect,
+            mprotect_rules,
+            "arg2 without PROT_EXEC",
+            "the allocator growing a per-thread arena, stack guard pages",
+        ),
+        allow!(
+            SYS_munmap,
+            "the allocator, thread stacks and signal stacks when a thread ends"
+        ),
+        allow!(
+            SYS_mremap,
+            "the allocator growing large buffers (console capture, op logs)"
+        ),
+        allow!(
+            SYS_madvise,
+            madvise_rules,
+            "arg2: MADV_DONTNEED",
+            "the allocator returning memory; glibc releasing a finished thread's stack",
+        ),
         allow!(SYS_brk, "the allocator (main arena)"),
-        allow!(SYS_clock_gettime, "`Instant::now` when the vDSO falls back to the system call"),
-        allow!(SYS_sched_yield, "spin-wait back-off in std and glibc"),
-        allow!(SYS_rt_sigreturn, "returning from a signal handler (the watchdog's kick, SIGINT/SIGTERM)"),
-        allow!(SYS_sigaltstack, "std's stack-overflow handler: the alternate signal stack of a thread, removed when it ends"),
-        allow!(SYS_rt_sigprocmask, "glibc blocks signals while a thread ends (and around `clone` when the vCPU thread starts the I/O thread)"),
+        allow!(
+            SYS_clock_gettime,
+            "`Instant::now` when the vDSO falls back to the system call"
+        ),
+        allow!(
+            SYS_sched_yield,
+            "the polling I/O thread yields its core every 64 spins (`thread::yield_now`)",
+        ),
+        allow!(
+            SYS_rt_sigreturn,
+            "returning from a signal handler (the watchdog's kick, SIGINT/SIGTERM)",
+        ),
+        allow!(
+            SYS_sigaltstack,
+            "std's stack-overflow handler: the alternate signal stack of a thread, removed when it \
+                ends",
+        ),
+        allow!(
+            SYS_rt_sigprocmask,
+            "glibc blocks signals while a thread ends (and around `clone` when the vCPU thread \
+                starts the I/O thread)",
+        ),
         allow!(SYS_exit, "the thread ends"),
-        allow!(SYS_exit_group, "the process ends (including the SIGSYS handler's exit)"),
+        allow!(
+            SYS_exit_group,
+            "the process ends (including the SIGSYS handler's exit)"
+        ),
     ]
 }
 
 fn vcpu_entries() -> Vec<Entry> {
     let mut v = vec![
-        allow!(SYS_ioctl, ioctl_rules, "arg1: KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_IOEVENTFD", "running the guest; hypercall registers without sync regs and RIP in stop reports; attaching and detaching doorbell ioeventfds when the guest registers a ring"),
-        allow!(SYS_eventfd2, "the doorbell eventfd of a ring registered with the eventfd transport"),
-        allow!(SYS_epoll_ctl, "adding and removing that eventfd in the I/O thread's epoll set"),
-        allow!(SYS_close, "closing a replaced doorbell eventfd; the vCPU fd when the thread ends"),
-        allow!(SYS_fcntl, fcntl_rules, "arg1: F_GETFD", "std's check, in builds with debug assertions, that a file descriptor is open before closing it"),
-        allow!(SYS_clone, clone_rules, "arg0: CLONE_VM|CLONE_FS|CLONE_FILES|CLONE_SIGHAND|CLONE_THREAD set, no namespace, ptrace, vfork or parent flags", "starting the I/O thread (the first ring with the eventfd or polling transport): threads only"),
-        allow!(SYS_clone3, "answered ENOSYS by the first program (its flags cannot be checked), so glibc falls back to `clone`"),
-        allow!(SYS_set_robust_list, "the new I/O thread registers its robust futex list (glibc), before it confines itself"),
-        allow!(SYS_rseq, "the new I/O thread registers restartable sequences (glibc), before it confines itself"),
-        allow!(SYS_sched_getaffinity, "the new I/O thread reads its stack bounds for std's stack guard (`pthread_getattr_np`), before it confines itself"),
-        allow!(SYS_gettid, "the same, in std's thread start"),
-        allow!(SYS_prctl, prctl_rules, "arg0: PR_SET_NAME, PR_SET_NO_NEW_PRIVS", "the new I/O thread names itself and sets no-new-privs before adding its filter"),
-        allow!(SYS_seccomp, seccomp_rules, "arg0: SECCOMP_SET_MODE_FILTER, arg1 (flags): 0", "the new I/O thread adds its own, narrower filter (a filter can only remove rights)"),
-        allow!(SYS_epoll_wait, "inherited by the I/O thread, which is started from this thread"),
-        allow!(SYS_read, "inherited by the I/O thread (eventfd counters)"),
+        allow!(
+            SYS_ioctl,
+            ioctl_rules,
+            "arg1: KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_IOEVENTFD",
+            "running the guest; hypercall registers without sync regs and RIP in stop reports; \
+                attaching and detaching doorbell ioeventfds when the guest registers a ring",
+        ),
+        allow!(
+            SYS_eventfd2,
+            "the doorbell eventfd of a ring registered with the eventfd transport",
+        ),
+        allow!(
+            SYS_epoll_ctl,
+            "adding and removing that eventfd in the I/O thread's epoll set"
+        ),
+        allow!(
+            SYS_close,
+            "closing a replaced doorbell eventfd; the vCPU fd when the thread ends"
+        ),
+        allow!(
+            SYS_fcntl,
+            fcntl_rules,
+            "arg1: F_GETFD",
+            "std's check, in builds with debug assertions, that a file descriptor is open before \
+                closing it",
+        ),
+        allow!(
+            SYS_clone,
+            clone_rules,
+            "arg0: CLONE_VM|CLONE_FS|CLONE_FILES|CLONE_SIGHAND|CLONE_THREAD set, no namespace, \
+                ptrace, vfork or parent flags",
+            "starting the I/O thread (the first ring with the eventfd or polling transport): \
+                threads only",
+        ),
+        allow!(
+            SYS_clone3,
+            "answered ENOSYS by the first program (its flags cannot be checked), so glibc falls \
+                back to `clone`",
+        ),
+        allow!(
+            SYS_set_robust_list,
+            "the new I/O thread registers its robust futex list (glibc), before it confines itself",
+        ),
+        allow!(
+            SYS_rseq,
+            "the new I/O thread registers restartable sequences (glibc), before it confines itself",
+        ),
+        allow!(
+            SYS_sched_getaffinity,
+            "the new I/O thread reads its stack bounds for std's stack guard \
+                (`pthread_getattr_np`), before it confines itself",
+        ),
+        allow!(
+            SYS_gettid,
+            "std notes the new I/O thread's id as it starts, before it confines itself",
+        ),
+        allow!(
+            SYS_prctl,
+            prctl_rules,
+            "arg0: PR_SET_NAME, PR_SET_NO_NEW_PRIVS",
+            "the new I/O thread names itself and sets no-new-privs before adding its filter",
+        ),
+        allow!(
+            SYS_seccomp,
+            seccomp_rules,
+            "arg0: SECCOMP_SET_MODE_FILTER, arg1 (flags): 0",
+            "the new I/O thread adds its own, narrower filter (a filter can only remove rights)",
+        ),
+        allow!(
+            SYS_epoll_wait,
+            "only for the I/O thread, which is started from this thread and inherits this list",
+        ),
+        allow!(
+            SYS_read,
+            "counting the doorbells an eventfd absorbed when its ring is registered anew; the I/O \
+                thread (which inherits this list) reads its eventfds",
+        ),
     ];
     v.extend(common_entries());
     v
@@ -342,8 +457,15 @@ fn vcpu_entries() -> Vec<Entry> {
 
 fn io_entries() -> Vec<Entry> {
     let mut v = vec![
-        allow!(SYS_epoll_wait, "waiting for doorbell eventfds and the wake eventfd; one non-blocking look per 64 polling spins"),
-        allow!(SYS_read, "reading an eventfd's counter (doorbell notifications, wake-ups)"),
+        allow!(
+            SYS_epoll_wait,
+            "waiting for doorbell eventfds and the wake eventfd; one non-blocking look per 64 \
+                polling spins",
+        ),
+        allow!(
+            SYS_read,
+            "reading an eventfd's counter (doorbell notifications, wake-ups)"
+        ),
     ];
     v.extend(common_entries());
     v
@@ -363,12 +485,12 @@ pub fn allowlist(kind: ThreadKind) -> Vec<Allowed> {
     v
 }
 
-/// The default action for a system call outside the allowlist.
+/// The default action for a system call outside the allowlist: `SIGSYS` to the thread
+/// ([`sigsys`] reports it and ends the process). To survey a new code path, make this
+/// [`SeccompAction::Log`] in a local build: every call the allowlist lacks is then logged
+/// by the kernel (`audit: type=1326 … comm="pvkit-vcpu0" … syscall=N` in `dmesg`) and
+/// allowed (docs/SECURITY.md, "How the lists were made").
 fn default_action() -> SeccompAction {
-    // DISCOVERY: temporary, removed before review.
-    if std::env::var_os("PVKIT_SECCOMP_LOG").is_some() {
-        return SeccompAction::Log;
-    }
     SeccompAction::Trap
 }
 
@@ -398,8 +520,8 @@ fn compile(kind: ThreadKind) -> Result<Vec<BpfProgram>, SeccompError> {
     for e in entries(kind) {
         rules.insert(e.doc.nr, (e.rules)().map_err(err)?);
     }
-    let f = SeccompFilter::new(rules, default_action(), SeccompAction::Allow, arch())
-        .map_err(err)?;
+    let f =
+        SeccompFilter::new(rules, default_action(), SeccompAction::Allow, arch()).map_err(err)?;
     programs.push(f.try_into().map_err(err)?);
     Ok(programs)
 }
@@ -586,26 +708,248 @@ fn syscall_name(nr: i64) -> Option<&'static str> {
         };
     }
     names!(
-        SYS_read, SYS_write, SYS_open, SYS_close, SYS_stat, SYS_fstat, SYS_lstat, SYS_poll,
-        SYS_lseek, SYS_mmap, SYS_mprotect, SYS_munmap, SYS_brk, SYS_rt_sigaction,
-        SYS_rt_sigprocmask, SYS_rt_sigreturn, SYS_ioctl, SYS_pread64, SYS_pwrite64, SYS_readv,
-        SYS_writev, SYS_access, SYS_pipe, SYS_select, SYS_sched_yield, SYS_mremap, SYS_msync,
-        SYS_madvise, SYS_dup, SYS_dup2, SYS_nanosleep, SYS_getpid, SYS_sendfile, SYS_socket,
-        SYS_connect, SYS_accept, SYS_sendto, SYS_recvfrom, SYS_sendmsg, SYS_recvmsg, SYS_bind,
-        SYS_listen, SYS_socketpair, SYS_clone, SYS_fork, SYS_vfork, SYS_execve, SYS_exit,
-        SYS_wait4, SYS_kill, SYS_uname, SYS_fcntl, SYS_flock, SYS_fsync, SYS_fdatasync,
-        SYS_truncate, SYS_ftruncate, SYS_getcwd, SYS_chdir, SYS_rename, SYS_mkdir, SYS_rmdir,
-        SYS_unlink, SYS_readlink, SYS_chmod, SYS_chown, SYS_umask, SYS_getrlimit, SYS_getuid,
-        SYS_ptrace, SYS_setuid, SYS_sigaltstack, SYS_prctl, SYS_arch_prctl, SYS_mount,
-        SYS_gettid, SYS_tkill, SYS_futex, SYS_sched_getaffinity, SYS_epoll_create,
-        SYS_set_tid_address, SYS_clock_gettime, SYS_clock_nanosleep, SYS_exit_group,
-        SYS_epoll_wait, SYS_epoll_ctl, SYS_tgkill, SYS_openat, SYS_mkdirat, SYS_newfstatat,
-        SYS_unlinkat, SYS_set_robust_list, SYS_epoll_pwait, SYS_eventfd2, SYS_epoll_create1,
-        SYS_pipe2, SYS_prlimit64, SYS_getrandom, SYS_memfd_create, SYS_bpf, SYS_execveat,
-        SYS_statx, SYS_rseq, SYS_pidfd_open, SYS_clone3, SYS_seccomp, SYS_io_uring_setup,
-        SYS_io_uring_enter, SYS_process_vm_readv, SYS_process_vm_writev, SYS_perf_event_open,
-        SYS_userfaultfd, SYS_keyctl, SYS_add_key, SYS_unshare, SYS_setns, SYS_pkey_mprotect,
-        SYS_preadv, SYS_pwritev, SYS_preadv2, SYS_pwritev2, SYS_sync_file_range, SYS_fallocate,
+        SYS_read,
+        SYS_write,
+        SYS_open,
+        SYS_close,
+        SYS_stat,
+        SYS_fstat,
+        SYS_lstat,
+        SYS_poll,
+        SYS_lseek,
+        SYS_mmap,
+        SYS_mprotect,
+        SYS_munmap,
+        SYS_brk,
+        SYS_rt_sigaction,
+        SYS_rt_sigprocmask,
+        SYS_rt_sigreturn,
+        SYS_ioctl,
+        SYS_pread64,
+        SYS_pwrite64,
+        SYS_readv,
+        SYS_writev,
+        SYS_access,
+        SYS_pipe,
+        SYS_select,
+        SYS_sched_yield,
+        SYS_mremap,
+        SYS_msync,
+        SYS_madvise,
+        SYS_dup,
+        SYS_dup2,
+        SYS_nanosleep,
+        SYS_getpid,
+        SYS_sendfile,
+        SYS_socket,
+        SYS_connect,
+        SYS_accept,
+        SYS_sendto,
+        SYS_recvfrom,
+        SYS_sendmsg,
+        SYS_recvmsg,
+        SYS_bind,
+        SYS_listen,
+        SYS_socketpair,
+        SYS_clone,
+        SYS_fork,
+        SYS_vfork,
+        SYS_execve,
+        SYS_exit,
+        SYS_wait4,
+        SYS_kill,
+        SYS_uname,
+        SYS_fcntl,
+        SYS_flock,
+        SYS_fsync,
+        SYS_fdatasync,
+        SYS_truncate,
+        SYS_ftruncate,
+        SYS_getcwd,
+        SYS_chdir,
+        SYS_rename,
+        SYS_mkdir,
+        SYS_rmdir,
+        SYS_unlink,
+        SYS_readlink,
+        SYS_chmod,
+        SYS_chown,
+        SYS_umask,
+        SYS_getrlimit,
+        SYS_getuid,
+        SYS_ptrace,
+        SYS_setuid,
+        SYS_sigaltstack,
+        SYS_prctl,
+        SYS_arch_prctl,
+        SYS_mount,
+        SYS_gettid,
+        SYS_tkill,
+        SYS_futex,
+        SYS_sched_getaffinity,
+        SYS_epoll_create,
+        SYS_set_tid_address,
+        SYS_clock_gettime,
+        SYS_clock_nanosleep,
+        SYS_exit_group,
+        SYS_epoll_wait,
+        SYS_epoll_ctl,
+        SYS_tgkill,
+        SYS_openat,
+        SYS_mkdirat,
+        SYS_newfstatat,
+        SYS_unlinkat,
+        SYS_set_robust_list,
+        SYS_epoll_pwait,
+        SYS_eventfd2,
+        SYS_epoll_create1,
+        SYS_pipe2,
+        SYS_prlimit64,
+        SYS_getrandom,
+        SYS_memfd_create,
+        SYS_bpf,
+        SYS_execveat,
+        SYS_statx,
+        SYS_rseq,
+        SYS_pidfd_open,
+        SYS_clone3,
+        SYS_seccomp,
+        SYS_io_uring_setup,
+        SYS_io_uring_enter,
+        SYS_process_vm_readv,
+        SYS_process_vm_writev,
+        SYS_perf_event_open,
+        SYS_userfaultfd,
+        SYS_keyctl,
+        SYS_add_key,
+        SYS_unshare,
+        SYS_setns,
+        SYS_pkey_mprotect,
+        SYS_preadv,
+        SYS_pwritev,
+        SYS_preadv2,
+        SYS_pwritev2,
+        SYS_sync_file_range,
+        SYS_fallocate,
     );
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kvm_request_numbers() {
+        // As in include/uapi/linux/kvm.h on x86_64 (kvm_regs: 144 bytes, kvm_ioeventfd: 64).
+        assert_eq!(KVM_RUN, 0xae80);
+        assert_eq!(KVM_GET_REGS, 0x8090_ae81);
+        assert_eq!(KVM_SET_REGS, 0x4090_ae82);
+        assert_eq!(KVM_IOEVENTFD, 0x4040_ae79);
+    }
+
+    #[test]
+    fn both_filters_compile() {
+        assert_eq!(compile(ThreadKind::Vcpu).unwrap().len(), 2);
+        assert_eq!(compile(ThreadKind::Io).unwrap().len(), 1);
+        for kind in [ThreadKind::Vcpu, ThreadKind::Io] {
+            let c = Confinement::new(kind).unwrap();
+            assert_eq!(c.kind(), kind);
+            assert!(c.programs.iter().all(|p| !p.is_empty() && p.len() < 4096));
+        }
+    }
+
+    #[test]
+    fn lists_have_no_duplicates_and_every_entry_says_why() {
+        for kind in [ThreadKind::Vcpu, ThreadKind::Io] {
+            let list = allowlist(kind);
+            for w in list.windows(2) {
+                assert_ne!(w[0].name, w[1].name, "{kind:?}");
+            }
+            for a in &list {
+                assert!(!a.why.is_empty(), "{}", a.name);
+                assert_eq!(syscall_name(a.nr), Some(a.name), "{}", a.name);
+            }
+        }
+    }
+
+    #[test]
+    fn the_io_list_is_within_the_vcpu_list() {
+        // The I/O thread inherits the vCPU filter: a call the vCPU list lacks could never
+        // reach the I/O thread's own list.
+        let vcpu = allowlist(ThreadKind::Vcpu);
+        for a in allowlist(ThreadKind::Io) {
+            let v = vcpu.iter().find(|v| v.nr == a.nr);
+            let v = v.unwrap_or_else(|| panic!("{} is not in the vCPU list", a.name));
+            assert_eq!(v.only, a.only, "{}: the I/O thread would get less", a.name);
+        }
+    }
+
+    #[test]
+    fn an_unconfined_thread_starts_an_unconfined_io_thread() {
+        assert_eq!(confined(), None);
+        assert!(Confinement::for_new_io_thread().unwrap().is_none());
+    }
+
+    #[test]
+    fn names_and_numbers_in_the_violation_line() {
+        assert_eq!(syscall_name(libc::SYS_socket), Some("socket"));
+        assert_eq!(syscall_name(libc::SYS_openat), Some("openat"));
+        assert_eq!(syscall_name(100_000), None);
+        for (n, s) in [
+            (0u64, "0"),
+            (7, "7"),
+            (41, "41"),
+            (u64::MAX, "18446744073709551615"),
+        ] {
+            let mut l = Line {
+                buf: [0; 160],
+                len: 0,
+            };
+            l.push(b"n=");
+            l.push_num(n);
+            assert_eq!(&l.buf[..l.len], format!("n={s}").as_bytes());
+        }
+        // Longer than the buffer: cut, never out of bounds.
+        let mut l = Line {
+            buf: [0; 160],
+            len: 0,
+        };
+        l.push(&[b'a'; 200]);
+        assert_eq!(l.len, 160);
+    }
+
+    /// The allowlist table of `kind` in docs/SECURITY.md: the first column of the rows under
+    /// the heading `### <kind> thread`.
+    fn documented(kind: ThreadKind) -> Vec<String> {
+        let doc = include_str!("../../docs/SECURITY.md");
+        let section = doc
+            .split("\n## Confinement")
+            .nth(1)
+            .expect("a Confinement section");
+        let heading = format!("### {} thread", kind.name());
+        let table = section
+            .split(heading.as_str())
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {heading:?} in the Confinement section"));
+        table
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2)
+            .filter_map(|l| l.split('|').nth(1))
+            .map(|c| c.trim().trim_matches('`').to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn security_md_lists_exactly_the_allowed_calls() {
+        for kind in [ThreadKind::Vcpu, ThreadKind::Io] {
+            let mut doc = documented(kind);
+            doc.sort();
+            let mut code: Vec<String> = allowlist(kind).iter().map(|a| a.name.to_owned()).collect();
+            code.sort();
+            assert_eq!(doc, code, "docs/SECURITY.md, {} thread", kind.name());
+        }
+    }
 }

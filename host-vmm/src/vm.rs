@@ -494,12 +494,10 @@ fn run_inner(config: &VmConfig, custom: Option<Box<dyn PvDevices>>) -> Result<Ru
     let stop = match (host_failure, signals::pending()) {
         (Some(detail), _) => StopReason::InternalError { detail },
         // The watchdog kicked the vCPU out because of SIGINT/SIGTERM.
-        (None, Some(signal)) if matches!(stop, StopReason::Timeout { .. }) => {
-            StopReason::Signal {
-                signal,
-                disk: flush_disk(disk.as_ref()),
-            }
-        }
+        (None, Some(signal)) if matches!(stop, StopReason::Timeout { .. }) => StopReason::Signal {
+            signal,
+            disk: flush_disk(disk.as_ref()),
+        },
         (None, _) => stop,
     };
 

@@ -6,11 +6,26 @@
 //! fit entirely inside the disk fails with [`BackendError::OutOfRange`] and touches
 //! nothing. There are no short reads or writes: an access either moves every byte or
 //! returns an error.
+//!
+//! Besides byte slices, a backend moves data straight between the disk and memory outside
+//! Rust's ownership, guest RAM, given as a vm-memory [`VolatileSlice`]:
+//! [`read_volatile_at`](BlockBackend::read_volatile_at) and
+//! [`write_volatile_at`](BlockBackend::write_volatile_at). Their default implementations
+//! bounce through a small stack buffer; [`FileBackend`] and [`MemBackend`] override them to
+//! copy once (`pread`/`pwrite` into or out of the mapped guest memory), which is what
+//! makes large PV block requests cheap.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::Path;
+
+use vm_memory::VolatileSlice;
+
+/// Bytes of the stack buffer the default [`BlockBackend::read_volatile_at`] and
+/// [`BlockBackend::write_volatile_at`] bounce through.
+pub const BOUNCE_CHUNK: usize = 16 * 1024;
 
 /// Errors returned by a [`BlockBackend`].
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +108,65 @@ pub trait BlockBackend: Send {
 
     /// Makes every completed write durable (`fdatasync` for files).
     fn flush(&mut self) -> Result<(), BackendError>;
+
+    /// Fills `dst` (typically guest memory) with the bytes at `[offset, offset + dst.len())`.
+    ///
+    /// Range checked before any I/O, like [`read_at`](Self::read_at). Others may access
+    /// `dst` concurrently (a running vCPU): its content is then whatever the interleaving
+    /// gives, never undefined behaviour in the host. On an error part of `dst` may have
+    /// been written.
+    ///
+    /// The default implementation bounces through a [`BOUNCE_CHUNK`]-byte stack buffer
+    /// ([`read_at`](Self::read_at) per chunk); backends that can, copy directly.
+    fn read_volatile_at(
+        &mut self,
+        offset: u64,
+        dst: &VolatileSlice<'_>,
+    ) -> Result<(), BackendError> {
+        check_range(offset, dst.len(), self.len())?;
+        let mut buf = [0u8; BOUNCE_CHUNK];
+        let mut done = 0;
+        while done < dst.len() {
+            let n = (dst.len() - done).min(BOUNCE_CHUNK);
+            let chunk = &mut buf[..n];
+            // `done < dst.len() <= u64::MAX` and the range was checked: no overflow.
+            self.read_at(offset + done as u64, chunk)?;
+            dst.subslice(done, n)
+                .map_err(io::Error::other)?
+                .copy_from(chunk);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Stores `src` (typically guest memory) at `[offset, offset + src.len())`.
+    ///
+    /// Range checked before any I/O, like [`write_at`](Self::write_at). If others write
+    /// `src` concurrently, the disk receives some interleaving of old and new bytes (the
+    /// writer only races itself, as with a virtio disk). On an I/O error part of the range
+    /// may have been written, as with any disk.
+    ///
+    /// The default implementation bounces through a [`BOUNCE_CHUNK`]-byte stack buffer
+    /// ([`write_at`](Self::write_at) per chunk); backends that can, copy directly.
+    fn write_volatile_at(
+        &mut self,
+        offset: u64,
+        src: &VolatileSlice<'_>,
+    ) -> Result<(), BackendError> {
+        check_range(offset, src.len(), self.len())?;
+        let mut buf = [0u8; BOUNCE_CHUNK];
+        let mut done = 0;
+        while done < src.len() {
+            let n = (src.len() - done).min(BOUNCE_CHUNK);
+            let chunk = &mut buf[..n];
+            src.subslice(done, n)
+                .map_err(io::Error::other)?
+                .copy_to(chunk);
+            self.write_at(offset + done as u64, chunk)?;
+            done += n;
+        }
+        Ok(())
+    }
 }
 
 impl<T: BlockBackend + ?Sized> BlockBackend for Box<T> {
@@ -110,6 +184,22 @@ impl<T: BlockBackend + ?Sized> BlockBackend for Box<T> {
 
     fn flush(&mut self) -> Result<(), BackendError> {
         (**self).flush()
+    }
+
+    fn read_volatile_at(
+        &mut self,
+        offset: u64,
+        dst: &VolatileSlice<'_>,
+    ) -> Result<(), BackendError> {
+        (**self).read_volatile_at(offset, dst)
+    }
+
+    fn write_volatile_at(
+        &mut self,
+        offset: u64,
+        src: &VolatileSlice<'_>,
+    ) -> Result<(), BackendError> {
+        (**self).write_volatile_at(offset, src)
     }
 }
 
@@ -211,6 +301,98 @@ impl BlockBackend for FileBackend {
         self.file.sync_data()?;
         Ok(())
     }
+
+    /// One `pread64` per call (more only if the kernel returns short), straight into the
+    /// mapped memory of `dst`: no intermediate copy.
+    fn read_volatile_at(
+        &mut self,
+        offset: u64,
+        dst: &VolatileSlice<'_>,
+    ) -> Result<(), BackendError> {
+        check_range(offset, dst.len(), self.len)?;
+        let guard = dst.ptr_guard_mut();
+        let base = guard.as_ptr();
+        let mut done = 0usize;
+        while done < dst.len() {
+            let pos = file_offset(offset, done)?;
+            // SAFETY: `base + done .. base + dst.len()` lies inside `dst`, which is valid for
+            // writes of `dst.len()` bytes while `dst` (and the guard) lives (the contract of
+            // `VolatileSlice`). The kernel writes it like a DMA engine would: no Rust
+            // reference to that memory exists, and concurrent guest accesses only race the
+            // guest against itself. `done < dst.len()`, so the count is non-zero.
+            let n = unsafe {
+                libc::pread64(
+                    self.file.as_raw_fd(),
+                    base.add(done).cast(),
+                    dst.len() - done,
+                    pos,
+                )
+            };
+            match n {
+                0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+                n if n > 0 => done += n as usize,
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One `pwrite64` per call (more only if the kernel writes short), straight from the
+    /// mapped memory of `src`: no intermediate copy. Others writing `src` meanwhile (the
+    /// guest) decide which of their bytes reach the disk.
+    fn write_volatile_at(
+        &mut self,
+        offset: u64,
+        src: &VolatileSlice<'_>,
+    ) -> Result<(), BackendError> {
+        if self.read_only {
+            return Err(BackendError::ReadOnly);
+        }
+        check_range(offset, src.len(), self.len)?;
+        let guard = src.ptr_guard();
+        let base = guard.as_ptr();
+        let mut done = 0usize;
+        while done < src.len() {
+            let pos = file_offset(offset, done)?;
+            // SAFETY: `base + done .. base + src.len()` lies inside `src`, valid for reads
+            // of `src.len()` bytes while `src` (and the guard) lives; the kernel only reads
+            // it. `done < src.len()`, so the count is non-zero.
+            let n = unsafe {
+                libc::pwrite64(
+                    self.file.as_raw_fd(),
+                    base.add(done).cast(),
+                    src.len() - done,
+                    pos,
+                )
+            };
+            match n {
+                0 => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+                n if n > 0 => done += n as usize,
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `offset + done` as the `off64_t` of `pread64`/`pwrite64`. Both were range checked
+/// against the file's length (which the kernel keeps below `i64::MAX`), so this fails only
+/// on a broken invariant.
+fn file_offset(offset: u64, done: usize) -> Result<i64, BackendError> {
+    (done as u64)
+        .checked_add(offset)
+        .and_then(|p| i64::try_from(p).ok())
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput).into())
 }
 
 /// An in-memory disk, for tests and benchmarks.
@@ -273,6 +455,26 @@ impl BlockBackend for MemBackend {
     }
 
     fn flush(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    fn read_volatile_at(
+        &mut self,
+        offset: u64,
+        dst: &VolatileSlice<'_>,
+    ) -> Result<(), BackendError> {
+        let range = self.range(offset, dst.len())?;
+        dst.copy_from(&self.data[range]);
+        Ok(())
+    }
+
+    fn write_volatile_at(
+        &mut self,
+        offset: u64,
+        src: &VolatileSlice<'_>,
+    ) -> Result<(), BackendError> {
+        let range = self.range(offset, src.len())?;
+        src.copy_to(&mut self.data[range]);
         Ok(())
     }
 }
@@ -369,6 +571,116 @@ pub(crate) mod tests {
             b.read_at((1 << 20) - 1, &mut buf),
             Err(BackendError::OutOfRange { .. })
         ));
+    }
+
+    /// A backend with only the required methods: exercises the default (bounce) volatile
+    /// methods.
+    struct Plain(MemBackend);
+
+    impl BlockBackend for Plain {
+        fn len(&self) -> u64 {
+            self.0.len()
+        }
+        fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BackendError> {
+            self.0.read_at(offset, buf)
+        }
+        fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<(), BackendError> {
+            self.0.write_at(offset, buf)
+        }
+        fn flush(&mut self) -> Result<(), BackendError> {
+            Ok(())
+        }
+    }
+
+    /// Round trips through the volatile methods of `b` (a disk of at least 64 KiB + 1
+    /// sector): a write from "guest memory" and a read back into another buffer, lengths
+    /// around the bounce chunk, plus the range and read-only checks.
+    fn volatile_round_trip(b: &mut dyn BlockBackend) {
+        for len in [
+            512,
+            BOUNCE_CHUNK - 512,
+            BOUNCE_CHUNK,
+            3 * BOUNCE_CHUNK + 512,
+        ] {
+            let mut src: Vec<u8> = (0..len).map(|i| (i * 13 + len) as u8).collect();
+            let mut dst = vec![0u8; len];
+            // SAFETY: both vectors outlive the slices and are not used through references
+            // while the slices are.
+            let (s, d) = unsafe {
+                (
+                    VolatileSlice::new(src.as_mut_ptr(), len),
+                    VolatileSlice::new(dst.as_mut_ptr(), len),
+                )
+            };
+            b.write_volatile_at(512, &s).unwrap();
+            b.read_volatile_at(512, &d).unwrap();
+            assert_eq!(dst, src, "len {len}");
+            // The bytes also arrive through the plain path.
+            let mut plain = vec![0u8; len];
+            b.read_at(512, &mut plain).unwrap();
+            assert_eq!(plain, src);
+        }
+        let mut buf = [7u8; 1024];
+        // SAFETY: as above.
+        let v = unsafe { VolatileSlice::new(buf.as_mut_ptr(), buf.len()) };
+        let end = b.len();
+        for off in [end - 512, end, u64::MAX - 10] {
+            assert!(matches!(
+                b.read_volatile_at(off, &v),
+                Err(BackendError::OutOfRange { .. })
+            ));
+            assert!(matches!(
+                b.write_volatile_at(off, &v),
+                Err(BackendError::OutOfRange { .. })
+            ));
+        }
+        assert_eq!(buf, [7; 1024], "a rejected read wrote memory");
+    }
+
+    #[test]
+    fn volatile_methods_of_every_backend() {
+        volatile_round_trip(&mut MemBackend::new(1 << 17));
+        volatile_round_trip(&mut Plain(MemBackend::new(1 << 17)));
+        let path = TempPath::new("volatile");
+        let mut f = FileBackend::create(&path.0, 1 << 17).unwrap();
+        volatile_round_trip(&mut f);
+        let mut boxed: Box<dyn BlockBackend> = Box::new(FileBackend::open(&path.0, false).unwrap());
+        volatile_round_trip(&mut boxed);
+
+        // Read-only: refused before the range check, nothing written.
+        let mut ro = FileBackend::open(&path.0, true).unwrap();
+        let mut buf = [1u8; 512];
+        // SAFETY: `buf` outlives the slice and is not otherwise used meanwhile.
+        let v = unsafe { VolatileSlice::new(buf.as_mut_ptr(), buf.len()) };
+        assert!(matches!(
+            ro.write_volatile_at(0, &v),
+            Err(BackendError::ReadOnly)
+        ));
+        ro.read_volatile_at(0, &v).unwrap();
+        assert_eq!(
+            buf, [0; 512],
+            "the sparse start of the image reads as zeroes"
+        );
+    }
+
+    #[test]
+    fn file_backend_volatile_read_past_a_shrunk_end_fails() {
+        let path = TempPath::new("shrunk");
+        let mut b = FileBackend::create(&path.0, 8192).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path.0)
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
+        let mut buf = [0u8; 8192];
+        // SAFETY: `buf` outlives the slice and is not otherwise used meanwhile.
+        let v = unsafe { VolatileSlice::new(buf.as_mut_ptr(), buf.len()) };
+        let e = b.read_volatile_at(0, &v).unwrap_err();
+        assert!(
+            matches!(&e, BackendError::Io(io) if io.kind() == io::ErrorKind::UnexpectedEof),
+            "{e}"
+        );
     }
 
     #[test]

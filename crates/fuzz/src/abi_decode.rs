@@ -103,7 +103,13 @@ pub struct NoteInput {
     /// Descriptor length.
     pub desc_len: u8,
 }
-encode_struct!(NoteInput { name, name_len, note_type, desc, desc_len });
+encode_struct!(NoteInput {
+    name,
+    name_len,
+    note_type,
+    desc,
+    desc_len
+});
 
 /// A ring geometry.
 #[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
@@ -121,7 +127,14 @@ pub struct RingMath {
     /// Response slot size in bytes (`% 4097`).
     pub response_size: u16,
 }
-encode_struct!(RingMath { pow2, size_log, size_raw, index, request_size, response_size });
+encode_struct!(RingMath {
+    pow2,
+    size_log,
+    size_raw,
+    index,
+    request_size,
+    response_size
+});
 
 /// A clock record and a TSC value.
 #[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
@@ -137,7 +150,13 @@ pub struct ClockInput {
     /// The TSC to convert.
     pub tsc: u64,
 }
-encode_struct!(ClockInput { tsc_timestamp, system_time, mul, shift, tsc });
+encode_struct!(ClockInput {
+    tsc_timestamp,
+    system_time,
+    mul,
+    shift,
+    tsc
+});
 
 /// The harness.
 pub fn run(data: &[u8]) {
@@ -180,8 +199,10 @@ fn apply(op: AbiOp) {
                 Ok(id) => {
                     assert_eq!(id as u32, v);
                     let port = pvkit_abi::ports::doorbell(id);
-                    assert!((pvkit_abi::ports::DOORBELL_BASE..pvkit_abi::ports::DOORBELL_END)
-                        .contains(&port));
+                    assert!(
+                        (pvkit_abi::ports::DOORBELL_BASE..pvkit_abi::ports::DOORBELL_END)
+                            .contains(&port)
+                    );
                 }
                 Err(back) => assert_eq!(back, v),
             }
@@ -251,10 +272,7 @@ fn apply(op: AbiOp) {
                 reserved: 0,
                 regions: [MemoryRegion::default(); MAX_MEMORY_REGIONS],
             };
-            assert_eq!(
-                info.regions().len(),
-                (n as usize).min(MAX_MEMORY_REGIONS)
-            );
+            assert_eq!(info.regions().len(), (n as usize).min(MAX_MEMORY_REGIONS));
         }
     }
 }
@@ -362,7 +380,10 @@ fn scale(khz: u64, ticks: u64) {
     let t1 = ticks % (1 << 40);
     let t2 = t1 + (ticks >> 40);
     let (n1, n2) = (c.nanoseconds(t1), c.nanoseconds(t2));
-    assert!(n1 <= n2, "{khz} kHz: time went back: {t1} -> {n1}, {t2} -> {n2}");
+    assert!(
+        n1 <= n2,
+        "{khz} kHz: time went back: {t1} -> {n1}, {t2} -> {n2}"
+    );
     let exact = u128::from(t1) * 1_000_000 / u128::from(khz);
     let err = u128::from(n1).abs_diff(exact);
     assert!(

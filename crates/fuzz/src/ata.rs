@@ -232,7 +232,14 @@ pub struct Seq {
     /// Data pattern for writes.
     pub pattern: u8,
 }
-encode_struct!(Seq { reset, ext, lba, count, chunk, pattern });
+encode_struct!(Seq {
+    reset,
+    ext,
+    lba,
+    count,
+    chunk,
+    pattern
+});
 
 /// The harness's model of the registers the guest can set.
 #[derive(Clone, Copy, Debug, Default)]
@@ -395,7 +402,11 @@ impl Harness {
         self.out(port::DEVICE_CONTROL, &[control::SRST]);
         assert_eq!(self.status(), status::BSY, "SRST holds BSY");
         self.out(port::DEVICE_CONTROL, &[0]);
-        assert_eq!(self.status(), status::DRDY | status::DSC, "ready after reset");
+        assert_eq!(
+            self.status(),
+            status::DRDY | status::DSC,
+            "ready after reset"
+        );
     }
 
     fn task_file(&mut self, ext: bool, lba: u64, count: u16) {
@@ -451,7 +462,11 @@ impl Harness {
             for c in data.chunks(chunk) {
                 self.out(port::DATA, c);
             }
-            assert_eq!(&self.disk()[start..start + bytes], &data[..], "written data");
+            assert_eq!(
+                &self.disk()[start..start + bytes],
+                &data[..],
+                "written data"
+            );
         } else {
             let mut got = Vec::with_capacity(bytes);
             let mut left = bytes;
@@ -482,12 +497,23 @@ impl Harness {
             let k = (512 - id.len()).min(chunk);
             id.extend_from_slice(self.inp(port::DATA, k));
         }
-        assert_eq!(id.iter().fold(0u8, |a, &b| a.wrapping_add(b)), 0, "checksum");
+        assert_eq!(
+            id.iter().fold(0u8, |a, &b| a.wrapping_add(b)),
+            0,
+            "checksum"
+        );
         assert_eq!(id[510], 0xA5);
         let word = |i: usize| u64::from(u16::from_le_bytes([id[2 * i], id[2 * i + 1]]));
         assert_eq!(word(60) | word(61) << 16, SECTORS);
-        assert_eq!(word(100) | word(101) << 16 | word(102) << 32 | word(103) << 48, SECTORS);
-        assert_eq!(self.status(), status::DRDY | status::DSC, "DRQ drops after 512");
+        assert_eq!(
+            word(100) | word(101) << 16 | word(102) << 32 | word(103) << 48,
+            SECTORS
+        );
+        assert_eq!(
+            self.status(),
+            status::DRDY | status::DSC,
+            "DRQ drops after 512"
+        );
     }
 
     fn apply(&mut self, op: AtaOp) {
@@ -529,7 +555,11 @@ impl Harness {
     /// Sectors outside every possible write range are unchanged; the length is unchanged.
     fn check_disk(&self, original: &[u8]) {
         let disk = self.disk();
-        assert_eq!(self.ata.backend().len(), self.disk_len, "disk length changed");
+        assert_eq!(
+            self.ata.backend().len(),
+            self.disk_len,
+            "disk length changed"
+        );
         assert_eq!(disk.len(), original.len());
         // Sector by sector with memcmp; the byte loop only runs to report a violation.
         for (i, (now, was)) in disk
@@ -586,23 +616,67 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     };
     let raw_read = [
         // What a minimal driver does by hand: select LBA master, count 1, LBA 3, READ.
-        AtaOp::Out { port: AtaPort::Device, value: 0x40, len: 1 },
-        AtaOp::Out { port: AtaPort::Count, value: 1, len: 1 },
-        AtaOp::Out { port: AtaPort::LbaLow, value: 3, len: 1 },
-        AtaOp::Out { port: AtaPort::LbaMid, value: 0, len: 1 },
-        AtaOp::Out { port: AtaPort::LbaHigh, value: 0, len: 1 },
+        AtaOp::Out {
+            port: AtaPort::Device,
+            value: 0x40,
+            len: 1,
+        },
+        AtaOp::Out {
+            port: AtaPort::Count,
+            value: 1,
+            len: 1,
+        },
+        AtaOp::Out {
+            port: AtaPort::LbaLow,
+            value: 3,
+            len: 1,
+        },
+        AtaOp::Out {
+            port: AtaPort::LbaMid,
+            value: 0,
+            len: 1,
+        },
+        AtaOp::Out {
+            port: AtaPort::LbaHigh,
+            value: 0,
+            len: 1,
+        },
         AtaOp::Command(Cmd::Read),
-        AtaOp::In { port: AtaPort::StatusCommand, len: 1 },
-        AtaOp::In { port: AtaPort::Data, len: 512 },
-        AtaOp::In { port: AtaPort::StatusCommand, len: 1 },
+        AtaOp::In {
+            port: AtaPort::StatusCommand,
+            len: 1,
+        },
+        AtaOp::In {
+            port: AtaPort::Data,
+            len: 512,
+        },
+        AtaOp::In {
+            port: AtaPort::StatusCommand,
+            len: 1,
+        },
     ];
     let raw_write = [
-        AtaOp::TaskFile { ext: false, lba: Lba::Small(62), count: 2 },
+        AtaOp::TaskFile {
+            ext: false,
+            lba: Lba::Small(62),
+            count: 2,
+        },
         AtaOp::Command(Cmd::Write),
-        AtaOp::Out { port: AtaPort::Data, value: 1, len: 1024 },
+        AtaOp::Out {
+            port: AtaPort::Data,
+            value: 1,
+            len: 1024,
+        },
         AtaOp::Irq,
-        AtaOp::Out { port: AtaPort::Control, value: 0x80, len: 1 },
-        AtaOp::In { port: AtaPort::LbaLow, len: 1 },
+        AtaOp::Out {
+            port: AtaPort::Control,
+            value: 0x80,
+            len: 1,
+        },
+        AtaOp::In {
+            port: AtaPort::LbaLow,
+            len: 1,
+        },
         AtaOp::Command(Cmd::Flush(true)),
     ];
     vec![

@@ -73,7 +73,7 @@ impl Enc {
     pub fn tag(&mut self, index: u32, count: u32) -> &mut Self {
         assert!(index < count, "variant {index} of {count}");
         // Smallest x with (x * count) >> 32 == index, i.e. ceil(index * 2^32 / count).
-        let x = ((u64::from(index) << 32) + u64::from(count) - 1) / u64::from(count);
+        let x = (u64::from(index) << 32).div_ceil(u64::from(count));
         let x = u32::try_from(x).expect("tag fits in u32");
         debug_assert_eq!((u64::from(x) * u64::from(count)) >> 32, u64::from(index));
         self.u32(x)
@@ -126,6 +126,12 @@ impl<T: Encode, const N: usize> Encode for [T; N] {
         for x in self {
             x.encode(e);
         }
+    }
+}
+impl<A: Encode, B: Encode> Encode for (A, B) {
+    fn encode(&self, e: &mut Enc) {
+        self.0.encode(e);
+        self.1.encode(e);
     }
 }
 impl<T: Encode> Encode for Option<T> {

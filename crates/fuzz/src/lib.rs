@@ -14,7 +14,11 @@
 
 pub mod abi_decode;
 pub mod ata;
+#[cfg(feature = "vmm")]
+pub mod elf_load;
 pub mod enc;
+#[cfg(feature = "vmm")]
+pub mod hypercall_dispatch;
 pub mod mem;
 pub mod pit;
 pub mod pv_block;
@@ -22,17 +26,41 @@ pub mod pv_clock;
 pub mod pv_console;
 pub mod pv_ring;
 
-/// Every target: its name (the `fuzz_targets/` file and the `corpus/` directory), its
-/// harness and its seeds.
-pub const TARGETS: &[(&str, fn(&[u8]), fn() -> Vec<(&'static str, Vec<u8>)>)] = &[
-    ("abi_decode", abi_decode::run, abi_decode::seeds),
-    ("ata", ata::run, ata::seeds),
-    ("pit", pit::run, pit::seeds),
-    ("pv_block", pv_block::run, pv_block::seeds),
-    ("pv_ring", pv_ring::run, pv_ring::seeds),
-    ("pv_console", pv_console::run, pv_console::seeds),
-    ("pv_clock", pv_clock::run, pv_clock::seeds),
-];
+/// A target: its name (the `fuzz_targets/` file and the `corpus/` directory), its harness
+/// and its seeds.
+pub type Target = (
+    &'static str,
+    fn(&[u8]),
+    fn() -> Vec<(&'static str, Vec<u8>)>,
+);
+
+/// Every target built with the enabled features.
+pub fn targets() -> Vec<Target> {
+    #[allow(unused_mut)]
+    let mut t: Vec<Target> = vec![
+        ("abi_decode", abi_decode::run, abi_decode::seeds),
+        ("ata", ata::run, ata::seeds),
+        ("pit", pit::run, pit::seeds),
+        ("pv_block", pv_block::run, pv_block::seeds),
+        ("pv_ring", pv_ring::run, pv_ring::seeds),
+        ("pv_console", pv_console::run, pv_console::seeds),
+        ("pv_clock", pv_clock::run, pv_clock::seeds),
+    ];
+    #[cfg(feature = "vmm")]
+    t.extend([
+        (
+            "elf_load",
+            elf_load::run as fn(&[u8]),
+            elf_load::seeds as fn() -> _,
+        ),
+        (
+            "hypercall_dispatch",
+            hypercall_dispatch::run,
+            hypercall_dispatch::seeds,
+        ),
+    ]);
+    t
+}
 
 /// The decoded form of an input of `target` (setup and operations), for reading crash
 /// inputs: `PVKIT_FUZZ_TARGET=ata PVKIT_FUZZ_INPUT=artifacts/ata/crash-... \
@@ -43,7 +71,9 @@ pub fn describe(target: &str, data: &[u8]) -> Option<String> {
         "abi_decode" => {
             let mut u = arbitrary::Unstructured::new(data);
             let mut ops = Vec::new();
-            for_each_op(&mut u, abi_decode::MAX_OPS, |op: abi_decode::AbiOp| ops.push(op));
+            for_each_op(&mut u, abi_decode::MAX_OPS, |op: abi_decode::AbiOp| {
+                ops.push(op)
+            });
             format!("{ops:#?}")
         }
         "ata" => format!("{:#?}", d::<ata::AtaSetup, ata::AtaOp>(data, ata::MAX_OPS)),
@@ -63,6 +93,26 @@ pub fn describe(target: &str, data: &[u8]) -> Option<String> {
         "pv_clock" => format!(
             "{:#?}",
             d::<mem::RamSetup, pv_clock::ClockOp>(data, pv_clock::MAX_OPS)
+        ),
+        #[cfg(feature = "vmm")]
+        "elf_load" => {
+            let mut u = arbitrary::Unstructured::new(data);
+            let setup = <elf_load::ElfSetup as arbitrary::Arbitrary>::arbitrary(&mut u).ok()?;
+            let mut patches = Vec::new();
+            if setup != elf_load::ElfSetup::Raw {
+                for_each_op(&mut u, elf_load::MAX_OPS, |p: elf_load::Patch| {
+                    patches.push(p)
+                });
+            }
+            format!("{setup:#?}\n{patches:#?}")
+        }
+        #[cfg(feature = "vmm")]
+        "hypercall_dispatch" => format!(
+            "{:#?}",
+            d::<hypercall_dispatch::HcSetup, hypercall_dispatch::HcOp>(
+                data,
+                hypercall_dispatch::MAX_OPS
+            )
         ),
         _ => return None,
     })
@@ -94,7 +144,7 @@ mod tests {
     /// Regenerate with `cargo +nightly test -- --ignored write_seed_corpus`.
     #[test]
     fn committed_seeds_are_current() {
-        for (target, _, seeds) in super::TARGETS {
+        for (target, _, seeds) in super::targets() {
             for (name, bytes) in seeds() {
                 let path = Path::new(env!("CARGO_MANIFEST_DIR"))
                     .join("corpus")
@@ -102,7 +152,11 @@ mod tests {
                     .join(format!("seed-{name}"));
                 let on_disk = std::fs::read(&path)
                     .unwrap_or_else(|e| panic!("{}: {e}; run write_seed_corpus", path.display()));
-                assert!(on_disk == bytes, "{} is stale; run write_seed_corpus", path.display());
+                assert!(
+                    on_disk == bytes,
+                    "{} is stale; run write_seed_corpus",
+                    path.display()
+                );
             }
         }
     }
@@ -119,8 +173,10 @@ mod tests {
     #[test]
     #[ignore = "writes the seed corpus into corpus/"]
     fn write_seed_corpus() {
-        for (target, run, seeds) in super::TARGETS {
-            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
+        for (target, run, seeds) in super::targets() {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("corpus")
+                .join(target);
             std::fs::create_dir_all(&dir).unwrap();
             for (name, bytes) in seeds() {
                 run(&bytes);

@@ -32,11 +32,7 @@ impl Layout {
     pub fn regions(self) -> &'static [(u64, usize)] {
         match self {
             Layout::Flat => &[(0, RAM_END as usize)],
-            Layout::Holes => &[
-                (0, Q as usize),
-                (Q, Q as usize),
-                (3 * Q, Q as usize),
-            ],
+            Layout::Holes => &[(0, Q as usize), (Q, Q as usize), (3 * Q, Q as usize)],
         }
     }
 
@@ -58,9 +54,7 @@ impl Layout {
         let Some(end) = addr.checked_add(len) else {
             return false;
         };
-        self.spans()
-            .iter()
-            .any(|&(s, e)| addr >= s && end <= e)
+        self.spans().iter().any(|&(s, e)| addr >= s && end <= e)
     }
 
     /// The memory object for this layout, one per thread (libFuzzer runs the harness on
@@ -347,7 +341,17 @@ mod tests {
     fn model_of_ram_agrees_with_vm_memory() {
         for layout in [Layout::Flat, Layout::Holes] {
             let m = layout.memory();
-            for addr in [0, Q - 1, Q, 2 * Q - 1, 2 * Q, 3 * Q - 1, 3 * Q, RAM_END - 1, RAM_END] {
+            for addr in [
+                0,
+                Q - 1,
+                Q,
+                2 * Q - 1,
+                2 * Q,
+                3 * Q - 1,
+                3 * Q,
+                RAM_END - 1,
+                RAM_END,
+            ] {
                 for len in [0, 1, 2, 4096, Q, 2 * Q, u64::MAX] {
                     assert_eq!(
                         layout.contains(addr, len),
@@ -362,7 +366,9 @@ mod tests {
     #[test]
     fn check_accepts_allowed_and_rejects_others() {
         let mut ram = Ram::new(Layout::Holes, 3);
-        ram.mem.write_slice(&[0xee; 4], GuestAddress(0x100)).unwrap();
+        ram.mem
+            .write_slice(&[0xee; 4], GuestAddress(0x100))
+            .unwrap();
         ram.check(&[(0x100, 0x104)], "allowed");
         assert_eq!(ram.model(0x100, 4), &[0xee; 4]);
         ram.mem.write_slice(&[0x11], GuestAddress(3 * Q)).unwrap();

@@ -143,7 +143,11 @@ impl Harness {
     fn read(&mut self, port: u16) -> u8 {
         let mut twin = self.pit.clone();
         let v = self.pit.read(port, self.now);
-        assert_eq!(twin.read(port, self.now), v, "read of {port:#x} is deterministic");
+        assert_eq!(
+            twin.read(port, self.now),
+            v,
+            "read of {port:#x} is deterministic"
+        );
         // Same state afterwards: the next read agrees too.
         assert_eq!(
             twin.read(port, self.now),
@@ -215,15 +219,30 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     use crate::enc::program;
     let setup = PitSetup { start: 1_000_000 };
     let rate = [
-        PitOp::Program { sel: 0, acc: 3, mode: 2, t: Time::Same },
+        PitOp::Program {
+            sel: 0,
+            acc: 3,
+            mode: 2,
+            t: Time::Same,
+        },
         PitOp::Count(0, 1193, Time::Same),
-        PitOp::Program { sel: 0, acc: 0, mode: 0, t: Time::Ticks(100) },
+        PitOp::Program {
+            sel: 0,
+            acc: 0,
+            mode: 0,
+            t: Time::Ticks(100),
+        },
         PitOp::Read(PitPort::C0, Time::Same),
         PitOp::Read(PitPort::C0, Time::Same),
         PitOp::Output(0, Time::Ticks(1100)),
     ];
     let speaker = [
-        PitOp::Program { sel: 2, acc: 3, mode: 3, t: Time::Same },
+        PitOp::Program {
+            sel: 2,
+            acc: 3,
+            mode: 3,
+            t: Time::Same,
+        },
         PitOp::Count(2, 1357, Time::Same),
         PitOp::Write(PitPort::PortB, 0x03, Time::Ns(1000)),
         PitOp::Read(PitPort::PortB, Time::Ticks(600)),
@@ -231,7 +250,12 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         PitOp::Read(PitPort::C2, Time::Same),
     ];
     let readback = [
-        PitOp::Program { sel: 1, acc: 1, mode: 0, t: Time::Same },
+        PitOp::Program {
+            sel: 1,
+            acc: 1,
+            mode: 0,
+            t: Time::Same,
+        },
         PitOp::Write(PitPort::C1, 50, Time::Same),
         PitOp::Write(PitPort::Control, 0xC2 | 0x04 | 0x08, Time::Ticks(10)),
         PitOp::Read(PitPort::C1, Time::Same),

@@ -116,7 +116,11 @@ pub struct SegSpec {
     /// The reserved field.
     pub reserved: u8,
 }
-encode_struct!(SegSpec { addr, len, reserved });
+encode_struct!(SegSpec {
+    addr,
+    len,
+    reserved
+});
 
 /// A request, field by field.
 #[derive(Arbitrary, Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,7 +136,13 @@ pub struct ReqSpec {
     /// `segments`.
     pub segs: [SegSpec; MAX_SEGMENTS],
 }
-encode_struct!(ReqSpec { id, op, nr, sector, segs });
+encode_struct!(ReqSpec {
+    id,
+    op,
+    nr,
+    sector,
+    segs
+});
 
 impl ReqSpec {
     /// The request.
@@ -221,7 +231,10 @@ pub fn expect(layout: Layout, capacity_sectors: u64, req: &BlockRequest) -> Expe
         return Expect::Reject(Status::E2BIG);
     }
     let segs = &req.segments[..n as usize];
-    if segs.iter().any(|s| s.len == 0 || u64::from(s.len) % SECTOR_SIZE != 0) {
+    if segs
+        .iter()
+        .any(|s| s.len == 0 || u64::from(s.len) % SECTOR_SIZE != 0)
+    {
         return Expect::Reject(Status::EINVAL);
     }
     let total: u64 = segs.iter().map(|s| u64::from(s.len)).sum();
@@ -229,10 +242,17 @@ pub fn expect(layout: Layout, capacity_sectors: u64, req: &BlockRequest) -> Expe
         return Expect::Reject(Status::E2BIG);
     }
     let sectors = total / SECTOR_SIZE;
-    if req.sector.checked_add(sectors).is_none_or(|end| end > capacity_sectors) {
+    if req
+        .sector
+        .checked_add(sectors)
+        .is_none_or(|end| end > capacity_sectors)
+    {
         return Expect::Reject(Status::ERANGE);
     }
-    if segs.iter().any(|s| !layout.contains(s.addr, u64::from(s.len))) {
+    if segs
+        .iter()
+        .any(|s| !layout.contains(s.addr, u64::from(s.len)))
+    {
         return Expect::Reject(Status::EFAULT);
     }
     let offset = req.sector * SECTOR_SIZE;
@@ -249,7 +269,7 @@ pub fn expect(layout: Layout, capacity_sectors: u64, req: &BlockRequest) -> Expe
 /// `ram.image` must equal guest RAM before the call; `disk` must equal the backend.
 pub fn check_outcome(
     ram: &mut Ram,
-    disk: &mut Vec<u8>,
+    disk: &mut [u8],
     backend: &[u8],
     req: &BlockRequest,
     got: (Status, u64),
@@ -280,7 +300,10 @@ pub fn check_outcome(
         }
     }
     ram.check(&[], "block request");
-    assert!(backend == &disk[..], "disk differs from the model after {req:x?} ({e:?})");
+    assert!(
+        backend == &disk[..],
+        "disk differs from the model after {req:x?} ({e:?})"
+    );
 }
 
 /// Decodes a request from its wire bytes (independent of vm-memory's `read_obj`).
@@ -329,7 +352,9 @@ thread_local! {
 pub fn device(disk: &[u8]) -> BlockDevice<MemBackend> {
     let reused = DEVICES.with(|d| {
         let mut d = d.borrow_mut();
-        let i = d.iter().position(|x| x.backend().as_slice().len() == disk.len())?;
+        let i = d
+            .iter()
+            .position(|x| x.backend().as_slice().len() == disk.len())?;
         Some(d.swap_remove(i))
     });
     match reused {
@@ -438,7 +463,12 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         },
         disk: DiskSize::Big,
     };
-    let read = [BlockStep::Handle(req(OpSel::Read, 2, 3, &[seg(8, 2), seg(2, 1)]))];
+    let read = [BlockStep::Handle(req(
+        OpSel::Read,
+        2,
+        3,
+        &[seg(8, 2), seg(2, 1)],
+    ))];
     let write = [
         BlockStep::Gpa {
             at: Gpa::Page(1, 0x100),
@@ -458,7 +488,13 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         OpSel::Write,
         8,
         0,
-        &[seg(0, 255), seg(64, 255), seg(128, 255), seg(192, 255), seg(0, 8)],
+        &[
+            seg(0, 255),
+            seg(64, 255),
+            seg(128, 255),
+            seg(192, 255),
+            seg(0, 8),
+        ],
     ))];
     vec![
         ("read_scatter", program(&flat, &read)),

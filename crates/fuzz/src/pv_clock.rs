@@ -60,7 +60,13 @@ pub struct SampleSpec {
     /// Ticks after `tsc` at which the guest reads the clock.
     pub later: u32,
 }
-encode_struct!(SampleSpec { tsc, ns, khz, stable, later });
+encode_struct!(SampleSpec {
+    tsc,
+    ns,
+    khz,
+    stable,
+    later
+});
 
 /// One step.
 #[derive(Arbitrary, Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,7 +98,7 @@ pub fn run(data: &[u8]) {
             if let Some(v) = version {
                 ram.guest_write(gpa, &v.to_le_bytes());
             }
-            let ok = gpa % 4096 == 0 && len >= RECORD && ram.layout.contains(gpa, len);
+            let ok = gpa.is_multiple_of(4096) && len >= RECORD && ram.layout.contains(gpa, len);
             let got = PvClockPage::new(ram.mem, gpa, len);
             assert_eq!(got.is_ok(), ok, "register {gpa:#x}+{len:#x}: {got:?}");
             ram.check(&[], "clock registration writes nothing");

@@ -83,60 +83,58 @@ pub fn run(data: &[u8]) {
         return;
     };
     let mut ram = Ram::new(setup.layout, setup.seed);
-    crate::for_each_op(&mut u, MAX_OPS, |op: ConsoleOp| {
-        match op {
-            ConsoleOp::Write(a, l) => {
-                let (addr, len) = (a.get(), l.get());
-                let mut sink = Vec::new();
-                let got = console::write(ram.mem, addr, len, &mut sink);
-                match expect(&ram, addr, len) {
-                    Ok(bytes) => {
-                        assert_eq!(got, Ok(len as usize), "{addr:#x}+{len:#x}");
-                        assert!(sink == bytes, "sink got other bytes than the guest's");
-                    }
-                    Err(s) => {
-                        assert_eq!(got, Err(s), "{addr:#x}+{len:#x}");
-                        assert!(sink.is_empty(), "rejected write reached the sink");
-                    }
+    crate::for_each_op(&mut u, MAX_OPS, |op: ConsoleOp| match op {
+        ConsoleOp::Write(a, l) => {
+            let (addr, len) = (a.get(), l.get());
+            let mut sink = Vec::new();
+            let got = console::write(ram.mem, addr, len, &mut sink);
+            match expect(&ram, addr, len) {
+                Ok(bytes) => {
+                    assert_eq!(got, Ok(len as usize), "{addr:#x}+{len:#x}");
+                    assert!(sink == bytes, "sink got other bytes than the guest's");
+                }
+                Err(s) => {
+                    assert_eq!(got, Err(s), "{addr:#x}+{len:#x}");
+                    assert!(sink.is_empty(), "rejected write reached the sink");
                 }
             }
-            ConsoleOp::Failing(a, l, limit) => {
-                let (addr, len) = (a.get(), l.get());
-                let mut sink = Limited {
-                    out: Vec::new(),
-                    limit: usize::from(limit),
-                };
-                let got = console::write(ram.mem, addr, len, &mut sink);
-                match expect(&ram, addr, len) {
-                    Ok(bytes) if bytes.len() <= sink.limit => {
-                        assert_eq!(got, Ok(len as usize));
-                        assert!(sink.out == bytes);
-                    }
-                    Ok(bytes) => {
-                        assert_eq!(got, Err(Status::EIO), "sink failed");
-                        assert!(bytes.starts_with(&sink.out), "prefix of the guest bytes");
-                    }
-                    Err(s) => {
-                        assert_eq!(got, Err(s));
-                        assert!(sink.out.is_empty());
-                    }
+        }
+        ConsoleOp::Failing(a, l, limit) => {
+            let (addr, len) = (a.get(), l.get());
+            let mut sink = Limited {
+                out: Vec::new(),
+                limit: usize::from(limit),
+            };
+            let got = console::write(ram.mem, addr, len, &mut sink);
+            match expect(&ram, addr, len) {
+                Ok(bytes) if bytes.len() <= sink.limit => {
+                    assert_eq!(got, Ok(len as usize));
+                    assert!(sink.out == bytes);
+                }
+                Ok(bytes) => {
+                    assert_eq!(got, Err(Status::EIO), "sink failed");
+                    assert!(bytes.starts_with(&sink.out), "prefix of the guest bytes");
+                }
+                Err(s) => {
+                    assert_eq!(got, Err(s));
+                    assert!(sink.out.is_empty());
                 }
             }
-            ConsoleOp::Request(a, len, id) => {
-                let addr = a.get();
-                let req = ConsoleRequest { addr, len, id };
-                let mut sink = Vec::new();
-                let rsp = console::handle_request(ram.mem, &req, &mut sink);
-                assert_eq!(rsp.id, id);
-                match expect(&ram, addr, u64::from(len)) {
-                    Ok(bytes) => {
-                        assert_eq!((rsp.status, rsp.written), (0, len));
-                        assert!(sink == bytes);
-                    }
-                    Err(s) => {
-                        assert_eq!((rsp.status, rsp.written), (s as i64, 0));
-                        assert!(sink.is_empty());
-                    }
+        }
+        ConsoleOp::Request(a, len, id) => {
+            let addr = a.get();
+            let req = ConsoleRequest { addr, len, id };
+            let mut sink = Vec::new();
+            let rsp = console::handle_request(ram.mem, &req, &mut sink);
+            assert_eq!(rsp.id, id);
+            match expect(&ram, addr, u64::from(len)) {
+                Ok(bytes) => {
+                    assert_eq!((rsp.status, rsp.written), (0, len));
+                    assert!(sink == bytes);
+                }
+                Err(s) => {
+                    assert_eq!((rsp.status, rsp.written), (s as i64, 0));
+                    assert!(sink.is_empty());
                 }
             }
         }

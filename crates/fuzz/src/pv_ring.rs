@@ -113,7 +113,13 @@ pub struct PushSpec {
     /// Block sector.
     pub sector: SectorSel,
 }
-encode_struct!(PushSpec { addr, len, id, op, sector });
+encode_struct!(PushSpec {
+    addr,
+    len,
+    id,
+    op,
+    sector
+});
 
 /// One step.
 #[derive(Arbitrary, Clone, Copy, Debug, PartialEq, Eq)]
@@ -263,8 +269,10 @@ impl Harness {
                     mem, gpa, size, start,
                 );
             }
-            self.ram
-                .check(&[(gpa, gpa.saturating_add(HEADER_SIZE as u64))], "producer init");
+            self.ram.check(
+                &[(gpa, gpa.saturating_add(HEADER_SIZE as u64))],
+                "producer init",
+            );
             if ahead != 0 && header_in_ram {
                 self.ram
                     .guest_write(gpa, &start.wrapping_add(u32::from(ahead)).to_le_bytes());
@@ -273,7 +281,7 @@ impl Harness {
 
         // The oracle, in the documented order.
         let img = &self.ram.image;
-        let expect: Result<(u32, u32, usize), &str> = if gpa % 4096 != 0 {
+        let expect: Result<(u32, u32, usize), &str> = if !gpa.is_multiple_of(4096) {
             Err("misaligned")
         } else if !self.ram.layout.contains(gpa, len) {
             Err("range")
@@ -315,16 +323,24 @@ impl Harness {
             (Ok((size, rsp_prod, bytes)), Ok(consumer)) => {
                 wr32(&mut self.ram.image, gpa + 4, rsp_prod.wrapping_add(1));
                 wr32(&mut self.ram.image, gpa + 20, 0);
-                self.ram.check(&[], "registration writes req_event and host_flags");
+                self.ram
+                    .check(&[], "registration writes req_event and host_flags");
                 let (c_gpa, c_size, c_consumed, c_bytes) = match &consumer {
                     Consumer::Console(c) => (c.gpa(), c.size(), c.consumed(), c.ring_bytes()),
                     Consumer::Block(c) => (c.gpa(), c.size(), c.consumed(), c.ring_bytes()),
                 };
-                assert_eq!((c_gpa, c_size, c_consumed, c_bytes), (gpa, size, rsp_prod, bytes));
+                assert_eq!(
+                    (c_gpa, c_size, c_consumed, c_bytes),
+                    (gpa, size, rsp_prod, bytes)
+                );
                 self.ring = Some(Ring {
                     consumer,
                     // The producer only tracks a ring it initialized and that was accepted.
-                    producer: if rd32(&self.ram.image, gpa) == start { producer } else { None },
+                    producer: if rd32(&self.ram.image, gpa) == start {
+                        producer
+                    } else {
+                        None
+                    },
                     model: Model {
                         gpa,
                         bytes,
@@ -345,7 +361,9 @@ impl Harness {
 
     fn push(&mut self, p: PushSpec) {
         let Some(ring) = &mut self.ring else { return };
-        let Some(prod) = &mut ring.producer else { return };
+        let Some(prod) = &mut ring.producer else {
+            return;
+        };
         let mem = self.ram.mem;
         let _ = match prod {
             Producer::Console(pr) => pr
@@ -376,24 +394,30 @@ impl Harness {
             }
         };
         let m = ring.model;
-        self.ram.check(&[(m.gpa, m.gpa + m.bytes as u64)], "producer push");
+        self.ram
+            .check(&[(m.gpa, m.gpa + m.bytes as u64)], "producer push");
     }
 
     fn publish(&mut self) {
         let Some(ring) = &mut self.ring else { return };
-        let Some(prod) = &mut ring.producer else { return };
+        let Some(prod) = &mut ring.producer else {
+            return;
+        };
         let mem = self.ram.mem;
         let _ = match prod {
             Producer::Console(pr) => pr.publish(mem).is_ok(),
             Producer::Block(pr) => pr.publish(mem).is_ok(),
         };
         let m = ring.model;
-        self.ram.check(&[(m.gpa, m.gpa + HEADER_SIZE as u64)], "producer publish");
+        self.ram
+            .check(&[(m.gpa, m.gpa + HEADER_SIZE as u64)], "producer publish");
     }
 
     fn take(&mut self) {
         let Some(ring) = &mut self.ring else { return };
-        let Some(prod) = &mut ring.producer else { return };
+        let Some(prod) = &mut ring.producer else {
+            return;
+        };
         let mem = self.ram.mem;
         let _ = match prod {
             Producer::Console(pr) => pr.take_responses(mem).map(|v| v.len()),
@@ -443,7 +467,10 @@ impl Harness {
                 });
                 let got = outcome(got);
                 assert_eq!(got, want, "console poll: model {model:?}");
-                assert!(calls <= u64::from(model.size), "{calls} requests in one poll");
+                assert!(
+                    calls <= u64::from(model.size),
+                    "{calls} requests in one poll"
+                );
                 assert!(sink == want_sink, "console sink differs from the model");
                 assert_eq!(c.consumed(), model.consumed);
                 assert_eq!(c.is_broken(), model.broken);
@@ -578,10 +605,8 @@ fn model_console_poll(ram: &mut Ram, m: &mut Model) -> (Outcome, Vec<u8>) {
                 id: req.id,
                 written,
             };
-            let p = g
-                + HEADER_SIZE as u64
-                + u64::from(m.size) * CON_REQ as u64
-                + slot * CON_RSP as u64;
+            let p =
+                g + HEADER_SIZE as u64 + u64::from(m.size) * CON_REQ as u64 + slot * CON_RSP as u64;
             let (p, n) = (p as usize, CON_RSP);
             ram.image[p..p + n].copy_from_slice(Wire(rsp).as_slice());
             m.consumed = m.consumed.wrapping_add(1);
@@ -754,7 +779,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         },
     ];
     vec![
-        ("console_round_trip", program(&setup(Kind::Console), &console)),
+        (
+            "console_round_trip",
+            program(&setup(Kind::Console), &console),
+        ),
         ("block_round_trip", program(&setup(Kind::Block), &block)),
         ("corrupt_req_prod", program(&setup(Kind::Console), &corrupt)),
         ("bad_registrations", program(&setup(Kind::Block), &bad)),

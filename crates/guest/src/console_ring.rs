@@ -84,8 +84,16 @@ impl ConsoleRing {
         Ok(id)
     }
 
+    /// Publishes the queued writes without ringing: returns whether the host asked for the
+    /// doorbell ([`crate::ring::kick`] with [`RingId::Console`], a port write: ring 0
+    /// only). Never with `HostPoll`. This is what ring-3 code polling the ring calls.
+    #[inline]
+    pub fn publish(&mut self) -> bool {
+        self.ring.publish()
+    }
+
     /// Publishes the queued writes and rings the doorbell if the host asked for it (never
-    /// with `HostPoll`). Returns whether the doorbell was rung.
+    /// with `HostPoll`). Returns whether the doorbell was rung. Ring 0.
     #[inline]
     pub fn submit(&mut self) -> bool {
         let notify = self.ring.publish();

@@ -19,12 +19,25 @@
 //! Shared fields are only accessed as atomics; slots are written before the release
 //! store that publishes them and read after the acquire load that published them.
 //!
+//! # Batches and templates
+//!
+//! A driver that queues many requests of one shape fills them faster in place:
+//! [`Ring::fill_free`] writes a *template* into every free slot once (op, lengths, an id
+//! per slot), then per batch [`Ring::slots_mut`] lends the next free slots as (at most
+//! two) contiguous slices in which only the fields that change are stored (a sector and a
+//! buffer address), and [`Ring::commit`] pushes them all with one index update. Nothing
+//! is computed per request: no index masking, no bounds check, no full-request copy.
+//!
 //! # Costs
 //!
 //! Publishing is a store, a locked `or` (the full fence; `mfence` works too but is not
 //! guaranteed to be emulated everywhere), two loads and the index arithmetic: about 15
 //! instructions. A doorbell is one `out`: one exit to the VMM (transport `Doorbell`), an
-//! in-kernel ioeventfd signal (`DoorbellEventfd`), or nothing (`HostPoll`).
+//! in-kernel ioeventfd signal (`DoorbellEventfd`), or nothing (`HostPoll`). Taking
+//! responses ([`Ring::poll_responses`]) is one acquire load per call, then per response
+//! only the closure and a pointer increment (slots are walked in at most two contiguous
+//! runs). Where ring-0 code is interpreted (kvm_pvm) every instruction here costs about a
+//! microsecond; in ring 3 the same code runs natively.
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;
@@ -311,16 +324,99 @@ impl<Req: RingItem, Rsp: RingItem> Ring<Req, Rsp> {
         let rsp_prod = self.field(offsets::RSP_PROD).load(Ordering::Acquire);
         let available = rsp_prod.wrapping_sub(self.rsp_cons);
         let n = available.min(self.published.wrapping_sub(self.rsp_cons));
-        for _ in 0..n {
-            let off = response_offset(self.size, self.rsp_cons, size_of::<Req>(), size_of::<Rsp>());
-            // SAFETY: `off` is a response slot inside the ring memory, aligned for `Rsp`
-            // (as in `push_with`); the acquire load above made the host's write of it
-            // visible, and `Rsp: RingItem` makes any content a valid value.
-            let rsp = unsafe { self.base.as_ptr().add(off).cast::<Rsp>().read() };
-            f(&rsp);
-            self.rsp_cons = self.rsp_cons.wrapping_add(1);
+        if n == 0 {
+            return 0;
         }
+        let first = self.rsp_cons & (self.size - 1);
+        // The responses from slot `first` on, then (if they wrap) from slot 0 on.
+        let run = n.min(self.size - first);
+        let slots = self.response_slot(0);
+        for (start, len) in [(first, run), (0, n - run)] {
+            // SAFETY: `start + len <= size` (`run <= size - first`, and `n - run <= first`
+            // when the responses wrap, as `n <= size`), so every slot read is a response
+            // slot inside the ring memory, aligned for `Rsp` (as in `push_with`). The acquire
+            // load above made the host's writes of them visible; the host writes a response
+            // slot only before publishing it, and `Rsp: RingItem` makes any content a valid
+            // value. Each is copied out with `read`: no reference to shared memory is made.
+            unsafe {
+                let mut p = slots.add(start as usize);
+                let end = p.add(len as usize);
+                while p != end {
+                    f(&p.read());
+                    p = p.add(1);
+                }
+            }
+        }
+        self.rsp_cons = self.rsp_cons.wrapping_add(n);
         n
+    }
+
+    /// Writes `fill(slot number, slot)` into every free request slot (those [`Ring::push`]
+    /// or [`Ring::slots_mut`] would hand out next): the set-up of request templates, so
+    /// that a batch only stores what changes. Slots in use (pushed, their response not yet
+    /// consumed) are left alone.
+    pub fn fill_free(&mut self, mut fill: impl FnMut(u32, &mut Req)) {
+        let (next, mask) = (self.req_prod_pvt, self.size - 1);
+        let (a, b) = self.free_runs(self.free());
+        for (i, req) in a.iter_mut().chain(b.iter_mut()).enumerate() {
+            fill(next.wrapping_add(i as u32) & mask, req);
+        }
+    }
+
+    /// The next `n` free request slots, in order, as two slices: the slots from the next
+    /// one on, and (when the `n` slots wrap past the last slot) the rest from slot 0. Fill
+    /// them in place, then [`Ring::commit`] them; until then the host does not see them.
+    /// The slots hold what they held before (a template from [`Ring::fill_free`], an old
+    /// request): write every field the host reads, or rely on the template. `Full` if
+    /// fewer than `n` slots are free.
+    #[inline]
+    #[allow(clippy::type_complexity)]
+    pub fn slots_mut(&mut self, n: u32) -> Result<(&mut [Req], &mut [Req]), Full> {
+        if n > self.free() {
+            return Err(Full);
+        }
+        Ok(self.free_runs(n))
+    }
+
+    /// Pushes the next `n` slots (filled through [`Ring::slots_mut`] or by a template):
+    /// one index update for the whole batch. `Full` (nothing pushed) if fewer than `n` are
+    /// free.
+    #[inline]
+    pub fn commit(&mut self, n: u32) -> Result<(), Full> {
+        if n > self.free() {
+            return Err(Full);
+        }
+        self.req_prod_pvt = self.req_prod_pvt.wrapping_add(n);
+        Ok(())
+    }
+
+    /// The next `n` (≤ [`Ring::free`]) request slots as two slices (see [`Ring::slots_mut`]).
+    #[inline]
+    fn free_runs(&mut self, n: u32) -> (&mut [Req], &mut [Req]) {
+        debug_assert!(n <= self.free());
+        let first = self.req_prod_pvt & (self.size - 1);
+        let run = n.min(self.size - first);
+        let slots = self.base.as_ptr().wrapping_add(request_offset(self.size, 0, size_of::<Req>()));
+        let slots = slots.cast::<Req>();
+        // SAFETY: slots `first .. first + run` and `0 .. n - run` are request slots inside
+        // the ring memory (`first + run <= size`; `n - run <= first` when they wrap, as
+        // `n <= free <= size`), aligned for `Req` (see `push_with`), and disjoint. They are
+        // free: not published (index >= published) and their previous requests' responses
+        // were consumed, so the host no longer reads them and nothing else uses them while
+        // `self` is mutably borrowed; `Req: RingItem` makes any content a valid value.
+        unsafe {
+            (
+                core::slice::from_raw_parts_mut(slots.add(first as usize), run as usize),
+                core::slice::from_raw_parts_mut(slots, (n - run) as usize),
+            )
+        }
+    }
+
+    /// The response slot `slot` (`< size`).
+    #[inline]
+    fn response_slot(&self, slot: u32) -> *const Rsp {
+        let off = response_offset(self.size, slot, size_of::<Req>(), size_of::<Rsp>());
+        self.base.as_ptr().wrapping_add(off).cast::<Rsp>()
     }
 
     /// Spins until every published request has its response, handing each to `f`. Stops

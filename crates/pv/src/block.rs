@@ -5,10 +5,29 @@
 //! Every request is validated completely — op, segment count, segment lengths, total size,
 //! disk range, guest ranges — before the backend is touched, in the order and with the
 //! status codes of the [`BlockRequest`] documentation, so a rejected request never writes
-//! the disk. The data moves through one bounce buffer of [`MAX_REQUEST_BYTES`], allocated
-//! when the device is created: guest-controlled values never size an allocation, and a
-//! write's data is copied out of guest memory in full before the one backend write that
-//! stores it.
+//! the disk.
+//!
+//! # Zero copy
+//!
+//! The data moves directly between the backend and guest memory: each segment is resolved
+//! to vm-memory [`VolatileSlice`]s (one per guest memory region it covers) and handed to
+//! [`BlockBackend::read_volatile_at`] / [`BlockBackend::write_volatile_at`], which for a
+//! file is one `pread64`/`pwrite64` on the mapped guest memory. No bounce buffer, nothing
+//! allocated per request. Before any data moves, the request is validated in full (as
+//! above) *and* every segment's slices are resolved, so a request that fails either never
+//! touches the disk or guest memory.
+//!
+//! What is copied once and validated is the *metadata*: the request (`handle_gpa`, the
+//! ring) with its segment list. The *data* of a write is read by the backend from guest
+//! memory while it writes, as a virtio or Xen backend reads it by DMA: a guest that changes
+//! a write buffer before the response arrives races only itself (the disk gets old bytes,
+//! new bytes or a mix, within the range it was allowed to write). Likewise a read's
+//! destination may be read by the guest while it is being filled. This is the contract of
+//! every real disk; the host never depends on the data's value.
+//!
+//! The segments of one request are separate backend calls: another user of the same
+//! backend (the emulated ATA disk on a shared image) may interleave between them, as two
+//! controllers on one disk may.
 
 use core::mem::size_of;
 
@@ -17,7 +36,8 @@ use pvkit_abi::block::{
 };
 use pvkit_abi::Status;
 use pvkit_devices::{BackendError, BlockBackend};
-use vm_memory::{Bytes, GuestMemory, GuestMemoryError};
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::{Bytes, GuestMemory, GuestMemoryError, Permissions, VolatileSlice};
 
 use crate::guest_range::{GuestRange, RangeError};
 use crate::ring::{Batch, RingConsumer, RingError};
@@ -67,8 +87,8 @@ pub enum BlockError {
         /// The range error.
         source: RangeError,
     },
-    /// Copying between guest memory and the bounce buffer failed after validation, e.g.
-    /// because the memory map changed (`EFAULT`).
+    /// A validated guest range could not be resolved to host memory, e.g. because the
+    /// memory map changed (`EFAULT`; nothing was transferred).
     #[error("guest memory access failed: {0}")]
     Memory(#[from] GuestMemoryError),
     /// The backend failed (`EIO`; `ENOSPC` when the host is out of space; `EPERM` when the
@@ -106,17 +126,13 @@ struct Transfer {
 #[derive(Debug)]
 pub struct BlockDevice<B: BlockBackend> {
     backend: B,
-    /// Bounce buffer of exactly [`MAX_REQUEST_BYTES`], allocated once.
-    scratch: Vec<u8>,
 }
 
 impl<B: BlockBackend> BlockDevice<B> {
-    /// A device serving `backend`. Allocates the [`MAX_REQUEST_BYTES`] bounce buffer.
+    /// A device serving `backend`. Allocates nothing: data moves directly between the
+    /// backend and guest memory.
     pub fn new(backend: B) -> Self {
-        Self {
-            backend,
-            scratch: vec![0; MAX_REQUEST_BYTES as usize],
-        }
+        Self { backend }
     }
 
     /// Capacity in whole 512-byte sectors (a trailing partial sector is not addressable).
@@ -194,27 +210,34 @@ impl<B: BlockBackend> BlockDevice<B> {
             return Ok(0);
         }
         let xfer = self.validate(mem, op, req)?;
-        // Every check passed; only now touch the backend.
-        let buf = self
-            .scratch
-            .get_mut(..xfer.total)
-            .ok_or(BlockError::TooManyBytes(xfer.total as u64))?;
-        match xfer.op {
-            BlockOp::Read => {
-                self.backend.read_at(xfer.offset, buf)?;
-                for_each_segment(&xfer, buf, |range, chunk| {
-                    mem.write_slice(chunk, range.guest_addr())
-                })?;
+        // Every rule passed. Resolve every segment to host memory before any data moves:
+        // a failure here leaves both the disk and guest memory untouched.
+        let access = match xfer.op {
+            BlockOp::Read => Permissions::Write,
+            _ => Permissions::Read,
+        };
+        for range in xfer.segments.iter().flatten() {
+            for slice in mem.get_slices(range.guest_addr(), range.len(), access)? {
+                slice?;
             }
-            BlockOp::Write => {
-                // Copy all the data out of the guest first: a fault here leaves the disk
-                // untouched, and the guest cannot change the data during the write.
-                for_each_segment_mut(&xfer, buf, |range, chunk| {
-                    mem.read_slice(chunk, range.guest_addr())
-                })?;
-                self.backend.write_at(xfer.offset, buf)?;
+        }
+        // Only now touch the backend: segment after segment, each slice (one per guest
+        // memory region the segment covers) straight to or from the backend.
+        let mut offset = xfer.offset;
+        for range in xfer.segments.iter().flatten() {
+            for slice in mem.get_slices(range.guest_addr(), range.len(), access)? {
+                let slice = slice?;
+                match xfer.op {
+                    BlockOp::Read => with_plain_slice(&slice, true, |s| {
+                        self.backend.read_volatile_at(offset, s)
+                    })?,
+                    _ => with_plain_slice(&slice, false, |s| {
+                        self.backend.write_volatile_at(offset, s)
+                    })?,
+                }
+                // At most MAX_REQUEST_BYTES past a validated offset: no overflow.
+                offset += slice.len() as u64;
             }
-            BlockOp::Flush => {}
         }
         Ok(xfer.total as u64)
     }
@@ -291,38 +314,27 @@ fn read_request<M: GuestMemory + ?Sized>(mem: &M, gpa: u64) -> Result<BlockReque
     Ok(mem.read_obj::<Wire<BlockRequest>>(range.guest_addr())?.0)
 }
 
-/// Calls `f` with each segment's range and its slice of `buf`, in order.
-fn for_each_segment<F>(xfer: &Transfer, buf: &[u8], mut f: F) -> Result<(), BlockError>
-where
-    F: FnMut(&GuestRange, &[u8]) -> Result<(), GuestMemoryError>,
-{
-    let mut pos = 0usize;
-    for range in xfer.segments.iter().flatten() {
-        let end = pos.saturating_add(range.len());
-        let chunk = buf
-            .get(pos..end)
-            .ok_or(BlockError::TooManyBytes(end as u64))?;
-        f(range, chunk)?;
-        pos = end;
+/// Lends `slice` to `f` as a bitmap-less [`VolatileSlice`] (what the object-safe
+/// [`BlockBackend`] methods take), holding its pointer guard meanwhile; afterwards, if
+/// `dirty` (the backend wrote the memory), marks all of `slice` dirty in its bitmap, whatever
+/// `f` returned (a failed read may have written part of it).
+fn with_plain_slice<S: BitmapSlice, R>(
+    slice: &VolatileSlice<'_, S>,
+    dirty: bool,
+    f: impl FnOnce(&VolatileSlice<'_>) -> R,
+) -> R {
+    let guard = slice.ptr_guard_mut();
+    // SAFETY: the guard's pointer is valid for `slice.len()` bytes for as long as `slice`
+    // (which borrows guest memory) and the guard (which keeps a transient mapping alive
+    // where there is one) live; `plain` is only lent to `f` inside this function, so it
+    // cannot outlive either. Every other user of that memory (the guest, other vm-memory
+    // accesses) already treats it as volatile, the contract `VolatileSlice::new` asks for.
+    let plain = unsafe { VolatileSlice::new(guard.as_ptr(), slice.len()) };
+    let r = f(&plain);
+    if dirty {
+        slice.bitmap().mark_dirty(0, slice.len());
     }
-    Ok(())
-}
-
-/// Calls `f` with each segment's range and its mutable slice of `buf`, in order.
-fn for_each_segment_mut<F>(xfer: &Transfer, buf: &mut [u8], mut f: F) -> Result<(), BlockError>
-where
-    F: FnMut(&GuestRange, &mut [u8]) -> Result<(), GuestMemoryError>,
-{
-    let mut pos = 0usize;
-    for range in xfer.segments.iter().flatten() {
-        let end = pos.saturating_add(range.len());
-        let chunk = buf
-            .get_mut(pos..end)
-            .ok_or(BlockError::TooManyBytes(end as u64))?;
-        f(range, chunk)?;
-        pos = end;
-    }
-    Ok(())
+    r
 }
 
 #[cfg(test)]
@@ -504,6 +516,134 @@ mod tests {
         let at_end = RAM as u64 - size_of::<BlockRequest>() as u64 + 1;
         assert_eq!(d.handle_gpa(&m, at_end), (Status::EFAULT, 0));
         assert_eq!(d.handle_gpa(&m, u64::MAX - 8), (Status::EFAULT, 0));
+    }
+
+    /// Guest memory of two adjacent regions, `[0, 64 KiB)` and `[64 KiB, 128 KiB)` (two
+    /// separate host mappings), or with a 64 KiB hole between them (`hole`).
+    fn two_regions(hole: bool) -> GuestMemoryMmap<()> {
+        let second = if hole { 0x2_0000 } else { 0x1_0000 };
+        GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x1_0000),
+            (GuestAddress(second), 0x1_0000),
+        ])
+        .unwrap()
+    }
+
+    /// A file-backed disk (the zero-copy `pread`/`pwrite` path), removed on drop.
+    struct TempDisk(std::path::PathBuf);
+
+    impl TempDisk {
+        fn new(tag: &str, data: &[u8]) -> (Self, pvkit_devices::FileBackend) {
+            let path = std::env::temp_dir()
+                .join(format!("pvkit-pv-block-{tag}-{}.img", std::process::id()));
+            std::fs::write(&path, data).unwrap();
+            let b = pvkit_devices::FileBackend::open(&path, false).unwrap();
+            (TempDisk(path), b)
+        }
+    }
+
+    impl Drop for TempDisk {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn disk_pattern() -> Vec<u8> {
+        (0..DISK).map(|i| (i * 7 + i / 512) as u8).collect()
+    }
+
+    /// A read whose segments cross the boundary between two guest memory regions lands in
+    /// both, in order, with the memory and the file backend.
+    fn read_across_regions<B: BlockBackend>(mut d: BlockDevice<B>) {
+        let m = two_regions(false);
+        let disk = disk_pattern();
+        // 8 KiB straddling 64 KiB, then 1 KiB at the start of RAM.
+        let req = request(1, 10, &[seg(0x1_0000 - 4096, 8192), seg(0, 1024)]);
+        assert_eq!(d.handle(&m, &req), (Status::Ok, 9216));
+        let mut a = vec![0u8; 8192];
+        let mut b = vec![0u8; 1024];
+        m.read_slice(&mut a, GuestAddress(0x1_0000 - 4096)).unwrap();
+        m.read_slice(&mut b, GuestAddress(0)).unwrap();
+        assert_eq!(a, &disk[10 * 512..26 * 512]);
+        assert_eq!(b, &disk[26 * 512..28 * 512]);
+        // The same bytes written back elsewhere from the straddling buffer.
+        let req = request(2, 100, &[seg(0x1_0000 - 4096, 8192)]);
+        assert_eq!(d.handle(&m, &req), (Status::Ok, 8192));
+        let mut back = vec![0u8; 8192];
+        d.backend_mut().read_at(100 * 512, &mut back).unwrap();
+        assert_eq!(back, a);
+    }
+
+    #[test]
+    fn a_read_lands_across_two_guest_memory_regions() {
+        read_across_regions(BlockDevice::new(MemBackend::from_vec(disk_pattern())));
+        let (_tmp, file) = TempDisk::new("regions", &disk_pattern());
+        read_across_regions(BlockDevice::new(file));
+    }
+
+    #[test]
+    fn a_segment_over_a_hole_is_refused_before_any_io() {
+        let m = two_regions(true);
+        m.write_slice(&[0x77; 4096], GuestAddress(0)).unwrap();
+        let (_tmp, file) = TempDisk::new("hole", &disk_pattern());
+        let mut d = BlockDevice::new(file);
+        // A good first segment, then one that runs from RAM into the hole.
+        for op in [1, 2] {
+            let req = request(op, 0, &[seg(0, 4096), seg(0x1_0000 - 512, 1024)]);
+            assert_eq!(d.handle(&m, &req), (Status::EFAULT, 0), "op {op}");
+            // Entirely inside the hole, or in the second region's last bytes and beyond.
+            let req = request(op, 0, &[seg(0x1_8000, 512)]);
+            assert_eq!(d.handle(&m, &req), (Status::EFAULT, 0));
+            let req = request(op, 0, &[seg(0x3_0000 - 512, 1024)]);
+            assert_eq!(d.handle(&m, &req), (Status::EFAULT, 0));
+        }
+        let mut disk = vec![0u8; DISK];
+        d.backend_mut().read_at(0, &mut disk).unwrap();
+        assert_eq!(disk, disk_pattern(), "a refused request changed the disk");
+        let mut ram = vec![0u8; 4096];
+        m.read_slice(&mut ram, GuestAddress(0)).unwrap();
+        assert_eq!(ram, [0x77; 4096], "a refused read changed guest memory");
+    }
+
+    #[test]
+    fn file_backend_zero_copy_round_trip() {
+        let m = mem();
+        let (_tmp, file) = TempDisk::new("zero-copy", &vec![0u8; 2 << 20]);
+        let mut d = BlockDevice::new(file);
+        let data: Vec<u8> = (0..MAX_REQUEST_BYTES as usize)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        m.write_slice(&data, GuestAddress(0)).unwrap();
+        // The largest request: 8 × 128 KiB, written then read back elsewhere in reverse
+        // segment order.
+        let segs: Vec<BlockSegment> = (0..8).map(|i| seg(i * 0x2_0000, 0x2_0000)).collect();
+        assert_eq!(
+            d.handle(&m, &request(2, 7, &segs)),
+            (Status::Ok, MAX_REQUEST_BYTES)
+        );
+        let rev: Vec<BlockSegment> = (0..8).rev().map(|i| seg(i * 0x2_0000, 0x2_0000)).collect();
+        m.write_slice(&vec![0u8; data.len()], GuestAddress(0))
+            .unwrap();
+        assert_eq!(
+            d.handle(&m, &request(1, 7, &rev)),
+            (Status::Ok, MAX_REQUEST_BYTES)
+        );
+        let mut got = vec![0u8; data.len()];
+        m.read_slice(&mut got, GuestAddress(0)).unwrap();
+        for (i, chunk) in got.chunks(0x2_0000).enumerate() {
+            let j = 7 - i;
+            assert_eq!(
+                chunk,
+                &data[j * 0x2_0000..(j + 1) * 0x2_0000],
+                "segment {i}"
+            );
+        }
+        // Flush, and a request past the end of the 2 MiB image.
+        assert_eq!(d.handle(&m, &request(3, 0, &[])), (Status::Ok, 0));
+        assert_eq!(
+            d.handle(&m, &request(1, 4096, &[seg(0, 512)])),
+            (Status::ERANGE, 0)
+        );
     }
 
     /// A backend whose every operation fails with a chosen OS error.

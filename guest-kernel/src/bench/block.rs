@@ -39,22 +39,44 @@
 //! | `pv-hypercall` | one `BlockIo` exit (1 MiB = one request of 8 × 128 KiB segments) | per operation |
 //! | `pv-ring`, `pv-ioeventfd`, `pv-poll` | ring of 64 slots; 4 KiB: batches of 32 requests, 1 MiB: one request per batch (its single buffer); one publish and at most one doorbell per batch, then spin on `rsp_prod` | per batch |
 //!
+//! # The hot loops
+//!
+//! Both PV drivers reuse request templates, as a real driver keeps its request
+//! structures: [`PvBlock`] rewrites only the sector and, when the buffer moves, the
+//! segment address; on the rings every slot is pre-filled once per workload
+//! ([`BlockRing::set_template`]: op, segment lengths, the slot number as id), and a batch
+//! stores only a sector and a buffer address per request ([`fill`]), is pushed with one
+//! commit, and its responses are checked with one `or` chain. That matters where ring 0
+//! is interpreted (kvm_pvm: ~1 µs per instruction).
+//!
+//! | variant | where the timed loop runs |
+//! |---|---|
+//! | `ata-pio`, `pv-hypercall`, `pv-ring`, `pv-ioeventfd` | ring 0 (a port write, the hypercall or the doorbell, needs it) |
+//! | `pv-poll` | **ring 3** ([`crate::user`]), like a process polling an io_uring with `SQPOLL` or an SPDK queue mapped into it: it fills requests and polls `rsp_prod` while a host I/O thread polls `req_prod`; no exit, natively on kvm_pvm. `cycles_total` is measured in ring 3 around the loop (without the one-time switch into and out of ring 3); the sample carries [`SAMPLE_RING3`] |
+//!
+//! The loop itself ([`ring_loop`]) is the same code in both rings. Should the host stop
+//! polling and ask for a doorbell, ring-3 code cannot ring it (IOPL 0): it returns to ring
+//! 0, which rings and re-enters.
+//!
 //! Checks: every operation must complete without an ATA error / with status OK and all
 //! bytes moved (`SAMPLE_VERIFIED`; otherwise `SAMPLE_FAILED` and the case stops). After
 //! the phase of a write case (unbilled), the disk is flushed and the flush checked too.
 
 use super::{begin, case, end, Outcome, Runner, Scratch, RING_VARIANTS};
 use crate::statics::{Exclusive, Pages};
+use crate::user;
 use pvkit_abi::bench::{
-    CaseId, Device, OpRecord, Variant, Workload, MAX_OP_LOG, OP_READ, OP_WRITE,
+    CaseId, Device, OpRecord, Variant, Workload, MAX_OP_LOG, OP_READ, OP_WRITE, SAMPLE_RING3,
 };
-use pvkit_abi::block::{BlockOp, SECTOR_SIZE};
+use pvkit_abi::block::{BlockOp, BlockRequest, SECTOR_SIZE};
 use pvkit_abi::cpuid::Features;
+use pvkit_abi::ring::RingId;
 use pvkit_abi::Status;
 use pvkit_guest::addr::virt_to_phys;
 use pvkit_guest::ata::Ata;
-use pvkit_guest::block::{self, BlockRing, PvBlock};
+use pvkit_guest::block::{self, set_segment_addrs, BlockRing, PvBlock, SEGMENT_BYTES};
 use pvkit_guest::port::Pio;
+use pvkit_guest::ring::kick;
 use pvkit_guest::tsc::rdtsc;
 
 /// The synchronous PV variant.
@@ -428,24 +450,8 @@ fn sync_cases<D: SyncDevice>(
         let (mut samples, log) = scratch.split();
         let (n, start) = plan(log, addrs, w, ops, virt_to_phys(buf.as_ptr()), slots);
         let plan = &log[..n];
-        let mut k = start;
-        let mut done = 0;
         let t0 = begin(id);
-        while done < ops {
-            let rec = &plan[k];
-            let s = rdtsc();
-            // SAFETY: the plan names slots of this workload's buffer, untouched otherwise.
-            let ok = unsafe { dev.op(w.op, rec.sector, rec.addr, rec.len) };
-            samples.push(rdtsc() - s);
-            if !ok {
-                break;
-            }
-            done += 1;
-            k += 1;
-            if k == n {
-                k = 0;
-            }
-        }
+        let done = sync_loop(dev, w.op, plan, start, ops, &mut samples);
         let cycles_total = end(id, t0, done);
         let mut failed = done != ops;
         if w.op == BlockOp::Write && !failed {
@@ -464,6 +470,217 @@ fn sync_cases<D: SyncDevice>(
     }
 }
 
+/// The timed loop of a synchronous case: `ops` operations of `op` from plan record
+/// `start` on (wrapping), each timed with its own pair of `rdtsc`s; returns the
+/// operations completed (the loop stops at the first failure). The plan is walked in runs
+/// up to its end, so there is no index wrap per operation.
+#[inline(always)]
+fn sync_loop<D: SyncDevice>(
+    dev: &mut D,
+    op: BlockOp,
+    plan: &[OpRecord],
+    start: usize,
+    ops: u64,
+    samples: &mut super::Samples<'_>,
+) -> u64 {
+    let mut done = 0;
+    let mut k = start;
+    while done < ops {
+        let left = usize::try_from(ops - done).unwrap_or(usize::MAX);
+        let run = plan.get(k..).unwrap_or_default();
+        let run = &run[..run.len().min(left)];
+        if run.is_empty() {
+            break;
+        }
+        for rec in run {
+            let s = rdtsc();
+            // SAFETY: the plan names slots of this workload's buffer, untouched otherwise.
+            let ok = unsafe { dev.op(op, rec.sector, rec.addr, rec.len) };
+            samples.push(rdtsc() - s);
+            if !ok {
+                return done;
+            }
+            done += 1;
+        }
+        k = 0;
+    }
+    done
+}
+
+/// What a batch stores per request on top of the template ([`BlockRing::set_template`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+enum Fill {
+    /// The sector only: every operation uses the template's buffer (1 MiB cases).
+    Sector,
+    /// The sector and the one segment's address (4 KiB cases).
+    SectorAddr,
+    /// The sector and every segment address (several segments and several buffers: not
+    /// used by these workloads, kept for completeness).
+    SectorSegments,
+}
+
+/// Writes the plan's operations from record `k` on (wrapping at the end of the plan)
+/// into `slots`, storing only what `how` says on top of the template; returns the plan
+/// index after them. Out of line so that its instructions can be counted
+/// (`objdump -d`): per request of a `SectorAddr` batch, two loads, two stores and the
+/// loop step.
+#[inline(never)]
+fn fill(slots: &mut [BlockRequest], plan: &[OpRecord], mut k: usize, how: Fill) -> usize {
+    let mut slots = slots;
+    while !slots.is_empty() {
+        let recs = plan.get(k..).unwrap_or_default();
+        if recs.is_empty() {
+            break;
+        }
+        let m = slots.len().min(recs.len());
+        let (now, rest) = slots.split_at_mut(m);
+        match how {
+            Fill::Sector => {
+                for (req, rec) in now.iter_mut().zip(recs) {
+                    req.sector = rec.sector;
+                }
+            }
+            Fill::SectorAddr => {
+                // Four requests per step: the loop overhead is then a quarter of an
+                // instruction per request (LLVM unrolls this zip only by two).
+                let mut reqs = now.chunks_exact_mut(4);
+                let mut quads = recs.chunks_exact(4);
+                for (r4, p4) in (&mut reqs).zip(&mut quads) {
+                    for (req, rec) in r4.iter_mut().zip(p4) {
+                        req.sector = rec.sector;
+                        req.segments[0].addr = rec.addr;
+                    }
+                }
+                for (req, rec) in reqs.into_remainder().iter_mut().zip(quads.remainder()) {
+                    req.sector = rec.sector;
+                    req.segments[0].addr = rec.addr;
+                }
+            }
+            Fill::SectorSegments => {
+                for (req, rec) in now.iter_mut().zip(recs) {
+                    req.sector = rec.sector;
+                    set_segment_addrs(req, rec.addr);
+                }
+            }
+        }
+        slots = rest;
+        k += m;
+        if k >= plan.len() {
+            k = 0;
+        }
+    }
+    k
+}
+
+/// The state of a ring case's timed loop, shared by ring 0 and [`ring_loop`], which may
+/// run in ring 3 (everything here is reachable there: the identity map is user-accessible).
+#[repr(C)]
+struct RingLoop {
+    ring: *mut BlockRing,
+    plan: *const OpRecord,
+    /// Plan records.
+    n: usize,
+    /// The next plan record.
+    k: usize,
+    ops: u64,
+    done: u64,
+    queue_depth: u64,
+    how: Fill,
+    /// Bytes per operation (what each response must report).
+    len: u64,
+    /// Ring time-out in TSC cycles.
+    timeout: u64,
+    samples: *mut u64,
+    max_samples: usize,
+    n_samples: usize,
+    /// Requests of the batch published and not yet answered (0: none).
+    in_flight: u64,
+    /// The TSC when the batch in flight started.
+    batch_start: u64,
+    /// TSC cycles spent in [`ring_loop`] (summed over its calls).
+    cycles: u64,
+    failed: bool,
+    /// The loop runs in ring 3: a doorbell needs ring 0 (`kick` on return).
+    user: bool,
+    /// Set on return: ring the block doorbell and call [`ring_loop`] again.
+    kick: bool,
+}
+
+/// The batches of a ring case, until `ops` are done, one fails, or (in ring 3) the host
+/// wants a doorbell. Per batch: fill the slots from the plan ([`fill`]), commit, publish,
+/// ring if asked (ring 0), spin until every response is in, check them all with one `or`
+/// chain, record the cycles per request. `arg` is the address of a [`RingLoop`].
+///
+/// The same function runs in ring 0 and, called through [`user::call`], in ring 3: there
+/// it uses no port I/O (the doorbell is left to ring 0) and touches only the ring, the
+/// plan, the samples and the `RingLoop` (all in the user-accessible identity map).
+extern "C" fn ring_loop(arg: u64) -> u64 {
+    // SAFETY: `arg` is the address of a `RingLoop` that `ring_cases` owns and does not
+    // touch during this call.
+    let l = unsafe { &mut *(arg as *mut RingLoop) };
+    // SAFETY: `l.ring` points to the `BlockRing` `ring_cases` borrows mutably for the case
+    // and does not use during this call; `l.plan` to `l.n` records of the op log, which
+    // nothing writes during the phase.
+    let (ring, plan) = unsafe { (&mut *l.ring, core::slice::from_raw_parts(l.plan, l.n)) };
+    let start = rdtsc();
+    l.kick = false;
+    loop {
+        if l.in_flight == 0 {
+            if l.done >= l.ops || l.failed {
+                break;
+            }
+            let batch = l.queue_depth.min(l.ops - l.done);
+            l.batch_start = rdtsc();
+            match ring.slots_mut(batch as u32) {
+                Ok((a, b)) => {
+                    l.k = fill(a, plan, l.k, l.how);
+                    l.k = fill(b, plan, l.k, l.how);
+                }
+                Err(_) => {
+                    l.failed = true;
+                    break;
+                }
+            }
+            // SAFETY: the slots now name slots of this workload's 'static buffer (4 KiB:
+            // `batch` ≤ 32 consecutive plan records, so no slot twice; 1 MiB: the one
+            // buffer, one request per batch), which Rust code does not touch until the
+            // batch's responses are consumed below.
+            l.failed |= unsafe { ring.commit(batch as u32) }.is_err();
+            l.in_flight = batch;
+            if ring.publish() {
+                if l.user {
+                    l.kick = true;
+                    break;
+                }
+                kick(RingId::Block);
+            }
+        }
+        let len = l.len;
+        let mut bad = 0u64;
+        let waited = ring.wait(l.timeout, |rsp| {
+            bad |= rsp.status as u64 | (rsp.bytes ^ len);
+        });
+        if l.n_samples < l.max_samples {
+            // SAFETY: `n_samples < max_samples`: inside the scratch samples.
+            unsafe {
+                l.samples
+                    .add(l.n_samples)
+                    .write((rdtsc() - l.batch_start) / l.in_flight)
+            };
+            l.n_samples += 1;
+        }
+        if bad != 0 || waited.is_err() {
+            l.failed = true;
+        } else {
+            l.done += l.in_flight;
+        }
+        l.in_flight = 0;
+    }
+    l.cycles += rdtsc() - start;
+    0
+}
+
 /// The four workloads over a block ring.
 fn ring_cases(
     r: &mut Runner,
@@ -474,6 +691,7 @@ fn ring_cases(
     area: u64,
 ) {
     let timeout = r.ring_timeout();
+    let user = variant == Variant::PvPoll;
     for w in &WORKS {
         let id = case(Device::Block, variant, w.workload);
         let Some(addrs) = Addresses::new(id, w, area) else {
@@ -485,38 +703,61 @@ fn ring_cases(
         let slots = buf.len() / w.len;
         let len = w.len as u32;
         let queue_depth = if w.len == SMALL { QUEUE_DEPTH } else { 1 };
-        let (mut samples, log) = scratch.split();
-        let (n, start) = plan(log, addrs, w, ops, virt_to_phys(buf.as_ptr()), slots);
-        let plan = &log[..n];
-        let mut k = start;
-        let mut done = 0;
-        let mut failed = false;
-        let t0 = begin(id);
-        while done < ops && !failed {
-            let batch = queue_depth.min(ops - done);
-            let s = rdtsc();
-            for req in done..done + batch {
-                let rec = &plan[k];
-                // SAFETY: the plan names slots of this workload's 'static buffer, which
-                // Rust code does not touch until `wait` has returned the batch; a batch
-                // (≤ 32 requests, consecutive plan records) never uses a slot twice.
-                failed |= unsafe { ring.queue(req, w.op, rec.sector, rec.addr, len) }.is_err();
-                k += 1;
-                if k == n {
-                    k = 0;
-                }
-            }
-            ring.submit();
-            let waited = ring.wait(timeout, |rsp| {
-                failed |= rsp.status != Status::Ok as i64 || rsp.bytes != u64::from(len);
-            });
-            samples.push((rdtsc() - s) / batch);
-            failed |= waited.is_err();
-            if !failed {
-                done += batch;
-            }
+        let base = virt_to_phys(buf.as_ptr());
+        // The template: every slot a request of `len` bytes at `base` (set-up, unbilled).
+        // A case that stopped with requests in flight leaves slots that cannot be
+        // templated: fail this one rather than send stale requests.
+        if ring.ring().outstanding() != 0 || ring.set_template(w.op, len, base).is_err() {
+            r.fail_setup(id, format_args!("the ring is not idle"), scratch);
+            continue;
         }
-        let cycles_total = end(id, t0, done);
+        let how = match (slots, len > SEGMENT_BYTES) {
+            (1, _) => Fill::Sector,
+            (_, false) => Fill::SectorAddr,
+            (_, true) => Fill::SectorSegments,
+        };
+        let (mut samples, log) = scratch.split();
+        let (n, start) = plan(log, addrs, w, ops, base, slots);
+        let mut l = RingLoop {
+            ring: &raw mut *ring,
+            plan: log.as_ptr(),
+            n,
+            k: start,
+            ops,
+            done: 0,
+            queue_depth,
+            how,
+            len: u64::from(len),
+            timeout,
+            samples: samples.as_mut_ptr(),
+            max_samples: samples.capacity(),
+            n_samples: 0,
+            in_flight: 0,
+            batch_start: 0,
+            cycles: 0,
+            failed: false,
+            user,
+            kick: false,
+        };
+        let t0 = begin(id);
+        loop {
+            if user {
+                user::call(ring_loop, &raw mut l as u64);
+            } else {
+                ring_loop(&raw mut l as u64);
+            }
+            if !l.kick {
+                break;
+            }
+            kick(RingId::Block);
+        }
+        let done = l.done;
+        let mut failed = l.failed;
+        samples.set_len(l.n_samples);
+        let phase = end(id, t0, done);
+        // In ring 3 the loop's own time, as in the ring-3 clock cases: the one-time switch
+        // into and out of ring 3 is in the host's wall time, not here.
+        let cycles_total = if user { l.cycles } else { phase };
         if w.op == BlockOp::Write && !failed {
             failed = ring.queue_flush(u64::MAX).is_err();
             ring.submit();
@@ -529,7 +770,7 @@ fn ring_cases(
             ops: done,
             bytes: done * w.len as u64,
             cycles_total,
-            flags: Outcome::checked(failed),
+            flags: Outcome::checked(failed) | if user { SAMPLE_RING3 } else { 0 },
             extra: 0,
             samples: samples.len(),
             log: logged(done, ops, n, start),

@@ -22,7 +22,7 @@
 
 use super::{begin, case, end, Outcome, Runner, Scratch};
 use crate::user;
-use pvkit_abi::bench::{CaseId, Device, Variant, Workload};
+use pvkit_abi::bench::{CaseId, Device, Variant, Workload, SAMPLE_RING3};
 use pvkit_abi::cpuid::Features;
 use pvkit_guest::clock::{self, kvm, ClockPage, ClockReader};
 use pvkit_guest::pit::{ticks_to_ns, PitClock};
@@ -230,7 +230,8 @@ fn read_case(
     let outcome = Outcome {
         ops,
         cycles_total,
-        flags: Outcome::checked(failed),
+        // The reads ran in ring 3, as through a vDSO.
+        flags: Outcome::checked(failed) | SAMPLE_RING3,
         extra,
         samples,
         ..Outcome::default()

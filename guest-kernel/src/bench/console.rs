@@ -10,17 +10,26 @@
 //! | `pv-hypercall` | 1 `ConsoleWrite` exit | per write |
 //! | `pv-ring`, `pv-ioeventfd`, `pv-poll` | batches of [`QUEUE_DEPTH`]: push, one publish, at most one doorbell, wait for the responses | per batch |
 //!
+//! Where the timed loop runs: ring 0, except `pv-poll`, whose batches run in **ring 3**
+//! ([`crate::user`]) the way a process writes into an io_uring polled by the kernel
+//! (`SQPOLL`): it queues and polls the responses natively on kvm_pvm while a host thread
+//! polls `req_prod`; no exit, no doorbell. Its `cycles_total` is measured in ring 3 around
+//! the loop (without the one-time ring switch) and its sample carries `SAMPLE_RING3`.
+//! The loop ([`ring_loop`]) is the same code in both rings; in ring 3 a doorbell the host
+//! asks for (it never does while it polls) is left to ring 0.
+//!
 //! Checks: every PV write must return OK with all bytes written (else `SAMPLE_FAILED`;
 //! all OK gives `SAMPLE_VERIFIED`). The UART has nothing to check.
 
 use super::{begin, case, end, Outcome, Runner, Scratch, RING_VARIANTS};
 use crate::statics::{Exclusive, Pages};
-use pvkit_abi::bench::{Device, Variant, Workload};
+use crate::user;
+use pvkit_abi::bench::{Device, Variant, Workload, SAMPLE_RING3};
 use pvkit_abi::cpuid::Features;
 use pvkit_abi::ports::COM1;
-use pvkit_abi::ring::Transport;
-use pvkit_abi::Status;
+use pvkit_abi::ring::{RingId, Transport};
 use pvkit_guest::console_ring::ConsoleRing;
+use pvkit_guest::ring::kick;
 use pvkit_guest::tsc::rdtsc;
 use pvkit_guest::{PvConsole, Uart16550};
 
@@ -169,37 +178,133 @@ fn ring(
         }
     };
     let timeout = r.ring_timeout();
+    let user = variant == Variant::PvPoll;
     for (workload, len, default, quick) in WORKLOADS {
         let id = case(Device::Console, variant, workload);
         let ops = r.count(default, quick);
-        let bytes: &'static [u8] = &PATTERN[..len];
         let mut samples = scratch.samples();
-        let mut failed = false;
-        let mut done = 0;
+        let mut l = RingLoop {
+            ring: &raw mut ring,
+            bytes: &PATTERN[..len],
+            ops,
+            done: 0,
+            timeout,
+            samples: samples.as_mut_ptr(),
+            max_samples: samples.capacity(),
+            n_samples: 0,
+            in_flight: 0,
+            batch_start: 0,
+            cycles: 0,
+            failed: false,
+            user,
+            kick: false,
+        };
         let t0 = begin(id);
-        while done < ops && !failed {
-            let batch = QUEUE_DEPTH.min(ops - done);
-            let s = rdtsc();
-            for _ in 0..batch {
-                failed |= ring.queue(bytes).is_err();
+        loop {
+            if user {
+                user::call(ring_loop, &raw mut l as u64);
+            } else {
+                ring_loop(&raw mut l as u64);
             }
-            ring.submit();
-            let waited = ring.wait(timeout, |rsp| {
-                failed |= rsp.status != Status::Ok as i64 || rsp.written as usize != len;
-            });
-            samples.push((rdtsc() - s) / batch);
-            failed |= waited.is_err();
-            done += batch;
+            if !l.kick {
+                break;
+            }
+            kick(RingId::Console);
         }
-        let cycles_total = end(id, t0, done);
+        let done = l.done;
+        samples.set_len(l.n_samples);
+        let phase = end(id, t0, done);
         let outcome = Outcome {
             ops: done,
             bytes: done * len as u64,
-            cycles_total,
-            flags: Outcome::checked(failed),
+            // In ring 3 the loop's own time, without the one-time ring switch.
+            cycles_total: if user { l.cycles } else { phase },
+            flags: Outcome::checked(l.failed) | if user { SAMPLE_RING3 } else { 0 },
             samples: samples.len(),
             ..Outcome::default()
         };
         r.report(id, &outcome, scratch);
     }
+}
+
+/// The state of a console ring case's timed loop, shared by ring 0 and [`ring_loop`],
+/// which may run in ring 3 (all of it is in the user-accessible identity map).
+#[repr(C)]
+struct RingLoop {
+    ring: *mut ConsoleRing,
+    bytes: &'static [u8],
+    ops: u64,
+    done: u64,
+    /// Ring time-out in TSC cycles.
+    timeout: u64,
+    samples: *mut u64,
+    max_samples: usize,
+    n_samples: usize,
+    /// Writes of the batch published and not yet answered (0: none).
+    in_flight: u64,
+    /// The TSC when the batch in flight started.
+    batch_start: u64,
+    /// TSC cycles spent in [`ring_loop`] (summed over its calls).
+    cycles: u64,
+    failed: bool,
+    /// The loop runs in ring 3: a doorbell needs ring 0 (`kick` on return).
+    user: bool,
+    /// Set on return: ring the console doorbell and call [`ring_loop`] again.
+    kick: bool,
+}
+
+/// The batches of a console ring case: queue up to [`QUEUE_DEPTH`] writes of `bytes`,
+/// publish, ring if asked (ring 0; in ring 3 return to ring 0 for it), wait for every
+/// response and check it, record the cycles per write. Stops after `ops` writes or the
+/// first failure. `arg` is the address of a [`RingLoop`]. Runs in either ring: no port
+/// I/O in ring 3.
+extern "C" fn ring_loop(arg: u64) -> u64 {
+    // SAFETY: `arg` is the address of a `RingLoop` that `ring` owns and does not touch
+    // during this call.
+    let l = unsafe { &mut *(arg as *mut RingLoop) };
+    // SAFETY: `l.ring` points to the `ConsoleRing` of `ring`, not used elsewhere meanwhile.
+    let ring = unsafe { &mut *l.ring };
+    let start = rdtsc();
+    l.kick = false;
+    let len = l.bytes.len() as u64;
+    loop {
+        if l.in_flight == 0 {
+            if l.done >= l.ops || l.failed {
+                break;
+            }
+            let batch = QUEUE_DEPTH.min(l.ops - l.done);
+            l.batch_start = rdtsc();
+            for _ in 0..batch {
+                l.failed |= ring.queue(l.bytes).is_err();
+            }
+            l.in_flight = batch;
+            if ring.publish() {
+                if l.user {
+                    l.kick = true;
+                    break;
+                }
+                kick(RingId::Console);
+            }
+        }
+        let mut bad = 0u64;
+        let waited = ring.wait(l.timeout, |rsp| {
+            bad |= rsp.status as u64 | (u64::from(rsp.written) ^ len);
+        });
+        if l.n_samples < l.max_samples {
+            // SAFETY: `n_samples < max_samples`: inside the scratch samples.
+            unsafe {
+                l.samples
+                    .add(l.n_samples)
+                    .write((rdtsc() - l.batch_start) / l.in_flight)
+            };
+            l.n_samples += 1;
+        }
+        l.failed |= bad != 0 || waited.is_err();
+        // As before: a batch counts as done once waited for (the host's console check
+        // then sees every byte it reports).
+        l.done += l.in_flight;
+        l.in_flight = 0;
+    }
+    l.cycles += rdtsc() - start;
+    0
 }

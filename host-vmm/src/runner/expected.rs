@@ -134,6 +134,9 @@ pub fn guest_lines(console: &[u8], marker: &str) -> Vec<(CaseId, String)> {
         .collect()
 }
 
+/// The reason of an unavailable case the guest neither ran nor skipped.
+pub const NOT_RUN: &str = "not run by the guest";
+
 /// A case the run should have measured but did not.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unavailable {
@@ -155,7 +158,7 @@ pub fn unavailable(
         .map(|case| Unavailable {
             case,
             reason: skips.iter().find(|(c, _)| *c == case).map_or_else(
-                || "not run by the guest".to_owned(),
+                || NOT_RUN.to_owned(),
                 |(_, why)| format!("skipped by the guest ({why})"),
             ),
         })

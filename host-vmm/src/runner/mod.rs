@@ -187,12 +187,12 @@ pub enum RunnerError {
     #[error("--iterations must be at least 1")]
     NoIterations,
     /// The disk image could not be created or read.
-    #[error("disk image {path}: {source}")]
+    #[error("disk image {path}: {error}")]
     Disk {
         /// The image.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (not a `source`: the message already says it).
+        error: std::io::Error,
     },
     /// An output file could not be written.
     #[error("cannot write {path}: {reason}")]
@@ -249,26 +249,26 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchOutcome, RunnerError> {
     let image = if cfg.devices.iter().any(|d| d.needs_disk()) {
         let image = match &cfg.disk {
             Some(p) => {
+                std::fs::metadata(p).map_err(|error| RunnerError::Disk {
+                    path: p.clone(),
+                    error,
+                })?;
                 bar.println(&format!(
                     "warning: the block cases write to {} (--disk): its contents will change",
                     p.display()
                 ));
-                std::fs::metadata(p).map_err(|source| RunnerError::Disk {
-                    path: p.clone(),
-                    source,
-                })?;
                 Image::User(p.clone())
             }
-            None => Image::Temp(disk::TempDisk::create(cfg.disk_bytes).map_err(|source| {
+            None => Image::Temp(disk::TempDisk::create(cfg.disk_bytes).map_err(|error| {
                 RunnerError::Disk {
                     path: std::env::temp_dir(),
-                    source,
+                    error,
                 }
             })?),
         };
-        let read = disk::page_cache_read(image.path()).map_err(|source| RunnerError::Disk {
+        let read = disk::page_cache_read(image.path()).map_err(|error| RunnerError::Disk {
             path: image.path().to_path_buf(),
-            source,
+            error,
         })?;
         baselines.push(Baseline {
             name: "host page-cache read of the image, 1 MiB preads".into(),
@@ -430,7 +430,20 @@ fn collect(runs: &[DeviceRun]) -> (Vec<Case>, Vec<String>, Vec<expected::Unavail
     let unavailable = devices
         .into_iter()
         .filter(|d| runs.iter().any(|r| r.device == *d && r.result.is_ok()))
-        .flat_map(|d| expected::unavailable(d, &measured, &skips))
+        .flat_map(|d| {
+            let clean = runs.iter().filter(|r| r.device == d).all(|r| {
+                r.result
+                    .as_ref()
+                    .is_ok_and(|o| matches!(o.stop, StopReason::Exit(_)))
+            });
+            let mut list = expected::unavailable(d, &measured, &skips);
+            if !clean {
+                for u in list.iter_mut().filter(|u| u.reason == expected::NOT_RUN) {
+                    u.reason = "not run: the guest stopped before it".into();
+                }
+            }
+            list
+        })
         .collect();
     let mut out = cases::build_cases(&all);
     out.extend(failed_cases);
