@@ -49,23 +49,36 @@ assert_layout!(
 );
 
 impl PvClock {
-    /// Nanoseconds at guest TSC value `tsc` (integer-only: no SSE, no floats).
+    /// Nanoseconds at guest TSC value `tsc` (integer-only: no SSE, no floats). Total over
+    /// every field value: a corrupt record gives a wrong time, never a panic (a shift of 64
+    /// or more in either direction yields a zero delta).
     pub const fn nanoseconds(&self, tsc: u64) -> u64 {
-        let mut delta = tsc.wrapping_sub(self.tsc_timestamp);
-        if self.tsc_shift < 0 {
-            delta >>= (-self.tsc_shift) as u32;
+        let raw = tsc.wrapping_sub(self.tsc_timestamp);
+        let shift = self.tsc_shift as i32;
+        let delta = if shift < 0 {
+            match raw.checked_shr(shift.unsigned_abs()) {
+                Some(d) => d,
+                None => 0,
+            }
         } else {
-            delta <<= self.tsc_shift as u32;
-        }
+            match raw.checked_shl(shift as u32) {
+                Some(d) => d,
+                None => 0,
+            }
+        };
         let scaled = ((delta as u128 * self.tsc_to_system_mul as u128) >> 32) as u64;
         self.system_time.wrapping_add(scaled)
     }
 
     /// The (`tsc_to_system_mul`, `tsc_shift`) pair for a TSC of `tsc_khz` kHz, as Linux's
-    /// `kvm_get_time_scale` computes it. `tsc_khz` must be non-zero.
+    /// `kvm_get_time_scale` computes it. Meaningful for `1..=u32::MAX` kHz; 0 gives
+    /// `(0, 0)` (a clock that never advances) and larger values saturate, never panic.
     pub const fn scale_for_khz(tsc_khz: u64) -> (u32, i8) {
+        if tsc_khz == 0 {
+            return (0, 0);
+        }
         let scaled_hz: u64 = 1_000_000_000;
-        let mut base_hz = tsc_khz * 1000;
+        let mut base_hz = tsc_khz.saturating_mul(1000);
         let mut shift: i8 = 0;
         let mut tps64 = base_hz;
         let mut tps32: u32;
@@ -111,6 +124,22 @@ mod tests {
             let err = ns.abs_diff(1_000_000_000);
             assert!(err < 1_000, "{khz} kHz: {ns} ns for one second of ticks");
         }
+    }
+
+    #[test]
+    fn corrupt_records_and_extreme_inputs_do_not_panic() {
+        // Fuzzing findings F-1 and F-2 (crates/fuzz/FINDINGS.md).
+        for shift in [i8::MIN, -64, -63, 63, 64, i8::MAX] {
+            let c = PvClock {
+                tsc_shift: shift,
+                tsc_to_system_mul: u32::MAX,
+                ..PvClock::default()
+            };
+            let _ = c.nanoseconds(u64::MAX);
+        }
+        assert_eq!(PvClock::scale_for_khz(0), (0, 0));
+        let _ = PvClock::scale_for_khz(u64::MAX / 1000 + 1);
+        let _ = PvClock::scale_for_khz(u64::MAX);
     }
 
     #[test]

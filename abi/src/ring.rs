@@ -99,27 +99,39 @@ pub const fn need_notify(new: u32, old: u32, event: u32) -> bool {
 }
 
 /// Total bytes of a ring of `size` slots with the given request and response sizes, or
-/// `None` if `size` is not a valid ring size.
+/// `None` if `size` is not a valid ring size or the total does not fit in `usize`.
 pub const fn ring_bytes(size: u32, request_size: usize, response_size: usize) -> Option<usize> {
     if !is_valid_size(size) {
         return None;
     }
-    Some(HEADER_SIZE + size as usize * (request_size + response_size))
+    let Some(slot) = request_size.checked_add(response_size) else {
+        return None;
+    };
+    let Some(slots) = (size as usize).checked_mul(slot) else {
+        return None;
+    };
+    HEADER_SIZE.checked_add(slots)
 }
 
-/// Byte offset of request slot `index mod size`.
+/// Byte offset of request slot `index mod size`. `size` must be a valid ring size
+/// ([`is_valid_size`]); for any other value the result is meaningless but the function
+/// does not panic (arithmetic wraps).
 pub const fn request_offset(size: u32, index: u32, request_size: usize) -> usize {
-    HEADER_SIZE + (index & (size - 1)) as usize * request_size
+    let slot = (index & size.wrapping_sub(1)) as usize;
+    HEADER_SIZE.wrapping_add(slot.wrapping_mul(request_size))
 }
 
-/// Byte offset of response slot `index mod size`.
+/// Byte offset of response slot `index mod size`. Same precondition as [`request_offset`].
 pub const fn response_offset(
     size: u32,
     index: u32,
     request_size: usize,
     response_size: usize,
 ) -> usize {
-    HEADER_SIZE + size as usize * request_size + (index & (size - 1)) as usize * response_size
+    let slot = (index & size.wrapping_sub(1)) as usize;
+    HEADER_SIZE
+        .wrapping_add((size as usize).wrapping_mul(request_size))
+        .wrapping_add(slot.wrapping_mul(response_size))
 }
 
 /// Whether `size` is a power of two in `1..=MAX_RING_SIZE`.
@@ -247,6 +259,18 @@ mod tests {
             HEADER_SIZE + 8 * 16 + 7 * 32
         );
         assert_eq!(ring_bytes(8, 16, 32), Some(64 + 8 * 48));
+    }
+
+    #[test]
+    fn offset_math_never_panics() {
+        // Fuzzing finding F-3 (crates/fuzz/FINDINGS.md).
+        let _ = request_offset(0, 5, usize::MAX);
+        let _ = response_offset(0, u32::MAX, usize::MAX, usize::MAX);
+        assert_eq!(ring_bytes(MAX_RING_SIZE, usize::MAX, 1), None);
+        assert_eq!(
+            ring_bytes(MAX_RING_SIZE, usize::MAX / 2, usize::MAX / 2),
+            None
+        );
     }
 
     #[test]

@@ -320,8 +320,10 @@ fn ring_math(r: &RingMath) {
     let bytes = ring_bytes(size, req, rsp);
     if !is_valid_size(size) {
         assert_eq!(bytes, None, "size {size}");
-        // The slot offset helpers are only defined for valid sizes (callers validate the
-        // size first, as `RingConsumer::new` does); see FINDINGS.md F-3.
+        // The slot offset helpers are meaningless for invalid sizes but must not panic
+        // (FINDINGS.md F-3, fixed).
+        let _ = request_offset(size, r.index, req);
+        let _ = response_offset(size, r.index, req, rsp);
         return;
     }
     let bytes = bytes.expect("valid size has a ring size");
@@ -343,9 +345,8 @@ fn clock(c: &ClockInput) {
         tsc_timestamp: c.tsc_timestamp,
         system_time: c.system_time,
         tsc_to_system_mul: c.mul,
-        // A shift of -128 or of magnitude >= 64 panics in `nanoseconds` (FINDINGS.md F-2);
-        // kept out so the rest of the target keeps running.
-        tsc_shift: c.shift.clamp(-63, 63),
+        // Any shift, including -128 and magnitudes >= 64 (FINDINGS.md F-2, fixed).
+        tsc_shift: c.shift,
         flags: 0,
         pad: [0; 2],
     };
@@ -357,11 +358,9 @@ fn clock(c: &ClockInput) {
 }
 
 fn scale(khz: u64, ticks: u64) {
-    // Documented precondition: non-zero. Above u64::MAX / 1000 the function overflows
-    // (FINDINGS.md F-1); those inputs are kept out so the rest of the target keeps running.
-    let khz = khz.clamp(1, u64::MAX / 1000);
+    // Any input must return (FINDINGS.md F-1, fixed); only 1..=u32::MAX kHz is meaningful.
     let (mul, shift) = PvClock::scale_for_khz(khz);
-    if khz > u64::from(u32::MAX) {
+    if khz == 0 || khz > u64::from(u32::MAX) {
         // Beyond what the host ever passes (`pvkit_pv::clock::MAX_TSC_KHZ`); only "returns".
         return;
     }
