@@ -52,6 +52,8 @@ pub mod ledger;
 pub mod memory;
 pub mod paravirt;
 pub mod platform;
+#[cfg(test)]
+mod proptests;
 pub mod runner;
 pub mod seccomp;
 pub mod serial;
