@@ -8,26 +8,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use common::{code, kvm_available, pvkit};
-use pvkit_vmm::guests;
+use common::{code, pvkit};
 use serde_json::Value;
 
-/// Whether the real guest and KVM are available. Under CI (`CI=true`) their absence fails.
+/// Whether the guests this file boots are built and KVM is usable (under CI: must be).
 fn ready() -> bool {
-    if guests::builtin_kernel().is_none() {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!(
-                "CI=true but pvkit was built without its guests: {}",
-                guests::BUILD_STATUS
-            );
-        }
-        eprintln!(
-            "note: skipping: no built-in guest ({})",
-            guests::BUILD_STATUS
-        );
-        return false;
-    }
-    kvm_available()
+    common::builtin_ready()
 }
 
 fn out_dir(name: &str) -> PathBuf {

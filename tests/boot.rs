@@ -7,29 +7,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::{code, kvm_available, pvkit, temp_file};
+use common::{code, pvkit, temp_file};
 use pvkit_abi::call::Hypercall;
 use pvkit_vmm::guests;
 use pvkit_vmm::ledger::{ExitKind, LedgerSnapshot};
 use pvkit_vmm::{run, ConsoleKind, KernelSource, RunOutcome, StopReason, VmConfig};
 
-/// Whether the real guests are available (and KVM is usable). Under CI a VMM built without
-/// its guests fails the test instead of skipping it.
+/// Whether the guests this file boots are built and KVM is usable (under CI: must be).
 fn ready() -> bool {
-    if guests::builtin_kernel().is_none() {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!(
-                "CI=true but pvkit was built without its guests: {}",
-                guests::BUILD_STATUS
-            );
-        }
-        eprintln!(
-            "note: skipping: no built-in guest ({})",
-            guests::BUILD_STATUS
-        );
-        return false;
-    }
-    kvm_available()
+    common::builtin_ready()
 }
 
 fn boot(console: ConsoleKind, cmdline: &str) -> RunOutcome {

@@ -21,11 +21,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{kvm_available, temp_file};
-use pvkit_vmm::guests;
+use common::temp_file;
 
 /// The hostile guest ELF built with the VMM.
-const HOSTILE: &str = env!("PVKIT_HOSTILE_GUEST_ELF");
+const HOSTILE: &str = common::HOSTILE_ELF;
 /// Sectors per round (the guest's `per=`).
 const PER: u64 = 8;
 /// The flush the test waits for before killing the VMM.
@@ -61,22 +60,9 @@ fn words(sector: &[u8]) -> Vec<u64> {
         .collect()
 }
 
+/// Whether the guests this file boots are built and KVM is usable (under CI: must be).
 fn ready() -> bool {
-    let built = std::fs::metadata(HOSTILE).is_ok_and(|m| m.len() > 0);
-    if !built {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!(
-                "CI=true but pvkit was built without its guests: {}",
-                guests::BUILD_STATUS
-            );
-        }
-        eprintln!(
-            "note: skipping: no hostile guest ({})",
-            guests::BUILD_STATUS
-        );
-        return false;
-    }
-    kvm_available()
+    common::hostile_ready()
 }
 
 /// One run: boot, wait for `flushed 3`, SIGKILL, verify. Returns (acknowledged rounds

@@ -14,31 +14,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{code, kvm_available, pvkit, temp_file};
-use pvkit_vmm::guests;
+use common::{code, pvkit, temp_file};
 
 /// The hostile guest ELF built with the VMM.
-const HOSTILE: &str = env!("PVKIT_HOSTILE_GUEST_ELF");
+const HOSTILE: &str = common::HOSTILE_ELF;
 
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Whether the guests are built and KVM is usable (under CI a missing guest fails).
+/// Whether the guests this file boots are built and KVM is usable (under CI: must be).
 fn ready() -> bool {
-    let built =
-        guests::builtin_kernel().is_some() && std::fs::metadata(HOSTILE).is_ok_and(|m| m.len() > 0);
-    if !built {
-        if ci() {
-            panic!(
-                "CI=true but pvkit was built without its guests: {}",
-                guests::BUILD_STATUS
-            );
-        }
-        eprintln!("note: skipping: no guests ({})", guests::BUILD_STATUS);
-        return false;
-    }
-    kvm_available()
+    common::builtin_ready() && common::hostile_ready()
 }
 
 fn text(b: &[u8]) -> String {
@@ -204,7 +187,7 @@ fn host_enospc_reaches_the_guest_as_a_status() {
     }
     let fs = match Tmpfs::mount() {
         Ok(fs) => fs,
-        Err(why) if !ci() => {
+        Err(why) if !common::ci() => {
             eprintln!("note: skipping the ENOSPC test: cannot mount a tmpfs ({why})");
             return;
         }

@@ -17,14 +17,13 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use common::{code, kvm_available, pvkit};
+use common::{code, pvkit};
 use pvkit_vmm::bench::Verification;
-use pvkit_vmm::guests;
 use pvkit_vmm::ledger::ExitKind;
 use pvkit_vmm::{run, DiskConfig, KernelSource, StopReason, VmConfig};
 
 /// The hostile guest ELF built with the VMM.
-const HOSTILE: &str = env!("PVKIT_HOSTILE_GUEST_ELF");
+const HOSTILE: &str = common::HOSTILE_ELF;
 /// Sectors `0..SCRATCH` may be written by the hostile scenarios (`hostile-os/src/disk.rs`,
 /// `FIRST_PROTECTED`); everything after must not change.
 const SCRATCH: u64 = 16;
@@ -36,23 +35,9 @@ const HYPERCALL_CHECKS: usize = 117;
 const RING_CHECKS: usize = 65;
 const DEVICE_CHECKS: usize = 78;
 
-/// Whether the hostile guest is built and KVM is usable (under CI a missing guest fails).
+/// Whether the guests this file boots are built and KVM is usable (under CI: must be).
 fn ready() -> bool {
-    let built = std::fs::metadata(HOSTILE).is_ok_and(|m| m.len() > 0);
-    if !built {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!(
-                "CI=true but pvkit was built without its guests: {}",
-                guests::BUILD_STATUS
-            );
-        }
-        eprintln!(
-            "note: skipping: no hostile guest ({})",
-            guests::BUILD_STATUS
-        );
-        return false;
-    }
-    kvm_available()
+    common::hostile_ready()
 }
 
 /// FNV-1a, 64 bits.

@@ -24,7 +24,7 @@ use common::{code, kvm_available, temp_file};
 use pvkit_vmm::runner::{self, BenchConfig, BenchDevice};
 use pvkit_vmm::seccomp::{self, Confinement, ThreadKind, STATUS_SECCOMP};
 use pvkit_vmm::testing::ElfBuilder;
-use pvkit_vmm::{guests, run, ConsoleKind, KernelSource, PhaseObserver, StopReason, VmConfig};
+use pvkit_vmm::{run, ConsoleKind, KernelSource, PhaseObserver, StopReason, VmConfig};
 
 /// Set in a child process: the case it runs ([`child_process`]).
 const CHILD_CASE: &str = "PVKIT_SECCOMP_TEST_CASE";
@@ -32,22 +32,9 @@ const CHILD_CASE: &str = "PVKIT_SECCOMP_TEST_CASE";
 /// The line a child prints once the allowed calls have worked under the filter.
 const ALLOWED_OK: &str = "allowed system calls work under the filter";
 
-/// Whether the built-in guest and KVM are available (under CI a missing guest fails).
+/// Whether the guests this file boots are built and KVM is usable (under CI: must be).
 fn ready() -> bool {
-    if guests::builtin_kernel().is_none() {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!(
-                "CI=true but pvkit was built without its guests: {}",
-                guests::BUILD_STATUS
-            );
-        }
-        eprintln!(
-            "note: skipping: no built-in guest ({})",
-            guests::BUILD_STATUS
-        );
-        return false;
-    }
-    kvm_available()
+    common::builtin_ready()
 }
 
 // ---------------------------------------------------------------------------------------

@@ -9,25 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{kvm_available, temp_file};
-use pvkit_vmm::guests;
+use common::temp_file;
 
-/// Whether the built-in guest and KVM are available (under CI a missing guest fails).
+/// Whether the guests this file boots are built and KVM is usable (under CI: must be).
 fn ready() -> bool {
-    if guests::builtin_kernel().is_none() {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!(
-                "CI=true but pvkit was built without its guests: {}",
-                guests::BUILD_STATUS
-            );
-        }
-        eprintln!(
-            "note: skipping: no built-in guest ({})",
-            guests::BUILD_STATUS
-        );
-        return false;
-    }
-    kvm_available()
+    common::builtin_ready()
 }
 
 /// How long `pvkit` may take from the signal to its exit.

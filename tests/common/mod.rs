@@ -10,13 +10,50 @@ pub fn kvm_available() -> bool {
     match pvkit_vmm::platform::open_kvm() {
         Ok(_) => true,
         Err(e) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
+            if ci() {
                 panic!("CI=true but KVM is unusable, so the KVM tests cannot run: {e}");
             }
             eprintln!("note: skipping a KVM test: {e}");
             false
         }
     }
+}
+
+/// Whether tests that boot the guest kernel built into `pvkit` can run: the guest was built
+/// and KVM is usable. Under CI a missing guest or KVM fails the test instead of skipping it.
+pub fn builtin_ready() -> bool {
+    guest_ready(
+        pvkit_vmm::guests::builtin_kernel().is_some(),
+        "the built-in guest",
+    )
+}
+
+/// The hostile test guest (`guest-kernel/examples/hostile-os`), built by host-vmm's build.rs.
+pub const HOSTILE_ELF: &str = env!("PVKIT_HOSTILE_GUEST_ELF");
+
+/// Whether tests that boot the hostile guest can run (as [`builtin_ready`]).
+pub fn hostile_ready() -> bool {
+    guest_ready(
+        std::fs::metadata(HOSTILE_ELF).is_ok_and(|m| m.len() > 0),
+        "the hostile guest",
+    )
+}
+
+/// Whether `CI=true`.
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+fn guest_ready(built: bool, what: &str) -> bool {
+    if !built {
+        let status = pvkit_vmm::guests::BUILD_STATUS;
+        if ci() {
+            panic!("CI=true but pvkit was built without {what}: {status}");
+        }
+        eprintln!("note: skipping: no {what} ({status})");
+        return false;
+    }
+    kvm_available()
 }
 
 /// Writes `bytes` to a fresh file under the target's temp dir and returns its path.
