@@ -27,8 +27,10 @@
 //! the host like any exception and stops the VM.
 //!
 //! Costs: one `iretq` into ring 3 and one exception plus `iretq` back per call (a few
-//! dozen instructions, interpreted on kvm_pvm); the entry function itself runs at native
-//! speed on kvm_pvm.
+//! dozen instructions, interpreted on kvm_pvm, and two privilege switches: together
+//! 100–300 µs there); the entry function itself runs at native speed on kvm_pvm. (Port I/O
+//! from ring 3 is not an option there even with IOPL 3 in the `iretq` frame: kvm_pvm
+//! raises #GP, measured with the benchmark markers.)
 
 use crate::gdt::{KERNEL_CODE, KERNEL_DATA, USER_CODE, USER_DATA};
 use crate::interrupts::TrapFrame;

@@ -307,14 +307,20 @@ impl BlockRing {
 
     /// Pre-fills every free slot with a request template: `op`, the segments of a `len`
     /// byte transfer (checked with [`check_len`]; `Invalid(..)`, nothing written,
-    /// otherwise) at guest-physical `gpa`, and the slot number as the id. Requests built
-    /// later through [`BlockRing::slots_mut`] then only need their sector (and, for
-    /// another buffer, [`set_segment_addrs`], or for a one-segment request just
+    /// otherwise) at guest-physical `gpa(slot)` (the slot's own buffer, or one buffer for
+    /// all), and the slot number as the id. Requests built later through
+    /// [`BlockRing::slots_mut`] then only need their sector (and, for another buffer than
+    /// the slot's, [`set_segment_addrs`], or for a one-segment request just
     /// `segments[0].addr`). Slots in use keep their request: template an idle ring.
-    pub fn set_template(&mut self, op: BlockOp, len: u32, gpa: u64) -> Result<(), QueueError> {
+    pub fn set_template(
+        &mut self,
+        op: BlockOp,
+        len: u32,
+        gpa: impl Fn(u32) -> u64,
+    ) -> Result<(), QueueError> {
         check_len(u64::from(len)).map_err(QueueError::Invalid)?;
         self.ring
-            .fill_free(|slot, req| fill_request(req, u64::from(slot), op, 0, gpa, len));
+            .fill_free(|slot, req| fill_request(req, u64::from(slot), op, 0, gpa(slot), len));
         Ok(())
     }
 
@@ -421,6 +427,21 @@ mod tests {
         fill_request(&mut req, 2, BlockOp::Read, 0, 0, 0x2_0000 + 512);
         assert_eq!(req.nr_segments, 2);
         assert_eq!(req.segments[1].len, 512);
+    }
+
+    #[test]
+    fn segment_addresses_follow_the_template() {
+        let mut req = BlockRequest::default();
+        fill_request(&mut req, 1, BlockOp::Read, 9, 0x100_0000, 0x4_0000 + 512);
+        set_segment_addrs(&mut req, 0x200_0000);
+        let mut want = BlockRequest::default();
+        fill_request(&mut want, 1, BlockOp::Read, 9, 0x200_0000, 0x4_0000 + 512);
+        assert_eq!(req, want);
+        // Segments past `nr_segments` are not touched.
+        req.segments[5].addr = 77;
+        set_segment_addrs(&mut req, 0x300_0000);
+        assert_eq!(req.segments[5].addr, 77);
+        assert_eq!(req.segments[2].addr, 0x300_0000 + 2 * 0x2_0000);
     }
 
     #[test]

@@ -339,11 +339,9 @@ impl<Req: RingItem, Rsp: RingItem> Ring<Req, Rsp> {
             // slot only before publishing it, and `Rsp: RingItem` makes any content a valid
             // value. Each is copied out with `read`: no reference to shared memory is made.
             unsafe {
-                let mut p = slots.add(start as usize);
-                let end = p.add(len as usize);
-                while p != end {
-                    f(&p.read());
-                    p = p.add(1);
+                let p = slots.add(start as usize);
+                for i in 0..len as usize {
+                    f(&p.add(i).read());
                 }
             }
         }
@@ -396,7 +394,10 @@ impl<Req: RingItem, Rsp: RingItem> Ring<Req, Rsp> {
         debug_assert!(n <= self.free());
         let first = self.req_prod_pvt & (self.size - 1);
         let run = n.min(self.size - first);
-        let slots = self.base.as_ptr().wrapping_add(request_offset(self.size, 0, size_of::<Req>()));
+        let slots = self
+            .base
+            .as_ptr()
+            .wrapping_add(request_offset(self.size, 0, size_of::<Req>()));
         let slots = slots.cast::<Req>();
         // SAFETY: slots `first .. first + run` and `0 .. n - run` are request slots inside
         // the ring memory (`first + run <= size`; `n - run <= first` when they wrap, as
@@ -704,6 +705,79 @@ mod tests {
         host.store(offsets::RSP_PROD, 5);
         assert_eq!(ring.poll_responses(|_| {}), 1);
         assert_eq!(ring.outstanding(), 0);
+    }
+
+    #[test]
+    fn batches_through_templates_and_slots_mut_wrap_like_pushes() {
+        let mem = memory();
+        let ptr = mem.as_mut_ptr();
+        // SAFETY: leaked test memory, used only by this ring and the test host.
+        let mut ring = unsafe { Ring::<Req, Rsp>::init_at(ptr, 4096, 8, u32::MAX - 5) }.unwrap();
+        let mut host = Host::attach(&ring);
+        // Templates: every free slot gets 1000 + its slot number.
+        ring.fill_free(|slot, req| req.id = 1000 + u64::from(slot));
+        let mut seen = Vec::new();
+        let mut expected = Vec::new();
+        for round in 0..12u64 {
+            let n = 1 + (round % 8) as u32;
+            let first = ring.next_index();
+            let (a, b) = ring.slots_mut(n).unwrap();
+            assert_eq!(a.len() + b.len(), n as usize);
+            // The runs are the next slots in order, wrapping at slot 8.
+            for (i, req) in a.iter().chain(b.iter()).enumerate() {
+                let slot = first.wrapping_add(i as u32) & 7;
+                assert_eq!(req.id % 1000, u64::from(slot), "round {round}");
+            }
+            // Leave odd rounds on the template, rewrite even ones.
+            if round % 2 == 0 {
+                for req in a.iter_mut().chain(b.iter_mut()) {
+                    req.id = 1000 + req.id % 1000;
+                }
+            }
+            for i in 0..n {
+                expected.push(1000 + u64::from(first.wrapping_add(i) & 7));
+            }
+            ring.commit(n).unwrap();
+            assert_eq!(ring.unpublished(), n);
+            ring.publish();
+            host.service(u32::MAX);
+            assert_eq!(ring.poll_responses(|r| seen.push(r.id)), n);
+            assert_eq!(ring.outstanding(), 0);
+        }
+        assert_eq!(seen, expected);
+        assert!(ring.next_index() < 100, "the indices wrapped");
+    }
+
+    #[test]
+    fn slots_mut_and_commit_respect_free_slots() {
+        let mut ring = Ring::<Req, Rsp>::new(memory(), 4).unwrap();
+        let mut host = Host::attach(&ring);
+        assert_eq!(ring.slots_mut(5).unwrap_err(), Full);
+        assert_eq!(ring.commit(5), Err(Full));
+        ring.push(Req { id: 1 }).unwrap();
+        assert_eq!(ring.slots_mut(4).unwrap_err(), Full);
+        let (a, b) = ring.slots_mut(3).unwrap();
+        assert_eq!((a.len(), b.len()), (3, 0));
+        ring.commit(3).unwrap();
+        assert_eq!(ring.commit(1), Err(Full));
+        assert_eq!(ring.free(), 0);
+        // A full ring has no free slots to template.
+        let mut calls = 0;
+        ring.fill_free(|_, _| calls += 1);
+        assert_eq!(calls, 0);
+        ring.publish();
+        host.service(2);
+        // Responses are consumed in two steps, across the slot wrap.
+        assert_eq!(ring.poll_responses(|_| {}), 2);
+        let (a, b) = ring.slots_mut(2).unwrap();
+        assert_eq!((a.len(), b.len()), (2, 0));
+        ring.commit(2).unwrap();
+        ring.publish();
+        host.service(u32::MAX);
+        let mut ids = Vec::new();
+        assert_eq!(ring.poll_responses(|r| ids.push(r.id)), 4);
+        assert_eq!(ring.outstanding(), 0);
+        assert_eq!(ids.len(), 4);
     }
 
     #[test]

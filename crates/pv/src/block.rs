@@ -88,7 +88,8 @@ pub enum BlockError {
         source: RangeError,
     },
     /// A validated guest range could not be resolved to host memory, e.g. because the
-    /// memory map changed (`EFAULT`; nothing was transferred).
+    /// memory map changed (`EFAULT`; found when the segments are resolved, before any data
+    /// moves).
     #[error("guest memory access failed: {0}")]
     Memory(#[from] GuestMemoryError),
     /// The backend failed (`EIO`; `ENOSPC` when the host is out of space; `EPERM` when the

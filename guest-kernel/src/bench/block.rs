@@ -25,8 +25,9 @@
 //!
 //! Static, page aligned, zero-filled by the loader: for random operations an arena of
 //! [`SLOTS`] 4 KiB slots per direction (operation `i` uses slot `i % 64`, so the 32
-//! requests of a batch have 32 distinct slots), for sequential ones a 1 MiB buffer per
-//! direction. Write sources are tagged once, before the first case: the first quadword of
+//! requests of a batch have 32 distinct slots; on the rings, whose 64 slots match, the
+//! buffer slot of an operation is its ring slot: persistent per-slot buffers, as with Xen
+//! blkfront's persistent grants), for sequential ones a 1 MiB buffer per direction. Write sources are tagged once, before the first case: the first quadword of
 //! every 512-byte sector is `"pvki" << 32 | buffer << 24 | sector index`, so a write that
 //! lands in the wrong place or from the wrong slot is visible to the host's check. Buffers
 //! are never touched except by logged operations.
@@ -35,8 +36,8 @@
 //!
 //! | variant | per operation | timed |
 //! |---|---|---|
-//! | `ata-pio` | one command: 4 KiB = 23 port accesses (reads: 23 exits; writes: 2063, as each word of a `rep outsw` exits), 1 MiB (one EXT command) = 4107 accesses (reads: 4107 exits; writes: 526 347) (see [`crate::ata`]) | per operation |
-//! | `pv-hypercall` | one `BlockIo` exit (1 MiB = one request of 8 × 128 KiB segments) | per operation |
+//! | `ata-pio` | one command: 4 KiB = 23 port accesses (reads: 23 exits; writes: 2063, as each word of a `rep outsw` exits), 1 MiB (one EXT command) = 4107 accesses (reads: 4107 exits; writes: 526 347) (see [`crate::ata`]) | per operation (one `rdtsc` each: start to next start) |
+//! | `pv-hypercall` | one `BlockIo` exit (1 MiB = one request of 8 × 128 KiB segments) | per operation (one `rdtsc` each: start to next start) |
 //! | `pv-ring`, `pv-ioeventfd`, `pv-poll` | ring of 64 slots; 4 KiB: batches of 32 requests, 1 MiB: one request per batch (its single buffer); one publish and at most one doorbell per batch, then spin on `rsp_prod` | per batch |
 //!
 //! # The hot loops
@@ -44,19 +45,27 @@
 //! Both PV drivers reuse request templates, as a real driver keeps its request
 //! structures: [`PvBlock`] rewrites only the sector and, when the buffer moves, the
 //! segment address; on the rings every slot is pre-filled once per workload
-//! ([`BlockRing::set_template`]: op, segment lengths, the slot number as id), and a batch
-//! stores only a sector and a buffer address per request ([`fill`]), is pushed with one
-//! commit, and its responses are checked with one `or` chain. That matters where ring 0
-//! is interpreted (kvm_pvm: ~1 µs per instruction).
+//! ([`BlockRing::set_template`]: op, segment lengths, the slot's own buffer, the slot
+//! number as id), so a batch stores only a sector per request ([`fill`]: a load and a
+//! store, unrolled by four), is pushed with one commit, and its responses are checked with
+//! one `or` chain (`status | bytes ^ len`: about five instructions each, loop included).
+//! That matters where ring 0 is interpreted (kvm_pvm: ~1 µs per instruction): queueing a
+//! 4 KiB request took about 44 instructions (`objdump -d`), now about 3, plus about 150 per
+//! batch.
 //!
 //! | variant | where the timed loop runs |
 //! |---|---|
 //! | `ata-pio`, `pv-hypercall`, `pv-ring`, `pv-ioeventfd` | ring 0 (a port write, the hypercall or the doorbell, needs it) |
-//! | `pv-poll` | **ring 3** ([`crate::user`]), like a process polling an io_uring with `SQPOLL` or an SPDK queue mapped into it: it fills requests and polls `rsp_prod` while a host I/O thread polls `req_prod`; no exit, natively on kvm_pvm. `cycles_total` is measured in ring 3 around the loop (without the one-time switch into and out of ring 3); the sample carries [`SAMPLE_RING3`] |
+//! | `pv-poll` | **ring 3** ([`crate::user`]), like a process polling an io_uring with `SQPOLL` or an SPDK queue mapped into it: it fills requests and polls `rsp_prod` while a host I/O thread polls `req_prod`; no exit, natively on kvm_pvm; the sample carries [`SAMPLE_RING3`] |
 //!
-//! The loop itself ([`ring_loop`]) is the same code in both rings. Should the host stop
-//! polling and ask for a doorbell, ring-3 code cannot ring it (IOPL 0): it returns to ring
-//! 0, which rings and re-enters.
+//! The loop itself ([`ring_loop`]) is the same code in both rings. For `pv-poll`,
+//! `cycles_total` is measured in ring 3 around the loop, as in the ring-3 clock cases:
+//! without the one-time switch into and out of ring 3 (an `iretq` and an exception:
+//! 100–300 µs on kvm_pvm, paid once per case like a process pays its first entry into user
+//! mode), which the host's wall time between the ring-0 markers does include. (The markers
+//! cannot move into ring 3: on kvm_pvm a port write from ring 3 faults even with IOPL 3.)
+//! The host never asks for a doorbell while it polls; should it, ring-3 code cannot ring
+//! (IOPL 0): it returns to ring 0, which rings and re-enters.
 //!
 //! Checks: every operation must complete without an ATA error / with status OK and all
 //! bytes moved (`SAMPLE_VERIFIED`; otherwise `SAMPLE_FAILED` and the case stops). After
@@ -256,15 +265,14 @@ impl Addresses {
 }
 
 /// The plan of a case of `ops` operations of `w` into `log`: returns the plan length and
-/// the plan index of operation 0 (see the module documentation). Operation `i` of the plan
-/// uses slot `i % slots` of the buffer at `base` (GPA).
+/// the plan index of operation 0 (see the module documentation). Plan record `i` uses slot
+/// `(i + slot_offset) % slots` of the buffer at `base` (GPA).
 fn plan(
     log: &mut [OpRecord],
     mut addrs: Addresses,
     w: &Work,
     ops: u64,
-    base: u64,
-    slots: usize,
+    (base, slots, slot_offset): (u64, usize, usize),
 ) -> (usize, usize) {
     let n = ops.min(MAX_OP_LOG) as usize;
     let op = match w.op {
@@ -274,12 +282,19 @@ fn plan(
     for (i, rec) in log[..n].iter_mut().enumerate() {
         *rec = OpRecord {
             sector: addrs.sector(i as u64),
-            addr: base + ((i % slots) * w.len) as u64,
+            addr: base + (((i + slot_offset) % slots) * w.len) as u64,
             len: w.len as u32,
             op,
         };
     }
     (n, (n - (ops % n as u64) as usize) % n)
+}
+
+/// The plan index of operation 0 of a case of `ops` operations (see [`plan`]), computed
+/// before the plan itself.
+fn plan_start(ops: u64) -> usize {
+    let n = ops.min(MAX_OP_LOG);
+    ((n - ops % n) % n) as usize
 }
 
 /// The op-log entries to send after `done` of `ops` operations of a plan of `n` records
@@ -448,7 +463,7 @@ fn sync_cases<D: SyncDevice>(
         let buf = buffers.for_work(w);
         let slots = buf.len() / w.len;
         let (mut samples, log) = scratch.split();
-        let (n, start) = plan(log, addrs, w, ops, virt_to_phys(buf.as_ptr()), slots);
+        let (n, start) = plan(log, addrs, w, ops, (virt_to_phys(buf.as_ptr()), slots, 0));
         let plan = &log[..n];
         let t0 = begin(id);
         let done = sync_loop(dev, w.op, plan, start, ops, &mut samples);
@@ -471,10 +486,12 @@ fn sync_cases<D: SyncDevice>(
 }
 
 /// The timed loop of a synchronous case: `ops` operations of `op` from plan record
-/// `start` on (wrapping), each timed with its own pair of `rdtsc`s; returns the
-/// operations completed (the loop stops at the first failure). The plan is walked in runs
-/// up to its end, so there is no index wrap per operation.
-#[inline(always)]
+/// `start` on (wrapping); returns the operations completed (the loop stops at the first
+/// failure). One `rdtsc` per operation (each is 4k–17k cycles in an interpreted ring 0):
+/// an operation's sample runs from its start to the next one's, so it includes one
+/// `rdtsc` and the loop step. The plan is walked in runs up to its end, so there is no
+/// index wrap per operation.
+#[inline(never)]
 fn sync_loop<D: SyncDevice>(
     dev: &mut D,
     op: BlockOp,
@@ -485,6 +502,7 @@ fn sync_loop<D: SyncDevice>(
 ) -> u64 {
     let mut done = 0;
     let mut k = start;
+    let mut prev = rdtsc();
     while done < ops {
         let left = usize::try_from(ops - done).unwrap_or(usize::MAX);
         let run = plan.get(k..).unwrap_or_default();
@@ -493,10 +511,11 @@ fn sync_loop<D: SyncDevice>(
             break;
         }
         for rec in run {
-            let s = rdtsc();
             // SAFETY: the plan names slots of this workload's buffer, untouched otherwise.
             let ok = unsafe { dev.op(op, rec.sector, rec.addr, rec.len) };
-            samples.push(rdtsc() - s);
+            let now = rdtsc();
+            samples.push(now - prev);
+            prev = now;
             if !ok {
                 return done;
             }
@@ -511,12 +530,13 @@ fn sync_loop<D: SyncDevice>(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 enum Fill {
-    /// The sector only: every operation uses the template's buffer (1 MiB cases).
+    /// The sector only: the template already names the operation's buffer (every case
+    /// here: per-slot buffers, see `ring_cases`).
     Sector,
-    /// The sector and the one segment's address (4 KiB cases).
+    /// The sector and the one segment's address (one-segment requests whose buffer is not
+    /// the slot's own).
     SectorAddr,
-    /// The sector and every segment address (several segments and several buffers: not
-    /// used by these workloads, kept for completeness).
+    /// The sector and every segment address (several segments, buffer not the slot's).
     SectorSegments,
 }
 
@@ -601,7 +621,7 @@ struct RingLoop {
     /// TSC cycles spent in [`ring_loop`] (summed over its calls).
     cycles: u64,
     failed: bool,
-    /// The loop runs in ring 3: a doorbell needs ring 0 (`kick` on return).
+    /// The loop runs in ring 3 (IOPL 0): a doorbell needs ring 0.
     user: bool,
     /// Set on return: ring the block doorbell and call [`ring_loop`] again.
     kick: bool,
@@ -613,32 +633,52 @@ struct RingLoop {
 /// chain, record the cycles per request. `arg` is the address of a [`RingLoop`].
 ///
 /// The same function runs in ring 0 and, called through [`user::call`], in ring 3: there
-/// it uses no port I/O (the doorbell is left to ring 0) and touches only the ring, the
-/// plan, the samples and the `RingLoop` (all in the user-accessible identity map).
+/// it uses no port I/O and touches only the ring, the plan, the samples and the
+/// `RingLoop` (all in the user-accessible identity map). A doorbell the host asks for (it
+/// never does while it polls) is left to ring 0: the loop returns with `kick` set and the
+/// batch in flight, and ring 0 rings and calls it again.
 extern "C" fn ring_loop(arg: u64) -> u64 {
     // SAFETY: `arg` is the address of a `RingLoop` that `ring_cases` owns and does not
     // touch during this call.
     let l = unsafe { &mut *(arg as *mut RingLoop) };
     // SAFETY: `l.ring` points to the `BlockRing` `ring_cases` borrows mutably for the case
     // and does not use during this call; `l.plan` to `l.n` records of the op log, which
-    // nothing writes during the phase.
+    // nothing writes during the phase; `l.samples` to `l.max_samples` entries.
     let (ring, plan) = unsafe { (&mut *l.ring, core::slice::from_raw_parts(l.plan, l.n)) };
+    // The loop state lives in registers (where ring 0 is interpreted, every load and
+    // store of `l` costs), and goes back into `l` on return.
+    let (ops, depth, how, len, timeout) = (l.ops, l.queue_depth, l.how, l.len, l.timeout);
+    let (mut done, mut k, mut failed, mut n_samples) = (l.done, l.k, l.failed, l.n_samples);
+    let mut in_flight = l.in_flight;
+    // One `rdtsc` per batch: a batch's sample runs from the end of the one before (or the
+    // start of this call) to its own end.
     let start = rdtsc();
-    l.kick = false;
+    let mut batch_start = if in_flight == 0 { start } else { l.batch_start };
+    let mut kick_needed = false;
     loop {
-        if l.in_flight == 0 {
-            if l.done >= l.ops || l.failed {
+        if in_flight == 0 {
+            if done >= ops || failed {
                 break;
             }
-            let batch = l.queue_depth.min(l.ops - l.done);
-            l.batch_start = rdtsc();
+            let batch = depth.min(ops - done);
             match ring.slots_mut(batch as u32) {
+                // One request whose template names its buffer (the 1 MiB cases): its
+                // sector is all there is to store.
+                Ok(([req], [])) if how == Fill::Sector && k < plan.len() => {
+                    req.sector = plan[k].sector;
+                    k += 1;
+                    if k == plan.len() {
+                        k = 0;
+                    }
+                }
                 Ok((a, b)) => {
-                    l.k = fill(a, plan, l.k, l.how);
-                    l.k = fill(b, plan, l.k, l.how);
+                    k = fill(a, plan, k, how);
+                    if !b.is_empty() {
+                        k = fill(b, plan, k, how);
+                    }
                 }
                 Err(_) => {
-                    l.failed = true;
+                    failed = true;
                     break;
                 }
             }
@@ -646,38 +686,48 @@ extern "C" fn ring_loop(arg: u64) -> u64 {
             // `batch` ≤ 32 consecutive plan records, so no slot twice; 1 MiB: the one
             // buffer, one request per batch), which Rust code does not touch until the
             // batch's responses are consumed below.
-            l.failed |= unsafe { ring.commit(batch as u32) }.is_err();
-            l.in_flight = batch;
+            failed |= unsafe { ring.commit(batch as u32) }.is_err();
+            in_flight = batch;
             if ring.publish() {
                 if l.user {
-                    l.kick = true;
+                    kick_needed = true;
                     break;
                 }
                 kick(RingId::Block);
             }
         }
-        let len = l.len;
         let mut bad = 0u64;
-        let waited = ring.wait(l.timeout, |rsp| {
+        let waited = ring.wait(timeout, |rsp| {
             bad |= rsp.status as u64 | (rsp.bytes ^ len);
         });
-        if l.n_samples < l.max_samples {
+        let now = rdtsc();
+        if n_samples < l.max_samples {
             // SAFETY: `n_samples < max_samples`: inside the scratch samples.
             unsafe {
                 l.samples
-                    .add(l.n_samples)
-                    .write((rdtsc() - l.batch_start) / l.in_flight)
+                    .add(n_samples)
+                    .write((now - batch_start) / in_flight)
             };
-            l.n_samples += 1;
+            n_samples += 1;
         }
+        batch_start = now;
         if bad != 0 || waited.is_err() {
-            l.failed = true;
+            failed = true;
         } else {
-            l.done += l.in_flight;
+            done += in_flight;
         }
-        l.in_flight = 0;
+        in_flight = 0;
     }
-    l.cycles += rdtsc() - start;
+    // The TSC of the last batch's end, or of now if none ended in this call (or one is
+    // left in flight for a doorbell).
+    let stop = if batch_start != start && in_flight == 0 {
+        batch_start
+    } else {
+        rdtsc()
+    };
+    l.cycles += stop - start;
+    (l.done, l.k, l.failed, l.n_samples) = (done, k, failed, n_samples);
+    (l.in_flight, l.batch_start, l.kick) = (in_flight, batch_start, kick_needed);
     0
 }
 
@@ -704,20 +754,34 @@ fn ring_cases(
         let len = w.len as u32;
         let queue_depth = if w.len == SMALL { QUEUE_DEPTH } else { 1 };
         let base = virt_to_phys(buf.as_ptr());
-        // The template: every slot a request of `len` bytes at `base` (set-up, unbilled).
-        // A case that stopped with requests in flight leaves slots that cannot be
-        // templated: fail this one rather than send stale requests.
-        if ring.ring().outstanding() != 0 || ring.set_template(w.op, len, base).is_err() {
+        // Persistent per-slot buffers (as Xen blkfront's persistent grants): when the ring
+        // size is a multiple of the buffer's slots, ring slot `s` always uses buffer slot
+        // `s % slots`, so its template already holds the buffer address and a request
+        // stores only its sector. The plan's buffer slots are shifted to match the ring
+        // index the case starts at (batches of ≤ 32 consecutive ring slots still never
+        // share a buffer slot).
+        let per_slot = (RING_SIZE as usize).is_multiple_of(slots);
+        let (how, slot_offset) = match (per_slot, len > SEGMENT_BYTES) {
+            (true, _) => {
+                let first = ring.ring().next_index() as usize % slots;
+                (
+                    Fill::Sector,
+                    (first + slots - plan_start(ops) % slots) % slots,
+                )
+            }
+            (false, false) => (Fill::SectorAddr, 0),
+            (false, true) => (Fill::SectorSegments, 0),
+        };
+        // The templates (set-up, unbilled). A case that stopped with requests in flight
+        // leaves slots that cannot be templated: fail this one rather than send stale
+        // requests.
+        let slot_gpa = |slot: u32| base + (slot as usize % slots * w.len) as u64;
+        if ring.ring().outstanding() != 0 || ring.set_template(w.op, len, slot_gpa).is_err() {
             r.fail_setup(id, format_args!("the ring is not idle"), scratch);
             continue;
         }
-        let how = match (slots, len > SEGMENT_BYTES) {
-            (1, _) => Fill::Sector,
-            (_, false) => Fill::SectorAddr,
-            (_, true) => Fill::SectorSegments,
-        };
         let (mut samples, log) = scratch.split();
-        let (n, start) = plan(log, addrs, w, ops, base, slots);
+        let (n, start) = plan(log, addrs, w, ops, (base, slots, slot_offset));
         let mut l = RingLoop {
             ring: &raw mut *ring,
             plan: log.as_ptr(),
@@ -751,13 +815,13 @@ fn ring_cases(
             }
             kick(RingId::Block);
         }
+        let phase = end(id, t0, l.done);
+        // In ring 3, the loop's own time (as in the ring-3 clock cases): without the
+        // one-time switch into and out of ring 3, which the host's wall time includes.
+        let cycles_total = if user { l.cycles } else { phase };
         let done = l.done;
         let mut failed = l.failed;
         samples.set_len(l.n_samples);
-        let phase = end(id, t0, done);
-        // In ring 3 the loop's own time, as in the ring-3 clock cases: the one-time switch
-        // into and out of ring 3 is in the host's wall time, not here.
-        let cycles_total = if user { l.cycles } else { phase };
         if w.op == BlockOp::Write && !failed {
             failed = ring.queue_flush(u64::MAX).is_err();
             ring.submit();

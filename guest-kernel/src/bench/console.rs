@@ -13,10 +13,10 @@
 //! Where the timed loop runs: ring 0, except `pv-poll`, whose batches run in **ring 3**
 //! ([`crate::user`]) the way a process writes into an io_uring polled by the kernel
 //! (`SQPOLL`): it queues and polls the responses natively on kvm_pvm while a host thread
-//! polls `req_prod`; no exit, no doorbell. Its `cycles_total` is measured in ring 3 around
-//! the loop (without the one-time ring switch) and its sample carries `SAMPLE_RING3`.
-//! The loop ([`ring_loop`]) is the same code in both rings; in ring 3 a doorbell the host
-//! asks for (it never does while it polls) is left to ring 0.
+//! polls `req_prod`; no exit, no doorbell; its sample carries `SAMPLE_RING3`, and its
+//! `cycles_total` is measured in ring 3 around the loop (the one-time ring switch is in
+//! the host's wall time only). The loop ([`ring_loop`]) is the same code in both rings; in
+//! ring 3 a doorbell the host asks for (it never does while it polls) is left to ring 0.
 //!
 //! Checks: every PV write must return OK with all bytes written (else `SAMPLE_FAILED`;
 //! all OK gives `SAMPLE_VERIFIED`). The UART has nothing to check.
@@ -211,13 +211,13 @@ fn ring(
             }
             kick(RingId::Console);
         }
+        let phase = end(id, t0, l.done);
         let done = l.done;
         samples.set_len(l.n_samples);
-        let phase = end(id, t0, done);
         let outcome = Outcome {
             ops: done,
             bytes: done * len as u64,
-            // In ring 3 the loop's own time, without the one-time ring switch.
+            // In ring 3, the loop's own time, without the one-time ring switch.
             cycles_total: if user { l.cycles } else { phase },
             flags: Outcome::checked(l.failed) | if user { SAMPLE_RING3 } else { 0 },
             samples: samples.len(),
@@ -247,64 +247,79 @@ struct RingLoop {
     /// TSC cycles spent in [`ring_loop`] (summed over its calls).
     cycles: u64,
     failed: bool,
-    /// The loop runs in ring 3: a doorbell needs ring 0 (`kick` on return).
+    /// The loop runs in ring 3 (IOPL 0): a doorbell needs ring 0.
     user: bool,
     /// Set on return: ring the console doorbell and call [`ring_loop`] again.
     kick: bool,
 }
 
 /// The batches of a console ring case: queue up to [`QUEUE_DEPTH`] writes of `bytes`,
-/// publish, ring if asked (ring 0; in ring 3 return to ring 0 for it), wait for every
-/// response and check it, record the cycles per write. Stops after `ops` writes or the
-/// first failure. `arg` is the address of a [`RingLoop`]. Runs in either ring: no port
-/// I/O in ring 3.
+/// publish, ring if asked (ring 0; from ring 3, return with `kick` set and the batch in
+/// flight), wait for every response and check it, record the cycles per write. Stops
+/// after `ops` writes or the first failed batch. `arg` is the address of a [`RingLoop`].
+/// Runs in either ring: no port I/O in ring 3.
 extern "C" fn ring_loop(arg: u64) -> u64 {
     // SAFETY: `arg` is the address of a `RingLoop` that `ring` owns and does not touch
     // during this call.
     let l = unsafe { &mut *(arg as *mut RingLoop) };
     // SAFETY: `l.ring` points to the `ConsoleRing` of `ring`, not used elsewhere meanwhile.
     let ring = unsafe { &mut *l.ring };
+    // The loop state lives in registers and goes back into `l` on return.
+    let (bytes, ops, timeout) = (l.bytes, l.ops, l.timeout);
+    let (mut done, mut failed, mut n_samples) = (l.done, l.failed, l.n_samples);
+    let mut in_flight = l.in_flight;
+    let len = bytes.len() as u64;
+    // One `rdtsc` per batch: a batch's sample runs from the end of the one before (or the
+    // start of this call) to its own end.
     let start = rdtsc();
-    l.kick = false;
-    let len = l.bytes.len() as u64;
+    let mut batch_start = if in_flight == 0 { start } else { l.batch_start };
+    let mut kick_needed = false;
     loop {
-        if l.in_flight == 0 {
-            if l.done >= l.ops || l.failed {
+        if in_flight == 0 {
+            if done >= ops || failed {
                 break;
             }
-            let batch = QUEUE_DEPTH.min(l.ops - l.done);
-            l.batch_start = rdtsc();
+            let batch = QUEUE_DEPTH.min(ops - done);
             for _ in 0..batch {
-                l.failed |= ring.queue(l.bytes).is_err();
+                failed |= ring.queue(bytes).is_err();
             }
-            l.in_flight = batch;
+            in_flight = batch;
             if ring.publish() {
                 if l.user {
-                    l.kick = true;
+                    kick_needed = true;
                     break;
                 }
                 kick(RingId::Console);
             }
         }
         let mut bad = 0u64;
-        let waited = ring.wait(l.timeout, |rsp| {
+        let waited = ring.wait(timeout, |rsp| {
             bad |= rsp.status as u64 | (u64::from(rsp.written) ^ len);
         });
-        if l.n_samples < l.max_samples {
+        let now = rdtsc();
+        if n_samples < l.max_samples {
             // SAFETY: `n_samples < max_samples`: inside the scratch samples.
             unsafe {
                 l.samples
-                    .add(l.n_samples)
-                    .write((rdtsc() - l.batch_start) / l.in_flight)
+                    .add(n_samples)
+                    .write((now - batch_start) / in_flight)
             };
-            l.n_samples += 1;
+            n_samples += 1;
         }
-        l.failed |= bad != 0 || waited.is_err();
-        // As before: a batch counts as done once waited for (the host's console check
-        // then sees every byte it reports).
-        l.done += l.in_flight;
-        l.in_flight = 0;
+        batch_start = now;
+        failed |= bad != 0 || waited.is_err();
+        // As before: a batch counts once waited for (the host's console check then sees
+        // every byte it reports).
+        done += in_flight;
+        in_flight = 0;
     }
-    l.cycles += rdtsc() - start;
+    let stop = if batch_start != start && in_flight == 0 {
+        batch_start
+    } else {
+        rdtsc()
+    };
+    l.cycles += stop - start;
+    (l.done, l.failed, l.n_samples) = (done, failed, n_samples);
+    (l.in_flight, l.batch_start, l.kick) = (in_flight, batch_start, kick_needed);
     0
 }

@@ -25,12 +25,14 @@
 //! `BenchPhase(case, Begin)`, the operations, `BenchPhase(case, End, ops)`, then checks
 //! that must not be billed to the case (a flush, the clock-agreement measurement), then
 //! `BenchResult(sample, op_log, len)`. `sample.cycles_total` is TSC cycles between the two
-//! markers (excluding them; the ring-3 clock cases measure around the reads in ring 3,
-//! leaving out the one-time ring switch); `samples_addr` holds up to [`MAX_SAMPLES`] raw per-operation
+//! markers (excluding them; the ring-3 cases, clock reads and `pv-poll`, measure around
+//! their loop in ring 3, leaving out the one-time ring switch); `samples_addr` holds up to [`MAX_SAMPLES`] raw per-operation
 //! or per-batch cycle counts (each divided by its batch size; the first ones when there are
 //! more), percentiles are left to the host (`cycles_median = cycles_p99 = 0`). Flags:
 //! [`SAMPLE_VERIFIED`] when every check the guest can make passed (a status and length per
-//! operation, clock monotonicity and agreement), [`SAMPLE_FAILED`] when one failed.
+//! operation, clock monotonicity and agreement), [`SAMPLE_FAILED`] when one failed;
+//! [`pvkit_abi::bench::SAMPLE_RING3`] when the timed loop ran in ring 3 (the `pv-poll`
+//! rings and the vDSO-style clocks), which the host's report notes.
 //!
 //! A variant whose host feature bit is missing (or whose device does not answer: ATA, PIT,
 //! kvmclock) is skipped with a `bench ... skipped (...)` line and no markers. A variant the

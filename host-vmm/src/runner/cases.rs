@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use pvkit_abi::bench::{CaseId, Device, Variant, SAMPLE_VERIFIED};
+use pvkit_abi::bench::{CaseId, Device, Variant, SAMPLE_RING3, SAMPLE_VERIFIED};
 use pvkit_abi::ports;
 use pvkit_report::{Case, Kind};
 
@@ -231,6 +231,9 @@ fn ledger_proves(c: CaseId, p: &PhaseRecord) -> bool {
     }
 }
 
+/// The note of a case whose timed loop ran in guest ring 3 (`SAMPLE_RING3`).
+pub const RING3_NOTE: &str = "hot loop in guest ring 3 (vDSO/io_uring-style)";
+
 /// The 8254's mode/command port.
 const PIT_COMMAND: u16 = 0x43;
 /// The 8254's counter 0 data port.
@@ -269,6 +272,15 @@ fn build_case(c: CaseId, group: &[&Measurement]) -> Case {
     }
     let phases: Vec<&PhaseRecord> = group.iter().filter_map(|m| m.phase.as_ref()).collect();
     let samples: Vec<&SampleRecord> = group.iter().filter_map(|m| m.sample.as_ref()).collect();
+    // Where the guest ran the timed loop (`SAMPLE_RING3`); rings default to ring 0.
+    if samples.iter().any(|s| s.sample.flags & SAMPLE_RING3 != 0) {
+        case.notes.push(RING3_NOTE.into());
+    } else if matches!(
+        c.variant,
+        Variant::PvRing | Variant::PvEventfd | Variant::PvPoll
+    ) {
+        case.notes.push("hot loop in guest ring 0".into());
+    }
     case.ops = phases.iter().map(|p| p.ops).sum();
     case.bytes = samples.iter().map(|s| s.sample.bytes).sum();
     if failures.is_empty() && !all_positive {
@@ -502,6 +514,33 @@ mod tests {
         assert_eq!(k.guest_cycles_per_op_median, 1000.0);
         assert!(k.notes.iter().any(|n| n.contains("phase mean")));
         assert!(k.notes.iter().any(|n| n.contains("2 boots")));
+    }
+
+    #[test]
+    fn the_ring_of_the_hot_loop_is_noted() {
+        let note = |variant, flags| {
+            let c = id(Device::Clock, variant, Workload::ClockRead);
+            let k = &build_cases(&[Measurement {
+                case: c,
+                phase: Some(phase(c, 10, &[], 1000)),
+                sample: Some(sample(c, 10, 0, flags, vec![])),
+                console: None,
+                guest_says: None,
+            }])[0];
+            k.notes
+                .iter()
+                .filter(|n| n.starts_with("hot loop"))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let ring3 = SAMPLE_VERIFIED | SAMPLE_RING3;
+        assert_eq!(note(Variant::PvClock, ring3), [RING3_NOTE]);
+        assert_eq!(note(Variant::PvPoll, ring3), [RING3_NOTE]);
+        assert_eq!(
+            note(Variant::PvRing, SAMPLE_VERIFIED),
+            ["hot loop in guest ring 0"]
+        );
+        assert!(note(Variant::Pit, SAMPLE_VERIFIED).is_empty());
     }
 
     #[test]
