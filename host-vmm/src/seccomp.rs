@@ -583,6 +583,23 @@ impl Confinement {
     }
 }
 
+/// Makes every thread allocate from glibc's main arena. Call before the VM's threads start.
+///
+/// A thread arena's heap-trimming path (`shrink_heap`) reads
+/// `/proc/sys/vm/overcommit_memory` with `openat` the first time it runs, which a confined
+/// thread may not do (seen as a SIGSYS kill of the vCPU thread in a long block benchmark).
+/// The main arena trims with `brk`/`madvise`, which are allowed. One arena costs nothing
+/// here: the VM has one vCPU thread and one I/O thread.
+pub fn use_main_arena_only() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: `mallopt` only changes allocator tuning; `M_ARENA_MAX` with a positive value
+        // is a documented, always-valid setting. Its return value (1 on success) is not
+        // needed: on failure threads keep their own arenas, as before.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    });
+}
+
 /// `siginfo_t` of a `SIGSYS` from seccomp (`_sigsys` of include/uapi/asm-generic/siginfo.h,
 /// x86_64 layout: three ints, padding, then the union).
 #[repr(C)]

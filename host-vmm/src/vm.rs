@@ -456,7 +456,10 @@ fn run_inner(config: &VmConfig, custom: Option<Box<dyn PvDevices>>) -> Result<Ru
     let platform = crate::platform::info(tsc_khz);
     let reg_access = vcpu.reg_access();
     let confinement = match config.seccomp {
-        true => Some(Confinement::new(ThreadKind::Vcpu)?),
+        true => {
+            crate::seccomp::use_main_arena_only();
+            Some(Confinement::new(ThreadKind::Vcpu)?)
+        }
         false => None,
     };
 
