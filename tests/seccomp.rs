@@ -228,7 +228,11 @@ fn heap_trimming_on_a_confined_thread_is_allowed() {
         "without the main-arena setting the trim path should reach openat: {}",
         text(&control.stderr)
     );
-    assert!(text(&control.stderr).contains("openat"), "{}", text(&control.stderr));
+    assert!(
+        text(&control.stderr).contains("openat"),
+        "{}",
+        text(&control.stderr)
+    );
 }
 
 #[test]

@@ -96,23 +96,37 @@ fn header(report: &Report, out: &mut String) -> fmt::Result {
     writeln!(out)
 }
 
+/// The latency percentiles in µs, from the guest's TSC samples (`—` when unknown).
+fn latency_cell(case: &Case) -> String {
+    match (case.ns_per_op_p50, case.ns_per_op_p99) {
+        (Some(p50), Some(p99)) => format!(
+            "{} / {}",
+            numfmt::num(p50 / 1000.0),
+            numfmt::num(p99 / 1000.0)
+        ),
+        _ => "—".into(),
+    }
+}
+
 fn device_table(report: &Report, device: &str, out: &mut String) -> fmt::Result {
     writeln!(out, "## {}", inline(device))?;
     writeln!(out)?;
     writeln!(
         out,
         "| variant | kind | workload | ops | exits/op (userspace) | in-kernel notifications/op \
-         | guest cycles/op (median / p99) | host ns/op | throughput | speedup vs emulated | status |"
+         | guest cycles/op (median / p99) | latency µs (p50 / p99) | host ns/op | throughput \
+         | speedup vs emulated | status |"
     )?;
-    writeln!(out, "|---|---|---|--:|--:|--:|--:|--:|--:|--:|---|")?;
+    writeln!(out, "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|")?;
     let groups = report.workload_groups(device);
     for case in groups.iter().flat_map(|g| g.cases.iter()) {
-        let cells: [String; 11] = if case.is_failed() {
+        let cells: [String; 12] = if case.is_failed() {
             let reason = case.failure_reason().unwrap_or("not verified");
             [
                 cell(&case.variant),
                 case.kind.to_string(),
                 cell(&case.workload),
+                FAILED.into(),
                 FAILED.into(),
                 FAILED.into(),
                 FAILED.into(),
@@ -135,6 +149,7 @@ fn device_table(report: &Report, device: &str, out: &mut String) -> fmt::Result 
                     numfmt::num(case.guest_cycles_per_op_median),
                     numfmt::num(case.guest_cycles_per_op_p99)
                 ),
+                latency_cell(case),
                 numfmt::num(case.ns_per_op),
                 format!(
                     "{} {}",
@@ -329,18 +344,18 @@ mod tests {
         report.compute_speedups();
         let md = render_markdown(&report);
         let cells = row_cells(&md, "pv-poll", "randwrite-4KiB");
-        assert_eq!(cells.len(), 11, "{cells:?}");
+        assert_eq!(cells.len(), 12, "{cells:?}");
         assert_eq!(cells[0], "pv-poll");
         assert_eq!(cells[2], "randwrite-4KiB");
-        for c in &cells[3..10] {
+        for c in &cells[3..11] {
             assert_eq!(*c, "FAILED", "{cells:?}");
         }
         assert!(
-            cells[10].starts_with("FAILED: read-back mismatch"),
+            cells[11].starts_with("FAILED: read-back mismatch"),
             "{cells:?}"
         );
         // No measured number anywhere in the measured columns.
-        assert!(cells[3..10]
+        assert!(cells[3..11]
             .iter()
             .all(|c| !c.chars().any(|ch| ch.is_ascii_digit())));
         // The failed case's numbers do not leak into the exits-by-kind table either.
@@ -373,7 +388,7 @@ mod tests {
         let (variant, workload) = (case.variant.clone(), case.workload.clone());
         let md = render_markdown(&report);
         let cells = row_cells(&md, &variant, &workload);
-        assert_eq!(cells[10], "FAILED: not verified");
+        assert_eq!(cells[11], "FAILED: not verified");
     }
 
     #[test]
@@ -384,12 +399,13 @@ mod tests {
         let uart = row_cells(&md, "uart", "write-4KiB");
         assert_eq!(uart[1], "emulated");
         assert_eq!(uart[4], "8,192");
-        assert_eq!(uart[9], "baseline");
-        assert_eq!(uart[10], "ok");
+        assert!(uart[7].contains(" / "), "latency p50 / p99: {uart:?}");
+        assert_eq!(uart[10], "baseline");
+        assert_eq!(uart[11], "ok");
         let hc = row_cells(&md, "pv-hypercall", "write-4KiB");
         assert_eq!(hc[1], "pv");
         assert_eq!(hc[4], "1");
-        assert!(hc[9].ends_with('×') && hc[9].contains(','), "{hc:?}");
+        assert!(hc[10].ends_with('×') && hc[10].contains(','), "{hc:?}");
         let poll = row_cells(&md, "pv-poll", "write-4KiB");
         assert_eq!(poll[4], "0");
     }

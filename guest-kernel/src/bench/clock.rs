@@ -15,7 +15,9 @@
 //!   [`INTERVAL_NS`] (20 ms) is measured with the clock (read in ring 3) and with the
 //!   PIT-extended counter (polled in ring 0); they must differ by at most **2 % of the
 //!   interval + 1 ms** ([`tolerance_ns`]: the clocks come from different host sources and
-//!   each read of either side takes tens of µs here). `extra` = the difference in ns.
+//!   each read of either side takes tens of µs here). Up to 3 intervals are measured and the
+//!   best one counts (a preempted vCPU skews one interval; a wrong clock skews all of them).
+//!   `extra` = the smallest difference in ns.
 //!   Without a PIT only monotonicity is checked.
 //!
 //! The `pit` case has nothing to check (flags 0).
@@ -36,6 +38,9 @@ pub const INTERVAL_NS: u64 = 20_000_000;
 pub const fn tolerance_ns(interval_ns: u64) -> u64 {
     interval_ns / 50 + 1_000_000
 }
+
+/// Intervals the agreement check may take before it fails (the best one counts).
+const AGREEMENT_ATTEMPTS: u32 = 3;
 
 /// Reads per sample in ring 3.
 const READS_PER_BATCH: u64 = 1000;
@@ -208,17 +213,36 @@ fn read_case(
     let mut failed = l.backwards != 0;
     let mut extra = 0;
     if let Some(pit) = pit {
-        let p0 = pit.ticks();
-        let c0 = user::read_clock(&reader);
-        let p1 = pit.wait_until(p0, INTERVAL_NS);
-        let c1 = user::read_clock(&reader);
-        let pit_ns = ticks_to_ns(p1 - p0);
-        let clock_ns = c1.wrapping_sub(c0);
-        extra = pit_ns.abs_diff(clock_ns);
-        let tolerance = tolerance_ns(pit_ns);
-        failed |= c0 < l.last || c1 < c0 || extra > tolerance;
+        // Each attempt is one interval. A vCPU preempted between a PIT read and a clock
+        // read (the host is a shared 2-core machine) inflates one attempt's difference by
+        // the preemption; a wrong clock is wrong in every attempt. So: the best of up to
+        // AGREEMENT_ATTEMPTS, as clocksource watchdogs retry a skewed read.
+        let mut best = u64::MAX;
+        let mut tolerance = 0;
+        let mut attempts = 0;
+        while attempts < AGREEMENT_ATTEMPTS && best > tolerance {
+            attempts += 1;
+            let p0 = pit.ticks();
+            let c0 = user::read_clock(&reader);
+            let p1 = pit.wait_until(p0, INTERVAL_NS);
+            let c1 = user::read_clock(&reader);
+            let pit_ns = ticks_to_ns(p1 - p0);
+            let clock_ns = c1.wrapping_sub(c0);
+            failed |= c0 < l.last || c1 < c0;
+            let diff = pit_ns.abs_diff(clock_ns);
+            if diff < best {
+                best = diff;
+                tolerance = tolerance_ns(pit_ns);
+            }
+            println!(
+                "bench clock: attempt {attempts}: {clock_ns} ns by the clock vs {pit_ns} ns by the PIT: differ by {diff} ns (tolerance {} ns)",
+                tolerance_ns(pit_ns)
+            );
+        }
+        extra = best;
+        failed |= best > tolerance;
         println!(
-            "bench clock: {clock_ns} ns by the clock vs {pit_ns} ns by the PIT: differ by {extra} ns (tolerance {tolerance} ns); {} reads went backwards",
+            "bench clock: best of {attempts} differs by {best} ns (tolerance {tolerance} ns); {} reads went backwards",
             l.backwards
         );
     } else {

@@ -38,6 +38,21 @@ use crate::vm::{ConsoleKind, KernelSource, RunOutcome, VmConfig};
 pub use names::BenchDevice;
 use progress::Progress;
 
+/// Fills each case's latency percentiles in ns (`ns_per_op_p50`/`p99`) from its guest
+/// cycle percentiles and the TSC frequency. The host only times whole phases; the guest's
+/// per-operation (or per-batch) TSC samples are the latency distribution.
+fn latency_from_cycles(cases: &mut [Case], tsc_khz: u64) {
+    if tsc_khz == 0 {
+        return;
+    }
+    let ns =
+        |cycles: f64| (cycles.is_finite() && cycles > 0.0).then(|| cycles * 1e6 / tsc_khz as f64);
+    for c in cases {
+        c.ns_per_op_p50 = ns(c.guest_cycles_per_op_median);
+        c.ns_per_op_p99 = ns(c.guest_cycles_per_op_p99);
+    }
+}
+
 /// Default watchdog per guest boot.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
 /// Default watchdog per guest boot with `quick`.
@@ -304,6 +319,8 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchOutcome, RunnerError> {
         .filter_map(|r| r.result.as_ref().ok())
         .find_map(|o| o.platform.tsc_khz);
     platform.tsc_khz = tsc_khz.map_or(0, u64::from);
+    let mut cases = cases;
+    latency_from_cycles(&mut cases, platform.tsc_khz);
     let mut report = Report {
         platform,
         cases,
@@ -576,6 +593,22 @@ pub fn write_outputs(outcome: &BenchOutcome, dir: &Path) -> Result<Outputs, Runn
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_percentiles_come_from_guest_cycles() {
+        let mut c = cases::failed_case("block", "pv-ring", "randread-4KiB", String::new());
+        c.guest_cycles_per_op_median = 2_000_000.0;
+        c.guest_cycles_per_op_p99 = 4_000_000.0;
+        let mut failed = cases::failed_case("block", "ata-pio", "randread-4KiB", "x".into());
+        failed.guest_cycles_per_op_median = f64::NAN;
+        let mut all = [c, failed];
+        latency_from_cycles(&mut all, 2_000_000);
+        assert_eq!(all[0].ns_per_op_p50, Some(1_000_000.0));
+        assert_eq!(all[0].ns_per_op_p99, Some(2_000_000.0));
+        assert_eq!(all[1].ns_per_op_p50, None);
+        latency_from_cycles(&mut all, 0);
+        assert_eq!(all[0].ns_per_op_p50, Some(1_000_000.0), "unknown TSC: left as is");
+    }
 
     #[test]
     fn cmdlines() {
