@@ -607,7 +607,11 @@ mod tests {
         assert_eq!(all[0].ns_per_op_p99, Some(2_000_000.0));
         assert_eq!(all[1].ns_per_op_p50, None);
         latency_from_cycles(&mut all, 0);
-        assert_eq!(all[0].ns_per_op_p50, Some(1_000_000.0), "unknown TSC: left as is");
+        assert_eq!(
+            all[0].ns_per_op_p50,
+            Some(1_000_000.0),
+            "unknown TSC: left as is"
+        );
     }
 
     #[test]
