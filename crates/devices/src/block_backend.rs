@@ -312,34 +312,20 @@ impl BlockBackend for FileBackend {
         check_range(offset, dst.len(), self.len)?;
         let guard = dst.ptr_guard_mut();
         let base = guard.as_ptr();
-        let mut done = 0usize;
-        while done < dst.len() {
-            let pos = file_offset(offset, done)?;
-            // SAFETY: `base + done .. base + dst.len()` lies inside `dst`, which is valid for
-            // writes of `dst.len()` bytes while `dst` (and the guard) lives (the contract of
-            // `VolatileSlice`). The kernel writes it like a DMA engine would: no Rust
-            // reference to that memory exists, and concurrent guest accesses only race the
-            // guest against itself. `done < dst.len()`, so the count is non-zero.
-            let n = unsafe {
-                libc::pread64(
-                    self.file.as_raw_fd(),
-                    base.add(done).cast(),
-                    dst.len() - done,
-                    pos,
-                )
-            };
-            match n {
-                0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
-                n if n > 0 => done += n as usize,
-                _ => {
-                    let e = io::Error::last_os_error();
-                    if e.kind() != io::ErrorKind::Interrupted {
-                        return Err(e.into());
-                    }
-                }
-            }
-        }
-        Ok(())
+        let fd = self.file.as_raw_fd();
+        positional_io(
+            offset,
+            dst.len(),
+            io::ErrorKind::UnexpectedEof,
+            |done, pos| {
+                // SAFETY: `base + done .. base + dst.len()` lies inside `dst`, which is valid for
+                // writes of `dst.len()` bytes while `dst` (and the guard) lives (the contract of
+                // `VolatileSlice`). The kernel writes it like a DMA engine would: no Rust
+                // reference to that memory exists, and concurrent guest accesses only race the
+                // guest against itself. `done < dst.len()`, so the count is non-zero.
+                unsafe { libc::pread64(fd, base.add(done).cast(), dst.len() - done, pos) }
+            },
+        )
     }
 
     /// One `pwrite64` per call (more only if the kernel writes short), straight from the
@@ -356,33 +342,40 @@ impl BlockBackend for FileBackend {
         check_range(offset, src.len(), self.len)?;
         let guard = src.ptr_guard();
         let base = guard.as_ptr();
-        let mut done = 0usize;
-        while done < src.len() {
-            let pos = file_offset(offset, done)?;
+        let fd = self.file.as_raw_fd();
+        positional_io(offset, src.len(), io::ErrorKind::WriteZero, |done, pos| {
             // SAFETY: `base + done .. base + src.len()` lies inside `src`, valid for reads
             // of `src.len()` bytes while `src` (and the guard) lives; the kernel only reads
             // it. `done < src.len()`, so the count is non-zero.
-            let n = unsafe {
-                libc::pwrite64(
-                    self.file.as_raw_fd(),
-                    base.add(done).cast(),
-                    src.len() - done,
-                    pos,
-                )
-            };
-            match n {
-                0 => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
-                n if n > 0 => done += n as usize,
-                _ => {
-                    let e = io::Error::last_os_error();
-                    if e.kind() != io::ErrorKind::Interrupted {
-                        return Err(e.into());
-                    }
+            unsafe { libc::pwrite64(fd, base.add(done).cast(), src.len() - done, pos) }
+        })
+    }
+}
+
+/// Runs one positional transfer of `len` bytes at file `offset` to completion: calls
+/// `step(done, file_position)` (one `pread64`/`pwrite64` of the remaining bytes) until
+/// `len` bytes moved, retrying on `EINTR`. A step that moves 0 bytes fails with `on_zero`
+/// (end of file for reads, a write that makes no progress for writes).
+fn positional_io(
+    offset: u64,
+    len: usize,
+    on_zero: io::ErrorKind,
+    mut step: impl FnMut(usize, i64) -> isize,
+) -> Result<(), BackendError> {
+    let mut done = 0usize;
+    while done < len {
+        match step(done, file_offset(offset, done)?) {
+            0 => return Err(io::Error::from(on_zero).into()),
+            n if n > 0 => done += n as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e.into());
                 }
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// `offset + done` as the `off64_t` of `pread64`/`pwrite64`. Both were range checked
