@@ -215,7 +215,25 @@ pub fn capacity() -> Result<u64, Status> {
     crate::hypercall::block_capacity()
 }
 
-/// Why a block ring could not be set up.
+/// Initializes a ring of `size` slots in `mem` and registers it with the host as `kind`
+/// (`RegisterRegion(kind, gpa, len, transport)`): the set-up every PV ring driver shares.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn register_ring<Req: crate::ring::RingItem, Rsp: crate::ring::RingItem>(
+    mem: &'static mut [u8],
+    size: u32,
+    kind: RegionKind,
+    transport: Transport,
+) -> Result<Ring<Req, Rsp>, SetupError> {
+    let ring = Ring::new(mem, size).map_err(SetupError::Ring)?;
+    let gpa = virt_to_phys(ring.as_ptr());
+    // SAFETY: the ring memory is 'static and used only by this ring and the host, which
+    // accesses it as the ring protocol says.
+    unsafe { crate::hypercall::register_region(kind, gpa, ring.len() as u64, transport as u64) }
+        .map_err(SetupError::Host)?;
+    Ok(ring)
+}
+
+/// Why a ring (block or console) could not be set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SetupError {
     /// The memory or size is unusable.
@@ -244,19 +262,7 @@ impl BlockRing {
         size: u32,
         transport: Transport,
     ) -> Result<Self, SetupError> {
-        let ring = Ring::new(mem, size).map_err(SetupError::Ring)?;
-        let gpa = virt_to_phys(ring.as_ptr());
-        // SAFETY: the ring memory is 'static and used only by this ring and the host, which
-        // accesses it as the ring protocol says.
-        unsafe {
-            crate::hypercall::register_region(
-                RegionKind::BlockRing,
-                gpa,
-                ring.len() as u64,
-                transport as u64,
-            )
-        }
-        .map_err(SetupError::Host)?;
+        let ring = register_ring(mem, size, RegionKind::BlockRing, transport)?;
         Ok(BlockRing { ring, transport })
     }
 

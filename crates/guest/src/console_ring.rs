@@ -8,7 +8,7 @@
 //! the natural fit.
 
 use crate::addr::virt_to_phys;
-use crate::block::SetupError;
+use crate::block::{register_ring, SetupError};
 use crate::ring::{QueueError, Ring, WaitError};
 use pvkit_abi::console::{ConsoleRequest, ConsoleResponse, MAX_WRITE};
 use pvkit_abi::ring::{RegionKind, RingId, Transport};
@@ -33,18 +33,7 @@ impl ConsoleRing {
         size: u32,
         transport: Transport,
     ) -> Result<Self, SetupError> {
-        let ring = Ring::new(mem, size).map_err(SetupError::Ring)?;
-        let gpa = virt_to_phys(ring.as_ptr());
-        // SAFETY: the ring memory is 'static and used only by this ring and the host.
-        unsafe {
-            crate::hypercall::register_region(
-                RegionKind::ConsoleRing,
-                gpa,
-                ring.len() as u64,
-                transport as u64,
-            )
-        }
-        .map_err(SetupError::Host)?;
+        let ring = register_ring(mem, size, RegionKind::ConsoleRing, transport)?;
         Ok(ConsoleRing {
             ring,
             transport,
