@@ -79,8 +79,8 @@ struct RunArgs {
     timeout: f64,
 
     /// Print a report to stderr at the end: platform (KVM kind, CPU, TSC rate), every VM
-    /// exit by kind sorted by count, total exits, time to the first hypercall and to the
-    /// stop, and peak RSS.
+    /// exit by kind sorted by count, total exits, console bytes dropped (stdout did not
+    /// keep up), time to the first hypercall and to the stop, and peak RSS.
     #[arg(long)]
     stats: bool,
 
@@ -147,6 +147,13 @@ fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
         StopReason::Exit(_) => {}
         StopReason::Signal { .. } => eprintln!("pvkit: {}", outcome.stop),
         other => eprintln!("{other}"),
+    }
+    if outcome.console_dropped > 0 {
+        // The console never waits for stdout (src/console.rs): say what did not get out.
+        eprintln!(
+            "pvkit: {} console bytes dropped (stdout did not keep up)",
+            outcome.console_dropped
+        );
     }
     if args.stats {
         eprint!(

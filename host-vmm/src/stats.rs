@@ -1,4 +1,4 @@
-//! The `--stats` report: platform, exits by kind, timings, peak RSS.
+//! The `--stats` report: platform, exits by kind, console bytes dropped, timings, peak RSS.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -44,6 +44,7 @@ pub fn report(o: &RunOutcome, peak_rss_kib: Option<u64>) -> String {
         let _ = writeln!(s, "    {n:>10}  notify {name} (in-kernel)");
     }
     let _ = writeln!(s, "  total exits:       {}", o.ledger.total);
+    let _ = writeln!(s, "  console dropped:   {} bytes", o.console_dropped);
     let _ = writeln!(s, "  to guest entry:    {}", ms(o.timings.to_guest_entry));
     let _ = match o.timings.to_first_exit {
         Some(d) => writeln!(s, "  to first exit:     {}", ms(d)),

@@ -150,7 +150,9 @@ pub struct RunOutcome {
     pub ledger: LedgerSnapshot,
     /// Console output (when captured).
     pub console: Vec<u8>,
-    /// Console bytes dropped because the capture buffer was full.
+    /// Console bytes dropped: the capture buffer or the stdout buffer was full, stdout
+    /// failed, or the stdout writer could not write them within
+    /// [`crate::console::FINISH_GRACE`] at the end of the run.
     pub console_dropped: u64,
     /// Benchmark phases the guest marked.
     pub phases: Vec<PhaseRecord>,
@@ -404,7 +406,7 @@ fn run_inner(config: &VmConfig, custom: Option<Box<dyn PvDevices>>) -> Result<Ru
     let console = if config.capture_console {
         Console::capture()
     } else {
-        Console::stdout()
+        Console::stdout().map_err(VmError::Thread)?
     };
     let mut bus = PortBus::new();
     bus.insert(COM1_BASE, COM1_LEN, Box::new(Uart::new(console.clone())))?;
@@ -505,6 +507,8 @@ fn run_inner(config: &VmConfig, custom: Option<Box<dyn PvDevices>>) -> Result<Ru
     };
 
     let (phases, samples) = machine.bench.into_parts();
+    // Bounded: the writer thread gets a short grace, what it cannot write is counted.
+    console.finish(crate::console::FINISH_GRACE);
     Ok(RunOutcome {
         stop,
         ledger: machine.ledger.snapshot(),

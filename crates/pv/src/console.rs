@@ -4,6 +4,16 @@
 //! serve the console ring. Bytes are copied out of guest memory through a fixed 4 KiB stack
 //! buffer, so no allocation depends on the guest's length, and the whole range is validated
 //! before the first byte reaches the sink.
+//!
+//! # Byte budget
+//!
+//! One service moves at most [`SERVICE_BYTE_BUDGET`] bytes: a hypercall carries at most
+//! [`MAX_WRITE`] (64 KiB, below the budget), and one [`service_ring`] writes requests in
+//! ring order until the next one would take the total past the budget; that request and
+//! every later one in the same service are answered `EAGAIN` with `written = 0` and nothing
+//! of them is copied (the guest resubmits them; its next kick is a new service). The
+//! refused requests cost a slot read and a response write each, so one service is bounded
+//! by the budget plus the ring's size.
 
 use pvkit_abi::console::{ConsoleRequest, ConsoleResponse, MAX_WRITE};
 use pvkit_abi::Status;
@@ -17,6 +27,11 @@ pub type ConsoleRing = RingConsumer<ConsoleRequest, ConsoleResponse>;
 
 /// Bytes copied from guest memory per sink write.
 const CHUNK: usize = 4096;
+
+/// The most bytes one console service writes: one [`service_ring`] call (one doorbell,
+/// one eventfd wake-up, one poll round). Later requests of that service get `EAGAIN`.
+pub const SERVICE_BYTE_BUDGET: u64 = 256 << 10;
+const _: () = assert!(MAX_WRITE <= SERVICE_BYTE_BUDGET);
 
 /// Why a console write failed. [`ConsoleError::status`] is what the guest sees.
 #[derive(Debug, thiserror::Error)]
@@ -116,13 +131,30 @@ pub fn handle_request<M: GuestMemory + ?Sized>(
     }
 }
 
-/// Services every available request on the console ring, writing to `sink`.
+/// Services every available request on the console ring, writing to `sink`, at most
+/// [`SERVICE_BYTE_BUDGET`] bytes in all: a request that would go past the budget, and every
+/// request after it in this service, is answered `EAGAIN` with nothing written.
 pub fn service_ring<M: GuestMemory + ?Sized>(
     mem: &M,
     ring: &mut ConsoleRing,
     sink: &mut dyn std::io::Write,
 ) -> Result<Batch, RingError> {
-    ring.poll(mem, |req| handle_request(mem, &req, sink))
+    let mut left = SERVICE_BYTE_BUDGET;
+    ring.poll(mem, |req| {
+        let len = u64::from(req.len);
+        // Oversized requests (> MAX_WRITE) still get their own E2BIG from `write`.
+        if len <= MAX_WRITE && len > left {
+            left = 0;
+            return ConsoleResponse {
+                status: Status::EAGAIN as i64,
+                id: req.id,
+                written: 0,
+            };
+        }
+        let rsp = handle_request(mem, &req, sink);
+        left = left.saturating_sub(u64::from(rsp.written));
+        rsp
+    })
 }
 
 #[cfg(test)]
@@ -186,6 +218,62 @@ mod tests {
     fn sink_error_is_eio() {
         let m = mem();
         assert_eq!(write(&m, 0, 10, &mut Broken), Err(Status::EIO));
+    }
+
+    #[test]
+    fn ring_service_stops_writing_at_the_byte_budget() {
+        let m = mem();
+        let gpa = 0x2_0000;
+        let data: Vec<u8> = (0..MAX_WRITE as usize).map(|i| (i % 251) as u8).collect();
+        m.write_slice(&data, GuestAddress(0x4_0000)).unwrap();
+        let per = SERVICE_BYTE_BUDGET / MAX_WRITE;
+        let mut p = GuestProducer::<ConsoleRequest, ConsoleResponse>::init(&m, gpa, 16, 0).unwrap();
+        let mut ring = ConsoleRing::new(&m, gpa, 0x1000).unwrap();
+        let full = ConsoleRequest {
+            addr: 0x4_0000,
+            len: MAX_WRITE as u32,
+            id: 0,
+        };
+        for id in 0..per + 2 {
+            p.push(
+                &m,
+                ConsoleRequest {
+                    id: id as u32,
+                    ..full
+                },
+            )
+            .unwrap();
+        }
+        // A small one after the refusal is refused too: ring order is kept.
+        p.push(
+            &m,
+            ConsoleRequest {
+                len: 1,
+                id: 99,
+                ..full
+            },
+        )
+        .unwrap();
+        p.publish(&m).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(
+            service_ring(&m, &mut ring, &mut out).unwrap().requests,
+            per + 3
+        );
+        assert_eq!(out.len() as u64, SERVICE_BYTE_BUDGET);
+        let rsps = p.take_responses(&m).unwrap();
+        let ok = rsps.iter().filter(|r| r.status == 0).count() as u64;
+        assert_eq!(ok, per);
+        assert!(rsps
+            .iter()
+            .skip(per as usize)
+            .all(|r| r.status == Status::EAGAIN as i64 && r.written == 0));
+        // The next service (the guest's next kick) writes again.
+        p.push(&m, ConsoleRequest { id: 100, ..full }).unwrap();
+        p.publish(&m).unwrap();
+        out.clear();
+        service_ring(&m, &mut ring, &mut out).unwrap();
+        assert_eq!(out, data);
     }
 
     #[test]
