@@ -7,6 +7,8 @@
 //! | `print=N`   | instead of the banner, write exactly `N` bytes of `x` in one console write |
 //! | `alloc=N`   | before the output: allocate `N` bytes on the heap, touch the first and last, free them |
 //! | `writes=K`  | with `print=`: do it `K` times (K writes of N bytes), default 1      |
+//! | `flood`     | with `print=`: write for ever (`writes=` ignored); the host's watchdog or a signal ends it |
+//! | `ring=`     | with `print=`: write through the console ring, `doorbell` or `eventfd` transport, instead of the console |
 //! | `fault=`    | after the banner: `ud` (ud2), `pf` (write above the 4 GiB identity map), `gp` (non-canonical access), `de` (divide by zero), `df` (double fault: a stack overflow into unmapped memory) |
 //! | `panic`     | after the banner: `panic!("requested panic")`                         |
 //! | `spin`      | after the banner: loop forever (watchdog tests)                       |
@@ -21,6 +23,7 @@
 
 use crate::bench::Selection;
 use crate::console::ConsoleKind;
+use pvkit_abi::ring::Transport;
 use pvkit_guest::cmdline::Cmdline;
 
 /// A CPU exception the kernel can raise on request.
@@ -59,6 +62,10 @@ pub struct Print {
     pub bytes: usize,
     /// Number of writes.
     pub writes: usize,
+    /// `flood`: for ever.
+    pub flood: bool,
+    /// `ring=`: through the console ring with this transport.
+    pub ring: Option<Transport>,
 }
 
 /// `bench=<list> [quick] [ops=N]`.
@@ -103,6 +110,8 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
         bench: None,
     };
     let mut writes = 1;
+    let mut flood = false;
+    let mut ring = None;
     let mut quick = false;
     let mut ops = None;
     for t in cmdline.tokens() {
@@ -113,10 +122,19 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
             ("exit", Some(n)) => args.exit_code = n.parse().map_err(|_| n)?,
             ("print", Some(n)) => {
                 let bytes = n.parse().map_err(|_| n)?;
-                args.print = Some(Print { bytes, writes: 1 });
+                args.print = Some(Print {
+                    bytes,
+                    writes: 1,
+                    flood: false,
+                    ring: None,
+                });
             }
             ("alloc", Some(n)) => args.alloc = Some(n.parse().map_err(|_| n)?),
             ("writes", Some(n)) => writes = n.parse().map_err(|_| n)?,
+            ("flood", None) => flood = true,
+            ("ring", Some("doorbell")) => ring = Some(Transport::Doorbell),
+            ("ring", Some("eventfd")) => ring = Some(Transport::DoorbellEventfd),
+            ("ring", Some(other)) => return Err(other),
             ("fault", Some(kind)) => {
                 args.action = Some(Action::Fault(match kind {
                     "ud" => FaultKind::InvalidOpcode,
@@ -149,6 +167,8 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
     }
     if let Some(p) = &mut args.print {
         p.writes = writes;
+        p.flood = flood;
+        p.ring = ring;
     }
     if let Some(b) = &mut args.bench {
         b.quick = quick;

@@ -4,17 +4,23 @@
 //! banner, or with `print=N` exactly `N` bytes of `x` in one console write (repeated
 //! `writes=K` times) and no banner, so a test can count exits exactly:
 //! on the PV console `K` hypercalls (one per 64 KiB), on the UART `2·N·K` port accesses,
-//! then one `Exit` hypercall. Then the action, if any (fault, panic, spin, triple fault),
+//! then one `Exit` hypercall. With `flood` the writes never end (the host's watchdog or a
+//! signal stops the VM); with `ring=doorbell|eventfd` they go through the console ring
+//! ([`print_ring`]). Then the action, if any (fault, panic, spin, triple fault),
 //! else `Exit` with `exit=N` (default 0).
 
 use crate::cmdline::{Action, Args, FaultKind, Print};
 use crate::console::{self, ConsoleKind};
 use crate::heap::MAX_HEAP;
+use crate::statics::{Exclusive, Pages};
 use alloc::vec::Vec;
 use pvkit_abi::boot::BootInfo;
 use pvkit_abi::cpuid::Features;
+use pvkit_abi::ring::Transport;
+use pvkit_abi::Status;
 use pvkit_abi::ABI_VERSION;
 use pvkit_guest::clock::ClockPage;
+use pvkit_guest::console_ring::ConsoleRing;
 use pvkit_guest::{console::MAX_WRITE, hypercall};
 
 /// A guest-physical address above the 4 GiB boot identity map, so unmapped (64 GiB).
@@ -84,14 +90,21 @@ fn alloc_touch_free(bytes: usize) {
 /// interpreted fill loop (an emulated `rep stos` costs ~0.5 µs per 8 bytes on kvm_pvm).
 static XS: [u8; MAX_WRITE] = [b'x'; MAX_WRITE];
 
-/// `print=N writes=K`: `K` console writes of `N` bytes of `x`.
+/// `print=N writes=K [flood] [ring=…]`: `K` (or, with `flood`, endless) console writes of
+/// `N` bytes of `x`.
 ///
 /// Each write is one [`console::write`] of `N` bytes when `N` fits in one hypercall
 /// ([`MAX_WRITE`], 64 KiB). A larger `N` is written in `MAX_WRITE` pieces, which is exactly
 /// what the PV driver would send for one large buffer (and the UART is per byte anyway), so
 /// the host sees the same exits either way.
 fn print_x(p: Print) {
-    for _ in 0..p.writes {
+    if let Some(transport) = p.ring {
+        print_ring(p, transport);
+        return;
+    }
+    let mut writes = 0;
+    while p.flood || writes < p.writes {
+        writes += 1;
         let mut left = p.bytes;
         while left != 0 {
             let n = left.min(MAX_WRITE);
@@ -99,6 +112,54 @@ fn print_x(p: Print) {
                 panic!("console write of {n} bytes failed: {status}");
             }
             left -= n;
+        }
+    }
+}
+
+/// The console ring of `print=… ring=…`.
+static PRINT_RING: Exclusive<Pages<4096>> = Exclusive::new(Pages::zeroed());
+/// Ring slots, and the most requests queued per batch.
+const PRINT_RING_SIZE: u32 = 32;
+const PRINT_BATCH: usize = 16;
+
+/// `print=N writes=K ring=T`: the writes through the console ring with transport `T`, in
+/// batches of up to [`PRINT_BATCH`] requests of at most [`MAX_WRITE`] bytes, each batch
+/// submitted (one doorbell when the host asks) and waited for. A request the host answers
+/// `EAGAIN` (its per-service byte budget, docs/ABI.md) is sent again in the next batch;
+/// any other failure panics.
+fn print_ring(p: Print, transport: Transport) {
+    let mut ring = match ConsoleRing::register(&mut PRINT_RING.take().0, PRINT_RING_SIZE, transport)
+    {
+        Ok(ring) => ring,
+        Err(e) => panic!("registering the console ring ({transport:?}): {e:?}"),
+    };
+    let mut writes = 0;
+    while p.flood || writes < p.writes {
+        writes += 1;
+        let mut left = p.bytes;
+        while left != 0 {
+            // Queue up to PRINT_BATCH pieces covering the next bytes (all `x`).
+            let mut queued = 0;
+            let mut covered = 0;
+            while queued < PRINT_BATCH && covered < left {
+                let n = (left - covered).min(MAX_WRITE);
+                if ring.queue(&XS[..n]).is_err() {
+                    break;
+                }
+                queued += 1;
+                covered += n;
+            }
+            ring.submit();
+            let mut written = 0usize;
+            let waited = ring.wait(u64::MAX, |rsp| match Status::try_from(rsp.status as u64) {
+                Ok(Status::Ok) => written += rsp.written as usize,
+                Ok(Status::EAGAIN) => {}
+                other => panic!("console ring write failed: {other:?}"),
+            });
+            if let Err(e) = waited {
+                panic!("console ring: {e:?}");
+            }
+            left -= written.min(left);
         }
     }
 }

@@ -28,13 +28,15 @@ use std::time::{Duration, Instant};
 pub const CAPTURE_LIMIT: usize = 64 << 20;
 
 /// Bytes of guest output waiting for the stdout writer thread; more are dropped and counted.
-pub const STDOUT_BUFFER: usize = 1 << 20;
+pub const STDOUT_BUFFER: usize = 256 << 10;
 
 /// How long [`Console::finish`] lets the writer thread drain the buffer at the end of a run.
 pub const FINISH_GRACE: Duration = Duration::from_millis(500);
 
-/// Bytes the writer thread takes out of the buffer per `write`.
-const WRITE_CHUNK: usize = 64 << 10;
+/// Bytes the writer thread takes out of the buffer per `write`: `PIPE_BUF`, so a write to
+/// a pipe is all or nothing and a write still blocked when the run ends has put none of its
+/// bytes in the pipe (the dropped count is then exact: written + dropped = offered).
+const WRITE_CHUNK: usize = 4096;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave the state inconsistent: keep going.
