@@ -153,10 +153,8 @@ fn sigterm_ends_a_flood_into_a_full_pipe_with_143() {
     for (name, child, out) in runs {
         let t0 = Instant::now();
         // SAFETY: signalling our own child process.
-        assert_eq!(
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
-            0
-        );
+        let r = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(r, 0);
         let (code, err, took) = wait(child, t0);
         drop(out);
         assert_eq!(code, Some(143), "{name}: {err}");
