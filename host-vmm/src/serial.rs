@@ -275,20 +275,49 @@ mod tests {
         let (u, _c) = uart();
         let good = u.state();
         let bad = [
-            UartState { in_buffer: vec![0; 65], line_status: 0x61, ..good.clone() },
-            UartState { interrupt_enable: 0x10, ..good.clone() },
-            UartState { interrupt_identification: 0x00, ..good.clone() },
-            UartState { interrupt_identification: 0x03, ..good.clone() },
-            UartState { line_status: 0x61, ..good.clone() },
-            UartState { in_buffer: vec![1], ..good.clone() },
-            UartState { modem_status: 0, ..good.clone() },
-            UartState { version: 2, ..good.clone() },
+            UartState {
+                in_buffer: vec![0; 65],
+                line_status: 0x61,
+                ..good.clone()
+            },
+            UartState {
+                interrupt_enable: 0x10,
+                ..good.clone()
+            },
+            UartState {
+                interrupt_identification: 0x00,
+                ..good.clone()
+            },
+            UartState {
+                interrupt_identification: 0x03,
+                ..good.clone()
+            },
+            UartState {
+                line_status: 0x61,
+                ..good.clone()
+            },
+            UartState {
+                in_buffer: vec![1],
+                ..good.clone()
+            },
+            UartState {
+                modem_status: 0,
+                ..good.clone()
+            },
+            UartState {
+                version: 2,
+                ..good.clone()
+            },
         ];
         for s in bad {
             assert!(Uart::from_state(&s, Console::capture()).is_err(), "{s:?}");
         }
         // Received bytes survive: the rebuilt UART hands them to the guest.
-        let with_input = UartState { in_buffer: vec![b'o', b'k'], line_status: 0x61, ..good };
+        let with_input = UartState {
+            in_buffer: vec![b'o', b'k'],
+            line_status: 0x61,
+            ..good
+        };
         let mut r = Uart::from_state(&with_input, Console::capture()).unwrap();
         assert_eq!(rd(&mut r, reg::LSR) & 1, 1);
         assert_eq!([rd(&mut r, reg::DATA), rd(&mut r, reg::DATA)], *b"ok");

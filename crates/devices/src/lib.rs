@@ -29,7 +29,9 @@ pub mod pit;
 pub mod state;
 pub mod uart;
 
-pub use ata::{Ata, AtaState, ATA_PRIMARY_CMD_BASE, ATA_PRIMARY_CMD_LEN, ATA_PRIMARY_CTRL, SECTOR_SIZE};
+pub use ata::{
+    Ata, AtaState, ATA_PRIMARY_CMD_BASE, ATA_PRIMARY_CMD_LEN, ATA_PRIMARY_CTRL, SECTOR_SIZE,
+};
 pub use block_backend::{BackendError, BlockBackend, FileBackend, MemBackend};
 pub use pit::{Pit, PitState, PIT_FREQ_HZ};
 pub use state::{StateError, VmClockState};

@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 pub enum StateError {
     /// The state was written by a format this build does not read; save it again with a
     /// matching pvkit or convert it.
-    #[error("{device} state version {found} is not supported (this build reads version {supported})")]
+    #[error(
+        "{device} state version {found} is not supported (this build reads version {supported})"
+    )]
     Version {
         /// The model.
         device: &'static str,

@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use vm_memory::GuestMemory;
 
 use crate::block::{BlockDevice, BlockRing};
+pub use crate::clock::state::PvClockState;
 use crate::console::ConsoleRing;
 use crate::guest_range::RangeError;
-pub use crate::clock::state::PvClockState;
 pub use crate::ring::state::RingState;
 #[cfg(doc)]
 use crate::ring::RingConsumer;
@@ -42,7 +42,11 @@ pub enum StateError {
 }
 
 /// `Err(Invalid)` for `device` unless `rule` holds.
-pub(crate) fn ensure(device: &'static str, rule: bool, what: &'static str) -> Result<(), StateError> {
+pub(crate) fn ensure(
+    device: &'static str,
+    rule: bool,
+    what: &'static str,
+) -> Result<(), StateError> {
     Ok(pvkit_devices::state::ensure(device, rule, what)?)
 }
 

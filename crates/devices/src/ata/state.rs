@@ -212,14 +212,15 @@ impl<B: BlockBackend> Ata<B> {
                 attached,
             });
         }
-        let buf: [u8; SECTOR_SIZE] = state
-            .buf
-            .as_slice()
-            .try_into()
-            .map_err(|_| StateError::Invalid {
-                device: DEVICE,
-                what: "sector buffer is not 512 bytes",
-            })?;
+        let buf: [u8; SECTOR_SIZE] =
+            state
+                .buf
+                .as_slice()
+                .try_into()
+                .map_err(|_| StateError::Invalid {
+                    device: DEVICE,
+                    what: "sector buffer is not 512 bytes",
+                })?;
         let transfer = transfer(state.transfer, state.sectors)?;
         let pos = usize::try_from(state.pos).unwrap_or(usize::MAX);
         ensure(DEVICE, pos < SECTOR_SIZE, "buffer position past the sector")?;
@@ -445,41 +446,84 @@ mod tests {
         let disk = || MemBackend::from_vec(image());
         let refused = |s: AtaState| Ata::from_state(&s, disk()).unwrap_err();
         assert!(matches!(
-            refused(AtaState { version: 9, ..good.clone() }),
+            refused(AtaState {
+                version: 9,
+                ..good.clone()
+            }),
             StateError::Version { found: 9, .. }
         ));
         assert!(matches!(
             Ata::from_state(&good, MemBackend::from_vec(vec![0; 8 * SECTOR_SIZE])),
-            Err(StateError::DiskSize { saved: 64, attached: 8, .. })
+            Err(StateError::DiskSize {
+                saved: 64,
+                attached: 8,
+                ..
+            })
         ));
         let invalid = [
-            AtaState { buf: vec![0; 511], ..good.clone() },
-            AtaState { pos: 512, transfer: TransferState::Identify, ..good.clone() },
-            AtaState { pos: 3, ..good.clone() },
-            AtaState { status: status::DRDY | status::DRQ, ..good.clone() },
             AtaState {
-                transfer: TransferState::Read { lba: 63, remaining: 2, ext: false },
+                buf: vec![0; 511],
                 ..good.clone()
             },
             AtaState {
-                transfer: TransferState::Write { lba: u64::MAX, remaining: 1, ext: true },
+                pos: 512,
+                transfer: TransferState::Identify,
                 ..good.clone()
             },
             AtaState {
-                transfer: TransferState::Write { lba: 0, remaining: 0, ext: true },
+                pos: 3,
                 ..good.clone()
             },
             AtaState {
-                transfer: TransferState::Read { lba: 0, remaining: 257, ext: false },
+                status: status::DRDY | status::DRQ,
+                ..good.clone()
+            },
+            AtaState {
+                transfer: TransferState::Read {
+                    lba: 63,
+                    remaining: 2,
+                    ext: false,
+                },
+                ..good.clone()
+            },
+            AtaState {
+                transfer: TransferState::Write {
+                    lba: u64::MAX,
+                    remaining: 1,
+                    ext: true,
+                },
+                ..good.clone()
+            },
+            AtaState {
+                transfer: TransferState::Write {
+                    lba: 0,
+                    remaining: 0,
+                    ext: true,
+                },
+                ..good.clone()
+            },
+            AtaState {
+                transfer: TransferState::Read {
+                    lba: 0,
+                    remaining: 257,
+                    ext: false,
+                },
                 ..good.clone()
             },
         ];
         for s in invalid {
-            assert!(matches!(refused(s.clone()), StateError::Invalid { .. }), "{s:?}");
+            assert!(
+                matches!(refused(s.clone()), StateError::Invalid { .. }),
+                "{s:?}"
+            );
         }
         // The last sector exactly is fine.
         let edge = AtaState {
-            transfer: TransferState::Read { lba: 63, remaining: 1, ext: false },
+            transfer: TransferState::Read {
+                lba: 63,
+                remaining: 1,
+                ext: false,
+            },
             ..good
         };
         Ata::from_state(&edge, disk()).unwrap();

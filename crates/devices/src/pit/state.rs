@@ -89,15 +89,27 @@ pub struct CounterState {
 
 impl CounterState {
     fn validate(&self) -> Result<(), StateError> {
-        ensure(DEVICE, self.control & !0x3F == 0, "control word above bit 5")?;
+        ensure(
+            DEVICE,
+            self.control & !0x3F == 0,
+            "control word above bit 5",
+        )?;
         ensure(
             DEVICE,
             self.control & 0x30 != 0,
             "control word with a latch access mode",
         )?;
         let count = 1..=65536;
-        ensure(DEVICE, count.contains(&self.cr), "count register not in 1..=65536")?;
-        ensure(DEVICE, count.contains(&self.reload), "reload not in 1..=65536")?;
+        ensure(
+            DEVICE,
+            count.contains(&self.cr),
+            "count register not in 1..=65536",
+        )?;
+        ensure(
+            DEVICE,
+            count.contains(&self.reload),
+            "reload not in 1..=65536",
+        )?;
         ensure(
             DEVICE,
             self.armed || (self.run_since.is_none() && self.pending.is_none() && !self.suspended),
@@ -307,10 +319,7 @@ mod tests {
         let mut ungated = good.clone();
         ungated.counters[0].gate = false;
         assert!(Pit::from_state(&ungated).is_err());
-        let future = PitState {
-            version: 2,
-            ..good
-        };
+        let future = PitState { version: 2, ..good };
         assert!(matches!(
             Pit::from_state(&future),
             Err(StateError::Version { .. })

@@ -48,13 +48,18 @@ impl PvClockPage {
             state.gpa.is_multiple_of(REGION_ALIGN),
             "address not 4 KiB aligned",
         )?;
-        ensure(DEVICE, state.seq % 2 == 0, "odd (mid-update) version")?;
-        let record = GuestRange::new(mem, state.gpa, size_of::<PvClock>() as u64).map_err(
-            |source| StateError::Region {
-                device: DEVICE,
-                source,
-            },
+        ensure(
+            DEVICE,
+            state.seq.is_multiple_of(2),
+            "odd (mid-update) version",
         )?;
+        let record =
+            GuestRange::new(mem, state.gpa, size_of::<PvClock>() as u64).map_err(|source| {
+                StateError::Region {
+                    device: DEVICE,
+                    source,
+                }
+            })?;
         Ok(Self {
             record,
             version: state.seq,

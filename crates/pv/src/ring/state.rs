@@ -77,12 +77,11 @@ impl<Req: AbiPod, Rsp: AbiPod> RingConsumer<Req, Rsp> {
             state.broken == (state.host_flags & BROKEN != 0),
             "broken flag and BROKEN bit disagree",
         )?;
-        let region = GuestRange::new(mem, state.gpa, bytes as u64).map_err(|source| {
-            StateError::Region {
+        let region =
+            GuestRange::new(mem, state.gpa, bytes as u64).map_err(|source| StateError::Region {
                 device: DEVICE,
                 source,
-            }
-        })?;
+            })?;
         Ok(Self {
             region,
             size: state.size,

@@ -95,14 +95,21 @@ impl World {
                 let mut pushed = 0;
                 for _ in 0..n {
                     let id = self.next;
-                    let r = ConsoleRequest { addr: u64::from(id), len: id, id };
+                    let r = ConsoleRequest {
+                        addr: u64::from(id),
+                        len: id,
+                        id,
+                    };
                     if self.producer.push(&self.mem, r).is_err() {
                         break;
                     }
                     self.next += 1;
                     pushed += 1;
                 }
-                format!("pushed {pushed}, notify {:?}", self.producer.publish(&self.mem))
+                format!(
+                    "pushed {pushed}, notify {:?}",
+                    self.producer.publish(&self.mem)
+                )
             }
             RingOp::Poll => {
                 let r = self.ring.poll(&self.mem, |q| ConsoleResponse {
@@ -162,7 +169,11 @@ fn a_ring_between_polls_is_quiescent() {
     assert!(w.ring.is_quiescent(&w.mem).unwrap());
     // A guest scribbling on the host's rsp_prod makes the saved RAM disagree.
     w.mem
-        .store(0u32, GuestAddress(RING + offsets::RSP_PROD), Ordering::Relaxed)
+        .store(
+            0u32,
+            GuestAddress(RING + offsets::RSP_PROD),
+            Ordering::Relaxed,
+        )
         .unwrap();
     assert!(!w.ring.is_quiescent(&w.mem).unwrap());
 }
@@ -175,7 +186,14 @@ fn console_output_continues_after_a_restore() {
     for w in [&mut original, &mut copy] {
         w.mem.write_slice(text, GuestAddress(DATA)).unwrap();
         w.producer
-            .push(&w.mem, ConsoleRequest { addr: DATA, len: 7, id: 1 })
+            .push(
+                &w.mem,
+                ConsoleRequest {
+                    addr: DATA,
+                    len: 7,
+                    id: 1,
+                },
+            )
             .unwrap();
         w.producer.publish(&w.mem).unwrap();
     }
@@ -187,7 +205,14 @@ fn console_output_continues_after_a_restore() {
     let mut outs = [Vec::new(), Vec::new()];
     for (w, sink) in [&mut original, &mut copy].into_iter().zip(outs.iter_mut()) {
         w.producer
-            .push(&w.mem, ConsoleRequest { addr: DATA + 7, len: 9, id: 2 })
+            .push(
+                &w.mem,
+                ConsoleRequest {
+                    addr: DATA + 7,
+                    len: 9,
+                    id: 2,
+                },
+            )
             .unwrap();
         w.producer.publish(&w.mem).unwrap();
         let b = service_ring(&w.mem, &mut w.ring, sink).unwrap();
@@ -211,13 +236,34 @@ fn corrupt_ring_states_are_refused() {
     let small = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
     let refused = |s: RingState, m: &Mem| Ring::from_state(m, &s).unwrap_err();
     let invalid = [
-        RingState { gpa: RING + 8, ..good.clone() },
-        RingState { size: 0, ..good.clone() },
-        RingState { size: 3, ..good.clone() },
-        RingState { size: 512, ..good.clone() },
-        RingState { host_flags: 4, ..good.clone() },
-        RingState { broken: true, ..good.clone() },
-        RingState { host_flags: BROKEN | HOST_POLLING, ..good.clone() },
+        RingState {
+            gpa: RING + 8,
+            ..good.clone()
+        },
+        RingState {
+            size: 0,
+            ..good.clone()
+        },
+        RingState {
+            size: 3,
+            ..good.clone()
+        },
+        RingState {
+            size: 512,
+            ..good.clone()
+        },
+        RingState {
+            host_flags: 4,
+            ..good.clone()
+        },
+        RingState {
+            broken: true,
+            ..good.clone()
+        },
+        RingState {
+            host_flags: BROKEN | HOST_POLLING,
+            ..good.clone()
+        },
     ];
     for s in invalid {
         assert!(
@@ -226,15 +272,31 @@ fn corrupt_ring_states_are_refused() {
         );
     }
     // RAM that does not hold the ring.
-    assert!(matches!(refused(good.clone(), &small), StateError::Region { .. }));
-    let far = RingState { gpa: u64::MAX - 4095, ..good.clone() };
+    assert!(matches!(
+        refused(good.clone(), &small),
+        StateError::Region { .. }
+    ));
+    let far = RingState {
+        gpa: u64::MAX - 4095,
+        ..good.clone()
+    };
     assert!(matches!(refused(far, &w.mem), StateError::Region { .. }));
     // A broken ring stays broken.
-    let broken = RingState { host_flags: BROKEN, broken: true, ..good.clone() };
+    let broken = RingState {
+        host_flags: BROKEN,
+        broken: true,
+        ..good.clone()
+    };
     let mut r = Ring::from_state(&w.mem, &broken).unwrap();
     assert!(r.is_broken());
-    assert!(matches!(r.poll(&w.mem, |_| ConsoleResponse::default()), Err(crate::RingError::Broken)));
-    let future = ConsoleState { version: 7, ring: Some(good) };
+    assert!(matches!(
+        r.poll(&w.mem, |_| ConsoleResponse::default()),
+        Err(crate::RingError::Broken)
+    ));
+    let future = ConsoleState {
+        version: 7,
+        ring: Some(good),
+    };
     assert!(matches!(future.restore(&w.mem), Err(StateError::Model(_))));
 }
 
@@ -253,16 +315,33 @@ impl Disk {
         let ring = BlockRing::new(&mem, RING, 0x2000).unwrap();
         let image = (0..64 * 512).map(|i| (i / 512) as u8).collect();
         let dev = BlockDevice::new(MemBackend::from_vec(image));
-        Self { mem, producer, dev, ring }
+        Self {
+            mem,
+            producer,
+            dev,
+            ring,
+        }
     }
 
     /// Submits one request and services the ring; returns the responses.
     fn submit(&mut self, op: BlockOp, sector: u64, sectors: u32, fill: u8) -> Vec<BlockResponse> {
         let len = sectors * 512;
-        self.mem.write_slice(&vec![fill; len as usize], GuestAddress(DATA)).unwrap();
+        self.mem
+            .write_slice(&vec![fill; len as usize], GuestAddress(DATA))
+            .unwrap();
         let mut segments = [BlockSegment::default(); MAX_SEGMENTS];
-        segments[0] = BlockSegment { addr: DATA, len, reserved: 0 };
-        let req = BlockRequest { id: sector, op: op as u32, nr_segments: 1, sector, segments };
+        segments[0] = BlockSegment {
+            addr: DATA,
+            len,
+            reserved: 0,
+        };
+        let req = BlockRequest {
+            id: sector,
+            op: op as u32,
+            nr_segments: 1,
+            sector,
+            segments,
+        };
         self.producer.push(&self.mem, req).unwrap();
         self.producer.publish(&self.mem).unwrap();
         self.dev.service_ring(&self.mem, &mut self.ring).unwrap();
@@ -308,21 +387,36 @@ fn block_state_checks_the_disk_size() {
     let e = BlockDevice::from_state(&state, MemBackend::new(63 * 512), &d.mem).unwrap_err();
     assert!(matches!(
         e,
-        StateError::Model(pvkit_devices::StateError::DiskSize { saved: 64, attached: 63, .. })
+        StateError::Model(pvkit_devices::StateError::DiskSize {
+            saved: 64,
+            attached: 63,
+            ..
+        })
     ));
     let (_, ring) = BlockDevice::from_state(
-        &BlockState { ring: None, ..state.clone() },
+        &BlockState {
+            ring: None,
+            ..state.clone()
+        },
         MemBackend::new(64 * 512),
         &d.mem,
     )
     .unwrap();
     assert!(ring.is_none());
-    let future = BlockState { version: 2, ..state };
+    let future = BlockState {
+        version: 2,
+        ..state
+    };
     assert!(BlockDevice::from_state(&future, MemBackend::new(64 * 512), &d.mem).is_err());
 }
 
 fn sample(tsc: u64, ns: u64) -> ClockSample {
-    ClockSample { tsc, system_ns: ns, tsc_khz: 2_596_000, stable: true }
+    ClockSample {
+        tsc,
+        system_ns: ns,
+        tsc_khz: 2_596_000,
+        stable: true,
+    }
 }
 
 fn record(m: &Mem, gpa: u64) -> PvClock {
@@ -353,13 +447,28 @@ fn rebuilt_clock_page_publishes_like_the_original() {
 #[test]
 fn corrupt_clock_states_are_refused() {
     let m = mem();
-    let good = PvClockState { gpa: 0x5000, seq: 4 };
+    let good = PvClockState {
+        gpa: 0x5000,
+        seq: 4,
+    };
     PvClockPage::from_state(&m, &good).unwrap();
-    for bad in [PvClockState { seq: 5, ..good }, PvClockState { gpa: 0x5008, ..good }] {
-        assert!(matches!(PvClockPage::from_state(&m, &bad), Err(StateError::Model(_))));
+    for bad in [
+        PvClockState { seq: 5, ..good },
+        PvClockState {
+            gpa: 0x5008,
+            ..good
+        },
+    ] {
+        assert!(matches!(
+            PvClockPage::from_state(&m, &bad),
+            Err(StateError::Model(_))
+        ));
     }
     for gpa in [RAM as u64, u64::MAX - 4095] {
         let s = PvClockState { gpa, ..good };
-        assert!(matches!(PvClockPage::from_state(&m, &s), Err(StateError::Region { .. })));
+        assert!(matches!(
+            PvClockPage::from_state(&m, &s),
+            Err(StateError::Region { .. })
+        ));
     }
 }
