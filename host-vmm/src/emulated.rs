@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use pvkit_devices::ata::{Ata, ATA_PRIMARY_CMD_BASE, ATA_PRIMARY_CMD_LEN, ATA_PRIMARY_CTRL};
 use pvkit_devices::pit::{Pit, PIT_PORT_B, PIT_PORT_COUNTER0};
-use pvkit_devices::BlockBackend;
+use pvkit_devices::{BlockBackend, StateError, VmClockState};
 
 use crate::bus::{BusError, PortBus, PortDevice};
 
@@ -31,10 +31,13 @@ pub trait VmTime: Send + Sync {
     fn now_ns(&self) -> u64;
 }
 
-/// The VM's clock: host `CLOCK_MONOTONIC` (`Instant`) since the VM was created.
+/// The VM's clock: host `CLOCK_MONOTONIC` (`Instant`) since the VM was created, plus the
+/// VM time it was resumed from ([`VmClock::resume`]).
 #[derive(Clone, Copy, Debug)]
 pub struct VmClock {
     start: Instant,
+    /// VM time at `start`: 0, or the saved time of a restored VM.
+    base_ns: u64,
 }
 
 impl VmClock {
@@ -42,10 +45,25 @@ impl VmClock {
     pub fn start() -> Self {
         Self {
             start: Instant::now(),
+            base_ns: 0,
         }
     }
 
-    /// The instant the clock counts from.
+    /// The clock's state (its current time), for a snapshot. Save it after the devices.
+    pub fn state(&self) -> VmClockState {
+        VmClockState::new(self.now_ns())
+    }
+
+    /// A clock continuing from a saved state: it reads the saved time now and counts on
+    /// from there, so a restored VM's time never goes backwards.
+    pub fn resume(state: &VmClockState) -> Result<Self, StateError> {
+        Ok(Self {
+            start: Instant::now(),
+            base_ns: state.resume_ns()?,
+        })
+    }
+
+    /// The host instant the clock started (or resumed) counting at.
     pub fn started_at(&self) -> Instant {
         self.start
     }
@@ -54,7 +72,8 @@ impl VmClock {
 impl VmTime for VmClock {
     fn now_ns(&self) -> u64 {
         // Saturates after 584 years.
-        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        let elapsed = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.base_ns.saturating_add(elapsed)
     }
 }
 
@@ -306,5 +325,45 @@ mod tests {
         assert!(b >= a);
         assert!(a < 1_000_000_000);
         assert!(c.started_at() <= Instant::now());
+    }
+
+    #[test]
+    fn resumed_vm_clock_continues_from_the_saved_time() {
+        let c = VmClock::start();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let saved = c.state();
+        assert!(saved.now_ns >= 2_000_000);
+        let r = VmClock::resume(&saved).unwrap();
+        let (a, b) = (r.now_ns(), r.now_ns());
+        assert!(a >= saved.now_ns && b >= a);
+        // Generous: the resumed clock did not jump ahead either.
+        assert!(a - saved.now_ns < 10_000_000_000);
+        let future = VmClockState {
+            version: 9,
+            ..saved
+        };
+        assert!(VmClock::resume(&future).is_err());
+    }
+
+    /// A PIT saved mid-count and rebuilt on a resumed VM clock reads the count it would
+    /// have read without the save (up to the time spent saving).
+    #[test]
+    fn pit_keeps_counting_on_a_resumed_clock() {
+        let t = FakeTime::default();
+        let mut bus = PortBus::new();
+        let pit = attach_pit(&mut bus, t.clone()).unwrap();
+        bus.write(0x43, &[0x34]);
+        bus.write(0x40, &[0]);
+        bus.write(0x40, &[0]);
+        t.0.store(10_000_000, Ordering::Relaxed);
+        let before = read_counter0(&mut bus);
+        let state = pit.lock().unwrap().state();
+        let clock = VmClock::resume(&VmClockState::new(10_000_000)).unwrap();
+        let mut bus2 = PortBus::new();
+        let pit2 = attach_pit(&mut bus2, clock).unwrap();
+        *pit2.lock().unwrap() = Pit::from_state(&state).unwrap();
+        let after = read_counter0(&mut bus2);
+        // Less than 10 ms (11932 ticks) passed between the resume and the read.
+        assert!(before.wrapping_sub(after) < 11_932, "{before} -> {after}");
     }
 }

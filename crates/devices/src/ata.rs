@@ -51,8 +51,11 @@
 //! Drivers detect the absent slave from the zero status.
 
 mod identify;
+mod state;
 #[cfg(test)]
 mod tests;
+
+pub use state::{AtaState, HobState, TransferState};
 
 use crate::block_backend::BlockBackend;
 

@@ -20,11 +20,19 @@
 //! * [`block_backend`]: [`BlockBackend`] with [`FileBackend`] and [`MemBackend`].
 //! * [`ata`]: [`Ata`], the primary-channel ATA master disk, PIO only.
 //! * [`pit`]: [`Pit`], the Intel 8254 interval timer.
+//! * [`uart`]: [`UartState`], the saved state of the 16550 UART (the model is vm-superio's).
+//! * [`state`]: the rules of saved device state, [`StateError`] and [`VmClockState`].
 
 pub mod ata;
 pub mod block_backend;
 pub mod pit;
+pub mod state;
+pub mod uart;
 
-pub use ata::{Ata, ATA_PRIMARY_CMD_BASE, ATA_PRIMARY_CMD_LEN, ATA_PRIMARY_CTRL, SECTOR_SIZE};
+pub use ata::{
+    Ata, AtaState, ATA_PRIMARY_CMD_BASE, ATA_PRIMARY_CMD_LEN, ATA_PRIMARY_CTRL, SECTOR_SIZE,
+};
 pub use block_backend::{BackendError, BlockBackend, FileBackend, MemBackend};
-pub use pit::{Pit, PIT_FREQ_HZ};
+pub use pit::{Pit, PitState, PIT_FREQ_HZ};
+pub use state::{StateError, VmClockState};
+pub use uart::UartState;

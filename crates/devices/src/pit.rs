@@ -32,10 +32,12 @@
 //! Unknown ports read `0xFF` and ignore writes.
 
 mod counter;
+mod state;
 #[cfg(test)]
 mod tests;
 
 use counter::{ticks, Counter};
+pub use state::{CounterState, LatchNext, LatchState, PitState};
 
 /// Input clock of the 8254, in Hz.
 pub const PIT_FREQ_HZ: u64 = 1_193_182;

@@ -28,6 +28,8 @@ use crate::guest_range::{GuestRange, RangeError};
 use crate::ring::REGION_ALIGN;
 use crate::wire::Wire;
 
+pub(crate) mod state;
+
 /// Highest TSC frequency accepted, in kHz (about 4.3 THz): keeps the scale computation
 /// free of overflow.
 pub const MAX_TSC_KHZ: u64 = u32::MAX as u64;

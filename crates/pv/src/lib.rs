@@ -13,6 +13,7 @@
 //! | [`block`]       | `BlockIo`, `BlockCapacity` and the block ring                     |
 //! | [`console`]     | `ConsoleWrite` and the console ring                               |
 //! | [`clock`]       | the PV clock page                                                 |
+//! | [`state`]       | saved state of the rings and PV devices, rebuilt over restored RAM |
 //!
 //! # Trust boundary
 //!
@@ -35,6 +36,7 @@ pub mod clock;
 pub mod console;
 pub mod guest_range;
 pub mod ring;
+pub mod state;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
 pub mod wire;
@@ -47,4 +49,5 @@ pub use clock::{ClockError, ClockSample, PvClockPage};
 pub use console::{ConsoleError, ConsoleRing};
 pub use guest_range::{GuestRange, RangeError};
 pub use ring::{Batch, RingConsumer, RingError, REGION_ALIGN};
+pub use state::{BlockState, ConsoleState, PvClockState, RingState, StateError};
 pub use wire::{AbiPod, Wire};

@@ -44,6 +44,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 use crate::guest_range::{GuestRange, RangeError};
 use crate::wire::{AbiPod, Wire};
 
+pub(crate) mod state;
+
 /// Alignment required of every registered region (rings and the clock page): 4 KiB.
 pub const REGION_ALIGN: u64 = 4096;
 

@@ -377,3 +377,76 @@ impl Counter {
         d.saturating_sub(self.origin).saturating_add(self.offset)
     }
 }
+
+impl Counter {
+    /// The saved form of this counter.
+    pub(super) fn state(&self) -> super::state::CounterState {
+        use super::state::{CounterState, LatchNext, LatchState};
+        CounterState {
+            control: self.control,
+            cr: self.cr,
+            write_lsb: self.write_lsb,
+            read_msb_next: self.read_msb_next,
+            latch: self.latch.map(|(value, next)| LatchState {
+                value,
+                next: match next {
+                    LatchRead::Lsb => LatchNext::Lsb,
+                    LatchRead::Msb => LatchNext::Msb,
+                    LatchRead::Word => LatchNext::Word,
+                },
+            }),
+            status_latch: self.status_latch,
+            null_count: self.null_count,
+            armed: self.armed,
+            held: self.held,
+            reload: self.reload,
+            counted: self.counted,
+            run_since: self.run_since,
+            origin: self.origin,
+            offset: self.offset,
+            pending: self.pending,
+            suspended: self.suspended,
+            gate: self.gate,
+        }
+    }
+
+    /// A counter from a state the caller has validated (`cr` and `reload` in
+    /// `1..=65536`, access bits of `control` not `00`). Mode and access are derived from
+    /// `control`, as [`Counter::program`] sets them.
+    pub(super) fn from_state(s: &super::state::CounterState) -> Self {
+        use super::state::LatchNext;
+        let control = s.control & 0x3F;
+        Self {
+            control,
+            mode: Mode::from_bits(control >> 1),
+            access: match (control >> 4) & 0b11 {
+                1 => Access::Lsb,
+                2 => Access::Msb,
+                _ => Access::Word,
+            },
+            cr: s.cr,
+            write_lsb: s.write_lsb,
+            read_msb_next: s.read_msb_next,
+            latch: s.latch.map(|l| {
+                let next = match l.next {
+                    LatchNext::Lsb => LatchRead::Lsb,
+                    LatchNext::Msb => LatchRead::Msb,
+                    LatchNext::Word => LatchRead::Word,
+                };
+                (l.value, next)
+            }),
+            status_latch: s.status_latch,
+            null_count: s.null_count,
+            armed: s.armed,
+            held: s.held,
+            reload: s.reload,
+            counted: s.counted,
+            run_since: s.run_since,
+            origin: s.origin,
+            offset: s.offset,
+            pending: s.pending,
+            suspended: s.suspended,
+            gate: s.gate,
+        }
+    }
+}
