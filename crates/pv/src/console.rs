@@ -116,13 +116,17 @@ pub fn handle_request<M: GuestMemory + ?Sized>(
     }
 }
 
-/// Services every available request on the console ring, writing to `sink`.
+/// Services every available request on the console ring (up to the ring's budgets; a
+/// request costs the bytes written), writing to `sink`.
 pub fn service_ring<M: GuestMemory + ?Sized>(
     mem: &M,
     ring: &mut ConsoleRing,
     sink: &mut dyn std::io::Write,
 ) -> Result<Batch, RingError> {
-    ring.poll(mem, |req| handle_request(mem, &req, sink))
+    ring.poll_metered(mem, |req| {
+        let rsp = handle_request(mem, &req, sink);
+        (rsp, u64::from(rsp.written))
+    })
 }
 
 #[cfg(test)]
