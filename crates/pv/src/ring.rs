@@ -699,7 +699,11 @@ mod tests {
         let b = r.poll_metered(&m, metered).unwrap();
         assert_eq!((b.requests, b.bytes, b.budget_exhausted), (3, 12, true));
         assert_eq!(header(&m).rsp_prod, 3, "the handled part is published");
-        assert_eq!(header(&m).req_event, 1, "not re-armed: the caller polls again");
+        assert_eq!(
+            header(&m).req_event,
+            1,
+            "not re-armed: the caller polls again"
+        );
         let b = r.poll_metered(&m, metered).unwrap();
         assert_eq!((b.requests, b.bytes, b.budget_exhausted), (2, 8, false));
         assert_eq!(header(&m).req_event, 6);
