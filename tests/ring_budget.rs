@@ -239,11 +239,10 @@ fn sigterm_stops_a_never_ending_ring_and_flushes_the_disk() {
         let mut child = start(&img, via, "spin", "60");
         let (_, out) = wait_for_line(&mut child, "chain started");
         assert!(t0.elapsed() < STARTED, "via={via}: {:?}", t0.elapsed());
+        let pid = child.id() as libc::pid_t;
         // SAFETY: signalling our own child process.
-        assert_eq!(
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
-            0
-        );
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(sent, 0);
         let (code, rest, err, took) = finish(child, out, Duration::from_secs(30));
         assert_eq!(code, Some(143), "via={via}: {rest}\n{err}");
         assert_eq!(
