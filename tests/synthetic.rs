@@ -10,6 +10,7 @@ use common::{code, kvm_available, pvkit, temp_file};
 use pvkit_abi::call::Hypercall;
 use pvkit_abi::AbiVersion;
 use pvkit_vmm::ledger::ExitKind;
+use pvkit_vmm::signals::DiskFlush;
 use pvkit_vmm::testing::{programs, ElfBuilder};
 use pvkit_vmm::vcpu::RegAccess;
 use pvkit_vmm::{run, KernelSource, RunOutcome, StopReason, VmConfig};
@@ -119,7 +120,13 @@ fn watchdog_stops_a_spinning_guest() {
         return;
     }
     let o = boot(programs::SPIN, None, Duration::from_millis(700));
-    assert_eq!(o.stop, StopReason::Timeout { rip: Some(LOAD) });
+    assert_eq!(
+        o.stop,
+        StopReason::Timeout {
+            rip: Some(LOAD),
+            disk: DiskFlush::NoDisk
+        }
+    );
     assert!(o.timings.to_stop >= Duration::from_millis(700));
     assert!(o.timings.to_stop < Duration::from_secs(3));
 }

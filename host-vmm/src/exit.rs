@@ -235,7 +235,10 @@ pub fn handle_exit(m: &mut Machine, exit: Exit<'_>) -> ExitAction {
         Exit::Interrupted => {
             m.ledger.record(ExitKind::Interrupted);
             if m.stop_requested.load(Ordering::Acquire) {
-                ExitAction::Stop(StopReason::Timeout { rip: None })
+                ExitAction::Stop(StopReason::Timeout {
+                    rip: None,
+                    disk: crate::signals::DiskFlush::NoDisk,
+                })
             } else {
                 ExitAction::Continue
             }
@@ -416,7 +419,10 @@ mod tests {
         m.stop_requested.store(true, Ordering::Release);
         assert_eq!(
             handle_exit(&mut m, Exit::Interrupted),
-            ExitAction::Stop(StopReason::Timeout { rip: None })
+            ExitAction::Stop(StopReason::Timeout {
+                rip: None,
+                disk: crate::signals::DiskFlush::NoDisk,
+            })
         );
     }
 }

@@ -11,6 +11,12 @@
 //! last read), adds it to the ring's in-kernel notification counter in the ledger, then
 //! services the ring; the ring consumer re-arms `req_event` and re-checks `req_prod`.
 //!
+//! Each service is bounded by the ring's budget (`crate::paravirt::SERVICE_REQUESTS`,
+//! `SERVICE_BYTES`). An eventfd ring left with work at its budget is remembered and
+//! continued on the next turn of the loop; a polled one by the next poll step. The stop flag
+//! is checked before every service, so [`IoThread::stop`] joins the thread after one budget
+//! at most.
+//!
 //! A failure (an epoll or eventfd error) or a panic ends the thread, is recorded, and is
 //! reported through the `on_fatal` callback so the VM stops with the message; it never
 //! leaves a vCPU spinning on a ring nobody serves.
@@ -226,16 +232,26 @@ fn ring_ids(mask: u32) -> impl Iterator<Item = RingId> {
         .filter(move |id| mask & (1 << (*id as u32)) != 0)
 }
 
+fn bit(id: RingId) -> u32 {
+    1 << (id as u32)
+}
+
 fn io_loop(ctl: &IoControl, rings: &RingSet) -> io::Result<()> {
+    let stopping = || ctl.stop.load(Ordering::Acquire);
     let mut events = [EpollEvent::default(); 4];
     let mut spins: u32 = 0;
+    // Eventfd rings whose last service stopped at its budget with work left: they are
+    // continued below, after the stop flag was looked at, without waiting for a doorbell
+    // the guest has no reason to ring (its `req_event` was not re-armed).
+    let mut pending: u32 = 0;
     loop {
-        if ctl.stop.load(Ordering::Acquire) {
+        if stopping() {
             return Ok(());
         }
         let polled = rings.polled();
-        let n = if polled == 0 || spins.is_multiple_of(EPOLL_EVERY) {
-            let timeout = if polled == 0 { -1 } else { 0 };
+        let busy = polled != 0 || pending != 0;
+        let n = if !busy || pending != 0 || spins.is_multiple_of(EPOLL_EVERY) {
+            let timeout = if busy { 0 } else { -1 };
             match ctl.epoll.wait(timeout, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
@@ -252,18 +268,46 @@ fn io_loop(ctl: &IoControl, rings: &RingSet) -> io::Result<()> {
                     Err(e) => return Err(e),
                 }
                 // New registrations: serve what was published before them.
-                rings.service_io_rings();
+                for id in [RingId::Console, RingId::Block] {
+                    if stopping() {
+                        return Ok(());
+                    }
+                    if rings.service_io_ring(id) {
+                        pending |= bit(id);
+                    }
+                }
                 continue;
             }
             let id = u32::try_from(ev.data())
                 .ok()
                 .and_then(|v| RingId::try_from(v).ok());
             if let Some(id) = id {
-                rings.eventfd_fired(id)?;
+                if stopping() {
+                    return Ok(());
+                }
+                if rings.eventfd_fired(id)? {
+                    pending |= bit(id);
+                }
+            }
+        }
+        if pending != 0 {
+            // Give the core to a vCPU that waits for one of the locks before taking them
+            // again (the waiter count makes the services below step aside meanwhile).
+            std::thread::yield_now();
+            for id in ring_ids(std::mem::take(&mut pending)) {
+                if stopping() {
+                    return Ok(());
+                }
+                if rings.service_pending(id) {
+                    pending |= bit(id);
+                }
             }
         }
         if polled != 0 {
             for id in ring_ids(polled) {
+                if stopping() {
+                    return Ok(());
+                }
                 rings.poll_step(id);
             }
             spins = spins.wrapping_add(1);

@@ -17,7 +17,7 @@ Exit status:
   1     VMM error: unreadable or malformed ELF, ABI version mismatch, no usable /dev/kvm
   2     usage error
   123   KVM internal error, or the guest halted with nothing to wake it
-  124   the watchdog expired (--timeout)
+  124   the watchdog expired (--timeout); the disk was flushed first
   125   the guest reported a fault or a panic
   126   the guest triple-faulted (shutdown)
   130   stopped by SIGINT (143: SIGTERM); the disk was flushed first

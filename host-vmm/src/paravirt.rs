@@ -12,8 +12,20 @@
 //!
 //! `RingKick` services any registered ring on the vCPU thread. Each ring sits in its own
 //! mutex ([`RingSet`]) with its transport and ioeventfd; the block device and the disk have
-//! their own. Lock order: ring slot, then block device, then disk. The vCPU thread never
-//! blocks on the I/O thread for longer than one batch.
+//! their own. Lock order: ring slot, then block device, then disk.
+//!
+//! # Service budgets
+//!
+//! Every service of a ring is bounded: at most [`SERVICE_REQUESTS`] requests and
+//! [`SERVICE_BYTES`] bytes (set at registration). A ring whose requests keep refilling it
+//! (reads that land on its own header and slots) is left with work pending at the budget:
+//! the guest's next doorbell or `RingKick` continues it on the vCPU, the I/O thread comes
+//! back to an eventfd ring after checking its stop flag, and a polled ring is continued by
+//! the next poll round. So the vCPU always returns to `KVM_RUN` (where the watchdog's kick
+//! lands) within one budget, and the I/O thread checks its stop flag between budgets. A
+//! vCPU that needs a lock the I/O thread holds announces itself ([`RingSet`]'s waiter
+//! count); the I/O thread starts no new service while one waits, so the vCPU waits for
+//! one budget at most.
 //!
 //! # The guest is hostile
 //!
@@ -33,6 +45,7 @@ use pvkit_abi::cpuid::Features;
 use pvkit_abi::ports::{doorbell, DOORBELL_BASE, DOORBELL_END};
 use pvkit_abi::ring::{offsets, RegionKind, RingId, Transport};
 use pvkit_abi::Status;
+pub use pvkit_pv::ring::{SERVICE_BYTES, SERVICE_REQUESTS};
 use pvkit_pv::{
     console, Batch, BlockDevice, BlockRing, ClockSample, ConsoleRing, PvClockPage, RingError,
 };
@@ -181,6 +194,20 @@ impl AnyRing {
         }
     }
 
+    /// Bounds every service of the ring: [`SERVICE_REQUESTS`] and [`SERVICE_BYTES`].
+    fn set_service_budget(&mut self) {
+        match self {
+            AnyRing::Console(r) => {
+                r.set_budget(Some(SERVICE_REQUESTS));
+                r.set_byte_budget(Some(SERVICE_BYTES));
+            }
+            AnyRing::Block(r) => {
+                r.set_budget(Some(SERVICE_REQUESTS));
+                r.set_byte_budget(Some(SERVICE_BYTES));
+            }
+        }
+    }
+
     fn set_polling(&mut self, mem: &GuestRam, on: bool) -> Result<(), RingError> {
         match self {
             AnyRing::Console(r) => r.set_polling(mem, on),
@@ -226,6 +253,9 @@ pub struct RingSet {
     notify: [NotifyCounter; RINGS],
     /// Bit `id` set: ring `id` is registered with [`Transport::HostPoll`] and not broken.
     polled: AtomicU32,
+    /// vCPU threads waiting for a lock of this set ([`RingSet::vcpu_lock`]): while any
+    /// waits, the I/O thread starts no service.
+    vcpu_waiting: AtomicU32,
 }
 
 impl std::fmt::Debug for RingSet {
@@ -245,6 +275,27 @@ impl RingSet {
         }
     }
 
+    /// Locks `m` for a vCPU thread. If it is held (by the I/O thread, serving a ring), the
+    /// waiter is counted so that the I/O thread starts no further service until the vCPU
+    /// had its turn: the wait is one service budget at most.
+    pub(crate) fn vcpu_lock<'a, T>(&self, m: &'a Mutex<T>) -> MutexGuard<'a, T> {
+        match m.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                self.vcpu_waiting.fetch_add(1, Ordering::AcqRel);
+                let g = lock(m);
+                self.vcpu_waiting.fetch_sub(1, Ordering::AcqRel);
+                g
+            }
+        }
+    }
+
+    /// Whether a vCPU waits for a lock of this set: the I/O thread then defers its work.
+    fn vcpu_waits(&self) -> bool {
+        self.vcpu_waiting.load(Ordering::Acquire) != 0
+    }
+
     /// The rings registered for the I/O thread to poll, as a bit mask of ring ids.
     pub(crate) fn polled(&self) -> u32 {
         self.polled.load(Ordering::Acquire)
@@ -259,7 +310,8 @@ impl RingSet {
         }
     }
 
-    /// Services every available request of the ring in `slot`.
+    /// Services the available requests of the ring in `slot`, up to its budget
+    /// ([`Batch::budget_exhausted`]: work is left).
     pub(crate) fn service_slot(&self, slot: &mut RingSlot) -> Result<Batch, ServiceError> {
         let r = match slot.ring.as_mut() {
             None => return Err(ServiceError::NotRegistered),
@@ -275,28 +327,50 @@ impl RingSet {
         r.map_err(ServiceError::Ring)
     }
 
-    /// Services ring `id` now (doorbell exit, `RingKick`).
+    /// Services ring `id` now, on the vCPU thread (doorbell exit, `RingKick`): one budget.
     pub(crate) fn service(&self, id: RingId) -> Result<Batch, ServiceError> {
-        self.service_slot(&mut lock(self.slot(id)))
+        self.service_slot(&mut self.vcpu_lock(self.slot(id)))
+    }
+
+    /// One service of the ring in `slot` on the I/O thread. Returns whether work is left
+    /// for later: the service stopped at its budget, or it was not started because a vCPU
+    /// waits for a lock. A ring that failed (broken) has nothing left.
+    fn io_service(&self, slot: &mut RingSlot) -> bool {
+        if self.vcpu_waits() {
+            return true;
+        }
+        matches!(self.service_slot(slot), Ok(b) if b.budget_exhausted)
     }
 
     /// The I/O thread's eventfd for ring `id` fired: counts the notifications (the
-    /// eventfd's counter: signals since the last read) and services the ring.
-    /// Returns an error only if the eventfd itself failed.
-    pub(crate) fn eventfd_fired(&self, id: RingId) -> io::Result<()> {
+    /// eventfd's counter: signals since the last read) and services the ring (one budget).
+    /// Returns whether work is left ([`RingSet::service_pending`] continues it); an error
+    /// only if the eventfd itself failed.
+    pub(crate) fn eventfd_fired(&self, id: RingId) -> io::Result<bool> {
         let mut slot = lock(self.slot(id));
         let Some(fd) = slot.eventfd.as_ref() else {
             // Replaced by a re-registration since the event was reported.
-            return Ok(());
+            return Ok(false);
         };
         if self.count_notifications(id, fd)? == 0 {
-            return Ok(());
+            return Ok(false);
         }
         if slot.transport == Transport::DoorbellEventfd {
             // A broken ring stays unserviced; the guest sees BROKEN.
-            let _ = self.service_slot(&mut slot);
+            return Ok(self.io_service(&mut slot));
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// Continues eventfd ring `id` whose last service left work (one more budget). Returns
+    /// whether work is still left. Nothing if the ring was re-registered with another
+    /// transport meanwhile (its new transport serves it).
+    pub(crate) fn service_pending(&self, id: RingId) -> bool {
+        let mut slot = lock(self.slot(id));
+        if slot.transport != Transport::DoorbellEventfd || slot.ring.is_none() {
+            return false;
+        }
+        self.io_service(&mut slot)
     }
 
     /// Reads `fd`'s counter (signals since the last read) into ring `id`'s notification
@@ -314,9 +388,13 @@ impl RingSet {
         }
     }
 
-    /// One polling step for ring `id`: services it if `req_prod` moved. Cheap when idle:
-    /// one lock and one load.
+    /// One polling step for ring `id`: services it (one budget) if `req_prod` moved. Cheap
+    /// when idle: one lock and one load. Work left at the budget is taken up by the next
+    /// step.
     pub(crate) fn poll_step(&self, id: RingId) {
+        if self.vcpu_waits() {
+            return;
+        }
         let mut slot = lock(self.slot(id));
         if slot.transport != Transport::HostPoll {
             return;
@@ -339,18 +417,20 @@ impl RingSet {
         }
     }
 
-    /// Services every ring the I/O thread owns (eventfd and polled), once.
-    pub(crate) fn service_io_rings(&self) {
-        for id in [RingId::Console, RingId::Block] {
-            let mut slot = lock(self.slot(id));
-            if matches!(
-                slot.transport,
-                Transport::DoorbellEventfd | Transport::HostPoll
-            ) && slot.ring.is_some()
-            {
-                let _ = self.service_slot(&mut slot);
-            }
+    /// Services ring `id` once (one budget) if the I/O thread owns it (eventfd or polled).
+    /// Returns whether an eventfd ring has work left ([`RingSet::service_pending`]); a
+    /// polled ring's is taken up by the next poll step.
+    pub(crate) fn service_io_ring(&self, id: RingId) -> bool {
+        let mut slot = lock(self.slot(id));
+        let ours = matches!(
+            slot.transport,
+            Transport::DoorbellEventfd | Transport::HostPoll
+        );
+        if !ours || slot.ring.is_none() {
+            return false;
         }
+        let left = self.io_service(&mut slot);
+        left && slot.transport == Transport::DoorbellEventfd
     }
 }
 
@@ -375,8 +455,9 @@ impl PortDevice for DoorbellPorts {
         let Ok(id) = RingId::try_from(u32::from(offset)) else {
             return;
         };
-        let mut slot = lock(self.rings.slot(id));
+        let mut slot = self.rings.vcpu_lock(self.rings.slot(id));
         if slot.transport == Transport::Doorbell {
+            // One budget; a ring left with work is continued by the next doorbell.
             let _ = self.rings.service_slot(&mut slot);
         }
     }
@@ -471,6 +552,7 @@ impl PvBackend {
             slots: [empty(), empty()],
             notify,
             polled: AtomicU32::new(0),
+            vcpu_waiting: AtomicU32::new(0),
         });
         let io = IoThread::new(Arc::clone(&rings), config.on_fatal)?;
         Ok(Self {
@@ -535,6 +617,7 @@ impl PvBackend {
             RingId::Block => BlockRing::new(mem, addr, len).map(AnyRing::Block),
         }
         .map_err(|e| e.status())?;
+        ring.set_service_budget();
         if transport != Transport::Doorbell {
             self.io.ensure_started().map_err(|_| Status::EAGAIN)?;
         }
@@ -544,7 +627,7 @@ impl PvBackend {
         }
 
         let rings = Arc::clone(&self.rings);
-        let mut slot = lock(rings.slot(id));
+        let mut slot = rings.vcpu_lock(rings.slot(id));
         let port = doorbell(id);
         let eventfd = match (slot.eventfd.take(), transport) {
             // Still registered on the port and watched by the I/O thread: keep it.
@@ -632,7 +715,7 @@ impl PvDevices for PvBackend {
 
     fn block_capacity(&mut self) -> CallReturn {
         match &self.rings.block {
-            Some(dev) => CallReturn::ok(lock(dev).capacity_sectors()),
+            Some(dev) => CallReturn::ok(self.rings.vcpu_lock(dev).capacity_sectors()),
             None => CallReturn::err(Status::EOPNOTSUPP),
         }
     }
@@ -641,7 +724,8 @@ impl PvDevices for PvBackend {
         let Some(dev) = &self.rings.block else {
             return CallReturn::err(Status::EOPNOTSUPP);
         };
-        let (status, bytes) = lock(dev).handle_gpa(mem, addr);
+        // A ring service on the I/O thread may hold the device: one budget at most.
+        let (status, bytes) = self.rings.vcpu_lock(dev).handle_gpa(mem, addr);
         CallReturn {
             status,
             value: if status == Status::Ok { bytes } else { 0 },

@@ -1161,7 +1161,10 @@ fn check_exit(m: &mut Machine, spec: &ExitSpec) -> Result<(), TestCaseError> {
             m.stop_requested.store(*stop, Ordering::Release);
             let a = handle_exit(m, Exit::Interrupted);
             let want = if *stop {
-                ExitAction::Stop(StopReason::Timeout { rip: None })
+                ExitAction::Stop(StopReason::Timeout {
+                    rip: None,
+                    disk: crate::signals::DiskFlush::NoDisk,
+                })
             } else {
                 ExitAction::Continue
             };

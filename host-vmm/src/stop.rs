@@ -87,6 +87,9 @@ pub enum StopReason {
     Timeout {
         /// The last `RIP`, if the host could read it.
         rip: Option<u64>,
+        /// Whether the disk was flushed afterwards (as after a signal; [`DiskFlush::NoDisk`]
+        /// until the VM is torn down).
+        disk: DiskFlush,
     },
     /// `hlt` with interrupts that can never wake the vCPU (no interrupt sources in v1).
     Halted {
@@ -127,6 +130,11 @@ impl StopReason {
             StopReason::Exit(code) => *code,
             StopReason::Fault(_) | StopReason::UnreadableFault { .. } => STATUS_FAULT,
             StopReason::Shutdown { .. } => STATUS_SHUTDOWN,
+            // As for a signal: a failed flush is an I/O error.
+            StopReason::Timeout {
+                disk: DiskFlush::Failed(_),
+                ..
+            } => STATUS_VMM_ERROR,
             StopReason::Timeout { .. } => STATUS_TIMEOUT,
             StopReason::Halted { .. } | StopReason::InternalError { .. } => STATUS_INTERNAL,
             // A failed flush is an I/O error: the guest's completed writes may be lost.
@@ -163,12 +171,18 @@ impl fmt::Display for StopReason {
             StopReason::Shutdown { rip } => {
                 write!(f, "guest shut down (triple fault) at {}", Rip(*rip))
             }
-            StopReason::Timeout { rip } => write!(
-                f,
-                "watchdog: the guest did not stop in time (last {}); raise --timeout if \
-                 it needs longer",
-                Rip(*rip)
-            ),
+            StopReason::Timeout { rip, disk } => {
+                write!(
+                    f,
+                    "watchdog: the guest did not stop in time (last {}); raise --timeout if \
+                     it needs longer",
+                    Rip(*rip)
+                )?;
+                match disk {
+                    DiskFlush::NoDisk => Ok(()),
+                    disk => write!(f, "; {disk}"),
+                }
+            }
             StopReason::Halted { rip } => write!(
                 f,
                 "guest halted with nothing to wake it (hlt at {})",
@@ -222,7 +236,16 @@ mod tests {
     #[test]
     fn statuses() {
         assert_eq!(StopReason::Exit(42).exit_status(), 42);
-        assert_eq!(StopReason::Timeout { rip: None }.exit_status(), 124);
+        let timeout = |disk| StopReason::Timeout { rip: None, disk };
+        assert_eq!(timeout(DiskFlush::NoDisk).exit_status(), 124);
+        assert_eq!(timeout(DiskFlush::Flushed).exit_status(), 124);
+        assert_eq!(timeout(DiskFlush::Failed("EIO".into())).exit_status(), 1);
+        assert!(timeout(DiskFlush::Flushed)
+            .to_string()
+            .ends_with("raise --timeout if it needs longer; disk flushed"));
+        assert!(timeout(DiskFlush::NoDisk)
+            .to_string()
+            .ends_with("raise --timeout if it needs longer"));
         assert_eq!(StopReason::Shutdown { rip: None }.exit_status(), 126);
         assert_eq!(StopReason::Halted { rip: None }.exit_status(), 123);
         let term = |disk| StopReason::Signal {

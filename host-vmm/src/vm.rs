@@ -260,7 +260,10 @@ fn vcpu_loop(mut vcpu: Vcpu, mut m: Machine) -> VcpuResult {
     let stop = match stop {
         StopReason::Shutdown { rip: None } => StopReason::Shutdown { rip: vcpu.rip() },
         StopReason::Halted { rip: None } => StopReason::Halted { rip: vcpu.rip() },
-        StopReason::Timeout { rip: None } => StopReason::Timeout { rip: vcpu.rip() },
+        StopReason::Timeout { rip: None, disk } => StopReason::Timeout {
+            rip: vcpu.rip(),
+            disk,
+        },
         StopReason::InternalError { detail } => match vcpu.rip() {
             Some(rip) => StopReason::InternalError {
                 detail: format!("{detail} at rip {rip:#x}"),
@@ -330,8 +333,8 @@ fn supervise<T>(
     }
 }
 
-/// Flushes the disk (`fdatasync`) after a stop by a signal. The vCPU and I/O threads have
-/// ended: every write the guest saw complete is in the file.
+/// Flushes the disk (`fdatasync`) after a stop by a signal or the watchdog. The vCPU and
+/// I/O threads have ended: every write the guest saw complete is in the file.
 fn flush_disk(disk: Option<&SharedDisk>) -> DiskFlush {
     use pvkit_devices::BlockBackend;
     match disk.cloned().map(|mut d| d.flush()) {
@@ -502,6 +505,14 @@ fn run_inner(config: &VmConfig, custom: Option<Box<dyn PvDevices>>) -> Result<Ru
         (None, Some(signal)) if matches!(stop, StopReason::Timeout { .. }) => StopReason::Signal {
             signal,
             disk: flush_disk(disk.as_ref()),
+        },
+        // The watchdog expired: flush as for a signal.
+        (None, None) if matches!(stop, StopReason::Timeout { .. }) => match stop {
+            StopReason::Timeout { rip, .. } => StopReason::Timeout {
+                rip,
+                disk: flush_disk(disk.as_ref()),
+            },
+            other => other,
         },
         (None, _) => stop,
     };

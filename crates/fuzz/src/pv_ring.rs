@@ -605,6 +605,8 @@ fn model_console_poll(ram: &mut Ram, m: &mut Model) -> (Outcome, Vec<u8>) {
                 id: req.id,
                 written,
             };
+            // The console ring meters the bytes written (no byte budget is set here).
+            batch.bytes += u64::from(written);
             let p =
                 g + HEADER_SIZE as u64 + u64::from(m.size) * CON_REQ as u64 + slot * CON_RSP as u64;
             let (p, n) = (p as usize, CON_RSP);

@@ -181,20 +181,28 @@ impl<B: BlockBackend> BlockDevice<B> {
         }
     }
 
-    /// Services the block ring: every available request is handled and answered with a
-    /// [`BlockResponse`] carrying its `id`, status and byte count.
+    /// Services the block ring: every available request (up to the ring's budgets) is
+    /// handled and answered with a [`BlockResponse`] carrying its `id`, status and byte
+    /// count. Against the byte budget a request costs the bytes it moved, and a flush
+    /// costs [`MAX_REQUEST_BYTES`] (it may write back that much and more).
     pub fn service_ring<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
         ring: &mut BlockRing,
     ) -> Result<Batch, RingError> {
-        ring.poll(mem, |req| {
+        ring.poll_metered(mem, |req| {
             let (status, bytes) = self.handle(mem, &req);
-            BlockResponse {
+            let cost = if req.op == BlockOp::Flush as u32 {
+                MAX_REQUEST_BYTES
+            } else {
+                bytes
+            };
+            let rsp = BlockResponse {
                 id: req.id,
                 status: status as i64,
                 bytes,
-            }
+            };
+            (rsp, cost)
         })
     }
 

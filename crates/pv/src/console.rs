@@ -131,29 +131,31 @@ pub fn handle_request<M: GuestMemory + ?Sized>(
     }
 }
 
-/// Services every available request on the console ring, writing to `sink`, at most
-/// [`SERVICE_BYTE_BUDGET`] bytes in all: a request that would go past the budget, and every
-/// request after it in this service, is answered `EAGAIN` with nothing written.
+/// Services every available request on the console ring (up to the ring's budgets; a
+/// request costs the bytes written), writing to `sink`, at most [`SERVICE_BYTE_BUDGET`]
+/// bytes in all: a request that would go past that, and every request after it in this
+/// service, is answered `EAGAIN` with nothing written.
 pub fn service_ring<M: GuestMemory + ?Sized>(
     mem: &M,
     ring: &mut ConsoleRing,
     sink: &mut dyn std::io::Write,
 ) -> Result<Batch, RingError> {
     let mut left = SERVICE_BYTE_BUDGET;
-    ring.poll(mem, |req| {
+    ring.poll_metered(mem, |req| {
         let len = u64::from(req.len);
         // Oversized requests (> MAX_WRITE) still get their own E2BIG from `write`.
         if len <= MAX_WRITE && len > left {
             left = 0;
-            return ConsoleResponse {
+            let rsp = ConsoleResponse {
                 status: Status::EAGAIN as i64,
                 id: req.id,
                 written: 0,
             };
+            return (rsp, 0);
         }
         let rsp = handle_request(mem, &req, sink);
         left = left.saturating_sub(u64::from(rsp.written));
-        rsp
+        (rsp, u64::from(rsp.written))
     })
 }
 

@@ -49,6 +49,17 @@ pub(crate) mod state;
 /// Alignment required of every registered region (rings and the clock page): 4 KiB.
 pub const REGION_ALIGN: u64 = 4096;
 
+/// Requests one service of a ring handles at most, when the host sets the service budget
+/// ([`RingConsumer::set_budget`]): twice the largest ring, so a service never splits what a
+/// guest can publish between two doorbells, while a ring that refills itself (requests
+/// whose data lands on its own header and slots) is served in bounded rounds.
+pub const SERVICE_REQUESTS: u64 = 2 * pvkit_abi::ring::MAX_RING_SIZE as u64;
+
+/// Bytes one service of a ring moves at most ([`RingConsumer::set_byte_budget`]): a full
+/// ring of the largest block requests (256 × 1 MiB). Checked after each request, so one
+/// service moves at most this plus one request.
+pub const SERVICE_BYTES: u64 = pvkit_abi::ring::MAX_RING_SIZE as u64 * (1 << 20);
+
 /// Errors from registering or servicing a ring.
 #[derive(Debug, thiserror::Error)]
 pub enum RingError {
@@ -134,9 +145,12 @@ pub struct Batch {
     pub requests: u64,
     /// Times `rsp_prod` was published (one per run of requests found available).
     pub batches: u64,
-    /// The poll stopped because it reached its budget ([`RingConsumer::set_budget`]) while
-    /// requests were still available. `req_event` was not re-armed, so the guest will not
-    /// notify: the caller must poll again.
+    /// The cost the handler reported for the requests handled
+    /// ([`RingConsumer::poll_metered`]; 0 with [`RingConsumer::poll`]): bytes moved.
+    pub bytes: u64,
+    /// The poll stopped because it reached its budget ([`RingConsumer::set_budget`],
+    /// [`RingConsumer::set_byte_budget`]) while requests were still available. `req_event`
+    /// was not re-armed, so the guest will not notify: the caller must poll again.
     pub budget_exhausted: bool,
 }
 
@@ -160,6 +174,8 @@ pub struct RingConsumer<Req: AbiPod, Rsp: AbiPod> {
     broken: bool,
     /// Most requests one `poll` handles, `None` for no limit.
     budget: Option<u64>,
+    /// Most bytes (handler-reported cost) one `poll` moves, `None` for no limit.
+    byte_budget: Option<u64>,
     _types: PhantomData<fn(Req) -> Rsp>,
 }
 
@@ -215,6 +231,7 @@ impl<Req: AbiPod, Rsp: AbiPod> RingConsumer<Req, Rsp> {
             host_flags: 0,
             broken: false,
             budget: None,
+            byte_budget: None,
             _types: PhantomData,
         };
         mem.store(
@@ -263,6 +280,20 @@ impl<Req: AbiPod, Rsp: AbiPod> RingConsumer<Req, Rsp> {
         self.budget = budget;
     }
 
+    /// Limits the bytes one [`poll_metered`](Self::poll_metered) moves, as the handler
+    /// reports them (`None`: no limit, the default). Checked after each request: the poll
+    /// stops with [`Batch::budget_exhausted`] once the bytes reach the budget while requests
+    /// are still available.
+    pub fn set_byte_budget(&mut self, budget: Option<u64>) {
+        self.byte_budget = budget;
+    }
+
+    /// Whether `batch` used up a budget.
+    fn spent(&self, batch: &Batch) -> bool {
+        self.budget.is_some_and(|b| batch.requests >= b)
+            || self.byte_budget.is_some_and(|b| batch.bytes >= b)
+    }
+
     /// Sets or clears [`HOST_POLLING`] in `host_flags`.
     ///
     /// While it is set, a conforming guest does not ring the doorbell. The store is followed
@@ -304,6 +335,23 @@ impl<Req: AbiPod, Rsp: AbiPod> RingConsumer<Req, Rsp> {
         M: GuestMemory + ?Sized,
         F: FnMut(Req) -> Rsp,
     {
+        self.poll_metered(mem, |req| (handler(req), 0))
+    }
+
+    /// [`poll`](Self::poll) with a handler that also returns each request's cost in bytes,
+    /// summed in [`Batch::bytes`] and held against the byte budget
+    /// ([`set_byte_budget`](Self::set_byte_budget)).
+    ///
+    /// With a budget, the poll stops at the first check that finds it used up while
+    /// requests are still available: the responses handled so far are published,
+    /// `req_event` is left behind (the guest does not notify) and
+    /// [`Batch::budget_exhausted`] tells the caller to poll again later. Requests are never
+    /// lost or handled twice across such a split: the consumer index is private.
+    pub fn poll_metered<M, F>(&mut self, mem: &M, mut handler: F) -> Result<Batch, RingError>
+    where
+        M: GuestMemory + ?Sized,
+        F: FnMut(Req) -> (Rsp, u64),
+    {
         if self.broken {
             return Err(RingError::Broken);
         }
@@ -330,28 +378,34 @@ impl<Req: AbiPod, Rsp: AbiPod> RingConsumer<Req, Rsp> {
                 }
                 continue;
             }
+            if self.spent(&batch) {
+                batch.budget_exhausted = true;
+                return Ok(batch);
+            }
             let mut todo = u64::from(available);
             if let Some(budget) = self.budget {
-                let left = budget.saturating_sub(batch.requests);
-                if left == 0 {
-                    batch.budget_exhausted = true;
-                    return Ok(batch);
-                }
-                todo = todo.min(left);
+                // Not spent: at least one request is left.
+                todo = todo.min(budget.saturating_sub(batch.requests));
             }
-            for _ in 0..todo {
+            let mut done = 0u64;
+            while done < todo {
                 let index = self.consumed;
                 // One copy out of the ring: the handler validates and uses this copy, so a
                 // guest rewriting the slot now cannot change what was checked.
                 let req = self.read_request(mem, index)?;
-                let rsp = handler(req);
+                let (rsp, cost) = handler(req);
                 self.write_response(mem, index, rsp)?;
                 self.consumed = index.wrapping_add(1);
+                done += 1;
+                batch.bytes = batch.bytes.saturating_add(cost);
+                if self.byte_budget.is_some_and(|b| batch.bytes >= b) {
+                    break;
+                }
             }
             // Release: the response slots written above are visible before the new
             // `rsp_prod` (the guest loads `rsp_prod` with acquire, then reads the slots).
             self.store_field(mem, offsets::RSP_PROD, self.consumed)?;
-            batch.requests = batch.requests.saturating_add(todo);
+            batch.requests = batch.requests.saturating_add(done);
             batch.batches = batch.batches.saturating_add(1);
             // More may have arrived while we worked; `req_event` is still behind, so the
             // guest is not notifying: look again before re-arming.
@@ -633,6 +687,72 @@ mod tests {
         assert_eq!(header(&m).rsp_prod, 3);
         let b = r.poll(&m, echo).unwrap();
         assert_eq!((b.requests, b.budget_exhausted), (2, false));
+    }
+
+    #[test]
+    fn byte_budget_stops_after_the_request_that_reaches_it() {
+        let (m, mut p, mut r) = setup(8, 0);
+        r.set_byte_budget(Some(10));
+        for i in 0..5 {
+            p.push(&m, req(i)).unwrap();
+        }
+        p.publish(&m).unwrap();
+        let metered = |q: ConsoleRequest| (echo(q), 4);
+        let b = r.poll_metered(&m, metered).unwrap();
+        assert_eq!((b.requests, b.bytes, b.budget_exhausted), (3, 12, true));
+        assert_eq!(header(&m).rsp_prod, 3, "the handled part is published");
+        assert_eq!(
+            header(&m).req_event,
+            1,
+            "not re-armed: the caller polls again"
+        );
+        let b = r.poll_metered(&m, metered).unwrap();
+        assert_eq!((b.requests, b.bytes, b.budget_exhausted), (2, 8, false));
+        assert_eq!(header(&m).req_event, 6);
+        let ids: Vec<_> = p.take_responses(&m).unwrap().iter().map(|x| x.id).collect();
+        assert_eq!(ids, vec![0, 1, 2, 3, 4], "each request once, in order");
+    }
+
+    #[test]
+    fn a_budget_used_up_with_nothing_left_is_not_exhausted() {
+        let (m, mut p, mut r) = setup(8, 0);
+        r.set_budget(Some(4));
+        r.set_byte_budget(Some(4));
+        for i in 0..4 {
+            p.push(&m, req(i)).unwrap();
+        }
+        p.publish(&m).unwrap();
+        let b = r.poll_metered(&m, |q| (echo(q), 1)).unwrap();
+        assert_eq!((b.requests, b.bytes, b.budget_exhausted), (4, 4, false));
+        assert_eq!(header(&m).req_event, 5, "idle: re-armed");
+    }
+
+    /// A guest that publishes one more request for every one handled (as a ring whose
+    /// reads reload its own slots does) keeps an unbudgeted poll going for ever; the
+    /// service budgets end each poll with the work still pending.
+    #[test]
+    fn a_self_refilling_ring_is_served_in_bounded_rounds() {
+        let (m, mut p, mut r) = setup(8, 0);
+        r.set_budget(Some(SERVICE_REQUESTS));
+        r.set_byte_budget(Some(SERVICE_BYTES));
+        p.push(&m, req(0)).unwrap();
+        p.publish(&m).unwrap();
+        let mut next = 1u32;
+        let mut refill = |q: ConsoleRequest, cost: u64| {
+            p.take_responses(&m).unwrap();
+            p.push(&m, req(next)).unwrap();
+            p.publish(&m).unwrap();
+            next += 1;
+            (echo(q), cost)
+        };
+        let b = r.poll_metered(&m, |q| refill(q, 0)).unwrap();
+        assert_eq!((b.requests, b.budget_exhausted), (SERVICE_REQUESTS, true));
+        // 1 MiB requests: the byte budget ends the round first.
+        let b = r.poll_metered(&m, |q| refill(q, 1 << 20)).unwrap();
+        assert_eq!((b.requests, b.budget_exhausted), (256, true));
+        assert_eq!(b.bytes, SERVICE_BYTES);
+        assert_eq!(r.consumed(), SERVICE_REQUESTS as u32 + 256);
+        assert!(!r.is_broken());
     }
 
     #[test]

@@ -20,12 +20,14 @@
 //! | `hc-loop`      | `AbiVersion` hypercalls forever (the watchdog must stop the VM)     |
 //! | `durability`   | `via=pv\|ring\|ata`: rounds of writes + flush, `flushed <k>` lines   |
 //! | `enospc`       | PV block and ATA writes until the host filesystem is full           |
+//! | `ring-chain`   | `via=…` `then=…`: a block ring that reloads itself from the disk    |
 //!
 //! Ring 0 is interpreted on kvm_pvm (~1 µs per instruction), so no scenario loops over
 //! more than a few thousand instructions except the deliberate infinite loops.
 #![no_std]
 #![no_main]
 
+mod chain;
 mod devices;
 mod disk;
 mod hcalls;
@@ -138,6 +140,7 @@ extern "C" fn main(boot: &'static BootInfo) -> ! {
         "hc-loop" => hcalls::hypercall_loop(),
         "durability" => disk::durability(&mut ctx),
         "enospc" => disk::enospc(&mut ctx),
+        "ring-chain" => chain::run(&mut ctx),
         _ => {
             say("unknown case");
             hypercall::exit(201);
