@@ -54,11 +54,11 @@ pub mod paravirt;
 pub mod platform;
 #[cfg(test)]
 mod proptests;
-pub mod runner;
+
 pub mod seccomp;
 pub mod serial;
 pub mod signals;
-pub mod stats;
+
 pub mod stop;
 pub mod testing;
 pub mod vcpu;

@@ -29,7 +29,7 @@ pub fn builtin_ready() -> bool {
 }
 
 /// The hostile test guest (`guest-kernel/examples/hostile-os`), built by host-vmm's build.rs.
-pub const HOSTILE_ELF: &str = env!("PVKIT_HOSTILE_GUEST_ELF");
+pub const HOSTILE_ELF: &str = pvkit_vmm::guests::HOSTILE_GUEST_ELF;
 
 /// Whether tests that boot the hostile guest can run (as [`builtin_ready`]).
 pub fn hostile_ready() -> bool {

@@ -18,7 +18,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pvkit_abi::bench::CaseId;
 
 use super::names;
-use crate::bench::{PhaseObserver, PhaseRecord};
+use pvkit_vmm::bench::{PhaseObserver, PhaseRecord};
 
 /// How often the ticker redraws.
 const TICK: Duration = Duration::from_millis(100);
@@ -168,7 +168,7 @@ fn redraw(bar: &ProgressBar, shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::LedgerSnapshot;
+    use pvkit_vmm::ledger::LedgerSnapshot;
     use pvkit_abi::bench::{Device, Variant, Workload};
 
     #[test]

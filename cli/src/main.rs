@@ -151,7 +151,7 @@ fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
     if args.stats {
         eprint!(
             "{}",
-            pvkit_vmm::stats::report(&outcome, pvkit_vmm::stats::peak_rss_kib())
+            pvkit_cli::stats_report::report(&outcome, pvkit_cli::stats_report::peak_rss_kib())
         );
     }
     Ok(outcome.stop.exit_status())
@@ -217,7 +217,7 @@ struct BenchArgs {
     timeout: Option<f64>,
 
     /// Guest RAM per boot in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = pvkit_vmm::runner::DEFAULT_MEM_MIB)]
+    #[arg(long, value_name = "MIB", default_value_t = pvkit_cli::bench_runner::DEFAULT_MEM_MIB)]
     mem: u64,
 
     /// Do not confine the vCPU and I/O threads with their seccomp filters.
@@ -226,7 +226,7 @@ struct BenchArgs {
 }
 
 fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
-    use pvkit_vmm::runner::{self, BenchConfig, BenchDevice};
+    use pvkit_cli::bench_runner::{self as runner, BenchConfig, BenchDevice};
     let timeout = match args.timeout {
         None if args.quick => runner::DEFAULT_QUICK_TIMEOUT,
         None => runner::DEFAULT_TIMEOUT,
