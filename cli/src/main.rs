@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use pvkit_vmm::stop::{STATUS_USAGE, STATUS_VMM_ERROR};
-use pvkit_vmm::vcpu::RegAccess;
+use pvkit_vmm::vstate::vcpu::RegAccess;
 use pvkit_vmm::{ConsoleKind, DiskConfig, KernelSource, StopReason, VmConfig};
 
 const EXIT_STATUS_HELP: &str = "\
@@ -97,6 +97,12 @@ struct RunArgs {
     #[arg(long, requires = "disk")]
     disk_ro: bool,
 
+    /// Create N KVM vCPUs. vCPU 0 runs the guest; the others are created and parked on
+    /// their own threads (pvkit-vcpu1, ...) without entering the guest, ready for SMP.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    vcpus: u32,
+
     /// Do not confine the vCPU and I/O threads with their seccomp filters (for debugging
     /// the VMM, or a kernel without seccomp; see docs/SECURITY.md).
     #[arg(long)]
@@ -136,6 +142,7 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
         }),
         phase_observer: None,
         seccomp: !args.no_seccomp,
+        vcpus: args.vcpus,
     })
 }
 

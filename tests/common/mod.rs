@@ -7,7 +7,7 @@ use std::process::Output;
 /// Whether KVM tests can run. Without a usable /dev/kvm they are skipped with a note, except
 /// under CI (`CI=true`), where they fail: a CI runner without KVM must not look green.
 pub fn kvm_available() -> bool {
-    match pvkit_vmm::platform::open_kvm() {
+    match pvkit_vmm::vstate::kvm::open_kvm() {
         Ok(_) => true,
         Err(e) => {
             if ci() {

@@ -393,9 +393,9 @@ fn guest_cycles(samples: &[&SampleRecord], ops: u64) -> (f64, f64, Option<&'stat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pvkit_vmm::ledger::LedgerSnapshot;
     use pvkit_abi::bench::{BenchSample, Workload, SAMPLE_FAILED};
     use pvkit_abi::call::Hypercall;
+    use pvkit_vmm::ledger::LedgerSnapshot;
     use std::time::Duration;
 
     fn id(device: Device, variant: Variant, workload: Workload) -> CaseId {

@@ -31,9 +31,9 @@ use pvkit_report::{Baseline, Case, Kind, Platform, Report};
 use thiserror::Error;
 
 use pvkit_vmm::disk::DiskConfig;
-use pvkit_vmm::platform::{open_kvm, PlatformError, PlatformKind};
 use pvkit_vmm::stop::StopReason;
 use pvkit_vmm::vm::{ConsoleKind, KernelSource, RunOutcome, VmConfig};
+use pvkit_vmm::vstate::kvm::{open_kvm, PlatformError, PlatformKind};
 
 pub use names::BenchDevice;
 use progress::Progress;
@@ -541,7 +541,7 @@ pub fn git_commit() -> String {
 
 /// The report's platform block. `tsc_khz` comes from a vCPU (0 if unknown).
 pub fn platform(tsc_khz: Option<u32>) -> Platform {
-    let info = pvkit_vmm::platform::info(tsc_khz);
+    let info = pvkit_vmm::vstate::kvm::info(tsc_khz);
     Platform {
         kind: info.kind.name().into(),
         // Everything but kvm_pvm runs the guest on VMX/SVM.

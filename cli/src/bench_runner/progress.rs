@@ -168,8 +168,8 @@ fn redraw(bar: &ProgressBar, shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pvkit_vmm::ledger::LedgerSnapshot;
     use pvkit_abi::bench::{Device, Variant, Workload};
+    use pvkit_vmm::ledger::LedgerSnapshot;
 
     #[test]
     fn observer_counts_and_boot_done_fills_in() {
