@@ -607,9 +607,9 @@ fn kvmclock_is_served_in_the_kernel() {
     if !kvm_available() {
         return;
     }
-    let kvm = pvkit_vmm::platform::open_kvm().unwrap();
-    let supported = pvkit_vmm::vcpu::supported_cpuid(&kvm).unwrap();
-    if !pvkit_vmm::vcpu::kvmclock_available(supported.as_slice()) {
+    let kvm = pvkit_vmm::vstate::kvm::open_kvm().unwrap();
+    let supported = pvkit_vmm::arch::x86_64::cpuid::supported_cpuid(&kvm).unwrap();
+    if !pvkit_vmm::arch::x86_64::cpuid::kvmclock_available(supported.as_slice()) {
         eprintln!("note: skipping: KVM offers no kvmclock here");
         return;
     }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{code, kvm_available, temp_file};
-use pvkit_vmm::runner::{self, BenchConfig, BenchDevice};
+use pvkit_cli::bench_runner::{self as runner, BenchConfig, BenchDevice};
 use pvkit_vmm::seccomp::{self, Confinement, ThreadKind, STATUS_SECCOMP};
 use pvkit_vmm::testing::ElfBuilder;
 use pvkit_vmm::{run, ConsoleKind, KernelSource, PhaseObserver, StopReason, VmConfig};

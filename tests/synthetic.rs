@@ -12,7 +12,7 @@ use pvkit_abi::AbiVersion;
 use pvkit_vmm::ledger::ExitKind;
 use pvkit_vmm::signals::DiskFlush;
 use pvkit_vmm::testing::{programs, ElfBuilder};
-use pvkit_vmm::vcpu::RegAccess;
+use pvkit_vmm::vstate::vcpu::RegAccess;
 use pvkit_vmm::{run, KernelSource, RunOutcome, StopReason, VmConfig};
 
 const LOAD: u64 = 0x10_0000;

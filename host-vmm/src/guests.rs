@@ -16,3 +16,7 @@ pub fn example_guest_path() -> Option<&'static str> {
 
 /// `"built"`, or why there is no built-in guest.
 pub const BUILD_STATUS: &str = env!("PVKIT_GUEST_STATUS");
+
+/// Path of the `hostile-os` guest (the security tests' guest) as built with this VMM; an
+/// empty file when the VMM was built without the guest workspace.
+pub const HOSTILE_GUEST_ELF: &str = env!("PVKIT_HOSTILE_GUEST_ELF");

@@ -1,14 +1,18 @@
 //! # pvkit VMM
 //!
 //! A small KVM-based VMM for pvkit guests: it loads an ELF kernel that carries the pvkit
-//! ABI note, boots it in long mode on one vCPU, serves the hypercalls of
+//! ABI note, boots it in long mode on vCPU 0, serves the hypercalls of
 //! [`pvkit_abi::call`] and an emulated 16550 UART, and counts every exit.
 //!
-//! Modules, one job each:
-//! - [`platform`]: which KVM, CPU, TSC rate; opening `/dev/kvm`.
-//! - [`memory`]: guest RAM and the boot area ([`pvkit_abi::boot`]).
+//! Modules, from the bottom up ([`arch`] imports nothing of this crate; [`vstate`] imports
+//! [`arch`], and [`exit`] for the `KVM_RUN` step; [`vm`] assembles everything):
+//! - [`arch`] (x86_64): the CPUID table ([`arch::x86_64::cpuid`]), the long-mode boot
+//!   registers ([`arch::x86_64::regs`]), the boot area in RAM — GDT, page tables, boot info
+//!   ([`arch::x86_64::layout`]) — and the host TSC ([`arch::x86_64::tsc`]).
+//! - [`vstate`]: KVM state, one file per KVM object: opening `/dev/kvm` and the platform
+//!   ([`vstate::kvm`]), the VM fd and memory slots ([`vstate::vm`]), a vCPU and one
+//!   `KVM_RUN` step ([`vstate::vcpu`]), guest RAM ([`vstate::memory`]).
 //! - [`elf`]: the validating ELF loader and ABI-note check.
-//! - [`vcpu`]: VM and vCPU creation, boot registers, CPUID, one `KVM_RUN` step.
 //! - [`exit`]: exit handling as a plain function ([`exit::handle_exit`]).
 //! - [`ledger`]: exit counts by kind, snapshots and deltas.
 //! - [`bus`]: port I/O routing. [`emulated`]: the ATA disk and the PIT on the bus.
@@ -20,9 +24,13 @@
 //! - [`stop`]: why a guest stopped, and the process exit status for it.
 //! - [`watchdog`]: kicking the vCPU out of `KVM_RUN`. [`signals`]: SIGINT/SIGTERM stop the VM.
 //! - [`seccomp`]: the per-thread system call filters of the vCPU and I/O threads.
-//! - [`vm`]: [`vm::VmConfig`] → [`vm::run`] → [`vm::RunOutcome`].
-//! - [`stats`]: the `--stats` report. [`guests`]: the guests built with the VMM.
-//! - [`testing`]: synthetic guest images for tests.
+//! - [`vm`]: [`vm::VmConfig`] → [`vm::run`] → [`vm::RunOutcome`]: assembles a VM, runs
+//!   vCPU 0 and parks the others ([`vm::VmConfig::vcpus`]).
+//! - [`guests`]: the guests built with the VMM. [`testing`]: synthetic guest images for tests.
+//!
+//! Not here: the `pvkit` command line, the `pvkit bench` runner and the `--stats` report
+//! live in the `pvkit` crate (`cli/`); this library depends on no CLI, progress-bar or
+//! report crate.
 //!
 //! Trust boundary: everything the guest controls (memory, registers, port data) is hostile
 //! input. It is validated before use and errors go back to the guest as status codes;
@@ -38,6 +46,7 @@
     )
 )]
 
+pub mod arch;
 pub mod bench;
 pub mod bus;
 pub mod console;
@@ -49,21 +58,21 @@ pub mod guests;
 pub mod hypercall;
 pub mod iothread;
 pub mod ledger;
-pub mod memory;
 pub mod paravirt;
-pub mod platform;
 #[cfg(test)]
 mod proptests;
-pub mod runner;
 pub mod seccomp;
 pub mod serial;
 pub mod signals;
-pub mod stats;
 pub mod stop;
 pub mod testing;
-pub mod vcpu;
 pub mod vm;
+pub mod vstate;
 pub mod watchdog;
+
+/// Guest RAM under its old path (`crate::memory`), which the device and hypercall modules
+/// still import; new code names [`vstate::memory`].
+pub use vstate::memory;
 
 pub use bench::PhaseObserver;
 pub use disk::DiskConfig;

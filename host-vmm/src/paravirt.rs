@@ -112,15 +112,7 @@ impl TscClock {
     }
 }
 
-/// The host TSC.
-pub fn host_tsc() -> u64 {
-    // SAFETY: `rdtsc` reads the time-stamp counter into registers; it touches no memory.
-    // Linux never sets CR4.TSD for user processes, so it cannot fault.
-    #[allow(unused_unsafe)]
-    unsafe {
-        core::arch::x86_64::_rdtsc()
-    }
-}
+pub use crate::arch::x86_64::tsc::host_tsc;
 
 impl ClockSource for TscClock {
     fn sample(&self) -> Option<ClockSample> {

@@ -14,6 +14,8 @@ use kvm_ioctls::Cap;
 use pvkit_abi::AbiVersion;
 use thiserror::Error;
 
+use crate::arch::x86_64::cpuid::{kvmclock_available, supported_cpuid, CpuidError};
+use crate::arch::x86_64::layout::{write_boot_area, BootParams, LayoutError};
 use crate::bench::{PhaseObserver, PhaseRecord, SampleRecord};
 use crate::bus::{BusError, PortBus};
 use crate::console::Console;
@@ -24,16 +26,17 @@ use crate::exit::{ExitAction, Machine};
 use crate::hypercall::{NoPvDevices, PvDevices, BASE_FEATURES};
 use crate::iothread::IoStopper;
 use crate::ledger::LedgerSnapshot;
-use crate::memory::{create_ram, write_boot_area, BootParams, MemoryError, DEFAULT_MEM_MIB};
 use crate::paravirt::{
     offered_features, ClockSource, KvmIoEvents, PvBackend, PvConfig, TscClock, DOORBELL_PORTS,
 };
-use crate::platform::{open_kvm, PlatformError, PlatformInfo};
 use crate::seccomp::{Confinement, SeccompError, ThreadKind};
 use crate::serial::{Uart, COM1_BASE, COM1_LEN};
 use crate::signals::{self, DiskFlush};
 use crate::stop::StopReason;
-use crate::vcpu::{create_vm, kvmclock_available, supported_cpuid, RegAccess, Vcpu, VcpuError};
+use crate::vstate::kvm::{open_kvm, PlatformError, PlatformInfo};
+use crate::vstate::memory::{create_ram, MemoryError, DEFAULT_MEM_MIB};
+use crate::vstate::vcpu::{RegAccess, Vcpu, VcpuError};
+use crate::vstate::vm::{create_vm, VmFdError};
 use crate::watchdog::{self, ArmGuard, WatchdogError};
 
 /// Where the guest kernel comes from.
@@ -94,6 +97,13 @@ pub struct VmConfig {
     /// Confine the vCPU and I/O threads with their seccomp filters ([`crate::seccomp`];
     /// default `true`; `pvkit --no-seccomp` turns it off).
     pub seccomp: bool,
+    /// How many KVM vCPUs to create (default 1; at most what KVM supports). vCPU 0 runs
+    /// the guest. The others are created like it (same CPUID table, boot registers at the
+    /// entry point) and parked: each waits on its own thread, `pvkit-vcpu{i}` (confined
+    /// like vCPU 0), without ever entering the guest, until the VM stops. They exit
+    /// nothing and change no count; the guest cannot start them yet (no SIPI or PV
+    /// wake-up exists).
+    pub vcpus: u32,
 }
 
 impl Default for VmConfig {
@@ -110,6 +120,7 @@ impl Default for VmConfig {
             disk: None,
             phase_observer: None,
             seccomp: true,
+            vcpus: 1,
         }
     }
 }
@@ -193,6 +204,23 @@ pub enum VmError {
     /// Guest memory could not be prepared.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// The boot area could not be written.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// The VM could not be created.
+    #[error(transparent)]
+    VmFd(#[from] VmFdError),
+    /// KVM's CPUID table could not be read.
+    #[error(transparent)]
+    Cpuid(#[from] CpuidError),
+    /// The vCPU count is outside `1..=` what KVM supports.
+    #[error("cannot create {requested} vCPUs: KVM supports 1 to {max}")]
+    VcpuCount {
+        /// The count asked for.
+        requested: u32,
+        /// KVM's limit (`KVM_CAP_MAX_VCPUS`).
+        max: u32,
+    },
     /// The VM or vCPU could not be created or run.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
@@ -273,6 +301,65 @@ fn vcpu_loop(mut vcpu: Vcpu, mut m: Machine) -> VcpuResult {
         other => other,
     };
     Ok((stop, m, entered, stopped))
+}
+
+/// The name of vCPU `index`'s thread.
+fn vcpu_thread_name(index: u64) -> String {
+    format!("pvkit-vcpu{index}")
+}
+
+/// The vCPUs other than vCPU 0 ([`VmConfig::vcpus`]), each parked on its own thread until
+/// [`ParkedVcpus::release`] (or drop) lets it go.
+struct ParkedVcpus {
+    /// One per thread; dropping it wakes the thread, which then closes its vCPU.
+    wake: Vec<mpsc::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<Result<(), VmError>>>,
+}
+
+impl ParkedVcpus {
+    /// Starts one parked thread per vCPU in `vcpus`, each holding the VM fd as long as its
+    /// vCPU and confined with the vCPU filter when `seccomp` is set.
+    fn start(vcpus: Vec<Vcpu>, vm: &Arc<kvm_ioctls::VmFd>, seccomp: bool) -> Result<Self, VmError> {
+        let mut parked = Self {
+            wake: Vec::new(),
+            threads: Vec::new(),
+        };
+        for vcpu in vcpus {
+            let confinement = match seccomp {
+                true => Some(Confinement::new(ThreadKind::Vcpu)?),
+                false => None,
+            };
+            let (wake, parked_until) = mpsc::channel::<()>();
+            let vm = Arc::clone(vm);
+            let thread = std::thread::Builder::new()
+                .name(vcpu_thread_name(vcpu.index()))
+                .spawn(move || {
+                    let r = confinement.map(Confinement::apply).transpose();
+                    // Parked: no guest instruction runs here. Returns when `wake` drops.
+                    let _ = parked_until.recv();
+                    drop(vcpu);
+                    drop(vm);
+                    r.map(|_| ()).map_err(VmError::from)
+                })
+                .map_err(VmError::Thread)?;
+            parked.wake.push(wake);
+            parked.threads.push(thread);
+        }
+        Ok(parked)
+    }
+
+    /// Wakes every parked thread and waits for it; the first error of a thread, if any.
+    fn release(mut self) -> Result<(), VmError> {
+        self.wake.clear();
+        let mut first = Ok(());
+        for t in self.threads.drain(..) {
+            let r = t.join().map_err(|_| VmError::VcpuPanicked).and_then(|r| r);
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
 }
 
 /// What the watchdog thread hears about.
@@ -362,6 +449,13 @@ fn run_inner(config: &VmConfig, custom: Option<Box<dyn PvDevices>>) -> Result<Ru
     let image = ElfImage::parse(&bytes)?;
     let disk = config.disk.as_ref().map(SharedDisk::open).transpose()?;
     let kvm = open_kvm()?;
+    let max_vcpus = u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX);
+    if !(1..=max_vcpus).contains(&config.vcpus) {
+        return Err(VmError::VcpuCount {
+            requested: config.vcpus,
+            max: max_vcpus,
+        });
+    }
     watchdog::install()?;
 
     let mem = create_ram(config.mem_mib)?;
@@ -377,9 +471,10 @@ fn run_inner(config: &VmConfig, custom: Option<Box<dyn PvDevices>>) -> Result<Ru
         None => offered_features(disk.is_some(), eventfd, clock, kvmclock),
     };
     let mut features = BASE_FEATURES | pv_features(clock_possible);
-    let mut vcpu = Vcpu::with_cpuid(
+    let mut vcpu = Vcpu::new(
         &kvm,
         &vm,
+        0,
         kernel.entry,
         &supported,
         features,
@@ -395,6 +490,14 @@ fn run_inner(config: &VmConfig, custom: Option<Box<dyn PvDevices>>) -> Result<Ru
         features = BASE_FEATURES | pv_features(false);
         vcpu.set_features(&supported, features)?;
     }
+    // The other vCPUs, with the final feature bits and vCPU 0's register access.
+    let parked: Vec<Vcpu> = (1..config.vcpus)
+        .map(|i| {
+            let access = Some(vcpu.reg_access());
+            let entry = kernel.entry;
+            Vcpu::new(&kvm, &vm, u64::from(i), entry, &supported, features, access)
+        })
+        .collect::<Result<_, _>>()?;
     let cmdline = config.full_cmdline();
     write_boot_area(
         &mem,
@@ -458,7 +561,7 @@ fn run_inner(config: &VmConfig, custom: Option<Box<dyn PvDevices>>) -> Result<Ru
         machine.bench.set_observer(obs.clone());
     }
     let stop_requested = machine.stop_requested.clone();
-    let platform = crate::platform::info(tsc_khz);
+    let platform = crate::vstate::kvm::info(tsc_khz);
     let reg_access = vcpu.reg_access();
     let confinement = match config.seccomp {
         true => {
@@ -468,8 +571,9 @@ fn run_inner(config: &VmConfig, custom: Option<Box<dyn PvDevices>>) -> Result<Ru
         false => None,
     };
 
+    let parked = ParkedVcpus::start(parked, &vm, config.seccomp)?;
     let thread = std::thread::Builder::new()
-        .name("pvkit-vcpu0".into())
+        .name(vcpu_thread_name(vcpu.index()))
         .spawn(move || {
             // The VM fd must outlive the vCPU: keep it on this thread.
             let _vm = vm;
@@ -496,6 +600,7 @@ fn run_inner(config: &VmConfig, custom: Option<Box<dyn PvDevices>>) -> Result<Ru
     };
     let (stop, mut machine, entered, stopped) =
         thread.join().map_err(|_| VmError::VcpuPanicked)??;
+    parked.release()?;
     if let Err(msg) = machine.pv.shutdown() {
         host_failure.get_or_insert(msg);
     }

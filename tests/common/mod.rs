@@ -7,7 +7,7 @@ use std::process::Output;
 /// Whether KVM tests can run. Without a usable /dev/kvm they are skipped with a note, except
 /// under CI (`CI=true`), where they fail: a CI runner without KVM must not look green.
 pub fn kvm_available() -> bool {
-    match pvkit_vmm::platform::open_kvm() {
+    match pvkit_vmm::vstate::kvm::open_kvm() {
         Ok(_) => true,
         Err(e) => {
             if ci() {
@@ -29,7 +29,7 @@ pub fn builtin_ready() -> bool {
 }
 
 /// The hostile test guest (`guest-kernel/examples/hostile-os`), built by host-vmm's build.rs.
-pub const HOSTILE_ELF: &str = env!("PVKIT_HOSTILE_GUEST_ELF");
+pub const HOSTILE_ELF: &str = pvkit_vmm::guests::HOSTILE_GUEST_ELF;
 
 /// Whether tests that boot the hostile guest can run (as [`builtin_ready`]).
 pub fn hostile_ready() -> bool {

@@ -89,6 +89,7 @@ impl<Req: AbiPod, Rsp: AbiPod> RingConsumer<Req, Rsp> {
             host_flags: state.host_flags,
             broken: state.broken,
             budget: None,
+            byte_budget: None,
             _types: PhantomData,
         })
     }

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::vm::RunOutcome;
+use pvkit_vmm::vm::RunOutcome;
 
 /// Peak resident set size of this process in KiB (`VmHWM` in `/proc/self/status`).
 pub fn peak_rss_kib() -> Option<u64> {

@@ -30,10 +30,10 @@ use std::time::{Duration, Instant};
 use pvkit_report::{Baseline, Case, Kind, Platform, Report};
 use thiserror::Error;
 
-use crate::disk::DiskConfig;
-use crate::platform::{open_kvm, PlatformError, PlatformKind};
-use crate::stop::StopReason;
-use crate::vm::{ConsoleKind, KernelSource, RunOutcome, VmConfig};
+use pvkit_vmm::disk::DiskConfig;
+use pvkit_vmm::stop::StopReason;
+use pvkit_vmm::vm::{ConsoleKind, KernelSource, RunOutcome, VmConfig};
+use pvkit_vmm::vstate::kvm::{open_kvm, PlatformError, PlatformKind};
 
 pub use names::BenchDevice;
 use progress::Progress;
@@ -367,7 +367,7 @@ fn boot(
     };
     let before = bar.phases();
     let start = Instant::now();
-    let result = crate::vm::run(&vm).map_err(|e| e.to_string());
+    let result = pvkit_vmm::vm::run(&vm).map_err(|e| e.to_string());
     let wall = start.elapsed();
     let phases = result.as_ref().map_or(0, |o| o.phases.len() as u64);
     bar.boot_done(phases, bar.phases() - before, device.expected_cases());
@@ -541,7 +541,7 @@ pub fn git_commit() -> String {
 
 /// The report's platform block. `tsc_khz` comes from a vCPU (0 if unknown).
 pub fn platform(tsc_khz: Option<u32>) -> Platform {
-    let info = crate::platform::info(tsc_khz);
+    let info = pvkit_vmm::vstate::kvm::info(tsc_khz);
     Platform {
         kind: info.kind.name().into(),
         // Everything but kvm_pvm runs the guest on VMX/SVM.

@@ -18,7 +18,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pvkit_abi::bench::CaseId;
 
 use super::names;
-use crate::bench::{PhaseObserver, PhaseRecord};
+use pvkit_vmm::bench::{PhaseObserver, PhaseRecord};
 
 /// How often the ticker redraws.
 const TICK: Duration = Duration::from_millis(100);
@@ -168,8 +168,8 @@ fn redraw(bar: &ProgressBar, shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::LedgerSnapshot;
     use pvkit_abi::bench::{Device, Variant, Workload};
+    use pvkit_vmm::ledger::LedgerSnapshot;
 
     #[test]
     fn observer_counts_and_boot_done_fills_in() {

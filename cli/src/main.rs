@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use pvkit_vmm::stop::{STATUS_USAGE, STATUS_VMM_ERROR};
-use pvkit_vmm::vcpu::RegAccess;
+use pvkit_vmm::vstate::vcpu::RegAccess;
 use pvkit_vmm::{ConsoleKind, DiskConfig, KernelSource, StopReason, VmConfig};
 
 const EXIT_STATUS_HELP: &str = "\
@@ -97,6 +97,12 @@ struct RunArgs {
     #[arg(long, requires = "disk")]
     disk_ro: bool,
 
+    /// Create N KVM vCPUs. vCPU 0 runs the guest; the others are created and parked on
+    /// their own threads (pvkit-vcpu1, ...) without entering the guest, ready for SMP.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    vcpus: u32,
+
     /// Do not confine the vCPU and I/O threads with their seccomp filters (for debugging
     /// the VMM, or a kernel without seccomp; see docs/SECURITY.md).
     #[arg(long)]
@@ -136,6 +142,7 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
         }),
         phase_observer: None,
         seccomp: !args.no_seccomp,
+        vcpus: args.vcpus,
     })
 }
 
@@ -158,7 +165,7 @@ fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
     if args.stats {
         eprint!(
             "{}",
-            pvkit_vmm::stats::report(&outcome, pvkit_vmm::stats::peak_rss_kib())
+            pvkit_cli::stats_report::report(&outcome, pvkit_cli::stats_report::peak_rss_kib())
         );
     }
     Ok(outcome.stop.exit_status())
@@ -224,7 +231,7 @@ struct BenchArgs {
     timeout: Option<f64>,
 
     /// Guest RAM per boot in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = pvkit_vmm::runner::DEFAULT_MEM_MIB)]
+    #[arg(long, value_name = "MIB", default_value_t = pvkit_cli::bench_runner::DEFAULT_MEM_MIB)]
     mem: u64,
 
     /// Do not confine the vCPU and I/O threads with their seccomp filters.
@@ -233,7 +240,7 @@ struct BenchArgs {
 }
 
 fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
-    use pvkit_vmm::runner::{self, BenchConfig, BenchDevice};
+    use pvkit_cli::bench_runner::{self as runner, BenchConfig, BenchDevice};
     let timeout = match args.timeout {
         None if args.quick => runner::DEFAULT_QUICK_TIMEOUT,
         None => runner::DEFAULT_TIMEOUT,

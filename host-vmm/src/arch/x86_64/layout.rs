@@ -1,9 +1,7 @@
-//! Guest RAM and the boot area.
-//!
-//! RAM is one `vm-memory` region starting at guest-physical 0. Every access the VMM makes
-//! goes through vm-memory's checked API; [`guest_range`] adds the overflow-checked range
-//! test used for every guest-supplied address. The boot area (GDT, page tables, boot info,
-//! command line, stack) follows [`pvkit_abi::boot`].
+//! The x86_64 boot area of [`pvkit_abi::boot`]: the boot GDT and its selectors, the 4 GiB
+//! identity map of 2 MiB pages, the memory map and the boot info with the command line.
+//! Written into guest RAM before the first vCPU runs; the vCPU's boot registers
+//! ([`super::regs`]) point at it.
 
 use std::ops::Range;
 
@@ -14,16 +12,13 @@ use pvkit_abi::boot::{
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-/// Guest RAM as the VMM holds it.
-pub type GuestRam = GuestMemoryMmap<()>;
+/// Guest RAM as the VMM holds it (the same type as `vstate::memory::GuestRam`; named here
+/// so that `arch` does not depend on `vstate`).
+type GuestRam = GuestMemoryMmap<()>;
 
-/// Default RAM size in MiB.
-pub const DEFAULT_MEM_MIB: u64 = 128;
-/// Smallest RAM size in MiB (room for the boot area and a small kernel).
-pub const MIN_MEM_MIB: u64 = 4;
-/// Largest RAM size in MiB: RAM must stay below the 4 GiB identity map and the 32-bit
-/// device hole.
-pub const MAX_MEM_MIB: u64 = 3 * 1024;
+fn ram_size(mem: &GuestRam) -> u64 {
+    mem.iter().map(vm_memory::GuestMemoryRegion::len).sum()
+}
 
 /// Selector of the 64-bit code segment in the boot GDT.
 pub const CODE_SELECTOR: u16 = 0x08;
@@ -40,20 +35,9 @@ const PTE_HUGE: u64 = 1 << 7;
 const PAGE_SIZE: u64 = 0x1000;
 const HUGE_PAGE: u64 = 2 << 20;
 
-/// Errors creating or preparing guest memory.
+/// Errors writing the boot area.
 #[derive(Debug, Error)]
-pub enum MemoryError {
-    /// The requested size is outside the supported range.
-    #[error("guest memory must be between {MIN_MEM_MIB} and {MAX_MEM_MIB} MiB, not {0} MiB")]
-    BadSize(u64),
-    /// The host could not allocate the guest's RAM.
-    #[error("cannot allocate {mib} MiB of guest memory: {source}")]
-    Allocate {
-        /// Requested size.
-        mib: u64,
-        /// Why.
-        source: vm_memory::mmap::FromRangesError,
-    },
+pub enum LayoutError {
     /// The command line does not fit its slot in the boot area.
     #[error("the kernel command line is {len} bytes; at most {} fit", CMDLINE_MAX - 1)]
     CmdlineTooLong {
@@ -74,36 +58,6 @@ pub enum MemoryError {
     /// A write to the boot area failed (RAM too small).
     #[error("cannot write the boot area: {0}")]
     Write(#[from] vm_memory::GuestMemoryError),
-}
-
-/// Allocates `mib` MiB of guest RAM at guest-physical 0.
-pub fn create_ram(mib: u64) -> Result<GuestRam, MemoryError> {
-    if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&mib) {
-        return Err(MemoryError::BadSize(mib));
-    }
-    // Cannot overflow: mib ≤ MAX_MEM_MIB.
-    let bytes = usize::try_from(mib << 20).map_err(|_| MemoryError::BadSize(mib))?;
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), bytes)])
-        .map_err(|source| MemoryError::Allocate { mib, source })
-}
-
-/// Total RAM size in bytes.
-pub fn ram_size(mem: &GuestRam) -> u64 {
-    mem.iter().map(vm_memory::GuestMemoryRegion::len).sum()
-}
-
-/// Checks that `[addr, addr + len)` lies entirely inside guest RAM, with overflow-checked
-/// arithmetic. Returns the start address. A zero-length range is valid anywhere in
-/// `[0, ram_size]`.
-pub fn guest_range<M: GuestMemoryBackend>(mem: &M, addr: u64, len: u64) -> Option<GuestAddress> {
-    let end = addr.checked_add(len)?;
-    let len = usize::try_from(len).ok()?;
-    if len == 0 {
-        // vm-memory treats empty ranges as valid anywhere; keep them at or below RAM's end.
-        let ok = end == 0 || GuestMemoryBackend::check_range(mem, GuestAddress(end - 1), 1);
-        return ok.then_some(GuestAddress(addr));
-    }
-    GuestMemoryBackend::check_range(mem, GuestAddress(addr), len).then_some(GuestAddress(addr))
 }
 
 /// What the boot area tells the guest.
@@ -129,8 +83,8 @@ fn align_up(v: u64, a: u64) -> Option<u64> {
 
 /// The memory map for a RAM size and kernel span: the boot area and the image reserved,
 /// the rest usable; sorted, non-overlapping, empty ranges left out.
-pub fn memory_map(mem_size: u64, kernel: &Range<u64>) -> Result<Vec<MemoryRegion>, MemoryError> {
-    let bad = || MemoryError::BadImage {
+pub fn memory_map(mem_size: u64, kernel: &Range<u64>) -> Result<Vec<MemoryRegion>, LayoutError> {
+    let bad = || LayoutError::BadImage {
         start: kernel.start,
         end: kernel.end,
     };
@@ -185,13 +139,13 @@ pub fn boot_info_bytes(info: &BootInfo) -> Vec<u8> {
 }
 
 /// Writes the boot area: GDT, identity page tables, command line and boot info.
-pub fn write_boot_area(mem: &GuestRam, params: &BootParams<'_>) -> Result<(), MemoryError> {
+pub fn write_boot_area(mem: &GuestRam, params: &BootParams<'_>) -> Result<(), LayoutError> {
     let cmdline = params.cmdline;
     if cmdline.contains(&0) {
-        return Err(MemoryError::CmdlineNul);
+        return Err(LayoutError::CmdlineNul);
     }
     if cmdline.len() as u64 >= CMDLINE_MAX {
-        return Err(MemoryError::CmdlineTooLong { len: cmdline.len() });
+        return Err(LayoutError::CmdlineTooLong { len: cmdline.len() });
     }
     let mem_size = ram_size(mem);
 
@@ -247,33 +201,8 @@ mod tests {
     use super::*;
 
     fn ram(mib: u64) -> GuestRam {
-        create_ram(mib).unwrap()
-    }
-
-    #[test]
-    fn size_limits() {
-        assert!(matches!(create_ram(0), Err(MemoryError::BadSize(0))));
-        assert!(matches!(create_ram(3073), Err(MemoryError::BadSize(3073))));
-        assert_eq!(ram_size(&ram(4)), 4 << 20);
-    }
-
-    #[test]
-    fn guest_range_checks() {
-        let m = ram(4);
-        let size = 4u64 << 20;
-        assert!(guest_range(&m, 0, size).is_some());
-        assert!(guest_range(&m, size - 1, 1).is_some());
-        assert!(
-            guest_range(&m, size - 1, 2).is_none(),
-            "crosses the end of RAM"
-        );
-        assert!(guest_range(&m, size, 1).is_none(), "beyond RAM");
-        assert!(guest_range(&m, u64::MAX, 2).is_none(), "wraps around 2^64");
-        assert!(guest_range(&m, 1, u64::MAX).is_none(), "wraps around 2^64");
-        assert!(guest_range(&m, 0x1000, 0).is_some());
-        assert!(guest_range(&m, size, 0).is_some());
-        assert!(guest_range(&m, size + 1, 0).is_none());
-        assert!(guest_range(&m, u64::MAX, 0).is_none());
+        let bytes = usize::try_from(mib << 20).unwrap();
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), bytes)]).unwrap()
     }
 
     #[test]
@@ -360,11 +289,11 @@ mod tests {
         };
         assert!(matches!(
             write_boot_area(&m, &p(&long)),
-            Err(MemoryError::CmdlineTooLong { .. })
+            Err(LayoutError::CmdlineTooLong { .. })
         ));
         assert!(matches!(
             write_boot_area(&m, &p(b"a\0b")),
-            Err(MemoryError::CmdlineNul)
+            Err(LayoutError::CmdlineNul)
         ));
         assert!(write_boot_area(&m, &p(&long[1..])).is_ok());
     }

@@ -20,9 +20,9 @@ use pvkit_report::{Case, Kind};
 
 use super::console_check::{self, Expected};
 use super::names;
-use crate::bench::{percentile, PhaseRecord, SampleRecord, Verification};
-use crate::ledger::ExitKind;
-use crate::vm::RunOutcome;
+use pvkit_vmm::bench::{percentile, PhaseRecord, SampleRecord, Verification};
+use pvkit_vmm::ledger::ExitKind;
+use pvkit_vmm::vm::RunOutcome;
 
 /// One phase and its sample from one boot. Either may be missing if the guest misbehaved.
 #[derive(Clone, Debug)]
@@ -393,9 +393,9 @@ fn guest_cycles(samples: &[&SampleRecord], ops: u64) -> (f64, f64, Option<&'stat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::LedgerSnapshot;
     use pvkit_abi::bench::{BenchSample, Workload, SAMPLE_FAILED};
     use pvkit_abi::call::Hypercall;
+    use pvkit_vmm::ledger::LedgerSnapshot;
     use std::time::Duration;
 
     fn id(device: Device, variant: Variant, workload: Workload) -> CaseId {

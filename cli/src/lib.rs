@@ -1,0 +1,11 @@
+//! # pvkit command line
+//!
+//! Everything of the `pvkit` binary that is not the VMM: the `pvkit bench` runner
+//! ([`bench_runner`]: one VM per device, cases, expected exits, the progress bar, the
+//! results files through `pvkit-report`) and the `pvkit run --stats` report
+//! ([`stats_report`]). The VMM itself is the library `pvkit_vmm` (`host-vmm/`), which
+//! depends on none of clap, indicatif, plotters or the report crate.
+#![deny(missing_docs)]
+
+pub mod bench_runner;
+pub mod stats_report;

@@ -1,0 +1,100 @@
+//! Guest RAM: one `vm-memory` region starting at guest-physical 0.
+//!
+//! Every access the VMM makes goes through vm-memory's checked API; [`guest_range`] adds
+//! the overflow-checked range test used for every guest-supplied address. What is written
+//! into RAM before boot (GDT, page tables, boot info) is [`crate::arch::x86_64::layout`].
+
+use thiserror::Error;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+/// Guest RAM as the VMM holds it.
+pub type GuestRam = GuestMemoryMmap<()>;
+
+/// Default RAM size in MiB.
+pub const DEFAULT_MEM_MIB: u64 = 128;
+/// Smallest RAM size in MiB (room for the boot area and a small kernel).
+pub const MIN_MEM_MIB: u64 = 4;
+/// Largest RAM size in MiB: RAM must stay below the 4 GiB identity map and the 32-bit
+/// device hole.
+pub const MAX_MEM_MIB: u64 = 3 * 1024;
+
+/// Errors creating guest memory.
+#[derive(Debug, Error)]
+pub enum MemoryError {
+    /// The requested size is outside the supported range.
+    #[error("guest memory must be between {MIN_MEM_MIB} and {MAX_MEM_MIB} MiB, not {0} MiB")]
+    BadSize(u64),
+    /// The host could not allocate the guest's RAM.
+    #[error("cannot allocate {mib} MiB of guest memory: {source}")]
+    Allocate {
+        /// Requested size.
+        mib: u64,
+        /// Why.
+        source: vm_memory::mmap::FromRangesError,
+    },
+}
+
+/// Allocates `mib` MiB of guest RAM at guest-physical 0.
+pub fn create_ram(mib: u64) -> Result<GuestRam, MemoryError> {
+    if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&mib) {
+        return Err(MemoryError::BadSize(mib));
+    }
+    // Cannot overflow: mib ≤ MAX_MEM_MIB.
+    let bytes = usize::try_from(mib << 20).map_err(|_| MemoryError::BadSize(mib))?;
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), bytes)])
+        .map_err(|source| MemoryError::Allocate { mib, source })
+}
+
+/// Total RAM size in bytes.
+pub fn ram_size(mem: &GuestRam) -> u64 {
+    mem.iter().map(vm_memory::GuestMemoryRegion::len).sum()
+}
+
+/// Checks that `[addr, addr + len)` lies entirely inside guest RAM, with overflow-checked
+/// arithmetic. Returns the start address. A zero-length range is valid anywhere in
+/// `[0, ram_size]`.
+pub fn guest_range<M: GuestMemoryBackend>(mem: &M, addr: u64, len: u64) -> Option<GuestAddress> {
+    let end = addr.checked_add(len)?;
+    let len = usize::try_from(len).ok()?;
+    if len == 0 {
+        // vm-memory treats empty ranges as valid anywhere; keep them at or below RAM's end.
+        let ok = end == 0 || GuestMemoryBackend::check_range(mem, GuestAddress(end - 1), 1);
+        return ok.then_some(GuestAddress(addr));
+    }
+    GuestMemoryBackend::check_range(mem, GuestAddress(addr), len).then_some(GuestAddress(addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ram(mib: u64) -> GuestRam {
+        create_ram(mib).unwrap()
+    }
+
+    #[test]
+    fn size_limits() {
+        assert!(matches!(create_ram(0), Err(MemoryError::BadSize(0))));
+        assert!(matches!(create_ram(3073), Err(MemoryError::BadSize(3073))));
+        assert_eq!(ram_size(&ram(4)), 4 << 20);
+    }
+
+    #[test]
+    fn guest_range_checks() {
+        let m = ram(4);
+        let size = 4u64 << 20;
+        assert!(guest_range(&m, 0, size).is_some());
+        assert!(guest_range(&m, size - 1, 1).is_some());
+        assert!(
+            guest_range(&m, size - 1, 2).is_none(),
+            "crosses the end of RAM"
+        );
+        assert!(guest_range(&m, size, 1).is_none(), "beyond RAM");
+        assert!(guest_range(&m, u64::MAX, 2).is_none(), "wraps around 2^64");
+        assert!(guest_range(&m, 1, u64::MAX).is_none(), "wraps around 2^64");
+        assert!(guest_range(&m, 0x1000, 0).is_some());
+        assert!(guest_range(&m, size, 0).is_some());
+        assert!(guest_range(&m, size + 1, 0).is_none());
+        assert!(guest_range(&m, u64::MAX, 0).is_none());
+    }
+}
