@@ -76,6 +76,14 @@ pub enum VcpuError {
     /// The CPUID table could not be built.
     #[error("cannot build the CPUID table: {0}")]
     Cpuid(String),
+    /// A guest RAM region has no host mapping to hand to `KVM_SET_USER_MEMORY_REGION`.
+    #[error("guest memory region {slot} at {gpa:#x} has no host mapping")]
+    Unmapped {
+        /// The KVM memory slot.
+        slot: u32,
+        /// The region's first guest-physical address.
+        gpa: u64,
+    },
     /// Sync regs were requested but KVM does not offer them.
     #[error("KVM_CAP_SYNC_REGS is not available on this host; use the ioctl register access")]
     NoSyncRegs,
@@ -175,15 +183,22 @@ fn segment(selector: u16, code: bool) -> kvm_segment {
     }
 }
 
+/// Where KVM may put the three pages of TSS it needs for real-mode emulation on Intel
+/// (`KVM_SET_TSS_ADDR`): below 4 GiB and far above any RAM pvkit offers (RAM ≤ 3 GiB).
+pub const TSS_ADDRESS: usize = 0xfffb_d000;
+
 /// Creates the VM with `mem` as its RAM.
 pub fn create_vm(kvm: &Kvm, mem: &GuestRam) -> Result<VmFd, VcpuError> {
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-    for (slot, region) in mem.iter().enumerate() {
+    for (slot, region) in (0u32..).zip(mem.iter()) {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
-            .map_err(|_| VcpuError::Cpuid("guest memory region has no host mapping".into()))?;
+            .map_err(|_| VcpuError::Unmapped {
+                slot,
+                gpa: region.start_addr().0,
+            })?;
         let r = kvm_bindings::kvm_userspace_memory_region {
-            slot: slot as u32,
+            slot,
             flags: 0,
             guest_phys_addr: region.start_addr().0,
             memory_size: region.len(),
@@ -194,9 +209,7 @@ pub fn create_vm(kvm: &Kvm, mem: &GuestRam) -> Result<VmFd, VcpuError> {
         // range [host, host + len) is exactly that mapping.
         unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
     }
-    // Intel needs a TSS range below 4 GiB it can use for real-mode emulation; keep it
-    // far above any RAM we offer (RAM ≤ 3 GiB).
-    vm.set_tss_address(0xfffb_d000)
+    vm.set_tss_address(TSS_ADDRESS)
         .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
     Ok(vm)
 }
