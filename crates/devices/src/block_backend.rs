@@ -228,6 +228,9 @@ pub struct FileBackend {
     file: File,
     len: u64,
     read_only: bool,
+    /// What [`BlockBackend::flush`] calls: `File::sync_data` (`fdatasync`). A field so that a
+    /// test can observe that every acknowledged flush synced the file.
+    sync_data: fn(&File) -> std::io::Result<()>,
 }
 
 impl FileBackend {
@@ -248,6 +251,7 @@ impl FileBackend {
             file,
             len,
             read_only,
+            sync_data: File::sync_data,
         })
     }
 
@@ -264,7 +268,15 @@ impl FileBackend {
             file,
             len: size,
             read_only: false,
+            sync_data: File::sync_data,
         })
+    }
+
+    /// Replaces the `fdatasync` that [`BlockBackend::flush`] performs (tests only).
+    #[cfg(test)]
+    fn with_sync(mut self, sync_data: fn(&File) -> std::io::Result<()>) -> Self {
+        self.sync_data = sync_data;
+        self
     }
 
     /// Whether the image was opened read-only.
@@ -298,7 +310,7 @@ impl BlockBackend for FileBackend {
             // Nothing was written through this handle, so there is nothing to sync.
             return Ok(());
         }
-        self.file.sync_data()?;
+        (self.sync_data)(&self.file)?;
         Ok(())
     }
 
@@ -494,6 +506,64 @@ pub(crate) mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_file(&self.0);
         }
+    }
+
+    thread_local! {
+        /// `(syncs so far, the file's bytes at offset 512 when the last sync ran)`.
+        static SYNCS: std::cell::RefCell<(u32, Vec<u8>)> = const {
+            std::cell::RefCell::new((0, Vec::new()))
+        };
+    }
+
+    /// The real `fdatasync`, counted, with what the file held when it ran.
+    fn counting_sync(f: &File) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut seen = vec![0u8; 4];
+        f.read_exact_at(&mut seen, 512)?;
+        f.sync_data()?;
+        SYNCS.with(|s| {
+            let mut s = s.borrow_mut();
+            *s = (s.0 + 1, seen);
+        });
+        Ok(())
+    }
+
+    fn failing_sync(_: &File) -> std::io::Result<()> {
+        Err(std::io::Error::from_raw_os_error(libc::EIO))
+    }
+
+    #[test]
+    fn an_acknowledged_flush_was_preceded_by_fdatasync_of_the_written_data() {
+        let tmp = TempPath::new("fdatasync");
+        let mut b = FileBackend::create(&tmp.0, 4096)
+            .unwrap()
+            .with_sync(counting_sync);
+        SYNCS.with(|s| *s.borrow_mut() = (0, Vec::new()));
+        b.write_at(512, b"data").unwrap();
+        assert_eq!(
+            SYNCS.with(|s| s.borrow().0),
+            0,
+            "a write alone does not sync"
+        );
+        // `Ok` is what the PV block device turns into the guest's flush acknowledgement.
+        b.flush().unwrap();
+        assert_eq!(
+            SYNCS.with(|s| s.borrow().clone()),
+            (1, b"data".to_vec()),
+            "one fdatasync, after the write"
+        );
+        b.flush().unwrap();
+        assert_eq!(SYNCS.with(|s| s.borrow().0), 2, "every flush syncs");
+        // A failed sync is not acknowledged.
+        let mut failing = FileBackend::open(&tmp.0, false)
+            .unwrap()
+            .with_sync(failing_sync);
+        assert!(matches!(failing.flush(), Err(BackendError::Io(_))));
+        // Read-only: nothing written through this handle, nothing to sync.
+        let mut ro = FileBackend::open(&tmp.0, true)
+            .unwrap()
+            .with_sync(failing_sync);
+        assert!(ro.flush().is_ok());
     }
 
     #[test]
