@@ -2,7 +2,7 @@
 //! into a capture buffer (tests and benchmarks compare the printed text exactly).
 
 use std::io::{self, Write};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The most bytes a capture buffer keeps; later bytes are counted as dropped, so a guest
 /// that prints forever cannot exhaust host memory.
@@ -39,8 +39,7 @@ impl Console {
     }
 
     fn lock(&self) -> MutexGuard<'_, Sink> {
-        // A panic while holding the lock cannot leave the sink inconsistent: keep going.
-        self.sink.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.sink)
     }
 
     /// Writes `bytes`. Output errors (a closed stdout) are returned, never fatal to the VM.

@@ -22,6 +22,7 @@
 //! - [`seccomp`]: the per-thread system call filters of the vCPU and I/O threads.
 //! - [`vm`]: [`vm::VmConfig`] → [`vm::run`] → [`vm::RunOutcome`].
 //! - [`stats`]: the `--stats` report. [`guests`]: the guests built with the VMM.
+//! - [`sync`]: the one poison-tolerant mutex lock.
 //! - [`testing`]: synthetic guest images for tests.
 //!
 //! Trust boundary: everything the guest controls (memory, registers, port data) is hostile
@@ -60,6 +61,7 @@ pub mod serial;
 pub mod signals;
 pub mod stats;
 pub mod stop;
+pub mod sync;
 pub mod testing;
 pub mod vcpu;
 pub mod vm;

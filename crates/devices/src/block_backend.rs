@@ -128,7 +128,7 @@ pub trait BlockBackend: Send {
         let mut done = 0;
         while done < dst.len() {
             let n = (dst.len() - done).min(BOUNCE_CHUNK);
-            let chunk = &mut buf[..n];
+            let chunk = buf.get_mut(..n).ok_or_else(bounce_overrun)?;
             // `done < dst.len() <= u64::MAX` and the range was checked: no overflow.
             self.read_at(offset + done as u64, chunk)?;
             dst.subslice(done, n)
@@ -158,7 +158,7 @@ pub trait BlockBackend: Send {
         let mut done = 0;
         while done < src.len() {
             let n = (src.len() - done).min(BOUNCE_CHUNK);
-            let chunk = &mut buf[..n];
+            let chunk = buf.get_mut(..n).ok_or_else(bounce_overrun)?;
             src.subslice(done, n)
                 .map_err(io::Error::other)?
                 .copy_to(chunk);
@@ -216,6 +216,12 @@ fn check_disk_type(meta: &std::fs::Metadata) -> Result<(), BackendError> {
         )
         .into())
     }
+}
+
+/// A bounce chunk longer than the bounce buffer: cannot happen (`n <= BOUNCE_CHUNK`), but
+/// an error rather than a panic if it ever did.
+fn bounce_overrun() -> io::Error {
+    io::Error::other("bounce chunk larger than the bounce buffer")
 }
 
 /// A raw disk image file (or host block device) accessed with positional I/O.
@@ -429,6 +435,29 @@ impl MemBackend {
         self.data
     }
 
+    /// The bytes `[offset, offset + len)` of the disk, after a range check.
+    fn bytes(&self, offset: u64, len: usize) -> Result<&[u8], BackendError> {
+        let range = self.range(offset, len)?;
+        self.data
+            .get(range)
+            .ok_or_else(|| self.out_of_range(offset, len))
+    }
+
+    /// [`bytes`](Self::bytes), writable.
+    fn bytes_mut(&mut self, offset: u64, len: usize) -> Result<&mut [u8], BackendError> {
+        let range = self.range(offset, len)?;
+        let err = self.out_of_range(offset, len);
+        self.data.get_mut(range).ok_or(err)
+    }
+
+    fn out_of_range(&self, offset: u64, len: usize) -> BackendError {
+        BackendError::OutOfRange {
+            offset,
+            len: len as u64,
+            capacity: self.len(),
+        }
+    }
+
     /// The byte range `[offset, offset + len)` of the disk, after a range check.
     fn range(&self, offset: u64, len: usize) -> Result<std::ops::Range<usize>, BackendError> {
         check_range(offset, len, self.len())?;
@@ -448,14 +477,12 @@ impl BlockBackend for MemBackend {
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BackendError> {
-        let range = self.range(offset, buf.len())?;
-        buf.copy_from_slice(&self.data[range]);
+        buf.copy_from_slice(self.bytes(offset, buf.len())?);
         Ok(())
     }
 
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<(), BackendError> {
-        let range = self.range(offset, buf.len())?;
-        self.data[range].copy_from_slice(buf);
+        self.bytes_mut(offset, buf.len())?.copy_from_slice(buf);
         Ok(())
     }
 
@@ -468,8 +495,7 @@ impl BlockBackend for MemBackend {
         offset: u64,
         dst: &VolatileSlice<'_>,
     ) -> Result<(), BackendError> {
-        let range = self.range(offset, dst.len())?;
-        dst.copy_from(&self.data[range]);
+        dst.copy_from(self.bytes(offset, dst.len())?);
         Ok(())
     }
 
@@ -478,8 +504,7 @@ impl BlockBackend for MemBackend {
         offset: u64,
         src: &VolatileSlice<'_>,
     ) -> Result<(), BackendError> {
-        let range = self.range(offset, src.len())?;
-        src.copy_to(&mut self.data[range]);
+        src.copy_to(self.bytes_mut(offset, src.len())?);
         Ok(())
     }
 }

@@ -20,6 +20,16 @@
 //! * [`block_backend`]: [`BlockBackend`] with [`FileBackend`] and [`MemBackend`].
 //! * [`ata`]: [`Ata`], the primary-channel ATA master disk, PIO only.
 //! * [`pit`]: [`Pit`], the Intel 8254 interval timer.
+// Guest data is hostile: no panic on it (the same deny set as pvkit-vmm).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
 
 pub mod ata;
 pub mod block_backend;
