@@ -181,6 +181,18 @@ fn process_example_os_exits_42() {
     );
 }
 
+#[test]
+fn process_prints_each_cause_of_an_error_once() {
+    // No KVM needed: the kernel file is read first.
+    let o = pvkit(&["run", "/nonexistent/pvkit-kernel.elf"]);
+    assert_eq!(code(&o), 1, "{o:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "error: cannot run the guest: cannot read the guest kernel \
+         /nonexistent/pvkit-kernel.elf: No such file or directory (os error 2)\n"
+    );
+}
+
 /// Finds the ABI note's descriptor in an ELF image (name "pvkit\0\0\0", type 1).
 fn note_desc_offset(elf: &[u8]) -> usize {
     let needle: Vec<u8> = [6u32, 8, 1]

@@ -103,7 +103,8 @@ fn exit_storms_are_stopped_by_the_watchdog() {
         let took = t0.elapsed();
         assert_eq!(code(&o), 124, "{case}: {o:?}");
         assert!(text(&o.stderr).contains("watchdog"), "{case}: {o:?}");
-        assert!(took < Duration::from_secs(4), "{case}: took {took:?}");
+        // Expected ~1 s (the timeout); the bound only catches a lost kick.
+        assert!(took < Duration::from_secs(20), "{case}: took {took:?}");
     }
 }
 

@@ -403,7 +403,8 @@ fn stop(mut child: Child) -> Output {
     let t0 = Instant::now();
     while child.try_wait().expect("wait").is_none() {
         assert!(
-            t0.elapsed() < Duration::from_secs(5),
+            // Expected well under a second; below the guest's 30 s timeout.
+            t0.elapsed() < Duration::from_secs(25),
             "pvkit ignored SIGTERM"
         );
         std::thread::sleep(Duration::from_millis(10));

@@ -16,8 +16,11 @@ fn ready() -> bool {
     common::builtin_ready()
 }
 
-/// How long `pvkit` may take from the signal to its exit.
-const PROMPT: Duration = Duration::from_secs(3);
+/// How long `pvkit` may take from the signal to its exit: a bound that only catches a lost
+/// signal (then the guest's 60 s timeout would stop it, with status 124). Expected: well
+/// under a second; 3 s failed once in three loaded runs, so the bound is generous and the
+/// tests assert the status and the message.
+const PROMPT: Duration = Duration::from_secs(30);
 
 /// Starts `pvkit run [extra] -- spin` and returns once the guest printed its banner (so it
 /// runs, and the handlers are installed).
@@ -57,9 +60,9 @@ fn signal_and_wait(mut child: Child, signal: libc::c_int) -> (Option<i32>, Strin
             }
             return (status.code(), err, took);
         }
-        if t0.elapsed() > Duration::from_secs(10) {
+        if t0.elapsed() > PROMPT + Duration::from_secs(15) {
             let _ = child.kill();
-            panic!("pvkit did not stop within 10 s of signal {signal}");
+            panic!("pvkit did not stop within {PROMPT:?} of signal {signal}");
         }
         std::thread::sleep(Duration::from_millis(5));
     }

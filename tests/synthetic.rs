@@ -128,7 +128,8 @@ fn watchdog_stops_a_spinning_guest() {
         }
     );
     assert!(o.timings.to_stop >= Duration::from_millis(700));
-    assert!(o.timings.to_stop < Duration::from_secs(3));
+    // Expected just over the 0.7 s timeout; the bound (> 10×) only catches a lost kick.
+    assert!(o.timings.to_stop < Duration::from_secs(15));
 }
 
 #[test]

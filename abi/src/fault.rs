@@ -36,6 +36,20 @@ assert_layout!(
     message @ 32,
 );
 
+impl Default for FaultReport {
+    /// An all-zero report (arrays longer than 32 have no derived `Default`).
+    fn default() -> Self {
+        Self {
+            vector: 0,
+            message_len: 0,
+            error_code: 0,
+            rip: 0,
+            cr2: 0,
+            message: [0; MESSAGE_MAX],
+        }
+    }
+}
+
 /// The name of an x86 exception vector, e.g. `"#PF"`.
 pub const fn vector_name(vector: u32) -> &'static str {
     match vector {

@@ -330,9 +330,70 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            // One line: the context, then the cause.
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_line(&e));
             ExitCode::from(STATUS_VMM_ERROR)
         }
+    }
+}
+
+/// One line for an error chain: each layer's message, joined by `": "`, each cause once.
+///
+/// The library's error messages end with their cause (`"cannot open X: {source}"`) so that
+/// `{e}` alone is complete where an error is logged or turned into a string; they also
+/// return it from `source()`. anyhow's `{:#}` walks `source()` too and so would print every
+/// cause twice or more. Here a layer whose message already ends with the next cause's text
+/// swallows that cause.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    let mut last = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if !last.is_empty() && last.ends_with(&msg) {
+            last = msg;
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&msg);
+        last = msg;
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_line;
+
+    /// A layer whose message names its cause, as the library's errors do.
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot open the image: {source}")]
+    struct Open {
+        source: std::io::Error,
+    }
+
+    fn not_found() -> std::io::Error {
+        std::fs::File::open("/nonexistent/pvkit-error-line").unwrap_err()
+    }
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let e = anyhow::Error::new(Open {
+            source: not_found(),
+        })
+        .context("cannot run the guest");
+        assert_eq!(
+            error_line(&e),
+            "cannot run the guest: cannot open the image: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn a_cause_missing_from_the_message_is_still_printed() {
+        let e = anyhow::Error::new(not_found()).context("cannot read the disk");
+        assert_eq!(
+            error_line(&e),
+            "cannot read the disk: No such file or directory (os error 2)"
+        );
     }
 }

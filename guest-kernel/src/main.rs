@@ -54,9 +54,9 @@ pub struct Stack<const N: usize>([u8; N]);
 /// references.
 static mut KERNEL_STACK: Stack<STACK_SIZE> = Stack([0; STACK_SIZE]);
 
-// The entry point. The VMM enters with `RSP` 16-byte aligned, which is not what a Rust
-// function expects (it expects `RSP + 8` aligned, as after a `call`), and with a boot stack in
-// the VMM's boot area. So: switch to our own stack and `call` into Rust, keeping `RDI`.
+// The entry point. The VMM enters with `RSP = 0x7_fff8` (`ENTRY_RSP`: aligned as just after a
+// `call`, docs/ABI.md "Boot contract") on a boot stack in low memory that the kernel does not
+// own. So: switch to our own 64 KiB stack and `call` into Rust, keeping `RDI`.
 core::arch::global_asm!(
     ".pushsection .text._start, \"ax\", @progbits",
     ".global _start",

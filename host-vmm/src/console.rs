@@ -20,8 +20,10 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use crate::sync::lock;
 
 /// The most bytes a capture buffer keeps; later bytes are counted as dropped, so a guest
 /// that prints forever cannot exhaust host memory.
@@ -37,11 +39,6 @@ pub const FINISH_GRACE: Duration = Duration::from_millis(500);
 /// a pipe is all or nothing and a write still blocked when the run ends has put none of its
 /// bytes in the pipe (the dropped count is then exact: written + dropped = offered).
 const WRITE_CHUNK: usize = 4096;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock cannot leave the state inconsistent: keep going.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// The state shared by the writers (vCPU, I/O thread) and the writer thread.
 #[derive(Debug)]

@@ -7,7 +7,7 @@
 //! same bytes, and each access is atomic with respect to the others.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use pvkit_abi::block::SECTOR_SIZE;
 use pvkit_devices::{BackendError, BlockBackend, FileBackend};
@@ -79,9 +79,7 @@ impl SharedDisk {
     }
 
     fn lock(&self) -> MutexGuard<'_, Box<dyn BlockBackend>> {
-        // A panic while holding the lock leaves the backend as consistent as any failed
-        // I/O would (each access is one positional read or write): keep going.
-        self.backend.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.backend)
     }
 }
 

@@ -176,28 +176,25 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The `N` bytes at `off`, or zeros if they are not all inside `b` (callers check the
+/// structure's size first). The one little-endian reader behind the `*_at` helpers.
+fn bytes_at<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
+    off.checked_add(N)
+        .and_then(|end| b.get(off..end))
+        .and_then(|s| <[u8; N]>::try_from(s).ok())
+        .unwrap_or([0; N])
+}
+
 fn u16_at(b: &[u8], off: usize) -> u16 {
-    let mut v = [0u8; 2];
-    if let Some(s) = b.get(off..off + 2) {
-        v.copy_from_slice(s);
-    }
-    u16::from_le_bytes(v)
+    u16::from_le_bytes(bytes_at(b, off))
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
-    let mut v = [0u8; 4];
-    if let Some(s) = b.get(off..off + 4) {
-        v.copy_from_slice(s);
-    }
-    u32::from_le_bytes(v)
+    u32::from_le_bytes(bytes_at(b, off))
 }
 
 fn u64_at(b: &[u8], off: usize) -> u64 {
-    let mut v = [0u8; 8];
-    if let Some(s) = b.get(off..off + 8) {
-        v.copy_from_slice(s);
-    }
-    u64::from_le_bytes(v)
+    u64::from_le_bytes(bytes_at(b, off))
 }
 
 fn unsupported(field: &'static str, value: u64, expected: &'static str) -> ElfError {

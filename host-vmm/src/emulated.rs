@@ -11,7 +11,7 @@
 //! ([`crate::ledger::ExitKind::PortRead`]/[`crate::ledger::ExitKind::PortWrite`]) before it
 //! gets here.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use pvkit_devices::ata::{Ata, ATA_PRIMARY_CMD_BASE, ATA_PRIMARY_CMD_LEN, ATA_PRIMARY_CTRL};
@@ -19,6 +19,7 @@ use pvkit_devices::pit::{Pit, PIT_PORT_B, PIT_PORT_COUNTER0};
 use pvkit_devices::{BlockBackend, StateError, VmClockState};
 
 use crate::bus::{BusError, PortBus, PortDevice};
+use crate::sync::lock;
 
 /// First PIT port and the number of PIT ports (`0x40..=0x43`).
 pub const PIT_BASE: u16 = PIT_PORT_COUNTER0;
@@ -75,12 +76,6 @@ impl VmTime for VmClock {
         let elapsed = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.base_ns.saturating_add(elapsed)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Device models are plain state: a panic elsewhere cannot leave one half-updated in a
-    // way that matters more than the guest's own misuse could.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// One bus entry of the ATA disk: the command block (`0x1F0..=0x1F7`) or the control port

@@ -131,7 +131,6 @@ pub struct Machine {
     pub first_exit: Option<Instant>,
     /// When the guest made its first hypercall.
     pub first_hypercall: Option<Instant>,
-    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -157,7 +156,6 @@ impl Machine {
             stop_requested: Arc::new(AtomicBool::new(false)),
             first_exit: None,
             first_hypercall: None,
-            scratch: Vec::new(),
         }
     }
 }
@@ -187,7 +185,6 @@ pub fn handle_exit(m: &mut Machine, exit: Exit<'_>) -> ExitAction {
                 ledger: &m.ledger,
                 bench: &mut m.bench,
                 pv: m.pv.as_mut(),
-                scratch: &mut m.scratch,
             };
             match hypercall::dispatch(&m.mem, raw, &mut ctx) {
                 Outcome::Return(r) => ExitAction::Return(r),
@@ -216,10 +213,14 @@ pub fn handle_exit(m: &mut Machine, exit: Exit<'_>) -> ExitAction {
         Exit::InternalError { suberror } => {
             m.ledger.record(ExitKind::InternalError);
             let what = match suberror {
-                1 => " (instruction emulation failed; SSE or another unsupported instruction?)",
-                2 => " (simultaneous exceptions)",
-                3 => " (delivery event)",
-                4 => " (unexpected exit reason)",
+                kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => {
+                    " (instruction emulation failed; SSE or another unsupported instruction?)"
+                }
+                kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => " (simultaneous exceptions)",
+                kvm_bindings::KVM_INTERNAL_ERROR_DELIVERY_EV => " (delivery event)",
+                kvm_bindings::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON => {
+                    " (unexpected exit reason)"
+                }
                 _ => "",
             };
             ExitAction::Stop(StopReason::InternalError {
@@ -397,7 +398,12 @@ mod tests {
             ExitAction::Stop(StopReason::Shutdown { rip: None })
         );
         assert!(matches!(
-            handle_exit(&mut m, Exit::InternalError { suberror: 1 }),
+            handle_exit(
+                &mut m,
+                Exit::InternalError {
+                    suberror: kvm_bindings::KVM_INTERNAL_ERROR_EMULATION
+                }
+            ),
             ExitAction::Stop(StopReason::InternalError { detail }) if detail.contains("emulation")
         ));
         assert!(matches!(

@@ -6,11 +6,12 @@
 
 use pvkit_abi::bench::{BenchSample, CaseId, OpRecord, PhaseMark, MAX_OP_LOG, MAX_SAMPLES};
 use pvkit_abi::call::{CallReturn, Hypercall, RawCall, UnknownHypercall};
-use pvkit_abi::console::MAX_WRITE;
 use pvkit_abi::cpuid::Features;
-use pvkit_abi::fault::{FaultReport, MESSAGE_MAX};
+use pvkit_abi::fault::FaultReport;
 use pvkit_abi::{Status, ABI_VERSION};
-use vm_memory::Bytes;
+use pvkit_pv::wire::{AbiPod, Wire};
+use std::mem::size_of;
+use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 use crate::bench::BenchRecorder;
 use crate::console::Console;
@@ -200,8 +201,6 @@ pub struct HypercallContext<'a> {
     pub bench: &'a mut BenchRecorder,
     /// PV block and ring devices.
     pub pv: &'a mut dyn PvDevices,
-    /// Scratch buffer reused across console writes.
-    pub scratch: &'a mut Vec<u8>,
 }
 
 impl HypercallContext<'_> {
@@ -238,109 +237,52 @@ fn status_of(r: Result<u64, Status>) -> Outcome {
     Outcome::Return(call_return(r))
 }
 
-/// Reads `N` bytes at a guest address, or `EFAULT`.
-fn read_guest<const N: usize>(mem: &GuestRam, addr: u64) -> Result<[u8; N], Status> {
-    let at = guest_range(mem, addr, N as u64).ok_or(Status::EFAULT)?;
-    let mut buf = [0u8; N];
-    mem.read_slice(&mut buf, at).map_err(|_| Status::EFAULT)?;
-    Ok(buf)
+/// Reads one ABI structure at a guest address through its typed wire layout
+/// ([`Wire`]), or `EFAULT` unless all of it is in RAM.
+pub fn read_wire<T: AbiPod>(mem: &GuestRam, addr: u64) -> Result<T, Status> {
+    let at = guest_range(mem, addr, size_of::<T>() as u64).ok_or(Status::EFAULT)?;
+    mem.read_obj::<Wire<T>>(at)
+        .map(|w| w.0)
+        .map_err(|_| Status::EFAULT)
 }
 
-fn le_u64(b: &[u8], off: usize) -> u64 {
-    let mut v = [0u8; 8];
-    if let Some(s) = b.get(off..off + 8) {
-        v.copy_from_slice(s);
-    }
-    u64::from_le_bytes(v)
-}
-
-fn le_u32(b: &[u8], off: usize) -> u32 {
-    let mut v = [0u8; 4];
-    if let Some(s) = b.get(off..off + 4) {
-        v.copy_from_slice(s);
-    }
-    u32::from_le_bytes(v)
-}
-
-const FAULT_REPORT_SIZE: usize = std::mem::size_of::<FaultReport>();
-const BENCH_SAMPLE_SIZE: usize = std::mem::size_of::<BenchSample>();
-
-/// Decodes a [`FaultReport`] from its wire bytes.
-pub fn parse_fault_report(b: &[u8; FAULT_REPORT_SIZE]) -> FaultReport {
-    let mut message = [0u8; MESSAGE_MAX];
-    if let Some(m) = b.get(32..32 + MESSAGE_MAX) {
-        message.copy_from_slice(m);
-    }
-    FaultReport {
-        vector: le_u32(b, 0),
-        message_len: le_u32(b, 4),
-        error_code: le_u64(b, 8),
-        rip: le_u64(b, 16),
-        cr2: le_u64(b, 24),
-        message,
-    }
-}
-
-/// Decodes a [`BenchSample`] from its wire bytes.
-pub fn parse_bench_sample(b: &[u8; BENCH_SAMPLE_SIZE]) -> BenchSample {
-    BenchSample {
-        case: le_u64(b, 0),
-        ops: le_u64(b, 8),
-        bytes: le_u64(b, 16),
-        cycles_total: le_u64(b, 24),
-        cycles_median: le_u64(b, 32),
-        cycles_p99: le_u64(b, 40),
-        flags: le_u32(b, 48),
-        sample_count: le_u32(b, 52),
-        samples_addr: le_u64(b, 56),
-        extra: le_u64(b, 64),
-    }
-}
-
-const OP_RECORD_SIZE: u64 = std::mem::size_of::<OpRecord>() as u64;
-
-/// Decodes one [`OpRecord`] from its wire bytes.
-pub fn parse_op_record(b: &[u8]) -> OpRecord {
-    OpRecord {
-        sector: le_u64(b, 0),
-        addr: le_u64(b, 8),
-        len: le_u32(b, 16),
-        op: le_u32(b, 20),
-    }
-}
-
-/// Reads `count` (already bounded by the caller) items of `size` bytes at `addr`.
-fn read_array(mem: &GuestRam, addr: u64, count: u64, size: u64) -> Result<Vec<u8>, Status> {
+/// Reads `count` (already bounded by the caller) values of `T` at `addr`: `EFAULT` unless
+/// the whole array is in RAM, checked before the first read.
+fn read_array<T: ByteValued>(mem: &GuestRam, addr: u64, count: u64) -> Result<Vec<T>, Status> {
+    let size = size_of::<T>() as u64;
     let len = count.checked_mul(size).ok_or(Status::E2BIG)?;
     let at = guest_range(mem, addr, len).ok_or(Status::EFAULT)?;
-    let mut buf = vec![0u8; usize::try_from(len).map_err(|_| Status::E2BIG)?];
-    mem.read_slice(&mut buf, at).map_err(|_| Status::EFAULT)?;
-    Ok(buf)
+    // `i * size < len` and `addr + len` was checked not to wrap.
+    (0..count)
+        .map(|i| mem.read_obj::<T>(GuestAddress(at.0.wrapping_add(i * size))))
+        .collect::<Result<_, _>>()
+        .map_err(|_| Status::EFAULT)
 }
 
+/// Lends the shared console to [`pvkit_pv::console::write`], which wants an `io::Write`.
+struct ConsoleSink<'a>(&'a Console);
+
+impl std::io::Write for ConsoleSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write_bytes(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `ConsoleWrite`: the same code and rules as a console ring request
+/// ([`pvkit_pv::console::write`]).
 fn console_write(
+    ctx: &HypercallContext<'_>,
     mem: &GuestRam,
-    ctx: &mut HypercallContext<'_>,
     addr: u64,
     len: u64,
 ) -> Result<u64, Status> {
-    if len > MAX_WRITE {
-        return Err(Status::E2BIG);
-    }
-    let at = guest_range(mem, addr, len).ok_or(Status::EFAULT)?;
-    if len == 0 {
-        return Ok(0);
-    }
-    // len ≤ MAX_WRITE, so this fits a usize and the buffer is small.
-    let n = usize::try_from(len).map_err(|_| Status::E2BIG)?;
-    ctx.scratch.clear();
-    ctx.scratch.resize(n, 0);
-    mem.read_slice(ctx.scratch, at)
-        .map_err(|_| Status::EFAULT)?;
-    ctx.console
-        .write_bytes(ctx.scratch)
-        .map_err(|_| Status::EIO)?;
-    Ok(len)
+    let n = pvkit_pv::console::write(mem, addr, len, &mut ConsoleSink(ctx.console))?;
+    Ok(n as u64)
 }
 
 fn bench_phase(
@@ -364,7 +306,7 @@ fn bench_result(
     log_addr: u64,
     log_len: u64,
 ) -> Result<u64, Status> {
-    let sample = parse_bench_sample(&read_guest::<BENCH_SAMPLE_SIZE>(mem, addr)?);
+    let sample: BenchSample = read_wire(mem, addr)?;
     CaseId::try_from(sample.case).map_err(|_| Status::EINVAL)?;
     if sample.sample_count > MAX_SAMPLES || log_len > MAX_OP_LOG {
         return Err(Status::E2BIG);
@@ -376,17 +318,14 @@ fn bench_result(
     let cycles: Vec<u64> = if count == 0 {
         Vec::new()
     } else {
-        read_array(mem, sample.samples_addr, count, 8)?
-            .chunks_exact(8)
-            .map(|c| le_u64(c, 0))
-            .collect()
+        read_array::<u64>(mem, sample.samples_addr, count)?
     };
     let log: Vec<OpRecord> = if log_len == 0 {
         Vec::new()
     } else {
-        read_array(mem, log_addr, log_len, OP_RECORD_SIZE)?
-            .chunks_exact(OP_RECORD_SIZE as usize)
-            .map(parse_op_record)
+        read_array::<Wire<OpRecord>>(mem, log_addr, log_len)?
+            .into_iter()
+            .map(|w| w.0)
             .collect()
     };
     ctx.bench.sample(mem, sample, cycles, &log)?;
@@ -398,12 +337,10 @@ pub fn execute(mem: &GuestRam, call: Call, ctx: &mut HypercallContext<'_>) -> Ou
     match call {
         Call::AbiVersion => CallReturn::ok(ABI_VERSION.to_u64()).into(),
         Call::Features => CallReturn::ok(ctx.features().bits()).into(),
-        Call::ConsoleWrite { addr, len } => status_of(console_write(mem, ctx, addr, len)),
+        Call::ConsoleWrite { addr, len } => status_of(console_write(ctx, mem, addr, len)),
         Call::Exit { code } => Outcome::Stop(StopReason::Exit(code)),
-        Call::ReportFault { addr } => match read_guest::<FAULT_REPORT_SIZE>(mem, addr) {
-            Ok(bytes) => Outcome::Stop(StopReason::Fault(GuestFault::from_report(
-                &parse_fault_report(&bytes),
-            ))),
+        Call::ReportFault { addr } => match read_wire::<FaultReport>(mem, addr) {
+            Ok(report) => Outcome::Stop(StopReason::Fault(GuestFault::from_report(&report))),
             Err(_) => Outcome::Stop(StopReason::UnreadableFault { addr }),
         },
         Call::BenchPhase { case, mark, ops } => status_of(bench_phase(ctx, case, mark, ops)),
@@ -440,11 +377,15 @@ mod tests {
     use crate::ledger::ExitKind;
     use crate::memory::create_ram;
     use pvkit_abi::bench::{Device, Variant, Workload};
-    use pvkit_abi::fault::VECTOR_PANIC;
+    use pvkit_abi::console::MAX_WRITE;
+    use pvkit_abi::fault::{MESSAGE_MAX, VECTOR_PANIC};
     use vm_memory::GuestAddress;
 
     const MIB: u64 = 4;
     const END: u64 = MIB << 20;
+    /// `FaultReport` and `BenchSample` sizes as docs/ABI.md states them.
+    const FAULT_REPORT_SIZE: usize = 288;
+    const BENCH_SAMPLE_SIZE: usize = 72;
 
     struct Harness {
         mem: GuestRam,
@@ -452,7 +393,6 @@ mod tests {
         ledger: ExitLedger,
         bench: BenchRecorder,
         pv: NoPvDevices,
-        scratch: Vec<u8>,
     }
 
     impl Harness {
@@ -463,7 +403,6 @@ mod tests {
                 ledger: ExitLedger::new(),
                 bench: BenchRecorder::new(),
                 pv: NoPvDevices,
-                scratch: Vec::new(),
             }
         }
 
@@ -480,7 +419,6 @@ mod tests {
                 ledger: &self.ledger,
                 bench: &mut self.bench,
                 pv: &mut self.pv,
-                scratch: &mut self.scratch,
             };
             dispatch(&self.mem, RawCall { nr, args }, &mut ctx)
         }
@@ -560,6 +498,11 @@ mod tests {
             h.call(Hypercall::ConsoleWrite, [END - 1, 1, 0, 0]),
             ret(Status::Ok, 1)
         );
+        // An empty write at the end of RAM is still inside the rule.
+        assert_eq!(
+            h.call(Hypercall::ConsoleWrite, [END, 0, 0, 0]),
+            ret(Status::Ok, 0)
+        );
         assert_eq!(h.console.captured(), b"hello\n!");
     }
 
@@ -572,6 +515,8 @@ mod tests {
             (u64::MAX, 2, Status::EFAULT),          // wraps around 2^64
             (u64::MAX - 15, 64, Status::EFAULT),    // wraps around 2^64
             (1 << 40, 16, Status::EFAULT),          // far beyond RAM
+            (1 << 40, 0, Status::EFAULT),           // empty, but far beyond RAM (as a ring)
+            (END + 1, 0, Status::EFAULT),           // empty, past the end of RAM
             (0, MAX_WRITE + 1, Status::E2BIG),      // too long
             (0, u64::MAX, Status::E2BIG),           // huge
             (END - 8, u64::MAX - 4, Status::E2BIG), // huge and wrapping
@@ -835,9 +780,38 @@ mod tests {
     }
 
     #[test]
-    fn wire_parsers_match_the_layout() {
-        assert_eq!(FAULT_REPORT_SIZE, 288);
-        assert_eq!(BENCH_SAMPLE_SIZE, 72);
-        assert_eq!(OP_RECORD_SIZE, 24);
+    fn typed_reads_follow_the_documented_offsets() {
+        // Encoded by hand at docs/ABI.md's offsets, read back through `Wire<T>`.
+        let h = Harness::new();
+        let mut rec = Vec::new();
+        rec.extend_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes()); // sector @0
+        rec.extend_from_slice(&0x9000u64.to_le_bytes()); // addr @8
+        rec.extend_from_slice(&4096u32.to_le_bytes()); // len @16
+        rec.extend_from_slice(&2u32.to_le_bytes()); // op @20
+        h.mem.write_slice(&rec, GuestAddress(0x5000)).unwrap();
+        assert_eq!(
+            read_wire::<OpRecord>(&h.mem, 0x5000),
+            Ok(OpRecord {
+                sector: 0x1122_3344_5566_7788,
+                addr: 0x9000,
+                len: 4096,
+                op: 2
+            })
+        );
+        let s: Vec<u8> = (1..=9u64).flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(s.len(), BENCH_SAMPLE_SIZE);
+        h.mem.write_slice(&s, GuestAddress(0x6000)).unwrap();
+        let got: BenchSample = read_wire(&h.mem, 0x6000).unwrap();
+        // flags/sample_count are the two u32 halves of the seventh u64 (7 at @48, 0 at @52).
+        assert_eq!(
+            (got.case, got.cycles_p99, got.flags, got.sample_count),
+            (1, 6, 7, 0)
+        );
+        assert_eq!((got.samples_addr, got.extra), (8, 9));
+        assert_eq!(read_wire::<OpRecord>(&h.mem, END - 23), Err(Status::EFAULT));
+        assert_eq!(
+            read_wire::<BenchSample>(&h.mem, u64::MAX - 8),
+            Err(Status::EFAULT)
+        );
     }
 }

@@ -26,6 +26,7 @@
 //! - [`seccomp`]: the per-thread system call filters of the vCPU and I/O threads.
 //! - [`vm`]: [`vm::VmConfig`] → [`vm::run`] → [`vm::RunOutcome`]: assembles a VM, runs
 //!   vCPU 0 and parks the others ([`vm::VmConfig::vcpus`]).
+//! - [`sync`]: the one poison-tolerant mutex lock.
 //! - [`guests`]: the guests built with the VMM. [`testing`]: synthetic guest images for tests.
 //!
 //! Not here: the `pvkit` command line, the `pvkit bench` runner and the `--stats` report
@@ -65,6 +66,7 @@ pub mod seccomp;
 pub mod serial;
 pub mod signals;
 pub mod stop;
+pub mod sync;
 pub mod testing;
 pub mod vm;
 pub mod vstate;

@@ -37,7 +37,7 @@
 use std::io;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use pvkit_abi::call::CallReturn;
@@ -60,6 +60,7 @@ use crate::hypercall::{call_return, PvDevices};
 use crate::iothread::{IoStopper, IoThread};
 use crate::ledger::{ExitLedger, NotifyCounter};
 use crate::memory::GuestRam;
+use crate::sync::lock;
 
 /// Ledger name of the console ring's in-kernel notifications (ioeventfd signals).
 pub const NOTIFY_CONSOLE_RING: &str = "console ring";
@@ -77,13 +78,6 @@ pub fn notifier_name(ring: RingId) -> &'static str {
 
 /// Number of rings in ABI v1.
 const RINGS: usize = 2;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A ring consumer's state is only its private indices, updated after each response is
-    // written: if servicing panicked (the I/O thread reports that and the VM stops), the
-    // state is still consistent.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// The guest TSC and the VM's monotonic time at one instant, for the PV clock page.
 pub trait ClockSource: Send + Sync {

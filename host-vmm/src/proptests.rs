@@ -36,9 +36,7 @@ use crate::disk::SharedDisk;
 use crate::elf::{ElfError, ElfImage, EHDR_SIZE, PHDR_SIZE, SHDR_SIZE};
 use crate::emulated::{attach_ata, attach_pit, VmClock};
 use crate::exit::{handle_exit, Exit, ExitAction, Machine};
-use crate::hypercall::{
-    dispatch, parse_fault_report, HypercallContext, NoPvDevices, Outcome, BASE_FEATURES,
-};
+use crate::hypercall::{dispatch, HypercallContext, NoPvDevices, Outcome, BASE_FEATURES};
 use crate::ledger::{ExitKind, ExitLedger};
 use crate::memory::{create_ram, GuestRam};
 use crate::serial::{Uart, COM1_BASE, COM1_LEN};
@@ -748,7 +746,6 @@ struct Hc {
     ledger: ExitLedger,
     bench: BenchRecorder,
     pv: NoPvDevices,
-    scratch: Vec<u8>,
 }
 
 impl Hc {
@@ -768,7 +765,6 @@ impl Hc {
             ledger: ExitLedger::new(),
             bench,
             pv: NoPvDevices,
-            scratch: Vec::new(),
         }
     }
 
@@ -783,7 +779,6 @@ impl Hc {
             ledger: &self.ledger,
             bench: &mut self.bench,
             pv: &mut self.pv,
-            scratch: &mut self.scratch,
         };
         dispatch(&self.mem, raw, &mut ctx)
     }
@@ -842,10 +837,23 @@ fn check_call(
         Hypercall::Exit => prop_assert_eq!(out, &Outcome::Stop(StopReason::Exit(a0 as u8))),
         Hypercall::ReportFault => {
             if in_ram(a0, FAULT_REPORT_SIZE) {
+                // The oracle decodes the documented layout by hand (docs/ABI.md:
+                // vector u32 @0, message_len u32 @4, error_code @8, rip @16, cr2 @24,
+                // message @32), independently of the VMM's typed wire read.
                 let at = a0 as usize;
-                let bytes: &[u8; FAULT_REPORT_SIZE as usize] =
-                    ram[at..at + FAULT_REPORT_SIZE as usize].try_into().unwrap();
-                let want = GuestFault::from_report(&parse_fault_report(bytes));
+                let u32_at =
+                    |o: usize| u32::from_le_bytes(ram[at + o..at + o + 4].try_into().unwrap());
+                let u64_at =
+                    |o: usize| u64::from_le_bytes(ram[at + o..at + o + 8].try_into().unwrap());
+                let text_len = (u32_at(4) as usize).min(256);
+                let want = GuestFault {
+                    vector: u32_at(0),
+                    error_code: u64_at(8),
+                    rip: u64_at(16),
+                    cr2: u64_at(24),
+                    message: String::from_utf8_lossy(&ram[at + 32..at + 32 + text_len])
+                        .into_owned(),
+                };
                 prop_assert_eq!(out, &Outcome::Stop(StopReason::Fault(want)));
             } else {
                 prop_assert_eq!(

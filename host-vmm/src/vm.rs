@@ -23,8 +23,7 @@ use crate::disk::{DiskConfig, DiskError, SharedDisk};
 use crate::elf::{ElfError, ElfImage};
 use crate::emulated::{attach_ata, attach_pit, VmClock};
 use crate::exit::{ExitAction, Machine};
-use crate::hypercall::{NoPvDevices, PvDevices, BASE_FEATURES};
-use crate::iothread::IoStopper;
+use crate::hypercall::{NoPvDevices, BASE_FEATURES};
 use crate::ledger::LedgerSnapshot;
 use crate::paravirt::{
     offered_features, ClockSource, KvmIoEvents, PvBackend, PvConfig, TscClock, DOORBELL_PORTS,
@@ -434,16 +433,6 @@ fn flush_disk(disk: Option<&SharedDisk>) -> DiskFlush {
 /// Runs a VM with the PV devices of ABI v1 (console and block rings, PV block device, PV
 /// clock page) until the guest stops or the watchdog expires.
 pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
-    run_inner(config, None)
-}
-
-/// Runs a VM with the given PV devices instead of the built-in ones (no doorbell ports, no
-/// I/O thread unless `pv` brings its own) until the guest stops or the watchdog expires.
-pub fn run_with(config: &VmConfig, pv: Box<dyn PvDevices>) -> Result<RunOutcome, VmError> {
-    run_inner(config, Some(pv))
-}
-
-fn run_inner(config: &VmConfig, custom: Option<Box<dyn PvDevices>>) -> Result<RunOutcome, VmError> {
     let t0 = config.started_at.unwrap_or_else(Instant::now);
     let bytes = kernel_bytes(&config.kernel)?;
     let image = ElfImage::parse(&bytes)?;
@@ -466,10 +455,7 @@ fn run_inner(config: &VmConfig, custom: Option<Box<dyn PvDevices>>) -> Result<Ru
     let kvmclock = kvmclock_available(supported.as_slice());
     let eventfd = kvm.check_extension(Cap::Ioeventfd);
     let clock_possible = kvm.check_extension(Cap::GetTscKhz);
-    let pv_features = |clock: bool| match &custom {
-        Some(pv) => pv.features(),
-        None => offered_features(disk.is_some(), eventfd, clock, kvmclock),
-    };
+    let pv_features = |clock: bool| offered_features(disk.is_some(), eventfd, clock, kvmclock);
     let mut features = BASE_FEATURES | pv_features(clock_possible);
     let mut vcpu = Vcpu::new(
         &kvm,
@@ -522,37 +508,30 @@ fn run_inner(config: &VmConfig, custom: Option<Box<dyn PvDevices>>) -> Result<Ru
     }
     let mut machine = Machine::new(mem, bus, console.clone(), Box::new(NoPvDevices));
     let (tx, rx) = mpsc::channel();
-    let mut io_stopper: Option<IoStopper> = None;
-    match custom {
-        Some(pv) => machine.pv = pv,
-        None => {
-            let fatal = tx.clone();
-            let pv = PvBackend::new(
-                PvConfig {
-                    mem: machine.mem.clone(),
-                    console: console.clone(),
-                    disk: disk.clone(),
-                    clock: tsc_clock.map(|c| Arc::new(c) as Arc<dyn ClockSource>),
-                    ioevents: eventfd.then(|| {
-                        Arc::new(KvmIoEvents(Arc::clone(&vm)))
-                            as Arc<dyn crate::paravirt::IoEventRegistrar>
-                    }),
-                    kvmclock,
-                    on_fatal: Arc::new(move |msg| {
-                        let _ = fatal.send(Event::HostFailure(msg));
-                    }),
-                },
-                &mut machine.ledger,
-            )
-            .map_err(VmError::PvDevices)?;
-            let (base, len) = DOORBELL_PORTS;
-            machine
-                .bus
-                .insert(base, len, Box::new(pv.doorbell_ports()))?;
-            io_stopper = Some(pv.stopper());
-            machine.pv = Box::new(pv);
-        }
-    }
+    let fatal = tx.clone();
+    let pv = PvBackend::new(
+        PvConfig {
+            mem: machine.mem.clone(),
+            console: console.clone(),
+            disk: disk.clone(),
+            clock: tsc_clock.map(|c| Arc::new(c) as Arc<dyn ClockSource>),
+            ioevents: eventfd.then(|| {
+                Arc::new(KvmIoEvents(Arc::clone(&vm))) as Arc<dyn crate::paravirt::IoEventRegistrar>
+            }),
+            kvmclock,
+            on_fatal: Arc::new(move |msg| {
+                let _ = fatal.send(Event::HostFailure(msg));
+            }),
+        },
+        &mut machine.ledger,
+    )
+    .map_err(VmError::PvDevices)?;
+    let (base, len) = DOORBELL_PORTS;
+    machine
+        .bus
+        .insert(base, len, Box::new(pv.doorbell_ports()))?;
+    let io_stopper = pv.stopper();
+    machine.pv = Box::new(pv);
     debug_assert_eq!(features, BASE_FEATURES | machine.pv.features());
     if let Some(d) = &disk {
         machine.bench.set_disk(Box::new(d.clone()));
@@ -592,9 +571,7 @@ fn run_inner(config: &VmConfig, custom: Option<Box<dyn PvDevices>>) -> Result<Ru
     let mut host_failure = match supervise(&rx, &thread, deadline, &stop_requested) {
         Ok(failure) => failure,
         Err(e) => {
-            if let Some(s) = &io_stopper {
-                s.stop();
-            }
+            io_stopper.stop();
             return Err(e);
         }
     };

@@ -386,7 +386,8 @@ impl<B: BlockBackend> Ata<B> {
             let avail = self.buf.get(self.pos..).unwrap_or_default();
             let n = avail.len().min(out.len());
             let (head, tail) = out.split_at_mut(n);
-            head.copy_from_slice(&avail[..n]);
+            // `n <= avail.len()`: the zip copies all of `head`.
+            head.iter_mut().zip(avail).for_each(|(d, s)| *d = *s);
             out = tail;
             self.pos += n;
             if self.pos >= SECTOR_SIZE {
@@ -403,7 +404,8 @@ impl<B: BlockBackend> Ata<B> {
             let space = self.buf.get_mut(self.pos..).unwrap_or_default();
             let n = space.len().min(input.len());
             let (head, tail) = input.split_at(n);
-            space[..n].copy_from_slice(head);
+            // `n <= space.len()`: the zip copies all of `head`.
+            space.iter_mut().zip(head).for_each(|(d, s)| *d = *s);
             input = tail;
             self.pos += n;
             if self.pos >= SECTOR_SIZE {

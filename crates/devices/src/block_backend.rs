@@ -128,7 +128,7 @@ pub trait BlockBackend: Send {
         let mut done = 0;
         while done < dst.len() {
             let n = (dst.len() - done).min(BOUNCE_CHUNK);
-            let chunk = &mut buf[..n];
+            let chunk = buf.get_mut(..n).ok_or_else(bounce_overrun)?;
             // `done < dst.len() <= u64::MAX` and the range was checked: no overflow.
             self.read_at(offset + done as u64, chunk)?;
             dst.subslice(done, n)
@@ -158,7 +158,7 @@ pub trait BlockBackend: Send {
         let mut done = 0;
         while done < src.len() {
             let n = (src.len() - done).min(BOUNCE_CHUNK);
-            let chunk = &mut buf[..n];
+            let chunk = buf.get_mut(..n).ok_or_else(bounce_overrun)?;
             src.subslice(done, n)
                 .map_err(io::Error::other)?
                 .copy_to(chunk);
@@ -218,6 +218,12 @@ fn check_disk_type(meta: &std::fs::Metadata) -> Result<(), BackendError> {
     }
 }
 
+/// A bounce chunk longer than the bounce buffer: cannot happen (`n <= BOUNCE_CHUNK`), but
+/// an error rather than a panic if it ever did.
+fn bounce_overrun() -> io::Error {
+    io::Error::other("bounce chunk larger than the bounce buffer")
+}
+
 /// A raw disk image file (or host block device) accessed with positional I/O.
 ///
 /// The size is sampled once at open time; the image is expected not to change size
@@ -228,6 +234,9 @@ pub struct FileBackend {
     file: File,
     len: u64,
     read_only: bool,
+    /// What [`BlockBackend::flush`] calls: `File::sync_data` (`fdatasync`). A field so that a
+    /// test can observe that every acknowledged flush synced the file.
+    sync_data: fn(&File) -> std::io::Result<()>,
 }
 
 impl FileBackend {
@@ -248,6 +257,7 @@ impl FileBackend {
             file,
             len,
             read_only,
+            sync_data: File::sync_data,
         })
     }
 
@@ -264,7 +274,15 @@ impl FileBackend {
             file,
             len: size,
             read_only: false,
+            sync_data: File::sync_data,
         })
+    }
+
+    /// Replaces the `fdatasync` that [`BlockBackend::flush`] performs (tests only).
+    #[cfg(test)]
+    fn with_sync(mut self, sync_data: fn(&File) -> std::io::Result<()>) -> Self {
+        self.sync_data = sync_data;
+        self
     }
 
     /// Whether the image was opened read-only.
@@ -298,7 +316,7 @@ impl BlockBackend for FileBackend {
             // Nothing was written through this handle, so there is nothing to sync.
             return Ok(());
         }
-        self.file.sync_data()?;
+        (self.sync_data)(&self.file)?;
         Ok(())
     }
 
@@ -417,6 +435,29 @@ impl MemBackend {
         self.data
     }
 
+    /// The bytes `[offset, offset + len)` of the disk, after a range check.
+    fn bytes(&self, offset: u64, len: usize) -> Result<&[u8], BackendError> {
+        let range = self.range(offset, len)?;
+        self.data
+            .get(range)
+            .ok_or_else(|| self.out_of_range(offset, len))
+    }
+
+    /// [`bytes`](Self::bytes), writable.
+    fn bytes_mut(&mut self, offset: u64, len: usize) -> Result<&mut [u8], BackendError> {
+        let range = self.range(offset, len)?;
+        let err = self.out_of_range(offset, len);
+        self.data.get_mut(range).ok_or(err)
+    }
+
+    fn out_of_range(&self, offset: u64, len: usize) -> BackendError {
+        BackendError::OutOfRange {
+            offset,
+            len: len as u64,
+            capacity: self.len(),
+        }
+    }
+
     /// The byte range `[offset, offset + len)` of the disk, after a range check.
     fn range(&self, offset: u64, len: usize) -> Result<std::ops::Range<usize>, BackendError> {
         check_range(offset, len, self.len())?;
@@ -436,14 +477,12 @@ impl BlockBackend for MemBackend {
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BackendError> {
-        let range = self.range(offset, buf.len())?;
-        buf.copy_from_slice(&self.data[range]);
+        buf.copy_from_slice(self.bytes(offset, buf.len())?);
         Ok(())
     }
 
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<(), BackendError> {
-        let range = self.range(offset, buf.len())?;
-        self.data[range].copy_from_slice(buf);
+        self.bytes_mut(offset, buf.len())?.copy_from_slice(buf);
         Ok(())
     }
 
@@ -456,8 +495,7 @@ impl BlockBackend for MemBackend {
         offset: u64,
         dst: &VolatileSlice<'_>,
     ) -> Result<(), BackendError> {
-        let range = self.range(offset, dst.len())?;
-        dst.copy_from(&self.data[range]);
+        dst.copy_from(self.bytes(offset, dst.len())?);
         Ok(())
     }
 
@@ -466,8 +504,7 @@ impl BlockBackend for MemBackend {
         offset: u64,
         src: &VolatileSlice<'_>,
     ) -> Result<(), BackendError> {
-        let range = self.range(offset, src.len())?;
-        src.copy_to(&mut self.data[range]);
+        src.copy_to(self.bytes_mut(offset, src.len())?);
         Ok(())
     }
 }
@@ -494,6 +531,64 @@ pub(crate) mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_file(&self.0);
         }
+    }
+
+    thread_local! {
+        /// `(syncs so far, the file's bytes at offset 512 when the last sync ran)`.
+        static SYNCS: std::cell::RefCell<(u32, Vec<u8>)> = const {
+            std::cell::RefCell::new((0, Vec::new()))
+        };
+    }
+
+    /// The real `fdatasync`, counted, with what the file held when it ran.
+    fn counting_sync(f: &File) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut seen = vec![0u8; 4];
+        f.read_exact_at(&mut seen, 512)?;
+        f.sync_data()?;
+        SYNCS.with(|s| {
+            let mut s = s.borrow_mut();
+            *s = (s.0 + 1, seen);
+        });
+        Ok(())
+    }
+
+    fn failing_sync(_: &File) -> std::io::Result<()> {
+        Err(std::io::Error::from_raw_os_error(libc::EIO))
+    }
+
+    #[test]
+    fn an_acknowledged_flush_was_preceded_by_fdatasync_of_the_written_data() {
+        let tmp = TempPath::new("fdatasync");
+        let mut b = FileBackend::create(&tmp.0, 4096)
+            .unwrap()
+            .with_sync(counting_sync);
+        SYNCS.with(|s| *s.borrow_mut() = (0, Vec::new()));
+        b.write_at(512, b"data").unwrap();
+        assert_eq!(
+            SYNCS.with(|s| s.borrow().0),
+            0,
+            "a write alone does not sync"
+        );
+        // `Ok` is what the PV block device turns into the guest's flush acknowledgement.
+        b.flush().unwrap();
+        assert_eq!(
+            SYNCS.with(|s| s.borrow().clone()),
+            (1, b"data".to_vec()),
+            "one fdatasync, after the write"
+        );
+        b.flush().unwrap();
+        assert_eq!(SYNCS.with(|s| s.borrow().0), 2, "every flush syncs");
+        // A failed sync is not acknowledged.
+        let mut failing = FileBackend::open(&tmp.0, false)
+            .unwrap()
+            .with_sync(failing_sync);
+        assert!(matches!(failing.flush(), Err(BackendError::Io(_))));
+        // Read-only: nothing written through this handle, nothing to sync.
+        let mut ro = FileBackend::open(&tmp.0, true)
+            .unwrap()
+            .with_sync(failing_sync);
+        assert!(ro.flush().is_ok());
     }
 
     #[test]

@@ -22,6 +22,16 @@
 //! * [`pit`]: [`Pit`], the Intel 8254 interval timer.
 //! * [`uart`]: [`UartState`], the saved state of the 16550 UART (the model is vm-superio's).
 //! * [`state`]: the rules of saved device state, [`StateError`] and [`VmClockState`].
+// Guest data is hostile: no panic on it (the same deny set as pvkit-vmm).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
 
 pub mod ata;
 pub mod block_backend;

@@ -170,18 +170,6 @@ impl ClockSource for FixedClock {
     }
 }
 
-/// The VMM's rule for guest ranges (`memory::guest_range`): an empty range is valid at or
-/// below the end of a RAM byte (or at 0), a non-empty one must be entirely RAM.
-fn host_contains(layout: Layout, addr: u64, len: u64) -> bool {
-    let Some(end) = addr.checked_add(len) else {
-        return false;
-    };
-    if len == 0 {
-        return end == 0 || layout.contains(end - 1, 1);
-    }
-    layout.contains(addr, len)
-}
-
 struct Harness {
     ram: Ram,
     console: Console,
@@ -191,7 +179,6 @@ struct Harness {
     backend: bool,
     disk: SharedDisk,
     disk_model: Vec<u8>,
-    scratch: Vec<u8>,
     /// Registered rings: `(id, gpa, ring bytes)`.
     rings: [Option<(u64, usize)>; 2],
 }
@@ -219,7 +206,6 @@ impl Harness {
             ledger: &self.ledger,
             bench: &mut self.bench,
             pv: &mut *self.pv,
-            scratch: &mut self.scratch,
         };
         let features = ctx.features();
         let out = dispatch(self.ram.mem, raw, &mut ctx);
@@ -258,7 +244,7 @@ impl Harness {
                 let size = core::mem::size_of::<pvkit_abi::fault::FaultReport>() as u64;
                 match &out {
                     Outcome::Stop(StopReason::Fault(f)) => {
-                        assert!(host_contains(layout, args[0], size));
+                        assert!(layout.contains(args[0], size));
                         let vector =
                             u32::from_le_bytes(self.ram.model(args[0], 4).try_into().unwrap());
                         assert_eq!(f.vector, vector);
@@ -266,7 +252,7 @@ impl Harness {
                     }
                     Outcome::Stop(StopReason::UnreadableFault { addr }) => {
                         assert_eq!(*addr, args[0]);
-                        assert!(!host_contains(layout, args[0], size));
+                        assert!(!layout.contains(args[0], size));
                     }
                     other => panic!("report_fault returned {other:?}"),
                 }
@@ -276,7 +262,7 @@ impl Harness {
                 let now = self.console.captured();
                 if len > MAX_WRITE {
                     assert_eq!(out, ret(Status::E2BIG, 0));
-                } else if !host_contains(layout, addr, len) {
+                } else if !layout.contains(addr, len) {
                     assert_eq!(out, ret(Status::EFAULT, 0), "{addr:#x}+{len:#x}");
                 } else {
                     assert_eq!(out, ret(Status::Ok, len));
@@ -456,7 +442,6 @@ pub fn run(data: &[u8]) {
         backend,
         disk,
         disk_model,
-        scratch: Vec::new(),
         rings: [None, None],
     };
     crate::for_each_op(&mut u, MAX_OPS, |op: HcOp| match op {

@@ -45,11 +45,12 @@ impl Layout {
         }
     }
 
-    /// Whether every byte of `[addr, addr + len)` is RAM. Empty ranges are valid anywhere
-    /// (the ABI's rule); a range whose end overflows `u64` is not.
+    /// Whether every byte of `[addr, addr + len)` is RAM; a range whose end overflows `u64`
+    /// is not. An empty range must start in RAM or one past the end of a span (the ABI's
+    /// rule, docs/ABI.md "Guest ranges").
     pub fn contains(self, addr: u64, len: u64) -> bool {
         if len == 0 {
-            return true;
+            return self.spans().iter().any(|&(s, e)| addr >= s && addr <= e);
         }
         let Some(end) = addr.checked_add(len) else {
             return false;
@@ -348,9 +349,12 @@ mod tests {
                 2 * Q - 1,
                 2 * Q,
                 3 * Q - 1,
+                2 * Q + 1,
                 3 * Q,
                 RAM_END - 1,
                 RAM_END,
+                RAM_END + 1,
+                1 << 40,
             ] {
                 for len in [0, 1, 2, 4096, Q, 2 * Q, u64::MAX] {
                     assert_eq!(

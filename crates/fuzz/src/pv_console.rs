@@ -1,11 +1,12 @@
-//! `pv_console`: arbitrary `(addr, len)` console writes (`console::write`, the
-//! `ConsoleWrite` hypercall) and ring requests (`console::handle_request`) into a `Vec`
-//! sink, and into a sink that fails after a chosen number of bytes.
+//! `pv_console`: arbitrary `(addr, len)` console writes (`console::write`, which is what the
+//! VMM's `ConsoleWrite` hypercall calls) and ring requests (`console::handle_request`, what
+//! the VMM's console ring calls) into a `Vec` sink, and into a sink that fails after a
+//! chosen number of bytes.
 //!
 //! Invariants:
 //! - no panic;
-//! - `len > MAX_WRITE` is `E2BIG`, a range not entirely in RAM is `EFAULT` (any address is
-//!   fine for `len == 0`), and in both cases the sink receives nothing;
+//! - `len > MAX_WRITE` is `E2BIG`, a range not entirely in RAM is `EFAULT` (for `len == 0`:
+//!   an address neither in RAM nor one past its end), and in both cases the sink receives nothing;
 //! - otherwise the result is `Ok(len)` and the sink received exactly the guest bytes;
 //! - a sink failing after `k` bytes makes every write longer than `k` fail with `EIO`;
 //! - guest RAM is never written;

@@ -122,8 +122,8 @@ impl ClockReader {
     }
 
     /// Nanoseconds of the clock (host `CLOCK_MONOTONIC` since VM start for the PV clock;
-    /// kvmclock's own epoch for kvmclock). Uses `lfence; rdtsc`: call it from ring 3 on
-    /// kvm_pvm (see [`crate::tsc::rdtsc_ordered`]); on hardware KVM any ring works.
+    /// kvmclock's own epoch for kvmclock). Uses `lfence; rdtsc`
+    /// ([`crate::tsc::rdtsc_ordered`]); works in any ring.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     pub fn nanoseconds(&self) -> u64 {

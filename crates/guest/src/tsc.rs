@@ -19,9 +19,7 @@ pub fn rdtsc() -> u64 {
 /// as Linux's `rdtsc_ordered`). This is what a clock read needs: the TSC value must not be
 /// taken before the clock record it is combined with was read.
 ///
-/// `lfence` is an SSE2-encoded instruction that KVM's instruction emulator does not
-/// implement: on kvm_pvm, where ring 0 is interpreted, call this from ring 3 only (ring 0
-/// there executes strictly in order anyway, so [`rdtsc`] is ordered in ring 0).
+/// Works in every ring, including the interpreted ring 0 of kvm_pvm.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub fn rdtsc_ordered() -> u64 {

@@ -179,7 +179,9 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(write(&m, 0x1234, 13, &mut out), Ok(13));
         assert_eq!(out, b"hello, pvkit\n");
-        assert_eq!(write(&m, 0x9_0000_0000, 0, &mut out), Ok(0));
+        assert_eq!(write(&m, RAM as u64, 0, &mut out), Ok(0));
+        // Empty writes follow the range rule too: the hypercall and the ring agree.
+        assert_eq!(write(&m, 1 << 40, 0, &mut out), Err(Status::EFAULT));
     }
 
     #[test]
@@ -204,6 +206,22 @@ mod tests {
         assert_eq!(write(&m, RAM as u64 - 4, 5, &mut out), Err(Status::EFAULT));
         assert_eq!(write(&m, u64::MAX - 2, 5, &mut out), Err(Status::EFAULT));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn empty_request_outside_ram_is_efault_like_the_hypercall() {
+        let m = mem();
+        let mut out = Vec::new();
+        let req = ConsoleRequest {
+            addr: 1 << 40,
+            len: 0,
+            id: 9,
+        };
+        let rsp = handle_request(&m, &req, &mut out);
+        assert_eq!(
+            (rsp.id, rsp.status, rsp.written),
+            (9, Status::EFAULT as i64, 0)
+        );
     }
 
     struct Broken;

@@ -5,7 +5,9 @@
 //! segments, console buffers) goes through [`GuestRange::new`] before anything is read or
 //! written. A range is valid when `addr + len` does not wrap around the 64-bit address space
 //! and every byte of it is backed by guest RAM (it may span adjacent RAM regions, but not a
-//! hole). Anything else is [`Status::EFAULT`], as the hypercall convention requires.
+//! hole). An empty range must still point into RAM or one past the end of a RAM region.
+//! Anything else is [`Status::EFAULT`], as the hypercall convention requires (docs/ABI.md,
+//! "Guest ranges").
 
 use pvkit_abi::Status;
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
@@ -56,17 +58,24 @@ pub struct GuestRange {
 impl GuestRange {
     /// Validates `[addr, addr + len)` against `mem`.
     ///
-    /// An empty range (`len == 0`) is valid at any address: nothing will be accessed. A
-    /// non-empty range must not wrap (`addr + len` computed with `checked_add`) and must be
-    /// entirely backed by guest RAM.
+    /// A non-empty range must not wrap (`addr + len` computed with `checked_add`) and must be
+    /// entirely backed by guest RAM. An empty range (`len == 0`) accesses nothing but is held
+    /// to the same place: `addr` must be a RAM byte or one past the end of a RAM region, so
+    /// `(1 << 40, 0)` is `EFAULT` on a small guest, by hypercall and by ring alike.
     pub fn new<M: GuestMemory + ?Sized>(mem: &M, addr: u64, len: u64) -> Result<Self, RangeError> {
         let overflow = RangeError::Overflow { addr, len };
         if addr.checked_add(len).is_none() {
             return Err(overflow);
         }
         let len_usize = usize::try_from(len).map_err(|_| overflow)?;
-        if len_usize != 0 && !mem.check_range(GuestAddress(addr), len_usize, Permissions::ReadWrite)
-        {
+        let in_ram =
+            |at: u64, n: usize| mem.check_range(GuestAddress(at), n, Permissions::ReadWrite);
+        let ok = if len_usize == 0 {
+            in_ram(addr, 1) || addr.checked_sub(1).is_some_and(|last| in_ram(last, 1))
+        } else {
+            in_ram(addr, len_usize)
+        };
+        if !ok {
             return Err(RangeError::NotInRam { addr, len });
         }
         Ok(Self {
@@ -173,9 +182,23 @@ mod tests {
     }
 
     #[test]
-    fn empty_ranges_are_valid() {
+    fn empty_ranges_must_touch_ram() {
         let m = mem();
-        assert!(GuestRange::new(&m, 0x9_0000_0000, 0).unwrap().is_empty());
+        // In RAM, at the end of a region (also before a hole), at the end of RAM.
+        for addr in [0, 0x100, 0x1_0000, 0x2_0000, 0x4_0000, 0x4_1000] {
+            assert!(
+                GuestRange::new(&m, addr, 0).unwrap().is_empty(),
+                "{addr:#x}"
+            );
+        }
+        // Inside the hole, past the end, far away, the last address.
+        for addr in [0x2_0001, 0x3_ffff, 0x4_1001, 1 << 40, u64::MAX] {
+            assert_eq!(
+                GuestRange::new(&m, addr, 0),
+                Err(RangeError::NotInRam { addr, len: 0 }),
+                "{addr:#x}"
+            );
+        }
     }
 
     #[test]

@@ -30,6 +30,16 @@
 //! implementation of the guest side of a ring, for other crates' tests.
 #![deny(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
+// Guest data is hostile: no panic on it (the same deny set as pvkit-vmm).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
 
 pub mod block;
 pub mod clock;

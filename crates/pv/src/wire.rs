@@ -9,9 +9,11 @@
 
 use core::mem::size_of;
 
+use pvkit_abi::bench::{BenchSample, OpRecord};
 use pvkit_abi::block::{BlockRequest, BlockResponse, BlockSegment, MAX_SEGMENTS};
 use pvkit_abi::clock::PvClock;
 use pvkit_abi::console::{ConsoleRequest, ConsoleResponse};
+use pvkit_abi::fault::{FaultReport, MESSAGE_MAX};
 use pvkit_abi::ring::RingHeader;
 use vm_memory::ByteValued;
 
@@ -40,6 +42,20 @@ assert_no_padding!(BlockResponse { u64, i64, u64 });
 assert_no_padding!(ConsoleRequest { u64, u32, u32 });
 assert_no_padding!(ConsoleResponse { i64, u32, u32 });
 assert_no_padding!(PvClock { u32, u32, u64, u64, u32, i8, u8, [u8; 2] });
+assert_no_padding!(FaultReport { u32, u32, u64, u64, u64, [u8; MESSAGE_MAX] });
+assert_no_padding!(BenchSample {
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u32,
+    u32,
+    u64,
+    u64
+});
+assert_no_padding!(OpRecord { u64, u64, u32, u32 });
 
 // SAFETY: `RingHeader` is `#[repr(C)]`, all fields are `u32` or `[u32; 10]`, and it has no
 // padding (asserted above and by the ABI crate's layout asserts).
@@ -59,6 +75,14 @@ unsafe impl AbiPod for ConsoleResponse {}
 // SAFETY: `PvClock` is `#[repr(C)]`, every field is an integer or an integer array
 // (`u32, u32, u64, u64, u32, i8, u8, [u8; 2]`) and it has no padding (asserted above).
 unsafe impl AbiPod for PvClock {}
+// SAFETY: `FaultReport` is `#[repr(C)]` with fields `u32, u32, u64, u64, u64, [u8; 256]`
+// and no padding (asserted above).
+unsafe impl AbiPod for FaultReport {}
+// SAFETY: `BenchSample` is `#[repr(C)]`, every field is a `u64` or `u32`, and it has no
+// padding (asserted above).
+unsafe impl AbiPod for BenchSample {}
+// SAFETY: `OpRecord` is `#[repr(C)]` with fields `u64, u64, u32, u32` and no padding.
+unsafe impl AbiPod for OpRecord {}
 
 /// An ABI structure as it travels through guest memory: `ByteValued` for vm-memory's
 /// `read_obj`/`write_obj`, with exactly the layout of `T`.

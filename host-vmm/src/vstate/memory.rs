@@ -51,17 +51,12 @@ pub fn ram_size(mem: &GuestRam) -> u64 {
 }
 
 /// Checks that `[addr, addr + len)` lies entirely inside guest RAM, with overflow-checked
-/// arithmetic. Returns the start address. A zero-length range is valid anywhere in
-/// `[0, ram_size]`.
+/// arithmetic. Returns the start address. The rule is [`pvkit_pv::guest_range::GuestRange`]'s
+/// (one rule for every path): a zero-length range must start in RAM or one past its end.
 pub fn guest_range<M: GuestMemoryBackend>(mem: &M, addr: u64, len: u64) -> Option<GuestAddress> {
-    let end = addr.checked_add(len)?;
-    let len = usize::try_from(len).ok()?;
-    if len == 0 {
-        // vm-memory treats empty ranges as valid anywhere; keep them at or below RAM's end.
-        let ok = end == 0 || GuestMemoryBackend::check_range(mem, GuestAddress(end - 1), 1);
-        return ok.then_some(GuestAddress(addr));
-    }
-    GuestMemoryBackend::check_range(mem, GuestAddress(addr), len).then_some(GuestAddress(addr))
+    pvkit_pv::guest_range::GuestRange::new(mem, addr, len)
+        .ok()
+        .map(|r| r.guest_addr())
 }
 
 #[cfg(test)]

@@ -13,8 +13,9 @@ use pvkit_guest::{hypercall, PvConsole};
 // Stamps the ABI version into the binary; the VMM refuses a guest without it.
 pvkit_abi::abi_note!();
 
-/// The entry point. The VMM enters with `RSP` 16-byte aligned (no return address), so fix
-/// the alignment a Rust function expects and `call` into Rust with `RDI` untouched.
+/// The entry point. The VMM enters with `RSP = 0x7_fff8` (`ENTRY_RSP`: aligned as just after
+/// a `call`, docs/ABI.md "Boot contract"), so `main` could be the entry itself; this stub
+/// only makes the alignment explicit (`and rsp, -16`, then `call`) and keeps `RDI` untouched.
 #[unsafe(naked)]
 #[no_mangle]
 pub extern "C" fn _start() -> ! {
