@@ -17,11 +17,6 @@ pub fn count(v: u64) -> String {
 /// reader takes for a decimal point (a comma, rasterised small, looks like one).
 pub const THIN: &str = "\u{202f}";
 
-/// An integer with `sep` between groups of three digits.
-pub fn count_with(v: u64, sep: &str) -> String {
-    count(v).replace(',', sep)
-}
-
 /// [`num`] with `sep` as the thousands separator: `8192.0, THIN` → `"8 192"`.
 pub fn num_with(v: f64, sep: &str) -> String {
     num(v).replace(',', sep)
@@ -124,6 +119,5 @@ mod tests {
         assert_eq!(si(40_865_983.0), "40.9M");
         assert_eq!(num_with(526_347.0, THIN), "526\u{202f}347");
         assert_eq!(num_with(0.125, THIN), "0.125");
-        assert_eq!(count_with(1_234_567, " "), "1 234 567");
     }
 }
