@@ -516,6 +516,35 @@ mod tests {
     }
 
     #[test]
+    fn throughput_cycles_come_from_the_timed_loop_and_latency_is_labelled() {
+        let c = id(Device::Clock, Variant::Pit, Workload::ClockRead);
+        let build = |flags: u32, cycles: Vec<u64>| {
+            let mut s = sample(c, 10, 0, SAMPLE_VERIFIED | flags, cycles);
+            s.sample.cycles_total = 123_450;
+            build_cases(&[Measurement {
+                case: c,
+                phase: Some(phase(c, 10, &[(ExitKind::PortRead(0x40), 20)], 1000)),
+                sample: Some(s),
+                console: None,
+                guest_says: None,
+            }])
+            .remove(0)
+        };
+        let k = build(SAMPLE_LATENCY_PASS, vec![9, 1, 5]);
+        assert_eq!(k.guest_cycles_per_op, 12_345.0);
+        assert_eq!(k.guest_cycles_per_op_median, 5.0);
+        assert_eq!(k.latency_method, Some(LatencyMethod::SeparatePass));
+        assert_eq!(k.latency_samples, 3);
+        assert!(!k.notes.iter().any(|n| n.starts_with("latency")), "{k:?}");
+        let k = build(0, vec![9, 1, 5]);
+        assert_eq!(k.latency_method, Some(LatencyMethod::TimedLoop));
+        assert!(k.notes.iter().any(|n| n.contains("inside the timed loop")));
+        let k = build(SAMPLE_LATENCY_PASS, vec![]);
+        assert_eq!(k.latency_method, Some(LatencyMethod::PhaseMean));
+        assert_eq!(k.guest_cycles_per_op_median, 12_345.0);
+    }
+
+    #[test]
     fn pit_and_null_port_are_proved_by_the_ledger() {
         let c = id(Device::Clock, Variant::Pit, Workload::ClockRead);
         let m = |exits: &[(ExitKind, u64)]| Measurement {
