@@ -182,6 +182,11 @@ pub const SAMPLE_FAILED: u32 = 1 << 1;
 /// a ring polled from user mode as with io_uring `SQPOLL`), not in ring 0. Informational:
 /// a host that does not know the bit ignores it.
 pub const SAMPLE_RING3: u32 = 1 << 2;
+/// `BenchSample::flags`: the raw cycle samples come from a separate latency pass run outside
+/// the phase markers, not from the timed loop between them (whose cost `cycles_total` then
+/// is, with no per-operation time reads inside). Informational: a host that does not know
+/// the bit ignores it.
+pub const SAMPLE_LATENCY_PASS: u32 = 1 << 3;
 
 /// Most per-operation cycle samples the host reads from one [`BenchSample`].
 pub const MAX_SAMPLES: u32 = 8192;
@@ -206,7 +211,8 @@ pub struct BenchSample {
     pub cycles_median: u64,
     /// 99th percentile guest cycles per operation, or 0 (as above).
     pub cycles_p99: u64,
-    /// [`SAMPLE_VERIFIED`], [`SAMPLE_FAILED`], [`SAMPLE_RING3`]; other bits 0.
+    /// [`SAMPLE_VERIFIED`], [`SAMPLE_FAILED`], [`SAMPLE_RING3`], [`SAMPLE_LATENCY_PASS`];
+    /// other bits 0.
     pub flags: u32,
     /// Number of `u64` entries at `samples_addr` (≤ [`MAX_SAMPLES`]; 0 = none).
     pub sample_count: u32,

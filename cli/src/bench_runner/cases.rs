@@ -14,9 +14,11 @@
 
 use std::collections::BTreeMap;
 
-use pvkit_abi::bench::{CaseId, Device, Variant, SAMPLE_RING3, SAMPLE_VERIFIED};
+use pvkit_abi::bench::{
+    CaseId, Device, Variant, SAMPLE_LATENCY_PASS, SAMPLE_RING3, SAMPLE_VERIFIED,
+};
 use pvkit_abi::ports;
-use pvkit_report::{Case, Kind};
+use pvkit_report::{Case, Kind, LatencyMethod};
 
 use super::console_check::{self, Expected};
 use super::names;
@@ -130,11 +132,14 @@ pub fn failed_case(device: &str, variant: &str, workload: &str, reason: String) 
         userspace_exits_per_op: f64::NAN,
         exits_by_kind: BTreeMap::new(),
         in_kernel_notifications_per_op: f64::NAN,
+        guest_cycles_per_op: f64::NAN,
         guest_cycles_per_op_median: f64::NAN,
         guest_cycles_per_op_p99: f64::NAN,
         ns_per_op: f64::NAN,
         ns_per_op_p50: None,
         ns_per_op_p99: None,
+        latency_method: None,
+        latency_samples: 0,
         throughput: f64::NAN,
         throughput_unit: String::new(),
         verified: false,
@@ -319,10 +324,18 @@ fn build_case(c: CaseId, group: &[&Measurement]) -> Case {
     case.ns_per_op = host_ns as f64 / ops;
     case.throughput = unit.throughput(case.ops, case.bytes, host_ns as f64);
 
-    let (median, p99, how) = guest_cycles(&samples, case.ops);
-    case.guest_cycles_per_op_median = median;
-    case.guest_cycles_per_op_p99 = p99;
-    if let Some(how) = how {
+    let total: u64 = samples.iter().map(|s| s.sample.cycles_total).sum();
+    case.guest_cycles_per_op = if total == 0 {
+        f64::NAN
+    } else {
+        total as f64 / ops
+    };
+    let latency = guest_cycles(&samples, case.ops);
+    case.guest_cycles_per_op_median = latency.median;
+    case.guest_cycles_per_op_p99 = latency.p99;
+    case.latency_method = latency.method;
+    case.latency_samples = latency.samples;
+    if let Some(how) = latency.note {
         case.notes.push(how.into());
     }
     if group.len() > 1 {
@@ -348,20 +361,44 @@ fn build_case(c: CaseId, group: &[&Measurement]) -> Case {
     case
 }
 
-/// Median and p99 guest cycles per op: from the pooled raw samples when the guest sent them,
-/// else from the guest's own percentiles, else the phase mean (with a note saying so).
-fn guest_cycles(samples: &[&SampleRecord], ops: u64) -> (f64, f64, Option<&'static str>) {
+/// A case's latency distribution in guest cycles per op.
+struct Latency {
+    median: f64,
+    p99: f64,
+    method: Option<LatencyMethod>,
+    samples: u64,
+    note: Option<&'static str>,
+}
+
+/// Median and p99 guest cycles per op: from the pooled raw samples when the guest sent them
+/// (from its separate latency pass if every sample says so, `SAMPLE_LATENCY_PASS`, else
+/// from inside the timed loop, noted), else from the guest's own percentiles, else the
+/// phase mean (with a note saying so).
+fn guest_cycles(samples: &[&SampleRecord], ops: u64) -> Latency {
     let mut raw: Vec<u64> = samples
         .iter()
         .flat_map(|s| s.cycles.iter().copied())
         .collect();
+    let separate = samples
+        .iter()
+        .all(|s| s.sample.flags & SAMPLE_LATENCY_PASS != 0);
+    let (method, note) = if separate {
+        (LatencyMethod::SeparatePass, None)
+    } else {
+        (
+            LatencyMethod::TimedLoop,
+            Some("latency: sampled inside the timed loop (its time reads are in ns/op)"),
+        )
+    };
     if !raw.is_empty() {
         raw.sort_unstable();
-        return (
-            percentile(&raw, 50) as f64,
-            percentile(&raw, 99) as f64,
-            None,
-        );
+        return Latency {
+            median: percentile(&raw, 50) as f64,
+            p99: percentile(&raw, 99) as f64,
+            method: Some(method),
+            samples: raw.len() as u64,
+            note,
+        };
     }
     let given: Vec<&SampleRecord> = samples
         .iter()
@@ -372,22 +409,32 @@ fn guest_cycles(samples: &[&SampleRecord], ops: u64) -> (f64, f64, Option<&'stat
         let mut med: Vec<u64> = given.iter().map(|s| s.sample.cycles_median).collect();
         med.sort_unstable();
         let p99 = given.iter().map(|s| s.sample.cycles_p99).max().unwrap_or(0);
-        return (
-            percentile(&med, 50) as f64,
-            p99 as f64,
-            Some("guest cycles: the guest's own percentiles"),
-        );
+        return Latency {
+            median: percentile(&med, 50) as f64,
+            p99: p99 as f64,
+            method: Some(method),
+            samples: 0,
+            note: Some("guest cycles: the guest's own percentiles"),
+        };
     }
     let total: u64 = samples.iter().map(|s| s.sample.cycles_total).sum();
     if total == 0 || ops == 0 {
-        return (f64::NAN, f64::NAN, Some("no guest cycle measurement"));
+        return Latency {
+            median: f64::NAN,
+            p99: f64::NAN,
+            method: None,
+            samples: 0,
+            note: Some("no guest cycle measurement"),
+        };
     }
     let mean = total as f64 / ops as f64;
-    (
-        mean,
-        mean,
-        Some("guest cycles: phase mean (no per-op samples)"),
-    )
+    Latency {
+        median: mean,
+        p99: mean,
+        method: Some(LatencyMethod::PhaseMean),
+        samples: 0,
+        note: Some("guest cycles: phase mean (no per-op samples)"),
+    }
 }
 
 #[cfg(test)]
@@ -466,6 +513,35 @@ mod tests {
         assert_eq!(k.guest_cycles_per_op_p99, 99.0);
         assert!((k.throughput - 100_000.0).abs() < 1e-6);
         assert_eq!(k.throughput_unit, "writes/s");
+    }
+
+    #[test]
+    fn throughput_cycles_come_from_the_timed_loop_and_latency_is_labelled() {
+        let c = id(Device::Clock, Variant::Pit, Workload::ClockRead);
+        let build = |flags: u32, cycles: Vec<u64>| {
+            let mut s = sample(c, 10, 0, SAMPLE_VERIFIED | flags, cycles);
+            s.sample.cycles_total = 123_450;
+            build_cases(&[Measurement {
+                case: c,
+                phase: Some(phase(c, 10, &[(ExitKind::PortRead(0x40), 20)], 1000)),
+                sample: Some(s),
+                console: None,
+                guest_says: None,
+            }])
+            .remove(0)
+        };
+        let k = build(SAMPLE_LATENCY_PASS, vec![9, 1, 5]);
+        assert_eq!(k.guest_cycles_per_op, 12_345.0);
+        assert_eq!(k.guest_cycles_per_op_median, 5.0);
+        assert_eq!(k.latency_method, Some(LatencyMethod::SeparatePass));
+        assert_eq!(k.latency_samples, 3);
+        assert!(!k.notes.iter().any(|n| n.starts_with("latency")), "{k:?}");
+        let k = build(0, vec![9, 1, 5]);
+        assert_eq!(k.latency_method, Some(LatencyMethod::TimedLoop));
+        assert!(k.notes.iter().any(|n| n.contains("inside the timed loop")));
+        let k = build(SAMPLE_LATENCY_PASS, vec![]);
+        assert_eq!(k.latency_method, Some(LatencyMethod::PhaseMean));
+        assert_eq!(k.guest_cycles_per_op_median, 12_345.0);
     }
 
     #[test]

@@ -363,10 +363,10 @@ fn draw_header<DB: DrawingBackend>(
         "hardware KVM"
     };
     let line = format!(
-        "{} ({mode})  ·  {}  ·  TSC {} MHz  ·  pvkit {} ({})  ·  ABI {}  ·  {}",
+        "{} ({mode})  ·  {}  ·  TSC {}  ·  pvkit {} ({})  ·  ABI {}  ·  {}",
         p.kind,
         p.cpu_model,
-        numfmt::num(p.tsc_khz as f64 / 1e3),
+        tsc_label(p.tsc_khz),
         p.pvkit_version,
         p.git_commit,
         p.abi_version,
@@ -406,11 +406,21 @@ fn draw_header<DB: DrawingBackend>(
     Ok(())
 }
 
+/// The TSC rate for the header, in GHz with three decimals: `2_596_000` kHz → `"2.596 GHz"`
+/// (in MHz with a thousands separator it read as "2.596 MHz").
+fn tsc_label(tsc_khz: u64) -> String {
+    if tsc_khz == 0 {
+        return "unknown".into();
+    }
+    format!("{:.3} GHz", tsc_khz as f64 / 1e6)
+}
+
 fn draw_footer<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>) -> DrawResult<DB::ErrorType> {
     area.draw(&Text::new(
-        "Log axes. Throughput labels: value · speedup vs the emulated variant of the same \
-         workload.  ◆ = 0 userspace exits (not representable on a log axis).  FAILED = \
-         verification failed, no number reported.",
+        "Log axes; k = 10³, M = 10⁶, G = 10⁹. Throughput: timed loops with no per-operation \
+         clock read (latency p50/p99, from a separate pass, are in results.md). Labels: value · \
+         speedup vs the emulated variant.  ◆ = 0 userspace exits.  FAILED = verification \
+         failed, no number reported.",
         (20, 6),
         (FONT, 13).into_font().color(&GRID_TEXT),
     ))
@@ -457,15 +467,18 @@ impl Metric {
     /// The label right of a bar.
     fn label(self, case: &Case) -> String {
         match self {
+            // SI prefixes: "3.08k IOPS", not "3,080 IOPS" (whose comma, rasterised, reads
+            // as a decimal point).
             Metric::Throughput => {
-                let value = format!("{} {}", numfmt::num(case.throughput), case.throughput_unit);
+                let value = format!("{} {}", numfmt::si(case.throughput), case.throughput_unit);
                 match (case.kind, case.speedup) {
-                    (_, Some(s)) => format!("{value}  ·  {}", numfmt::speedup(s)),
+                    (_, Some(s)) => format!("{value}  ·  {}×", numfmt::si(s)),
                     (Kind::Emulated, None) => format!("{value}  ·  baseline"),
                     (Kind::Pv, None) => value,
                 }
             }
-            Metric::Exits => numfmt::num(case.userspace_exits_per_op),
+            // Exit counts are exact: every digit, grouped by a narrow space.
+            Metric::Exits => numfmt::num_with(case.userspace_exits_per_op, numfmt::THIN),
         }
     }
 }
@@ -710,11 +723,109 @@ mod tests {
         }
         assert!(svg.contains("FAILED: read-back mismatch"));
         assert!(svg.contains("0 (no exits)"));
-        assert!(svg.contains("8,192"));
+        assert!(svg.contains("8\u{202f}192"));
         assert!(svg.contains("baseline"));
         let doc = roxmltree::Document::parse(&svg).expect("well-formed XML");
         assert_eq!(doc.root_element().tag_name().name(), "svg");
         std::fs::remove_file(&path).unwrap();
+    }
+
+    /// Every text of an SVG chart.
+    fn texts(svg: &str) -> Vec<String> {
+        let doc = roxmltree::Document::parse(svg).expect("well-formed XML");
+        doc.descendants()
+            .filter(|n| n.has_tag_name("text"))
+            .filter_map(|n| n.text())
+            .map(|t| t.trim().to_string())
+            .collect()
+    }
+
+    /// Reads a label number the way a reader does: `.` is the decimal point, a narrow space
+    /// groups thousands, a k/M/G/T suffix scales. `None` for anything else (a comma, say).
+    fn read_number(s: &str) -> Option<f64> {
+        let s = s.replace(numfmt::THIN, "");
+        let (digits, scale) = match s.chars().last()? {
+            'k' => (&s[..s.len() - 1], 1e3),
+            'M' => (&s[..s.len() - 1], 1e6),
+            'G' => (&s[..s.len() - 1], 1e9),
+            'T' => (&s[..s.len() - 1], 1e12),
+            _ => (s.as_str(), 1.0),
+        };
+        if !digits.chars().all(|c| c.is_ascii_digit() || c == '.') {
+            return None;
+        }
+        digits.parse::<f64>().ok().map(|v| v * scale)
+    }
+
+    fn close(read: f64, value: f64) -> bool {
+        (read - value).abs() <= value.abs() * 0.006
+    }
+
+    #[test]
+    fn header_gives_the_tsc_rate_in_the_right_unit() {
+        let mut report = sample_report();
+        report.platform.tsc_khz = 2_596_000;
+        let texts = texts(&render_svg(&report).unwrap());
+        let line = texts
+            .iter()
+            .find(|t| t.contains("TSC "))
+            .expect("TSC in the header");
+        let rate = line.split("TSC ").nth(1).unwrap();
+        let (number, unit) = rate.split_once(' ').unwrap();
+        let hz = read_number(number).unwrap()
+            * match &unit[..3] {
+                "GHz" => 1e9,
+                "MHz" => 1e6,
+                "kHz" => 1e3,
+                other => panic!("unit {other}"),
+            };
+        assert!(close(hz, 2.596e9), "{line}");
+    }
+
+    #[test]
+    fn bar_labels_read_back_as_their_values() {
+        let mut report = sample_report();
+        // Values whose thousands a separator would have to show.
+        report.cases[0].throughput = 3080.0;
+        report.cases[1].throughput = 40_865_983.0;
+        report.cases[2].userspace_exits_per_op = 526_347.0;
+        report.compute_speedups();
+        let texts = texts(&render_svg(&report).unwrap());
+        let mut checked = 0;
+        for case in report.cases.iter().filter(|c| !c.is_failed()) {
+            // "<value> <unit>  ·  <speedup>×" or "…  ·  baseline".
+            let unit = format!(" {}", case.throughput_unit);
+            if case.throughput > 0.0 {
+                let label = texts
+                    .iter()
+                    .find(|t| *t == &Metric::Throughput.label(case))
+                    .unwrap_or_else(|| panic!("no label for {case:?}"));
+                let (value, rest) = label.split_once(unit.as_str()).unwrap();
+                let read = read_number(value).unwrap_or_else(|| panic!("unreadable {label}"));
+                assert!(
+                    close(read, case.throughput),
+                    "{label} vs {}",
+                    case.throughput
+                );
+                if let Some(s) = case.speedup {
+                    let sp = rest.trim_start_matches("  ·  ").trim_end_matches('×');
+                    let read = read_number(sp).unwrap_or_else(|| panic!("unreadable {label}"));
+                    assert!(close(read, s), "{label} vs speedup {s}");
+                }
+                checked += 1;
+            }
+            let exits = case.userspace_exits_per_op;
+            if exits > 0.0 {
+                let label = Metric::Exits.label(case);
+                assert!(texts.contains(&label), "no exit label {label}");
+                let read = read_number(&label).unwrap_or_else(|| panic!("unreadable {label}"));
+                assert!(close(read, exits), "{label} vs {exits}");
+            }
+        }
+        assert!(checked >= 10, "{checked}");
+        assert!(texts.iter().any(|t| t.starts_with("3.08k ")), "{texts:?}");
+        assert!(texts.iter().any(|t| t.starts_with("40.9M ")), "{texts:?}");
+        assert!(texts.iter().any(|t| t == "526\u{202f}347"), "{texts:?}");
     }
 
     #[test]

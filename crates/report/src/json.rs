@@ -159,6 +159,11 @@ mod tests {
             .unwrap();
         assert_eq!(uart["exits_by_kind"]["port-out 0x3f8"], 4096.0);
         assert_eq!(uart["speedup"], serde_json::Value::Null);
+        assert_eq!(uart["latency_method"], "separate_pass");
+        assert!(uart["guest_cycles_per_op"]
+            .as_f64()
+            .is_some_and(|c| c > 0.0));
+        assert!(uart["latency_samples"].as_u64().is_some_and(|n| n > 0));
         for key in ["name", "value", "unit"] {
             assert!(value["baselines"][0].get(key).is_some(), "baseline.{key}");
         }

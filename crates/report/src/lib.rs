@@ -21,6 +21,6 @@ pub use chart::{render_svg, write_png, write_svg, ChartError};
 pub use json::{from_json_str, read_json, to_json_string, write_json, JsonError};
 pub use markdown::{render_markdown, write_markdown, MarkdownError};
 pub use model::{
-    now_rfc3339_utc, rfc3339_utc, Baseline, Case, Kind, ModelError, Platform, Report,
-    WorkloadGroup, DEVICE_ORDER,
+    now_rfc3339_utc, rfc3339_utc, Baseline, Case, Kind, LatencyMethod, ModelError, Platform,
+    Report, WorkloadGroup, DEVICE_ORDER,
 };

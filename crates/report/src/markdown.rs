@@ -6,7 +6,7 @@
 use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 
-use crate::model::{Case, Kind, Report};
+use crate::model::{Case, Kind, LatencyMethod, Report};
 use crate::numfmt;
 
 /// Errors of the Markdown module.
@@ -93,14 +93,28 @@ fn header(report: &Report, out: &mut String) -> fmt::Result {
         inline(&report.started_at),
         numfmt::num(report.duration_s)
     )?;
+    writeln!(out, "- **Method:** {METHOD}")?;
     writeln!(out)
 }
 
-/// The latency percentiles in µs, from the guest's TSC samples (`—` when unknown).
+/// How the numbers of the tables were taken (the header's method line).
+pub const METHOD: &str = "host ns/op, throughput and guest cycles/op come from each case's \
+    timed loop, which reads no clock per operation (one TSC read before and one after it); \
+    latency p50 / p99 come from a separate latency pass of the same operations outside the \
+    timed loop (one TSC read per operation, or per batch for rings, the null port and \
+    clock reads in ring 3), unless the cell says otherwise.";
+
+/// The latency percentiles in µs (`—` when unknown), marked when they do not come from a
+/// separate latency pass.
 fn latency_cell(case: &Case) -> String {
+    let mark = match case.latency_method {
+        Some(LatencyMethod::SeparatePass) | None => "",
+        Some(LatencyMethod::TimedLoop) => " (in loop)",
+        Some(LatencyMethod::PhaseMean) => " (mean)",
+    };
     match (case.ns_per_op_p50, case.ns_per_op_p99) {
         (Some(p50), Some(p99)) => format!(
-            "{} / {}",
+            "{} / {}{mark}",
             numfmt::num(p50 / 1000.0),
             numfmt::num(p99 / 1000.0)
         ),
@@ -114,7 +128,8 @@ fn device_table(report: &Report, device: &str, out: &mut String) -> fmt::Result 
     writeln!(
         out,
         "| variant | kind | workload | ops | exits/op (userspace) | in-kernel notifications/op \
-         | guest cycles/op (median / p99) | latency µs (p50 / p99) | host ns/op | throughput \
+         | guest cycles/op (timed loop) | latency µs (p50 / p99, latency pass) | host ns/op \
+         | throughput \
          | speedup vs emulated | status |"
     )?;
     writeln!(out, "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|")?;
@@ -144,11 +159,7 @@ fn device_table(report: &Report, device: &str, out: &mut String) -> fmt::Result 
                 numfmt::count(case.ops),
                 numfmt::num(case.userspace_exits_per_op),
                 numfmt::num(case.in_kernel_notifications_per_op),
-                format!(
-                    "{} / {}",
-                    numfmt::num(case.guest_cycles_per_op_median),
-                    numfmt::num(case.guest_cycles_per_op_p99)
-                ),
+                numfmt::num(case.guest_cycles_per_op),
                 latency_cell(case),
                 numfmt::num(case.ns_per_op),
                 format!(
@@ -430,6 +441,26 @@ mod tests {
         }
         report.platform.kind = Platform::KIND_INTEL.into();
         assert!(render_markdown(&report).contains("kvm_intel (hardware KVM)"));
+    }
+
+    #[test]
+    fn method_and_latency_source_are_labelled() {
+        let mut report = sample_report();
+        report.cases[0].guest_cycles_per_op = 123_456.0;
+        report.cases[1].latency_method = Some(LatencyMethod::TimedLoop);
+        report.cases[2].latency_method = Some(LatencyMethod::PhaseMean);
+        let md = render_markdown(&report);
+        assert!(md.contains(&format!("- **Method:** {METHOD}")));
+        assert!(md.contains("guest cycles/op (timed loop) | latency µs (p50 / p99, latency pass)"));
+        let row = |c: &Case| row_cells(&md, &c.variant, &c.workload);
+        let first = row(&report.cases[0]);
+        assert_eq!(first[6], "123,456", "{first:?}");
+        assert!(
+            !first[7].contains('('),
+            "a separate pass is the default: {first:?}"
+        );
+        assert!(row(&report.cases[1])[7].ends_with(" (in loop)"));
+        assert!(row(&report.cases[2])[7].ends_with(" (mean)"));
     }
 
     #[test]

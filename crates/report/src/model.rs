@@ -136,21 +136,35 @@ pub struct Case {
     /// Notifications handled inside the kernel (ioeventfd/irqfd) per operation.
     #[serde(deserialize_with = "de_f64_or_nan")]
     pub in_kernel_notifications_per_op: f64,
-    /// Median guest TSC cycles per operation.
+    /// Guest TSC cycles of the timed loop divided by [`Case::ops`]: the throughput cost of
+    /// one operation, measured with no per-operation time read.
+    #[serde(default = "nan", deserialize_with = "de_f64_or_nan")]
+    pub guest_cycles_per_op: f64,
+    /// Median guest TSC cycles per operation in the latency distribution (see
+    /// [`Case::latency_method`]).
     #[serde(deserialize_with = "de_f64_or_nan")]
     pub guest_cycles_per_op_median: f64,
-    /// 99th percentile of guest TSC cycles per operation.
+    /// 99th percentile of guest TSC cycles per operation in the latency distribution.
     #[serde(deserialize_with = "de_f64_or_nan")]
     pub guest_cycles_per_op_p99: f64,
-    /// Host wall time divided by [`Case::ops`], in nanoseconds.
+    /// Host wall time of the timed loop divided by [`Case::ops`], in nanoseconds.
     #[serde(deserialize_with = "de_f64_or_nan")]
     pub ns_per_op: f64,
-    /// Median host nanoseconds per operation, when sampled per operation.
+    /// Median latency per operation in nanoseconds (the guest cycle median at the TSC
+    /// rate), when there is a latency distribution.
     #[serde(default)]
     pub ns_per_op_p50: Option<f64>,
-    /// 99th percentile of host nanoseconds per operation, when sampled per operation.
+    /// 99th percentile latency per operation in nanoseconds, as [`Case::ns_per_op_p50`].
     #[serde(default)]
     pub ns_per_op_p99: Option<f64>,
+    /// Where the latency distribution (the median and p99 fields) comes from; `None` if
+    /// unknown (a report from before the field existed).
+    #[serde(default)]
+    pub latency_method: Option<LatencyMethod>,
+    /// Samples the latency distribution was taken from (each one operation, or the mean of
+    /// one batch of operations).
+    #[serde(default)]
+    pub latency_samples: u64,
     /// Throughput in [`Case::throughput_unit`].
     #[serde(deserialize_with = "de_f64_or_nan")]
     pub throughput: f64,
@@ -183,6 +197,30 @@ impl Case {
             (Some(reason), _) => Some(reason.as_str()),
             (None, false) => Some("not verified"),
             (None, true) => None,
+        }
+    }
+}
+
+/// Where a case's latency distribution comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatencyMethod {
+    /// A separate latency pass outside the timed loop, timing each operation (or batch):
+    /// the timed loop, and so throughput and ns/op, carries no per-operation time read.
+    SeparatePass,
+    /// Samples taken inside the timed loop (they add their own cost to it).
+    TimedLoop,
+    /// No per-operation samples: median and p99 are the timed loop's mean.
+    PhaseMean,
+}
+
+impl LatencyMethod {
+    /// A short label for tables and notes.
+    pub fn label(self) -> &'static str {
+        match self {
+            LatencyMethod::SeparatePass => "separate latency pass",
+            LatencyMethod::TimedLoop => "sampled inside the timed loop",
+            LatencyMethod::PhaseMean => "timed-loop mean (no per-op samples)",
         }
     }
 }
@@ -336,6 +374,11 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 /// Reads an `f64` that `serde_json` may have written as `null` (for `NaN`/`±inf`).
 fn de_f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// The default of a missing measurement: `NaN`.
+fn nan() -> f64 {
+    f64::NAN
 }
 
 /// Like [`de_f64_or_nan`] for the values of a map.

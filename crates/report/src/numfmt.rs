@@ -13,6 +13,15 @@ pub fn count(v: u64) -> String {
     out
 }
 
+/// The thousands separator of chart labels: a narrow no-break space (SI style), which no
+/// reader takes for a decimal point (a comma, rasterised small, looks like one).
+pub const THIN: &str = "\u{202f}";
+
+/// [`num`] with `sep` as the thousands separator: `8192.0, THIN` → `"8 192"`.
+pub fn num_with(v: f64, sep: &str) -> String {
+    num(v).replace(',', sep)
+}
+
 /// A measurement, readably: thousands separators from 1000 up (no decimals), three
 /// significant digits below that, trailing zeros dropped; `"n/a"` if not finite.
 ///
@@ -46,7 +55,8 @@ pub fn speedup(v: f64) -> String {
     format!("{}×", num(v))
 }
 
-/// A compact axis label with SI suffixes: `1500` → `"1.5k"`, `2e6` → `"2M"`, `0.01` → `"0.01"`.
+/// A compact label with SI suffixes and three significant digits: `1500` → `"1.5k"`,
+/// `2e6` → `"2M"`, `40_865_983` → `"40.9M"`, `0.01` → `"0.01"`.
 pub fn si(v: f64) -> String {
     if !v.is_finite() {
         return "n/a".into();
@@ -105,5 +115,9 @@ mod tests {
         assert_eq!(si(1500.0), "1.5k");
         assert_eq!(si(2e6), "2M");
         assert_eq!(si(0.01), "0.01");
+        assert_eq!(si(3080.0), "3.08k");
+        assert_eq!(si(40_865_983.0), "40.9M");
+        assert_eq!(num_with(526_347.0, THIN), "526\u{202f}347");
+        assert_eq!(num_with(0.125, THIN), "0.125");
     }
 }

@@ -34,11 +34,17 @@
 //!
 //! # Variants
 //!
-//! | variant | per operation | timed |
+//! | variant | per operation | latency pass (before the phase, not logged) |
 //! |---|---|---|
-//! | `ata-pio` | one command: 4 KiB = 23 port accesses (reads: 23 exits; writes: 2063, as each word of a `rep outsw` exits), 1 MiB (one EXT command) = 4107 accesses (reads: 4107 exits; writes: 526 347) (see [`crate::ata`]) | per operation (one `rdtsc` each: start to next start) |
-//! | `pv-hypercall` | one `BlockIo` exit (1 MiB = one request of 8 × 128 KiB segments) | per operation (one `rdtsc` each: start to next start) |
-//! | `pv-ring`, `pv-ioeventfd`, `pv-poll` | ring of 64 slots; 4 KiB: batches of 32 requests, 1 MiB: one request per batch (its single buffer); one publish and at most one doorbell per batch, then spin on `rsp_prod` | per batch |
+//! | `ata-pio` | one command: 4 KiB = 23 port accesses (reads: 23 exits; writes: 2063, as each word of a `rep outsw` exits), 1 MiB (one EXT command) = 4107 accesses (reads: 4107 exits; writes: 526 347) (see [`crate::ata`]) | ≤ [`super::LATENCY_OPS`] operations, each timed (start to next start); random writes at most 16, 1 MiB writes none ([`Work::latency_ops`]) |
+//! | `pv-hypercall` | one `BlockIo` exit (1 MiB = one request of 8 × 128 KiB segments) | ≤ [`super::LATENCY_OPS`] operations, each timed (start to next start) |
+//! | `pv-ring`, `pv-ioeventfd`, `pv-poll` | ring of 64 slots; 4 KiB: batches of 32 requests, 1 MiB: one request per batch (its single buffer); one publish and at most one doorbell per batch, then spin on `rsp_prod` | as many operations as the timed loop, each batch timed |
+//!
+//! The timed loop between the markers reads the TSC only at its ends. The latency pass runs
+//! the plan's first operations (on the rings: a plan of its own, aligned to the ring index it
+//! starts at) before the `Begin` marker and is not logged: the logged operations all come
+//! after it, so their last write to each sector and last read into each buffer still decide
+//! what the host's check compares.
 //!
 //! # The hot loops
 //!
@@ -71,11 +77,12 @@
 //! bytes moved (`SAMPLE_VERIFIED`; otherwise `SAMPLE_FAILED` and the case stops). After
 //! the phase of a write case (unbilled), the disk is flushed and the flush checked too.
 
-use super::{begin, case, end, Outcome, Runner, Scratch, RING_VARIANTS};
+use super::{begin, case, end, latency_ops, Outcome, Runner, Samples, Scratch, RING_VARIANTS};
 use crate::statics::{Exclusive, Pages};
 use crate::user;
 use pvkit_abi::bench::{
-    CaseId, Device, OpRecord, Variant, Workload, MAX_OP_LOG, OP_READ, OP_WRITE, SAMPLE_RING3,
+    CaseId, Device, OpRecord, Variant, Workload, MAX_OP_LOG, OP_READ, OP_WRITE,
+    SAMPLE_LATENCY_PASS, SAMPLE_RING3,
 };
 use pvkit_abi::block::{BlockOp, BlockRequest, SECTOR_SIZE};
 use pvkit_abi::cpuid::Features;
@@ -130,6 +137,8 @@ struct Work {
     quick: u64,
     /// The default on the ATA disk (see [`Work::ops`]).
     ata_default: u64,
+    /// Most operations of the latency pass on the ATA disk (see [`Work::latency_ops`]).
+    ata_latency: u64,
 }
 
 impl Work {
@@ -145,6 +154,20 @@ impl Work {
         };
         r.count(default, self.quick)
     }
+
+    /// Operations of the latency pass of a synchronous case of `ops` operations:
+    /// [`latency_ops`], and on the ATA disk at most `ata_latency`, because ATA PIO writes
+    /// are slow (see [`Work::ops`]): 16 random 4 KiB writes (1 s here), and no 1 MiB write
+    /// (one takes ~10 s; the case then has no latency samples and the host reports its
+    /// phase mean).
+    fn latency_ops(&self, variant: Variant, ops: u64) -> u64 {
+        let n = latency_ops(ops);
+        if variant == Variant::AtaPio {
+            n.min(self.ata_latency)
+        } else {
+            n
+        }
+    }
 }
 
 const WORKS: [Work; 4] = [
@@ -155,6 +178,7 @@ const WORKS: [Work; 4] = [
         default: 128,
         quick: 16,
         ata_default: 128,
+        ata_latency: 64,
     },
     Work {
         workload: Workload::RandWrite4K,
@@ -163,6 +187,7 @@ const WORKS: [Work; 4] = [
         default: 128,
         quick: 16,
         ata_default: 128,
+        ata_latency: 16,
     },
     Work {
         workload: Workload::SeqRead1M,
@@ -171,6 +196,7 @@ const WORKS: [Work; 4] = [
         default: 4,
         quick: 1,
         ata_default: 4,
+        ata_latency: 4,
     },
     Work {
         workload: Workload::SeqWrite1M,
@@ -179,6 +205,7 @@ const WORKS: [Work; 4] = [
         default: 4,
         quick: 1,
         ata_default: 1,
+        ata_latency: 0,
     },
 ];
 
@@ -224,6 +251,7 @@ fn tag(buf: &mut [u8], buffer: u64) {
 }
 
 /// The sectors of the operations of one case.
+#[derive(Clone)]
 struct Addresses {
     random: bool,
     area: u64,
@@ -465,10 +493,14 @@ fn sync_cases<D: SyncDevice>(
         let (mut samples, log) = scratch.split();
         let (n, start) = plan(log, addrs, w, ops, (virt_to_phys(buf.as_ptr()), slots, 0));
         let plan = &log[..n];
+        // The latency pass: the plan's first operations, each timed, not logged (the
+        // logged ones come later and decide what the host compares).
+        let latency = w.latency_ops(variant, ops);
+        let latency_done = sync_loop::<D, true>(dev, w.op, plan, 0, latency, &mut samples);
         let t0 = begin(id);
-        let done = sync_loop(dev, w.op, plan, start, ops, &mut samples);
+        let done = sync_loop::<D, false>(dev, w.op, plan, start, ops, &mut samples);
         let cycles_total = end(id, t0, done);
-        let mut failed = done != ops;
+        let mut failed = done != ops || latency_done != latency;
         if w.op == BlockOp::Write && !failed {
             failed = !dev.flush();
         }
@@ -476,7 +508,7 @@ fn sync_cases<D: SyncDevice>(
             ops: done,
             bytes: done * w.len as u64,
             cycles_total,
-            flags: Outcome::checked(failed),
+            flags: Outcome::checked(failed) | SAMPLE_LATENCY_PASS,
             extra: 0,
             samples: samples.len(),
             log: logged(done, ops, n, start),
@@ -485,24 +517,25 @@ fn sync_cases<D: SyncDevice>(
     }
 }
 
-/// The timed loop of a synchronous case: `ops` operations of `op` from plan record
-/// `start` on (wrapping); returns the operations completed (the loop stops at the first
-/// failure). One `rdtsc` per operation (each is 4k–17k cycles in an interpreted ring 0):
-/// an operation's sample runs from its start to the next one's, so it includes one
-/// `rdtsc` and the loop step. The plan is walked in runs up to its end, so there is no
+/// A pass of a synchronous case: `ops` operations of `op` from plan record `start` on
+/// (wrapping); returns the operations completed (the loop stops at the first failure).
+/// `TIMED` (the latency pass): one `rdtsc` per operation (each is 4k–17k cycles in an
+/// interpreted ring 0), an operation's sample running from its start to the next one's, so
+/// that it includes one `rdtsc` and the loop step. Not `TIMED` (the timed loop between the
+/// markers): no time read at all. The plan is walked in runs up to its end, so there is no
 /// index wrap per operation.
 #[inline(never)]
-fn sync_loop<D: SyncDevice>(
+fn sync_loop<D: SyncDevice, const TIMED: bool>(
     dev: &mut D,
     op: BlockOp,
     plan: &[OpRecord],
     start: usize,
     ops: u64,
-    samples: &mut super::Samples<'_>,
+    samples: &mut Samples<'_>,
 ) -> u64 {
     let mut done = 0;
     let mut k = start;
-    let mut prev = rdtsc();
+    let mut prev = if TIMED { rdtsc() } else { 0 };
     while done < ops {
         let left = usize::try_from(ops - done).unwrap_or(usize::MAX);
         let run = plan.get(k..).unwrap_or_default();
@@ -513,9 +546,11 @@ fn sync_loop<D: SyncDevice>(
         for rec in run {
             // SAFETY: the plan names slots of this workload's buffer, untouched otherwise.
             let ok = unsafe { dev.op(op, rec.sector, rec.addr, rec.len) };
-            let now = rdtsc();
-            samples.push(now - prev);
-            prev = now;
+            if TIMED {
+                let now = rdtsc();
+                samples.push(now - prev);
+                prev = now;
+            }
             if !ok {
                 return done;
             }
@@ -593,7 +628,7 @@ fn fill(slots: &mut [BlockRequest], plan: &[OpRecord], mut k: usize, how: Fill) 
     k
 }
 
-/// The state of a ring case's timed loop, shared by ring 0 and [`ring_loop`], which may
+/// The state of one pass of a ring case, shared by ring 0 and [`ring_loop`], which may
 /// run in ring 3 (everything here is reachable there: the identity map is user-accessible).
 #[repr(C)]
 struct RingLoop {
@@ -611,12 +646,14 @@ struct RingLoop {
     len: u64,
     /// Ring time-out in TSC cycles.
     timeout: u64,
+    /// Where the latency pass records cycles per request, one entry per batch (null, with
+    /// `max_samples` 0, in the timed loop: no time read per batch).
     samples: *mut u64,
     max_samples: usize,
     n_samples: usize,
     /// Requests of the batch published and not yet answered (0: none).
     in_flight: u64,
-    /// The TSC when the batch in flight started.
+    /// The TSC when the batch in flight started (latency pass).
     batch_start: u64,
     /// TSC cycles spent in [`ring_loop`] (summed over its calls).
     cycles: u64,
@@ -627,10 +664,10 @@ struct RingLoop {
     kick: bool,
 }
 
-/// The batches of a ring case, until `ops` are done, one fails, or (in ring 3) the host
+/// The batches of a ring pass, until `ops` are done, one fails, or (in ring 3) the host
 /// wants a doorbell. Per batch: fill the slots from the plan ([`fill`]), commit, publish,
 /// ring if asked (ring 0), spin until every response is in, check them all with one `or`
-/// chain, record the cycles per request. `arg` is the address of a [`RingLoop`].
+/// chain, and in the latency pass (`max_samples` > 0) record the cycles per request. `arg` is the address of a [`RingLoop`].
 ///
 /// The same function runs in ring 0 and, called through [`user::call`], in ring 3: there
 /// it uses no port I/O and touches only the ring, the plan, the samples and the
@@ -650,9 +687,10 @@ extern "C" fn ring_loop(arg: u64) -> u64 {
     let (ops, depth, how, len, timeout) = (l.ops, l.queue_depth, l.how, l.len, l.timeout);
     let (mut done, mut k, mut failed, mut n_samples) = (l.done, l.k, l.failed, l.n_samples);
     let mut in_flight = l.in_flight;
-    // One `rdtsc` per batch: a batch's sample runs from the end of the one before (or the
-    // start of this call) to its own end.
+    let sampled = l.max_samples != 0;
     let start = rdtsc();
+    // Latency pass: one `rdtsc` per batch; a batch's sample runs from the end of the one
+    // before (or the start of this call) to its own end.
     let mut batch_start = if in_flight == 0 { start } else { l.batch_start };
     let mut kick_needed = false;
     loop {
@@ -700,17 +738,19 @@ extern "C" fn ring_loop(arg: u64) -> u64 {
         let waited = ring.wait(timeout, |rsp| {
             bad |= rsp.status as u64 | (rsp.bytes ^ len);
         });
-        let now = rdtsc();
-        if n_samples < l.max_samples {
-            // SAFETY: `n_samples < max_samples`: inside the scratch samples.
-            unsafe {
-                l.samples
-                    .add(n_samples)
-                    .write((now - batch_start) / in_flight)
-            };
-            n_samples += 1;
+        if sampled {
+            let now = rdtsc();
+            if n_samples < l.max_samples {
+                // SAFETY: `n_samples < max_samples`: inside the scratch samples.
+                unsafe {
+                    l.samples
+                        .add(n_samples)
+                        .write((now - batch_start) / in_flight)
+                };
+                n_samples += 1;
+            }
+            batch_start = now;
         }
-        batch_start = now;
         if bad != 0 || waited.is_err() {
             failed = true;
         } else {
@@ -718,17 +758,91 @@ extern "C" fn ring_loop(arg: u64) -> u64 {
         }
         in_flight = 0;
     }
-    // The TSC of the last batch's end, or of now if none ended in this call (or one is
-    // left in flight for a doorbell).
-    let stop = if batch_start != start && in_flight == 0 {
-        batch_start
-    } else {
-        rdtsc()
-    };
-    l.cycles += stop - start;
+    l.cycles += rdtsc() - start;
     (l.done, l.k, l.failed, l.n_samples) = (done, k, failed, n_samples);
     (l.in_flight, l.batch_start, l.kick) = (in_flight, batch_start, kick_needed);
     0
+}
+
+/// Runs [`ring_loop`] over `l` to the end, in ring 3 if `l.user`, ringing the doorbell from
+/// ring 0 whenever the loop asks for it.
+fn drive(l: &mut RingLoop) {
+    loop {
+        if l.user {
+            user::call(ring_loop, &raw mut *l as u64);
+        } else {
+            ring_loop(&raw mut *l as u64);
+        }
+        if !l.kick {
+            break;
+        }
+        kick(RingId::Block);
+    }
+}
+
+/// What every pass of one ring case shares.
+struct RingCase<'a> {
+    work: &'a Work,
+    /// The operations' sectors (every pass starts from the same sequence).
+    addrs: Addresses,
+    /// GPA and slots of the workload's buffer.
+    base: u64,
+    slots: usize,
+    /// Whether ring slot `s` always uses buffer slot `s % slots` (see `ring_cases`).
+    per_slot: bool,
+    queue_depth: u64,
+    timeout: u64,
+    user: bool,
+}
+
+impl RingCase<'_> {
+    /// A pass of `ops` operations: writes its plan into `log` and returns the loop state
+    /// (recording no samples), the plan length and its start (see [`plan`]). The plan's
+    /// buffer slots are shifted to match the ring index the pass starts at.
+    fn pass(&self, ring: &mut BlockRing, log: &mut [OpRecord], ops: u64) -> (RingLoop, usize) {
+        let w = self.work;
+        let slots = self.slots;
+        let (how, slot_offset) = match (self.per_slot, w.len as u32 > SEGMENT_BYTES) {
+            (true, _) => {
+                let first = ring.ring().next_index() as usize % slots;
+                (
+                    Fill::Sector,
+                    (first + slots - plan_start(ops) % slots) % slots,
+                )
+            }
+            (false, false) => (Fill::SectorAddr, 0),
+            (false, true) => (Fill::SectorSegments, 0),
+        };
+        let (n, start) = plan(
+            log,
+            self.addrs.clone(),
+            w,
+            ops,
+            (self.base, slots, slot_offset),
+        );
+        let l = RingLoop {
+            ring: &raw mut *ring,
+            plan: log.as_ptr(),
+            n,
+            k: start,
+            ops,
+            done: 0,
+            queue_depth: self.queue_depth,
+            how,
+            len: w.len as u64,
+            timeout: self.timeout,
+            samples: core::ptr::null_mut(),
+            max_samples: 0,
+            n_samples: 0,
+            in_flight: 0,
+            batch_start: 0,
+            cycles: 0,
+            failed: false,
+            user: self.user,
+            kick: false,
+        };
+        (l, start)
+    }
 }
 
 /// The four workloads over a block ring.
@@ -752,25 +866,21 @@ fn ring_cases(
         let buf = buffers.for_work(w);
         let slots = buf.len() / w.len;
         let len = w.len as u32;
-        let queue_depth = if w.len == SMALL { QUEUE_DEPTH } else { 1 };
         let base = virt_to_phys(buf.as_ptr());
         // Persistent per-slot buffers (as Xen blkfront's persistent grants): when the ring
         // size is a multiple of the buffer's slots, ring slot `s` always uses buffer slot
         // `s % slots`, so its template already holds the buffer address and a request
-        // stores only its sector. The plan's buffer slots are shifted to match the ring
-        // index the case starts at (batches of ≤ 32 consecutive ring slots still never
-        // share a buffer slot).
-        let per_slot = (RING_SIZE as usize).is_multiple_of(slots);
-        let (how, slot_offset) = match (per_slot, len > SEGMENT_BYTES) {
-            (true, _) => {
-                let first = ring.ring().next_index() as usize % slots;
-                (
-                    Fill::Sector,
-                    (first + slots - plan_start(ops) % slots) % slots,
-                )
-            }
-            (false, false) => (Fill::SectorAddr, 0),
-            (false, true) => (Fill::SectorSegments, 0),
+        // stores only its sector (batches of ≤ 32 consecutive ring slots still never share
+        // a buffer slot).
+        let c = RingCase {
+            work: w,
+            addrs,
+            base,
+            slots,
+            per_slot: (RING_SIZE as usize).is_multiple_of(slots),
+            queue_depth: if w.len == SMALL { QUEUE_DEPTH } else { 1 },
+            timeout,
+            user,
         };
         // The templates (set-up, unbilled). A case that stopped with requests in flight
         // leaves slots that cannot be templated: fail this one rather than send stale
@@ -781,47 +891,28 @@ fn ring_cases(
             continue;
         }
         let (mut samples, log) = scratch.split();
-        let (n, start) = plan(log, addrs, w, ops, (base, slots, slot_offset));
-        let mut l = RingLoop {
-            ring: &raw mut *ring,
-            plan: log.as_ptr(),
-            n,
-            k: start,
-            ops,
-            done: 0,
-            queue_depth,
-            how,
-            len: u64::from(len),
-            timeout,
-            samples: samples.as_mut_ptr(),
-            max_samples: samples.capacity(),
-            n_samples: 0,
-            in_flight: 0,
-            batch_start: 0,
-            cycles: 0,
-            failed: false,
-            user,
-            kick: false,
-        };
-        let t0 = begin(id);
-        loop {
-            if user {
-                user::call(ring_loop, &raw mut l as u64);
-            } else {
-                ring_loop(&raw mut l as u64);
-            }
-            if !l.kick {
-                break;
-            }
-            kick(RingId::Block);
+        // The latency pass: as many operations, each batch timed, not logged (the logged
+        // ones come later and decide what the host compares).
+        let (mut lat, _) = c.pass(ring, log, ops);
+        lat.samples = samples.as_mut_ptr();
+        lat.max_samples = samples.capacity();
+        drive(&mut lat);
+        samples.set_len(lat.n_samples);
+        if lat.failed || lat.done != ops {
+            r.fail_setup(id, format_args!("the latency pass failed"), scratch);
+            continue;
         }
+        // The timed loop: no time read but at its ends.
+        let (mut l, start) = c.pass(ring, log, ops);
+        let n = l.n;
+        let t0 = begin(id);
+        drive(&mut l);
         let phase = end(id, t0, l.done);
         // In ring 3, the loop's own time (as in the ring-3 clock cases): without the
         // one-time switch into and out of ring 3, which the host's wall time includes.
         let cycles_total = if user { l.cycles } else { phase };
         let done = l.done;
         let mut failed = l.failed;
-        samples.set_len(l.n_samples);
         if w.op == BlockOp::Write && !failed {
             failed = ring.queue_flush(u64::MAX).is_err();
             ring.submit();
@@ -834,7 +925,9 @@ fn ring_cases(
             ops: done,
             bytes: done * w.len as u64,
             cycles_total,
-            flags: Outcome::checked(failed) | if user { SAMPLE_RING3 } else { 0 },
+            flags: Outcome::checked(failed)
+                | SAMPLE_LATENCY_PASS
+                | if user { SAMPLE_RING3 } else { 0 },
             extra: 0,
             samples: samples.len(),
             log: logged(done, ops, n, start),

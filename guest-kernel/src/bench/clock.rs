@@ -1,16 +1,16 @@
 //! Clock cases: time reads from the emulated 8254 PIT (ring 0, three exits per read) and
 //! from the PV clock page and kvmclock (ring 3, vDSO-style, no exit).
 //!
-//! | variant | per read | timed |
-//! |---|---|---|
-//! | `pit` | latch + LSB + MSB of counter 0: 3 exits, in ring 0 | per read |
-//! | `pv-clock` | version / record / `lfence; rdtsc` / version, in ring 3 ([`crate::user`]) | per batch of 1000 reads (more when `ops` exceeds 1000 × `MAX_SAMPLES`); `cycles_total` is measured in ring 3 around all the reads, without the one-time switch into and out of ring 3 |
-//! | `kvmclock` | the same on KVM's page (`MSR_KVM_SYSTEM_TIME_NEW`), if offered | same |
+//! | variant | per read | timed loop | latency pass (before the phase) |
+//! |---|---|---|---|
+//! | `pit` | latch + LSB + MSB of counter 0: 3 exits, in ring 0 | `rdtsc` at its ends only | ≤ [`super::LATENCY_OPS`] reads, each timed |
+//! | `pv-clock` | version / record / `lfence; rdtsc` / version, in ring 3 ([`crate::user`]) | `rdtsc` at its ends only, in ring 3: `cycles_total` is measured around all the reads, without the one-time switch into and out of ring 3 | as many reads, in ring 3, one sample per batch of 1000 reads (more when `ops` exceeds 1000 × `MAX_SAMPLES`) |
+//! | `kvmclock` | the same on KVM's page (`MSR_KVM_SYSTEM_TIME_NEW`), if offered | same | same |
 //!
 //! Checks of `pv-clock` and `kvmclock` (their flags: `SAMPLE_VERIFIED` if both pass,
 //! `SAMPLE_FAILED` otherwise):
-//! - **monotonic**: no read returns less than the read before it (all reads of the case,
-//!   and the two reads of the agreement check);
+//! - **monotonic**: no read returns less than the read before it (all reads of both
+//!   passes, and the two reads of the agreement check);
 //! - **agreement with the PIT**, after the phase (unbilled): one interval of
 //!   [`INTERVAL_NS`] (20 ms) is measured with the clock (read in ring 3) and with the
 //!   PIT-extended counter (polled in ring 0); they must differ by at most **2 % of the
@@ -22,9 +22,9 @@
 //!
 //! The `pit` case has nothing to check (flags 0).
 
-use super::{begin, case, end, Outcome, Runner, Scratch};
+use super::{begin, case, end, latency_ops, Outcome, Runner, Scratch};
 use crate::user;
-use pvkit_abi::bench::{CaseId, Device, Variant, Workload, SAMPLE_RING3};
+use pvkit_abi::bench::{CaseId, Device, Variant, Workload, SAMPLE_LATENCY_PASS, SAMPLE_RING3};
 use pvkit_abi::cpuid::Features;
 use pvkit_guest::clock::{self, kvm, ClockPage, ClockReader};
 use pvkit_guest::pit::{ticks_to_ns, PitClock};
@@ -68,16 +68,20 @@ fn pit_case(r: &mut Runner, scratch: &mut Scratch, pit: Option<&mut PitClock<Pio
     };
     let ops = r.count(500, 50);
     let mut samples = scratch.samples();
-    let t0 = begin(id);
-    for _ in 0..ops {
+    for _ in 0..latency_ops(ops) {
         let s = rdtsc();
         pit.ticks();
         samples.push(rdtsc() - s);
+    }
+    let t0 = begin(id);
+    for _ in 0..ops {
+        pit.ticks();
     }
     let cycles_total = end(id, t0, ops);
     let outcome = Outcome {
         ops,
         cycles_total,
+        flags: SAMPLE_LATENCY_PASS,
         samples: samples.len(),
         ..Outcome::default()
     };
@@ -144,18 +148,29 @@ struct ReadLoop {
     last: u64,
 }
 
-/// Ring 3: `ops` clock reads in batches, one cycle sample per batch, counting reads that
-/// went backwards. `arg` is the address of a [`ReadLoop`].
+/// Ring 3: `ops` clock reads, counting reads that went backwards. With `max_samples` 0 (the
+/// timed loop) the TSC is read only before and after all of them; otherwise (the latency
+/// pass) the reads go in batches of `per_batch`, one cycle sample per batch. `arg` is the
+/// address of a [`ReadLoop`].
 extern "C" fn read_loop(arg: u64) -> u64 {
     // SAFETY: `arg` is the address of a `ReadLoop` the caller owns for the duration of the
     // ring-3 call and does not touch meanwhile; its `samples` has `max_samples` entries.
     let l = unsafe { &mut *(arg as *mut ReadLoop) };
     let reader = l.reader;
     let mut prev = reader.nanoseconds();
-    let mut backwards = 0;
+    // `last` on entry: the last read of an earlier pass (0: none).
+    let mut backwards = u64::from(prev < l.last);
     let mut done = 0;
     let mut n = 0;
     let start = rdtsc();
+    if l.max_samples == 0 {
+        for _ in 0..l.ops {
+            let now = reader.nanoseconds();
+            backwards += u64::from(now < prev);
+            prev = now;
+        }
+        done = l.ops;
+    }
     while done < l.ops {
         let batch = l.per_batch.min(l.ops - done);
         let s = rdtsc();
@@ -189,17 +204,24 @@ fn read_case(
 ) {
     let ops = r.count(100_000, 10_000);
     let mut samples = scratch.samples();
-    let mut l = ReadLoop {
+    let pass = |max_samples: usize, samples: *mut u64| ReadLoop {
         reader,
         ops,
-        per_batch: READS_PER_BATCH.max(ops.div_ceil(samples.capacity() as u64)),
-        samples: samples.as_mut_ptr(),
-        max_samples: samples.capacity() as u64,
+        per_batch: READS_PER_BATCH.max(ops.div_ceil(max_samples.max(1) as u64)),
+        samples,
+        max_samples: max_samples as u64,
         cycles: 0,
         n_samples: 0,
         backwards: 0,
         last: 0,
     };
+    // The latency pass, then the timed loop.
+    let mut lat = pass(samples.capacity(), samples.as_mut_ptr());
+    user::call(read_loop, &raw mut lat as u64);
+    samples.set_len(lat.n_samples as usize);
+    let samples = samples.len();
+    let mut l = pass(0, core::ptr::null_mut());
+    l.last = lat.last;
     let t0 = begin(id);
     user::call(read_loop, &raw mut l as u64);
     end(id, t0, ops);
@@ -207,9 +229,8 @@ fn read_case(
     // `iretq` in and an exception out, 100–300 µs on kvm_pvm), which a process pays
     // once, not per read.
     let cycles_total = l.cycles;
-    samples.set_len(l.n_samples as usize);
-    let samples = samples.len();
-
+    // Both passes (the timed loop checked its first read against the pass's last).
+    l.backwards += lat.backwards;
     let mut failed = l.backwards != 0;
     let mut extra = 0;
     if let Some(pit) = pit {
@@ -255,7 +276,7 @@ fn read_case(
         ops,
         cycles_total,
         // The reads ran in ring 3, as through a vDSO.
-        flags: Outcome::checked(failed) | SAMPLE_RING3,
+        flags: Outcome::checked(failed) | SAMPLE_RING3 | SAMPLE_LATENCY_PASS,
         extra,
         samples,
         ..Outcome::default()

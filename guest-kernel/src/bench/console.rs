@@ -4,11 +4,14 @@
 //! The payload is a `.rodata` pattern (`b'a' + i % 26`) built at compile time, so no case
 //! fills a buffer; the host captures the console output of each phase and checks it.
 //!
-//! | variant | per write | timed |
-//! |---|---|---|
-//! | `uart` | per byte: 1 LSR read + 1 THR write (128 / 8192 exits) | per write |
-//! | `pv-hypercall` | 1 `ConsoleWrite` exit | per write |
-//! | `pv-ring`, `pv-ioeventfd`, `pv-poll` | batches of [`QUEUE_DEPTH`]: push, one publish, at most one doorbell, wait for the responses | per batch |
+//! | variant | per write | timed loop | latency pass (before the phase) |
+//! |---|---|---|---|
+//! | `uart` | per byte: 1 LSR read + 1 THR write (128 / 8192 exits) | `rdtsc` at its ends only | ≤ [`super::LATENCY_OPS`] writes, each timed |
+//! | `pv-hypercall` | 1 `ConsoleWrite` exit | `rdtsc` at its ends only | ≤ [`super::LATENCY_OPS`] writes, each timed |
+//! | `pv-ring`, `pv-ioeventfd`, `pv-poll` | batches of [`QUEUE_DEPTH`]: push, one publish, at most one doorbell, wait for the responses | `rdtsc` at its ends only | as many writes as the timed loop, each batch timed |
+//!
+//! The latency pass writes [`FILLER`] (`'.'`), not the pattern: same length, same path,
+//! and the host's check of the phase's pattern bytes skips it.
 //!
 //! Where the timed loop runs: ring 0, except `pv-poll`, whose batches run in **ring 3**
 //! ([`crate::user`]) the way a process writes into an io_uring polled by the kernel
@@ -18,13 +21,13 @@
 //! the host's wall time only). The loop ([`ring_loop`]) is the same code in both rings; in
 //! ring 3 a doorbell the host asks for (it never does while it polls) is left to ring 0.
 //!
-//! Checks: every PV write must return OK with all bytes written (else `SAMPLE_FAILED`;
-//! all OK gives `SAMPLE_VERIFIED`). The UART has nothing to check.
+//! Checks: every PV write (both passes) must return OK with all bytes written (else
+//! `SAMPLE_FAILED`; all OK gives `SAMPLE_VERIFIED`). The UART has nothing to check.
 
-use super::{begin, case, end, Outcome, Runner, Scratch, RING_VARIANTS};
+use super::{begin, case, end, latency_ops, Outcome, Runner, Scratch, RING_VARIANTS};
 use crate::statics::{Exclusive, Pages};
 use crate::user;
-use pvkit_abi::bench::{Device, Variant, Workload, SAMPLE_RING3};
+use pvkit_abi::bench::{Device, Variant, Workload, SAMPLE_LATENCY_PASS, SAMPLE_RING3};
 use pvkit_abi::cpuid::Features;
 use pvkit_abi::ports::COM1;
 use pvkit_abi::ring::{RingId, Transport};
@@ -48,6 +51,9 @@ const fn pattern() -> [u8; PATTERN_LEN] {
     }
     p
 }
+
+/// The latency pass's payload: as long as the largest write, and no run of [`PATTERN`].
+static FILLER: [u8; PATTERN_LEN] = [b'.'; PATTERN_LEN];
 
 /// Requests in flight per batch on the ring variants.
 const QUEUE_DEPTH: u64 = 16;
@@ -91,17 +97,21 @@ fn uart(r: &mut Runner, scratch: &mut Scratch) {
         let ops = r.count(default, quick);
         let bytes = &PATTERN[..len];
         let mut samples = scratch.samples();
+        for _ in 0..latency_ops(ops) {
+            let s = rdtsc();
+            uart.write(&FILLER[..len]);
+            samples.push(rdtsc() - s);
+        }
         let t0 = begin(id);
         for _ in 0..ops {
-            let s = rdtsc();
             uart.write(bytes);
-            samples.push(rdtsc() - s);
         }
         let cycles_total = end(id, t0, ops);
         let outcome = Outcome {
             ops,
             bytes: ops * len as u64,
             cycles_total,
+            flags: SAMPLE_LATENCY_PASS,
             samples: samples.len(),
             ..Outcome::default()
         };
@@ -125,19 +135,22 @@ fn hypercall(r: &mut Runner, scratch: &mut Scratch) {
         let mut samples = scratch.samples();
         let mut failed = false;
         let console = PvConsole::new();
-        let t0 = begin(id);
-        for _ in 0..ops {
+        for _ in 0..latency_ops(ops) {
             let s = rdtsc();
-            let written = console.write(bytes);
+            let written = console.write(&FILLER[..len]);
             samples.push(rdtsc() - s);
             failed |= written != Ok(len);
+        }
+        let t0 = begin(id);
+        for _ in 0..ops {
+            failed |= console.write(bytes) != Ok(len);
         }
         let cycles_total = end(id, t0, ops);
         let outcome = Outcome {
             ops,
             bytes: ops * len as u64,
             cycles_total,
-            flags: Outcome::checked(failed),
+            flags: Outcome::checked(failed) | SAMPLE_LATENCY_PASS,
             samples: samples.len(),
             ..Outcome::default()
         };
@@ -183,43 +196,30 @@ fn ring(
         let id = case(Device::Console, variant, workload);
         let ops = r.count(default, quick);
         let mut samples = scratch.samples();
-        let mut l = RingLoop {
-            ring: &raw mut ring,
-            bytes: &PATTERN[..len],
-            ops,
-            done: 0,
-            timeout,
-            samples: samples.as_mut_ptr(),
-            max_samples: samples.capacity(),
-            n_samples: 0,
-            in_flight: 0,
-            batch_start: 0,
-            cycles: 0,
-            failed: false,
-            user,
-            kick: false,
-        };
-        let t0 = begin(id);
-        loop {
-            if user {
-                user::call(ring_loop, &raw mut l as u64);
-            } else {
-                ring_loop(&raw mut l as u64);
-            }
-            if !l.kick {
-                break;
-            }
-            kick(RingId::Console);
+        // The latency pass: as many writes of the filler, each batch timed.
+        let mut lat = RingLoop::new(&raw mut ring, &FILLER[..len], ops, timeout, user);
+        lat.samples = samples.as_mut_ptr();
+        lat.max_samples = samples.capacity();
+        drive(&mut lat);
+        samples.set_len(lat.n_samples);
+        if lat.failed || lat.done != ops {
+            r.fail_setup(id, format_args!("the latency pass failed"), scratch);
+            continue;
         }
+        // The timed loop: no time read but at its ends.
+        let mut l = RingLoop::new(&raw mut ring, &PATTERN[..len], ops, timeout, user);
+        let t0 = begin(id);
+        drive(&mut l);
         let phase = end(id, t0, l.done);
         let done = l.done;
-        samples.set_len(l.n_samples);
         let outcome = Outcome {
             ops: done,
             bytes: done * len as u64,
             // In ring 3, the loop's own time, without the one-time ring switch.
             cycles_total: if user { l.cycles } else { phase },
-            flags: Outcome::checked(l.failed) | if user { SAMPLE_RING3 } else { 0 },
+            flags: Outcome::checked(l.failed)
+                | SAMPLE_LATENCY_PASS
+                | if user { SAMPLE_RING3 } else { 0 },
             samples: samples.len(),
             ..Outcome::default()
         };
@@ -227,7 +227,23 @@ fn ring(
     }
 }
 
-/// The state of a console ring case's timed loop, shared by ring 0 and [`ring_loop`],
+/// Runs [`ring_loop`] over `l` to the end, in ring 3 if `l.user`, ringing the doorbell from
+/// ring 0 whenever the loop asks for it.
+fn drive(l: &mut RingLoop) {
+    loop {
+        if l.user {
+            user::call(ring_loop, &raw mut *l as u64);
+        } else {
+            ring_loop(&raw mut *l as u64);
+        }
+        if !l.kick {
+            break;
+        }
+        kick(RingId::Console);
+    }
+}
+
+/// The state of one pass of a console ring case, shared by ring 0 and [`ring_loop`],
 /// which may run in ring 3 (all of it is in the user-accessible identity map).
 #[repr(C)]
 struct RingLoop {
@@ -237,12 +253,14 @@ struct RingLoop {
     done: u64,
     /// Ring time-out in TSC cycles.
     timeout: u64,
+    /// Where the latency pass records cycles per write, one entry per batch (null, with
+    /// `max_samples` 0, in the timed loop: no time read per batch).
     samples: *mut u64,
     max_samples: usize,
     n_samples: usize,
     /// Writes of the batch published and not yet answered (0: none).
     in_flight: u64,
-    /// The TSC when the batch in flight started.
+    /// The TSC when the batch in flight started (latency pass).
     batch_start: u64,
     /// TSC cycles spent in [`ring_loop`] (summed over its calls).
     cycles: u64,
@@ -253,11 +271,40 @@ struct RingLoop {
     kick: bool,
 }
 
-/// The batches of a console ring case: queue up to [`QUEUE_DEPTH`] writes of `bytes`,
+impl RingLoop {
+    /// A pass of `ops` writes of `bytes`, recording no samples.
+    fn new(
+        ring: *mut ConsoleRing,
+        bytes: &'static [u8],
+        ops: u64,
+        timeout: u64,
+        user: bool,
+    ) -> Self {
+        RingLoop {
+            ring,
+            bytes,
+            ops,
+            done: 0,
+            timeout,
+            samples: core::ptr::null_mut(),
+            max_samples: 0,
+            n_samples: 0,
+            in_flight: 0,
+            batch_start: 0,
+            cycles: 0,
+            failed: false,
+            user,
+            kick: false,
+        }
+    }
+}
+
+/// The batches of a console ring pass: queue up to [`QUEUE_DEPTH`] writes of `bytes`,
 /// publish, ring if asked (ring 0; from ring 3, return with `kick` set and the batch in
-/// flight), wait for every response and check it, record the cycles per write. Stops
-/// after `ops` writes or the first failed batch. `arg` is the address of a [`RingLoop`].
-/// Runs in either ring: no port I/O in ring 3.
+/// flight), wait for every response and check it; in the latency pass (`max_samples` >
+/// 0), record the cycles per write of each batch. Stops after `ops` writes or the first
+/// failed batch. `arg` is the address of a [`RingLoop`]. Runs in either ring: no port I/O
+/// in ring 3.
 extern "C" fn ring_loop(arg: u64) -> u64 {
     // SAFETY: `arg` is the address of a `RingLoop` that `ring` owns and does not touch
     // during this call.
@@ -268,10 +315,11 @@ extern "C" fn ring_loop(arg: u64) -> u64 {
     let (bytes, ops, timeout) = (l.bytes, l.ops, l.timeout);
     let (mut done, mut failed, mut n_samples) = (l.done, l.failed, l.n_samples);
     let mut in_flight = l.in_flight;
+    let sampled = l.max_samples != 0;
     let len = bytes.len() as u64;
-    // One `rdtsc` per batch: a batch's sample runs from the end of the one before (or the
-    // start of this call) to its own end.
     let start = rdtsc();
+    // Latency pass: one `rdtsc` per batch; a batch's sample runs from the end of the one
+    // before (or the start of this call) to its own end.
     let mut batch_start = if in_flight == 0 { start } else { l.batch_start };
     let mut kick_needed = false;
     loop {
@@ -296,29 +344,26 @@ extern "C" fn ring_loop(arg: u64) -> u64 {
         let waited = ring.wait(timeout, |rsp| {
             bad |= rsp.status as u64 | (u64::from(rsp.written) ^ len);
         });
-        let now = rdtsc();
-        if n_samples < l.max_samples {
-            // SAFETY: `n_samples < max_samples`: inside the scratch samples.
-            unsafe {
-                l.samples
-                    .add(n_samples)
-                    .write((now - batch_start) / in_flight)
-            };
-            n_samples += 1;
+        if sampled {
+            let now = rdtsc();
+            if n_samples < l.max_samples {
+                // SAFETY: `n_samples < max_samples`: inside the scratch samples.
+                unsafe {
+                    l.samples
+                        .add(n_samples)
+                        .write((now - batch_start) / in_flight)
+                };
+                n_samples += 1;
+            }
+            batch_start = now;
         }
-        batch_start = now;
         failed |= bad != 0 || waited.is_err();
         // As before: a batch counts once waited for (the host's console check then sees
         // every byte it reports).
         done += in_flight;
         in_flight = 0;
     }
-    let stop = if batch_start != start && in_flight == 0 {
-        batch_start
-    } else {
-        rdtsc()
-    };
-    l.cycles += stop - start;
+    l.cycles += rdtsc() - start;
     (l.done, l.failed, l.n_samples) = (done, failed, n_samples);
     (l.in_flight, l.batch_start, l.kick) = (in_flight, batch_start, kick_needed);
     0

@@ -21,18 +21,32 @@
 //!
 //! # Protocol of one case
 //!
-//! Set-up outside the phase (ring registration, buffer patterns, device probes), then
-//! `BenchPhase(case, Begin)`, the operations, `BenchPhase(case, End, ops)`, then checks
-//! that must not be billed to the case (a flush, the clock-agreement measurement), then
-//! `BenchResult(sample, op_log, len)`. `sample.cycles_total` is TSC cycles between the two
-//! markers (excluding them; the ring-3 cases, clock reads and `pv-poll`, measure around
-//! their loop in ring 3, leaving out the one-time ring switch); `samples_addr` holds up to [`MAX_SAMPLES`] raw per-operation
-//! or per-batch cycle counts (each divided by its batch size; the first ones when there are
-//! more), percentiles are left to the host (`cycles_median = cycles_p99 = 0`). Flags:
-//! [`SAMPLE_VERIFIED`] when every check the guest can make passed (a status and length per
-//! operation, clock monotonicity and agreement), [`SAMPLE_FAILED`] when one failed;
-//! [`pvkit_abi::bench::SAMPLE_RING3`] when the timed loop ran in ring 3 (the `pv-poll`
-//! rings and the vDSO-style clocks), which the host's report notes.
+//! Set-up outside the phase (ring registration, buffer patterns, device probes), then the
+//! **latency pass** (below), then `BenchPhase(case, Begin)`, the **timed loop**,
+//! `BenchPhase(case, End, ops)`, then checks that must not be billed to the case (a flush,
+//! the clock-agreement measurement), then `BenchResult(sample, op_log, len)`.
+//!
+//! - The timed loop reads the TSC once before and once after all its operations and nothing
+//!   in between: `sample.cycles_total` is the cycles between the two markers (excluding
+//!   them; the ring-3 cases, clock reads and `pv-poll`, measure around their loop in ring
+//!   3, leaving out the one-time ring switch), and the host's wall time between the markers
+//!   is its ns/op. Only the timed loop is inside the markers, so the exits the host
+//!   attributes to the case are exactly those of its `ops` operations.
+//! - The latency pass runs the same operations (at most [`LATENCY_OPS`] of them for the
+//!   exiting ring-0 cases; see each module) *before* the `Begin` marker, reading the TSC
+//!   around each operation (exiting ring-0 operations) or each batch (ring batches, the
+//!   null port, clock reads in ring 3, each divided by its batch size). Its raw samples go
+//!   to `samples_addr` (up to [`MAX_SAMPLES`]; percentiles are left to the host:
+//!   `cycles_median = cycles_p99 = 0`) and the sample carries
+//!   [`pvkit_abi::bench::SAMPLE_LATENCY_PASS`]. Its exits fall outside every phase; its
+//!   console bytes are a filler the host's pattern check skips; its block operations come
+//!   before the logged ones, so the op log's last operation on each buffer and sector still
+//!   decides what the host's check compares.
+//!
+//! Flags: [`SAMPLE_VERIFIED`] when every check the guest can make passed (a status and
+//! length per operation, clock monotonicity and agreement), [`SAMPLE_FAILED`] when one
+//! failed; [`pvkit_abi::bench::SAMPLE_RING3`] when the timed loop ran in ring 3 (the
+//! `pv-poll` rings and the vDSO-style clocks), which the host's report notes.
 //!
 //! A variant whose host feature bit is missing (or whose device does not answer: ATA, PIT,
 //! kvmclock) is skipped with a `bench ... skipped (...)` line and no markers. A variant the
@@ -40,10 +54,11 @@
 //!
 //! # Timing
 //!
-//! `rdtsc` in ring 0 costs 4k–17k cycles on kvm_pvm (interpreted). Operations that exit
-//! (≥ ~25k cycles each) are timed one by one, so their samples include one `rdtsc`;
-//! cheap operations (null-port `out`, ring batches, clock reads in ring 3) are timed per
-//! batch.
+//! `rdtsc` in ring 0 costs 4k–17k cycles on kvm_pvm (interpreted): about 6 µs, as much as
+//! half an exit. Read around every operation of the timed loop, it would be billed to every
+//! operation's host ns/op; that is why the timed loop reads it only at its ends and the
+//! per-operation distribution comes from the separate latency pass, whose samples each
+//! carry the cost of one `rdtsc`.
 //!
 //! After the last case the kernel exits 0, or 1 if any case failed.
 
@@ -143,6 +158,10 @@ impl Selection {
             .map_or(0, |i| self.0[i])
     }
 }
+
+/// Most operations of the latency pass of an exiting ring-0 case (see the module
+/// documentation); fewer where a module says so.
+pub const LATENCY_OPS: u64 = 64;
 
 /// The per-case raw samples and op log, reused by every case.
 pub struct Scratch {
@@ -274,6 +293,15 @@ pub const fn case(device: Device, variant: Variant, workload: Workload) -> CaseI
         device,
         variant,
         workload,
+    }
+}
+
+/// Operations of the latency pass of a case of `ops` operations: at most [`LATENCY_OPS`].
+pub const fn latency_ops(ops: u64) -> u64 {
+    if ops < LATENCY_OPS {
+        ops
+    } else {
+        LATENCY_OPS
     }
 }
 
