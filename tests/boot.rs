@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::{code, pvkit, temp_file};
 use pvkit_abi::call::Hypercall;
+use pvkit_vmm::exit::ledger::{ExitKind, LedgerSnapshot};
 use pvkit_vmm::guests;
-use pvkit_vmm::ledger::{ExitKind, LedgerSnapshot};
 use pvkit_vmm::{run, ConsoleKind, KernelSource, RunOutcome, StopReason, VmConfig};
 
 /// Whether the guests this file boots are built and KVM is usable (under CI: must be).

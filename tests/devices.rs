@@ -20,7 +20,7 @@ use pvkit_abi::call::Hypercall;
 use pvkit_abi::clock::{PvClock, TSC_STABLE};
 use pvkit_abi::ring::{RegionKind, RingId, Transport};
 use pvkit_vmm::bench::{PhaseRecord, Verification};
-use pvkit_vmm::ledger::ExitKind;
+use pvkit_vmm::exit::ledger::ExitKind;
 use pvkit_vmm::paravirt::NOTIFY_BLOCK_RING;
 use pvkit_vmm::testing::programs::{self, with_params};
 use pvkit_vmm::testing::ElfBuilder;

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use common::{code, pvkit};
 use pvkit_vmm::bench::Verification;
-use pvkit_vmm::ledger::ExitKind;
+use pvkit_vmm::exit::ledger::ExitKind;
 use pvkit_vmm::{run, DiskConfig, KernelSource, StopReason, VmConfig};
 
 /// The hostile guest ELF built with the VMM.

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::{code, kvm_available, temp_file};
 use pvkit_cli::bench_runner::{self as runner, BenchConfig, BenchDevice};
-use pvkit_vmm::seccomp::{self, Confinement, ThreadKind, STATUS_SECCOMP};
+use pvkit_vmm::runtime::seccomp::{self, Confinement, ThreadKind, STATUS_SECCOMP};
 use pvkit_vmm::testing::ElfBuilder;
 use pvkit_vmm::{run, ConsoleKind, KernelSource, PhaseObserver, StopReason, VmConfig};
 

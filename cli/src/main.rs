@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use pvkit_vmm::stop::{STATUS_USAGE, STATUS_VMM_ERROR};
+use pvkit_vmm::runtime::stop::{STATUS_USAGE, STATUS_VMM_ERROR};
 use pvkit_vmm::vstate::vcpu::RegAccess;
 use pvkit_vmm::{ConsoleKind, DiskConfig, KernelSource, StopReason, VmConfig};
 
@@ -71,7 +71,7 @@ struct RunArgs {
     console: Option<ConsoleArg>,
 
     /// Guest RAM in MiB (4 to 3072).
-    #[arg(long, value_name = "MIB", default_value_t = pvkit_vmm::memory::DEFAULT_MEM_MIB)]
+    #[arg(long, value_name = "MIB", default_value_t = pvkit_vmm::vstate::memory::DEFAULT_MEM_MIB)]
     mem: u64,
 
     /// Stop the guest after this many seconds (fractions allowed) and exit with status 124.
@@ -277,7 +277,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
         ..BenchConfig::default()
     };
     let outcome = runner::run(&cfg).context("cannot run the benchmarks")?;
-    if let Some(signal) = pvkit_vmm::signals::pending() {
+    if let Some(signal) = pvkit_vmm::runtime::signals::pending() {
         // Each boot since the signal stopped at once (its disk flushed): no partial report.
         eprintln!("pvkit: bench stopped by {signal}; no results written");
         return Ok(signal.exit_status());
@@ -319,7 +319,7 @@ fn main() -> ExitCode {
         }
     };
     // SIGINT/SIGTERM stop the guest cleanly (src/signals.rs).
-    if let Err(e) = pvkit_vmm::signals::install() {
+    if let Err(e) = pvkit_vmm::runtime::signals::install() {
         eprintln!("error: {e}");
         return ExitCode::from(STATUS_VMM_ERROR);
     }

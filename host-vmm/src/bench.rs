@@ -14,8 +14,9 @@ use pvkit_abi::call::Hypercall;
 use pvkit_abi::Status;
 use vm_memory::Bytes;
 
-use crate::ledger::{ExitKind, ExitLedger, LedgerSnapshot};
-use crate::memory::{guest_range, GuestRam};
+use crate::exit::ledger::{ExitKind, ExitLedger, LedgerSnapshot};
+use crate::io::disk::SharedDisk;
+use crate::vstate::memory::{guest_range, GuestRam};
 
 /// Most phases (and, separately, samples) kept per run; more are refused with `ENOMEM`.
 pub const MAX_RECORDS: usize = 1 << 16;
@@ -122,6 +123,20 @@ pub trait DiskReader: Send {
         sector: u64,
         buf: &mut [u8; SECTOR_SIZE as usize],
     ) -> Result<(), String>;
+}
+
+/// The disk image is read for op-log verification (under its lock, like every access).
+impl DiskReader for SharedDisk {
+    fn read_sector(
+        &mut self,
+        sector: u64,
+        buf: &mut [u8; pvkit_abi::block::SECTOR_SIZE as usize],
+    ) -> Result<(), String> {
+        let offset = sector
+            .checked_mul(pvkit_abi::block::SECTOR_SIZE)
+            .ok_or_else(|| format!("sector {sector} is past the end of the disk"))?;
+        pvkit_devices::BlockBackend::read_at(self, offset, buf).map_err(|e| e.to_string())
+    }
 }
 
 /// The nearest-rank percentile `p` (0–100) of `sorted` (ascending, non-empty).
@@ -365,7 +380,7 @@ impl BenchRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::create_ram;
+    use crate::vstate::memory::create_ram;
     use pvkit_abi::bench::{Device, Variant, Workload};
     use vm_memory::GuestAddress;
 

@@ -14,10 +14,10 @@ use std::mem::size_of;
 use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 use crate::bench::BenchRecorder;
-use crate::console::Console;
-use crate::ledger::ExitLedger;
-use crate::memory::{guest_range, GuestRam};
-use crate::stop::{GuestFault, StopReason};
+use crate::exit::ledger::ExitLedger;
+use crate::io::console_out::Console;
+use crate::runtime::stop::{GuestFault, StopReason};
+use crate::vstate::memory::{guest_range, GuestRam};
 
 /// A decoded hypercall with its arguments named.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -374,8 +374,8 @@ pub fn dispatch(mem: &GuestRam, raw: RawCall, ctx: &mut HypercallContext<'_>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::ExitKind;
-    use crate::memory::create_ram;
+    use crate::exit::ledger::ExitKind;
+    use crate::vstate::memory::create_ram;
     use pvkit_abi::bench::{Device, Variant, Workload};
     use pvkit_abi::console::MAX_WRITE;
     use pvkit_abi::fault::{MESSAGE_MAX, VECTOR_PANIC};

@@ -4,29 +4,26 @@
 //! ABI note, boots it in long mode on vCPU 0, serves the hypercalls of
 //! [`pvkit_abi::call`] and an emulated 16550 UART, and counts every exit.
 //!
-//! Modules, from the bottom up ([`arch`] imports nothing of this crate; [`vstate`] imports
-//! [`arch`], and [`exit`] for the `KVM_RUN` step; [`vm`] assembles everything):
-//! - [`arch`] (x86_64): the CPUID table ([`arch::x86_64::cpuid`]), the long-mode boot
-//!   registers ([`arch::x86_64::regs`]), the boot area in RAM — GDT, page tables, boot info
-//!   ([`arch::x86_64::layout`]) — and the host TSC ([`arch::x86_64::tsc`]).
-//! - [`vstate`]: KVM state, one file per KVM object: opening `/dev/kvm` and the platform
-//!   ([`vstate::kvm`]), the VM fd and memory slots ([`vstate::vm`]), a vCPU and one
-//!   `KVM_RUN` step ([`vstate::vcpu`]), guest RAM ([`vstate::memory`]).
-//! - [`elf`]: the validating ELF loader and ABI-note check.
-//! - [`exit`]: exit handling as a plain function ([`exit::handle_exit`]).
-//! - [`ledger`]: exit counts by kind, snapshots and deltas.
-//! - [`bus`]: port I/O routing. [`emulated`]: the ATA disk and the PIT on the bus.
-//! - [`disk`]: the disk image shared by the ATA disk and the PV block device.
-//! - [`paravirt`]: the PV block device, rings and clock page ([`hypercall::PvDevices`]);
-//!   [`iothread`]: the thread serving ioeventfd doorbells and polled rings.
-//! - [`serial`]: the COM1 UART; [`console`]: the output sink it shares with the PV console.
-//! - [`hypercall`]: hypercall decoding and dispatch; [`mod@bench`]: phase/sample records.
-//! - [`stop`]: why a guest stopped, and the process exit status for it.
-//! - [`watchdog`]: kicking the vCPU out of `KVM_RUN`. [`signals`]: SIGINT/SIGTERM stop the VM.
-//! - [`seccomp`]: the per-thread system call filters of the vCPU and I/O threads.
-//! - [`vm`]: [`vm::VmConfig`] → [`vm::run`] → [`vm::RunOutcome`]: assembles a VM, runs
-//!   vCPU 0 and parks the others ([`vm::VmConfig::vcpus`]).
-//! - [`sync`]: the one poison-tolerant mutex lock.
+//! Modules, in layers from the bottom up (a module imports only modules of lower layers;
+//! the `layering` unit test fails on an import cycle between top-level modules, and
+//! docs/DESIGN.md draws the picture):
+//! - [`runtime`]: why a guest stopped ([`runtime::stop`]), the watchdog, SIGINT/SIGTERM,
+//!   the seccomp filters, the one poison-tolerant lock. [`arch`] (x86_64): CPUID, boot
+//!   registers, the boot area in RAM, the host TSC.
+//! - [`vstate`]: KVM state, one file per KVM object: `/dev/kvm` and the platform, the VM fd
+//!   and memory slots, a vCPU and one `KVM_RUN` step handed out as an
+//!   [`Exit`](vstate::vcpu::Exit) value, guest RAM.
+//! - [`loader`]: the validating ELF loader. [`bus`]: the port and MMIO buses (`u64`
+//!   addresses, `&self` devices). [`io`]: host I/O: the console output sink, the disk
+//!   image, the event loop.
+//! - [`exit`]: exit handling ([`exit::handle_exit`]: exit value → action, through the buses
+//!   and a hypercall handler) and the exit ledger ([`exit::ledger`]).
+//! - [`devices`]: the legacy devices ([`devices::legacy`]: UART, ATA, PIT, VM clock);
+//!   [`hypercall`], [`paravirt`], [`iothread`] and [`mod@bench`]: the PV devices, hypercall
+//!   dispatch and bench markers.
+//! - [`vm`]: [`vm::VmConfig`] → [`vm::builder`] (assembles a [`vm::machine::Vm`], shared by
+//!   the vCPU threads) → [`vm::run`] (runs vCPU 0, parks the others, supervises) →
+//!   [`vm::RunOutcome`].
 //! - [`guests`]: the guests built with the VMM. [`testing`]: synthetic guest images for tests.
 //!
 //! Not here: the `pvkit` command line, the `pvkit bench` runner and the `--stats` report
@@ -50,33 +47,24 @@
 pub mod arch;
 pub mod bench;
 pub mod bus;
-pub mod console;
-pub mod disk;
-pub mod elf;
-pub mod emulated;
+pub mod devices;
 pub mod exit;
 pub mod guests;
 pub mod hypercall;
+pub mod io;
 pub mod iothread;
-pub mod ledger;
+#[cfg(test)]
+mod layering;
+pub mod loader;
 pub mod paravirt;
 #[cfg(test)]
 mod proptests;
-pub mod seccomp;
-pub mod serial;
-pub mod signals;
-pub mod stop;
-pub mod sync;
+pub mod runtime;
 pub mod testing;
 pub mod vm;
 pub mod vstate;
-pub mod watchdog;
-
-/// Guest RAM under its old path (`crate::memory`), which the device and hypercall modules
-/// still import; new code names [`vstate::memory`].
-pub use vstate::memory;
 
 pub use bench::PhaseObserver;
-pub use disk::DiskConfig;
-pub use stop::StopReason;
+pub use io::disk::DiskConfig;
+pub use runtime::stop::StopReason;
 pub use vm::{run, ConsoleKind, KernelSource, RunOutcome, VmConfig, VmError};

@@ -53,14 +53,14 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::bus::PortDevice;
-use crate::console::Console;
-use crate::disk::SharedDisk;
-use crate::emulated::{VmClock, VmTime};
+use crate::devices::legacy::vm_clock::{VmClock, VmTime};
+use crate::exit::ledger::{ExitLedger, NotifyCounter};
 use crate::hypercall::{call_return, PvDevices};
+use crate::io::console_out::Console;
+use crate::io::disk::SharedDisk;
 use crate::iothread::{IoStopper, IoThread};
-use crate::ledger::{ExitLedger, NotifyCounter};
-use crate::memory::GuestRam;
-use crate::sync::lock;
+use crate::runtime::sync::lock;
+use crate::vstate::memory::GuestRam;
 
 /// Ledger name of the console ring's in-kernel notifications (ioeventfd signals).
 pub const NOTIFY_CONSOLE_RING: &str = "console ring";
@@ -68,7 +68,7 @@ pub const NOTIFY_CONSOLE_RING: &str = "console ring";
 pub const NOTIFY_BLOCK_RING: &str = "block ring";
 
 /// The ledger name of a ring's in-kernel notification counter
-/// ([`crate::ledger::LedgerSnapshot::notifications`]).
+/// ([`crate::exit::ledger::LedgerSnapshot::notifications`]).
 pub fn notifier_name(ring: RingId) -> &'static str {
     match ring {
         RingId::Console => NOTIFY_CONSOLE_RING,

@@ -31,17 +31,21 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::bench::BenchRecorder;
 use crate::bus::PortBus;
-use crate::console::Console;
-use crate::disk::SharedDisk;
-use crate::elf::{ElfError, ElfImage, EHDR_SIZE, PHDR_SIZE, SHDR_SIZE};
-use crate::emulated::{attach_ata, attach_pit, VmClock};
-use crate::exit::{handle_exit, Exit, ExitAction, Machine};
+use crate::devices::legacy::ata::attach_ata;
+use crate::devices::legacy::pit::attach_pit;
+use crate::devices::legacy::uart::{Uart, COM1_BASE, COM1_LEN};
+use crate::devices::legacy::vm_clock::VmClock;
+use crate::exit::ledger::ExitLedger as Ledger;
+use crate::exit::ledger::{ExitKind, ExitLedger};
+use crate::exit::{Exit, ExitAction, VmShared};
 use crate::hypercall::{dispatch, HypercallContext, NoPvDevices, Outcome, BASE_FEATURES};
-use crate::ledger::{ExitKind, ExitLedger};
-use crate::memory::{create_ram, GuestRam};
-use crate::serial::{Uart, COM1_BASE, COM1_LEN};
-use crate::stop::{GuestFault, StopReason};
+use crate::io::console_out::Console;
+use crate::io::disk::SharedDisk;
+use crate::loader::elf::{ElfError, ElfImage, EHDR_SIZE, PHDR_SIZE, SHDR_SIZE};
+use crate::runtime::stop::{GuestFault, StopReason};
 use crate::testing::ElfBuilder;
+use crate::vm::machine::{VcpuState, Vm};
+use crate::vstate::memory::{create_ram, GuestRam};
 
 const RAM_MIB: u64 = 4;
 const RAM_END: u64 = RAM_MIB << 20;
@@ -1056,24 +1060,42 @@ fn exit_spec() -> impl Strategy<Value = ExitSpec> {
     ]
 }
 
-/// The machine of the `exit.rs` unit tests, with the PIT and the ATA disk attached as
-/// `vm::run` attaches them, an MMIO region name, and patterned RAM.
+/// A VM and one vCPU's state, as the run loop has them.
+struct Machine {
+    vm: Vm,
+    cpu: VcpuState,
+}
+
+/// The machine of the `exit` unit tests, with the PIT and the ATA disk attached as the
+/// builder attaches them, and patterned RAM.
 fn exit_machine() -> Machine {
     let console = Console::capture();
     let mut bus = PortBus::new();
-    bus.insert(COM1_BASE, COM1_LEN, Box::new(Uart::new(console.clone())))
-        .unwrap();
+    bus.insert_mut(
+        COM1_BASE.into(),
+        COM1_LEN.into(),
+        "com1",
+        Uart::new(console.clone()),
+    )
+    .unwrap();
     attach_pit(&mut bus, VmClock::start()).unwrap();
     let disk = (0..DISK_SECTORS * 512).map(|i| (i / 512) as u8).collect();
     attach_ata(&mut bus, MemBackend::from_vec(disk)).unwrap();
-    let mut m = Machine::new(patterned_ram(), bus, console, Box::new(NoPvDevices));
-    m.mmio.insert(0xfee0_0000..0xfee0_1000, "lapic");
-    m
+    let shared = VmShared::new(patterned_ram(), bus);
+    Machine {
+        vm: Vm::new(None, shared, console, Box::new(NoPvDevices)),
+        cpu: VcpuState::new(0, Ledger::new()),
+    }
+}
+
+/// Handles `exit` as the vCPU thread does.
+fn handle_exit(m: &mut Machine, exit: Exit<'_>) -> ExitAction {
+    m.cpu.handle(&m.vm, exit)
 }
 
 /// Feeds one exit; checks the action and that it was counted exactly once.
 fn check_exit(m: &mut Machine, spec: &ExitSpec) -> Result<(), TestCaseError> {
-    let total = m.ledger.total();
+    let total = m.cpu.exits.ledger.total();
     let action = match spec {
         ExitSpec::IoOut(port, data) => {
             let a = handle_exit(m, Exit::IoOut { port: *port, data });
@@ -1166,12 +1188,12 @@ fn check_exit(m: &mut Machine, spec: &ExitSpec) -> Result<(), TestCaseError> {
             a
         }
         ExitSpec::Interrupted(stop) => {
-            m.stop_requested.store(*stop, Ordering::Release);
+            m.vm.shared.stop_requested.store(*stop, Ordering::Release);
             let a = handle_exit(m, Exit::Interrupted);
             let want = if *stop {
                 ExitAction::Stop(StopReason::Timeout {
                     rip: None,
-                    disk: crate::signals::DiskFlush::NoDisk,
+                    disk: crate::runtime::signals::DiskFlush::NoDisk,
                 })
             } else {
                 ExitAction::Continue
@@ -1215,13 +1237,13 @@ fn check_exit(m: &mut Machine, spec: &ExitSpec) -> Result<(), TestCaseError> {
         }
     };
     prop_assert_eq!(
-        m.ledger.total(),
+        m.cpu.exits.ledger.total(),
         total + 1,
         "{:?} → {:?} not counted once",
         spec,
         action
     );
-    prop_assert!(m.first_exit.is_some());
+    prop_assert!(m.cpu.exits.first_exit.is_some());
     Ok(())
 }
 
@@ -1237,7 +1259,7 @@ proptest! {
         for e in &exits {
             check_exit(&mut m, e)?;
         }
-        let after = snapshot(&m.mem);
+        let after = snapshot(m.vm.mem());
         prop_assert!(
             first_diff(pattern(), &after).is_none(),
             "an exit wrote guest RAM at {:#x?}",

@@ -7,7 +7,7 @@
 use pvkit_abi::note::AbiNote;
 use pvkit_abi::{AbiVersion, ABI_VERSION};
 
-use crate::elf::{EHDR_SIZE, PHDR_SIZE, SHDR_SIZE};
+use crate::loader::elf::{EHDR_SIZE, PHDR_SIZE, SHDR_SIZE};
 
 /// Builds a minimal ET_EXEC x86_64 ELF: one executable `PT_LOAD` holding `code` at `addr`,
 /// optional extra segments, and the pvkit ABI note (as a `PT_NOTE` and an `SHT_NOTE`).

@@ -1,42 +1,39 @@
 //! The library entry point: configure a VM, run it to the end under the watchdog, get a
 //! [`RunOutcome`].
 //!
-//! Threads: the caller's thread builds the VM, then waits as the watchdog; the guest runs
-//! on a dedicated vCPU thread that owns the [`Machine`] and hands it back when the guest
-//! stops.
+//! [`builder`] assembles the VM from a [`VmConfig`]; [`machine`] holds the [`machine::Vm`]
+//! the vCPU threads share and the state each owns. Threads: the caller's thread builds the
+//! VM, then waits as the watchdog; the guest runs on a dedicated vCPU thread (vCPU 0) with
+//! its [`machine::VcpuState`], handed back when the guest stops; the other vCPUs are parked
+//! on their own threads. Their ledgers are merged for the [`RunOutcome`].
+
+pub mod builder;
+pub mod machine;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use kvm_ioctls::Cap;
 use pvkit_abi::AbiVersion;
 use thiserror::Error;
 
-use crate::arch::x86_64::cpuid::{kvmclock_available, supported_cpuid, CpuidError};
-use crate::arch::x86_64::layout::{write_boot_area, BootParams, LayoutError};
+use crate::arch::x86_64::cpuid::CpuidError;
+use crate::arch::x86_64::layout::LayoutError;
 use crate::bench::{PhaseObserver, PhaseRecord, SampleRecord};
-use crate::bus::{BusError, PortBus};
-use crate::console::Console;
-use crate::disk::{DiskConfig, DiskError, SharedDisk};
-use crate::elf::{ElfError, ElfImage};
-use crate::emulated::{attach_ata, attach_pit, VmClock};
-use crate::exit::{ExitAction, Machine};
-use crate::hypercall::{NoPvDevices, BASE_FEATURES};
-use crate::ledger::LedgerSnapshot;
-use crate::paravirt::{
-    offered_features, ClockSource, KvmIoEvents, PvBackend, PvConfig, TscClock, DOORBELL_PORTS,
-};
-use crate::seccomp::{Confinement, SeccompError, ThreadKind};
-use crate::serial::{Uart, COM1_BASE, COM1_LEN};
-use crate::signals::{self, DiskFlush};
-use crate::stop::StopReason;
-use crate::vstate::kvm::{open_kvm, PlatformError, PlatformInfo};
-use crate::vstate::memory::{create_ram, MemoryError, DEFAULT_MEM_MIB};
+use crate::bus::BusError;
+use crate::exit::ledger::LedgerSnapshot;
+use crate::io::disk::{DiskConfig, DiskError, SharedDisk};
+use crate::loader::elf::ElfError;
+use crate::runtime::seccomp::{Confinement, SeccompError, ThreadKind};
+use crate::runtime::signals::{self, DiskFlush};
+use crate::runtime::stop::StopReason;
+use crate::runtime::watchdog::{self, ArmGuard, WatchdogError};
+use crate::vstate::kvm::{PlatformError, PlatformInfo};
+use crate::vstate::memory::{MemoryError, DEFAULT_MEM_MIB};
 use crate::vstate::vcpu::{RegAccess, Vcpu, VcpuError};
-use crate::vstate::vm::{create_vm, VmFdError};
-use crate::watchdog::{self, ArmGuard, WatchdogError};
+use crate::vstate::vm::VmFdError;
+use machine::{merge_ledgers, run_vcpu, VcpuState, Vm};
 
 /// Where the guest kernel comes from.
 #[derive(Clone, Debug)]
@@ -93,7 +90,7 @@ pub struct VmConfig {
     pub disk: Option<DiskConfig>,
     /// Called with each benchmark phase as it ends (on the vCPU thread).
     pub phase_observer: Option<PhaseObserver>,
-    /// Confine the vCPU and I/O threads with their seccomp filters ([`crate::seccomp`];
+    /// Confine the vCPU and I/O threads with their seccomp filters ([`crate::runtime::seccomp`];
     /// default `true`; `pvkit --no-seccomp` turns it off).
     pub seccomp: bool,
     /// How many KVM vCPUs to create (default 1; at most what KVM supports). vCPU 0 runs
@@ -162,7 +159,7 @@ pub struct RunOutcome {
     pub console: Vec<u8>,
     /// Console bytes dropped: the capture buffer or the stdout buffer was full, stdout
     /// failed, or the stdout writer could not write them within
-    /// [`crate::console::FINISH_GRACE`] at the end of the run.
+    /// [`crate::io::console_out::FINISH_GRACE`] at the end of the run.
     pub console_dropped: u64,
     /// Benchmark phases the guest marked.
     pub phases: Vec<PhaseRecord>,
@@ -254,36 +251,16 @@ const KICK_GRACE: Duration = Duration::from_secs(5);
 /// Interval between kicks.
 const KICK_INTERVAL: Duration = Duration::from_millis(20);
 
-fn kernel_bytes(src: &KernelSource) -> Result<std::borrow::Cow<'static, [u8]>, VmError> {
-    Ok(match src {
-        KernelSource::Builtin => crate::guests::builtin_kernel()
-            .ok_or(VmError::NoBuiltinKernel(crate::guests::BUILD_STATUS))?
-            .into(),
-        KernelSource::Path(p) => std::fs::read(p)
-            .map_err(|source| VmError::ReadKernel {
-                path: p.clone(),
-                source,
-            })?
-            .into(),
-        KernelSource::Bytes(b) => b.clone().into(),
-    })
-}
+type VcpuResult = Result<(StopReason, VcpuState), VcpuError>;
 
-type VcpuResult = Result<(StopReason, Machine, Instant, Instant), VcpuError>;
-
-fn vcpu_loop(mut vcpu: Vcpu, mut m: Machine) -> VcpuResult {
+/// vCPU 0's thread body: runs the guest on `vm` until it stops, then names the stop with
+/// the vCPU's `RIP`.
+fn vcpu_loop(mut vcpu: Vcpu, vm: &Vm, mut cpu: VcpuState) -> VcpuResult {
     // SAFETY: the pointer is the `immediate_exit` byte of this vCPU's `kvm_run` mapping,
     // which lives as long as `vcpu`; the guard is dropped at the end of this function,
     // before `vcpu`.
     let _armed = unsafe { ArmGuard::new(vcpu.immediate_exit_ptr()) };
-    let entered = Instant::now();
-    let stop = loop {
-        match vcpu.step(&mut m)? {
-            ExitAction::Continue | ExitAction::Return(_) => {}
-            ExitAction::Stop(reason) => break reason,
-        }
-    };
-    let stopped = Instant::now();
+    let stop = run_vcpu(&mut vcpu, vm, &mut cpu)?;
     let stop = match stop {
         StopReason::Shutdown { rip: None } => StopReason::Shutdown { rip: vcpu.rip() },
         StopReason::Halted { rip: None } => StopReason::Halted { rip: vcpu.rip() },
@@ -299,7 +276,7 @@ fn vcpu_loop(mut vcpu: Vcpu, mut m: Machine) -> VcpuResult {
         },
         other => other,
     };
-    Ok((stop, m, entered, stopped))
+    Ok((stop, cpu))
 }
 
 /// The name of vCPU `index`'s thread.
@@ -312,18 +289,19 @@ fn vcpu_thread_name(index: u64) -> String {
 struct ParkedVcpus {
     /// One per thread; dropping it wakes the thread, which then closes its vCPU.
     wake: Vec<mpsc::Sender<()>>,
-    threads: Vec<std::thread::JoinHandle<Result<(), VmError>>>,
+    threads: Vec<std::thread::JoinHandle<Result<VcpuState, VmError>>>,
 }
 
 impl ParkedVcpus {
-    /// Starts one parked thread per vCPU in `vcpus`, each holding the VM fd as long as its
-    /// vCPU and confined with the vCPU filter when `seccomp` is set.
-    fn start(vcpus: Vec<Vcpu>, vm: &Arc<kvm_ioctls::VmFd>, seccomp: bool) -> Result<Self, VmError> {
+    /// Starts one parked thread per vCPU in `vcpus`, each holding the shared VM (and so
+    /// the VM fd) as long as its vCPU and confined with the vCPU filter when `seccomp` is
+    /// set. Each thread owns its vCPU's state and hands it back.
+    fn start(vcpus: Vec<(Vcpu, VcpuState)>, vm: &Arc<Vm>, seccomp: bool) -> Result<Self, VmError> {
         let mut parked = Self {
             wake: Vec::new(),
             threads: Vec::new(),
         };
-        for vcpu in vcpus {
+        for (vcpu, state) in vcpus {
             let confinement = match seccomp {
                 true => Some(Confinement::new(ThreadKind::Vcpu)?),
                 false => None,
@@ -338,7 +316,7 @@ impl ParkedVcpus {
                     let _ = parked_until.recv();
                     drop(vcpu);
                     drop(vm);
-                    r.map(|_| ()).map_err(VmError::from)
+                    r.map(|_| state).map_err(VmError::from)
                 })
                 .map_err(VmError::Thread)?;
             parked.wake.push(wake);
@@ -347,17 +325,20 @@ impl ParkedVcpus {
         Ok(parked)
     }
 
-    /// Wakes every parked thread and waits for it; the first error of a thread, if any.
-    fn release(mut self) -> Result<(), VmError> {
+    /// Wakes every parked thread and waits for it; the vCPUs' states, or the first error
+    /// of a thread.
+    fn release(mut self) -> Result<Vec<VcpuState>, VmError> {
         self.wake.clear();
+        let mut states = Vec::new();
         let mut first = Ok(());
         for t in self.threads.drain(..) {
-            let r = t.join().map_err(|_| VmError::VcpuPanicked).and_then(|r| r);
-            if first.is_ok() {
-                first = r;
+            match t.join().map_err(|_| VmError::VcpuPanicked).and_then(|r| r) {
+                Ok(s) => states.push(s),
+                Err(e) if first.is_ok() => first = Err(e),
+                Err(_) => {}
             }
         }
-        first
+        first.map(|()| states)
     }
 }
 
@@ -434,133 +415,48 @@ fn flush_disk(disk: Option<&SharedDisk>) -> DiskFlush {
 /// clock page) until the guest stops or the watchdog expires.
 pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     let t0 = config.started_at.unwrap_or_else(Instant::now);
-    let bytes = kernel_bytes(&config.kernel)?;
-    let image = ElfImage::parse(&bytes)?;
-    let disk = config.disk.as_ref().map(SharedDisk::open).transpose()?;
-    let kvm = open_kvm()?;
-    let max_vcpus = u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX);
-    if !(1..=max_vcpus).contains(&config.vcpus) {
-        return Err(VmError::VcpuCount {
-            requested: config.vcpus,
-            max: max_vcpus,
-        });
-    }
-    watchdog::install()?;
-
-    let mem = create_ram(config.mem_mib)?;
-    let kernel = image.load(&mem)?;
-    let vm = Arc::new(create_vm(&kvm, &mem)?);
-    let clock = VmClock::start();
-    let supported = supported_cpuid(&kvm)?;
-    let kvmclock = kvmclock_available(supported.as_slice());
-    let eventfd = kvm.check_extension(Cap::Ioeventfd);
-    let clock_possible = kvm.check_extension(Cap::GetTscKhz);
-    let pv_features = |clock: bool| offered_features(disk.is_some(), eventfd, clock, kvmclock);
-    let mut features = BASE_FEATURES | pv_features(clock_possible);
-    let mut vcpu = Vcpu::new(
-        &kvm,
-        &vm,
-        0,
-        kernel.entry,
-        &supported,
-        features,
-        config.reg_access,
-    )?;
-    let tsc_khz = vcpu.tsc_khz();
-    let tsc_clock = match (tsc_khz, vcpu.guest_tsc_offset()) {
-        (Some(khz), Some(offset)) => Some(TscClock::new(clock, khz, offset)),
-        _ => None,
-    };
-    if clock_possible && tsc_clock.is_none() {
-        // KVM could not tell the TSC rate or value after all: no clock page.
-        features = BASE_FEATURES | pv_features(false);
-        vcpu.set_features(&supported, features)?;
-    }
-    // The other vCPUs, with the final feature bits and vCPU 0's register access.
-    let parked: Vec<Vcpu> = (1..config.vcpus)
-        .map(|i| {
-            let access = Some(vcpu.reg_access());
-            let entry = kernel.entry;
-            Vcpu::new(&kvm, &vm, u64::from(i), entry, &supported, features, access)
-        })
-        .collect::<Result<_, _>>()?;
-    let cmdline = config.full_cmdline();
-    write_boot_area(
-        &mem,
-        &BootParams {
-            cmdline: cmdline.as_bytes(),
-            kernel: kernel.span.clone(),
-            features: features.bits(),
-            tsc_khz: tsc_khz.map_or(0, u64::from),
-        },
-    )?;
-
-    let console = if config.capture_console {
-        Console::capture()
-    } else {
-        Console::stdout().map_err(VmError::Thread)?
-    };
-    let mut bus = PortBus::new();
-    bus.insert(COM1_BASE, COM1_LEN, Box::new(Uart::new(console.clone())))?;
-    attach_pit(&mut bus, clock)?;
-    if let Some(d) = &disk {
-        attach_ata(&mut bus, d.clone())?;
-    }
-    let mut machine = Machine::new(mem, bus, console.clone(), Box::new(NoPvDevices));
     let (tx, rx) = mpsc::channel();
     let fatal = tx.clone();
-    let pv = PvBackend::new(
-        PvConfig {
-            mem: machine.mem.clone(),
-            console: console.clone(),
-            disk: disk.clone(),
-            clock: tsc_clock.map(|c| Arc::new(c) as Arc<dyn ClockSource>),
-            ioevents: eventfd.then(|| {
-                Arc::new(KvmIoEvents(Arc::clone(&vm))) as Arc<dyn crate::paravirt::IoEventRegistrar>
-            }),
-            kvmclock,
-            on_fatal: Arc::new(move |msg| {
-                let _ = fatal.send(Event::HostFailure(msg));
-            }),
-        },
-        &mut machine.ledger,
-    )
-    .map_err(VmError::PvDevices)?;
-    let (base, len) = DOORBELL_PORTS;
-    machine
-        .bus
-        .insert(base, len, Box::new(pv.doorbell_ports()))?;
-    let io_stopper = pv.stopper();
-    machine.pv = Box::new(pv);
-    debug_assert_eq!(features, BASE_FEATURES | machine.pv.features());
-    if let Some(d) = &disk {
-        machine.bench.set_disk(Box::new(d.clone()));
-    }
-    if let Some(obs) = &config.phase_observer {
-        machine.bench.set_observer(obs.clone());
-    }
-    let stop_requested = machine.stop_requested.clone();
-    let platform = crate::vstate::kvm::info(tsc_khz);
-    let reg_access = vcpu.reg_access();
+    let on_fatal = Arc::new(move |msg| {
+        let _ = fatal.send(Event::HostFailure(msg));
+    });
+    let built = builder::build(config, on_fatal)?;
+    let builder::Built {
+        vm,
+        mut vcpus,
+        console,
+        disk,
+        io_stopper,
+        platform,
+        reg_access,
+        guest_abi,
+    } = built;
     let confinement = match config.seccomp {
         true => {
-            crate::seccomp::use_main_arena_only();
+            crate::runtime::seccomp::use_main_arena_only();
             Some(Confinement::new(ThreadKind::Vcpu)?)
         }
         false => None,
     };
+    let others = vcpus.split_off(1.min(vcpus.len()));
+    let (vcpu, boot) = vcpus.pop().ok_or(VmError::VcpuCount {
+        requested: 0,
+        max: 0,
+    })?;
+    let stop_requested = Arc::clone(&vm.shared.stop_requested);
 
-    let parked = ParkedVcpus::start(parked, &vm, config.seccomp)?;
+    let parked = ParkedVcpus::start(others, &vm, config.seccomp)?;
+    let vm0 = Arc::clone(&vm);
     let thread = std::thread::Builder::new()
         .name(vcpu_thread_name(vcpu.index()))
         .spawn(move || {
-            // The VM fd must outlive the vCPU: keep it on this thread.
-            let _vm = vm;
             // Confined before the first guest instruction; the filter stays for good.
             let r = match confinement.map(Confinement::apply).transpose() {
-                Ok(_) => vcpu_loop(vcpu, machine).map_err(VmError::from),
+                Ok(_) => vcpu_loop(vcpu, &vm0, boot).map_err(VmError::from),
                 Err(e) => Err(VmError::from(e)),
             };
+            // The VM (and its fd) outlives the vCPU: dropped after it, on this thread.
+            drop(vm0);
             let _ = tx.send(Event::VcpuDone);
             r
         })
@@ -575,10 +471,9 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
             return Err(e);
         }
     };
-    let (stop, mut machine, entered, stopped) =
-        thread.join().map_err(|_| VmError::VcpuPanicked)??;
-    parked.release()?;
-    if let Err(msg) = machine.pv.shutdown() {
+    let (stop, boot) = thread.join().map_err(|_| VmError::VcpuPanicked)??;
+    let others = parked.release()?;
+    if let Err(msg) = crate::runtime::sync::lock(&vm.pv).shutdown() {
         host_failure.get_or_insert(msg);
     }
     let stop = match (host_failure, signals::pending()) {
@@ -599,27 +494,38 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         (None, _) => stop,
     };
 
-    let (phases, samples) = machine.bench.into_parts();
+    // Every vCPU's exits; only vCPU 0 runs guest code, so its records are the run's.
+    let ledger = merge_ledgers(std::iter::once(&boot).chain(&others));
+    let timings = Timings {
+        to_guest_entry: boot
+            .entered
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(t0)),
+        to_first_exit: boot
+            .exits
+            .first_exit
+            .map(|t| t.saturating_duration_since(t0)),
+        to_first_hypercall: boot
+            .exits
+            .first_hypercall
+            .map(|t| t.saturating_duration_since(t0)),
+        to_stop: boot
+            .stopped
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(t0)),
+    };
+    let (phases, samples) = boot.bench.into_parts();
     // Bounded: the writer thread gets a short grace, what it cannot write is counted.
-    console.finish(crate::console::FINISH_GRACE);
+    console.finish(crate::io::console_out::FINISH_GRACE);
     Ok(RunOutcome {
         stop,
-        ledger: machine.ledger.snapshot(),
+        ledger,
         console: console.captured(),
         console_dropped: console.dropped(),
         phases,
         samples,
-        timings: Timings {
-            to_guest_entry: entered.saturating_duration_since(t0),
-            to_first_exit: machine.first_exit.map(|t| t.saturating_duration_since(t0)),
-            to_first_hypercall: machine
-                .first_hypercall
-                .map(|t| t.saturating_duration_since(t0)),
-            to_stop: stopped.saturating_duration_since(t0),
-        },
+        timings,
         platform,
         reg_access,
-        guest_abi: kernel.abi,
+        guest_abi,
     })
 }
 

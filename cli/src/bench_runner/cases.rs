@@ -23,7 +23,7 @@ use pvkit_report::{Case, Kind, LatencyMethod};
 use super::console_check::{self, Expected};
 use super::names;
 use pvkit_vmm::bench::{percentile, PhaseRecord, SampleRecord, Verification};
-use pvkit_vmm::ledger::ExitKind;
+use pvkit_vmm::exit::ledger::ExitKind;
 use pvkit_vmm::vm::RunOutcome;
 
 /// One phase and its sample from one boot. Either may be missing if the guest misbehaved.
@@ -442,7 +442,7 @@ mod tests {
     use super::*;
     use pvkit_abi::bench::{BenchSample, Workload, SAMPLE_FAILED};
     use pvkit_abi::call::Hypercall;
-    use pvkit_vmm::ledger::LedgerSnapshot;
+    use pvkit_vmm::exit::ledger::LedgerSnapshot;
     use std::time::Duration;
 
     fn id(device: Device, variant: Variant, workload: Workload) -> CaseId {

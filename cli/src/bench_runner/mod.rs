@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use pvkit_report::{Baseline, Case, Kind, Platform, Report};
 use thiserror::Error;
 
-use pvkit_vmm::disk::DiskConfig;
-use pvkit_vmm::stop::StopReason;
+use pvkit_vmm::io::disk::DiskConfig;
+use pvkit_vmm::runtime::stop::StopReason;
 use pvkit_vmm::vm::{ConsoleKind, KernelSource, RunOutcome, VmConfig};
 use pvkit_vmm::vstate::kvm::{open_kvm, PlatformError, PlatformKind};
 

@@ -8,7 +8,7 @@ use pvkit_abi::bench::{CaseId, Device, Variant, Workload};
 use pvkit_abi::ports;
 use pvkit_report::Kind;
 
-use pvkit_vmm::ledger::ExitKind;
+use pvkit_vmm::exit::ledger::ExitKind;
 
 /// A device `pvkit bench` boots a guest for (one boot per device).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -169,7 +169,7 @@ fn redraw(bar: &ProgressBar, shared: &Shared) {
 mod tests {
     use super::*;
     use pvkit_abi::bench::{Device, Variant, Workload};
-    use pvkit_vmm::ledger::LedgerSnapshot;
+    use pvkit_vmm::exit::ledger::LedgerSnapshot;
 
     #[test]
     fn observer_counts_and_boot_done_fills_in() {

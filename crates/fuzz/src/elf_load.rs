@@ -1,4 +1,4 @@
-//! `elf_load`: `pvkit_vmm::elf::ElfImage::parse` and `load` on hostile guest files.
+//! `elf_load`: `pvkit_vmm::loader::elf::ElfImage::parse` and `load` on hostile guest files.
 //!
 //! An input is either a structured image — built by the VMM's own `testing::ElfBuilder`
 //! from fuzzed parameters (addresses, sizes, entry, note, extra segments) and then patched
@@ -17,9 +17,9 @@
 use arbitrary::{Arbitrary, Unstructured};
 use pvkit_abi::boot::KERNEL_MIN_ADDR;
 use pvkit_abi::{AbiVersion, ABI_VERSION};
-use pvkit_vmm::elf::ElfImage;
-use pvkit_vmm::memory::{create_ram, GuestRam};
+use pvkit_vmm::loader::elf::ElfImage;
 use pvkit_vmm::testing::ElfBuilder;
+use pvkit_vmm::vstate::memory::{create_ram, GuestRam};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::{encode_enum, encode_struct};

@@ -32,12 +32,12 @@ use pvkit_abi::{Status, ABI_VERSION};
 use pvkit_devices::{BlockBackend, MemBackend};
 use pvkit_pv::{ClockSample, Wire};
 use pvkit_vmm::bench::BenchRecorder;
-use pvkit_vmm::console::Console;
-use pvkit_vmm::disk::SharedDisk;
+use pvkit_vmm::exit::ledger::ExitLedger;
 use pvkit_vmm::hypercall::{
     dispatch, HypercallContext, NoPvDevices, Outcome, PvDevices, BASE_FEATURES,
 };
-use pvkit_vmm::ledger::ExitLedger;
+use pvkit_vmm::io::console_out::Console;
+use pvkit_vmm::io::disk::SharedDisk;
 use pvkit_vmm::paravirt::{ClockSource, PvBackend, PvConfig};
 use pvkit_vmm::StopReason;
 use vm_memory::ByteValued;

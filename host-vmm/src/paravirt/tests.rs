@@ -15,7 +15,7 @@ use pvkit_pv::Wire;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
-use crate::memory::create_ram;
+use crate::vstate::memory::create_ram;
 
 const CONSOLE_RING: u64 = RegionKind::ConsoleRing as u64;
 const BLOCK_RING: u64 = RegionKind::BlockRing as u64;

@@ -1,6 +1,7 @@
 //! A vCPU: creation (with the CPUID table and boot registers of [`crate::arch::x86_64`]),
-//! TSC-offset calibration, and one `KVM_RUN` step translated into an [`Exit`] for
-//! [`handle_exit`].
+//! TSC-offset calibration, and one `KVM_RUN` step translated into an [`Exit`] value that
+//! [`Vcpu::run`] hands to the caller's handler (the run loop passes it on to
+//! `crate::exit::handle_exit`; this module knows nothing of exit handling).
 //!
 //! # Register access for hypercalls
 //!
@@ -28,7 +29,63 @@ use thiserror::Error;
 use crate::arch::x86_64::cpuid::{set_cpuid, CpuidError};
 use crate::arch::x86_64::regs::{setup_boot_regs, RegsError};
 use crate::arch::x86_64::tsc::host_tsc;
-use crate::exit::{handle_exit, Exit, ExitAction, Machine};
+
+/// A VM exit, translated from `kvm_ioctls::VcpuExit` by [`Vcpu::run`] for the exit handler
+/// (`crate::exit::handle_exit`).
+#[derive(Debug)]
+pub enum Exit<'a> {
+    /// `out` to `port` (not a hypercall).
+    IoOut {
+        /// The port.
+        port: u16,
+        /// The bytes written.
+        data: &'a [u8],
+    },
+    /// `in` from `port`; the handler fills `data`.
+    IoIn {
+        /// The port.
+        port: u16,
+        /// The bytes to return to the guest.
+        data: &'a mut [u8],
+    },
+    /// A 32-bit `out` to the hypercall port, with the argument registers.
+    Hypercall(RawCall),
+    /// An MMIO read; the handler fills `data`.
+    MmioRead {
+        /// Guest-physical address.
+        addr: u64,
+        /// The bytes to return to the guest.
+        data: &'a mut [u8],
+    },
+    /// An MMIO write.
+    MmioWrite {
+        /// Guest-physical address.
+        addr: u64,
+        /// The bytes written.
+        data: &'a [u8],
+    },
+    /// `hlt`.
+    Hlt,
+    /// Triple fault.
+    Shutdown,
+    /// KVM failed to emulate or run the guest.
+    InternalError {
+        /// `kvm_run.internal.suberror`.
+        suberror: u32,
+    },
+    /// The hardware refused to enter the guest.
+    FailEntry {
+        /// The hardware reason.
+        reason: u64,
+    },
+    /// `KVM_RUN` returned early because of a signal (the watchdog's kick).
+    Interrupted,
+    /// Any other exit reason.
+    Other {
+        /// The `KVM_EXIT_*` number.
+        reason: u32,
+    },
+}
 
 /// How hypercall registers are read and written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +140,9 @@ pub struct Vcpu {
     fd: VcpuFd,
     index: u64,
     access: RegAccess,
+    /// With [`RegAccess::Ioctl`]: the registers read for the last hypercall, kept for
+    /// [`Vcpu::set_return`] (one `KVM_GET_REGS` and one `KVM_SET_REGS` per hypercall).
+    call_regs: Option<kvm_regs>,
 }
 
 impl std::fmt::Debug for Vcpu {
@@ -122,7 +182,12 @@ impl Vcpu {
         if access == RegAccess::SyncRegs {
             fd.set_sync_valid_reg(SyncReg::Register);
         }
-        Ok(Self { fd, index, access })
+        Ok(Self {
+            fd,
+            index,
+            access,
+            call_regs: None,
+        })
     }
 
     /// The vCPU's index (its KVM vCPU id).
@@ -191,7 +256,7 @@ impl Vcpu {
 
     /// Reads the hypercall argument registers. With ioctls, the registers are kept for
     /// [`Vcpu::set_return`] so a hypercall costs one `KVM_GET_REGS` and one `KVM_SET_REGS`.
-    fn hypercall_args(&mut self, nr: u32) -> Result<(RawCall, Option<kvm_regs>), VcpuError> {
+    fn hypercall_args(&mut self, nr: u32) -> Result<RawCall, VcpuError> {
         let (r, keep) = match self.access {
             RegAccess::SyncRegs => (self.fd.sync_regs().regs, None),
             RegAccess::Ioctl => {
@@ -207,11 +272,14 @@ impl Vcpu {
             nr: if r.rax >> 32 == 0 { nr } else { 0 },
             args: [r.rdi, r.rsi, r.r8, r.r9],
         };
-        Ok((raw, keep))
+        self.call_regs = keep;
+        Ok(raw)
     }
 
-    fn set_return(&mut self, ret: CallReturn, regs: Option<kvm_regs>) -> Result<(), VcpuError> {
-        match (self.access, regs) {
+    /// Puts a hypercall's results in `RAX`/`RDX` for the next entry (after [`Vcpu::run`]
+    /// handed out an [`Exit::Hypercall`]).
+    pub fn set_return(&mut self, ret: CallReturn) -> Result<(), VcpuError> {
+        match (self.access, self.call_regs.take()) {
             (RegAccess::SyncRegs, _) => {
                 let regs = &mut self.fd.sync_regs_mut().regs;
                 regs.rax = ret.status.to_raw();
@@ -238,45 +306,41 @@ impl Vcpu {
         unsafe { run.__bindgen_anon_1.internal.suberror }
     }
 
-    /// Runs the guest until the next exit, hands the exit to [`handle_exit`], and applies
-    /// a hypercall's return values. Returns the action for the run loop.
-    pub fn step(&mut self, m: &mut Machine) -> Result<ExitAction, VcpuError> {
-        let mut hypercall = None;
-        let mut internal = false;
-        let mut interrupted = false;
-        let action = match self.fd.run() {
+    /// Runs the guest until the next exit and hands the exit, as an [`Exit`] borrowing the
+    /// `kvm_run` data, to `handle`; returns what `handle` returned. After an
+    /// [`Exit::Hypercall`] the caller puts the results in place with [`Vcpu::set_return`].
+    pub fn run<A>(&mut self, mut handle: impl FnMut(Exit<'_>) -> A) -> Result<A, VcpuError> {
+        // Exits whose handling needs `self` again (registers, `kvm_run` fields) once the
+        // borrow of the exit data has ended.
+        enum Deferred {
+            Hypercall(u32),
+            Internal,
+            Interrupted,
+        }
+        let deferred = match self.fd.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
                 if let (HYPERCALL, Ok(eax)) = (port, <[u8; 4]>::try_from(data)) {
-                    hypercall = Some(u32::from_le_bytes(eax));
-                    None
+                    Deferred::Hypercall(u32::from_le_bytes(eax))
                 } else {
-                    Some(handle_exit(m, Exit::IoOut { port, data }))
+                    return Ok(handle(Exit::IoOut { port, data }));
                 }
             }
-            Ok(VcpuExit::IoIn(port, data)) => Some(handle_exit(m, Exit::IoIn { port, data })),
-            Ok(VcpuExit::MmioRead(addr, data)) => {
-                Some(handle_exit(m, Exit::MmioRead { addr, data }))
-            }
+            Ok(VcpuExit::IoIn(port, data)) => return Ok(handle(Exit::IoIn { port, data })),
+            Ok(VcpuExit::MmioRead(addr, data)) => return Ok(handle(Exit::MmioRead { addr, data })),
             Ok(VcpuExit::MmioWrite(addr, data)) => {
-                Some(handle_exit(m, Exit::MmioWrite { addr, data }))
+                return Ok(handle(Exit::MmioWrite { addr, data }))
             }
-            Ok(VcpuExit::Hlt) => Some(handle_exit(m, Exit::Hlt)),
-            Ok(VcpuExit::Shutdown) => Some(handle_exit(m, Exit::Shutdown)),
-            Ok(VcpuExit::InternalError) => {
-                internal = true;
-                None
-            }
-            Ok(VcpuExit::FailEntry(reason, _cpu)) => {
-                Some(handle_exit(m, Exit::FailEntry { reason }))
-            }
-            Ok(VcpuExit::Intr) => Some(handle_exit(m, Exit::Interrupted)),
+            Ok(VcpuExit::Hlt) => return Ok(handle(Exit::Hlt)),
+            Ok(VcpuExit::Shutdown) => return Ok(handle(Exit::Shutdown)),
+            Ok(VcpuExit::InternalError) => Deferred::Internal,
+            Ok(VcpuExit::FailEntry(reason, _cpu)) => return Ok(handle(Exit::FailEntry { reason })),
+            Ok(VcpuExit::Intr) => return Ok(handle(Exit::Interrupted)),
             Ok(other) => {
                 let reason = exit_reason_number(&other);
-                Some(handle_exit(m, Exit::Other { reason }))
+                return Ok(handle(Exit::Other { reason }));
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                interrupted = true;
-                None
+                Deferred::Interrupted
             }
             Err(e) => {
                 return Err(VcpuError::Kvm {
@@ -285,28 +349,22 @@ impl Vcpu {
                 })
             }
         };
-        if let Some(a) = action {
-            return Ok(a);
-        }
-        if interrupted {
-            // A kick may have set immediate_exit; clear it so a resumed guest really runs
-            // (if the watchdog fired, the handler stops the VM anyway).
-            self.fd.set_kvm_immediate_exit(0);
-            return Ok(handle_exit(m, Exit::Interrupted));
-        }
-        if internal {
-            let suberror = self.internal_suberror();
-            return Ok(handle_exit(m, Exit::InternalError { suberror }));
-        }
-        let Some(nr) = hypercall else {
-            return Ok(ExitAction::Continue);
-        };
-        let (raw, regs) = self.hypercall_args(nr)?;
-        let action = handle_exit(m, Exit::Hypercall(raw));
-        if let ExitAction::Return(ret) = action {
-            self.set_return(ret, regs)?;
-        }
-        Ok(action)
+        Ok(match deferred {
+            Deferred::Interrupted => {
+                // A kick may have set immediate_exit; clear it so a resumed guest really
+                // runs (if the watchdog fired, the handler stops the VM anyway).
+                self.fd.set_kvm_immediate_exit(0);
+                handle(Exit::Interrupted)
+            }
+            Deferred::Internal => {
+                let suberror = self.internal_suberror();
+                handle(Exit::InternalError { suberror })
+            }
+            Deferred::Hypercall(nr) => {
+                let raw = self.hypercall_args(nr)?;
+                handle(Exit::Hypercall(raw))
+            }
+        })
     }
 }
 

@@ -939,7 +939,7 @@ mod tests {
     /// The allowlist table of `kind` in docs/SECURITY.md: the first column of the rows under
     /// the heading `### <kind> thread`.
     fn documented(kind: ThreadKind) -> Vec<String> {
-        let doc = include_str!("../../docs/SECURITY.md");
+        let doc = include_str!("../../../docs/SECURITY.md");
         let section = doc
             .split("\n## Confinement")
             .nth(1)

@@ -23,7 +23,7 @@ use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::sync::lock;
+use crate::runtime::sync::lock;
 
 /// The most bytes a capture buffer keeps; later bytes are counted as dropped, so a guest
 /// that prints forever cannot exhaust host memory.

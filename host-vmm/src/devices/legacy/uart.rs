@@ -12,7 +12,7 @@ use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 
 use crate::bus::PortDevice;
-use crate::console::Console;
+use crate::io::console_out::Console;
 
 /// First port of COM1.
 pub const COM1_BASE: u16 = pvkit_abi::ports::COM1;

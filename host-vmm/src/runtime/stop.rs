@@ -4,7 +4,7 @@ use std::fmt;
 
 use pvkit_abi::fault::{vector_name, FaultReport, MESSAGE_MAX, VECTOR_PANIC};
 
-use crate::signals::{DiskFlush, StopSignal};
+use crate::runtime::signals::{DiskFlush, StopSignal};
 
 /// A fault or panic reported by the guest, validated and decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,7 +101,7 @@ pub enum StopReason {
         /// What KVM reported.
         detail: String,
     },
-    /// `pvkit` received SIGINT or SIGTERM ([`crate::signals`]) and stopped the guest.
+    /// `pvkit` received SIGINT or SIGTERM ([`crate::runtime::signals`]) and stopped the guest.
     Signal {
         /// Which signal.
         signal: StopSignal,

@@ -105,6 +105,17 @@ impl ExitLedger {
         c
     }
 
+    /// A ledger for another vCPU of the same VM: no exits yet, the same notification
+    /// counters. Each vCPU thread counts its own exits in its shard; [`LedgerSnapshot::merge`]
+    /// adds the shards up for reports.
+    pub fn shard(&self) -> ExitLedger {
+        ExitLedger {
+            counts: BTreeMap::new(),
+            total: 0,
+            notifiers: self.notifiers.clone(),
+        }
+    }
+
     /// Exits of one kind so far.
     pub fn count(&self, kind: ExitKind) -> u64 {
         self.counts.get(&kind).copied().unwrap_or(0)
@@ -135,6 +146,21 @@ impl ExitLedger {
 }
 
 impl LedgerSnapshot {
+    /// Adds the snapshot of another shard of the same VM's ledger ([`ExitLedger::shard`]):
+    /// exit counts and totals add up kind by kind; notification counters, shared by the
+    /// shards, are read once (the larger reading, as a later snapshot of a shared counter
+    /// can only be larger).
+    pub fn merge(&mut self, other: &LedgerSnapshot) {
+        for (k, v) in &other.counts {
+            *self.counts.entry(*k).or_insert(0) += v;
+        }
+        self.total += other.total;
+        for (n, v) in &other.notifications {
+            let e = self.notifications.entry(n).or_insert(0);
+            *e = (*e).max(*v);
+        }
+    }
+
     /// `self - earlier`, kind by kind (saturating; kinds that end at zero are dropped).
     pub fn since(&self, earlier: &LedgerSnapshot) -> LedgerSnapshot {
         let counts = self
@@ -256,5 +282,36 @@ mod tests {
             ExitKind::Hypercall(Hypercall::ConsoleWrite).to_string(),
             "hypercall console_write"
         );
+    }
+
+    #[test]
+    fn shards_merge_to_the_exact_counts() {
+        let mut a = ExitLedger::new();
+        let note = a.notifier("ring");
+        let mut b = a.shard();
+        let mut c = b.shard();
+        for _ in 0..3 {
+            a.record(ExitKind::PortWrite(0x3f8));
+        }
+        b.record(ExitKind::PortWrite(0x3f8));
+        b.record(ExitKind::Hlt);
+        c.record(ExitKind::Hypercall(Hypercall::Exit));
+        note.fetch_add(5, Ordering::Relaxed);
+        // The shards share the notification counter.
+        assert_eq!(b.notifier("ring").load(Ordering::Relaxed), 5);
+        let mut all = a.snapshot();
+        all.merge(&b.snapshot());
+        all.merge(&c.snapshot());
+        assert_eq!(all.count(ExitKind::PortWrite(0x3f8)), 4);
+        assert_eq!(all.count(ExitKind::Hlt), 1);
+        assert_eq!(all.count(ExitKind::Hypercall(Hypercall::Exit)), 1);
+        assert_eq!(all.total, 6);
+        assert_eq!(all.counts.values().sum::<u64>(), all.total);
+        // Counted once, not once per shard.
+        assert_eq!(all.notifications.get("ring"), Some(&5));
+        // A single shard merged into an empty snapshot is itself.
+        let mut one = LedgerSnapshot::default();
+        one.merge(&a.snapshot());
+        assert_eq!(one, a.snapshot());
     }
 }

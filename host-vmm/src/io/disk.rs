@@ -13,8 +13,6 @@ use pvkit_abi::block::SECTOR_SIZE;
 use pvkit_devices::{BackendError, BlockBackend, FileBackend};
 use thiserror::Error;
 
-use crate::bench::DiskReader;
-
 /// A disk image to attach to the VM (`pvkit run --disk FILE [--disk-ro]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskConfig {
@@ -36,8 +34,8 @@ pub struct DiskError {
 }
 
 /// A cloneable, thread-safe handle to one disk backend. Implements [`BlockBackend`] (so the
-/// ATA model and the PV block device can both own one) and [`DiskReader`] (for op-log
-/// verification).
+/// ATA model and the PV block device can both own one) and `bench::DiskReader` (for
+/// op-log verification, implemented next to that trait).
 #[derive(Clone)]
 pub struct SharedDisk {
     backend: Arc<Mutex<Box<dyn BlockBackend>>>,
@@ -79,7 +77,7 @@ impl SharedDisk {
     }
 
     fn lock(&self) -> MutexGuard<'_, Box<dyn BlockBackend>> {
-        crate::sync::lock(&self.backend)
+        crate::runtime::sync::lock(&self.backend)
     }
 }
 
@@ -119,22 +117,10 @@ impl BlockBackend for SharedDisk {
     }
 }
 
-impl DiskReader for SharedDisk {
-    fn read_sector(
-        &mut self,
-        sector: u64,
-        buf: &mut [u8; SECTOR_SIZE as usize],
-    ) -> Result<(), String> {
-        let offset = sector
-            .checked_mul(SECTOR_SIZE)
-            .ok_or_else(|| format!("sector {sector} is past the end of the disk"))?;
-        self.read_at(offset, buf).map_err(|e| e.to_string())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::DiskReader;
     use pvkit_devices::MemBackend;
 
     #[test]

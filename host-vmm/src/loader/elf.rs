@@ -14,7 +14,7 @@ use pvkit_abi::{AbiVersion, ABI_VERSION};
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::memory::{guest_range, ram_size, GuestRam};
+use crate::vstate::memory::{guest_range, ram_size, GuestRam};
 
 /// Size of the ELF64 file header.
 pub const EHDR_SIZE: usize = 64;
@@ -469,8 +469,8 @@ impl<'a> ElfImage<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::create_ram;
     use crate::testing::ElfBuilder;
+    use crate::vstate::memory::create_ram;
 
     const CODE: &[u8] = &[0xf4, 0xeb, 0xfd]; // hlt; jmp $-1
 

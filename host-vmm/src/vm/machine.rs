@@ -1,0 +1,249 @@
+//! The VM as its vCPU threads share it ([`Vm`], behind an `Arc`), the state each vCPU
+//! thread owns ([`VcpuState`]: its ledger shard, bench records and timings), and the loop a
+//! vCPU thread runs ([`run_vcpu`]).
+//!
+//! This is where the layers meet: a [`Vcpu`] hands out each exit, [`handle_exit`] routes it
+//! to the buses of [`VmShared`], and hypercalls go to the PV layer through
+//! [`PvCalls`] (a call of `hypercall::dispatch` with guest memory and a context).
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kvm_ioctls::VmFd;
+use pvkit_abi::call::RawCall;
+
+use crate::bench::BenchRecorder;
+use crate::exit::ledger::{ExitLedger, LedgerSnapshot};
+use crate::exit::{handle_exit, Exit, ExitAction, Hypercalls, VcpuExits, VmShared};
+use crate::hypercall::{self, HypercallContext, Outcome, PvDevices};
+use crate::io::console_out::Console;
+use crate::runtime::stop::StopReason;
+use crate::runtime::sync::lock;
+use crate::vstate::memory::GuestRam;
+use crate::vstate::vcpu::{Vcpu, VcpuError};
+
+/// One VM: what every vCPU thread shares (through an `Arc`). The buses and RAM are read
+/// through `&self`; the PV devices, written against `&mut self`, sit behind a lock.
+pub struct Vm {
+    /// The KVM VM fd (`None` in unit tests that feed synthetic exits without KVM). It
+    /// outlives every vCPU fd, as each vCPU thread holds the `Arc<Vm>`.
+    pub fd: Option<Arc<VmFd>>,
+    /// Guest RAM, the port and MMIO buses, the stop flag.
+    pub shared: VmShared,
+    /// The console sink (shared with the UART on the bus).
+    pub console: Console,
+    /// The PV devices (block, rings, clock page).
+    pub pv: Mutex<Box<dyn PvDevices>>,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vm {
+    /// A VM over `shared` with `console` and the PV devices `pv`.
+    pub fn new(
+        fd: Option<Arc<VmFd>>,
+        shared: VmShared,
+        console: Console,
+        pv: Box<dyn PvDevices>,
+    ) -> Self {
+        Self {
+            fd,
+            shared,
+            console,
+            pv: Mutex::new(pv),
+        }
+    }
+
+    /// Guest RAM.
+    pub fn mem(&self) -> &GuestRam {
+        &self.shared.mem
+    }
+}
+
+/// What one vCPU thread owns: its exit state (ledger shard, first-exit times), its bench
+/// records and its timings. Merged with the other vCPUs' by [`merge_ledgers`].
+#[derive(Debug)]
+pub struct VcpuState {
+    /// The vCPU's index.
+    pub index: u64,
+    /// Ledger shard and first-exit times.
+    pub exits: VcpuExits,
+    /// Benchmark phases and samples this vCPU's guest code marked.
+    pub bench: BenchRecorder,
+    /// When the vCPU first entered the guest.
+    pub entered: Option<Instant>,
+    /// When it stopped.
+    pub stopped: Option<Instant>,
+}
+
+impl VcpuState {
+    /// The state of vCPU `index`, counting exits in `ledger` (vCPU 0: the VM's ledger;
+    /// the others: a [`ExitLedger::shard`] of it).
+    pub fn new(index: u64, ledger: ExitLedger) -> Self {
+        Self {
+            index,
+            exits: VcpuExits::new(ledger),
+            bench: BenchRecorder::new(),
+            entered: None,
+            stopped: None,
+        }
+    }
+
+    /// Handles one exit of this vCPU on `vm`.
+    pub fn handle(&mut self, vm: &Vm, exit: Exit<'_>) -> ExitAction {
+        let mut calls = PvCalls {
+            console: &vm.console,
+            bench: &mut self.bench,
+            pv: &vm.pv,
+        };
+        handle_exit(&vm.shared, &mut self.exits, &mut calls, exit)
+    }
+}
+
+/// The ledgers of every vCPU added up ([`LedgerSnapshot::merge`]): the VM's exit counts.
+pub fn merge_ledgers<'a>(cpus: impl IntoIterator<Item = &'a VcpuState>) -> LedgerSnapshot {
+    let mut all = LedgerSnapshot::default();
+    for c in cpus {
+        all.merge(&c.exits.ledger.snapshot());
+    }
+    all
+}
+
+/// Hypercalls of one vCPU, served by the PV layer's dispatch.
+pub struct PvCalls<'a> {
+    /// The console sink.
+    pub console: &'a Console,
+    /// The calling vCPU's bench records.
+    pub bench: &'a mut BenchRecorder,
+    /// The VM's PV devices.
+    pub pv: &'a Mutex<Box<dyn PvDevices>>,
+}
+
+impl Hypercalls for PvCalls<'_> {
+    fn hypercall(&mut self, mem: &GuestRam, raw: RawCall, ledger: &ExitLedger) -> ExitAction {
+        let mut pv = lock(self.pv);
+        let mut ctx = HypercallContext {
+            console: self.console,
+            ledger,
+            bench: self.bench,
+            pv: pv.as_mut(),
+        };
+        match hypercall::dispatch(mem, raw, &mut ctx) {
+            Outcome::Return(r) => ExitAction::Return(r),
+            Outcome::Stop(s) => ExitAction::Stop(s),
+        }
+    }
+}
+
+/// Runs `vcpu` on `vm` until an exit stops it: each exit is handled by `cpu`, a
+/// hypercall's results go back into the vCPU's registers.
+pub fn run_vcpu(vcpu: &mut Vcpu, vm: &Vm, cpu: &mut VcpuState) -> Result<StopReason, VcpuError> {
+    cpu.entered.get_or_insert_with(Instant::now);
+    let stop = loop {
+        match vcpu.run(|exit| cpu.handle(vm, exit))? {
+            ExitAction::Continue => {}
+            ExitAction::Return(ret) => vcpu.set_return(ret)?,
+            ExitAction::Stop(reason) => break reason,
+        }
+    };
+    cpu.stopped = Some(Instant::now());
+    Ok(stop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::PortBus;
+    use crate::exit::ledger::ExitKind;
+    use crate::hypercall::NoPvDevices;
+    use crate::vstate::memory::create_ram;
+    use pvkit_abi::call::{CallReturn, Hypercall};
+    use pvkit_abi::Status;
+    use vm_memory::{Bytes, GuestAddress};
+
+    fn vm() -> Vm {
+        let shared = VmShared::new(create_ram(4).unwrap(), PortBus::new());
+        Vm::new(None, shared, Console::capture(), Box::new(NoPvDevices))
+    }
+
+    #[test]
+    fn hypercalls_reach_the_pv_dispatch_and_return_or_stop() {
+        let vm = vm();
+        let mut cpu = VcpuState::new(0, ExitLedger::new());
+        vm.mem()
+            .write_slice(b"pv!", GuestAddress(0x20_0000))
+            .unwrap();
+        let a = cpu.handle(
+            &vm,
+            Exit::Hypercall(RawCall {
+                nr: Hypercall::ConsoleWrite as u32,
+                args: [0x20_0000, 3, 0, 0],
+            }),
+        );
+        assert_eq!(a, ExitAction::Return(CallReturn::ok(3)));
+        assert!(cpu.exits.first_hypercall.is_some());
+        let a = cpu.handle(
+            &vm,
+            Exit::Hypercall(RawCall {
+                nr: 77,
+                args: [0; 4],
+            }),
+        );
+        assert_eq!(a, ExitAction::Return(CallReturn::err(Status::ENOSYS)));
+        let a = cpu.handle(
+            &vm,
+            Exit::Hypercall(RawCall {
+                nr: Hypercall::Exit as u32,
+                args: [42, 0, 0, 0],
+            }),
+        );
+        assert_eq!(a, ExitAction::Stop(StopReason::Exit(42)));
+        assert_eq!(vm.console.captured(), b"pv!");
+        let l = &cpu.exits.ledger;
+        assert_eq!(l.count(ExitKind::Hypercall(Hypercall::ConsoleWrite)), 1);
+        assert_eq!(l.count(ExitKind::UnknownHypercall), 1);
+        assert_eq!(l.count(ExitKind::PortWrite(0x500)), 0);
+    }
+
+    /// Two vCPU threads share one `Arc<Vm>`, each counting in its own shard; the merged
+    /// ledger has every exit exactly once.
+    #[test]
+    fn vcpu_threads_share_the_vm_and_their_ledgers_merge_exactly() {
+        let vm = Arc::new(vm());
+        let ledger = ExitLedger::new();
+        let shards = [ledger.shard(), ledger];
+        let threads: Vec<_> = shards
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let vm = Arc::clone(&vm);
+                std::thread::spawn(move || {
+                    let mut cpu = VcpuState::new(i as u64, l);
+                    for _ in 0..100 * (i + 1) {
+                        let a = cpu.handle(
+                            &vm,
+                            Exit::IoOut {
+                                port: 0x80,
+                                data: &[1],
+                            },
+                        );
+                        assert_eq!(a, ExitAction::Continue);
+                    }
+                    cpu.handle(&vm, Exit::Hlt);
+                    cpu
+                })
+            })
+            .collect();
+        let cpus: Vec<VcpuState> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let all = merge_ledgers(&cpus);
+        assert_eq!(all.count(ExitKind::PortWrite(0x80)), 300);
+        assert_eq!(all.count(ExitKind::Hlt), 2);
+        assert_eq!(all.total, 302);
+    }
+}
