@@ -17,7 +17,8 @@
 //!
 //! # Devices
 //!
-//! * [`block_backend`]: [`BlockBackend`] with [`FileBackend`] and [`MemBackend`].
+//! * [`block_backend`]: [`BlockBackend`] with [`MemBackend`] (the image file backend,
+//!   which does I/O, is `pvkit_backends::FileBackend`).
 //! * [`ata`]: [`Ata`], the primary-channel ATA master disk, PIO only.
 //! * [`pit`]: [`Pit`], the Intel 8254 interval timer.
 //! * [`uart`]: [`UartState`], the saved state of the 16550 UART (the model is vm-superio's).
@@ -42,7 +43,7 @@ pub mod uart;
 pub use ata::{
     Ata, AtaState, ATA_PRIMARY_CMD_BASE, ATA_PRIMARY_CMD_LEN, ATA_PRIMARY_CTRL, SECTOR_SIZE,
 };
-pub use block_backend::{BackendError, BlockBackend, FileBackend, MemBackend};
+pub use block_backend::{BackendError, BlockBackend, MemBackend};
 pub use pit::{Pit, PitState, PIT_FREQ_HZ};
 pub use state::{StateError, VmClockState};
 pub use uart::UartState;

@@ -542,11 +542,11 @@ mod tests {
     struct TempDisk(std::path::PathBuf);
 
     impl TempDisk {
-        fn new(tag: &str, data: &[u8]) -> (Self, pvkit_devices::FileBackend) {
+        fn new(tag: &str, data: &[u8]) -> (Self, pvkit_backends::FileBackend) {
             let path = std::env::temp_dir()
                 .join(format!("pvkit-pv-block-{tag}-{}.img", std::process::id()));
             std::fs::write(&path, data).unwrap();
-            let b = pvkit_devices::FileBackend::open(&path, false).unwrap();
+            let b = pvkit_backends::FileBackend::open(&path, false).unwrap();
             (TempDisk(path), b)
         }
     }

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use pvkit_abi::block::SECTOR_SIZE;
-use pvkit_devices::{BackendError, BlockBackend, FileBackend};
+use pvkit_backends::FileBackend;
+use pvkit_devices::{BackendError, BlockBackend};
 use thiserror::Error;
 
 /// A disk image to attach to the VM (`pvkit run --disk FILE [--disk-ro]`).

@@ -1,6 +1,5 @@
 use super::*;
-use crate::block_backend::tests::TempPath;
-use crate::block_backend::{BackendError, FileBackend, MemBackend};
+use crate::block_backend::{BackendError, MemBackend};
 use std::io;
 
 const READY: u8 = status::DRDY | status::DSC;
@@ -500,39 +499,6 @@ fn partial_sector_is_not_written() {
     assert_eq!(&mem[..SECTOR_SIZE - 2], &[0xAB; SECTOR_SIZE - 2][..]);
     assert_eq!(&mem[SECTOR_SIZE - 2..SECTOR_SIZE], &[0xCD, 0xCD]);
     assert_eq!(&mem[SECTOR_SIZE..], &before.as_slice()[SECTOR_SIZE..]);
-}
-
-#[test]
-fn write_then_read_back_file_backend() {
-    let path = TempPath::new("ata");
-    let backend = FileBackend::create(&path.0, 64 * SECTOR_SIZE as u64).unwrap();
-    let mut ata = Ata::new(backend);
-    assert_eq!(ata.sectors(), 64);
-    let data: Vec<u8> = (0..2 * SECTOR_SIZE).map(|i| (i * 13 + 7) as u8).collect();
-
-    lba48(&mut ata, command::WRITE_SECTORS_EXT, 60, 2);
-    ata.write(port::DATA, &data);
-    assert_eq!(status_of(&mut ata), READY);
-    out8(&mut ata, port::COMMAND, command::FLUSH_CACHE_EXT);
-    assert_eq!(status_of(&mut ata), READY);
-
-    // Through a fresh device and file handle.
-    drop(ata);
-    let mut ata = Ata::new(FileBackend::open(&path.0, true).unwrap());
-    lba28(&mut ata, command::READ_SECTORS, 60, 2);
-    let mut buf = vec![0u8; 2 * SECTOR_SIZE];
-    ata.read(port::DATA, &mut buf);
-    assert_eq!(buf, data);
-    lba28(&mut ata, command::READ_SECTORS, 0, 1);
-    ata.read(port::DATA, &mut buf[..SECTOR_SIZE]);
-    assert!(buf[..SECTOR_SIZE].iter().all(|&b| b == 0));
-
-    // Writes to a read-only image fail with ABRT and report the sector.
-    lba28(&mut ata, command::WRITE_SECTORS, 9, 1);
-    ata.write(port::DATA, &[1; SECTOR_SIZE]);
-    assert_eq!(status_of(&mut ata), READY_ERR);
-    assert_eq!(in8(&mut ata, port::ERROR), error::ABRT);
-    assert_eq!(in8(&mut ata, port::LBA_LOW), 9);
 }
 
 #[test]
