@@ -1,5 +1,5 @@
 //! Console output never blocks the VMM on its stdout (issue 7, finding 5;
-//! `host-vmm/src/console.rs`): `pvkit` runs with stdout a pipe that nobody reads (shrunk to
+//! `host-vmm/src/io/console_out.rs`): `pvkit` runs with stdout a pipe that nobody reads (shrunk to
 //! one page, so it is full within a few hundred bytes of guest output) while the built-in
 //! guest writes without end through the UART, the PV console hypercall and the console ring
 //! over doorbell exits and over an ioeventfd. The watchdog still ends the run with 124,

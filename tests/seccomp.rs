@@ -1,4 +1,4 @@
-//! Seccomp confinement (`host-vmm/src/seccomp.rs`, docs/SECURITY.md "Confinement"):
+//! Seccomp confinement (`host-vmm/src/runtime/seccomp.rs`, docs/SECURITY.md "Confinement"):
 //!
 //! - a forbidden system call on a thread confined with the vCPU (or I/O) filter is refused:
 //!   the process ends at once with status 159 and one line naming the thread and the call,

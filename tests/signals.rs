@@ -1,4 +1,4 @@
-//! SIGINT and SIGTERM to `pvkit` (`host-vmm/src/signals.rs`): the guest is stopped, the
+//! SIGINT and SIGTERM to `pvkit` (`host-vmm/src/runtime/signals.rs`): the guest is stopped, the
 //! disk flushed, and the process exits with 128 + the signal number (130, 143) and one line
 //! on stderr, within a couple of seconds, also for a guest that spins forever.
 

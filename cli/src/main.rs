@@ -156,7 +156,7 @@ fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
         other => eprintln!("{other}"),
     }
     if outcome.console_dropped > 0 {
-        // The console never waits for stdout (src/console.rs): say what did not get out.
+        // The console never waits for stdout (host-vmm/src/io/console_out.rs): say what did not get out.
         eprintln!(
             "pvkit: {} console bytes dropped (stdout did not keep up)",
             outcome.console_dropped
@@ -318,7 +318,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { STATUS_USAGE } else { 0 });
         }
     };
-    // SIGINT/SIGTERM stop the guest cleanly (src/signals.rs).
+    // SIGINT/SIGTERM stop the guest cleanly (host-vmm/src/runtime/signals.rs).
     if let Err(e) = pvkit_vmm::runtime::signals::install() {
         eprintln!("error: {e}");
         return ExitCode::from(STATUS_VMM_ERROR);
