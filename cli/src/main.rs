@@ -148,7 +148,18 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
 
 fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
     let cfg = config(args, started_at)?;
-    let outcome = pvkit_vmm::run(&cfg).context("cannot run the guest")?;
+    let outcome = match pvkit_vmm::run(&cfg) {
+        Ok(o) => o,
+        // A SIGINT/SIGTERM that arrived while the VM was being set up (reading and
+        // loading the ELF) is the reason to stop, whatever the setup then did.
+        Err(e) => match pvkit_vmm::signals::pending() {
+            Some(signal) => {
+                eprintln!("pvkit: stopped by {signal} while starting the VM ({e})");
+                return Ok(signal.exit_status());
+            }
+            None => return Err(anyhow::Error::new(e).context("cannot run the guest")),
+        },
+    };
     let _ = std::io::stdout().flush();
     match &outcome.stop {
         StopReason::Exit(_) => {}

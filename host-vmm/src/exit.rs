@@ -160,6 +160,27 @@ impl Machine {
     }
 }
 
+/// Decides whether a 4-byte write to the hypercall port is a call. `written` is the
+/// dword the port received, `rax` and `args` the registers at the exit.
+///
+/// A hypercall is `out dx, eax`: the number is `EAX`. KVM reports a one-dword string
+/// `outsd` (its dword read from guest memory) exactly like `out dx, eax`, so a write whose
+/// dword differs from `EAX` cannot be that instruction: it is not a call (`None`) and the
+/// caller handles it as an ordinary port write ([`Exit::IoOut`]: ignored, no register
+/// changed, counted as a port `0x0500` write). A string write whose dword equals `EAX`
+/// is indistinguishable from the call and is that call: its number comes from `EAX`
+/// either way. A number with `RAX`'s upper half set is dispatched as 0, which the ABI
+/// never assigns (`ENOSYS`, counted as an unknown hypercall).
+pub fn decode_hypercall(written: u32, rax: u64, args: [u64; 4]) -> Option<RawCall> {
+    if written != rax as u32 {
+        return None;
+    }
+    Some(RawCall {
+        nr: if rax >> 32 == 0 { written } else { 0 },
+        args,
+    })
+}
+
 /// Handles one exit: counts it in the ledger, then routes it.
 pub fn handle_exit(m: &mut Machine, exit: Exit<'_>) -> ExitAction {
     m.first_exit.get_or_insert_with(Instant::now);
@@ -357,6 +378,37 @@ mod tests {
         );
         assert_eq!(m.ledger.count(ExitKind::UnknownHypercall), 1);
         assert_eq!(m.ledger.count(ExitKind::PortWrite(0x500)), 0);
+    }
+
+    #[test]
+    fn string_writes_to_the_hypercall_port_are_not_calls() {
+        let args = [1, 2, 3, 4];
+        // `out dx, eax`: the dword is EAX.
+        assert_eq!(decode_hypercall(4, 4, args), Some(RawCall { nr: 4, args }));
+        // Upper half of RAX set: number 0 (ENOSYS), never an alias of the call in EAX.
+        assert_eq!(
+            decode_hypercall(4, 1 << 32 | 4, args),
+            Some(RawCall { nr: 0, args })
+        );
+        // `rep outsd` of one dword from memory (EXIT) while EAX holds ABI_VERSION: refused.
+        assert_eq!(decode_hypercall(Hypercall::Exit as u32, 1, args), None);
+        // The refused write is an ordinary port write: counted, ignored, guest resumes.
+        let mut m = machine();
+        let data = (Hypercall::Exit as u32).to_le_bytes();
+        assert_eq!(
+            handle_exit(
+                &mut m,
+                Exit::IoOut {
+                    port: pvkit_abi::ports::HYPERCALL,
+                    data: &data,
+                },
+            ),
+            ExitAction::Continue
+        );
+        assert_eq!(m.ledger.count(ExitKind::PortWrite(0x500)), 1);
+        assert_eq!(m.ledger.count(ExitKind::Hypercall(Hypercall::Exit)), 0);
+        assert_eq!(m.ledger.total(), 1);
+        assert!(m.first_hypercall.is_none());
     }
 
     #[test]

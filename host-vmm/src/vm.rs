@@ -33,7 +33,7 @@ use crate::serial::{Uart, COM1_BASE, COM1_LEN};
 use crate::signals::{self, DiskFlush};
 use crate::stop::StopReason;
 use crate::vstate::kvm::{open_kvm, PlatformError, PlatformInfo};
-use crate::vstate::memory::{create_ram, MemoryError, DEFAULT_MEM_MIB};
+use crate::vstate::memory::{create_fresh_ram, MemoryError, DEFAULT_MEM_MIB};
 use crate::vstate::vcpu::{RegAccess, Vcpu, VcpuError};
 use crate::vstate::vm::{create_vm, VmFdError};
 use crate::watchdog::{self, ArmGuard, WatchdogError};
@@ -189,6 +189,27 @@ pub enum VmError {
         /// Why.
         source: std::io::Error,
     },
+    /// The kernel path is not a regular file (a FIFO, a device, a directory, a socket).
+    #[error("cannot use {path} as the guest kernel: it is {kind}, not a regular file")]
+    KernelNotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
+    },
+    /// The kernel file is larger than guest RAM.
+    #[error(
+        "the guest kernel {path} is {len} bytes, larger than guest RAM ({limit} bytes); \
+         strip it or give the guest more --mem"
+    )]
+    KernelTooLarge {
+        /// The path.
+        path: PathBuf,
+        /// Its size (at least; it may still be growing).
+        len: u64,
+        /// The limit: guest RAM.
+        limit: u64,
+    },
     /// There is no built-in kernel.
     #[error(
         "this pvkit was built without a built-in guest kernel ({0}); pass an ELF: pvkit run PATH"
@@ -254,17 +275,79 @@ const KICK_GRACE: Duration = Duration::from_secs(5);
 /// Interval between kicks.
 const KICK_INTERVAL: Duration = Duration::from_millis(20);
 
-fn kernel_bytes(src: &KernelSource) -> Result<std::borrow::Cow<'static, [u8]>, VmError> {
+/// What a file that is not a regular file is, for [`VmError::KernelNotAFile`].
+fn file_kind(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Reads the guest ELF at `path`: a regular file of at most `limit` bytes. Opened with
+/// `O_NONBLOCK`, so a FIFO cannot block the open (nor a device the read); the type is
+/// checked on the open file, and the read stops one byte past `limit`, so a file that grows
+/// meanwhile is refused too. Nothing is read from anything but a regular file.
+pub fn read_kernel_file(path: &std::path::Path, limit: u64) -> Result<Vec<u8>, VmError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| VmError::ReadKernel {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(VmError::KernelNotAFile {
+            path: path.to_owned(),
+            kind: file_kind(meta.file_type()),
+        });
+    }
+    let too_large = |len| VmError::KernelTooLarge {
+        path: path.to_owned(),
+        len,
+        limit,
+    };
+    if meta.len() > limit {
+        return Err(too_large(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// The guest ELF's bytes. A file may be at most as large as guest RAM (`mem_mib`): no
+/// loadable image is larger, and the VMM never holds more than that for it.
+fn kernel_bytes(
+    src: &KernelSource,
+    mem_mib: u64,
+) -> Result<std::borrow::Cow<'static, [u8]>, VmError> {
     Ok(match src {
         KernelSource::Builtin => crate::guests::builtin_kernel()
             .ok_or(VmError::NoBuiltinKernel(crate::guests::BUILD_STATUS))?
             .into(),
-        KernelSource::Path(p) => std::fs::read(p)
-            .map_err(|source| VmError::ReadKernel {
-                path: p.clone(),
-                source,
-            })?
-            .into(),
+        KernelSource::Path(p) => {
+            let limit = mem_mib.min(crate::memory::MAX_MEM_MIB) << 20;
+            read_kernel_file(p, limit)?.into()
+        }
         KernelSource::Bytes(b) => b.clone().into(),
     })
 }
@@ -434,7 +517,7 @@ fn flush_disk(disk: Option<&SharedDisk>) -> DiskFlush {
 /// clock page) until the guest stops or the watchdog expires.
 pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     let t0 = config.started_at.unwrap_or_else(Instant::now);
-    let bytes = kernel_bytes(&config.kernel)?;
+    let bytes = kernel_bytes(&config.kernel, config.mem_mib)?;
     let image = ElfImage::parse(&bytes)?;
     let disk = config.disk.as_ref().map(SharedDisk::open).transpose()?;
     let kvm = open_kvm()?;
@@ -447,8 +530,11 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     }
     watchdog::install()?;
 
-    let mem = create_ram(config.mem_mib)?;
-    let kernel = image.load(&mem)?;
+    // Fresh RAM: the loader skips zero-filling what mmap already zeroed.
+    let (mem, kernel) = image.load_fresh(create_fresh_ram(config.mem_mib)?)?;
+    // The image is in guest RAM: the file's bytes are not kept for the run.
+    drop(image);
+    drop(bytes);
     let vm = Arc::new(create_vm(&kvm, &mem)?);
     let clock = VmClock::start();
     let supported = supported_cpuid(&kvm)?;

@@ -191,7 +191,10 @@ impl Vcpu {
 
     /// Reads the hypercall argument registers. With ioctls, the registers are kept for
     /// [`Vcpu::set_return`] so a hypercall costs one `KVM_GET_REGS` and one `KVM_SET_REGS`.
-    fn hypercall_args(&mut self, nr: u32) -> Result<(RawCall, Option<kvm_regs>), VcpuError> {
+    fn hypercall_args(
+        &mut self,
+        written: u32,
+    ) -> Result<(Option<RawCall>, Option<kvm_regs>), VcpuError> {
         let (r, keep) = match self.access {
             RegAccess::SyncRegs => (self.fd.sync_regs().regs, None),
             RegAccess::Ioctl => {
@@ -199,14 +202,9 @@ impl Vcpu {
                 (r, Some(r))
             }
         };
-        let raw = RawCall {
-            // The ABI puts the call number in EAX with RAX's upper half 0. A call with upper
-            // bits set is not a call of this ABI and must not alias the call in EAX: it is
-            // dispatched as number 0, which the ABI never assigns (numbers are dense from
-            // 1), so the guest gets ENOSYS and the ledger counts an unknown hypercall.
-            nr: if r.rax >> 32 == 0 { nr } else { 0 },
-            args: [r.rdi, r.rsi, r.r8, r.r9],
-        };
+        // The number is EAX (upper half 0); a dword that is not EAX (a string `outsd` from
+        // memory) is not a call: `crate::exit::decode_hypercall`.
+        let raw = crate::exit::decode_hypercall(written, r.rax, [r.rdi, r.rsi, r.r8, r.r9]);
         Ok((raw, keep))
     }
 
@@ -302,6 +300,16 @@ impl Vcpu {
             return Ok(ExitAction::Continue);
         };
         let (raw, regs) = self.hypercall_args(nr)?;
+        let Some(raw) = raw else {
+            let data = nr.to_le_bytes();
+            return Ok(handle_exit(
+                m,
+                Exit::IoOut {
+                    port: HYPERCALL,
+                    data: &data,
+                },
+            ));
+        };
         let action = handle_exit(m, Exit::Hypercall(raw));
         if let ExitAction::Return(ret) = action {
             self.set_return(ret, regs)?;
