@@ -42,10 +42,11 @@ pub const ENTRY_RSP: u64 = BOOT_STACK_TOP - 8;
 /// Guest kernels load at or above this address.
 pub const KERNEL_MIN_ADDR: u64 = 0x10_0000;
 /// The boot page tables identity-map this much (4 GiB).
-pub const IDENTITY_MAP_SIZE: u64 = 4 << 30;
+pub const IDENTITY_MAP_SIZE: u64 = 0x1_0000_0000;
 
-/// `BootInfo::magic`.
-pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"PVKITBI1");
+/// `BootInfo::magic`: `"PVKITBI1"` as a little-endian `u64` (a literal, for the C header).
+pub const BOOT_MAGIC: u64 = 0x3149_4254_494b_5650;
+const _: () = assert!(BOOT_MAGIC == u64::from_le_bytes(*b"PVKITBI1"));
 /// Capacity of [`BootInfo::regions`].
 pub const MAX_MEMORY_REGIONS: usize = 8;
 

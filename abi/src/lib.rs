@@ -38,7 +38,7 @@ mod version;
 
 pub use call::Hypercall;
 pub use status::Status;
-pub use version::{AbiVersion, ABI_VERSION};
+pub use version::{AbiVersion, ABI_VERSION, ABI_VERSION_MAJOR, ABI_VERSION_MINOR};
 
 /// Asserts at compile time that `$ty` is exactly `$size` bytes and that each listed field
 /// sits at the given offset. Used for every structure in this crate.
