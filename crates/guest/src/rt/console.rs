@@ -1,6 +1,6 @@
 //! `print!` and `println!`: the PV console when the host offers it, else the 16550 UART.
 //!
-//! The choice is made once by [`super::init`] from the `BootInfo` feature bits (no exit):
+//! The choice is made once at start-up (before `main`) from the `BootInfo` feature bits (no exit):
 //! with [`pvkit_abi::cpuid::Features::CONSOLE`] a line costs one `ConsoleWrite` hypercall
 //! (pieces are formatted into a 256-byte stack buffer first); without it the UART at COM1
 //! is initialized and each byte costs one LSR read and one THR write. `\n` is sent as is.

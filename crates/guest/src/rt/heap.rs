@@ -8,7 +8,7 @@ use pvkit_abi::boot::{BootInfo, MemoryKind, IDENTITY_MAP_SIZE, KERNEL_MIN_ADDR};
 /// The most the heap takes.
 pub const MAX_HEAP: u64 = 16 << 20;
 
-/// The global allocator (empty until [`super::init`]).
+/// The global allocator (empty until the runtime starts).
 #[cfg(target_os = "none")]
 #[global_allocator]
 static ALLOCATOR: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
