@@ -500,3 +500,409 @@ impl NetBackend for LoopbackBackend {
         self.counters
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{Icmpv4Repr, Ipv4Repr, UdpRepr};
+
+    const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+    const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+    const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+    const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+    const ECHO_PORT: u16 = 7;
+
+    fn cfg() -> ResponderConfig {
+        ResponderConfig {
+            mac: HOST_MAC,
+            ip: HOST_IP,
+            udp_echo_port: ECHO_PORT,
+        }
+    }
+
+    fn responder() -> LoopbackBackend {
+        LoopbackBackend::new(LoopbackMode::Responder(cfg()), 8).unwrap()
+    }
+
+    /// RFC 1071 one's-complement sum, written independently of smoltcp: 0 over a block
+    /// whose checksum field is right.
+    fn inet_sum(chunks: &[&[u8]]) -> u16 {
+        let mut sum: u32 = 0;
+        for c in chunks {
+            for pair in c.chunks(2) {
+                let w = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+                sum += u32::from(w);
+            }
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    fn eth(dst: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&PEER_MAC);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// An ARP request from the peer for `target`, written byte by byte (RFC 826 layout).
+    fn arp_request(target: Ipv4Addr, op: u16) -> Vec<u8> {
+        let mut a = vec![0, 1, 0x08, 0x00, 6, 4];
+        a.extend_from_slice(&op.to_be_bytes());
+        a.extend_from_slice(&PEER_MAC);
+        a.extend_from_slice(&PEER_IP.octets());
+        a.extend_from_slice(&[0; 6]);
+        a.extend_from_slice(&target.octets());
+        eth([0xff; 6], 0x0806, &a)
+    }
+
+    fn ipv4_frame(proto: IpProtocol, l4: &[u8], dst_ip: Ipv4Addr) -> Vec<u8> {
+        let repr = Ipv4Repr {
+            src_addr: PEER_IP,
+            dst_addr: dst_ip,
+            next_header: proto,
+            payload_len: l4.len(),
+            hop_limit: 17,
+        };
+        let mut ip = vec![0u8; repr.buffer_len() + l4.len()];
+        let mut p = Ipv4Packet::new_unchecked(&mut ip[..]);
+        repr.emit(&mut p, &ChecksumCapabilities::default());
+        p.payload_mut().copy_from_slice(l4);
+        eth(HOST_MAC, 0x0800, &ip)
+    }
+
+    fn icmp_echo(ident: u16, seq: u16, data: &[u8]) -> Vec<u8> {
+        let repr = Icmpv4Repr::EchoRequest {
+            ident,
+            seq_no: seq,
+            data,
+        };
+        let mut b = vec![0u8; repr.buffer_len()];
+        repr.emit(
+            &mut Icmpv4Packet::new_unchecked(&mut b[..]),
+            &ChecksumCapabilities::default(),
+        );
+        b
+    }
+
+    fn udp(src_port: u16, dst_port: u16, data: &[u8]) -> Vec<u8> {
+        let repr = UdpRepr { src_port, dst_port };
+        let mut b = vec![0u8; 8 + data.len()];
+        repr.emit(
+            &mut UdpPacket::new_unchecked(&mut b[..]),
+            &IpAddress::Ipv4(PEER_IP),
+            &IpAddress::Ipv4(HOST_IP),
+            data.len(),
+            |p| p.copy_from_slice(data),
+            &ChecksumCapabilities::default(),
+        );
+        b
+    }
+
+    fn recv_one(b: &mut LoopbackBackend) -> Vec<u8> {
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        let n = b.recv(&mut buf).unwrap().expect("a reply is queued");
+        buf[..n].to_vec()
+    }
+
+    fn assert_empty(b: &mut LoopbackBackend) {
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        assert_eq!(b.recv(&mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn arp_request_for_the_host_gets_a_reply() {
+        let mut b = responder();
+        assert_eq!(b.send(&arp_request(HOST_IP, 1)), TxOutcome::Sent);
+        let r = recv_one(&mut b);
+        let mut want = Vec::new();
+        want.extend_from_slice(&PEER_MAC); // to the requester
+        want.extend_from_slice(&HOST_MAC);
+        want.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 2]);
+        want.extend_from_slice(&HOST_MAC);
+        want.extend_from_slice(&HOST_IP.octets());
+        want.extend_from_slice(&PEER_MAC);
+        want.extend_from_slice(&PEER_IP.octets());
+        assert_eq!(r, want);
+        assert_eq!(b.stats().arp_replies, 1);
+        let c = b.counters();
+        assert_eq!(
+            (c.tx_frames, c.tx_bytes, c.rx_frames, c.rx_bytes),
+            (1, 42, 1, 42)
+        );
+        assert_empty(&mut b);
+    }
+
+    #[test]
+    fn arp_for_another_address_or_arp_reply_is_ignored() {
+        let mut b = responder();
+        assert_eq!(
+            b.send(&arp_request(Ipv4Addr::new(10, 0, 2, 3), 1)),
+            TxOutcome::Sent
+        );
+        assert_eq!(b.send(&arp_request(HOST_IP, 2)), TxOutcome::Sent);
+        assert_empty(&mut b);
+        assert_eq!(b.stats().ignored, 2);
+        let r = Responder::new(cfg()).unwrap();
+        let mut out = [0u8; MAX_FRAME_LEN];
+        assert_eq!(
+            r.respond(&arp_request(Ipv4Addr::new(10, 0, 2, 3), 1), &mut out),
+            Err(Ignored::NotForUs)
+        );
+        assert_eq!(
+            r.respond(&arp_request(HOST_IP, 2), &mut out),
+            Err(Ignored::Unsupported)
+        );
+    }
+
+    #[test]
+    fn icmp_echo_request_gets_a_reply_with_valid_checksums() {
+        let mut b = responder();
+        let data: Vec<u8> = (0..56u8).collect();
+        let req = ipv4_frame(IpProtocol::Icmp, &icmp_echo(0x1234, 7, &data), HOST_IP);
+        assert_eq!(b.send(&req), TxOutcome::Sent);
+        let r = recv_one(&mut b);
+        assert_eq!(r.len(), req.len());
+        assert_eq!(&r[..6], &PEER_MAC);
+        assert_eq!(&r[6..12], &HOST_MAC);
+        assert_eq!(&r[12..14], &[0x08, 0x00]);
+        let ip = &r[14..34];
+        assert_eq!(ip[0], 0x45);
+        assert_eq!(ip[8], REPLY_TTL);
+        assert_eq!(ip[9], 1);
+        assert_eq!(&ip[12..16], &HOST_IP.octets());
+        assert_eq!(&ip[16..20], &PEER_IP.octets());
+        assert_eq!(inet_sum(&[ip]), 0, "IPv4 header checksum");
+        let icmp = &r[34..];
+        assert_eq!(icmp[0], 0, "echo reply");
+        assert_eq!(icmp[1], 0);
+        assert_eq!(&icmp[4..8], &[0x12, 0x34, 0, 7], "ident and sequence kept");
+        assert_eq!(&icmp[8..], &data[..]);
+        assert_eq!(inet_sum(&[icmp]), 0, "ICMP checksum");
+        assert_eq!(b.stats().icmp_replies, 1);
+    }
+
+    #[test]
+    fn corrupt_checksums_fragments_and_foreign_addresses_get_no_reply() {
+        let r = Responder::new(cfg()).unwrap();
+        let mut out = [0u8; MAX_FRAME_LEN];
+        let good = ipv4_frame(IpProtocol::Icmp, &icmp_echo(1, 1, b"abc"), HOST_IP);
+        assert!(r.respond(&good, &mut out).is_ok());
+        let mut bad_icmp = good.clone();
+        *bad_icmp.last_mut().unwrap() ^= 0xff;
+        assert_eq!(r.respond(&bad_icmp, &mut out), Err(Ignored::Malformed));
+        let mut bad_ip = good.clone();
+        bad_ip[14 + 8] = 1; // TTL changed, header checksum not
+        assert_eq!(r.respond(&bad_ip, &mut out), Err(Ignored::Malformed));
+        let mut frag = good.clone();
+        frag[14 + 6] = 0x20; // more fragments
+        frag[14 + 10] = 0;
+        frag[14 + 11] = 0;
+        let s = inet_sum(&[&frag[14..34]]);
+        frag[14 + 10..14 + 12].copy_from_slice(&s.to_be_bytes());
+        assert_eq!(r.respond(&frag, &mut out), Err(Ignored::Unsupported));
+        let other = ipv4_frame(
+            IpProtocol::Icmp,
+            &icmp_echo(1, 1, b"abc"),
+            Ipv4Addr::new(10, 0, 2, 9),
+        );
+        assert_eq!(r.respond(&other, &mut out), Err(Ignored::NotForUs));
+        let mut other_mac = good.clone();
+        other_mac[5] = 0x77;
+        assert_eq!(r.respond(&other_mac, &mut out), Err(Ignored::NotForUs));
+        let tcp = ipv4_frame(IpProtocol::Tcp, &[0u8; 20], HOST_IP);
+        assert_eq!(r.respond(&tcp, &mut out), Err(Ignored::Unsupported));
+        let ipv6 = eth(HOST_MAC, 0x86dd, &[0u8; 40]);
+        assert_eq!(r.respond(&ipv6, &mut out), Err(Ignored::Unsupported));
+    }
+
+    #[test]
+    fn udp_to_the_echo_port_is_echoed_with_ports_swapped() {
+        let mut b = responder();
+        let data = b"pvkit udp echo";
+        let req = ipv4_frame(IpProtocol::Udp, &udp(40000, ECHO_PORT, data), HOST_IP);
+        assert_eq!(b.send(&req), TxOutcome::Sent);
+        let r = recv_one(&mut b);
+        assert_eq!(r.len(), req.len());
+        assert_eq!(&r[..6], &PEER_MAC);
+        assert_eq!(&r[6..12], &HOST_MAC);
+        let ip = &r[14..34];
+        assert_eq!(inet_sum(&[ip]), 0);
+        assert_eq!(&ip[12..16], &HOST_IP.octets());
+        assert_eq!(&ip[16..20], &PEER_IP.octets());
+        let u = &r[34..];
+        assert_eq!(&u[0..2], &ECHO_PORT.to_be_bytes());
+        assert_eq!(&u[2..4], &40000u16.to_be_bytes());
+        assert_eq!(&u[8..], data);
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&HOST_IP.octets());
+        pseudo.extend_from_slice(&PEER_IP.octets());
+        pseudo.extend_from_slice(&[0, 17]);
+        pseudo.extend_from_slice(&(u.len() as u16).to_be_bytes());
+        assert_eq!(
+            inet_sum(&[&pseudo, u]),
+            0,
+            "UDP checksum over the pseudo-header"
+        );
+        assert_eq!(b.stats().udp_replies, 1);
+
+        // Another port: no echo. No checksum (0): still echoed.
+        b.send(&ipv4_frame(IpProtocol::Udp, &udp(40000, 9, data), HOST_IP));
+        assert_empty(&mut b);
+        let mut no_sum = udp(40001, ECHO_PORT, data);
+        no_sum[6] = 0;
+        no_sum[7] = 0;
+        b.send(&ipv4_frame(IpProtocol::Udp, &no_sum, HOST_IP));
+        let r = recv_one(&mut b);
+        assert_eq!(&r[34 + 2..34 + 4], &40001u16.to_be_bytes());
+        assert_eq!(b.stats().ignored, 1);
+    }
+
+    #[test]
+    fn ethernet_padding_is_not_echoed() {
+        let mut b = responder();
+        let mut req = ipv4_frame(IpProtocol::Udp, &udp(5, ECHO_PORT, b"x"), HOST_IP);
+        let unpadded = req.len();
+        req.resize(60, 0xee);
+        b.send(&req);
+        assert_eq!(recv_one(&mut b).len(), unpadded);
+    }
+
+    #[test]
+    fn oversize_and_undersize_frames_are_dropped_and_counted() {
+        let mut b = LoopbackBackend::new(LoopbackMode::Reflect, 4).unwrap();
+        let big = vec![0u8; MAX_FRAME_LEN + 1];
+        assert_eq!(b.send(&big), TxOutcome::Dropped(DropReason::Oversize));
+        assert_eq!(
+            b.send(&[0u8; 13]),
+            TxOutcome::Dropped(DropReason::Undersize)
+        );
+        let max = vec![0x11u8; MAX_FRAME_LEN];
+        assert_eq!(b.send(&max), TxOutcome::Sent);
+        let c = b.counters();
+        assert_eq!(
+            (c.dropped_oversize, c.dropped_undersize, c.tx_frames),
+            (1, 1, 1)
+        );
+        assert_eq!(recv_one(&mut b).len(), MAX_FRAME_LEN);
+    }
+
+    #[test]
+    fn garbage_never_panics_and_is_ignored() {
+        let mut b = responder();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        for i in 0..2000 {
+            let len = 14 + (i * 7) % (MAX_FRAME_LEN - 13);
+            let mut f: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            // Half of them addressed to the host, as IPv4 or ARP, to reach the parsers.
+            if i % 2 == 0 {
+                f[..6].copy_from_slice(&HOST_MAC);
+                f[6] = 0x02;
+                f[12..14].copy_from_slice(if i % 4 == 0 { &[8, 0] } else { &[8, 6] });
+            }
+            assert_eq!(b.send(&f), TxOutcome::Sent);
+            while b.recv(&mut buf).unwrap().is_some() {}
+        }
+        let s = b.stats();
+        assert_eq!(
+            s.ignored + s.arp_replies + s.icmp_replies + s.udp_replies,
+            2000
+        );
+        assert_eq!(s.ignored, 2000, "random bytes never form a valid request");
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_without_blocking() {
+        let mut b = LoopbackBackend::new(LoopbackMode::Reflect, 4).unwrap();
+        let f = eth(HOST_MAC, 0x88b5, &[0u8; 50]);
+        let start = std::time::Instant::now();
+        let outcomes: Vec<TxOutcome> = (0..10_000).map(|_| b.send(&f)).collect();
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+        assert_eq!(
+            outcomes.iter().filter(|o| **o == TxOutcome::Sent).count(),
+            4
+        );
+        let c = b.counters();
+        assert_eq!(
+            (c.tx_frames, c.dropped_queue_full, b.pending()),
+            (4, 9996, 4)
+        );
+        // Reflected: MACs swapped, rest unchanged.
+        let r = recv_one(&mut b);
+        assert_eq!(&r[..6], &PEER_MAC);
+        assert_eq!(&r[6..12], &HOST_MAC);
+        assert_eq!(&r[12..], &f[12..]);
+        assert_eq!(b.send(&f), TxOutcome::Sent, "a drained slot is reused");
+        let mut n = 0;
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        while b.recv(&mut buf).unwrap().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 4);
+        assert_eq!(b.counters().rx_frames, 5);
+
+        // Responder: a request whose reply does not fit is dropped and counted as well.
+        let mut r = LoopbackBackend::new(LoopbackMode::Responder(cfg()), 2).unwrap();
+        let req = arp_request(HOST_IP, 1);
+        assert_eq!(r.send(&req), TxOutcome::Sent);
+        assert_eq!(r.send(&req), TxOutcome::Sent);
+        assert_eq!(r.send(&req), TxOutcome::Dropped(DropReason::QueueFull));
+        // A frame that needs no reply is still taken when the queue is full.
+        assert_eq!(r.send(&arp_request(HOST_IP, 2)), TxOutcome::Sent);
+        let c = r.counters();
+        assert_eq!(
+            (c.tx_frames, c.dropped_queue_full, r.stats().arp_replies),
+            (3, 1, 2)
+        );
+    }
+
+    #[test]
+    fn sink_takes_everything_and_answers_nothing() {
+        let mut b = LoopbackBackend::new(LoopbackMode::Sink, 1).unwrap();
+        for _ in 0..100 {
+            assert_eq!(b.send(&arp_request(HOST_IP, 1)), TxOutcome::Sent);
+        }
+        assert_empty(&mut b);
+        assert_eq!(b.counters().tx_frames, 100);
+        assert_eq!(b.counters().dropped(), 0);
+    }
+
+    #[test]
+    fn a_short_receive_buffer_is_refused_and_the_frame_kept() {
+        let mut b = responder();
+        b.send(&arp_request(HOST_IP, 1));
+        let mut small = [0u8; 64];
+        assert!(matches!(
+            b.recv(&mut small),
+            Err(BackendError::BufferTooSmall { len: 64 })
+        ));
+        assert_eq!(recv_one(&mut b).len(), 42);
+    }
+
+    #[test]
+    fn bad_configurations_are_refused() {
+        let mut c = cfg();
+        c.mac = [0x01, 0, 0x5e, 0, 0, 1];
+        assert_eq!(Responder::new(c), Err(LoopbackError::MacNotUnicast(c.mac)));
+        let mut c = cfg();
+        c.ip = Ipv4Addr::BROADCAST;
+        assert_eq!(Responder::new(c), Err(LoopbackError::IpNotUnicast(c.ip)));
+        assert!(matches!(
+            LoopbackBackend::new(LoopbackMode::Sink, 0),
+            Err(LoopbackError::ZeroCapacity)
+        ));
+    }
+}
