@@ -22,7 +22,8 @@
 //! - [`clock`]: the PV clock page and kvmclock, read vDSO-style (usable from ring 3);
 //! - [`tsc`]: `rdtsc`, plain and ordered;
 //! - [`ata`]: a polling ATA PIO driver (the emulated disk, or hardware);
-//! - [`pit`]: the 8254 PIT as a time source, extended to a monotonic tick count.
+//! - [`pit`]: the 8254 PIT as a time source, extended to a monotonic tick count;
+//! - [`ne2000`]: a polling NE2000 (DP8390) network driver (the emulated NIC, or hardware).
 //!
 //! Nothing here allocates, and nothing here assumes a particular kernel layout. The crate
 //! also builds for the host target (it is part of the host workspace), where its pure parts
@@ -49,6 +50,7 @@ pub mod cpuid;
 pub mod fault;
 #[cfg(target_arch = "x86_64")]
 pub mod hypercall;
+pub mod ne2000;
 pub mod pit;
 pub mod port;
 pub mod ring;
