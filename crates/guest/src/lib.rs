@@ -23,6 +23,7 @@
 //! - [`tsc`]: `rdtsc`, plain and ordered;
 //! - [`ata`]: a polling ATA PIO driver (the emulated disk, or hardware);
 //! - [`pit`]: the 8254 PIT as a time source, extended to a monotonic tick count;
+//! - [`ne2000`]: a polling NE2000 (DP8390) network driver (the emulated NIC, or hardware).
 //! - `rt` (feature `runtime`): a guest runtime — entry macro (`entry!`), guarded boot
 //!   stack, GDT/TSS/IDT reporting every exception, panic handler, `print!`/`println!`,
 //!   and with feature `heap` a global allocator;
@@ -54,6 +55,7 @@ pub mod cpuid;
 pub mod fault;
 #[cfg(target_arch = "x86_64")]
 pub mod hypercall;
+pub mod ne2000;
 pub mod pit;
 pub mod port;
 pub mod ring;
