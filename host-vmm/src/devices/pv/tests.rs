@@ -801,3 +801,56 @@ fn io_thread_lifecycle() {
     std::thread::spawn(move || s.stop()).join().unwrap();
     drop(h);
 }
+
+#[test]
+fn a_second_device_for_a_number_or_a_region_is_refused() {
+    use super::console::PvConsole;
+    use super::BusError;
+    let mut bus = HypercallBus::new();
+    bus.insert(Arc::new(PvConsole::new(Console::capture())))
+        .unwrap();
+    let e = bus
+        .insert(Arc::new(PvConsole::new(Console::capture())))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            BusError::CallTaken {
+                call: "console_write",
+                first: "console",
+                second: "console"
+            }
+        ),
+        "{e:?}"
+    );
+    bus.insert(Arc::new(PvClockDevice::new(None, false)))
+        .unwrap();
+    let e = bus
+        .insert(Arc::new(PvClockDevice::new(None, true)))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            BusError::RegionTaken {
+                kind: RegionKind::Clock,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    // The refused devices left no trace: the features are the first two devices' only.
+    assert_eq!(bus.features().bits(), 0x01, "CONSOLE (1 << 0) only");
+    let mut ledger = ExitLedger::new();
+    let config = RingsConfig {
+        ioevents: None,
+        on_fatal: Arc::new(|_| {}),
+    };
+    bus.with_rings(create_ram(8).unwrap(), config, &mut ledger)
+        .unwrap();
+    // CONSOLE | CONSOLE_RING (1 << 1) | RING_POLL (1 << 5) once the rings exist.
+    assert_eq!(bus.features().bits(), 0x23);
+    let e = bus
+        .insert(Arc::new(PvClockDevice::new(None, true)))
+        .unwrap_err();
+    assert!(matches!(e, BusError::Late("clock")), "{e:?}");
+}
