@@ -11,10 +11,9 @@ use std::time::Instant;
 
 use pvkit_abi::call::{CallReturn, Hypercall, RawCall};
 
-use crate::bench::BenchRecorder;
 use crate::bus::PortBus;
-use crate::console::Console;
-use crate::hypercall::{self, HypercallContext, Outcome, PvDevices};
+use crate::devices::pv::HypercallBus;
+use crate::hypercall::{self, HypercallContext, Outcome};
 use crate::ledger::{ExitKind, ExitLedger};
 use crate::memory::GuestRam;
 use crate::stop::StopReason;
@@ -118,12 +117,8 @@ pub struct Machine {
     pub mmio: MmioMap,
     /// Exit counts.
     pub ledger: ExitLedger,
-    /// The console sink (shared with the UART on the bus).
-    pub console: Console,
-    /// Benchmark phases and samples.
-    pub bench: BenchRecorder,
-    /// PV block and ring devices.
-    pub pv: Box<dyn PvDevices>,
+    /// The PV devices, by hypercall number.
+    pub pv: HypercallBus,
     /// Set by the watchdog before it kicks the vCPU: an interrupted `KVM_RUN` then means
     /// "time is up", otherwise it was spurious and the guest resumes.
     pub stop_requested: Arc<AtomicBool>,
@@ -143,15 +138,13 @@ impl std::fmt::Debug for Machine {
 }
 
 impl Machine {
-    /// A machine with the given memory, bus, console and PV devices.
-    pub fn new(mem: GuestRam, bus: PortBus, console: Console, pv: Box<dyn PvDevices>) -> Self {
+    /// A machine with the given memory, port bus and PV devices.
+    pub fn new(mem: GuestRam, bus: PortBus, pv: HypercallBus) -> Self {
         Self {
             mem,
             bus,
             mmio: MmioMap::default(),
             ledger: ExitLedger::new(),
-            console,
-            bench: BenchRecorder::new(),
             pv,
             stop_requested: Arc::new(AtomicBool::new(false)),
             first_exit: None,
@@ -201,13 +194,12 @@ pub fn handle_exit(m: &mut Machine, exit: Exit<'_>) -> ExitAction {
                 Ok(h) => ExitKind::Hypercall(h),
                 Err(_) => ExitKind::UnknownHypercall,
             });
-            let mut ctx = HypercallContext {
-                console: &m.console,
+            let ctx = HypercallContext {
                 ledger: &m.ledger,
-                bench: &mut m.bench,
-                pv: m.pv.as_mut(),
+                bus: &m.pv,
+                vcpu: 0,
             };
-            match hypercall::dispatch(&m.mem, raw, &mut ctx) {
+            match hypercall::dispatch(&m.mem, raw, &ctx) {
                 Outcome::Return(r) => ExitAction::Return(r),
                 Outcome::Stop(s) => ExitAction::Stop(s),
             }
@@ -277,23 +269,24 @@ pub fn handle_exit(m: &mut Machine, exit: Exit<'_>) -> ExitAction {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypercall::NoPvDevices;
+    use crate::console::Console;
     use crate::memory::create_ram;
     use crate::serial::{Uart, COM1_BASE, COM1_LEN};
     use pvkit_abi::Status;
     use vm_memory::{Bytes, GuestAddress};
 
-    fn machine() -> Machine {
+    fn machine() -> (Machine, Console) {
         let console = Console::capture();
         let mut bus = PortBus::new();
         bus.insert(COM1_BASE, COM1_LEN, Box::new(Uart::new(console.clone())))
             .unwrap();
-        Machine::new(create_ram(4).unwrap(), bus, console, Box::new(NoPvDevices))
+        let pv = crate::devices::core_devices(console.clone()).bus;
+        (Machine::new(create_ram(4).unwrap(), bus, pv), console)
     }
 
     #[test]
     fn uart_output_and_counts() {
-        let mut m = machine();
+        let (mut m, console) = machine();
         for b in b"ok" {
             let mut lsr = [0u8];
             let a = handle_exit(
@@ -314,7 +307,7 @@ mod tests {
             );
             assert_eq!(a, ExitAction::Continue);
         }
-        assert_eq!(m.console.captured(), b"ok");
+        assert_eq!(console.captured(), b"ok");
         assert_eq!(m.ledger.count(ExitKind::PortRead(0x3fd)), 2);
         assert_eq!(m.ledger.count(ExitKind::PortWrite(0x3f8)), 2);
         assert_eq!(m.ledger.total(), 4);
@@ -322,7 +315,7 @@ mod tests {
 
     #[test]
     fn unclaimed_ports_read_all_ones() {
-        let mut m = machine();
+        let (mut m, _) = machine();
         let mut d = [0u8; 4];
         handle_exit(
             &mut m,
@@ -344,7 +337,7 @@ mod tests {
 
     #[test]
     fn hypercalls_return_and_stop() {
-        let mut m = machine();
+        let (mut m, console) = machine();
         m.mem.write_slice(b"pv!", GuestAddress(0x20_0000)).unwrap();
         let a = handle_exit(
             &mut m,
@@ -371,7 +364,7 @@ mod tests {
             }),
         );
         assert_eq!(a, ExitAction::Stop(StopReason::Exit(42)));
-        assert_eq!(m.console.captured(), b"pv!");
+        assert_eq!(console.captured(), b"pv!");
         assert_eq!(
             m.ledger.count(ExitKind::Hypercall(Hypercall::ConsoleWrite)),
             1
@@ -393,7 +386,7 @@ mod tests {
         // `rep outsd` of one dword from memory (EXIT) while EAX holds ABI_VERSION: refused.
         assert_eq!(decode_hypercall(Hypercall::Exit as u32, 1, args), None);
         // The refused write is an ordinary port write: counted, ignored, guest resumes.
-        let mut m = machine();
+        let (mut m, _) = machine();
         let data = (Hypercall::Exit as u32).to_le_bytes();
         assert_eq!(
             handle_exit(
@@ -413,7 +406,7 @@ mod tests {
 
     #[test]
     fn mmio_is_counted_and_reads_all_ones() {
-        let mut m = machine();
+        let (mut m, _) = machine();
         m.mmio.insert(0xfee0_0000..0xfee0_1000, "lapic");
         let mut d = [0u8; 4];
         assert_eq!(
@@ -440,7 +433,7 @@ mod tests {
 
     #[test]
     fn terminal_exits() {
-        let mut m = machine();
+        let (mut m, _) = machine();
         assert_eq!(
             handle_exit(&mut m, Exit::Hlt),
             ExitAction::Stop(StopReason::Halted { rip: None })
@@ -472,7 +465,7 @@ mod tests {
 
     #[test]
     fn interrupts_resume_unless_the_watchdog_fired() {
-        let mut m = machine();
+        let (mut m, _) = machine();
         assert_eq!(handle_exit(&mut m, Exit::Interrupted), ExitAction::Continue);
         m.stop_requested.store(true, Ordering::Release);
         assert_eq!(

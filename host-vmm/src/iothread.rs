@@ -11,7 +11,7 @@
 //! last read), adds it to the ring's in-kernel notification counter in the ledger, then
 //! services the ring; the ring consumer re-arms `req_event` and re-checks `req_prod`.
 //!
-//! Each service is bounded by the ring's budget (`crate::paravirt::SERVICE_REQUESTS`,
+//! Each service is bounded by the ring's budget (`crate::devices::pv::rings::SERVICE_REQUESTS`,
 //! `SERVICE_BYTES`). An eventfd ring left with work at its budget is remembered and
 //! continued on the next turn of the loop; a polled one by the next poll step. The stop flag
 //! is checked before every service, so [`IoThread::stop`] joins the thread after one budget
@@ -28,21 +28,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
-use pvkit_abi::ring::RingId;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 #[cfg(doc)]
 use pvkit_abi::ring::Transport;
 
-use crate::paravirt::RingSet;
+use crate::devices::pv::rings::{QueueIndex, RingSet};
 use crate::seccomp::Confinement;
 
 /// While polling, the eventfds are checked (one non-blocking `epoll_wait`) every this many
 /// spins.
 pub const EPOLL_EVERY: u32 = 64;
 
-/// The epoll token of the wake eventfd; ring eventfds use their ring id.
+/// The epoll token of the wake eventfd; ring eventfds use their slot index.
 const WAKE_TOKEN: u64 = u64::MAX;
 
 /// The part of the I/O thread shared with it: the stop flag, the wake eventfd, the epoll
@@ -136,12 +135,12 @@ impl IoThread {
         Ok(())
     }
 
-    /// Watches `fd`, the eventfd of ring `id`.
-    pub(crate) fn watch(&self, fd: RawFd, id: RingId) -> io::Result<()> {
+    /// Watches `fd`, the eventfd of ring slot `id`.
+    pub(crate) fn watch(&self, fd: RawFd, id: QueueIndex) -> io::Result<()> {
         self.ctl.epoll.ctl(
             ControlOperation::Add,
             fd,
-            EpollEvent::new(EventSet::IN, id as u64),
+            EpollEvent::new(EventSet::IN, u64::from(id)),
         )
     }
 
@@ -226,14 +225,12 @@ fn thread_main(
     on_fatal(failure);
 }
 
-fn ring_ids(mask: u32) -> impl Iterator<Item = RingId> {
-    [RingId::Console, RingId::Block]
-        .into_iter()
-        .filter(move |id| mask & (1 << (*id as u32)) != 0)
+fn ring_ids(mask: u32) -> impl Iterator<Item = QueueIndex> {
+    (0..u32::BITS).filter(move |id| mask & (1 << id) != 0)
 }
 
-fn bit(id: RingId) -> u32 {
-    1 << (id as u32)
+fn bit(id: QueueIndex) -> u32 {
+    1u32.checked_shl(id).unwrap_or(0)
 }
 
 fn io_loop(ctl: &IoControl, rings: &RingSet) -> io::Result<()> {
@@ -268,7 +265,7 @@ fn io_loop(ctl: &IoControl, rings: &RingSet) -> io::Result<()> {
                     Err(e) => return Err(e),
                 }
                 // New registrations: serve what was published before them.
-                for id in [RingId::Console, RingId::Block] {
+                for id in 0..rings.len() {
                     if stopping() {
                         return Ok(());
                     }
@@ -278,9 +275,7 @@ fn io_loop(ctl: &IoControl, rings: &RingSet) -> io::Result<()> {
                 }
                 continue;
             }
-            let id = u32::try_from(ev.data())
-                .ok()
-                .and_then(|v| RingId::try_from(v).ok());
+            let id = u32::try_from(ev.data()).ok().filter(|v| *v < rings.len());
             if let Some(id) = id {
                 if stopping() {
                     return Ok(());

@@ -11,6 +11,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::Cap;
+use pvkit_abi::cpuid::Features;
 use pvkit_abi::AbiVersion;
 use thiserror::Error;
 
@@ -19,15 +20,16 @@ use crate::arch::x86_64::layout::{write_boot_area, BootParams, LayoutError};
 use crate::bench::{PhaseObserver, PhaseRecord, SampleRecord};
 use crate::bus::{BusError, PortBus};
 use crate::console::Console;
+use crate::devices::pseudo::null::NullPort;
+use crate::devices::pv::clock::{ClockSource, TscClock};
+use crate::devices::pv::doorbell::{IoEventRegistrar, KvmIoEvents, DOORBELL_PORTS};
+use crate::devices::pv::{BusError as HypercallBusError, HypercallBus, RingsConfig};
+use crate::devices::{assemble, PvConfig};
 use crate::disk::{DiskConfig, DiskError, SharedDisk};
 use crate::elf::{ElfError, ElfImage};
 use crate::emulated::{attach_ata, attach_pit, VmClock};
 use crate::exit::{ExitAction, Machine};
-use crate::hypercall::{NoPvDevices, BASE_FEATURES};
 use crate::ledger::LedgerSnapshot;
-use crate::paravirt::{
-    offered_features, ClockSource, KvmIoEvents, PvBackend, PvConfig, TscClock, DOORBELL_PORTS,
-};
 use crate::seccomp::{Confinement, SeccompError, ThreadKind};
 use crate::serial::{Uart, COM1_BASE, COM1_LEN};
 use crate::signals::{self, DiskFlush};
@@ -262,9 +264,9 @@ pub enum VmError {
     /// The disk image could not be opened.
     #[error(transparent)]
     Disk(#[from] DiskError),
-    /// The PV devices could not be set up (epoll, eventfd).
-    #[error("cannot set up the PV devices: {0}")]
-    PvDevices(std::io::Error),
+    /// The PV devices could not be set up (epoll, eventfd, conflicting registrations).
+    #[error("cannot set up the PV devices")]
+    PvDevices(#[source] HypercallBusError),
     /// A thread could not be confined with its seccomp filter.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
@@ -541,28 +543,78 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     let kvmclock = kvmclock_available(supported.as_slice());
     let eventfd = kvm.check_extension(Cap::Ioeventfd);
     let clock_possible = kvm.check_extension(Cap::GetTscKhz);
-    let pv_features = |clock: bool| offered_features(disk.is_some(), eventfd, clock, kvmclock);
-    let mut features = BASE_FEATURES | pv_features(clock_possible);
+    // vCPU 0 first: the PV clock needs its TSC rate and offset. Its CPUID gets the
+    // feature bits once the devices are registered (below).
     let mut vcpu = Vcpu::new(
         &kvm,
         &vm,
         0,
         kernel.entry,
         &supported,
-        features,
+        Features::empty(),
         config.reg_access,
     )?;
     let tsc_khz = vcpu.tsc_khz();
-    let tsc_clock = match (tsc_khz, vcpu.guest_tsc_offset()) {
-        (Some(khz), Some(offset)) => Some(TscClock::new(clock, khz, offset)),
+    let tsc_clock = match (clock_possible, tsc_khz, vcpu.guest_tsc_offset()) {
+        (true, Some(khz), Some(offset)) => Some(TscClock::new(clock, khz, offset)),
+        // KVM cannot tell the TSC rate or value: no clock page.
         _ => None,
     };
-    if clock_possible && tsc_clock.is_none() {
-        // KVM could not tell the TSC rate or value after all: no clock page.
-        features = BASE_FEATURES | pv_features(false);
-        vcpu.set_features(&supported, features)?;
+
+    let console = if config.capture_console {
+        Console::capture()
+    } else {
+        Console::stdout().map_err(VmError::Thread)?
+    };
+    let mut bus = PortBus::new();
+    bus.insert(COM1_BASE, COM1_LEN, Box::new(Uart::new(console.clone())))?;
+    bus.insert(pvkit_abi::ports::NULL, 1, Box::new(NullPort))?;
+    attach_pit(&mut bus, clock)?;
+    if let Some(d) = &disk {
+        attach_ata(&mut bus, d.clone())?;
     }
-    // The other vCPUs, with the final feature bits and vCPU 0's register access.
+    let mut machine = Machine::new(mem, bus, HypercallBus::new());
+    let (tx, rx) = mpsc::channel();
+    let fatal = tx.clone();
+    let pv = assemble(
+        PvConfig {
+            console: console.clone(),
+            disk: disk.clone(),
+            clock: tsc_clock.map(|c| Arc::new(c) as Arc<dyn ClockSource>),
+            kvmclock,
+            rings: Some((
+                machine.mem.clone(),
+                RingsConfig {
+                    ioevents: eventfd.then(|| {
+                        Arc::new(KvmIoEvents(Arc::clone(&vm))) as Arc<dyn IoEventRegistrar>
+                    }),
+                    on_fatal: Arc::new(move |msg| {
+                        let _ = fatal.send(Event::HostFailure(msg));
+                    }),
+                },
+            )),
+        },
+        &mut machine.ledger,
+    )
+    .map_err(VmError::PvDevices)?;
+    let (base, len) = DOORBELL_PORTS;
+    if let Some(doorbells) = pv.bus.doorbell_ports() {
+        machine.bus.insert(base, len, Box::new(doorbells))?;
+    }
+    let io_stopper = pv.bus.stopper();
+    machine.pv = pv.bus;
+    let bench = pv.bench;
+    if let Some(d) = &disk {
+        bench.set_disk(Box::new(d.clone()));
+    }
+    if let Some(obs) = &config.phase_observer {
+        bench.set_observer(obs.clone());
+    }
+
+    // The feature bits, from the registered devices: CPUID of every vCPU and boot info.
+    let features = machine.pv.features();
+    vcpu.set_features(&supported, features)?;
+    // The other vCPUs, with the feature bits and vCPU 0's register access.
     let parked: Vec<Vcpu> = (1..config.vcpus)
         .map(|i| {
             let access = Some(vcpu.reg_access());
@@ -572,7 +624,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         .collect::<Result<_, _>>()?;
     let cmdline = config.full_cmdline();
     write_boot_area(
-        &mem,
+        &machine.mem,
         &BootParams {
             cmdline: cmdline.as_bytes(),
             kernel: kernel.span.clone(),
@@ -580,51 +632,6 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
             tsc_khz: tsc_khz.map_or(0, u64::from),
         },
     )?;
-
-    let console = if config.capture_console {
-        Console::capture()
-    } else {
-        Console::stdout().map_err(VmError::Thread)?
-    };
-    let mut bus = PortBus::new();
-    bus.insert(COM1_BASE, COM1_LEN, Box::new(Uart::new(console.clone())))?;
-    attach_pit(&mut bus, clock)?;
-    if let Some(d) = &disk {
-        attach_ata(&mut bus, d.clone())?;
-    }
-    let mut machine = Machine::new(mem, bus, console.clone(), Box::new(NoPvDevices));
-    let (tx, rx) = mpsc::channel();
-    let fatal = tx.clone();
-    let pv = PvBackend::new(
-        PvConfig {
-            mem: machine.mem.clone(),
-            console: console.clone(),
-            disk: disk.clone(),
-            clock: tsc_clock.map(|c| Arc::new(c) as Arc<dyn ClockSource>),
-            ioevents: eventfd.then(|| {
-                Arc::new(KvmIoEvents(Arc::clone(&vm))) as Arc<dyn crate::paravirt::IoEventRegistrar>
-            }),
-            kvmclock,
-            on_fatal: Arc::new(move |msg| {
-                let _ = fatal.send(Event::HostFailure(msg));
-            }),
-        },
-        &mut machine.ledger,
-    )
-    .map_err(VmError::PvDevices)?;
-    let (base, len) = DOORBELL_PORTS;
-    machine
-        .bus
-        .insert(base, len, Box::new(pv.doorbell_ports()))?;
-    let io_stopper = pv.stopper();
-    machine.pv = Box::new(pv);
-    debug_assert_eq!(features, BASE_FEATURES | machine.pv.features());
-    if let Some(d) = &disk {
-        machine.bench.set_disk(Box::new(d.clone()));
-    }
-    if let Some(obs) = &config.phase_observer {
-        machine.bench.set_observer(obs.clone());
-    }
     let stop_requested = machine.stop_requested.clone();
     let platform = crate::vstate::kvm::info(tsc_khz);
     let reg_access = vcpu.reg_access();
@@ -657,12 +664,13 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     let mut host_failure = match supervise(&rx, &thread, deadline, &stop_requested) {
         Ok(failure) => failure,
         Err(e) => {
-            io_stopper.stop();
+            if let Some(s) = io_stopper {
+                s.stop();
+            }
             return Err(e);
         }
     };
-    let (stop, mut machine, entered, stopped) =
-        thread.join().map_err(|_| VmError::VcpuPanicked)??;
+    let (stop, machine, entered, stopped) = thread.join().map_err(|_| VmError::VcpuPanicked)??;
     parked.release()?;
     if let Err(msg) = machine.pv.shutdown() {
         host_failure.get_or_insert(msg);
@@ -685,7 +693,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         (None, _) => stop,
     };
 
-    let (phases, samples) = machine.bench.into_parts();
+    let (phases, samples) = bench.take();
     // Bounded: the writer thread gets a short grace, what it cannot write is counted.
     console.finish(crate::console::FINISH_GRACE);
     Ok(RunOutcome {

@@ -45,7 +45,7 @@ pub struct PhaseRecord {
     /// userspace exits by kind in `counts` (ports are named: `PortRead(0x1f0)` vs
     /// `PortRead(0x1f7)`, doorbells are `PortWrite(0x510 + ring)`), their sum in `total`,
     /// and in `notifications` the in-kernel notifications per ring (ioeventfd doorbell
-    /// writes that never left the kernel, by [`crate::paravirt::notifier_name`]).
+    /// writes that never left the kernel, by [`crate::devices::pv::notifier_name`]).
     pub exits: LedgerSnapshot,
     /// Host wall time between the two markers.
     pub host_time: Duration,
@@ -56,7 +56,7 @@ impl PhaseRecord {
     pub fn notifications(&self, ring: pvkit_abi::ring::RingId) -> u64 {
         self.exits
             .notifications
-            .get(crate::paravirt::notifier_name(ring))
+            .get(crate::devices::pv::notifier_name(ring))
             .copied()
             .unwrap_or(0)
     }
@@ -451,7 +451,7 @@ mod tests {
             s2.lock().unwrap().push((p.case, p.ops, p.exits.total));
         })));
         let mut l = ExitLedger::new();
-        let n = l.notifier(crate::paravirt::NOTIFY_BLOCK_RING);
+        let n = l.notifier(crate::devices::pv::block::NOTIFY_BLOCK_RING);
         r.begin(CASE, &l).unwrap();
         l.record(ExitKind::PortRead(0x40));
         n.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
