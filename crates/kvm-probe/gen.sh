@@ -19,3 +19,4 @@ objcopy -O binary -j .text "$t/p.elf" "$t/p.bin"
   nm "$t/p.elf" | awk '$2=="T" && $3 !~ /^_/ {printf "/// Address of `%s` in guest/probe.S.\npub const %s: u64 = 0x%s;\n", $3, toupper($3), substr($1, length($1)-7)}'
 } > src/guest_code.rs
 rm -rf "$t"
+rustfmt --edition 2021 src/guest_code.rs

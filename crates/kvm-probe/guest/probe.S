@@ -15,6 +15,8 @@
         .set APUP, 0x30108       # written by the PV-started AP
         .set BSPCNT, 0x30110     # IPIs received by the BSP
         .set APCNT, 0x30118      # IPIs received by the AP
+        .set PVACK, 0x30020      # interrupts acknowledged through PV EOI
+        .set PVEOI, 0x30400      # the PV EOI word
 
         .macro report code
         mov dx, 0x500
@@ -48,6 +50,15 @@ irq_wait:
         jb 1b
         report 0xff
         jmp .
+
+# ---- irq_wait_pveoi: enable PV EOI (MSR 0x4b564d04 = PVEOI | 1), then irq_wait ---------
+        .globl irq_wait_pveoi
+irq_wait_pveoi:
+        mov ecx, 0x4b564d04
+        mov eax, PVEOI + 1
+        xor edx, edx
+        wrmsr
+        jmp irq_wait
 
 # ---- irq_pic: rdi = interrupts to wait for, PIC IRQ rsi (< 8) at vector 0x30 -----------
         .globl irq_pic
@@ -141,6 +152,16 @@ self_ipi_xapic:
         report 0xff
         jmp .
 
+# ---- self_ipi_pveoi: enable PV EOI, then self_ipi_xapic (host points vector 0x31 at
+# irq_pveoi_handler) ------------------------------------------------------------------
+        .globl self_ipi_pveoi
+self_ipi_pveoi:
+        mov ecx, 0x4b564d04
+        mov eax, PVEOI + 1
+        xor edx, edx
+        wrmsr
+        jmp self_ipi_xapic
+
 # ---- self_ipi_x2apic: same through the x2APIC SELF_IPI MSR (0x83f), vector 0x32 ---------
         .globl self_ipi_x2apic
 self_ipi_x2apic:
@@ -168,7 +189,8 @@ self_ipi_x2apic:
         report 0xff
         jmp .
 
-# ---- wrmsr_probe: wrmsr(ecx = edi, edx:eax = rsi); #GPs counted at GPCNT; rdmsr back to RES
+# ---- wrmsr_probe: wrmsr(ecx = edi, edx:eax = rsi); #GPs counted at GPCNT; report 6 (one
+# more entry, for KVM's pending requests); rdmsr back to RES
         .globl wrmsr_probe
 wrmsr_probe:
         mov ecx, edi
@@ -176,6 +198,9 @@ wrmsr_probe:
         mov rdx, rsi
         shr rdx, 32
         wrmsr
+        push rdx
+        report 6
+        pop rdx
         mov ecx, edi
         xor eax, eax
         xor edx, edx
@@ -296,6 +321,22 @@ irq_xapic:
         push rax
         lock inc qword ptr [CNT]
         mov rax, APIC
+        mov dword ptr [rax + 0xb0], 0
+        pop rax
+        iretq
+
+# PV EOI handler: if KVM set the PV EOI flag, clearing it is the acknowledge (no LAPIC
+# access); otherwise EOI at the LAPIC. PV acknowledges counted at PVACK.
+        .globl irq_pveoi_handler
+irq_pveoi_handler:
+        push rax
+        lock inc qword ptr [CNT]
+        btr dword ptr [PVEOI], 0
+        jnc 1f
+        inc qword ptr [PVACK]
+        pop rax
+        iretq
+1:      mov rax, APIC
         mov dword ptr [rax + 0xb0], 0
         pop rax
         iretq

@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 use kvm_bindings::{kvm_segment, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use thiserror::Error;
-use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::guest_code as g;
 
@@ -46,6 +44,8 @@ pub const APUP: u64 = DATA + 0x108;
 pub const BSPCNT: u64 = DATA + 0x110;
 /// IPIs received by the AP.
 pub const APCNT: u64 = DATA + 0x118;
+/// Interrupts acknowledged through the PV EOI flag.
+pub const PVACK: u64 = DATA + 0x20;
 /// A parameter area programs may read (e.g. the address list of `dirty_writer`).
 pub const PARAMS: u64 = DATA + 0x800;
 /// Initial stack of the BSP.
@@ -187,7 +187,8 @@ impl ProbeVm {
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
         if irqchip {
-            vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+            vm.create_irq_chip()
+                .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
         }
         if pit {
             let cfg = kvm_bindings::kvm_pit_config::default();
@@ -244,8 +245,12 @@ impl ProbeVm {
     /// Creates vCPU `id` with KVM's supported CPUID (no registers set: it is in its reset
     /// state, which for an AP with the in-kernel irqchip means waiting for INIT/SIPI).
     pub fn vcpu(&self, id: u64) -> Result<VcpuFd, HarnessError> {
-        let v = self.vm.create_vcpu(id).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        v.set_cpuid2(&self.cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+        let v = self
+            .vm
+            .create_vcpu(id)
+            .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        v.set_cpuid2(&self.cpuid)
+            .map_err(kvm_err("KVM_SET_CPUID2"))?;
         Ok(v)
     }
 

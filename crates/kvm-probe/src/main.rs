@@ -16,5 +16,9 @@ fn main() {
     for r in &results {
         println!("{:w$}  {:8}  {}", r.probe, r.status.name(), r.detail);
     }
-    println!("({} probes in {:.1} s)", results.len(), start.elapsed().as_secs_f64());
+    println!(
+        "({} probes in {:.1} s)",
+        results.len(),
+        start.elapsed().as_secs_f64()
+    );
 }

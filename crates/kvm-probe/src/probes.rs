@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::{
     kvm_enable_cap, kvm_irqchip, kvm_mp_state, kvm_msr_entry, Msrs, KVM_IRQCHIP_IOAPIC,
-    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MEM_LOG_DIRTY_PAGES,
-    KVM_MP_STATE_RUNNABLE,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MEM_LOG_DIRTY_PAGES, KVM_MP_STATE_RUNNABLE,
 };
 use kvm_ioctls::{Kvm, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
@@ -15,8 +14,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::guest_code as g;
 use crate::harness::{
-    kvm_err, spawn, vm_rss_kib, wait_until, HarnessError, ProbeVm, RunEnd, RunOutcome, Slot,
-    APCNT, APMARK, APUP, AP_STACK, BSPCNT, BSP_STACK, CNT, GPCNT, PARAMS, RES, RES1,
+    kvm_err, spawn, vm_rss_kib, wait_until, HarnessError, ProbeVm, RunEnd, RunOutcome, Slot, APCNT,
+    APMARK, APUP, AP_STACK, BSPCNT, BSP_STACK, CNT, GPCNT, PARAMS, PVACK, RES, RES1,
 };
 
 /// How a probe came out.
@@ -71,8 +70,7 @@ fn ok_if(b: bool) -> Status {
 /// Whether `/dev/kvm` is provided by the `kvm_pvm` module (the platform the facts in
 /// docs/PLATFORM.md were measured on).
 pub fn is_kvm_pvm() -> bool {
-    std::path::Path::new("/sys/module/kvm_pvm").exists()
-        && std::fs::metadata("/dev/kvm").is_ok()
+    std::path::Path::new("/sys/module/kvm_pvm").exists() && std::fs::metadata("/dev/kvm").is_ok()
 }
 
 /// Time allowed for one guest program.
@@ -81,11 +79,14 @@ const RUN_LIMIT: Duration = Duration::from_secs(10);
 /// Runs every probe, in order. Never panics on a failing feature: a failure is a row.
 pub fn run_all() -> Vec<ProbeResult> {
     type Probe = fn() -> Result<Vec<ProbeResult>, HarnessError>;
-    let probes: [(&str, Probe); 13] = [
+    let probes: [(&str, Probe); 14] = [
         ("1 irqchip/pit", probe_irqchip),
-        ("1 irq_line ioapic", || probe_irq_delivery(Delivery::IrqLine)),
+        ("1 irq_line ioapic", || {
+            probe_irq_delivery(Delivery::IrqLine)
+        }),
         ("1 irq_line pic", || probe_irq_delivery(Delivery::Pic)),
         ("1 irqfd", || probe_irq_delivery(Delivery::Irqfd)),
+        ("3 pv eoi ack", || probe_irq_delivery(Delivery::PvEoi)),
         ("2 xapic eoi", probe_xapic_eoi),
         ("2 x2apic", probe_x2apic),
         ("2 self-ipi", probe_self_ipi),
@@ -148,7 +149,11 @@ fn probe_irqchip() -> Result<Vec<ProbeResult>, HarnessError> {
     );
     match vm.create_irq_chip() {
         Ok(()) => rows.push(row("1a KVM_CREATE_IRQCHIP", Status::Works, caps)),
-        Err(e) => rows.push(row("1a KVM_CREATE_IRQCHIP", Status::Fails, format!("{e}; {caps}"))),
+        Err(e) => rows.push(row(
+            "1a KVM_CREATE_IRQCHIP",
+            Status::Fails,
+            format!("{e}; {caps}"),
+        )),
     }
     let cfg = kvm_bindings::kvm_pit_config::default();
     match vm.create_pit2(cfg) {
@@ -170,6 +175,7 @@ enum Delivery {
     IrqLine,
     Pic,
     Irqfd,
+    PvEoi,
 }
 
 /// Interrupts raised per delivery probe.
@@ -180,21 +186,25 @@ fn probe_irq_delivery(d: Delivery) -> Result<Vec<ProbeResult>, HarnessError> {
         Delivery::IrqLine => ("1c KVM_IRQ_LINE->IOAPIC->LAPIC", g::IRQ_WAIT, 5u32),
         Delivery::Pic => ("1d KVM_IRQ_LINE->PIC (ExtINT)", g::IRQ_PIC, 3u32),
         Delivery::Irqfd => ("1e irqfd (GSI 6)->IOAPIC", g::IRQ_WAIT, 6u32),
+        Delivery::PvEoi => (
+            "3b PV EOI acknowledge (IRQ_LINE->IOAPIC, edge)",
+            g::IRQ_WAIT_PVEOI,
+            5u32,
+        ),
     };
     let vm = ProbeVm::new(true, false, &[])?;
-    if d == Delivery::Pic {
-        // The PIC handler acknowledges at the PIC, not the LAPIC.
-        let mut idt = [0u8; 16];
-        let h = g::IRQ_PIC_HANDLER;
-        idt[0..2].copy_from_slice(&(h as u16).to_le_bytes());
-        idt[2..4].copy_from_slice(&0x08u16.to_le_bytes());
-        idt[5] = 0x8e;
-        idt[6..8].copy_from_slice(&((h >> 16) as u16).to_le_bytes());
-        vm.mem
-            .write_slice(&idt, GuestAddress(0x8000 + 0x30 * 16))
-            .map_err(|e| HarnessError::Memory(e.to_string()))?;
+    if d == Delivery::Pic || d == Delivery::PvEoi {
+        // The PIC (ICW2 = 0x30) raises vector 0x30 + IRQ; its handler acknowledges at the
+        // PIC, not the LAPIC. The PV EOI handler acknowledges through the PV EOI flag.
+        let (vector, h) = if d == Delivery::Pic {
+            (0x30 + u64::from(pin), g::IRQ_PIC_HANDLER)
+        } else {
+            (0x30, g::IRQ_PVEOI_HANDLER)
+        };
+        set_gate(&vm, vector, h)?;
     }
-    let efd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| HarnessError::Memory(format!("eventfd: {e}")))?;
+    let efd = EventFd::new(libc::EFD_NONBLOCK)
+        .map_err(|e| HarnessError::Memory(format!("eventfd: {e}")))?;
     if d == Delivery::Irqfd {
         vm.vm
             .register_irqfd(&efd, pin)
@@ -223,10 +233,9 @@ fn probe_irq_delivery(d: Delivery) -> Result<Vec<ProbeResult>, HarnessError> {
                 raise_err = Some(e);
                 break;
             }
-            let got = wait_until(
-                (t0 + Duration::from_millis(500)).min(deadline),
-                || vm.read_u64(CNT) > i,
-            );
+            let got = wait_until((t0 + Duration::from_millis(500)).min(deadline), || {
+                vm.read_u64(CNT) > i
+            });
             if !got {
                 break;
             }
@@ -236,7 +245,7 @@ fn probe_irq_delivery(d: Delivery) -> Result<Vec<ProbeResult>, HarnessError> {
     }
     let o = t.join(deadline)?;
     let window = o.window(1, 0xff).map(|(n, _)| n);
-    let status = if delivered == IRQS && o.end == RunEnd::Finished {
+    let mut status = if delivered == IRQS && o.end == RunEnd::Finished {
         Status::Works
     } else if delivered > 0 {
         Status::Partial
@@ -244,7 +253,7 @@ fn probe_irq_delivery(d: Delivery) -> Result<Vec<ProbeResult>, HarnessError> {
         Status::Fails
     };
     let mut detail = format!(
-        "{delivered}/{IRQS} interrupts handled (guest hlt, IF=1, vector 0x30); run {}; ",
+        "{delivered}/{IRQS} interrupts handled (guest hlt, IF=1); run {}; ",
         end_str(&o)
     );
     if let Some(n) = window {
@@ -257,6 +266,15 @@ fn probe_irq_delivery(d: Delivery) -> Result<Vec<ProbeResult>, HarnessError> {
         );
     }
     detail += &format!("exits: {}", o.reasons());
+    if d == Delivery::PvEoi {
+        let pv = vm.read_u64(PVACK);
+        detail += &format!(
+            "; {pv}/{delivered} acknowledged through the PV EOI flag (no LAPIC EOI write)"
+        );
+        if pv < delivered && status == Status::Works {
+            status = Status::Partial;
+        }
+    }
     if let Some(e) = raise_err {
         detail += &format!("; raising failed: {e}");
     }
@@ -278,14 +296,22 @@ fn probe_xapic_eoi() -> Result<Vec<ProbeResult>, HarnessError> {
             format!("run {}; exits: {}", end_str(&o), o.reasons()),
         )]);
     };
-    let status = if n == 0 { Status::Works } else { Status::Partial };
+    let status = if n == 0 {
+        Status::Works
+    } else {
+        Status::Partial
+    };
     Ok(vec![row(
         "2a xAPIC MMIO EOI",
         status,
         format!(
             "{EOIS} EOI writes to 0xfee000b0: {n} userspace exits ({}), {:.2} µs per write; \
              APIC ID register {id:#x}",
-            if n == 0 { "handled in-kernel" } else { "exit to userspace" },
+            if n == 0 {
+                "handled in-kernel"
+            } else {
+                "exit to userspace"
+            },
             us(d, EOIS)
         ),
     )])
@@ -316,7 +342,11 @@ fn probe_x2apic() -> Result<Vec<ProbeResult>, HarnessError> {
     match o.window(1, 2) {
         Some((n, d)) if gp == 0 && extd => rows.push(row(
             "2c x2APIC EOI (wrmsr 0x80b)",
-            if n == 0 { Status::Works } else { Status::Partial },
+            if n == 0 {
+                Status::Works
+            } else {
+                Status::Partial
+            },
             format!(
                 "APIC_BASE={base:#x} (EXTD set), x2APIC ID {id}; {EOIS} EOI wrmsr: {n} \
                  userspace exits, {:.2} µs per write; exits: {}",
@@ -340,30 +370,62 @@ fn probe_x2apic() -> Result<Vec<ProbeResult>, HarnessError> {
 /// Self-IPIs per probe.
 const SELF_IPIS: u64 = 200;
 
+fn set_gate(vm: &ProbeVm, vector: u64, h: u64) -> Result<(), HarnessError> {
+    let mut idt = [0u8; 16];
+    idt[0..2].copy_from_slice(&(h as u16).to_le_bytes());
+    idt[2..4].copy_from_slice(&0x08u16.to_le_bytes());
+    idt[5] = 0x8e;
+    idt[6..8].copy_from_slice(&((h >> 16) as u16).to_le_bytes());
+    vm.mem
+        .write_slice(&idt, GuestAddress(0x8000 + vector * 16))
+        .map_err(|e| HarnessError::Memory(e.to_string()))
+}
+
 fn probe_self_ipi() -> Result<Vec<ProbeResult>, HarnessError> {
     let mut rows = Vec::new();
     for (name, entry) in [
         ("2d self-IPI xAPIC ICR", g::SELF_IPI_XAPIC),
         ("2e self-IPI x2APIC MSR 0x83f", g::SELF_IPI_X2APIC),
+        ("3c PV EOI acknowledge (xAPIC self-IPI)", g::SELF_IPI_PVEOI),
     ] {
-        let (vm, o) = run_program(true, entry, [SELF_IPIS, 0])?;
+        let pveoi = entry == g::SELF_IPI_PVEOI;
+        let vm = ProbeVm::new(true, false, &[])?;
+        if pveoi {
+            set_gate(&vm, 0x31, g::IRQ_PVEOI_HANDLER)?;
+        }
+        let v = vm.long_mode_vcpu(0, entry, BSP_STACK, [SELF_IPIS, 0])?;
+        let o = spawn(v, Box::new(|_| true))?.join(Instant::now() + RUN_LIMIT)?;
         let got = vm.read_u64(CNT);
         let gp = vm.read_u64(GPCNT);
+        let pv = vm.read_u64(PVACK);
+        let pv_note = if pveoi {
+            format!("; {pv}/{got} acknowledged through the PV EOI flag (no LAPIC EOI write)")
+        } else {
+            String::new()
+        };
         rows.push(match o.window(1, 2) {
             Some((n, d)) if got == SELF_IPIS => row(
                 name,
-                Status::Works,
+                if pveoi && pv < got {
+                    Status::Partial
+                } else {
+                    Status::Works
+                },
                 format!(
-                    "{got}/{SELF_IPIS} delivered and EOIed; {n} userspace exits; {:.1} µs per \
-                     IPI+handler+EOI (guest loop, host-timed)",
+                    "{got}/{SELF_IPIS} delivered and acknowledged; {n} userspace exits; {:.1} µs \
+                     per IPI+handler+EOI (guest loop, host-timed){pv_note}",
                     us(d, SELF_IPIS)
                 ),
             ),
             _ => row(
                 name,
-                if got > 0 { Status::Partial } else { Status::Fails },
+                if got > 0 {
+                    Status::Partial
+                } else {
+                    Status::Fails
+                },
                 format!(
-                    "{got}/{SELF_IPIS} delivered; #GP {gp}; run {}; exits: {}",
+                    "{got}/{SELF_IPIS} delivered; #GP {gp}; run {}; exits: {}{pv_note}",
                     end_str(&o),
                     o.reasons()
                 ),
@@ -391,10 +453,7 @@ const KVM_FEATURES: [(u32, &str); 13] = [
     (15, "MSI_EXT_DEST_ID"),
 ];
 
-fn guest_wrmsr(
-    msr: u32,
-    value: u64,
-) -> Result<(u64, u64, RunOutcome, ProbeVm), HarnessError> {
+fn guest_wrmsr(msr: u32, value: u64) -> Result<(u64, u64, RunOutcome, ProbeVm), HarnessError> {
     let (vm, o) = run_program(false, g::WRMSR_PROBE, [u64::from(msr), value])?;
     Ok((vm.read_u64(GPCNT), vm.read_u64(RES), o, vm))
 }
@@ -447,7 +506,7 @@ fn probe_pv_features() -> Result<Vec<ProbeResult>, HarnessError> {
     let (steal, version) = (svm.read_u64(0x3_0440), svm.read_u64(0x3_0448) & 0xffff_ffff);
     rows.push(row(
         "7 steal time (KVM_FEATURE_STEAL_TIME, MSR 0x4b564d03)",
-        if has(5) && gp == 0 && back == 0x3_0441 {
+        if has(5) && gp == 0 && back == 0x3_0441 && version != 0 && version % 2 == 0 {
             Status::Works
         } else if has(5) || gp == 0 {
             Status::Partial
@@ -469,7 +528,10 @@ fn probe_pv_features() -> Result<Vec<ProbeResult>, HarnessError> {
     rows.push(row(
         "7 KVM_FEATURE_PV_UNHALT",
         ok_if(has(7)),
-        format!("CPUID 0x40000001.EAX bit 7 = {} (KVM_HC_KICK_CPU)", u8::from(has(7))),
+        format!(
+            "CPUID 0x40000001.EAX bit 7 = {} (KVM_HC_KICK_CPU)",
+            u8::from(has(7))
+        ),
     ));
     Ok(rows)
 }
@@ -560,7 +622,11 @@ fn probe_pv_up_ipi() -> Result<Vec<ProbeResult>, HarnessError> {
         ),
         _ => row(
             "4c cross-vCPU IPI round trip",
-            if ac > 0 { Status::Partial } else { Status::Fails },
+            if ac > 0 {
+                Status::Partial
+            } else {
+                Status::Fails
+            },
             format!(
                 "AP got {ac}, BSP got {bc} of {PINGS}; BSP run {}, exits {}; AP run {}, exits {}",
                 end_str(&b),
@@ -626,8 +692,7 @@ fn probe_dirty_log() -> Result<Vec<ProbeResult>, HarnessError> {
     let (d2, o2) = vcpu2_pages;
     let exact1 = d1 == w1;
     let exact2 = d2 == w2;
-    let status = if exact1 && exact2 && o1.end == RunEnd::Finished && o2.end == RunEnd::Finished
-    {
+    let status = if exact1 && exact2 && o1.end == RunEnd::Finished && o2.end == RunEnd::Finished {
         Status::Works
     } else if !d1.is_empty() || !d2.is_empty() {
         Status::Partial
@@ -727,7 +792,11 @@ fn probe_madvise() -> Result<Vec<ProbeResult>, HarnessError> {
              {rss3} KiB after the guest re-read; guest sees {nonzero} non-zero pages afterwards; \
              runs {}/{}",
             touch.as_secs_f64() * 1e3,
-            if rc == 0 { "ok".to_string() } else { errno.to_string() },
+            if rc == 0 {
+                "ok".to_string()
+            } else {
+                errno.to_string()
+            },
             madv.as_secs_f64() * 1e3,
             drop_kib as f64 * 100.0 / (BALLOON_SIZE / 1024) as f64,
             end_str(&o1),
@@ -790,7 +859,10 @@ fn probe_save_restore() -> Result<Vec<ProbeResult>, HarnessError> {
     log.push(format!("GET_VCPU_EVENTS {s}"));
     let (mp, s) = res(v.get_mp_state());
     log.push(format!("GET_MP_STATE {s}"));
-    let msr_list = a.kvm.get_msr_index_list().map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?;
+    let msr_list = a
+        .kvm
+        .get_msr_index_list()
+        .map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?;
     let entries: Vec<kvm_msr_entry> = msr_list
         .as_slice()
         .iter()
