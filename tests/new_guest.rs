@@ -149,3 +149,86 @@ fn refuses_bad_names_and_non_empty_directories() {
     assert!(tmp.join("empty/src/main.rs").is_file());
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// Whether gcc can be run (as tests/c_guest.rs: skipped without it, except under CI).
+fn gcc_available() -> bool {
+    if Command::new("gcc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return true;
+    }
+    if common::ci() {
+        panic!("CI=true but gcc is missing: install it (Debian: apt-get install -y gcc)");
+    }
+    eprintln!("note: skipping the PIE refusal test: no gcc (Debian: apt-get install -y gcc)");
+    false
+}
+
+/// A real position-independent executable, the default of `x86_64-unknown-none` (a Rust
+/// PIE with the guest runtime does not even link, so gcc makes this one): refused with the
+/// build fix, not just "e_type is 0x3".
+#[test]
+fn a_pie_is_refused_with_the_fix() {
+    if !gcc_available() || !common::kvm_available() {
+        return;
+    }
+    let tmp = fresh_dir("pie");
+    let src = tmp.join("pie.c");
+    std::fs::write(&src, "void _start(void) { for (;;) { } }\n").expect("write pie.c");
+    let elf = tmp.join("pie");
+    let o = Command::new("gcc")
+        .args([
+            "-O2",
+            "-ffreestanding",
+            "-nostdlib",
+            "-fpie",
+            "-static-pie",
+            "-o",
+        ])
+        .arg(&elf)
+        .arg(&src)
+        .output()
+        .expect("run gcc");
+    assert!(o.status.success(), "gcc: {}", stderr(&o));
+    let bytes = std::fs::read(&elf).expect("the PIE");
+    assert_eq!(bytes.get(16..18), Some([3u8, 0].as_slice()), "ET_DYN");
+
+    let o = pvkit(&["run", elf.to_str().expect("utf-8 path")]);
+    assert_eq!(code(&o), 1, "{o:?}");
+    let err = stderr(&o);
+    assert!(
+        err.contains(
+            "e_type is 0x3 (ET_DYN, a position-independent executable), expected 2 (ET_EXEC"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "build with -C relocation-model=static (x86_64-unknown-none makes a PIE by default) \
+             and link at a fixed address ≥ 1 MiB, see `pvkit new`"
+        ),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// A kernel linked below 1 MiB is told to link higher; more --mem would not help.
+#[test]
+fn a_kernel_below_1_mib_is_told_to_link_higher() {
+    if !common::kvm_available() {
+        return;
+    }
+    let elf = pvkit_vmm::testing::ElfBuilder::new(0x8_0000, &[0xf4]).build();
+    let path = common::temp_file("low.elf", &elf);
+    let o = pvkit(&["run", path.to_str().expect("utf-8 path")]);
+    assert_eq!(code(&o), 1, "{o:?}");
+    let err = stderr(&o);
+    assert!(
+        err.contains("does not fit guest RAM")
+            && err.contains("link at or above 0x100000 (1 MiB); the boot area lies below it"),
+        "{err}"
+    );
+    assert!(!err.contains("--mem"), "{err}");
+}
