@@ -28,6 +28,7 @@ pub const MAX_PHNUM: u16 = 64;
 pub const MAX_SHNUM: u16 = 1024;
 
 const ET_EXEC: u16 = 2;
+const ET_DYN: u16 = 3;
 const EM_X86_64: u16 = 62;
 const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
@@ -70,10 +71,21 @@ pub enum ElfError {
         /// What is wrong.
         problem: String,
     },
-    /// A segment does not fit guest RAM.
+    /// The file is a position-independent executable (`ET_DYN`), what
+    /// `x86_64-unknown-none` makes by default; pvkit loads fixed-address executables.
+    #[error(
+        "unsupported guest ELF: e_type is 0x3 (ET_DYN, a position-independent executable), \
+         expected 2 (ET_EXEC: a statically linked kernel at a fixed address): build with \
+         -C relocation-model=static (x86_64-unknown-none makes a PIE by default) and link at \
+         a fixed address ≥ 1 MiB, see `pvkit new`"
+    )]
+    PositionIndependent,
+    /// A segment does not fit guest RAM: below [`KERNEL_MIN_ADDR`] (the boot area) or
+    /// beyond the end of RAM. The message names the fix for each.
     #[error(
         "guest ELF segment {index} ({start:#x}..{end:#x}) does not fit guest RAM \
-         ({KERNEL_MIN_ADDR:#x}..{ram_end:#x}); use more --mem or relink the kernel"
+         ({KERNEL_MIN_ADDR:#x}..{ram_end:#x}); {}",
+        outside_ram_fix(*start, *end)
     )]
     OutsideRam {
         /// Index of the program header.
@@ -122,6 +134,30 @@ pub enum ElfError {
         /// The vm-memory error.
         detail: String,
     },
+}
+
+/// The fix [`ElfError::OutsideRam`] names: a segment below [`KERNEL_MIN_ADDR`] must be
+/// linked higher (more RAM would not help); one beyond the end of RAM needs more `--mem`
+/// if the most RAM pvkit gives a guest would hold it, else a lower link address.
+fn outside_ram_fix(start: u64, end: u64) -> String {
+    let max_ram = crate::memory::MAX_MEM_MIB << 20;
+    if start < KERNEL_MIN_ADDR {
+        format!(
+            "link at or above {KERNEL_MIN_ADDR:#x} ({} MiB); the boot area lies below it",
+            KERNEL_MIN_ADDR >> 20
+        )
+    } else if end <= max_ram {
+        format!(
+            "use more --mem (at least {} MiB) or link the kernel lower",
+            end.div_ceil(1 << 20)
+        )
+    } else {
+        format!(
+            "link the kernel lower: it ends beyond {max_ram:#x}, the most guest RAM \
+             (--mem {})",
+            crate::memory::MAX_MEM_MIB
+        )
+    }
 }
 
 /// One validated `PT_LOAD` segment.
@@ -307,6 +343,9 @@ impl<'a> ElfImage<'a> {
             return Err(unsupported("EI_VERSION", ident(6), "1"));
         }
         let e_type = u16_at(eh, 16);
+        if e_type == ET_DYN {
+            return Err(ElfError::PositionIndependent);
+        }
         if e_type != ET_EXEC {
             return Err(unsupported(
                 "e_type",
@@ -733,6 +772,61 @@ mod tests {
             ElfImage::parse(&b).unwrap_err().to_string(),
             "unsupported guest ELF: e_machine is 0x28, expected 62 (x86_64)"
         );
+    }
+
+    /// A PIE (what x86_64-unknown-none builds by default) is refused with the fix.
+    #[test]
+    fn pie_refusal_names_the_fix() {
+        let mut b = good().build();
+        set(&mut b, 16, &3u16.to_le_bytes()); // ET_DYN
+        let e = ElfImage::parse(&b).unwrap_err();
+        assert_eq!(e, ElfError::PositionIndependent);
+        assert_eq!(
+            e.to_string(),
+            "unsupported guest ELF: e_type is 0x3 (ET_DYN, a position-independent executable), \
+             expected 2 (ET_EXEC: a statically linked kernel at a fixed address): build with \
+             -C relocation-model=static (x86_64-unknown-none makes a PIE by default) and link \
+             at a fixed address ≥ 1 MiB, see `pvkit new`"
+        );
+        // Other types keep the plain message.
+        set(&mut b, 16, &1u16.to_le_bytes()); // ET_REL
+        assert_eq!(
+            ElfImage::parse(&b).unwrap_err().to_string(),
+            "unsupported guest ELF: e_type is 0x1, expected 2 (ET_EXEC: a statically linked \
+             kernel at a fixed address)"
+        );
+    }
+
+    /// Below 1 MiB the fix is the link address, never more RAM; beyond RAM it is --mem,
+    /// unless even the most RAM would not reach.
+    #[test]
+    fn outside_ram_messages_name_the_fix() {
+        let mem = create_ram(4).unwrap();
+        let msg = |addr: u64| {
+            let b = ElfBuilder::new(addr, CODE).build();
+            ElfImage::parse(&b)
+                .unwrap()
+                .load(&mem)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            msg(0x1000),
+            "guest ELF segment 0 (0x1000..0x1003) does not fit guest RAM (0x100000..0x400000); \
+             link at or above 0x100000 (1 MiB); the boot area lies below it"
+        );
+        assert_eq!(
+            msg(0x40_0000),
+            "guest ELF segment 0 (0x400000..0x400003) does not fit guest RAM \
+             (0x100000..0x400000); use more --mem (at least 5 MiB) or link the kernel lower"
+        );
+        assert_eq!(
+            msg(1 << 40),
+            "guest ELF segment 0 (0x10000000000..0x10000000003) does not fit guest RAM \
+             (0x100000..0x400000); link the kernel lower: it ends beyond 0xc0000000, the most \
+             guest RAM (--mem 3072)"
+        );
+        assert!(!msg(0x8_0000).contains("--mem"));
     }
 
     #[test]
