@@ -18,6 +18,9 @@ pub fn init() {
     pvkit_guest::rt::trap::set_hook(hook);
 }
 
+/// On a stock hypervisor ([`crate::pvh`]) there is no host to report an exception to: it
+/// is printed on the UART and the VM exits with [`crate::PVH_FAILURE_EXIT`].
+///
 /// The #UD that ends a ring-3 call ([`crate::user::trap_return`]) resumes the kernel; a #GP
 /// raised by an instruction with a fixup ([`crate::msr::fixup`], e.g. a `wrmsr` the host
 /// refused) resumes at the fixup; anything else is left to the runtime, which reports it.
@@ -30,6 +33,14 @@ fn hook(frame: &mut TrapFrame) -> bool {
             frame.rip = resume;
             return true;
         }
+    }
+    if crate::pvh::booted_pvh() {
+        crate::console::ensure_uart();
+        println!(
+            "EXCEPTION: vector {} error code {:#x} at rip {:#x} rsp {:#x}",
+            frame.vector, frame.error_code, frame.rip, frame.rsp
+        );
+        crate::pvh::debug_exit(crate::PVH_FAILURE_EXIT);
     }
     false
 }
