@@ -222,3 +222,59 @@ fn host_enospc_reaches_the_guest_as_a_status() {
     }
     assert!(out.contains("summary checks=6 failed=0"), "{out}");
 }
+
+/// hello-os (on the `pvkit-guest` runtime) with `mode` on its command line.
+fn hello_os(mode: &str) -> Output {
+    let path = pvkit_vmm::guests::example_guest_path().expect("example guest path");
+    pvkit(&["run", path, "--timeout", "60", "--", mode])
+}
+
+#[test]
+fn runtime_reports_a_stack_overflow() {
+    if !common::builtin_ready() {
+        return;
+    }
+    let o = hello_os("overflow");
+    assert_eq!(code(&o), 125, "{o:?}");
+    assert_eq!(text(&o.stdout), "recursing\n", "{o:?}");
+    let err = text(&o.stderr);
+    // The overflowing push faults on the guard page, the #PF cannot be delivered on that
+    // stack, and the double fault (on its IST stack) names the cause.
+    assert!(
+        err.starts_with("guest fault: #DF double fault (vector 8)")
+            && err.contains("stack overflow"),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn runtime_reports_a_page_fault_with_cr2() {
+    if !common::builtin_ready() {
+        return;
+    }
+    let o = hello_os("pagefault");
+    assert_eq!(code(&o), 125, "{o:?}");
+    let err = text(&o.stderr);
+    assert!(
+        err.starts_with("guest fault: #PF page fault (vector 14)")
+            && err.contains(", cr2 0x123456000:")
+            && err.contains("in ring 0")
+            && !err.contains("stack overflow"),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn runtime_reports_a_panic() {
+    if !common::builtin_ready() {
+        return;
+    }
+    let o = hello_os("panic");
+    assert_eq!(code(&o), 125, "{o:?}");
+    let err = text(&o.stderr);
+    assert!(
+        err.starts_with("guest panic: panicked at examples/hello-os/src/main.rs:")
+            && err.contains("hello-os was asked to panic"),
+        "{o:?}"
+    );
+}

@@ -86,16 +86,37 @@ assert_layout!(
 pub struct BlockResponse {
     /// The request's `id`.
     pub id: u64,
-    /// A [`crate::Status`] raw value.
+    /// A [`crate::Status`] raw value; read it typed with [`BlockResponse::status`].
     pub status: i64,
     /// Bytes transferred.
     pub bytes: u64,
 }
 assert_layout!(BlockResponse, size = 24, id @ 0, status @ 8, bytes @ 16);
 
+impl BlockResponse {
+    /// The response's status, typed. A value that is not a [`crate::Status`] (a broken or
+    /// newer host) is an error carrying the raw value, never a panic.
+    pub fn status(&self) -> Result<crate::Status, crate::status::UnknownStatus> {
+        crate::Status::try_from(self.status as u64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn response_status_is_typed() {
+        let mut r = BlockResponse::default();
+        assert_eq!(r.status(), Ok(crate::Status::Ok));
+        r.status = -5;
+        assert_eq!(r.status(), Ok(crate::Status::EIO));
+        r.status = -9999;
+        assert_eq!(
+            r.status(),
+            Err(crate::status::UnknownStatus(-9999i64 as u64))
+        );
+    }
 
     #[test]
     fn op_decoding() {

@@ -42,10 +42,11 @@ pub const ENTRY_RSP: u64 = BOOT_STACK_TOP - 8;
 /// Guest kernels load at or above this address.
 pub const KERNEL_MIN_ADDR: u64 = 0x10_0000;
 /// The boot page tables identity-map this much (4 GiB).
-pub const IDENTITY_MAP_SIZE: u64 = 4 << 30;
+pub const IDENTITY_MAP_SIZE: u64 = 0x1_0000_0000;
 
-/// `BootInfo::magic`.
-pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"PVKITBI1");
+/// `BootInfo::magic`: `"PVKITBI1"` as a little-endian `u64` (a literal, for the C header).
+pub const BOOT_MAGIC: u64 = 0x3149_4254_494b_5650;
+const _: () = assert!(BOOT_MAGIC == u64::from_le_bytes(*b"PVKITBI1"));
 /// Capacity of [`BootInfo::regions`].
 pub const MAX_MEMORY_REGIONS: usize = 8;
 
@@ -131,6 +132,47 @@ impl BootInfo {
         let n = (self.region_count as usize).min(MAX_MEMORY_REGIONS);
         &self.regions[..n]
     }
+
+    /// Where the command line is, as `(address, length)`, when `cmdline_addr` and
+    /// `cmdline_len` describe a range inside the command-line slot
+    /// `[CMDLINE_ADDR, CMDLINE_ADDR + CMDLINE_MAX)` that the boot contract reserves for it
+    /// (room left for the NUL). `None` for an empty or out-of-slot command line: the values
+    /// are checked, never trusted.
+    pub fn cmdline_range(&self) -> Option<(u64, usize)> {
+        let (addr, len) = (self.cmdline_addr, self.cmdline_len);
+        let end = addr.checked_add(len)?;
+        (len != 0 && addr >= CMDLINE_ADDR && end < CMDLINE_ADDR + CMDLINE_MAX)
+            .then_some((addr, len as usize))
+    }
+
+    /// The command line's bytes (without the NUL); empty when there is none or when
+    /// [`BootInfo::cmdline_range`] rejects it.
+    ///
+    /// Reads guest memory at the command-line slot, so it exists only in a guest
+    /// (`guest` feature, `x86_64-unknown-none`), and only the `BootInfo` the VMM placed at
+    /// [`BOOT_INFO_ADDR`] reads anything: a copy elsewhere returns an empty slice. It relies
+    /// on the boot identity map still mapping the boot area (true until a kernel replaces
+    /// the page tables and unmaps it).
+    #[cfg(all(feature = "guest", target_arch = "x86_64", target_os = "none"))]
+    pub fn cmdline_bytes(&self) -> &[u8] {
+        let at_boot_addr = core::ptr::eq(self, BOOT_INFO_ADDR as *const BootInfo);
+        match self.cmdline_range() {
+            Some((addr, len)) if at_boot_addr => {
+                // SAFETY: this is the VMM's `BootInfo` (its address is `BOOT_INFO_ADDR`), so
+                // the boot contract holds: the range lies inside the command-line slot,
+                // which the identity map maps and the VMM filled before entry, and which
+                // nothing writes afterwards.
+                unsafe { core::slice::from_raw_parts(addr as *const u8, len) }
+            }
+            _ => &[],
+        }
+    }
+
+    /// The command line as UTF-8 ([`BootInfo::cmdline_bytes`]); `""` when there is none.
+    #[cfg(all(feature = "guest", target_arch = "x86_64", target_os = "none"))]
+    pub fn cmdline(&self) -> Result<&str, core::str::Utf8Error> {
+        core::str::from_utf8(self.cmdline_bytes())
+    }
 }
 
 // The boot area is ordered, fits below the kernel, and the stack is aligned.
@@ -163,6 +205,34 @@ mod tests {
             regions: [MemoryRegion::default(); MAX_MEMORY_REGIONS],
         };
         assert_eq!(info.regions().len(), MAX_MEMORY_REGIONS);
+    }
+
+    #[test]
+    fn cmdline_range_stays_in_its_slot() {
+        let mut info = BootInfo {
+            magic: BOOT_MAGIC,
+            abi_version: 0,
+            features: 0,
+            mem_size: 0,
+            cmdline_addr: CMDLINE_ADDR,
+            cmdline_len: 5,
+            tsc_khz: 0,
+            region_count: 0,
+            reserved: 0,
+            regions: [MemoryRegion::default(); MAX_MEMORY_REGIONS],
+        };
+        assert_eq!(info.cmdline_range(), Some((CMDLINE_ADDR, 5)));
+        info.cmdline_len = CMDLINE_MAX - 1;
+        assert_eq!(info.cmdline_range(), Some((CMDLINE_ADDR, 4095)));
+        info.cmdline_len = CMDLINE_MAX; // no room for the NUL
+        assert_eq!(info.cmdline_range(), None);
+        info.cmdline_len = 0;
+        assert_eq!(info.cmdline_range(), None);
+        info.cmdline_len = u64::MAX;
+        assert_eq!(info.cmdline_range(), None);
+        info.cmdline_addr = 0x10_0000;
+        info.cmdline_len = 4;
+        assert_eq!(info.cmdline_range(), None);
     }
 
     #[test]

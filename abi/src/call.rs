@@ -89,6 +89,8 @@ impl TryFrom<u32> for Hypercall {
 
 impl Hypercall {
     /// Every call of this ABI version, in wire-number order.
+    ///
+    /// cbindgen:ignore
     pub const ALL: [Hypercall; 11] = [
         Hypercall::AbiVersion,
         Hypercall::Features,

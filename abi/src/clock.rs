@@ -7,7 +7,12 @@
 //! 1. reads `version`; if odd, the host is updating: retry;
 //! 2. reads the other fields and `rdtsc`;
 //! 3. reads `version` again; if it changed, retry;
-//! 4. computes [`PvClock::nanoseconds`].
+//! 4. computes [`PvClock::nanoseconds`]: `system_time + (delta × tsc_to_system_mul) >> 32`,
+//!    where the product `delta × tsc_to_system_mul` needs 96 bits: compute it in 128 bits
+//!    (or as two 64-bit halves), never in 64, or the time wraps after a few seconds.
+//!
+//! The `RegisterRegion` flags argument (arg3) is unused for the clock page: pass 0 (the
+//! host ignores it today; other values are reserved).
 //!
 //! System time is nanoseconds of the host's `CLOCK_MONOTONIC` since the VM started.
 

@@ -5,7 +5,7 @@
 //! ([`status`]), discovery through CPUID and feature bits ([`cpuid`]), the boot contract
 //! ([`boot`]), the ELF note that stamps the ABI version into a guest ([`note`]), the shared
 //! request/response ring ([`ring`]) and the structures carried by each device
-//! ([`console`], [`block`], [`clock`], [`fault`], [`bench`]).
+//! ([`console`], [`block`], [`clock`], [`fault`], [`mod@bench`]).
 //!
 //! Rules that hold for every item:
 //! - Every shared structure is `#[repr(C)]`, has only fixed-width integer fields with no
@@ -38,7 +38,7 @@ mod version;
 
 pub use call::Hypercall;
 pub use status::Status;
-pub use version::{AbiVersion, ABI_VERSION};
+pub use version::{AbiVersion, ABI_VERSION, ABI_VERSION_MAJOR, ABI_VERSION_MINOR};
 
 /// Asserts at compile time that `$ty` is exactly `$size` bytes and that each listed field
 /// sits at the given offset. Used for every structure in this crate.

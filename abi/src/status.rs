@@ -7,7 +7,7 @@
 pub enum Status {
     /// Success.
     Ok = 0,
-    /// The caller may not do this (e.g. a second registration of a one-shot region).
+    /// The caller may not do this.
     EPERM = -1,
     /// The host failed to perform the I/O (host read/write/flush error).
     EIO = -5,

@@ -16,8 +16,16 @@ pub struct AbiVersion {
 
 crate::assert_layout!(AbiVersion, size = 8, major @ 0, minor @ 4);
 
+/// The major number of [`ABI_VERSION`] (also for C: `PVKIT_ABI_VERSION_MAJOR`).
+pub const ABI_VERSION_MAJOR: u32 = 1;
+/// The minor number of [`ABI_VERSION`].
+pub const ABI_VERSION_MINOR: u32 = 0;
+
 /// The ABI version this crate describes.
-pub const ABI_VERSION: AbiVersion = AbiVersion { major: 1, minor: 0 };
+pub const ABI_VERSION: AbiVersion = AbiVersion {
+    major: ABI_VERSION_MAJOR,
+    minor: ABI_VERSION_MINOR,
+};
 
 impl AbiVersion {
     /// Packs the version into one register value: `major << 32 | minor`.

@@ -39,6 +39,60 @@ enum Command {
     /// Benchmark emulated against paravirtual devices: exits, cycles and time per op.
     #[command(after_long_help = BENCH_HELP)]
     Bench(BenchArgs),
+    /// Create a guest kernel crate that builds with `cargo build --release` and boots with
+    /// `pvkit run`.
+    New(NewArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct NewArgs {
+    /// The crate's name, also its kernel binary's: ASCII letters, digits, `-` and `_`.
+    name: String,
+
+    /// The directory to create (or an empty one to fill). Default: ./NAME.
+    #[arg(long, value_name = "DIR")]
+    path: Option<PathBuf>,
+
+    /// The pvkit checkout whose `abi/` and `crates/guest/` the crate depends on by path.
+    /// Default: the checkout around the new directory or the current one, else the one
+    /// this pvkit was built from; without any, crates.io versions (not published yet:
+    /// edit Cargo.toml as it says).
+    #[arg(long, value_name = "DIR")]
+    pvkit_path: Option<PathBuf>,
+}
+
+fn new_guest(args: &NewArgs) -> anyhow::Result<u8> {
+    use pvkit_cli::new_guest::{self, NewOptions, PvkitSource};
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let opts = NewOptions {
+        name: args.name.clone(),
+        path: args.path.clone(),
+        pvkit_path: args.pvkit_path.clone(),
+    };
+    let created = new_guest::create(&opts, &cwd)?;
+    let name = &args.name;
+    let dir = created.dir.display();
+    match &created.source {
+        PvkitSource::Checkout(root) => println!(
+            "Created the guest kernel crate `{name}` in {dir}\n\
+             (pvkit-abi and pvkit-guest by path from the pvkit checkout {}).",
+            root.display()
+        ),
+        PvkitSource::Version(v) => {
+            println!("Created the guest kernel crate `{name}` in {dir}.");
+            eprintln!(
+                "warning: no pvkit checkout found, so Cargo.toml asks for pvkit-abi and \
+                 pvkit-guest {v} from crates.io, where they are not published yet: point them \
+                 at a checkout or the git repository (see the comment in Cargo.toml), or run \
+                 pvkit new again with --pvkit-path DIR"
+            );
+        }
+    }
+    println!(
+        "Build and boot it:\n    cd {dir}\n    cargo build --release\n    \
+         pvkit run target/x86_64-unknown-none/release/{name}"
+    );
+    Ok(0)
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -148,7 +202,18 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
 
 fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
     let cfg = config(args, started_at)?;
-    let outcome = pvkit_vmm::run(&cfg).context("cannot run the guest")?;
+    let outcome = match pvkit_vmm::run(&cfg) {
+        Ok(o) => o,
+        // A SIGINT/SIGTERM that arrived while the VM was being set up (reading and
+        // loading the ELF) is the reason to stop, whatever the setup then did.
+        Err(e) => match pvkit_vmm::runtime::signals::pending() {
+            Some(signal) => {
+                eprintln!("pvkit: stopped by {signal} while starting the VM ({e})");
+                return Ok(signal.exit_status());
+            }
+            None => return Err(anyhow::Error::new(e).context("cannot run the guest")),
+        },
+    };
     let _ = std::io::stdout().flush();
     match &outcome.stop {
         StopReason::Exit(_) => {}
@@ -326,6 +391,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run(args) => run(args, started_at),
         Command::Bench(args) => bench(args),
+        Command::New(args) => new_guest(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -14,6 +14,7 @@
 //! | `spin`      | after the banner: loop forever (watchdog tests)                       |
 //! | `triple`    | after the banner: load an empty IDT and `ud2` (triple fault)          |
 //! | `user`      | after the banner: run a function in ring 3 that reads the PV clock (when offered) and print what it returned |
+//! | `disk`      | after the banner: the ATA disk check ([`crate::diskcheck`]): read, write, read back a few sectors through ATA PIO and print the results |
 //! | `bench=`    | instead of everything else: run benchmark cases, see [`crate::bench`]; `all` or a comma-separated list of devices (`console`, `block`, `clock`, `exit`) and `device/variant` pairs (e.g. `block/ata-pio`) |
 //! | `quick`     | with `bench=`: small operation counts                                 |
 //! | `ops=N`     | with `bench=`: `N` (≥ 1) operations in every case                      |
@@ -96,6 +97,8 @@ pub struct Args {
     pub user: bool,
     /// `bench=`: run benchmarks instead of everything else.
     pub bench: Option<Bench>,
+    /// `disk`: run the ATA disk check after the banner.
+    pub disk: bool,
 }
 
 /// Parses the command line in one pass. The error names the offending token.
@@ -108,6 +111,7 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
         action: None,
         user: false,
         bench: None,
+        disk: false,
     };
     let mut writes = 1;
     let mut flood = false;
@@ -149,6 +153,7 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
             ("spin", None) => args.action = Some(Action::Spin),
             ("triple", None) => args.action = Some(Action::Triple),
             ("user", None) => args.user = true,
+            ("disk", None) => args.disk = true,
             ("bench", Some(list)) => {
                 args.bench = Some(Bench {
                     selection: Selection::parse(list)?,

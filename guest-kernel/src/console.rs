@@ -64,6 +64,14 @@ pub fn init(requested: Option<ConsoleKind>) -> ConsoleKind {
     kind
 }
 
+/// Makes the UART the console unless it already is (for a panic report on a stock
+/// hypervisor, which may come before [`init`] or with no console at all).
+pub fn ensure_uart() {
+    if ACTIVE.load(Ordering::Acquire) != ConsoleKind::Uart as u8 {
+        init(Some(ConsoleKind::Uart));
+    }
+}
+
 /// Writes `bytes` in one driver call: one hypercall on the PV console (per 64 KiB), two
 /// port accesses per byte on the UART.
 #[inline]

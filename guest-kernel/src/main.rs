@@ -6,6 +6,9 @@
 //! parses the command line, brings up the chosen console and the heap, runs the mode the
 //! command line asks for ([`modes`]) and exits through the `Exit` hypercall.
 //!
+//! The same ELF also boots on a stock hypervisor through its PVH entry ([`pvh`]): there it
+//! has no feature bits, uses only emulated devices and exits through `isa-debug-exit`.
+//!
 //! Ring-0 code here is interpreted by KVM on kvm_pvm (~1 µs per instruction), so start-up
 //! does only what the modes need: no memory is zeroed in software (the loader zero-fills
 //! `.bss`), the heap is one free-list node, and the command line is parsed in one pass.
@@ -25,16 +28,19 @@ mod console;
 mod ata;
 mod bench;
 mod cmdline;
+mod diskcheck;
 mod gdt;
 mod heap;
 mod interrupts;
 mod modes;
 mod msr;
 mod pit;
+mod pvh;
 mod statics;
 mod user;
 
 use pvkit_abi::boot::{BootInfo, BOOT_MAGIC, CMDLINE_MAX, IDENTITY_MAP_SIZE};
+use pvkit_abi::cpuid::Features;
 use pvkit_abi::{AbiVersion, ABI_VERSION};
 use pvkit_guest::cmdline::Cmdline;
 
@@ -80,13 +86,25 @@ extern "C" fn kernel_main(boot_info: *const BootInfo) -> ! {
     interrupts::init();
 
     let boot = validate_boot_info(boot_info);
+    kernel_run(boot)
+}
+
+/// The kernel after its entry (pvkit's `_start` or the PVH entry, [`pvh`]) set up the GDT,
+/// the IDT and a [`BootInfo`]: command line, console, heap, the mode.
+fn kernel_run(boot: &'static BootInfo) -> ! {
     let cmdline = boot_cmdline(boot);
     let args = match cmdline::parse(&cmdline) {
         Ok(args) => args,
         Err(bad) => panic!("bad command line value {bad:?} in {:?}", cmdline.as_str()),
     };
 
-    let console = console::init(args.console);
+    // Every PV path checks its feature bit: `console=pv` without the PV console (e.g. on
+    // QEMU) falls back to the UART.
+    let features = Features::from_bits_truncate(boot.features);
+    let requested = args
+        .console
+        .filter(|&k| k != console::ConsoleKind::Pv || features.contains(Features::CONSOLE));
+    let console = console::init(requested);
     heap::init(boot);
     modes::run(&args, console, boot)
 }
@@ -132,7 +150,27 @@ fn boot_cmdline(boot: &BootInfo) -> Cmdline<'static> {
     }
 }
 
+/// Ends the VM with `code`: the `Exit` hypercall on pvkit; on a stock hypervisor (booted
+/// through [`pvh`]) QEMU's `isa-debug-exit` device.
+pub fn exit(code: u8) -> ! {
+    if pvh::booted_pvh() {
+        pvh::debug_exit(code)
+    }
+    pvkit_guest::hypercall::exit(code)
+}
+
+/// The exit status of a panic or an unhandled exception when booted through [`pvh`] (QEMU
+/// exits with `(0x7f << 1) | 1` = 255).
+pub const PVH_FAILURE_EXIT: u8 = 0x7f;
+
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    if pvh::booted_pvh() {
+        // No pvkit host to report to: say it on the UART (brought up if the panic came
+        // before the console) and exit with a failure status.
+        console::ensure_uart();
+        println!("PANIC: {info}");
+        pvh::debug_exit(PVH_FAILURE_EXIT)
+    }
     pvkit_guest::fault::report_panic(info)
 }

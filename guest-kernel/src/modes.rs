@@ -20,8 +20,8 @@ use pvkit_abi::ring::Transport;
 use pvkit_abi::Status;
 use pvkit_abi::ABI_VERSION;
 use pvkit_guest::clock::ClockPage;
+use pvkit_guest::console::MAX_WRITE;
 use pvkit_guest::console_ring::ConsoleRing;
-use pvkit_guest::{console::MAX_WRITE, hypercall};
 
 /// A guest-physical address above the 4 GiB boot identity map, so unmapped (64 GiB).
 const UNMAPPED: u64 = 0x10_0000_0000;
@@ -37,7 +37,7 @@ pub fn run(args: &Args, console: ConsoleKind, boot: &BootInfo) -> ! {
         alloc_touch_free(bytes);
     }
     match args.print {
-        Some(p) => print_x(p),
+        Some(p) => print_x(p, Features::from_bits_truncate(boot.features)),
         None => println!(
             "pvkit guest kernel {} (ABI {}.{}) console={}",
             crate::VERSION,
@@ -49,8 +49,11 @@ pub fn run(args: &Args, console: ConsoleKind, boot: &BootInfo) -> ! {
     if args.user {
         user_check(boot);
     }
+    if args.disk {
+        crate::diskcheck::run(boot);
+    }
     match args.action {
-        None => hypercall::exit(args.exit_code),
+        None => crate::exit(args.exit_code),
         Some(Action::Fault(kind)) => fault(kind),
         Some(Action::Panic) => panic!("requested panic"),
         Some(Action::Spin) => loop {
@@ -97,9 +100,9 @@ static XS: [u8; MAX_WRITE] = [b'x'; MAX_WRITE];
 /// ([`MAX_WRITE`], 64 KiB). A larger `N` is written in `MAX_WRITE` pieces, which is exactly
 /// what the PV driver would send for one large buffer (and the UART is per byte anyway), so
 /// the host sees the same exits either way.
-fn print_x(p: Print) {
+fn print_x(p: Print, features: Features) {
     if let Some(transport) = p.ring {
-        print_ring(p, transport);
+        print_ring(p, transport, features);
         return;
     }
     let mut writes = 0;
@@ -127,7 +130,12 @@ const PRINT_BATCH: usize = 16;
 /// submitted (one doorbell when the host asks) and waited for. A request the host answers
 /// `EAGAIN` (its per-service byte budget, docs/ABI.md) is sent again in the next batch;
 /// any other failure panics.
-fn print_ring(p: Print, transport: Transport) {
+fn print_ring(p: Print, transport: Transport, features: Features) {
+    // A PV path checks its feature first (on a stock hypervisor there is no ring); the
+    // transport itself is checked by the host, which refuses one it does not offer.
+    if !features.contains(Features::CONSOLE_RING) {
+        panic!("ring={transport:?}: the host does not offer the console ring (CONSOLE_RING)");
+    }
     let mut ring = match ConsoleRing::register(&mut PRINT_RING.take().0, PRINT_RING_SIZE, transport)
     {
         Ok(ring) => ring,

@@ -9,7 +9,7 @@
 //! and re-checks `req_prod`. While a ring is polled the loop spins, peeking at `req_prod`
 //! (one load) each step.
 //!
-//! Each service is bounded by the ring's budget (`crate::paravirt::SERVICE_REQUESTS`,
+//! Each service is bounded by the ring's budget (`crate::devices::pv::rings::SERVICE_REQUESTS`,
 //! `SERVICE_BYTES`). An eventfd ring left with work at its budget is remembered
 //! ([`Busy::pending`]) and continued on the next turn of the loop; a polled one by the next
 //! poll step. The stop flag is checked before every service, so [`IoThread::stop`] joins
@@ -19,13 +19,11 @@ use std::io;
 use std::os::unix::io::RawFd;
 use std::sync::Arc;
 
-use pvkit_abi::ring::RingId;
-
 #[cfg(doc)]
 use pvkit_abi::ring::Transport;
 
+use crate::devices::pv::rings::{QueueIndex, RingSet};
 use crate::io::event_loop::{Busy, EventLoop, LoopControl, Subscriber, SubscriberId};
-use crate::paravirt::RingSet;
 
 pub use crate::io::event_loop::{Stopper as IoStopper, EPOLL_EVERY};
 
@@ -40,30 +38,25 @@ struct RingSubscriber {
     polled: u32,
 }
 
-const ALL: [RingId; 2] = [RingId::Console, RingId::Block];
-
-fn ring_ids(mask: u32) -> impl Iterator<Item = RingId> {
-    ALL.into_iter()
-        .filter(move |id| mask & (1 << (*id as u32)) != 0)
+fn ring_ids(mask: u32) -> impl Iterator<Item = QueueIndex> {
+    (0..u32::BITS).filter(move |id| mask & (1 << id) != 0)
 }
 
-fn bit(id: RingId) -> u32 {
-    1 << (id as u32)
+fn bit(id: QueueIndex) -> u32 {
+    1u32.checked_shl(id).unwrap_or(0)
 }
 
 impl Subscriber for RingSubscriber {
     fn ready(&mut self, token: u32, ctl: &LoopControl) -> io::Result<()> {
-        if let Ok(id) = RingId::try_from(token) {
-            if !ctl.stopping() && self.rings.eventfd_fired(id)? {
-                self.pending |= bit(id);
-            }
+        if token < self.rings.len() && !ctl.stopping() && self.rings.eventfd_fired(token)? {
+            self.pending |= bit(token);
         }
         Ok(())
     }
 
     fn woken(&mut self, ctl: &LoopControl) -> io::Result<()> {
         // New registrations: serve what was published before them.
-        for id in ALL {
+        for id in 0..self.rings.len() {
             if ctl.stopping() {
                 return Ok(());
             }
@@ -144,8 +137,8 @@ impl IoThread {
     }
 
     /// Watches `fd`, the eventfd of ring `id`.
-    pub(crate) fn watch(&self, fd: RawFd, id: RingId) -> io::Result<()> {
-        self.events.watch(fd, self.rings, id as u32)
+    pub(crate) fn watch(&self, fd: RawFd, id: QueueIndex) -> io::Result<()> {
+        self.events.watch(fd, self.rings, id)
     }
 
     /// Stops watching `fd` (before it is closed).

@@ -3,7 +3,7 @@
 //! - the ELF loader ([`ElfImage`]): valid images from [`ElfBuilder`] mutated by byte
 //!   writes, truncations and overwrites of header, program header and note fields, and
 //!   fully random files;
-//! - hypercall dispatch ([`dispatch`]) with [`NoPvDevices`]: call numbers biased toward
+//! - hypercall dispatch ([`dispatch`]) with the core devices only (no rings, no block): call numbers biased toward
 //!   the defined ones, arguments toward the interesting addresses, and guest structures
 //!   (bench samples, op logs, fault reports) placed where the arguments point;
 //! - exit handling ([`handle_exit`]): random synthetic exits against a machine with the
@@ -29,16 +29,17 @@ use pvkit_abi::{AbiVersion, Status, ABI_VERSION};
 use pvkit_devices::MemBackend;
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::bench::BenchRecorder;
 use crate::bus::PortBus;
 use crate::devices::legacy::ata::attach_ata;
 use crate::devices::legacy::pit::attach_pit;
 use crate::devices::legacy::uart::{Uart, COM1_BASE, COM1_LEN};
 use crate::devices::legacy::vm_clock::VmClock;
+use crate::devices::pseudo::markers::BenchMarkers;
+use crate::devices::pv::HypercallBus;
 use crate::exit::ledger::ExitLedger as Ledger;
 use crate::exit::ledger::{ExitKind, ExitLedger};
 use crate::exit::{Exit, ExitAction, VmShared};
-use crate::hypercall::{dispatch, HypercallContext, NoPvDevices, Outcome, BASE_FEATURES};
+use crate::hypercall::{dispatch, HypercallContext, Outcome};
 use crate::io::console_out::Console;
 use crate::io::disk::SharedDisk;
 use crate::loader::elf::{ElfError, ElfImage, EHDR_SIZE, PHDR_SIZE, SHDR_SIZE};
@@ -748,13 +749,15 @@ struct Hc {
     mem: GuestRam,
     console: Console,
     ledger: ExitLedger,
-    bench: BenchRecorder,
-    pv: NoPvDevices,
+    bench: std::sync::Arc<BenchMarkers>,
+    pv: HypercallBus,
 }
 
 impl Hc {
     fn new(disk: bool) -> Self {
-        let mut bench = BenchRecorder::new();
+        let console = Console::capture();
+        let devices = crate::devices::core_devices(console.clone());
+        let bench = devices.bench;
         if disk {
             let bytes = (0..DISK_SECTORS * 512)
                 .map(|i| (i * 7 + i / 512) as u8)
@@ -765,10 +768,10 @@ impl Hc {
         }
         Self {
             mem: patterned_ram(),
-            console: Console::capture(),
+            console,
             ledger: ExitLedger::new(),
             bench,
-            pv: NoPvDevices,
+            pv: devices.bus,
         }
     }
 
@@ -778,13 +781,12 @@ impl Hc {
             Ok(h) => ExitKind::Hypercall(h),
             Err(_) => ExitKind::UnknownHypercall,
         });
-        let mut ctx = HypercallContext {
-            console: &self.console,
+        let ctx = HypercallContext {
             ledger: &self.ledger,
-            bench: &mut self.bench,
-            pv: &mut self.pv,
+            bus: &self.pv,
+            vcpu: 0,
         };
-        dispatch(&self.mem, raw, &mut ctx)
+        dispatch(&self.mem, raw, &ctx)
     }
 }
 
@@ -817,7 +819,8 @@ fn check_call(
     let ret = |status: Status, value: u64| Outcome::Return(CallReturn { status, value });
     match h {
         Hypercall::AbiVersion => prop_assert_eq!(out, &ret(Status::Ok, ABI_VERSION.to_u64())),
-        Hypercall::Features => prop_assert_eq!(out, &ret(Status::Ok, BASE_FEATURES.bits())),
+        // CONSOLE (1 << 0) and BENCH (1 << 7), from docs/ABI.md's bit table.
+        Hypercall::Features => prop_assert_eq!(out, &ret(Status::Ok, 0x81)),
         Hypercall::ConsoleWrite => {
             if a1 > MAX_WRITE {
                 prop_assert_eq!(out, &ret(Status::E2BIG, 0));
@@ -888,7 +891,7 @@ fn check_call(
             let stored = r.status == Status::Ok;
             prop_assert_eq!(samples.1, samples.0 + usize::from(stored));
         }
-        // NoPvDevices: the PV calls are not supported.
+        // No rings and no block device: the PV calls are not supported.
         Hypercall::RegisterRegion
         | Hypercall::BlockCapacity
         | Hypercall::BlockIo
@@ -1083,7 +1086,7 @@ fn exit_machine() -> Machine {
     attach_ata(&mut bus, MemBackend::from_vec(disk)).unwrap();
     let shared = VmShared::new(patterned_ram(), bus);
     Machine {
-        vm: Vm::new(None, shared, console, Box::new(NoPvDevices)),
+        vm: Vm::new(None, shared, crate::devices::core_devices(console).bus),
         cpu: VcpuState::new(0, Ledger::new()),
     }
 }

@@ -187,6 +187,33 @@ impl ElfBuilder {
     }
 }
 
+/// A valid image at `addr` without a pvkit note, `size` bytes long (at least 128 KiB),
+/// whose `sections` `SHT_NOTE` sections (at most [`crate::loader::elf::MAX_SHNUM`] - 1) each
+/// start 4 bytes after the previous one and run to the section headers at the end: the
+/// bytes in between are zeros, i.e. empty notes, 12 bytes each. Without a bound on the
+/// walk the loader visits every note of the file once per section (issue 7, finding 3).
+pub fn note_bomb(addr: u64, code: &[u8], size: usize, sections: u16) -> Vec<u8> {
+    let mut f = ElfBuilder::new(addr, code).note(None).build();
+    let notes_at = f.len().next_multiple_of(8);
+    let sh_bytes = (usize::from(sections) + 1) * SHDR_SIZE;
+    let shoff = (size - sh_bytes) & !7;
+    f.resize(shoff, 0);
+    f.extend_from_slice(&[0u8; SHDR_SIZE]); // SHN_UNDEF
+    for i in 0..usize::from(sections) {
+        let off = notes_at + 4 * i;
+        let mut sh = [0u8; SHDR_SIZE];
+        sh[4..8].copy_from_slice(&7u32.to_le_bytes()); // SHT_NOTE
+        sh[24..32].copy_from_slice(&(off as u64).to_le_bytes());
+        sh[32..40].copy_from_slice(&((shoff - off) as u64).to_le_bytes());
+        sh[48..56].copy_from_slice(&4u64.to_le_bytes());
+        f.extend_from_slice(&sh);
+    }
+    f[40..48].copy_from_slice(&(shoff as u64).to_le_bytes()); // e_shoff
+    f[58..60].copy_from_slice(&(SHDR_SIZE as u16).to_le_bytes()); // e_shentsize
+    f[60..62].copy_from_slice(&(sections + 1).to_le_bytes()); // e_shnum
+    f
+}
+
 /// Hand-assembled ring-0 programs (position independent) for boot tests without the real
 /// guest kernel. Load them with [`ElfBuilder::new`] at any address ≥ 1 MiB.
 ///
@@ -664,6 +691,146 @@ pub mod programs {
         0x00, 0xef, 0xbf, 0x00, 0x00, 0x00, 0x00, 0xb8, 0x04, 0x00, 0x00, 0x00, 0xba, 0x00, 0x05,
         0x00, 0x00, 0xef, 0xf4,
     ];
+    /// Sweeps every port between overlapping benchmark phases: `rounds` times, begins the
+    /// 16 cases `Console | variant v << 16 | workload w << 32` (v, w in 1..=4), reads all
+    /// 65,536 ports (`in al, dx`), then ends the 16 cases. Counts the answers in its
+    /// parameter block and console-writes the five counters (40 bytes, little-endian
+    /// `u64`s): begins `OK`, begins `ENOMEM`, ends `OK`, ends `E2BIG`, ends `EINVAL`; then
+    /// `exit(0)`, or `exit(9)` on any other status.
+    ///
+    /// Parameters at [`PARAMS`]: `+0` rounds `u32`; the counters at `+8..+48` (zeroed).
+    ///
+    /// ```text
+    /// start:
+    ///     lea rbx, [rip + start + 0x1000]
+    ///     mov r12d, [rbx]
+    /// round:
+    ///     xor r13d, r13d
+    /// begin_loop:
+    ///     call case_id
+    ///     mov esi, 1
+    ///     mov eax, 6
+    ///     mov edx, 0x500
+    ///     out dx, eax
+    ///     test rax, rax
+    ///     jnz 1f
+    ///     inc qword ptr [rbx + 8]
+    ///     jmp 2f
+    /// 1:  cmp rax, -12
+    ///     jne other
+    ///     inc qword ptr [rbx + 16]
+    /// 2:  inc r13d
+    ///     cmp r13d, 16
+    ///     jne begin_loop
+    ///     xor edx, edx
+    /// 3:  in al, dx
+    ///     inc edx
+    ///     cmp edx, 0x10000
+    ///     jne 3b
+    ///     xor r13d, r13d
+    /// end_loop:
+    ///     call case_id
+    ///     mov esi, 2
+    ///     xor r8d, r8d
+    ///     mov eax, 6
+    ///     mov edx, 0x500
+    ///     out dx, eax
+    ///     test rax, rax
+    ///     jnz 4f
+    ///     inc qword ptr [rbx + 24]
+    ///     jmp 5f
+    /// 4:  cmp rax, -7
+    ///     jne 6f
+    ///     inc qword ptr [rbx + 32]
+    ///     jmp 5f
+    /// 6:  cmp rax, -22
+    ///     jne other
+    ///     inc qword ptr [rbx + 40]
+    /// 5:  inc r13d
+    ///     cmp r13d, 16
+    ///     jne end_loop
+    ///     dec r12d
+    ///     jnz round
+    ///     lea rdi, [rbx + 8]
+    ///     mov esi, 40
+    ///     mov eax, 3
+    ///     mov edx, 0x500
+    ///     out dx, eax
+    ///     xor edi, edi
+    ///     jmp done
+    /// other:
+    ///     mov edi, 9
+    /// done:
+    ///     mov eax, 4
+    ///     mov edx, 0x500
+    ///     out dx, eax
+    ///     hlt
+    /// case_id:
+    ///     mov eax, r13d
+    ///     and eax, 3
+    ///     inc eax
+    ///     shl rax, 16
+    ///     mov ecx, r13d
+    ///     shr ecx, 2
+    ///     inc ecx
+    ///     shl rcx, 32
+    ///     or rax, rcx
+    ///     or rax, 1
+    ///     mov rdi, rax
+    ///     ret
+    /// ```
+    pub const PHASE_PORT_SWEEP: &[u8] = &[
+        0x48, 0x8d, 0x1d, 0xf9, 0x0f, 0x00, 0x00, 0x44, 0x8b, 0x23, 0x45, 0x31, 0xed, 0xe8, 0xb6,
+        0x00, 0x00, 0x00, 0xbe, 0x01, 0x00, 0x00, 0x00, 0xb8, 0x06, 0x00, 0x00, 0x00, 0xba, 0x00,
+        0x05, 0x00, 0x00, 0xef, 0x48, 0x85, 0xc0, 0x75, 0x06, 0x48, 0xff, 0x43, 0x08, 0xeb, 0x0e,
+        0x48, 0x83, 0xf8, 0xf4, 0x0f, 0x85, 0x80, 0x00, 0x00, 0x00, 0x48, 0xff, 0x43, 0x10, 0x41,
+        0xff, 0xc5, 0x41, 0x83, 0xfd, 0x10, 0x75, 0xc9, 0x31, 0xd2, 0xec, 0xff, 0xc2, 0x81, 0xfa,
+        0x00, 0x00, 0x01, 0x00, 0x75, 0xf5, 0x45, 0x31, 0xed, 0xe8, 0x6f, 0x00, 0x00, 0x00, 0xbe,
+        0x02, 0x00, 0x00, 0x00, 0x45, 0x31, 0xc0, 0xb8, 0x06, 0x00, 0x00, 0x00, 0xba, 0x00, 0x05,
+        0x00, 0x00, 0xef, 0x48, 0x85, 0xc0, 0x75, 0x06, 0x48, 0xff, 0x43, 0x18, 0xeb, 0x16, 0x48,
+        0x83, 0xf8, 0xf9, 0x75, 0x06, 0x48, 0xff, 0x43, 0x20, 0xeb, 0x0a, 0x48, 0x83, 0xf8, 0xea,
+        0x75, 0x2e, 0x48, 0xff, 0x43, 0x28, 0x41, 0xff, 0xc5, 0x41, 0x83, 0xfd, 0x10, 0x75, 0xbe,
+        0x41, 0xff, 0xcc, 0x0f, 0x85, 0x6b, 0xff, 0xff, 0xff, 0x48, 0x8d, 0x7b, 0x08, 0xbe, 0x28,
+        0x00, 0x00, 0x00, 0xb8, 0x03, 0x00, 0x00, 0x00, 0xba, 0x00, 0x05, 0x00, 0x00, 0xef, 0x31,
+        0xff, 0xeb, 0x05, 0xbf, 0x09, 0x00, 0x00, 0x00, 0xb8, 0x04, 0x00, 0x00, 0x00, 0xba, 0x00,
+        0x05, 0x00, 0x00, 0xef, 0xf4, 0x44, 0x89, 0xe8, 0x83, 0xe0, 0x03, 0xff, 0xc0, 0x48, 0xc1,
+        0xe0, 0x10, 0x44, 0x89, 0xe9, 0xc1, 0xe9, 0x02, 0xff, 0xc1, 0x48, 0xc1, 0xe1, 0x20, 0x48,
+        0x09, 0xc8, 0x48, 0x83, 0xc8, 0x01, 0x48, 0x89, 0xc7, 0xc3,
+    ];
+
+    /// A string `rep outsd` of one dword to the hypercall port: `EAX` = 1 (`abi_version`),
+    /// the dword in memory 4 (`exit`), `RDI` = 9. If the port took the dword as a call the
+    /// guest would exit with 9; refused, `RAX` is still 1 and the guest does `exit(0)`
+    /// (`exit(3)` if `RAX` changed).
+    ///
+    /// ```text
+    /// start:
+    ///     mov edi, 9
+    ///     lea rsi, [rip + value]
+    ///     mov eax, 1
+    ///     mov edx, 0x500
+    ///     mov ecx, 1
+    ///     rep outsd
+    ///     cmp rax, 1
+    ///     jne bad
+    ///     xor edi, edi
+    ///     jmp done
+    /// bad:
+    ///     mov edi, 3
+    /// done:
+    ///     mov eax, 4
+    ///     mov edx, 0x500
+    ///     out dx, eax
+    ///     hlt
+    /// value:
+    /// ```
+    pub const OUTSD_HYPERCALL: &[u8] = &[
+        0xbf, 0x09, 0x00, 0x00, 0x00, 0x48, 0x8d, 0x35, 0x2c, 0x00, 0x00, 0x00, 0xb8, 0x01, 0x00,
+        0x00, 0x00, 0xba, 0x00, 0x05, 0x00, 0x00, 0xb9, 0x01, 0x00, 0x00, 0x00, 0xf3, 0x6f, 0x48,
+        0x83, 0xf8, 0x01, 0x75, 0x04, 0x31, 0xff, 0xeb, 0x05, 0xbf, 0x03, 0x00, 0x00, 0x00, 0xb8,
+        0x04, 0x00, 0x00, 0x00, 0xba, 0x00, 0x05, 0x00, 0x00, 0xef, 0xf4, 0x04, 0x00, 0x00, 0x00,
+    ];
+
     /// `jmp $`: spins forever.
     pub const SPIN: &[u8] = &[0xeb, 0xfe];
 

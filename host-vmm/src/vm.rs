@@ -22,6 +22,7 @@ use crate::arch::x86_64::cpuid::CpuidError;
 use crate::arch::x86_64::layout::LayoutError;
 use crate::bench::{PhaseObserver, PhaseRecord, SampleRecord};
 use crate::bus::BusError;
+use crate::devices::pv::BusError as HypercallBusError;
 use crate::exit::ledger::LedgerSnapshot;
 use crate::io::disk::{DiskConfig, DiskError, SharedDisk};
 use crate::loader::elf::ElfError;
@@ -186,6 +187,27 @@ pub enum VmError {
         /// Why.
         source: std::io::Error,
     },
+    /// The kernel path is not a regular file (a FIFO, a device, a directory, a socket).
+    #[error("cannot use {path} as the guest kernel: it is {kind}, not a regular file")]
+    KernelNotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
+    },
+    /// The kernel file is larger than guest RAM.
+    #[error(
+        "the guest kernel {path} is {len} bytes, larger than guest RAM ({limit} bytes); \
+         strip it or give the guest more --mem"
+    )]
+    KernelTooLarge {
+        /// The path.
+        path: PathBuf,
+        /// Its size (at least; it may still be growing).
+        len: u64,
+        /// The limit: guest RAM.
+        limit: u64,
+    },
     /// There is no built-in kernel.
     #[error(
         "this pvkit was built without a built-in guest kernel ({0}); pass an ELF: pvkit run PATH"
@@ -238,9 +260,9 @@ pub enum VmError {
     /// The disk image could not be opened.
     #[error(transparent)]
     Disk(#[from] DiskError),
-    /// The PV devices could not be set up (epoll, eventfd).
-    #[error("cannot set up the PV devices: {0}")]
-    PvDevices(std::io::Error),
+    /// The PV devices could not be set up (epoll, eventfd, conflicting registrations).
+    #[error("cannot set up the PV devices")]
+    PvDevices(#[source] HypercallBusError),
     /// A thread could not be confined with its seccomp filter.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
@@ -250,6 +272,65 @@ pub enum VmError {
 const KICK_GRACE: Duration = Duration::from_secs(5);
 /// Interval between kicks.
 const KICK_INTERVAL: Duration = Duration::from_millis(20);
+
+/// What a file that is not a regular file is, for [`VmError::KernelNotAFile`].
+fn file_kind(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Reads the guest ELF at `path`: a regular file of at most `limit` bytes. Opened with
+/// `O_NONBLOCK`, so a FIFO cannot block the open (nor a device the read); the type is
+/// checked on the open file, and the read stops one byte past `limit`, so a file that grows
+/// meanwhile is refused too. Nothing is read from anything but a regular file.
+pub fn read_kernel_file(path: &std::path::Path, limit: u64) -> Result<Vec<u8>, VmError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| VmError::ReadKernel {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(VmError::KernelNotAFile {
+            path: path.to_owned(),
+            kind: file_kind(meta.file_type()),
+        });
+    }
+    let too_large = |len| VmError::KernelTooLarge {
+        path: path.to_owned(),
+        len,
+        limit,
+    };
+    if meta.len() > limit {
+        return Err(too_large(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
 
 type VcpuResult = Result<(StopReason, VcpuState), VcpuError>;
 
@@ -427,6 +508,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         console,
         disk,
         io_stopper,
+        bench,
         platform,
         reg_access,
         guest_abi,
@@ -467,13 +549,15 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     let mut host_failure = match supervise(&rx, &thread, deadline, &stop_requested) {
         Ok(failure) => failure,
         Err(e) => {
-            io_stopper.stop();
+            if let Some(s) = io_stopper {
+                s.stop();
+            }
             return Err(e);
         }
     };
     let (stop, boot) = thread.join().map_err(|_| VmError::VcpuPanicked)??;
     let others = parked.release()?;
-    if let Err(msg) = crate::runtime::sync::lock(&vm.pv).shutdown() {
+    if let Err(msg) = vm.pv.shutdown() {
         host_failure.get_or_insert(msg);
     }
     let stop = match (host_failure, signals::pending()) {
@@ -494,7 +578,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         (None, _) => stop,
     };
 
-    // Every vCPU's exits; only vCPU 0 runs guest code, so its records are the run's.
+    // Every vCPU's exits; only vCPU 0 runs guest code, so its timings are the run's.
     let ledger = merge_ledgers(std::iter::once(&boot).chain(&others));
     let timings = Timings {
         to_guest_entry: boot
@@ -512,7 +596,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
             .stopped
             .map_or(Duration::ZERO, |t| t.saturating_duration_since(t0)),
     };
-    let (phases, samples) = boot.bench.into_parts();
+    let (phases, samples) = bench.take();
     // Bounded: the writer thread gets a short grace, what it cannot write is counted.
     console.finish(crate::io::console_out::FINISH_GRACE);
     Ok(RunOutcome {

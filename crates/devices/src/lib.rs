@@ -21,6 +21,8 @@
 //!   which does I/O, is `pvkit_backends::FileBackend`).
 //! * [`ata`]: [`Ata`], the primary-channel ATA master disk, PIO only.
 //! * [`pit`]: [`Pit`], the Intel 8254 interval timer.
+//! * [`ne2000`]: [`Ne2000`], an NE2000 (DP8390) network card on ISA I/O `0x300`: remote
+//!   DMA, receive ring, transmit; frames in and out through the VMM's network backend.
 //! * [`uart`]: [`UartState`], the saved state of the 16550 UART (the model is vm-superio's).
 //! * [`state`]: the rules of saved device state, [`StateError`] and [`VmClockState`].
 // Guest data is hostile: no panic on it (the same deny set as pvkit-vmm).
@@ -36,6 +38,7 @@
 
 pub mod ata;
 pub mod block_backend;
+pub mod ne2000;
 pub mod pit;
 pub mod state;
 pub mod uart;
@@ -44,6 +47,7 @@ pub use ata::{
     Ata, AtaState, ATA_PRIMARY_CMD_BASE, ATA_PRIMARY_CMD_LEN, ATA_PRIMARY_CTRL, SECTOR_SIZE,
 };
 pub use block_backend::{BackendError, BlockBackend, MemBackend};
+pub use ne2000::{Ne2000, Ne2000State, Ne2000Stats, RxOutcome, NE2000_IO_BASE, NE2000_IO_LEN};
 pub use pit::{Pit, PitState, PIT_FREQ_HZ};
 pub use state::{StateError, VmClockState};
 pub use uart::UartState;

@@ -1,8 +1,9 @@
 //! `hypercall_dispatch`: `pvkit_vmm::hypercall::dispatch` with arbitrary register values,
 //! interleaved with guest stores that place structures (fault reports, bench samples and op
-//! logs, block requests, ring headers) where the arguments point, against either no PV
-//! devices or the VMM's real `PvBackend` (block device over a 64-sector in-memory disk,
-//! console and block rings with the `Doorbell` transport, optionally the clock page).
+//! logs, block requests, ring headers) where the arguments point, against either the core
+//! devices only (console, bench markers) or every device as `pvkit_vmm::devices::assemble`
+//! registers them (block device over a 64-sector in-memory disk, console and block rings
+//! with the `Doorbell` transport, optionally the clock page).
 //!
 //! The `HostPoll` transport is mapped to `Doorbell` (it starts the I/O thread, which would
 //! touch guest memory concurrently with the checks; its ring logic is `pv_ring`'s), and
@@ -31,14 +32,14 @@ use pvkit_abi::ring::{ring_bytes, HEADER_SIZE};
 use pvkit_abi::{Status, ABI_VERSION};
 use pvkit_devices::{BlockBackend, MemBackend};
 use pvkit_pv::{ClockSample, Wire};
-use pvkit_vmm::bench::BenchRecorder;
-use pvkit_vmm::exit::ledger::ExitLedger;
-use pvkit_vmm::hypercall::{
-    dispatch, HypercallContext, NoPvDevices, Outcome, PvDevices, BASE_FEATURES,
-};
+use pvkit_abi::cpuid::Features;
 use pvkit_vmm::io::console_out::Console;
+use pvkit_vmm::devices::pv::clock::ClockSource;
+use pvkit_vmm::devices::pv::{HypercallBus, RingsConfig};
+use pvkit_vmm::devices::{assemble, PvConfig};
 use pvkit_vmm::io::disk::SharedDisk;
-use pvkit_vmm::paravirt::{ClockSource, PvBackend, PvConfig};
+use pvkit_vmm::hypercall::{dispatch, HypercallContext, Outcome};
+use pvkit_vmm::exit::ledger::ExitLedger;
 use pvkit_vmm::StopReason;
 use vm_memory::ByteValued;
 
@@ -53,9 +54,9 @@ const DISK_SECTORS: usize = 64;
 /// Which PV devices the VM has.
 #[derive(Arbitrary, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pv {
-    /// `NoPvDevices`.
+    /// The core devices only (console, bench markers): no rings, no block device.
     None,
-    /// `PvBackend` with a block device, with or without a clock source.
+    /// Every device: block over a disk, rings, with or without a clock source.
     Backend {
         /// A clock source for the clock page.
         clock: bool,
@@ -174,8 +175,7 @@ struct Harness {
     ram: Ram,
     console: Console,
     ledger: ExitLedger,
-    bench: BenchRecorder,
-    pv: Box<dyn PvDevices>,
+    pv: HypercallBus,
     backend: bool,
     disk: SharedDisk,
     disk_model: Vec<u8>,
@@ -201,14 +201,13 @@ impl Harness {
             .map(|a| parse_request(self.ram.model(a, crate::pv_block::REQUEST_BYTES as usize)));
         let kick_allow = (known == Some(Hypercall::RingKick)).then(|| self.kick_allowance(args[0]));
 
-        let mut ctx = HypercallContext {
-            console: &self.console,
+        let ctx = HypercallContext {
             ledger: &self.ledger,
-            bench: &mut self.bench,
-            pv: &mut *self.pv,
+            bus: &self.pv,
+            vcpu: 0,
         };
-        let features = ctx.features();
-        let out = dispatch(self.ram.mem, raw, &mut ctx);
+        let features = self.pv.features();
+        let out = dispatch(self.ram.mem, raw, &ctx);
 
         if let Outcome::Return(r) = &out {
             if r.status != Status::Ok {
@@ -232,9 +231,11 @@ impl Harness {
             Hypercall::AbiVersion => assert_eq!(out, ret(Status::Ok, ABI_VERSION.to_u64())),
             Hypercall::Features => {
                 assert_eq!(out, ret(Status::Ok, features.bits()));
-                assert!(features.contains(BASE_FEATURES));
+                // The devices every VM has: the console and the bench markers.
+                let core = Features::CONSOLE | Features::BENCH;
+                assert!(features.contains(core));
                 if !self.backend {
-                    assert_eq!(features, BASE_FEATURES);
+                    assert_eq!(features, core);
                 }
             }
             Hypercall::Exit => {
@@ -413,31 +414,36 @@ pub fn run(data: &[u8]) {
     let disk = SharedDisk::new(Box::new(MemBackend::from_vec(disk_model.clone())));
     let console = Console::capture();
     let mut ledger = ExitLedger::new();
-    let mut bench = BenchRecorder::new();
-    let (pv, backend): (Box<dyn PvDevices>, bool) = match setup.pv {
-        Pv::None => (Box::new(NoPvDevices), false),
-        Pv::Backend { clock, verify } => {
-            if verify {
-                bench.set_disk(Box::new(disk.clone()));
-            }
-            let config = PvConfig {
-                mem: ram.mem.clone(),
-                console: console.clone(),
-                disk: Some(disk.clone()),
-                clock: clock.then(|| Arc::new(FixedClock) as Arc<dyn ClockSource>),
-                ioevents: None,
-                kvmclock: false,
-                on_fatal: Arc::new(|e| panic!("I/O thread failed: {e}")),
-            };
-            let b = PvBackend::new(config, &mut ledger).expect("PvBackend without KVM");
-            (Box::new(b), true)
-        }
+    let (clock, verify, backend) = match setup.pv {
+        Pv::None => (false, false, false),
+        Pv::Backend { clock, verify } => (clock, verify, true),
     };
+    let config = PvConfig {
+        console: console.clone(),
+        disk: backend.then(|| disk.clone()),
+        clock: clock.then(|| Arc::new(FixedClock) as Arc<dyn ClockSource>),
+        kvmclock: false,
+        rings: backend.then(|| {
+            let on_fatal: Arc<dyn Fn(String) + Send + Sync> =
+                Arc::new(|e| panic!("I/O thread failed: {e}"));
+            (
+                ram.mem.clone(),
+                RingsConfig {
+                    ioevents: None,
+                    on_fatal,
+                },
+            )
+        }),
+    };
+    let devices = assemble(config, &mut ledger).expect("PV devices without KVM");
+    if verify {
+        devices.bench.set_disk(Box::new(disk.clone()));
+    }
+    let pv = devices.bus;
     let mut h = Harness {
         ram,
         console,
         ledger,
-        bench,
         pv,
         backend,
         disk,

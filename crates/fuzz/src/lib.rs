@@ -20,6 +20,7 @@ pub mod enc;
 #[cfg(feature = "vmm")]
 pub mod hypercall_dispatch;
 pub mod mem;
+pub mod ne2000;
 pub mod pit;
 pub mod pv_block;
 pub mod pv_clock;
@@ -41,6 +42,7 @@ pub fn targets() -> Vec<Target> {
         ("abi_decode", abi_decode::run, abi_decode::seeds),
         ("ata", ata::run, ata::seeds),
         ("pit", pit::run, pit::seeds),
+        ("ne2000", ne2000::run, ne2000::seeds),
         ("pv_block", pv_block::run, pv_block::seeds),
         ("pv_ring", pv_ring::run, pv_ring::seeds),
         ("pv_console", pv_console::run, pv_console::seeds),
@@ -78,6 +80,10 @@ pub fn describe(target: &str, data: &[u8]) -> Option<String> {
         }
         "ata" => format!("{:#?}", d::<ata::AtaSetup, ata::AtaOp>(data, ata::MAX_OPS)),
         "pit" => format!("{:#?}", d::<pit::PitSetup, pit::PitOp>(data, pit::MAX_OPS)),
+        "ne2000" => format!(
+            "{:#?}",
+            d::<ne2000::NeSetup, ne2000::NeOp>(data, ne2000::MAX_OPS)
+        ),
         "pv_block" => format!(
             "{:#?}",
             d::<pv_block::BlockSetup, pv_block::BlockStep>(data, pv_block::MAX_OPS)

@@ -461,9 +461,12 @@ impl Harness {
                 let (want, want_sink) = model_console_poll(&mut self.ram, &mut model);
                 let mut sink = Vec::new();
                 let mut calls = 0u64;
-                let got = c.poll(self.ram.mem, |req| {
+                // What `console::service_ring` does (below its byte budget, which this
+                // RAM cannot reach): each request costs the bytes it wrote.
+                let got = c.poll_metered(self.ram.mem, |req| {
                     calls += 1;
-                    console::handle_request(self.ram.mem, &req, &mut sink)
+                    let rsp = console::handle_request(self.ram.mem, &req, &mut sink);
+                    (rsp, u64::from(rsp.written))
                 });
                 let got = outcome(got);
                 assert_eq!(got, want, "console poll: model {model:?}");

@@ -22,7 +22,12 @@
 //! - [`clock`]: the PV clock page and kvmclock, read vDSO-style (usable from ring 3);
 //! - [`tsc`]: `rdtsc`, plain and ordered;
 //! - [`ata`]: a polling ATA PIO driver (the emulated disk, or hardware);
-//! - [`pit`]: the 8254 PIT as a time source, extended to a monotonic tick count.
+//! - [`pit`]: the 8254 PIT as a time source, extended to a monotonic tick count;
+//! - [`ne2000`]: a polling NE2000 (DP8390) network driver (the emulated NIC, or hardware).
+//! - `rt` (feature `runtime`): a guest runtime — entry macro (`entry!`), guarded boot
+//!   stack, GDT/TSS/IDT reporting every exception, panic handler, `print!`/`println!`,
+//!   and with feature `heap` a global allocator;
+//! - [`Aligned4K`]: 4 KiB-aligned memory for rings and shared pages, usable in a `static`.
 //!
 //! Nothing here allocates, and nothing here assumes a particular kernel layout. The crate
 //! also builds for the host target (it is part of the host workspace), where its pure parts
@@ -37,6 +42,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod addr;
+mod aligned;
 pub mod ata;
 pub mod block;
 pub mod clock;
@@ -49,13 +55,20 @@ pub mod cpuid;
 pub mod fault;
 #[cfg(target_arch = "x86_64")]
 pub mod hypercall;
+pub mod ne2000;
 pub mod pit;
 pub mod port;
 pub mod ring;
+#[cfg(all(feature = "runtime", target_arch = "x86_64"))]
+pub mod rt;
 #[cfg(target_arch = "x86_64")]
 pub mod tsc;
 pub mod uart16550;
 pub mod writer;
+
+pub use aligned::{Aligned4K, RingMemory};
+/// The ABI crate this crate speaks (re-exported so guests need only one dependency).
+pub use pvkit_abi;
 
 #[cfg(target_arch = "x86_64")]
 pub use console::PvConsole;

@@ -693,6 +693,103 @@ mod tests {
         );
     }
 
+    /// A [`MemBackend`] whose `fail_at`-th data call (0-based, reads and writes counted
+    /// together) fails with `EIO`; the others go through.
+    struct FailNth {
+        inner: MemBackend,
+        calls: usize,
+        fail_at: usize,
+    }
+
+    impl FailNth {
+        fn tick(&mut self) -> Result<(), BackendError> {
+            self.calls += 1;
+            if self.calls - 1 == self.fail_at {
+                return Err(io::Error::from_raw_os_error(5).into());
+            }
+            Ok(())
+        }
+    }
+
+    impl BlockBackend for FailNth {
+        fn len(&self) -> u64 {
+            self.inner.len()
+        }
+        fn read_at(&mut self, o: u64, b: &mut [u8]) -> Result<(), BackendError> {
+            self.inner.read_at(o, b)
+        }
+        fn write_at(&mut self, o: u64, b: &[u8]) -> Result<(), BackendError> {
+            self.inner.write_at(o, b)
+        }
+        fn flush(&mut self) -> Result<(), BackendError> {
+            self.inner.flush()
+        }
+        fn read_volatile_at(
+            &mut self,
+            o: u64,
+            dst: &vm_memory::VolatileSlice<'_>,
+        ) -> Result<(), BackendError> {
+            self.tick()?;
+            self.inner.read_volatile_at(o, dst)
+        }
+        fn write_volatile_at(
+            &mut self,
+            o: u64,
+            src: &vm_memory::VolatileSlice<'_>,
+        ) -> Result<(), BackendError> {
+            self.tick()?;
+            self.inner.write_volatile_at(o, src)
+        }
+    }
+
+    /// docs/ABI.md, "Block": a request that fails with a host I/O error may have been
+    /// carried out in part — one backend call per segment, in order, so the segments before
+    /// the failing one are written (or read), the failing one and those after it may not
+    /// be, and `bytes` is 0 — as on a real disk. The guest must treat the whole range as
+    /// undefined after a failed write (and the whole buffer after a failed read).
+    #[test]
+    fn a_failed_multi_segment_request_may_be_partly_done() {
+        let m = mem();
+        m.write_slice(&[0xaa; 512], GuestAddress(0x1000)).unwrap();
+        m.write_slice(&[0xbb; 512], GuestAddress(0x2000)).unwrap();
+        m.write_slice(&[0xcc; 512], GuestAddress(0x3000)).unwrap();
+        let original = patterned_disk().into_inner();
+        let mut d = BlockDevice::new(FailNth {
+            inner: patterned_disk(),
+            calls: 0,
+            fail_at: 1,
+        });
+        let segs = [seg(0x1000, 512), seg(0x2000, 512), seg(0x3000, 512)];
+        assert_eq!(d.handle(&m, &request(2, 8, &segs)), (Status::EIO, 0));
+        assert_eq!(
+            d.backend().calls,
+            2,
+            "the segments after the failure are not tried"
+        );
+        let disk = d.backend().inner.as_slice();
+        assert!(
+            disk[8 * 512..9 * 512].iter().all(|&x| x == 0xaa),
+            "segment 0 written"
+        );
+        assert_eq!(disk[9 * 512..11 * 512], original[9 * 512..11 * 512]);
+        assert_eq!(
+            disk[..8 * 512],
+            original[..8 * 512],
+            "nothing outside the range"
+        );
+        assert_eq!(disk[11 * 512..], original[11 * 512..]);
+        // A read failing at its second segment filled the first buffer only.
+        d.backend_mut().calls = 0;
+        assert_eq!(d.handle(&m, &request(1, 0, &segs)), (Status::EIO, 0));
+        let mut got = vec![0u8; 512];
+        m.read_slice(&mut got, GuestAddress(0x1000)).unwrap();
+        assert_eq!(got, original[..512]);
+        m.read_slice(&mut got, GuestAddress(0x2000)).unwrap();
+        assert!(got.iter().all(|&x| x == 0xbb));
+        m.read_slice(&mut got, GuestAddress(0x3000)).unwrap();
+        assert!(got.iter().all(|&x| x == 0xcc));
+    }
+
     #[test]
     fn ring_adapter() {
         let m = mem();

@@ -420,7 +420,7 @@ pub fn run(args: &Bench, boot: &BootInfo) -> ! {
     let features = Features::from_bits_truncate(boot.features);
     if !features.contains(Features::BENCH) {
         println!("bench: the host does not offer benchmark markers (feature BENCH)");
-        hypercall::exit(1);
+        crate::exit(1);
     }
     let mut r = Runner {
         selection: args.selection,

@@ -1,7 +1,87 @@
-//! Device models wired to the VM: the emulated legacy devices on the port bus
-//! ([`legacy`]).
+//! Devices the guest talks to: the emulated legacy devices on the port bus ([`legacy`]),
+//! the paravirtual ones on the hypercall bus ([`pv`]) and the pseudo-devices that exist for
+//! measurement ([`pseudo`]).
 //!
 //! A device here only adapts a bus access (or a hypercall) to a model of `pvkit-devices` or
 //! `pvkit-pv`; the models themselves do no I/O and know nothing of KVM.
 
 pub mod legacy;
+pub mod pseudo;
+pub mod pv;
+
+use std::sync::Arc;
+
+use crate::exit::ledger::ExitLedger;
+use crate::io::console_out::Console;
+use crate::io::disk::SharedDisk;
+use crate::vstate::memory::GuestRam;
+use pseudo::markers::BenchMarkers;
+use pv::block::PvBlock;
+use pv::clock::{ClockSource, PvClock};
+use pv::console::PvConsole;
+use pv::{BusError, HypercallBus, RingsConfig};
+
+/// What the PV devices of a VM are built from.
+pub struct PvConfig {
+    /// The console sink (shared with the UART).
+    pub console: Console,
+    /// The disk behind the PV block device; `None`: no block device, no block ring.
+    pub disk: Option<SharedDisk>,
+    /// The time source of the PV clock page; `None`: no clock page.
+    pub clock: Option<Arc<dyn ClockSource>>,
+    /// KVM's kvmclock is available to the guest (advertised as
+    /// [`pvkit_abi::cpuid::Features::KVMCLOCK`]).
+    pub kvmclock: bool,
+    /// Guest RAM and how rings are served; `None`: no rings (no `RegisterRegion` of a
+    /// ring, no `RingKick`, no doorbells).
+    pub rings: Option<(GuestRam, RingsConfig)>,
+}
+
+/// The assembled PV devices: the bus, and handles to the devices the VM reads back.
+#[derive(Debug)]
+pub struct PvDevices {
+    /// Every PV device, by hypercall number.
+    pub bus: HypercallBus,
+    /// The benchmark markers (their records are read after the run).
+    pub bench: Arc<BenchMarkers>,
+    /// The PV clock, if there is one.
+    pub clock: Option<Arc<PvClock>>,
+}
+
+/// Builds the PV devices of `config` and registers them on a new hypercall bus, one line
+/// per device; then sets up the rings they declared (their notification counters go into
+/// `ledger`).
+pub fn assemble(config: PvConfig, ledger: &mut ExitLedger) -> Result<PvDevices, BusError> {
+    let mut bus = HypercallBus::new();
+    let bench = Arc::new(BenchMarkers::new());
+    let clock = (config.clock.is_some() || config.kvmclock)
+        .then(|| Arc::new(PvClock::new(config.clock, config.kvmclock)));
+
+    bus.insert(Arc::new(PvConsole::new(config.console)))?;
+    bus.insert(bench.clone())?;
+    if let Some(clock) = &clock {
+        bus.insert(clock.clone())?;
+    }
+    if let Some(disk) = config.disk {
+        bus.insert(Arc::new(PvBlock::new(disk)))?;
+    }
+
+    if let Some((mem, rings)) = config.rings {
+        bus.with_rings(mem, rings, ledger)?;
+    }
+    Ok(PvDevices { bus, bench, clock })
+}
+
+/// The devices every VM has (console, bench markers), with no rings, no block device and
+/// no clock: for tests of the dispatch paths.
+#[cfg(test)]
+pub(crate) fn core_devices(console: Console) -> PvDevices {
+    let config = PvConfig {
+        console,
+        disk: None,
+        clock: None,
+        kvmclock: false,
+        rings: None,
+    };
+    assemble(config, &mut ExitLedger::new()).expect("no conflicts among the core devices")
+}

@@ -143,6 +143,52 @@ impl ExitLedger {
     pub fn delta(&self, earlier: &LedgerSnapshot) -> LedgerSnapshot {
         self.snapshot().since(earlier)
     }
+
+    /// Distinct exit kinds counted so far (the size of a [`ExitLedger::snapshot`]).
+    pub fn kinds(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// Registered notification sources.
+    pub fn notifier_count(&self) -> usize {
+        self.notifiers.len()
+    }
+
+    /// [`ExitLedger::delta`] without copying the ledger first, giving up (`None`) as soon as
+    /// more than `max_kinds` kinds changed: the work and the memory are bounded by the
+    /// ledger's size and `max_kinds`, whatever the guest touched.
+    pub fn delta_bounded(
+        &self,
+        earlier: &LedgerSnapshot,
+        max_kinds: usize,
+    ) -> Option<LedgerSnapshot> {
+        let mut counts = BTreeMap::new();
+        for (k, v) in &self.counts {
+            let d = v.saturating_sub(earlier.counts.get(k).copied().unwrap_or(0));
+            if d > 0 {
+                if counts.len() >= max_kinds {
+                    return None;
+                }
+                counts.insert(*k, d);
+            }
+        }
+        let notifications = self
+            .notifiers
+            .iter()
+            .map(|(n, c)| {
+                let now = c.load(Ordering::Relaxed);
+                (
+                    *n,
+                    now.saturating_sub(earlier.notifications.get(n).copied().unwrap_or(0)),
+                )
+            })
+            .collect();
+        Some(LedgerSnapshot {
+            counts,
+            total: self.total.saturating_sub(earlier.total),
+            notifications,
+        })
+    }
 }
 
 impl LedgerSnapshot {
@@ -246,6 +292,27 @@ mod tests {
         assert_eq!(d.count(ExitKind::PortWrite(0x3f8)), 1);
         assert_eq!(d.count(ExitKind::Hlt), 0);
         assert!(!d.counts.contains_key(&ExitKind::Hlt));
+    }
+
+    #[test]
+    fn bounded_delta_matches_delta_or_gives_up() {
+        let mut l = ExitLedger::new();
+        let c = l.notifier("n");
+        l.record(ExitKind::Hlt);
+        let snap = l.snapshot();
+        for p in 0..10u16 {
+            l.record(ExitKind::PortRead(p));
+        }
+        l.record(ExitKind::Hlt);
+        c.fetch_add(4, Ordering::Relaxed);
+        assert_eq!(l.kinds(), 11);
+        assert_eq!(l.notifier_count(), 1);
+        assert_eq!(l.delta_bounded(&snap, 11), Some(l.delta(&snap)));
+        assert_eq!(l.delta_bounded(&snap, 10), None);
+        assert_eq!(
+            l.delta_bounded(&l.snapshot(), 0),
+            Some(l.delta(&l.snapshot()))
+        );
     }
 
     #[test]

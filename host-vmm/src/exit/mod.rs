@@ -25,7 +25,7 @@ use crate::runtime::stop::StopReason;
 use crate::vstate::memory::GuestRam;
 use ledger::{ExitKind, ExitLedger};
 
-pub use crate::vstate::vcpu::Exit;
+pub use crate::vstate::vcpu::{decode_hypercall, Exit};
 
 /// What the run loop does next.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -305,6 +305,38 @@ mod tests {
             },
         );
         assert_eq!(m.cpu.ledger.count(ExitKind::PortWrite(0x80)), 1);
+    }
+
+    #[test]
+    fn string_writes_to_the_hypercall_port_are_not_calls() {
+        let args = [1, 2, 3, 4];
+        // `out dx, eax`: the dword is EAX.
+        assert_eq!(decode_hypercall(4, 4, args), Some(RawCall { nr: 4, args }));
+        // Upper half of RAX set: number 0 (ENOSYS), never an alias of the call in EAX.
+        assert_eq!(
+            decode_hypercall(4, 1 << 32 | 4, args),
+            Some(RawCall { nr: 0, args })
+        );
+        // `rep outsd` of one dword from memory (EXIT) while EAX holds ABI_VERSION: refused.
+        assert_eq!(decode_hypercall(Hypercall::Exit as u32, 1, args), None);
+        // The refused write is an ordinary port write: counted, ignored, guest resumes.
+        let mut m = machine();
+        let data = (Hypercall::Exit as u32).to_le_bytes();
+        assert_eq!(
+            handle_exit(
+                &mut m,
+                Exit::IoOut {
+                    port: pvkit_abi::ports::HYPERCALL,
+                    data: &data,
+                },
+            ),
+            ExitAction::Continue
+        );
+        assert_eq!(m.cpu.ledger.count(ExitKind::PortWrite(0x500)), 1);
+        assert_eq!(m.cpu.ledger.count(ExitKind::Hypercall(Hypercall::Exit)), 0);
+        assert_eq!(m.cpu.ledger.total(), 1);
+        assert!(m.cpu.first_hypercall.is_none());
+        assert!(m.calls.seen.is_empty());
     }
 
     #[test]

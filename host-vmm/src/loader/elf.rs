@@ -28,6 +28,7 @@ pub const MAX_PHNUM: u16 = 64;
 pub const MAX_SHNUM: u16 = 1024;
 
 const ET_EXEC: u16 = 2;
+const ET_DYN: u16 = 3;
 const EM_X86_64: u16 = 62;
 const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
@@ -70,10 +71,21 @@ pub enum ElfError {
         /// What is wrong.
         problem: String,
     },
-    /// A segment does not fit guest RAM.
+    /// The file is a position-independent executable (`ET_DYN`), what
+    /// `x86_64-unknown-none` makes by default; pvkit loads fixed-address executables.
+    #[error(
+        "unsupported guest ELF: e_type is 0x3 (ET_DYN, a position-independent executable), \
+         expected 2 (ET_EXEC: a statically linked kernel at a fixed address): build with \
+         -C relocation-model=static (x86_64-unknown-none makes a PIE by default) and link at \
+         a fixed address ≥ 1 MiB, see `pvkit new`"
+    )]
+    PositionIndependent,
+    /// A segment does not fit guest RAM: below [`KERNEL_MIN_ADDR`] (the boot area) or
+    /// beyond the end of RAM. The message names the fix for each.
     #[error(
         "guest ELF segment {index} ({start:#x}..{end:#x}) does not fit guest RAM \
-         ({KERNEL_MIN_ADDR:#x}..{ram_end:#x}); use more --mem or relink the kernel"
+         ({KERNEL_MIN_ADDR:#x}..{ram_end:#x}); {}",
+        outside_ram_fix(*start, *end)
     )]
     OutsideRam {
         /// Index of the program header.
@@ -93,6 +105,13 @@ pub enum ElfError {
         "not a valid guest ELF: entry point {0:#x} is not inside an executable loaded segment"
     )]
     BadEntry(u64),
+    /// The note headers name more note bytes than the file could hold (overlapping
+    /// ranges walked over and over): refused before the work grows with them.
+    #[error(
+        "not a valid guest ELF: its note segments and sections would have the loader walk \
+         more than {0} times the file's size of notes"
+    )]
+    NoteWalkTooLong(usize),
     /// No pvkit ABI note.
     #[error(
         "the guest ELF has no pvkit ABI note (section .note.pvkit); build it against \
@@ -115,6 +134,30 @@ pub enum ElfError {
         /// The vm-memory error.
         detail: String,
     },
+}
+
+/// The fix [`ElfError::OutsideRam`] names: a segment below [`KERNEL_MIN_ADDR`] must be
+/// linked higher (more RAM would not help); one beyond the end of RAM needs more `--mem`
+/// if the most RAM pvkit gives a guest would hold it, else a lower link address.
+fn outside_ram_fix(start: u64, end: u64) -> String {
+    let max_ram = crate::vstate::memory::MAX_MEM_MIB << 20;
+    if start < KERNEL_MIN_ADDR {
+        format!(
+            "link at or above {KERNEL_MIN_ADDR:#x} ({} MiB); the boot area lies below it",
+            KERNEL_MIN_ADDR >> 20
+        )
+    } else if end <= max_ram {
+        format!(
+            "use more --mem (at least {} MiB) or link the kernel lower",
+            end.div_ceil(1 << 20)
+        )
+    } else {
+        format!(
+            "link the kernel lower: it ends beyond {max_ram:#x}, the most guest RAM \
+             (--mem {})",
+            crate::vstate::memory::MAX_MEM_MIB
+        )
+    }
 }
 
 /// One validated `PT_LOAD` segment.
@@ -205,12 +248,55 @@ fn unsupported(field: &'static str, value: u64, expected: &'static str) -> ElfEr
     }
 }
 
+/// Bounds the note walk: program and section headers may name the same bytes (or
+/// overlapping ranges) many times over, so the walk keeps the ranges it already walked and
+/// a byte budget of [`NOTE_WALK_FACTOR`] times the file size. Each byte of the file is thus
+/// visited a small constant number of times, whatever the headers say.
+struct NoteWalk {
+    walked: Vec<(usize, usize, usize)>,
+    budget: usize,
+}
+
+/// Bytes of notes walked, as a multiple of the file size, before the loader gives up.
+pub const NOTE_WALK_FACTOR: usize = 2;
+
+impl NoteWalk {
+    fn new(file_len: usize) -> Self {
+        Self {
+            walked: Vec::new(),
+            budget: file_len.saturating_mul(NOTE_WALK_FACTOR),
+        }
+    }
+
+    /// Walks the notes at `data` (which starts `start` bytes into the file) unless that
+    /// exact range was walked before.
+    fn walk(
+        &mut self,
+        start: usize,
+        data: &[u8],
+        align: usize,
+    ) -> Result<Option<AbiVersion>, ElfError> {
+        let key = (start, data.len(), align);
+        if self.walked.contains(&key) {
+            return Ok(None);
+        }
+        self.walked.push(key);
+        find_note(data, align, &mut self.budget)
+    }
+}
+
 /// Walks the notes in `data` and returns the first pvkit ABI note's version. Malformed
-/// notes end the walk (a foreign note cannot make the file unloadable by itself).
-fn find_note(data: &[u8], align: usize) -> Option<AbiVersion> {
+/// notes end the walk (a foreign note cannot make the file unloadable by itself). Each
+/// note's bytes (at least its 12-byte header) are charged to `budget`;
+/// [`ElfError::NoteWalkTooLong`] when it runs out.
+fn find_note(
+    data: &[u8],
+    align: usize,
+    budget: &mut usize,
+) -> Result<Option<AbiVersion>, ElfError> {
     let pad = |n: usize| n.checked_add(align - 1).map(|v| v & !(align - 1));
-    let mut rest = data;
-    while rest.len() >= 12 {
+    // One note: where the next starts and whether this one is pvkit's; `None`: malformed.
+    let note = |rest: &[u8]| -> Option<(usize, Option<AbiVersion>)> {
         let namesz = usize::try_from(u32_at(rest, 0)).ok()?;
         let descsz = usize::try_from(u32_at(rest, 4)).ok()?;
         let ntype = u32_at(rest, 8);
@@ -220,12 +306,22 @@ fn find_note(data: &[u8], align: usize) -> Option<AbiVersion> {
         let next = desc_start.checked_add(pad(descsz)?)?;
         let name = rest.get(12..name_end)?;
         let desc = rest.get(desc_start..desc_end)?;
-        if let Some(v) = parse_abi_note(name, ntype, desc) {
-            return Some(v);
+        Some((next, parse_abi_note(name, ntype, desc)))
+    };
+    let mut rest = data;
+    while rest.len() >= 12 {
+        let Some((next, found)) = note(rest) else {
+            return Ok(None);
+        };
+        *budget = budget
+            .checked_sub(next.max(12))
+            .ok_or(ElfError::NoteWalkTooLong(NOTE_WALK_FACTOR))?;
+        if found.is_some() {
+            return Ok(found);
         }
         rest = rest.get(next..).unwrap_or_default();
     }
-    None
+    Ok(None)
 }
 
 impl<'a> ElfImage<'a> {
@@ -247,6 +343,9 @@ impl<'a> ElfImage<'a> {
             return Err(unsupported("EI_VERSION", ident(6), "1"));
         }
         let e_type = u16_at(eh, 16);
+        if e_type == ET_DYN {
+            return Err(ElfError::PositionIndependent);
+        }
         if e_type != ET_EXEC {
             return Err(unsupported(
                 "e_type",
@@ -287,6 +386,7 @@ impl<'a> ElfImage<'a> {
 
         let mut segments = Vec::new();
         let mut abi = None;
+        let mut notes = NoteWalk::new(bytes.len());
         for (index, ph) in phdrs.chunks_exact(PHDR_SIZE).enumerate() {
             let p_type = u32_at(ph, 0);
             let flags = u32_at(ph, 4);
@@ -331,7 +431,7 @@ impl<'a> ElfImage<'a> {
                 PT_NOTE if abi.is_none() => {
                     // A note segment that lies outside the file is malformed.
                     let data = r.slice("a PT_NOTE segment", offset, filesz)?;
-                    abi = find_note(data, if align == 8 { 8 } else { 4 });
+                    abi = notes.walk(offset as usize, data, if align == 8 { 8 } else { 4 })?;
                 }
                 _ => {}
             }
@@ -358,7 +458,7 @@ impl<'a> ElfImage<'a> {
             return Err(ElfError::BadEntry(entry));
         }
         if abi.is_none() && shoff != 0 && shnum != 0 {
-            abi = Self::note_from_sections(&r, shoff, shentsize, shnum)?;
+            abi = Self::note_from_sections(&r, shoff, shentsize, shnum, &mut notes)?;
         }
         let abi = abi.ok_or(ElfError::MissingNote)?;
         if !ABI_VERSION.host_accepts(abi) {
@@ -380,6 +480,7 @@ impl<'a> ElfImage<'a> {
         shoff: u64,
         shentsize: u16,
         shnum: u16,
+        notes: &mut NoteWalk,
     ) -> Result<Option<AbiVersion>, ElfError> {
         if usize::from(shentsize) != SHDR_SIZE {
             return Err(unsupported("e_shentsize", shentsize.into(), "64"));
@@ -400,9 +501,10 @@ impl<'a> ElfImage<'a> {
             if u32_at(sh, 4) != SHT_NOTE {
                 continue;
             }
-            let data = r.slice("a note section", u64_at(sh, 24), u64_at(sh, 32))?;
+            let offset = u64_at(sh, 24);
+            let data = r.slice("a note section", offset, u64_at(sh, 32))?;
             let align = if u64_at(sh, 48) == 8 { 8 } else { 4 };
-            if let Some(v) = find_note(data, align) {
+            if let Some(v) = notes.walk(offset as usize, data, align)? {
                 return Ok(Some(v));
             }
         }
@@ -424,6 +526,23 @@ impl<'a> ElfImage<'a> {
     /// Checks every segment against guest RAM (at or above [`KERNEL_MIN_ADDR`], below the
     /// end of RAM), then copies the file bytes and zero-fills the rest.
     pub fn load(&self, mem: &GuestRam) -> Result<LoadedKernel, ElfError> {
+        self.load_into(mem, true)
+    }
+
+    /// [`ElfImage::load`] into RAM that nothing has written yet: the bytes past each
+    /// segment's file data are already zero and are not touched (no page faults, no
+    /// writes). Correct because the segments do not overlap (checked in
+    /// [`ElfImage::parse`]), so no segment's file data lands in another's zero part.
+    pub fn load_fresh(
+        &self,
+        ram: crate::vstate::memory::FreshRam,
+    ) -> Result<(GuestRam, LoadedKernel), ElfError> {
+        let mem = ram.into_ram();
+        let kernel = self.load_into(&mem, false)?;
+        Ok((mem, kernel))
+    }
+
+    fn load_into(&self, mem: &GuestRam, zero_fill: bool) -> Result<LoadedKernel, ElfError> {
         let ram_end = ram_size(mem);
         for s in &self.segments {
             let end = s.addr.saturating_add(s.mem_size);
@@ -450,7 +569,7 @@ impl<'a> ElfImage<'a> {
             mem.write_slice(data, GuestAddress(s.addr))
                 .map_err(copy_err)?;
             let mut at = s.addr + s.file_size as u64;
-            let end = s.addr + s.mem_size;
+            let end = if zero_fill { s.addr + s.mem_size } else { at };
             while at < end {
                 let n = (end - at).min(ZEROS.len() as u64) as usize;
                 mem.write_slice(ZEROS.get(..n).unwrap_or_default(), GuestAddress(at))
@@ -502,6 +621,85 @@ mod tests {
         mem.read_slice(&mut got, GuestAddress(0x20_0000)).unwrap();
         assert_eq!(&got[..3], CODE);
         assert_eq!(&got[3..], &[0; 5]);
+    }
+
+    #[test]
+    fn overlapping_empty_notes_are_walked_a_bounded_number_of_times() {
+        // 8 MiB of empty notes under 1023 overlapping note sections: unbounded, ~7e8 note
+        // headers (minutes in a debug build); bounded, at most NOTE_WALK_FACTOR times the
+        // file (about a second in a debug build on a loaded machine).
+        let bytes = crate::testing::note_bomb(0x20_0000, CODE, 8 << 20, MAX_SHNUM - 1);
+        let t = std::time::Instant::now();
+        assert_eq!(
+            ElfImage::parse(&bytes).map(|i| i.abi),
+            Err(ElfError::NoteWalkTooLong(NOTE_WALK_FACTOR))
+        );
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "{:?}",
+            t.elapsed()
+        );
+        // One walk of the same notes fits the budget: no note, no error of its own.
+        let small = crate::testing::note_bomb(0x20_0000, CODE, 1 << 20, 1);
+        assert_eq!(
+            ElfImage::parse(&small).map(|i| i.abi),
+            Err(ElfError::MissingNote)
+        );
+    }
+
+    #[test]
+    fn the_same_note_range_is_walked_once() {
+        // A note section and a PT_NOTE naming the same foreign note: walked once, so a
+        // budget of one file's worth of notes (the factor applies to the file) suffices.
+        let mut walk = NoteWalk::new(64);
+        let note = [0u8; 48]; // four empty notes: 48 bytes
+        assert_eq!(walk.walk(16, &note, 4), Ok(None));
+        assert_eq!(walk.walk(16, &note, 4), Ok(None));
+        assert_eq!(walk.budget, 128 - 48);
+        assert_eq!(walk.walk(20, &note, 4), Ok(None));
+        assert_eq!(
+            walk.walk(24, &note, 4),
+            Err(ElfError::NoteWalkTooLong(NOTE_WALK_FACTOR))
+        );
+    }
+
+    /// Minor page faults of the calling thread so far.
+    fn thread_minflt() -> i64 {
+        // SAFETY: getrusage writes one `rusage` into the zeroed struct we own.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: RUSAGE_THREAD on the calling thread with a valid out pointer.
+        assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) }, 0);
+        u.ru_minflt
+    }
+
+    #[test]
+    fn fresh_ram_bss_is_not_touched() {
+        // 3 MiB of BSS (768 pages), like the built-in guest.
+        let bytes = good().bss(3 << 20).build();
+        let img = ElfImage::parse(&bytes).unwrap();
+        let fresh = crate::vstate::memory::create_fresh_ram(8).unwrap();
+        let before = thread_minflt();
+        let (mem, k) = img.load_fresh(fresh).unwrap();
+        let fresh_faults = thread_minflt() - before;
+        assert_eq!(k.span, 0x20_0000..0x20_0000 + CODE.len() as u64 + (3 << 20));
+        // The BSS reads as zeros all the same (checked through vm-memory, after counting).
+        let mut bss = vec![0xaau8; 3 << 20];
+        mem.read_slice(&mut bss, GuestAddress(0x20_0000 + CODE.len() as u64))
+            .unwrap();
+        assert!(bss.iter().all(|&b| b == 0));
+        let mut code = [0u8; 3];
+        mem.read_slice(&mut code, GuestAddress(0x20_0000)).unwrap();
+        assert_eq!(code, CODE);
+        // The zero-filling load of the same image into other RAM faults every BSS page.
+        let mem2 = create_ram(8).unwrap();
+        let before = thread_minflt();
+        img.load(&mem2).unwrap();
+        let filled_faults = thread_minflt() - before;
+        assert!(fresh_faults < 16, "fresh load faulted {fresh_faults} pages");
+        assert!(
+            filled_faults >= 700,
+            "zero-filling load faulted {filled_faults}"
+        );
     }
 
     #[test]
@@ -574,6 +772,61 @@ mod tests {
             ElfImage::parse(&b).unwrap_err().to_string(),
             "unsupported guest ELF: e_machine is 0x28, expected 62 (x86_64)"
         );
+    }
+
+    /// A PIE (what x86_64-unknown-none builds by default) is refused with the fix.
+    #[test]
+    fn pie_refusal_names_the_fix() {
+        let mut b = good().build();
+        set(&mut b, 16, &3u16.to_le_bytes()); // ET_DYN
+        let e = ElfImage::parse(&b).unwrap_err();
+        assert_eq!(e, ElfError::PositionIndependent);
+        assert_eq!(
+            e.to_string(),
+            "unsupported guest ELF: e_type is 0x3 (ET_DYN, a position-independent executable), \
+             expected 2 (ET_EXEC: a statically linked kernel at a fixed address): build with \
+             -C relocation-model=static (x86_64-unknown-none makes a PIE by default) and link \
+             at a fixed address ≥ 1 MiB, see `pvkit new`"
+        );
+        // Other types keep the plain message.
+        set(&mut b, 16, &1u16.to_le_bytes()); // ET_REL
+        assert_eq!(
+            ElfImage::parse(&b).unwrap_err().to_string(),
+            "unsupported guest ELF: e_type is 0x1, expected 2 (ET_EXEC: a statically linked \
+             kernel at a fixed address)"
+        );
+    }
+
+    /// Below 1 MiB the fix is the link address, never more RAM; beyond RAM it is --mem,
+    /// unless even the most RAM would not reach.
+    #[test]
+    fn outside_ram_messages_name_the_fix() {
+        let mem = create_ram(4).unwrap();
+        let msg = |addr: u64| {
+            let b = ElfBuilder::new(addr, CODE).build();
+            ElfImage::parse(&b)
+                .unwrap()
+                .load(&mem)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            msg(0x1000),
+            "guest ELF segment 0 (0x1000..0x1003) does not fit guest RAM (0x100000..0x400000); \
+             link at or above 0x100000 (1 MiB); the boot area lies below it"
+        );
+        assert_eq!(
+            msg(0x40_0000),
+            "guest ELF segment 0 (0x400000..0x400003) does not fit guest RAM \
+             (0x100000..0x400000); use more --mem (at least 5 MiB) or link the kernel lower"
+        );
+        assert_eq!(
+            msg(1 << 40),
+            "guest ELF segment 0 (0x10000000000..0x10000000003) does not fit guest RAM \
+             (0x100000..0x400000); link the kernel lower: it ends beyond 0xc0000000, the most \
+             guest RAM (--mem 3072)"
+        );
+        assert!(!msg(0x8_0000).contains("--mem"));
     }
 
     #[test]

@@ -5,10 +5,11 @@
 use std::sync::Arc;
 
 use kvm_ioctls::Cap;
+use pvkit_abi::cpuid::Features;
 use pvkit_abi::AbiVersion;
 
 use super::machine::{VcpuState, Vm};
-use super::{KernelSource, VmConfig, VmError};
+use super::{read_kernel_file, KernelSource, VmConfig, VmError};
 use crate::arch::x86_64::cpuid::{kvmclock_available, supported_cpuid};
 use crate::arch::x86_64::layout::{write_boot_area, BootParams};
 use crate::bus::PortBus;
@@ -16,19 +17,21 @@ use crate::devices::legacy::ata::attach_ata;
 use crate::devices::legacy::pit::attach_pit;
 use crate::devices::legacy::uart::{Uart, COM1_BASE, COM1_LEN};
 use crate::devices::legacy::vm_clock::VmClock;
+use crate::devices::pseudo::markers::BenchMarkers;
+use crate::devices::pseudo::null::NullPort;
+use crate::devices::pv::clock::{ClockSource, TscClock};
+use crate::devices::pv::doorbell::{IoEventRegistrar, KvmIoEvents, DOORBELL_PORTS};
+use crate::devices::pv::RingsConfig;
+use crate::devices::{assemble, PvConfig};
 use crate::exit::ledger::ExitLedger;
 use crate::exit::VmShared;
-use crate::hypercall::BASE_FEATURES;
 use crate::io::console_out::Console;
 use crate::io::disk::SharedDisk;
 use crate::iothread::IoStopper;
 use crate::loader::elf::ElfImage;
-use crate::paravirt::{
-    offered_features, ClockSource, KvmIoEvents, PvBackend, PvConfig, TscClock, DOORBELL_PORTS,
-};
 use crate::runtime::watchdog;
 use crate::vstate::kvm::{open_kvm, PlatformInfo};
-use crate::vstate::memory::create_ram;
+use crate::vstate::memory::{create_fresh_ram, MAX_MEM_MIB};
 use crate::vstate::vcpu::{RegAccess, Vcpu};
 use crate::vstate::vm::create_vm;
 
@@ -43,8 +46,10 @@ pub struct Built {
     pub console: Console,
     /// The disk image, if any.
     pub disk: Option<SharedDisk>,
-    /// Stops the host I/O thread.
-    pub io_stopper: IoStopper,
+    /// Stops the host I/O thread (when the VM has rings).
+    pub io_stopper: Option<IoStopper>,
+    /// The benchmark markers (their records are read after the run).
+    pub bench: Arc<BenchMarkers>,
     /// The host platform.
     pub platform: PlatformInfo,
     /// How hypercall registers are accessed.
@@ -62,17 +67,20 @@ impl std::fmt::Debug for Built {
     }
 }
 
-fn kernel_bytes(src: &KernelSource) -> Result<std::borrow::Cow<'static, [u8]>, VmError> {
+/// The guest ELF's bytes. A file may be at most as large as guest RAM (`mem_mib`): no
+/// loadable image is larger, and the VMM never holds more than that for it.
+fn kernel_bytes(
+    src: &KernelSource,
+    mem_mib: u64,
+) -> Result<std::borrow::Cow<'static, [u8]>, VmError> {
     Ok(match src {
         KernelSource::Builtin => crate::guests::builtin_kernel()
             .ok_or(VmError::NoBuiltinKernel(crate::guests::BUILD_STATUS))?
             .into(),
-        KernelSource::Path(p) => std::fs::read(p)
-            .map_err(|source| VmError::ReadKernel {
-                path: p.clone(),
-                source,
-            })?
-            .into(),
+        KernelSource::Path(p) => {
+            let limit = mem_mib.min(MAX_MEM_MIB) << 20;
+            read_kernel_file(p, limit)?.into()
+        }
         KernelSource::Bytes(b) => b.clone().into(),
     })
 }
@@ -83,7 +91,7 @@ pub fn build(
     config: &VmConfig,
     on_fatal: Arc<dyn Fn(String) + Send + Sync>,
 ) -> Result<Built, VmError> {
-    let bytes = kernel_bytes(&config.kernel)?;
+    let bytes = kernel_bytes(&config.kernel, config.mem_mib)?;
     let image = ElfImage::parse(&bytes)?;
     let disk = config.disk.as_ref().map(SharedDisk::open).transpose()?;
     let kvm = open_kvm()?;
@@ -96,35 +104,88 @@ pub fn build(
     }
     watchdog::install()?;
 
-    let mem = create_ram(config.mem_mib)?;
-    let kernel = image.load(&mem)?;
+    // Fresh RAM: the loader skips zero-filling what mmap already zeroed.
+    let (mem, kernel) = image.load_fresh(create_fresh_ram(config.mem_mib)?)?;
+    // The image is in guest RAM: the file's bytes are not kept for the run.
+    drop(image);
+    drop(bytes);
     let vm_fd = Arc::new(create_vm(&kvm, &mem)?);
     let clock = VmClock::start();
     let supported = supported_cpuid(&kvm)?;
     let kvmclock = kvmclock_available(supported.as_slice());
     let eventfd = kvm.check_extension(Cap::Ioeventfd);
     let clock_possible = kvm.check_extension(Cap::GetTscKhz);
-    let pv_features = |clock: bool| offered_features(disk.is_some(), eventfd, clock, kvmclock);
-    let mut features = BASE_FEATURES | pv_features(clock_possible);
+    // vCPU 0 first: the PV clock needs its TSC rate and offset. Its CPUID gets the
+    // feature bits once the devices are registered (below).
     let mut vcpu = Vcpu::new(
         &kvm,
         &vm_fd,
         0,
         kernel.entry,
         &supported,
-        features,
+        Features::empty(),
         config.reg_access,
     )?;
     let tsc_khz = vcpu.tsc_khz();
-    let tsc_clock = match (tsc_khz, vcpu.guest_tsc_offset()) {
-        (Some(khz), Some(offset)) => Some(TscClock::new(clock, khz, offset)),
+    let tsc_clock = match (clock_possible, tsc_khz, vcpu.guest_tsc_offset()) {
+        (true, Some(khz), Some(offset)) => Some(TscClock::new(clock, khz, offset)),
+        // KVM cannot tell the TSC rate or value: no clock page.
         _ => None,
     };
-    if clock_possible && tsc_clock.is_none() {
-        // KVM could not tell the TSC rate or value after all: no clock page.
-        features = BASE_FEATURES | pv_features(false);
-        vcpu.set_features(&supported, features)?;
+
+    let console = if config.capture_console {
+        Console::capture()
+    } else {
+        Console::stdout().map_err(VmError::Thread)?
+    };
+    let mut pio = PortBus::new();
+    pio.insert_mut(
+        COM1_BASE.into(),
+        COM1_LEN.into(),
+        "com1",
+        Uart::new(console.clone()),
+    )?;
+    pio.insert_mut(pvkit_abi::ports::NULL.into(), 1, "null", NullPort)?;
+    attach_pit(&mut pio, clock)?;
+    if let Some(d) = &disk {
+        attach_ata(&mut pio, d.clone())?;
     }
+    let mut ledger = ExitLedger::new();
+    let pv = assemble(
+        PvConfig {
+            console: console.clone(),
+            disk: disk.clone(),
+            clock: tsc_clock.map(|c| Arc::new(c) as Arc<dyn ClockSource>),
+            kvmclock,
+            rings: Some((
+                mem.clone(),
+                RingsConfig {
+                    ioevents: eventfd.then(|| {
+                        Arc::new(KvmIoEvents(Arc::clone(&vm_fd))) as Arc<dyn IoEventRegistrar>
+                    }),
+                    on_fatal,
+                },
+            )),
+        },
+        &mut ledger,
+    )
+    .map_err(VmError::PvDevices)?;
+    let (base, len) = DOORBELL_PORTS;
+    if let Some(doorbells) = pv.bus.doorbell_ports() {
+        pio.insert_mut(base.into(), len.into(), "doorbells", doorbells)?;
+    }
+    let io_stopper = pv.bus.stopper();
+    let bench = pv.bench;
+    if let Some(d) = &disk {
+        bench.set_disk(Box::new(d.clone()));
+    }
+    if let Some(obs) = &config.phase_observer {
+        bench.set_observer(obs.clone());
+    }
+
+    // The features the guest sees: derived from the registered devices, in one place.
+    let features = pv.bus.features();
+    vcpu.set_features(&supported, features)?;
     // The other vCPUs, with the final feature bits and vCPU 0's register access.
     let others: Vec<Vcpu> = (1..config.vcpus)
         .map(|i| {
@@ -152,55 +213,8 @@ pub fn build(
         },
     )?;
 
-    let console = if config.capture_console {
-        Console::capture()
-    } else {
-        Console::stdout().map_err(VmError::Thread)?
-    };
-    let mut pio = PortBus::new();
-    pio.insert_mut(
-        COM1_BASE.into(),
-        COM1_LEN.into(),
-        "com1",
-        Uart::new(console.clone()),
-    )?;
-    attach_pit(&mut pio, clock)?;
-    if let Some(d) = &disk {
-        attach_ata(&mut pio, d.clone())?;
-    }
-    let mut ledger = ExitLedger::new();
-    let pv = PvBackend::new(
-        PvConfig {
-            mem: mem.clone(),
-            console: console.clone(),
-            disk: disk.clone(),
-            clock: tsc_clock.map(|c| Arc::new(c) as Arc<dyn ClockSource>),
-            ioevents: eventfd.then(|| {
-                Arc::new(KvmIoEvents(Arc::clone(&vm_fd)))
-                    as Arc<dyn crate::paravirt::IoEventRegistrar>
-            }),
-            kvmclock,
-            on_fatal,
-        },
-        &mut ledger,
-    )
-    .map_err(VmError::PvDevices)?;
-    let (base, len) = DOORBELL_PORTS;
-    pio.insert_mut(base.into(), len.into(), "doorbells", pv.doorbell_ports())?;
-    let io_stopper = pv.stopper();
-    debug_assert_eq!(
-        features,
-        BASE_FEATURES | crate::hypercall::PvDevices::features(&pv)
-    );
-
     let shards: Vec<ExitLedger> = others.iter().map(|_| ledger.shard()).collect();
-    let mut boot = VcpuState::new(0, ledger);
-    if let Some(d) = &disk {
-        boot.bench.set_disk(Box::new(d.clone()));
-    }
-    if let Some(obs) = &config.phase_observer {
-        boot.bench.set_observer(obs.clone());
-    }
+    let boot = VcpuState::new(0, ledger);
     let platform = crate::vstate::kvm::info(tsc_khz);
     let reg_access = vcpu.reg_access();
     let mut vcpus = vec![(vcpu, boot)];
@@ -208,18 +222,14 @@ pub fn build(
         let index = v.index();
         (v, VcpuState::new(index, ledger))
     }));
-    let vm = Vm::new(
-        Some(vm_fd),
-        VmShared::new(mem, pio),
-        console.clone(),
-        Box::new(pv),
-    );
+    let vm = Vm::new(Some(vm_fd), VmShared::new(mem, pio), pv.bus);
     Ok(Built {
         vm: Arc::new(vm),
         vcpus,
         console,
         disk,
         io_stopper,
+        bench,
         platform,
         reg_access,
         guest_abi: kernel.abi,

@@ -6,34 +6,30 @@
 //! to the buses of [`VmShared`], and hypercalls go to the PV layer through
 //! [`PvCalls`] (a call of `hypercall::dispatch` with guest memory and a context).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use kvm_ioctls::VmFd;
 use pvkit_abi::call::RawCall;
 
-use crate::bench::BenchRecorder;
+use crate::devices::pv::HypercallBus;
 use crate::exit::ledger::{ExitLedger, LedgerSnapshot};
 use crate::exit::{handle_exit, Exit, ExitAction, Hypercalls, VcpuExits, VmShared};
-use crate::hypercall::{self, HypercallContext, Outcome, PvDevices};
-use crate::io::console_out::Console;
+use crate::hypercall::{self, HypercallContext, Outcome};
 use crate::runtime::stop::StopReason;
-use crate::runtime::sync::lock;
 use crate::vstate::memory::GuestRam;
 use crate::vstate::vcpu::{Vcpu, VcpuError};
 
-/// One VM: what every vCPU thread shares (through an `Arc`). The buses and RAM are read
-/// through `&self`; the PV devices, written against `&mut self`, sit behind a lock.
+/// One VM: what every vCPU thread shares (through an `Arc`). RAM, the buses and the PV
+/// devices on the hypercall bus are all used through `&self`.
 pub struct Vm {
     /// The KVM VM fd (`None` in unit tests that feed synthetic exits without KVM). It
     /// outlives every vCPU fd, as each vCPU thread holds the `Arc<Vm>`.
     pub fd: Option<Arc<VmFd>>,
     /// Guest RAM, the port and MMIO buses, the stop flag.
     pub shared: VmShared,
-    /// The console sink (shared with the UART on the bus).
-    pub console: Console,
-    /// The PV devices (block, rings, clock page).
-    pub pv: Mutex<Box<dyn PvDevices>>,
+    /// The PV devices, by hypercall number.
+    pub pv: HypercallBus,
 }
 
 impl std::fmt::Debug for Vm {
@@ -45,19 +41,9 @@ impl std::fmt::Debug for Vm {
 }
 
 impl Vm {
-    /// A VM over `shared` with `console` and the PV devices `pv`.
-    pub fn new(
-        fd: Option<Arc<VmFd>>,
-        shared: VmShared,
-        console: Console,
-        pv: Box<dyn PvDevices>,
-    ) -> Self {
-        Self {
-            fd,
-            shared,
-            console,
-            pv: Mutex::new(pv),
-        }
+    /// A VM over `shared` with the PV devices on `pv`.
+    pub fn new(fd: Option<Arc<VmFd>>, shared: VmShared, pv: HypercallBus) -> Self {
+        Self { fd, shared, pv }
     }
 
     /// Guest RAM.
@@ -66,16 +52,14 @@ impl Vm {
     }
 }
 
-/// What one vCPU thread owns: its exit state (ledger shard, first-exit times), its bench
-/// records and its timings. Merged with the other vCPUs' by [`merge_ledgers`].
+/// What one vCPU thread owns: its exit state (ledger shard, first-exit times) and its
+/// timings. Merged with the other vCPUs' by [`merge_ledgers`].
 #[derive(Debug)]
 pub struct VcpuState {
     /// The vCPU's index.
     pub index: u64,
     /// Ledger shard and first-exit times.
     pub exits: VcpuExits,
-    /// Benchmark phases and samples this vCPU's guest code marked.
-    pub bench: BenchRecorder,
     /// When the vCPU first entered the guest.
     pub entered: Option<Instant>,
     /// When it stopped.
@@ -89,7 +73,6 @@ impl VcpuState {
         Self {
             index,
             exits: VcpuExits::new(ledger),
-            bench: BenchRecorder::new(),
             entered: None,
             stopped: None,
         }
@@ -98,9 +81,8 @@ impl VcpuState {
     /// Handles one exit of this vCPU on `vm`.
     pub fn handle(&mut self, vm: &Vm, exit: Exit<'_>) -> ExitAction {
         let mut calls = PvCalls {
-            console: &vm.console,
-            bench: &mut self.bench,
-            pv: &vm.pv,
+            bus: &vm.pv,
+            vcpu: u32::try_from(self.index).unwrap_or(u32::MAX),
         };
         handle_exit(&vm.shared, &mut self.exits, &mut calls, exit)
     }
@@ -117,24 +99,20 @@ pub fn merge_ledgers<'a>(cpus: impl IntoIterator<Item = &'a VcpuState>) -> Ledge
 
 /// Hypercalls of one vCPU, served by the PV layer's dispatch.
 pub struct PvCalls<'a> {
-    /// The console sink.
-    pub console: &'a Console,
-    /// The calling vCPU's bench records.
-    pub bench: &'a mut BenchRecorder,
     /// The VM's PV devices.
-    pub pv: &'a Mutex<Box<dyn PvDevices>>,
+    pub bus: &'a HypercallBus,
+    /// The calling vCPU's index.
+    pub vcpu: u32,
 }
 
 impl Hypercalls for PvCalls<'_> {
     fn hypercall(&mut self, mem: &GuestRam, raw: RawCall, ledger: &ExitLedger) -> ExitAction {
-        let mut pv = lock(self.pv);
-        let mut ctx = HypercallContext {
-            console: self.console,
+        let ctx = HypercallContext {
             ledger,
-            bench: self.bench,
-            pv: pv.as_mut(),
+            bus: self.bus,
+            vcpu: self.vcpu,
         };
-        match hypercall::dispatch(mem, raw, &mut ctx) {
+        match hypercall::dispatch(mem, raw, &ctx) {
             Outcome::Return(r) => ExitAction::Return(r),
             Outcome::Stop(s) => ExitAction::Stop(s),
         }
@@ -161,20 +139,22 @@ mod tests {
     use super::*;
     use crate::bus::PortBus;
     use crate::exit::ledger::ExitKind;
-    use crate::hypercall::NoPvDevices;
+    use crate::io::console_out::Console;
     use crate::vstate::memory::create_ram;
     use pvkit_abi::call::{CallReturn, Hypercall};
     use pvkit_abi::Status;
     use vm_memory::{Bytes, GuestAddress};
 
-    fn vm() -> Vm {
+    fn vm() -> (Vm, Console) {
         let shared = VmShared::new(create_ram(4).unwrap(), PortBus::new());
-        Vm::new(None, shared, Console::capture(), Box::new(NoPvDevices))
+        let console = Console::capture();
+        let pv = crate::devices::core_devices(console.clone()).bus;
+        (Vm::new(None, shared, pv), console)
     }
 
     #[test]
     fn hypercalls_reach_the_pv_dispatch_and_return_or_stop() {
-        let vm = vm();
+        let (vm, console) = vm();
         let mut cpu = VcpuState::new(0, ExitLedger::new());
         vm.mem()
             .write_slice(b"pv!", GuestAddress(0x20_0000))
@@ -204,7 +184,7 @@ mod tests {
             }),
         );
         assert_eq!(a, ExitAction::Stop(StopReason::Exit(42)));
-        assert_eq!(vm.console.captured(), b"pv!");
+        assert_eq!(console.captured(), b"pv!");
         let l = &cpu.exits.ledger;
         assert_eq!(l.count(ExitKind::Hypercall(Hypercall::ConsoleWrite)), 1);
         assert_eq!(l.count(ExitKind::UnknownHypercall), 1);
@@ -215,7 +195,7 @@ mod tests {
     /// ledger has every exit exactly once.
     #[test]
     fn vcpu_threads_share_the_vm_and_their_ledgers_merge_exactly() {
-        let vm = Arc::new(vm());
+        let vm = Arc::new(vm().0);
         let ledger = ExitLedger::new();
         let shards = [ledger.shard(), ledger];
         let threads: Vec<_> = shards

@@ -45,6 +45,30 @@ pub fn create_ram(mib: u64) -> Result<GuestRam, MemoryError> {
         .map_err(|source| MemoryError::Allocate { mib, source })
 }
 
+/// Guest RAM straight from [`create_fresh_ram`]: anonymous memory that nothing has written
+/// yet, so every byte is known to be zero. Only [`crate::loader::elf::ElfImage::load_fresh`]
+/// consumes it, and skips zero-filling what is already zero (for the built-in guest, a
+/// 3 MiB BSS: ~800 page faults and ~2 ms of boot time saved).
+#[derive(Debug)]
+pub struct FreshRam(GuestRam);
+
+impl FreshRam {
+    /// Gives up the "never written" knowledge.
+    pub fn into_ram(self) -> GuestRam {
+        self.0
+    }
+
+    /// The RAM, read-only (reading keeps it fresh).
+    pub fn ram(&self) -> &GuestRam {
+        &self.0
+    }
+}
+
+/// [`create_ram`], as [`FreshRam`]: a private anonymous mapping, all zeros until written.
+pub fn create_fresh_ram(mib: u64) -> Result<FreshRam, MemoryError> {
+    create_ram(mib).map(FreshRam)
+}
+
 /// Total RAM size in bytes.
 pub fn ram_size(mem: &GuestRam) -> u64 {
     mem.iter().map(vm_memory::GuestMemoryRegion::len).sum()

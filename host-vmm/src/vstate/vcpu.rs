@@ -256,7 +256,7 @@ impl Vcpu {
 
     /// Reads the hypercall argument registers. With ioctls, the registers are kept for
     /// [`Vcpu::set_return`] so a hypercall costs one `KVM_GET_REGS` and one `KVM_SET_REGS`.
-    fn hypercall_args(&mut self, nr: u32) -> Result<RawCall, VcpuError> {
+    fn hypercall_args(&mut self, written: u32) -> Result<Option<RawCall>, VcpuError> {
         let (r, keep) = match self.access {
             RegAccess::SyncRegs => (self.fd.sync_regs().regs, None),
             RegAccess::Ioctl => {
@@ -264,14 +264,9 @@ impl Vcpu {
                 (r, Some(r))
             }
         };
-        let raw = RawCall {
-            // The ABI puts the call number in EAX with RAX's upper half 0. A call with upper
-            // bits set is not a call of this ABI and must not alias the call in EAX: it is
-            // dispatched as number 0, which the ABI never assigns (numbers are dense from
-            // 1), so the guest gets ENOSYS and the ledger counts an unknown hypercall.
-            nr: if r.rax >> 32 == 0 { nr } else { 0 },
-            args: [r.rdi, r.rsi, r.r8, r.r9],
-        };
+        // The number is EAX (upper half 0); a dword that is not EAX (a string `outsd` from
+        // memory) is not a call: [`decode_hypercall`].
+        let raw = decode_hypercall(written, r.rax, [r.rdi, r.rsi, r.r8, r.r9]);
         self.call_regs = keep;
         Ok(raw)
     }
@@ -360,12 +355,36 @@ impl Vcpu {
                 let suberror = self.internal_suberror();
                 handle(Exit::InternalError { suberror })
             }
-            Deferred::Hypercall(nr) => {
-                let raw = self.hypercall_args(nr)?;
-                handle(Exit::Hypercall(raw))
-            }
+            Deferred::Hypercall(written) => match self.hypercall_args(written)? {
+                Some(raw) => handle(Exit::Hypercall(raw)),
+                None => handle(Exit::IoOut {
+                    port: HYPERCALL,
+                    data: &written.to_le_bytes(),
+                }),
+            },
         })
     }
+}
+
+/// Decides whether a 4-byte write to the hypercall port is a call. `written` is the
+/// dword the port received, `rax` and `args` the registers at the exit.
+///
+/// A hypercall is `out dx, eax`: the number is `EAX`. KVM reports a one-dword string
+/// `outsd` (its dword read from guest memory) exactly like `out dx, eax`, so a write whose
+/// dword differs from `EAX` cannot be that instruction: it is not a call (`None`) and the
+/// caller handles it as an ordinary port write ([`Exit::IoOut`]: ignored, no register
+/// changed, counted as a port `0x0500` write). A string write whose dword equals `EAX`
+/// is indistinguishable from the call and is that call: its number comes from `EAX`
+/// either way. A number with `RAX`'s upper half set is dispatched as 0, which the ABI
+/// never assigns (`ENOSYS`, counted as an unknown hypercall).
+pub fn decode_hypercall(written: u32, rax: u64, args: [u64; 4]) -> Option<RawCall> {
+    if written != rax as u32 {
+        return None;
+    }
+    Some(RawCall {
+        nr: if rax >> 32 == 0 { written } else { 0 },
+        args,
+    })
 }
 
 /// The `KVM_EXIT_*` number of an exit the VMM does not handle, for messages.

@@ -1,37 +1,47 @@
-//! hello-os: a custom OS in a few dozen lines, built on the pvkit ABI alone.
+//! hello-os: a custom OS on the pvkit guest runtime, in a few lines.
 //!
-//! It shares nothing with the pvkit guest kernel: its own entry point, its own linker
-//! script, its own panic handler. What it needs from pvkit comes from two crates any kernel
-//! can link: `pvkit-abi` (the boot contract and the ABI note) and `pvkit-guest` (the PV
-//! console and the hypercalls). It prints one line through the PV console and exits 42.
+//! It shares nothing with the pvkit guest kernel. Its one dependency, `pvkit-guest` with
+//! the `runtime` feature, supplies the entry point, a guarded boot stack, exception
+//! reporting, the panic handler and `println!` (PV console, or the 16550 UART without
+//! one). It prints one line and exits 42.
+//!
+//! The command line selects a deliberate failure, to show what the runtime reports:
+//! `overflow` (a runaway recursion: "stack overflow"), `pagefault` (a read of unmapped
+//! memory: vector 14 with its CR2), `panic`.
 #![no_std]
 #![no_main]
 
-use pvkit_abi::boot::{BootInfo, BOOT_MAGIC};
-use pvkit_guest::{hypercall, PvConsole};
+use pvkit_guest::{println, rt::BootInfo};
 
-// Stamps the ABI version into the binary; the VMM refuses a guest without it.
-pvkit_abi::abi_note!();
+pvkit_guest::entry!(main);
 
-/// The entry point. The VMM enters with `RSP = 0x7_fff8` (`ENTRY_RSP`: aligned as just after
-/// a `call`, docs/ABI.md "Boot contract"), so `main` could be the entry itself; this stub
-/// only makes the alignment explicit (`and rsp, -16`, then `call`) and keeps `RDI` untouched.
-#[unsafe(naked)]
-#[no_mangle]
-pub extern "C" fn _start() -> ! {
-    core::arch::naked_asm!("and rsp, -16", "call {main}", "ud2", main = sym main)
-}
+/// The address `pagefault` reads: above the 4 GiB boot identity map, so not mapped.
+const UNMAPPED: u64 = 0x1_2345_6000;
 
-/// The OS proper.
-extern "C" fn main(boot_info: &'static BootInfo) -> ! {
-    if boot_info.magic != BOOT_MAGIC {
-        hypercall::exit(1);
+fn main(boot: &'static BootInfo) -> i32 {
+    match boot.cmdline() {
+        Ok("overflow") => {
+            println!("recursing");
+            return recurse(0) as i32;
+        }
+        Ok("pagefault") => {
+            // SAFETY: deliberately faulting: the address is not mapped, so the read raises
+            // #PF, which the runtime reports; it never completes.
+            return unsafe { (UNMAPPED as *const u64).read_volatile() } as i32;
+        }
+        Ok("panic") => panic!("hello-os was asked to panic"),
+        _ => {}
     }
-    let _ = PvConsole::new().write(b"hello from a custom OS over the pvkit PV console\n");
-    hypercall::exit(42)
+    println!("hello from a custom OS over the pvkit PV console");
+    42
 }
 
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    pvkit_guest::fault::report_panic(info)
+/// Recurses until the stack runs out (each frame keeps a 256-byte buffer alive).
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    let buf = core::hint::black_box([depth; 32]);
+    if core::hint::black_box(depth) == u64::MAX {
+        return 0;
+    }
+    recurse(depth + 1) + buf[7]
 }

@@ -1,6 +1,6 @@
 //! The host time-stamp counter, read by the vCPU's TSC-offset calibration
 //! ([`crate::vstate::vcpu::Vcpu::guest_tsc_offset`]) and by the PV clock
-//! ([`crate::paravirt::TscClock`]).
+//! ([`crate::devices::pv::clock::TscClock`]).
 
 /// The host TSC.
 pub fn host_tsc() -> u64 {

@@ -2,20 +2,98 @@
 //! ring is `pvkit-pv`'s reference producer, KVM's ioeventfd is a fake that lets the test
 //! signal the eventfd itself.
 
-use std::sync::atomic::AtomicU64;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pvkit_abi::block::{BlockOp, BlockRequest, BlockResponse, BlockSegment};
+use pvkit_abi::call::{CallReturn, Hypercall};
 use pvkit_abi::clock::{PvClock, TSC_STABLE};
 use pvkit_abi::console::{ConsoleRequest, ConsoleResponse};
-use pvkit_abi::ring::{offsets, BROKEN, HOST_POLLING};
+use pvkit_abi::ports::doorbell;
+use pvkit_abi::ring::{offsets, RegionKind, RingId, Transport, BROKEN, HOST_POLLING};
+use pvkit_abi::Status;
 use pvkit_devices::{BackendError, MemBackend};
 use pvkit_pv::test_utils::GuestProducer;
-use pvkit_pv::Wire;
+use pvkit_pv::{ClockSample, Wire};
 use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
 
-use super::*;
-use crate::vstate::memory::create_ram;
+use super::block::NOTIFY_BLOCK_RING;
+use super::clock::{host_tsc, ClockSource, PvClock as PvClockDevice, TscClock};
+use super::console::NOTIFY_CONSOLE_RING;
+use super::doorbell::{DoorbellPorts, IoEventRegistrar};
+use super::{HypercallBus, RingsConfig};
+use crate::bus::PortDevice;
+use crate::devices::legacy::vm_clock::VmClock;
+use crate::devices::{assemble, PvConfig};
+use crate::exit::ledger::ExitLedger;
+use crate::io::console_out::Console;
+use crate::io::disk::SharedDisk;
+use crate::iothread::IoStopper;
+use crate::vstate::memory::{create_ram, GuestRam};
+
+/// The assembled devices, called the way the exit handler calls them (vCPU 0).
+struct Pv {
+    mem: GuestRam,
+    bus: HypercallBus,
+    clock: Option<Arc<PvClockDevice>>,
+    ledger: ExitLedger,
+}
+
+impl Pv {
+    fn call(&self, mem: &GuestRam, h: Hypercall, args: [u64; 4]) -> CallReturn {
+        self.bus.dispatch(mem, &self.ledger, 0, h, args)
+    }
+
+    fn features(&self) -> pvkit_abi::cpuid::Features {
+        self.bus.features()
+    }
+
+    fn register_region(
+        &self,
+        mem: &GuestRam,
+        kind: u64,
+        addr: u64,
+        len: u64,
+        flags: u64,
+    ) -> CallReturn {
+        self.call(mem, Hypercall::RegisterRegion, [kind, addr, len, flags])
+    }
+
+    fn ring_kick(&self, mem: &GuestRam, ring: u64) -> CallReturn {
+        self.call(mem, Hypercall::RingKick, [ring, 0, 0, 0])
+    }
+
+    fn block_capacity(&self) -> CallReturn {
+        self.call(&self.mem, Hypercall::BlockCapacity, [0; 4])
+    }
+
+    fn block_io(&self, mem: &GuestRam, addr: u64) -> CallReturn {
+        self.call(mem, Hypercall::BlockIo, [addr, 0, 0, 0])
+    }
+
+    fn doorbell_ports(&self) -> DoorbellPorts {
+        self.bus.doorbell_ports().unwrap()
+    }
+
+    fn io_thread_running(&self) -> bool {
+        self.bus.rings().unwrap().io_thread_running()
+    }
+
+    fn shutdown(&self) -> Result<(), String> {
+        self.bus.shutdown()
+    }
+
+    fn stopper(&self) -> IoStopper {
+        self.bus.stopper().unwrap()
+    }
+
+    fn clock_page(&self) -> Option<u64> {
+        self.clock.as_ref().and_then(|c| c.page_gpa())
+    }
+}
 
 const CONSOLE_RING: u64 = RegionKind::ConsoleRing as u64;
 const BLOCK_RING: u64 = RegionKind::BlockRing as u64;
@@ -93,9 +171,8 @@ impl pvkit_devices::BlockBackend for PanickingDisk {
 }
 
 struct Harness {
-    pv: PvBackend,
+    pv: Pv,
     mem: GuestRam,
-    ledger: ExitLedger,
     console: Console,
     io: Arc<FakeIoEvents>,
     fatal: Arc<Mutex<Vec<String>>>,
@@ -118,27 +195,36 @@ fn harness(o: Opts) -> Harness {
     let fatal = Arc::new(Mutex::new(Vec::new()));
     let f2 = Arc::clone(&fatal);
     let disk = o.disk.map(SharedDisk::new);
-    let pv = PvBackend::new(
+    let devices = assemble(
         PvConfig {
-            mem: mem.clone(),
             console: console.clone(),
             disk: disk.clone(),
             clock: o
                 .clock
                 .then(|| Arc::new(FixedClock) as Arc<dyn ClockSource>),
-            ioevents: o
-                .eventfd
-                .then(|| Arc::clone(&io) as Arc<dyn IoEventRegistrar>),
             kvmclock: o.kvmclock,
-            on_fatal: Arc::new(move |m| f2.lock().unwrap().push(m)),
+            rings: Some((
+                mem.clone(),
+                RingsConfig {
+                    ioevents: o
+                        .eventfd
+                        .then(|| Arc::clone(&io) as Arc<dyn IoEventRegistrar>),
+                    on_fatal: Arc::new(move |m| f2.lock().unwrap().push(m)),
+                },
+            )),
         },
         &mut ledger,
     )
     .unwrap();
+    let pv = Pv {
+        mem: mem.clone(),
+        bus: devices.bus,
+        clock: devices.clock,
+        ledger,
+    };
     Harness {
         pv,
         mem,
-        ledger,
         console,
         io,
         fatal,
@@ -176,7 +262,8 @@ impl Harness {
     }
 
     fn notifications(&self, name: &str) -> u64 {
-        self.ledger
+        self.pv
+            .ledger
             .snapshot()
             .notifications
             .get(name)
@@ -265,10 +352,13 @@ fn wait_responses<Q: pvkit_pv::AbiPod, R: pvkit_pv::AbiPod>(
 /// BLOCK 1 << 2, BLOCK_RING 1 << 3, RING_EVENTFD 1 << 4, RING_POLL 1 << 5, CLOCK 1 << 6,
 /// KVMCLOCK 1 << 8), not computed by the code under test.
 const BASE_PV: u64 = 0x22;
+/// The bits of the devices every VM has: CONSOLE (1 << 0) and BENCH (1 << 7).
+const CORE: u64 = 0x81;
 
 #[test]
 fn features_follow_what_is_there() {
-    let one = |o: Opts| harness(o).pv.features().bits();
+    let one = |o: Opts| harness(o).pv.features().bits() & !CORE;
+    assert_eq!(harness(all()).pv.features().bits() & CORE, CORE);
     assert_eq!(one(Opts::default()), BASE_PV);
     assert_eq!(one(with_disk()), 0x2e);
     let eventfd = Opts {
@@ -290,9 +380,9 @@ fn features_follow_what_is_there() {
 }
 
 #[test]
-fn offered_features_for_every_configuration() {
-    // (block, eventfd, clock, kvmclock, expected bits): what the VM puts in CPUID before
-    // the devices exist.
+fn features_for_every_configuration() {
+    // (block, eventfd, clock, kvmclock, expected bits): what the VM puts in CPUID and the
+    // boot info, derived from the registered devices.
     for (block, eventfd, clock, kvmclock, want) in [
         (false, false, false, false, BASE_PV),
         (true, false, false, false, 0x02e),
@@ -311,9 +401,15 @@ fn offered_features_for_every_configuration() {
         (false, true, true, true, 0x172),
         (true, true, true, true, 0x17e),
     ] {
+        let o = Opts {
+            clock,
+            eventfd,
+            kvmclock,
+            ..if block { with_disk() } else { Opts::default() }
+        };
         assert_eq!(
-            offered_features(block, eventfd, clock, kvmclock).bits(),
-            want,
+            harness(o).pv.features().bits(),
+            want | CORE,
             "block {block} eventfd {eventfd} clock {clock} kvmclock {kvmclock}"
         );
     }
@@ -634,7 +730,7 @@ fn clock_page_is_written_at_registration() {
     assert_eq!(c.nanoseconds(1_002_000), 6_000);
     // Re-registration moves it.
     assert_eq!(h.register(CLOCK, 0x31_0000, 4096, 7), ok(0));
-    assert_eq!(h.pv.clock_page().map(PvClockPage::gpa), Some(0x31_0000));
+    assert_eq!(h.pv.clock_page(), Some(0x31_0000));
 }
 
 #[test]
@@ -677,7 +773,7 @@ fn io_thread_panic_is_reported_not_hung() {
 
 #[test]
 fn io_thread_lifecycle() {
-    let mut h = harness(with_disk());
+    let h = harness(with_disk());
     assert!(!h.pv.io_thread_running());
     assert_eq!(h.pv.shutdown(), Ok(()), "stopping a thread never started");
     let mut h = harness(with_disk());
@@ -704,4 +800,57 @@ fn io_thread_lifecycle() {
     let s = h.pv.stopper();
     std::thread::spawn(move || s.stop()).join().unwrap();
     drop(h);
+}
+
+#[test]
+fn a_second_device_for_a_number_or_a_region_is_refused() {
+    use super::console::PvConsole;
+    use super::BusError;
+    let mut bus = HypercallBus::new();
+    bus.insert(Arc::new(PvConsole::new(Console::capture())))
+        .unwrap();
+    let e = bus
+        .insert(Arc::new(PvConsole::new(Console::capture())))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            BusError::CallTaken {
+                call: "console_write",
+                first: "console",
+                second: "console"
+            }
+        ),
+        "{e:?}"
+    );
+    bus.insert(Arc::new(PvClockDevice::new(None, false)))
+        .unwrap();
+    let e = bus
+        .insert(Arc::new(PvClockDevice::new(None, true)))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            BusError::RegionTaken {
+                kind: RegionKind::Clock,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    // The refused devices left no trace: the features are the first two devices' only.
+    assert_eq!(bus.features().bits(), 0x01, "CONSOLE (1 << 0) only");
+    let mut ledger = ExitLedger::new();
+    let config = RingsConfig {
+        ioevents: None,
+        on_fatal: Arc::new(|_| {}),
+    };
+    bus.with_rings(create_ram(8).unwrap(), config, &mut ledger)
+        .unwrap();
+    // CONSOLE | CONSOLE_RING (1 << 1) | RING_POLL (1 << 5) once the rings exist.
+    assert_eq!(bus.features().bits(), 0x23);
+    let e = bus
+        .insert(Arc::new(PvClockDevice::new(None, true)))
+        .unwrap_err();
+    assert!(matches!(e, BusError::Late("clock")), "{e:?}");
 }

@@ -22,6 +22,13 @@ use crate::vstate::memory::{guest_range, GuestRam};
 pub const MAX_RECORDS: usize = 1 << 16;
 /// Most phases open at once; more are refused with `EBUSY`.
 pub const MAX_OPEN: usize = 16;
+/// Most distinct exit kinds one phase may touch. A phase that touched more is closed
+/// without a record and its `End` answered `E2BIG` (a real case touches a handful of ports).
+pub const MAX_PHASE_KINDS: usize = 256;
+/// Most bytes the phase bookkeeping holds at once (the starting snapshots of the open
+/// phases plus the finished records, estimated by [`snapshot_bytes`]). A `Begin` or `End`
+/// that would pass it is refused with `ENOMEM` and nothing is stored.
+pub const MAX_PHASE_BYTES: usize = 16 << 20;
 /// Most raw cycle samples kept over a whole run (32 MiB); more are refused with `ENOMEM`.
 pub const MAX_RAW_CYCLES: usize = 1 << 22;
 /// Most 512-byte chunks an op log may name for verification (512 MiB of I/O); a larger
@@ -39,7 +46,7 @@ pub struct PhaseRecord {
     /// userspace exits by kind in `counts` (ports are named: `PortRead(0x1f0)` vs
     /// `PortRead(0x1f7)`, doorbells are `PortWrite(0x510 + ring)`), their sum in `total`,
     /// and in `notifications` the in-kernel notifications per ring (ioeventfd doorbell
-    /// writes that never left the kernel, by [`crate::paravirt::notifier_name`]).
+    /// writes that never left the kernel, by [`crate::devices::pv::notifier_name`]).
     pub exits: LedgerSnapshot,
     /// Host wall time between the two markers.
     pub host_time: Duration,
@@ -50,7 +57,7 @@ impl PhaseRecord {
     pub fn notifications(&self, ring: pvkit_abi::ring::RingId) -> u64 {
         self.exits
             .notifications
-            .get(crate::paravirt::notifier_name(ring))
+            .get(crate::devices::pv::notifier_name(ring))
             .copied()
             .unwrap_or(0)
     }
@@ -238,11 +245,28 @@ pub fn verify_op_log(mem: &GuestRam, log: &[OpRecord], disk: &mut dyn DiskReader
     Verification::Passed
 }
 
+/// Heap bytes a [`LedgerSnapshot`] of `kinds` exit kinds and `notifiers` notification
+/// counters costs, generously estimated: three times the entry size per B-tree entry (nodes
+/// are at least about half full, plus their links), plus the fixed part.
+pub fn snapshot_bytes(kinds: usize, notifiers: usize) -> usize {
+    let entry = 3 * std::mem::size_of::<(ExitKind, u64)>();
+    let note = 3 * std::mem::size_of::<(&'static str, u64)>();
+    std::mem::size_of::<PhaseRecord>()
+        .saturating_add(kinds.saturating_mul(entry))
+        .saturating_add(notifiers.saturating_mul(note))
+}
+
+fn snapshot_cost(s: &LedgerSnapshot) -> usize {
+    snapshot_bytes(s.counts.len(), s.notifications.len())
+}
+
 /// Open phases, finished phases and samples of one run.
 #[derive(Default)]
 pub struct BenchRecorder {
     open: Vec<(CaseId, LedgerSnapshot, Instant)>,
     phases: Vec<PhaseRecord>,
+    /// Estimated bytes held by `open` and `phases` ([`snapshot_bytes`]).
+    phase_bytes: usize,
     samples: Vec<SampleRecord>,
     raw_cycles: usize,
     disk: Option<Box<dyn DiskReader>>,
@@ -279,33 +303,59 @@ impl BenchRecorder {
 
     /// Starts `case`. The ledger must already count the marker's own exit (it is then part
     /// of the snapshot and excluded from the phase). Beginning an open case restarts it.
+    /// `EBUSY` with [`MAX_OPEN`] phases open, `ENOMEM` if the starting snapshot would take
+    /// the bookkeeping past [`MAX_PHASE_BYTES`]; either way nothing changes.
     pub fn begin(&mut self, case: CaseId, ledger: &ExitLedger) -> Result<(), Status> {
-        let snap = ledger.snapshot();
-        if let Some(slot) = self.open.iter_mut().find(|(c, _, _)| *c == case) {
-            *slot = (case, snap, Instant::now());
-            return Ok(());
-        }
-        if self.open.len() >= MAX_OPEN {
+        let need = snapshot_bytes(ledger.kinds(), ledger.notifier_count());
+        let slot = self.open.iter().position(|(c, _, _)| *c == case);
+        if slot.is_none() && self.open.len() >= MAX_OPEN {
             return Err(Status::EBUSY);
         }
-        self.open.push((case, snap, Instant::now()));
+        // Restarting frees the old snapshot.
+        let freed = slot
+            .and_then(|i| self.open.get(i))
+            .map_or(0, |(_, s, _)| snapshot_cost(s));
+        let used = self.phase_bytes.saturating_sub(freed);
+        if used.saturating_add(need) > MAX_PHASE_BYTES {
+            return Err(Status::ENOMEM);
+        }
+        // Estimated from the ledger before copying it: nothing is allocated past the cap.
+        let snap = ledger.snapshot();
+        self.phase_bytes = used.saturating_add(snapshot_cost(&snap));
+        match slot.and_then(|i| self.open.get_mut(i)) {
+            Some(open) => *open = (case, snap, Instant::now()),
+            None => self.open.push((case, snap, Instant::now())),
+        }
         Ok(())
     }
 
     /// Ends `case`; `EINVAL` if it was not begun. The `End` marker's own exit (already in
-    /// the ledger) is excluded.
+    /// the ledger) is excluded. An ended phase is closed whatever the status; it is
+    /// recorded only on `OK`: `E2BIG` if it touched more than [`MAX_PHASE_KINDS`] exit
+    /// kinds, `ENOMEM` past [`MAX_RECORDS`] records or [`MAX_PHASE_BYTES`].
     pub fn end(&mut self, case: CaseId, ops: u64, ledger: &ExitLedger) -> Result<(), Status> {
         let i = self
             .open
             .iter()
             .position(|(c, _, _)| *c == case)
             .ok_or(Status::EINVAL)?;
+        let (_, snap, start) = self.open.swap_remove(i);
+        self.phase_bytes = self.phase_bytes.saturating_sub(snapshot_cost(&snap));
         if self.phases.len() >= MAX_RECORDS {
             return Err(Status::ENOMEM);
         }
-        let (_, snap, start) = self.open.swap_remove(i);
-        let mut exits = ledger.delta(&snap);
+        // The marker itself is one more kind in the delta: allow for it.
+        let mut exits = ledger
+            .delta_bounded(&snap, MAX_PHASE_KINDS.saturating_add(1))
+            .ok_or(Status::E2BIG)?;
         exits.remove_one(ExitKind::Hypercall(Hypercall::BenchPhase));
+        if exits.counts.len() > MAX_PHASE_KINDS {
+            return Err(Status::E2BIG);
+        }
+        let cost = snapshot_cost(&exits);
+        if self.phase_bytes.saturating_add(cost) > MAX_PHASE_BYTES {
+            return Err(Status::ENOMEM);
+        }
         let record = PhaseRecord {
             case,
             ops,
@@ -315,6 +365,7 @@ impl BenchRecorder {
         if let Some(obs) = &self.observer {
             (obs.0)(&record);
         }
+        self.phase_bytes += cost;
         self.phases.push(record);
         Ok(())
     }
@@ -415,7 +466,7 @@ mod tests {
             s2.lock().unwrap().push((p.case, p.ops, p.exits.total));
         })));
         let mut l = ExitLedger::new();
-        let n = l.notifier(crate::paravirt::NOTIFY_BLOCK_RING);
+        let n = l.notifier(crate::devices::pv::block::NOTIFY_BLOCK_RING);
         r.begin(CASE, &l).unwrap();
         l.record(ExitKind::PortRead(0x40));
         n.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
@@ -435,6 +486,74 @@ mod tests {
         r.begin(CASE, &l).unwrap();
         r.begin(CASE, &l).unwrap();
         assert_eq!(r.open.len(), 1, "re-begin restarts");
+    }
+
+    #[test]
+    fn phases_touching_too_many_kinds_are_refused_and_closed() {
+        let mut l = ExitLedger::new();
+        let mut r = BenchRecorder::new();
+        l.record(ExitKind::Hypercall(Hypercall::BenchPhase));
+        r.begin(CASE, &l).unwrap();
+        for p in 0..MAX_PHASE_KINDS as u16 {
+            l.record(ExitKind::PortRead(p));
+        }
+        l.record(ExitKind::Hypercall(Hypercall::BenchPhase));
+        // Exactly MAX_PHASE_KINDS kinds (the marker excluded): recorded.
+        r.end(CASE, 0, &l).unwrap();
+        assert_eq!(r.phases()[0].exits.counts.len(), MAX_PHASE_KINDS);
+        r.begin(CASE, &l).unwrap();
+        for p in 0..=MAX_PHASE_KINDS as u16 {
+            l.record(ExitKind::PortWrite(p));
+        }
+        assert_eq!(r.end(CASE, 0, &l), Err(Status::E2BIG));
+        assert_eq!(r.phases().len(), 1, "nothing recorded");
+        assert!(r.open.is_empty(), "the refused phase is closed");
+        assert_eq!(r.end(CASE, 0, &l), Err(Status::EINVAL));
+        assert_eq!(r.phase_bytes, snapshot_cost(&r.phases()[0].exits));
+    }
+
+    #[test]
+    fn phase_bookkeeping_is_capped_in_bytes() {
+        let mut l = ExitLedger::new();
+        // A ledger so large that a few starting snapshots fill the budget.
+        for p in 0..=u16::MAX {
+            l.record(ExitKind::PortRead(p));
+            l.record(ExitKind::PortWrite(p));
+        }
+        let each = snapshot_bytes(l.kinds(), 0);
+        let fit = MAX_PHASE_BYTES / each;
+        assert!((1..MAX_OPEN).contains(&fit), "{fit} snapshots fit");
+        let mut r = BenchRecorder::new();
+        let case = |i: u16| CaseId {
+            device: Device::Console,
+            variant: Variant::Uart,
+            workload: [Workload::Write64, Workload::Write4K][usize::from(i % 2)],
+        };
+        // Distinct valid case ids: vary the variant too.
+        let cases: Vec<CaseId> = [Variant::Uart, Variant::PvHypercall, Variant::PvRing]
+            .into_iter()
+            .flat_map(|v| {
+                (0..2).map(move |i| CaseId {
+                    variant: v,
+                    ..case(i)
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        for c in &cases {
+            match r.begin(*c, &l) {
+                Ok(()) => ok += 1,
+                Err(s) => assert_eq!(s, Status::ENOMEM),
+            }
+        }
+        assert_eq!(ok, fit.min(cases.len()));
+        assert!(r.phase_bytes <= MAX_PHASE_BYTES);
+        // Restarting an open case reuses its share; ending frees it.
+        r.begin(cases[0], &l).unwrap();
+        let before = r.phase_bytes;
+        r.end(cases[0], 0, &l).unwrap();
+        assert!(r.phase_bytes < before);
+        assert_eq!(r.phases()[0].exits.total, 0);
     }
 
     #[test]

@@ -1,0 +1,628 @@
+/*
+ * pvkit ABI v1 for C guests: the wire contract between a paravirtualized guest and the
+ * pvkit VMM (see docs/ABI.md). GENERATED from the pvkit-abi crate by cbindgen: do not edit;
+ * run `PVKIT_REGENERATE_HEADER=1 cargo test -p pvkit-abi --test c_header` to regenerate.
+ */
+
+#ifndef PVKIT_ABI_H
+#define PVKIT_ABI_H
+
+#include <stdint.h>
+
+// `BenchSample::flags`: the guest verified the data of this case and it was right.
+#define PVKIT_SAMPLE_VERIFIED (1 << 0)
+
+// `BenchSample::flags`: the guest's verification failed; the case must be reported FAILED.
+#define PVKIT_SAMPLE_FAILED (1 << 1)
+
+// `BenchSample::flags`: the case's timed loop ran in guest ring 3 (a vDSO-style clock read,
+// a ring polled from user mode as with io_uring `SQPOLL`), not in ring 0. Informational:
+// a host that does not know the bit ignores it.
+#define PVKIT_SAMPLE_RING3 (1 << 2)
+
+// `BenchSample::flags`: the raw cycle samples come from a separate latency pass run outside
+// the phase markers, not from the timed loop between them (whose cost `cycles_total` then
+// is, with no per-operation time reads inside). Informational: a host that does not know
+// the bit ignores it.
+#define PVKIT_SAMPLE_LATENCY_PASS (1 << 3)
+
+// Most per-operation cycle samples the host reads from one [`BenchSample`].
+#define PVKIT_MAX_SAMPLES 8192
+
+// Most entries of an op log the host reads ([`crate::Hypercall::BenchResult`] a2).
+#define PVKIT_MAX_OP_LOG 8192
+
+// `OpRecord::op`: the guest read `len` bytes at `sector` into `addr`.
+#define PVKIT_OP_READ 1
+
+// `OpRecord::op`: the guest wrote `len` bytes from `addr` to `sector`.
+#define PVKIT_OP_WRITE 2
+
+// Bytes per sector. Offsets and lengths are in these units or multiples of them.
+#define PVKIT_SECTOR_SIZE 512
+
+// Most segments in one request.
+#define PVKIT_MAX_SEGMENTS 8
+
+// Most bytes one request may move (all segments together).
+#define PVKIT_MAX_REQUEST_BYTES (1 << 20)
+
+// The boot GDT.
+#define PVKIT_GDT_ADDR 4096
+
+// The [`BootInfo`] structure.
+#define PVKIT_BOOT_INFO_ADDR 8192
+
+// The kernel command line (NUL-terminated, at most [`CMDLINE_MAX`] bytes with the NUL).
+#define PVKIT_CMDLINE_ADDR 12288
+
+// Room for the command line.
+#define PVKIT_CMDLINE_MAX 4096
+
+// The boot page tables (PML4, then one PDPT, then page directories).
+#define PVKIT_PAGE_TABLES 36864
+
+// Lowest address of the boot stack.
+#define PVKIT_BOOT_STACK_BOTTOM 65536
+
+// Top of the boot stack (16-byte aligned).
+#define PVKIT_BOOT_STACK_TOP 524288
+
+// Initial `RSP`: as just after a `call`, so `(RSP + 8) % 16 == 0` as the SysV ABI expects.
+#define PVKIT_ENTRY_RSP (PVKIT_BOOT_STACK_TOP - 8)
+
+// Guest kernels load at or above this address.
+#define PVKIT_KERNEL_MIN_ADDR 1048576
+
+// The boot page tables identity-map this much (4 GiB).
+#define PVKIT_IDENTITY_MAP_SIZE 4294967296
+
+// `BootInfo::magic`: `"PVKITBI1"` as a little-endian `u64` (a literal, for the C header).
+#define PVKIT_BOOT_MAGIC 3551442710932706896
+
+// Capacity of [`BootInfo::regions`].
+#define PVKIT_MAX_MEMORY_REGIONS 8
+
+// `PvClock::flags`: the TSC is stable and synchronized across vCPUs.
+#define PVKIT_TSC_STABLE (1 << 0)
+
+// Largest buffer accepted by one [`crate::Hypercall::ConsoleWrite`] or one console ring
+// request. Longer writes fail with `E2BIG`; guests split them.
+#define PVKIT_MAX_WRITE (64 * 1024)
+
+// The pvkit base leaf.
+#define PVKIT_LEAF_BASE 1073741824
+
+// The pvkit version and feature leaf.
+#define PVKIT_LEAF_FEATURES 1073741825
+
+// Where KVM's own paravirtual leaves are placed when offered alongside pvkit's.
+#define PVKIT_KVM_LEAF_BASE 1073742080
+
+// Capacity of [`FaultReport::message`].
+#define PVKIT_MESSAGE_MAX 256
+
+// `FaultReport::vector` when the report is a panic, not a CPU exception.
+#define PVKIT_VECTOR_PANIC 4294967295
+
+// The note type of the ABI version note.
+#define PVKIT_TYPE_ABI_VERSION 1
+
+// The hypercall port: a 32-bit `out dx, eax` here is a hypercall. See [`crate::call`].
+#define PVKIT_HYPERCALL 1280
+
+// The null port: a write of any width exits to the VMM, which counts it and does nothing
+// else. Benchmarks use it to measure the bare round trip of one port-I/O exit.
+#define PVKIT_NULL 1281
+
+// First doorbell port. The doorbell of ring `id` ([`crate::ring::RingId`]) is
+// `DOORBELL_BASE + id`. Any write of any width to a doorbell port rings it; the value is
+// ignored. A doorbell may be served by the VMM in userspace or by an ioeventfd, depending
+// on the transport the guest chose when registering the ring.
+#define PVKIT_DOORBELL_BASE 1296
+
+// One past the last doorbell port.
+#define PVKIT_DOORBELL_END 1312
+
+// The 16550 UART (COM1) base port used by the emulated console.
+#define PVKIT_COM1 1016
+
+// Largest ring size the host accepts (slots). Bounds host memory and work per batch.
+#define PVKIT_MAX_RING_SIZE 256
+
+// Size of [`RingHeader`]; request slots start at this offset.
+#define PVKIT_HEADER_SIZE 64
+
+// `host_flags`: a host thread polls `req_prod`; the guest must not ring the doorbell.
+#define PVKIT_HOST_POLLING (1 << 0)
+
+// `host_flags`: the host found the ring corrupt and stopped servicing it.
+#define PVKIT_BROKEN (1 << 1)
+
+// `RingHeader::req_prod`.
+#define PVKIT_REQ_PROD 0
+
+// `RingHeader::req_event`.
+#define PVKIT_REQ_EVENT 4
+
+// `RingHeader::rsp_prod`.
+#define PVKIT_RSP_PROD 8
+
+// `RingHeader::rsp_event`.
+#define PVKIT_RSP_EVENT 12
+
+// `RingHeader::size`.
+#define PVKIT_SIZE 16
+
+// `RingHeader::host_flags`.
+#define PVKIT_HOST_FLAGS 20
+
+// The major number of [`ABI_VERSION`] (also for C: `PVKIT_ABI_VERSION_MAJOR`).
+#define PVKIT_ABI_VERSION_MAJOR 1
+
+// The minor number of [`ABI_VERSION`].
+#define PVKIT_ABI_VERSION_MINOR 0
+
+// A block operation.
+enum PVKIT_BlockOp
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // Read `sector..` into the segments, in order.
+  PVKIT_BLOCK_OP_READ = 1,
+  // Write the segments, in order, to `sector..`.
+  PVKIT_BLOCK_OP_WRITE = 2,
+  // Make every completed write durable (fdatasync on the host). No segments.
+  PVKIT_BLOCK_OP_FLUSH = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum PVKIT_BlockOp PVKIT_BlockOp;
+#else
+typedef uint32_t PVKIT_BlockOp;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+// A hypercall number, placed in `EAX`. The discriminant is the wire number.
+enum PVKIT_Hypercall
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // `RDX` ← the host's ABI version ([`crate::AbiVersion::to_u64`]). No arguments.
+  PVKIT_HYPERCALL_ABI_VERSION = 1,
+  // `RDX` ← the host's feature bits ([`crate::cpuid::Features`]). No arguments.
+  PVKIT_HYPERCALL_FEATURES = 2,
+  // Write bytes to the host console. arg0 = GPA of the bytes, arg1 = length
+  // (at most [`crate::console::MAX_WRITE`]). `RDX` ← bytes written.
+  PVKIT_HYPERCALL_CONSOLE_WRITE = 3,
+  // Stop the VM; the VMM process exits with arg0 & 0xff as its status. Does not return.
+  PVKIT_HYPERCALL_EXIT = 4,
+  // Report a fatal guest fault or panic and stop the VM. arg0 = GPA of a
+  // [`crate::fault::FaultReport`]. Does not return (if the report itself is unreadable,
+  // the VM is still stopped and the VMM says so).
+  PVKIT_HYPERCALL_REPORT_FAULT = 5,
+  // Mark the beginning or end of a benchmark phase so the host can attribute exits to it.
+  // arg0 = phase id ([`crate::bench::CaseId`] packed), arg1 = [`crate::bench::PhaseMark`],
+  // arg2 = operations done in the phase (at `End`).
+  PVKIT_HYPERCALL_BENCH_PHASE = 6,
+  // Report a benchmark sample. arg0 = GPA of a [`crate::bench::BenchSample`]; optionally
+  // arg1 = GPA of an op log (`[crate::bench::OpRecord]`) and arg2 = its length
+  // (≤ [`crate::bench::MAX_OP_LOG`]; 0 = no log) for host-side data verification.
+  PVKIT_HYPERCALL_BENCH_RESULT = 7,
+  // Register a shared-memory region. arg0 = [`crate::ring::RegionKind`], arg1 = GPA
+  // (4 KiB aligned), arg2 = length in bytes, arg3 = kind-specific flags (for rings, the
+  // [`crate::ring::Transport`]). Registering the same kind again replaces the region.
+  PVKIT_HYPERCALL_REGISTER_REGION = 8,
+  // `RDX` ← capacity of the PV block device in 512-byte sectors. No arguments.
+  PVKIT_HYPERCALL_BLOCK_CAPACITY = 9,
+  // One synchronous block request. arg0 = GPA of a [`crate::block::BlockRequest`].
+  // `RDX` ← bytes transferred. The request's status is the call's status.
+  PVKIT_HYPERCALL_BLOCK_IO = 10,
+  // Ask the host to service a registered ring now (the synchronous doorbell, usable when
+  // the ring's transport is a doorbell served in userspace). arg0 = [`crate::ring::RingId`].
+  PVKIT_HYPERCALL_RING_KICK = 11,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum PVKIT_Hypercall PVKIT_Hypercall;
+#else
+typedef uint32_t PVKIT_Hypercall;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+// The type of a [`MemoryRegion`].
+enum PVKIT_MemoryKind
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // Free RAM the guest may use.
+  PVKIT_MEMORY_KIND_USABLE = 1,
+  // RAM in use by the boot area, or by the loaded kernel image.
+  PVKIT_MEMORY_KIND_RESERVED = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum PVKIT_MemoryKind PVKIT_MemoryKind;
+#else
+typedef uint32_t PVKIT_MemoryKind;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+// arg1 of [`crate::Hypercall::BenchPhase`].
+enum PVKIT_PhaseMark
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint64_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // The case starts after this call.
+  PVKIT_PHASE_MARK_BEGIN = 1,
+  // The case ended before this call.
+  PVKIT_PHASE_MARK_END = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum PVKIT_PhaseMark PVKIT_PhaseMark;
+#else
+typedef uint64_t PVKIT_PhaseMark;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+// The kind of a shared-memory region ([`crate::Hypercall::RegisterRegion`] arg0).
+enum PVKIT_RegionKind
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // The console ring.
+  PVKIT_REGION_KIND_CONSOLE_RING = 1,
+  // The block ring.
+  PVKIT_REGION_KIND_BLOCK_RING = 2,
+  // The PV clock page ([`crate::clock::PvClock`]), 4 KiB.
+  PVKIT_REGION_KIND_CLOCK = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum PVKIT_RegionKind PVKIT_RegionKind;
+#else
+typedef uint32_t PVKIT_RegionKind;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+// Which device a ring belongs to. Also selects the ring's doorbell port
+// ([`crate::ports::doorbell`]).
+enum PVKIT_RingId
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // Console ring: [`crate::console::ConsoleRequest`] / [`crate::console::ConsoleResponse`].
+  PVKIT_RING_ID_CONSOLE = 0,
+  // Block ring: [`crate::block::BlockRequest`] / [`crate::block::BlockResponse`].
+  PVKIT_RING_ID_BLOCK = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum PVKIT_RingId PVKIT_RingId;
+#else
+typedef uint32_t PVKIT_RingId;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+// The result of a hypercall, as returned in `RAX`: `0` for success or a negative
+// errno-style value. The numbers are Linux's errno values, negated.
+enum PVKIT_Status
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int64_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // Success.
+  PVKIT_STATUS_OK = 0,
+  // The caller may not do this.
+  PVKIT_STATUS_EPERM = -1,
+  // The host failed to perform the I/O (host read/write/flush error).
+  PVKIT_STATUS_EIO = -5,
+  // An argument list (segment count, batch) is longer than the documented maximum.
+  PVKIT_STATUS_E2BIG = -7,
+  // The resource is busy; retry later.
+  PVKIT_STATUS_EAGAIN = -11,
+  // The host could not allocate what the request needs.
+  PVKIT_STATUS_ENOMEM = -12,
+  // A guest-physical address range is not entirely inside guest RAM.
+  PVKIT_STATUS_EFAULT = -14,
+  // The resource is already in use (e.g. a ring is already registered).
+  PVKIT_STATUS_EBUSY = -16,
+  // An argument is invalid (bad alignment, bad length, bad enum value).
+  PVKIT_STATUS_EINVAL = -22,
+  // The host's backing store is full.
+  PVKIT_STATUS_ENOSPC = -28,
+  // A value is outside the permitted range (e.g. sector past the end of the disk).
+  PVKIT_STATUS_ERANGE = -34,
+  // Unknown hypercall number.
+  PVKIT_STATUS_ENOSYS = -38,
+  // The call is known but this host does not offer it (feature not present).
+  PVKIT_STATUS_EOPNOTSUPP = -95,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum PVKIT_Status PVKIT_Status;
+#else
+typedef int64_t PVKIT_Status;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+// How the host learns that a ring has new requests (arg3 of
+// [`crate::Hypercall::RegisterRegion`] for a ring).
+enum PVKIT_Transport
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // The doorbell port exits to the VMM, which services the ring before the vCPU resumes
+  // (responses are ready when the `out` instruction completes). One exit per batch.
+  PVKIT_TRANSPORT_DOORBELL = 1,
+  // The doorbell port is an ioeventfd: KVM signals a host I/O thread in the kernel and
+  // the vCPU continues at once, with no exit to userspace. The guest polls `rsp_prod`.
+  PVKIT_TRANSPORT_DOORBELL_EVENTFD = 2,
+  // A host I/O thread polls `req_prod`; the host sets [`HOST_POLLING`] and the guest
+  // never rings. Zero exits; costs a host core while the ring is busy.
+  PVKIT_TRANSPORT_HOST_POLL = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum PVKIT_Transport PVKIT_Transport;
+#else
+typedef uint32_t PVKIT_Transport;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+// A version of the pvkit ABI.
+//
+// Compatibility rule: a host accepts a guest whose `major` equals its own and whose `minor`
+// is at most its own (the guest may use only what the host knows). A guest built for another
+// major version is refused at load time with both versions in the message.
+typedef struct {
+  // Incompatible changes bump this.
+  uint32_t major;
+  // Backwards-compatible additions bump this.
+  uint32_t minor;
+} PVKIT_AbiVersion;
+
+// One case's guest-side measurements ([`crate::Hypercall::BenchResult`]).
+//
+// Percentiles are expensive to compute where guest ring 0 is interpreted, so a guest may
+// leave `cycles_median`/`cycles_p99` at 0 and hand the host its raw samples instead
+// (`samples_addr`, `sample_count`): the host then computes both.
+typedef struct {
+  // [`CaseId::to_u64`].
+  uint64_t case_;
+  // Operations done.
+  uint64_t ops;
+  // Payload bytes moved.
+  uint64_t bytes;
+  // Guest TSC cycles for the whole phase.
+  uint64_t cycles_total;
+  // Median guest cycles per operation, or 0 if the host should compute it from samples.
+  uint64_t cycles_median;
+  // 99th percentile guest cycles per operation, or 0 (as above).
+  uint64_t cycles_p99;
+  // [`SAMPLE_VERIFIED`], [`SAMPLE_FAILED`], [`SAMPLE_RING3`], [`SAMPLE_LATENCY_PASS`];
+  // other bits 0.
+  uint32_t flags;
+  // Number of `u64` entries at `samples_addr` (≤ [`MAX_SAMPLES`]; 0 = none).
+  uint32_t sample_count;
+  // GPA of `[u64; sample_count]`: guest cycles per operation, one entry per operation or
+  // per batch of operations (each already divided by the batch size).
+  uint64_t samples_addr;
+  // Case-specific value (e.g. maximum clock disagreement in ns).
+  uint64_t extra;
+} PVKIT_BenchSample;
+
+// One guest buffer of a request.
+typedef struct {
+  // Guest-physical address of the buffer.
+  uint64_t addr;
+  // Length in bytes: a non-zero multiple of [`SECTOR_SIZE`].
+  uint32_t len;
+  // Zero.
+  uint32_t reserved;
+} PVKIT_BlockSegment;
+
+// A block request. The segments are contiguous on disk starting at `sector`.
+//
+// The host rejects with `EINVAL` a bad `op`, `nr_segments` of 0 for reads and writes,
+// a segment length that is zero or not a multiple of [`SECTOR_SIZE`]; with `E2BIG` more
+// than [`MAX_SEGMENTS`] segments or more than [`MAX_REQUEST_BYTES`]; with `ERANGE` a range
+// past the end of the disk; with `EFAULT` a segment outside guest RAM; with `EPERM` a write
+// to a read-only disk; with `EIO`/`ENOSPC` a host I/O failure. Nothing is written to the
+// disk unless every check passed. A flush ignores `sector` and the segments; `reserved`
+// fields are ignored in v1 (guests must zero them).
+typedef struct {
+  // Echoed in the response.
+  uint64_t id;
+  // A [`BlockOp`] value.
+  uint32_t op;
+  // Valid entries in `segments`.
+  uint32_t nr_segments;
+  // First sector.
+  uint64_t sector;
+  // The buffers.
+  PVKIT_BlockSegment segments[PVKIT_MAX_SEGMENTS];
+} PVKIT_BlockRequest;
+
+// A block ring response.
+typedef struct {
+  // The request's `id`.
+  uint64_t id;
+  // A [`crate::Status`] raw value; read it typed with [`BlockResponse::status`].
+  int64_t status;
+  // Bytes transferred.
+  uint64_t bytes;
+} PVKIT_BlockResponse;
+
+// One entry of the memory map.
+typedef struct {
+  // Guest-physical start address.
+  uint64_t start;
+  // Length in bytes.
+  uint64_t len;
+  // A [`MemoryKind`] value.
+  uint32_t kind;
+  // Zero.
+  uint32_t reserved;
+} PVKIT_MemoryRegion;
+
+// What the VMM tells the guest at entry. Pointed to by `RDI`.
+typedef struct {
+  // [`BOOT_MAGIC`].
+  uint64_t magic;
+  // The host's ABI version ([`crate::AbiVersion::to_u64`]).
+  uint64_t abi_version;
+  // The host's feature bits ([`crate::cpuid::Features`]).
+  uint64_t features;
+  // Total guest RAM in bytes (RAM is one range starting at 0).
+  uint64_t mem_size;
+  // GPA of the command line (NUL-terminated).
+  uint64_t cmdline_addr;
+  // Length of the command line in bytes, without the NUL.
+  uint64_t cmdline_len;
+  // The TSC frequency in kHz as the host knows it (0 if unknown).
+  uint64_t tsc_khz;
+  // Number of valid entries in `regions`.
+  uint32_t region_count;
+  // Zero.
+  uint32_t reserved;
+  // The memory map, sorted by address, non-overlapping.
+  PVKIT_MemoryRegion regions[PVKIT_MAX_MEMORY_REGIONS];
+} PVKIT_BootInfo;
+
+// A console ring request: write `len` bytes at guest-physical `addr`.
+typedef struct {
+  // Guest-physical address of the bytes.
+  uint64_t addr;
+  // Number of bytes (at most [`MAX_WRITE`]).
+  uint32_t len;
+  // Echoed in the response.
+  uint32_t id;
+} PVKIT_ConsoleRequest;
+
+// A console ring response.
+typedef struct {
+  // A [`crate::Status`] raw value.
+  int64_t status;
+  // The request's `id`.
+  uint32_t id;
+  // Bytes written.
+  uint32_t written;
+} PVKIT_ConsoleResponse;
+
+// A fatal guest fault (CPU exception) or panic. The VMM prints it and exits non-zero.
+typedef struct {
+  // Exception vector (0–31), or [`VECTOR_PANIC`].
+  uint32_t vector;
+  // Length of the valid prefix of `message` (clamped to [`MESSAGE_MAX`] by the host).
+  uint32_t message_len;
+  // The exception's error code, or 0.
+  uint64_t error_code;
+  // `RIP` at the fault (for a panic: 0).
+  uint64_t rip;
+  // `CR2` (page faults), or 0.
+  uint64_t cr2;
+  // UTF-8 text (invalid sequences are replaced by the host).
+  uint8_t message[PVKIT_MESSAGE_MAX];
+} PVKIT_FaultReport;
+
+// What the host offers. Unknown bits are reserved and must be ignored by guests.
+typedef uint64_t PVKIT_Features;
+// [`crate::Hypercall::ConsoleWrite`].
+#define PVKIT_Features_CONSOLE (uint64_t)(1 << 0)
+// The console request ring ([`crate::ring::RingId::Console`]).
+#define PVKIT_Features_CONSOLE_RING (uint64_t)(1 << 1)
+// The PV block device: [`crate::Hypercall::BlockIo`] and
+// [`crate::Hypercall::BlockCapacity`]. Set only when the VM has a disk
+// (`pvkit run --disk`).
+#define PVKIT_Features_BLOCK (uint64_t)(1 << 2)
+// The block request ring ([`crate::ring::RingId::Block`]). Set only with a disk.
+#define PVKIT_Features_BLOCK_RING (uint64_t)(1 << 3)
+// Ring doorbells served by an ioeventfd ([`crate::ring::Transport::DoorbellEventfd`]).
+#define PVKIT_Features_RING_EVENTFD (uint64_t)(1 << 4)
+// Rings polled by a host thread ([`crate::ring::Transport::HostPoll`]).
+#define PVKIT_Features_RING_POLL (uint64_t)(1 << 5)
+// The PV clock page ([`crate::clock::PvClock`]).
+#define PVKIT_Features_CLOCK (uint64_t)(1 << 6)
+// Benchmark phase markers and results.
+#define PVKIT_Features_BENCH (uint64_t)(1 << 7)
+// KVM's own kvmclock is exposed at [`KVM_LEAF_BASE`].
+#define PVKIT_Features_KVMCLOCK (uint64_t)(1 << 8)
+
+// One logged block operation, for host-side verification. Buffers named by a log must not
+// be modified by the guest between the operation and the `BenchResult` call, except by
+// later logged operations (the host replays the log in order: the last operation on each
+// buffer and each sector decides what must match).
+typedef struct {
+  // First sector on disk.
+  uint64_t sector;
+  // Guest-physical address of the buffer.
+  uint64_t addr;
+  // Bytes (a multiple of [`crate::block::SECTOR_SIZE`]).
+  uint32_t len;
+  // [`OP_READ`] or [`OP_WRITE`].
+  uint32_t op;
+} PVKIT_OpRecord;
+
+// The clock record. Same layout as KVM's `pvclock_vcpu_time_info`.
+typedef struct {
+  // Odd while the host updates the record.
+  uint32_t version;
+  // Zero.
+  uint32_t pad0;
+  // Guest TSC value at which `system_time` was taken.
+  uint64_t tsc_timestamp;
+  // Nanoseconds at `tsc_timestamp`.
+  uint64_t system_time;
+  // Multiplier, a 32.32 fixed-point fraction applied after `tsc_shift`.
+  uint32_t tsc_to_system_mul;
+  // Shift applied to a TSC delta before the multiply (negative: right shift).
+  int8_t tsc_shift;
+  // [`TSC_STABLE`].
+  uint8_t flags;
+  // Zero.
+  uint8_t pad[2];
+} PVKIT_PvClock;
+
+// The ring header, at offset 0 of the region.
+typedef struct {
+  // Guest: number of requests published (free-running).
+  uint32_t req_prod;
+  // Host: notify me when `req_prod` passes this value.
+  uint32_t req_event;
+  // Host: number of responses published (free-running).
+  uint32_t rsp_prod;
+  // Guest: notify me when `rsp_prod` passes this value (reserved in v1).
+  uint32_t rsp_event;
+  // Guest, before registration: number of slots (power of two, ≤ [`MAX_RING_SIZE`]).
+  uint32_t size;
+  // Host: [`HOST_POLLING`], [`BROKEN`].
+  uint32_t host_flags;
+  // Zero.
+  uint32_t reserved[10];
+} PVKIT_RingHeader;
+
+// The ABI version this crate describes.
+#define PVKIT_ABI_VERSION (PVKIT_AbiVersion){ .major = PVKIT_ABI_VERSION_MAJOR, .minor = PVKIT_ABI_VERSION_MINOR }
+
+#endif  /* PVKIT_ABI_H */
+
+/*
+ * PVKIT_ABI_NOTE(): emits the ABI version note (section .note.pvkit) the VMM requires.
+ * Use once per guest image, at file scope. Keep the section in the linker script:
+ *   .note.pvkit : { KEEP(*(.note.pvkit)) } :image :note
+ */
+#define PVKIT_ABI_NOTE()                                                              \
+    __attribute__((used, section(".note.pvkit"), aligned(4)))                          \
+    static const struct { uint32_t namesz, descsz, type; char name[8];                 \
+                          uint32_t major, minor; } pvkit_abi_note = {                  \
+        6, 8, PVKIT_TYPE_ABI_VERSION, "pvkit", PVKIT_ABI_VERSION_MAJOR,                \
+        PVKIT_ABI_VERSION_MINOR }

@@ -1,0 +1,161 @@
+//! The guest runtime (feature `runtime`): everything between the VMM's entry and your
+//! `main`, so that "link and run" is true for a kernel of your own.
+//!
+//! ```ignore
+//! #![no_std]
+//! #![no_main]
+//! use pvkit_guest::{println, rt::BootInfo};
+//!
+//! pvkit_guest::entry!(main);
+//!
+//! fn main(boot: &'static BootInfo) -> i32 {
+//!     println!("hello, {} bytes of RAM", boot.mem_size);
+//!     0 // the exit status of `pvkit run`
+//! }
+//! ```
+//!
+//! [`entry!`](crate::entry) emits the ABI note and `_start`, which switches to the
+//! runtime's boot stack ([`stack`]) and runs, before `main`:
+//!
+//! 1. [`gdt::init`]: a GDT with user segments and a TSS whose IST stacks serve the double
+//!    fault, NMI and machine check;
+//! 2. [`trap::init`]: an IDT in which every exception (0–31) is reported to the host with
+//!    its vector, error code, `RIP`, `RSP` and `CR2` ([`crate::fault`]): `pvkit run` exits
+//!    125 and prints the report;
+//! 3. [`stack::protect`]: the guard page below the boot stack is unmapped, so an overflow
+//!    is reported as "stack overflow" instead of silently overwriting memory;
+//! 4. the `BootInfo` is validated (address, magic, ABI major version);
+//! 5. the console of [`print!`](crate::print) / [`println!`](crate::println): the PV
+//!    console when the host offers it, else the 16550 UART;
+//! 6. with feature `heap`, the global allocator ([`heap`]).
+//!
+//! `main` returns an `i32` (the low 8 bits become the exit status) or never returns. A
+//! panic is reported to the host by the panic handler `entry!` emits. (The handler lives
+//! in your crate, not in this library, so a kernel with its own handler can depend on
+//! `pvkit-guest` with the feature on in the same workspace.)
+//!
+//! Build requirements (as for any pvkit guest): target `x86_64-unknown-none`,
+//! `-C relocation-model=static`, a linker script placing the image at or above 1 MiB with
+//! the `.note.pvkit` section kept (see the crate README).
+
+pub mod console;
+pub mod gdt;
+#[cfg(feature = "heap")]
+pub mod heap;
+pub mod stack;
+pub mod trap;
+
+use core::sync::atomic::{AtomicPtr, Ordering};
+pub use pvkit_abi::boot::BootInfo;
+use pvkit_abi::boot::{BOOT_MAGIC, IDENTITY_MAP_SIZE};
+use pvkit_abi::cpuid::Features;
+use pvkit_abi::{AbiVersion, ABI_VERSION};
+
+/// The validated `BootInfo` (null before [`__private::init`]).
+static BOOT_INFO: AtomicPtr<BootInfo> = AtomicPtr::new(core::ptr::null_mut());
+
+/// The `BootInfo` the VMM passed, once the runtime validated it (`None` before `main`).
+pub fn boot_info() -> Option<&'static BootInfo> {
+    let p = BOOT_INFO.load(Ordering::Acquire);
+    // SAFETY: `BOOT_INFO` is null or a pointer `init` validated, which stays valid: the
+    // boot contract places `BootInfo` in the boot area, which nothing writes afterwards.
+    unsafe { p.as_ref() }
+}
+
+/// Stops the VM; `pvkit run` exits with `code & 0xff`.
+pub fn exit(code: i32) -> ! {
+    crate::hypercall::exit(code as u8)
+}
+
+/// Checks the `BootInfo` pointer, magic and ABI major version; panics (reported to the
+/// host) if they are bad.
+fn validate_boot_info(ptr: *const BootInfo) -> &'static BootInfo {
+    let addr = ptr as u64;
+    let size = core::mem::size_of::<BootInfo>() as u64;
+    if addr == 0 || !addr.is_multiple_of(8) || addr > IDENTITY_MAP_SIZE - size {
+        panic!("bad BootInfo address {addr:#x}");
+    }
+    // SAFETY: the address is non-null, aligned and inside the boot identity map, which the
+    // VMM backs with RAM; the boot contract says a `BootInfo` is there and nobody writes it.
+    let boot = unsafe { &*ptr };
+    if boot.magic != BOOT_MAGIC {
+        panic!("bad BootInfo magic {:#x}", boot.magic);
+    }
+    let host = AbiVersion::from_u64(boot.abi_version);
+    if host.major != ABI_VERSION.major {
+        panic!("host speaks pvkit ABI {host}, this guest {ABI_VERSION}");
+    }
+    boot
+}
+
+/// Used by [`crate::entry!`]; not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use super::stack::BOOT_STACK;
+    pub use pvkit_abi::abi_note;
+
+    /// Offset of the initial `RSP` from the start of [`BOOT_STACK`].
+    pub const STACK_TOP_OFFSET: usize = super::stack::GUARD_SIZE + super::stack::STACK_SIZE;
+
+    /// Everything before `main` (see the module documentation).
+    pub fn init(boot: *const super::BootInfo) -> &'static super::BootInfo {
+        super::gdt::init();
+        super::trap::init();
+        if let Err(e) = super::stack::protect() {
+            panic!("cannot install the boot stack's guard page: {e:?}");
+        }
+        let boot = super::validate_boot_info(boot);
+        super::BOOT_INFO.store(
+            boot as *const super::BootInfo as *mut super::BootInfo,
+            core::sync::atomic::Ordering::Release,
+        );
+        let features = super::Features::from_bits_truncate(boot.features);
+        super::console::init(features.contains(super::Features::CONSOLE));
+        #[cfg(feature = "heap")]
+        super::heap::init(boot);
+        boot
+    }
+}
+
+/// Declares `main` as the guest's entry point (feature `runtime`).
+///
+/// `main` is `fn(&'static BootInfo) -> i32` (the exit status) or `-> !`. The macro emits
+/// the pvkit ABI note (do not also use `pvkit_abi::abi_note!`), the panic handler (which
+/// reports the panic to the host) and `_start`, which switches to the runtime's guarded
+/// boot stack and runs the set-up described in [`crate::rt`].
+#[macro_export]
+macro_rules! entry {
+    ($main:path) => {
+        $crate::rt::__private::abi_note!();
+
+        ::core::arch::global_asm!(
+            ".pushsection .text._start, \"ax\", @progbits",
+            ".global _start",
+            ".type _start, @function",
+            "_start:",
+            "    lea rsp, [rip + {stack} + {top}]",
+            "    xor ebp, ebp",
+            "    call {main}",
+            "    ud2",
+            ".size _start, . - _start",
+            ".popsection",
+            stack = sym $crate::rt::__private::BOOT_STACK,
+            top = const $crate::rt::__private::STACK_TOP_OFFSET,
+            main = sym __pvkit_rt_main,
+        );
+
+        /// Called by `_start` with the VMM's `RDI`.
+        #[allow(unreachable_code)]
+        extern "C" fn __pvkit_rt_main(boot: *const $crate::rt::BootInfo) -> ! {
+            let boot = $crate::rt::__private::init(boot);
+            let code: i32 = $main(boot);
+            $crate::rt::exit(code)
+        }
+
+        /// Reports the panic to the host (`pvkit run` exits 125).
+        #[panic_handler]
+        fn __pvkit_rt_panic(info: &::core::panic::PanicInfo<'_>) -> ! {
+            $crate::fault::report_panic(info)
+        }
+    };
+}

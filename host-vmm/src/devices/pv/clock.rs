@@ -1,0 +1,131 @@
+//! The PV clock device: the clock page region ([`pvkit_pv::PvClockPage`], the backend)
+//! filled from a [`ClockSource`], and the kvmclock feature bit when KVM offers kvmclock.
+
+use std::sync::{Arc, Mutex};
+
+use pvkit_abi::cpuid::Features;
+use pvkit_abi::ring::RegionKind;
+use pvkit_abi::Status;
+use pvkit_pv::{ClockSample, PvClockPage};
+
+use super::{CallCtx, PvDevice};
+use crate::devices::legacy::vm_clock::{VmClock, VmTime};
+use crate::runtime::sync::lock;
+
+pub use crate::arch::x86_64::tsc::host_tsc;
+
+/// The guest TSC and the VM's monotonic time at one instant, for the PV clock page.
+pub trait ClockSource: Send + Sync {
+    /// A sample taken now, or `None` if the guest TSC cannot be read.
+    fn sample(&self) -> Option<ClockSample>;
+}
+
+/// The guest TSC as the host TSC plus a fixed offset (no TSC scaling: the guest runs at the
+/// host rate), paired with [`VmClock`] time.
+#[derive(Clone, Copy, Debug)]
+pub struct TscClock {
+    time: VmClock,
+    tsc_khz: u32,
+    offset: u64,
+}
+
+impl TscClock {
+    /// A clock for a guest whose TSC is `host TSC + offset` (wrapping) and runs at `tsc_khz`.
+    /// See [`crate::vstate::vcpu::Vcpu::guest_tsc_offset`].
+    pub fn new(time: VmClock, tsc_khz: u32, offset: u64) -> Self {
+        Self {
+            time,
+            tsc_khz,
+            offset,
+        }
+    }
+}
+
+impl ClockSource for TscClock {
+    fn sample(&self) -> Option<ClockSample> {
+        // Bracket the clock read with two TSC reads (tens of ns apart) and pair it with
+        // their midpoint.
+        let a = host_tsc();
+        let ns = self.time.now_ns();
+        let b = host_tsc();
+        let host = a.wrapping_add(b.wrapping_sub(a) / 2);
+        Some(ClockSample {
+            tsc: host.wrapping_add(self.offset),
+            system_ns: ns,
+            tsc_khz: u64::from(self.tsc_khz),
+            stable: true,
+        })
+    }
+}
+
+/// The PV clock: a clock page when there is a time source, and the kvmclock bit.
+pub struct PvClock {
+    source: Option<Arc<dyn ClockSource>>,
+    kvmclock: bool,
+    page: Mutex<Option<PvClockPage>>,
+}
+
+impl std::fmt::Debug for PvClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PvClock")
+            .field("source", &self.source.is_some())
+            .field("kvmclock", &self.kvmclock)
+            .field("page", &self.page)
+            .finish()
+    }
+}
+
+impl PvClock {
+    /// A clock page filled from `source` (`None`: no clock page), and [`Features::KVMCLOCK`]
+    /// if KVM's kvmclock is available to the guest.
+    pub fn new(source: Option<Arc<dyn ClockSource>>, kvmclock: bool) -> Self {
+        Self {
+            source,
+            kvmclock,
+            page: Mutex::new(None),
+        }
+    }
+
+    /// The guest-physical address of the clock page last registered, if any.
+    pub fn page_gpa(&self) -> Option<u64> {
+        lock(&self.page).as_ref().map(PvClockPage::gpa)
+    }
+}
+
+impl PvDevice for PvClock {
+    fn name(&self) -> &'static str {
+        "clock"
+    }
+
+    fn features(&self) -> Features {
+        let mut f = Features::empty();
+        if self.source.is_some() {
+            f |= Features::CLOCK;
+        }
+        if self.kvmclock {
+            f |= Features::KVMCLOCK;
+        }
+        f
+    }
+
+    fn regions(&self) -> &'static [RegionKind] {
+        &[RegionKind::Clock]
+    }
+
+    fn register_region(
+        &self,
+        ctx: &CallCtx<'_>,
+        _kind: RegionKind,
+        addr: u64,
+        len: u64,
+        _flags: u64,
+    ) -> Result<u64, Status> {
+        let source = self.source.as_ref().ok_or(Status::EOPNOTSUPP)?;
+        let mut page = PvClockPage::new(ctx.mem, addr, len).map_err(|e| e.status())?;
+        // The guest TSC and the host time at the moment of the call.
+        let sample = source.sample().ok_or(Status::EIO)?;
+        page.update(ctx.mem, sample).map_err(|e| e.status())?;
+        *lock(&self.page) = Some(page);
+        Ok(0)
+    }
+}

@@ -1,0 +1,263 @@
+//! The hypercall bus: maps hypercall numbers, region kinds and rings to the [`PvDevice`]s
+//! that registered them, as the port bus maps ports to port devices, and derives the
+//! feature bits the guest sees from what is registered ([`HypercallBus::features`], the
+//! one place they are computed).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
+
+use pvkit_abi::call::{CallReturn, Hypercall};
+use pvkit_abi::cpuid::Features;
+#[cfg(doc)]
+use pvkit_abi::ring::Transport;
+use pvkit_abi::ring::{RegionKind, RingId};
+use pvkit_abi::Status;
+
+use super::doorbell::{DoorbellPorts, IoEventRegistrar};
+use super::rings::Rings;
+use super::{CallCtx, PvDevice, QueueSpec};
+use crate::exit::ledger::ExitLedger;
+use crate::hypercall::call_return;
+use crate::iothread::IoStopper;
+use crate::vstate::memory::GuestRam;
+
+/// A device could not be registered.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// Two devices answer the same hypercall number.
+    #[error("hypercall {call} is answered by both {first} and {second}")]
+    CallTaken {
+        /// The call.
+        call: &'static str,
+        /// The device registered first.
+        first: &'static str,
+        /// The device refused.
+        second: &'static str,
+    },
+    /// Two devices accept the same region kind or ring.
+    #[error("region {kind:?} is accepted by both {first} and {second}")]
+    RegionTaken {
+        /// The region kind.
+        kind: RegionKind,
+        /// The device registered first.
+        first: &'static str,
+        /// The device refused.
+        second: &'static str,
+    },
+    /// A device was added after the rings were set up (its rings would have no slot).
+    #[error("device {0} added after the rings were set up")]
+    Late(&'static str),
+    /// The rings (their I/O thread's epoll set) could not be created.
+    #[error("cannot set up the rings: {0}")]
+    Rings(#[source] io::Error),
+}
+
+/// How the VM's rings are served (see [`HypercallBus::with_rings`]).
+pub struct RingsConfig {
+    /// Where doorbell ioeventfds are registered; `None`: no [`Transport::DoorbellEventfd`].
+    pub ioevents: Option<Arc<dyn IoEventRegistrar>>,
+    /// Called (from the I/O thread) if the I/O thread fails or panics; the VM must stop.
+    pub on_fatal: Arc<dyn Fn(String) + Send + Sync>,
+}
+
+/// The PV devices of one VM and the routes to them.
+#[derive(Default)]
+pub struct HypercallBus {
+    devices: Vec<Arc<dyn PvDevice>>,
+    calls: BTreeMap<u32, usize>,
+    regions: Vec<(RegionKind, usize)>,
+    queues: Vec<(QueueSpec, usize)>,
+    rings: Option<Rings>,
+}
+
+impl std::fmt::Debug for HypercallBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.devices.iter().map(|d| d.name()).collect();
+        f.debug_struct("HypercallBus")
+            .field("devices", &names)
+            .field("rings", &self.rings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HypercallBus {
+    /// A bus with no devices and no rings: every device call is `EOPNOTSUPP`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `device`: its hypercall numbers, regions and rings. Refused if another
+    /// device already answers one of them, or once the rings are set up.
+    pub fn insert(&mut self, device: Arc<dyn PvDevice>) -> Result<(), BusError> {
+        if self.rings.is_some() {
+            return Err(BusError::Late(device.name()));
+        }
+        let idx = self.devices.len();
+        let name_of = |i: usize| self.devices.get(i).map_or("?", |d| d.name());
+        for &h in device.hypercalls() {
+            if let Some(&other) = self.calls.get(&(h as u32)) {
+                return Err(BusError::CallTaken {
+                    call: h.name(),
+                    first: name_of(other),
+                    second: device.name(),
+                });
+            }
+        }
+        let kinds = device
+            .regions()
+            .iter()
+            .copied()
+            .chain(device.queues().iter().map(|q| q.region));
+        for kind in kinds {
+            let taken = self.regions.iter().find(|(k, _)| *k == kind).map(|r| r.1);
+            let taken = taken.or_else(|| {
+                let q = self.queues.iter().find(|(q, _)| q.region == kind);
+                q.map(|q| q.1)
+            });
+            if let Some(other) = taken {
+                return Err(BusError::RegionTaken {
+                    kind,
+                    first: name_of(other),
+                    second: device.name(),
+                });
+            }
+        }
+        for &h in device.hypercalls() {
+            self.calls.insert(h as u32, idx);
+        }
+        self.regions
+            .extend(device.regions().iter().map(|&k| (k, idx)));
+        self.queues
+            .extend(device.queues().iter().map(|&q| (q, idx)));
+        self.devices.push(device);
+        Ok(())
+    }
+
+    /// Sets up the rings of every registered device (one slot each, their notification
+    /// counters in `ledger`): from now on they can be registered and kicked.
+    pub fn with_rings(
+        &mut self,
+        mem: GuestRam,
+        config: RingsConfig,
+        ledger: &mut ExitLedger,
+    ) -> Result<(), BusError> {
+        let specs = self.queues.iter().map(|(q, _)| *q).collect();
+        let rings = Rings::new(mem, specs, config.ioevents, config.on_fatal, ledger)
+            .map_err(BusError::Rings)?;
+        self.rings = Some(rings);
+        Ok(())
+    }
+
+    /// The feature bits the guest is told about (CPUID, boot info, `Features`): the bits
+    /// of every registered device; with rings, the bit of every ring and the transports'
+    /// ([`Features::RING_POLL`], and [`Features::RING_EVENTFD`] with ioeventfds).
+    pub fn features(&self) -> Features {
+        let mut f = self
+            .devices
+            .iter()
+            .fold(Features::empty(), |f, d| f | d.features());
+        if let Some(rings) = &self.rings {
+            f |= Features::RING_POLL;
+            if rings.has_ioevents() {
+                f |= Features::RING_EVENTFD;
+            }
+            for (q, _) in &self.queues {
+                f |= q.feature;
+            }
+        }
+        f
+    }
+
+    /// The rings, if set up.
+    pub fn rings(&self) -> Option<&Rings> {
+        self.rings.as_ref()
+    }
+
+    /// The doorbell port device to put on the port bus at
+    /// [`super::doorbell::DOORBELL_PORTS`] (`None` without rings).
+    pub fn doorbell_ports(&self) -> Option<DoorbellPorts> {
+        self.rings.as_ref().map(|r| DoorbellPorts {
+            rings: Arc::clone(r.set()),
+        })
+    }
+
+    /// A handle that stops the I/O thread, if there are rings.
+    pub fn stopper(&self) -> Option<IoStopper> {
+        self.rings.as_ref().map(Rings::stopper)
+    }
+
+    /// Handles device call `call` (any but the core calls) from vCPU `vcpu`.
+    pub fn dispatch(
+        &self,
+        mem: &GuestRam,
+        ledger: &ExitLedger,
+        vcpu: u32,
+        call: Hypercall,
+        args: [u64; 4],
+    ) -> CallReturn {
+        let ctx = CallCtx {
+            mem,
+            ledger,
+            vcpu,
+            waiters: self.rings.as_ref().map(|r| r.set().waiters()),
+        };
+        match call {
+            Hypercall::RegisterRegion => call_return(self.register_region(&ctx, args)),
+            Hypercall::RingKick => call_return(self.ring_kick(args)),
+            _ => match self
+                .calls
+                .get(&(call as u32))
+                .and_then(|&i| self.devices.get(i))
+            {
+                Some(dev) => dev.call(&ctx, call, args),
+                None => CallReturn::err(Status::EOPNOTSUPP),
+            },
+        }
+    }
+
+    /// `RegisterRegion`: the device that accepts the region kind opens it; a ring is then
+    /// attached to its transport.
+    fn register_region(&self, ctx: &CallCtx<'_>, args: [u64; 4]) -> Result<u64, Status> {
+        let [kind, addr, len, flags] = args;
+        if self.rings.is_none() && self.regions.is_empty() {
+            return Err(Status::EOPNOTSUPP);
+        }
+        let kind = RegionKind::try_from(kind).map_err(|_| Status::EINVAL)?;
+        if let Some(&(_, i)) = self.regions.iter().find(|(k, _)| *k == kind) {
+            let dev = self.devices.get(i).ok_or(Status::EOPNOTSUPP)?;
+            return dev.register_region(ctx, kind, addr, len, flags);
+        }
+        let (spec, i) = self
+            .queues
+            .iter()
+            .find(|(q, _)| q.region == kind)
+            .ok_or(Status::EOPNOTSUPP)?;
+        let rings = self.rings.as_ref().ok_or(Status::EOPNOTSUPP)?;
+        let dev = self.devices.get(*i).ok_or(Status::EOPNOTSUPP)?;
+        let transport = rings.transport(flags)?;
+        let queue = dev.open_queue(ctx.mem, spec.ring, addr, len)?;
+        rings.register(spec.ring, queue, transport)
+    }
+
+    /// `RingKick`: services a registered ring now.
+    fn ring_kick(&self, args: [u64; 4]) -> Result<u64, Status> {
+        let [ring, ..] = args;
+        let rings = self.rings.as_ref().ok_or(Status::EOPNOTSUPP)?;
+        let ring = u32::try_from(ring)
+            .ok()
+            .and_then(|r| RingId::try_from(r).ok())
+            .ok_or(Status::EINVAL)?;
+        rings.kick(ring)
+    }
+
+    /// Stops the devices' threads when the VM stops (after the vCPU threads ended).
+    /// Returns why a device thread failed during the run, if one did: the run is then
+    /// reported as a host failure.
+    pub fn shutdown(&self) -> Result<(), String> {
+        match &self.rings {
+            Some(r) => r.shutdown(),
+            None => Ok(()),
+        }
+    }
+}
