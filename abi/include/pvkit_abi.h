@@ -614,7 +614,7 @@ typedef struct {
   uint32_t req_event;
   // Host: number of responses published (free-running).
   uint32_t rsp_prod;
-  // Guest: notify me when `rsp_prod` passes this value (reserved in v1).
+  // Guest: notify me when `rsp_prod` passes this value (reserved in 2.0).
   uint32_t rsp_event;
   // Guest, before registration: number of slots (power of two, ≤ [`MAX_RING_SIZE`]).
   uint32_t size;

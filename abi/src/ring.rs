@@ -30,7 +30,7 @@
 //! re-read `req_prod` to close the race with a guest that published meanwhile.
 //!
 //! **Responses (guest).** The guest polls `rsp_prod` (or uses `rsp_event` symmetrically when
-//! the host offers completion interrupts; v1 hosts do not interrupt).
+//! the host offers completion interrupts; 2.0 hosts do not interrupt).
 
 use crate::assert_layout;
 use crate::call::DeviceClass;
@@ -56,7 +56,7 @@ pub struct RingHeader {
     pub req_event: u32,
     /// Host: number of responses published (free-running).
     pub rsp_prod: u32,
-    /// Guest: notify me when `rsp_prod` passes this value (reserved in v1).
+    /// Guest: notify me when `rsp_prod` passes this value (reserved in 2.0).
     pub rsp_event: u32,
     /// Guest, before registration: number of slots (power of two, ≤ [`MAX_RING_SIZE`]).
     pub size: u32,
