@@ -55,7 +55,7 @@ fn banner_on_each_console() {
         let o = boot(console, "");
         assert_eq!(o.stop, StopReason::Exit(0), "{console:?}");
         let expected = format!(
-            "pvkit guest kernel {} (ABI 1.0) console={}\n",
+            "pvkit guest kernel {} (ABI 2.0) console={}\n",
             guest_version(),
             console.name()
         );
@@ -215,17 +215,17 @@ fn process_refuses_a_kernel_for_another_abi() {
         );
         return;
     }
-    let mut elf = guests::builtin_kernel().unwrap_or_default().to_vec();
-    let at = note_desc_offset(&elf);
-    elf[at..at + 4].copy_from_slice(&2u32.to_le_bytes());
-    let p = temp_file("kernel-abi2.elf", &elf);
-    let o = pvkit(&["run", p.to_str().unwrap()]);
-    assert_eq!(code(&o), 1, "{o:?}");
-    assert!(
-        String::from_utf8_lossy(&o.stderr)
-            .contains("guest was built for pvkit ABI 2.0, this VMM speaks 1.0"),
-        "{o:?}"
-    );
+    // The built-in kernel restamped as ABI 1.0 (the old major) and as 3.0: refused.
+    for major in [1u32, 3] {
+        let mut elf = guests::builtin_kernel().unwrap_or_default().to_vec();
+        let at = note_desc_offset(&elf);
+        elf[at..at + 4].copy_from_slice(&major.to_le_bytes());
+        let p = temp_file(&format!("kernel-abi{major}.elf"), &elf);
+        let o = pvkit(&["run", p.to_str().unwrap()]);
+        assert_eq!(code(&o), 1, "{o:?}");
+        let want = format!("guest was built for pvkit ABI {major}.0, this VMM speaks 2.0");
+        assert!(String::from_utf8_lossy(&o.stderr).contains(&want), "{o:?}");
+    }
 
     let mut broken = guests::builtin_kernel().unwrap_or_default().to_vec();
     broken[18] = 0xb7; // e_machine = AArch64

@@ -18,7 +18,7 @@ use common::{code, kvm_available, pvkit, temp_file};
 use pvkit_abi::bench::{CaseId, Device, Variant, Workload, OP_READ, OP_WRITE};
 use pvkit_abi::call::Hypercall;
 use pvkit_abi::clock::{PvClock, TSC_STABLE};
-use pvkit_abi::ring::{RegionKind, RingId, Transport};
+use pvkit_abi::ring::{Transport, BLOCK_QUEUE, CONSOLE_QUEUE};
 use pvkit_vmm::bench::{PhaseRecord, Verification};
 use pvkit_vmm::devices::pv::block::NOTIFY_BLOCK_RING;
 use pvkit_vmm::exit::ledger::ExitKind;
@@ -395,17 +395,15 @@ fn block_ring(transport: Transport, k: u32, batches: u32, img: &TempImage) -> Ri
         m.put(RING + 64 + i * 152, &block_request(i, 1, sector, dst, 4096));
         log.extend(op_record(OP_READ, sector, dst, 4096));
     }
-    m.u32(PARAMS, RegionKind::BlockRing as u32)
+    m.u32(PARAMS, BLOCK_QUEUE.to_u32())
         .u32(PARAMS + 4, transport as u32)
         .u64(PARAMS + 8, RING)
         .u64(PARAMS + 16, 0x1000)
         .u32(PARAMS + 24, k)
         .u32(PARAMS + 28, batches)
         .u64(PARAMS + 32, c.to_u64())
-        .u32(
-            PARAMS + 40,
-            u32::from(pvkit_abi::ports::doorbell(RingId::Block)),
-        )
+        .u32(PARAMS + 40, u32::from(pvkit_abi::ports::DOORBELL))
+        .u32(PARAMS + 44, BLOCK_QUEUE.to_u32())
         .u64(PARAMS + 48, SAMPLE)
         .u64(PARAMS + 56, OPLOG)
         .u32(PARAMS + 64, k)
@@ -438,8 +436,8 @@ fn block_ring_doorbell_is_one_exit_per_batch() {
     // The protocol asks for a doorbell on each batch (the host is idle in between): one
     // exit per batch, none per request.
     assert_eq!(p.exits.total, r.batches, "{:?}", p.exits);
-    assert_eq!(p.exits.count(ExitKind::PortWrite(0x511)), r.batches);
-    assert_eq!(p.notifications(RingId::Block), 0);
+    assert_eq!(p.exits.count(ExitKind::PortWrite(0x510)), r.batches);
+    assert_eq!(p.notifications(BLOCK_QUEUE), 0);
 }
 
 #[test]
@@ -456,7 +454,7 @@ fn block_ring_eventfd_makes_no_userspace_exits() {
     // before it answers the batch. The guest rings once per batch, unless the I/O thread
     // is still working when it publishes the next one (it then picks that one up without
     // a doorbell): at most one per batch.
-    let n = p.notifications(RingId::Block);
+    let n = p.notifications(BLOCK_QUEUE);
     assert!(
         (1..=r.batches).contains(&n),
         "{n} for {} batches",
@@ -475,7 +473,7 @@ fn block_ring_host_poll_makes_no_exits_and_no_notifications() {
     let r = block_ring(Transport::HostPoll, 4, 6, &img);
     let p = only_phase(&r.outcome);
     assert_eq!(p.exits.total, 0, "{:?}", p.exits);
-    assert_eq!(p.notifications(RingId::Block), 0);
+    assert_eq!(p.notifications(BLOCK_QUEUE), 0);
 }
 
 #[test]
@@ -495,17 +493,15 @@ fn console_ring_over_each_transport() {
         m.put(text, b"ring!\n").put(RING, &ring_header(2));
         m.put(RING + 64, &console_request(text, 3, 1));
         m.put(RING + 64 + 16, &console_request(text + 3, 3, 2));
-        m.u32(PARAMS, RegionKind::ConsoleRing as u32)
+        m.u32(PARAMS, CONSOLE_QUEUE.to_u32())
             .u32(PARAMS + 4, transport as u32)
             .u64(PARAMS + 8, RING)
             .u64(PARAMS + 16, 0x1000)
             .u32(PARAMS + 24, 2)
             .u32(PARAMS + 28, 3)
             .u64(PARAMS + 32, c.to_u64())
-            .u32(
-                PARAMS + 40,
-                u32::from(pvkit_abi::ports::doorbell(RingId::Console)),
-            );
+            .u32(PARAMS + 40, u32::from(pvkit_abi::ports::DOORBELL))
+            .u32(PARAMS + 44, CONSOLE_QUEUE.to_u32());
         let o = boot(programs::RING_BATCHES, &m, None);
         assert_eq!(o.stop, StopReason::Exit(0), "{transport:?}");
         assert_eq!(o.console, b"ring!\nring!\nring!\n", "{transport:?}");
@@ -527,7 +523,7 @@ fn console_ring_over_each_transport() {
             p.exits.total,
             "{transport:?}"
         );
-        let n = p.notifications(RingId::Console);
+        let n = p.notifications(CONSOLE_QUEUE);
         assert!(notes.contains(&n), "{transport:?}: {n}");
     }
 }
@@ -808,17 +804,17 @@ fn guest_block_bench_exact_exits_and_verified_data() {
             "{workload:?} doorbell: {} exits for {batches} batches",
             p.exits.total
         );
-        assert_eq!(p.exits.count(ExitKind::PortWrite(0x511)), p.exits.total);
+        assert_eq!(p.exits.count(ExitKind::PortWrite(0x510)), p.exits.total);
         let p = phase(&o, Variant::PvEventfd, workload);
         assert_eq!(p.exits.total, 0, "{workload:?} eventfd: {:?}", p.exits);
-        let n = p.notifications(RingId::Block);
+        let n = p.notifications(BLOCK_QUEUE);
         assert!(
             (1..=batches).contains(&n),
             "{workload:?}: {n} notifications for {batches} batches"
         );
         let p = phase(&o, Variant::PvPoll, workload);
         assert_eq!(p.exits.total, 0, "{workload:?} poll: {:?}", p.exits);
-        assert_eq!(p.notifications(RingId::Block), 0);
+        assert_eq!(p.notifications(BLOCK_QUEUE), 0);
     }
 }
 
@@ -865,9 +861,9 @@ fn guest_clock_exit_and_console_bench_exact_exits() {
         assert_eq!(p.exits.count(ExitKind::PortWrite(0x510)), p.exits.total);
         let p = phase(&o, Variant::PvEventfd, workload);
         assert_eq!(p.exits.total, 0, "{:?}", p.exits);
-        assert!((1..=batches).contains(&p.notifications(RingId::Console)));
+        assert!((1..=batches).contains(&p.notifications(CONSOLE_QUEUE)));
         let p = phase(&o, Variant::PvPoll, workload);
-        assert_eq!((p.exits.total, p.notifications(RingId::Console)), (0, 0));
+        assert_eq!((p.exits.total, p.notifications(CONSOLE_QUEUE)), (0, 0));
     }
     for s in &o.samples {
         assert!(!s.failed(), "{:?}", CaseId::try_from(s.sample.case));

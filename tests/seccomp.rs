@@ -297,33 +297,33 @@ const RING: u64 = LOAD + 0x1000;
 /// VMM starts its I/O thread), then spins; `exit(9)` if the registration failed.
 ///
 /// ```text
-/// mov edi, 1            ; RegionKind::ConsoleRing
+/// mov edi, 0x10000      ; CONSOLE_QUEUE
 /// mov esi, RING
 /// mov r8d, 0x1000
 /// mov r9d, 2            ; Transport::DoorbellEventfd
-/// mov eax, 8            ; RegisterRegion
+/// mov eax, 5            ; RegisterRegion
 /// mov edx, 0x500
 /// out dx, eax
 /// test rax, rax
 /// jnz fail
 /// jmp $
-/// fail: mov edi, 9; mov eax, 4; mov edx, 0x500; out dx, eax; hlt
+/// fail: mov edi, 9; mov eax, 3; mov edx, 0x500; out dx, eax; hlt
 /// ```
 fn ring_then_spin_elf() -> Vec<u8> {
     let ring = u32::try_from(RING).expect("below 4 GiB").to_le_bytes();
-    let mut code = vec![0xbf, 1, 0, 0, 0, 0xbe];
+    let mut code = vec![0xbf, 0, 0, 1, 0, 0xbe];
     code.extend_from_slice(&ring);
     code.extend_from_slice(&[
         0x41, 0xb8, 0x00, 0x10, 0x00, 0x00, // mov r8d, 0x1000
         0x41, 0xb9, 0x02, 0x00, 0x00, 0x00, // mov r9d, 2
-        0xb8, 0x08, 0x00, 0x00, 0x00, // mov eax, 8
+        0xb8, 0x05, 0x00, 0x00, 0x00, // mov eax, 5
         0xba, 0x00, 0x05, 0x00, 0x00, // mov edx, 0x500
         0xef, // out dx, eax
         0x48, 0x85, 0xc0, // test rax, rax
         0x75, 0x02, // jnz fail
         0xeb, 0xfe, // jmp $
         0xbf, 0x09, 0x00, 0x00, 0x00, // fail: mov edi, 9
-        0xb8, 0x04, 0x00, 0x00, 0x00, // mov eax, 4
+        0xb8, 0x03, 0x00, 0x00, 0x00, // mov eax, 3
         0xba, 0x00, 0x05, 0x00, 0x00, // mov edx, 0x500
         0xef, // out dx, eax
         0xf4, // hlt

@@ -172,17 +172,20 @@ fn refused_images_exit_1_with_a_message() {
     assert!(err.contains("truncated"), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
 
-    let v2 = ElfBuilder::new(LOAD, programs::SPIN)
-        .note(Some(AbiVersion { major: 2, minor: 0 }))
-        .build();
-    let p = temp_file("abi2.elf", &v2);
-    let o = pvkit(&["run", p.to_str().unwrap()]);
-    assert_eq!(code(&o), 1);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("guest was built for pvkit ABI 2.0, this VMM speaks 1.0"),
-        "{err}"
-    );
+    // A guest of ABI 1.0 (before the 2.0 break) and one of a future major are refused.
+    for (major, want) in [
+        (1, "guest was built for pvkit ABI 1.0, this VMM speaks 2.0"),
+        (3, "guest was built for pvkit ABI 3.0, this VMM speaks 2.0"),
+    ] {
+        let elf = ElfBuilder::new(LOAD, programs::SPIN)
+            .note(Some(AbiVersion { major, minor: 0 }))
+            .build();
+        let p = temp_file(&format!("abi{major}.elf"), &elf);
+        let o = pvkit(&["run", p.to_str().unwrap()]);
+        assert_eq!(code(&o), 1);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want), "{err}");
+    }
 
     let o = pvkit(&["run", "/nonexistent/kernel.elf"]);
     assert_eq!(code(&o), 1);

@@ -77,11 +77,24 @@
 // The boot page tables identity-map this much (4 GiB).
 #define PVKIT_IDENTITY_MAP_SIZE 4294967296
 
-// `BootInfo::magic`: `"PVKITBI1"` as a little-endian `u64` (a literal, for the C header).
-#define PVKIT_BOOT_MAGIC 3551442710932706896
+// The memory map: an array of [`MemoryRegion`] ([`BootInfo::memory_map_addr`]).
+#define PVKIT_MEMORY_MAP_ADDR 16384
 
-// Capacity of [`BootInfo::regions`].
-#define PVKIT_MAX_MEMORY_REGIONS 8
+// Room for the memory map in the boot area (bytes).
+#define PVKIT_MEMORY_MAP_MAX 4096
+
+// `BootInfo::magic`: `"PVKITBI2"` as a little-endian `u64` (a literal, for the C header).
+#define PVKIT_BOOT_MAGIC 3623500304970634832
+
+// Most entries the memory map holds (a balloon fragments the map; the host never writes
+// more).
+#define PVKIT_MAX_MEMORY_REGIONS 128
+
+// Call numbers of one class share this many low bits: the class is `nr >> CLASS_SHIFT`.
+#define PVKIT_CLASS_SHIFT 8
+
+// [`CLOCK_PAGE`] as arg0 of `RegisterRegion` (a literal, for the C header).
+#define PVKIT_CLOCK_PAGE_REGION 294912
 
 // `PvClock::flags`: the TSC is stable and synchronized across vCPUs.
 #define PVKIT_TSC_STABLE (1 << 0)
@@ -115,14 +128,18 @@
 // else. Benchmarks use it to measure the bare round trip of one port-I/O exit.
 #define PVKIT_NULL 1281
 
-// First doorbell port. The doorbell of ring `id` ([`crate::ring::RingId`]) is
-// `DOORBELL_BASE + id`. Any write of any width to a doorbell port rings it; the value is
-// ignored. A doorbell may be served by the VMM in userspace or by an ioeventfd, depending
-// on the transport the guest chose when registering the ring.
-#define PVKIT_DOORBELL_BASE 1296
+// The doorbell port: a 32-bit `out dx, eax` here notifies the queue whose
+// [`crate::ring::QueueId`] wire value ([`crate::ring::QueueId::to_u32`],
+// `device << 16 | queue`) is in `EAX`. One port serves every queue of every device. A
+// doorbell may be served by the VMM in userspace or by an ioeventfd that matches the value,
+// depending on the transport the guest chose when registering the queue. Writes of other
+// widths or of values that name no registered queue are counted and ignored; reads return
+// all ones.
+#define PVKIT_DOORBELL 1296
 
-// One past the last doorbell port.
-#define PVKIT_DOORBELL_END 1312
+// One past the last port of the pvkit range (`0x0500..0x0520`); the ports of the range
+// that this version does not define are reserved.
+#define PVKIT_PVKIT_PORTS_END 1312
 
 // The 16550 UART (COM1) base port used by the emulated console.
 #define PVKIT_COM1 1016
@@ -138,6 +155,28 @@
 
 // `host_flags`: the host found the ring corrupt and stopped servicing it.
 #define PVKIT_BROKEN (1 << 1)
+
+// Bit 15 of a region id's index: set for a device page ([`PageId`]), clear for a queue
+// ([`QueueId`]).
+#define PVKIT_PAGE_REGION 32768
+
+// [`CONSOLE_QUEUE`]'s wire value (doorbell value, `RegisterRegion` arg0; a literal for the
+// C header).
+#define PVKIT_CONSOLE_QUEUE_ID 65536
+
+// [`BLOCK_QUEUE`]'s wire value.
+#define PVKIT_BLOCK_QUEUE_ID 131072
+
+// `RegisterRegion` flags (arg3): the region belongs to the calling vCPU. The host keeps
+// one such region per vCPU (e.g. each vCPU's clock page); without the flag the region is
+// the VM's. A device that has no per-vCPU form of a region answers `EINVAL`.
+#define PVKIT_REGION_PER_VCPU (1 << 8)
+
+// `RegisterRegion` flags (arg3): the bits that hold a queue's [`Transport`] (0 for pages).
+#define PVKIT_REGION_TRANSPORT_MASK 255
+
+// `RegisterRegion` flags (arg3): every bit this version defines; others are `EINVAL`.
+#define PVKIT_REGION_FLAGS_KNOWN (PVKIT_REGION_TRANSPORT_MASK | PVKIT_REGION_PER_VCPU)
 
 // `RingHeader::req_prod`.
 #define PVKIT_REQ_PROD 0
@@ -158,7 +197,7 @@
 #define PVKIT_HOST_FLAGS 20
 
 // The major number of [`ABI_VERSION`] (also for C: `PVKIT_ABI_VERSION_MAJOR`).
-#define PVKIT_ABI_VERSION_MAJOR 1
+#define PVKIT_ABI_VERSION_MAJOR 2
 
 // The minor number of [`ABI_VERSION`].
 #define PVKIT_ABI_VERSION_MINOR 0
@@ -184,7 +223,8 @@ typedef uint32_t PVKIT_BlockOp;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
-// A hypercall number, placed in `EAX`. The discriminant is the wire number.
+// A hypercall number, placed in `EAX`. The discriminant is the wire number; it lies in
+// the range of its [`DeviceClass`] ([`Hypercall::class`]).
 enum PVKIT_Hypercall
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
   : uint32_t
@@ -194,35 +234,38 @@ enum PVKIT_Hypercall
   PVKIT_HYPERCALL_ABI_VERSION = 1,
   // `RDX` ← the host's feature bits ([`crate::cpuid::Features`]). No arguments.
   PVKIT_HYPERCALL_FEATURES = 2,
-  // Write bytes to the host console. arg0 = GPA of the bytes, arg1 = length
-  // (at most [`crate::console::MAX_WRITE`]). `RDX` ← bytes written.
-  PVKIT_HYPERCALL_CONSOLE_WRITE = 3,
   // Stop the VM; the VMM process exits with arg0 & 0xff as its status. Does not return.
-  PVKIT_HYPERCALL_EXIT = 4,
+  PVKIT_HYPERCALL_EXIT = 3,
   // Report a fatal guest fault or panic and stop the VM. arg0 = GPA of a
   // [`crate::fault::FaultReport`]. Does not return (if the report itself is unreadable,
   // the VM is still stopped and the VMM says so).
-  PVKIT_HYPERCALL_REPORT_FAULT = 5,
+  PVKIT_HYPERCALL_REPORT_FAULT = 4,
+  // Register a shared-memory region of a device. arg0 = [`crate::ring::RegionId`] (a
+  // device's queue, or one of its pages), arg1 = GPA (4 KiB aligned), arg2 = length in
+  // bytes, arg3 = flags: for a queue the [`crate::ring::Transport`] in bits 0–7;
+  // [`crate::ring::REGION_PER_VCPU`] registers the region for the calling vCPU. Other
+  // bits are reserved (`EINVAL`). Registering the same region again replaces it.
+  PVKIT_HYPERCALL_REGISTER_REGION = 5,
+  // Ask the host to service a registered queue now (the synchronous doorbell, usable
+  // when the queue's transport is a doorbell served in userspace). arg0 =
+  // [`crate::ring::QueueId`] (the value a doorbell write carries).
+  PVKIT_HYPERCALL_RING_KICK = 6,
+  // Write bytes to the host console. arg0 = GPA of the bytes, arg1 = length
+  // (at most [`crate::console::MAX_WRITE`]). `RDX` ← bytes written.
+  PVKIT_HYPERCALL_CONSOLE_WRITE = 256,
+  // `RDX` ← capacity of the PV block device in 512-byte sectors. No arguments.
+  PVKIT_HYPERCALL_BLOCK_CAPACITY = 512,
+  // One synchronous block request. arg0 = GPA of a [`crate::block::BlockRequest`].
+  // `RDX` ← bytes transferred. The request's status is the call's status.
+  PVKIT_HYPERCALL_BLOCK_IO = 513,
   // Mark the beginning or end of a benchmark phase so the host can attribute exits to it.
   // arg0 = phase id ([`crate::bench::CaseId`] packed), arg1 = [`crate::bench::PhaseMark`],
   // arg2 = operations done in the phase (at `End`).
-  PVKIT_HYPERCALL_BENCH_PHASE = 6,
+  PVKIT_HYPERCALL_BENCH_PHASE = 3840,
   // Report a benchmark sample. arg0 = GPA of a [`crate::bench::BenchSample`]; optionally
   // arg1 = GPA of an op log (`[crate::bench::OpRecord]`) and arg2 = its length
   // (≤ [`crate::bench::MAX_OP_LOG`]; 0 = no log) for host-side data verification.
-  PVKIT_HYPERCALL_BENCH_RESULT = 7,
-  // Register a shared-memory region. arg0 = [`crate::ring::RegionKind`], arg1 = GPA
-  // (4 KiB aligned), arg2 = length in bytes, arg3 = kind-specific flags (for rings, the
-  // [`crate::ring::Transport`]). Registering the same kind again replaces the region.
-  PVKIT_HYPERCALL_REGISTER_REGION = 8,
-  // `RDX` ← capacity of the PV block device in 512-byte sectors. No arguments.
-  PVKIT_HYPERCALL_BLOCK_CAPACITY = 9,
-  // One synchronous block request. arg0 = GPA of a [`crate::block::BlockRequest`].
-  // `RDX` ← bytes transferred. The request's status is the call's status.
-  PVKIT_HYPERCALL_BLOCK_IO = 10,
-  // Ask the host to service a registered ring now (the synchronous doorbell, usable when
-  // the ring's transport is a doorbell served in userspace). arg0 = [`crate::ring::RingId`].
-  PVKIT_HYPERCALL_RING_KICK = 11,
+  PVKIT_HYPERCALL_BENCH_RESULT = 3841,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -267,47 +310,6 @@ enum PVKIT_PhaseMark
 typedef enum PVKIT_PhaseMark PVKIT_PhaseMark;
 #else
 typedef uint64_t PVKIT_PhaseMark;
-#endif // __STDC_VERSION__ >= 202311L
-#endif // __cplusplus
-
-// The kind of a shared-memory region ([`crate::Hypercall::RegisterRegion`] arg0).
-enum PVKIT_RegionKind
-#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
-  : uint32_t
-#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
- {
-  // The console ring.
-  PVKIT_REGION_KIND_CONSOLE_RING = 1,
-  // The block ring.
-  PVKIT_REGION_KIND_BLOCK_RING = 2,
-  // The PV clock page ([`crate::clock::PvClock`]), 4 KiB.
-  PVKIT_REGION_KIND_CLOCK = 3,
-};
-#ifndef __cplusplus
-#if __STDC_VERSION__ >= 202311L
-typedef enum PVKIT_RegionKind PVKIT_RegionKind;
-#else
-typedef uint32_t PVKIT_RegionKind;
-#endif // __STDC_VERSION__ >= 202311L
-#endif // __cplusplus
-
-// Which device a ring belongs to. Also selects the ring's doorbell port
-// ([`crate::ports::doorbell`]).
-enum PVKIT_RingId
-#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
-  : uint32_t
-#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
- {
-  // Console ring: [`crate::console::ConsoleRequest`] / [`crate::console::ConsoleResponse`].
-  PVKIT_RING_ID_CONSOLE = 0,
-  // Block ring: [`crate::block::BlockRequest`] / [`crate::block::BlockResponse`].
-  PVKIT_RING_ID_BLOCK = 1,
-};
-#ifndef __cplusplus
-#if __STDC_VERSION__ >= 202311L
-typedef enum PVKIT_RingId PVKIT_RingId;
-#else
-typedef uint32_t PVKIT_RingId;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -380,9 +382,11 @@ typedef uint32_t PVKIT_Transport;
 
 // A version of the pvkit ABI.
 //
-// Compatibility rule: a host accepts a guest whose `major` equals its own and whose `minor`
-// is at most its own (the guest may use only what the host knows). A guest built for another
-// major version is refused at load time with both versions in the message.
+// Compatibility rule: a host accepts a guest whose `major` equals its own, whatever its
+// `minor`. Feature bits are the only gate within a major version: a guest built for a newer
+// minor checks the features it needs ([`crate::cpuid::Features`]) and does without the
+// rest. A guest built for another major version is refused at load time with both
+// versions in the message.
 typedef struct {
   // Incompatible changes bump this.
   uint32_t major;
@@ -462,22 +466,19 @@ typedef struct {
   uint64_t bytes;
 } PVKIT_BlockResponse;
 
-// One entry of the memory map.
-typedef struct {
-  // Guest-physical start address.
-  uint64_t start;
-  // Length in bytes.
-  uint64_t len;
-  // A [`MemoryKind`] value.
-  uint32_t kind;
-  // Zero.
-  uint32_t reserved;
-} PVKIT_MemoryRegion;
-
 // What the VMM tells the guest at entry. Pointed to by `RDI`.
+//
+// The structure can grow: `size` is its size as the host wrote it. A later minor version
+// appends fields; a guest reads a field only if `size` covers it, and ignores bytes
+// beyond the fields it knows.
 typedef struct {
   // [`BOOT_MAGIC`].
   uint64_t magic;
+  // The size of this structure in bytes as the host wrote it (`size_of::<BootInfo>()`
+  // for this version; more in a later minor).
+  uint32_t size;
+  // Zero.
+  uint32_t reserved0;
   // The host's ABI version ([`crate::AbiVersion::to_u64`]).
   uint64_t abi_version;
   // The host's feature bits ([`crate::cpuid::Features`]).
@@ -490,12 +491,13 @@ typedef struct {
   uint64_t cmdline_len;
   // The TSC frequency in kHz as the host knows it (0 if unknown).
   uint64_t tsc_khz;
-  // Number of valid entries in `regions`.
-  uint32_t region_count;
+  // GPA of the memory map: `memory_map_len` [`MemoryRegion`]s, sorted by address,
+  // non-overlapping, inside the slot `[MEMORY_MAP_ADDR, MEMORY_MAP_ADDR + MEMORY_MAP_MAX)`.
+  uint64_t memory_map_addr;
+  // Number of entries of the memory map (at most [`MAX_MEMORY_REGIONS`]).
+  uint32_t memory_map_len;
   // Zero.
-  uint32_t reserved;
-  // The memory map, sorted by address, non-overlapping.
-  PVKIT_MemoryRegion regions[PVKIT_MAX_MEMORY_REGIONS];
+  uint32_t reserved1;
 } PVKIT_BootInfo;
 
 // A console ring request: write `len` bytes at guest-physical `addr`.
@@ -538,13 +540,13 @@ typedef struct {
 typedef uint64_t PVKIT_Features;
 // [`crate::Hypercall::ConsoleWrite`].
 #define PVKIT_Features_CONSOLE (uint64_t)(1 << 0)
-// The console request ring ([`crate::ring::RingId::Console`]).
+// The console request ring ([`crate::ring::CONSOLE_QUEUE`]).
 #define PVKIT_Features_CONSOLE_RING (uint64_t)(1 << 1)
 // The PV block device: [`crate::Hypercall::BlockIo`] and
 // [`crate::Hypercall::BlockCapacity`]. Set only when the VM has a disk
 // (`pvkit run --disk`).
 #define PVKIT_Features_BLOCK (uint64_t)(1 << 2)
-// The block request ring ([`crate::ring::RingId::Block`]). Set only with a disk.
+// The block request ring ([`crate::ring::BLOCK_QUEUE`]). Set only with a disk.
 #define PVKIT_Features_BLOCK_RING (uint64_t)(1 << 3)
 // Ring doorbells served by an ioeventfd ([`crate::ring::Transport::DoorbellEventfd`]).
 #define PVKIT_Features_RING_EVENTFD (uint64_t)(1 << 4)
@@ -556,6 +558,18 @@ typedef uint64_t PVKIT_Features;
 #define PVKIT_Features_BENCH (uint64_t)(1 << 7)
 // KVM's own kvmclock is exposed at [`KVM_LEAF_BASE`].
 #define PVKIT_Features_KVMCLOCK (uint64_t)(1 << 8)
+
+// One entry of the memory map.
+typedef struct {
+  // Guest-physical start address.
+  uint64_t start;
+  // Length in bytes.
+  uint64_t len;
+  // A [`MemoryKind`] value.
+  uint32_t kind;
+  // Zero.
+  uint32_t reserved;
+} PVKIT_MemoryRegion;
 
 // One logged block operation, for host-side verification. Buffers named by a log must not
 // be modified by the guest between the operation and the `BenchResult` call, except by
@@ -600,7 +614,7 @@ typedef struct {
   uint32_t req_event;
   // Host: number of responses published (free-running).
   uint32_t rsp_prod;
-  // Guest: notify me when `rsp_prod` passes this value (reserved in v1).
+  // Guest: notify me when `rsp_prod` passes this value (reserved in 2.0).
   uint32_t rsp_event;
   // Guest, before registration: number of slots (power of two, ≤ [`MAX_RING_SIZE`]).
   uint32_t size;

@@ -44,11 +44,17 @@ pub const KERNEL_MIN_ADDR: u64 = 0x10_0000;
 /// The boot page tables identity-map this much (4 GiB).
 pub const IDENTITY_MAP_SIZE: u64 = 0x1_0000_0000;
 
-/// `BootInfo::magic`: `"PVKITBI1"` as a little-endian `u64` (a literal, for the C header).
-pub const BOOT_MAGIC: u64 = 0x3149_4254_494b_5650;
-const _: () = assert!(BOOT_MAGIC == u64::from_le_bytes(*b"PVKITBI1"));
-/// Capacity of [`BootInfo::regions`].
-pub const MAX_MEMORY_REGIONS: usize = 8;
+/// The memory map: an array of [`MemoryRegion`] ([`BootInfo::memory_map_addr`]).
+pub const MEMORY_MAP_ADDR: u64 = 0x4000;
+/// Room for the memory map in the boot area (bytes).
+pub const MEMORY_MAP_MAX: u64 = 0x1000;
+
+/// `BootInfo::magic`: `"PVKITBI2"` as a little-endian `u64` (a literal, for the C header).
+pub const BOOT_MAGIC: u64 = 0x3249_4254_494b_5650;
+const _: () = assert!(BOOT_MAGIC == u64::from_le_bytes(*b"PVKITBI2"));
+/// Most entries the memory map holds (a balloon fragments the map; the host never writes
+/// more).
+pub const MAX_MEMORY_REGIONS: usize = 128;
 
 /// The type of a [`MemoryRegion`].
 #[repr(u32)]
@@ -88,11 +94,20 @@ pub struct MemoryRegion {
 assert_layout!(MemoryRegion, size = 24, start @ 0, len @ 8, kind @ 16, reserved @ 20);
 
 /// What the VMM tells the guest at entry. Pointed to by `RDI`.
+///
+/// The structure can grow: `size` is its size as the host wrote it. A later minor version
+/// appends fields; a guest reads a field only if `size` covers it, and ignores bytes
+/// beyond the fields it knows.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BootInfo {
     /// [`BOOT_MAGIC`].
     pub magic: u64,
+    /// The size of this structure in bytes as the host wrote it (`size_of::<BootInfo>()`
+    /// for this version; more in a later minor).
+    pub size: u32,
+    /// Zero.
+    pub reserved0: u32,
     /// The host's ABI version ([`crate::AbiVersion::to_u64`]).
     pub abi_version: u64,
     /// The host's feature bits ([`crate::cpuid::Features`]).
@@ -105,32 +120,68 @@ pub struct BootInfo {
     pub cmdline_len: u64,
     /// The TSC frequency in kHz as the host knows it (0 if unknown).
     pub tsc_khz: u64,
-    /// Number of valid entries in `regions`.
-    pub region_count: u32,
+    /// GPA of the memory map: `memory_map_len` [`MemoryRegion`]s, sorted by address,
+    /// non-overlapping, inside the slot `[MEMORY_MAP_ADDR, MEMORY_MAP_ADDR + MEMORY_MAP_MAX)`.
+    pub memory_map_addr: u64,
+    /// Number of entries of the memory map (at most [`MAX_MEMORY_REGIONS`]).
+    pub memory_map_len: u32,
     /// Zero.
-    pub reserved: u32,
-    /// The memory map, sorted by address, non-overlapping.
-    pub regions: [MemoryRegion; MAX_MEMORY_REGIONS],
+    pub reserved1: u32,
 }
 assert_layout!(
     BootInfo,
-    size = 64 + 24 * MAX_MEMORY_REGIONS,
+    size = 80,
     magic @ 0,
-    abi_version @ 8,
-    features @ 16,
-    mem_size @ 24,
-    cmdline_addr @ 32,
-    cmdline_len @ 40,
-    tsc_khz @ 48,
-    region_count @ 56,
-    regions @ 64,
+    size @ 8,
+    reserved0 @ 12,
+    abi_version @ 16,
+    features @ 24,
+    mem_size @ 32,
+    cmdline_addr @ 40,
+    cmdline_len @ 48,
+    tsc_khz @ 56,
+    memory_map_addr @ 64,
+    memory_map_len @ 72,
+    reserved1 @ 76,
 );
 
+/// Size of [`BootInfo`] in this version (its `size` field as this host writes it).
+pub const BOOT_INFO_SIZE: u32 = core::mem::size_of::<BootInfo>() as u32;
+
 impl BootInfo {
-    /// The valid entries of the memory map (a bad count is clamped, never trusted).
-    pub fn regions(&self) -> &[MemoryRegion] {
-        let n = (self.region_count as usize).min(MAX_MEMORY_REGIONS);
-        &self.regions[..n]
+    /// Where the memory map is, as `(address, entries)`, when `memory_map_addr` and
+    /// `memory_map_len` describe entries inside the slot the boot contract reserves for it
+    /// (at most [`MAX_MEMORY_REGIONS`]); `None` otherwise: the values are checked, never
+    /// trusted. An empty map is `Some((addr, 0))`.
+    pub fn memory_map_range(&self) -> Option<(u64, usize)> {
+        let n = self.memory_map_len as usize;
+        let bytes = (n as u64).checked_mul(core::mem::size_of::<MemoryRegion>() as u64)?;
+        let end = self.memory_map_addr.checked_add(bytes)?;
+        (n <= MAX_MEMORY_REGIONS
+            && self.memory_map_addr >= MEMORY_MAP_ADDR
+            && self.memory_map_addr.is_multiple_of(8)
+            && end <= MEMORY_MAP_ADDR + MEMORY_MAP_MAX)
+            .then_some((self.memory_map_addr, n))
+    }
+
+    /// The memory map's entries; empty when [`BootInfo::memory_map_range`] rejects it.
+    ///
+    /// Reads guest memory at the memory-map slot, so it exists only in a guest (`guest`
+    /// feature, `x86_64-unknown-none`), and only the `BootInfo` the VMM placed at
+    /// [`BOOT_INFO_ADDR`] reads anything. It relies on the boot identity map still mapping
+    /// the boot area.
+    #[cfg(all(feature = "guest", target_arch = "x86_64", target_os = "none"))]
+    pub fn memory_map(&self) -> &[MemoryRegion] {
+        let at_boot_addr = core::ptr::eq(self, BOOT_INFO_ADDR as *const BootInfo);
+        match self.memory_map_range() {
+            Some((addr, n)) if at_boot_addr && n > 0 => {
+                // SAFETY: this is the VMM's `BootInfo`, so the boot contract holds: the
+                // entries lie inside the memory-map slot (checked), which the identity map
+                // maps and the VMM filled before entry, aligned for `MemoryRegion`.
+                unsafe { core::slice::from_raw_parts(addr as *const MemoryRegion, n) }
+            }
+            _ => &[],
+        }
     }
 
     /// Where the command line is, as `(address, length)`, when `cmdline_addr` and
@@ -179,7 +230,13 @@ impl BootInfo {
 const _: () = {
     assert!(GDT_ADDR < BOOT_INFO_ADDR);
     assert!(BOOT_INFO_ADDR + core::mem::size_of::<BootInfo>() as u64 <= CMDLINE_ADDR);
-    assert!(CMDLINE_ADDR + CMDLINE_MAX <= PAGE_TABLES);
+    assert!(CMDLINE_ADDR + CMDLINE_MAX <= MEMORY_MAP_ADDR);
+    assert!(
+        MAX_MEMORY_REGIONS as u64 * core::mem::size_of::<MemoryRegion>() as u64 <= MEMORY_MAP_MAX
+    );
+    assert!(MEMORY_MAP_ADDR + MEMORY_MAP_MAX <= PAGE_TABLES);
+    // A balloon fragments the map: room for at least 128 entries.
+    assert!(MAX_MEMORY_REGIONS >= 128);
     // PML4 + PDPT + 4 page directories (4 GiB of 2 MiB pages).
     assert!(PAGE_TABLES + 6 * 0x1000 <= BOOT_STACK_BOTTOM);
     assert!(BOOT_STACK_TOP <= KERNEL_MIN_ADDR);
@@ -190,37 +247,52 @@ const _: () = {
 mod tests {
     use super::*;
 
-    #[test]
-    fn region_count_is_clamped() {
-        let info = BootInfo {
+    fn info() -> BootInfo {
+        BootInfo {
             magic: BOOT_MAGIC,
+            size: BOOT_INFO_SIZE,
+            reserved0: 0,
             abi_version: 0,
             features: 0,
             mem_size: 0,
             cmdline_addr: 0,
             cmdline_len: 0,
             tsc_khz: 0,
-            region_count: 1000,
-            reserved: 0,
-            regions: [MemoryRegion::default(); MAX_MEMORY_REGIONS],
-        };
-        assert_eq!(info.regions().len(), MAX_MEMORY_REGIONS);
+            memory_map_addr: MEMORY_MAP_ADDR,
+            memory_map_len: 0,
+            reserved1: 0,
+        }
+    }
+
+    #[test]
+    fn memory_map_range_stays_in_its_slot() {
+        let mut info = info();
+        assert_eq!(info.memory_map_range(), Some((MEMORY_MAP_ADDR, 0)));
+        info.memory_map_len = MAX_MEMORY_REGIONS as u32;
+        assert_eq!(
+            info.memory_map_range(),
+            Some((MEMORY_MAP_ADDR, MAX_MEMORY_REGIONS))
+        );
+        info.memory_map_len = MAX_MEMORY_REGIONS as u32 + 1;
+        assert_eq!(info.memory_map_range(), None);
+        info.memory_map_len = u32::MAX;
+        assert_eq!(info.memory_map_range(), None);
+        info.memory_map_len = 2;
+        info.memory_map_addr = MEMORY_MAP_ADDR + MEMORY_MAP_MAX - 24;
+        assert_eq!(info.memory_map_range(), None); // the second entry leaves the slot
+        info.memory_map_addr = MEMORY_MAP_ADDR - 24;
+        assert_eq!(info.memory_map_range(), None);
+        info.memory_map_addr = u64::MAX - 8;
+        assert_eq!(info.memory_map_range(), None);
+        info.memory_map_addr = MEMORY_MAP_ADDR + 4;
+        assert_eq!(info.memory_map_range(), None); // misaligned
     }
 
     #[test]
     fn cmdline_range_stays_in_its_slot() {
-        let mut info = BootInfo {
-            magic: BOOT_MAGIC,
-            abi_version: 0,
-            features: 0,
-            mem_size: 0,
-            cmdline_addr: CMDLINE_ADDR,
-            cmdline_len: 5,
-            tsc_khz: 0,
-            region_count: 0,
-            reserved: 0,
-            regions: [MemoryRegion::default(); MAX_MEMORY_REGIONS],
-        };
+        let mut info = info();
+        info.cmdline_addr = CMDLINE_ADDR;
+        info.cmdline_len = 5;
         assert_eq!(info.cmdline_range(), Some((CMDLINE_ADDR, 5)));
         info.cmdline_len = CMDLINE_MAX - 1;
         assert_eq!(info.cmdline_range(), Some((CMDLINE_ADDR, 4095)));

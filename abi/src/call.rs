@@ -23,43 +23,153 @@
 //! A hypercall costs exactly one VM exit to the VMM. The same instruction works at any
 //! privilege level that may access the port (ring 0, or ring 3 with IOPL 3).
 
-/// A hypercall number, placed in `EAX`. The discriminant is the wire number.
+/// The device class a hypercall number, a queue or a page belongs to: bits 8–11 of a
+/// call number ([`DeviceClass::of_call`]) and bits 16–31 of a queue or region id
+/// ([`crate::ring::QueueId`], [`crate::ring::RegionId`]).
+///
+/// | class      | id    | call numbers      |
+/// |------------|-------|-------------------|
+/// | `Core`     | `0x0` | `0x001`–`0x0ff`   |
+/// | `Console`  | `0x1` | `0x100`–`0x1ff`   |
+/// | `Block`    | `0x2` | `0x200`–`0x2ff`   |
+/// | `Net`      | `0x3` | `0x300`–`0x3ff`   |
+/// | `Cpu`      | `0x4` | `0x400`–`0x4ff`   |
+/// | `Memory`   | `0x5` | `0x500`–`0x5ff`   |
+/// | `Bench`    | `0xf` | `0xf00`–`0xfff`   |
+///
+/// Numbers `0x600`–`0xeff` and above `0xfff` belong to no class (reserved).
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DeviceClass {
+    /// Discovery, stop, faults, and the generic region and ring calls.
+    Core = 0x0,
+    /// The PV console.
+    Console = 0x1,
+    /// The PV block device.
+    Block = 0x2,
+    /// The PV network device (reserved for it).
+    Net = 0x3,
+    /// Per-CPU state: the clock page; SMP, steal time and PV EOI will live here.
+    Cpu = 0x4,
+    /// Guest memory: the balloon (reserved for it).
+    Memory = 0x5,
+    /// Benchmark markers and debugging.
+    Bench = 0xf,
+}
+
+/// Call numbers of one class share this many low bits: the class is `nr >> CLASS_SHIFT`.
+pub const CLASS_SHIFT: u32 = 8;
+
+impl DeviceClass {
+    /// Every class, in id order.
+    ///
+    /// cbindgen:ignore
+    pub const ALL: &'static [DeviceClass] = &[
+        DeviceClass::Core,
+        DeviceClass::Console,
+        DeviceClass::Block,
+        DeviceClass::Net,
+        DeviceClass::Cpu,
+        DeviceClass::Memory,
+        DeviceClass::Bench,
+    ];
+
+    /// The first call number of the class's range.
+    pub const fn first_call(self) -> u32 {
+        (self as u32) << CLASS_SHIFT
+    }
+
+    /// The last call number of the class's range.
+    pub const fn last_call(self) -> u32 {
+        self.first_call() | ((1 << CLASS_SHIFT) - 1)
+    }
+
+    /// The class whose range holds call number `nr`, if any (it need not be a known call).
+    pub const fn of_call(nr: u32) -> Option<DeviceClass> {
+        match nr >> CLASS_SHIFT {
+            0x0 => Some(DeviceClass::Core),
+            0x1 => Some(DeviceClass::Console),
+            0x2 => Some(DeviceClass::Block),
+            0x3 => Some(DeviceClass::Net),
+            0x4 => Some(DeviceClass::Cpu),
+            0x5 => Some(DeviceClass::Memory),
+            0xf => Some(DeviceClass::Bench),
+            _ => None,
+        }
+    }
+
+    /// A short lower-case name, e.g. `"block"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DeviceClass::Core => "core",
+            DeviceClass::Console => "console",
+            DeviceClass::Block => "block",
+            DeviceClass::Net => "net",
+            DeviceClass::Cpu => "cpu",
+            DeviceClass::Memory => "memory",
+            DeviceClass::Bench => "bench",
+        }
+    }
+}
+
+impl TryFrom<u16> for DeviceClass {
+    type Error = u16;
+
+    fn try_from(v: u16) -> Result<Self, u16> {
+        match v {
+            0x0 => Ok(DeviceClass::Core),
+            0x1 => Ok(DeviceClass::Console),
+            0x2 => Ok(DeviceClass::Block),
+            0x3 => Ok(DeviceClass::Net),
+            0x4 => Ok(DeviceClass::Cpu),
+            0x5 => Ok(DeviceClass::Memory),
+            0xf => Ok(DeviceClass::Bench),
+            other => Err(other),
+        }
+    }
+}
+
+/// A hypercall number, placed in `EAX`. The discriminant is the wire number; it lies in
+/// the range of its [`DeviceClass`] ([`Hypercall::class`]).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Hypercall {
     /// `RDX` ← the host's ABI version ([`crate::AbiVersion::to_u64`]). No arguments.
-    AbiVersion = 1,
+    AbiVersion = 0x001,
     /// `RDX` ← the host's feature bits ([`crate::cpuid::Features`]). No arguments.
-    Features = 2,
-    /// Write bytes to the host console. arg0 = GPA of the bytes, arg1 = length
-    /// (at most [`crate::console::MAX_WRITE`]). `RDX` ← bytes written.
-    ConsoleWrite = 3,
+    Features = 0x002,
     /// Stop the VM; the VMM process exits with arg0 & 0xff as its status. Does not return.
-    Exit = 4,
+    Exit = 0x003,
     /// Report a fatal guest fault or panic and stop the VM. arg0 = GPA of a
     /// [`crate::fault::FaultReport`]. Does not return (if the report itself is unreadable,
     /// the VM is still stopped and the VMM says so).
-    ReportFault = 5,
+    ReportFault = 0x004,
+    /// Register a shared-memory region of a device. arg0 = [`crate::ring::RegionId`] (a
+    /// device's queue, or one of its pages), arg1 = GPA (4 KiB aligned), arg2 = length in
+    /// bytes, arg3 = flags: for a queue the [`crate::ring::Transport`] in bits 0–7;
+    /// [`crate::ring::REGION_PER_VCPU`] registers the region for the calling vCPU. Other
+    /// bits are reserved (`EINVAL`). Registering the same region again replaces it.
+    RegisterRegion = 0x005,
+    /// Ask the host to service a registered queue now (the synchronous doorbell, usable
+    /// when the queue's transport is a doorbell served in userspace). arg0 =
+    /// [`crate::ring::QueueId`] (the value a doorbell write carries).
+    RingKick = 0x006,
+    /// Write bytes to the host console. arg0 = GPA of the bytes, arg1 = length
+    /// (at most [`crate::console::MAX_WRITE`]). `RDX` ← bytes written.
+    ConsoleWrite = 0x100,
+    /// `RDX` ← capacity of the PV block device in 512-byte sectors. No arguments.
+    BlockCapacity = 0x200,
+    /// One synchronous block request. arg0 = GPA of a [`crate::block::BlockRequest`].
+    /// `RDX` ← bytes transferred. The request's status is the call's status.
+    BlockIo = 0x201,
     /// Mark the beginning or end of a benchmark phase so the host can attribute exits to it.
     /// arg0 = phase id ([`crate::bench::CaseId`] packed), arg1 = [`crate::bench::PhaseMark`],
     /// arg2 = operations done in the phase (at `End`).
-    BenchPhase = 6,
+    BenchPhase = 0xf00,
     /// Report a benchmark sample. arg0 = GPA of a [`crate::bench::BenchSample`]; optionally
     /// arg1 = GPA of an op log (`[crate::bench::OpRecord]`) and arg2 = its length
     /// (≤ [`crate::bench::MAX_OP_LOG`]; 0 = no log) for host-side data verification.
-    BenchResult = 7,
-    /// Register a shared-memory region. arg0 = [`crate::ring::RegionKind`], arg1 = GPA
-    /// (4 KiB aligned), arg2 = length in bytes, arg3 = kind-specific flags (for rings, the
-    /// [`crate::ring::Transport`]). Registering the same kind again replaces the region.
-    RegisterRegion = 8,
-    /// `RDX` ← capacity of the PV block device in 512-byte sectors. No arguments.
-    BlockCapacity = 9,
-    /// One synchronous block request. arg0 = GPA of a [`crate::block::BlockRequest`].
-    /// `RDX` ← bytes transferred. The request's status is the call's status.
-    BlockIo = 10,
-    /// Ask the host to service a registered ring now (the synchronous doorbell, usable when
-    /// the ring's transport is a doorbell served in userspace). arg0 = [`crate::ring::RingId`].
-    RingKick = 11,
+    BenchResult = 0xf01,
 }
 
 /// The call number in `EAX` is not a [`Hypercall`]. The host answers `ENOSYS`.
@@ -71,17 +181,17 @@ impl TryFrom<u32> for Hypercall {
 
     fn try_from(nr: u32) -> Result<Self, Self::Error> {
         Ok(match nr {
-            1 => Hypercall::AbiVersion,
-            2 => Hypercall::Features,
-            3 => Hypercall::ConsoleWrite,
-            4 => Hypercall::Exit,
-            5 => Hypercall::ReportFault,
-            6 => Hypercall::BenchPhase,
-            7 => Hypercall::BenchResult,
-            8 => Hypercall::RegisterRegion,
-            9 => Hypercall::BlockCapacity,
-            10 => Hypercall::BlockIo,
-            11 => Hypercall::RingKick,
+            0x001 => Hypercall::AbiVersion,
+            0x002 => Hypercall::Features,
+            0x003 => Hypercall::Exit,
+            0x004 => Hypercall::ReportFault,
+            0x005 => Hypercall::RegisterRegion,
+            0x006 => Hypercall::RingKick,
+            0x100 => Hypercall::ConsoleWrite,
+            0x200 => Hypercall::BlockCapacity,
+            0x201 => Hypercall::BlockIo,
+            0xf00 => Hypercall::BenchPhase,
+            0xf01 => Hypercall::BenchResult,
             _ => return Err(UnknownHypercall(nr)),
         })
     }
@@ -91,19 +201,34 @@ impl Hypercall {
     /// Every call of this ABI version, in wire-number order.
     ///
     /// cbindgen:ignore
-    pub const ALL: [Hypercall; 11] = [
+    pub const ALL: &'static [Hypercall] = &[
         Hypercall::AbiVersion,
         Hypercall::Features,
-        Hypercall::ConsoleWrite,
         Hypercall::Exit,
         Hypercall::ReportFault,
-        Hypercall::BenchPhase,
-        Hypercall::BenchResult,
         Hypercall::RegisterRegion,
+        Hypercall::RingKick,
+        Hypercall::ConsoleWrite,
         Hypercall::BlockCapacity,
         Hypercall::BlockIo,
-        Hypercall::RingKick,
+        Hypercall::BenchPhase,
+        Hypercall::BenchResult,
     ];
+
+    /// The device class whose number range holds this call.
+    pub const fn class(self) -> DeviceClass {
+        match self {
+            Hypercall::AbiVersion
+            | Hypercall::Features
+            | Hypercall::Exit
+            | Hypercall::ReportFault
+            | Hypercall::RegisterRegion
+            | Hypercall::RingKick => DeviceClass::Core,
+            Hypercall::ConsoleWrite => DeviceClass::Console,
+            Hypercall::BlockCapacity | Hypercall::BlockIo => DeviceClass::Block,
+            Hypercall::BenchPhase | Hypercall::BenchResult => DeviceClass::Bench,
+        }
+    }
 
     /// A short lower-case name for reports, e.g. `"console_write"`.
     pub const fn name(self) -> &'static str {
@@ -161,16 +286,63 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_call_round_trips() {
-        for (i, call) in Hypercall::ALL.iter().enumerate() {
-            assert_eq!(*call as u32, i as u32 + 1, "wire numbers are dense from 1");
-            assert_eq!(Hypercall::try_from(*call as u32), Ok(*call));
+    fn every_call_lies_in_its_class_range_and_round_trips() {
+        for (i, &call) in Hypercall::ALL.iter().enumerate() {
+            let nr = call as u32;
+            let class = call.class();
+            assert!(
+                (class.first_call()..=class.last_call()).contains(&nr),
+                "{} ({nr:#x}) outside the {} range",
+                call.name(),
+                class.name()
+            );
+            assert_eq!(DeviceClass::of_call(nr), Some(class));
+            assert_eq!(Hypercall::try_from(nr), Ok(call));
+            assert_ne!(nr, 0, "0 is never a call");
+            // Unique, and ALL is in wire-number order.
+            if let Some(next) = Hypercall::ALL.get(i + 1) {
+                assert!(nr < *next as u32, "{} and {}", call.name(), next.name());
+            }
         }
     }
 
     #[test]
-    fn unknown_numbers_are_errors() {
-        for nr in [0, 12, 0x100, u32::MAX] {
+    fn class_ranges_are_disjoint_and_decode() {
+        for (i, &c) in DeviceClass::ALL.iter().enumerate() {
+            assert_eq!(DeviceClass::try_from(c as u16), Ok(c));
+            assert_eq!(c.last_call() - c.first_call(), 0xff);
+            if let Some(next) = DeviceClass::ALL.get(i + 1) {
+                assert!(c.last_call() < next.first_call());
+            }
+        }
+        assert_eq!(DeviceClass::try_from(0x6), Err(0x6));
+        assert_eq!(DeviceClass::of_call(0x600), None);
+        assert_eq!(DeviceClass::of_call(0x1000), None);
+    }
+
+    #[test]
+    fn unknown_numbers_in_every_range_are_errors() {
+        let known = |nr: u32| Hypercall::ALL.iter().any(|&h| h as u32 == nr);
+        for &c in DeviceClass::ALL {
+            for nr in c.first_call()..=c.last_call() {
+                if !known(nr) {
+                    assert_eq!(Hypercall::try_from(nr), Err(UnknownHypercall(nr)));
+                }
+            }
+        }
+        for nr in [
+            0,
+            7,
+            0x101,
+            0x202,
+            0x300,
+            0x400,
+            0x500,
+            0x600,
+            0xf02,
+            0x1000,
+            u32::MAX,
+        ] {
             assert_eq!(Hypercall::try_from(nr), Err(UnknownHypercall(nr)));
         }
     }

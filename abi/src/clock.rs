@@ -1,7 +1,9 @@
 //! The PV clock page: time with zero exits, version-guarded like KVM's pvclock.
 //!
 //! The guest registers a 4 KiB page with [`crate::Hypercall::RegisterRegion`]
-//! ([`crate::ring::RegionKind::Clock`]); the host writes one [`PvClock`] at offset 0. To
+//! ([`CLOCK_PAGE`], a page of the CPU class); the host writes one [`PvClock`] at offset 0.
+//! With [`crate::ring::REGION_PER_VCPU`] in the flags the page is the calling vCPU's (each
+//! vCPU registers its own, as with kvmclock); without it, the VM's one page. To
 //! read the time the guest (ring 0, or ring 3 through a vDSO-style read-only mapping):
 //!
 //! 1. reads `version`; if odd, the host is updating: retry;
@@ -11,12 +13,20 @@
 //!    where the product `delta × tsc_to_system_mul` needs 96 bits: compute it in 128 bits
 //!    (or as two 64-bit halves), never in 64, or the time wraps after a few seconds.
 //!
-//! The `RegisterRegion` flags argument (arg3) is unused for the clock page: pass 0 (the
-//! host ignores it today; other values are reserved).
+//! The `RegisterRegion` flags argument (arg3) for the clock page is 0 or
+//! [`crate::ring::REGION_PER_VCPU`]; other values are `EINVAL`.
 //!
 //! System time is nanoseconds of the host's `CLOCK_MONOTONIC` since the VM started.
 
 use crate::assert_layout;
+use crate::call::DeviceClass;
+use crate::ring::PageId;
+
+/// The clock page's region id: page 0 of the CPU class.
+pub const CLOCK_PAGE: PageId = PageId::new(DeviceClass::Cpu, 0);
+/// [`CLOCK_PAGE`] as arg0 of `RegisterRegion` (a literal, for the C header).
+pub const CLOCK_PAGE_REGION: u64 = 0x4_8000;
+const _: () = assert!(CLOCK_PAGE_REGION == crate::ring::RegionId::Page(CLOCK_PAGE).to_u64());
 
 /// `PvClock::flags`: the TSC is stable and synchronized across vCPUs.
 pub const TSC_STABLE: u8 = 1 << 0;

@@ -41,13 +41,13 @@ bitflags! {
     pub struct Features: u64 {
         /// [`crate::Hypercall::ConsoleWrite`].
         const CONSOLE = 1 << 0;
-        /// The console request ring ([`crate::ring::RingId::Console`]).
+        /// The console request ring ([`crate::ring::CONSOLE_QUEUE`]).
         const CONSOLE_RING = 1 << 1;
         /// The PV block device: [`crate::Hypercall::BlockIo`] and
         /// [`crate::Hypercall::BlockCapacity`]. Set only when the VM has a disk
         /// (`pvkit run --disk`).
         const BLOCK = 1 << 2;
-        /// The block request ring ([`crate::ring::RingId::Block`]). Set only with a disk.
+        /// The block request ring ([`crate::ring::BLOCK_QUEUE`]). Set only with a disk.
         const BLOCK_RING = 1 << 3;
         /// Ring doorbells served by an ioeventfd ([`crate::ring::Transport::DoorbellEventfd`]).
         const RING_EVENTFD = 1 << 4;

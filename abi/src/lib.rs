@@ -1,4 +1,4 @@
-//! # pvkit ABI v1 — the wire contract between a paravirtualized guest and the pvkit VMM
+//! # pvkit ABI v2 — the wire contract between a paravirtualized guest and the pvkit VMM
 //!
 //! This crate is the specification in code. Everything a guest and the host exchange is
 //! defined here, once: the hypercall calling convention ([`call`]), the status codes
@@ -14,6 +14,9 @@
 //!   error, never to a panic.
 //! - The ABI version ([`ABI_VERSION`]) is independent of this crate's semver. A change that
 //!   an old peer cannot understand bumps the major version; additions bump the minor version.
+//!   Within a major, feature bits are the only gate.
+//! - Hypercall numbers, queues and pages are grouped by device class
+//!   ([`call::DeviceClass`]).
 //!
 //! With the `guest` feature, [`guest`] provides the call stubs for x86_64 guests.
 //!

@@ -10,19 +10,18 @@ pub const HYPERCALL: u16 = 0x0500;
 /// else. Benchmarks use it to measure the bare round trip of one port-I/O exit.
 pub const NULL: u16 = 0x0501;
 
-/// First doorbell port. The doorbell of ring `id` ([`crate::ring::RingId`]) is
-/// `DOORBELL_BASE + id`. Any write of any width to a doorbell port rings it; the value is
-/// ignored. A doorbell may be served by the VMM in userspace or by an ioeventfd, depending
-/// on the transport the guest chose when registering the ring.
-pub const DOORBELL_BASE: u16 = 0x0510;
+/// The doorbell port: a 32-bit `out dx, eax` here notifies the queue whose
+/// [`crate::ring::QueueId`] wire value ([`crate::ring::QueueId::to_u32`],
+/// `device << 16 | queue`) is in `EAX`. One port serves every queue of every device. A
+/// doorbell may be served by the VMM in userspace or by an ioeventfd that matches the value,
+/// depending on the transport the guest chose when registering the queue. Writes of other
+/// widths or of values that name no registered queue are counted and ignored; reads return
+/// all ones.
+pub const DOORBELL: u16 = 0x0510;
 
-/// One past the last doorbell port.
-pub const DOORBELL_END: u16 = 0x0520;
+/// One past the last port of the pvkit range (`0x0500..0x0520`); the ports of the range
+/// that this version does not define are reserved.
+pub const PVKIT_PORTS_END: u16 = 0x0520;
 
 /// The 16550 UART (COM1) base port used by the emulated console.
 pub const COM1: u16 = 0x03f8;
-
-/// The doorbell port of ring `id`.
-pub const fn doorbell(id: crate::ring::RingId) -> u16 {
-    DOORBELL_BASE + id as u16
-}

@@ -1,7 +1,8 @@
 //! The shared request/response ring, its indices, and the notification-suppression rules.
 //!
 //! A ring is one region of guest memory registered with
-//! [`crate::Hypercall::RegisterRegion`] (the kind names the device). Its layout:
+//! [`crate::Hypercall::RegisterRegion`] as a device's queue ([`QueueId`]: device class and
+//! queue index; a device may have several). Its layout:
 //!
 //! ```text
 //! offset 0                         RingHeader (64 bytes)
@@ -19,7 +20,7 @@
 //!
 //! **Producing requests (guest).** Write the requests into their slots, then a release
 //! fence, then store the new `req_prod`, then a full fence, then read `req_event`. Notify
-//! (ring the doorbell) only if [`need_notify`]`(new, old, req_event)` and the host is not
+//! (write the queue's [`QueueId`] to the doorbell port) only if [`need_notify`]`(new, old, req_event)` and the host is not
 //! polling (`host_flags & HOST_POLLING == 0`). This is Xen's `req_event` hold-off, the
 //! same rule as virtio's `EVENT_IDX`: one notification per batch, none while the host is
 //! already working.
@@ -29,9 +30,10 @@
 //! re-read `req_prod` to close the race with a guest that published meanwhile.
 //!
 //! **Responses (guest).** The guest polls `rsp_prod` (or uses `rsp_event` symmetrically when
-//! the host offers completion interrupts; v1 hosts do not interrupt).
+//! the host offers completion interrupts; 2.0 hosts do not interrupt).
 
 use crate::assert_layout;
+use crate::call::DeviceClass;
 
 /// Largest ring size the host accepts (slots). Bounds host memory and work per batch.
 pub const MAX_RING_SIZE: u32 = 256;
@@ -54,7 +56,7 @@ pub struct RingHeader {
     pub req_event: u32,
     /// Host: number of responses published (free-running).
     pub rsp_prod: u32,
-    /// Guest: notify me when `rsp_prod` passes this value (reserved in v1).
+    /// Guest: notify me when `rsp_prod` passes this value (reserved in 2.0).
     pub rsp_event: u32,
     /// Guest, before registration: number of slots (power of two, ≤ [`MAX_RING_SIZE`]).
     pub size: u32,
@@ -139,64 +141,129 @@ pub const fn is_valid_size(size: u32) -> bool {
     size != 0 && size <= MAX_RING_SIZE && size.is_power_of_two()
 }
 
-/// Which device a ring belongs to. Also selects the ring's doorbell port
-/// ([`crate::ports::doorbell`]).
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RingId {
-    /// Console ring: [`crate::console::ConsoleRequest`] / [`crate::console::ConsoleResponse`].
-    Console = 0,
-    /// Block ring: [`crate::block::BlockRequest`] / [`crate::block::BlockResponse`].
-    Block = 1,
+/// A queue (a ring) of a device: the device's class and the queue's index within it.
+/// Multi-queue devices number their queues from 0 (the PV network device will have `rx`
+/// and `tx`).
+///
+/// On the wire it is one `u32`, `device << 16 | queue` ([`QueueId::to_u32`]): the value a
+/// guest writes to the doorbell port [`crate::ports::DOORBELL`] to notify the queue, and
+/// arg0 of [`crate::Hypercall::RingKick`]. Queue indices are below [`PAGE_REGION`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueId {
+    /// The device.
+    pub device: DeviceClass,
+    /// The queue's index within the device (`< PAGE_REGION`).
+    pub queue: u16,
 }
 
-impl TryFrom<u32> for RingId {
-    type Error = u32;
+/// A device page that is not a ring (e.g. the PV clock page): the device's class and the
+/// page's index within it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PageId {
+    /// The device.
+    pub device: DeviceClass,
+    /// The page's index within the device (`< PAGE_REGION`).
+    pub page: u16,
+}
 
-    fn try_from(v: u32) -> Result<Self, u32> {
-        match v {
-            0 => Ok(RingId::Console),
-            1 => Ok(RingId::Block),
-            other => Err(other),
+/// Bit 15 of a region id's index: set for a device page ([`PageId`]), clear for a queue
+/// ([`QueueId`]).
+pub const PAGE_REGION: u16 = 0x8000;
+
+/// The console's queue: [`crate::console::ConsoleRequest`] / [`crate::console::ConsoleResponse`].
+pub const CONSOLE_QUEUE: QueueId = QueueId::new(DeviceClass::Console, 0);
+/// The block device's queue: [`crate::block::BlockRequest`] / [`crate::block::BlockResponse`].
+pub const BLOCK_QUEUE: QueueId = QueueId::new(DeviceClass::Block, 0);
+
+/// [`CONSOLE_QUEUE`]'s wire value (doorbell value, `RegisterRegion` arg0; a literal for the
+/// C header).
+pub const CONSOLE_QUEUE_ID: u32 = 0x1_0000;
+/// [`BLOCK_QUEUE`]'s wire value.
+pub const BLOCK_QUEUE_ID: u32 = 0x2_0000;
+const _: () = assert!(CONSOLE_QUEUE_ID == CONSOLE_QUEUE.to_u32());
+const _: () = assert!(BLOCK_QUEUE_ID == BLOCK_QUEUE.to_u32());
+
+impl QueueId {
+    /// Queue `queue` of `device`.
+    pub const fn new(device: DeviceClass, queue: u16) -> Self {
+        Self { device, queue }
+    }
+
+    /// The wire form: `device << 16 | queue` (the doorbell value).
+    pub const fn to_u32(self) -> u32 {
+        ((self.device as u32) << 16) | self.queue as u32
+    }
+
+    /// Decodes a wire value; `Err(v)` for an unknown class or a page index.
+    pub fn from_u32(v: u32) -> Result<Self, u32> {
+        let device = DeviceClass::try_from((v >> 16) as u16).map_err(|_| v)?;
+        let queue = v as u16;
+        if queue & PAGE_REGION != 0 {
+            return Err(v);
         }
+        Ok(Self { device, queue })
     }
 }
 
-/// The kind of a shared-memory region ([`crate::Hypercall::RegisterRegion`] arg0).
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RegionKind {
-    /// The console ring.
-    ConsoleRing = 1,
-    /// The block ring.
-    BlockRing = 2,
-    /// The PV clock page ([`crate::clock::PvClock`]), 4 KiB.
-    Clock = 3,
-}
-
-impl TryFrom<u64> for RegionKind {
-    type Error = u64;
-
-    fn try_from(v: u64) -> Result<Self, u64> {
-        match v {
-            1 => Ok(RegionKind::ConsoleRing),
-            2 => Ok(RegionKind::BlockRing),
-            3 => Ok(RegionKind::Clock),
-            other => Err(other),
-        }
+impl PageId {
+    /// Page `page` of `device`.
+    pub const fn new(device: DeviceClass, page: u16) -> Self {
+        Self { device, page }
     }
 }
 
-impl RegionKind {
-    /// The ring this region holds, if it is a ring.
-    pub const fn ring(self) -> Option<RingId> {
+/// What [`crate::Hypercall::RegisterRegion`] registers (arg0): a device's queue or one of
+/// its pages. On the wire `device << 16 | index`, with [`PAGE_REGION`] set in the index for
+/// a page; the upper 32 bits of arg0 are zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RegionId {
+    /// A ring.
+    Queue(QueueId),
+    /// A page that is not a ring.
+    Page(PageId),
+}
+
+impl RegionId {
+    /// The wire form (arg0 of `RegisterRegion`).
+    pub const fn to_u64(self) -> u64 {
         match self {
-            RegionKind::ConsoleRing => Some(RingId::Console),
-            RegionKind::BlockRing => Some(RingId::Block),
-            RegionKind::Clock => None,
+            RegionId::Queue(q) => q.to_u32() as u64,
+            RegionId::Page(p) => {
+                (((p.device as u32) << 16) | (p.page as u32 & 0x7fff) | PAGE_REGION as u32) as u64
+            }
+        }
+    }
+
+    /// Decodes arg0 of `RegisterRegion`; `Err(v)` for an unknown class or non-zero upper
+    /// bits.
+    pub fn from_u64(v: u64) -> Result<Self, u64> {
+        let w = u32::try_from(v).map_err(|_| v)?;
+        let device = DeviceClass::try_from((w >> 16) as u16).map_err(|_| v)?;
+        let index = w as u16;
+        Ok(if index & PAGE_REGION != 0 {
+            RegionId::Page(PageId::new(device, index & !PAGE_REGION))
+        } else {
+            RegionId::Queue(QueueId::new(device, index))
+        })
+    }
+
+    /// The device the region belongs to.
+    pub const fn device(self) -> DeviceClass {
+        match self {
+            RegionId::Queue(q) => q.device,
+            RegionId::Page(p) => p.device,
         }
     }
 }
+
+/// `RegisterRegion` flags (arg3): the region belongs to the calling vCPU. The host keeps
+/// one such region per vCPU (e.g. each vCPU's clock page); without the flag the region is
+/// the VM's. A device that has no per-vCPU form of a region answers `EINVAL`.
+pub const REGION_PER_VCPU: u64 = 1 << 8;
+/// `RegisterRegion` flags (arg3): the bits that hold a queue's [`Transport`] (0 for pages).
+pub const REGION_TRANSPORT_MASK: u64 = 0xff;
+/// `RegisterRegion` flags (arg3): every bit this version defines; others are `EINVAL`.
+pub const REGION_FLAGS_KNOWN: u64 = REGION_TRANSPORT_MASK | REGION_PER_VCPU;
 
 /// How the host learns that a ring has new requests (arg3 of
 /// [`crate::Hypercall::RegisterRegion`] for a ring).
@@ -284,12 +351,33 @@ mod tests {
     }
 
     #[test]
-    fn enum_decoding() {
-        assert_eq!(RingId::try_from(1), Ok(RingId::Block));
-        assert_eq!(RingId::try_from(7), Err(7));
-        assert_eq!(RegionKind::try_from(3), Ok(RegionKind::Clock));
-        assert_eq!(RegionKind::try_from(0), Err(0));
+    fn queue_and_region_ids_round_trip() {
+        assert_eq!(CONSOLE_QUEUE.to_u32(), 0x1_0000);
+        assert_eq!(BLOCK_QUEUE.to_u32(), 0x2_0000);
+        let net_tx = QueueId::new(DeviceClass::Net, 1);
+        assert_eq!(QueueId::from_u32(net_tx.to_u32()), Ok(net_tx));
+        assert_eq!(QueueId::from_u32(0x7_0000), Err(0x7_0000)); // no class 7
+        assert_eq!(QueueId::from_u32(0x1_8000), Err(0x1_8000)); // a page, not a queue
+        for r in [
+            RegionId::Queue(BLOCK_QUEUE),
+            RegionId::Queue(net_tx),
+            RegionId::Page(PageId::new(DeviceClass::Cpu, 0)),
+            RegionId::Page(PageId::new(DeviceClass::Cpu, 0x7fff)),
+        ] {
+            assert_eq!(RegionId::from_u64(r.to_u64()), Ok(r));
+        }
+        assert_eq!(
+            RegionId::Page(PageId::new(DeviceClass::Cpu, 0)).to_u64(),
+            0x4_8000
+        );
+        assert_eq!(RegionId::from_u64(1 << 32), Err(1 << 32));
+        assert_eq!(RegionId::from_u64(0x10_0000), Err(0x10_0000));
+    }
+
+    #[test]
+    fn transport_decoding() {
         assert_eq!(Transport::try_from(3), Ok(Transport::HostPoll));
         assert_eq!(Transport::try_from(4), Err(4));
+        assert_eq!(Transport::try_from(0), Err(0));
     }
 }

@@ -2,9 +2,11 @@
 
 /// A version of the pvkit ABI.
 ///
-/// Compatibility rule: a host accepts a guest whose `major` equals its own and whose `minor`
-/// is at most its own (the guest may use only what the host knows). A guest built for another
-/// major version is refused at load time with both versions in the message.
+/// Compatibility rule: a host accepts a guest whose `major` equals its own, whatever its
+/// `minor`. Feature bits are the only gate within a major version: a guest built for a newer
+/// minor checks the features it needs ([`crate::cpuid::Features`]) and does without the
+/// rest. A guest built for another major version is refused at load time with both
+/// versions in the message.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AbiVersion {
@@ -17,7 +19,7 @@ pub struct AbiVersion {
 crate::assert_layout!(AbiVersion, size = 8, major @ 0, minor @ 4);
 
 /// The major number of [`ABI_VERSION`] (also for C: `PVKIT_ABI_VERSION_MAJOR`).
-pub const ABI_VERSION_MAJOR: u32 = 1;
+pub const ABI_VERSION_MAJOR: u32 = 2;
 /// The minor number of [`ABI_VERSION`].
 pub const ABI_VERSION_MINOR: u32 = 0;
 
@@ -41,9 +43,10 @@ impl AbiVersion {
         }
     }
 
-    /// Whether a host speaking `self` can run a guest built for `guest`.
+    /// Whether a host speaking `self` can run a guest built for `guest`: the same major
+    /// (any minor; the guest checks feature bits).
     pub const fn host_accepts(self, guest: AbiVersion) -> bool {
-        self.major == guest.major && guest.minor <= self.minor
+        self.major == guest.major
     }
 }
 
@@ -64,16 +67,18 @@ mod tests {
             minor: 0xdead_beef,
         };
         assert_eq!(AbiVersion::from_u64(v.to_u64()), v);
-        assert_eq!(ABI_VERSION.to_u64(), 1 << 32);
+        assert_eq!(ABI_VERSION.to_u64(), 2 << 32);
     }
 
     #[test]
     fn compatibility_rule() {
-        let host = AbiVersion { major: 1, minor: 2 };
-        assert!(host.host_accepts(AbiVersion { major: 1, minor: 0 }));
-        assert!(host.host_accepts(AbiVersion { major: 1, minor: 2 }));
-        assert!(!host.host_accepts(AbiVersion { major: 1, minor: 3 }));
-        assert!(!host.host_accepts(AbiVersion { major: 2, minor: 0 }));
+        let host = AbiVersion { major: 2, minor: 2 };
+        assert!(host.host_accepts(AbiVersion { major: 2, minor: 0 }));
+        assert!(host.host_accepts(AbiVersion { major: 2, minor: 2 }));
+        // A newer minor runs: feature bits are the gate.
+        assert!(host.host_accepts(AbiVersion { major: 2, minor: 3 }));
+        assert!(!host.host_accepts(AbiVersion { major: 1, minor: 0 }));
+        assert!(!host.host_accepts(AbiVersion { major: 3, minor: 0 }));
         assert!(!host.host_accepts(AbiVersion { major: 0, minor: 9 }));
     }
 }

@@ -34,7 +34,7 @@ pub fn init(boot: &BootInfo) {
 /// The largest usable region after clipping, as `(start, len)`, capped at [`MAX_HEAP`].
 fn choose(boot: &BootInfo, kernel_end: u64) -> Option<(u64, u64)> {
     let top = boot.mem_size.min(IDENTITY_MAP_SIZE);
-    boot.regions()
+    boot.memory_map()
         .iter()
         .filter(|r| r.kind == MemoryKind::Usable as u32)
         .filter_map(|r| {

@@ -25,8 +25,8 @@
 use crate::statics::Exclusive;
 use core::sync::atomic::{AtomicBool, Ordering};
 use pvkit_abi::boot::{
-    BootInfo, MemoryKind, MemoryRegion, BOOT_MAGIC, CMDLINE_MAX, IDENTITY_MAP_SIZE,
-    MAX_MEMORY_REGIONS,
+    BootInfo, MemoryKind, MemoryRegion, BOOT_INFO_SIZE, BOOT_MAGIC, CMDLINE_MAX, IDENTITY_MAP_SIZE,
+    MAX_MEMORY_REGIONS, MEMORY_MAP_ADDR,
 };
 use pvkit_abi::ABI_VERSION;
 
@@ -213,20 +213,17 @@ pub fn booted_pvh() -> bool {
 /// The `BootInfo` synthesized from the start info.
 static BOOT_INFO: Exclusive<BootInfo> = Exclusive::new(BootInfo {
     magic: 0,
+    size: 0,
+    reserved0: 0,
     abi_version: 0,
     features: 0,
     mem_size: 0,
     cmdline_addr: 0,
     cmdline_len: 0,
     tsc_khz: 0,
-    region_count: 0,
-    reserved: 0,
-    regions: [MemoryRegion {
-        start: 0,
-        len: 0,
-        kind: 0,
-        reserved: 0,
-    }; MAX_MEMORY_REGIONS],
+    memory_map_addr: 0,
+    memory_map_len: 0,
+    reserved1: 0,
 });
 
 /// The command line, copied out of the loader's memory (room for the NUL kept).
@@ -273,6 +270,15 @@ pub fn boot_info(addr: u64) -> &'static BootInfo {
     let boot = BOOT_INFO.take();
     boot.magic = BOOT_MAGIC;
     boot.abi_version = ABI_VERSION.to_u64();
+    boot.size = BOOT_INFO_SIZE;
+    // Gathered first, written to the boot contract's memory-map slot afterwards: the
+    // loader's own map may lie anywhere in low memory, that slot included.
+    let mut map = [MemoryRegion {
+        start: 0,
+        len: 0,
+        kind: 0,
+        reserved: 0,
+    }; MAX_MEMORY_REGIONS];
     let mut n = 0;
     for i in 0..si.memmap_entries.min(MAX_MEMMAP_ENTRIES) {
         let e: MemmapEntry = read_phys(si.memmap_paddr + u64::from(i) * 24, "memory map");
@@ -283,7 +289,7 @@ pub fn boot_info(addr: u64) -> &'static BootInfo {
         if end <= e.addr {
             continue;
         }
-        boot.regions[n] = MemoryRegion {
+        map[n] = MemoryRegion {
             start: e.addr,
             len: end - e.addr,
             kind: MemoryKind::Usable as u32,
@@ -292,7 +298,6 @@ pub fn boot_info(addr: u64) -> &'static BootInfo {
         boot.mem_size = boot.mem_size.max(end);
         n += 1;
     }
-    boot.region_count = n as u32;
     if si.cmdline_paddr != 0 {
         let buf = CMDLINE.take();
         let mut len = 0;
@@ -307,6 +312,15 @@ pub fn boot_info(addr: u64) -> &'static BootInfo {
         boot.cmdline_addr = buf.as_ptr() as u64;
         boot.cmdline_len = len as u64;
     }
+    // SAFETY: the slot `[MEMORY_MAP_ADDR, MEMORY_MAP_ADDR + MEMORY_MAP_MAX)` is low RAM
+    // inside the identity map `pvh_start` built, below the kernel image, and the boot
+    // contract reserves it for the memory map (room for MAX_MEMORY_REGIONS entries,
+    // asserted in pvkit-abi); everything the loader left there was read above.
+    unsafe {
+        core::ptr::copy_nonoverlapping(map.as_ptr(), MEMORY_MAP_ADDR as *mut MemoryRegion, n);
+    }
+    boot.memory_map_addr = MEMORY_MAP_ADDR;
+    boot.memory_map_len = n as u32;
     boot
 }
 

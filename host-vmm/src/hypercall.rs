@@ -167,7 +167,21 @@ mod tests {
     #[test]
     fn unknown_numbers_are_enosys() {
         let mut h = Harness::new();
-        for nr in [0, 12, 99, u32::MAX] {
+        // Unknown numbers in every class's range, between ranges and above them.
+        for nr in [
+            0,
+            7,
+            0xff,
+            0x101,
+            0x202,
+            0x300,
+            0x400,
+            0x500,
+            0x600,
+            0xf02,
+            0x1000,
+            u32::MAX,
+        ] {
             assert_eq!(h.raw(nr, [u64::MAX; 4]), err(Status::ENOSYS));
         }
     }
@@ -177,7 +191,7 @@ mod tests {
         let mut h = Harness::new();
         assert_eq!(
             h.call(Hypercall::AbiVersion, [9; 4]),
-            ret(Status::Ok, 1 << 32)
+            ret(Status::Ok, 2 << 32)
         );
         assert_eq!(
             h.call(Hypercall::Features, [0; 4]),

@@ -622,7 +622,7 @@ mod tests {
     #[test]
     fn failures_carry_reasons_and_no_numbers() {
         let c = id(Device::Block, Variant::PvRing, Workload::RandRead4K);
-        let ok_phase = phase(c, 4, &[(ExitKind::PortWrite(0x511), 4)], 100);
+        let ok_phase = phase(c, 4, &[(ExitKind::PortWrite(0x510), 4)], 100);
         let mut bad = sample(c, 4, 16384, 0, vec![]);
         bad.verification = Verification::Failed("entry 2: data mismatch".into());
         let cases = build_cases(&[Measurement {

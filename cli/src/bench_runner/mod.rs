@@ -628,7 +628,7 @@ mod tests {
     fn platform_block() {
         let p = platform(Some(2_300_000));
         assert_eq!(p.tsc_khz, 2_300_000);
-        assert_eq!(p.abi_version, "1.0");
+        assert_eq!(p.abi_version, "2.0");
         assert_eq!(p.hardware_virtualization, p.kind != "kvm_pvm");
         assert!(!p.git_commit.is_empty());
     }

@@ -207,13 +207,13 @@ pub fn case_label(c: CaseId) -> String {
 }
 
 /// The key of an exit kind in [`pvkit_report::Case::exits_by_kind`]: `"port-out 0x3f8"`,
-/// `"port-in 0x3fd"`, `"port-out 0x511 (doorbell)"`, `"port-out 0x501 (null)"`,
+/// `"port-in 0x3fd"`, `"port-out 0x510 (doorbell)"`, `"port-out 0x501 (null)"`,
 /// `"hypercall console_write"`, …
 pub fn exit_key(k: ExitKind) -> String {
     let port_note = |p: u16| {
         if p == ports::NULL {
             " (null)"
-        } else if (ports::DOORBELL_BASE..ports::DOORBELL_END).contains(&p) {
+        } else if p == ports::DOORBELL {
             " (doorbell)"
         } else {
             ""
@@ -265,8 +265,8 @@ mod tests {
         assert_eq!(exit_key(ExitKind::PortWrite(0x3f8)), "port-out 0x3f8");
         assert_eq!(exit_key(ExitKind::PortRead(0x3fd)), "port-in 0x3fd");
         assert_eq!(
-            exit_key(ExitKind::PortWrite(0x511)),
-            "port-out 0x511 (doorbell)"
+            exit_key(ExitKind::PortWrite(0x510)),
+            "port-out 0x510 (doorbell)"
         );
         assert_eq!(
             exit_key(ExitKind::PortWrite(0x501)),

@@ -16,13 +16,13 @@
 use arbitrary::{Arbitrary, Unstructured};
 use pvkit_abi::bench::{CaseId, Device, PhaseMark, Variant, Workload};
 use pvkit_abi::block::BlockOp;
-use pvkit_abi::boot::{BootInfo, MemoryKind, MemoryRegion, MAX_MEMORY_REGIONS};
-use pvkit_abi::call::{Hypercall, UnknownHypercall};
+use pvkit_abi::boot::{BootInfo, MemoryKind, BOOT_INFO_SIZE, MAX_MEMORY_REGIONS, MEMORY_MAP_ADDR};
+use pvkit_abi::call::{DeviceClass, Hypercall, UnknownHypercall};
 use pvkit_abi::clock::PvClock;
 use pvkit_abi::cpuid::Features;
 use pvkit_abi::note::parse_abi_note;
 use pvkit_abi::ring::{
-    is_valid_size, need_notify, request_offset, response_offset, ring_bytes, RegionKind, RingId,
+    is_valid_size, need_notify, request_offset, response_offset, ring_bytes, QueueId, RegionId,
     Transport, HEADER_SIZE,
 };
 use pvkit_abi::status::{Status, UnknownStatus};
@@ -43,9 +43,9 @@ pub enum AbiOp {
     Status(u64),
     /// `Status::try_from` on a small negative value (hits the errno codes).
     Errno(i8),
-    /// `RegionKind`, `Transport` from `u64`.
+    /// `RegionId`, `Transport` from `u64`.
     Region(u64),
-    /// `RingId`, `BlockOp`, `MemoryKind` from `u32`.
+    /// `QueueId`, `BlockOp`, `MemoryKind` from `u32`.
     Small(u32),
     /// `CaseId::try_from(u64)`.
     Case(u64),
@@ -171,6 +171,8 @@ fn apply(op: AbiOp) {
                 assert_eq!(h as u32, nr);
                 assert!(Hypercall::ALL.contains(&h));
                 assert!(!h.name().is_empty());
+                // Every call lies in its class's range.
+                assert_eq!(DeviceClass::of_call(nr), Some(h.class()));
             }
             Err(UnknownHypercall(back)) => {
                 assert_eq!(back, nr);
@@ -180,11 +182,11 @@ fn apply(op: AbiOp) {
         AbiOp::Status(raw) => status(raw),
         AbiOp::Errno(e) => status(i64::from(e) as u64),
         AbiOp::Region(v) => {
-            match RegionKind::try_from(v) {
-                Ok(k) => {
-                    assert_eq!(k as u32 as u64, v);
-                    if let Some(id) = k.ring() {
-                        assert_eq!(RingId::try_from(id as u32), Ok(id));
+            match RegionId::from_u64(v) {
+                Ok(r) => {
+                    assert_eq!(r.to_u64(), v);
+                    if let RegionId::Queue(q) = r {
+                        assert_eq!(QueueId::from_u32(q.to_u32()), Ok(q));
                     }
                 }
                 Err(back) => assert_eq!(back, v),
@@ -195,14 +197,10 @@ fn apply(op: AbiOp) {
             }
         }
         AbiOp::Small(v) => {
-            match RingId::try_from(v) {
-                Ok(id) => {
-                    assert_eq!(id as u32, v);
-                    let port = pvkit_abi::ports::doorbell(id);
-                    assert!(
-                        (pvkit_abi::ports::DOORBELL_BASE..pvkit_abi::ports::DOORBELL_END)
-                            .contains(&port)
-                    );
+            match QueueId::from_u32(v) {
+                Ok(q) => {
+                    assert_eq!(q.to_u32(), v);
+                    assert_eq!(RegionId::from_u64(u64::from(v)), Ok(RegionId::Queue(q)));
                 }
                 Err(back) => assert_eq!(back, v),
             }
@@ -252,27 +250,28 @@ fn apply(op: AbiOp) {
         AbiOp::Version(a, b) => {
             let (va, vb) = (AbiVersion::from_u64(a), AbiVersion::from_u64(b));
             assert_eq!(va.to_u64(), a);
-            assert_eq!(
-                va.host_accepts(vb),
-                va.major == vb.major && vb.minor <= va.minor
-            );
+            // Same major, any minor: feature bits are the gate within a major.
+            assert_eq!(va.host_accepts(vb), va.major == vb.major);
             let f = Features::from_bits_truncate(a);
             assert_eq!(f.bits() & !Features::all().bits(), 0);
         }
         AbiOp::BootRegions(n) => {
             let info = BootInfo {
                 magic: pvkit_abi::boot::BOOT_MAGIC,
+                size: BOOT_INFO_SIZE,
+                reserved0: 0,
                 abi_version: 0,
                 features: 0,
                 mem_size: 0,
                 cmdline_addr: 0,
                 cmdline_len: 0,
                 tsc_khz: 0,
-                region_count: n,
-                reserved: 0,
-                regions: [MemoryRegion::default(); MAX_MEMORY_REGIONS],
+                memory_map_addr: MEMORY_MAP_ADDR,
+                memory_map_len: n,
+                reserved1: 0,
             };
-            assert_eq!(info.regions().len(), (n as usize).min(MAX_MEMORY_REGIONS));
+            let want = (n as usize <= MAX_MEMORY_REGIONS).then_some((MEMORY_MAP_ADDR, n as usize));
+            assert_eq!(info.memory_map_range(), want);
         }
     }
 }

@@ -8,6 +8,10 @@
 //! The `HostPoll` transport is mapped to `Doorbell` (it starts the I/O thread, which would
 //! touch guest memory concurrently with the checks; its ring logic is `pv_ring`'s), and
 //! `DoorbellEventfd` answers `EOPNOTSUPP` because the backend has no ioeventfd registrar.
+//! So that arbitrary inputs reach the known regions, a `RegisterRegion` region id below 4
+//! is read as a selector (1 console queue, 2 block queue, 3 clock page; 0 stays the core
+//! class's queue 0) and a `RingKick` id below 2 as a queue (0 console, 1 block); every other
+//! value goes to the VMM as it is.
 //!
 //! Invariants:
 //! - `dispatch` never panics;
@@ -27,8 +31,10 @@ use std::sync::Arc;
 use arbitrary::{Arbitrary, Unstructured};
 use pvkit_abi::block::BlockRequest;
 use pvkit_abi::call::{CallReturn, Hypercall, RawCall};
+use pvkit_abi::clock::CLOCK_PAGE_REGION;
 use pvkit_abi::console::MAX_WRITE;
-use pvkit_abi::ring::{ring_bytes, HEADER_SIZE};
+use pvkit_abi::cpuid::Features;
+use pvkit_abi::ring::{ring_bytes, BLOCK_QUEUE_ID, CONSOLE_QUEUE_ID, HEADER_SIZE};
 use pvkit_abi::{Status, ABI_VERSION};
 use pvkit_devices::{BlockBackend, MemBackend};
 use pvkit_pv::{ClockSample, Wire};
@@ -82,7 +88,7 @@ encode_struct!(HcSetup { ram, pv });
 /// A call number.
 #[derive(Arbitrary, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Nr {
-    /// `Hypercall::ALL[v % 11]`.
+    /// `Hypercall::ALL[v % Hypercall::ALL.len()]`.
     Known(u8),
     /// Anything.
     Raw(u32),
@@ -326,19 +332,21 @@ impl Harness {
                     status: Status::Ok, ..
                 }) = out
                 {
+                    const CONSOLE: u64 = CONSOLE_QUEUE_ID as u64;
+                    const BLOCK: u64 = BLOCK_QUEUE_ID as u64;
                     match kind {
-                        1 | 2 => {
+                        CONSOLE | BLOCK => {
                             let size = u32::from_le_bytes(
                                 self.ram.model(addr + 16, 4).try_into().unwrap(),
                             );
-                            let (rq, rs) = if kind == 1 { (16, 16) } else { (152, 24) };
+                            let (rq, rs) = if kind == CONSOLE { (16, 16) } else { (152, 24) };
                             let bytes = ring_bytes(size, rq, rs).expect("accepted ring size");
                             assert!(bytes as u64 <= len);
-                            self.rings[(kind - 1) as usize] = Some((addr, bytes));
+                            self.rings[usize::from(kind == BLOCK)] = Some((addr, bytes));
                             allowed.push((addr, addr + HEADER_SIZE as u64));
                         }
-                        3 => allowed.push((addr, addr + 32)),
-                        _ => panic!("region kind {kind} accepted"),
+                        CLOCK_PAGE_REGION => allowed.push((addr, addr + 32)),
+                        _ => panic!("region {kind:#x} accepted"),
                     }
                 }
             }
@@ -375,7 +383,8 @@ impl Harness {
         let mut allowed = Vec::new();
         for (id, r) in self.rings.iter().enumerate() {
             let Some((gpa, bytes)) = *r else { continue };
-            if ring != id as u64 {
+            let queue = [CONSOLE_QUEUE_ID, BLOCK_QUEUE_ID][id];
+            if ring != u64::from(queue) {
                 continue;
             }
             let end = gpa + bytes as u64;
@@ -457,8 +466,19 @@ pub fn run(data: &[u8]) {
                 Nr::Raw(v) => v,
             };
             let mut args = args.map(Arg::get);
-            if nr == Hypercall::RegisterRegion as u32 && args[3] == 3 {
-                args[3] = 1; // HostPoll would start the I/O thread; see the module docs.
+            if nr == Hypercall::RegisterRegion as u32 {
+                if args[3] == 3 {
+                    args[3] = 1; // HostPoll would start the I/O thread; see the module docs.
+                }
+                args[0] = match args[0] {
+                    1 => u64::from(CONSOLE_QUEUE_ID),
+                    2 => u64::from(BLOCK_QUEUE_ID),
+                    3 => CLOCK_PAGE_REGION,
+                    other => other,
+                };
+            }
+            if nr == Hypercall::RingKick as u32 && args[0] < 2 {
+                args[0] = u64::from([CONSOLE_QUEUE_ID, BLOCK_QUEUE_ID][args[0] as usize]);
             }
             h.call(nr, args);
         }

@@ -25,7 +25,7 @@ use pvkit_abi::block::{
     BlockOp, BlockRequest, BlockResponse, BlockSegment, MAX_REQUEST_BYTES, MAX_SEGMENTS,
     SECTOR_SIZE,
 };
-use pvkit_abi::ring::{RegionKind, RingId, Transport};
+use pvkit_abi::ring::{RegionId, Transport, BLOCK_QUEUE};
 use pvkit_abi::Status;
 
 /// Bytes per segment of a request built here: `MAX_REQUEST_BYTES / MAX_SEGMENTS` (128 KiB).
@@ -215,21 +215,29 @@ pub fn capacity() -> Result<u64, Status> {
     crate::hypercall::block_capacity()
 }
 
-/// Initializes a ring of `size` slots in `mem` and registers it with the host as `kind`
-/// (`RegisterRegion(kind, gpa, len, transport)`): the set-up every PV ring driver shares.
+/// Initializes a ring of `size` slots in `mem` and registers it with the host as queue
+/// `queue` (`RegisterRegion(queue, gpa, len, transport)`): the set-up every PV ring driver
+/// shares.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn register_ring<Req: crate::ring::RingItem, Rsp: crate::ring::RingItem>(
     mem: &'static mut [u8],
     size: u32,
-    kind: RegionKind,
+    queue: pvkit_abi::ring::QueueId,
     transport: Transport,
 ) -> Result<Ring<Req, Rsp>, SetupError> {
     let ring = Ring::new(mem, size).map_err(SetupError::Ring)?;
     let gpa = virt_to_phys(ring.as_ptr());
     // SAFETY: the ring memory is 'static and used only by this ring and the host, which
     // accesses it as the ring protocol says.
-    unsafe { crate::hypercall::register_region(kind, gpa, ring.len() as u64, transport as u64) }
-        .map_err(SetupError::Host)?;
+    unsafe {
+        crate::hypercall::register_region(
+            RegionId::Queue(queue),
+            gpa,
+            ring.len() as u64,
+            transport as u64,
+        )
+    }
+    .map_err(SetupError::Host)?;
     Ok(ring)
 }
 
@@ -254,7 +262,7 @@ pub struct BlockRing {
 impl BlockRing {
     /// Sets up a ring of `size` slots in `mem` (4 KiB aligned, at least
     /// [`BlockRing::bytes`]`(size)` long) and registers it with the host
-    /// (`RegisterRegion(BlockRing, gpa, len, transport)`). Registering replaces the
+    /// (`RegisterRegion(BLOCK_QUEUE, gpa, len, transport)`). Registering replaces the
     /// previous block ring: give each registration its own memory (an old host poller
     /// must never see a ring re-initialized under it).
     pub fn register(
@@ -262,7 +270,7 @@ impl BlockRing {
         size: u32,
         transport: Transport,
     ) -> Result<Self, SetupError> {
-        let ring = register_ring(mem, size, RegionKind::BlockRing, transport)?;
+        let ring = register_ring(mem, size, BLOCK_QUEUE, transport)?;
         Ok(BlockRing { ring, transport })
     }
 
@@ -357,7 +365,7 @@ impl BlockRing {
     }
 
     /// Publishes the queued requests without ringing: returns whether the host asked for
-    /// the doorbell ([`crate::ring::kick`] with [`RingId::Block`], a port write: ring 0
+    /// the doorbell ([`crate::ring::kick`] with [`BLOCK_QUEUE`], a port write: ring 0
     /// only). Never with `HostPoll`. This is what ring-3 code polling a ring calls.
     #[inline]
     pub fn publish(&mut self) -> bool {
@@ -370,7 +378,7 @@ impl BlockRing {
     pub fn submit(&mut self) -> bool {
         let notify = self.ring.publish();
         if notify {
-            crate::ring::kick(RingId::Block);
+            crate::ring::kick(BLOCK_QUEUE);
         }
         notify
     }

@@ -131,15 +131,21 @@ impl ClockReader {
     }
 }
 
-/// Registers `page` as the PV clock page (`RegisterRegion(Clock, gpa, 4096, 0)`, one
-/// exit) and returns its reader. Fails with the host's status (`EOPNOTSUPP` without the
+/// Registers `page` as the calling vCPU's PV clock page
+/// (`RegisterRegion(CLOCK_PAGE, gpa, 4096, REGION_PER_VCPU)`, one exit) and returns its
+/// reader. Fails with the host's status (`EOPNOTSUPP` without the
 /// `CLOCK` feature). Check [`ClockReader::version`] is non-zero before trusting the time.
 #[cfg(target_arch = "x86_64")]
 pub fn register(page: &'static ClockPage) -> Result<ClockReader, pvkit_abi::Status> {
     // SAFETY: the page is 'static; the host writes only the record at its start, under the
     // version protocol, and the guest only reads it.
     unsafe {
-        crate::hypercall::register_region(pvkit_abi::ring::RegionKind::Clock, page.gpa(), 4096, 0)
+        crate::hypercall::register_region(
+            pvkit_abi::ring::RegionId::Page(pvkit_abi::clock::CLOCK_PAGE),
+            page.gpa(),
+            4096,
+            pvkit_abi::ring::REGION_PER_VCPU,
+        )
     }?;
     Ok(page.reader())
 }

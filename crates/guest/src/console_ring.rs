@@ -1,4 +1,4 @@
-//! The PV console over the console ring ([`pvkit_abi::ring::RingId::Console`]): writes
+//! The PV console over the console ring ([`pvkit_abi::ring::CONSOLE_QUEUE`]): writes
 //! are queued as [`ConsoleRequest`]s, published together and notified with one doorbell per
 //! batch (when the host asks for one); the host writes them out in ring order.
 //!
@@ -11,7 +11,7 @@ use crate::addr::virt_to_phys;
 use crate::block::{register_ring, SetupError};
 use crate::ring::{QueueError, Ring, WaitError};
 use pvkit_abi::console::{ConsoleRequest, ConsoleResponse, MAX_WRITE};
-use pvkit_abi::ring::{RegionKind, RingId, Transport};
+use pvkit_abi::ring::{Transport, CONSOLE_QUEUE};
 use pvkit_abi::Status;
 
 /// The console request ring.
@@ -26,14 +26,14 @@ pub struct ConsoleRing {
 impl ConsoleRing {
     /// Sets up a ring of `size` slots in `mem` (4 KiB aligned, at least
     /// [`ConsoleRing::bytes`]`(size)` long) and registers it with the host
-    /// (`RegisterRegion(ConsoleRing, gpa, len, transport)`). As with the block ring, give
+    /// (`RegisterRegion(CONSOLE_QUEUE, gpa, len, transport)`). As with the block ring, give
     /// each registration its own memory.
     pub fn register(
         mem: &'static mut [u8],
         size: u32,
         transport: Transport,
     ) -> Result<Self, SetupError> {
-        let ring = register_ring(mem, size, RegionKind::ConsoleRing, transport)?;
+        let ring = register_ring(mem, size, CONSOLE_QUEUE, transport)?;
         Ok(ConsoleRing {
             ring,
             transport,
@@ -74,7 +74,7 @@ impl ConsoleRing {
     }
 
     /// Publishes the queued writes without ringing: returns whether the host asked for the
-    /// doorbell ([`crate::ring::kick`] with [`RingId::Console`], a port write: ring 0
+    /// doorbell ([`crate::ring::kick`] with [`CONSOLE_QUEUE`], a port write: ring 0
     /// only). Never with `HostPoll`. This is what ring-3 code polling the ring calls.
     #[inline]
     pub fn publish(&mut self) -> bool {
@@ -87,7 +87,7 @@ impl ConsoleRing {
     pub fn submit(&mut self) -> bool {
         let notify = self.ring.publish();
         if notify {
-            crate::ring::kick(RingId::Console);
+            crate::ring::kick(CONSOLE_QUEUE);
         }
         notify
     }

@@ -13,7 +13,7 @@ use pvkit_abi::{
     cpuid::Features,
     fault::FaultReport,
     guest,
-    ring::{RegionKind, RingId},
+    ring::{QueueId, RegionId},
     AbiVersion, Hypercall, Status,
 };
 
@@ -78,21 +78,27 @@ pub fn bench_result_with_log(sample: &BenchSample, log: &[OpRecord]) -> Result<(
 }
 
 /// Registers a shared region of `len` bytes at guest-physical `gpa` (4 KiB aligned) as
-/// `kind`; `flags` is the ring transport for rings, 0 for the clock.
+/// `region` (a device's queue or page); `flags` holds the transport for a queue, and
+/// [`pvkit_abi::ring::REGION_PER_VCPU`] for a region of the calling vCPU.
 ///
 /// # Safety
 ///
-/// From this call on the host reads and writes the region as the ABI says for `kind`, at
+/// From this call on the host reads and writes the region as the ABI says for `region`, at
 /// any time, until it is replaced: the memory must stay valid and must only be accessed
 /// the way the ABI allows (atomics on shared fields).
 pub unsafe fn register_region(
-    kind: RegionKind,
+    region: RegionId,
     gpa: u64,
     len: u64,
     flags: u64,
 ) -> Result<(), Status> {
     // SAFETY: forwarded to the caller's contract.
-    let r = unsafe { guest::call(Hypercall::RegisterRegion, [kind as u64, gpa, len, flags]) };
+    let r = unsafe {
+        guest::call(
+            Hypercall::RegisterRegion,
+            [region.to_u64(), gpa, len, flags],
+        )
+    };
     r.into_result().map(drop)
 }
 
@@ -115,11 +121,11 @@ pub unsafe fn block_io(req: &BlockRequest) -> Result<u64, Status> {
     unsafe { guest::call(Hypercall::BlockIo, [virt_to_phys(req), 0, 0, 0]) }.into_result()
 }
 
-/// Asks the host to service ring `ring` now (the synchronous doorbell); returns the
+/// Asks the host to service queue `queue` now (the synchronous doorbell); returns the
 /// number of requests serviced.
-pub fn ring_kick(ring: RingId) -> Result<u64, Status> {
+pub fn ring_kick(queue: QueueId) -> Result<u64, Status> {
     // SAFETY: the host accesses only the registered ring, which its registration allows.
-    unsafe { guest::call(Hypercall::RingKick, [ring as u64, 0, 0, 0]) }.into_result()
+    unsafe { guest::call(Hypercall::RingKick, [u64::from(queue.to_u32()), 0, 0, 0]) }.into_result()
 }
 
 /// The host's ABI version (also in `BootInfo` and CPUID, which cost no exit to the VMM).

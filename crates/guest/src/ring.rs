@@ -473,19 +473,20 @@ pub fn full_fence() {
     core::sync::atomic::fence(Ordering::SeqCst);
 }
 
-/// Rings the doorbell of ring `id`: one byte-wide `out` to [`pvkit_abi::ports::doorbell`].
+/// Rings the doorbell of queue `id`: one 32-bit `out` of its id
+/// ([`pvkit_abi::ring::QueueId::to_u32`]) to [`pvkit_abi::ports::DOORBELL`].
 ///
-/// Ring 0 (or IOPL 3). Rings nothing harmful when the ring is unregistered: the host
+/// Ring 0 (or IOPL 3). Rings nothing harmful when the queue is unregistered: the host
 /// counts the write and ignores it.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub fn kick(id: pvkit_abi::ring::RingId) {
-    // SAFETY: a port write to a pvkit doorbell port: the host reads nothing from it but the
-    // port number, and touches no guest memory except the registered ring's. No `nomem`:
-    // the slots and `req_prod` written before must not be moved after it.
+pub fn kick(id: pvkit_abi::ring::QueueId) {
+    // SAFETY: a port write to the pvkit doorbell port: the host reads nothing from it but
+    // the value, and touches no guest memory except the registered ring's. No `nomem`: the
+    // slots and `req_prod` written before must not be moved after it.
     unsafe {
-        core::arch::asm!("out dx, al", in("dx") pvkit_abi::ports::doorbell(id), in("al") 0u8,
-            options(nostack, preserves_flags));
+        core::arch::asm!("out dx, eax", in("dx") pvkit_abi::ports::DOORBELL,
+            in("eax") id.to_u32(), options(nostack, preserves_flags));
     }
 }
 

@@ -112,8 +112,10 @@ __attribute__((used, noreturn)) void kmain(const PVKIT_BootInfo *boot)
         pvkit_exit(1);
     print("hello from C over the pvkit PV console\n");
 
-    struct pvkit_result r = pvkit_call(PVKIT_HYPERCALL_REGISTER_REGION, PVKIT_REGION_KIND_CLOCK,
-                                       (uint64_t)(uintptr_t)clock_page, 4096, 0);
+    /* This vCPU's clock page: page 0 of the CPU class, registered per vCPU. */
+    struct pvkit_result r = pvkit_call(PVKIT_HYPERCALL_REGISTER_REGION, PVKIT_CLOCK_PAGE_REGION,
+                                       (uint64_t)(uintptr_t)clock_page, 4096,
+                                       PVKIT_REGION_PER_VCPU);
     if (r.status != PVKIT_STATUS_OK || clock_page[0].version == 0) {
         print("no PV clock\n");
         pvkit_exit(43);

@@ -86,7 +86,7 @@ use pvkit_abi::bench::{
 };
 use pvkit_abi::block::{BlockOp, BlockRequest, SECTOR_SIZE};
 use pvkit_abi::cpuid::Features;
-use pvkit_abi::ring::RingId;
+use pvkit_abi::ring::BLOCK_QUEUE;
 use pvkit_abi::Status;
 use pvkit_guest::addr::virt_to_phys;
 use pvkit_guest::ata::Ata;
@@ -731,7 +731,7 @@ extern "C" fn ring_loop(arg: u64) -> u64 {
                     kick_needed = true;
                     break;
                 }
-                kick(RingId::Block);
+                kick(BLOCK_QUEUE);
             }
         }
         let mut bad = 0u64;
@@ -776,7 +776,7 @@ fn drive(l: &mut RingLoop) {
         if !l.kick {
             break;
         }
-        kick(RingId::Block);
+        kick(BLOCK_QUEUE);
     }
 }
 

@@ -30,7 +30,7 @@ use crate::user;
 use pvkit_abi::bench::{Device, Variant, Workload, SAMPLE_LATENCY_PASS, SAMPLE_RING3};
 use pvkit_abi::cpuid::Features;
 use pvkit_abi::ports::COM1;
-use pvkit_abi::ring::{RingId, Transport};
+use pvkit_abi::ring::{Transport, CONSOLE_QUEUE};
 use pvkit_guest::console_ring::ConsoleRing;
 use pvkit_guest::ring::kick;
 use pvkit_guest::tsc::rdtsc;
@@ -239,7 +239,7 @@ fn drive(l: &mut RingLoop) {
         if !l.kick {
             break;
         }
-        kick(RingId::Console);
+        kick(CONSOLE_QUEUE);
     }
 }
 
@@ -337,7 +337,7 @@ extern "C" fn ring_loop(arg: u64) -> u64 {
                     kick_needed = true;
                     break;
                 }
-                kick(RingId::Console);
+                kick(CONSOLE_QUEUE);
             }
         }
         let mut bad = 0u64;

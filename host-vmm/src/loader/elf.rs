@@ -918,22 +918,40 @@ mod tests {
 
     #[test]
     fn wrong_major_and_newer_minor() {
-        let b = good().note(Some(AbiVersion { major: 2, minor: 0 })).build();
+        let b = good().note(Some(AbiVersion { major: 3, minor: 0 })).build();
         let err = ElfImage::parse(&b).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "guest was built for pvkit ABI 2.0, this VMM speaks 1.0"
+            "guest was built for pvkit ABI 3.0, this VMM speaks 2.0"
         );
-        let b = good().note(Some(AbiVersion { major: 1, minor: 9 })).build();
-        assert!(matches!(
-            ElfImage::parse(&b),
-            Err(ElfError::AbiMismatch { .. })
-        ));
+        // A guest of a newer minor of the same major runs: feature bits are the gate.
+        let b = good().note(Some(AbiVersion { major: 2, minor: 9 })).build();
+        assert_eq!(
+            ElfImage::parse(&b).unwrap().abi,
+            AbiVersion { major: 2, minor: 9 }
+        );
         let b = good().note(Some(AbiVersion { major: 0, minor: 1 })).build();
         assert!(matches!(
             ElfImage::parse(&b),
             Err(ElfError::AbiMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn an_abi_1_0_guest_is_refused_with_both_versions() {
+        let b = good().note(Some(AbiVersion { major: 1, minor: 0 })).build();
+        let err = ElfImage::parse(&b).unwrap_err();
+        assert_eq!(
+            err,
+            ElfError::AbiMismatch {
+                guest: AbiVersion { major: 1, minor: 0 },
+                host: AbiVersion { major: 2, minor: 0 },
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "guest was built for pvkit ABI 1.0, this VMM speaks 2.0"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! at [`MAX_HEAP`]. The map marks the kernel image and the boot area reserved, so the heap
 //! never overlaps them. Initializing writes one free-list node: nothing is zeroed.
 
-use pvkit_abi::boot::{BootInfo, MemoryKind, IDENTITY_MAP_SIZE, KERNEL_MIN_ADDR};
+use pvkit_abi::boot::{BootInfo, MemoryKind, MemoryRegion, IDENTITY_MAP_SIZE, KERNEL_MIN_ADDR};
 
 /// The most the heap takes.
 pub const MAX_HEAP: u64 = 16 << 20;
@@ -16,10 +16,9 @@ static ALLOCATOR: linked_list_allocator::LockedHeap = linked_list_allocator::Loc
 /// The heap region chosen from `boot`, as `(start, len)`: the largest usable region above
 /// [`KERNEL_MIN_ADDR`] and below the end of RAM and of the identity map, 16-byte aligned,
 /// capped at [`MAX_HEAP`].
-pub fn choose(boot: &BootInfo) -> Option<(u64, u64)> {
+pub fn choose(boot: &BootInfo, map: &[MemoryRegion]) -> Option<(u64, u64)> {
     let top = boot.mem_size.min(IDENTITY_MAP_SIZE);
-    boot.regions()
-        .iter()
+    map.iter()
         .filter(|r| r.kind == MemoryKind::Usable as u32)
         .filter_map(|r| {
             let start = r.start.max(KERNEL_MIN_ADDR).checked_add(15)? & !15;
@@ -32,7 +31,11 @@ pub fn choose(boot: &BootInfo) -> Option<(u64, u64)> {
 
 /// Hands the chosen region to the allocator; panics (reported) if there is none.
 pub(super) fn init(boot: &BootInfo) {
-    let Some((start, len)) = choose(boot) else {
+    #[cfg(target_os = "none")]
+    let map = boot.memory_map();
+    #[cfg(not(target_os = "none"))]
+    let map: &[MemoryRegion] = &[];
+    let Some((start, len)) = choose(boot, map) else {
         panic!("no usable RAM for the heap in the BootInfo memory map");
     };
     #[cfg(target_os = "none")]

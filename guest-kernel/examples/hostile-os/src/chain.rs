@@ -26,13 +26,13 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use pvkit_abi::block::{BlockRequest, BlockResponse, MAX_REQUEST_BYTES};
 use pvkit_abi::cpuid::Features;
-use pvkit_abi::ports::DOORBELL_BASE;
-use pvkit_abi::ring::{offsets, ring_bytes, HEADER_SIZE};
+use pvkit_abi::ports::DOORBELL;
+use pvkit_abi::ring::{offsets, ring_bytes, BLOCK_QUEUE_ID, HEADER_SIZE};
 use pvkit_abi::{Hypercall, Status};
 
 use crate::hcalls::{put_request, request};
 use crate::out::Line;
-use crate::raw::{call, outb, rdtsc};
+use crate::raw::{call, outd, rdtsc};
 use crate::{gpa, page, say, Ctx};
 
 /// Guest-physical address of the ring (12 pages, identity-mapped RAM above the kernel).
@@ -44,8 +44,7 @@ pub const SIZE: u32 = 256;
 /// Bytes every chain request reads.
 pub const REQUEST_BYTES: u64 = MAX_REQUEST_BYTES;
 
-const KIND_BLOCK: u64 = 2;
-const BLOCK_RING: u16 = 1;
+const KIND_BLOCK: u64 = BLOCK_QUEUE_ID as u64;
 
 /// Bytes of the ring's first segment: the ring rounded up to whole sectors.
 pub fn ring_sectors_bytes() -> u64 {
@@ -104,7 +103,7 @@ pub fn run(ctx: &mut Ctx) {
     hdr(offsets::REQ_PROD).store(1, Ordering::Release);
     pvkit_guest::ring::full_fence();
     if transport != 3 {
-        outb(DOORBELL_BASE + BLOCK_RING, 0);
+        outd(DOORBELL, BLOCK_QUEUE_ID);
     }
     if transport != 1 {
         // Wait (at most 10 s) until the host loaded image 0.
@@ -139,7 +138,7 @@ pub fn run(ctx: &mut Ctx) {
                 if transport == 3 {
                     core::hint::spin_loop();
                 } else {
-                    outb(DOORBELL_BASE + BLOCK_RING, 0);
+                    outd(DOORBELL, BLOCK_QUEUE_ID);
                 }
                 // `req_prod` before and after `rsp_prod`: the host may load the next image
                 // (a larger `req_prod`) and publish `rsp_prod` between two loads.

@@ -8,9 +8,11 @@
 
 use pvkit_abi::bench::{MAX_OP_LOG, MAX_SAMPLES};
 use pvkit_abi::block::BlockRequest;
+use pvkit_abi::clock::CLOCK_PAGE_REGION;
 use pvkit_abi::console::MAX_WRITE;
 use pvkit_abi::cpuid::Features;
 use pvkit_abi::ports::NULL;
+use pvkit_abi::ring::{BLOCK_QUEUE_ID, CONSOLE_QUEUE_ID, REGION_PER_VCPU};
 use pvkit_abi::{Hypercall, Status};
 
 use crate::raw::{call, hc, outb};
@@ -229,6 +231,9 @@ fn regions(ctx: &mut Ctx) {
         put(0, 16, size);
         put(0, 20, 0u32);
     };
+    const BLK: u64 = BLOCK_QUEUE_ID as u64;
+    const CON: u64 = CONSOLE_QUEUE_ID as u64;
+    const CLK: u64 = CLOCK_PAGE_REGION;
     let rr = |kind: u64, addr: u64, len: u64, flags: u64| {
         // SAFETY: registrations the host refuses change nothing; the one that succeeds
         // (the clock page) names page 7, used for nothing else.
@@ -237,29 +242,37 @@ fn regions(ctx: &mut Ctx) {
     header(8, 0, 0);
     c.status(
         "region.misaligned",
-        rr(2, ring + 8, 4096, 1),
+        rr(BLK, ring + 8, 4096, 1),
         Status::EINVAL,
     );
     c.status(
         "region.misaligned-1",
-        rr(2, ring + 1, 4096, 1),
+        rr(BLK, ring + 1, 4096, 1),
         Status::EINVAL,
     );
-    c.status("region.beyond-ram", rr(2, mem, 4096, 1), Status::EFAULT);
-    c.status("region.hole", rr(2, HOLE, 4096, 1), Status::EFAULT);
+    c.status("region.beyond-ram", rr(BLK, mem, 4096, 1), Status::EFAULT);
+    c.status("region.hole", rr(BLK, HOLE, 4096, 1), Status::EFAULT);
     c.status(
         "region.cross-end",
-        rr(2, mem - 4096, 8192, 1),
+        rr(BLK, mem - 4096, 8192, 1),
         Status::EFAULT,
     );
     c.status(
         "region.wrap",
-        rr(2, 0xffff_ffff_ffff_f000, 0x2000, 1),
+        rr(BLK, 0xffff_ffff_ffff_f000, 0x2000, 1),
         Status::EFAULT,
     );
-    c.status("region.len-huge", rr(2, ring, u64::MAX, 1), Status::EFAULT);
-    c.status("region.len0", rr(2, ring, 0, 1), Status::EINVAL);
-    c.status("region.len-header-only", rr(2, ring, 64, 1), Status::EINVAL);
+    c.status(
+        "region.len-huge",
+        rr(BLK, ring, u64::MAX, 1),
+        Status::EFAULT,
+    );
+    c.status("region.len0", rr(BLK, ring, 0, 1), Status::EINVAL);
+    c.status(
+        "region.len-header-only",
+        rr(BLK, ring, 64, 1),
+        Status::EINVAL,
+    );
     for (name, size) in [
         ("region.size3", 3u32),
         ("region.size0", 0),
@@ -267,18 +280,18 @@ fn regions(ctx: &mut Ctx) {
         ("region.size-u32max", u32::MAX),
     ] {
         header(size, 0, 0);
-        c.status(name, rr(2, ring, 4096, 1), Status::EINVAL);
+        c.status(name, rr(BLK, ring, 4096, 1), Status::EINVAL);
     }
     header(8, 100, 0);
     c.status(
         "region.corrupt-indices",
-        rr(2, ring, 4096, 1),
+        rr(BLK, ring, 4096, 1),
         Status::EINVAL,
     );
     header(8, 0, 0);
     for (name, kind) in [
-        ("region.kind0", 0u64),
-        ("region.kind4", 4),
+        ("region.class7", 0x7_0000u64),
+        ("region.upper-bits", BLK | 1 << 32),
         ("region.kind-max", u64::MAX),
     ] {
         c.status(name, rr(kind, ring, 4096, 1), Status::EINVAL);
@@ -287,39 +300,55 @@ fn regions(ctx: &mut Ctx) {
         ("region.transport0", 0u64),
         ("region.transport4", 4),
         ("region.transport-max", u64::MAX),
+        ("region.flags-unknown", 1 | 1 << 9),
+        ("region.ring-per-vcpu", 1 | REGION_PER_VCPU),
     ] {
-        c.status(name, rr(2, ring, 4096, transport), Status::EINVAL);
+        c.status(name, rr(BLK, ring, 4096, transport), Status::EINVAL);
     }
     c.status(
         "region.console-misaligned",
-        rr(1, ring + 64, 4096, 1),
+        rr(CON, ring + 64, 4096, 1),
         Status::EINVAL,
     );
     header(16, 0, 0);
     c.status(
         "region.console-too-short",
-        rr(1, ring, 100, 1),
+        rr(CON, ring, 100, 1),
         Status::EINVAL,
     );
     let clk = gpa(page(7));
     let want = |s: Status| if clock { s } else { Status::EOPNOTSUPP };
     c.status(
         "region.clock-misaligned",
-        rr(3, clk + 4, 4096, 0),
+        rr(CLK, clk + 4, 4096, 0),
         want(Status::EINVAL),
     );
     c.status(
         "region.clock-beyond-ram",
-        rr(3, mem, 4096, 0),
+        rr(CLK, mem, 4096, 0),
         want(Status::EFAULT),
     );
     c.status(
         "region.clock-wrap",
-        rr(3, 0xffff_ffff_ffff_f000, 0x2000, 0),
+        rr(CLK, 0xffff_ffff_ffff_f000, 0x2000, 0),
         want(Status::EFAULT),
     );
-    c.status("region.clock-len0", rr(3, clk, 0, 0), want(Status::EINVAL));
-    c.status("region.clock-ok", rr(3, clk, 4096, 0), want(Status::Ok));
+    c.status(
+        "region.clock-len0",
+        rr(CLK, clk, 0, 0),
+        want(Status::EINVAL),
+    );
+    c.status(
+        "region.clock-transport",
+        rr(CLK, clk, 4096, 1),
+        want(Status::EINVAL),
+    );
+    c.status("region.clock-ok", rr(CLK, clk, 4096, 0), want(Status::Ok));
+    c.status(
+        "region.clock-per-vcpu",
+        rr(CLK, clk, 4096, REGION_PER_VCPU),
+        want(Status::Ok),
+    );
 }
 
 fn block(ctx: &mut Ctx) {
@@ -516,7 +545,7 @@ pub fn run(ctx: &mut Ctx) {
     // SAFETY: touches no memory.
     let r = unsafe { call(nr(Hypercall::AbiVersion), [0; 4]) };
     ctx.checks.status("hc.alive", r.rax, Status::Ok);
-    ctx.checks.value("hc.alive.version", r.rdx, 1 << 32);
+    ctx.checks.value("hc.alive.version", r.rdx, 2 << 32);
 }
 
 /// `ReportFault` with a report beyond RAM: the VM must stop (status 125) and say so.

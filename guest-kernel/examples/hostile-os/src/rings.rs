@@ -9,8 +9,10 @@ use core::sync::atomic::{fence, AtomicU32, Ordering};
 use pvkit_abi::block::{BlockRequest, BlockResponse};
 use pvkit_abi::console::{ConsoleRequest, ConsoleResponse, MAX_WRITE};
 use pvkit_abi::cpuid::Features;
-use pvkit_abi::ports::DOORBELL_BASE;
-use pvkit_abi::ring::{offsets, BROKEN, HEADER_SIZE, HOST_POLLING};
+use pvkit_abi::ports::DOORBELL as DOORBELL_PORT;
+use pvkit_abi::ring::{
+    offsets, BLOCK_QUEUE_ID, BROKEN, CONSOLE_QUEUE_ID, HEADER_SIZE, HOST_POLLING,
+};
 use pvkit_abi::{Hypercall, Status};
 
 use crate::disk::FIRST_PROTECTED;
@@ -18,13 +20,13 @@ use crate::hcalls::request;
 use crate::raw::{call, inb, ind, outb, outd, outw, rdtsc};
 use crate::{gpa, page, Ctx};
 
-const KIND_CONSOLE: u64 = 1;
-const KIND_BLOCK: u64 = 2;
+const KIND_CONSOLE: u64 = CONSOLE_QUEUE_ID as u64;
+const KIND_BLOCK: u64 = BLOCK_QUEUE_ID as u64;
 const DOORBELL: u64 = 1;
 const EVENTFD: u64 = 2;
 const POLL: u64 = 3;
-const CONSOLE_RING: u16 = 0;
-const BLOCK_RING: u16 = 1;
+const CONSOLE_RING: u32 = CONSOLE_QUEUE_ID;
+const BLOCK_RING: u32 = BLOCK_QUEUE_ID;
 
 /// A ring driven field by field: nothing here trusts or protects anything.
 struct RawRing {
@@ -149,8 +151,9 @@ impl RawRing {
     }
 }
 
-fn kick(port: u16) {
-    outb(DOORBELL_BASE + port, 0);
+/// Rings queue `queue`'s doorbell: its id, 32 bits, to the one doorbell port.
+fn kick(queue: u32) {
+    outd(DOORBELL_PORT, queue);
 }
 
 fn ring_kick(id: u64) -> (i64, u64) {
@@ -235,7 +238,7 @@ fn block_doorbell(ctx: &mut Ctx) {
     a.push_block(&with_id(request(2, 2, 1, &[(buf, 512)]), 7));
     a.publish();
     crate::hcalls::put(0, HEADER_SIZE + 7 * size_of::<BlockRequest>() + 8, 9u32);
-    let (st, n) = ring_kick(1);
+    let (st, n) = ring_kick(KIND_BLOCK);
     ctx.checks.status("ring.a.kick", st, Status::Ok);
     ctx.checks.value("ring.a.kick.serviced", n, 1);
     rsp_check(
@@ -248,7 +251,7 @@ fn block_doorbell(ctx: &mut Ctx) {
 
     // Requests pushed but never published are not serviced.
     a.push_block(&with_id(request(1, 0, 1, &[(buf, 512)]), 8));
-    let (st, n) = ring_kick(1);
+    let (st, n) = ring_kick(KIND_BLOCK);
     ctx.checks.status("ring.a.kick-unpublished", st, Status::Ok);
     ctx.checks.value("ring.a.kick-unpublished.serviced", n, 0);
 
@@ -266,13 +269,13 @@ fn block_doorbell(ctx: &mut Ctx) {
         8,
     );
     ctx.checks
-        .status("ring.a.broken.kick", ring_kick(1).0, Status::EIO);
+        .status("ring.a.broken.kick", ring_kick(KIND_BLOCK).0, Status::EIO);
     kick(BLOCK_RING);
     // Putting req_prod back does not revive a broken ring.
     a.set_req_prod(a.prod);
     ctx.checks.status(
         "ring.a.broken.kick-after-repair",
-        ring_kick(1).0,
+        ring_kick(KIND_BLOCK).0,
         Status::EIO,
     );
     // The synchronous path and other calls still work.
@@ -378,8 +381,11 @@ fn block_poll(ctx: &mut Ctx) {
         u64::from(seen && c.flags() & BROKEN != 0),
         1,
     );
-    ctx.checks
-        .status("ring.poll.broken.kick", ring_kick(1).0, Status::EIO);
+    ctx.checks.status(
+        "ring.poll.broken.kick",
+        ring_kick(KIND_BLOCK).0,
+        Status::EIO,
+    );
     alive(ctx, "ring.poll.vmm-alive");
 }
 
@@ -489,8 +495,11 @@ fn self_overwrite(ctx: &mut Ctx) {
     f.push_block(&request(1, FIRST_PROTECTED, 1, &[(ring, 4096)]));
     f.publish();
     kick(BLOCK_RING);
-    ctx.checks
-        .status_any("ring.self.kick", ring_kick(1).0, &[Status::Ok, Status::EIO]);
+    ctx.checks.status_any(
+        "ring.self.kick",
+        ring_kick(KIND_BLOCK).0,
+        &[Status::Ok, Status::EIO],
+    );
     alive(ctx, "ring.self.vmm-alive");
 }
 
@@ -543,27 +552,38 @@ fn churn(ctx: &mut Ctx) {
 
 fn bad_ids(ctx: &mut Ctx) {
     for (name, id) in [
-        ("ring.kick.id2", 2u64),
-        ("ring.kick.id0xffff", 0xffff),
+        ("ring.kick.class7", 0x7_0000u64),
+        ("ring.kick.page-index", KIND_BLOCK | 0x8000),
         ("ring.kick.id-max", u64::MAX),
-        ("ring.kick.id-upper", 1 | (1 << 32)),
+        ("ring.kick.id-upper", KIND_BLOCK | (1 << 32)),
     ] {
         ctx.checks.status(name, ring_kick(id).0, Status::EINVAL);
     }
-    // Doorbells of rings that do not exist, at every width; reads of doorbell ports.
-    for port in DOORBELL_BASE + 2..DOORBELL_BASE + 16 {
-        outb(port, 0xff);
-        outw(port, 0xffff);
-        outd(port, u32::MAX);
+    // Doorbell values that name no queue (unknown classes, queues no device has, page
+    // indices), and doorbells of every width; the reserved ports after the doorbell; reads
+    // of the doorbell port.
+    for v in [
+        0u32,
+        0x3_0000,
+        0x7_0000,
+        0x1_0001,
+        0x2_8000,
+        0xffff,
+        u32::MAX,
+    ] {
+        outb(DOORBELL_PORT, v as u8);
+        outw(DOORBELL_PORT, v as u16);
+        outd(DOORBELL_PORT, v);
     }
-    ctx.checks.value(
-        "ring.doorbell-read",
-        u64::from(inb(DOORBELL_BASE + 1)),
-        0xff,
-    );
+    for port in DOORBELL_PORT + 1..DOORBELL_PORT + 16 {
+        outb(port, 0xff);
+        outd(port, BLOCK_RING);
+    }
+    ctx.checks
+        .value("ring.doorbell-read", u64::from(inb(DOORBELL_PORT)), 0xff);
     ctx.checks.value(
         "ring.doorbell-read32",
-        u64::from(ind(DOORBELL_BASE + 3)),
+        u64::from(ind(DOORBELL_PORT)),
         0xffff_ffff,
     );
     alive(ctx, "ring.vmm-alive");

@@ -139,7 +139,7 @@ mod tests {
             .collect();
         assert_eq!(&sig, b"pvkitpvkitpv");
         let feat = find(LEAF_FEATURES);
-        assert_eq!((feat.eax, feat.ebx), (1, 0));
+        assert_eq!((feat.eax, feat.ebx), (2, 0), "ABI 2.0");
         assert_eq!(
             feat.ecx,
             (Features::CONSOLE | Features::BENCH).bits() as u32

@@ -6,8 +6,9 @@
 use std::ops::Range;
 
 use pvkit_abi::boot::{
-    BootInfo, MemoryKind, MemoryRegion, BOOT_INFO_ADDR, BOOT_MAGIC, CMDLINE_ADDR, CMDLINE_MAX,
-    GDT_ADDR, IDENTITY_MAP_SIZE, KERNEL_MIN_ADDR, MAX_MEMORY_REGIONS, PAGE_TABLES,
+    BootInfo, MemoryKind, MemoryRegion, BOOT_INFO_ADDR, BOOT_INFO_SIZE, BOOT_MAGIC, CMDLINE_ADDR,
+    CMDLINE_MAX, GDT_ADDR, IDENTITY_MAP_SIZE, KERNEL_MIN_ADDR, MAX_MEMORY_REGIONS, MEMORY_MAP_ADDR,
+    PAGE_TABLES,
 };
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -116,20 +117,29 @@ pub fn memory_map(mem_size: u64, kernel: &Range<u64>) -> Result<Vec<MemoryRegion
 /// the ABI crate).
 pub fn boot_info_bytes(info: &BootInfo) -> Vec<u8> {
     let mut b = Vec::with_capacity(std::mem::size_of::<BootInfo>());
+    b.extend_from_slice(&info.magic.to_le_bytes());
+    b.extend_from_slice(&info.size.to_le_bytes());
+    b.extend_from_slice(&info.reserved0.to_le_bytes());
     for v in [
-        info.magic,
         info.abi_version,
         info.features,
         info.mem_size,
         info.cmdline_addr,
         info.cmdline_len,
         info.tsc_khz,
+        info.memory_map_addr,
     ] {
         b.extend_from_slice(&v.to_le_bytes());
     }
-    b.extend_from_slice(&info.region_count.to_le_bytes());
-    b.extend_from_slice(&info.reserved.to_le_bytes());
-    for r in &info.regions {
+    b.extend_from_slice(&info.memory_map_len.to_le_bytes());
+    b.extend_from_slice(&info.reserved1.to_le_bytes());
+    b
+}
+
+/// Serializes memory-map entries in their wire layout (24 bytes each).
+pub fn memory_map_bytes(map: &[MemoryRegion]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(std::mem::size_of_val(map));
+    for r in map {
         b.extend_from_slice(&r.start.to_le_bytes());
         b.extend_from_slice(&r.len.to_le_bytes());
         b.extend_from_slice(&r.kind.to_le_bytes());
@@ -174,23 +184,23 @@ pub fn write_boot_area(mem: &GuestRam, params: &BootParams<'_>) -> Result<(), La
     line.push(0);
     mem.write_slice(&line, GuestAddress(CMDLINE_ADDR))?;
 
-    // Boot info.
+    // Memory map, then the boot info that points at it.
     let map = memory_map(mem_size, &params.kernel)?;
-    let mut regions = [MemoryRegion::default(); MAX_MEMORY_REGIONS];
-    for (slot, r) in regions.iter_mut().zip(&map) {
-        *slot = *r;
-    }
+    let map = map.get(..MAX_MEMORY_REGIONS).unwrap_or(&map);
+    mem.write_slice(&memory_map_bytes(map), GuestAddress(MEMORY_MAP_ADDR))?;
     let info = BootInfo {
         magic: BOOT_MAGIC,
+        size: BOOT_INFO_SIZE,
+        reserved0: 0,
         abi_version: pvkit_abi::ABI_VERSION.to_u64(),
         features: params.features,
         mem_size,
         cmdline_addr: CMDLINE_ADDR,
         cmdline_len: cmdline.len() as u64,
         tsc_khz: params.tsc_khz,
-        region_count: map.len().min(MAX_MEMORY_REGIONS) as u32,
-        reserved: 0,
-        regions,
+        memory_map_addr: MEMORY_MAP_ADDR,
+        memory_map_len: map.len() as u32,
+        reserved1: 0,
     };
     mem.write_slice(&boot_info_bytes(&info), GuestAddress(BOOT_INFO_ADDR))?;
     Ok(())
@@ -231,15 +241,17 @@ mod tests {
     fn boot_info_wire_size() {
         let info = BootInfo {
             magic: BOOT_MAGIC,
+            size: BOOT_INFO_SIZE,
+            reserved0: 0,
             abi_version: 0,
             features: 0,
             mem_size: 0,
             cmdline_addr: 0,
             cmdline_len: 0,
             tsc_khz: 0,
-            region_count: 0,
-            reserved: 0,
-            regions: [MemoryRegion::default(); MAX_MEMORY_REGIONS],
+            memory_map_addr: MEMORY_MAP_ADDR,
+            memory_map_len: 0,
+            reserved1: 0,
         };
         assert_eq!(
             boot_info_bytes(&info).len(),
@@ -271,10 +283,20 @@ mod tests {
         assert_eq!(&line, b"console=pv exit=3\0");
         let magic: u64 = m.read_obj(GuestAddress(BOOT_INFO_ADDR)).unwrap();
         assert_eq!(magic, BOOT_MAGIC);
-        let mem_size: u64 = m.read_obj(GuestAddress(BOOT_INFO_ADDR + 24)).unwrap();
+        // Offsets as docs/ABI.md states them.
+        let size: u32 = m.read_obj(GuestAddress(BOOT_INFO_ADDR + 8)).unwrap();
+        assert_eq!(size, 80);
+        let mem_size: u64 = m.read_obj(GuestAddress(BOOT_INFO_ADDR + 32)).unwrap();
         assert_eq!(mem_size, 8 << 20);
-        let count: u32 = m.read_obj(GuestAddress(BOOT_INFO_ADDR + 56)).unwrap();
+        let map_addr: u64 = m.read_obj(GuestAddress(BOOT_INFO_ADDR + 64)).unwrap();
+        assert_eq!(map_addr, 0x4000);
+        let count: u32 = m.read_obj(GuestAddress(BOOT_INFO_ADDR + 72)).unwrap();
         assert_eq!(count, 3);
+        // The third entry: the usable RAM above the kernel image.
+        let start: u64 = m.read_obj(GuestAddress(0x4000 + 2 * 24)).unwrap();
+        let len: u64 = m.read_obj(GuestAddress(0x4000 + 2 * 24 + 8)).unwrap();
+        let kind: u32 = m.read_obj(GuestAddress(0x4000 + 2 * 24 + 16)).unwrap();
+        assert_eq!((start, len, kind), (0x10_1000, (8 << 20) - 0x10_1000, 1));
     }
 
     #[test]

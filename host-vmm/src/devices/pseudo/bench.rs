@@ -44,8 +44,8 @@ pub struct PhaseRecord {
     pub ops: u64,
     /// The ledger delta between the markers (the marker exits themselves excluded):
     /// userspace exits by kind in `counts` (ports are named: `PortRead(0x1f0)` vs
-    /// `PortRead(0x1f7)`, doorbells are `PortWrite(0x510 + ring)`), their sum in `total`,
-    /// and in `notifications` the in-kernel notifications per ring (ioeventfd doorbell
+    /// `PortRead(0x1f7)`, doorbells are `PortWrite(0x510)`, one port for every queue), their sum in `total`,
+    /// and in `notifications` the in-kernel notifications per queue (ioeventfd doorbell
     /// writes that never left the kernel, by [`crate::devices::pv::notifier_name`]).
     pub exits: LedgerSnapshot,
     /// Host wall time between the two markers.
@@ -53,11 +53,10 @@ pub struct PhaseRecord {
 }
 
 impl PhaseRecord {
-    /// In-kernel notifications of ring `ring` during the phase.
-    pub fn notifications(&self, ring: pvkit_abi::ring::RingId) -> u64 {
-        self.exits
-            .notifications
-            .get(crate::devices::pv::notifier_name(ring))
+    /// In-kernel notifications of queue `queue` during the phase.
+    pub fn notifications(&self, queue: pvkit_abi::ring::QueueId) -> u64 {
+        crate::devices::pv::notifier_name(queue)
+            .and_then(|name| self.exits.notifications.get(name))
             .copied()
             .unwrap_or(0)
     }
@@ -473,8 +472,8 @@ mod tests {
         r.end(CASE, 5, &l).unwrap();
         assert_eq!(*seen.lock().unwrap(), vec![(CASE, 5, 1)]);
         let p = &r.phases()[0];
-        assert_eq!(p.notifications(pvkit_abi::ring::RingId::Block), 2);
-        assert_eq!(p.notifications(pvkit_abi::ring::RingId::Console), 0);
+        assert_eq!(p.notifications(pvkit_abi::ring::BLOCK_QUEUE), 2);
+        assert_eq!(p.notifications(pvkit_abi::ring::CONSOLE_QUEUE), 0);
         assert_eq!(format!("{:?}", r.observer.unwrap()), "PhaseObserver(..)");
     }
 

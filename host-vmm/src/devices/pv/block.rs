@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use pvkit_abi::call::{CallReturn, Hypercall};
 use pvkit_abi::cpuid::Features;
-use pvkit_abi::ring::{RegionKind, RingId};
+use pvkit_abi::ring::{QueueId, BLOCK_QUEUE};
 use pvkit_abi::Status;
 use pvkit_pv::{BlockDevice, BlockRing};
 
@@ -22,8 +22,7 @@ use crate::vstate::memory::GuestRam;
 pub const NOTIFY_BLOCK_RING: &str = "block ring";
 
 const QUEUES: &[QueueSpec] = &[QueueSpec {
-    ring: RingId::Block,
-    region: RegionKind::BlockRing,
+    queue: BLOCK_QUEUE,
     feature: Features::BLOCK_RING,
     notifier: NOTIFY_BLOCK_RING,
 }];
@@ -79,11 +78,11 @@ impl PvDevice for PvBlock {
     fn open_queue(
         &self,
         mem: &GuestRam,
-        ring: RingId,
+        queue: QueueId,
         addr: u64,
         len: u64,
     ) -> Result<Box<dyn Queue>, Status> {
-        if ring != RingId::Block {
+        if queue != BLOCK_QUEUE {
             return Err(Status::EOPNOTSUPP);
         }
         let consumer = BlockRing::new(mem, addr, len).map_err(|e| e.status())?;

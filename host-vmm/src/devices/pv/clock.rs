@@ -1,14 +1,17 @@
-//! The PV clock device: the clock page region ([`pvkit_pv::PvClockPage`], the backend)
-//! filled from a [`ClockSource`], and the kvmclock feature bit when KVM offers kvmclock.
+//! The PV clock device: the clock page ([`pvkit_pv::PvClockPage`], the backend) filled
+//! from a [`ClockSource`], one for the VM and one per vCPU that registered its own
+//! (`REGION_PER_VCPU`), and the kvmclock feature bit when KVM offers kvmclock.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use pvkit_abi::clock::CLOCK_PAGE;
 use pvkit_abi::cpuid::Features;
-use pvkit_abi::ring::RegionKind;
+use pvkit_abi::ring::PageId;
 use pvkit_abi::Status;
 use pvkit_pv::{ClockSample, PvClockPage};
 
-use super::{CallCtx, PvDevice};
+use super::{CallCtx, PvDevice, RegionOwner};
 use crate::devices::legacy::vm_clock::{VmClock, VmTime};
 use crate::runtime::sync::lock;
 
@@ -58,11 +61,13 @@ impl ClockSource for TscClock {
     }
 }
 
-/// The PV clock: a clock page when there is a time source, and the kvmclock bit.
+/// The PV clock: clock pages when there is a time source, and the kvmclock bit.
 pub struct PvClock {
     source: Option<Arc<dyn ClockSource>>,
     kvmclock: bool,
-    page: Mutex<Option<PvClockPage>>,
+    /// The VM's page and the per-vCPU pages, by owner. At most one per vCPU plus one: the
+    /// keys come from the VMM (the calling vCPU's index), never from the guest.
+    pages: Mutex<BTreeMap<RegionOwner, PvClockPage>>,
 }
 
 impl std::fmt::Debug for PvClock {
@@ -70,7 +75,7 @@ impl std::fmt::Debug for PvClock {
         f.debug_struct("PvClock")
             .field("source", &self.source.is_some())
             .field("kvmclock", &self.kvmclock)
-            .field("page", &self.page)
+            .field("pages", &self.pages)
             .finish()
     }
 }
@@ -82,13 +87,13 @@ impl PvClock {
         Self {
             source,
             kvmclock,
-            page: Mutex::new(None),
+            pages: Mutex::new(BTreeMap::new()),
         }
     }
 
-    /// The guest-physical address of the clock page last registered, if any.
-    pub fn page_gpa(&self) -> Option<u64> {
-        lock(&self.page).as_ref().map(PvClockPage::gpa)
+    /// The guest-physical address of `owner`'s clock page last registered, if any.
+    pub fn page_gpa(&self, owner: RegionOwner) -> Option<u64> {
+        lock(&self.pages).get(&owner).map(PvClockPage::gpa)
     }
 }
 
@@ -108,24 +113,24 @@ impl PvDevice for PvClock {
         f
     }
 
-    fn regions(&self) -> &'static [RegionKind] {
-        &[RegionKind::Clock]
+    fn pages(&self) -> &'static [PageId] {
+        &[CLOCK_PAGE]
     }
 
-    fn register_region(
+    fn register_page(
         &self,
         ctx: &CallCtx<'_>,
-        _kind: RegionKind,
+        _page: PageId,
+        owner: RegionOwner,
         addr: u64,
         len: u64,
-        _flags: u64,
     ) -> Result<u64, Status> {
         let source = self.source.as_ref().ok_or(Status::EOPNOTSUPP)?;
         let mut page = PvClockPage::new(ctx.mem, addr, len).map_err(|e| e.status())?;
         // The guest TSC and the host time at the moment of the call.
         let sample = source.sample().ok_or(Status::EIO)?;
         page.update(ctx.mem, sample).map_err(|e| e.status())?;
-        *lock(&self.page) = Some(page);
+        lock(&self.pages).insert(owner, page);
         Ok(0)
     }
 }

@@ -3,7 +3,7 @@
 
 use pvkit_abi::call::{CallReturn, Hypercall};
 use pvkit_abi::cpuid::Features;
-use pvkit_abi::ring::{RegionKind, RingId};
+use pvkit_abi::ring::{QueueId, CONSOLE_QUEUE};
 use pvkit_abi::Status;
 use pvkit_pv::{console, ConsoleRing};
 
@@ -17,8 +17,7 @@ use crate::vstate::memory::GuestRam;
 pub const NOTIFY_CONSOLE_RING: &str = "console ring";
 
 const QUEUES: &[QueueSpec] = &[QueueSpec {
-    ring: RingId::Console,
-    region: RegionKind::ConsoleRing,
+    queue: CONSOLE_QUEUE,
     feature: Features::CONSOLE_RING,
     notifier: NOTIFY_CONSOLE_RING,
 }];
@@ -67,11 +66,11 @@ impl PvDevice for PvConsole {
     fn open_queue(
         &self,
         mem: &GuestRam,
-        ring: RingId,
+        queue: QueueId,
         addr: u64,
         len: u64,
     ) -> Result<Box<dyn Queue>, Status> {
-        if ring != RingId::Console {
+        if queue != CONSOLE_QUEUE {
             return Err(Status::EOPNOTSUPP);
         }
         let consumer = ConsoleRing::new(mem, addr, len).map_err(|e| e.status())?;

@@ -1,12 +1,15 @@
-//! The doorbell ports `0x510 + ring id` ([`DoorbellPorts`], on the port bus) and their
-//! in-kernel variant, KVM's ioeventfds ([`IoEventRegistrar`], [`KvmIoEvents`]).
+//! The doorbell port [`DOORBELL`] ([`DoorbellPort`], on the port bus): one port for every
+//! queue, the 32-bit value written names the queue ([`QueueId::to_u32`]); and its in-kernel
+//! variant, KVM's ioeventfds with a datamatch on that value, one per queue
+//! ([`IoEventRegistrar`], [`KvmIoEvents`]).
 
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
-use pvkit_abi::ports::{DOORBELL_BASE, DOORBELL_END};
-use pvkit_abi::ring::RingId;
+use kvm_ioctls::{IoEventAddress, VmFd};
+use pvkit_abi::ports::DOORBELL;
+use pvkit_abi::ring::QueueId;
 use vmm_sys_util::eventfd::EventFd;
 
 #[cfg(doc)]
@@ -15,12 +18,13 @@ use pvkit_abi::ring::Transport;
 use super::rings::RingSet;
 use crate::bus::PortDevice;
 
-/// Attaches ioeventfds to doorbell ports (KVM's `KVM_IOEVENTFD`; a fake in tests).
+/// Attaches ioeventfds to the doorbell port (KVM's `KVM_IOEVENTFD`; a fake in tests).
 pub trait IoEventRegistrar: Send + Sync {
-    /// Makes any guest write to `port` signal `fd` in the kernel instead of exiting.
-    fn register(&self, fd: &EventFd, port: u16) -> io::Result<()>;
+    /// Makes a 32-bit guest write of `value` to `port` signal `fd` in the kernel instead
+    /// of exiting (datamatch: other values and widths still exit).
+    fn register(&self, fd: &EventFd, port: u16, value: u32) -> io::Result<()>;
     /// Undoes [`IoEventRegistrar::register`].
-    fn unregister(&self, fd: &EventFd, port: u16) -> io::Result<()>;
+    fn unregister(&self, fd: &EventFd, port: u16, value: u32) -> io::Result<()>;
 }
 
 /// KVM's ioeventfds on the VM.
@@ -28,42 +32,46 @@ pub trait IoEventRegistrar: Send + Sync {
 pub struct KvmIoEvents(pub Arc<VmFd>);
 
 impl IoEventRegistrar for KvmIoEvents {
-    fn register(&self, fd: &EventFd, port: u16) -> io::Result<()> {
+    fn register(&self, fd: &EventFd, port: u16, value: u32) -> io::Result<()> {
         self.0
-            .register_ioevent(fd, &IoEventAddress::Pio(u64::from(port)), NoDatamatch)
+            .register_ioevent(fd, &IoEventAddress::Pio(u64::from(port)), value)
             .map_err(|e| io::Error::from_raw_os_error(e.errno()))
     }
 
-    fn unregister(&self, fd: &EventFd, port: u16) -> io::Result<()> {
+    fn unregister(&self, fd: &EventFd, port: u16, value: u32) -> io::Result<()> {
         self.0
-            .unregister_ioevent(fd, &IoEventAddress::Pio(u64::from(port)), NoDatamatch)
+            .unregister_ioevent(fd, &IoEventAddress::Pio(u64::from(port)), value)
             .map_err(|e| io::Error::from_raw_os_error(e.errno()))
     }
 }
 
-/// The doorbell ports on the bus: a write services the ring when its transport is
-/// [`Transport::Doorbell`], before the vCPU resumes. Writes for rings with other
-/// transports (a guest that rings although the host polls) and for unknown rings are
-/// counted by the ledger and otherwise ignored.
+/// The doorbell port on the bus: a 32-bit write of a queue's id services the queue when its
+/// transport is [`Transport::Doorbell`], before the vCPU resumes. Writes for queues with
+/// other transports (a guest that rings although the host polls) are ignored; writes of
+/// other widths and values that name no queue of the VM are counted
+/// ([`super::rings::Rings::unknown_doorbells`]) and ignored. Reads return all ones.
 #[derive(Debug)]
-pub struct DoorbellPorts {
+pub struct DoorbellPort {
     pub(crate) rings: Arc<RingSet>,
 }
 
-/// First doorbell port and the number of doorbell ports.
-pub const DOORBELL_PORTS: (u16, u16) = (DOORBELL_BASE, DOORBELL_END - DOORBELL_BASE);
+/// The doorbell port and the number of ports it spans (one).
+pub const DOORBELL_PORTS: (u16, u16) = (DOORBELL, 1);
 
-impl PortDevice for DoorbellPorts {
+impl PortDevice for DoorbellPort {
     fn read(&mut self, _offset: u16, data: &mut [u8]) {
         data.fill(0xff);
     }
 
-    fn write(&mut self, offset: u16, _data: &[u8]) {
-        let Ok(ring) = RingId::try_from(u32::from(offset)) else {
-            return;
-        };
-        if let Some(i) = self.rings.index_of(ring) {
-            self.rings.doorbell(i);
+    fn write(&mut self, _offset: u16, data: &[u8]) {
+        let queue = <[u8; 4]>::try_from(data)
+            .ok()
+            .and_then(|v| QueueId::from_u32(u32::from_le_bytes(v)).ok());
+        match queue.and_then(|q| self.rings.index_of(q)) {
+            Some(i) => self.rings.doorbell(i),
+            None => {
+                self.rings.unknown_doorbells.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The hypercall bus: maps hypercall numbers, region kinds and rings to the [`PvDevice`]s
+//! The hypercall bus: maps hypercall numbers, pages and queues to the [`PvDevice`]s
 //! that registered them, as the port bus maps ports to port devices, and derives the
 //! feature bits the guest sees from what is registered ([`HypercallBus::features`], the
 //! one place they are computed).
@@ -11,12 +11,14 @@ use pvkit_abi::call::{CallReturn, Hypercall};
 use pvkit_abi::cpuid::Features;
 #[cfg(doc)]
 use pvkit_abi::ring::Transport;
-use pvkit_abi::ring::{RegionKind, RingId};
+use pvkit_abi::ring::{
+    QueueId, RegionId, REGION_FLAGS_KNOWN, REGION_PER_VCPU, REGION_TRANSPORT_MASK,
+};
 use pvkit_abi::Status;
 
-use super::doorbell::{DoorbellPorts, IoEventRegistrar};
+use super::doorbell::{DoorbellPort, IoEventRegistrar};
 use super::rings::Rings;
-use super::{CallCtx, PvDevice, QueueSpec};
+use super::{CallCtx, PvDevice, QueueSpec, RegionOwner};
 use crate::exit::ledger::ExitLedger;
 use crate::hypercall::call_return;
 use crate::iothread::IoStopper;
@@ -35,11 +37,11 @@ pub enum BusError {
         /// The device refused.
         second: &'static str,
     },
-    /// Two devices accept the same region kind or ring.
-    #[error("region {kind:?} is accepted by both {first} and {second}")]
+    /// Two devices accept the same page or queue.
+    #[error("region {region:?} is accepted by both {first} and {second}")]
     RegionTaken {
-        /// The region kind.
-        kind: RegionKind,
+        /// The page or queue.
+        region: RegionId,
         /// The device registered first.
         first: &'static str,
         /// The device refused.
@@ -66,7 +68,7 @@ pub struct RingsConfig {
 pub struct HypercallBus {
     devices: Vec<Arc<dyn PvDevice>>,
     calls: BTreeMap<u32, usize>,
-    regions: Vec<(RegionKind, usize)>,
+    pages: Vec<(pvkit_abi::ring::PageId, usize)>,
     queues: Vec<(QueueSpec, usize)>,
     rings: Option<Rings>,
 }
@@ -87,7 +89,7 @@ impl HypercallBus {
         Self::default()
     }
 
-    /// Registers `device`: its hypercall numbers, regions and rings. Refused if another
+    /// Registers `device`: its hypercall numbers, pages and queues. Refused if another
     /// device already answers one of them, or once the rings are set up.
     pub fn insert(&mut self, device: Arc<dyn PvDevice>) -> Result<(), BusError> {
         if self.rings.is_some() {
@@ -104,20 +106,19 @@ impl HypercallBus {
                 });
             }
         }
-        let kinds = device
-            .regions()
+        let regions = device
+            .pages()
             .iter()
-            .copied()
-            .chain(device.queues().iter().map(|q| q.region));
-        for kind in kinds {
-            let taken = self.regions.iter().find(|(k, _)| *k == kind).map(|r| r.1);
-            let taken = taken.or_else(|| {
-                let q = self.queues.iter().find(|(q, _)| q.region == kind);
-                q.map(|q| q.1)
-            });
+            .map(|&p| RegionId::Page(p))
+            .chain(device.queues().iter().map(|q| RegionId::Queue(q.queue)));
+        for region in regions {
+            let taken = match region {
+                RegionId::Page(p) => self.pages.iter().find(|(k, _)| *k == p).map(|r| r.1),
+                RegionId::Queue(q) => self.queue_route(q).map(|r| r.1),
+            };
             if let Some(other) = taken {
                 return Err(BusError::RegionTaken {
-                    kind,
+                    region,
                     first: name_of(other),
                     second: device.name(),
                 });
@@ -126,8 +127,7 @@ impl HypercallBus {
         for &h in device.hypercalls() {
             self.calls.insert(h as u32, idx);
         }
-        self.regions
-            .extend(device.regions().iter().map(|&k| (k, idx)));
+        self.pages.extend(device.pages().iter().map(|&p| (p, idx)));
         self.queues
             .extend(device.queues().iter().map(|&q| (q, idx)));
         self.devices.push(device);
@@ -176,8 +176,8 @@ impl HypercallBus {
 
     /// The doorbell port device to put on the port bus at
     /// [`super::doorbell::DOORBELL_PORTS`] (`None` without rings).
-    pub fn doorbell_ports(&self) -> Option<DoorbellPorts> {
-        self.rings.as_ref().map(|r| DoorbellPorts {
+    pub fn doorbell_ports(&self) -> Option<DoorbellPort> {
+        self.rings.as_ref().map(|r| DoorbellPort {
             rings: Arc::clone(r.set()),
         })
     }
@@ -216,39 +216,65 @@ impl HypercallBus {
         }
     }
 
-    /// `RegisterRegion`: the device that accepts the region kind opens it; a ring is then
-    /// attached to its transport.
-    fn register_region(&self, ctx: &CallCtx<'_>, args: [u64; 4]) -> Result<u64, Status> {
-        let [kind, addr, len, flags] = args;
-        if self.rings.is_none() && self.regions.is_empty() {
-            return Err(Status::EOPNOTSUPP);
-        }
-        let kind = RegionKind::try_from(kind).map_err(|_| Status::EINVAL)?;
-        if let Some(&(_, i)) = self.regions.iter().find(|(k, _)| *k == kind) {
-            let dev = self.devices.get(i).ok_or(Status::EOPNOTSUPP)?;
-            return dev.register_region(ctx, kind, addr, len, flags);
-        }
-        let (spec, i) = self
-            .queues
-            .iter()
-            .find(|(q, _)| q.region == kind)
-            .ok_or(Status::EOPNOTSUPP)?;
-        let rings = self.rings.as_ref().ok_or(Status::EOPNOTSUPP)?;
-        let dev = self.devices.get(*i).ok_or(Status::EOPNOTSUPP)?;
-        let transport = rings.transport(flags)?;
-        let queue = dev.open_queue(ctx.mem, spec.ring, addr, len)?;
-        rings.register(spec.ring, queue, transport)
+    fn queue_route(&self, queue: QueueId) -> Option<&(QueueSpec, usize)> {
+        self.queues.iter().find(|(q, _)| q.queue == queue)
     }
 
-    /// `RingKick`: services a registered ring now.
+    /// `RegisterRegion`: the device that accepts the page or queue opens it; a page is kept
+    /// for its owner (the VM, or the calling vCPU with `REGION_PER_VCPU`); a queue is
+    /// attached to its transport. An unknown device class or flag is `EINVAL`; a region no
+    /// registered device accepts is `EOPNOTSUPP`.
+    fn register_region(&self, ctx: &CallCtx<'_>, args: [u64; 4]) -> Result<u64, Status> {
+        let [region, addr, len, flags] = args;
+        if self.rings.is_none() && self.pages.is_empty() {
+            return Err(Status::EOPNOTSUPP);
+        }
+        let region = RegionId::from_u64(region).map_err(|_| Status::EINVAL)?;
+        if flags & !REGION_FLAGS_KNOWN != 0 {
+            return Err(Status::EINVAL);
+        }
+        match region {
+            RegionId::Page(page) => {
+                if flags & REGION_TRANSPORT_MASK != 0 {
+                    return Err(Status::EINVAL);
+                }
+                let owner = if flags & REGION_PER_VCPU != 0 {
+                    RegionOwner::Vcpu(ctx.vcpu)
+                } else {
+                    RegionOwner::Vm
+                };
+                let &(_, i) = self
+                    .pages
+                    .iter()
+                    .find(|(p, _)| *p == page)
+                    .ok_or(Status::EOPNOTSUPP)?;
+                let dev = self.devices.get(i).ok_or(Status::EOPNOTSUPP)?;
+                dev.register_page(ctx, page, owner, addr, len)
+            }
+            RegionId::Queue(queue) => {
+                // Queues are the VM's in this version.
+                if flags & REGION_PER_VCPU != 0 {
+                    return Err(Status::EINVAL);
+                }
+                let &(spec, i) = self.queue_route(queue).ok_or(Status::EOPNOTSUPP)?;
+                let rings = self.rings.as_ref().ok_or(Status::EOPNOTSUPP)?;
+                let dev = self.devices.get(i).ok_or(Status::EOPNOTSUPP)?;
+                let transport = rings.transport(flags & REGION_TRANSPORT_MASK)?;
+                let consumer = dev.open_queue(ctx.mem, spec.queue, addr, len)?;
+                rings.register(spec.queue, consumer, transport)
+            }
+        }
+    }
+
+    /// `RingKick`: services a registered queue now.
     fn ring_kick(&self, args: [u64; 4]) -> Result<u64, Status> {
-        let [ring, ..] = args;
+        let [queue, ..] = args;
         let rings = self.rings.as_ref().ok_or(Status::EOPNOTSUPP)?;
-        let ring = u32::try_from(ring)
+        let queue = u32::try_from(queue)
             .ok()
-            .and_then(|r| RingId::try_from(r).ok())
+            .and_then(|q| QueueId::from_u32(q).ok())
             .ok_or(Status::EINVAL)?;
-        rings.kick(ring)
+        rings.kick(queue)
     }
 
     /// Stops the devices' threads when the VM stops (after the vCPU threads ended).

@@ -1,6 +1,7 @@
 //! The paravirtual devices: each one type behind [`PvDevice`], registered on the
-//! [`HypercallBus`], which maps hypercall numbers, region kinds and rings to them as the
-//! port bus maps ports to port devices.
+//! [`HypercallBus`], which maps hypercall numbers, pages and queues (each named by its
+//! device class and index, [`PageId`], [`QueueId`]) to them as the port bus maps ports to
+//! port devices.
 //!
 //! | file                 | device                                                        |
 //! |----------------------|---------------------------------------------------------------|
@@ -8,7 +9,7 @@
 //! | [`block`]            | `BlockCapacity`, `BlockIo` and the block ring                 |
 //! | [`clock`]            | the PV clock page (and the kvmclock feature bit)              |
 //! | [`rings`]            | the registered rings of every device, serviced on three transports |
-//! | [`doorbell`]         | the doorbell ports and their ioeventfds                       |
+//! | [`doorbell`]         | the doorbell port and its per-queue ioeventfds (datamatch)    |
 //! | [`hypercall_bus`]    | the bus: numbers → devices, features, `RegisterRegion`, `RingKick` |
 //!
 //! The benchmark markers are a device too ([`crate::devices::pseudo::markers`]). The core
@@ -31,7 +32,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use pvkit_abi::call::{CallReturn, Hypercall};
 use pvkit_abi::cpuid::Features;
-use pvkit_abi::ring::{RegionKind, RingId};
+use pvkit_abi::ring::{PageId, QueueId, BLOCK_QUEUE, CONSOLE_QUEUE};
 use pvkit_abi::Status;
 
 pub use hypercall_bus::{BusError, HypercallBus, RingsConfig};
@@ -64,14 +65,23 @@ impl CallCtx<'_> {
     }
 }
 
-/// A ring a device accepts: its id (and doorbell), the region kind that registers it, the
-/// feature bit that announces it, and the ledger name of its in-kernel notifications.
+/// Whose a registered page is: the VM's, or one vCPU's
+/// ([`pvkit_abi::ring::REGION_PER_VCPU`], keyed by the calling vCPU's index from
+/// [`CallCtx::vcpu`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RegionOwner {
+    /// One region for the whole VM.
+    Vm,
+    /// The region of vCPU `n`.
+    Vcpu(u32),
+}
+
+/// A queue (ring) a device accepts: its id (device class and index; the doorbell value),
+/// the feature bit that announces it, and the ledger name of its in-kernel notifications.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueueSpec {
-    /// The ring.
-    pub ring: RingId,
-    /// The [`Hypercall::RegisterRegion`] kind that registers it.
-    pub region: RegionKind,
+    /// The queue.
+    pub queue: QueueId,
     /// Offered when the VM has rings ([`HypercallBus`] with a [`RingsConfig`]).
     pub feature: Features,
     /// Ledger name of its ioeventfd notifications
@@ -82,13 +92,13 @@ pub struct QueueSpec {
 /// One paravirtual device.
 ///
 /// A device states what it offers (feature bits), which hypercall numbers it answers,
-/// which non-ring regions and which rings it accepts; the [`HypercallBus`] routes to it.
-/// Every method gets guest-controlled values and must validate them; none may panic.
+/// which pages and which queues it accepts; the [`HypercallBus`] routes to it. Every
+/// method gets guest-controlled values and must validate them; none may panic.
 pub trait PvDevice: Send + Sync {
     /// A short name for errors and debugging, e.g. `"block"`.
     fn name(&self) -> &'static str;
 
-    /// The feature bits the device itself offers (its rings' bits come from
+    /// The feature bits the device itself offers (its queues' bits come from
     /// [`PvDevice::queues`]).
     fn features(&self) -> Features;
 
@@ -97,13 +107,13 @@ pub trait PvDevice: Send + Sync {
         &[]
     }
 
-    /// The region kinds (other than rings) the device accepts
-    /// ([`PvDevice::register_region`]).
-    fn regions(&self) -> &'static [RegionKind] {
+    /// The pages (regions other than rings) the device accepts
+    /// ([`PvDevice::register_page`]).
+    fn pages(&self) -> &'static [PageId] {
         &[]
     }
 
-    /// The rings the device accepts ([`PvDevice::open_queue`]).
+    /// The queues the device accepts ([`PvDevice::open_queue`]).
     fn queues(&self) -> &'static [QueueSpec] {
         &[]
     }
@@ -113,24 +123,26 @@ pub trait PvDevice: Send + Sync {
         CallReturn::err(Status::EOPNOTSUPP)
     }
 
-    /// Registers a region of `kind` (one of [`PvDevice::regions`]).
-    fn register_region(
+    /// Registers page `page` (one of [`PvDevice::pages`]) for `owner`: the VM, or the
+    /// calling vCPU when the guest asked for a per-vCPU region. A device with no per-vCPU
+    /// form of the page answers `EINVAL` for [`RegionOwner::Vcpu`].
+    fn register_page(
         &self,
         _ctx: &CallCtx<'_>,
-        _kind: RegionKind,
+        _page: PageId,
+        _owner: RegionOwner,
         _addr: u64,
         _len: u64,
-        _flags: u64,
     ) -> Result<u64, Status> {
         Err(Status::EOPNOTSUPP)
     }
 
-    /// Validates ring `ring` (one of [`PvDevice::queues`]) at `addr` and returns its
+    /// Validates queue `queue` (one of [`PvDevice::queues`]) at `addr` and returns its
     /// consumer, which the rings then service on the transport the guest chose.
     fn open_queue(
         &self,
         _mem: &GuestRam,
-        _ring: RingId,
+        _queue: QueueId,
         _addr: u64,
         _len: u64,
     ) -> Result<Box<dyn Queue>, Status> {
@@ -138,10 +150,12 @@ pub trait PvDevice: Send + Sync {
     }
 }
 
-/// The ledger name of a ring's in-kernel notification counter.
-pub fn notifier_name(ring: RingId) -> &'static str {
-    match ring {
-        RingId::Console => console::NOTIFY_CONSOLE_RING,
-        RingId::Block => block::NOTIFY_BLOCK_RING,
+/// The ledger name of a queue's in-kernel notification counter, for the queues this VMM
+/// has (`None` for any other).
+pub fn notifier_name(queue: QueueId) -> Option<&'static str> {
+    match queue {
+        CONSOLE_QUEUE => Some(console::NOTIFY_CONSOLE_RING),
+        BLOCK_QUEUE => Some(block::NOTIFY_BLOCK_RING),
+        _ => None,
     }
 }

@@ -7,8 +7,8 @@
 //!
 //! | transport                     | the ring is serviced by                                        |
 //! |-------------------------------|----------------------------------------------------------------|
-//! | [`Transport::Doorbell`]       | the vCPU thread, in the exit of the doorbell port write ([`super::doorbell::DoorbellPorts`]) |
-//! | [`Transport::DoorbellEventfd`]| the I/O thread, woken by KVM's ioeventfd on the doorbell port  |
+//! | [`Transport::Doorbell`]       | the vCPU thread, in the exit of the doorbell port write ([`super::doorbell::DoorbellPort`]) |
+//! | [`Transport::DoorbellEventfd`]| the I/O thread, woken by KVM's ioeventfd on the doorbell port (datamatch: the queue's id) |
 //! | [`Transport::HostPoll`]       | the I/O thread, spinning on `req_prod` while `HOST_POLLING` is set |
 //!
 //! `RingKick` services any registered ring on the vCPU thread. Each ring sits in its own
@@ -37,11 +37,11 @@
 
 use std::io;
 use std::os::unix::io::AsRawFd;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use pvkit_abi::ports::doorbell;
-use pvkit_abi::ring::{offsets, RingId, Transport};
+use pvkit_abi::ports::DOORBELL;
+use pvkit_abi::ring::{offsets, QueueId, Transport};
 use pvkit_abi::Status;
 pub use pvkit_pv::ring::{SERVICE_BYTES, SERVICE_REQUESTS};
 use pvkit_pv::{AbiPod, Batch, RingConsumer, RingError};
@@ -205,6 +205,8 @@ pub struct RingSet {
     /// Bit `i` set: ring `i` is registered with [`Transport::HostPoll`] and not broken.
     polled: AtomicU32,
     waiters: LockWaiters,
+    /// Doorbell writes that named no queue of the VM (or had the wrong width).
+    pub(crate) unknown_doorbells: AtomicU64,
 }
 
 impl std::fmt::Debug for RingSet {
@@ -222,11 +224,11 @@ impl RingSet {
         self.queues.len() as QueueIndex
     }
 
-    /// The slot index of ring `ring`, if a device declared it.
-    pub(crate) fn index_of(&self, ring: RingId) -> Option<QueueIndex> {
+    /// The slot index of queue `queue`, if a device declared it.
+    pub(crate) fn index_of(&self, queue: QueueId) -> Option<QueueIndex> {
         self.queues
             .iter()
-            .position(|q| q.spec.ring == ring)
+            .position(|q| q.spec.queue == queue)
             .map(|i| i as QueueIndex)
     }
 
@@ -441,6 +443,7 @@ impl Rings {
             queues,
             polled: AtomicU32::new(0),
             waiters: LockWaiters::default(),
+            unknown_doorbells: AtomicU64::new(0),
         });
         let io = IoThread::new(Arc::clone(&set), on_fatal)?;
         Ok(Self {
@@ -465,6 +468,12 @@ impl Rings {
         lock(&self.io).stopper()
     }
 
+    /// Doorbell writes so far that named no queue of the VM or were not 32 bits wide
+    /// (counted and ignored).
+    pub fn unknown_doorbells(&self) -> u64 {
+        self.set.unknown_doorbells.load(Ordering::Relaxed)
+    }
+
     /// Whether the I/O thread has been started.
     pub fn io_thread_running(&self) -> bool {
         lock(&self.io).is_started()
@@ -480,16 +489,16 @@ impl Rings {
         Ok(transport)
     }
 
-    /// Registers `queue` (just opened by its device) as ring `ring` with `transport`
+    /// Registers `queue` (just opened by its device) as queue `id` with `transport`
     /// ([`Rings::transport`]), replacing any earlier registration. A failure changes
     /// nothing.
     pub(crate) fn register(
         &self,
-        ring: RingId,
+        id: QueueId,
         mut queue: Box<dyn Queue>,
         transport: Transport,
     ) -> Result<u64, Status> {
-        let i = self.set.index_of(ring).ok_or(Status::EOPNOTSUPP)?;
+        let i = self.set.index_of(id).ok_or(Status::EOPNOTSUPP)?;
         let q = self.set.queue(i).ok_or(Status::EOPNOTSUPP)?;
         queue.set_service_budget();
         if transport != Transport::Doorbell {
@@ -505,13 +514,12 @@ impl Rings {
         }
 
         let mut slot = self.set.waiters.vcpu_lock(&q.slot);
-        let port = doorbell(ring);
         let eventfd = match (slot.eventfd.take(), transport) {
             // Still registered on the port and watched by the I/O thread: keep it.
             (Some(fd), Transport::DoorbellEventfd) => Some(fd),
-            (None, Transport::DoorbellEventfd) => Some(self.attach_eventfd(i, port)?),
+            (None, Transport::DoorbellEventfd) => Some(self.attach_eventfd(i, id)?),
             (Some(fd), _) => {
-                self.detach_eventfd(&fd, i, port);
+                self.detach_eventfd(&fd, i, id);
                 None
             }
             (None, _) => None,
@@ -533,23 +541,26 @@ impl Rings {
         Ok(0)
     }
 
-    /// `RingKick`: services ring `ring` now on the vCPU thread (one budget); the number of
-    /// requests serviced. `EOPNOTSUPP` if no device declared the ring, `EINVAL` if it is
-    /// not registered.
-    pub(crate) fn kick(&self, ring: RingId) -> Result<u64, Status> {
-        let i = self.set.index_of(ring).ok_or(Status::EOPNOTSUPP)?;
+    /// `RingKick`: services queue `queue` now on the vCPU thread (one budget); the number
+    /// of requests serviced. `EOPNOTSUPP` if no device declared the queue, `EINVAL` if it
+    /// is not registered.
+    pub(crate) fn kick(&self, queue: QueueId) -> Result<u64, Status> {
+        let i = self.set.index_of(queue).ok_or(Status::EOPNOTSUPP)?;
         self.set
             .service(i)
             .map(|b| b.requests)
             .map_err(|e| e.status())
     }
 
-    fn attach_eventfd(&self, i: QueueIndex, port: u16) -> Result<EventFd, Status> {
+    /// An ioeventfd for queue `id` in slot `i`: on the doorbell port, matching the
+    /// queue's id, watched by the I/O thread.
+    fn attach_eventfd(&self, i: QueueIndex, id: QueueId) -> Result<EventFd, Status> {
         let reg = self.ioevents.as_ref().ok_or(Status::EOPNOTSUPP)?;
         let fd = EventFd::new(EFD_NONBLOCK).map_err(|_| Status::EAGAIN)?;
-        reg.register(&fd, port).map_err(|_| Status::EIO)?;
+        reg.register(&fd, DOORBELL, id.to_u32())
+            .map_err(|_| Status::EIO)?;
         if lock(&self.io).watch(fd.as_raw_fd(), i).is_err() {
-            let _ = reg.unregister(&fd, port);
+            let _ = reg.unregister(&fd, DOORBELL, id.to_u32());
             return Err(Status::EIO);
         }
         Ok(fd)
@@ -557,10 +568,10 @@ impl Rings {
 
     /// Unregisters ring `i`'s ioeventfd; doorbells it absorbed that the I/O thread has not
     /// read yet are still counted.
-    fn detach_eventfd(&self, fd: &EventFd, i: QueueIndex, port: u16) {
+    fn detach_eventfd(&self, fd: &EventFd, i: QueueIndex, id: QueueId) {
         lock(&self.io).unwatch(fd.as_raw_fd());
         if let Some(reg) = &self.ioevents {
-            let _ = reg.unregister(fd, port);
+            let _ = reg.unregister(fd, DOORBELL, id.to_u32());
         }
         let _ = self.set.count_notifications(i, fd);
     }
@@ -572,7 +583,7 @@ impl Rings {
         for (i, q) in self.set.queues.iter().enumerate() {
             let fd = lock(&q.slot).eventfd.take();
             if let Some(fd) = fd {
-                self.detach_eventfd(&fd, i as QueueIndex, doorbell(q.spec.ring));
+                self.detach_eventfd(&fd, i as QueueIndex, q.spec.queue);
             }
         }
         r

@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 
 use pvkit_abi::block::{BlockOp, BlockRequest, BlockResponse, BlockSegment};
 use pvkit_abi::call::{CallReturn, Hypercall};
+use pvkit_abi::clock::CLOCK_PAGE;
 use pvkit_abi::clock::{PvClock, TSC_STABLE};
 use pvkit_abi::console::{ConsoleRequest, ConsoleResponse};
-use pvkit_abi::ports::doorbell;
-use pvkit_abi::ring::{offsets, RegionKind, RingId, Transport, BROKEN, HOST_POLLING};
+use pvkit_abi::ring::{
+    offsets, RegionId, Transport, BLOCK_QUEUE, BROKEN, CONSOLE_QUEUE, HOST_POLLING, REGION_PER_VCPU,
+};
 use pvkit_abi::Status;
 use pvkit_devices::{BackendError, MemBackend};
 use pvkit_pv::test_utils::GuestProducer;
@@ -23,7 +25,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::block::NOTIFY_BLOCK_RING;
 use super::clock::{host_tsc, ClockSource, PvClock as PvClockDevice, TscClock};
 use super::console::NOTIFY_CONSOLE_RING;
-use super::doorbell::{DoorbellPorts, IoEventRegistrar};
+use super::doorbell::{DoorbellPort, IoEventRegistrar};
+use super::RegionOwner;
 use super::{HypercallBus, RingsConfig};
 use crate::bus::PortDevice;
 use crate::devices::legacy::vm_clock::VmClock;
@@ -74,7 +77,7 @@ impl Pv {
         self.call(mem, Hypercall::BlockIo, [addr, 0, 0, 0])
     }
 
-    fn doorbell_ports(&self) -> DoorbellPorts {
+    fn doorbell_ports(&self) -> DoorbellPort {
         self.bus.doorbell_ports().unwrap()
     }
 
@@ -90,14 +93,21 @@ impl Pv {
         self.bus.stopper().unwrap()
     }
 
-    fn clock_page(&self) -> Option<u64> {
-        self.clock.as_ref().and_then(|c| c.page_gpa())
+    fn clock_page(&self, owner: RegionOwner) -> Option<u64> {
+        self.clock.as_ref().and_then(|c| c.page_gpa(owner))
+    }
+
+    fn unknown_doorbells(&self) -> u64 {
+        self.bus.rings().unwrap().unknown_doorbells()
     }
 }
 
-const CONSOLE_RING: u64 = RegionKind::ConsoleRing as u64;
-const BLOCK_RING: u64 = RegionKind::BlockRing as u64;
-const CLOCK: u64 = RegionKind::Clock as u64;
+const CONSOLE_RING: u64 = RegionId::Queue(CONSOLE_QUEUE).to_u64();
+const BLOCK_RING: u64 = RegionId::Queue(BLOCK_QUEUE).to_u64();
+const CLOCK: u64 = RegionId::Page(CLOCK_PAGE).to_u64();
+/// The doorbell values (and `RingKick` arguments) of the two queues.
+const CONSOLE_BELL: u32 = CONSOLE_QUEUE.to_u32();
+const BLOCK_BELL: u32 = BLOCK_QUEUE.to_u32();
 const DOORBELL: u64 = Transport::Doorbell as u64;
 const EVENTFD: u64 = Transport::DoorbellEventfd as u64;
 const POLL: u64 = Transport::HostPoll as u64;
@@ -118,18 +128,20 @@ impl ClockSource for FixedClock {
     }
 }
 
-/// KVM's ioeventfd, faked: remembers a clone of each registered eventfd by port so the
-/// test can signal it the way KVM would on a guest doorbell write.
+/// KVM's ioeventfd, faked: remembers a clone of each registered eventfd by port and
+/// datamatch value so the test can signal it the way KVM would on a guest doorbell write.
 #[derive(Default)]
 struct FakeIoEvents {
-    live: Mutex<Vec<(u16, EventFd)>>,
+    live: Mutex<Vec<((u16, u32), EventFd)>>,
     unregistered: AtomicU64,
 }
 
 impl FakeIoEvents {
-    fn ring(&self, port: u16, times: u64) {
+    /// A 32-bit write of `value` to the doorbell port, `times` times, as KVM handles it.
+    fn ring(&self, value: u32, times: u64) {
         let live = self.live.lock().unwrap();
-        let (_, fd) = live.iter().find(|(p, _)| *p == port).expect("registered");
+        let key = (pvkit_abi::ports::DOORBELL, value);
+        let (_, fd) = live.iter().find(|(k, _)| *k == key).expect("registered");
         for _ in 0..times {
             fd.write(1).unwrap();
         }
@@ -137,17 +149,20 @@ impl FakeIoEvents {
 }
 
 impl IoEventRegistrar for FakeIoEvents {
-    fn register(&self, fd: &EventFd, port: u16) -> io::Result<()> {
+    fn register(&self, fd: &EventFd, port: u16, value: u32) -> io::Result<()> {
         let mut live = self.live.lock().unwrap();
-        if live.iter().any(|(p, _)| *p == port) {
+        if live.iter().any(|(k, _)| *k == (port, value)) {
             return Err(io::Error::from_raw_os_error(libc::EEXIST));
         }
-        live.push((port, fd.try_clone()?));
+        live.push(((port, value), fd.try_clone()?));
         Ok(())
     }
 
-    fn unregister(&self, _fd: &EventFd, port: u16) -> io::Result<()> {
-        self.live.lock().unwrap().retain(|(p, _)| *p != port);
+    fn unregister(&self, _fd: &EventFd, port: u16, value: u32) -> io::Result<()> {
+        self.live
+            .lock()
+            .unwrap()
+            .retain(|(k, _)| *k != (port, value));
         self.unregistered.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -420,10 +435,27 @@ fn registration_refuses_bad_arguments_and_missing_devices() {
     let mut h = harness(Opts::default());
     console_ring(&h, RING_A, 8);
     for (kind, addr, len, flags, want) in [
-        (0, RING_A, RING_LEN, DOORBELL, Status::EINVAL), // unknown kind
-        (4, RING_A, RING_LEN, DOORBELL, Status::EINVAL),
+        (0x7_0000, RING_A, RING_LEN, DOORBELL, Status::EINVAL), // unknown class
+        (
+            CONSOLE_RING | 1 << 32,
+            RING_A,
+            RING_LEN,
+            DOORBELL,
+            Status::EINVAL,
+        ),
         (u64::MAX, RING_A, RING_LEN, DOORBELL, Status::EINVAL),
-        (CONSOLE_RING, RING_A, RING_LEN, 0, Status::EINVAL), // unknown transport
+        (0x1_0001, RING_A, RING_LEN, DOORBELL, Status::EOPNOTSUPP), // console queue 1
+        (0x3_0000, RING_A, RING_LEN, DOORBELL, Status::EOPNOTSUPP), // no net device
+        (0x1_8000, RING_A, RING_LEN, 0, Status::EOPNOTSUPP),        // no console page
+        (CONSOLE_RING, RING_A, RING_LEN, 1 << 9 | 1, Status::EINVAL), // unknown flag
+        (
+            CONSOLE_RING,
+            RING_A,
+            RING_LEN,
+            REGION_PER_VCPU | 1,
+            Status::EINVAL,
+        ), // per vCPU
+        (CONSOLE_RING, RING_A, RING_LEN, 0, Status::EINVAL),        // unknown transport
         (CONSOLE_RING, RING_A, RING_LEN, 4, Status::EINVAL),
         (CONSOLE_RING, RING_A, RING_LEN, 1 << 32 | 1, Status::EINVAL),
         (CONSOLE_RING, RING_A, RING_LEN, EVENTFD, Status::EOPNOTSUPP), // no ioeventfd
@@ -448,7 +480,7 @@ fn registration_refuses_bad_arguments_and_missing_devices() {
         err(Status::EINVAL)
     );
     // Nothing was registered, and no thread started.
-    assert_eq!(h.kick(0), err(Status::EINVAL));
+    assert_eq!(h.kick(CONSOLE_BELL.into()), err(Status::EINVAL));
     assert!(!h.pv.io_thread_running());
     // The same ring, valid, registers.
     assert_eq!(h.register(CONSOLE_RING, RING_A, RING_LEN, DOORBELL), ok(0));
@@ -461,8 +493,13 @@ fn block_calls_need_a_disk() {
     let mem = h.mem.clone();
     assert_eq!(h.pv.block_capacity(), err(Status::EOPNOTSUPP));
     assert_eq!(h.pv.block_io(&mem, DATA), err(Status::EOPNOTSUPP));
-    assert_eq!(h.kick(1), err(Status::EOPNOTSUPP));
-    for ring in [2, 0x1_0000_0000, u64::MAX] {
+    assert_eq!(h.kick(BLOCK_BELL.into()), err(Status::EOPNOTSUPP));
+    for ring in [
+        0x7_0000,
+        0x2_8000,
+        0x1_0000_0000 | u64::from(BLOCK_BELL),
+        u64::MAX,
+    ] {
         assert_eq!(h.kick(ring), err(Status::EINVAL), "ring {ring}");
     }
 }
@@ -506,19 +543,31 @@ fn doorbell_ring_is_serviced_in_the_port_write() {
     say(&h, &mut p, DATA + 64, b"two\n", 2);
     assert!(p.publish(&h.mem).unwrap(), "idle host asks for a doorbell");
     let mut bell = h.pv.doorbell_ports();
-    // The console doorbell is offset 0 of the doorbell range.
-    bell.write(0, &[0]);
+    // The console's queue id, 32 bits, to the one doorbell port.
+    bell.write(0, &CONSOLE_BELL.to_le_bytes());
     // Responses are ready when the `out` retires: no waiting.
     let rsp = p.take_responses(&h.mem).unwrap();
     assert_eq!(rsp.len(), 2);
     assert_eq!((rsp[0].id, rsp[0].status, rsp[0].written), (1, 0, 4));
     assert_eq!(h.console.captured(), b"one two\n");
-    // The block doorbell and unknown doorbells are ignored; reads float.
-    bell.write(1, &[0]);
-    bell.write(15, &[0, 0]);
+    // The block doorbell (no disk: no such queue) and unknown values or widths are
+    // counted and ignored; reads float.
+    assert_eq!(h.pv.unknown_doorbells(), 0);
+    bell.write(0, &BLOCK_BELL.to_le_bytes());
+    bell.write(0, &0x7_0000u32.to_le_bytes());
+    bell.write(0, &0x1_8000u32.to_le_bytes());
+    bell.write(0, &[0, 0]);
+    bell.write(0, &[1]);
+    assert_eq!(h.pv.unknown_doorbells(), 5);
     let mut d = [0u8; 2];
     bell.read(0, &mut d);
     assert_eq!(d, [0xff; 2]);
+    // Nothing else was serviced.
+    assert_eq!(
+        h.console.captured(),
+        b"one two
+"
+    );
     assert_eq!(
         h.notifications(NOTIFY_CONSOLE_RING),
         0,
@@ -537,7 +586,11 @@ fn re_registration_replaces_the_ring() {
     a.publish(&h.mem).unwrap();
     say(&h, &mut b, DATA + 64, b"new", 2);
     b.publish(&h.mem).unwrap();
-    assert_eq!(h.kick(0), ok(1), "only the new ring is serviced");
+    assert_eq!(
+        h.kick(CONSOLE_BELL.into()),
+        ok(1),
+        "only the new ring is serviced"
+    );
     assert_eq!(h.console.captured(), b"new");
     assert!(a.take_responses(&h.mem).unwrap().is_empty());
     // A failed re-registration keeps the current ring.
@@ -547,7 +600,7 @@ fn re_registration_replaces_the_ring() {
     );
     say(&h, &mut b, DATA, b"!", 3);
     b.publish(&h.mem).unwrap();
-    assert_eq!(h.kick(0), ok(1));
+    assert_eq!(h.kick(CONSOLE_BELL.into()), ok(1));
     assert_eq!(h.console.captured(), b"new!");
 }
 
@@ -577,17 +630,21 @@ fn a_broken_ring_is_not_serviced_and_does_not_panic() {
             Ordering::Release,
         )
         .unwrap();
-    assert_eq!(h.kick(0), err(Status::EIO));
+    assert_eq!(h.kick(CONSOLE_BELL.into()), err(Status::EIO));
     assert_ne!(h.header(RING_A, offsets::HOST_FLAGS) & BROKEN, 0);
-    assert_eq!(h.kick(0), err(Status::EIO), "stays broken");
-    h.pv.doorbell_ports().write(0, &[1]);
+    assert_eq!(
+        h.kick(CONSOLE_BELL.into()),
+        err(Status::EIO),
+        "stays broken"
+    );
+    h.pv.doorbell_ports().write(0, &CONSOLE_BELL.to_le_bytes());
     assert!(h.console.captured().is_empty());
     // Registering a fresh ring recovers.
     let mut q = console_ring(&h, RING_B, 4);
     assert_eq!(h.register(CONSOLE_RING, RING_B, RING_LEN, DOORBELL), ok(0));
     say(&h, &mut q, DATA, b"ok", 2);
     q.publish(&h.mem).unwrap();
-    assert_eq!(h.kick(0), ok(1));
+    assert_eq!(h.kick(CONSOLE_BELL.into()), ok(1));
     assert_eq!(h.console.captured(), b"ok");
 }
 
@@ -627,7 +684,7 @@ fn polled_ring_is_served_by_the_io_thread_without_doorbells() {
         q.take_responses(&h.mem).unwrap().is_empty(),
         "nobody polls it"
     );
-    h.pv.doorbell_ports().write(1, &[0]);
+    h.pv.doorbell_ports().write(0, &BLOCK_BELL.to_le_bytes());
     assert_eq!(q.take_responses(&h.mem).unwrap().len(), 1);
     assert_eq!(h.pv.shutdown(), Ok(()));
     assert!(h.fatal.lock().unwrap().is_empty());
@@ -639,7 +696,7 @@ fn eventfd_ring_counts_exact_notifications() {
     let mut p = console_ring(&h, RING_A, 8);
     assert_eq!(h.register(CONSOLE_RING, RING_A, RING_LEN, EVENTFD), ok(0));
     assert!(h.pv.io_thread_running());
-    let port = doorbell(RingId::Console);
+    let port = CONSOLE_BELL;
     for round in 0..3u32 {
         say(&h, &mut p, DATA, b"ab", round);
         assert!(p.publish(&h.mem).unwrap(), "idle host asks for a doorbell");
@@ -671,7 +728,7 @@ fn eventfd_ring_counts_exact_notifications() {
     assert_eq!(h.io.unregistered.load(Ordering::Relaxed), 1);
     say(&h, &mut r, DATA, b"-", 1);
     r.publish(&h.mem).unwrap();
-    h.pv.doorbell_ports().write(0, &[0]);
+    h.pv.doorbell_ports().write(0, &CONSOLE_BELL.to_le_bytes());
     assert_eq!(r.take_responses(&h.mem).unwrap().len(), 1);
     assert_eq!(h.register(CONSOLE_RING, RING_A, RING_LEN, EVENTFD), ok(0));
     // Re-registering with the same transport keeps the ioeventfd.
@@ -698,12 +755,12 @@ fn ring_kick_services_any_transport_and_reports_counts() {
     let mut h = harness(with_disk());
     let mut p = block_ring(&h, RING_A, 8);
     assert_eq!(h.register(BLOCK_RING, RING_A, RING_LEN, DOORBELL), ok(0));
-    assert_eq!(h.kick(1), ok(0));
+    assert_eq!(h.kick(BLOCK_BELL.into()), ok(0));
     for n in 0..5 {
         p.push(&h.mem, read_req(n, n, DATA + n * 512, 1)).unwrap();
     }
     p.publish(&h.mem).unwrap();
-    assert_eq!(h.kick(1), ok(5));
+    assert_eq!(h.kick(BLOCK_BELL.into()), ok(5));
     assert_eq!(p.take_responses(&h.mem).unwrap().len(), 5);
 }
 
@@ -713,7 +770,14 @@ fn clock_page_is_written_at_registration() {
     assert_eq!(h.register(CLOCK, 0x30_0008, 4096, 0), err(Status::EINVAL));
     assert_eq!(h.register(CLOCK, 0x30_0000, 16, 0), err(Status::EINVAL));
     assert_eq!(h.register(CLOCK, END, 4096, 0), err(Status::EFAULT));
-    assert!(h.pv.clock_page().is_none());
+    assert!(h.pv.clock_page(RegionOwner::Vm).is_none());
+    // A transport on a page, unknown flags: refused.
+    assert_eq!(h.register(CLOCK, 0x30_0000, 4096, 1), err(Status::EINVAL));
+    assert_eq!(h.register(CLOCK, 0x30_0000, 4096, 7), err(Status::EINVAL));
+    assert_eq!(
+        h.register(CLOCK, 0x30_0000, 4096, 1 << 9),
+        err(Status::EINVAL)
+    );
     assert_eq!(h.register(CLOCK, 0x30_0000, 4096, 0), ok(0));
     let c = h
         .mem
@@ -729,8 +793,77 @@ fn clock_page_is_written_at_registration() {
     // 2 GHz: 2000 ticks later is 1 µs later.
     assert_eq!(c.nanoseconds(1_002_000), 6_000);
     // Re-registration moves it.
-    assert_eq!(h.register(CLOCK, 0x31_0000, 4096, 7), ok(0));
-    assert_eq!(h.pv.clock_page(), Some(0x31_0000));
+    assert_eq!(h.register(CLOCK, 0x31_0000, 4096, 0), ok(0));
+    assert_eq!(h.pv.clock_page(RegionOwner::Vm), Some(0x31_0000));
+    assert_eq!(h.pv.clock_page(RegionOwner::Vcpu(0)), None);
+}
+
+#[test]
+fn per_vcpu_clock_pages_are_kept_by_the_calling_vcpu() {
+    let h = harness(all());
+    // vCPU 0 and vCPU 1 each register their own clock page; the VM's page is separate.
+    let from = |vcpu: u32, addr: u64, flags: u64| {
+        h.pv.bus.dispatch(
+            &h.mem,
+            &h.pv.ledger,
+            vcpu,
+            Hypercall::RegisterRegion,
+            [CLOCK, addr, 4096, flags],
+        )
+    };
+    assert_eq!(from(0, 0x30_0000, REGION_PER_VCPU), ok(0));
+    assert_eq!(from(1, 0x31_0000, REGION_PER_VCPU), ok(0));
+    assert_eq!(h.pv.clock_page(RegionOwner::Vcpu(0)), Some(0x30_0000));
+    assert_eq!(h.pv.clock_page(RegionOwner::Vcpu(1)), Some(0x31_0000));
+    assert_eq!(h.pv.clock_page(RegionOwner::Vm), None);
+    // Both pages were written.
+    for at in [0x30_0000, 0x31_0000] {
+        let c = h.mem.read_obj::<Wire<PvClock>>(GuestAddress(at)).unwrap().0;
+        assert_eq!(
+            (c.tsc_timestamp, c.system_time),
+            (1_000_000, 5_000),
+            "{at:#x}"
+        );
+    }
+    // vCPU 1 re-registering moves only its own page; a failed registration changes nothing.
+    assert_eq!(from(1, 0x32_0000, REGION_PER_VCPU), ok(0));
+    assert_eq!(from(1, END, REGION_PER_VCPU), err(Status::EFAULT));
+    assert_eq!(h.pv.clock_page(RegionOwner::Vcpu(1)), Some(0x32_0000));
+    assert_eq!(h.pv.clock_page(RegionOwner::Vcpu(0)), Some(0x30_0000));
+    // Without the flag, vCPU 1 registers the VM's page, not its own.
+    assert_eq!(from(1, 0x33_0000, 0), ok(0));
+    assert_eq!(h.pv.clock_page(RegionOwner::Vm), Some(0x33_0000));
+    assert_eq!(h.pv.clock_page(RegionOwner::Vcpu(1)), Some(0x32_0000));
+    // Queues are the VM's: a per-vCPU ring is refused from any vCPU.
+    for vcpu in [0, 1] {
+        assert_eq!(
+            h.pv.bus.dispatch(
+                &h.mem,
+                &h.pv.ledger,
+                vcpu,
+                Hypercall::RegisterRegion,
+                [CONSOLE_RING, RING_A, RING_LEN, REGION_PER_VCPU | DOORBELL],
+            ),
+            err(Status::EINVAL)
+        );
+    }
+}
+
+#[test]
+fn eventfds_match_the_queue_id_on_the_one_doorbell_port() {
+    let mut h = harness(all());
+    console_ring(&h, RING_A, 8);
+    block_ring(&h, RING_B, 8);
+    assert_eq!(h.register(CONSOLE_RING, RING_A, RING_LEN, EVENTFD), ok(0));
+    assert_eq!(h.register(BLOCK_RING, RING_B, RING_LEN, EVENTFD), ok(0));
+    let mut keys: Vec<(u16, u32)> = h.io.live.lock().unwrap().iter().map(|(k, _)| *k).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        vec![(0x510, 0x1_0000), (0x510, 0x2_0000)],
+        "one ioeventfd per queue, all on port 0x510, datamatch = device << 16 | queue"
+    );
+    assert_eq!(h.pv.shutdown(), Ok(()));
 }
 
 #[test]
@@ -832,7 +965,7 @@ fn a_second_device_for_a_number_or_a_region_is_refused() {
         matches!(
             e,
             BusError::RegionTaken {
-                kind: RegionKind::Clock,
+                region: RegionId::Page(CLOCK_PAGE),
                 ..
             }
         ),
