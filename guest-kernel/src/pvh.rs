@@ -25,8 +25,8 @@
 use crate::statics::Exclusive;
 use core::sync::atomic::{AtomicBool, Ordering};
 use pvkit_abi::boot::{
-    BootInfo, MemoryKind, MemoryRegion, BOOT_INFO_SIZE, BOOT_MAGIC, CMDLINE_MAX, IDENTITY_MAP_SIZE,
-    MAX_MEMORY_REGIONS, MEMORY_MAP_ADDR,
+    BootInfo, MemoryKind, MemoryRegion, BOOT_INFO_ADDR, BOOT_INFO_SIZE, BOOT_MAGIC, CMDLINE_ADDR,
+    CMDLINE_MAX, IDENTITY_MAP_SIZE, MAX_MEMORY_REGIONS, MEMORY_MAP_ADDR,
 };
 use pvkit_abi::ABI_VERSION;
 
@@ -256,6 +256,9 @@ fn read_phys<T: Copy>(addr: u64, what: &str) -> T {
 /// the end of the highest one, capped at 4 GiB), its command line (copied, at most
 /// `CMDLINE_MAX - 1` bytes), no feature bits and no TSC rate. Panics (reported on the UART
 /// and through `isa-debug-exit`) when the start info is malformed or has no memory map.
+/// The structures are written where the pvkit boot contract puts them (`BOOT_INFO_ADDR`,
+/// `CMDLINE_ADDR`, `MEMORY_MAP_ADDR`), so the rest of the kernel cannot tell the two entries
+/// apart.
 pub fn boot_info(addr: u64) -> &'static BootInfo {
     let si: StartInfo = read_phys(addr, "hvm_start_info");
     if si.magic != START_INFO_MAGIC {
@@ -298,8 +301,8 @@ pub fn boot_info(addr: u64) -> &'static BootInfo {
         boot.mem_size = boot.mem_size.max(end);
         n += 1;
     }
+    let buf = CMDLINE.take();
     if si.cmdline_paddr != 0 {
-        let buf = CMDLINE.take();
         let mut len = 0;
         while len < buf.len() - 1 {
             let b: u8 = read_phys(si.cmdline_paddr + len as u64, "command line");
@@ -309,19 +312,30 @@ pub fn boot_info(addr: u64) -> &'static BootInfo {
             buf[len] = b;
             len += 1;
         }
-        boot.cmdline_addr = buf.as_ptr() as u64;
         boot.cmdline_len = len as u64;
-    }
-    // SAFETY: the slot `[MEMORY_MAP_ADDR, MEMORY_MAP_ADDR + MEMORY_MAP_MAX)` is low RAM
-    // inside the identity map `pvh_start` built, below the kernel image, and the boot
-    // contract reserves it for the memory map (room for MAX_MEMORY_REGIONS entries,
-    // asserted in pvkit-abi); everything the loader left there was read above.
-    unsafe {
-        core::ptr::copy_nonoverlapping(map.as_ptr(), MEMORY_MAP_ADDR as *mut MemoryRegion, n);
     }
     boot.memory_map_addr = MEMORY_MAP_ADDR;
     boot.memory_map_len = n as u32;
-    boot
+    let cmdline = buf;
+    let cmdline_len = boot.cmdline_len as usize;
+    if cmdline_len > 0 {
+        boot.cmdline_addr = CMDLINE_ADDR;
+    }
+    // SAFETY: the boot area the pvkit boot contract describes — BootInfo at
+    // BOOT_INFO_ADDR, the command line at CMDLINE_ADDR (< CMDLINE_MAX bytes, NUL
+    // included), the memory map at MEMORY_MAP_ADDR (room for MAX_MEMORY_REGIONS entries,
+    // asserted in pvkit-abi) — is low RAM inside the identity map `pvh_start` built, below
+    // the kernel image and away from its page tables (in .bss). Everything the loader left
+    // there (start info, its memory map, the command line) was copied out above. So the
+    // kernel finds its boot information where it does on pvkit, and the accessors that
+    // check the contract (`BootInfo::memory_map`, `cmdline`) accept it.
+    unsafe {
+        core::ptr::copy_nonoverlapping(map.as_ptr(), MEMORY_MAP_ADDR as *mut MemoryRegion, n);
+        core::ptr::copy_nonoverlapping(cmdline.as_ptr(), CMDLINE_ADDR as *mut u8, cmdline_len);
+        (CMDLINE_ADDR as *mut u8).add(cmdline_len).write(0);
+        (BOOT_INFO_ADDR as *mut BootInfo).write(*boot);
+        &*(BOOT_INFO_ADDR as *const BootInfo)
+    }
 }
 
 /// Ends the VM through QEMU's `isa-debug-exit` device: QEMU exits with status
