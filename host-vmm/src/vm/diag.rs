@@ -70,6 +70,19 @@ pub fn classify_rsp(rsp: u64, symbols: &SymbolTable) -> (String, bool) {
     )
 }
 
+/// The interrupted `RSP` as the `pvkit-guest` runtime writes it in its fault message
+/// (`rsp 0x…`): the report itself has no `RSP` field. Guest text: only hex digits are taken.
+fn rsp_in_message(message: &str) -> Option<u64> {
+    let at = message.find("rsp 0x")? + "rsp 0x".len();
+    let digits: String = message
+        .get(at..)?
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .take(16)
+        .collect();
+    u64::from_str_radix(&digits, 16).ok()
+}
+
 /// The diagnosis of `stop`: indented lines naming the registers and the faulting
 /// instruction's symbol, or `None` when the stop is not a fault. `regs` are vCPU 0's
 /// registers after the stop; for a reported fault the guest's `RIP` and `CR2` are used
@@ -95,18 +108,25 @@ pub fn diagnose(
         }
         StopReason::Fault(f) if !f.is_panic() => {
             let _ = writeln!(out, "  rip {:#x}{}", f.rip, sym(f.rip));
-            let _ = writeln!(
-                out,
-                "  rsp: not in the fault report (the guest's message above names it)"
-            );
-            match regs {
-                Some(r) => {
-                    let _ = writeln!(out, "  cr2 {:#x}, cr3 {:#x}", f.cr2, r.cr3);
+            match rsp_in_message(&f.message) {
+                Some(rsp) => {
+                    let (where_, _) = classify_rsp(rsp, symbols);
+                    let _ = writeln!(out, "  rsp {rsp:#x} (from the guest's message): {where_}");
                 }
                 None => {
-                    let _ = writeln!(out, "  cr2 {:#x}", f.cr2);
+                    let _ = writeln!(out, "  rsp: not in the fault report");
                 }
             }
+            let _ = write!(out, "  cr2 {:#x}", f.cr2);
+            if let Some(r) = regs {
+                // The report's CR2 is the guest's choice (0 outside #PF); the vCPU's is the
+                // last page-fault address, e.g. the #PF that became a #DF.
+                if r.cr2 != f.cr2 {
+                    let _ = write!(out, " (reported; the vCPU's cr2 is {:#x})", r.cr2);
+                }
+                let _ = write!(out, ", cr3 {:#x}", r.cr3);
+            }
+            out.push('\n');
         }
         _ => return None,
     }
@@ -152,5 +172,13 @@ mod tests {
             diagnose(&StopReason::Shutdown { rip: None }, None, &t),
             None
         );
+    }
+
+    #[test]
+    fn rsp_from_the_guest_message() {
+        assert_eq!(rsp_in_message("x (cs 0x8, rsp 0x221fe0)"), Some(0x22_1fe0));
+        assert_eq!(rsp_in_message("rsp 0xZZ"), None);
+        assert_eq!(rsp_in_message("no stack pointer"), None);
+        assert_eq!(rsp_in_message("rsp 0xffffffffffffffffff"), Some(u64::MAX));
     }
 }
