@@ -288,7 +288,7 @@ mod tests {
         .unwrap();
         r.note(&Exit::IoOut {
             port: 0x3f8,
-            data: &[b'x'],
+            data: b"x",
         });
         r.record(Some(ExitKind::PortWrite(0x3f8)), Some(0x20_0010));
         r.note(&Exit::MmioWrite {

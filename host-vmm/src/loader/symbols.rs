@@ -365,7 +365,7 @@ mod tests {
             }
             let stroff = b.len() as u64;
             b.extend_from_slice(&self.strings);
-            while b.len() % 8 != 0 {
+            while !b.len().is_multiple_of(8) {
                 b.push(0);
             }
             let shoff = b.len() as u64;

@@ -52,7 +52,7 @@ pub fn classify_rsp(rsp: u64, symbols: &SymbolTable) -> (String, bool) {
         }
         return (format!("inside {}", s.name), false);
     }
-    if rsp < BOOT_STACK_BOTTOM && rsp >= BOOT_STACK_BOTTOM - PAGE {
+    if (BOOT_STACK_BOTTOM - PAGE..BOOT_STACK_BOTTOM).contains(&rsp) {
         return (
             format!(
                 "just below the boot stack ({BOOT_STACK_BOTTOM:#x}..{BOOT_STACK_TOP:#x}), over \
