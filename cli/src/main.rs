@@ -134,7 +134,8 @@ struct RunArgs {
 
     /// Print a report to stderr at the end: platform (KVM kind, CPU, TSC rate), every VM
     /// exit by kind sorted by count, total exits, console bytes dropped (stdout did not
-    /// keep up), time to the first hypercall and to the stop, and peak RSS.
+    /// keep up), the 10 guest code locations (RIP, symbolized) with the most exits, time to
+    /// the first hypercall and to the stop, and peak RSS.
     #[arg(long)]
     stats: bool,
 
@@ -161,6 +162,12 @@ struct RunArgs {
     /// the VMM, or a kernel without seccomp; see docs/SECURITY.md).
     #[arg(long)]
     no_seccomp: bool,
+
+    /// Write every VM exit (time in µs since start, kind, port or address, guest RIP and
+    /// its symbol) to FILE as Chrome trace-event JSON (open it in https://ui.perfetto.dev).
+    /// At most 1,000,000 exits are kept; the rest are counted in otherData.dropped_events.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
 
     /// The guest kernel command line (after `--`), e.g. `-- print=10 exit=3`.
     #[arg(last = true, value_name = "KERNEL-CMDLINE")]
@@ -197,11 +204,24 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
         phase_observer: None,
         seccomp: !args.no_seccomp,
         vcpus: args.vcpus,
+        record: pvkit_vmm::exit::record::RecordConfig {
+            rips: args.stats,
+            trace: args.trace.is_some(),
+        },
     })
 }
 
 fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
     let cfg = config(args, started_at)?;
+    // Created before the guest runs: a path that cannot be written fails at once.
+    let trace_file = match &args.trace {
+        Some(p) => Some((
+            p,
+            std::fs::File::create(p)
+                .with_context(|| format!("cannot create the trace file {}", p.display()))?,
+        )),
+        None => None,
+    };
     let outcome = match pvkit_vmm::run(&cfg) {
         Ok(o) => o,
         // A SIGINT/SIGTERM that arrived while the VM was being set up (reading and
@@ -219,6 +239,24 @@ fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
         StopReason::Exit(_) => {}
         StopReason::Signal { .. } => eprintln!("pvkit: {}", outcome.stop),
         other => eprintln!("{other}"),
+    }
+    if let Some(d) =
+        pvkit_vmm::vm::diag::diagnose(&outcome.stop, outcome.stop_regs.as_ref(), &outcome.symbols)
+    {
+        eprint!("{d}");
+    }
+    if let (Some((path, file)), Some(trace)) = (trace_file, &outcome.trace) {
+        let mut w = std::io::BufWriter::new(file);
+        pvkit_vmm::exit::record::write_chrome_trace(trace, &outcome.symbols, &mut w)
+            .with_context(|| format!("cannot write the trace file {}", path.display()))?;
+        if trace.dropped > 0 {
+            eprintln!(
+                "pvkit: trace truncated: {} exits written to {}, {} more not kept",
+                trace.events.len(),
+                path.display(),
+                trace.dropped
+            );
+        }
     }
     if outcome.console_dropped > 0 {
         // The console never waits for stdout (host-vmm/src/io/console_out.rs): say what did not get out.

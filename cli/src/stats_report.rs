@@ -1,4 +1,5 @@
-//! The `--stats` report: platform, exits by kind, console bytes dropped, timings, peak RSS.
+//! The `--stats` report: platform, exits by kind, the guest code locations with the most
+//! exits, console bytes dropped, timings, peak RSS.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -23,6 +24,9 @@ fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
+/// How many guest code locations the report lists.
+pub const TOP_LOCATIONS: usize = 10;
+
 /// The report printed by `pvkit run --stats`.
 pub fn report(o: &RunOutcome, peak_rss_kib: Option<u64>) -> String {
     let mut s = String::new();
@@ -44,6 +48,23 @@ pub fn report(o: &RunOutcome, peak_rss_kib: Option<u64>) -> String {
         let _ = writeln!(s, "    {n:>10}  notify {name} (in-kernel)");
     }
     let _ = writeln!(s, "  total exits:       {}", o.ledger.total);
+    if let Some(p) = &o.exit_profile {
+        let _ = writeln!(s, "  top exit locations (guest rip):");
+        for (rip, n) in p.top(TOP_LOCATIONS) {
+            let _ = writeln!(s, "    {n:>10}  {rip:#x} {}", o.symbols.locate(rip));
+        }
+        if p.overflow > 0 {
+            let _ = writeln!(
+                s,
+                "    {:>10}  at further addresses (more than {} distinct)",
+                p.overflow,
+                pvkit_vmm::exit::record::MAX_RIPS
+            );
+        }
+        if p.unknown > 0 {
+            let _ = writeln!(s, "    {:>10}  rip unreadable", p.unknown);
+        }
+    }
     let _ = writeln!(s, "  console dropped:   {} bytes", o.console_dropped);
     let _ = writeln!(s, "  to guest entry:    {}", ms(o.timings.to_guest_entry));
     let _ = match o.timings.to_first_exit {

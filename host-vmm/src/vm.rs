@@ -8,6 +8,7 @@
 //! on their own threads. Their ledgers are merged for the [`RunOutcome`].
 
 pub mod builder;
+pub mod diag;
 pub mod machine;
 
 use std::path::PathBuf;
@@ -24,8 +25,10 @@ use crate::bench::{PhaseObserver, PhaseRecord, SampleRecord};
 use crate::bus::BusError;
 use crate::devices::pv::BusError as HypercallBusError;
 use crate::exit::ledger::LedgerSnapshot;
+use crate::exit::record::{ExitRecorder, RecordConfig, RipProfile, Trace};
 use crate::io::disk::{DiskConfig, DiskError, SharedDisk};
 use crate::loader::elf::ElfError;
+use crate::loader::symbols::SymbolTable;
 use crate::runtime::seccomp::{Confinement, SeccompError, ThreadKind};
 use crate::runtime::signals::{self, DiskFlush};
 use crate::runtime::stop::StopReason;
@@ -34,6 +37,7 @@ use crate::vstate::kvm::{PlatformError, PlatformInfo};
 use crate::vstate::memory::{MemoryError, DEFAULT_MEM_MIB};
 use crate::vstate::vcpu::{RegAccess, Vcpu, VcpuError};
 use crate::vstate::vm::VmFdError;
+use diag::StopRegs;
 use machine::{merge_ledgers, run_vcpu, VcpuState, Vm};
 
 /// Where the guest kernel comes from.
@@ -101,6 +105,10 @@ pub struct VmConfig {
     /// nothing and change no count; the guest cannot start them yet (no SIPI or PV
     /// wake-up exists).
     pub vcpus: u32,
+    /// Per-exit records: exits by guest `RIP` (`pvkit run --stats`) and a trace of every
+    /// exit (`pvkit run --trace`), in [`RunOutcome::exit_profile`] and [`RunOutcome::trace`]
+    /// ([`crate::exit::record`]). Default: none.
+    pub record: RecordConfig,
 }
 
 impl Default for VmConfig {
@@ -118,6 +126,7 @@ impl Default for VmConfig {
             phase_observer: None,
             seccomp: true,
             vcpus: 1,
+            record: RecordConfig::default(),
         }
     }
 }
@@ -174,6 +183,15 @@ pub struct RunOutcome {
     pub reg_access: RegAccess,
     /// The ABI version in the guest's note.
     pub guest_abi: AbiVersion,
+    /// The guest ELF's symbols (empty for a stripped file).
+    pub symbols: Arc<SymbolTable>,
+    /// vCPU 0's registers after a triple fault or a reported fault (for
+    /// [`diag::diagnose`]).
+    pub stop_regs: Option<StopRegs>,
+    /// Exits by guest `RIP`, all vCPUs ([`VmConfig::record`]).
+    pub exit_profile: Option<RipProfile>,
+    /// Every exit in time order, all vCPUs ([`VmConfig::record`]).
+    pub trace: Option<Trace>,
 }
 
 /// Errors that keep a VM from running (guest misbehaviour is a [`StopReason`], not this).
@@ -332,16 +350,18 @@ pub fn read_kernel_file(path: &std::path::Path, limit: u64) -> Result<Vec<u8>, V
     Ok(bytes)
 }
 
-type VcpuResult = Result<(StopReason, VcpuState), VcpuError>;
+type VcpuResult = Result<(StopReason, VcpuState, Vcpu), VcpuError>;
 
 /// vCPU 0's thread body: runs the guest on `vm` until it stops, then names the stop with
-/// the vCPU's `RIP`.
+/// the vCPU's `RIP`. The vCPU is handed back, so that the supervising thread (not under
+/// the vCPU filter) can read its special registers for [`diag`].
 fn vcpu_loop(mut vcpu: Vcpu, vm: &Vm, mut cpu: VcpuState) -> VcpuResult {
     // SAFETY: the pointer is the `immediate_exit` byte of this vCPU's `kvm_run` mapping,
-    // which lives as long as `vcpu`; the guard is dropped at the end of this function,
-    // before `vcpu`.
-    let _armed = unsafe { ArmGuard::new(vcpu.immediate_exit_ptr()) };
+    // which lives as long as `vcpu`; the guard is dropped right after the run, while
+    // this function still owns `vcpu`.
+    let armed = unsafe { ArmGuard::new(vcpu.immediate_exit_ptr()) };
     let stop = run_vcpu(&mut vcpu, vm, &mut cpu)?;
+    drop(armed);
     let stop = match stop {
         StopReason::Shutdown { rip: None } => StopReason::Shutdown { rip: vcpu.rip() },
         StopReason::Halted { rip: None } => StopReason::Halted { rip: vcpu.rip() },
@@ -357,7 +377,7 @@ fn vcpu_loop(mut vcpu: Vcpu, vm: &Vm, mut cpu: VcpuState) -> VcpuResult {
         },
         other => other,
     };
-    Ok((stop, cpu))
+    Ok((stop, cpu, vcpu))
 }
 
 /// The name of vCPU `index`'s thread.
@@ -512,7 +532,12 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         platform,
         reg_access,
         guest_abi,
+        symbols,
     } = built;
+    for (_, state) in &mut vcpus {
+        let index = u32::try_from(state.index).unwrap_or(u32::MAX);
+        state.recorder = ExitRecorder::new(config.record, t0, index);
+    }
     let confinement = match config.seccomp {
         true => {
             crate::runtime::seccomp::use_main_arena_only();
@@ -537,7 +562,8 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
                 Ok(_) => vcpu_loop(vcpu, &vm0, boot).map_err(VmError::from),
                 Err(e) => Err(VmError::from(e)),
             };
-            // The VM (and its fd) outlives the vCPU: dropped after it, on this thread.
+            // This thread's reference to the VM; the supervising thread holds another until
+            // after it has dropped the vCPU handed back, so the VM fd outlives the vCPU fd.
             drop(vm0);
             let _ = tx.send(Event::VcpuDone);
             r
@@ -555,8 +581,21 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
             return Err(e);
         }
     };
-    let (stop, boot) = thread.join().map_err(|_| VmError::VcpuPanicked)??;
-    let others = parked.release()?;
+    let (stop, mut boot, vcpu) = thread.join().map_err(|_| VmError::VcpuPanicked)??;
+    let stop_regs = match &stop {
+        StopReason::Shutdown { .. } | StopReason::Fault(_) => {
+            vcpu.regs_and_sregs().map(|(r, s)| StopRegs {
+                rip: r.rip,
+                rsp: r.rsp,
+                cr2: s.cr2,
+                cr3: s.cr3,
+            })
+        }
+        _ => None,
+    };
+    // The VM outlives the vCPU (this thread holds it).
+    drop(vcpu);
+    let mut others = parked.release()?;
     if let Err(msg) = vm.pv.shutdown() {
         host_failure.get_or_insert(msg);
     }
@@ -596,6 +635,22 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
             .stopped
             .map_or(Duration::ZERO, |t| t.saturating_duration_since(t0)),
     };
+    let mut exit_profile: Option<RipProfile> = None;
+    let mut trace: Option<Trace> = None;
+    for r in std::iter::once(&mut boot)
+        .chain(&mut others)
+        .filter_map(|c| c.recorder.take())
+    {
+        if let Some(p) = &r.rips {
+            exit_profile.get_or_insert_with(Default::default).merge(p);
+        }
+        if let Some(t) = r.trace {
+            match &mut trace {
+                None => trace = Some(t),
+                Some(all) => all.merge(&t),
+            }
+        }
+    }
     let (phases, samples) = bench.take();
     // Bounded: the writer thread gets a short grace, what it cannot write is counted.
     console.finish(crate::io::console_out::FINISH_GRACE);
@@ -610,6 +665,10 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         platform,
         reg_access,
         guest_abi,
+        symbols,
+        stop_regs,
+        exit_profile,
+        trace,
     })
 }
 

@@ -69,6 +69,7 @@ pub struct ExitLedger {
     counts: BTreeMap<ExitKind, u64>,
     total: u64,
     notifiers: Vec<(&'static str, NotifyCounter)>,
+    last: Option<ExitKind>,
 }
 
 /// The ledger's counts at one moment, or the difference between two moments.
@@ -92,6 +93,12 @@ impl ExitLedger {
     pub fn record(&mut self, kind: ExitKind) {
         *self.counts.entry(kind).or_insert(0) += 1;
         self.total += 1;
+        self.last = Some(kind);
+    }
+
+    /// The kind of the last exit counted (for the exit recorder, [`super::record`]).
+    pub fn last(&self) -> Option<ExitKind> {
+        self.last
     }
 
     /// Registers a notification source and returns the counter its thread increments.
@@ -113,6 +120,7 @@ impl ExitLedger {
             counts: BTreeMap::new(),
             total: 0,
             notifiers: self.notifiers.clone(),
+            last: None,
         }
     }
 

@@ -13,6 +13,7 @@
 //! times) belongs to one vCPU thread and is merged for reports.
 
 pub mod ledger;
+pub mod record;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -29,6 +29,7 @@ use crate::io::console_out::Console;
 use crate::io::disk::SharedDisk;
 use crate::iothread::IoStopper;
 use crate::loader::elf::ElfImage;
+use crate::loader::symbols::SymbolTable;
 use crate::runtime::watchdog;
 use crate::vstate::kvm::{open_kvm, PlatformInfo};
 use crate::vstate::memory::{create_fresh_ram, MAX_MEM_MIB};
@@ -56,6 +57,8 @@ pub struct Built {
     pub reg_access: RegAccess,
     /// The ABI version in the guest's note.
     pub guest_abi: AbiVersion,
+    /// The guest ELF's symbols, kept from the file before its bytes are dropped.
+    pub symbols: Arc<SymbolTable>,
 }
 
 impl std::fmt::Debug for Built {
@@ -106,6 +109,9 @@ pub fn build(
 
     // Fresh RAM: the loader skips zero-filling what mmap already zeroed.
     let (mem, kernel) = image.load_fresh(create_fresh_ram(config.mem_mib)?)?;
+    // A compact copy of the symbol table (bounded, see `loader::symbols`) is all that is
+    // kept of the file; a malformed one means no symbols, not a refused guest.
+    let symbols = Arc::new(SymbolTable::from_elf(&bytes).unwrap_or_default());
     // The image is in guest RAM: the file's bytes are not kept for the run.
     drop(image);
     drop(bytes);
@@ -233,5 +239,6 @@ pub fn build(
         platform,
         reg_access,
         guest_abi: kernel.abi,
+        symbols,
     })
 }

@@ -14,6 +14,7 @@ use pvkit_abi::call::RawCall;
 
 use crate::devices::pv::HypercallBus;
 use crate::exit::ledger::{ExitLedger, LedgerSnapshot};
+use crate::exit::record::ExitRecorder;
 use crate::exit::{handle_exit, Exit, ExitAction, Hypercalls, VcpuExits, VmShared};
 use crate::hypercall::{self, HypercallContext, Outcome};
 use crate::runtime::stop::StopReason;
@@ -64,6 +65,8 @@ pub struct VcpuState {
     pub entered: Option<Instant>,
     /// When it stopped.
     pub stopped: Option<Instant>,
+    /// Per-exit records (`RIP` profile, trace), when asked for.
+    pub recorder: Option<ExitRecorder>,
 }
 
 impl VcpuState {
@@ -75,6 +78,7 @@ impl VcpuState {
             exits: VcpuExits::new(ledger),
             entered: None,
             stopped: None,
+            recorder: None,
         }
     }
 
@@ -84,6 +88,9 @@ impl VcpuState {
             bus: &vm.pv,
             vcpu: u32::try_from(self.index).unwrap_or(u32::MAX),
         };
+        if let Some(r) = &mut self.recorder {
+            r.note(&exit);
+        }
         handle_exit(&vm.shared, &mut self.exits, &mut calls, exit)
     }
 }
@@ -124,7 +131,11 @@ impl Hypercalls for PvCalls<'_> {
 pub fn run_vcpu(vcpu: &mut Vcpu, vm: &Vm, cpu: &mut VcpuState) -> Result<StopReason, VcpuError> {
     cpu.entered.get_or_insert_with(Instant::now);
     let stop = loop {
-        match vcpu.run(|exit| cpu.handle(vm, exit))? {
+        let action = vcpu.run(|exit| cpu.handle(vm, exit))?;
+        if let Some(r) = &mut cpu.recorder {
+            r.record(cpu.exits.ledger.last(), vcpu.exit_rip());
+        }
+        match action {
             ExitAction::Continue => {}
             ExitAction::Return(ret) => vcpu.set_return(ret)?,
             ExitAction::Stop(reason) => break reason,

@@ -249,6 +249,25 @@ impl Vcpu {
         self.fd.get_regs().ok().map(|r| r.rip)
     }
 
+    /// The guest `RIP` at the exit `KVM_RUN` just returned, for the exit recorder
+    /// (`crate::exit::record`): with sync regs read from the `kvm_run` page KVM filled (no
+    /// ioctl); with ioctls the registers already read for a hypercall, else one
+    /// `KVM_GET_REGS`.
+    pub fn exit_rip(&mut self) -> Option<u64> {
+        match (self.access, &self.call_regs) {
+            (RegAccess::SyncRegs, _) => Some(self.fd.sync_regs().regs.rip),
+            (RegAccess::Ioctl, Some(r)) => Some(r.rip),
+            (RegAccess::Ioctl, None) => self.rip(),
+        }
+    }
+
+    /// The general and special registers (`KVM_GET_REGS`, `KVM_GET_SREGS`), for fault
+    /// diagnostics after the guest stopped. Called on the supervising thread: the vCPU
+    /// thread's seccomp filter does not allow `KVM_GET_SREGS`.
+    pub fn regs_and_sregs(&self) -> Option<(kvm_regs, kvm_bindings::kvm_sregs)> {
+        Some((self.fd.get_regs().ok()?, self.fd.get_sregs().ok()?))
+    }
+
     /// The address of `kvm_run.immediate_exit`, for the watchdog's signal handler.
     pub fn immediate_exit_ptr(&mut self) -> *mut u8 {
         &mut self.fd.get_kvm_run().immediate_exit as *mut u8
@@ -312,6 +331,8 @@ impl Vcpu {
             Internal,
             Interrupted,
         }
+        // Registers kept for the previous exit's `set_return` are stale from here on.
+        self.call_regs = None;
         let deferred = match self.fd.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
                 if let (HYPERCALL, Ok(eax)) = (port, <[u8; 4]>::try_from(data)) {
