@@ -39,9 +39,8 @@ mod pvh;
 mod statics;
 mod user;
 
-use pvkit_abi::boot::{BootInfo, BOOT_MAGIC, CMDLINE_MAX, IDENTITY_MAP_SIZE};
+use pvkit_abi::boot::{BootInfo, CMDLINE_MAX, IDENTITY_MAP_SIZE};
 use pvkit_abi::cpuid::Features;
-use pvkit_abi::{AbiVersion, ABI_VERSION};
 use pvkit_guest::cmdline::Cmdline;
 
 pvkit_abi::abi_note!();
@@ -85,7 +84,7 @@ extern "C" fn kernel_main(boot_info: *const BootInfo) -> ! {
     gdt::init();
     interrupts::init();
 
-    let boot = validate_boot_info(boot_info);
+    let boot = pvkit_guest::rt::validate_boot_info(boot_info);
     kernel_run(boot)
 }
 
@@ -107,27 +106,6 @@ fn kernel_run(boot: &'static BootInfo) -> ! {
     let console = console::init(requested);
     heap::init(boot);
     modes::run(&args, console, boot)
-}
-
-/// Checks the `BootInfo` pointer, magic and ABI major version; panics (reported to the
-/// host) if they are bad.
-fn validate_boot_info(ptr: *const BootInfo) -> &'static BootInfo {
-    let addr = ptr as u64;
-    let size = core::mem::size_of::<BootInfo>() as u64;
-    if addr == 0 || !addr.is_multiple_of(8) || addr > IDENTITY_MAP_SIZE - size {
-        panic!("bad BootInfo address {addr:#x}");
-    }
-    // SAFETY: the address is non-null, aligned and inside the boot identity map, which the
-    // VMM backs with RAM; the boot contract says a `BootInfo` is there and nobody writes it.
-    let boot = unsafe { &*ptr };
-    if boot.magic != BOOT_MAGIC {
-        panic!("bad BootInfo magic {:#x}", boot.magic);
-    }
-    let host = AbiVersion::from_u64(boot.abi_version);
-    if host.major != ABI_VERSION.major {
-        panic!("host speaks pvkit ABI {host}, this kernel {ABI_VERSION}");
-    }
-    boot
 }
 
 /// The command line named by `BootInfo`, or an empty one if there is none. Panics if it

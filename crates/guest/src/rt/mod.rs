@@ -67,9 +67,11 @@ pub fn exit(code: i32) -> ! {
     crate::hypercall::exit(code as u8)
 }
 
-/// Checks the `BootInfo` pointer, magic and ABI major version; panics (reported to the
-/// host) if they are bad.
-fn validate_boot_info(ptr: *const BootInfo) -> &'static BootInfo {
+/// Checks the `BootInfo` pointer the VMM passed in `RDI`: non-null, aligned, inside the
+/// boot identity map, the right magic and the same ABI major version. Panics (reported to
+/// the host) if any is bad. [`entry!`](crate::entry) calls it; a kernel with its own
+/// `_start` can too.
+pub fn validate_boot_info(ptr: *const BootInfo) -> &'static BootInfo {
     let addr = ptr as u64;
     let size = core::mem::size_of::<BootInfo>() as u64;
     if addr == 0 || !addr.is_multiple_of(8) || addr > IDENTITY_MAP_SIZE - size {
