@@ -22,6 +22,8 @@ use crate::arch::x86_64::cpuid::CpuidError;
 use crate::arch::x86_64::layout::LayoutError;
 use crate::bench::{PhaseObserver, PhaseRecord, SampleRecord};
 use crate::bus::BusError;
+use crate::devices::legacy::irq::IrqError;
+use crate::devices::legacy::ne2000::{NetConfig, NetError, NicStats};
 use crate::devices::pv::BusError as HypercallBusError;
 use crate::exit::ledger::LedgerSnapshot;
 use crate::io::disk::{DiskConfig, DiskError, SharedDisk};
@@ -101,6 +103,10 @@ pub struct VmConfig {
     /// nothing and change no count; the guest cannot start them yet (no SIPI or PV
     /// wake-up exists).
     pub vcpus: u32,
+    /// The network: an NE2000 (ports `0x300..=0x31f`, IRQ 9) on a host backend, with KVM's
+    /// in-kernel irqchip for its interrupt. `None` (default): no NIC and no irqchip, so
+    /// `hlt` and every other exit stay as without a network.
+    pub net: Option<NetConfig>,
 }
 
 impl Default for VmConfig {
@@ -118,6 +124,7 @@ impl Default for VmConfig {
             phase_observer: None,
             seccomp: true,
             vcpus: 1,
+            net: None,
         }
     }
 }
@@ -174,6 +181,8 @@ pub struct RunOutcome {
     pub reg_access: RegAccess,
     /// The ABI version in the guest's note.
     pub guest_abi: AbiVersion,
+    /// What the NIC counted ([`VmConfig::net`]).
+    pub net: Option<NicStats>,
 }
 
 /// Errors that keep a VM from running (guest misbehaviour is a [`StopReason`], not this).
@@ -266,6 +275,12 @@ pub enum VmError {
     /// A thread could not be confined with its seccomp filter.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    /// The network could not be set up.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The in-kernel irqchip or an interrupt line could not be set up.
+    #[error(transparent)]
+    Irq(#[from] IrqError),
 }
 
 /// How long the watchdog keeps kicking after the deadline before giving up on the thread.
@@ -512,6 +527,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         platform,
         reg_access,
         guest_abi,
+        mut net,
     } = built;
     let confinement = match config.seccomp {
         true => {
@@ -552,12 +568,18 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
             if let Some(s) = io_stopper {
                 s.stop();
             }
+            if let Some(n) = net.as_mut() {
+                let _ = n.stop();
+            }
             return Err(e);
         }
     };
     let (stop, boot) = thread.join().map_err(|_| VmError::VcpuPanicked)??;
     let others = parked.release()?;
     if let Err(msg) = vm.pv.shutdown() {
+        host_failure.get_or_insert(msg);
+    }
+    if let Some(Err(msg)) = net.as_mut().map(|n| n.stop()) {
         host_failure.get_or_insert(msg);
     }
     let stop = match (host_failure, signals::pending()) {
@@ -610,6 +632,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         platform,
         reg_access,
         guest_abi,
+        net: net.map(|n| n.stats()),
     })
 }
 
