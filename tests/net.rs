@@ -198,8 +198,12 @@ fn ping(sock: &OwnedFd, seq: u16, wait: Duration) -> bool {
             size_of::<libc::sockaddr_in>() as u32,
         )
     };
-    assert_eq!(n, req.len() as isize, "{}", std::io::Error::last_os_error());
     let start = Instant::now();
+    if n != req.len() as isize {
+        // The VMM has not brought the TAP device up yet (ENETUNREACH): a lost ping.
+        std::thread::sleep(wait);
+        return false;
+    }
     while start.elapsed() < wait {
         let mut b = [0u8; 2048];
         // SAFETY: recv(2) into a live buffer of the given length, non-blocking.
