@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use pvkit_vmm::devices::legacy::ne2000::{NetBackendConfig, NetConfig};
 use pvkit_vmm::runtime::stop::{STATUS_USAGE, STATUS_VMM_ERROR};
 use pvkit_vmm::vstate::vcpu::RegAccess;
 use pvkit_vmm::{ConsoleKind, DiskConfig, KernelSource, StopReason, VmConfig};
@@ -113,6 +114,15 @@ enum RegAccessArg {
     Ioctl,
 }
 
+/// `pvkit run --net` backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum NetArg {
+    /// The in-VMM loopback responder.
+    Loopback,
+    /// A TAP device in a network namespace.
+    Tap,
+}
+
 #[derive(clap::Args, Debug)]
 struct RunArgs {
     /// The guest kernel: a statically linked x86_64 ELF carrying the pvkit ABI note.
@@ -169,6 +179,19 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
 
+    /// An emulated NE2000 NIC (ports 0x300-0x31f, IRQ 9 through the IOAPIC) on a host
+    /// backend: `loopback` (the default when no value is given) is an in-VMM peer at
+    /// 10.0.2.2 answering ARP, ping and UDP echo on port 7, no privileges needed; `tap` is a
+    /// TAP device whose host side is 10.0.2.2/24 in a network namespace (--netns NAME, or a
+    /// new `pvkit-<pid>` removed at exit), needs root. The built-in guest's `net=` modes use it.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "loopback",
+          value_name = "BACKEND")]
+    net: Option<NetArg>,
+
+    /// With --net tap: the existing network namespace to put the TAP device in.
+    #[arg(long, value_name = "NAME")]
+    netns: Option<String>,
+
     /// The guest kernel command line (after `--`), e.g. `-- print=10 exit=3`.
     #[arg(last = true, value_name = "KERNEL-CMDLINE")]
     cmdline: Vec<String>,
@@ -208,7 +231,19 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
             rips: args.stats,
             trace: args.trace.is_some(),
         },
+        net: net_config(args)?,
     })
+}
+
+/// The network of `--net` / `--netns`.
+fn net_config(args: &RunArgs) -> anyhow::Result<Option<NetConfig>> {
+    let backend = match (args.net, &args.netns) {
+        (None, None) => return Ok(None),
+        (Some(NetArg::Tap), ns) => NetBackendConfig::Tap { netns: ns.clone() },
+        (Some(NetArg::Loopback), None) => NetBackendConfig::Loopback,
+        (_, Some(_)) => anyhow::bail!("--netns needs --net tap"),
+    };
+    Ok(Some(NetConfig { backend }))
 }
 
 fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
@@ -263,6 +298,17 @@ fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
         eprintln!(
             "pvkit: {} console bytes dropped (stdout did not keep up)",
             outcome.console_dropped
+        );
+    }
+    if let (true, Some(n)) = (args.stats, &outcome.net) {
+        eprintln!(
+            "NE2000: {} frames sent, {} received, {} dropped by the backend, {} dropped by \
+             the card (ring full), {} interrupts raised",
+            n.backend.tx_frames,
+            n.model.rx_frames,
+            n.backend.dropped(),
+            n.model.rx_overflow,
+            n.irqs_raised
         );
     }
     if args.stats {

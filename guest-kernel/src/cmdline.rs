@@ -18,6 +18,7 @@
 //! | `bench=`    | instead of everything else: run benchmark cases, see [`crate::bench`]; `all` or a comma-separated list of devices (`console`, `block`, `clock`, `exit`) and `device/variant` pairs (e.g. `block/ata-pio`) |
 //! | `quick`     | with `bench=`: small operation counts                                 |
 //! | `ops=N`     | with `bench=`: `N` (≥ 1) operations in every case                      |
+//! | `net=`      | instead of everything else: the NE2000 by interrupts, `serve`, `echo` or `send` ([`crate::net`]); with `ip=`, `peer=` (IPv4), `count=N`, `size=N` (UDP payload) |
 //!
 //! Unknown tokens are ignored (they may be meant for someone else). When several of
 //! `fault=`, `panic`, `spin`, `triple` are given, the last one wins.
@@ -99,6 +100,8 @@ pub struct Args {
     pub bench: Option<Bench>,
     /// `disk`: run the ATA disk check after the banner.
     pub disk: bool,
+    /// `net=`: the network modes.
+    pub net: Option<crate::net::NetArgs>,
 }
 
 /// Parses the command line in one pass. The error names the offending token.
@@ -112,7 +115,10 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
         user: false,
         bench: None,
         disk: false,
+        net: None,
     };
+    let mut net = crate::net::NetArgs::new(crate::net::Mode::Serve);
+    let mut net_mode = None;
     let mut writes = 1;
     let mut flood = false;
     let mut ring = None;
@@ -166,6 +172,14 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
                 Ok(n) if n >= 1 => ops = Some(n),
                 _ => return Err(n),
             },
+            ("net", Some(m)) => net_mode = Some(crate::net::Mode::parse(m).ok_or(m)?),
+            ("ip", Some(v)) => net.ip = crate::net::parse_ip(v).ok_or(v)?,
+            ("peer", Some(v)) => net.peer = crate::net::parse_ip(v).ok_or(v)?,
+            ("count", Some(n)) => net.count = n.parse().map_err(|_| n)?,
+            ("size", Some(n)) => match n.parse::<usize>() {
+                Ok(s) if s <= crate::net::proto::MAX_UDP_PAYLOAD => net.size = s,
+                _ => return Err(n),
+            },
             ("console", Some(other)) => return Err(other),
             _ => {}
         }
@@ -174,6 +188,10 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
         p.writes = writes;
         p.flood = flood;
         p.ring = ring;
+    }
+    if let Some(mode) = net_mode {
+        net.mode = mode;
+        args.net = Some(net);
     }
     if let Some(b) = &mut args.bench {
         b.quick = quick;

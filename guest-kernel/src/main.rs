@@ -34,6 +34,7 @@ mod heap;
 mod interrupts;
 mod modes;
 mod msr;
+mod net;
 mod pit;
 mod pvh;
 mod statics;

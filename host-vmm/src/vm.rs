@@ -23,6 +23,8 @@ use crate::arch::x86_64::cpuid::CpuidError;
 use crate::arch::x86_64::layout::LayoutError;
 use crate::bench::{PhaseObserver, PhaseRecord, SampleRecord};
 use crate::bus::BusError;
+use crate::devices::legacy::irq::IrqError;
+use crate::devices::legacy::ne2000::{NetConfig, NetError, NicStats};
 use crate::devices::pv::BusError as HypercallBusError;
 use crate::exit::ledger::LedgerSnapshot;
 use crate::exit::record::{ExitRecorder, RecordConfig, RipProfile, Trace};
@@ -109,6 +111,10 @@ pub struct VmConfig {
     /// exit (`pvkit run --trace`), in [`RunOutcome::exit_profile`] and [`RunOutcome::trace`]
     /// ([`crate::exit::record`]). Default: none.
     pub record: RecordConfig,
+    /// The network: an NE2000 (ports `0x300..=0x31f`, IRQ 9) on a host backend, with KVM's
+    /// in-kernel irqchip for its interrupt. `None` (default): no NIC and no irqchip, so
+    /// `hlt` and every other exit stay as without a network.
+    pub net: Option<NetConfig>,
 }
 
 impl Default for VmConfig {
@@ -127,6 +133,7 @@ impl Default for VmConfig {
             seccomp: true,
             vcpus: 1,
             record: RecordConfig::default(),
+            net: None,
         }
     }
 }
@@ -192,6 +199,8 @@ pub struct RunOutcome {
     pub exit_profile: Option<RipProfile>,
     /// Every exit in time order, all vCPUs ([`VmConfig::record`]).
     pub trace: Option<Trace>,
+    /// What the NIC counted ([`VmConfig::net`]).
+    pub net: Option<NicStats>,
 }
 
 /// Errors that keep a VM from running (guest misbehaviour is a [`StopReason`], not this).
@@ -284,6 +293,12 @@ pub enum VmError {
     /// A thread could not be confined with its seccomp filter.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    /// The network could not be set up.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The in-kernel irqchip or an interrupt line could not be set up.
+    #[error(transparent)]
+    Irq(#[from] IrqError),
 }
 
 /// How long the watchdog keeps kicking after the deadline before giving up on the thread.
@@ -533,6 +548,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         reg_access,
         guest_abi,
         symbols,
+        mut net,
     } = built;
     for (_, state) in &mut vcpus {
         let index = u32::try_from(state.index).unwrap_or(u32::MAX);
@@ -578,6 +594,9 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
             if let Some(s) = io_stopper {
                 s.stop();
             }
+            if let Some(n) = net.as_mut() {
+                let _ = n.stop();
+            }
             return Err(e);
         }
     };
@@ -597,6 +616,9 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     drop(vcpu);
     let mut others = parked.release()?;
     if let Err(msg) = vm.pv.shutdown() {
+        host_failure.get_or_insert(msg);
+    }
+    if let Some(Err(msg)) = net.as_mut().map(|n| n.stop()) {
         host_failure.get_or_insert(msg);
     }
     let stop = match (host_failure, signals::pending()) {
@@ -669,6 +691,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         stop_regs,
         exit_profile,
         trace,
+        net: net.map(|n| n.stats()),
     })
 }
 

@@ -41,6 +41,10 @@ pub const MIN_FRAME: usize = 60;
 /// Most `ISR` reads one wait makes before giving up.
 pub const POLL_LIMIT: u32 = 100_000;
 
+/// `IMR` bits for an interrupt-driven receive: frame received (`PRX`) and ring overflow
+/// (`OVW`). Transmit stays polled.
+pub const IMR_RX: u8 = ISR_PRX | ISR_OVW;
+
 /// First transmit buffer page.
 pub const TX_START: u8 = 0x40;
 /// First receive ring page.
@@ -228,6 +232,12 @@ impl<P: StringIo> Ne2000<P> {
         self.outb(RCR, RCR_BROADCAST);
         self.next = RX_START + 1;
         self.curr = RX_START + 1;
+    }
+
+    /// Unmasks the interrupt sources in `mask` (`IMR`; e.g. [`IMR_RX`]), masks the others:
+    /// one port write. [`Ne2000::init`] (also run after a ring overflow) masks them all.
+    pub fn set_interrupt_mask(&mut self, mask: u8) {
+        self.outb(IMR, mask);
     }
 
     /// Sends `frame` (destination, source, type, payload; no FCS), padded to 60 bytes.

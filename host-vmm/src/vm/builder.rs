@@ -14,6 +14,8 @@ use crate::arch::x86_64::cpuid::{kvmclock_available, supported_cpuid};
 use crate::arch::x86_64::layout::{write_boot_area, BootParams};
 use crate::bus::PortBus;
 use crate::devices::legacy::ata::attach_ata;
+use crate::devices::legacy::irq::{create_irqchip, InterruptLine};
+use crate::devices::legacy::ne2000::{attach_ne2000, open_backend, NetDevice, NE2000_GSI};
 use crate::devices::legacy::pit::attach_pit;
 use crate::devices::legacy::uart::{Uart, COM1_BASE, COM1_LEN};
 use crate::devices::legacy::vm_clock::VmClock;
@@ -59,6 +61,8 @@ pub struct Built {
     pub guest_abi: AbiVersion,
     /// The guest ELF's symbols, kept from the file before its bytes are dropped.
     pub symbols: Arc<SymbolTable>,
+    /// The NIC ([`VmConfig::net`]), with its receive thread running.
+    pub net: Option<NetDevice>,
 }
 
 impl std::fmt::Debug for Built {
@@ -116,6 +120,16 @@ pub fn build(
     drop(image);
     drop(bytes);
     let vm_fd = Arc::new(create_vm(&kvm, &mem)?);
+    // The NIC's interrupt needs KVM's irqchip, created before any vCPU. Only then: with an
+    // in-kernel LAPIC, `hlt` no longer exits to userspace.
+    let net_backend = match &config.net {
+        Some(net) => {
+            create_irqchip(&vm_fd)?;
+            let line = InterruptLine::irqfd(&vm_fd, NE2000_GSI)?;
+            Some((open_backend(&net.backend)?, line))
+        }
+        None => None,
+    };
     let clock = VmClock::start();
     let supported = supported_cpuid(&kvm)?;
     let kvmclock = kvmclock_available(supported.as_slice());
@@ -156,6 +170,9 @@ pub fn build(
     if let Some(d) = &disk {
         attach_ata(&mut pio, d.clone())?;
     }
+    let net = net_backend
+        .map(|(backend, line)| attach_ne2000(&mut pio, backend, line, on_fatal.clone()))
+        .transpose()?;
     let mut ledger = ExitLedger::new();
     let pv = assemble(
         PvConfig {
@@ -240,5 +257,6 @@ pub fn build(
         reg_access,
         guest_abi: kernel.abi,
         symbols,
+        net,
     })
 }
