@@ -303,6 +303,13 @@ fn host_pings_the_guest_and_gets_udp_echoes_over_tap() {
         assert!(done_value(&out, "icmp") >= 6);
         let raised = o.net.unwrap().irqs_raised;
         assert!(raised >= 10, "{raised} interrupts");
-        assert_eq!(done_value(&out, "irqs"), raised, "raised == handled: {out}");
+        // Over TAP the host sends on its own schedule: an edge raised by a frame that
+        // arrives while the guest is already stopping (after "bye") is never delivered. So
+        // every delivered interrupt was raised, and at most that last one is missing.
+        let handled = done_value(&out, "irqs");
+        assert!(
+            handled == raised || handled + 1 == raised,
+            "raised {raised}, handled {handled}: {out}"
+        );
     });
 }
