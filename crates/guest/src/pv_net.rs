@@ -283,7 +283,7 @@ mod tests {
         assert_eq!(
             req,
             NetTxRequest {
-                addr: FRAME.as_ptr() as u64,
+                addr: crate::addr::virt_to_phys(FRAME.as_ptr()),
                 len: 60,
                 id: 1
             }
