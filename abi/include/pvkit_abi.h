@@ -118,6 +118,18 @@
 // `FaultReport::vector` when the report is a panic, not a CPU exception.
 #define PVKIT_VECTOR_PANIC 4294967295
 
+// The link MTU: the largest IP packet in one frame.
+#define PVKIT_MTU 1500
+
+// Length of the Ethernet header (destination, source, EtherType).
+#define PVKIT_ETH_HEADER_LEN 14
+
+// The largest frame: [`MTU`] plus the Ethernet header.
+#define PVKIT_MAX_FRAME_LEN (PVKIT_MTU + PVKIT_ETH_HEADER_LEN)
+
+// The smallest frame: a bare Ethernet header.
+#define PVKIT_MIN_FRAME_LEN PVKIT_ETH_HEADER_LEN
+
 // The note type of the ABI version note.
 #define PVKIT_TYPE_ABI_VERSION 1
 
@@ -166,6 +178,12 @@
 
 // [`BLOCK_QUEUE`]'s wire value.
 #define PVKIT_BLOCK_QUEUE_ID 131072
+
+// [`NET_TX_QUEUE`]'s wire value.
+#define PVKIT_NET_TX_QUEUE_ID 196608
+
+// [`NET_RX_QUEUE`]'s wire value.
+#define PVKIT_NET_RX_QUEUE_ID 196609
 
 // `RegisterRegion` flags (arg3): the region belongs to the calling vCPU. The host keeps
 // one such region per vCPU (e.g. each vCPU's clock page); without the flag the region is
@@ -258,6 +276,14 @@ enum PVKIT_Hypercall
   // One synchronous block request. arg0 = GPA of a [`crate::block::BlockRequest`].
   // `RDX` ← bytes transferred. The request's status is the call's status.
   PVKIT_HYPERCALL_BLOCK_IO = 513,
+  // `RDX` ← the PV network device's MAC address and MTU ([`crate::net::NetInfo`]). No
+  // arguments.
+  PVKIT_HYPERCALL_NET_INFO = 768,
+  // Send one Ethernet frame synchronously (one exit per frame, the Solo5 `net_write`
+  // baseline). arg0 = GPA of the frame, arg1 = its length
+  // ([`crate::net::MIN_FRAME_LEN`]`..=`[`crate::net::MAX_FRAME_LEN`]: `EINVAL` below,
+  // `E2BIG` above). `RDX` ← bytes sent. A frame the host backend drops is still `Ok`.
+  PVKIT_HYPERCALL_NET_SEND = 769,
   // Mark the beginning or end of a benchmark phase so the host can attribute exits to it.
   // arg0 = phase id ([`crate::bench::CaseId`] packed), arg1 = [`crate::bench::PhaseMark`],
   // arg2 = operations done in the phase (at `End`).
@@ -558,6 +584,12 @@ typedef uint64_t PVKIT_Features;
 #define PVKIT_Features_BENCH (uint64_t)(1 << 7)
 // KVM's own kvmclock is exposed at [`KVM_LEAF_BASE`].
 #define PVKIT_Features_KVMCLOCK (uint64_t)(1 << 8)
+// The PV network device: [`crate::Hypercall::NetInfo`] and
+// [`crate::Hypercall::NetSend`]. Set only when the VM has a PV NIC.
+#define PVKIT_Features_NET (uint64_t)(1 << 9)
+// The network rings ([`crate::ring::NET_TX_QUEUE`], [`crate::ring::NET_RX_QUEUE`]).
+// Set only with a PV NIC.
+#define PVKIT_Features_NET_RING (uint64_t)(1 << 10)
 
 // One entry of the memory map.
 typedef struct {
@@ -570,6 +602,48 @@ typedef struct {
   // Zero.
   uint32_t reserved;
 } PVKIT_MemoryRegion;
+
+// A receive ring request: an empty buffer of `capacity` bytes at guest-physical `addr`
+// for the host to fill with one frame. Post buffers of [`MAX_FRAME_LEN`] bytes or more.
+typedef struct {
+  // Guest-physical address of the buffer.
+  uint64_t addr;
+  // Buffer capacity in bytes.
+  uint32_t capacity;
+  // Echoed in the response.
+  uint32_t id;
+} PVKIT_NetRxRequest;
+
+// A receive ring response: the frame now in the buffer, or why the buffer was refused.
+typedef struct {
+  // A [`crate::Status`] raw value: `Ok`, `E2BIG` (the frame was larger than the
+  // buffer; frame dropped), `EFAULT` (buffer outside RAM; frame dropped).
+  int64_t status;
+  // The request's `id`.
+  uint32_t id;
+  // Bytes written (the frame length; 0 on failure).
+  uint32_t len;
+} PVKIT_NetRxResponse;
+
+// A transmit ring request: send the frame of `len` bytes at guest-physical `addr`.
+typedef struct {
+  // Guest-physical address of the frame.
+  uint64_t addr;
+  // Frame length in bytes ([`MIN_FRAME_LEN`]`..=`[`MAX_FRAME_LEN`]).
+  uint32_t len;
+  // Echoed in the response.
+  uint32_t id;
+} PVKIT_NetTxRequest;
+
+// A transmit ring response.
+typedef struct {
+  // A [`crate::Status`] raw value.
+  int64_t status;
+  // The request's `id`.
+  uint32_t id;
+  // Bytes taken (the frame length; 0 on failure).
+  uint32_t len;
+} PVKIT_NetTxResponse;
 
 // One logged block operation, for host-side verification. Buffers named by a log must not
 // be modified by the guest between the operation and the `BenchResult` call, except by

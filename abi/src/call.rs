@@ -47,7 +47,7 @@ pub enum DeviceClass {
     Console = 0x1,
     /// The PV block device.
     Block = 0x2,
-    /// The PV network device (reserved for it).
+    /// The PV network device.
     Net = 0x3,
     /// Per-CPU state: the clock page; SMP, steal time and PV EOI will live here.
     Cpu = 0x4,
@@ -162,6 +162,14 @@ pub enum Hypercall {
     /// One synchronous block request. arg0 = GPA of a [`crate::block::BlockRequest`].
     /// `RDX` ← bytes transferred. The request's status is the call's status.
     BlockIo = 0x201,
+    /// `RDX` ← the PV network device's MAC address and MTU ([`crate::net::NetInfo`]). No
+    /// arguments.
+    NetInfo = 0x300,
+    /// Send one Ethernet frame synchronously (one exit per frame, the Solo5 `net_write`
+    /// baseline). arg0 = GPA of the frame, arg1 = its length
+    /// ([`crate::net::MIN_FRAME_LEN`]`..=`[`crate::net::MAX_FRAME_LEN`]: `EINVAL` below,
+    /// `E2BIG` above). `RDX` ← bytes sent. A frame the host backend drops is still `Ok`.
+    NetSend = 0x301,
     /// Mark the beginning or end of a benchmark phase so the host can attribute exits to it.
     /// arg0 = phase id ([`crate::bench::CaseId`] packed), arg1 = [`crate::bench::PhaseMark`],
     /// arg2 = operations done in the phase (at `End`).
@@ -190,6 +198,8 @@ impl TryFrom<u32> for Hypercall {
             0x100 => Hypercall::ConsoleWrite,
             0x200 => Hypercall::BlockCapacity,
             0x201 => Hypercall::BlockIo,
+            0x300 => Hypercall::NetInfo,
+            0x301 => Hypercall::NetSend,
             0xf00 => Hypercall::BenchPhase,
             0xf01 => Hypercall::BenchResult,
             _ => return Err(UnknownHypercall(nr)),
@@ -211,6 +221,8 @@ impl Hypercall {
         Hypercall::ConsoleWrite,
         Hypercall::BlockCapacity,
         Hypercall::BlockIo,
+        Hypercall::NetInfo,
+        Hypercall::NetSend,
         Hypercall::BenchPhase,
         Hypercall::BenchResult,
     ];
@@ -226,6 +238,7 @@ impl Hypercall {
             | Hypercall::RingKick => DeviceClass::Core,
             Hypercall::ConsoleWrite => DeviceClass::Console,
             Hypercall::BlockCapacity | Hypercall::BlockIo => DeviceClass::Block,
+            Hypercall::NetInfo | Hypercall::NetSend => DeviceClass::Net,
             Hypercall::BenchPhase | Hypercall::BenchResult => DeviceClass::Bench,
         }
     }
@@ -244,6 +257,8 @@ impl Hypercall {
             Hypercall::BlockCapacity => "block_capacity",
             Hypercall::BlockIo => "block_io",
             Hypercall::RingKick => "ring_kick",
+            Hypercall::NetInfo => "net_info",
+            Hypercall::NetSend => "net_send",
         }
     }
 }
@@ -335,7 +350,7 @@ mod tests {
             7,
             0x101,
             0x202,
-            0x300,
+            0x302,
             0x400,
             0x500,
             0x600,

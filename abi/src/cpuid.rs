@@ -59,6 +59,12 @@ bitflags! {
         const BENCH = 1 << 7;
         /// KVM's own kvmclock is exposed at [`KVM_LEAF_BASE`].
         const KVMCLOCK = 1 << 8;
+        /// The PV network device: [`crate::Hypercall::NetInfo`] and
+        /// [`crate::Hypercall::NetSend`]. Set only when the VM has a PV NIC.
+        const NET = 1 << 9;
+        /// The network rings ([`crate::ring::NET_TX_QUEUE`], [`crate::ring::NET_RX_QUEUE`]).
+        /// Set only with a PV NIC.
+        const NET_RING = 1 << 10;
     }
 }
 

@@ -5,7 +5,7 @@
 //! ([`status`]), discovery through CPUID and feature bits ([`cpuid`]), the boot contract
 //! ([`boot`]), the ELF note that stamps the ABI version into a guest ([`note`]), the shared
 //! request/response ring ([`ring`]) and the structures carried by each device
-//! ([`console`], [`block`], [`clock`], [`fault`], [`mod@bench`]).
+//! ([`console`], [`block`], [`net`], [`clock`], [`fault`], [`mod@bench`]).
 //!
 //! Rules that hold for every item:
 //! - Every shared structure is `#[repr(C)]`, has only fixed-width integer fields with no
@@ -33,6 +33,7 @@ pub mod cpuid;
 pub mod fault;
 #[cfg(all(feature = "guest", target_arch = "x86_64"))]
 pub mod guest;
+pub mod net;
 pub mod note;
 pub mod ports;
 pub mod ring;

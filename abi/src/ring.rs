@@ -180,6 +180,18 @@ pub const BLOCK_QUEUE: QueueId = QueueId::new(DeviceClass::Block, 0);
 pub const CONSOLE_QUEUE_ID: u32 = 0x1_0000;
 /// [`BLOCK_QUEUE`]'s wire value.
 pub const BLOCK_QUEUE_ID: u32 = 0x2_0000;
+/// The network device's transmit queue: [`crate::net::NetTxRequest`] /
+/// [`crate::net::NetTxResponse`].
+pub const NET_TX_QUEUE: QueueId = QueueId::new(DeviceClass::Net, 0);
+/// The network device's receive queue: [`crate::net::NetRxRequest`] (empty buffers) /
+/// [`crate::net::NetRxResponse`] (frames).
+pub const NET_RX_QUEUE: QueueId = QueueId::new(DeviceClass::Net, 1);
+/// [`NET_TX_QUEUE`]'s wire value.
+pub const NET_TX_QUEUE_ID: u32 = 0x3_0000;
+/// [`NET_RX_QUEUE`]'s wire value.
+pub const NET_RX_QUEUE_ID: u32 = 0x3_0001;
+const _: () = assert!(NET_TX_QUEUE_ID == NET_TX_QUEUE.to_u32());
+const _: () = assert!(NET_RX_QUEUE_ID == NET_RX_QUEUE.to_u32());
 const _: () = assert!(CONSOLE_QUEUE_ID == CONSOLE_QUEUE.to_u32());
 const _: () = assert!(BLOCK_QUEUE_ID == BLOCK_QUEUE.to_u32());
 

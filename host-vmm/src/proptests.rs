@@ -895,6 +895,8 @@ fn check_call(
         Hypercall::RegisterRegion
         | Hypercall::BlockCapacity
         | Hypercall::BlockIo
+        | Hypercall::NetInfo
+        | Hypercall::NetSend
         | Hypercall::RingKick => prop_assert_eq!(out, &ret(Status::EOPNOTSUPP, 0)),
     }
     if h != Hypercall::BenchPhase {

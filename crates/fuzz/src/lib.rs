@@ -25,6 +25,7 @@ pub mod pit;
 pub mod pv_block;
 pub mod pv_clock;
 pub mod pv_console;
+pub mod pv_net;
 pub mod pv_ring;
 
 /// A target: its name (the `fuzz_targets/` file and the `corpus/` directory), its harness
@@ -47,6 +48,7 @@ pub fn targets() -> Vec<Target> {
         ("pv_ring", pv_ring::run, pv_ring::seeds),
         ("pv_console", pv_console::run, pv_console::seeds),
         ("pv_clock", pv_clock::run, pv_clock::seeds),
+        ("pv_net", pv_net::run, pv_net::seeds),
     ];
     #[cfg(feature = "vmm")]
     t.extend([
@@ -96,6 +98,12 @@ pub fn describe(target: &str, data: &[u8]) -> Option<String> {
             "{:#?}",
             d::<mem::RamSetup, pv_console::ConsoleOp>(data, pv_console::MAX_OPS)
         ),
+        "pv_net" => format!("{:#?}", {
+            let mut u = arbitrary::Unstructured::new(data);
+            let mut ops = Vec::new();
+            for_each_op(&mut u, pv_net::MAX_OPS, |op: pv_net::NetOp| ops.push(op));
+            ops
+        }),
         "pv_clock" => format!(
             "{:#?}",
             d::<mem::RamSetup, pv_clock::ClockOp>(data, pv_clock::MAX_OPS)

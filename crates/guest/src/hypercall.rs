@@ -108,6 +108,20 @@ pub fn block_capacity() -> Result<u64, Status> {
     unsafe { guest::call(Hypercall::BlockCapacity, [0; 4]) }.into_result()
 }
 
+/// The PV NIC's MAC address and MTU (`NetInfo`).
+pub fn net_info() -> Result<pvkit_abi::net::NetInfo, Status> {
+    // SAFETY: touches no guest memory.
+    let v = unsafe { guest::call(Hypercall::NetInfo, [0; 4]) }.into_result()?;
+    pvkit_abi::net::NetInfo::from_u64(v).map_err(|_| Status::EIO)
+}
+
+/// Sends one Ethernet frame synchronously (`NetSend`: one exit); returns the bytes sent.
+pub fn net_send(frame: &[u8]) -> Result<u64, Status> {
+    let gpa = crate::addr::virt_to_phys(frame.as_ptr());
+    // SAFETY: the host only reads `frame`, which is borrowed for the call.
+    unsafe { guest::call(Hypercall::NetSend, [gpa, frame.len() as u64, 0, 0]) }.into_result()
+}
+
 /// One synchronous block request; returns the bytes transferred.
 ///
 /// # Safety

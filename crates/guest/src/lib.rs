@@ -23,6 +23,7 @@
 //! - [`tsc`]: `rdtsc`, plain and ordered;
 //! - [`ata`]: a polling ATA PIO driver (the emulated disk, or hardware);
 //! - [`pit`]: the 8254 PIT as a time source, extended to a monotonic tick count;
+//! - [`pv_net`]: the PV network device over its TX and RX rings, and `NetSend`;
 //! - [`ne2000`]: a polling NE2000 (DP8390) network driver (the emulated NIC, or hardware).
 //! - `rt` (feature `runtime`): a guest runtime — entry macro (`entry!`), guarded boot
 //!   stack, GDT/TSS/IDT reporting every exception, panic handler, `print!`/`println!`,
@@ -58,6 +59,7 @@ pub mod hypercall;
 pub mod ne2000;
 pub mod pit;
 pub mod port;
+pub mod pv_net;
 pub mod ring;
 #[cfg(all(feature = "runtime", target_arch = "x86_64"))]
 pub mod rt;

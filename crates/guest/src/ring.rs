@@ -67,6 +67,14 @@ unsafe impl RingItem for pvkit_abi::block::BlockResponse {}
 unsafe impl RingItem for pvkit_abi::console::ConsoleRequest {}
 // SAFETY: as above.
 unsafe impl RingItem for pvkit_abi::console::ConsoleResponse {}
+// SAFETY: as above.
+unsafe impl RingItem for pvkit_abi::net::NetTxRequest {}
+// SAFETY: as above.
+unsafe impl RingItem for pvkit_abi::net::NetTxResponse {}
+// SAFETY: as above.
+unsafe impl RingItem for pvkit_abi::net::NetRxRequest {}
+// SAFETY: as above.
+unsafe impl RingItem for pvkit_abi::net::NetRxResponse {}
 
 /// Every slot holds a request that has no consumed response yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

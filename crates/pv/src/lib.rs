@@ -12,6 +12,7 @@
 //! | [`ring`]        | the host consumer of an ABI ring ([`ring::RingConsumer`])         |
 //! | [`block`]       | `BlockIo`, `BlockCapacity` and the block ring                     |
 //! | [`console`]     | `ConsoleWrite` and the console ring                               |
+//! | [`net`]         | `NetSend` and the network transmit and receive rings              |
 //! | [`clock`]       | the PV clock page                                                 |
 //! | [`state`]       | saved state of the rings and PV devices, rebuilt over restored RAM |
 //!
@@ -45,6 +46,7 @@ pub mod block;
 pub mod clock;
 pub mod console;
 pub mod guest_range;
+pub mod net;
 pub mod ring;
 pub mod state;
 #[cfg(any(test, feature = "test-utils"))]
@@ -58,6 +60,7 @@ pub use block::{BlockDevice, BlockError, BlockRing};
 pub use clock::{ClockError, ClockSample, PvClockPage};
 pub use console::{ConsoleError, ConsoleRing};
 pub use guest_range::{GuestRange, RangeError};
+pub use net::{NetDevice, NetError, NetRxRing, NetStats, NetTxRing};
 pub use ring::{Batch, RingConsumer, RingError, REGION_ALIGN};
 pub use state::{BlockState, ConsoleState, PvClockState, RingState, StateError};
 pub use wire::{AbiPod, Wire};

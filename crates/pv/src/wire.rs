@@ -14,6 +14,7 @@ use pvkit_abi::block::{BlockRequest, BlockResponse, BlockSegment, MAX_SEGMENTS};
 use pvkit_abi::clock::PvClock;
 use pvkit_abi::console::{ConsoleRequest, ConsoleResponse};
 use pvkit_abi::fault::{FaultReport, MESSAGE_MAX};
+use pvkit_abi::net::{NetRxRequest, NetRxResponse, NetTxRequest, NetTxResponse};
 use pvkit_abi::ring::RingHeader;
 use vm_memory::ByteValued;
 
@@ -41,6 +42,10 @@ assert_no_padding!(BlockRequest { u64, u32, u32, u64, [BlockSegment; MAX_SEGMENT
 assert_no_padding!(BlockResponse { u64, i64, u64 });
 assert_no_padding!(ConsoleRequest { u64, u32, u32 });
 assert_no_padding!(ConsoleResponse { i64, u32, u32 });
+assert_no_padding!(NetTxRequest { u64, u32, u32 });
+assert_no_padding!(NetTxResponse { i64, u32, u32 });
+assert_no_padding!(NetRxRequest { u64, u32, u32 });
+assert_no_padding!(NetRxResponse { i64, u32, u32 });
 assert_no_padding!(PvClock { u32, u32, u64, u64, u32, i8, u8, [u8; 2] });
 assert_no_padding!(FaultReport { u32, u32, u64, u64, u64, [u8; MESSAGE_MAX] });
 assert_no_padding!(BenchSample {
@@ -72,6 +77,14 @@ unsafe impl AbiPod for BlockResponse {}
 unsafe impl AbiPod for ConsoleRequest {}
 // SAFETY: `ConsoleResponse` is `#[repr(C)]` with fields `i64, u32, u32` and no padding.
 unsafe impl AbiPod for ConsoleResponse {}
+// SAFETY: `NetTxRequest` is `#[repr(C)]` with fields `u64, u32, u32` and no padding.
+unsafe impl AbiPod for NetTxRequest {}
+// SAFETY: `NetTxResponse` is `#[repr(C)]` with fields `i64, u32, u32` and no padding.
+unsafe impl AbiPod for NetTxResponse {}
+// SAFETY: `NetRxRequest` is `#[repr(C)]` with fields `u64, u32, u32` and no padding.
+unsafe impl AbiPod for NetRxRequest {}
+// SAFETY: `NetRxResponse` is `#[repr(C)]` with fields `i64, u32, u32` and no padding.
+unsafe impl AbiPod for NetRxResponse {}
 // SAFETY: `PvClock` is `#[repr(C)]`, every field is an integer or an integer array
 // (`u32, u32, u64, u64, u32, i8, u8, [u8; 2]`) and it has no padding (asserted above).
 unsafe impl AbiPod for PvClock {}

@@ -7,6 +7,7 @@
 //! |----------------------|---------------------------------------------------------------|
 //! | [`console`]          | `ConsoleWrite` and the console ring                           |
 //! | [`block`]            | `BlockCapacity`, `BlockIo` and the block ring                 |
+//! | [`net`]              | `NetInfo`, `NetSend`, the net TX and RX rings over a backend  |
 //! | [`clock`]            | the PV clock page (and the kvmclock feature bit)              |
 //! | [`rings`]            | the registered rings of every device, serviced on three transports |
 //! | [`doorbell`]         | the doorbell port and its per-queue ioeventfds (datamatch)    |
@@ -24,6 +25,7 @@ pub mod clock;
 pub mod console;
 pub mod doorbell;
 pub mod hypercall_bus;
+pub mod net;
 pub mod rings;
 #[cfg(test)]
 mod tests;
@@ -32,7 +34,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use pvkit_abi::call::{CallReturn, Hypercall};
 use pvkit_abi::cpuid::Features;
-use pvkit_abi::ring::{PageId, QueueId, BLOCK_QUEUE, CONSOLE_QUEUE};
+use pvkit_abi::ring::{PageId, QueueId, BLOCK_QUEUE, CONSOLE_QUEUE, NET_RX_QUEUE, NET_TX_QUEUE};
 use pvkit_abi::Status;
 
 pub use hypercall_bus::{BusError, HypercallBus, RingsConfig};
@@ -156,6 +158,8 @@ pub fn notifier_name(queue: QueueId) -> Option<&'static str> {
     match queue {
         CONSOLE_QUEUE => Some(console::NOTIFY_CONSOLE_RING),
         BLOCK_QUEUE => Some(block::NOTIFY_BLOCK_RING),
+        NET_TX_QUEUE => Some(net::NOTIFY_NET_TX_RING),
+        NET_RX_QUEUE => Some(net::NOTIFY_NET_RX_RING),
         _ => None,
     }
 }
