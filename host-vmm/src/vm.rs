@@ -109,6 +109,11 @@ pub struct VmConfig {
     /// exit (`pvkit run --trace`), in [`RunOutcome::exit_profile`] and [`RunOutcome::trace`]
     /// ([`crate::exit::record`]). Default: none.
     pub record: RecordConfig,
+    /// Serve the GDB remote protocol for vCPU 0 on this address (`pvkit run --gdb`;
+    /// [`crate::debug::gdb`]): the address is bound, printed on stderr as
+    /// `pvkit: gdb: waiting for a connection on ADDR`, and the guest waits for the
+    /// debugger before its first instruction. The [`VmConfig::timeout`] still applies.
+    pub gdb: Option<std::net::SocketAddr>,
 }
 
 impl Default for VmConfig {
@@ -127,6 +132,7 @@ impl Default for VmConfig {
             seccomp: true,
             vcpus: 1,
             record: RecordConfig::default(),
+            gdb: None,
         }
     }
 }
@@ -284,6 +290,9 @@ pub enum VmError {
     /// A thread could not be confined with its seccomp filter.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    /// The gdb server could not be started.
+    #[error(transparent)]
+    Gdb(#[from] crate::debug::gdb::GdbError),
 }
 
 /// How long the watchdog keeps kicking after the deadline before giving up on the thread.
@@ -551,6 +560,16 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         max: 0,
     })?;
     let stop_requested = Arc::clone(&vm.shared.stop_requested);
+    let mut boot = boot;
+    if let Some(addr) = config.gdb {
+        // Served by its own (unconfined) thread; the vCPU thread only waits on a channel.
+        let listener = crate::debug::gdb::GdbListener::bind(addr)?;
+        if let Some(bound) = listener.local_addr() {
+            eprintln!("pvkit: gdb: waiting for a connection on {bound}");
+        }
+        let fd = vcpu.debug_fd().map_err(crate::debug::gdb::GdbError::Dup)?;
+        boot.debug = Some(listener.serve(fd, vm.mem().clone())?);
+    }
 
     let parked = ParkedVcpus::start(others, &vm, config.seccomp)?;
     let vm0 = Arc::clone(&vm);
