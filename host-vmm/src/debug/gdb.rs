@@ -358,23 +358,27 @@ impl GdbTarget {
         }
     }
 
-    /// Resumes the guest for gdb's `c` (`step` false) or `s` (`step` true). On `c` with
-    /// `RIP` at a breakpoint, the instruction there is stepped first with the breakpoints
-    /// off (a hardware breakpoint fires again on resume otherwise).
+    /// Resumes the guest for gdb's `c` (`step` false) or `s` (`step` true). With `RIP` at
+    /// a breakpoint, the instruction there is stepped with the breakpoints off (a hardware
+    /// breakpoint fires again on resume otherwise), then `c` goes on with them on.
     fn resume_guest(&mut self, step: bool) -> Result<(), GdbError> {
         self.stepping = step;
-        if !step {
-            let rip = self.get_regs()?.rip;
-            if self.bps.contains(&Some(rip)) {
-                self.set_debug(true, true, true)?;
-                self.run()?;
-                self.wait_stop()?;
-                if self.exited.is_some() {
-                    return Ok(());
-                }
+        let rip = self.get_regs()?.rip;
+        let at_bp = self.bps.contains(&Some(rip));
+        if step {
+            // A breakpoint at `RIP` would fire again before the instruction runs.
+            self.set_debug(true, true, at_bp)?;
+            return self.run();
+        }
+        if at_bp {
+            self.set_debug(true, true, true)?;
+            self.run()?;
+            self.wait_stop()?;
+            if self.exited.is_some() {
+                return Ok(());
             }
         }
-        self.set_debug(true, step, false)?;
+        self.set_debug(true, false, false)?;
         self.run()
     }
 
