@@ -233,8 +233,19 @@ fn serve(listener: TcpListener, mut target: GdbTarget) {
     };
     drop(listener);
     let _ = stream.set_nodelay(true);
-    let conn: Box<dyn ConnectionExt<Error = std::io::Error>> = Box::new(stream);
-    let reason = GdbStub::new(conn).run_blocking::<EventLoop>(&mut target);
+    let mut buf = vec![0u8; PACKET_BUFFER];
+    let stub = match GdbStub::builder(Tcp(stream))
+        .with_packet_buffer(&mut buf)
+        .build()
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pvkit: gdb: cannot start: {e}; the guest runs on");
+            target.release(false);
+            return;
+        }
+    };
+    let reason = stub.run_blocking::<EventLoop>(&mut target);
     match reason {
         Ok(DisconnectReason::Kill) => target.release(true),
         Ok(_) => target.release(false),
@@ -242,6 +253,54 @@ fn serve(listener: TcpListener, mut target: GdbTarget) {
             eprintln!("pvkit: gdb: session ended: {e}; the guest runs on");
             target.release(false);
         }
+    }
+}
+
+/// The packet buffer's size (a `g` reply of `X86_64_SSE` is ~1.1 KiB of hex).
+const PACKET_BUFFER: usize = 4096;
+
+/// The client's TCP stream as a gdbstub connection (gdbstub's own impl needs its `std`
+/// feature, whose `managed/alloc` would change `smoltcp`'s no-alloc build in this
+/// workspace).
+struct Tcp(std::net::TcpStream);
+
+impl Connection for Tcp {
+    type Error = std::io::Error;
+
+    fn write(&mut self, byte: u8) -> Result<(), Self::Error> {
+        std::io::Write::write_all(&mut self.0, &[byte])
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> Result<(), Self::Error> {
+        std::io::Write::write_all(&mut self.0, buf)
+    }
+
+    fn flush(&mut self) -> Result<(), Self::Error> {
+        std::io::Write::flush(&mut self.0)
+    }
+}
+
+impl ConnectionExt for Tcp {
+    fn read(&mut self) -> Result<u8, Self::Error> {
+        self.0.set_nonblocking(false)?;
+        let mut b = [0u8];
+        std::io::Read::read_exact(&mut self.0, &mut b)?;
+        let [byte] = b;
+        Ok(byte)
+    }
+
+    fn peek(&mut self) -> Result<Option<u8>, Self::Error> {
+        self.0.set_nonblocking(true)?;
+        let mut b = [0u8];
+        let r = match self.0.peek(&mut b) {
+            // End of stream: let `read` report it.
+            Ok(0) => Ok(Some(0)),
+            Ok(_) => Ok(Some(b).map(|[byte]| byte)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        };
+        self.0.set_nonblocking(false)?;
+        r
     }
 }
 
@@ -544,7 +603,7 @@ enum EventLoop {}
 
 impl BlockingEventLoop for EventLoop {
     type Target = GdbTarget;
-    type Connection = Box<dyn ConnectionExt<Error = std::io::Error>>;
+    type Connection = Tcp;
     type StopReason = SingleThreadStopReason<u64>;
 
     fn wait_for_stop_reason(
