@@ -139,8 +139,17 @@ struct RunArgs {
     mem: u64,
 
     /// Stop the guest after this many seconds (fractions allowed) and exit with status 124.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
-    timeout: f64,
+    /// Default: 60, or no timeout with --gdb (a session may sit at a breakpoint for long).
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<f64>,
+
+    /// Serve the GDB remote protocol on ADDR (e.g. 127.0.0.1:1234; port 0 picks one,
+    /// printed on stderr): the guest waits for the debugger before its first instruction.
+    /// Registers, memory (guest-physical = virtual under the boot identity map), hardware
+    /// breakpoints (hbreak, at most 4), step, continue, detach. Software breakpoints are
+    /// refused: an int3 in guest ring 0 kills the vCPU on kvm_pvm.
+    #[arg(long, value_name = "ADDR")]
+    gdb: Option<std::net::SocketAddr>,
 
     /// Print a report to stderr at the end: platform (KVM kind, CPU, TSC rate), every VM
     /// exit by kind sorted by count, total exits, console bytes dropped (stdout did not
@@ -198,7 +207,13 @@ struct RunArgs {
 }
 
 fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
-    if !(args.timeout.is_finite() && args.timeout > 0.0 && args.timeout <= 1e9) {
+    let timeout = match (args.timeout, args.gdb) {
+        (Some(t), _) => t,
+        (None, None) => 60.0,
+        // No deadline in practice (31 years): a session may sit at a breakpoint.
+        (None, Some(_)) => 1e9,
+    };
+    if !(timeout.is_finite() && timeout > 0.0 && timeout <= 1e9) {
         anyhow::bail!("--timeout must be a positive number of seconds");
     }
     Ok(VmConfig {
@@ -213,7 +228,7 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
             ConsoleArg::Pv => ConsoleKind::Pv,
         }),
         capture_console: false,
-        timeout: Duration::from_secs_f64(args.timeout),
+        timeout: Duration::from_secs_f64(timeout),
         reg_access: match args.reg_access {
             RegAccessArg::Auto => None,
             RegAccessArg::Sync => Some(RegAccess::SyncRegs),
@@ -232,6 +247,7 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
             trace: args.trace.is_some(),
         },
         net: net_config(args)?,
+        gdb: args.gdb,
     })
 }
 

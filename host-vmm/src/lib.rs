@@ -49,6 +49,7 @@
 
 pub mod arch;
 pub mod bus;
+pub mod debug;
 pub mod devices;
 pub mod exit;
 pub mod guests;

@@ -115,6 +115,11 @@ pub struct VmConfig {
     /// in-kernel irqchip for its interrupt. `None` (default): no NIC and no irqchip, so
     /// `hlt` and every other exit stay as without a network.
     pub net: Option<NetConfig>,
+    /// Serve the GDB remote protocol for vCPU 0 on this address (`pvkit run --gdb`;
+    /// [`crate::debug::gdb`]): the address is bound, printed on stderr as
+    /// `pvkit: gdb: waiting for a connection on ADDR`, and the guest waits for the
+    /// debugger before its first instruction. The [`VmConfig::timeout`] still applies.
+    pub gdb: Option<std::net::SocketAddr>,
 }
 
 impl Default for VmConfig {
@@ -134,6 +139,7 @@ impl Default for VmConfig {
             vcpus: 1,
             record: RecordConfig::default(),
             net: None,
+            gdb: None,
         }
     }
 }
@@ -299,6 +305,9 @@ pub enum VmError {
     /// The in-kernel irqchip or an interrupt line could not be set up.
     #[error(transparent)]
     Irq(#[from] IrqError),
+    /// The gdb server could not be started.
+    #[error(transparent)]
+    Gdb(#[from] crate::debug::gdb::GdbError),
 }
 
 /// How long the watchdog keeps kicking after the deadline before giving up on the thread.
@@ -567,6 +576,16 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         max: 0,
     })?;
     let stop_requested = Arc::clone(&vm.shared.stop_requested);
+    let mut boot = boot;
+    if let Some(addr) = config.gdb {
+        // Served by its own (unconfined) thread; the vCPU thread only waits on a channel.
+        let listener = crate::debug::gdb::GdbListener::bind(addr)?;
+        if let Some(bound) = listener.local_addr() {
+            eprintln!("pvkit: gdb: waiting for a connection on {bound}");
+        }
+        let fd = vcpu.debug_fd().map_err(crate::debug::gdb::GdbError::Dup)?;
+        boot.debug = Some(listener.serve(fd, vm.mem().clone())?);
+    }
 
     let parked = ParkedVcpus::start(others, &vm, config.seccomp)?;
     let vm0 = Arc::clone(&vm);

@@ -12,6 +12,7 @@ use std::time::Instant;
 use kvm_ioctls::VmFd;
 use pvkit_abi::call::RawCall;
 
+use crate::debug::gdb::VcpuDebug;
 use crate::devices::pv::HypercallBus;
 use crate::exit::ledger::{ExitLedger, LedgerSnapshot};
 use crate::exit::record::ExitRecorder;
@@ -67,6 +68,8 @@ pub struct VcpuState {
     pub stopped: Option<Instant>,
     /// Per-exit records (`RIP` profile, trace), when asked for.
     pub recorder: Option<ExitRecorder>,
+    /// The gdb link (`pvkit run --gdb`), for vCPU 0 only.
+    pub debug: Option<VcpuDebug>,
 }
 
 impl VcpuState {
@@ -79,6 +82,7 @@ impl VcpuState {
             entered: None,
             stopped: None,
             recorder: None,
+            debug: None,
         }
     }
 
@@ -130,17 +134,39 @@ impl Hypercalls for PvCalls<'_> {
 /// hypercall's results go back into the vCPU's registers.
 pub fn run_vcpu(vcpu: &mut Vcpu, vm: &Vm, cpu: &mut VcpuState) -> Result<StopReason, VcpuError> {
     cpu.entered.get_or_insert_with(Instant::now);
-    let stop = loop {
-        let action = vcpu.run(|exit| cpu.handle(vm, exit))?;
-        if let Some(r) = &mut cpu.recorder {
-            r.record(cpu.exits.ledger.last(), vcpu.exit_rip());
+    // Under gdb: stopped before the first instruction; `KVM_EXIT_DEBUG` is the debugger's.
+    let debugging = cpu.debug.is_some();
+    let stop_flag = &vm.shared.stop_requested;
+    let stop = 'run: {
+        if let Some(stop) = cpu.debug.as_ref().and_then(|d| d.stopped(stop_flag)) {
+            break 'run stop;
         }
-        match action {
-            ExitAction::Continue => {}
-            ExitAction::Return(ret) => vcpu.set_return(ret)?,
-            ExitAction::Stop(reason) => break reason,
+        loop {
+            let action = vcpu.run(|exit| match exit {
+                Exit::Other {
+                    reason: kvm_bindings::KVM_EXIT_DEBUG,
+                } if debugging => None,
+                exit => Some(cpu.handle(vm, exit)),
+            })?;
+            let Some(action) = action else {
+                match cpu.debug.as_ref().and_then(|d| d.stopped(stop_flag)) {
+                    Some(stop) => break 'run stop,
+                    None => continue,
+                }
+            };
+            if let Some(r) = &mut cpu.recorder {
+                r.record(cpu.exits.ledger.last(), vcpu.exit_rip());
+            }
+            match action {
+                ExitAction::Continue => {}
+                ExitAction::Return(ret) => vcpu.set_return(ret)?,
+                ExitAction::Stop(reason) => break 'run reason,
+            }
         }
     };
+    if let Some(d) = &cpu.debug {
+        d.exited(&stop);
+    }
     cpu.stopped = Some(Instant::now());
     Ok(stop)
 }

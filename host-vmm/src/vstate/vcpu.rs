@@ -268,6 +268,17 @@ impl Vcpu {
         Some((self.fd.get_regs().ok()?, self.fd.get_sregs().ok()?))
     }
 
+    /// A duplicate of the vCPU fd, for the gdb thread (`crate::debug::gdb`): it reads
+    /// registers and sets `KVM_SET_GUEST_DEBUG` while the vCPU thread waits outside
+    /// `KVM_RUN`.
+    pub fn debug_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::{AsRawFd, BorrowedFd};
+        // SAFETY: the raw fd is this vCPU's open fd, owned by `self.fd` for the whole
+        // borrow; it is only duplicated here.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd.as_raw_fd()) };
+        fd.try_clone_to_owned()
+    }
+
     /// The address of `kvm_run.immediate_exit`, for the watchdog's signal handler.
     pub fn immediate_exit_ptr(&mut self) -> *mut u8 {
         &mut self.fd.get_kvm_run().immediate_exit as *mut u8

@@ -1,0 +1,3 @@
+//! Debugging the guest: the gdb remote-protocol server ([`gdb`]).
+
+pub mod gdb;
