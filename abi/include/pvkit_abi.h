@@ -9,6 +9,12 @@
 
 #include <stdint.h>
 
+// The balloon's page size: ranges are counted in 4 KiB pages.
+#define PVKIT_BALLOON_PAGE_SIZE 4096
+
+// Most ranges one inflate or deflate call carries (`E2BIG` beyond).
+#define PVKIT_BALLOON_MAX_RANGES 512
+
 // `BenchSample::flags`: the guest verified the data of this case and it was right.
 #define PVKIT_SAMPLE_VERIFIED (1 << 0)
 
@@ -258,6 +264,16 @@ enum PVKIT_Hypercall
   // One synchronous block request. arg0 = GPA of a [`crate::block::BlockRequest`].
   // `RDX` ← bytes transferred. The request's status is the call's status.
   PVKIT_HYPERCALL_BLOCK_IO = 513,
+  // Give pages back to the host (the balloon, [`crate::balloon`]). arg0 = GPA of an
+  // array of [`crate::balloon::BalloonRange`], arg1 = its count (at most
+  // [`crate::balloon::BALLOON_MAX_RANGES`]). All ranges are validated before any is
+  // acted on. `RDX` ← pages inflated.
+  PVKIT_HYPERCALL_BALLOON_INFLATE = 1280,
+  // Take ballooned pages back (zero-filled). Arguments as [`Hypercall::BalloonInflate`];
+  // every page must be ballooned. `RDX` ← pages deflated.
+  PVKIT_HYPERCALL_BALLOON_DEFLATE = 1281,
+  // `RDX` ← the number of 4 KiB pages currently ballooned. No arguments.
+  PVKIT_HYPERCALL_BALLOON_INFO = 1282,
   // Mark the beginning or end of a benchmark phase so the host can attribute exits to it.
   // arg0 = phase id ([`crate::bench::CaseId`] packed), arg1 = [`crate::bench::PhaseMark`],
   // arg2 = operations done in the phase (at `End`).
@@ -393,6 +409,14 @@ typedef struct {
   // Backwards-compatible additions bump this.
   uint32_t minor;
 } PVKIT_AbiVersion;
+
+// One range of guest-physical pages in an inflate or deflate call.
+typedef struct {
+  // Guest-physical address of the first page (4 KiB aligned).
+  uint64_t gpa;
+  // Number of 4 KiB pages (at least 1).
+  uint64_t pages;
+} PVKIT_BalloonRange;
 
 // One case's guest-side measurements ([`crate::Hypercall::BenchResult`]).
 //
@@ -558,6 +582,10 @@ typedef uint64_t PVKIT_Features;
 #define PVKIT_Features_BENCH (uint64_t)(1 << 7)
 // KVM's own kvmclock is exposed at [`KVM_LEAF_BASE`].
 #define PVKIT_Features_KVMCLOCK (uint64_t)(1 << 8)
+// The memory balloon: [`crate::Hypercall::BalloonInflate`],
+// [`crate::Hypercall::BalloonDeflate`], [`crate::Hypercall::BalloonInfo`]
+// ([`crate::balloon`]).
+#define PVKIT_Features_BALLOON (uint64_t)(1 << 12)
 
 // One entry of the memory map.
 typedef struct {

@@ -51,7 +51,7 @@ pub enum DeviceClass {
     Net = 0x3,
     /// Per-CPU state: the clock page; SMP, steal time and PV EOI will live here.
     Cpu = 0x4,
-    /// Guest memory: the balloon (reserved for it).
+    /// Guest memory: the balloon.
     Memory = 0x5,
     /// Benchmark markers and debugging.
     Bench = 0xf,
@@ -162,6 +162,16 @@ pub enum Hypercall {
     /// One synchronous block request. arg0 = GPA of a [`crate::block::BlockRequest`].
     /// `RDX` ← bytes transferred. The request's status is the call's status.
     BlockIo = 0x201,
+    /// Give pages back to the host (the balloon, [`crate::balloon`]). arg0 = GPA of an
+    /// array of [`crate::balloon::BalloonRange`], arg1 = its count (at most
+    /// [`crate::balloon::BALLOON_MAX_RANGES`]). All ranges are validated before any is
+    /// acted on. `RDX` ← pages inflated.
+    BalloonInflate = 0x500,
+    /// Take ballooned pages back (zero-filled). Arguments as [`Hypercall::BalloonInflate`];
+    /// every page must be ballooned. `RDX` ← pages deflated.
+    BalloonDeflate = 0x501,
+    /// `RDX` ← the number of 4 KiB pages currently ballooned. No arguments.
+    BalloonInfo = 0x502,
     /// Mark the beginning or end of a benchmark phase so the host can attribute exits to it.
     /// arg0 = phase id ([`crate::bench::CaseId`] packed), arg1 = [`crate::bench::PhaseMark`],
     /// arg2 = operations done in the phase (at `End`).
@@ -190,6 +200,9 @@ impl TryFrom<u32> for Hypercall {
             0x100 => Hypercall::ConsoleWrite,
             0x200 => Hypercall::BlockCapacity,
             0x201 => Hypercall::BlockIo,
+            0x500 => Hypercall::BalloonInflate,
+            0x501 => Hypercall::BalloonDeflate,
+            0x502 => Hypercall::BalloonInfo,
             0xf00 => Hypercall::BenchPhase,
             0xf01 => Hypercall::BenchResult,
             _ => return Err(UnknownHypercall(nr)),
@@ -211,6 +224,9 @@ impl Hypercall {
         Hypercall::ConsoleWrite,
         Hypercall::BlockCapacity,
         Hypercall::BlockIo,
+        Hypercall::BalloonInflate,
+        Hypercall::BalloonDeflate,
+        Hypercall::BalloonInfo,
         Hypercall::BenchPhase,
         Hypercall::BenchResult,
     ];
@@ -226,6 +242,9 @@ impl Hypercall {
             | Hypercall::RingKick => DeviceClass::Core,
             Hypercall::ConsoleWrite => DeviceClass::Console,
             Hypercall::BlockCapacity | Hypercall::BlockIo => DeviceClass::Block,
+            Hypercall::BalloonInflate | Hypercall::BalloonDeflate | Hypercall::BalloonInfo => {
+                DeviceClass::Memory
+            }
             Hypercall::BenchPhase | Hypercall::BenchResult => DeviceClass::Bench,
         }
     }
@@ -244,6 +263,9 @@ impl Hypercall {
             Hypercall::BlockCapacity => "block_capacity",
             Hypercall::BlockIo => "block_io",
             Hypercall::RingKick => "ring_kick",
+            Hypercall::BalloonInflate => "balloon_inflate",
+            Hypercall::BalloonDeflate => "balloon_deflate",
+            Hypercall::BalloonInfo => "balloon_info",
         }
     }
 }
@@ -337,7 +359,8 @@ mod tests {
             0x202,
             0x300,
             0x400,
-            0x500,
+            0x503,
+            0x5ff,
             0x600,
             0xf02,
             0x1000,

@@ -59,6 +59,10 @@ bitflags! {
         const BENCH = 1 << 7;
         /// KVM's own kvmclock is exposed at [`KVM_LEAF_BASE`].
         const KVMCLOCK = 1 << 8;
+        /// The memory balloon: [`crate::Hypercall::BalloonInflate`],
+        /// [`crate::Hypercall::BalloonDeflate`], [`crate::Hypercall::BalloonInfo`]
+        /// ([`crate::balloon`]).
+        const BALLOON = 1 << 12;
     }
 }
 
