@@ -125,6 +125,7 @@ mod tests {
                     disk: None,
                     clock: None,
                     kvmclock: false,
+                    balloon: None,
                     rings: None,
                 },
                 &mut ledger,

@@ -23,7 +23,7 @@ use crate::arch::x86_64::cpuid::CpuidError;
 use crate::arch::x86_64::layout::LayoutError;
 use crate::bench::{PhaseObserver, PhaseRecord, SampleRecord};
 use crate::bus::BusError;
-use crate::devices::pv::BusError as HypercallBusError;
+use crate::devices::pv::balloon::BalloonStats;
 use crate::exit::ledger::LedgerSnapshot;
 use crate::exit::record::{ExitRecorder, RecordConfig, RipProfile, Trace};
 use crate::io::disk::{DiskConfig, DiskError, SharedDisk};
@@ -192,6 +192,8 @@ pub struct RunOutcome {
     pub exit_profile: Option<RipProfile>,
     /// Every exit in time order, all vCPUs ([`VmConfig::record`]).
     pub trace: Option<Trace>,
+    /// What the memory balloon did (`None`: the VM had no balloon).
+    pub balloon: Option<BalloonStats>,
 }
 
 /// Errors that keep a VM from running (guest misbehaviour is a [`StopReason`], not this).
@@ -280,7 +282,7 @@ pub enum VmError {
     Disk(#[from] DiskError),
     /// The PV devices could not be set up (epoll, eventfd, conflicting registrations).
     #[error("cannot set up the PV devices")]
-    PvDevices(#[source] HypercallBusError),
+    PvDevices(#[source] crate::devices::AssembleError),
     /// A thread could not be confined with its seccomp filter.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
@@ -533,6 +535,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         reg_access,
         guest_abi,
         symbols,
+        balloon,
     } = built;
     for (_, state) in &mut vcpus {
         let index = u32::try_from(state.index).unwrap_or(u32::MAX);
@@ -669,6 +672,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         stop_regs,
         exit_profile,
         trace,
+        balloon: balloon.map(|b| b.stats()),
     })
 }
 

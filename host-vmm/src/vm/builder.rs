@@ -19,6 +19,7 @@ use crate::devices::legacy::uart::{Uart, COM1_BASE, COM1_LEN};
 use crate::devices::legacy::vm_clock::VmClock;
 use crate::devices::pseudo::markers::BenchMarkers;
 use crate::devices::pseudo::null::NullPort;
+use crate::devices::pv::balloon::PvBalloon;
 use crate::devices::pv::clock::{ClockSource, TscClock};
 use crate::devices::pv::doorbell::{IoEventRegistrar, KvmIoEvents, DOORBELL_PORTS};
 use crate::devices::pv::RingsConfig;
@@ -59,6 +60,8 @@ pub struct Built {
     pub guest_abi: AbiVersion,
     /// The guest ELF's symbols, kept from the file before its bytes are dropped.
     pub symbols: Arc<SymbolTable>,
+    /// The memory balloon (its statistics are read after the run).
+    pub balloon: Option<Arc<PvBalloon>>,
 }
 
 impl std::fmt::Debug for Built {
@@ -163,6 +166,7 @@ pub fn build(
             disk: disk.clone(),
             clock: tsc_clock.map(|c| Arc::new(c) as Arc<dyn ClockSource>),
             kvmclock,
+            balloon: Some((mem.clone(), kernel.span.clone())),
             rings: Some((
                 mem.clone(),
                 RingsConfig {
@@ -182,6 +186,7 @@ pub fn build(
     }
     let io_stopper = pv.bus.stopper();
     let bench = pv.bench;
+    let balloon = pv.balloon;
     if let Some(d) = &disk {
         bench.set_disk(Box::new(d.clone()));
     }
@@ -240,5 +245,6 @@ pub fn build(
         reg_access,
         guest_abi: kernel.abi,
         symbols,
+        balloon,
     })
 }
