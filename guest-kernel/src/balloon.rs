@@ -12,6 +12,7 @@
 //! balloon nothing.
 
 use crate::heap::MAX_HEAP;
+use crate::statics::Exclusive;
 use pvkit_abi::balloon::{BalloonRange, BALLOON_MAX_RANGES, BALLOON_PAGE_SIZE};
 use pvkit_abi::boot::{BootInfo, IDENTITY_MAP_SIZE};
 use pvkit_abi::cpuid::Features;
@@ -30,8 +31,8 @@ pub struct BalloonArgs {
 }
 
 /// The batch array, one per call.
-static mut RANGES: [BalloonRange; BALLOON_MAX_RANGES as usize] =
-    [BalloonRange { gpa: 0, pages: 0 }; BALLOON_MAX_RANGES as usize];
+static RANGES: Exclusive<[BalloonRange; BALLOON_MAX_RANGES as usize]> =
+    Exclusive::new([BalloonRange { gpa: 0, pages: 0 }; BALLOON_MAX_RANGES as usize]);
 
 extern "C" {
     static __kernel_start: u8;
@@ -39,12 +40,6 @@ extern "C" {
 }
 
 const PATTERN: u64 = 0x5eed_ba11_0000_0000;
-
-fn ranges() -> &'static mut [BalloonRange] {
-    // SAFETY: the balloon mode runs once, on the one CPU, and is the only user of RANGES;
-    // each `Batch` borrows it for its operation only.
-    unsafe { &mut *(&raw mut RANGES) }
-}
 
 /// Runs the check.
 pub fn run(a: BalloonArgs, boot: &BootInfo) {
@@ -67,6 +62,7 @@ pub fn run(a: BalloonArgs, boot: &BootInfo) {
         bad_calls(boot, kernel_start, start);
     }
     let pages = len / BALLOON_PAGE_SIZE;
+    let array = RANGES.take();
     // Touch every page so the host backs it.
     for i in 0..pages {
         let p = (start + i * BALLOON_PAGE_SIZE) as *mut u64;
@@ -80,19 +76,20 @@ pub fn run(a: BalloonArgs, boot: &BootInfo) {
     );
 
     let range = a.range_kib << 10;
-    let mut b = Batch::new(Op::Inflate, ranges(), Hypercalls);
+    let mut b = Batch::new(Op::Inflate, array, Hypercalls);
     let r = b.push_region(start, len, range).and_then(|()| b.flush());
     if let Err(s) = r {
         panic!("balloon: inflate failed: {s}");
     }
+    let (inflated, inflate_calls) = (b.pages, b.calls);
     let host = ballooned_pages().unwrap_or_else(|s| panic!("balloon: info failed: {s}"));
     println!(
         "balloon: inflated {} pages in {} calls (ranges of {} KiB); host: {host} pages ballooned",
-        b.pages, b.calls, a.range_kib
+        inflated, inflate_calls, a.range_kib
     );
-    assert_eq!((b.pages, host), (pages, pages), "balloon: inflate count");
+    assert_eq!((inflated, host), (pages, pages), "balloon: inflate count");
 
-    let mut d = Batch::new(Op::Deflate, ranges(), Hypercalls);
+    let mut d = Batch::new(Op::Deflate, array, Hypercalls);
     let r = d.push_region(start, len, range).and_then(|()| d.flush());
     if let Err(s) = r {
         panic!("balloon: deflate failed: {s}");
