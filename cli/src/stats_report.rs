@@ -86,6 +86,14 @@ pub fn report(o: &RunOutcome, peak_rss_kib: Option<u64>) -> String {
             kib(b.rss_after_last_inflate_kib),
             b.rss_released_kib
         );
+        let mib = (b.pages_inflated * 4096) as f64 / 1048576.0;
+        let secs = b.release_ns as f64 / 1e9;
+        let _ = writeln!(
+            s,
+            "  balloon release:   {mib:.1} MiB in {:.3} ms of madvise ({:.0} MiB/s)",
+            secs * 1e3,
+            if secs > 0.0 { mib / secs } else { 0.0 }
+        );
     }
     let _ = writeln!(s, "  console dropped:   {} bytes", o.console_dropped);
     let _ = writeln!(s, "  to guest entry:    {}", ms(o.timings.to_guest_entry));
