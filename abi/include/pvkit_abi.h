@@ -9,6 +9,12 @@
 
 #include <stdint.h>
 
+// The balloon's page size: ranges are counted in 4 KiB pages.
+#define PVKIT_BALLOON_PAGE_SIZE 4096
+
+// Most ranges one inflate or deflate call carries (`E2BIG` beyond).
+#define PVKIT_BALLOON_MAX_RANGES 512
+
 // `BenchSample::flags`: the guest verified the data of this case and it was right.
 #define PVKIT_SAMPLE_VERIFIED (1 << 0)
 
@@ -284,6 +290,16 @@ enum PVKIT_Hypercall
   // ([`crate::net::MIN_FRAME_LEN`]`..=`[`crate::net::MAX_FRAME_LEN`]: `EINVAL` below,
   // `E2BIG` above). `RDX` ← bytes sent. A frame the host backend drops is still `Ok`.
   PVKIT_HYPERCALL_NET_SEND = 769,
+  // Give pages back to the host (the balloon, [`crate::balloon`]). arg0 = GPA of an
+  // array of [`crate::balloon::BalloonRange`], arg1 = its count (at most
+  // [`crate::balloon::BALLOON_MAX_RANGES`]). All ranges are validated before any is
+  // acted on. `RDX` ← pages inflated.
+  PVKIT_HYPERCALL_BALLOON_INFLATE = 1280,
+  // Take ballooned pages back (zero-filled). Arguments as [`Hypercall::BalloonInflate`];
+  // every page must be ballooned. `RDX` ← pages deflated.
+  PVKIT_HYPERCALL_BALLOON_DEFLATE = 1281,
+  // `RDX` ← the number of 4 KiB pages currently ballooned. No arguments.
+  PVKIT_HYPERCALL_BALLOON_INFO = 1282,
   // Mark the beginning or end of a benchmark phase so the host can attribute exits to it.
   // arg0 = phase id ([`crate::bench::CaseId`] packed), arg1 = [`crate::bench::PhaseMark`],
   // arg2 = operations done in the phase (at `End`).
@@ -419,6 +435,14 @@ typedef struct {
   // Backwards-compatible additions bump this.
   uint32_t minor;
 } PVKIT_AbiVersion;
+
+// One range of guest-physical pages in an inflate or deflate call.
+typedef struct {
+  // Guest-physical address of the first page (4 KiB aligned).
+  uint64_t gpa;
+  // Number of 4 KiB pages (at least 1).
+  uint64_t pages;
+} PVKIT_BalloonRange;
 
 // One case's guest-side measurements ([`crate::Hypercall::BenchResult`]).
 //
@@ -590,6 +614,10 @@ typedef uint64_t PVKIT_Features;
 // The network rings ([`crate::ring::NET_TX_QUEUE`], [`crate::ring::NET_RX_QUEUE`]).
 // Set only with a PV NIC.
 #define PVKIT_Features_NET_RING (uint64_t)(1 << 10)
+// The memory balloon: [`crate::Hypercall::BalloonInflate`],
+// [`crate::Hypercall::BalloonDeflate`], [`crate::Hypercall::BalloonInfo`]
+// ([`crate::balloon`]).
+#define PVKIT_Features_BALLOON (uint64_t)(1 << 12)
 
 // One entry of the memory map.
 typedef struct {

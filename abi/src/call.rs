@@ -51,7 +51,7 @@ pub enum DeviceClass {
     Net = 0x3,
     /// Per-CPU state: the clock page; SMP, steal time and PV EOI will live here.
     Cpu = 0x4,
-    /// Guest memory: the balloon (reserved for it).
+    /// Guest memory: the balloon.
     Memory = 0x5,
     /// Benchmark markers and debugging.
     Bench = 0xf,
@@ -170,6 +170,16 @@ pub enum Hypercall {
     /// ([`crate::net::MIN_FRAME_LEN`]`..=`[`crate::net::MAX_FRAME_LEN`]: `EINVAL` below,
     /// `E2BIG` above). `RDX` ← bytes sent. A frame the host backend drops is still `Ok`.
     NetSend = 0x301,
+    /// Give pages back to the host (the balloon, [`crate::balloon`]). arg0 = GPA of an
+    /// array of [`crate::balloon::BalloonRange`], arg1 = its count (at most
+    /// [`crate::balloon::BALLOON_MAX_RANGES`]). All ranges are validated before any is
+    /// acted on. `RDX` ← pages inflated.
+    BalloonInflate = 0x500,
+    /// Take ballooned pages back (zero-filled). Arguments as [`Hypercall::BalloonInflate`];
+    /// every page must be ballooned. `RDX` ← pages deflated.
+    BalloonDeflate = 0x501,
+    /// `RDX` ← the number of 4 KiB pages currently ballooned. No arguments.
+    BalloonInfo = 0x502,
     /// Mark the beginning or end of a benchmark phase so the host can attribute exits to it.
     /// arg0 = phase id ([`crate::bench::CaseId`] packed), arg1 = [`crate::bench::PhaseMark`],
     /// arg2 = operations done in the phase (at `End`).
@@ -200,6 +210,9 @@ impl TryFrom<u32> for Hypercall {
             0x201 => Hypercall::BlockIo,
             0x300 => Hypercall::NetInfo,
             0x301 => Hypercall::NetSend,
+            0x500 => Hypercall::BalloonInflate,
+            0x501 => Hypercall::BalloonDeflate,
+            0x502 => Hypercall::BalloonInfo,
             0xf00 => Hypercall::BenchPhase,
             0xf01 => Hypercall::BenchResult,
             _ => return Err(UnknownHypercall(nr)),
@@ -223,6 +236,9 @@ impl Hypercall {
         Hypercall::BlockIo,
         Hypercall::NetInfo,
         Hypercall::NetSend,
+        Hypercall::BalloonInflate,
+        Hypercall::BalloonDeflate,
+        Hypercall::BalloonInfo,
         Hypercall::BenchPhase,
         Hypercall::BenchResult,
     ];
@@ -239,6 +255,9 @@ impl Hypercall {
             Hypercall::ConsoleWrite => DeviceClass::Console,
             Hypercall::BlockCapacity | Hypercall::BlockIo => DeviceClass::Block,
             Hypercall::NetInfo | Hypercall::NetSend => DeviceClass::Net,
+            Hypercall::BalloonInflate | Hypercall::BalloonDeflate | Hypercall::BalloonInfo => {
+                DeviceClass::Memory
+            }
             Hypercall::BenchPhase | Hypercall::BenchResult => DeviceClass::Bench,
         }
     }
@@ -259,6 +278,9 @@ impl Hypercall {
             Hypercall::RingKick => "ring_kick",
             Hypercall::NetInfo => "net_info",
             Hypercall::NetSend => "net_send",
+            Hypercall::BalloonInflate => "balloon_inflate",
+            Hypercall::BalloonDeflate => "balloon_deflate",
+            Hypercall::BalloonInfo => "balloon_info",
         }
     }
 }
@@ -352,7 +374,8 @@ mod tests {
             0x202,
             0x302,
             0x400,
-            0x500,
+            0x503,
+            0x5ff,
             0x600,
             0xf02,
             0x1000,

@@ -65,6 +65,10 @@ bitflags! {
         /// The network rings ([`crate::ring::NET_TX_QUEUE`], [`crate::ring::NET_RX_QUEUE`]).
         /// Set only with a PV NIC.
         const NET_RING = 1 << 10;
+        /// The memory balloon: [`crate::Hypercall::BalloonInflate`],
+        /// [`crate::Hypercall::BalloonDeflate`], [`crate::Hypercall::BalloonInfo`]
+        /// ([`crate::balloon`]).
+        const BALLOON = 1 << 12;
     }
 }
 

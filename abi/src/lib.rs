@@ -5,7 +5,7 @@
 //! ([`status`]), discovery through CPUID and feature bits ([`cpuid`]), the boot contract
 //! ([`boot`]), the ELF note that stamps the ABI version into a guest ([`note`]), the shared
 //! request/response ring ([`ring`]) and the structures carried by each device
-//! ([`console`], [`block`], [`net`], [`clock`], [`fault`], [`mod@bench`]).
+//! ([`console`], [`block`], [`net`], [`clock`], [`balloon`], [`fault`], [`mod@bench`]).
 //!
 //! Rules that hold for every item:
 //! - Every shared structure is `#[repr(C)]`, has only fixed-width integer fields with no
@@ -23,6 +23,7 @@
 //! The human-readable form of this contract is `docs/ABI.md`.
 #![no_std]
 
+pub mod balloon;
 pub mod bench;
 pub mod block;
 pub mod boot;

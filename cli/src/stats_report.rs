@@ -65,6 +65,36 @@ pub fn report(o: &RunOutcome, peak_rss_kib: Option<u64>) -> String {
             let _ = writeln!(s, "    {:>10}  rip unreadable", p.unknown);
         }
     }
+    if let Some(b) = o
+        .balloon
+        .filter(|b| b.inflate_calls + b.deflate_calls + b.refused_calls > 0)
+    {
+        let _ = writeln!(
+            s,
+            "  balloon:           {:.1} MiB ballooned (peak {:.1} MiB), {} inflate / {} deflate calls, {} refused",
+            b.ballooned_mib(),
+            (b.peak_ballooned_pages * 4096) as f64 / 1048576.0,
+            b.inflate_calls,
+            b.deflate_calls,
+            b.refused_calls
+        );
+        let kib = |k: Option<u64>| k.map_or_else(|| "?".to_owned(), |k| format!("{k} KiB"));
+        let _ = writeln!(
+            s,
+            "  balloon rss:       {} before the first inflate, {} after the last; {} KiB released",
+            kib(b.rss_before_first_inflate_kib),
+            kib(b.rss_after_last_inflate_kib),
+            b.rss_released_kib
+        );
+        let mib = (b.pages_inflated * 4096) as f64 / 1048576.0;
+        let secs = b.release_ns as f64 / 1e9;
+        let _ = writeln!(
+            s,
+            "  balloon release:   {mib:.1} MiB in {:.3} ms of madvise ({:.0} MiB/s)",
+            secs * 1e3,
+            if secs > 0.0 { mib / secs } else { 0.0 }
+        );
+    }
     let _ = writeln!(s, "  console dropped:   {} bytes", o.console_dropped);
     let _ = writeln!(s, "  to guest entry:    {}", ms(o.timings.to_guest_entry));
     let _ = match o.timings.to_first_exit {

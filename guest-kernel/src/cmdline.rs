@@ -15,6 +15,7 @@
 //! | `triple`    | after the banner: load an empty IDT and `ud2` (triple fault)          |
 //! | `user`      | after the banner: run a function in ring 3 that reads the PV clock (when offered) and print what it returned |
 //! | `disk`      | after the banner: the ATA disk check ([`crate::diskcheck`]): read, write, read back a few sectors through ATA PIO and print the results |
+//! | `balloon=MIB` | after the banner: the memory balloon check ([`crate::balloon`]); `balloon_range=KIB` (default 2048) sets the range size, `balloon_bad` sends invalid calls first |
 //! | `bench=`    | instead of everything else: run benchmark cases, see [`crate::bench`]; `all` or a comma-separated list of devices (`console`, `block`, `clock`, `exit`) and `device/variant` pairs (e.g. `block/ata-pio`) |
 //! | `quick`     | with `bench=`: small operation counts                                 |
 //! | `ops=N`     | with `bench=`: `N` (≥ 1) operations in every case                      |
@@ -102,6 +103,8 @@ pub struct Args {
     pub disk: bool,
     /// `net=`: the network modes.
     pub net: Option<crate::net::NetArgs>,
+    /// `balloon=MIB`: run the balloon check after the banner.
+    pub balloon: Option<crate::balloon::BalloonArgs>,
 }
 
 /// Parses the command line in one pass. The error names the offending token.
@@ -116,9 +119,12 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
         bench: None,
         disk: false,
         net: None,
+        balloon: None,
     };
     let mut net = crate::net::NetArgs::new(crate::net::Mode::Serve);
     let mut net_mode = None;
+    let mut balloon_range = 2048;
+    let mut balloon_bad = false;
     let mut writes = 1;
     let mut flood = false;
     let mut ring = None;
@@ -160,6 +166,18 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
             ("triple", None) => args.action = Some(Action::Triple),
             ("user", None) => args.user = true,
             ("disk", None) => args.disk = true,
+            ("balloon", Some(n)) => {
+                args.balloon = Some(crate::balloon::BalloonArgs {
+                    mib: n.parse().map_err(|_| n)?,
+                    range_kib: 2048,
+                    bad: false,
+                })
+            }
+            ("balloon_range", Some(n)) => match n.parse::<u64>() {
+                Ok(k) if k >= 4 && k % 4 == 0 => balloon_range = k,
+                _ => return Err(n),
+            },
+            ("balloon_bad", None) => balloon_bad = true,
             ("bench", Some(list)) => {
                 args.bench = Some(Bench {
                     selection: Selection::parse(list)?,
@@ -192,6 +210,10 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
     if let Some(mode) = net_mode {
         net.mode = mode;
         args.net = Some(net);
+    }
+    if let Some(b) = &mut args.balloon {
+        b.range_kib = balloon_range;
+        b.bad = balloon_bad;
     }
     if let Some(b) = &mut args.bench {
         b.quick = quick;

@@ -26,6 +26,7 @@ extern crate alloc;
 #[macro_use]
 mod console;
 mod ata;
+mod balloon;
 mod bench;
 mod cmdline;
 mod diskcheck;

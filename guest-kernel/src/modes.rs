@@ -55,6 +55,9 @@ pub fn run(args: &Args, console: ConsoleKind, boot: &BootInfo) -> ! {
     if args.disk {
         crate::diskcheck::run(boot);
     }
+    if let Some(b) = args.balloon {
+        crate::balloon::run(b, boot);
+    }
     match args.action {
         None => crate::exit(args.exit_code),
         Some(Action::Fault(kind)) => fault(kind),

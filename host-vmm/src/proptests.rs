@@ -891,13 +891,16 @@ fn check_call(
             let stored = r.status == Status::Ok;
             prop_assert_eq!(samples.1, samples.0 + usize::from(stored));
         }
-        // No rings and no block device: the PV calls are not supported.
+        // No rings, no block device, no balloon: the PV calls are not supported.
         Hypercall::RegisterRegion
         | Hypercall::BlockCapacity
         | Hypercall::BlockIo
         | Hypercall::NetInfo
         | Hypercall::NetSend
-        | Hypercall::RingKick => prop_assert_eq!(out, &ret(Status::EOPNOTSUPP, 0)),
+        | Hypercall::RingKick
+        | Hypercall::BalloonInflate
+        | Hypercall::BalloonDeflate
+        | Hypercall::BalloonInfo => prop_assert_eq!(out, &ret(Status::EOPNOTSUPP, 0)),
     }
     if h != Hypercall::BenchPhase {
         prop_assert_eq!(phases.0, phases.1);

@@ -25,7 +25,7 @@ use crate::bench::{PhaseObserver, PhaseRecord, SampleRecord};
 use crate::bus::BusError;
 use crate::devices::legacy::irq::IrqError;
 use crate::devices::legacy::ne2000::{NetConfig, NetError, NicStats};
-use crate::devices::pv::BusError as HypercallBusError;
+use crate::devices::pv::balloon::BalloonStats;
 use crate::exit::ledger::LedgerSnapshot;
 use crate::exit::record::{ExitRecorder, RecordConfig, RipProfile, Trace};
 use crate::io::disk::{DiskConfig, DiskError, SharedDisk};
@@ -207,6 +207,8 @@ pub struct RunOutcome {
     pub trace: Option<Trace>,
     /// What the NIC counted ([`VmConfig::net`]).
     pub net: Option<NicStats>,
+    /// What the memory balloon did (`None`: the VM had no balloon).
+    pub balloon: Option<BalloonStats>,
 }
 
 /// Errors that keep a VM from running (guest misbehaviour is a [`StopReason`], not this).
@@ -295,7 +297,7 @@ pub enum VmError {
     Disk(#[from] DiskError),
     /// The PV devices could not be set up (epoll, eventfd, conflicting registrations).
     #[error("cannot set up the PV devices")]
-    PvDevices(#[source] HypercallBusError),
+    PvDevices(#[source] crate::devices::AssembleError),
     /// A thread could not be confined with its seccomp filter.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
@@ -558,6 +560,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         guest_abi,
         symbols,
         mut net,
+        balloon,
     } = built;
     for (_, state) in &mut vcpus {
         let index = u32::try_from(state.index).unwrap_or(u32::MAX);
@@ -711,6 +714,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         exit_profile,
         trace,
         net: net.map(|n| n.stats()),
+        balloon: balloon.map(|b| b.stats()),
     })
 }
 

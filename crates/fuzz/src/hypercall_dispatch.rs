@@ -435,6 +435,7 @@ pub fn run(data: &[u8]) {
         disk: backend.then(|| disk.clone()),
         clock: clock.then(|| Arc::new(FixedClock) as Arc<dyn ClockSource>),
         kvmclock: false,
+        balloon: None,
         rings: backend.then(|| {
             let on_fatal: Arc<dyn Fn(String) + Send + Sync> =
                 Arc::new(|e| panic!("I/O thread failed: {e}"));

@@ -19,6 +19,7 @@
 //! - [`block`]: the PV block device, synchronous ([`block::PvBlock`]) or over its ring
 //!   ([`block::BlockRing`]);
 //! - [`console_ring`]: the PV console over its ring;
+//! - [`balloon`]: the memory balloon, inflate and deflate batched up to 512 ranges a call;
 //! - [`clock`]: the PV clock page and kvmclock, read vDSO-style (usable from ring 3);
 //! - [`tsc`]: `rdtsc`, plain and ordered;
 //! - [`ata`]: a polling ATA PIO driver (the emulated disk, or hardware);
@@ -45,6 +46,7 @@
 pub mod addr;
 mod aligned;
 pub mod ata;
+pub mod balloon;
 pub mod block;
 pub mod clock;
 pub mod cmdline;

@@ -16,6 +16,7 @@ use crate::io::console_out::Console;
 use crate::io::disk::SharedDisk;
 use crate::vstate::memory::GuestRam;
 use pseudo::markers::BenchMarkers;
+use pv::balloon::{BalloonError, PvBalloon};
 use pv::block::PvBlock;
 use pv::clock::{ClockSource, PvClock};
 use pv::console::PvConsole;
@@ -32,6 +33,9 @@ pub struct PvConfig {
     /// KVM's kvmclock is available to the guest (advertised as
     /// [`pvkit_abi::cpuid::Features::KVMCLOCK`]).
     pub kvmclock: bool,
+    /// Guest RAM and the loaded kernel image's span, for the memory balloon; `None`: no
+    /// balloon.
+    pub balloon: Option<(GuestRam, std::ops::Range<u64>)>,
     /// Guest RAM and how rings are served; `None`: no rings (no `RegisterRegion` of a
     /// ring, no `RingKick`, no doorbells).
     pub rings: Option<(GuestRam, RingsConfig)>,
@@ -46,12 +50,25 @@ pub struct PvDevices {
     pub bench: Arc<BenchMarkers>,
     /// The PV clock, if there is one.
     pub clock: Option<Arc<PvClock>>,
+    /// The memory balloon, if there is one (its statistics are read after the run).
+    pub balloon: Option<Arc<PvBalloon>>,
+}
+
+/// The PV devices could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum AssembleError {
+    /// Two devices conflict, or the rings could not be set up.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The balloon could not be built.
+    #[error(transparent)]
+    Balloon(#[from] BalloonError),
 }
 
 /// Builds the PV devices of `config` and registers them on a new hypercall bus, one line
 /// per device; then sets up the rings they declared (their notification counters go into
 /// `ledger`).
-pub fn assemble(config: PvConfig, ledger: &mut ExitLedger) -> Result<PvDevices, BusError> {
+pub fn assemble(config: PvConfig, ledger: &mut ExitLedger) -> Result<PvDevices, AssembleError> {
     let mut bus = HypercallBus::new();
     let bench = Arc::new(BenchMarkers::new());
     let clock = (config.clock.is_some() || config.kvmclock)
@@ -65,11 +82,23 @@ pub fn assemble(config: PvConfig, ledger: &mut ExitLedger) -> Result<PvDevices, 
     if let Some(disk) = config.disk {
         bus.insert(Arc::new(PvBlock::new(disk)))?;
     }
+    let balloon = match config.balloon {
+        Some((mem, kernel)) => Some(Arc::new(PvBalloon::new(&mem, kernel)?)),
+        None => None,
+    };
+    if let Some(b) = &balloon {
+        bus.insert(b.clone())?;
+    }
 
     if let Some((mem, rings)) = config.rings {
         bus.with_rings(mem, rings, ledger)?;
     }
-    Ok(PvDevices { bus, bench, clock })
+    Ok(PvDevices {
+        bus,
+        bench,
+        clock,
+        balloon,
+    })
 }
 
 /// The devices every VM has (console, bench markers), with no rings, no block device and
@@ -81,6 +110,7 @@ pub(crate) fn core_devices(console: Console) -> PvDevices {
         disk: None,
         clock: None,
         kvmclock: false,
+        balloon: None,
         rings: None,
     };
     assemble(config, &mut ExitLedger::new()).expect("no conflicts among the core devices")

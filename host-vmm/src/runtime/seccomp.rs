@@ -303,7 +303,8 @@ fn common_entries() -> Vec<Entry> {
         ),
         allow!(
             SYS_pread64,
-            "disk reads (ATA, PV block: `FileExt::read_exact_at`)"
+            "disk reads (ATA, PV block: `FileExt::read_exact_at`); the balloon reading the RSS \
+             from `/proc/self/statm` (opened before confinement)"
         ),
         allow!(SYS_pwrite64, "disk writes (ATA, PV block)"),
         allow!(SYS_fdatasync, "PV block flush requests (`File::sync_data`)"),
@@ -338,7 +339,8 @@ fn common_entries() -> Vec<Entry> {
             SYS_madvise,
             madvise_rules,
             "arg2: MADV_DONTNEED",
-            "the allocator returning memory; glibc releasing a finished thread's stack",
+            "the allocator returning memory; glibc releasing a finished thread's stack; the \
+             balloon releasing inflated guest RAM (vCPU thread)",
         ),
         allow!(SYS_brk, "the allocator (main arena)"),
         allow!(

@@ -21,6 +21,7 @@ use crate::devices::legacy::uart::{Uart, COM1_BASE, COM1_LEN};
 use crate::devices::legacy::vm_clock::VmClock;
 use crate::devices::pseudo::markers::BenchMarkers;
 use crate::devices::pseudo::null::NullPort;
+use crate::devices::pv::balloon::PvBalloon;
 use crate::devices::pv::clock::{ClockSource, TscClock};
 use crate::devices::pv::doorbell::{IoEventRegistrar, KvmIoEvents, DOORBELL_PORTS};
 use crate::devices::pv::RingsConfig;
@@ -63,6 +64,8 @@ pub struct Built {
     pub symbols: Arc<SymbolTable>,
     /// The NIC ([`VmConfig::net`]), with its receive thread running.
     pub net: Option<NetDevice>,
+    /// The memory balloon (its statistics are read after the run).
+    pub balloon: Option<Arc<PvBalloon>>,
 }
 
 impl std::fmt::Debug for Built {
@@ -180,6 +183,7 @@ pub fn build(
             disk: disk.clone(),
             clock: tsc_clock.map(|c| Arc::new(c) as Arc<dyn ClockSource>),
             kvmclock,
+            balloon: Some((mem.clone(), kernel.span.clone())),
             rings: Some((
                 mem.clone(),
                 RingsConfig {
@@ -199,6 +203,7 @@ pub fn build(
     }
     let io_stopper = pv.bus.stopper();
     let bench = pv.bench;
+    let balloon = pv.balloon;
     if let Some(d) = &disk {
         bench.set_disk(Box::new(d.clone()));
     }
@@ -258,5 +263,6 @@ pub fn build(
         guest_abi: kernel.abi,
         symbols,
         net,
+        balloon,
     })
 }

@@ -9,6 +9,7 @@
 //! | [`block`]            | `BlockCapacity`, `BlockIo` and the block ring                 |
 //! | [`net`]              | `NetInfo`, `NetSend`, the net TX and RX rings over a backend  |
 //! | [`clock`]            | the PV clock page (and the kvmclock feature bit)              |
+//! | [`balloon`]          | the memory balloon: `BalloonInflate`, `BalloonDeflate`, `BalloonInfo` |
 //! | [`rings`]            | the registered rings of every device, serviced on three transports |
 //! | [`doorbell`]         | the doorbell port and its per-queue ioeventfds (datamatch)    |
 //! | [`hypercall_bus`]    | the bus: numbers → devices, features, `RegisterRegion`, `RingKick` |
@@ -20,6 +21,7 @@
 //! Every handler takes `&self`: a device keeps its mutable state behind its own locks and
 //! may be called from several vCPU threads at once.
 
+pub mod balloon;
 pub mod block;
 pub mod clock;
 pub mod console;

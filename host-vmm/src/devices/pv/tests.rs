@@ -218,6 +218,7 @@ fn harness(o: Opts) -> Harness {
                 .clock
                 .then(|| Arc::new(FixedClock) as Arc<dyn ClockSource>),
             kvmclock: o.kvmclock,
+            balloon: None,
             rings: Some((
                 mem.clone(),
                 RingsConfig {
