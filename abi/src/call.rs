@@ -162,6 +162,12 @@ pub enum Hypercall {
     /// One synchronous block request. arg0 = GPA of a [`crate::block::BlockRequest`].
     /// `RDX` ← bytes transferred. The request's status is the call's status.
     BlockIo = 0x201,
+    /// Start another vCPU already in 64-bit mode (PV vCPU bring-up). arg0 = target vCPU
+    /// index, arg1 = entry `RIP`, arg2 = `RSP`, arg3 = the target's `RDI`. The target runs
+    /// on the boot GDT and page tables of [`crate::boot`] with interrupts off. `EINVAL`:
+    /// the target is the caller, out of range, or `RIP`/`RSP` are not canonical; `EBUSY`:
+    /// the target was already started (by this call or by INIT-SIPI).
+    VcpuUp = 0x400,
     /// Mark the beginning or end of a benchmark phase so the host can attribute exits to it.
     /// arg0 = phase id ([`crate::bench::CaseId`] packed), arg1 = [`crate::bench::PhaseMark`],
     /// arg2 = operations done in the phase (at `End`).
@@ -190,6 +196,7 @@ impl TryFrom<u32> for Hypercall {
             0x100 => Hypercall::ConsoleWrite,
             0x200 => Hypercall::BlockCapacity,
             0x201 => Hypercall::BlockIo,
+            0x400 => Hypercall::VcpuUp,
             0xf00 => Hypercall::BenchPhase,
             0xf01 => Hypercall::BenchResult,
             _ => return Err(UnknownHypercall(nr)),
@@ -211,6 +218,7 @@ impl Hypercall {
         Hypercall::ConsoleWrite,
         Hypercall::BlockCapacity,
         Hypercall::BlockIo,
+        Hypercall::VcpuUp,
         Hypercall::BenchPhase,
         Hypercall::BenchResult,
     ];
@@ -226,6 +234,7 @@ impl Hypercall {
             | Hypercall::RingKick => DeviceClass::Core,
             Hypercall::ConsoleWrite => DeviceClass::Console,
             Hypercall::BlockCapacity | Hypercall::BlockIo => DeviceClass::Block,
+            Hypercall::VcpuUp => DeviceClass::Cpu,
             Hypercall::BenchPhase | Hypercall::BenchResult => DeviceClass::Bench,
         }
     }
@@ -244,6 +253,7 @@ impl Hypercall {
             Hypercall::BlockCapacity => "block_capacity",
             Hypercall::BlockIo => "block_io",
             Hypercall::RingKick => "ring_kick",
+            Hypercall::VcpuUp => "vcpu_up",
         }
     }
 }
@@ -336,7 +346,7 @@ mod tests {
             0x101,
             0x202,
             0x300,
-            0x400,
+            0x401,
             0x500,
             0x600,
             0xf02,

@@ -126,6 +126,7 @@ mod tests {
                     clock: None,
                     kvmclock: false,
                     rings: None,
+                    vcpu_up: None,
                 },
                 &mut ledger,
             )

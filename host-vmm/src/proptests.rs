@@ -895,7 +895,8 @@ fn check_call(
         Hypercall::RegisterRegion
         | Hypercall::BlockCapacity
         | Hypercall::BlockIo
-        | Hypercall::RingKick => prop_assert_eq!(out, &ret(Status::EOPNOTSUPP, 0)),
+        | Hypercall::RingKick
+        | Hypercall::VcpuUp => prop_assert_eq!(out, &ret(Status::EOPNOTSUPP, 0)),
     }
     if h != Hypercall::BenchPhase {
         prop_assert_eq!(phases.0, phases.1);

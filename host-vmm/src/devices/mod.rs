@@ -19,6 +19,7 @@ use pseudo::markers::BenchMarkers;
 use pv::block::PvBlock;
 use pv::clock::{ClockSource, PvClock};
 use pv::console::PvConsole;
+use pv::vcpu_up::VcpuUp;
 use pv::{BusError, HypercallBus, RingsConfig};
 
 /// What the PV devices of a VM are built from.
@@ -35,6 +36,8 @@ pub struct PvConfig {
     /// Guest RAM and how rings are served; `None`: no rings (no `RegisterRegion` of a
     /// ring, no `RingKick`, no doorbells).
     pub rings: Option<(GuestRam, RingsConfig)>,
+    /// The `VcpuUp` device (VMs with more than one vCPU); `None`: the call is `EOPNOTSUPP`.
+    pub vcpu_up: Option<Arc<VcpuUp>>,
 }
 
 /// The assembled PV devices: the bus, and handles to the devices the VM reads back.
@@ -65,6 +68,9 @@ pub fn assemble(config: PvConfig, ledger: &mut ExitLedger) -> Result<PvDevices, 
     if let Some(disk) = config.disk {
         bus.insert(Arc::new(PvBlock::new(disk)))?;
     }
+    if let Some(up) = config.vcpu_up {
+        bus.insert(up)?;
+    }
 
     if let Some((mem, rings)) = config.rings {
         bus.with_rings(mem, rings, ledger)?;
@@ -82,6 +88,7 @@ pub(crate) fn core_devices(console: Console) -> PvDevices {
         clock: None,
         kvmclock: false,
         rings: None,
+        vcpu_up: None,
     };
     assemble(config, &mut ExitLedger::new()).expect("no conflicts among the core devices")
 }

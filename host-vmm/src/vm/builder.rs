@@ -33,7 +33,8 @@ use crate::loader::symbols::SymbolTable;
 use crate::runtime::watchdog;
 use crate::vstate::kvm::{open_kvm, PlatformInfo};
 use crate::vstate::memory::{create_fresh_ram, MAX_MEM_MIB};
-use crate::vstate::vcpu::{RegAccess, Vcpu};
+use crate::devices::pv::vcpu_up::VcpuUp;
+use crate::vstate::vcpu::{RegAccess, Vcpu, VcpuError};
 use crate::vstate::vm::create_vm;
 
 /// A VM assembled and ready to run: the shared [`Vm`], its vCPUs with their states, and what
@@ -59,6 +60,8 @@ pub struct Built {
     pub guest_abi: AbiVersion,
     /// The guest ELF's symbols, kept from the file before its bytes are dropped.
     pub symbols: Arc<SymbolTable>,
+    /// The `VcpuUp` device (more than one vCPU).
+    pub vcpu_up: Option<Arc<VcpuUp>>,
 }
 
 impl std::fmt::Debug for Built {
@@ -116,6 +119,18 @@ pub fn build(
     drop(image);
     drop(bytes);
     let vm_fd = Arc::new(create_vm(&kvm, &mem)?);
+    // SMP: the in-kernel irqchip (LAPICs for INIT-SIPI-SIPI and IPIs), created before the
+    // vCPUs so that the APs start in KVM's wait-for-SIPI state. Only with more than one
+    // vCPU: with it, `hlt` no longer exits to the VMM.
+    if config.vcpus > 1 {
+        vm_fd
+            .create_irq_chip()
+            .map_err(|source| VmError::Vcpu(VcpuError::Kvm {
+                what: "KVM_CREATE_IRQCHIP",
+                source,
+            }))?;
+    }
+    let vcpu_up = (config.vcpus > 1).then(|| Arc::new(VcpuUp::new(config.vcpus)));
     let clock = VmClock::start();
     let supported = supported_cpuid(&kvm)?;
     let kvmclock = kvmclock_available(supported.as_slice());
@@ -172,6 +187,7 @@ pub fn build(
                     on_fatal,
                 },
             )),
+            vcpu_up: vcpu_up.clone(),
         },
         &mut ledger,
     )
@@ -240,5 +256,6 @@ pub fn build(
         reg_access,
         guest_abi: kernel.abi,
         symbols,
+        vcpu_up,
     })
 }

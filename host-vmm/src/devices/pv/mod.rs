@@ -10,6 +10,7 @@
 //! | [`clock`]            | the PV clock page (and the kvmclock feature bit)              |
 //! | [`rings`]            | the registered rings of every device, serviced on three transports |
 //! | [`doorbell`]         | the doorbell port and its per-queue ioeventfds (datamatch)    |
+//! | [`vcpu_up`]          | `VcpuUp`: PV start of the other vCPUs (with `--vcpus` > 1)   |
 //! | [`hypercall_bus`]    | the bus: numbers → devices, features, `RegisterRegion`, `RingKick` |
 //!
 //! The benchmark markers are a device too ([`crate::devices::pseudo::markers`]). The core
@@ -25,6 +26,7 @@ pub mod console;
 pub mod doorbell;
 pub mod hypercall_bus;
 pub mod rings;
+pub mod vcpu_up;
 #[cfg(test)]
 mod tests;
 
