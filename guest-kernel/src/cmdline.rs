@@ -16,6 +16,8 @@
 //! | `user`      | after the banner: run a function in ring 3 that reads the PV clock (when offered) and print what it returned |
 //! | `disk`      | after the banner: the ATA disk check ([`crate::diskcheck`]): read, write, read back a few sectors through ATA PIO and print the results |
 //! | `bench=`    | instead of everything else: run benchmark cases, see [`crate::bench`]; `all` or a comma-separated list of devices (`console`, `block`, `clock`, `exit`) and `device/variant` pairs (e.g. `block/ata-pio`) |
+//! | `smp=`      | after the output: bring up the other CPUs, `emulated` (INIT-SIPI-SIPI) or `pv` (`VcpuUp`), see [`crate::smp`] |
+//! | `cpus=N`    | with `smp=`: how many CPUs there are (1–8), default 1                 |
 //! | `quick`     | with `bench=`: small operation counts                                 |
 //! | `ops=N`     | with `bench=`: `N` (≥ 1) operations in every case                      |
 //!
@@ -24,6 +26,7 @@
 
 use crate::bench::Selection;
 use crate::console::ConsoleKind;
+use crate::smp::SmpMode;
 use pvkit_abi::ring::Transport;
 use pvkit_guest::cmdline::Cmdline;
 
@@ -99,6 +102,8 @@ pub struct Args {
     pub bench: Option<Bench>,
     /// `disk`: run the ATA disk check after the banner.
     pub disk: bool,
+    /// `smp=` with `cpus=`: bring up the other CPUs after the output.
+    pub smp: Option<(SmpMode, usize)>,
 }
 
 /// Parses the command line in one pass. The error names the offending token.
@@ -112,7 +117,9 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
         user: false,
         bench: None,
         disk: false,
+        smp: None,
     };
+    let mut cpus = 1;
     let mut writes = 1;
     let mut flood = false;
     let mut ring = None;
@@ -166,6 +173,13 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
                 Ok(n) if n >= 1 => ops = Some(n),
                 _ => return Err(n),
             },
+            ("smp", Some("emulated")) => args.smp = Some((SmpMode::Emulated, 1)),
+            ("smp", Some("pv")) => args.smp = Some((SmpMode::Pv, 1)),
+            ("smp", Some(other)) => return Err(other),
+            ("cpus", Some(n)) => match n.parse::<usize>() {
+                Ok(n) if (1..=crate::smp::MAX_CPUS).contains(&n) => cpus = n,
+                _ => return Err(n),
+            },
             ("console", Some(other)) => return Err(other),
             _ => {}
         }
@@ -174,6 +188,9 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
         p.writes = writes;
         p.flood = flood;
         p.ring = ring;
+    }
+    if let Some((_, n)) = &mut args.smp {
+        *n = cpus;
     }
     if let Some(b) = &mut args.bench {
         b.quick = quick;

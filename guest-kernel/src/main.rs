@@ -36,6 +36,7 @@ mod modes;
 mod msr;
 mod pit;
 mod pvh;
+mod smp;
 mod statics;
 mod user;
 

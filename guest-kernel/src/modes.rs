@@ -52,6 +52,9 @@ pub fn run(args: &Args, console: ConsoleKind, boot: &BootInfo) -> ! {
     if args.disk {
         crate::diskcheck::run(boot);
     }
+    if let Some((mode, cpus)) = args.smp {
+        crate::smp::run(mode, cpus, boot);
+    }
     match args.action {
         None => crate::exit(args.exit_code),
         Some(Action::Fault(kind)) => fault(kind),

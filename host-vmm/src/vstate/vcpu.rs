@@ -172,7 +172,8 @@ impl Vcpu {
         access: Option<RegAccess>,
     ) -> Result<Self, VcpuError> {
         let mut fd = vm.create_vcpu(index).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        set_cpuid(&fd, supported, features)?;
+        let apic_id = u32::try_from(index).unwrap_or(u32::MAX);
+        set_cpuid(&fd, supported, features, apic_id)?;
         setup_boot_regs(&fd, entry)?;
         let boot_sregs = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
 
@@ -202,7 +203,8 @@ impl Vcpu {
 
     /// Replaces the CPUID table (pvkit leaves with `features`). Only before the first run.
     pub fn set_features(&mut self, supported: &CpuId, features: Features) -> Result<(), VcpuError> {
-        Ok(set_cpuid(&self.fd, supported, features)?)
+        let apic_id = u32::try_from(self.index).unwrap_or(u32::MAX);
+        Ok(set_cpuid(&self.fd, supported, features, apic_id)?)
     }
 
     /// The guest's TSC offset: guest TSC = host TSC + offset (wrapping), for a VM without
