@@ -53,7 +53,8 @@ const APIC: u64 = 0xfee0_0000;
 
 /// The APs' stacks, by CPU index (index 0 unused: the BSP has its own). Only used
 /// through `RSP`.
-static mut AP_STACKS: [Stack<AP_STACK_SIZE>; MAX_CPUS] = [const { Stack([0; AP_STACK_SIZE]) }; MAX_CPUS];
+static mut AP_STACKS: [Stack<AP_STACK_SIZE>; MAX_CPUS] =
+    [const { Stack([0; AP_STACK_SIZE]) }; MAX_CPUS];
 
 /// APs that reported in.
 pub static UP: AtomicU32 = AtomicU32::new(0);
@@ -183,7 +184,8 @@ fn init_sipi(cpu: usize) {
 /// Brings up CPUs 1..`cpus` the `mode` way and prints the time and the count.
 pub fn run(mode: SmpMode, cpus: usize, boot: &BootInfo) {
     let cpus = cpus.clamp(1, MAX_CPUS);
-    let aps = (cpus - 1) as u32;
+    // The APs to wait for: all with INIT-SIPI (no answer), those the VMM accepted with PV.
+    let mut aps = (cpus - 1) as u32;
     if mode == SmpMode::Emulated {
         // SAFETY: copy the trampoline (a few hundred bytes of .text) to the free page at
         // TRAMPOLINE, below 1 MiB in the identity map; nothing else uses that page.
@@ -200,10 +202,14 @@ pub fn run(mode: SmpMode, cpus: usize, boot: &BootInfo) {
         match mode {
             SmpMode::Emulated => init_sipi(cpu),
             SmpMode::Pv => {
-                if let Err(s) =
-                    pvkit_guest::hypercall::vcpu_up(cpu as u64, ap_main as *const () as u64, stack_top(cpu), cpu as u64)
-                {
+                if let Err(s) = pvkit_guest::hypercall::vcpu_up(
+                    cpu as u64,
+                    ap_main as *const () as u64,
+                    stack_top(cpu),
+                    cpu as u64,
+                ) {
                     println!("smp: vcpu_up({cpu}) failed: {s:?}");
+                    aps -= 1;
                 }
             }
         }

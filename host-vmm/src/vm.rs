@@ -23,6 +23,7 @@ use crate::arch::x86_64::cpuid::CpuidError;
 use crate::arch::x86_64::layout::LayoutError;
 use crate::bench::{PhaseObserver, PhaseRecord, SampleRecord};
 use crate::bus::BusError;
+use crate::devices::pv::vcpu_up::VcpuUp;
 use crate::devices::pv::BusError as HypercallBusError;
 use crate::exit::ledger::LedgerSnapshot;
 use crate::exit::record::{ExitRecorder, RecordConfig, RipProfile, Trace};
@@ -32,7 +33,6 @@ use crate::loader::symbols::SymbolTable;
 use crate::runtime::seccomp::{Confinement, SeccompError, ThreadKind};
 use crate::runtime::signals::{self, DiskFlush};
 use crate::runtime::stop::StopReason;
-use crate::devices::pv::vcpu_up::VcpuUp;
 use crate::runtime::watchdog::{self, ArmGuard, WatchdogError};
 use crate::vstate::kvm::{PlatformError, PlatformInfo};
 use crate::vstate::memory::{MemoryError, DEFAULT_MEM_MIB};
@@ -433,9 +433,7 @@ impl ApThreads {
                     let r = match &up {
                         Some(up) => machine::run_ap(&mut vcpu, &vm, &mut state, up),
                         // No way to start it: wait in KVM_RUN until the stop kick.
-                        None => {
-                            machine::run_ap(&mut vcpu, &vm, &mut state, &VcpuUp::new(0))
-                        }
+                        None => machine::run_ap(&mut vcpu, &vm, &mut state, &VcpuUp::new(0)),
                     };
                     drop(armed);
                     match r {
@@ -638,7 +636,9 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     if let Some(up) = &vcpu_up {
         let wake = Mutex::new(tx.clone());
         up.set_waker(Box::new(move |i| {
-            let tx = wake.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let tx = wake
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let _ = tx.send(Event::Wake(i));
         }));
     }

@@ -21,6 +21,7 @@ use crate::devices::pseudo::markers::BenchMarkers;
 use crate::devices::pseudo::null::NullPort;
 use crate::devices::pv::clock::{ClockSource, TscClock};
 use crate::devices::pv::doorbell::{IoEventRegistrar, KvmIoEvents, DOORBELL_PORTS};
+use crate::devices::pv::vcpu_up::VcpuUp;
 use crate::devices::pv::RingsConfig;
 use crate::devices::{assemble, PvConfig};
 use crate::exit::ledger::ExitLedger;
@@ -33,7 +34,6 @@ use crate::loader::symbols::SymbolTable;
 use crate::runtime::watchdog;
 use crate::vstate::kvm::{open_kvm, PlatformInfo};
 use crate::vstate::memory::{create_fresh_ram, MAX_MEM_MIB};
-use crate::devices::pv::vcpu_up::VcpuUp;
 use crate::vstate::vcpu::{RegAccess, Vcpu, VcpuError};
 use crate::vstate::vm::create_vm;
 
@@ -123,12 +123,12 @@ pub fn build(
     // vCPUs so that the APs start in KVM's wait-for-SIPI state. Only with more than one
     // vCPU: with it, `hlt` no longer exits to the VMM.
     if config.vcpus > 1 {
-        vm_fd
-            .create_irq_chip()
-            .map_err(|source| VmError::Vcpu(VcpuError::Kvm {
+        vm_fd.create_irq_chip().map_err(|source| {
+            VmError::Vcpu(VcpuError::Kvm {
                 what: "KVM_CREATE_IRQCHIP",
                 source,
-            }))?;
+            })
+        })?;
     }
     let vcpu_up = (config.vcpus > 1).then(|| Arc::new(VcpuUp::new(config.vcpus)));
     let clock = VmClock::start();

@@ -26,9 +26,9 @@ pub mod console;
 pub mod doorbell;
 pub mod hypercall_bus;
 pub mod rings;
-pub mod vcpu_up;
 #[cfg(test)]
 mod tests;
+pub mod vcpu_up;
 
 use std::sync::{Mutex, MutexGuard};
 
