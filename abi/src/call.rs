@@ -180,6 +180,12 @@ pub enum Hypercall {
     BalloonDeflate = 0x501,
     /// `RDX` ← the number of 4 KiB pages currently ballooned. No arguments.
     BalloonInfo = 0x502,
+    /// Start another vCPU already in 64-bit mode (PV vCPU bring-up). arg0 = target vCPU
+    /// index, arg1 = entry `RIP`, arg2 = `RSP`, arg3 = the target's `RDI`. The target runs
+    /// on the boot GDT and page tables of [`crate::boot`] with interrupts off. `EINVAL`:
+    /// the target is the caller, out of range, or `RIP`/`RSP` are not canonical; `EBUSY`:
+    /// the target was already started (by this call or by INIT-SIPI).
+    VcpuUp = 0x400,
     /// Mark the beginning or end of a benchmark phase so the host can attribute exits to it.
     /// arg0 = phase id ([`crate::bench::CaseId`] packed), arg1 = [`crate::bench::PhaseMark`],
     /// arg2 = operations done in the phase (at `End`).
@@ -213,6 +219,7 @@ impl TryFrom<u32> for Hypercall {
             0x500 => Hypercall::BalloonInflate,
             0x501 => Hypercall::BalloonDeflate,
             0x502 => Hypercall::BalloonInfo,
+            0x400 => Hypercall::VcpuUp,
             0xf00 => Hypercall::BenchPhase,
             0xf01 => Hypercall::BenchResult,
             _ => return Err(UnknownHypercall(nr)),
@@ -239,6 +246,7 @@ impl Hypercall {
         Hypercall::BalloonInflate,
         Hypercall::BalloonDeflate,
         Hypercall::BalloonInfo,
+        Hypercall::VcpuUp,
         Hypercall::BenchPhase,
         Hypercall::BenchResult,
     ];
@@ -258,6 +266,7 @@ impl Hypercall {
             Hypercall::BalloonInflate | Hypercall::BalloonDeflate | Hypercall::BalloonInfo => {
                 DeviceClass::Memory
             }
+            Hypercall::VcpuUp => DeviceClass::Cpu,
             Hypercall::BenchPhase | Hypercall::BenchResult => DeviceClass::Bench,
         }
     }
@@ -281,6 +290,7 @@ impl Hypercall {
             Hypercall::BalloonInflate => "balloon_inflate",
             Hypercall::BalloonDeflate => "balloon_deflate",
             Hypercall::BalloonInfo => "balloon_info",
+            Hypercall::VcpuUp => "vcpu_up",
         }
     }
 }
@@ -373,7 +383,7 @@ mod tests {
             0x101,
             0x202,
             0x302,
-            0x400,
+            0x401,
             0x503,
             0x5ff,
             0x600,

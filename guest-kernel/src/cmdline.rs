@@ -17,6 +17,8 @@
 //! | `disk`      | after the banner: the ATA disk check ([`crate::diskcheck`]): read, write, read back a few sectors through ATA PIO and print the results |
 //! | `balloon=MIB` | after the banner: the memory balloon check ([`crate::balloon`]); `balloon_range=KIB` (default 2048) sets the range size, `balloon_bad` sends invalid calls first |
 //! | `bench=`    | instead of everything else: run benchmark cases, see [`crate::bench`]; `all` or a comma-separated list of devices (`console`, `block`, `clock`, `exit`) and `device/variant` pairs (e.g. `block/ata-pio`) |
+//! | `smp=`      | after the output: bring up the other CPUs, `emulated` (INIT-SIPI-SIPI) or `pv` (`VcpuUp`), see [`crate::smp`] |
+//! | `cpus=N`    | with `smp=`: how many CPUs there are (1–8), default 1                 |
 //! | `quick`     | with `bench=`: small operation counts                                 |
 //! | `ops=N`     | with `bench=`: `N` (≥ 1) operations in every case                      |
 //! | `net=`      | instead of everything else: the NE2000 by interrupts, `serve`, `echo` or `send` ([`crate::net`]); with `ip=`, `peer=` (IPv4), `count=N`, `size=N` (UDP payload) |
@@ -26,6 +28,7 @@
 
 use crate::bench::Selection;
 use crate::console::ConsoleKind;
+use crate::smp::SmpMode;
 use pvkit_abi::ring::Transport;
 use pvkit_guest::cmdline::Cmdline;
 
@@ -105,6 +108,8 @@ pub struct Args {
     pub net: Option<crate::net::NetArgs>,
     /// `balloon=MIB`: run the balloon check after the banner.
     pub balloon: Option<crate::balloon::BalloonArgs>,
+    /// `smp=` with `cpus=`: bring up the other CPUs after the output.
+    pub smp: Option<(SmpMode, usize)>,
 }
 
 /// Parses the command line in one pass. The error names the offending token.
@@ -120,11 +125,13 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
         disk: false,
         net: None,
         balloon: None,
+        smp: None,
     };
     let mut net = crate::net::NetArgs::new(crate::net::Mode::Serve);
     let mut net_mode = None;
     let mut balloon_range = 2048;
     let mut balloon_bad = false;
+    let mut cpus = 1;
     let mut writes = 1;
     let mut flood = false;
     let mut ring = None;
@@ -198,6 +205,13 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
                 Ok(s) if s <= crate::net::proto::MAX_UDP_PAYLOAD => net.size = s,
                 _ => return Err(n),
             },
+            ("smp", Some("emulated")) => args.smp = Some((SmpMode::Emulated, 1)),
+            ("smp", Some("pv")) => args.smp = Some((SmpMode::Pv, 1)),
+            ("smp", Some(other)) => return Err(other),
+            ("cpus", Some(n)) => match n.parse::<usize>() {
+                Ok(n) if (1..=crate::smp::MAX_CPUS).contains(&n) => cpus = n,
+                _ => return Err(n),
+            },
             ("console", Some(other)) => return Err(other),
             _ => {}
         }
@@ -214,6 +228,9 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
     if let Some(b) = &mut args.balloon {
         b.range_kib = balloon_range;
         b.bad = balloon_bad;
+    }
+    if let Some((_, n)) = &mut args.smp {
+        *n = cpus;
     }
     if let Some(b) = &mut args.bench {
         b.quick = quick;

@@ -38,6 +38,7 @@ mod msr;
 mod net;
 mod pit;
 mod pvh;
+mod smp;
 mod statics;
 mod user;
 

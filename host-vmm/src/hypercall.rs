@@ -127,6 +127,7 @@ mod tests {
                     kvmclock: false,
                     balloon: None,
                     rings: None,
+                    vcpu_up: None,
                 },
                 &mut ledger,
             )
@@ -176,7 +177,7 @@ mod tests {
             0x101,
             0x202,
             0x302,
-            0x400,
+            0x401,
             0x503,
             0x600,
             0xf02,

@@ -900,7 +900,8 @@ fn check_call(
         | Hypercall::RingKick
         | Hypercall::BalloonInflate
         | Hypercall::BalloonDeflate
-        | Hypercall::BalloonInfo => prop_assert_eq!(out, &ret(Status::EOPNOTSUPP, 0)),
+        | Hypercall::BalloonInfo
+        | Hypercall::VcpuUp => prop_assert_eq!(out, &ret(Status::EOPNOTSUPP, 0)),
     }
     if h != Hypercall::BenchPhase {
         prop_assert_eq!(phases.0, phases.1);

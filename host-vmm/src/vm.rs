@@ -13,7 +13,7 @@ pub mod machine;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pvkit_abi::AbiVersion;
@@ -26,6 +26,7 @@ use crate::bus::BusError;
 use crate::devices::legacy::irq::IrqError;
 use crate::devices::legacy::ne2000::{NetConfig, NetError, NicStats};
 use crate::devices::pv::balloon::BalloonStats;
+use crate::devices::pv::vcpu_up::VcpuUp;
 use crate::exit::ledger::LedgerSnapshot;
 use crate::exit::record::{ExitRecorder, RecordConfig, RipProfile, Trace};
 use crate::io::disk::{DiskConfig, DiskError, SharedDisk};
@@ -411,51 +412,112 @@ fn vcpu_thread_name(index: u64) -> String {
     format!("pvkit-vcpu{index}")
 }
 
-/// The vCPUs other than vCPU 0 ([`VmConfig::vcpus`]), each parked on its own thread until
-/// [`ParkedVcpus::release`] (or drop) lets it go.
-struct ParkedVcpus {
-    /// One per thread; dropping it wakes the thread, which then closes its vCPU.
-    wake: Vec<mpsc::Sender<()>>,
+/// How long [`run`] waits for the AP threads to be ready (armed for kicks) before it
+/// starts vCPU 0.
+const AP_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The vCPUs other than vCPU 0 ([`VmConfig::vcpus`]), each on its own thread in
+/// [`machine::run_ap`]: waiting in `KVM_RUN` for INIT-SIPI (the in-kernel LAPIC) or a
+/// `VcpuUp` ([`VcpuUp`]), then running the guest until the VM stops.
+struct ApThreads {
     threads: Vec<std::thread::JoinHandle<Result<VcpuState, VmError>>>,
 }
 
-impl ParkedVcpus {
-    /// Starts one parked thread per vCPU in `vcpus`, each holding the shared VM (and so
-    /// the VM fd) as long as its vCPU and confined with the vCPU filter when `seccomp` is
-    /// set. Each thread owns its vCPU's state and hands it back.
-    fn start(vcpus: Vec<(Vcpu, VcpuState)>, vm: &Arc<Vm>, seccomp: bool) -> Result<Self, VmError> {
-        let mut parked = Self {
-            wake: Vec::new(),
+impl ApThreads {
+    /// Starts one thread per vCPU in `vcpus`, each holding the shared VM (and so the VM
+    /// fd) as long as its vCPU and confined with the vCPU filter when `seccomp` is set.
+    /// Returns once every thread is armed for kicks. An AP that stops the VM (an `Exit`
+    /// call, a fault) reports it on `events` ([`Event::ApStopped`]).
+    fn start(
+        vcpus: Vec<(Vcpu, VcpuState)>,
+        vm: &Arc<Vm>,
+        up: Option<&Arc<VcpuUp>>,
+        seccomp: bool,
+        events: &mpsc::Sender<Event>,
+    ) -> Result<Self, VmError> {
+        let mut aps = Self {
             threads: Vec::new(),
         };
-        for (vcpu, state) in vcpus {
+        let (ready_tx, ready) = mpsc::channel::<()>();
+        let count = vcpus.len();
+        for (mut vcpu, mut state) in vcpus {
             let confinement = match seccomp {
                 true => Some(Confinement::new(ThreadKind::Vcpu)?),
                 false => None,
             };
-            let (wake, parked_until) = mpsc::channel::<()>();
             let vm = Arc::clone(vm);
+            let up = up.cloned();
+            let (events, ready_tx) = (events.clone(), ready_tx.clone());
             let thread = std::thread::Builder::new()
                 .name(vcpu_thread_name(vcpu.index()))
                 .spawn(move || {
-                    let r = confinement.map(Confinement::apply).transpose();
-                    // Parked: no guest instruction runs here. Returns when `wake` drops.
-                    let _ = parked_until.recv();
+                    confinement.map(Confinement::apply).transpose()?;
+                    // SAFETY: the `immediate_exit` byte of this vCPU's `kvm_run` mapping,
+                    // which lives as long as `vcpu`; the guard is dropped before `vcpu`.
+                    let armed = unsafe { ArmGuard::new(vcpu.immediate_exit_ptr()) };
+                    let _ = ready_tx.send(());
+                    let r = match &up {
+                        Some(up) => machine::run_ap(&mut vcpu, &vm, &mut state, up),
+                        // No way to start it: wait in KVM_RUN until the stop kick.
+                        None => machine::run_ap(&mut vcpu, &vm, &mut state, &VcpuUp::new(0)),
+                    };
+                    drop(armed);
+                    match r {
+                        Ok(StopReason::Timeout { .. }) => {}
+                        Ok(stop) => {
+                            let _ = events.send(Event::ApStopped(stop));
+                        }
+                        Err(e) => {
+                            let msg = format!("vCPU {}: {e}", state.index);
+                            let _ = events.send(Event::HostFailure(msg));
+                        }
+                    }
                     drop(vcpu);
                     drop(vm);
-                    r.map(|_| state).map_err(VmError::from)
+                    Ok(state)
                 })
                 .map_err(VmError::Thread)?;
-            parked.wake.push(wake);
-            parked.threads.push(thread);
+            aps.threads.push(thread);
         }
-        Ok(parked)
+        drop(ready_tx);
+        let deadline = Instant::now() + AP_READY_TIMEOUT;
+        for _ in 0..count {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            if ready.recv_timeout(wait).is_err() {
+                // A thread failed before it was armed (its error comes with the join), or
+                // it is stuck.
+                break;
+            }
+        }
+        Ok(aps)
     }
 
-    /// Wakes every parked thread and waits for it; the vCPUs' states, or the first error
-    /// of a thread.
-    fn release(mut self) -> Result<Vec<VcpuState>, VmError> {
-        self.wake.clear();
+    /// Kicks AP `index` (1-based vCPU index) out of `KVM_RUN`.
+    fn kick(&self, index: u32) -> Result<(), WatchdogError> {
+        match index
+            .checked_sub(1)
+            .and_then(|i| self.threads.get(usize::try_from(i).ok()?))
+        {
+            Some(t) if !t.is_finished() => watchdog::kick(t),
+            _ => Ok(()),
+        }
+    }
+
+    /// Stops every AP: sets `stop_requested` and kicks each thread until it ends
+    /// ([`VmError::VcpuStuck`] after [`KICK_GRACE`]); the vCPUs' states, or the first
+    /// error of a thread.
+    fn stop(mut self, stop_requested: &AtomicBool) -> Result<Vec<VcpuState>, VmError> {
+        stop_requested.store(true, Ordering::Release);
+        let since = Instant::now();
+        while self.threads.iter().any(|t| !t.is_finished()) {
+            if since.elapsed() > KICK_GRACE {
+                return Err(VmError::VcpuStuck(KICK_GRACE));
+            }
+            for t in self.threads.iter().filter(|t| !t.is_finished()) {
+                watchdog::kick(t)?;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let mut states = Vec::new();
         let mut first = Ok(());
         for t in self.threads.drain(..) {
@@ -475,17 +537,26 @@ enum Event {
     VcpuDone,
     /// A host thread of the VM failed; the VM must stop.
     HostFailure(String),
+    /// `VcpuUp` started this AP: kick its thread out of `KVM_RUN`.
+    Wake(u32),
+    /// An AP stopped the VM (an `Exit` call, a fault): stop vCPU 0 too.
+    ApStopped(StopReason),
 }
 
 /// The watchdog: waits for the vCPU thread to end. At the deadline, or as soon as a host
 /// thread of the VM reports a failure, it sets `stop_requested` and kicks the vCPU out of
 /// the guest every [`KICK_INTERVAL`] until the thread ends ([`VmError::VcpuStuck`] after
 /// [`KICK_GRACE`]). Returns the first host failure reported, if any.
+///
+/// It also wakes APs started by `VcpuUp` (`kick_ap`) and keeps the first stop of an AP in
+/// `ap_stop`, stopping vCPU 0 as for a failure.
 fn supervise<T>(
     rx: &mpsc::Receiver<Event>,
     thread: &std::thread::JoinHandle<T>,
     deadline: Option<Instant>,
     stop_requested: &AtomicBool,
+    kick_ap: &dyn Fn(u32) -> Result<(), WatchdogError>,
+    ap_stop: &mut Option<StopReason>,
 ) -> Result<Option<String>, VmError> {
     // Since when the vCPU is being kicked out of the guest.
     let mut kicking: Option<Instant> = None;
@@ -506,6 +577,15 @@ fn supervise<T>(
             }
             Ok(Event::HostFailure(msg)) => {
                 host_failure.get_or_insert(msg);
+            }
+            Ok(Event::Wake(index)) => {
+                kick_ap(index)?;
+                if kicking.is_none() {
+                    continue;
+                }
+            }
+            Ok(Event::ApStopped(stop)) => {
+                ap_stop.get_or_insert(stop);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if kicking.is_none()
@@ -561,6 +641,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         symbols,
         mut net,
         balloon,
+        vcpu_up,
     } = built;
     for (_, state) in &mut vcpus {
         let index = u32::try_from(state.index).unwrap_or(u32::MAX);
@@ -590,7 +671,16 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         boot.debug = Some(listener.serve(fd, vm.mem().clone())?);
     }
 
-    let parked = ParkedVcpus::start(others, &vm, config.seccomp)?;
+    if let Some(up) = &vcpu_up {
+        let wake = Mutex::new(tx.clone());
+        up.set_waker(Box::new(move |i| {
+            let tx = wake
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _ = tx.send(Event::Wake(i));
+        }));
+    }
+    let aps = ApThreads::start(others, &vm, vcpu_up.as_ref(), config.seccomp, &tx)?;
     let vm0 = Arc::clone(&vm);
     let thread = std::thread::Builder::new()
         .name(vcpu_thread_name(vcpu.index()))
@@ -610,7 +700,17 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
 
     // A timeout too large to represent means "no deadline".
     let deadline = t0.checked_add(config.timeout);
-    let mut host_failure = match supervise(&rx, &thread, deadline, &stop_requested) {
+    let mut ap_stop = None;
+    let kick_ap = |i| aps.kick(i);
+    let supervised = supervise(
+        &rx,
+        &thread,
+        deadline,
+        &stop_requested,
+        &kick_ap,
+        &mut ap_stop,
+    );
+    let mut host_failure = match supervised {
         Ok(failure) => failure,
         Err(e) => {
             if let Some(s) = io_stopper {
@@ -619,6 +719,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
             if let Some(n) = net.as_mut() {
                 let _ = n.stop();
             }
+            let _ = aps.stop(&stop_requested);
             return Err(e);
         }
     };
@@ -636,7 +737,12 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     };
     // The VM outlives the vCPU (this thread holds it).
     drop(vcpu);
-    let mut others = parked.release()?;
+    let mut others = aps.stop(&stop_requested)?;
+    // An AP's stop (an `Exit` call, a fault) ended the run: vCPU 0 was only kicked out.
+    let stop = match (ap_stop, stop) {
+        (Some(ap), StopReason::Timeout { .. }) => ap,
+        (_, stop) => stop,
+    };
     if let Err(msg) = vm.pv.shutdown() {
         host_failure.get_or_insert(msg);
     }
@@ -754,7 +860,7 @@ mod tests {
             .unwrap();
         let t = Instant::now();
         let deadline = Some(Instant::now() + Duration::from_secs(3600));
-        let r = supervise(&rx, &thread, deadline, &stop).unwrap();
+        let r = supervise(&rx, &thread, deadline, &stop, &|_| Ok(()), &mut None).unwrap();
         assert_eq!(r.as_deref(), Some("the host I/O thread panicked: x"));
         assert!(t.elapsed() < Duration::from_secs(2));
         thread.join().unwrap();
@@ -764,7 +870,10 @@ mod tests {
             let _ = tx.send(Event::VcpuDone);
         });
         let never = AtomicBool::new(false);
-        assert_eq!(supervise(&rx, &thread, None, &never).unwrap(), None);
+        assert_eq!(
+            supervise(&rx, &thread, None, &never, &|_| Ok(()), &mut None).unwrap(),
+            None
+        );
         assert!(!never.load(Ordering::Acquire));
     }
 

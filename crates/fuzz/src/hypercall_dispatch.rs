@@ -306,6 +306,8 @@ impl Harness {
             Hypercall::NetInfo | Hypercall::NetSend => {
                 assert_eq!(out, ret(Status::EOPNOTSUPP, 0))
             }
+            // No vCPUs to start in this harness: the device is not registered.
+            Hypercall::VcpuUp => assert_eq!(out, ret(Status::EOPNOTSUPP, 0)),
             Hypercall::BlockCapacity => {
                 assert_eq!(out, ret(Status::Ok, DISK_SECTORS as u64));
             }
@@ -447,6 +449,7 @@ pub fn run(data: &[u8]) {
                 },
             )
         }),
+        vcpu_up: None,
     };
     let devices = assemble(config, &mut ledger).expect("PV devices without KVM");
     if verify {

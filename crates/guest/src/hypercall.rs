@@ -151,3 +151,15 @@ pub fn abi_version() -> AbiVersion {
 pub fn features() -> Features {
     guest::features()
 }
+
+/// Starts vCPU `cpu` in 64-bit mode at `entry` with `RSP` = `stack` and `RDI` = `arg`
+/// (`VcpuUp`, one VM exit). `EINVAL` for the caller itself, a vCPU that does not exist or
+/// a non-canonical address, `EBUSY` for a vCPU already started, `EOPNOTSUPP` when the VM
+/// has a single vCPU.
+pub fn vcpu_up(cpu: u64, entry: u64, stack: u64, arg: u64) -> Result<(), Status> {
+    // SAFETY: the call reads no guest memory; the started vCPU runs `entry` on `stack`,
+    // which the caller chose.
+    unsafe { guest::call(Hypercall::VcpuUp, [cpu, entry, stack, arg]) }
+        .into_result()
+        .map(|_| ())
+}

@@ -20,6 +20,7 @@ use pv::balloon::{BalloonError, PvBalloon};
 use pv::block::PvBlock;
 use pv::clock::{ClockSource, PvClock};
 use pv::console::PvConsole;
+use pv::vcpu_up::VcpuUp;
 use pv::{BusError, HypercallBus, RingsConfig};
 
 /// What the PV devices of a VM are built from.
@@ -39,6 +40,8 @@ pub struct PvConfig {
     /// Guest RAM and how rings are served; `None`: no rings (no `RegisterRegion` of a
     /// ring, no `RingKick`, no doorbells).
     pub rings: Option<(GuestRam, RingsConfig)>,
+    /// The `VcpuUp` device (VMs with more than one vCPU); `None`: the call is `EOPNOTSUPP`.
+    pub vcpu_up: Option<Arc<VcpuUp>>,
 }
 
 /// The assembled PV devices: the bus, and handles to the devices the VM reads back.
@@ -89,6 +92,9 @@ pub fn assemble(config: PvConfig, ledger: &mut ExitLedger) -> Result<PvDevices, 
     if let Some(b) = &balloon {
         bus.insert(b.clone())?;
     }
+    if let Some(up) = config.vcpu_up {
+        bus.insert(up)?;
+    }
 
     if let Some((mem, rings)) = config.rings {
         bus.with_rings(mem, rings, ledger)?;
@@ -112,6 +118,7 @@ pub(crate) fn core_devices(console: Console) -> PvDevices {
         kvmclock: false,
         balloon: None,
         rings: None,
+        vcpu_up: None,
     };
     assemble(config, &mut ExitLedger::new()).expect("no conflicts among the core devices")
 }

@@ -139,6 +139,10 @@ pub const KVM_RUN: u64 = ioc(0, 0x80, 0);
 pub const KVM_GET_REGS: u64 = ioc(IOC_READ, 0x81, size_of::<kvm_bindings::kvm_regs>());
 /// `KVM_SET_REGS`.
 pub const KVM_SET_REGS: u64 = ioc(IOC_WRITE, 0x82, size_of::<kvm_bindings::kvm_regs>());
+/// `KVM_SET_SREGS`.
+pub const KVM_SET_SREGS: u64 = ioc(IOC_WRITE, 0x84, size_of::<kvm_bindings::kvm_sregs>());
+/// `KVM_SET_MP_STATE`.
+pub const KVM_SET_MP_STATE: u64 = ioc(IOC_WRITE, 0x99, size_of::<kvm_bindings::kvm_mp_state>());
 /// `KVM_IOEVENTFD`.
 pub const KVM_IOEVENTFD: u64 = ioc(IOC_WRITE, 0x79, size_of::<kvm_bindings::kvm_ioeventfd>());
 
@@ -148,6 +152,8 @@ pub const VCPU_IOCTLS: &[(u64, &str)] = &[
     (KVM_GET_REGS, "KVM_GET_REGS"),
     (KVM_SET_REGS, "KVM_SET_REGS"),
     (KVM_IOEVENTFD, "KVM_IOEVENTFD"),
+    (KVM_SET_SREGS, "KVM_SET_SREGS"),
+    (KVM_SET_MP_STATE, "KVM_SET_MP_STATE"),
 ];
 
 // --- Other argument values.
@@ -378,9 +384,11 @@ fn vcpu_entries() -> Vec<Entry> {
         allow!(
             SYS_ioctl,
             ioctl_rules,
-            "arg1: KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_IOEVENTFD",
+            "arg1: KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_IOEVENTFD, KVM_SET_SREGS, \
+                KVM_SET_MP_STATE",
             "running the guest; hypercall registers without sync regs and RIP in stop reports; \
-                attaching and detaching doorbell ioeventfds when the guest registers a ring",
+                attaching and detaching doorbell ioeventfds when the guest registers a ring; \
+                starting an AP in long mode (VcpuUp)",
         ),
         allow!(
             SYS_eventfd2,
@@ -865,6 +873,9 @@ mod tests {
         assert_eq!(KVM_GET_REGS, 0x8090_ae81);
         assert_eq!(KVM_SET_REGS, 0x4090_ae82);
         assert_eq!(KVM_IOEVENTFD, 0x4040_ae79);
+        // kvm_sregs: 312 bytes, kvm_mp_state: 4.
+        assert_eq!(KVM_SET_SREGS, 0x4138_ae84);
+        assert_eq!(KVM_SET_MP_STATE, 0x4004_ae99);
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::devices::pseudo::null::NullPort;
 use crate::devices::pv::balloon::PvBalloon;
 use crate::devices::pv::clock::{ClockSource, TscClock};
 use crate::devices::pv::doorbell::{IoEventRegistrar, KvmIoEvents, DOORBELL_PORTS};
+use crate::devices::pv::vcpu_up::VcpuUp;
 use crate::devices::pv::RingsConfig;
 use crate::devices::{assemble, PvConfig};
 use crate::exit::ledger::ExitLedger;
@@ -66,6 +67,8 @@ pub struct Built {
     pub net: Option<NetDevice>,
     /// The memory balloon (its statistics are read after the run).
     pub balloon: Option<Arc<PvBalloon>>,
+    /// The `VcpuUp` device (more than one vCPU).
+    pub vcpu_up: Option<Arc<VcpuUp>>,
 }
 
 impl std::fmt::Debug for Built {
@@ -123,16 +126,20 @@ pub fn build(
     drop(image);
     drop(bytes);
     let vm_fd = Arc::new(create_vm(&kvm, &mem)?);
-    // The NIC's interrupt needs KVM's irqchip, created before any vCPU. Only then: with an
-    // in-kernel LAPIC, `hlt` no longer exits to userspace.
+    // KVM's in-kernel irqchip, created before any vCPU, only when something needs it: the
+    // NIC's interrupt (IOAPIC), or SMP (LAPICs for INIT-SIPI-SIPI and IPIs, so the APs start
+    // in KVM's wait-for-SIPI state). With it, `hlt` no longer exits to userspace.
+    if config.net.is_some() || config.vcpus > 1 {
+        create_irqchip(&vm_fd)?;
+    }
     let net_backend = match &config.net {
         Some(net) => {
-            create_irqchip(&vm_fd)?;
             let line = InterruptLine::irqfd(&vm_fd, NE2000_GSI)?;
             Some((open_backend(&net.backend)?, line))
         }
         None => None,
     };
+    let vcpu_up = (config.vcpus > 1).then(|| Arc::new(VcpuUp::new(config.vcpus)));
     let clock = VmClock::start();
     let supported = supported_cpuid(&kvm)?;
     let kvmclock = kvmclock_available(supported.as_slice());
@@ -193,6 +200,7 @@ pub fn build(
                     on_fatal,
                 },
             )),
+            vcpu_up: vcpu_up.clone(),
         },
         &mut ledger,
     )
@@ -264,5 +272,6 @@ pub fn build(
         symbols,
         net,
         balloon,
+        vcpu_up,
     })
 }

@@ -13,6 +13,7 @@ use kvm_ioctls::VmFd;
 use pvkit_abi::call::RawCall;
 
 use crate::debug::gdb::VcpuDebug;
+use crate::devices::pv::vcpu_up::VcpuUp;
 use crate::devices::pv::HypercallBus;
 use crate::exit::ledger::{ExitLedger, LedgerSnapshot};
 use crate::exit::record::ExitRecorder;
@@ -128,6 +129,55 @@ impl Hypercalls for PvCalls<'_> {
             Outcome::Stop(s) => ExitAction::Stop(s),
         }
     }
+}
+
+/// An application processor's loop (vCPUs 1..N-1): the vCPU waits in `KVM_RUN` for
+/// INIT-SIPI from the in-kernel LAPIC (the emulated start), or for a `VcpuUp` start in
+/// `up`, which the VMM delivers by kicking this thread out of `KVM_RUN` (the kick counts as
+/// one [`Exit::Interrupted`]); then it runs like vCPU 0 until an exit stops it. The kick
+/// that stops it at the end of the run (`stop_requested` set) is not counted: an AP that
+/// never started exits nothing.
+pub fn run_ap(
+    vcpu: &mut Vcpu,
+    vm: &Vm,
+    cpu: &mut VcpuState,
+    up: &VcpuUp,
+) -> Result<StopReason, VcpuError> {
+    use std::sync::atomic::Ordering;
+    let index = cpu.index;
+    let stop = loop {
+        let mut teardown = false;
+        if let Some(s) = up.take_start(index) {
+            vcpu.start_long_mode(s.rip, s.rsp, s.arg)?;
+            cpu.entered.get_or_insert_with(Instant::now);
+        }
+        let action = vcpu.run(|exit| {
+            if matches!(exit, Exit::Interrupted) {
+                if vm.shared.stop_requested.load(Ordering::Acquire) {
+                    teardown = true;
+                    return ExitAction::Stop(StopReason::Timeout {
+                        rip: None,
+                        disk: crate::runtime::signals::DiskFlush::NoDisk,
+                    });
+                }
+            } else {
+                // Guest code runs: INIT-SIPI started this AP if `VcpuUp` did not.
+                up.mark_running(index);
+                cpu.entered.get_or_insert_with(Instant::now);
+            }
+            cpu.handle(vm, exit)
+        })?;
+        if let (Some(r), false) = (&mut cpu.recorder, teardown) {
+            r.record(cpu.exits.ledger.last(), vcpu.exit_rip());
+        }
+        match action {
+            ExitAction::Continue => {}
+            ExitAction::Return(ret) => vcpu.set_return(ret)?,
+            ExitAction::Stop(reason) => break reason,
+        }
+    };
+    cpu.stopped = Some(Instant::now());
+    Ok(stop)
 }
 
 /// Runs `vcpu` on `vm` until an exit stops it: each exit is handled by `cpu`, a

@@ -143,6 +143,9 @@ pub struct Vcpu {
     /// With [`RegAccess::Ioctl`]: the registers read for the last hypercall, kept for
     /// [`Vcpu::set_return`] (one `KVM_GET_REGS` and one `KVM_SET_REGS` per hypercall).
     call_regs: Option<kvm_regs>,
+    /// The special registers of the boot state, read once at creation, for
+    /// [`Vcpu::start_long_mode`] (the vCPU filter allows `KVM_SET_SREGS`, not the get).
+    boot_sregs: kvm_bindings::kvm_sregs,
 }
 
 impl std::fmt::Debug for Vcpu {
@@ -169,8 +172,10 @@ impl Vcpu {
         access: Option<RegAccess>,
     ) -> Result<Self, VcpuError> {
         let mut fd = vm.create_vcpu(index).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        set_cpuid(&fd, supported, features)?;
+        let apic_id = u32::try_from(index).unwrap_or(u32::MAX);
+        set_cpuid(&fd, supported, features, apic_id)?;
         setup_boot_regs(&fd, entry)?;
+        let boot_sregs = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
 
         let has_sync = kvm.check_extension(Cap::SyncRegs);
         let access = match access {
@@ -187,6 +192,7 @@ impl Vcpu {
             index,
             access,
             call_regs: None,
+            boot_sregs,
         })
     }
 
@@ -197,7 +203,8 @@ impl Vcpu {
 
     /// Replaces the CPUID table (pvkit leaves with `features`). Only before the first run.
     pub fn set_features(&mut self, supported: &CpuId, features: Features) -> Result<(), VcpuError> {
-        Ok(set_cpuid(&self.fd, supported, features)?)
+        let apic_id = u32::try_from(self.index).unwrap_or(u32::MAX);
+        Ok(set_cpuid(&self.fd, supported, features, apic_id)?)
     }
 
     /// The guest's TSC offset: guest TSC = host TSC + offset (wrapping), for a VM without
@@ -277,6 +284,32 @@ impl Vcpu {
         // borrow; it is only duplicated here.
         let fd = unsafe { BorrowedFd::borrow_raw(self.fd.as_raw_fd()) };
         fd.try_clone_to_owned()
+    }
+
+    /// Starts this vCPU (an AP waiting for INIT/SIPI) in the long-mode boot state of
+    /// [`pvkit_abi::boot`] at `rip` with `RSP` = `rsp`, `RDI` = `rdi`, interrupts off:
+    /// `KVM_SET_SREGS`, `KVM_SET_REGS`, `KVM_SET_MP_STATE(RUNNABLE)`. On the vCPU's thread.
+    pub fn start_long_mode(&mut self, rip: u64, rsp: u64, rdi: u64) -> Result<(), VcpuError> {
+        self.fd
+            .set_sregs(&self.boot_sregs)
+            .map_err(kvm_err("KVM_SET_SREGS"))?;
+        let regs = kvm_regs {
+            rip,
+            rsp,
+            rdi,
+            rflags: 0x2,
+            ..Default::default()
+        };
+        self.fd.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+        if self.access == RegAccess::SyncRegs {
+            // The copy KVM keeps in `kvm_run` follows, should a later exit mark it dirty.
+            self.fd.sync_regs_mut().regs = regs;
+        }
+        self.fd
+            .set_mp_state(kvm_bindings::kvm_mp_state {
+                mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE,
+            })
+            .map_err(kvm_err("KVM_SET_MP_STATE"))
     }
 
     /// The address of `kvm_run.immediate_exit`, for the watchdog's signal handler.

@@ -93,10 +93,29 @@ pub fn kvmclock_available(supported: &[kvm_cpuid_entry2]) -> bool {
     signed && leaf(LEAF_FEATURES).is_some_and(|e| e.eax & KVM_FEATURE_CLOCKSOURCE2 != 0)
 }
 
+/// Puts APIC ID `id` where CPUID reports it: leaf 1 `EBX[31:24]` (initial APIC ID) and
+/// the x2APIC ID in `EDX` of leaves `0xb` and `0x1f`. KVM gives vCPU `i` APIC ID `i` but
+/// reports in CPUID whatever the table says, so each vCPU needs its own.
+pub fn set_apic_id(entries: &mut [kvm_cpuid_entry2], id: u32) {
+    for e in entries {
+        match e.function {
+            1 => e.ebx = (e.ebx & 0x00ff_ffff) | ((id & 0xff) << 24),
+            0xb | 0x1f => e.edx = id,
+            _ => {}
+        }
+    }
+}
+
 /// Gives the vCPU `fd` the CPUID table built from `supported` with the pvkit leaves for
-/// `features` ([`build_cpuid`]).
-pub fn set_cpuid(fd: &VcpuFd, supported: &CpuId, features: Features) -> Result<(), CpuidError> {
-    let entries = build_cpuid(supported.as_slice(), features);
+/// `features` ([`build_cpuid`]) and APIC ID `apic_id` ([`set_apic_id`]).
+pub fn set_cpuid(
+    fd: &VcpuFd,
+    supported: &CpuId,
+    features: Features,
+    apic_id: u32,
+) -> Result<(), CpuidError> {
+    let mut entries = build_cpuid(supported.as_slice(), features);
+    set_apic_id(&mut entries, apic_id);
     let cpuid = CpuId::from_entries(&entries).map_err(|e| CpuidError::Table(format!("{e:?}")))?;
     fd.set_cpuid2(&cpuid).map_err(|source| CpuidError::Kvm {
         what: "KVM_SET_CPUID2",

@@ -12,6 +12,7 @@
 //! | [`balloon`]          | the memory balloon: `BalloonInflate`, `BalloonDeflate`, `BalloonInfo` |
 //! | [`rings`]            | the registered rings of every device, serviced on three transports |
 //! | [`doorbell`]         | the doorbell port and its per-queue ioeventfds (datamatch)    |
+//! | [`vcpu_up`]          | `VcpuUp`: PV start of the other vCPUs (with `--vcpus` > 1)   |
 //! | [`hypercall_bus`]    | the bus: numbers → devices, features, `RegisterRegion`, `RingKick` |
 //!
 //! The benchmark markers are a device too ([`crate::devices::pseudo::markers`]). The core
@@ -31,6 +32,7 @@ pub mod net;
 pub mod rings;
 #[cfg(test)]
 mod tests;
+pub mod vcpu_up;
 
 use std::sync::{Mutex, MutexGuard};
 

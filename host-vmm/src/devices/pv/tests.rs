@@ -228,6 +228,7 @@ fn harness(o: Opts) -> Harness {
                     on_fatal: Arc::new(move |m| f2.lock().unwrap().push(m)),
                 },
             )),
+            vcpu_up: None,
         },
         &mut ledger,
     )
