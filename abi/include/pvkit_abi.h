@@ -290,6 +290,12 @@ enum PVKIT_Hypercall
   // ([`crate::net::MIN_FRAME_LEN`]`..=`[`crate::net::MAX_FRAME_LEN`]: `EINVAL` below,
   // `E2BIG` above). `RDX` ← bytes sent. A frame the host backend drops is still `Ok`.
   PVKIT_HYPERCALL_NET_SEND = 769,
+  // Start another vCPU already in 64-bit mode (PV vCPU bring-up). arg0 = target vCPU
+  // index, arg1 = entry `RIP`, arg2 = `RSP`, arg3 = the target's `RDI`. The target runs
+  // on the boot GDT and page tables of [`crate::boot`] with interrupts off. `EINVAL`:
+  // the target is the caller, out of range, or `RIP`/`RSP` are not canonical; `EBUSY`:
+  // the target was already started (by this call or by INIT-SIPI).
+  PVKIT_HYPERCALL_VCPU_UP = 1024,
   // Give pages back to the host (the balloon, [`crate::balloon`]). arg0 = GPA of an
   // array of [`crate::balloon::BalloonRange`], arg1 = its count (at most
   // [`crate::balloon::BALLOON_MAX_RANGES`]). All ranges are validated before any is
@@ -300,12 +306,6 @@ enum PVKIT_Hypercall
   PVKIT_HYPERCALL_BALLOON_DEFLATE = 1281,
   // `RDX` ← the number of 4 KiB pages currently ballooned. No arguments.
   PVKIT_HYPERCALL_BALLOON_INFO = 1282,
-  // Start another vCPU already in 64-bit mode (PV vCPU bring-up). arg0 = target vCPU
-  // index, arg1 = entry `RIP`, arg2 = `RSP`, arg3 = the target's `RDI`. The target runs
-  // on the boot GDT and page tables of [`crate::boot`] with interrupts off. `EINVAL`:
-  // the target is the caller, out of range, or `RIP`/`RSP` are not canonical; `EBUSY`:
-  // the target was already started (by this call or by INIT-SIPI).
-  PVKIT_HYPERCALL_VCPU_UP = 1024,
   // Mark the beginning or end of a benchmark phase so the host can attribute exits to it.
   // arg0 = phase id ([`crate::bench::CaseId`] packed), arg1 = [`crate::bench::PhaseMark`],
   // arg2 = operations done in the phase (at `End`).
