@@ -12,7 +12,7 @@
 //!    `req_event` and `host_flags`, and says whether the host wants a notification
 //!    ([`pvkit_abi::ring::need_notify`], and never while [`HOST_POLLING`] is set);
 //! 3. if it said so, [`kick`] the ring's doorbell: one `out` to
-//!    [`pvkit_abi::ports::doorbell`];
+//!    [`pvkit_abi::ports::DOORBELL`] with the queue id as the value;
 //! 4. [`Ring::poll_responses`] (acquire load of `rsp_prod`) hands each new response to a
 //!    closure, or [`Ring::wait_idle`] spins until every request has its response.
 //!
