@@ -308,6 +308,10 @@ impl Harness {
             }
             // No vCPUs to start in this harness: the device is not registered.
             Hypercall::VcpuUp => assert_eq!(out, ret(Status::EOPNOTSUPP, 0)),
+            // No balloon in the assembled devices either (`balloon: None`).
+            Hypercall::BalloonInflate | Hypercall::BalloonDeflate | Hypercall::BalloonInfo => {
+                assert_eq!(out, ret(Status::EOPNOTSUPP, 0))
+            }
             Hypercall::BlockCapacity => {
                 assert_eq!(out, ret(Status::Ok, DISK_SECTORS as u64));
             }
