@@ -3,52 +3,12 @@
 
 use pvkit_abi::block::SECTOR_SIZE;
 use pvkit_backends::FileBackend;
+use pvkit_devices::ata::test_driver::{in8, lba28, lba48, out8, status_of};
 use pvkit_devices::ata::{command, error, port, status, Ata};
-use pvkit_devices::BlockBackend;
 
 const SECTOR: usize = SECTOR_SIZE as usize;
 const READY: u8 = status::DRDY | status::DSC;
 const READY_ERR: u8 = READY | status::ERR;
-
-fn out8<B: BlockBackend>(ata: &mut Ata<B>, port: u16, value: u8) {
-    ata.write(port, &[value]);
-}
-
-fn in8<B: BlockBackend>(ata: &mut Ata<B>, port: u16) -> u8 {
-    let mut b = [0u8; 1];
-    ata.read(port, &mut b);
-    b[0]
-}
-
-fn status_of<B: BlockBackend>(ata: &mut Ata<B>) -> u8 {
-    in8(ata, port::STATUS)
-}
-
-/// Programs an LBA28 command's task file the way a driver does, then issues `cmd`.
-fn lba28<B: BlockBackend>(ata: &mut Ata<B>, cmd: u8, lba: u32, count: u8) {
-    out8(ata, port::DEVICE, 0xE0 | ((lba >> 24) as u8 & 0x0F));
-    out8(ata, port::SECTOR_COUNT, count);
-    out8(ata, port::LBA_LOW, lba as u8);
-    out8(ata, port::LBA_MID, (lba >> 8) as u8);
-    out8(ata, port::LBA_HIGH, (lba >> 16) as u8);
-    out8(ata, port::COMMAND, cmd);
-}
-
-/// Programs an LBA48 command through the HOB FIFO (high bytes first), then issues `cmd`.
-fn lba48<B: BlockBackend>(ata: &mut Ata<B>, cmd: u8, lba: u64, count: u16) {
-    let l = lba.to_le_bytes();
-    let c = count.to_le_bytes();
-    out8(ata, port::DEVICE, 0x40);
-    out8(ata, port::SECTOR_COUNT, c[1]);
-    out8(ata, port::LBA_LOW, l[3]);
-    out8(ata, port::LBA_MID, l[4]);
-    out8(ata, port::LBA_HIGH, l[5]);
-    out8(ata, port::SECTOR_COUNT, c[0]);
-    out8(ata, port::LBA_LOW, l[0]);
-    out8(ata, port::LBA_MID, l[1]);
-    out8(ata, port::LBA_HIGH, l[2]);
-    out8(ata, port::COMMAND, cmd);
-}
 
 /// A temporary file path removed on drop.
 struct TempPath(std::path::PathBuf);

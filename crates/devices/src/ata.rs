@@ -52,6 +52,8 @@
 
 mod identify;
 mod state;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_driver;
 #[cfg(test)]
 mod tests;
 

@@ -1,3 +1,4 @@
+use super::test_driver::{in16, in8, lba28, lba48, out8, status_of};
 use super::*;
 use crate::block_backend::{BackendError, MemBackend};
 use std::io;
@@ -115,52 +116,6 @@ fn pattern(len: usize) -> Vec<u8> {
 
 fn sector_bytes(mem: &[u8], lba: usize, count: usize) -> Vec<u8> {
     mem[lba * SECTOR_SIZE..(lba + count) * SECTOR_SIZE].to_vec()
-}
-
-fn out8<B: BlockBackend>(ata: &mut Ata<B>, port: u16, value: u8) {
-    ata.write(port, &[value]);
-}
-
-fn in8<B: BlockBackend>(ata: &mut Ata<B>, port: u16) -> u8 {
-    let mut b = [0u8; 1];
-    ata.read(port, &mut b);
-    b[0]
-}
-
-fn in16<B: BlockBackend>(ata: &mut Ata<B>, port: u16) -> u16 {
-    let mut b = [0u8; 2];
-    ata.read(port, &mut b);
-    u16::from_le_bytes(b)
-}
-
-fn status_of<B: BlockBackend>(ata: &mut Ata<B>) -> u8 {
-    in8(ata, port::STATUS)
-}
-
-/// Programs an LBA28 command's task file the way a driver does, then issues `cmd`.
-fn lba28<B: BlockBackend>(ata: &mut Ata<B>, cmd: u8, lba: u32, count: u8) {
-    out8(ata, port::DEVICE, 0xE0 | ((lba >> 24) as u8 & 0x0F));
-    out8(ata, port::SECTOR_COUNT, count);
-    out8(ata, port::LBA_LOW, lba as u8);
-    out8(ata, port::LBA_MID, (lba >> 8) as u8);
-    out8(ata, port::LBA_HIGH, (lba >> 16) as u8);
-    out8(ata, port::COMMAND, cmd);
-}
-
-/// Programs an LBA48 command through the HOB FIFO (high bytes first), then issues `cmd`.
-fn lba48<B: BlockBackend>(ata: &mut Ata<B>, cmd: u8, lba: u64, count: u16) {
-    let l = lba.to_le_bytes();
-    let c = count.to_le_bytes();
-    out8(ata, port::DEVICE, 0x40);
-    out8(ata, port::SECTOR_COUNT, c[1]);
-    out8(ata, port::LBA_LOW, l[3]);
-    out8(ata, port::LBA_MID, l[4]);
-    out8(ata, port::LBA_HIGH, l[5]);
-    out8(ata, port::SECTOR_COUNT, c[0]);
-    out8(ata, port::LBA_LOW, l[0]);
-    out8(ata, port::LBA_MID, l[1]);
-    out8(ata, port::LBA_HIGH, l[2]);
-    out8(ata, port::COMMAND, cmd);
 }
 
 /// Reads `sectors` sectors one 16-bit `inw` at a time, checking DRQ before each sector.
