@@ -127,15 +127,11 @@ fn ne2000_transmit_costs_exactly_12_plus_one_exit_per_word() {
 // ---- TAP ------------------------------------------------------------------------------
 
 /// A namespace for a TAP test, or `None` (skip) without privileges; under CI a failure.
-fn netns(tag: &str) -> Option<String> {
+/// The VMM opens it by name; it is deleted when the returned value is dropped.
+fn netns(tag: &str) -> Option<NetNs> {
     let name = format!("pvkit-nic-{}-{tag}", std::process::id());
     match NetNs::create(&name) {
-        Ok(ns) => {
-            // The VMM opens it by name; keep it alive by leaking the creator's handle
-            // until the test ends (dropped in `Cleanup`).
-            std::mem::forget(ns);
-            Some(name)
-        }
+        Ok(ns) => Some(ns),
         Err(e) => {
             if common::ci() {
                 panic!("CI=true but the TAP test cannot create a network namespace: {e}");
@@ -143,20 +139,6 @@ fn netns(tag: &str) -> Option<String> {
             eprintln!("note: skipping a TAP test (needs root): {e}");
             None
         }
-    }
-}
-
-/// Removes the namespace at the end of the test.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let path = format!("/run/netns/{}", self.0);
-        if let Ok(c) = std::ffi::CString::new(path.clone()) {
-            // SAFETY: umount2(2) of a path string; the result is irrelevant here.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
-        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -236,14 +218,13 @@ fn host_pings_the_guest_and_gets_udp_echoes_over_tap() {
     if !common::builtin_ready() {
         return;
     }
-    let Some(name) = netns("tap") else { return };
-    let _cleanup = Cleanup(name.clone());
+    let Some(ns) = netns("tap") else { return };
+    let name = ns.name().unwrap_or_default().to_owned();
     let backend = NetBackendConfig::Tap {
         netns: Some(name.clone()),
     };
     std::thread::scope(|s| {
         let vm = s.spawn(|| boot("net=serve", backend));
-        let ns = NetNs::open(&name).unwrap();
         let host = ns
             .run_in(|| {
                 // SAFETY: socket(2) with constant arguments; checked before use.
