@@ -22,6 +22,9 @@ pub enum Device {
     Clock = 3,
     /// Bare exit round trips (calibration).
     Exit = 4,
+    /// Interrupt delivery and acknowledge (one interrupt raised, handled and acknowledged
+    /// per operation).
+    Irq = 6,
 }
 
 /// How the device is reached.
@@ -48,6 +51,18 @@ pub enum Variant {
     KvmClock = 9,
     /// Raw `out` to an unused port handled by the VMM.
     PortOut = 10,
+    /// A self-IPI (x2APIC `SELF_IPI` MSR) acknowledged by the x2APIC EOI MSR write.
+    X2apicEoi = 24,
+    /// A self-IPI acknowledged by KVM's PV EOI (`MSR_KVM_PV_EOI_EN`): the handler clears
+    /// the flag KVM set on injection instead of writing the EOI register, and falls back
+    /// to the x2APIC EOI when KVM did not set it.
+    PvEoi = 25,
+    /// A legacy IRQ raised by the VMM through an irqfd ([`crate::ports::IRQ_TEST`]),
+    /// delivered by the IOAPIC and acknowledged by the LAPIC EOI.
+    IoapicEoi = 26,
+    /// A legacy IRQ raised by the VMM through an irqfd ([`crate::ports::IRQ_TEST`]),
+    /// delivered by the 8259 PIC (ExtINT) and acknowledged by a PIC EOI port write.
+    PicEoi = 27,
 }
 
 /// What the case does.
@@ -70,6 +85,8 @@ pub enum Workload {
     ClockRead = 7,
     /// One exit round trip.
     RoundTrip = 8,
+    /// One interrupt raised, delivered, handled and acknowledged.
+    Interrupt = 16,
 }
 
 macro_rules! decode_u16 {
@@ -87,7 +104,8 @@ decode_u16!(Device {
     Console,
     Block,
     Clock,
-    Exit
+    Exit,
+    Irq
 });
 decode_u16!(Variant {
     Uart,
@@ -99,7 +117,11 @@ decode_u16!(Variant {
     Pit,
     PvClock,
     KvmClock,
-    PortOut
+    PortOut,
+    X2apicEoi,
+    PvEoi,
+    IoapicEoi,
+    PicEoi
 });
 decode_u16!(Workload {
     Write64,
@@ -109,7 +131,8 @@ decode_u16!(Workload {
     SeqRead1M,
     SeqWrite1M,
     ClockRead,
-    RoundTrip
+    RoundTrip,
+    Interrupt
 });
 
 /// A benchmark case: device, variant, workload. On the wire, packed into one `u64`.

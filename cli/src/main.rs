@@ -247,6 +247,7 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
             trace: args.trace.is_some(),
         },
         net: net_config(args)?,
+        irq_test: false,
         gdb: args.gdb,
     })
 }
@@ -363,11 +364,13 @@ enum DeviceArg {
     Clock,
     /// Bare exit round trips (null port), for calibration.
     Exit,
+    /// Interrupt delivery + acknowledge: x2APIC, IOAPIC and PIC EOIs vs KVM's PV EOI.
+    Irq,
 }
 
 #[derive(clap::Args, Debug)]
 struct BenchArgs {
-    /// Run only these devices (repeat or comma-separate). Default: all four.
+    /// Run only these devices (repeat or comma-separate). Default: all of them.
     #[arg(long, value_enum, value_delimiter = ',', value_name = "DEVICE")]
     only: Vec<DeviceArg>,
 
@@ -419,6 +422,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
             DeviceArg::Block => BenchDevice::Block,
             DeviceArg::Clock => BenchDevice::Clock,
             DeviceArg::Exit => BenchDevice::Exit,
+            DeviceArg::Irq => BenchDevice::Irq,
         };
         if !devices.contains(&d) {
             devices.push(d);

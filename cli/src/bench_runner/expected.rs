@@ -43,6 +43,15 @@ pub fn expected(device: BenchDevice) -> Vec<CaseId> {
             &[Workload::ClockRead],
         ),
         BenchDevice::Exit => (&[Variant::PortOut], &[Workload::RoundTrip]),
+        BenchDevice::Irq => (
+            &[
+                Variant::X2apicEoi,
+                Variant::PvEoi,
+                Variant::IoapicEoi,
+                Variant::PicEoi,
+            ],
+            &[Workload::Interrupt],
+        ),
     };
     let device = device.abi();
     variants
@@ -70,6 +79,10 @@ fn guest_variant(s: &str) -> Option<Variant> {
         "pv-clock" | "pvclock" => Variant::PvClock,
         "kvmclock" => Variant::KvmClock,
         "port-out" | "null-port" => Variant::PortOut,
+        "x2apic-eoi" => Variant::X2apicEoi,
+        "pv-eoi" => Variant::PvEoi,
+        "ioapic-eoi" => Variant::IoapicEoi,
+        "pic-eoi" => Variant::PicEoi,
         _ => return None,
     })
 }
@@ -84,6 +97,7 @@ fn guest_workload(s: &str) -> Option<Workload> {
         "seqwrite1m" | "seqwrite-1MiB" => Workload::SeqWrite1M,
         "read" => Workload::ClockRead,
         "roundtrip" | "round-trip" => Workload::RoundTrip,
+        "interrupt" => Workload::Interrupt,
         _ => return None,
     })
 }
@@ -94,6 +108,7 @@ fn guest_device(s: &str) -> Option<Device> {
         "block" => Device::Block,
         "clock" => Device::Clock,
         "exit" => Device::Exit,
+        "irq" => Device::Irq,
         _ => return None,
     })
 }

@@ -21,15 +21,18 @@ pub enum BenchDevice {
     Clock,
     /// Bare exit round trips (calibration).
     Exit,
+    /// Interrupt delivery and acknowledge: emulated EOIs against KVM's PV EOI.
+    Irq,
 }
 
 impl BenchDevice {
     /// Every device, in run order.
-    pub const ALL: [BenchDevice; 4] = [
+    pub const ALL: [BenchDevice; 5] = [
         BenchDevice::Console,
         BenchDevice::Block,
         BenchDevice::Clock,
         BenchDevice::Exit,
+        BenchDevice::Irq,
     ];
 
     /// The name on the guest command line (`bench=<name>`) and in reports.
@@ -44,12 +47,19 @@ impl BenchDevice {
             BenchDevice::Block => Device::Block,
             BenchDevice::Clock => Device::Clock,
             BenchDevice::Exit => Device::Exit,
+            BenchDevice::Irq => Device::Irq,
         }
     }
 
     /// Whether this device's boot needs a disk image.
     pub fn needs_disk(self) -> bool {
         self == BenchDevice::Block
+    }
+
+    /// Whether this device's boot needs the in-kernel irqchip and the interrupt test port
+    /// ([`pvkit_vmm::vm::VmConfig::irq_test`]).
+    pub fn needs_irq_test(self) -> bool {
+        self == BenchDevice::Irq
     }
 
     /// How many cases the guest is expected to run for this device (for the progress bar
@@ -64,6 +74,8 @@ impl BenchDevice {
             BenchDevice::Clock => 3,
             // null port.
             BenchDevice::Exit => 1,
+            // x2apic-eoi, pv-eoi, ioapic-eoi, pic-eoi.
+            BenchDevice::Irq => 4,
         }
     }
 }
@@ -81,6 +93,7 @@ pub fn bench_device(device: Device) -> BenchDevice {
         Device::Block => BenchDevice::Block,
         Device::Clock => BenchDevice::Clock,
         Device::Exit => BenchDevice::Exit,
+        Device::Irq => BenchDevice::Irq,
     }
 }
 
@@ -91,6 +104,7 @@ pub fn device_name(d: Device) -> &'static str {
         Device::Block => "block",
         Device::Clock => "clock",
         Device::Exit => "exit",
+        Device::Irq => "irq",
     }
 }
 
@@ -107,6 +121,10 @@ pub fn variant_name(v: Variant) -> &'static str {
         Variant::PvClock => "pvclock",
         Variant::KvmClock => "kvmclock",
         Variant::PortOut => "null-port",
+        Variant::X2apicEoi => "x2apic-eoi",
+        Variant::PvEoi => "pv-eoi",
+        Variant::IoapicEoi => "ioapic-eoi",
+        Variant::PicEoi => "pic-eoi",
     }
 }
 
@@ -121,14 +139,22 @@ pub fn workload_name(w: Workload) -> &'static str {
         Workload::SeqWrite1M => "seqwrite-1MiB",
         Workload::ClockRead => "read",
         Workload::RoundTrip => "round-trip",
+        Workload::Interrupt => "interrupt",
     }
 }
 
 /// Emulated (the speedup baseline: UART, ATA PIO, PIT, and the bare null-port exit) or PV.
 pub fn kind(v: Variant) -> Kind {
     match v {
-        Variant::Uart | Variant::AtaPio | Variant::Pit | Variant::PortOut => Kind::Emulated,
-        Variant::PvHypercall
+        Variant::Uart
+        | Variant::AtaPio
+        | Variant::Pit
+        | Variant::PortOut
+        | Variant::X2apicEoi
+        | Variant::IoapicEoi
+        | Variant::PicEoi => Kind::Emulated,
+        Variant::PvEoi
+        | Variant::PvHypercall
         | Variant::PvRing
         | Variant::PvEventfd
         | Variant::PvPoll
@@ -148,6 +174,8 @@ pub enum Unit {
     ReadsPerSec,
     /// Port writes per second (exit round trips).
     WritesPerSec,
+    /// Interrupts raised, handled and acknowledged per second.
+    InterruptsPerSec,
 }
 
 impl Unit {
@@ -158,6 +186,7 @@ impl Unit {
             Unit::Iops => "IOPS",
             Unit::ReadsPerSec => "reads/s",
             Unit::WritesPerSec => "writes/s",
+            Unit::InterruptsPerSec => "interrupts/s",
         }
     }
 
@@ -169,7 +198,9 @@ impl Unit {
         }
         match self {
             Unit::MBps => bytes as f64 / ns * 1e3,
-            Unit::Iops | Unit::ReadsPerSec | Unit::WritesPerSec => ops as f64 / ns * 1e9,
+            Unit::Iops | Unit::ReadsPerSec | Unit::WritesPerSec | Unit::InterruptsPerSec => {
+                ops as f64 / ns * 1e9
+            }
         }
     }
 }
@@ -184,6 +215,7 @@ pub fn unit(w: Workload) -> Unit {
         Workload::RandRead4K | Workload::RandWrite4K => Unit::Iops,
         Workload::ClockRead => Unit::ReadsPerSec,
         Workload::RoundTrip => Unit::WritesPerSec,
+        Workload::Interrupt => Unit::InterruptsPerSec,
     }
 }
 

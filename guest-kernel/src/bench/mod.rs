@@ -4,7 +4,7 @@
 //! # Command line
 //!
 //! `bench=<list> [quick] [ops=N]`, where `<list>` is `all` or a comma-separated list of
-//! items, each a device (`console`, `block`, `clock`, `exit`: all its variants) or a
+//! items, each a device (`console`, `block`, `clock`, `exit`, `irq`: all its variants) or a
 //! `device/variant` pair with the variant names below (e.g. `block/ata-pio,clock/pit`).
 //! `quick` selects the small counts below; `ops=N` (N ≥ 1) sets the operation count of
 //! every case. Cases run in the fixed order of the table, whatever the order of the list;
@@ -18,6 +18,7 @@
 //! | block | `ata-pio`, `pv-hypercall`, `pv-ring`, `pv-ioeventfd`, `pv-poll` | `RandRead4K`, `RandWrite4K` / `SeqRead1M`, `SeqWrite1M` | 128 / 4 (`ata-pio/seqwrite1m`: 1) | 16 / 1 |
 //! | clock | `pit` / `pv-clock`, `kvmclock` | `ClockRead` | 500 / 100 000 | 50 / 10 000 |
 //! | exit | `port-out` | `RoundTrip` | 1000 | 100 |
+//! | irq | `x2apic-eoi`, `pv-eoi`, `ioapic-eoi`, `pic-eoi` | `Interrupt` | 1000 | 100 |
 //!
 //! # Protocol of one case
 //!
@@ -66,6 +67,7 @@ mod block;
 mod clock;
 mod console;
 mod exit;
+mod irq;
 
 use crate::cmdline::Bench;
 use crate::statics::Exclusive;
@@ -81,10 +83,10 @@ use pvkit_guest::{addr::virt_to_phys, hypercall, tsc::rdtsc};
 
 /// The variants `bench=` selects: per device, a bit per [`Variant`] (bit = wire number).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Selection([u16; 4]);
+pub struct Selection([u64; 5]);
 
 /// The devices in run order, with their variants.
-const DEVICES: [(Device, &[Variant]); 4] = [
+const DEVICES: [(Device, &[Variant]); 5] = [
     (
         Device::Console,
         &[
@@ -110,6 +112,15 @@ const DEVICES: [(Device, &[Variant]); 4] = [
         &[Variant::Pit, Variant::PvClock, Variant::KvmClock],
     ),
     (Device::Exit, &[Variant::PortOut]),
+    (
+        Device::Irq,
+        &[
+            Variant::X2apicEoi,
+            Variant::PvEoi,
+            Variant::IoapicEoi,
+            Variant::PicEoi,
+        ],
+    ),
 ];
 
 impl Selection {
@@ -151,7 +162,7 @@ impl Selection {
         self.mask(device) & 1 << variant as u16 != 0
     }
 
-    fn mask(&self, device: Device) -> u16 {
+    fn mask(&self, device: Device) -> u64 {
         DEVICES
             .iter()
             .position(|&(d, _)| d == device)
@@ -450,6 +461,9 @@ pub fn run(args: &Bench, boot: &BootInfo) -> ! {
     if args.selection.any(Device::Exit) {
         exit::run(&mut r, scratch);
     }
+    if args.selection.any(Device::Irq) {
+        irq::run(&mut r, scratch);
+    }
     println!(
         "bench done: {} passed, {} failed, {} skipped",
         r.passed, r.failed, r.skipped
@@ -464,6 +478,7 @@ pub const fn device_name(device: Device) -> &'static str {
         Device::Block => "block",
         Device::Clock => "clock",
         Device::Exit => "exit",
+        Device::Irq => "irq",
     }
 }
 
@@ -480,6 +495,10 @@ pub const fn variant_name(variant: Variant) -> &'static str {
         Variant::PvClock => "pv-clock",
         Variant::KvmClock => "kvmclock",
         Variant::PortOut => "port-out",
+        Variant::X2apicEoi => "x2apic-eoi",
+        Variant::PvEoi => "pv-eoi",
+        Variant::IoapicEoi => "ioapic-eoi",
+        Variant::PicEoi => "pic-eoi",
     }
 }
 
@@ -494,6 +513,7 @@ pub const fn workload_name(workload: Workload) -> &'static str {
         Workload::SeqWrite1M => "seqwrite1m",
         Workload::ClockRead => "read",
         Workload::RoundTrip => "roundtrip",
+        Workload::Interrupt => "interrupt",
     }
 }
 

@@ -196,6 +196,13 @@ impl Vcpu {
         })
     }
 
+    /// Opens the vCPU's in-kernel statistics ([`crate::vstate::stats`]).
+    pub fn stats(
+        &self,
+    ) -> Result<crate::vstate::stats::VcpuStats, crate::vstate::stats::StatsError> {
+        crate::vstate::stats::VcpuStats::open(&self.fd)
+    }
+
     /// The vCPU's index (its KVM vCPU id).
     pub fn index(&self) -> u64 {
         self.index
