@@ -29,6 +29,8 @@ pub mod console;
 pub mod doorbell;
 pub mod hypercall_bus;
 pub mod net;
+#[cfg(test)]
+mod net_hostile;
 pub mod rings;
 #[cfg(test)]
 mod tests;
