@@ -3,61 +3,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
+use common::scaffold::{cargo_build, fresh_dir, pvkit_in, stderr};
 use common::{code, pvkit};
-
-/// A fresh directory for this test under cargo's per-target temp dir. That directory lies
-/// inside the pvkit checkout (with the default target dir), so the scaffold's own
-/// `[workspace]` is exercised too: without it cargo refuses to build a package inside
-/// another workspace it is not a member of.
-fn fresh_dir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("pvkit-new-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("create the test dir");
-    d
-}
-
-fn pvkit_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pvkit"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run pvkit")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// `cargo build --release --offline` in `dir`, as a user would run it there: nothing of
-/// the outer `cargo test` (its toolchain override, its RUSTFLAGS) leaks in, so the
-/// scaffold's own rust-toolchain.toml and .cargo/config.toml decide. Offline: the crates
-/// it needs (those of guest-kernel/Cargo.lock, which the scaffold copies) are already in
-/// cargo's cache, because host-vmm's build script built the guest kernel.
-fn cargo_build(dir: &Path, target_dir: &Path) -> Output {
-    let mut cmd = Command::new("cargo");
-    cmd.args(["build", "--release", "--offline"])
-        .current_dir(dir)
-        .env("CARGO_TARGET_DIR", target_dir);
-    for var in [
-        "RUSTUP_TOOLCHAIN",
-        "RUSTC",
-        "RUSTDOC",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_BUILD_TARGET_DIR",
-        "CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS",
-        "CARGO_TARGET_X86_64_UNKNOWN_NONE_LINKER",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.output().expect("run cargo")
-}
 
 #[test]
 fn scaffolded_guest_builds_and_boots() {

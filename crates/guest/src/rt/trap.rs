@@ -257,7 +257,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         && (super::stack::in_guard(cr2) || super::stack::in_guard(frame.rsp));
     if overflow {
         let (lo, hi) = super::stack::range();
-        crate::fault::report_exception(
+        super::report::exception(
             vector,
             frame.error_code,
             frame.rip,
@@ -271,7 +271,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             ),
         )
     }
-    crate::fault::report_exception(
+    super::report::exception(
         vector,
         frame.error_code,
         frame.rip,
