@@ -134,6 +134,12 @@ struct RunArgs {
     #[arg(long, value_enum)]
     console: Option<ConsoleArg>,
 
+    /// Hide the PV console: no ConsoleWrite call, no console ring, no CONSOLE and
+    /// CONSOLE_RING feature bits, as on a host without it. A guest on the pvkit-guest
+    /// runtime then prints through the emulated 16550 UART.
+    #[arg(long)]
+    no_pv_console: bool,
+
     /// Guest RAM in MiB (4 to 3072).
     #[arg(long, value_name = "MIB", default_value_t = pvkit_vmm::vstate::memory::DEFAULT_MEM_MIB)]
     mem: u64,
@@ -216,6 +222,9 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
     if !(timeout.is_finite() && timeout > 0.0 && timeout <= 1e9) {
         anyhow::bail!("--timeout must be a positive number of seconds");
     }
+    if args.no_pv_console && matches!(args.console, Some(ConsoleArg::Pv)) {
+        anyhow::bail!("--console pv asks for the PV console, which --no-pv-console hides");
+    }
     Ok(VmConfig {
         kernel: match &args.elf {
             Some(p) => KernelSource::Path(p.clone()),
@@ -248,6 +257,7 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
         },
         net: net_config(args)?,
         gdb: args.gdb,
+        pv_console: !args.no_pv_console,
     })
 }
 

@@ -122,6 +122,7 @@ mod tests {
             let devices = crate::devices::assemble(
                 crate::devices::PvConfig {
                     console: console.clone(),
+                    pv_console: true,
                     disk: None,
                     clock: None,
                     kvmclock: false,

@@ -121,6 +121,11 @@ pub struct VmConfig {
     /// `pvkit: gdb: waiting for a connection on ADDR`, and the guest waits for the
     /// debugger before its first instruction. The [`VmConfig::timeout`] still applies.
     pub gdb: Option<std::net::SocketAddr>,
+    /// Offer the PV console (default `true`). `false` (`pvkit run --no-pv-console`): no
+    /// `ConsoleWrite`, no console ring, no `CONSOLE`/`CONSOLE_RING` feature bits in the
+    /// `BootInfo` and CPUID, as on a host without it; a guest that checks the bits uses
+    /// the UART.
+    pub pv_console: bool,
 }
 
 impl Default for VmConfig {
@@ -141,6 +146,7 @@ impl Default for VmConfig {
             record: RecordConfig::default(),
             net: None,
             gdb: None,
+            pv_console: true,
         }
     }
 }

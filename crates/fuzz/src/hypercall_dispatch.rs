@@ -438,6 +438,7 @@ pub fn run(data: &[u8]) {
     };
     let config = PvConfig {
         console: console.clone(),
+        pv_console: true,
         disk: backend.then(|| disk.clone()),
         clock: clock.then(|| Arc::new(FixedClock) as Arc<dyn ClockSource>),
         kvmclock: false,

@@ -27,6 +27,10 @@ use pv::{BusError, HypercallBus, RingsConfig};
 pub struct PvConfig {
     /// The console sink (shared with the UART).
     pub console: Console,
+    /// Whether the PV console device (`ConsoleWrite`, the console ring, feature bits
+    /// `CONSOLE` and `CONSOLE_RING`) exists; without it a guest sees no PV console and
+    /// falls back to the UART (`pvkit run --no-pv-console`).
+    pub pv_console: bool,
     /// The disk behind the PV block device; `None`: no block device, no block ring.
     pub disk: Option<SharedDisk>,
     /// The time source of the PV clock page; `None`: no clock page.
@@ -77,7 +81,9 @@ pub fn assemble(config: PvConfig, ledger: &mut ExitLedger) -> Result<PvDevices, 
     let clock = (config.clock.is_some() || config.kvmclock)
         .then(|| Arc::new(PvClock::new(config.clock, config.kvmclock)));
 
-    bus.insert(Arc::new(PvConsole::new(config.console)))?;
+    if config.pv_console {
+        bus.insert(Arc::new(PvConsole::new(config.console)))?;
+    }
     bus.insert(bench.clone())?;
     if let Some(clock) = &clock {
         bus.insert(clock.clone())?;
@@ -113,6 +119,7 @@ pub fn assemble(config: PvConfig, ledger: &mut ExitLedger) -> Result<PvDevices, 
 pub(crate) fn core_devices(console: Console) -> PvDevices {
     let config = PvConfig {
         console,
+        pv_console: true,
         disk: None,
         clock: None,
         kvmclock: false,

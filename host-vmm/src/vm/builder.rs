@@ -187,6 +187,7 @@ pub fn build(
     let pv = assemble(
         PvConfig {
             console: console.clone(),
+            pv_console: config.pv_console,
             disk: disk.clone(),
             clock: tsc_clock.map(|c| Arc::new(c) as Arc<dyn ClockSource>),
             kvmclock,
