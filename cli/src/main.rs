@@ -152,8 +152,8 @@ struct RunArgs {
     /// Serve the GDB remote protocol on ADDR (e.g. 127.0.0.1:1234; port 0 picks one,
     /// printed on stderr): the guest waits for the debugger before its first instruction.
     /// Registers, memory (guest-physical = virtual under the boot identity map), hardware
-    /// breakpoints (hbreak, at most 4), step, continue, detach. Software breakpoints are
-    /// refused: an int3 in guest ring 0 kills the vCPU on kvm_pvm.
+    /// breakpoints (hbreak, at most 4), step, continue, Ctrl-C, detach. Software
+    /// breakpoints are refused: an int3 in guest ring 0 kills the vCPU on kvm_pvm.
     #[arg(long, value_name = "ADDR")]
     gdb: Option<std::net::SocketAddr>,
 

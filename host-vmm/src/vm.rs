@@ -547,6 +547,8 @@ enum Event {
     Wake(u32),
     /// An AP stopped the VM (an `Exit` call, a fault): stop vCPU 0 too.
     ApStopped(StopReason),
+    /// The debugger's Ctrl-C: kick vCPU 0 out of `KVM_RUN` (`crate::debug::gdb`).
+    DebugInterrupt,
 }
 
 /// The watchdog: waits for the vCPU thread to end. At the deadline, or as soon as a host
@@ -592,6 +594,14 @@ fn supervise<T>(
             }
             Ok(Event::ApStopped(stop)) => {
                 ap_stop.get_or_insert(stop);
+            }
+            Ok(Event::DebugInterrupt) => {
+                if !thread.is_finished() {
+                    watchdog::kick(thread)?;
+                }
+                if kicking.is_none() {
+                    continue;
+                }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if kicking.is_none()
@@ -674,7 +684,14 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
             eprintln!("pvkit: gdb: waiting for a connection on {bound}");
         }
         let fd = vcpu.debug_fd().map_err(crate::debug::gdb::GdbError::Dup)?;
-        boot.debug = Some(listener.serve(fd, vm.mem().clone())?);
+        let kick = Mutex::new(tx.clone());
+        let kick = Box::new(move || {
+            let tx = kick
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _ = tx.send(Event::DebugInterrupt);
+        });
+        boot.debug = Some(listener.serve(fd, vm.mem().clone(), kick)?);
     }
 
     if let Some(up) = &vcpu_up {
