@@ -66,6 +66,7 @@ mod block;
 mod clock;
 mod console;
 mod exit;
+mod ring_pass;
 
 use crate::cmdline::Bench;
 use crate::statics::Exclusive;
