@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use kvm_ioctls::Cap;
-use pvkit_abi::cpuid::Features;
 use pvkit_abi::AbiVersion;
 
 use super::machine::{VcpuState, Vm};
@@ -145,17 +144,10 @@ pub fn build(
     let kvmclock = kvmclock_available(supported.as_slice());
     let eventfd = kvm.check_extension(Cap::Ioeventfd);
     let clock_possible = kvm.check_extension(Cap::GetTscKhz);
-    // vCPU 0 first: the PV clock needs its TSC rate and offset. Its CPUID gets the
-    // feature bits once the devices are registered (below).
-    let mut vcpu = Vcpu::new(
-        &kvm,
-        &vm_fd,
-        0,
-        kernel.entry,
-        &supported,
-        Features::empty(),
-        config.reg_access,
-    )?;
+    // vCPU 0 first: the PV clock needs its TSC rate and offset. Its CPUID table (with the
+    // feature bits, once the devices are registered) and boot registers come below, so
+    // `KVM_SET_CPUID2` is done once.
+    let mut vcpu = Vcpu::create(&kvm, &vm_fd, 0, config.reg_access)?;
     let tsc_khz = vcpu.tsc_khz();
     let tsc_clock = match (clock_possible, tsc_khz, vcpu.guest_tsc_offset()) {
         (true, Some(khz), Some(offset)) => Some(TscClock::new(clock, khz, offset)),
@@ -222,7 +214,7 @@ pub fn build(
 
     // The features the guest sees: derived from the registered devices, in one place.
     let features = pv.bus.features();
-    vcpu.set_features(&supported, features)?;
+    vcpu.setup_boot(&supported, features, kernel.entry)?;
     // The other vCPUs, with the final feature bits and vCPU 0's register access.
     let others: Vec<Vcpu> = (1..config.vcpus)
         .map(|i| {
