@@ -171,6 +171,5 @@ pub fn vcpu_up(cpu: u64, entry: u64, stack: u64, arg: u64) -> Result<(), Status>
 pub fn send_ipi(bitmap: u64, vector: u8, base: u64) -> Result<u64, Status> {
     // SAFETY: the call reads no guest memory; the interrupt runs the targets' handlers,
     // which the caller installed.
-    unsafe { guest::call(Hypercall::SendIpi, [bitmap, u64::from(vector), base, 0]) }
-        .into_result()
+    unsafe { guest::call(Hypercall::SendIpi, [bitmap, u64::from(vector), base, 0]) }.into_result()
 }

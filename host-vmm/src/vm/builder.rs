@@ -142,8 +142,12 @@ pub fn build(
     };
     let vcpu_up = (config.vcpus > 1).then(|| Arc::new(VcpuUp::new(config.vcpus)));
     // PV IPIs go to the in-kernel LAPICs (created above with more than one vCPU).
-    let ipi = (config.vcpus > 1)
-        .then(|| Arc::new(PvIpi::new(config.vcpus, Arc::new(KvmMsi(Arc::clone(&vm_fd))))));
+    let ipi = (config.vcpus > 1).then(|| {
+        Arc::new(PvIpi::new(
+            config.vcpus,
+            Arc::new(KvmMsi(Arc::clone(&vm_fd))),
+        ))
+    });
     let clock = VmClock::start();
     let supported = supported_cpuid(&kvm)?;
     let kvmclock = kvmclock_available(supported.as_slice());
