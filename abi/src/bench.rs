@@ -22,6 +22,8 @@ pub enum Device {
     Clock = 3,
     /// Bare exit round trips (calibration).
     Exit = 4,
+    /// Inter-processor interrupts (a 4-vCPU boot).
+    Ipi = 9,
 }
 
 /// How the device is reached.
@@ -48,6 +50,8 @@ pub enum Variant {
     KvmClock = 9,
     /// Raw `out` to an unused port handled by the VMM.
     PortOut = 10,
+    /// x2APIC ICR writes to KVM's in-kernel LAPIC.
+    X2Apic = 19,
 }
 
 /// What the case does.
@@ -70,6 +74,10 @@ pub enum Workload {
     ClockRead = 7,
     /// One exit round trip.
     RoundTrip = 8,
+    /// An IPI from CPU 0 to CPU 1 and its answer back (a round trip).
+    PingPong = 19,
+    /// One IPI from CPU 0 to every other CPU, all acknowledged.
+    OneToAll = 20,
 }
 
 macro_rules! decode_u16 {
@@ -87,7 +95,8 @@ decode_u16!(Device {
     Console,
     Block,
     Clock,
-    Exit
+    Exit,
+    Ipi
 });
 decode_u16!(Variant {
     Uart,
@@ -99,7 +108,8 @@ decode_u16!(Variant {
     Pit,
     PvClock,
     KvmClock,
-    PortOut
+    PortOut,
+    X2Apic
 });
 decode_u16!(Workload {
     Write64,
@@ -109,7 +119,9 @@ decode_u16!(Workload {
     SeqRead1M,
     SeqWrite1M,
     ClockRead,
-    RoundTrip
+    RoundTrip,
+    PingPong,
+    OneToAll
 });
 
 /// A benchmark case: device, variant, workload. On the wire, packed into one `u64`.

@@ -363,11 +363,13 @@ enum DeviceArg {
     Clock,
     /// Bare exit round trips (null port), for calibration.
     Exit,
+    /// IPIs in a 4-vCPU boot: x2APIC ICR vs PV SendIpi, ping-pong and one-to-all.
+    Ipi,
 }
 
 #[derive(clap::Args, Debug)]
 struct BenchArgs {
-    /// Run only these devices (repeat or comma-separate). Default: all four.
+    /// Run only these devices (repeat or comma-separate). Default: all of them.
     #[arg(long, value_enum, value_delimiter = ',', value_name = "DEVICE")]
     only: Vec<DeviceArg>,
 
@@ -419,6 +421,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
             DeviceArg::Block => BenchDevice::Block,
             DeviceArg::Clock => BenchDevice::Clock,
             DeviceArg::Exit => BenchDevice::Exit,
+            DeviceArg::Ipi => BenchDevice::Ipi,
         };
         if !devices.contains(&d) {
             devices.push(d);

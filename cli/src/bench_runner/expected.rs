@@ -43,6 +43,10 @@ pub fn expected(device: BenchDevice) -> Vec<CaseId> {
             &[Workload::ClockRead],
         ),
         BenchDevice::Exit => (&[Variant::PortOut], &[Workload::RoundTrip]),
+        BenchDevice::Ipi => (
+            &[Variant::X2Apic, Variant::PvHypercall],
+            &[Workload::PingPong, Workload::OneToAll],
+        ),
     };
     let device = device.abi();
     variants
@@ -70,6 +74,7 @@ fn guest_variant(s: &str) -> Option<Variant> {
         "pv-clock" | "pvclock" => Variant::PvClock,
         "kvmclock" => Variant::KvmClock,
         "port-out" | "null-port" => Variant::PortOut,
+        "x2apic" => Variant::X2Apic,
         _ => return None,
     })
 }
@@ -84,6 +89,8 @@ fn guest_workload(s: &str) -> Option<Workload> {
         "seqwrite1m" | "seqwrite-1MiB" => Workload::SeqWrite1M,
         "read" => Workload::ClockRead,
         "roundtrip" | "round-trip" => Workload::RoundTrip,
+        "pingpong" | "ping-pong" => Workload::PingPong,
+        "one-to-all" => Workload::OneToAll,
         _ => return None,
     })
 }
@@ -94,6 +101,7 @@ fn guest_device(s: &str) -> Option<Device> {
         "block" => Device::Block,
         "clock" => Device::Clock,
         "exit" => Device::Exit,
+        "ipi" => Device::Ipi,
         _ => return None,
     })
 }
@@ -121,6 +129,11 @@ pub fn guest_lines(console: &[u8], marker: &str) -> Vec<(CaseId, String)> {
     let text = String::from_utf8_lossy(console);
     text.lines()
         .filter_map(|line| {
+            // An SMP guest's lines carry their CPU's prefix (`[cpu0] `).
+            let line = match line.strip_prefix("[cpu") {
+                Some(rest) => rest.split_once("] ").map_or(line, |(_, l)| l),
+                None => line,
+            };
             let rest = line.strip_prefix("bench ")?;
             let (name, why) = rest.split_once(marker)?;
             let mut parts = name.split('/');

@@ -364,6 +364,7 @@ fn boot(
             read_only: false,
         }),
         phase_observer: Some(bar.observer()),
+        vcpus: device.vcpus(),
         ..VmConfig::default()
     };
     let before = bar.phases();

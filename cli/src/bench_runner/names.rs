@@ -21,15 +21,22 @@ pub enum BenchDevice {
     Clock,
     /// Bare exit round trips (calibration).
     Exit,
+    /// IPIs: x2APIC ICR against the PV `SendIpi` (a boot with [`IPI_VCPUS`] vCPUs).
+    Ipi,
 }
+
+/// vCPUs of the IPI boot (CPU 0 sends; CPU 1 answers the ping-pong; 1–3 take the
+/// one-to-all).
+pub const IPI_VCPUS: u32 = 4;
 
 impl BenchDevice {
     /// Every device, in run order.
-    pub const ALL: [BenchDevice; 4] = [
+    pub const ALL: [BenchDevice; 5] = [
         BenchDevice::Console,
         BenchDevice::Block,
         BenchDevice::Clock,
         BenchDevice::Exit,
+        BenchDevice::Ipi,
     ];
 
     /// The name on the guest command line (`bench=<name>`) and in reports.
@@ -44,6 +51,15 @@ impl BenchDevice {
             BenchDevice::Block => Device::Block,
             BenchDevice::Clock => Device::Clock,
             BenchDevice::Exit => Device::Exit,
+            BenchDevice::Ipi => Device::Ipi,
+        }
+    }
+
+    /// vCPUs of this device's boot.
+    pub fn vcpus(self) -> u32 {
+        match self {
+            BenchDevice::Ipi => IPI_VCPUS,
+            _ => 1,
         }
     }
 
@@ -64,6 +80,8 @@ impl BenchDevice {
             BenchDevice::Clock => 3,
             // null port.
             BenchDevice::Exit => 1,
+            // x2apic, pv-hypercall × ping-pong, one-to-all.
+            BenchDevice::Ipi => 4,
         }
     }
 }
@@ -81,6 +99,7 @@ pub fn bench_device(device: Device) -> BenchDevice {
         Device::Block => BenchDevice::Block,
         Device::Clock => BenchDevice::Clock,
         Device::Exit => BenchDevice::Exit,
+        Device::Ipi => BenchDevice::Ipi,
     }
 }
 
@@ -91,6 +110,7 @@ pub fn device_name(d: Device) -> &'static str {
         Device::Block => "block",
         Device::Clock => "clock",
         Device::Exit => "exit",
+        Device::Ipi => "ipi",
     }
 }
 
@@ -107,6 +127,7 @@ pub fn variant_name(v: Variant) -> &'static str {
         Variant::PvClock => "pvclock",
         Variant::KvmClock => "kvmclock",
         Variant::PortOut => "null-port",
+        Variant::X2Apic => "x2apic",
     }
 }
 
@@ -121,13 +142,18 @@ pub fn workload_name(w: Workload) -> &'static str {
         Workload::SeqWrite1M => "seqwrite-1MiB",
         Workload::ClockRead => "read",
         Workload::RoundTrip => "round-trip",
+        Workload::PingPong => "ping-pong",
+        Workload::OneToAll => "one-to-all",
     }
 }
 
-/// Emulated (the speedup baseline: UART, ATA PIO, PIT, and the bare null-port exit) or PV.
+/// Emulated (the speedup baseline: UART, ATA PIO, PIT, the x2APIC, and the bare null-port
+/// exit) or PV.
 pub fn kind(v: Variant) -> Kind {
     match v {
-        Variant::Uart | Variant::AtaPio | Variant::Pit | Variant::PortOut => Kind::Emulated,
+        Variant::Uart | Variant::AtaPio | Variant::Pit | Variant::PortOut | Variant::X2Apic => {
+            Kind::Emulated
+        }
         Variant::PvHypercall
         | Variant::PvRing
         | Variant::PvEventfd
@@ -148,6 +174,8 @@ pub enum Unit {
     ReadsPerSec,
     /// Port writes per second (exit round trips).
     WritesPerSec,
+    /// IPI round trips or one-to-all sends per second.
+    IpisPerSec,
 }
 
 impl Unit {
@@ -158,6 +186,7 @@ impl Unit {
             Unit::Iops => "IOPS",
             Unit::ReadsPerSec => "reads/s",
             Unit::WritesPerSec => "writes/s",
+            Unit::IpisPerSec => "ops/s",
         }
     }
 
@@ -169,7 +198,9 @@ impl Unit {
         }
         match self {
             Unit::MBps => bytes as f64 / ns * 1e3,
-            Unit::Iops | Unit::ReadsPerSec | Unit::WritesPerSec => ops as f64 / ns * 1e9,
+            Unit::Iops | Unit::ReadsPerSec | Unit::WritesPerSec | Unit::IpisPerSec => {
+                ops as f64 / ns * 1e9
+            }
         }
     }
 }
@@ -184,6 +215,7 @@ pub fn unit(w: Workload) -> Unit {
         Workload::RandRead4K | Workload::RandWrite4K => Unit::Iops,
         Workload::ClockRead => Unit::ReadsPerSec,
         Workload::RoundTrip => Unit::WritesPerSec,
+        Workload::PingPong | Workload::OneToAll => Unit::IpisPerSec,
     }
 }
 

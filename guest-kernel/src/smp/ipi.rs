@@ -190,6 +190,55 @@ fn per(cycles: u64, n: u32, tsc_khz: u64) -> (u64, u64) {
     (c, ns)
 }
 
+/// Makes the BSP ready to send IPIs the `mode` way (its LAPIC in x2APIC mode). Call
+/// after [`lapic::x2apic_offered`] (and, for PV, checking `PV_IPI`).
+pub fn use_method(mode: SmpMode) {
+    lapic::enable_x2apic();
+    METHOD.store(u8::from(mode == SmpMode::Pv), Ordering::Release);
+}
+
+/// Answers CPU 0 has received in ping-pongs so far.
+pub fn answers() -> u64 {
+    PONGS.load(Ordering::Acquire)
+}
+
+/// `rounds` round trips with CPU 1: CPU 0 sends, CPU 1's handler answers, CPU 0 halts
+/// until the answer arrives. Returns with interrupts off.
+pub fn pingpong(rounds: u32) {
+    PINGPONG.store(1, Ordering::Release);
+    let start = PONGS.load(Ordering::Acquire);
+    for round in 1..=u64::from(rounds) {
+        send_mask(1 << 1);
+        loop {
+            // SAFETY: only masks interrupts (a compiler barrier too).
+            unsafe { core::arch::asm!("cli", options(nostack)) };
+            if PONGS.load(Ordering::Acquire) >= start + round {
+                break;
+            }
+            // SAFETY: the IPI gate is installed; its handler returns here after `hlt`
+            // (`sti`'s shadow: no interrupt slips in between).
+            unsafe { core::arch::asm!("sti", "hlt", options(nostack)) };
+        }
+    }
+    PINGPONG.store(0, Ordering::Release);
+}
+
+/// `rounds` sends from CPU 0 to CPUs `1..cpus`, each waiting until all of them have
+/// acknowledged (or `limit` TSC cycles passed). Returns the rounds completed.
+pub fn one_to_all(cpus: usize, rounds: u32, limit: u64) -> u32 {
+    let start = ACKS.load(Ordering::Acquire);
+    let others = (cpus - 1) as u64;
+    let mut done = 0;
+    for round in 1..=u64::from(rounds) {
+        send_others(cpus, 0);
+        if !wait_for(&ACKS, start + round * others, limit) {
+            break;
+        }
+        done += 1;
+    }
+    done
+}
+
 /// Runs the IPI workload on the BSP with `cpus` CPUs up (see the module documentation).
 pub fn run(args: IpiArgs, cpus: usize, boot: &BootInfo) {
     let name = args.mode.name();
@@ -208,8 +257,7 @@ pub fn run(args: IpiArgs, cpus: usize, boot: &BootInfo) {
         println!("ipi: no PV_IPI");
         return;
     }
-    lapic::enable_x2apic();
-    METHOD.store(u8::from(args.mode == SmpMode::Pv), Ordering::Release);
+    use_method(args.mode);
     let limit = match boot.tsc_khz {
         0 => 1 << 34,
         khz => khz * 10_000,
@@ -250,43 +298,21 @@ pub fn run(args: IpiArgs, cpus: usize, boot: &BootInfo) {
     println!("ipi: mode={name} received{line}{late}");
 
     // The ping-pong with CPU 1.
-    PINGPONG.store(1, Ordering::Release);
     let t0 = rdtsc();
-    for round in 1..=u64::from(args.rounds) {
-        send_mask(1 << 1);
-        loop {
-            // SAFETY: only masks interrupts (a compiler barrier too).
-            unsafe { core::arch::asm!("cli", options(nostack)) };
-            if PONGS.load(Ordering::Acquire) >= round {
-                break;
-            }
-            // SAFETY: the IPI gate is installed; its handler returns here after `hlt`
-            // (`sti`'s shadow: no interrupt slips in between).
-            unsafe { core::arch::asm!("sti", "hlt", options(nostack)) };
-        }
-    }
+    pingpong(args.rounds);
     let (c, ns) = per(rdtsc().wrapping_sub(t0), args.rounds, boot.tsc_khz);
-    PINGPONG.store(0, Ordering::Release);
     println!(
         "ipi: mode={name} pingpong rounds={} cycles_per_round_trip={c} ns_per_round_trip={ns}",
         args.rounds
     );
 
     // One-to-all.
-    let start = ACKS.load(Ordering::Acquire);
-    let others = (cpus - 1) as u64;
     let t0 = rdtsc();
-    let mut done = 0;
-    for round in 1..=u64::from(args.rounds) {
-        send_others(cpus, 0);
-        if !wait_for(&ACKS, start + round * others, limit) {
-            break;
-        }
-        done += 1;
-    }
+    let done = one_to_all(cpus, args.rounds, limit);
     let (c, ns) = per(rdtsc().wrapping_sub(t0), done, boot.tsc_khz);
     println!(
-        "ipi: mode={name} broadcast targets={others} rounds={done} cycles_per_broadcast={c} \
-         ns_per_broadcast={ns}"
+        "ipi: mode={name} broadcast targets={} rounds={done} cycles_per_broadcast={c} \
+         ns_per_broadcast={ns}",
+        cpus - 1
     );
 }

@@ -206,6 +206,26 @@ fn init_sipi(cpu: usize) {
 /// Brings up CPUs 1..`cpus` the `mode` way and prints the time and the count; then runs
 /// the IPI workload `ipi` if asked.
 pub fn run(mode: SmpMode, cpus: usize, ipi: Option<ipi::IpiArgs>, boot: &BootInfo) {
+    let (up, cycles) = bring_up(mode, cpus, boot);
+    let us = match boot.tsc_khz {
+        0 => 0,
+        khz => cycles * 1000 / khz,
+    };
+    println!(
+        "smp: mode={} cpus={} up={up} time_us={us} cycles={cycles}",
+        mode.name(),
+        cpus.clamp(1, MAX_CPUS)
+    );
+    if let Some(args) = ipi {
+        ipi::run(args, 1 + up as usize, boot);
+    }
+}
+
+/// Brings up CPUs 1..`cpus` (at most [`MAX_CPUS`]) the `mode` way: sets up the BSP's
+/// per-CPU data, the IPI gates and the console prefix, starts the APs and waits (about
+/// 10 s at most) until they have reported in. Returns how many did and the TSC cycles from
+/// the first start to the last report.
+pub fn bring_up(mode: SmpMode, cpus: usize, boot: &BootInfo) -> (u32, u64) {
     let cpus = cpus.clamp(1, MAX_CPUS);
     percpu::init_bsp();
     ipi::install();
@@ -251,17 +271,5 @@ pub fn run(mode: SmpMode, cpus: usize, ipi: Option<ipi::IpiArgs>, boot: &BootInf
         t1 = rdtsc();
     }
     let t1 = rdtsc().max(t1);
-    let cycles = t1.wrapping_sub(t0);
-    let us = match boot.tsc_khz {
-        0 => 0,
-        khz => cycles * 1000 / khz,
-    };
-    let up = UP.load(Ordering::Acquire);
-    println!(
-        "smp: mode={} cpus={cpus} up={up} time_us={us} cycles={cycles}",
-        mode.name()
-    );
-    if let Some(args) = ipi {
-        ipi::run(args, 1 + up as usize, boot);
-    }
+    (UP.load(Ordering::Acquire), t1.wrapping_sub(t0))
 }
