@@ -24,6 +24,8 @@ pub enum Device {
     Exit = 4,
     /// Inter-processor interrupts (a 4-vCPU boot).
     Ipi = 9,
+    /// Application-processor bring-up (a 4-vCPU boot per variant).
+    Smp = 10,
 }
 
 /// How the device is reached.
@@ -52,6 +54,8 @@ pub enum Variant {
     PortOut = 10,
     /// x2APIC ICR writes to KVM's in-kernel LAPIC.
     X2Apic = 19,
+    /// INIT-SIPI-SIPI through the in-kernel LAPIC, the AP climbing from real mode.
+    InitSipi = 20,
 }
 
 /// What the case does.
@@ -78,6 +82,8 @@ pub enum Workload {
     PingPong = 19,
     /// One IPI from CPU 0 to every other CPU, all acknowledged.
     OneToAll = 20,
+    /// Start one application processor until it reports in.
+    ApBringUp = 21,
 }
 
 macro_rules! decode_u16 {
@@ -96,7 +102,8 @@ decode_u16!(Device {
     Block,
     Clock,
     Exit,
-    Ipi
+    Ipi,
+    Smp
 });
 decode_u16!(Variant {
     Uart,
@@ -109,7 +116,8 @@ decode_u16!(Variant {
     PvClock,
     KvmClock,
     PortOut,
-    X2Apic
+    X2Apic,
+    InitSipi
 });
 decode_u16!(Workload {
     Write64,
@@ -121,7 +129,8 @@ decode_u16!(Workload {
     ClockRead,
     RoundTrip,
     PingPong,
-    OneToAll
+    OneToAll,
+    ApBringUp
 });
 
 /// A benchmark case: device, variant, workload. On the wire, packed into one `u64`.

@@ -365,6 +365,8 @@ enum DeviceArg {
     Exit,
     /// IPIs in a 4-vCPU boot: x2APIC ICR vs PV SendIpi, ping-pong and one-to-all.
     Ipi,
+    /// AP bring-up of 3 APs: INIT-SIPI-SIPI vs the PV VcpuUp (one 4-vCPU boot each).
+    Smp,
 }
 
 #[derive(clap::Args, Debug)]
@@ -422,6 +424,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
             DeviceArg::Clock => BenchDevice::Clock,
             DeviceArg::Exit => BenchDevice::Exit,
             DeviceArg::Ipi => BenchDevice::Ipi,
+            DeviceArg::Smp => BenchDevice::Smp,
         };
         if !devices.contains(&d) {
             devices.push(d);

@@ -217,7 +217,7 @@ fn check(m: &Measurement) -> Result<bool, String> {
         Device::Clock | Device::Exit => Ok(guest_ok || ledger_proves(m.case, p)),
         // Both: every round completed (the guest) and the sender's exits are exactly the
         // design's (the ledger).
-        Device::Ipi => Ok(guest_ok && ledger_proves(m.case, p)),
+        Device::Ipi | Device::Smp => Ok(guest_ok && ledger_proves(m.case, p)),
     }
 }
 
@@ -236,6 +236,12 @@ fn ledger_proves(c: CaseId, p: &PhaseRecord) -> bool {
         // One SendIpi per op on the sender (the ping-pong's answer is on the other vCPU).
         (Device::Ipi, Variant::PvHypercall) => {
             e.total == ops && e.count(ExitKind::Hypercall(Hypercall::SendIpi)) == ops
+        }
+        // INIT-SIPI-SIPI through the in-kernel LAPIC: no userspace exit on CPU 0.
+        (Device::Smp, Variant::InitSipi) => e.total == 0,
+        // One VcpuUp per AP on CPU 0.
+        (Device::Smp, Variant::PvHypercall) => {
+            e.total == ops && e.count(ExitKind::Hypercall(Hypercall::VcpuUp)) == ops
         }
         (Device::Clock, Variant::Pit) => {
             e.total == 3 * ops
@@ -306,6 +312,9 @@ fn build_case(c: CaseId, group: &[&Measurement]) -> Case {
             Device::Ipi => "the guest's check (every round completed, SAMPLE_VERIFIED) or the \
                  sender's ledger (x2apic: no exit; pv: one SendIpi per op) failed"
                 .into(),
+            Device::Smp => "the guest's check (every AP reported in, SAMPLE_VERIFIED) or CPU 0's \
+                 ledger (init-sipi: no exit; pv: one VcpuUp per AP) failed"
+                .into(),
             _ => "the guest did not verify the case (SAMPLE_VERIFIED not set)".into(),
         });
     }
@@ -368,6 +377,13 @@ fn build_case(c: CaseId, group: &[&Measurement]) -> Case {
                 "guest check: agrees with the PIT over 20 ms within {worst} ns"
             ));
         }
+    }
+    if c.device == Device::Smp {
+        case.notes.push(
+            "exits counted on CPU 0's vCPU; each AP's own start-up exits (its clock page and \
+             line; PV: the wake-up of its thread) are on its vCPU"
+                .into(),
+        );
     }
     if c.device == Device::Ipi {
         let extra: u64 = samples.iter().map(|s| s.sample.extra).sum();

@@ -47,6 +47,10 @@ pub fn expected(device: BenchDevice) -> Vec<CaseId> {
             &[Variant::X2Apic, Variant::PvHypercall],
             &[Workload::PingPong, Workload::OneToAll],
         ),
+        BenchDevice::Smp => (
+            &[Variant::InitSipi, Variant::PvHypercall],
+            &[Workload::ApBringUp],
+        ),
     };
     let device = device.abi();
     variants
@@ -75,6 +79,7 @@ fn guest_variant(s: &str) -> Option<Variant> {
         "kvmclock" => Variant::KvmClock,
         "port-out" | "null-port" => Variant::PortOut,
         "x2apic" => Variant::X2Apic,
+        "init-sipi" => Variant::InitSipi,
         _ => return None,
     })
 }
@@ -91,6 +96,7 @@ fn guest_workload(s: &str) -> Option<Workload> {
         "roundtrip" | "round-trip" => Workload::RoundTrip,
         "pingpong" | "ping-pong" => Workload::PingPong,
         "one-to-all" => Workload::OneToAll,
+        "ap-bringup" => Workload::ApBringUp,
         _ => return None,
     })
 }
@@ -102,6 +108,7 @@ fn guest_device(s: &str) -> Option<Device> {
         "clock" => Device::Clock,
         "exit" => Device::Exit,
         "ipi" => Device::Ipi,
+        "smp" => Device::Smp,
         _ => return None,
     })
 }
@@ -231,7 +238,8 @@ mod tests {
     #[test]
     fn matrix_sizes_match_the_progress_estimate() {
         for d in BenchDevice::ALL {
-            assert_eq!(expected(d).len() as u64, d.expected_cases(), "{d}");
+            let boots = d.selections().len() as u64;
+            assert_eq!(expected(d).len() as u64, d.expected_cases() * boots, "{d}");
             assert!(expected(d).iter().all(|c| c.device == d.abi()));
         }
     }

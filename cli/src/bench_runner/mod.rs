@@ -115,7 +115,12 @@ impl BenchConfig {
     /// The guest command line for `device` (the console is PV so that anything the guest
     /// prints outside the phases costs little).
     pub fn cmdline(&self, device: BenchDevice) -> String {
-        let mut s = format!("bench={}", device.name());
+        self.cmdline_for(&device.name())
+    }
+
+    /// The guest command line for the selection `bench=<selection>`.
+    pub fn cmdline_for(&self, selection: &str) -> String {
+        let mut s = format!("bench={selection}");
         if self.quick {
             s.push_str(" quick");
         }
@@ -256,7 +261,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchOutcome, RunnerError> {
     let expected: u64 = cfg
         .devices
         .iter()
-        .map(|d| d.expected_cases() * u64::from(cfg.iterations))
+        .map(|d| d.expected_cases() * d.selections().len() as u64 * u64::from(cfg.iterations))
         .sum();
     let bar = Progress::new(cfg.progress && progress::wanted(), expected);
 
@@ -299,15 +304,18 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchOutcome, RunnerError> {
     let mut runs = Vec::new();
     for iteration in 0..cfg.iterations {
         for &device in &cfg.devices {
-            bar.device(device.name());
-            let run = boot(
-                cfg,
-                device,
-                iteration,
-                image.as_ref().map(Image::path),
-                &bar,
-            );
-            runs.push(run);
+            for selection in device.selections() {
+                bar.device(&selection);
+                let run = boot(
+                    cfg,
+                    device,
+                    &selection,
+                    iteration,
+                    image.as_ref().map(Image::path),
+                    &bar,
+                );
+                runs.push(run);
+            }
         }
     }
     bar.finish();
@@ -345,11 +353,12 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchOutcome, RunnerError> {
 fn boot(
     cfg: &BenchConfig,
     device: BenchDevice,
+    selection: &str,
     iteration: u32,
     disk: Option<&Path>,
     bar: &Progress,
 ) -> DeviceRun {
-    let cmdline = cfg.cmdline(device);
+    let cmdline = cfg.cmdline_for(selection);
     let vm = VmConfig {
         kernel: cfg.kernel.clone(),
         mem_mib: cfg.mem_mib,
@@ -391,7 +400,7 @@ fn collect(runs: &[DeviceRun]) -> (Vec<Case>, Vec<String>, Vec<expected::Unavail
     for r in runs {
         let name = r.device.name();
         let boot = if runs.iter().filter(|x| x.device == r.device).count() > 1 {
-            format!("{name} (boot {})", r.iteration + 1)
+            format!("{name} (boot {}, `{}`)", r.iteration + 1, r.cmdline)
         } else {
             name.to_owned()
         };

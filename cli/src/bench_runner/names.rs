@@ -23,20 +23,24 @@ pub enum BenchDevice {
     Exit,
     /// IPIs: x2APIC ICR against the PV `SendIpi` (a boot with [`IPI_VCPUS`] vCPUs).
     Ipi,
+    /// AP bring-up: INIT-SIPI-SIPI against `VcpuUp` (one boot per variant, each with
+    /// [`IPI_VCPUS`] vCPUs).
+    Smp,
 }
 
-/// vCPUs of the IPI boot (CPU 0 sends; CPU 1 answers the ping-pong; 1–3 take the
-/// one-to-all).
+/// vCPUs of the IPI and SMP boots (IPI: CPU 0 sends; CPU 1 answers the ping-pong; 1–3
+/// take the one-to-all. SMP: CPU 0 starts 1–3).
 pub const IPI_VCPUS: u32 = 4;
 
 impl BenchDevice {
     /// Every device, in run order.
-    pub const ALL: [BenchDevice; 5] = [
+    pub const ALL: [BenchDevice; 6] = [
         BenchDevice::Console,
         BenchDevice::Block,
         BenchDevice::Clock,
         BenchDevice::Exit,
         BenchDevice::Ipi,
+        BenchDevice::Smp,
     ];
 
     /// The name on the guest command line (`bench=<name>`) and in reports.
@@ -52,14 +56,24 @@ impl BenchDevice {
             BenchDevice::Clock => Device::Clock,
             BenchDevice::Exit => Device::Exit,
             BenchDevice::Ipi => Device::Ipi,
+            BenchDevice::Smp => Device::Smp,
         }
     }
 
-    /// vCPUs of this device's boot.
+    /// vCPUs of this device's boots.
     pub fn vcpus(self) -> u32 {
         match self {
-            BenchDevice::Ipi => IPI_VCPUS,
+            BenchDevice::Ipi | BenchDevice::Smp => IPI_VCPUS,
             _ => 1,
+        }
+    }
+
+    /// What each of this device's boots selects (`bench=<selection>`): the device, or for
+    /// SMP (whose APs start once per boot) one boot per variant.
+    pub fn selections(self) -> Vec<String> {
+        match self {
+            BenchDevice::Smp => vec!["smp/init-sipi".into(), "smp/pv-hypercall".into()],
+            d => vec![d.name().into()],
         }
     }
 
@@ -82,6 +96,8 @@ impl BenchDevice {
             BenchDevice::Exit => 1,
             // x2apic, pv-hypercall × ping-pong, one-to-all.
             BenchDevice::Ipi => 4,
+            // One variant per boot.
+            BenchDevice::Smp => 1,
         }
     }
 }
@@ -100,6 +116,7 @@ pub fn bench_device(device: Device) -> BenchDevice {
         Device::Clock => BenchDevice::Clock,
         Device::Exit => BenchDevice::Exit,
         Device::Ipi => BenchDevice::Ipi,
+        Device::Smp => BenchDevice::Smp,
     }
 }
 
@@ -111,6 +128,7 @@ pub fn device_name(d: Device) -> &'static str {
         Device::Clock => "clock",
         Device::Exit => "exit",
         Device::Ipi => "ipi",
+        Device::Smp => "smp",
     }
 }
 
@@ -128,6 +146,7 @@ pub fn variant_name(v: Variant) -> &'static str {
         Variant::KvmClock => "kvmclock",
         Variant::PortOut => "null-port",
         Variant::X2Apic => "x2apic",
+        Variant::InitSipi => "init-sipi",
     }
 }
 
@@ -144,16 +163,20 @@ pub fn workload_name(w: Workload) -> &'static str {
         Workload::RoundTrip => "round-trip",
         Workload::PingPong => "ping-pong",
         Workload::OneToAll => "one-to-all",
+        Workload::ApBringUp => "ap-bringup",
     }
 }
 
-/// Emulated (the speedup baseline: UART, ATA PIO, PIT, the x2APIC, and the bare null-port
-/// exit) or PV.
+/// Emulated (the speedup baseline: UART, ATA PIO, PIT, the x2APIC, INIT-SIPI-SIPI, and the
+/// bare null-port exit) or PV.
 pub fn kind(v: Variant) -> Kind {
     match v {
-        Variant::Uart | Variant::AtaPio | Variant::Pit | Variant::PortOut | Variant::X2Apic => {
-            Kind::Emulated
-        }
+        Variant::Uart
+        | Variant::AtaPio
+        | Variant::Pit
+        | Variant::PortOut
+        | Variant::X2Apic
+        | Variant::InitSipi => Kind::Emulated,
         Variant::PvHypercall
         | Variant::PvRing
         | Variant::PvEventfd
@@ -174,8 +197,8 @@ pub enum Unit {
     ReadsPerSec,
     /// Port writes per second (exit round trips).
     WritesPerSec,
-    /// IPI round trips or one-to-all sends per second.
-    IpisPerSec,
+    /// IPI round trips, one-to-all sends or APs started per second.
+    OpsPerSec,
 }
 
 impl Unit {
@@ -186,7 +209,7 @@ impl Unit {
             Unit::Iops => "IOPS",
             Unit::ReadsPerSec => "reads/s",
             Unit::WritesPerSec => "writes/s",
-            Unit::IpisPerSec => "ops/s",
+            Unit::OpsPerSec => "ops/s",
         }
     }
 
@@ -198,7 +221,7 @@ impl Unit {
         }
         match self {
             Unit::MBps => bytes as f64 / ns * 1e3,
-            Unit::Iops | Unit::ReadsPerSec | Unit::WritesPerSec | Unit::IpisPerSec => {
+            Unit::Iops | Unit::ReadsPerSec | Unit::WritesPerSec | Unit::OpsPerSec => {
                 ops as f64 / ns * 1e9
             }
         }
@@ -215,7 +238,7 @@ pub fn unit(w: Workload) -> Unit {
         Workload::RandRead4K | Workload::RandWrite4K => Unit::Iops,
         Workload::ClockRead => Unit::ReadsPerSec,
         Workload::RoundTrip => Unit::WritesPerSec,
-        Workload::PingPong | Workload::OneToAll => Unit::IpisPerSec,
+        Workload::PingPong | Workload::OneToAll | Workload::ApBringUp => Unit::OpsPerSec,
     }
 }
 

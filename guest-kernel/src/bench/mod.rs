@@ -4,7 +4,7 @@
 //! # Command line
 //!
 //! `bench=<list> [quick] [ops=N]`, where `<list>` is `all` or a comma-separated list of
-//! items, each a device (`console`, `block`, `clock`, `exit`, `ipi`: all its variants) or a
+//! items, each a device (`console`, `block`, `clock`, `exit`, `ipi`, `smp`: all its variants) or a
 //! `device/variant` pair with the variant names below (e.g. `block/ata-pio,clock/pit`).
 //! `quick` selects the small counts below; `ops=N` (N ≥ 1) sets the operation count of
 //! every case. Cases run in the fixed order of the table, whatever the order of the list;
@@ -19,6 +19,7 @@
 //! | clock | `pit` / `pv-clock`, `kvmclock` | `ClockRead` | 500 / 100 000 | 50 / 10 000 |
 //! | exit | `port-out` | `RoundTrip` | 1000 | 100 |
 //! | ipi | `x2apic`, `pv-hypercall` | `PingPong`, `OneToAll` ([`ipi`]; 4 CPUs) | 200 | 20 |
+//! | smp | `init-sipi` / `pv-hypercall` (one per boot) | `ApBringUp` ([`smp`]; 4 CPUs) | 3 APs | 3 APs |
 //!
 //! # Protocol of one case
 //!
@@ -68,6 +69,7 @@ mod clock;
 mod console;
 mod exit;
 mod ipi;
+mod smp;
 
 use crate::cmdline::Bench;
 use crate::statics::Exclusive;
@@ -83,10 +85,10 @@ use pvkit_guest::{addr::virt_to_phys, hypercall, tsc::rdtsc};
 
 /// The variants `bench=` selects: per device, a bit per [`Variant`] (bit = wire number).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Selection([u32; 5]);
+pub struct Selection([u32; 6]);
 
 /// The devices in run order, with their variants.
-const DEVICES: [(Device, &[Variant]); 5] = [
+const DEVICES: [(Device, &[Variant]); 6] = [
     (
         Device::Console,
         &[
@@ -113,6 +115,7 @@ const DEVICES: [(Device, &[Variant]); 5] = [
     ),
     (Device::Exit, &[Variant::PortOut]),
     (Device::Ipi, &[Variant::X2Apic, Variant::PvHypercall]),
+    (Device::Smp, &[Variant::InitSipi, Variant::PvHypercall]),
 ];
 
 impl Selection {
@@ -456,6 +459,9 @@ pub fn run(args: &Bench, boot: &BootInfo) -> ! {
     if args.selection.any(Device::Ipi) {
         ipi::run(&mut r, scratch, boot);
     }
+    if args.selection.any(Device::Smp) {
+        smp::run(&mut r, scratch, boot);
+    }
     println!(
         "bench done: {} passed, {} failed, {} skipped",
         r.passed, r.failed, r.skipped
@@ -471,6 +477,7 @@ pub const fn device_name(device: Device) -> &'static str {
         Device::Clock => "clock",
         Device::Exit => "exit",
         Device::Ipi => "ipi",
+        Device::Smp => "smp",
     }
 }
 
@@ -488,6 +495,7 @@ pub const fn variant_name(variant: Variant) -> &'static str {
         Variant::KvmClock => "kvmclock",
         Variant::PortOut => "port-out",
         Variant::X2Apic => "x2apic",
+        Variant::InitSipi => "init-sipi",
     }
 }
 
@@ -504,6 +512,7 @@ pub const fn workload_name(workload: Workload) -> &'static str {
         Workload::RoundTrip => "roundtrip",
         Workload::PingPong => "pingpong",
         Workload::OneToAll => "one-to-all",
+        Workload::ApBringUp => "ap-bringup",
     }
 }
 
