@@ -115,7 +115,7 @@ impl BenchConfig {
     /// The guest command line for `device` (the console is PV so that anything the guest
     /// prints outside the phases costs little).
     pub fn cmdline(&self, device: BenchDevice) -> String {
-        self.cmdline_for(&device.name())
+        self.cmdline_for(device.name())
     }
 
     /// The guest command line for the selection `bench=<selection>`.
