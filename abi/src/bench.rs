@@ -26,6 +26,8 @@ pub enum Device {
     Ipi = 9,
     /// Application-processor bring-up (a 4-vCPU boot per variant).
     Smp = 10,
+    /// Giving freed guest memory back to the host (a boot per variant).
+    Balloon = 11,
 }
 
 /// How the device is reached.
@@ -56,6 +58,8 @@ pub enum Variant {
     X2Apic = 19,
     /// INIT-SIPI-SIPI through the in-kernel LAPIC, the AP climbing from real mode.
     InitSipi = 20,
+    /// The unmodified guest: freed memory stays on its free list, the host keeps it.
+    NoBalloon = 21,
 }
 
 /// What the case does.
@@ -84,6 +88,8 @@ pub enum Workload {
     OneToAll = 20,
     /// Start one application processor until it reports in.
     ApBringUp = 21,
+    /// Free touched guest memory; an op is one MiB.
+    Release = 22,
 }
 
 macro_rules! decode_u16 {
@@ -103,7 +109,8 @@ decode_u16!(Device {
     Clock,
     Exit,
     Ipi,
-    Smp
+    Smp,
+    Balloon
 });
 decode_u16!(Variant {
     Uart,
@@ -117,7 +124,8 @@ decode_u16!(Variant {
     KvmClock,
     PortOut,
     X2Apic,
-    InitSipi
+    InitSipi,
+    NoBalloon
 });
 decode_u16!(Workload {
     Write64,
@@ -130,7 +138,8 @@ decode_u16!(Workload {
     RoundTrip,
     PingPong,
     OneToAll,
-    ApBringUp
+    ApBringUp,
+    Release
 });
 
 /// A benchmark case: device, variant, workload. On the wire, packed into one `u64`.

@@ -367,6 +367,8 @@ enum DeviceArg {
     Ipi,
     /// AP bring-up of 3 APs: INIT-SIPI-SIPI vs the PV VcpuUp (one 4-vCPU boot each).
     Smp,
+    /// Freeing 256 MiB: the unmodified guest vs the balloon; host RSS (one boot each).
+    Balloon,
 }
 
 #[derive(clap::Args, Debug)]
@@ -425,6 +427,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
             DeviceArg::Exit => BenchDevice::Exit,
             DeviceArg::Ipi => BenchDevice::Ipi,
             DeviceArg::Smp => BenchDevice::Smp,
+            DeviceArg::Balloon => BenchDevice::Balloon,
         };
         if !devices.contains(&d) {
             devices.push(d);

@@ -217,7 +217,7 @@ fn check(m: &Measurement) -> Result<bool, String> {
         Device::Clock | Device::Exit => Ok(guest_ok || ledger_proves(m.case, p)),
         // Both: every round completed (the guest) and the sender's exits are exactly the
         // design's (the ledger).
-        Device::Ipi | Device::Smp => Ok(guest_ok && ledger_proves(m.case, p)),
+        Device::Ipi | Device::Smp | Device::Balloon => Ok(guest_ok && ledger_proves(m.case, p)),
     }
 }
 
@@ -236,6 +236,13 @@ fn ledger_proves(c: CaseId, p: &PhaseRecord) -> bool {
         // One SendIpi per op on the sender (the ping-pong's answer is on the other vCPU).
         (Device::Ipi, Variant::PvHypercall) => {
             e.total == ops && e.count(ExitKind::Hypercall(Hypercall::SendIpi)) == ops
+        }
+        // The unmodified guest tells the host nothing.
+        (Device::Balloon, Variant::NoBalloon) => e.total == 0,
+        // 2 MiB ranges, 512 per call: one BalloonInflate per GiB begun.
+        (Device::Balloon, Variant::PvHypercall) => {
+            let calls = ops.div_ceil(1024);
+            e.total == calls && e.count(ExitKind::Hypercall(Hypercall::BalloonInflate)) == calls
         }
         // INIT-SIPI-SIPI through the in-kernel LAPIC: no userspace exit on CPU 0.
         (Device::Smp, Variant::InitSipi) => e.total == 0,
@@ -315,6 +322,9 @@ fn build_case(c: CaseId, group: &[&Measurement]) -> Case {
             Device::Smp => "the guest's check (every AP reported in, SAMPLE_VERIFIED) or CPU 0's \
                  ledger (init-sipi: no exit; pv: one VcpuUp per AP) failed"
                 .into(),
+            Device::Balloon => "the guest's check (every page inflated, SAMPLE_VERIFIED) or the \
+                 ledger (none: no exit; pv: one BalloonInflate per GiB begun) failed"
+                .into(),
             _ => "the guest did not verify the case (SAMPLE_VERIFIED not set)".into(),
         });
     }
@@ -377,6 +387,16 @@ fn build_case(c: CaseId, group: &[&Measurement]) -> Case {
                 "guest check: agrees with the PIT over 20 ms within {worst} ns"
             ));
         }
+    }
+    if c.device == Device::Balloon {
+        case.notes.push(match c.variant {
+            Variant::NoBalloon => "the unmodified guest cannot give memory back: its phase is \
+                 empty (throughput meaningless); compare the host RSS"
+                .into(),
+            _ => "throughput = inflate MiB/s of guest RAM released to the host; the speedup \
+                 against the empty baseline is meaningless: compare the host RSS"
+                .into(),
+        });
     }
     if c.device == Device::Smp {
         case.notes.push(

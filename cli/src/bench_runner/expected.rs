@@ -51,6 +51,10 @@ pub fn expected(device: BenchDevice) -> Vec<CaseId> {
             &[Variant::InitSipi, Variant::PvHypercall],
             &[Workload::ApBringUp],
         ),
+        BenchDevice::Balloon => (
+            &[Variant::NoBalloon, Variant::PvHypercall],
+            &[Workload::Release],
+        ),
     };
     let device = device.abi();
     variants
@@ -80,6 +84,7 @@ fn guest_variant(s: &str) -> Option<Variant> {
         "port-out" | "null-port" => Variant::PortOut,
         "x2apic" => Variant::X2Apic,
         "init-sipi" => Variant::InitSipi,
+        "none" => Variant::NoBalloon,
         _ => return None,
     })
 }
@@ -97,6 +102,7 @@ fn guest_workload(s: &str) -> Option<Workload> {
         "pingpong" | "ping-pong" => Workload::PingPong,
         "one-to-all" => Workload::OneToAll,
         "ap-bringup" => Workload::ApBringUp,
+        "release" | "release-MiB" => Workload::Release,
         _ => return None,
     })
 }
@@ -109,6 +115,7 @@ fn guest_device(s: &str) -> Option<Device> {
         "exit" => Device::Exit,
         "ipi" => Device::Ipi,
         "smp" => Device::Smp,
+        "balloon" => Device::Balloon,
         _ => return None,
     })
 }

@@ -22,6 +22,7 @@ pub mod disk;
 pub mod expected;
 pub mod names;
 pub mod progress;
+pub mod rss;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -145,6 +146,8 @@ pub struct DeviceRun {
     pub result: Result<RunOutcome, String>,
     /// Wall time of the boot.
     pub wall: Duration,
+    /// The host RSS (KiB) at the end of each phase, for devices whose result is memory.
+    pub rss_at_end: Vec<(pvkit_abi::bench::CaseId, u64)>,
 }
 
 /// Everything a bench run produced.
@@ -359,9 +362,19 @@ fn boot(
     bar: &Progress,
 ) -> DeviceRun {
     let cmdline = cfg.cmdline_for(selection);
+    let rss_log = rss::RssLog::default();
+    let observer = match device {
+        BenchDevice::Balloon => {
+            rss::observer(bar.observer(), rss_log.clone()).unwrap_or_else(|| bar.observer())
+        }
+        _ => bar.observer(),
+    };
     let vm = VmConfig {
         kernel: cfg.kernel.clone(),
-        mem_mib: cfg.mem_mib,
+        mem_mib: match device {
+            BenchDevice::Balloon => cfg.mem_mib.max(names::BALLOON_MEM_MIB),
+            _ => cfg.mem_mib,
+        },
         cmdline: cmdline.clone(),
         console: Some(ConsoleKind::Pv),
         capture_console: true,
@@ -372,7 +385,7 @@ fn boot(
             path: path.to_path_buf(),
             read_only: false,
         }),
-        phase_observer: Some(bar.observer()),
+        phase_observer: Some(observer),
         vcpus: device.vcpus(),
         ..VmConfig::default()
     };
@@ -382,12 +395,14 @@ fn boot(
     let wall = start.elapsed();
     let phases = result.as_ref().map_or(0, |o| o.phases.len() as u64);
     bar.boot_done(phases, bar.phases() - before, device.expected_cases());
+    let rss_at_end = rss_log.lock().map(|l| l.clone()).unwrap_or_default();
     DeviceRun {
         device,
         iteration,
         cmdline,
         result,
         wall,
+        rss_at_end,
     }
 }
 
@@ -474,6 +489,19 @@ fn collect(runs: &[DeviceRun]) -> (Vec<Case>, Vec<String>, Vec<expected::Unavail
         })
         .collect();
     let mut out = cases::build_cases(&all);
+    for c in out.iter_mut() {
+        let kib: Vec<u64> = runs
+            .iter()
+            .flat_map(|r| &r.rss_at_end)
+            .filter(|(case, _)| {
+                names::case_label(*case) == format!("{}/{}/{}", c.device, c.variant, c.workload)
+            })
+            .map(|(_, k)| *k)
+            .collect();
+        if !kib.is_empty() {
+            c.notes.push(rss::note(&kib));
+        }
+    }
     out.extend(failed_cases);
     (out, problems, unavailable)
 }

@@ -26,7 +26,13 @@ pub enum BenchDevice {
     /// AP bring-up: INIT-SIPI-SIPI against `VcpuUp` (one boot per variant, each with
     /// [`IPI_VCPUS`] vCPUs).
     Smp,
+    /// Freed memory: the unmodified guest against the balloon (one boot per variant, each
+    /// with [`BALLOON_MEM_MIB`] of RAM; the host RSS at the end of the phase is noted).
+    Balloon,
 }
+
+/// Guest RAM of the balloon boots: room for the 256 MiB the guest touches and frees.
+pub const BALLOON_MEM_MIB: u64 = 512;
 
 /// vCPUs of the IPI and SMP boots (IPI: CPU 0 sends; CPU 1 answers the ping-pong; 1–3
 /// take the one-to-all. SMP: CPU 0 starts 1–3).
@@ -34,13 +40,14 @@ pub const IPI_VCPUS: u32 = 4;
 
 impl BenchDevice {
     /// Every device, in run order.
-    pub const ALL: [BenchDevice; 6] = [
+    pub const ALL: [BenchDevice; 7] = [
         BenchDevice::Console,
         BenchDevice::Block,
         BenchDevice::Clock,
         BenchDevice::Exit,
         BenchDevice::Ipi,
         BenchDevice::Smp,
+        BenchDevice::Balloon,
     ];
 
     /// The name on the guest command line (`bench=<name>`) and in reports.
@@ -57,6 +64,7 @@ impl BenchDevice {
             BenchDevice::Exit => Device::Exit,
             BenchDevice::Ipi => Device::Ipi,
             BenchDevice::Smp => Device::Smp,
+            BenchDevice::Balloon => Device::Balloon,
         }
     }
 
@@ -73,6 +81,7 @@ impl BenchDevice {
     pub fn selections(self) -> Vec<String> {
         match self {
             BenchDevice::Smp => vec!["smp/init-sipi".into(), "smp/pv-hypercall".into()],
+            BenchDevice::Balloon => vec!["balloon/none".into(), "balloon/pv-hypercall".into()],
             d => vec![d.name().into()],
         }
     }
@@ -97,7 +106,7 @@ impl BenchDevice {
             // x2apic, pv-hypercall × ping-pong, one-to-all.
             BenchDevice::Ipi => 4,
             // One variant per boot.
-            BenchDevice::Smp => 1,
+            BenchDevice::Smp | BenchDevice::Balloon => 1,
         }
     }
 }
@@ -117,6 +126,7 @@ pub fn bench_device(device: Device) -> BenchDevice {
         Device::Exit => BenchDevice::Exit,
         Device::Ipi => BenchDevice::Ipi,
         Device::Smp => BenchDevice::Smp,
+        Device::Balloon => BenchDevice::Balloon,
     }
 }
 
@@ -129,6 +139,7 @@ pub fn device_name(d: Device) -> &'static str {
         Device::Exit => "exit",
         Device::Ipi => "ipi",
         Device::Smp => "smp",
+        Device::Balloon => "balloon",
     }
 }
 
@@ -147,6 +158,7 @@ pub fn variant_name(v: Variant) -> &'static str {
         Variant::PortOut => "null-port",
         Variant::X2Apic => "x2apic",
         Variant::InitSipi => "init-sipi",
+        Variant::NoBalloon => "none",
     }
 }
 
@@ -164,11 +176,12 @@ pub fn workload_name(w: Workload) -> &'static str {
         Workload::PingPong => "ping-pong",
         Workload::OneToAll => "one-to-all",
         Workload::ApBringUp => "ap-bringup",
+        Workload::Release => "release-MiB",
     }
 }
 
-/// Emulated (the speedup baseline: UART, ATA PIO, PIT, the x2APIC, INIT-SIPI-SIPI, and the
-/// bare null-port exit) or PV.
+/// Emulated (the speedup baseline: UART, ATA PIO, PIT, the x2APIC, INIT-SIPI-SIPI, the
+/// unmodified guest without a balloon, and the bare null-port exit) or PV.
 pub fn kind(v: Variant) -> Kind {
     match v {
         Variant::Uart
@@ -176,7 +189,8 @@ pub fn kind(v: Variant) -> Kind {
         | Variant::Pit
         | Variant::PortOut
         | Variant::X2Apic
-        | Variant::InitSipi => Kind::Emulated,
+        | Variant::InitSipi
+        | Variant::NoBalloon => Kind::Emulated,
         Variant::PvHypercall
         | Variant::PvRing
         | Variant::PvEventfd
@@ -232,9 +246,11 @@ impl Unit {
 /// requests, reads/s for clocks, writes/s for exit round trips (each is one port write).
 pub fn unit(w: Workload) -> Unit {
     match w {
-        Workload::Write64 | Workload::Write4K | Workload::SeqRead1M | Workload::SeqWrite1M => {
-            Unit::MBps
-        }
+        Workload::Write64
+        | Workload::Write4K
+        | Workload::SeqRead1M
+        | Workload::SeqWrite1M
+        | Workload::Release => Unit::MBps,
         Workload::RandRead4K | Workload::RandWrite4K => Unit::Iops,
         Workload::ClockRead => Unit::ReadsPerSec,
         Workload::RoundTrip => Unit::WritesPerSec,

@@ -4,7 +4,8 @@
 //! # Command line
 //!
 //! `bench=<list> [quick] [ops=N]`, where `<list>` is `all` or a comma-separated list of
-//! items, each a device (`console`, `block`, `clock`, `exit`, `ipi`, `smp`: all its variants) or a
+//! items, each a device (`console`, `block`, `clock`, `exit`, `ipi`, `smp`, `balloon`: all its
+//! variants) or a
 //! `device/variant` pair with the variant names below (e.g. `block/ata-pio,clock/pit`).
 //! `quick` selects the small counts below; `ops=N` (N ≥ 1) sets the operation count of
 //! every case. Cases run in the fixed order of the table, whatever the order of the list;
@@ -20,6 +21,7 @@
 //! | exit | `port-out` | `RoundTrip` | 1000 | 100 |
 //! | ipi | `x2apic`, `pv-hypercall` | `PingPong`, `OneToAll` ([`ipi`]; 4 CPUs) | 200 | 20 |
 //! | smp | `init-sipi` / `pv-hypercall` (one per boot) | `ApBringUp` ([`smp`]; 4 CPUs) | 3 APs | 3 APs |
+//! | balloon | `none` / `pv-hypercall` (one per boot) | `Release` ([`balloon`]; an op is 1 MiB) | 256 MiB | 64 MiB |
 //!
 //! # Protocol of one case
 //!
@@ -64,6 +66,7 @@
 //!
 //! After the last case the kernel exits 0, or 1 if any case failed.
 
+mod balloon;
 mod block;
 mod clock;
 mod console;
@@ -85,10 +88,10 @@ use pvkit_guest::{addr::virt_to_phys, hypercall, tsc::rdtsc};
 
 /// The variants `bench=` selects: per device, a bit per [`Variant`] (bit = wire number).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Selection([u32; 6]);
+pub struct Selection([u32; 7]);
 
 /// The devices in run order, with their variants.
-const DEVICES: [(Device, &[Variant]); 6] = [
+const DEVICES: [(Device, &[Variant]); 7] = [
     (
         Device::Console,
         &[
@@ -116,6 +119,7 @@ const DEVICES: [(Device, &[Variant]); 6] = [
     (Device::Exit, &[Variant::PortOut]),
     (Device::Ipi, &[Variant::X2Apic, Variant::PvHypercall]),
     (Device::Smp, &[Variant::InitSipi, Variant::PvHypercall]),
+    (Device::Balloon, &[Variant::NoBalloon, Variant::PvHypercall]),
 ];
 
 impl Selection {
@@ -462,6 +466,9 @@ pub fn run(args: &Bench, boot: &BootInfo) -> ! {
     if args.selection.any(Device::Smp) {
         smp::run(&mut r, scratch, boot);
     }
+    if args.selection.any(Device::Balloon) {
+        balloon::run(&mut r, scratch, boot);
+    }
     println!(
         "bench done: {} passed, {} failed, {} skipped",
         r.passed, r.failed, r.skipped
@@ -478,6 +485,7 @@ pub const fn device_name(device: Device) -> &'static str {
         Device::Exit => "exit",
         Device::Ipi => "ipi",
         Device::Smp => "smp",
+        Device::Balloon => "balloon",
     }
 }
 
@@ -496,6 +504,7 @@ pub const fn variant_name(variant: Variant) -> &'static str {
         Variant::PortOut => "port-out",
         Variant::X2Apic => "x2apic",
         Variant::InitSipi => "init-sipi",
+        Variant::NoBalloon => "none",
     }
 }
 
@@ -513,6 +522,7 @@ pub const fn workload_name(workload: Workload) -> &'static str {
         Workload::PingPong => "pingpong",
         Workload::OneToAll => "one-to-all",
         Workload::ApBringUp => "ap-bringup",
+        Workload::Release => "release",
     }
 }
 
