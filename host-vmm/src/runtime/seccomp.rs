@@ -314,7 +314,8 @@ fn common_entries() -> Vec<Entry> {
         allow!(
             SYS_pread64,
             "disk reads (ATA, PV block: `FileExt::read_exact_at`); the balloon reading the RSS \
-             from `/proc/self/statm` (opened before confinement)"
+             from `/proc/self/statm` (opened before confinement); a vCPU reading its KVM `exits` \
+             statistic when it stops (`KVM_GET_STATS_FD`, opened at vCPU creation)"
         ),
         allow!(SYS_pwrite64, "disk writes (ATA, PV block)"),
         allow!(SYS_fdatasync, "PV block flush requests (`File::sync_data`)"),
