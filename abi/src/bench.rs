@@ -22,6 +22,12 @@ pub enum Device {
     Clock = 3,
     /// Bare exit round trips (calibration).
     Exit = 4,
+    /// Inter-processor interrupts (a 4-vCPU boot).
+    Ipi = 9,
+    /// Application-processor bring-up (a 4-vCPU boot per variant).
+    Smp = 10,
+    /// Giving freed guest memory back to the host (a boot per variant).
+    Balloon = 11,
 }
 
 /// How the device is reached.
@@ -48,6 +54,12 @@ pub enum Variant {
     KvmClock = 9,
     /// Raw `out` to an unused port handled by the VMM.
     PortOut = 10,
+    /// x2APIC ICR writes to KVM's in-kernel LAPIC.
+    X2Apic = 19,
+    /// INIT-SIPI-SIPI through the in-kernel LAPIC, the AP climbing from real mode.
+    InitSipi = 20,
+    /// The unmodified guest: freed memory stays on its free list, the host keeps it.
+    NoBalloon = 21,
 }
 
 /// What the case does.
@@ -70,6 +82,14 @@ pub enum Workload {
     ClockRead = 7,
     /// One exit round trip.
     RoundTrip = 8,
+    /// An IPI from CPU 0 to CPU 1 and its answer back (a round trip).
+    PingPong = 19,
+    /// One IPI from CPU 0 to every other CPU, all acknowledged.
+    OneToAll = 20,
+    /// Start one application processor until it reports in.
+    ApBringUp = 21,
+    /// Free touched guest memory; an op is one MiB.
+    Release = 22,
 }
 
 macro_rules! decode_u16 {
@@ -87,7 +107,10 @@ decode_u16!(Device {
     Console,
     Block,
     Clock,
-    Exit
+    Exit,
+    Ipi,
+    Smp,
+    Balloon
 });
 decode_u16!(Variant {
     Uart,
@@ -99,7 +122,10 @@ decode_u16!(Variant {
     Pit,
     PvClock,
     KvmClock,
-    PortOut
+    PortOut,
+    X2Apic,
+    InitSipi,
+    NoBalloon
 });
 decode_u16!(Workload {
     Write64,
@@ -109,7 +135,11 @@ decode_u16!(Workload {
     SeqRead1M,
     SeqWrite1M,
     ClockRead,
-    RoundTrip
+    RoundTrip,
+    PingPong,
+    OneToAll,
+    ApBringUp,
+    Release
 });
 
 /// A benchmark case: device, variant, workload. On the wire, packed into one `u64`.

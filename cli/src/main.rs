@@ -373,11 +373,17 @@ enum DeviceArg {
     Clock,
     /// Bare exit round trips (null port), for calibration.
     Exit,
+    /// IPIs in a 4-vCPU boot: x2APIC ICR vs PV SendIpi, ping-pong and one-to-all.
+    Ipi,
+    /// AP bring-up of 3 APs: INIT-SIPI-SIPI vs the PV VcpuUp (one 4-vCPU boot each).
+    Smp,
+    /// Freeing 256 MiB: the unmodified guest vs the balloon; host RSS (one boot each).
+    Balloon,
 }
 
 #[derive(clap::Args, Debug)]
 struct BenchArgs {
-    /// Run only these devices (repeat or comma-separate). Default: all four.
+    /// Run only these devices (repeat or comma-separate). Default: all of them.
     #[arg(long, value_enum, value_delimiter = ',', value_name = "DEVICE")]
     only: Vec<DeviceArg>,
 
@@ -429,6 +435,9 @@ fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
             DeviceArg::Block => BenchDevice::Block,
             DeviceArg::Clock => BenchDevice::Clock,
             DeviceArg::Exit => BenchDevice::Exit,
+            DeviceArg::Ipi => BenchDevice::Ipi,
+            DeviceArg::Smp => BenchDevice::Smp,
+            DeviceArg::Balloon => BenchDevice::Balloon,
         };
         if !devices.contains(&d) {
             devices.push(d);

@@ -129,6 +129,7 @@ mod tests {
                     balloon: None,
                     rings: None,
                     vcpu_up: None,
+                    ipi: None,
                 },
                 &mut ledger,
             )
@@ -178,7 +179,7 @@ mod tests {
             0x101,
             0x202,
             0x302,
-            0x401,
+            0x4ff,
             0x503,
             0x600,
             0xf02,

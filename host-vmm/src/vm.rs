@@ -216,6 +216,9 @@ pub struct RunOutcome {
     pub net: Option<NicStats>,
     /// What the memory balloon did (`None`: the VM had no balloon).
     pub balloon: Option<BalloonStats>,
+    /// KVM's count of every exit of every vCPU from guest mode, handled in the kernel or
+    /// not (`KVM_GET_STATS_FD`); `None` if a vCPU has no binary statistics.
+    pub kvm_exits: Option<u64>,
 }
 
 /// Errors that keep a VM from running (guest misbehaviour is a [`StopReason`], not this).
@@ -792,6 +795,10 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
 
     // Every vCPU's exits; only vCPU 0 runs guest code, so its timings are the run's.
     let ledger = merge_ledgers(std::iter::once(&boot).chain(&others));
+    let kvm_exits = std::iter::once(&boot)
+        .chain(&others)
+        .map(|c| c.kvm_exits)
+        .sum::<Option<u64>>();
     let timings = Timings {
         to_guest_entry: boot
             .entered
@@ -844,6 +851,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         trace,
         net: net.map(|n| n.stats()),
         balloon: balloon.map(|b| b.stats()),
+        kvm_exits,
     })
 }
 

@@ -22,6 +22,7 @@ pub mod disk;
 pub mod expected;
 pub mod names;
 pub mod progress;
+pub mod rss;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -115,7 +116,12 @@ impl BenchConfig {
     /// The guest command line for `device` (the console is PV so that anything the guest
     /// prints outside the phases costs little).
     pub fn cmdline(&self, device: BenchDevice) -> String {
-        let mut s = format!("bench={}", device.name());
+        self.cmdline_for(device.name())
+    }
+
+    /// The guest command line for the selection `bench=<selection>`.
+    pub fn cmdline_for(&self, selection: &str) -> String {
+        let mut s = format!("bench={selection}");
         if self.quick {
             s.push_str(" quick");
         }
@@ -140,6 +146,8 @@ pub struct DeviceRun {
     pub result: Result<RunOutcome, String>,
     /// Wall time of the boot.
     pub wall: Duration,
+    /// The host RSS (KiB) at the end of each phase, for devices whose result is memory.
+    pub rss_at_end: Vec<(pvkit_abi::bench::CaseId, u64)>,
 }
 
 /// Everything a bench run produced.
@@ -256,7 +264,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchOutcome, RunnerError> {
     let expected: u64 = cfg
         .devices
         .iter()
-        .map(|d| d.expected_cases() * u64::from(cfg.iterations))
+        .map(|d| d.expected_cases() * d.selections().len() as u64 * u64::from(cfg.iterations))
         .sum();
     let bar = Progress::new(cfg.progress && progress::wanted(), expected);
 
@@ -299,15 +307,18 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchOutcome, RunnerError> {
     let mut runs = Vec::new();
     for iteration in 0..cfg.iterations {
         for &device in &cfg.devices {
-            bar.device(device.name());
-            let run = boot(
-                cfg,
-                device,
-                iteration,
-                image.as_ref().map(Image::path),
-                &bar,
-            );
-            runs.push(run);
+            for selection in device.selections() {
+                bar.device(&selection);
+                let run = boot(
+                    cfg,
+                    device,
+                    &selection,
+                    iteration,
+                    image.as_ref().map(Image::path),
+                    &bar,
+                );
+                runs.push(run);
+            }
         }
     }
     bar.finish();
@@ -345,14 +356,25 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchOutcome, RunnerError> {
 fn boot(
     cfg: &BenchConfig,
     device: BenchDevice,
+    selection: &str,
     iteration: u32,
     disk: Option<&Path>,
     bar: &Progress,
 ) -> DeviceRun {
-    let cmdline = cfg.cmdline(device);
+    let cmdline = cfg.cmdline_for(selection);
+    let rss_log = rss::RssLog::default();
+    let observer = match device {
+        BenchDevice::Balloon => {
+            rss::observer(bar.observer(), rss_log.clone()).unwrap_or_else(|| bar.observer())
+        }
+        _ => bar.observer(),
+    };
     let vm = VmConfig {
         kernel: cfg.kernel.clone(),
-        mem_mib: cfg.mem_mib,
+        mem_mib: match device {
+            BenchDevice::Balloon => cfg.mem_mib.max(names::BALLOON_MEM_MIB),
+            _ => cfg.mem_mib,
+        },
         cmdline: cmdline.clone(),
         console: Some(ConsoleKind::Pv),
         capture_console: true,
@@ -363,7 +385,8 @@ fn boot(
             path: path.to_path_buf(),
             read_only: false,
         }),
-        phase_observer: Some(bar.observer()),
+        phase_observer: Some(observer),
+        vcpus: device.vcpus(),
         ..VmConfig::default()
     };
     let before = bar.phases();
@@ -372,12 +395,14 @@ fn boot(
     let wall = start.elapsed();
     let phases = result.as_ref().map_or(0, |o| o.phases.len() as u64);
     bar.boot_done(phases, bar.phases() - before, device.expected_cases());
+    let rss_at_end = rss_log.lock().map(|l| l.clone()).unwrap_or_default();
     DeviceRun {
         device,
         iteration,
         cmdline,
         result,
         wall,
+        rss_at_end,
     }
 }
 
@@ -390,7 +415,7 @@ fn collect(runs: &[DeviceRun]) -> (Vec<Case>, Vec<String>, Vec<expected::Unavail
     for r in runs {
         let name = r.device.name();
         let boot = if runs.iter().filter(|x| x.device == r.device).count() > 1 {
-            format!("{name} (boot {})", r.iteration + 1)
+            format!("{name} (boot {}, `{}`)", r.iteration + 1, r.cmdline)
         } else {
             name.to_owned()
         };
@@ -464,6 +489,19 @@ fn collect(runs: &[DeviceRun]) -> (Vec<Case>, Vec<String>, Vec<expected::Unavail
         })
         .collect();
     let mut out = cases::build_cases(&all);
+    for c in out.iter_mut() {
+        let kib: Vec<u64> = runs
+            .iter()
+            .flat_map(|r| &r.rss_at_end)
+            .filter(|(case, _)| {
+                names::case_label(*case) == format!("{}/{}/{}", c.device, c.variant, c.workload)
+            })
+            .map(|(_, k)| *k)
+            .collect();
+        if !kib.is_empty() {
+            c.notes.push(rss::note(&kib));
+        }
+    }
     out.extend(failed_cases);
     (out, problems, unavailable)
 }

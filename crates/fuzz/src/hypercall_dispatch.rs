@@ -307,7 +307,9 @@ impl Harness {
                 assert_eq!(out, ret(Status::EOPNOTSUPP, 0))
             }
             // No vCPUs to start in this harness: the device is not registered.
-            Hypercall::VcpuUp => assert_eq!(out, ret(Status::EOPNOTSUPP, 0)),
+            Hypercall::VcpuUp | Hypercall::SendIpi => {
+                assert_eq!(out, ret(Status::EOPNOTSUPP, 0))
+            }
             // No balloon in the assembled devices either (`balloon: None`).
             Hypercall::BalloonInflate | Hypercall::BalloonDeflate | Hypercall::BalloonInfo => {
                 assert_eq!(out, ret(Status::EOPNOTSUPP, 0))
@@ -455,6 +457,7 @@ pub fn run(data: &[u8]) {
             )
         }),
         vcpu_up: None,
+        ipi: None,
     };
     let devices = assemble(config, &mut ledger).expect("PV devices without KVM");
     if verify {

@@ -20,6 +20,7 @@ use pv::balloon::{BalloonError, PvBalloon};
 use pv::block::PvBlock;
 use pv::clock::{ClockSource, PvClock};
 use pv::console::PvConsole;
+use pv::ipi::PvIpi;
 use pv::vcpu_up::VcpuUp;
 use pv::{BusError, HypercallBus, RingsConfig};
 
@@ -46,6 +47,8 @@ pub struct PvConfig {
     pub rings: Option<(GuestRam, RingsConfig)>,
     /// The `VcpuUp` device (VMs with more than one vCPU); `None`: the call is `EOPNOTSUPP`.
     pub vcpu_up: Option<Arc<VcpuUp>>,
+    /// The `SendIpi` device (VMs with more than one vCPU); `None`: the call is `EOPNOTSUPP`.
+    pub ipi: Option<Arc<PvIpi>>,
 }
 
 /// The assembled PV devices: the bus, and handles to the devices the VM reads back.
@@ -101,6 +104,9 @@ pub fn assemble(config: PvConfig, ledger: &mut ExitLedger) -> Result<PvDevices, 
     if let Some(up) = config.vcpu_up {
         bus.insert(up)?;
     }
+    if let Some(ipi) = config.ipi {
+        bus.insert(ipi)?;
+    }
 
     if let Some((mem, rings)) = config.rings {
         bus.with_rings(mem, rings, ledger)?;
@@ -126,6 +132,7 @@ pub(crate) fn core_devices(console: Console) -> PvDevices {
         balloon: None,
         rings: None,
         vcpu_up: None,
+        ipi: None,
     };
     assemble(config, &mut ExitLedger::new()).expect("no conflicts among the core devices")
 }

@@ -23,6 +23,7 @@ use crate::devices::pseudo::null::NullPort;
 use crate::devices::pv::balloon::PvBalloon;
 use crate::devices::pv::clock::{ClockSource, TscClock};
 use crate::devices::pv::doorbell::{IoEventRegistrar, KvmIoEvents, DOORBELL_PORTS};
+use crate::devices::pv::ipi::{KvmMsi, PvIpi};
 use crate::devices::pv::vcpu_up::VcpuUp;
 use crate::devices::pv::RingsConfig;
 use crate::devices::{assemble, PvConfig};
@@ -139,6 +140,13 @@ pub fn build(
         None => None,
     };
     let vcpu_up = (config.vcpus > 1).then(|| Arc::new(VcpuUp::new(config.vcpus)));
+    // PV IPIs go to the in-kernel LAPICs (created above with more than one vCPU).
+    let ipi = (config.vcpus > 1).then(|| {
+        Arc::new(PvIpi::new(
+            config.vcpus,
+            Arc::new(KvmMsi(Arc::clone(&vm_fd))),
+        ))
+    });
     let clock = VmClock::start();
     let supported = supported_cpuid(&kvm)?;
     let kvmclock = kvmclock_available(supported.as_slice());
@@ -194,6 +202,7 @@ pub fn build(
                 },
             )),
             vcpu_up: vcpu_up.clone(),
+            ipi,
         },
         &mut ledger,
     )

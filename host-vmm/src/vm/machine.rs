@@ -71,6 +71,8 @@ pub struct VcpuState {
     pub recorder: Option<ExitRecorder>,
     /// The gdb link (`pvkit run --gdb`), for vCPU 0 only.
     pub debug: Option<VcpuDebug>,
+    /// KVM's count of all the vCPU's exits (in-kernel included) when it stopped.
+    pub kvm_exits: Option<u64>,
 }
 
 impl VcpuState {
@@ -84,6 +86,7 @@ impl VcpuState {
             stopped: None,
             recorder: None,
             debug: None,
+            kvm_exits: None,
         }
     }
 
@@ -177,6 +180,7 @@ pub fn run_ap(
         }
     };
     cpu.stopped = Some(Instant::now());
+    cpu.kvm_exits = vcpu.kvm_exits();
     Ok(stop)
 }
 
@@ -227,6 +231,7 @@ pub fn run_vcpu(vcpu: &mut Vcpu, vm: &Vm, cpu: &mut VcpuState) -> Result<StopRea
         d.exited(&stop);
     }
     cpu.stopped = Some(Instant::now());
+    cpu.kvm_exits = vcpu.kvm_exits();
     Ok(stop)
 }
 

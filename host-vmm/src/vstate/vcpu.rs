@@ -146,6 +146,8 @@ pub struct Vcpu {
     /// The special registers of the boot state, read once at creation, for
     /// [`Vcpu::start_long_mode`] (the vCPU filter allows `KVM_SET_SREGS`, not the get).
     boot_sregs: kvm_bindings::kvm_sregs,
+    /// KVM's count of all this vCPU's exits, in-kernel ones included (if KVM offers it).
+    kvm_exits: Option<super::stats::ExitCounter>,
 }
 
 impl std::fmt::Debug for Vcpu {
@@ -198,12 +200,14 @@ impl Vcpu {
         if access == RegAccess::SyncRegs {
             fd.set_sync_valid_reg(SyncReg::Register);
         }
+        let kvm_exits = super::stats::ExitCounter::open(&fd);
         Ok(Self {
             fd,
             index,
             access,
             call_regs: None,
             boot_sregs: kvm_bindings::kvm_sregs::default(),
+            kvm_exits,
         })
     }
 
@@ -220,6 +224,12 @@ impl Vcpu {
         setup_boot_regs(&self.fd, entry)?;
         self.boot_sregs = self.fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
         Ok(())
+    }
+
+    /// Every exit of this vCPU from guest mode so far, handled in the kernel or not
+    /// (`KVM_GET_STATS_FD`); `None` without binary statistics.
+    pub fn kvm_exits(&self) -> Option<u64> {
+        self.kvm_exits.as_ref()?.read()
     }
 
     /// The vCPU's index (its KVM vCPU id).

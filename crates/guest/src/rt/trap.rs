@@ -351,6 +351,12 @@ pub fn init() {
         // SAFETY: single CPU, interrupts disabled; the stub is code in this image.
         unsafe { set_gate(vector as u8, stub, ist) };
     }
+    load();
+}
+
+/// Loads the IDT [`init`] filled on this CPU (another CPU of an SMP kernel shares it: its
+/// IST slots name the stacks of that CPU's own TSS).
+pub fn load() {
     #[repr(C, packed(2))]
     struct Pointer {
         limit: u16,

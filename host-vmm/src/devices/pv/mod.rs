@@ -13,6 +13,7 @@
 //! | [`rings`]            | the registered rings of every device, serviced on three transports |
 //! | [`doorbell`]         | the doorbell port and its per-queue ioeventfds (datamatch)    |
 //! | [`vcpu_up`]          | `VcpuUp`: PV start of the other vCPUs (with `--vcpus` > 1)   |
+//! | [`ipi`]              | `SendIpi`: PV IPIs to a bitmap of vCPUs (with `--vcpus` > 1) |
 //! | [`hypercall_bus`]    | the bus: numbers → devices, features, `RegisterRegion`, `RingKick` |
 //!
 //! The benchmark markers are a device too ([`crate::devices::pseudo::markers`]). The core
@@ -28,6 +29,7 @@ pub mod clock;
 pub mod console;
 pub mod doorbell;
 pub mod hypercall_bus;
+pub mod ipi;
 pub mod net;
 pub mod rings;
 #[cfg(test)]
