@@ -28,6 +28,9 @@ pub enum Device {
     Smp = 10,
     /// Giving freed guest memory back to the host (a boot per variant).
     Balloon = 11,
+    /// Interrupt delivery and acknowledge (one interrupt raised, handled and acknowledged
+    /// per operation).
+    Irq = 6,
 }
 
 /// How the device is reached.
@@ -60,6 +63,18 @@ pub enum Variant {
     InitSipi = 20,
     /// The unmodified guest: freed memory stays on its free list, the host keeps it.
     NoBalloon = 21,
+    /// A self-IPI (x2APIC `SELF_IPI` MSR) acknowledged by the x2APIC EOI MSR write.
+    X2apicEoi = 24,
+    /// A self-IPI acknowledged by KVM's PV EOI (`MSR_KVM_PV_EOI_EN`): the handler clears
+    /// the flag KVM set on injection instead of writing the EOI register, and falls back
+    /// to the x2APIC EOI when KVM did not set it.
+    PvEoi = 25,
+    /// A legacy IRQ raised by the VMM through an irqfd ([`crate::ports::IRQ_TEST`]),
+    /// delivered by the IOAPIC and acknowledged by the LAPIC EOI.
+    IoapicEoi = 26,
+    /// A legacy IRQ raised by the VMM through an irqfd ([`crate::ports::IRQ_TEST`]),
+    /// delivered by the 8259 PIC (ExtINT) and acknowledged by a PIC EOI port write.
+    PicEoi = 27,
 }
 
 /// What the case does.
@@ -90,6 +105,8 @@ pub enum Workload {
     ApBringUp = 21,
     /// Free touched guest memory; an op is one MiB.
     Release = 22,
+    /// One interrupt raised, delivered, handled and acknowledged.
+    Interrupt = 16,
 }
 
 macro_rules! decode_u16 {
@@ -110,7 +127,8 @@ decode_u16!(Device {
     Exit,
     Ipi,
     Smp,
-    Balloon
+    Balloon,
+    Irq
 });
 decode_u16!(Variant {
     Uart,
@@ -125,7 +143,11 @@ decode_u16!(Variant {
     PortOut,
     X2Apic,
     InitSipi,
-    NoBalloon
+    NoBalloon,
+    X2apicEoi,
+    PvEoi,
+    IoapicEoi,
+    PicEoi
 });
 decode_u16!(Workload {
     Write64,
@@ -139,7 +161,8 @@ decode_u16!(Workload {
     PingPong,
     OneToAll,
     ApBringUp,
-    Release
+    Release,
+    Interrupt
 });
 
 /// A benchmark case: device, variant, workload. On the wire, packed into one `u64`.

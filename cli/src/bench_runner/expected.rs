@@ -55,6 +55,15 @@ pub fn expected(device: BenchDevice) -> Vec<CaseId> {
             &[Variant::NoBalloon, Variant::PvHypercall],
             &[Workload::Release],
         ),
+        BenchDevice::Irq => (
+            &[
+                Variant::X2apicEoi,
+                Variant::PvEoi,
+                Variant::IoapicEoi,
+                Variant::PicEoi,
+            ],
+            &[Workload::Interrupt],
+        ),
     };
     let device = device.abi();
     variants
@@ -85,6 +94,10 @@ fn guest_variant(s: &str) -> Option<Variant> {
         "x2apic" => Variant::X2Apic,
         "init-sipi" => Variant::InitSipi,
         "none" => Variant::NoBalloon,
+        "x2apic-eoi" => Variant::X2apicEoi,
+        "pv-eoi" => Variant::PvEoi,
+        "ioapic-eoi" => Variant::IoapicEoi,
+        "pic-eoi" => Variant::PicEoi,
         _ => return None,
     })
 }
@@ -103,6 +116,7 @@ fn guest_workload(s: &str) -> Option<Workload> {
         "one-to-all" => Workload::OneToAll,
         "ap-bringup" => Workload::ApBringUp,
         "release" | "release-MiB" => Workload::Release,
+        "interrupt" => Workload::Interrupt,
         _ => return None,
     })
 }
@@ -116,6 +130,7 @@ fn guest_device(s: &str) -> Option<Device> {
         "ipi" => Device::Ipi,
         "smp" => Device::Smp,
         "balloon" => Device::Balloon,
+        "irq" => Device::Irq,
         _ => return None,
     })
 }

@@ -29,6 +29,8 @@ pub enum BenchDevice {
     /// Freed memory: the unmodified guest against the balloon (one boot per variant, each
     /// with [`BALLOON_MEM_MIB`] of RAM; the host RSS at the end of the phase is noted).
     Balloon,
+    /// Interrupt delivery and acknowledge: emulated EOIs against KVM's PV EOI.
+    Irq,
 }
 
 /// Guest RAM of the balloon boots: room for the 256 MiB the guest touches and frees.
@@ -40,7 +42,7 @@ pub const IPI_VCPUS: u32 = 4;
 
 impl BenchDevice {
     /// Every device, in run order.
-    pub const ALL: [BenchDevice; 7] = [
+    pub const ALL: [BenchDevice; 8] = [
         BenchDevice::Console,
         BenchDevice::Block,
         BenchDevice::Clock,
@@ -48,6 +50,7 @@ impl BenchDevice {
         BenchDevice::Ipi,
         BenchDevice::Smp,
         BenchDevice::Balloon,
+        BenchDevice::Irq,
     ];
 
     /// The name on the guest command line (`bench=<name>`) and in reports.
@@ -65,6 +68,7 @@ impl BenchDevice {
             BenchDevice::Ipi => Device::Ipi,
             BenchDevice::Smp => Device::Smp,
             BenchDevice::Balloon => Device::Balloon,
+            BenchDevice::Irq => Device::Irq,
         }
     }
 
@@ -91,6 +95,12 @@ impl BenchDevice {
         self == BenchDevice::Block
     }
 
+    /// Whether this device's boot needs the in-kernel irqchip and the interrupt test port
+    /// ([`pvkit_vmm::vm::VmConfig::irq_test`]).
+    pub fn needs_irq_test(self) -> bool {
+        self == BenchDevice::Irq
+    }
+
     /// How many cases the guest is expected to run for this device (for the progress bar
     /// only; the report lists whatever the guest actually ran).
     pub fn expected_cases(self) -> u64 {
@@ -107,6 +117,8 @@ impl BenchDevice {
             BenchDevice::Ipi => 4,
             // One variant per boot.
             BenchDevice::Smp | BenchDevice::Balloon => 1,
+            // x2apic-eoi, pv-eoi, ioapic-eoi, pic-eoi.
+            BenchDevice::Irq => 4,
         }
     }
 }
@@ -127,6 +139,7 @@ pub fn bench_device(device: Device) -> BenchDevice {
         Device::Ipi => BenchDevice::Ipi,
         Device::Smp => BenchDevice::Smp,
         Device::Balloon => BenchDevice::Balloon,
+        Device::Irq => BenchDevice::Irq,
     }
 }
 
@@ -140,6 +153,7 @@ pub fn device_name(d: Device) -> &'static str {
         Device::Ipi => "ipi",
         Device::Smp => "smp",
         Device::Balloon => "balloon",
+        Device::Irq => "irq",
     }
 }
 
@@ -159,6 +173,10 @@ pub fn variant_name(v: Variant) -> &'static str {
         Variant::X2Apic => "x2apic",
         Variant::InitSipi => "init-sipi",
         Variant::NoBalloon => "none",
+        Variant::X2apicEoi => "x2apic-eoi",
+        Variant::PvEoi => "pv-eoi",
+        Variant::IoapicEoi => "ioapic-eoi",
+        Variant::PicEoi => "pic-eoi",
     }
 }
 
@@ -177,6 +195,7 @@ pub fn workload_name(w: Workload) -> &'static str {
         Workload::OneToAll => "one-to-all",
         Workload::ApBringUp => "ap-bringup",
         Workload::Release => "release-MiB",
+        Workload::Interrupt => "interrupt",
     }
 }
 
@@ -192,6 +211,11 @@ pub fn kind(v: Variant) -> Kind {
         | Variant::InitSipi
         | Variant::NoBalloon => Kind::Emulated,
         Variant::PvHypercall
+        | Variant::X2apicEoi
+        | Variant::IoapicEoi
+        | Variant::PicEoi => Kind::Emulated,
+        Variant::PvEoi
+        | Variant::PvHypercall
         | Variant::PvRing
         | Variant::PvEventfd
         | Variant::PvPoll
@@ -213,6 +237,8 @@ pub enum Unit {
     WritesPerSec,
     /// IPI round trips, one-to-all sends or APs started per second.
     OpsPerSec,
+    /// Interrupts raised, handled and acknowledged per second.
+    InterruptsPerSec,
 }
 
 impl Unit {
@@ -224,6 +250,7 @@ impl Unit {
             Unit::ReadsPerSec => "reads/s",
             Unit::WritesPerSec => "writes/s",
             Unit::OpsPerSec => "ops/s",
+            Unit::InterruptsPerSec => "interrupts/s",
         }
     }
 
@@ -236,6 +263,7 @@ impl Unit {
         match self {
             Unit::MBps => bytes as f64 / ns * 1e3,
             Unit::Iops | Unit::ReadsPerSec | Unit::WritesPerSec | Unit::OpsPerSec => {
+            Unit::Iops | Unit::ReadsPerSec | Unit::WritesPerSec | Unit::InterruptsPerSec => {
                 ops as f64 / ns * 1e9
             }
         }
@@ -255,6 +283,7 @@ pub fn unit(w: Workload) -> Unit {
         Workload::ClockRead => Unit::ReadsPerSec,
         Workload::RoundTrip => Unit::WritesPerSec,
         Workload::PingPong | Workload::OneToAll | Workload::ApBringUp => Unit::OpsPerSec,
+        Workload::Interrupt => Unit::InterruptsPerSec,
     }
 }
 
