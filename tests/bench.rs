@@ -142,7 +142,9 @@ fn quick_bench_verifies_every_case_and_exit_counts_order_as_designed() {
             .push(c);
     }
     let devices: Vec<&str> = cases.iter().map(|c| s(c, "device")).collect();
-    for d in ["console", "block", "clock", "exit", "ipi", "smp", "balloon", "irq"] {
+    for d in [
+        "console", "block", "clock", "exit", "ipi", "smp", "balloon", "irq",
+    ] {
         assert!(devices.contains(&d), "no {d} cases in {devices:?}");
     }
     for ((device, workload), group) in &groups {

@@ -305,17 +305,7 @@ fn oversize_frames_from_the_host_over_tap_are_dropped_and_the_guest_keeps_servin
         let vm = s.spawn(|| boot("net=serve", backend));
         let echoed = ns
             .run_in(|| {
-                // SAFETY: socket(2) with constant arguments; checked before use.
-                let fd = unsafe {
-                    libc::socket(
-                        libc::AF_INET,
-                        libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                        libc::IPPROTO_ICMP,
-                    )
-                };
-                assert!(fd >= 0, "{}", std::io::Error::last_os_error());
-                // SAFETY: a fresh descriptor owned by nothing else.
-                let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+                let sock = Pinger::new().expect("a raw ICMP socket");
                 // Until the guest answers (its MAC is then in the host's ARP table).
                 let start = Instant::now();
                 let mut seq = 0u16;

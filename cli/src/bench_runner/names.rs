@@ -209,8 +209,7 @@ pub fn kind(v: Variant) -> Kind {
         | Variant::PortOut
         | Variant::X2Apic
         | Variant::InitSipi
-        | Variant::NoBalloon => Kind::Emulated,
-        Variant::PvHypercall
+        | Variant::NoBalloon
         | Variant::X2apicEoi
         | Variant::IoapicEoi
         | Variant::PicEoi => Kind::Emulated,
@@ -262,10 +261,11 @@ impl Unit {
         }
         match self {
             Unit::MBps => bytes as f64 / ns * 1e3,
-            Unit::Iops | Unit::ReadsPerSec | Unit::WritesPerSec | Unit::OpsPerSec => {
-            Unit::Iops | Unit::ReadsPerSec | Unit::WritesPerSec | Unit::InterruptsPerSec => {
-                ops as f64 / ns * 1e9
-            }
+            Unit::Iops
+            | Unit::ReadsPerSec
+            | Unit::WritesPerSec
+            | Unit::OpsPerSec
+            | Unit::InterruptsPerSec => ops as f64 / ns * 1e9,
         }
     }
 }

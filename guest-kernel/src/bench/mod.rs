@@ -72,10 +72,10 @@ mod block;
 mod clock;
 mod console;
 mod exit;
-mod ring_pass;
 mod ipi;
-mod smp;
 mod irq;
+mod ring_pass;
+mod smp;
 
 use crate::cmdline::Bench;
 use crate::statics::Exclusive;
@@ -480,6 +480,7 @@ pub fn run(args: &Bench, boot: &BootInfo) -> ! {
     }
     if args.selection.any(Device::Balloon) {
         balloon::run(&mut r, scratch, boot);
+    }
     if args.selection.any(Device::Irq) {
         irq::run(&mut r, scratch);
     }

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use kvm_ioctls::Cap;
-use pvkit_abi::cpuid::Features;
 use pvkit_abi::ports::{IRQ_TEST, IRQ_TEST_GSI};
 use pvkit_abi::AbiVersion;
 
