@@ -128,6 +128,8 @@ mod tests {
                     balloon: None,
                     rings: None,
                     vcpu_up: None,
+                    spinlock: None,
+                    steal: None,
                 },
                 &mut ledger,
             )

@@ -451,6 +451,8 @@ impl ApThreads {
             let thread = std::thread::Builder::new()
                 .name(vcpu_thread_name(vcpu.index()))
                 .spawn(move || {
+                    vm.pv
+                        .vcpu_thread_started(u32::try_from(state.index).unwrap_or(u32::MAX));
                     confinement.map(Confinement::apply).transpose()?;
                     // SAFETY: the `immediate_exit` byte of this vCPU's `kvm_run` mapping,
                     // which lives as long as `vcpu`; the guard is dropped before `vcpu`.
@@ -685,6 +687,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     let thread = std::thread::Builder::new()
         .name(vcpu_thread_name(vcpu.index()))
         .spawn(move || {
+            vm0.pv.vcpu_thread_started(0);
             // Confined before the first guest instruction; the filter stays for good.
             let r = match confinement.map(Confinement::apply).transpose() {
                 Ok(_) => vcpu_loop(vcpu, &vm0, boot).map_err(VmError::from),

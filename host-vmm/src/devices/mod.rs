@@ -20,6 +20,8 @@ use pv::balloon::{BalloonError, PvBalloon};
 use pv::block::PvBlock;
 use pv::clock::{ClockSource, PvClock};
 use pv::console::PvConsole;
+use pv::spinlock::PvSpinlock;
+use pv::steal::PvSteal;
 use pv::vcpu_up::VcpuUp;
 use pv::{BusError, HypercallBus, RingsConfig};
 
@@ -42,6 +44,10 @@ pub struct PvConfig {
     pub rings: Option<(GuestRam, RingsConfig)>,
     /// The `VcpuUp` device (VMs with more than one vCPU); `None`: the call is `EOPNOTSUPP`.
     pub vcpu_up: Option<Arc<VcpuUp>>,
+    /// The PV spinlock wait/kick device (VMs with more than one vCPU).
+    pub spinlock: Option<Arc<PvSpinlock>>,
+    /// The steal-time device (one page per vCPU); `None`: no steal page.
+    pub steal: Option<Arc<PvSteal>>,
 }
 
 /// The assembled PV devices: the bus, and handles to the devices the VM reads back.
@@ -95,6 +101,12 @@ pub fn assemble(config: PvConfig, ledger: &mut ExitLedger) -> Result<PvDevices, 
     if let Some(up) = config.vcpu_up {
         bus.insert(up)?;
     }
+    if let Some(s) = config.spinlock {
+        bus.insert(s)?;
+    }
+    if let Some(s) = config.steal {
+        bus.insert(s)?;
+    }
 
     if let Some((mem, rings)) = config.rings {
         bus.with_rings(mem, rings, ledger)?;
@@ -119,6 +131,8 @@ pub(crate) fn core_devices(console: Console) -> PvDevices {
         balloon: None,
         rings: None,
         vcpu_up: None,
+        spinlock: None,
+        steal: None,
     };
     assemble(config, &mut ExitLedger::new()).expect("no conflicts among the core devices")
 }

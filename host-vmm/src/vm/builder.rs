@@ -24,6 +24,8 @@ use crate::devices::pseudo::null::NullPort;
 use crate::devices::pv::balloon::PvBalloon;
 use crate::devices::pv::clock::{ClockSource, TscClock};
 use crate::devices::pv::doorbell::{IoEventRegistrar, KvmIoEvents, DOORBELL_PORTS};
+use crate::devices::pv::spinlock::PvSpinlock;
+use crate::devices::pv::steal::{PvSteal, ThreadSchedStat};
 use crate::devices::pv::vcpu_up::VcpuUp;
 use crate::devices::pv::RingsConfig;
 use crate::devices::{assemble, PvConfig};
@@ -201,6 +203,8 @@ pub fn build(
                 },
             )),
             vcpu_up: vcpu_up.clone(),
+            spinlock: (config.vcpus > 1).then(|| Arc::new(PvSpinlock::new(config.vcpus))),
+            steal: schedstat_available().then(|| Arc::new(PvSteal::new(config.vcpus))),
         },
         &mut ledger,
     )
@@ -274,4 +278,10 @@ pub fn build(
         balloon,
         vcpu_up,
     })
+}
+
+/// Whether this host shows a thread's scheduler statistics (`/proc/thread-self/schedstat`,
+/// the steal-time source).
+fn schedstat_available() -> bool {
+    ThreadSchedStat::open_current().is_ok()
 }

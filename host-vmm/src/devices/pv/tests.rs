@@ -229,6 +229,8 @@ fn harness(o: Opts) -> Harness {
                 },
             )),
             vcpu_up: None,
+            spinlock: None,
+            steal: None,
         },
         &mut ledger,
     )
