@@ -65,6 +65,8 @@ pub mod pv_net;
 pub mod ring;
 #[cfg(all(feature = "runtime", target_arch = "x86_64"))]
 pub mod rt;
+pub mod spinlock;
+pub mod steal;
 #[cfg(target_arch = "x86_64")]
 pub mod tsc;
 pub mod uart16550;
