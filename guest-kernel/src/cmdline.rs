@@ -19,6 +19,7 @@
 //! | `bench=`    | instead of everything else: run benchmark cases, see [`crate::bench`]; `all` or a comma-separated list of devices (`console`, `block`, `clock`, `exit`) and `device/variant` pairs (e.g. `block/ata-pio`) |
 //! | `smp=`      | after the output: bring up the other CPUs, `emulated` (INIT-SIPI-SIPI) or `pv` (`VcpuUp`), see [`crate::smp`] |
 //! | `cpus=N`    | with `smp=`: how many CPUs there are (1–8), default 1                 |
+//! | `lock=`     | instead of everything else: the spinlock workload, `plain` or `pv` ([`crate::lock`]), on `cpus=N` CPUs; `iters=K` acquisitions per CPU, `spin=S` spins before a PV wait, `lock_bad` refused calls first, `lock_hang` wait for ever |
 //! | `quick`     | with `bench=`: small operation counts                                 |
 //! | `ops=N`     | with `bench=`: `N` (≥ 1) operations in every case                      |
 //! | `net=`      | instead of everything else: the NE2000 by interrupts, `serve`, `echo` or `send` ([`crate::net`]); with `ip=`, `peer=` (IPv4), `count=N`, `size=N` (UDP payload) |
@@ -110,6 +111,8 @@ pub struct Args {
     pub balloon: Option<crate::balloon::BalloonArgs>,
     /// `smp=` with `cpus=`: bring up the other CPUs after the output.
     pub smp: Option<(SmpMode, usize)>,
+    /// `lock=`: the spinlock workload instead of everything else.
+    pub lock: Option<crate::lock::LockArgs>,
 }
 
 /// Parses the command line in one pass. The error names the offending token.
@@ -126,7 +129,11 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
         net: None,
         balloon: None,
         smp: None,
+        lock: None,
     };
+    let mut lock_iters = crate::lock::DEFAULT_ITERS;
+    let mut lock_spin = crate::lock::DEFAULT_SPIN;
+    let (mut lock_bad, mut lock_hang) = (false, false);
     let mut net = crate::net::NetArgs::new(crate::net::Mode::Serve);
     let mut net_mode = None;
     let mut balloon_range = 2048;
@@ -212,6 +219,23 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
                 Ok(n) if (1..=crate::smp::MAX_CPUS).contains(&n) => cpus = n,
                 _ => return Err(n),
             },
+            ("lock", Some(k)) => {
+                args.lock = Some(crate::lock::LockArgs {
+                    kind: crate::lock::LockKind::parse(k).ok_or(k)?,
+                    cpus: 1,
+                    iters: 0,
+                    spin: 0,
+                    bad: false,
+                    hang: false,
+                })
+            }
+            ("iters", Some(n)) => match n.parse::<u64>() {
+                Ok(n) if (1..=1 << 32).contains(&n) => lock_iters = n,
+                _ => return Err(n),
+            },
+            ("spin", Some(n)) => lock_spin = n.parse().map_err(|_| n)?,
+            ("lock_bad", None) => lock_bad = true,
+            ("lock_hang", None) => lock_hang = true,
             ("console", Some(other)) => return Err(other),
             _ => {}
         }
@@ -231,6 +255,13 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
     }
     if let Some((_, n)) = &mut args.smp {
         *n = cpus;
+    }
+    if let Some(l) = &mut args.lock {
+        l.cpus = cpus;
+        l.iters = lock_iters;
+        l.spin = lock_spin;
+        l.bad = lock_bad;
+        l.hang = lock_hang;
     }
     if let Some(b) = &mut args.bench {
         b.quick = quick;
