@@ -69,6 +69,8 @@ pub struct Built {
     pub net: Option<NetDevice>,
     /// The memory balloon (its statistics are read after the run).
     pub balloon: Option<Arc<PvBalloon>>,
+    /// The steal-time device, if the host shows scheduler statistics.
+    pub steal: Option<Arc<PvSteal>>,
     /// The `VcpuUp` device (more than one vCPU).
     pub vcpu_up: Option<Arc<VcpuUp>>,
 }
@@ -142,6 +144,7 @@ pub fn build(
         None => None,
     };
     let vcpu_up = (config.vcpus > 1).then(|| Arc::new(VcpuUp::new(config.vcpus)));
+    let steal = schedstat_available().then(|| Arc::new(PvSteal::new(config.vcpus)));
     let clock = VmClock::start();
     let supported = supported_cpuid(&kvm)?;
     let kvmclock = kvmclock_available(supported.as_slice());
@@ -204,7 +207,7 @@ pub fn build(
             )),
             vcpu_up: vcpu_up.clone(),
             spinlock: (config.vcpus > 1).then(|| Arc::new(PvSpinlock::new(config.vcpus))),
-            steal: schedstat_available().then(|| Arc::new(PvSteal::new(config.vcpus))),
+            steal: steal.clone(),
         },
         &mut ledger,
     )
@@ -277,6 +280,7 @@ pub fn build(
         net,
         balloon,
         vcpu_up,
+        steal,
     })
 }
 

@@ -5,7 +5,9 @@
 //! Cheap by construction: the `schedstat` file is opened once per vCPU thread when the
 //! thread starts (before its seccomp filter; afterwards only `pread64` is needed), and the
 //! page is refreshed when the vCPU is about to enter the guest ([`PvDevice::before_run`]),
-//! at most every [`STEAL_UPDATE_MS`] ms: one clock read per `KVM_RUN` otherwise.
+//! at most every [`STEAL_UPDATE_MS`] ms (one clock read per `KVM_RUN` otherwise), and by
+//! the VMM's supervising thread every [`STEAL_UPDATE_MS`] ms ([`PvSteal::refresh_all`]),
+//! for vCPUs that run without exiting.
 //!
 //! The record is written with the version protocol of the clock page: odd version, fields,
 //! even version. `steal_ns` is published as the maximum of what was read and what was
@@ -202,6 +204,16 @@ impl PvSteal {
             // A failure (the page became unreadable) leaves the old record; the guest
             // sees no update, which it tolerates.
             let _ = Self::update(&mut v, mem, now);
+        }
+    }
+}
+
+impl PvSteal {
+    /// [`PvSteal::refresh`] of every vCPU (from the supervising thread: a vCPU that runs
+    /// guest code without exiting gets no entry refresh).
+    pub fn refresh_all(&self, mem: &GuestRam, now: Instant) {
+        for i in 0..self.vcpus.len() {
+            self.refresh(mem, u32::try_from(i).unwrap_or(u32::MAX), now);
         }
     }
 }
