@@ -18,8 +18,12 @@
 //!
 //! Output, one line (plus `lock: cpu N steal_us=…` per CPU):
 //! `lock: kind=pv cpus=4 iters=K counter=C expected=E time_us=T acq_per_s=A spins=S
-//! waits=W kicks=K steal_us=U`. `waits` and `kicks` are the `LockWait` and `LockKick`
-//! calls made (one exit each). Exit 0 if `counter == expected`, else 1.
+//! waits=W kicks=K steal_us=U steal_total_us=V steal_backwards=B`. `waits` and `kicks`
+//! are the `LockWait` and `LockKick` calls made (one exit each); `steal_us` is the steal
+//! time of all CPUs during their loops, `steal_total_us` since each CPU started, and
+//! `steal_backwards` counts reads of a steal page lower than the read before (each CPU
+//! reads its page every [`STEAL_CHECK_EVERY`] acquisitions). Exit 0 if
+//! `counter == expected`, else 1.
 //!
 //! `lock_bad` first makes refused calls (bad flags, bad target) and prints their status;
 //! `lock_hang` makes every CPU call `LockWait` for ever (the host's stop must still end
@@ -96,6 +100,8 @@ struct CpuStats {
     waits: AtomicU64,
     kicks: AtomicU64,
     steal_ns: AtomicU64,
+    /// Times the steal time read lower than the read before (must stay 0).
+    steal_backwards: AtomicU64,
 }
 
 static STATS: [CpuStats; MAX_CPUS] = [const {
@@ -104,13 +110,13 @@ static STATS: [CpuStats; MAX_CPUS] = [const {
         waits: AtomicU64::new(0),
         kicks: AtomicU64::new(0),
         steal_ns: AtomicU64::new(0),
+        steal_backwards: AtomicU64::new(0),
     }
 }; MAX_CPUS];
 
 static STEAL: [StealPage; MAX_CPUS] = [const { StealPage::new() }; MAX_CPUS];
 static PLAIN: TicketLock = TicketLock::new();
-static PV: PvTicketLock<MAX_CPUS> =
-    PvTicketLock::new(PvTicketLock::<MAX_CPUS>::DEFAULT_SPIN_LIMIT);
+static PV: PvTicketLock<MAX_CPUS> = PvTicketLock::new(PvTicketLock::<MAX_CPUS>::DEFAULT_SPIN_LIMIT);
 static COUNTER: Guarded<u64> = Guarded::new(0);
 
 /// The round's parameters, set by the BSP before it starts the APs.
@@ -123,6 +129,10 @@ static READY: AtomicU32 = AtomicU32::new(0);
 static START: AtomicBool = AtomicBool::new(false);
 /// CPUs (the BSP included) done with their loop.
 static DONE: AtomicU32 = AtomicU32::new(0);
+
+/// Each CPU reads its steal time every this many acquisitions (checking it never
+/// decreases).
+const STEAL_CHECK_EVERY: u64 = 16;
 
 /// The steal time CPU `cpu` has now (0 without a registered page).
 fn steal_now(cpu: usize) -> u64 {
@@ -143,7 +153,13 @@ fn work(cpu: usize) {
     let iters = ITERS.load(Ordering::Relaxed);
     let steal0 = steal_now(cpu);
     let (mut spins, mut waits, mut kicks) = (0, 0, 0);
-    for _ in 0..iters {
+    let (mut last_steal, mut backwards) = (steal0, 0);
+    for i in 0..iters {
+        if i % STEAL_CHECK_EVERY == 0 {
+            let now = steal_now(cpu);
+            backwards += u64::from(now < last_steal);
+            last_steal = now;
+        }
         let got: Acquired = if pv {
             PV.lock(cpu, &HypercallKicker)
         } else {
@@ -170,8 +186,11 @@ fn work(cpu: usize) {
         s.spins.store(spins, Ordering::Relaxed);
         s.waits.store(waits, Ordering::Relaxed);
         s.kicks.store(kicks, Ordering::Relaxed);
+        let end = steal_now(cpu);
+        backwards += u64::from(end < last_steal);
         s.steal_ns
-            .store(steal_now(cpu).saturating_sub(steal0), Ordering::Relaxed);
+            .store(end.saturating_sub(steal0), Ordering::Relaxed);
+        s.steal_backwards.store(backwards, Ordering::Relaxed);
     }
     DONE.fetch_add(1, Ordering::AcqRel);
 }
@@ -249,6 +268,10 @@ pub struct Outcome {
     pub kicks: u64,
     /// Steal time during the loop, all CPUs, ns.
     pub steal_ns: u64,
+    /// Steal time since each CPU started, all CPUs, ns (read after the loop).
+    pub steal_total_ns: u64,
+    /// Reads of a steal page lower than the read before (must be 0).
+    pub steal_backwards: u64,
 }
 
 /// Runs the workload (the APs are started here) and returns what it measured, or a
@@ -272,6 +295,9 @@ pub fn measure(args: &LockArgs, boot: &BootInfo) -> Result<Outcome, &'static str
     if !wait_until(boot, 30, || READY.load(Ordering::Acquire) == aps) {
         return Err("the APs did not report in");
     }
+    if args.hang {
+        println!("lock: every CPU waits in LockWait for ever");
+    }
     let t0 = rdtsc();
     START.store(true, Ordering::Release);
     work(0);
@@ -291,7 +317,9 @@ pub fn measure(args: &LockArgs, boot: &BootInfo) -> Result<Outcome, &'static str
         out.waits += s.waits.load(Ordering::Relaxed);
         out.kicks += s.kicks.load(Ordering::Relaxed);
         out.steal_ns += s.steal_ns.load(Ordering::Relaxed);
+        out.steal_backwards += s.steal_backwards.load(Ordering::Relaxed);
     }
+    out.steal_total_ns = (0..cpus).map(steal_now).sum();
     Ok(out)
 }
 
@@ -325,7 +353,8 @@ pub fn run(args: &LockArgs, boot: &BootInfo) -> ! {
     }
     println!(
         "lock: kind={} cpus={cpus} iters={} counter={} expected={} time_us={us} \
-         acq_per_s={per_s} spins={} waits={} kicks={} steal_us={}",
+         acq_per_s={per_s} spins={} waits={} kicks={} steal_us={} steal_total_us={} \
+         steal_backwards={}",
         args.kind.name(),
         args.iters,
         out.counter,
@@ -333,7 +362,9 @@ pub fn run(args: &LockArgs, boot: &BootInfo) -> ! {
         out.spins,
         out.waits,
         out.kicks,
-        out.steal_ns / 1000
+        out.steal_ns / 1000,
+        out.steal_total_ns / 1000,
+        out.steal_backwards
     );
     crate::exit(u8::from(out.counter != out.expected))
 }
