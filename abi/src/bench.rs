@@ -22,6 +22,8 @@ pub enum Device {
     Clock = 3,
     /// Bare exit round trips (calibration).
     Exit = 4,
+    /// One spinlock contended by several vCPUs (`--vcpus N`, one boot per case).
+    Spinlock = 8,
 }
 
 /// How the device is reached.
@@ -48,6 +50,10 @@ pub enum Variant {
     KvmClock = 9,
     /// Raw `out` to an unused port handled by the VMM.
     PortOut = 10,
+    /// A plain ticket spinlock: waiters spin (the baseline).
+    TicketSpin = 20,
+    /// The PV ticket spinlock: bounded spin, then `LockWait`; the unlocker `LockKick`s.
+    PvSpinlock = 21,
 }
 
 /// What the case does.
@@ -70,6 +76,12 @@ pub enum Workload {
     ClockRead = 7,
     /// One exit round trip.
     RoundTrip = 8,
+    /// One lock acquisition (critical section: a shared counter) by 2 vCPUs.
+    Contend2 = 20,
+    /// As [`Workload::Contend2`] with 4 vCPUs.
+    Contend4 = 21,
+    /// As [`Workload::Contend2`] with 8 vCPUs.
+    Contend8 = 22,
 }
 
 macro_rules! decode_u16 {
@@ -87,7 +99,8 @@ decode_u16!(Device {
     Console,
     Block,
     Clock,
-    Exit
+    Exit,
+    Spinlock
 });
 decode_u16!(Variant {
     Uart,
@@ -99,7 +112,9 @@ decode_u16!(Variant {
     Pit,
     PvClock,
     KvmClock,
-    PortOut
+    PortOut,
+    TicketSpin,
+    PvSpinlock
 });
 decode_u16!(Workload {
     Write64,
@@ -109,7 +124,10 @@ decode_u16!(Workload {
     SeqRead1M,
     SeqWrite1M,
     ClockRead,
-    RoundTrip
+    RoundTrip,
+    Contend2,
+    Contend4,
+    Contend8
 });
 
 /// A benchmark case: device, variant, workload. On the wire, packed into one `u64`.

@@ -363,11 +363,13 @@ enum DeviceArg {
     Clock,
     /// Bare exit round trips (null port), for calibration.
     Exit,
+    /// One spinlock contended by 2, 4 and 8 vCPUs: plain ticket lock vs the PV lock.
+    Spinlock,
 }
 
 #[derive(clap::Args, Debug)]
 struct BenchArgs {
-    /// Run only these devices (repeat or comma-separate). Default: all four.
+    /// Run only these devices (repeat or comma-separate). Default: all of them.
     #[arg(long, value_enum, value_delimiter = ',', value_name = "DEVICE")]
     only: Vec<DeviceArg>,
 
@@ -419,6 +421,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
             DeviceArg::Block => BenchDevice::Block,
             DeviceArg::Clock => BenchDevice::Clock,
             DeviceArg::Exit => BenchDevice::Exit,
+            DeviceArg::Spinlock => BenchDevice::Spinlock,
         };
         if !devices.contains(&d) {
             devices.push(d);

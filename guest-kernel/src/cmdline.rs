@@ -19,7 +19,7 @@
 //! | `bench=`    | instead of everything else: run benchmark cases, see [`crate::bench`]; `all` or a comma-separated list of devices (`console`, `block`, `clock`, `exit`) and `device/variant` pairs (e.g. `block/ata-pio`) |
 //! | `smp=`      | after the output: bring up the other CPUs, `emulated` (INIT-SIPI-SIPI) or `pv` (`VcpuUp`), see [`crate::smp`] |
 //! | `cpus=N`    | with `smp=`: how many CPUs there are (1–8), default 1                 |
-//! | `lock=`     | instead of everything else: the spinlock workload, `plain` or `pv` ([`crate::lock`]), on `cpus=N` CPUs; `iters=K` acquisitions per CPU, `spin=S` spins before a PV wait, `lock_bad` refused calls first, `lock_hang` wait for ever |
+//! | `lock=`     | instead of everything else: the spinlock workload, `plain` or `pv` ([`crate::lock`]), on `cpus=N` CPUs; `iters=K` acquisitions per CPU, `spin=S` spins before a PV wait, `lock_bad` refused calls first, `lock_hang` wait for ever, `lock_bench` benchmark markers and sample |
 //! | `quick`     | with `bench=`: small operation counts                                 |
 //! | `ops=N`     | with `bench=`: `N` (≥ 1) operations in every case                      |
 //! | `net=`      | instead of everything else: the NE2000 by interrupts, `serve`, `echo` or `send` ([`crate::net`]); with `ip=`, `peer=` (IPv4), `count=N`, `size=N` (UDP payload) |
@@ -133,7 +133,7 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
     };
     let mut lock_iters = crate::lock::DEFAULT_ITERS;
     let mut lock_spin = crate::lock::DEFAULT_SPIN;
-    let (mut lock_bad, mut lock_hang) = (false, false);
+    let (mut lock_bad, mut lock_hang, mut lock_bench) = (false, false, false);
     let mut net = crate::net::NetArgs::new(crate::net::Mode::Serve);
     let mut net_mode = None;
     let mut balloon_range = 2048;
@@ -227,6 +227,7 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
                     spin: 0,
                     bad: false,
                     hang: false,
+                    bench: false,
                 })
             }
             ("iters", Some(n)) => match n.parse::<u64>() {
@@ -236,6 +237,7 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
             ("spin", Some(n)) => lock_spin = n.parse().map_err(|_| n)?,
             ("lock_bad", None) => lock_bad = true,
             ("lock_hang", None) => lock_hang = true,
+            ("lock_bench", None) => lock_bench = true,
             ("console", Some(other)) => return Err(other),
             _ => {}
         }
@@ -262,6 +264,7 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
         l.spin = lock_spin;
         l.bad = lock_bad;
         l.hang = lock_hang;
+        l.bench = lock_bench;
     }
     if let Some(b) = &mut args.bench {
         b.quick = quick;

@@ -214,6 +214,15 @@ fn check(m: &Measurement) -> Result<bool, String> {
             None => Err("the console output was not checked".into()),
         },
         Device::Clock | Device::Exit => Ok(guest_ok || ledger_proves(m.case, p)),
+        // The exact counter (the guest's check), and the exits the host attributed to the
+        // case (every LockWait and LockKick of the boot) are the calls the guest counted.
+        Device::Spinlock => match p.exits.total == s.sample.extra {
+            true => Ok(guest_ok),
+            false => Err(format!(
+                "the guest counted {} LockWait/LockKick calls, the host {} exits",
+                s.sample.extra, p.exits.total
+            )),
+        },
     }
 }
 

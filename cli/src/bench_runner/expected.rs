@@ -43,6 +43,10 @@ pub fn expected(device: BenchDevice) -> Vec<CaseId> {
             &[Workload::ClockRead],
         ),
         BenchDevice::Exit => (&[Variant::PortOut], &[Workload::RoundTrip]),
+        BenchDevice::Spinlock => (
+            &[Variant::TicketSpin, Variant::PvSpinlock],
+            &[Workload::Contend2, Workload::Contend4, Workload::Contend8],
+        ),
     };
     let device = device.abi();
     variants

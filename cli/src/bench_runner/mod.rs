@@ -2,7 +2,8 @@
 //! markers, samples and op logs into a [`pvkit_report::Report`], and write the results.
 //!
 //! ```text
-//! BenchConfig ──run()──▶ one VM per device (bench=<device>, console captured, disk for block)
+//! BenchConfig ──run()──▶ one VM per device (bench=<device>, console captured, disk for block;
+//!                        the spinlock: one VM per case, --vcpus N, see [`spinlock`])
 //!                           │ phases (ledger delta, host time), samples (cycles, op-log check)
 //!                           ▼
 //!                 cases::measurements → cases::build_cases → Report (+ host baselines)
@@ -22,6 +23,7 @@ pub mod disk;
 pub mod expected;
 pub mod names;
 pub mod progress;
+pub mod spinlock;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -300,14 +302,17 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchOutcome, RunnerError> {
     for iteration in 0..cfg.iterations {
         for &device in &cfg.devices {
             bar.device(device.name());
-            let run = boot(
-                cfg,
-                device,
-                iteration,
-                image.as_ref().map(Image::path),
-                &bar,
-            );
-            runs.push(run);
+            for spec in boot_specs(cfg, device) {
+                let run = boot(
+                    cfg,
+                    device,
+                    iteration,
+                    spec,
+                    image.as_ref().map(Image::path),
+                    &bar,
+                );
+                runs.push(run);
+            }
         }
     }
     bar.finish();
@@ -341,16 +346,44 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchOutcome, RunnerError> {
     })
 }
 
+/// What one boot runs: the guest command line, the vCPUs and the cases it should report.
+struct BootSpec {
+    cmdline: String,
+    vcpus: u32,
+    cases: u64,
+}
+
+/// The boots of `device`: one (`bench=<device>`), or for the spinlock one per case.
+fn boot_specs(cfg: &BenchConfig, device: BenchDevice) -> Vec<BootSpec> {
+    match device {
+        BenchDevice::Spinlock => spinlock::boots(cfg.quick)
+            .into_iter()
+            .map(|b| BootSpec {
+                cmdline: b.cmdline(&cfg.extra_cmdline),
+                vcpus: b.vcpus,
+                cases: 1,
+            })
+            .collect(),
+        _ => vec![BootSpec {
+            cmdline: cfg.cmdline(device),
+            vcpus: 1,
+            cases: device.expected_cases(),
+        }],
+    }
+}
+
 /// One boot of one device.
 fn boot(
     cfg: &BenchConfig,
     device: BenchDevice,
     iteration: u32,
+    spec: BootSpec,
     disk: Option<&Path>,
     bar: &Progress,
 ) -> DeviceRun {
-    let cmdline = cfg.cmdline(device);
+    let cmdline = spec.cmdline;
     let vm = VmConfig {
+        vcpus: spec.vcpus,
         kernel: cfg.kernel.clone(),
         mem_mib: cfg.mem_mib,
         cmdline: cmdline.clone(),
@@ -371,7 +404,7 @@ fn boot(
     let result = pvkit_vmm::vm::run(&vm).map_err(|e| e.to_string());
     let wall = start.elapsed();
     let phases = result.as_ref().map_or(0, |o| o.phases.len() as u64);
-    bar.boot_done(phases, bar.phases() - before, device.expected_cases());
+    bar.boot_done(phases, bar.phases() - before, spec.cases);
     DeviceRun {
         device,
         iteration,
@@ -403,7 +436,10 @@ fn collect(runs: &[DeviceRun]) -> (Vec<Case>, Vec<String>, Vec<expected::Unavail
                 continue;
             }
         };
-        let (ms, stray) = cases::measurements(o);
+        let (mut ms, stray) = cases::measurements(o);
+        if r.device == BenchDevice::Spinlock {
+            spinlock::attribute_exits(&mut ms, &o.ledger);
+        }
         problems.extend(stray.into_iter().map(|p| format!("{boot}: {p}")));
         let skipped = expected::skipped(&o.console);
         let ran = ms

@@ -21,15 +21,19 @@ pub enum BenchDevice {
     Clock,
     /// Bare exit round trips (calibration).
     Exit,
+    /// One spinlock contended by 2, 4 and 8 vCPUs: plain ticket lock against the PV one
+    /// (one boot per case, [`super::spinlock`]).
+    Spinlock,
 }
 
 impl BenchDevice {
     /// Every device, in run order.
-    pub const ALL: [BenchDevice; 4] = [
+    pub const ALL: [BenchDevice; 5] = [
         BenchDevice::Console,
         BenchDevice::Block,
         BenchDevice::Clock,
         BenchDevice::Exit,
+        BenchDevice::Spinlock,
     ];
 
     /// The name on the guest command line (`bench=<name>`) and in reports.
@@ -44,6 +48,7 @@ impl BenchDevice {
             BenchDevice::Block => Device::Block,
             BenchDevice::Clock => Device::Clock,
             BenchDevice::Exit => Device::Exit,
+            BenchDevice::Spinlock => Device::Spinlock,
         }
     }
 
@@ -64,6 +69,8 @@ impl BenchDevice {
             BenchDevice::Clock => 3,
             // null port.
             BenchDevice::Exit => 1,
+            // ticket-spin, pv-spinlock × 2, 4, 8 vCPUs.
+            BenchDevice::Spinlock => 6,
         }
     }
 }
@@ -81,6 +88,7 @@ pub fn bench_device(device: Device) -> BenchDevice {
         Device::Block => BenchDevice::Block,
         Device::Clock => BenchDevice::Clock,
         Device::Exit => BenchDevice::Exit,
+        Device::Spinlock => BenchDevice::Spinlock,
     }
 }
 
@@ -91,6 +99,7 @@ pub fn device_name(d: Device) -> &'static str {
         Device::Block => "block",
         Device::Clock => "clock",
         Device::Exit => "exit",
+        Device::Spinlock => "spinlock",
     }
 }
 
@@ -107,6 +116,8 @@ pub fn variant_name(v: Variant) -> &'static str {
         Variant::PvClock => "pvclock",
         Variant::KvmClock => "kvmclock",
         Variant::PortOut => "null-port",
+        Variant::TicketSpin => "ticket-spin",
+        Variant::PvSpinlock => "pv-spinlock",
     }
 }
 
@@ -121,19 +132,25 @@ pub fn workload_name(w: Workload) -> &'static str {
         Workload::SeqWrite1M => "seqwrite-1MiB",
         Workload::ClockRead => "read",
         Workload::RoundTrip => "round-trip",
+        Workload::Contend2 => "contend-2vcpu",
+        Workload::Contend4 => "contend-4vcpu",
+        Workload::Contend8 => "contend-8vcpu",
     }
 }
 
 /// Emulated (the speedup baseline: UART, ATA PIO, PIT, and the bare null-port exit) or PV.
 pub fn kind(v: Variant) -> Kind {
     match v {
-        Variant::Uart | Variant::AtaPio | Variant::Pit | Variant::PortOut => Kind::Emulated,
+        Variant::Uart | Variant::AtaPio | Variant::Pit | Variant::PortOut | Variant::TicketSpin => {
+            Kind::Emulated
+        }
         Variant::PvHypercall
         | Variant::PvRing
         | Variant::PvEventfd
         | Variant::PvPoll
         | Variant::PvClock
-        | Variant::KvmClock => Kind::Pv,
+        | Variant::KvmClock
+        | Variant::PvSpinlock => Kind::Pv,
     }
 }
 
@@ -148,6 +165,8 @@ pub enum Unit {
     ReadsPerSec,
     /// Port writes per second (exit round trips).
     WritesPerSec,
+    /// Lock acquisitions per second, all vCPUs together.
+    AcqPerSec,
 }
 
 impl Unit {
@@ -158,6 +177,7 @@ impl Unit {
             Unit::Iops => "IOPS",
             Unit::ReadsPerSec => "reads/s",
             Unit::WritesPerSec => "writes/s",
+            Unit::AcqPerSec => "acquisitions/s",
         }
     }
 
@@ -169,7 +189,9 @@ impl Unit {
         }
         match self {
             Unit::MBps => bytes as f64 / ns * 1e3,
-            Unit::Iops | Unit::ReadsPerSec | Unit::WritesPerSec => ops as f64 / ns * 1e9,
+            Unit::Iops | Unit::ReadsPerSec | Unit::WritesPerSec | Unit::AcqPerSec => {
+                ops as f64 / ns * 1e9
+            }
         }
     }
 }
@@ -184,6 +206,7 @@ pub fn unit(w: Workload) -> Unit {
         Workload::RandRead4K | Workload::RandWrite4K => Unit::Iops,
         Workload::ClockRead => Unit::ReadsPerSec,
         Workload::RoundTrip => Unit::WritesPerSec,
+        Workload::Contend2 | Workload::Contend4 | Workload::Contend8 => Unit::AcqPerSec,
     }
 }
 

@@ -464,6 +464,7 @@ pub const fn device_name(device: Device) -> &'static str {
         Device::Block => "block",
         Device::Clock => "clock",
         Device::Exit => "exit",
+        Device::Spinlock => "spinlock",
     }
 }
 
@@ -480,6 +481,8 @@ pub const fn variant_name(variant: Variant) -> &'static str {
         Variant::PvClock => "pv-clock",
         Variant::KvmClock => "kvmclock",
         Variant::PortOut => "port-out",
+        Variant::TicketSpin => "ticket-spin",
+        Variant::PvSpinlock => "pv-spinlock",
     }
 }
 
@@ -494,6 +497,9 @@ pub const fn workload_name(workload: Workload) -> &'static str {
         Workload::SeqWrite1M => "seqwrite1m",
         Workload::ClockRead => "read",
         Workload::RoundTrip => "roundtrip",
+        Workload::Contend2 => "contend2",
+        Workload::Contend4 => "contend4",
+        Workload::Contend8 => "contend8",
     }
 }
 

@@ -34,6 +34,9 @@ mod cpus;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::smp::MAX_CPUS;
+use pvkit_abi::bench::{
+    BenchSample, CaseId, Device, PhaseMark, Variant, Workload, SAMPLE_FAILED, SAMPLE_VERIFIED,
+};
 use pvkit_abi::boot::BootInfo;
 use pvkit_abi::cpuid::Features;
 use pvkit_abi::{Hypercall, Status};
@@ -84,6 +87,9 @@ pub struct LockArgs {
     pub bad: bool,
     /// Wait for ever.
     pub hang: bool,
+    /// `lock_bench`: bracket the loop with benchmark markers and report a sample
+    /// (`pvkit bench`'s spinlock cases).
+    pub bench: bool,
 }
 
 /// Acquisitions per CPU unless `iters=` says otherwise.
@@ -274,9 +280,34 @@ pub struct Outcome {
     pub steal_backwards: u64,
 }
 
+/// The benchmark case of `args`: the lock's variant and the workload of its CPU count
+/// (2, 4 or 8).
+fn bench_case(args: &LockArgs) -> Option<CaseId> {
+    let workload = match args.cpus {
+        2 => Workload::Contend2,
+        4 => Workload::Contend4,
+        8 => Workload::Contend8,
+        _ => return None,
+    };
+    let variant = match args.kind {
+        LockKind::Plain => Variant::TicketSpin,
+        LockKind::Pv => Variant::PvSpinlock,
+    };
+    Some(CaseId {
+        device: Device::Spinlock,
+        variant,
+        workload,
+    })
+}
+
 /// Runs the workload (the APs are started here) and returns what it measured, or a
-/// message saying why it could not run.
-pub fn measure(args: &LockArgs, boot: &BootInfo) -> Result<Outcome, &'static str> {
+/// message saying why it could not run. With `case`, the loop (start of the CPUs to the
+/// last one done) is bracketed by its benchmark markers.
+pub fn measure(
+    args: &LockArgs,
+    boot: &BootInfo,
+    case: Option<CaseId>,
+) -> Result<Outcome, &'static str> {
     let features = Features::from_bits_truncate(boot.features);
     let cpus = args.cpus.clamp(1, MAX_CPUS);
     if args.kind == LockKind::Pv && !features.contains(Features::PV_SPINLOCK) {
@@ -298,6 +329,9 @@ pub fn measure(args: &LockArgs, boot: &BootInfo) -> Result<Outcome, &'static str
     if args.hang {
         println!("lock: every CPU waits in LockWait for ever");
     }
+    if let Some(c) = case {
+        pvkit_guest::hypercall::bench_phase(c, PhaseMark::Begin, 0);
+    }
     let t0 = rdtsc();
     START.store(true, Ordering::Release);
     work(0);
@@ -305,6 +339,9 @@ pub fn measure(args: &LockArgs, boot: &BootInfo) -> Result<Outcome, &'static str
         return Err("the CPUs did not finish");
     }
     let cycles = rdtsc().wrapping_sub(t0);
+    if let Some(c) = case {
+        pvkit_guest::hypercall::bench_phase(c, PhaseMark::End, args.iters * cpus as u64);
+    }
     let mut out = Outcome {
         // SAFETY: every CPU is done with the lock; nobody touches the counter any more.
         counter: unsafe { COUNTER.with(|c| core::ptr::read_volatile(c)) },
@@ -330,18 +367,57 @@ pub fn cpu_steal_ns(cpu: usize) -> u64 {
         .map_or(0, |s| s.steal_ns.load(Ordering::Relaxed))
 }
 
+/// Sends the case's [`BenchSample`]: the guest's verdict is the exact counter;
+/// `extra` = the `LockWait` and `LockKick` calls made (each one exit), which the host
+/// compares with its ledger.
+fn report_sample(case: CaseId, out: &Outcome) {
+    let sample = BenchSample {
+        case: case.to_u64(),
+        ops: out.expected,
+        bytes: 0,
+        cycles_total: out.cycles,
+        cycles_median: 0,
+        cycles_p99: 0,
+        flags: if out.counter == out.expected {
+            SAMPLE_VERIFIED
+        } else {
+            SAMPLE_FAILED
+        },
+        sample_count: 0,
+        samples_addr: 0,
+        extra: out.waits + out.kicks,
+    };
+    if let Err(s) = pvkit_guest::hypercall::bench_result(&sample) {
+        println!("lock: BenchResult refused: {s:?}");
+    }
+}
+
 /// `lock=`: runs the workload, prints the result and ends the VM.
 pub fn run(args: &LockArgs, boot: &BootInfo) -> ! {
     if args.bad {
         bad_calls(args.cpus);
     }
-    let out = match measure(args, boot) {
+    let case = if args.bench {
+        match bench_case(args) {
+            Some(c) => Some(c),
+            None => {
+                println!("lock: lock_bench needs cpus=2, 4 or 8");
+                crate::exit(2)
+            }
+        }
+    } else {
+        None
+    };
+    let out = match measure(args, boot, case) {
         Ok(o) => o,
         Err(why) => {
             println!("lock: kind={} skipped: {why}", args.kind.name());
             crate::exit(2)
         }
     };
+    if let Some(c) = case {
+        report_sample(c, &out);
+    }
     let cpus = args.cpus.clamp(1, MAX_CPUS);
     let us = match boot.tsc_khz {
         0 => 0,
