@@ -172,10 +172,8 @@ fn sigterm_stops_a_vm_whose_vcpus_are_blocked_in_lock_wait() {
     }
     let t0 = Instant::now();
     // SAFETY: signalling our own child process.
-    assert_eq!(
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
+    let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(sent, 0);
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {
             break s;
