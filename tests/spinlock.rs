@@ -189,3 +189,41 @@ fn sigterm_stops_a_vm_whose_vcpus_are_blocked_in_lock_wait() {
     assert_eq!(status.code(), Some(143), "{err}");
     assert_eq!(err.trim_end(), "pvkit: stopped by SIGTERM", "{err}");
 }
+
+#[test]
+fn the_hostile_guest_s_lock_and_steal_checks_pass_with_two_vcpus() {
+    if !common::hostile_ready() {
+        return;
+    }
+    let cfg = VmConfig {
+        kernel: KernelSource::Path(common::HOSTILE_ELF.into()),
+        mem_mib: 32,
+        cmdline: "case=hypercalls".into(),
+        capture_console: true,
+        timeout: Duration::from_secs(60),
+        vcpus: 2,
+        ..VmConfig::default()
+    };
+    let o = run(&cfg).expect("run the hostile guest");
+    let console = String::from_utf8_lossy(&o.console).into_owned();
+    // With two vCPUs the calls exist: refused with EINVAL, not EOPNOTSUPP (the block
+    // checks fail here: this VM has no disk).
+    for line in [
+        "check lock.wait-flags status=EINVAL ok",
+        "check lock.kick-flags status=EINVAL ok",
+        "check lock.kick-target-max status=EINVAL ok",
+        "check lock.kick-self status=OK ok",
+        "check lock.wait-pending val=0x1 ok",
+        "check steal.vm-form status=EINVAL ok",
+        "check steal.ok status=OK ok",
+    ] {
+        assert!(console.lines().any(|l| l == line), "{line}: {console}");
+    }
+    let ours = console
+        .lines()
+        .filter(|l| l.starts_with("check lock.") || l.starts_with("check steal."));
+    assert!(ours.clone().count() == 12 && ours.clone().all(|l| l.ends_with(" ok")));
+    // Two refused kicks and the good one, one exit each; the refused and the good wait.
+    assert_eq!(o.ledger.count(ExitKind::Hypercall(Hypercall::LockKick)), 3);
+    assert_eq!(o.ledger.count(ExitKind::Hypercall(Hypercall::LockWait)), 2);
+}

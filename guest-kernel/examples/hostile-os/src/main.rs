@@ -34,6 +34,7 @@ mod hcalls;
 mod out;
 mod raw;
 mod rings;
+mod spin;
 
 use pvkit_abi::boot::{BootInfo, BOOT_MAGIC};
 use pvkit_abi::cpuid::Features;
