@@ -500,6 +500,13 @@ fn collect(runs: &[DeviceRun]) -> (Vec<Case>, Vec<String>, Vec<expected::Unavail
         })
         .collect();
     let mut out = cases::build_cases(&all);
+    spinlock::add_guest_notes(
+        &mut out,
+        runs.iter()
+            .filter(|r| r.device == BenchDevice::Spinlock)
+            .filter_map(|r| r.result.as_ref().ok())
+            .map(|o| o.console.as_slice()),
+    );
     out.extend(failed_cases);
     (out, problems, unavailable)
 }

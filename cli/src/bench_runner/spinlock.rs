@@ -90,6 +90,59 @@ pub fn attribute_exits(ms: &mut [Measurement], ledger: &LedgerSnapshot) {
     }
 }
 
+/// What the guest's summary line (`lock: kind=… cpus=N … spins=S waits=W kicks=K
+/// steal_us=U …`) says, as `(kind, cpus, note)`; `None` if the console has no such line.
+/// Console text is guest data: numbers that do not parse are left out.
+pub fn guest_note(console: &[u8]) -> Option<(String, u32, String)> {
+    let text = String::from_utf8_lossy(console);
+    let line = text.lines().rev().find(|l| l.starts_with("lock: kind="))?;
+    let get = |key: &str| {
+        line.split_whitespace()
+            .find_map(|t| t.strip_prefix(key)?.strip_prefix('='))
+    };
+    let num = |key: &str| get(key).and_then(|v| v.parse::<u64>().ok());
+    let kind = get("kind")?.to_owned();
+    let cpus = u32::try_from(num("cpus")?).ok()?;
+    let mut parts = Vec::new();
+    if let Some(n) = num("spins") {
+        parts.push(format!("{n} failed lock reads (spins)"));
+    }
+    if let (Some(w), Some(k)) = (num("waits"), num("kicks")) {
+        parts.push(format!("{w} LockWait / {k} LockKick"));
+    }
+    if let Some(us) = num("steal_us") {
+        parts.push(format!(
+            "steal time {:.1} ms (all vCPUs, during the loop)",
+            us as f64 / 1000.0
+        ));
+    }
+    Some((kind, cpus, format!("guest: {}", parts.join(", "))))
+}
+
+/// Adds the note of each spinlock boot (from its captured console) to its case in `cases`.
+pub fn add_guest_notes<'a>(
+    cases: &mut [pvkit_report::Case],
+    consoles: impl IntoIterator<Item = &'a [u8]>,
+) {
+    for console in consoles {
+        let Some((kind, cpus, note)) = guest_note(console) else {
+            continue;
+        };
+        let variant = match kind.as_str() {
+            "plain" => "ticket-spin",
+            "pv" => "pv-spinlock",
+            _ => continue,
+        };
+        let workload = format!("contend-{cpus}vcpu");
+        if let Some(c) = cases
+            .iter_mut()
+            .find(|c| c.device == "spinlock" && c.variant == variant && c.workload == workload)
+        {
+            c.notes.push(note);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +167,23 @@ mod tests {
             b[2].cmdline(" iters=5 "),
             "lock=plain cpus=4 iters=500 lock_bench iters=5"
         );
+    }
+
+    #[test]
+    fn the_guest_line_becomes_a_note_and_garbage_does_not() {
+        let line = b"lock: cpu 0 steal_us=5\nlock: kind=pv cpus=4 iters=5 counter=20 \
+            expected=20 time_us=1 acq_per_s=1 spins=17 waits=3 kicks=2 steal_us=2500\n";
+        let (kind, cpus, note) = guest_note(line).unwrap();
+        assert_eq!((kind.as_str(), cpus), ("pv", 4));
+        assert_eq!(
+            note,
+            "guest: 17 failed lock reads (spins), 3 LockWait / 2 LockKick, steal time 2.5 ms \
+             (all vCPUs, during the loop)"
+        );
+        assert_eq!(guest_note(b"lock: kind=pv cpus=x\n"), None);
+        assert_eq!(guest_note(b"nothing\n"), None);
+        let (_, _, partial) = guest_note(b"lock: kind=plain cpus=2 spins=zz\n").unwrap();
+        assert_eq!(partial, "guest: ");
     }
 
     #[test]
