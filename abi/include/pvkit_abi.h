@@ -305,6 +305,12 @@ enum PVKIT_Hypercall
   // the target is the caller, out of range, or `RIP`/`RSP` are not canonical; `EBUSY`:
   // the target was already started (by this call or by INIT-SIPI).
   PVKIT_HYPERCALL_VCPU_UP = 1024,
+  // Send one fixed-delivery interrupt to each vCPU of a bitmap (PV IPI, one exit for any
+  // number of targets; [`crate::cpuid::Features::PV_IPI`]). arg0 = bitmap (bit `i` targets
+  // vCPU `arg2 + i`), arg1 = vector (`0x20`–`0xff`), arg2 = the vCPU of bit 0, arg3 = 0
+  // (reserved). `EINVAL`: an empty bitmap, a target that does not exist, a vector below
+  // `0x20` or above `0xff`, arg3 ≠ 0; nothing is sent then. `RDX` ← interrupts delivered.
+  PVKIT_HYPERCALL_SEND_IPI = 1025,
   // PV spinlock slow path: block the calling vCPU's thread on the host until another
   // vCPU kicks it ([`Hypercall::LockKick`]) or a bounded host timeout
   // ([`crate::spinlock::LOCK_WAIT_MAX_US`]) passes, then return. A kick that arrived
@@ -646,6 +652,9 @@ typedef uint64_t PVKIT_Features;
 // [`crate::Hypercall::BalloonDeflate`], [`crate::Hypercall::BalloonInfo`]
 // ([`crate::balloon`]).
 #define PVKIT_Features_BALLOON (uint64_t)(1 << 12)
+// PV IPIs: [`crate::Hypercall::SendIpi`] (a CPU bitmap per call). Set only with
+// more than one vCPU.
+#define PVKIT_Features_PV_IPI (uint64_t)(1 << 13)
 // PV spinlocks: [`crate::Hypercall::LockWait`] and [`crate::Hypercall::LockKick`]
 // ([`crate::spinlock`]). Set only with more than one vCPU.
 #define PVKIT_Features_PV_SPINLOCK (uint64_t)(1 << 14)

@@ -22,8 +22,14 @@ pub enum Device {
     Clock = 3,
     /// Bare exit round trips (calibration).
     Exit = 4,
+    /// Inter-processor interrupts (a 4-vCPU boot).
+    Ipi = 9,
+    /// Application-processor bring-up (a 4-vCPU boot per variant).
+    Smp = 10,
+    /// Giving freed guest memory back to the host (a boot per variant).
+    Balloon = 11,
     /// One spinlock contended by several vCPUs (`--vcpus N`, one boot per case).
-    Spinlock = 8,
+    Spinlock = 12,
 }
 
 /// How the device is reached.
@@ -50,10 +56,16 @@ pub enum Variant {
     KvmClock = 9,
     /// Raw `out` to an unused port handled by the VMM.
     PortOut = 10,
+    /// x2APIC ICR writes to KVM's in-kernel LAPIC.
+    X2Apic = 19,
+    /// INIT-SIPI-SIPI through the in-kernel LAPIC, the AP climbing from real mode.
+    InitSipi = 20,
+    /// The unmodified guest: freed memory stays on its free list, the host keeps it.
+    NoBalloon = 21,
     /// A plain ticket spinlock: waiters spin (the baseline).
-    TicketSpin = 20,
+    TicketSpin = 24,
     /// The PV ticket spinlock: bounded spin, then `LockWait`; the unlocker `LockKick`s.
-    PvSpinlock = 21,
+    PvSpinlock = 25,
 }
 
 /// What the case does.
@@ -76,12 +88,20 @@ pub enum Workload {
     ClockRead = 7,
     /// One exit round trip.
     RoundTrip = 8,
+    /// An IPI from CPU 0 to CPU 1 and its answer back (a round trip).
+    PingPong = 19,
+    /// One IPI from CPU 0 to every other CPU, all acknowledged.
+    OneToAll = 20,
+    /// Start one application processor until it reports in.
+    ApBringUp = 21,
+    /// Free touched guest memory; an op is one MiB.
+    Release = 22,
     /// One lock acquisition (critical section: a shared counter) by 2 vCPUs.
-    Contend2 = 20,
+    Contend2 = 24,
     /// As [`Workload::Contend2`] with 4 vCPUs.
-    Contend4 = 21,
+    Contend4 = 25,
     /// As [`Workload::Contend2`] with 8 vCPUs.
-    Contend8 = 22,
+    Contend8 = 26,
 }
 
 macro_rules! decode_u16 {
@@ -100,6 +120,9 @@ decode_u16!(Device {
     Block,
     Clock,
     Exit,
+    Ipi,
+    Smp,
+    Balloon,
     Spinlock
 });
 decode_u16!(Variant {
@@ -113,6 +136,9 @@ decode_u16!(Variant {
     PvClock,
     KvmClock,
     PortOut,
+    X2Apic,
+    InitSipi,
+    NoBalloon,
     TicketSpin,
     PvSpinlock
 });
@@ -125,6 +151,10 @@ decode_u16!(Workload {
     SeqWrite1M,
     ClockRead,
     RoundTrip,
+    PingPong,
+    OneToAll,
+    ApBringUp,
+    Release,
     Contend2,
     Contend4,
     Contend8

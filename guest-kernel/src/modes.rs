@@ -62,7 +62,7 @@ pub fn run(args: &Args, console: ConsoleKind, boot: &BootInfo) -> ! {
         crate::balloon::run(b, boot);
     }
     if let Some((mode, cpus)) = args.smp {
-        crate::smp::run(mode, cpus, boot);
+        crate::smp::run(mode, cpus, args.ipi, boot);
     }
     match args.action {
         None => crate::exit(args.exit_code),

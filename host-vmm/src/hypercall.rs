@@ -122,12 +122,14 @@ mod tests {
             let devices = crate::devices::assemble(
                 crate::devices::PvConfig {
                     console: console.clone(),
+                    pv_console: true,
                     disk: None,
                     clock: None,
                     kvmclock: false,
                     balloon: None,
                     rings: None,
                     vcpu_up: None,
+                    ipi: None,
                     spinlock: None,
                     steal: None,
                 },
@@ -179,7 +181,7 @@ mod tests {
             0x101,
             0x202,
             0x302,
-            0x401,
+            0x4ff,
             0x503,
             0x600,
             0xf02,

@@ -902,6 +902,7 @@ fn check_call(
         | Hypercall::BalloonDeflate
         | Hypercall::BalloonInfo
         | Hypercall::VcpuUp
+        | Hypercall::SendIpi
         | Hypercall::LockWait
         | Hypercall::LockKick => prop_assert_eq!(out, &ret(Status::EOPNOTSUPP, 0)),
     }

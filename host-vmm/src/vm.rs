@@ -121,6 +121,11 @@ pub struct VmConfig {
     /// `pvkit: gdb: waiting for a connection on ADDR`, and the guest waits for the
     /// debugger before its first instruction. The [`VmConfig::timeout`] still applies.
     pub gdb: Option<std::net::SocketAddr>,
+    /// Offer the PV console (default `true`). `false` (`pvkit run --no-pv-console`): no
+    /// `ConsoleWrite`, no console ring, no `CONSOLE`/`CONSOLE_RING` feature bits in the
+    /// `BootInfo` and CPUID, as on a host without it; a guest that checks the bits uses
+    /// the UART.
+    pub pv_console: bool,
 }
 
 impl Default for VmConfig {
@@ -141,6 +146,7 @@ impl Default for VmConfig {
             record: RecordConfig::default(),
             net: None,
             gdb: None,
+            pv_console: true,
         }
     }
 }
@@ -210,6 +216,9 @@ pub struct RunOutcome {
     pub net: Option<NicStats>,
     /// What the memory balloon did (`None`: the VM had no balloon).
     pub balloon: Option<BalloonStats>,
+    /// KVM's count of every exit of every vCPU from guest mode, handled in the kernel or
+    /// not (`KVM_GET_STATS_FD`); `None` if a vCPU has no binary statistics.
+    pub kvm_exits: Option<u64>,
 }
 
 /// Errors that keep a VM from running (guest misbehaviour is a [`StopReason`], not this).
@@ -546,6 +555,8 @@ enum Event {
     Wake(u32),
     /// An AP stopped the VM (an `Exit` call, a fault): stop vCPU 0 too.
     ApStopped(StopReason),
+    /// The debugger's Ctrl-C: kick vCPU 0 out of `KVM_RUN` (`crate::debug::gdb`).
+    DebugInterrupt,
 }
 
 /// The watchdog: waits for the vCPU thread to end. At the deadline, or as soon as a host
@@ -601,6 +612,14 @@ fn supervise<T>(
             }
             Ok(Event::ApStopped(stop)) => {
                 ap_stop.get_or_insert(stop);
+            }
+            Ok(Event::DebugInterrupt) => {
+                if !thread.is_finished() {
+                    watchdog::kick(thread)?;
+                }
+                if kicking.is_none() {
+                    continue;
+                }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if kicking.is_none()
@@ -684,7 +703,14 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
             eprintln!("pvkit: gdb: waiting for a connection on {bound}");
         }
         let fd = vcpu.debug_fd().map_err(crate::debug::gdb::GdbError::Dup)?;
-        boot.debug = Some(listener.serve(fd, vm.mem().clone())?);
+        let kick = Mutex::new(tx.clone());
+        let kick = Box::new(move || {
+            let tx = kick
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _ = tx.send(Event::DebugInterrupt);
+        });
+        boot.debug = Some(listener.serve(fd, vm.mem().clone(), kick)?);
     }
 
     if let Some(up) = &vcpu_up {
@@ -792,6 +818,10 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
 
     // Every vCPU's exits; only vCPU 0 runs guest code, so its timings are the run's.
     let ledger = merge_ledgers(std::iter::once(&boot).chain(&others));
+    let kvm_exits = std::iter::once(&boot)
+        .chain(&others)
+        .map(|c| c.kvm_exits)
+        .sum::<Option<u64>>();
     let timings = Timings {
         to_guest_entry: boot
             .entered
@@ -844,6 +874,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         trace,
         net: net.map(|n| n.stats()),
         balloon: balloon.map(|b| b.stats()),
+        kvm_exits,
     })
 }
 

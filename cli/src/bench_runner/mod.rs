@@ -23,6 +23,7 @@ pub mod disk;
 pub mod expected;
 pub mod names;
 pub mod progress;
+pub mod rss;
 pub mod spinlock;
 
 use std::path::{Path, PathBuf};
@@ -117,7 +118,12 @@ impl BenchConfig {
     /// The guest command line for `device` (the console is PV so that anything the guest
     /// prints outside the phases costs little).
     pub fn cmdline(&self, device: BenchDevice) -> String {
-        let mut s = format!("bench={}", device.name());
+        self.cmdline_for(device.name())
+    }
+
+    /// The guest command line for the selection `bench=<selection>`.
+    pub fn cmdline_for(&self, selection: &str) -> String {
+        let mut s = format!("bench={selection}");
         if self.quick {
             s.push_str(" quick");
         }
@@ -142,6 +148,8 @@ pub struct DeviceRun {
     pub result: Result<RunOutcome, String>,
     /// Wall time of the boot.
     pub wall: Duration,
+    /// The host RSS (KiB) at the end of each phase, for devices whose result is memory.
+    pub rss_at_end: Vec<(pvkit_abi::bench::CaseId, u64)>,
 }
 
 /// Everything a bench run produced.
@@ -258,7 +266,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchOutcome, RunnerError> {
     let expected: u64 = cfg
         .devices
         .iter()
-        .map(|d| d.expected_cases() * u64::from(cfg.iterations))
+        .map(|d| d.expected_cases() * d.selections().len() as u64 * u64::from(cfg.iterations))
         .sum();
     let bar = Progress::new(cfg.progress && progress::wanted(), expected);
 
@@ -301,8 +309,8 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchOutcome, RunnerError> {
     let mut runs = Vec::new();
     for iteration in 0..cfg.iterations {
         for &device in &cfg.devices {
-            bar.device(device.name());
             for spec in boot_specs(cfg, device) {
+                bar.device(&spec.label);
                 let run = boot(
                     cfg,
                     device,
@@ -346,29 +354,39 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchOutcome, RunnerError> {
     })
 }
 
-/// What one boot runs: the guest command line, the vCPUs and the cases it should report.
+/// What one boot runs: its name on the progress bar, the guest command line, the vCPUs
+/// and the cases it should report.
 struct BootSpec {
+    label: String,
     cmdline: String,
     vcpus: u32,
     cases: u64,
 }
 
-/// The boots of `device`: one (`bench=<device>`), or for the spinlock one per case.
+/// The boots of `device`: one per selection (`bench=<selection>`,
+/// [`BenchDevice::selections`]), or for the spinlock one per case (`lock=`, its own vCPU
+/// count, [`spinlock::boots`]).
 fn boot_specs(cfg: &BenchConfig, device: BenchDevice) -> Vec<BootSpec> {
     match device {
         BenchDevice::Spinlock => spinlock::boots(cfg.quick)
             .into_iter()
             .map(|b| BootSpec {
+                label: format!("spinlock/{}/{}vcpu", b.lock, b.vcpus),
                 cmdline: b.cmdline(&cfg.extra_cmdline),
                 vcpus: b.vcpus,
                 cases: 1,
             })
             .collect(),
-        _ => vec![BootSpec {
-            cmdline: cfg.cmdline(device),
-            vcpus: 1,
-            cases: device.expected_cases(),
-        }],
+        _ => device
+            .selections()
+            .into_iter()
+            .map(|selection| BootSpec {
+                cmdline: cfg.cmdline_for(&selection),
+                label: selection,
+                vcpus: device.vcpus(),
+                cases: device.expected_cases(),
+            })
+            .collect(),
     }
 }
 
@@ -382,10 +400,19 @@ fn boot(
     bar: &Progress,
 ) -> DeviceRun {
     let cmdline = spec.cmdline;
+    let rss_log = rss::RssLog::default();
+    let observer = match device {
+        BenchDevice::Balloon => {
+            rss::observer(bar.observer(), rss_log.clone()).unwrap_or_else(|| bar.observer())
+        }
+        _ => bar.observer(),
+    };
     let vm = VmConfig {
-        vcpus: spec.vcpus,
         kernel: cfg.kernel.clone(),
-        mem_mib: cfg.mem_mib,
+        mem_mib: match device {
+            BenchDevice::Balloon => cfg.mem_mib.max(names::BALLOON_MEM_MIB),
+            _ => cfg.mem_mib,
+        },
         cmdline: cmdline.clone(),
         console: Some(ConsoleKind::Pv),
         capture_console: true,
@@ -396,7 +423,8 @@ fn boot(
             path: path.to_path_buf(),
             read_only: false,
         }),
-        phase_observer: Some(bar.observer()),
+        phase_observer: Some(observer),
+        vcpus: spec.vcpus,
         ..VmConfig::default()
     };
     let before = bar.phases();
@@ -405,12 +433,14 @@ fn boot(
     let wall = start.elapsed();
     let phases = result.as_ref().map_or(0, |o| o.phases.len() as u64);
     bar.boot_done(phases, bar.phases() - before, spec.cases);
+    let rss_at_end = rss_log.lock().map(|l| l.clone()).unwrap_or_default();
     DeviceRun {
         device,
         iteration,
         cmdline,
         result,
         wall,
+        rss_at_end,
     }
 }
 
@@ -423,7 +453,7 @@ fn collect(runs: &[DeviceRun]) -> (Vec<Case>, Vec<String>, Vec<expected::Unavail
     for r in runs {
         let name = r.device.name();
         let boot = if runs.iter().filter(|x| x.device == r.device).count() > 1 {
-            format!("{name} (boot {})", r.iteration + 1)
+            format!("{name} (boot {}, `{}`)", r.iteration + 1, r.cmdline)
         } else {
             name.to_owned()
         };
@@ -500,6 +530,19 @@ fn collect(runs: &[DeviceRun]) -> (Vec<Case>, Vec<String>, Vec<expected::Unavail
         })
         .collect();
     let mut out = cases::build_cases(&all);
+    for c in out.iter_mut() {
+        let kib: Vec<u64> = runs
+            .iter()
+            .flat_map(|r| &r.rss_at_end)
+            .filter(|(case, _)| {
+                names::case_label(*case) == format!("{}/{}/{}", c.device, c.variant, c.workload)
+            })
+            .map(|(_, k)| *k)
+            .collect();
+        if !kib.is_empty() {
+            c.notes.push(rss::note(&kib));
+        }
+    }
     spinlock::add_guest_notes(
         &mut out,
         runs.iter()

@@ -21,18 +21,36 @@ pub enum BenchDevice {
     Clock,
     /// Bare exit round trips (calibration).
     Exit,
+    /// IPIs: x2APIC ICR against the PV `SendIpi` (a boot with [`IPI_VCPUS`] vCPUs).
+    Ipi,
+    /// AP bring-up: INIT-SIPI-SIPI against `VcpuUp` (one boot per variant, each with
+    /// [`IPI_VCPUS`] vCPUs).
+    Smp,
+    /// Freed memory: the unmodified guest against the balloon (one boot per variant, each
+    /// with [`BALLOON_MEM_MIB`] of RAM; the host RSS at the end of the phase is noted).
+    Balloon,
     /// One spinlock contended by 2, 4 and 8 vCPUs: plain ticket lock against the PV one
     /// (one boot per case, [`super::spinlock`]).
     Spinlock,
 }
 
+/// Guest RAM of the balloon boots: room for the 256 MiB the guest touches and frees.
+pub const BALLOON_MEM_MIB: u64 = 512;
+
+/// vCPUs of the IPI and SMP boots (IPI: CPU 0 sends; CPU 1 answers the ping-pong; 1–3
+/// take the one-to-all. SMP: CPU 0 starts 1–3).
+pub const IPI_VCPUS: u32 = 4;
+
 impl BenchDevice {
     /// Every device, in run order.
-    pub const ALL: [BenchDevice; 5] = [
+    pub const ALL: [BenchDevice; 8] = [
         BenchDevice::Console,
         BenchDevice::Block,
         BenchDevice::Clock,
         BenchDevice::Exit,
+        BenchDevice::Ipi,
+        BenchDevice::Smp,
+        BenchDevice::Balloon,
         BenchDevice::Spinlock,
     ];
 
@@ -48,7 +66,28 @@ impl BenchDevice {
             BenchDevice::Block => Device::Block,
             BenchDevice::Clock => Device::Clock,
             BenchDevice::Exit => Device::Exit,
+            BenchDevice::Ipi => Device::Ipi,
+            BenchDevice::Smp => Device::Smp,
+            BenchDevice::Balloon => Device::Balloon,
             BenchDevice::Spinlock => Device::Spinlock,
+        }
+    }
+
+    /// vCPUs of this device's boots (the spinlock boots set their own, [`super::spinlock`]).
+    pub fn vcpus(self) -> u32 {
+        match self {
+            BenchDevice::Ipi | BenchDevice::Smp => IPI_VCPUS,
+            _ => 1,
+        }
+    }
+
+    /// What each of this device's boots selects (`bench=<selection>`): the device, or for
+    /// SMP (whose APs start once per boot) one boot per variant.
+    pub fn selections(self) -> Vec<String> {
+        match self {
+            BenchDevice::Smp => vec!["smp/init-sipi".into(), "smp/pv-hypercall".into()],
+            BenchDevice::Balloon => vec!["balloon/none".into(), "balloon/pv-hypercall".into()],
+            d => vec![d.name().into()],
         }
     }
 
@@ -69,6 +108,10 @@ impl BenchDevice {
             BenchDevice::Clock => 3,
             // null port.
             BenchDevice::Exit => 1,
+            // x2apic, pv-hypercall × ping-pong, one-to-all.
+            BenchDevice::Ipi => 4,
+            // One variant per boot.
+            BenchDevice::Smp | BenchDevice::Balloon => 1,
             // ticket-spin, pv-spinlock × 2, 4, 8 vCPUs.
             BenchDevice::Spinlock => 6,
         }
@@ -88,6 +131,9 @@ pub fn bench_device(device: Device) -> BenchDevice {
         Device::Block => BenchDevice::Block,
         Device::Clock => BenchDevice::Clock,
         Device::Exit => BenchDevice::Exit,
+        Device::Ipi => BenchDevice::Ipi,
+        Device::Smp => BenchDevice::Smp,
+        Device::Balloon => BenchDevice::Balloon,
         Device::Spinlock => BenchDevice::Spinlock,
     }
 }
@@ -99,6 +145,9 @@ pub fn device_name(d: Device) -> &'static str {
         Device::Block => "block",
         Device::Clock => "clock",
         Device::Exit => "exit",
+        Device::Ipi => "ipi",
+        Device::Smp => "smp",
+        Device::Balloon => "balloon",
         Device::Spinlock => "spinlock",
     }
 }
@@ -116,6 +165,9 @@ pub fn variant_name(v: Variant) -> &'static str {
         Variant::PvClock => "pvclock",
         Variant::KvmClock => "kvmclock",
         Variant::PortOut => "null-port",
+        Variant::X2Apic => "x2apic",
+        Variant::InitSipi => "init-sipi",
+        Variant::NoBalloon => "none",
         Variant::TicketSpin => "ticket-spin",
         Variant::PvSpinlock => "pv-spinlock",
     }
@@ -132,18 +184,28 @@ pub fn workload_name(w: Workload) -> &'static str {
         Workload::SeqWrite1M => "seqwrite-1MiB",
         Workload::ClockRead => "read",
         Workload::RoundTrip => "round-trip",
+        Workload::PingPong => "ping-pong",
+        Workload::OneToAll => "one-to-all",
+        Workload::ApBringUp => "ap-bringup",
+        Workload::Release => "release-MiB",
         Workload::Contend2 => "contend-2vcpu",
         Workload::Contend4 => "contend-4vcpu",
         Workload::Contend8 => "contend-8vcpu",
     }
 }
 
-/// Emulated (the speedup baseline: UART, ATA PIO, PIT, and the bare null-port exit) or PV.
+/// Emulated (the speedup baseline: UART, ATA PIO, PIT, the x2APIC, INIT-SIPI-SIPI, the
+/// unmodified guest without a balloon, and the bare null-port exit) or PV.
 pub fn kind(v: Variant) -> Kind {
     match v {
-        Variant::Uart | Variant::AtaPio | Variant::Pit | Variant::PortOut | Variant::TicketSpin => {
-            Kind::Emulated
-        }
+        Variant::Uart
+        | Variant::AtaPio
+        | Variant::Pit
+        | Variant::PortOut
+        | Variant::X2Apic
+        | Variant::InitSipi
+        | Variant::NoBalloon
+        | Variant::TicketSpin => Kind::Emulated,
         Variant::PvHypercall
         | Variant::PvRing
         | Variant::PvEventfd
@@ -165,6 +227,8 @@ pub enum Unit {
     ReadsPerSec,
     /// Port writes per second (exit round trips).
     WritesPerSec,
+    /// IPI round trips, one-to-all sends or APs started per second.
+    OpsPerSec,
     /// Lock acquisitions per second, all vCPUs together.
     AcqPerSec,
 }
@@ -177,6 +241,7 @@ impl Unit {
             Unit::Iops => "IOPS",
             Unit::ReadsPerSec => "reads/s",
             Unit::WritesPerSec => "writes/s",
+            Unit::OpsPerSec => "ops/s",
             Unit::AcqPerSec => "acquisitions/s",
         }
     }
@@ -189,9 +254,11 @@ impl Unit {
         }
         match self {
             Unit::MBps => bytes as f64 / ns * 1e3,
-            Unit::Iops | Unit::ReadsPerSec | Unit::WritesPerSec | Unit::AcqPerSec => {
-                ops as f64 / ns * 1e9
-            }
+            Unit::Iops
+            | Unit::ReadsPerSec
+            | Unit::WritesPerSec
+            | Unit::OpsPerSec
+            | Unit::AcqPerSec => ops as f64 / ns * 1e9,
         }
     }
 }
@@ -200,12 +267,15 @@ impl Unit {
 /// requests, reads/s for clocks, writes/s for exit round trips (each is one port write).
 pub fn unit(w: Workload) -> Unit {
     match w {
-        Workload::Write64 | Workload::Write4K | Workload::SeqRead1M | Workload::SeqWrite1M => {
-            Unit::MBps
-        }
+        Workload::Write64
+        | Workload::Write4K
+        | Workload::SeqRead1M
+        | Workload::SeqWrite1M
+        | Workload::Release => Unit::MBps,
         Workload::RandRead4K | Workload::RandWrite4K => Unit::Iops,
         Workload::ClockRead => Unit::ReadsPerSec,
         Workload::RoundTrip => Unit::WritesPerSec,
+        Workload::PingPong | Workload::OneToAll | Workload::ApBringUp => Unit::OpsPerSec,
         Workload::Contend2 | Workload::Contend4 | Workload::Contend8 => Unit::AcqPerSec,
     }
 }

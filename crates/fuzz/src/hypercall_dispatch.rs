@@ -311,7 +311,9 @@ impl Harness {
                 assert_eq!(out, ret(Status::EOPNOTSUPP, 0))
             }
             // No vCPUs to start in this harness: the device is not registered.
-            Hypercall::VcpuUp => assert_eq!(out, ret(Status::EOPNOTSUPP, 0)),
+            Hypercall::VcpuUp | Hypercall::SendIpi => {
+                assert_eq!(out, ret(Status::EOPNOTSUPP, 0))
+            }
             Hypercall::LockWait | Hypercall::LockKick if !self.backend => {
                 assert_eq!(out, ret(Status::EOPNOTSUPP, 0))
             }
@@ -465,6 +467,7 @@ pub fn run(data: &[u8]) {
     };
     let config = PvConfig {
         console: console.clone(),
+        pv_console: true,
         disk: backend.then(|| disk.clone()),
         clock: clock.then(|| Arc::new(FixedClock) as Arc<dyn ClockSource>),
         kvmclock: false,
@@ -481,6 +484,7 @@ pub fn run(data: &[u8]) {
             )
         }),
         vcpu_up: None,
+        ipi: None,
         // Two vCPUs, waits that never block (the fuzzer is one thread, vCPU 0).
         spinlock: backend.then(|| Arc::new(PvSpinlock::with_max_wait(2, Duration::ZERO))),
         steal: None,

@@ -230,15 +230,22 @@ mod tests {
     struct ThreadKicker {
         pending: Vec<(Mutex<bool>, Condvar)>,
         kicks: AtomicU64,
+        bound: std::time::Duration,
     }
 
     impl ThreadKicker {
+        /// Waits bounded by 10 ms, as the VMM's.
         fn new(n: usize) -> Self {
+            Self::with_bound(n, std::time::Duration::from_millis(10))
+        }
+
+        fn with_bound(n: usize, bound: std::time::Duration) -> Self {
             Self {
                 pending: (0..n)
                     .map(|_| (Mutex::new(false), Condvar::new()))
                     .collect(),
                 kicks: AtomicU64::new(0),
+                bound,
             }
         }
     }
@@ -249,9 +256,7 @@ mod tests {
         fn wait(&self) {
             let (m, c) = &self.pending[CPU.get()];
             let g = m.lock().unwrap();
-            let (mut g, _) = c
-                .wait_timeout_while(g, std::time::Duration::from_millis(10), |p| !*p)
-                .unwrap();
+            let (mut g, _) = c.wait_timeout_while(g, self.bound, |p| !*p).unwrap();
             *g = false;
         }
 
@@ -324,11 +329,40 @@ mod tests {
             l.unlock(k);
             a
         });
-        assert_eq!(n, 80_000);
-        // A spin limit of 1 with 4 threads started together: waits are all but certain,
-        // and a wait ends by a kick or the bound.
-        assert!(t.waits > 0, "{t:?}");
-        assert!(k.kicks.load(Ordering::Relaxed) > 0, "{t:?}");
+        assert_eq!(
+            n,
+            80_000,
+            "{t:?}, {} kicks",
+            k.kicks.load(Ordering::Relaxed)
+        );
+    }
+
+    #[test]
+    fn the_unlocker_kicks_the_waiter_that_published_the_next_ticket() {
+        static K: std::sync::OnceLock<ThreadKicker> = std::sync::OnceLock::new();
+        // Waits end only by the kick (a minute is a hang, not a timeout).
+        let k = K.get_or_init(|| ThreadKicker::with_bound(2, std::time::Duration::from_secs(60)));
+        let lock = Arc::new(PvTicketLock::<2>::new(1));
+        assert_eq!(lock.lock(0, k), Acquired::default());
+        let waiter = {
+            let lock = Arc::clone(&lock);
+            std::thread::spawn(move || {
+                CPU.set(1);
+                let got = lock.lock(1, K.get().unwrap());
+                lock.unlock(K.get().unwrap());
+                got
+            })
+        };
+        // Hold the lock until CPU 1 published ticket 1 (+ 1) in its slot.
+        while lock.slots[1].load(Ordering::SeqCst) != 2 {
+            std::thread::yield_now();
+        }
+        assert!(lock.unlock(k), "the release must kick CPU 1");
+        let got = waiter.join().unwrap();
+        assert!(got.waits >= 1 && got.spins >= 1, "{got:?}");
+        assert_eq!(k.kicks.load(Ordering::Relaxed), 1);
+        assert_eq!(lock.waiters.load(Ordering::SeqCst), 0);
+        assert_eq!(lock.slots[1].load(Ordering::SeqCst), 0);
     }
 
     #[test]

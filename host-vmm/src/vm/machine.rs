@@ -12,7 +12,7 @@ use std::time::Instant;
 use kvm_ioctls::VmFd;
 use pvkit_abi::call::RawCall;
 
-use crate::debug::gdb::VcpuDebug;
+use crate::debug::gdb::{DebugStop, VcpuDebug};
 use crate::devices::pv::vcpu_up::VcpuUp;
 use crate::devices::pv::HypercallBus;
 use crate::exit::ledger::{ExitLedger, LedgerSnapshot};
@@ -71,6 +71,8 @@ pub struct VcpuState {
     pub recorder: Option<ExitRecorder>,
     /// The gdb link (`pvkit run --gdb`), for vCPU 0 only.
     pub debug: Option<VcpuDebug>,
+    /// KVM's count of all the vCPU's exits (in-kernel included) when it stopped.
+    pub kvm_exits: Option<u64>,
 }
 
 impl VcpuState {
@@ -84,6 +86,7 @@ impl VcpuState {
             stopped: None,
             recorder: None,
             debug: None,
+            kvm_exits: None,
         }
     }
 
@@ -183,6 +186,7 @@ pub fn run_ap(
         }
     };
     cpu.stopped = Some(Instant::now());
+    cpu.kvm_exits = vcpu.kvm_exits();
     Ok(stop)
 }
 
@@ -194,7 +198,11 @@ pub fn run_vcpu(vcpu: &mut Vcpu, vm: &Vm, cpu: &mut VcpuState) -> Result<StopRea
     let debugging = cpu.debug.is_some();
     let stop_flag = &vm.shared.stop_requested;
     let stop = 'run: {
-        if let Some(stop) = cpu.debug.as_ref().and_then(|d| d.stopped(stop_flag)) {
+        if let Some(stop) = cpu
+            .debug
+            .as_ref()
+            .and_then(|d| d.stopped(DebugStop::Debug, stop_flag))
+        {
             break 'run stop;
         }
         loop {
@@ -202,14 +210,19 @@ pub fn run_vcpu(vcpu: &mut Vcpu, vm: &Vm, cpu: &mut VcpuState) -> Result<StopRea
             let action = vcpu.run(|exit| match exit {
                 Exit::Other {
                     reason: kvm_bindings::KVM_EXIT_DEBUG,
-                } if debugging => None,
-                exit => Some(cpu.handle(vm, exit)),
+                } if debugging => Err(DebugStop::Debug),
+                // The debugger's Ctrl-C kicked the vCPU: its stop, not a counted exit.
+                Exit::Interrupted if cpu.debug.as_ref().is_some_and(VcpuDebug::take_interrupt) => {
+                    Err(DebugStop::Interrupt)
+                }
+                exit => Ok(cpu.handle(vm, exit)),
             })?;
-            let Some(action) = action else {
-                match cpu.debug.as_ref().and_then(|d| d.stopped(stop_flag)) {
+            let action = match action {
+                Ok(action) => action,
+                Err(why) => match cpu.debug.as_ref().and_then(|d| d.stopped(why, stop_flag)) {
                     Some(stop) => break 'run stop,
                     None => continue,
-                }
+                },
             };
             if let Some(r) = &mut cpu.recorder {
                 r.record(cpu.exits.ledger.last(), vcpu.exit_rip());
@@ -225,6 +238,7 @@ pub fn run_vcpu(vcpu: &mut Vcpu, vm: &Vm, cpu: &mut VcpuState) -> Result<StopRea
         d.exited(&stop);
     }
     cpu.stopped = Some(Instant::now());
+    cpu.kvm_exits = vcpu.kvm_exits();
     Ok(stop)
 }
 

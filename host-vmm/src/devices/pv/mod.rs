@@ -13,6 +13,7 @@
 //! | [`rings`]            | the registered rings of every device, serviced on three transports |
 //! | [`doorbell`]         | the doorbell port and its per-queue ioeventfds (datamatch)    |
 //! | [`vcpu_up`]          | `VcpuUp`: PV start of the other vCPUs (with `--vcpus` > 1)   |
+//! | [`ipi`]              | `SendIpi`: PV IPIs to a bitmap of vCPUs (with `--vcpus` > 1) |
 //! | [`spinlock`]         | `LockWait`, `LockKick`: PV spinlock wait and kick (with `--vcpus` > 1) |
 //! | [`steal`]            | the per-vCPU steal-time page                                  |
 //! | [`hypercall_bus`]    | the bus: numbers → devices, features, `RegisterRegion`, `RingKick` |
@@ -30,6 +31,7 @@ pub mod clock;
 pub mod console;
 pub mod doorbell;
 pub mod hypercall_bus;
+pub mod ipi;
 pub mod net;
 pub mod rings;
 pub mod spinlock;
