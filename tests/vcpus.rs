@@ -72,7 +72,6 @@ fn vcpu_fds(pid: u32) -> Vec<String> {
     let mut fds: Vec<String> = dir
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
         .map(|l| l.to_string_lossy().into_owned())
-        // vCPU fds only: not vCPU 0's statistics fd (`anon_inode:kvm-vcpu-stats:0`).
         .filter(|l| l.starts_with("anon_inode:kvm-vcpu:"))
         .collect();
     fds.sort();

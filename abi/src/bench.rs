@@ -22,9 +22,17 @@ pub enum Device {
     Clock = 3,
     /// Bare exit round trips (calibration).
     Exit = 4,
+    /// Inter-processor interrupts (a 4-vCPU boot).
+    Ipi = 9,
+    /// Application-processor bring-up (a 4-vCPU boot per variant).
+    Smp = 10,
+    /// Giving freed guest memory back to the host (a boot per variant).
+    Balloon = 11,
     /// Interrupt delivery and acknowledge (one interrupt raised, handled and acknowledged
     /// per operation).
     Irq = 6,
+    /// One spinlock contended by several vCPUs (`--vcpus N`, one boot per case).
+    Spinlock = 12,
 }
 
 /// How the device is reached.
@@ -51,6 +59,12 @@ pub enum Variant {
     KvmClock = 9,
     /// Raw `out` to an unused port handled by the VMM.
     PortOut = 10,
+    /// x2APIC ICR writes to KVM's in-kernel LAPIC.
+    X2Apic = 19,
+    /// INIT-SIPI-SIPI through the in-kernel LAPIC, the AP climbing from real mode.
+    InitSipi = 20,
+    /// The unmodified guest: freed memory stays on its free list, the host keeps it.
+    NoBalloon = 21,
     /// A self-IPI (x2APIC `SELF_IPI` MSR) acknowledged by the x2APIC EOI MSR write.
     X2apicEoi = 24,
     /// A self-IPI acknowledged by KVM's PV EOI (`MSR_KVM_PV_EOI_EN`): the handler clears
@@ -63,6 +77,10 @@ pub enum Variant {
     /// A legacy IRQ raised by the VMM through an irqfd ([`crate::ports::IRQ_TEST`]),
     /// delivered by the 8259 PIC (ExtINT) and acknowledged by a PIC EOI port write.
     PicEoi = 27,
+    /// A plain ticket spinlock: waiters spin (the baseline).
+    TicketSpin = 28,
+    /// The PV ticket spinlock: bounded spin, then `LockWait`; the unlocker `LockKick`s.
+    PvSpinlock = 29,
 }
 
 /// What the case does.
@@ -85,8 +103,22 @@ pub enum Workload {
     ClockRead = 7,
     /// One exit round trip.
     RoundTrip = 8,
+    /// An IPI from CPU 0 to CPU 1 and its answer back (a round trip).
+    PingPong = 19,
+    /// One IPI from CPU 0 to every other CPU, all acknowledged.
+    OneToAll = 20,
+    /// Start one application processor until it reports in.
+    ApBringUp = 21,
+    /// Free touched guest memory; an op is one MiB.
+    Release = 22,
     /// One interrupt raised, delivered, handled and acknowledged.
     Interrupt = 16,
+    /// One lock acquisition (critical section: a shared counter) by 2 vCPUs.
+    Contend2 = 24,
+    /// As [`Workload::Contend2`] with 4 vCPUs.
+    Contend4 = 25,
+    /// As [`Workload::Contend2`] with 8 vCPUs.
+    Contend8 = 26,
 }
 
 macro_rules! decode_u16 {
@@ -105,7 +137,11 @@ decode_u16!(Device {
     Block,
     Clock,
     Exit,
-    Irq
+    Ipi,
+    Smp,
+    Balloon,
+    Irq,
+    Spinlock
 });
 decode_u16!(Variant {
     Uart,
@@ -118,10 +154,15 @@ decode_u16!(Variant {
     PvClock,
     KvmClock,
     PortOut,
+    X2Apic,
+    InitSipi,
+    NoBalloon,
     X2apicEoi,
     PvEoi,
     IoapicEoi,
-    PicEoi
+    PicEoi,
+    TicketSpin,
+    PvSpinlock
 });
 decode_u16!(Workload {
     Write64,
@@ -132,7 +173,14 @@ decode_u16!(Workload {
     SeqWrite1M,
     ClockRead,
     RoundTrip,
-    Interrupt
+    PingPong,
+    OneToAll,
+    ApBringUp,
+    Release,
+    Interrupt,
+    Contend2,
+    Contend4,
+    Contend8
 });
 
 /// A benchmark case: device, variant, workload. On the wire, packed into one `u64`.

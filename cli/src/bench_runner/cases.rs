@@ -15,8 +15,9 @@
 use std::collections::BTreeMap;
 
 use pvkit_abi::bench::{
-    CaseId, Device, Variant, SAMPLE_LATENCY_PASS, SAMPLE_RING3, SAMPLE_VERIFIED,
+    CaseId, Device, Variant, Workload, SAMPLE_LATENCY_PASS, SAMPLE_RING3, SAMPLE_VERIFIED,
 };
+use pvkit_abi::call::Hypercall;
 use pvkit_abi::ports;
 use pvkit_report::{Case, Kind, LatencyMethod};
 
@@ -215,6 +216,9 @@ fn check(m: &Measurement) -> Result<bool, String> {
             None => Err("the console output was not checked".into()),
         },
         Device::Clock | Device::Exit => Ok(guest_ok || ledger_proves(m.case, p)),
+        // Both: every round completed (the guest) and the sender's exits are exactly the
+        // design's (the ledger).
+        Device::Ipi | Device::Smp | Device::Balloon => Ok(guest_ok && ledger_proves(m.case, p)),
         // Both: every interrupt was handled once (the guest) and the userspace exits are
         // exactly those of the raising (the ledger).
         Device::Irq if !guest_ok => Err(match &m.guest_says {
@@ -227,6 +231,15 @@ fn check(m: &Measurement) -> Result<bool, String> {
                 "userspace exits not exactly those of raising the interrupts: {} exits for {} \
                  interrupts ({:?})",
                 p.exits.total, p.ops, p.exits.counts
+            )),
+        },
+        // The exact counter (the guest's check), and the exits the host attributed to the
+        // case (every LockWait and LockKick of the boot) are the calls the guest counted.
+        Device::Spinlock => match p.exits.total == s.sample.extra {
+            true => Ok(guest_ok),
+            false => Err(format!(
+                "the guest counted {} LockWait/LockKick calls, the host {} exits",
+                s.sample.extra, p.exits.total
             )),
         },
     }
@@ -248,6 +261,25 @@ fn ledger_proves(c: CaseId, p: &PhaseRecord) -> bool {
             e.total == ops && e.count(ExitKind::PortWrite(ports::IRQ_TEST)) == ops
         }
         // Latch counter 0 (mode/command port), then its LSB and MSB.
+        // In-kernel LAPIC: no userspace exit on the sender.
+        (Device::Ipi, Variant::X2Apic) => e.total == 0,
+        // One SendIpi per op on the sender (the ping-pong's answer is on the other vCPU).
+        (Device::Ipi, Variant::PvHypercall) => {
+            e.total == ops && e.count(ExitKind::Hypercall(Hypercall::SendIpi)) == ops
+        }
+        // The unmodified guest tells the host nothing.
+        (Device::Balloon, Variant::NoBalloon) => e.total == 0,
+        // 2 MiB ranges, 512 per call: one BalloonInflate per GiB begun.
+        (Device::Balloon, Variant::PvHypercall) => {
+            let calls = ops.div_ceil(1024);
+            e.total == calls && e.count(ExitKind::Hypercall(Hypercall::BalloonInflate)) == calls
+        }
+        // INIT-SIPI-SIPI through the in-kernel LAPIC: no userspace exit on CPU 0.
+        (Device::Smp, Variant::InitSipi) => e.total == 0,
+        // One VcpuUp per AP on CPU 0.
+        (Device::Smp, Variant::PvHypercall) => {
+            e.total == ops && e.count(ExitKind::Hypercall(Hypercall::VcpuUp)) == ops
+        }
         (Device::Clock, Variant::Pit) => {
             e.total == 3 * ops
                 && e.count(ExitKind::PortWrite(PIT_COMMAND)) == ops
@@ -313,6 +345,15 @@ fn build_case(c: CaseId, group: &[&Measurement]) -> Case {
         failures.push(match c.device {
             Device::Exit | Device::Clock => "neither the guest's check (SAMPLE_VERIFIED) nor the \
                  ledger (exactly the exits of one operation per op) proves the case"
+                .into(),
+            Device::Ipi => "the guest's check (every round completed, SAMPLE_VERIFIED) or the \
+                 sender's ledger (x2apic: no exit; pv: one SendIpi per op) failed"
+                .into(),
+            Device::Smp => "the guest's check (every AP reported in, SAMPLE_VERIFIED) or CPU 0's \
+                 ledger (init-sipi: no exit; pv: one VcpuUp per AP) failed"
+                .into(),
+            Device::Balloon => "the guest's check (every page inflated, SAMPLE_VERIFIED) or the \
+                 ledger (none: no exit; pv: one BalloonInflate per GiB begun) failed"
                 .into(),
             _ => "the guest did not verify the case (SAMPLE_VERIFIED not set)".into(),
         });
@@ -390,6 +431,40 @@ fn build_case(c: CaseId, group: &[&Measurement]) -> Case {
             case.notes.push(format!(
                 "guest check: agrees with the PIT over 20 ms within {worst} ns"
             ));
+        }
+    }
+    if c.device == Device::Balloon {
+        case.notes.push(match c.variant {
+            Variant::NoBalloon => "the unmodified guest cannot give memory back: its phase is \
+                 empty (throughput meaningless); compare the host RSS"
+                .into(),
+            _ => "throughput = inflate MiB/s of guest RAM released to the host; the speedup \
+                 against the empty baseline is meaningless: compare the host RSS"
+                .into(),
+        });
+    }
+    if c.device == Device::Smp {
+        case.notes.push(
+            "exits counted on CPU 0's vCPU; each AP's own start-up exits (its clock page and \
+             line; PV: the wake-up of its thread) are on its vCPU"
+                .into(),
+        );
+    }
+    if c.device == Device::Ipi {
+        let extra: u64 = samples.iter().map(|s| s.sample.extra).sum();
+        match (c.variant, c.workload) {
+            (Variant::PvHypercall, Workload::PingPong) => case.notes.push(format!(
+                "exits counted on CPU 0's vCPU; CPU 1's answer adds {:.2} SendIpi exit per round \
+                 trip on its own vCPU (guest count)",
+                extra as f64 / ops
+            )),
+            (_, Workload::PingPong) => case
+                .notes
+                .push("round trip CPU 0 → CPU 1 → CPU 0, both in the in-kernel LAPIC".into()),
+            _ => case.notes.push(format!(
+                "{} targets per op, all acknowledged",
+                extra / samples.len().max(1) as u64
+            )),
         }
     }
     case.verified = true;

@@ -43,6 +43,18 @@ pub fn expected(device: BenchDevice) -> Vec<CaseId> {
             &[Workload::ClockRead],
         ),
         BenchDevice::Exit => (&[Variant::PortOut], &[Workload::RoundTrip]),
+        BenchDevice::Ipi => (
+            &[Variant::X2Apic, Variant::PvHypercall],
+            &[Workload::PingPong, Workload::OneToAll],
+        ),
+        BenchDevice::Smp => (
+            &[Variant::InitSipi, Variant::PvHypercall],
+            &[Workload::ApBringUp],
+        ),
+        BenchDevice::Balloon => (
+            &[Variant::NoBalloon, Variant::PvHypercall],
+            &[Workload::Release],
+        ),
         BenchDevice::Irq => (
             &[
                 Variant::X2apicEoi,
@@ -51,6 +63,10 @@ pub fn expected(device: BenchDevice) -> Vec<CaseId> {
                 Variant::PicEoi,
             ],
             &[Workload::Interrupt],
+        ),
+        BenchDevice::Spinlock => (
+            &[Variant::TicketSpin, Variant::PvSpinlock],
+            &[Workload::Contend2, Workload::Contend4, Workload::Contend8],
         ),
     };
     let device = device.abi();
@@ -79,6 +95,9 @@ fn guest_variant(s: &str) -> Option<Variant> {
         "pv-clock" | "pvclock" => Variant::PvClock,
         "kvmclock" => Variant::KvmClock,
         "port-out" | "null-port" => Variant::PortOut,
+        "x2apic" => Variant::X2Apic,
+        "init-sipi" => Variant::InitSipi,
+        "none" => Variant::NoBalloon,
         "x2apic-eoi" => Variant::X2apicEoi,
         "pv-eoi" => Variant::PvEoi,
         "ioapic-eoi" => Variant::IoapicEoi,
@@ -97,6 +116,10 @@ fn guest_workload(s: &str) -> Option<Workload> {
         "seqwrite1m" | "seqwrite-1MiB" => Workload::SeqWrite1M,
         "read" => Workload::ClockRead,
         "roundtrip" | "round-trip" => Workload::RoundTrip,
+        "pingpong" | "ping-pong" => Workload::PingPong,
+        "one-to-all" => Workload::OneToAll,
+        "ap-bringup" => Workload::ApBringUp,
+        "release" | "release-MiB" => Workload::Release,
         "interrupt" => Workload::Interrupt,
         _ => return None,
     })
@@ -108,6 +131,9 @@ fn guest_device(s: &str) -> Option<Device> {
         "block" => Device::Block,
         "clock" => Device::Clock,
         "exit" => Device::Exit,
+        "ipi" => Device::Ipi,
+        "smp" => Device::Smp,
+        "balloon" => Device::Balloon,
         "irq" => Device::Irq,
         _ => return None,
     })
@@ -136,6 +162,11 @@ pub fn guest_lines(console: &[u8], marker: &str) -> Vec<(CaseId, String)> {
     let text = String::from_utf8_lossy(console);
     text.lines()
         .filter_map(|line| {
+            // An SMP guest's lines carry their CPU's prefix (`[cpu0] `).
+            let line = match line.strip_prefix("[cpu") {
+                Some(rest) => rest.split_once("] ").map_or(line, |(_, l)| l),
+                None => line,
+            };
             let rest = line.strip_prefix("bench ")?;
             let (name, why) = rest.split_once(marker)?;
             let mut parts = name.split('/');
@@ -233,7 +264,8 @@ mod tests {
     #[test]
     fn matrix_sizes_match_the_progress_estimate() {
         for d in BenchDevice::ALL {
-            assert_eq!(expected(d).len() as u64, d.expected_cases(), "{d}");
+            let boots = d.selections().len() as u64;
+            assert_eq!(expected(d).len() as u64, d.expected_cases() * boots, "{d}");
             assert!(expected(d).iter().all(|c| c.device == d.abi()));
         }
     }

@@ -21,18 +21,40 @@ pub enum BenchDevice {
     Clock,
     /// Bare exit round trips (calibration).
     Exit,
+    /// IPIs: x2APIC ICR against the PV `SendIpi` (a boot with [`IPI_VCPUS`] vCPUs).
+    Ipi,
+    /// AP bring-up: INIT-SIPI-SIPI against `VcpuUp` (one boot per variant, each with
+    /// [`IPI_VCPUS`] vCPUs).
+    Smp,
+    /// Freed memory: the unmodified guest against the balloon (one boot per variant, each
+    /// with [`BALLOON_MEM_MIB`] of RAM; the host RSS at the end of the phase is noted).
+    Balloon,
     /// Interrupt delivery and acknowledge: emulated EOIs against KVM's PV EOI.
     Irq,
+    /// One spinlock contended by 2, 4 and 8 vCPUs: plain ticket lock against the PV one
+    /// (one boot per case, [`super::spinlock`]).
+    Spinlock,
 }
+
+/// Guest RAM of the balloon boots: room for the 256 MiB the guest touches and frees.
+pub const BALLOON_MEM_MIB: u64 = 512;
+
+/// vCPUs of the IPI and SMP boots (IPI: CPU 0 sends; CPU 1 answers the ping-pong; 1–3
+/// take the one-to-all. SMP: CPU 0 starts 1–3).
+pub const IPI_VCPUS: u32 = 4;
 
 impl BenchDevice {
     /// Every device, in run order.
-    pub const ALL: [BenchDevice; 5] = [
+    pub const ALL: [BenchDevice; 9] = [
         BenchDevice::Console,
         BenchDevice::Block,
         BenchDevice::Clock,
         BenchDevice::Exit,
+        BenchDevice::Ipi,
+        BenchDevice::Smp,
+        BenchDevice::Balloon,
         BenchDevice::Irq,
+        BenchDevice::Spinlock,
     ];
 
     /// The name on the guest command line (`bench=<name>`) and in reports.
@@ -47,7 +69,29 @@ impl BenchDevice {
             BenchDevice::Block => Device::Block,
             BenchDevice::Clock => Device::Clock,
             BenchDevice::Exit => Device::Exit,
+            BenchDevice::Ipi => Device::Ipi,
+            BenchDevice::Smp => Device::Smp,
+            BenchDevice::Balloon => Device::Balloon,
             BenchDevice::Irq => Device::Irq,
+            BenchDevice::Spinlock => Device::Spinlock,
+        }
+    }
+
+    /// vCPUs of this device's boots (the spinlock boots set their own, [`super::spinlock`]).
+    pub fn vcpus(self) -> u32 {
+        match self {
+            BenchDevice::Ipi | BenchDevice::Smp => IPI_VCPUS,
+            _ => 1,
+        }
+    }
+
+    /// What each of this device's boots selects (`bench=<selection>`): the device, or for
+    /// SMP (whose APs start once per boot) one boot per variant.
+    pub fn selections(self) -> Vec<String> {
+        match self {
+            BenchDevice::Smp => vec!["smp/init-sipi".into(), "smp/pv-hypercall".into()],
+            BenchDevice::Balloon => vec!["balloon/none".into(), "balloon/pv-hypercall".into()],
+            d => vec![d.name().into()],
         }
     }
 
@@ -74,8 +118,14 @@ impl BenchDevice {
             BenchDevice::Clock => 3,
             // null port.
             BenchDevice::Exit => 1,
+            // x2apic, pv-hypercall × ping-pong, one-to-all.
+            BenchDevice::Ipi => 4,
+            // One variant per boot.
+            BenchDevice::Smp | BenchDevice::Balloon => 1,
             // x2apic-eoi, pv-eoi, ioapic-eoi, pic-eoi.
             BenchDevice::Irq => 4,
+            // ticket-spin, pv-spinlock × 2, 4, 8 vCPUs.
+            BenchDevice::Spinlock => 6,
         }
     }
 }
@@ -93,7 +143,11 @@ pub fn bench_device(device: Device) -> BenchDevice {
         Device::Block => BenchDevice::Block,
         Device::Clock => BenchDevice::Clock,
         Device::Exit => BenchDevice::Exit,
+        Device::Ipi => BenchDevice::Ipi,
+        Device::Smp => BenchDevice::Smp,
+        Device::Balloon => BenchDevice::Balloon,
         Device::Irq => BenchDevice::Irq,
+        Device::Spinlock => BenchDevice::Spinlock,
     }
 }
 
@@ -104,7 +158,11 @@ pub fn device_name(d: Device) -> &'static str {
         Device::Block => "block",
         Device::Clock => "clock",
         Device::Exit => "exit",
+        Device::Ipi => "ipi",
+        Device::Smp => "smp",
+        Device::Balloon => "balloon",
         Device::Irq => "irq",
+        Device::Spinlock => "spinlock",
     }
 }
 
@@ -121,10 +179,15 @@ pub fn variant_name(v: Variant) -> &'static str {
         Variant::PvClock => "pvclock",
         Variant::KvmClock => "kvmclock",
         Variant::PortOut => "null-port",
+        Variant::X2Apic => "x2apic",
+        Variant::InitSipi => "init-sipi",
+        Variant::NoBalloon => "none",
         Variant::X2apicEoi => "x2apic-eoi",
         Variant::PvEoi => "pv-eoi",
         Variant::IoapicEoi => "ioapic-eoi",
         Variant::PicEoi => "pic-eoi",
+        Variant::TicketSpin => "ticket-spin",
+        Variant::PvSpinlock => "pv-spinlock",
     }
 }
 
@@ -139,27 +202,40 @@ pub fn workload_name(w: Workload) -> &'static str {
         Workload::SeqWrite1M => "seqwrite-1MiB",
         Workload::ClockRead => "read",
         Workload::RoundTrip => "round-trip",
+        Workload::PingPong => "ping-pong",
+        Workload::OneToAll => "one-to-all",
+        Workload::ApBringUp => "ap-bringup",
+        Workload::Release => "release-MiB",
         Workload::Interrupt => "interrupt",
+        Workload::Contend2 => "contend-2vcpu",
+        Workload::Contend4 => "contend-4vcpu",
+        Workload::Contend8 => "contend-8vcpu",
     }
 }
 
-/// Emulated (the speedup baseline: UART, ATA PIO, PIT, and the bare null-port exit) or PV.
+/// Emulated (the speedup baseline: UART, ATA PIO, PIT, the x2APIC, INIT-SIPI-SIPI, the
+/// unmodified guest without a balloon, and the bare null-port exit) or PV.
 pub fn kind(v: Variant) -> Kind {
     match v {
         Variant::Uart
         | Variant::AtaPio
         | Variant::Pit
         | Variant::PortOut
+        | Variant::X2Apic
+        | Variant::InitSipi
+        | Variant::NoBalloon
         | Variant::X2apicEoi
         | Variant::IoapicEoi
-        | Variant::PicEoi => Kind::Emulated,
+        | Variant::PicEoi
+        | Variant::TicketSpin => Kind::Emulated,
         Variant::PvEoi
         | Variant::PvHypercall
         | Variant::PvRing
         | Variant::PvEventfd
         | Variant::PvPoll
         | Variant::PvClock
-        | Variant::KvmClock => Kind::Pv,
+        | Variant::KvmClock
+        | Variant::PvSpinlock => Kind::Pv,
     }
 }
 
@@ -174,8 +250,12 @@ pub enum Unit {
     ReadsPerSec,
     /// Port writes per second (exit round trips).
     WritesPerSec,
+    /// IPI round trips, one-to-all sends or APs started per second.
+    OpsPerSec,
     /// Interrupts raised, handled and acknowledged per second.
     InterruptsPerSec,
+    /// Lock acquisitions per second, all vCPUs together.
+    AcqPerSec,
 }
 
 impl Unit {
@@ -186,7 +266,9 @@ impl Unit {
             Unit::Iops => "IOPS",
             Unit::ReadsPerSec => "reads/s",
             Unit::WritesPerSec => "writes/s",
+            Unit::OpsPerSec => "ops/s",
             Unit::InterruptsPerSec => "interrupts/s",
+            Unit::AcqPerSec => "acquisitions/s",
         }
     }
 
@@ -198,9 +280,12 @@ impl Unit {
         }
         match self {
             Unit::MBps => bytes as f64 / ns * 1e3,
-            Unit::Iops | Unit::ReadsPerSec | Unit::WritesPerSec | Unit::InterruptsPerSec => {
-                ops as f64 / ns * 1e9
-            }
+            Unit::Iops
+            | Unit::ReadsPerSec
+            | Unit::WritesPerSec
+            | Unit::OpsPerSec
+            | Unit::InterruptsPerSec
+            | Unit::AcqPerSec => ops as f64 / ns * 1e9,
         }
     }
 }
@@ -209,13 +294,17 @@ impl Unit {
 /// requests, reads/s for clocks, writes/s for exit round trips (each is one port write).
 pub fn unit(w: Workload) -> Unit {
     match w {
-        Workload::Write64 | Workload::Write4K | Workload::SeqRead1M | Workload::SeqWrite1M => {
-            Unit::MBps
-        }
+        Workload::Write64
+        | Workload::Write4K
+        | Workload::SeqRead1M
+        | Workload::SeqWrite1M
+        | Workload::Release => Unit::MBps,
         Workload::RandRead4K | Workload::RandWrite4K => Unit::Iops,
         Workload::ClockRead => Unit::ReadsPerSec,
         Workload::RoundTrip => Unit::WritesPerSec,
+        Workload::PingPong | Workload::OneToAll | Workload::ApBringUp => Unit::OpsPerSec,
         Workload::Interrupt => Unit::InterruptsPerSec,
+        Workload::Contend2 | Workload::Contend4 | Workload::Contend8 => Unit::AcqPerSec,
     }
 }
 

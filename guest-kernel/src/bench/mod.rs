@@ -4,7 +4,8 @@
 //! # Command line
 //!
 //! `bench=<list> [quick] [ops=N]`, where `<list>` is `all` or a comma-separated list of
-//! items, each a device (`console`, `block`, `clock`, `exit`, `irq`: all its variants) or a
+//! items, each a device (`console`, `block`, `clock`, `exit`, `ipi`, `smp`, `balloon`, `irq`:
+//! all its variants) or a
 //! `device/variant` pair with the variant names below (e.g. `block/ata-pio,clock/pit`).
 //! `quick` selects the small counts below; `ops=N` (N ≥ 1) sets the operation count of
 //! every case. Cases run in the fixed order of the table, whatever the order of the list;
@@ -18,6 +19,9 @@
 //! | block | `ata-pio`, `pv-hypercall`, `pv-ring`, `pv-ioeventfd`, `pv-poll` | `RandRead4K`, `RandWrite4K` / `SeqRead1M`, `SeqWrite1M` | 128 / 4 (`ata-pio/seqwrite1m`: 1) | 16 / 1 |
 //! | clock | `pit` / `pv-clock`, `kvmclock` | `ClockRead` | 500 / 100 000 | 50 / 10 000 |
 //! | exit | `port-out` | `RoundTrip` | 1000 | 100 |
+//! | ipi | `x2apic`, `pv-hypercall` | `PingPong`, `OneToAll` ([`ipi`]; 4 CPUs) | 200 | 20 |
+//! | smp | `init-sipi` / `pv-hypercall` (one per boot) | `ApBringUp` ([`smp`]; 4 CPUs) | 3 APs | 3 APs |
+//! | balloon | `none` / `pv-hypercall` (one per boot) | `Release` ([`balloon`]; an op is 1 MiB) | 256 MiB | 64 MiB |
 //! | irq | `x2apic-eoi`, `pv-eoi`, `ioapic-eoi`, `pic-eoi` | `Interrupt` | 1000 | 100 |
 //!
 //! # Protocol of one case
@@ -63,11 +67,15 @@
 //!
 //! After the last case the kernel exits 0, or 1 if any case failed.
 
+mod balloon;
 mod block;
 mod clock;
 mod console;
 mod exit;
+mod ipi;
 mod irq;
+mod ring_pass;
+mod smp;
 
 use crate::cmdline::Bench;
 use crate::statics::Exclusive;
@@ -83,10 +91,10 @@ use pvkit_guest::{addr::virt_to_phys, hypercall, tsc::rdtsc};
 
 /// The variants `bench=` selects: per device, a bit per [`Variant`] (bit = wire number).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Selection([u64; 5]);
+pub struct Selection([u64; 8]);
 
 /// The devices in run order, with their variants.
-const DEVICES: [(Device, &[Variant]); 5] = [
+const DEVICES: [(Device, &[Variant]); 8] = [
     (
         Device::Console,
         &[
@@ -112,6 +120,9 @@ const DEVICES: [(Device, &[Variant]); 5] = [
         &[Variant::Pit, Variant::PvClock, Variant::KvmClock],
     ),
     (Device::Exit, &[Variant::PortOut]),
+    (Device::Ipi, &[Variant::X2Apic, Variant::PvHypercall]),
+    (Device::Smp, &[Variant::InitSipi, Variant::PvHypercall]),
+    (Device::Balloon, &[Variant::NoBalloon, Variant::PvHypercall]),
     (
         Device::Irq,
         &[
@@ -140,7 +151,7 @@ impl Selection {
                 }
                 for &v in variants {
                     if var.is_none_or(|name| name == variant_name(v)) {
-                        sel.0[i] |= 1 << v as u16;
+                        sel.0[i] |= 1 << v as u64;
                         found = true;
                     }
                 }
@@ -159,7 +170,7 @@ impl Selection {
 
     /// Whether `variant` of `device` is selected.
     pub fn has(&self, device: Device, variant: Variant) -> bool {
-        self.mask(device) & 1 << variant as u16 != 0
+        self.mask(device) & 1 << variant as u64 != 0
     }
 
     fn mask(&self, device: Device) -> u64 {
@@ -461,6 +472,15 @@ pub fn run(args: &Bench, boot: &BootInfo) -> ! {
     if args.selection.any(Device::Exit) {
         exit::run(&mut r, scratch);
     }
+    if args.selection.any(Device::Ipi) {
+        ipi::run(&mut r, scratch, boot);
+    }
+    if args.selection.any(Device::Smp) {
+        smp::run(&mut r, scratch, boot);
+    }
+    if args.selection.any(Device::Balloon) {
+        balloon::run(&mut r, scratch, boot);
+    }
     if args.selection.any(Device::Irq) {
         irq::run(&mut r, scratch);
     }
@@ -478,7 +498,11 @@ pub const fn device_name(device: Device) -> &'static str {
         Device::Block => "block",
         Device::Clock => "clock",
         Device::Exit => "exit",
+        Device::Ipi => "ipi",
+        Device::Smp => "smp",
+        Device::Balloon => "balloon",
         Device::Irq => "irq",
+        Device::Spinlock => "spinlock",
     }
 }
 
@@ -495,10 +519,15 @@ pub const fn variant_name(variant: Variant) -> &'static str {
         Variant::PvClock => "pv-clock",
         Variant::KvmClock => "kvmclock",
         Variant::PortOut => "port-out",
+        Variant::X2Apic => "x2apic",
+        Variant::InitSipi => "init-sipi",
+        Variant::NoBalloon => "none",
         Variant::X2apicEoi => "x2apic-eoi",
         Variant::PvEoi => "pv-eoi",
         Variant::IoapicEoi => "ioapic-eoi",
         Variant::PicEoi => "pic-eoi",
+        Variant::TicketSpin => "ticket-spin",
+        Variant::PvSpinlock => "pv-spinlock",
     }
 }
 
@@ -513,7 +542,14 @@ pub const fn workload_name(workload: Workload) -> &'static str {
         Workload::SeqWrite1M => "seqwrite1m",
         Workload::ClockRead => "read",
         Workload::RoundTrip => "roundtrip",
+        Workload::PingPong => "pingpong",
+        Workload::OneToAll => "one-to-all",
+        Workload::ApBringUp => "ap-bringup",
+        Workload::Release => "release",
         Workload::Interrupt => "interrupt",
+        Workload::Contend2 => "contend2",
+        Workload::Contend4 => "contend4",
+        Workload::Contend8 => "contend8",
     }
 }
 

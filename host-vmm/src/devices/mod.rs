@@ -20,6 +20,9 @@ use pv::balloon::{BalloonError, PvBalloon};
 use pv::block::PvBlock;
 use pv::clock::{ClockSource, PvClock};
 use pv::console::PvConsole;
+use pv::ipi::PvIpi;
+use pv::spinlock::PvSpinlock;
+use pv::steal::PvSteal;
 use pv::vcpu_up::VcpuUp;
 use pv::{BusError, HypercallBus, RingsConfig};
 
@@ -27,6 +30,10 @@ use pv::{BusError, HypercallBus, RingsConfig};
 pub struct PvConfig {
     /// The console sink (shared with the UART).
     pub console: Console,
+    /// Whether the PV console device (`ConsoleWrite`, the console ring, feature bits
+    /// `CONSOLE` and `CONSOLE_RING`) exists; without it a guest sees no PV console and
+    /// falls back to the UART (`pvkit run --no-pv-console`).
+    pub pv_console: bool,
     /// The disk behind the PV block device; `None`: no block device, no block ring.
     pub disk: Option<SharedDisk>,
     /// The time source of the PV clock page; `None`: no clock page.
@@ -42,6 +49,12 @@ pub struct PvConfig {
     pub rings: Option<(GuestRam, RingsConfig)>,
     /// The `VcpuUp` device (VMs with more than one vCPU); `None`: the call is `EOPNOTSUPP`.
     pub vcpu_up: Option<Arc<VcpuUp>>,
+    /// The `SendIpi` device (VMs with more than one vCPU); `None`: the call is `EOPNOTSUPP`.
+    pub ipi: Option<Arc<PvIpi>>,
+    /// The PV spinlock wait/kick device (VMs with more than one vCPU).
+    pub spinlock: Option<Arc<PvSpinlock>>,
+    /// The steal-time device (one page per vCPU); `None`: no steal page.
+    pub steal: Option<Arc<PvSteal>>,
 }
 
 /// The assembled PV devices: the bus, and handles to the devices the VM reads back.
@@ -77,7 +90,9 @@ pub fn assemble(config: PvConfig, ledger: &mut ExitLedger) -> Result<PvDevices, 
     let clock = (config.clock.is_some() || config.kvmclock)
         .then(|| Arc::new(PvClock::new(config.clock, config.kvmclock)));
 
-    bus.insert(Arc::new(PvConsole::new(config.console)))?;
+    if config.pv_console {
+        bus.insert(Arc::new(PvConsole::new(config.console)))?;
+    }
     bus.insert(bench.clone())?;
     if let Some(clock) = &clock {
         bus.insert(clock.clone())?;
@@ -94,6 +109,15 @@ pub fn assemble(config: PvConfig, ledger: &mut ExitLedger) -> Result<PvDevices, 
     }
     if let Some(up) = config.vcpu_up {
         bus.insert(up)?;
+    }
+    if let Some(ipi) = config.ipi {
+        bus.insert(ipi)?;
+    }
+    if let Some(s) = config.spinlock {
+        bus.insert(s)?;
+    }
+    if let Some(s) = config.steal {
+        bus.insert(s)?;
     }
 
     if let Some((mem, rings)) = config.rings {
@@ -113,12 +137,16 @@ pub fn assemble(config: PvConfig, ledger: &mut ExitLedger) -> Result<PvDevices, 
 pub(crate) fn core_devices(console: Console) -> PvDevices {
     let config = PvConfig {
         console,
+        pv_console: true,
         disk: None,
         clock: None,
         kvmclock: false,
         balloon: None,
         rings: None,
         vcpu_up: None,
+        ipi: None,
+        spinlock: None,
+        steal: None,
     };
     assemble(config, &mut ExitLedger::new()).expect("no conflicts among the core devices")
 }

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use kvm_ioctls::Cap;
-use pvkit_abi::cpuid::Features;
 use pvkit_abi::ports::{IRQ_TEST, IRQ_TEST_GSI};
 use pvkit_abi::AbiVersion;
 
@@ -26,6 +25,9 @@ use crate::devices::pseudo::null::NullPort;
 use crate::devices::pv::balloon::PvBalloon;
 use crate::devices::pv::clock::{ClockSource, TscClock};
 use crate::devices::pv::doorbell::{IoEventRegistrar, KvmIoEvents, DOORBELL_PORTS};
+use crate::devices::pv::ipi::{KvmMsi, PvIpi};
+use crate::devices::pv::spinlock::PvSpinlock;
+use crate::devices::pv::steal::{PvSteal, ThreadSchedStat};
 use crate::devices::pv::vcpu_up::VcpuUp;
 use crate::devices::pv::RingsConfig;
 use crate::devices::{assemble, PvConfig};
@@ -69,6 +71,8 @@ pub struct Built {
     pub net: Option<NetDevice>,
     /// The memory balloon (its statistics are read after the run).
     pub balloon: Option<Arc<PvBalloon>>,
+    /// The steal-time device, if the host shows scheduler statistics.
+    pub steal: Option<Arc<PvSteal>>,
     /// The `VcpuUp` device (more than one vCPU).
     pub vcpu_up: Option<Arc<VcpuUp>>,
 }
@@ -146,22 +150,23 @@ pub fn build(
         None => None,
     };
     let vcpu_up = (config.vcpus > 1).then(|| Arc::new(VcpuUp::new(config.vcpus)));
+    // PV IPIs go to the in-kernel LAPICs (created above with more than one vCPU).
+    let ipi = (config.vcpus > 1).then(|| {
+        Arc::new(PvIpi::new(
+            config.vcpus,
+            Arc::new(KvmMsi(Arc::clone(&vm_fd))),
+        ))
+    });
+    let steal = schedstat_available().then(|| Arc::new(PvSteal::new(config.vcpus)));
     let clock = VmClock::start();
     let supported = supported_cpuid(&kvm)?;
     let kvmclock = kvmclock_available(supported.as_slice());
     let eventfd = kvm.check_extension(Cap::Ioeventfd);
     let clock_possible = kvm.check_extension(Cap::GetTscKhz);
-    // vCPU 0 first: the PV clock needs its TSC rate and offset. Its CPUID gets the
-    // feature bits once the devices are registered (below).
-    let mut vcpu = Vcpu::new(
-        &kvm,
-        &vm_fd,
-        0,
-        kernel.entry,
-        &supported,
-        Features::empty(),
-        config.reg_access,
-    )?;
+    // vCPU 0 first: the PV clock needs its TSC rate and offset. Its CPUID table (with the
+    // feature bits, once the devices are registered) and boot registers come below, so
+    // `KVM_SET_CPUID2` is done once.
+    let mut vcpu = Vcpu::create(&kvm, &vm_fd, 0, config.reg_access)?;
     let tsc_khz = vcpu.tsc_khz();
     let tsc_clock = match (clock_possible, tsc_khz, vcpu.guest_tsc_offset()) {
         (true, Some(khz), Some(offset)) => Some(TscClock::new(clock, khz, offset)),
@@ -196,6 +201,7 @@ pub fn build(
     let pv = assemble(
         PvConfig {
             console: console.clone(),
+            pv_console: config.pv_console,
             disk: disk.clone(),
             clock: tsc_clock.map(|c| Arc::new(c) as Arc<dyn ClockSource>),
             kvmclock,
@@ -210,6 +216,9 @@ pub fn build(
                 },
             )),
             vcpu_up: vcpu_up.clone(),
+            ipi,
+            spinlock: (config.vcpus > 1).then(|| Arc::new(PvSpinlock::new(config.vcpus))),
+            steal: steal.clone(),
         },
         &mut ledger,
     )
@@ -230,7 +239,7 @@ pub fn build(
 
     // The features the guest sees: derived from the registered devices, in one place.
     let features = pv.bus.features();
-    vcpu.set_features(&supported, features)?;
+    vcpu.setup_boot(&supported, features, kernel.entry)?;
     // The other vCPUs, with the final feature bits and vCPU 0's register access.
     let others: Vec<Vcpu> = (1..config.vcpus)
         .map(|i| {
@@ -288,5 +297,12 @@ pub fn build(
         net,
         balloon,
         vcpu_up,
+        steal,
     })
+}
+
+/// Whether this host shows a thread's scheduler statistics (`/proc/thread-self/schedstat`,
+/// the steal-time source).
+fn schedstat_available() -> bool {
+    ThreadSchedStat::open_current().is_ok()
 }

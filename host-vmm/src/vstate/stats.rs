@@ -167,6 +167,15 @@ impl VcpuStats {
 }
 
 impl VcpuStats {
+    /// Every exit of the vCPU from guest mode so far (the `exits` counter), handled in the
+    /// kernel or not; `None` when the kernel has no such counter or the read fails.
+    pub fn exits(&self) -> Option<u64> {
+        let c = self.counters.iter().find(|c| c.name == "exits")?;
+        let mut v = [0u8; 8];
+        self.file.read_exact_at(&mut v, c.offset).ok()?;
+        Some(u64::from_le_bytes(v))
+    }
+
     /// The current values of the counters found, by name (a counter whose read fails is
     /// left out).
     pub fn read(&self) -> Vec<(&'static str, u64)> {

@@ -213,6 +213,7 @@ fn harness(o: Opts) -> Harness {
     let devices = assemble(
         PvConfig {
             console: console.clone(),
+            pv_console: true,
             disk: disk.clone(),
             clock: o
                 .clock
@@ -229,6 +230,9 @@ fn harness(o: Opts) -> Harness {
                 },
             )),
             vcpu_up: None,
+            ipi: None,
+            spinlock: None,
+            steal: None,
         },
         &mut ledger,
     )
