@@ -238,3 +238,105 @@ fn host_pings_the_guest_and_gets_udp_echoes_over_tap() {
         );
     });
 }
+
+/// The name of the TAP device (`pvtap…`) in the current thread's namespace.
+fn tap_ifname() -> Option<String> {
+    // SAFETY: if_nameindex(3) returns a list terminated by a zero entry (or null), freed
+    // below with if_freenameindex once; the names are read before that.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return None;
+        }
+        let mut found = None;
+        let mut p = list;
+        while (*p).if_index != 0 {
+            let name = std::ffi::CStr::from_ptr((*p).if_name)
+                .to_string_lossy()
+                .into_owned();
+            if name.starts_with("pvtap") {
+                found = Some(name);
+            }
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+        found
+    }
+}
+
+/// Raises the MTU of `ifname` in the current thread's namespace.
+fn set_mtu(ifname: &str, mtu: i32) {
+    #[repr(C, align(8))]
+    struct IfReq {
+        name: [u8; 16],
+        mtu: i32,
+        pad: [u8; 20],
+    }
+    let mut r = IfReq {
+        name: [0; 16],
+        mtu,
+        pad: [0; 20],
+    };
+    r.name[..ifname.len()].copy_from_slice(ifname.as_bytes());
+    // SAFETY: socket(2) with constant arguments; checked.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(s >= 0);
+    // SAFETY: SIOCSIFMTU reads one struct ifreq; `r` has its size and alignment.
+    let rc = unsafe { libc::ioctl(s, libc::SIOCSIFMTU as _, &mut r as *mut IfReq) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: closes the socket opened above, once.
+    unsafe { libc::close(s) };
+    assert_eq!(rc, 0, "SIOCSIFMTU: {err}");
+}
+
+/// Frames larger than the MTU from the host over TAP: the host side raises its MTU to
+/// 9000 and sends the guest a 4000-byte datagram. The backend drops and counts it; it
+/// never reaches the NE2000 model; the guest keeps answering (a UDP echo right after).
+#[test]
+fn oversize_frames_from_the_host_over_tap_are_dropped_and_the_guest_keeps_serving() {
+    if !common::builtin_ready() {
+        return;
+    }
+    let Some(ns) = netns("jumbo") else { return };
+    let backend = NetBackendConfig::Tap {
+        netns: Some(ns.name().unwrap_or_default().to_owned()),
+    };
+    std::thread::scope(|s| {
+        let vm = s.spawn(|| boot("net=serve", backend));
+        let echoed = ns
+            .run_in(|| {
+                let sock = Pinger::new().expect("a raw ICMP socket");
+                // Until the guest answers (its MAC is then in the host's ARP table).
+                let start = Instant::now();
+                let mut seq = 0u16;
+                while !ping(&sock, seq, Duration::from_millis(500)) {
+                    seq += 1;
+                    assert!(
+                        start.elapsed() < Duration::from_secs(60),
+                        "the guest never answered a ping"
+                    );
+                }
+                set_mtu(&tap_ifname().expect("the VMM's TAP device"), 9000);
+                let udp = UdpSocket::bind("0.0.0.0:0").unwrap();
+                udp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let guest = SocketAddrV4::new(GUEST_IP, 7);
+                udp.send_to(&[0xab; 4000], guest).unwrap();
+                udp.send_to(b"after the jumbo", guest).unwrap();
+                let mut b = [0u8; 4096];
+                let echoed =
+                    matches!(udp.recv_from(&mut b), Ok((n, _)) if &b[..n] == b"after the jumbo");
+                udp.send_to(b"bye", SocketAddrV4::new(GUEST_IP, 9999))
+                    .unwrap();
+                echoed
+            })
+            .unwrap();
+        let o = vm.join().unwrap();
+        let out = console(&o);
+        assert!(echoed, "the datagram after the jumbo was echoed: {out}");
+        assert_eq!(o.stop, StopReason::Exit(0), "{out}");
+        let nic = o.net.expect("NIC stats");
+        assert_eq!(nic.backend.dropped_oversize, 1, "{nic:?}");
+        assert_eq!(nic.model.rx_oversize, 0, "{nic:?}");
+        assert_eq!(done_value(&out, "udp"), 1, "{out}");
+    });
+}

@@ -28,6 +28,9 @@ pub enum Device {
     Smp = 10,
     /// Giving freed guest memory back to the host (a boot per variant).
     Balloon = 11,
+    /// Interrupt delivery and acknowledge (one interrupt raised, handled and acknowledged
+    /// per operation).
+    Irq = 6,
     /// One spinlock contended by several vCPUs (`--vcpus N`, one boot per case).
     Spinlock = 12,
 }
@@ -62,10 +65,22 @@ pub enum Variant {
     InitSipi = 20,
     /// The unmodified guest: freed memory stays on its free list, the host keeps it.
     NoBalloon = 21,
+    /// A self-IPI (x2APIC `SELF_IPI` MSR) acknowledged by the x2APIC EOI MSR write.
+    X2apicEoi = 24,
+    /// A self-IPI acknowledged by KVM's PV EOI (`MSR_KVM_PV_EOI_EN`): the handler clears
+    /// the flag KVM set on injection instead of writing the EOI register, and falls back
+    /// to the x2APIC EOI when KVM did not set it.
+    PvEoi = 25,
+    /// A legacy IRQ raised by the VMM through an irqfd ([`crate::ports::IRQ_TEST`]),
+    /// delivered by the IOAPIC and acknowledged by the LAPIC EOI.
+    IoapicEoi = 26,
+    /// A legacy IRQ raised by the VMM through an irqfd ([`crate::ports::IRQ_TEST`]),
+    /// delivered by the 8259 PIC (ExtINT) and acknowledged by a PIC EOI port write.
+    PicEoi = 27,
     /// A plain ticket spinlock: waiters spin (the baseline).
-    TicketSpin = 24,
+    TicketSpin = 28,
     /// The PV ticket spinlock: bounded spin, then `LockWait`; the unlocker `LockKick`s.
-    PvSpinlock = 25,
+    PvSpinlock = 29,
 }
 
 /// What the case does.
@@ -96,6 +111,8 @@ pub enum Workload {
     ApBringUp = 21,
     /// Free touched guest memory; an op is one MiB.
     Release = 22,
+    /// One interrupt raised, delivered, handled and acknowledged.
+    Interrupt = 16,
     /// One lock acquisition (critical section: a shared counter) by 2 vCPUs.
     Contend2 = 24,
     /// As [`Workload::Contend2`] with 4 vCPUs.
@@ -123,6 +140,7 @@ decode_u16!(Device {
     Ipi,
     Smp,
     Balloon,
+    Irq,
     Spinlock
 });
 decode_u16!(Variant {
@@ -139,6 +157,10 @@ decode_u16!(Variant {
     X2Apic,
     InitSipi,
     NoBalloon,
+    X2apicEoi,
+    PvEoi,
+    IoapicEoi,
+    PicEoi,
     TicketSpin,
     PvSpinlock
 });
@@ -155,6 +177,7 @@ decode_u16!(Workload {
     OneToAll,
     ApBringUp,
     Release,
+    Interrupt,
     Contend2,
     Contend4,
     Contend8

@@ -256,6 +256,7 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
             trace: args.trace.is_some(),
         },
         net: net_config(args)?,
+        irq_test: false,
         gdb: args.gdb,
         pv_console: !args.no_pv_console,
     })
@@ -379,6 +380,8 @@ enum DeviceArg {
     Smp,
     /// Freeing 256 MiB: the unmodified guest vs the balloon; host RSS (one boot each).
     Balloon,
+    /// Interrupt delivery + acknowledge: x2APIC, IOAPIC and PIC EOIs vs KVM's PV EOI.
+    Irq,
     /// One spinlock contended by 2, 4 and 8 vCPUs: plain ticket lock vs the PV lock.
     Spinlock,
 }
@@ -445,6 +448,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
             DeviceArg::Ipi => BenchDevice::Ipi,
             DeviceArg::Smp => BenchDevice::Smp,
             DeviceArg::Balloon => BenchDevice::Balloon,
+            DeviceArg::Irq => BenchDevice::Irq,
             DeviceArg::Spinlock => BenchDevice::Spinlock,
         };
         if !devices.contains(&d) {

@@ -16,7 +16,7 @@
 //! | `user`      | after the banner: run a function in ring 3 that reads the PV clock (when offered) and print what it returned |
 //! | `disk`      | after the banner: the ATA disk check ([`crate::diskcheck`]): read, write, read back a few sectors through ATA PIO and print the results |
 //! | `balloon=MIB` | after the banner: the memory balloon check ([`crate::balloon`]); `balloon_range=KIB` (default 2048) sets the range size, `balloon_bad` sends invalid calls first |
-//! | `bench=`    | instead of everything else: run benchmark cases, see [`crate::bench`]; `all` or a comma-separated list of devices (`console`, `block`, `clock`, `exit`) and `device/variant` pairs (e.g. `block/ata-pio`) |
+//! | `bench=`    | instead of everything else: run benchmark cases, see [`crate::bench`]; `all` or a comma-separated list of devices (`console`, `block`, `clock`, `exit`, `irq`) and `device/variant` pairs (e.g. `block/ata-pio`) |
 //! | `smp=`      | after the output: bring up the other CPUs, `emulated` (INIT-SIPI-SIPI) or `pv` (`VcpuUp`), see [`crate::smp`] |
 //! | `cpus=N`    | with `smp=`: how many CPUs there are (1–8), default 1                 |
 //! | `ipi=`      | with `smp=`: after the bring-up, the IPI workload, `emulated` (x2APIC ICR) or `pv` (`SendIpi`), see [`crate::smp::ipi`]; `ipi_rounds=N` (≥ 1) round trips and broadcasts |

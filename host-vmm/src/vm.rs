@@ -116,6 +116,11 @@ pub struct VmConfig {
     /// in-kernel irqchip for its interrupt. `None` (default): no NIC and no irqchip, so
     /// `hlt` and every other exit stay as without a network.
     pub net: Option<NetConfig>,
+    /// The interrupt test set-up (`pvkit bench` device `irq`): KVM's in-kernel irqchip
+    /// even without a NIC or SMP, and the interrupt test port
+    /// ([`pvkit_abi::ports::IRQ_TEST`]) raising GSI [`pvkit_abi::ports::IRQ_TEST_GSI`]
+    /// through an irqfd. Default `false`.
+    pub irq_test: bool,
     /// Serve the GDB remote protocol for vCPU 0 on this address (`pvkit run --gdb`;
     /// [`crate::debug::gdb`]): the address is bound, printed on stderr as
     /// `pvkit: gdb: waiting for a connection on ADDR`, and the guest waits for the
@@ -145,6 +150,7 @@ impl Default for VmConfig {
             vcpus: 1,
             record: RecordConfig::default(),
             net: None,
+            irq_test: false,
             gdb: None,
             pv_console: true,
         }

@@ -55,6 +55,15 @@ pub fn expected(device: BenchDevice) -> Vec<CaseId> {
             &[Variant::NoBalloon, Variant::PvHypercall],
             &[Workload::Release],
         ),
+        BenchDevice::Irq => (
+            &[
+                Variant::X2apicEoi,
+                Variant::PvEoi,
+                Variant::IoapicEoi,
+                Variant::PicEoi,
+            ],
+            &[Workload::Interrupt],
+        ),
         BenchDevice::Spinlock => (
             &[Variant::TicketSpin, Variant::PvSpinlock],
             &[Workload::Contend2, Workload::Contend4, Workload::Contend8],
@@ -89,6 +98,10 @@ fn guest_variant(s: &str) -> Option<Variant> {
         "x2apic" => Variant::X2Apic,
         "init-sipi" => Variant::InitSipi,
         "none" => Variant::NoBalloon,
+        "x2apic-eoi" => Variant::X2apicEoi,
+        "pv-eoi" => Variant::PvEoi,
+        "ioapic-eoi" => Variant::IoapicEoi,
+        "pic-eoi" => Variant::PicEoi,
         _ => return None,
     })
 }
@@ -107,6 +120,7 @@ fn guest_workload(s: &str) -> Option<Workload> {
         "one-to-all" => Workload::OneToAll,
         "ap-bringup" => Workload::ApBringUp,
         "release" | "release-MiB" => Workload::Release,
+        "interrupt" => Workload::Interrupt,
         _ => return None,
     })
 }
@@ -120,6 +134,7 @@ fn guest_device(s: &str) -> Option<Device> {
         "ipi" => Device::Ipi,
         "smp" => Device::Smp,
         "balloon" => Device::Balloon,
+        "irq" => Device::Irq,
         _ => return None,
     })
 }

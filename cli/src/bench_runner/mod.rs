@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use pvkit_report::{Baseline, Case, Kind, Platform, Report};
 use thiserror::Error;
 
+use pvkit_vmm::arch::x86_64::cpuid::{pv_eoi_offered, supported_cpuid};
 use pvkit_vmm::io::disk::DiskConfig;
 use pvkit_vmm::runtime::stop::StopReason;
 use pvkit_vmm::vm::{ConsoleKind, KernelSource, RunOutcome, VmConfig};
@@ -262,7 +263,13 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchOutcome, RunnerError> {
     }
     let t0 = Instant::now();
     let started_at = pvkit_report::now_rfc3339_utc()?;
-    drop(open_kvm()?);
+    // KVM's own answer to "is PV EOI offered", for the pv-eoi case's note.
+    let pv_eoi_offered = {
+        let kvm = open_kvm()?;
+        supported_cpuid(&kvm)
+            .ok()
+            .map(|c| pv_eoi_offered(c.as_slice()))
+    };
     // Gathered before the guests run (the TSC rate comes from the first vCPU below).
     let mut platform = platform(None);
 
@@ -348,6 +355,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchOutcome, RunnerError> {
     };
     add_exit_baselines(&mut report);
     report.compute_speedups();
+    pv_eoi_notes(&mut report, pv_eoi_offered);
     report.duration_s = t0.elapsed().as_secs_f64();
     Ok(BenchOutcome {
         report,
@@ -431,6 +439,7 @@ fn boot(
         }),
         phase_observer: Some(observer),
         vcpus: spec.vcpus,
+        irq_test: device.needs_irq_test(),
         ..VmConfig::default()
     };
     let before = bar.phases();
@@ -558,6 +567,28 @@ fn collect(runs: &[DeviceRun]) -> (Vec<Case>, Vec<String>, Vec<expected::Unavail
     );
     out.extend(failed_cases);
     (out, problems, unavailable)
+}
+
+/// Notes on the `pv-eoi` case: what `KVM_GET_SUPPORTED_CPUID` says (`offered`, `None` if
+/// it could not be read), and, when PV EOI never took effect, no speedup: every interrupt
+/// was acknowledged with the x2APIC EOI, the path of `x2apic-eoi`, so any "speedup" would
+/// be noise.
+fn pv_eoi_notes(report: &mut Report, offered: Option<bool>) {
+    for c in report.cases.iter_mut() {
+        if c.device != "irq" || c.variant != "pv-eoi" || c.is_failed() {
+            continue;
+        }
+        c.notes.push(match offered {
+            Some(true) => "KVM_GET_SUPPORTED_CPUID offers KVM_FEATURE_PV_EOI".into(),
+            Some(false) => "KVM_GET_SUPPORTED_CPUID lacks KVM_FEATURE_PV_EOI".into(),
+            None => "KVM_GET_SUPPORTED_CPUID could not be read".into(),
+        });
+        if c.notes.iter().any(|n| n.contains("not effective")) {
+            c.speedup = None;
+            c.notes
+                .push("no speedup shown: the same acknowledge path as x2apic-eoi".into());
+        }
+    }
 }
 
 /// Adds the null-port round trip as a baseline and relates PV 1 MiB reads to the host's

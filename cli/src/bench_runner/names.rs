@@ -29,6 +29,8 @@ pub enum BenchDevice {
     /// Freed memory: the unmodified guest against the balloon (one boot per variant, each
     /// with [`BALLOON_MEM_MIB`] of RAM; the host RSS at the end of the phase is noted).
     Balloon,
+    /// Interrupt delivery and acknowledge: emulated EOIs against KVM's PV EOI.
+    Irq,
     /// One spinlock contended by 2, 4 and 8 vCPUs: plain ticket lock against the PV one
     /// (one boot per case, [`super::spinlock`]).
     Spinlock,
@@ -43,7 +45,7 @@ pub const IPI_VCPUS: u32 = 4;
 
 impl BenchDevice {
     /// Every device, in run order.
-    pub const ALL: [BenchDevice; 8] = [
+    pub const ALL: [BenchDevice; 9] = [
         BenchDevice::Console,
         BenchDevice::Block,
         BenchDevice::Clock,
@@ -51,6 +53,7 @@ impl BenchDevice {
         BenchDevice::Ipi,
         BenchDevice::Smp,
         BenchDevice::Balloon,
+        BenchDevice::Irq,
         BenchDevice::Spinlock,
     ];
 
@@ -69,6 +72,7 @@ impl BenchDevice {
             BenchDevice::Ipi => Device::Ipi,
             BenchDevice::Smp => Device::Smp,
             BenchDevice::Balloon => Device::Balloon,
+            BenchDevice::Irq => Device::Irq,
             BenchDevice::Spinlock => Device::Spinlock,
         }
     }
@@ -96,6 +100,12 @@ impl BenchDevice {
         self == BenchDevice::Block
     }
 
+    /// Whether this device's boot needs the in-kernel irqchip and the interrupt test port
+    /// ([`pvkit_vmm::vm::VmConfig::irq_test`]).
+    pub fn needs_irq_test(self) -> bool {
+        self == BenchDevice::Irq
+    }
+
     /// How many cases the guest is expected to run for this device (for the progress bar
     /// only; the report lists whatever the guest actually ran).
     pub fn expected_cases(self) -> u64 {
@@ -112,6 +122,8 @@ impl BenchDevice {
             BenchDevice::Ipi => 4,
             // One variant per boot.
             BenchDevice::Smp | BenchDevice::Balloon => 1,
+            // x2apic-eoi, pv-eoi, ioapic-eoi, pic-eoi.
+            BenchDevice::Irq => 4,
             // ticket-spin, pv-spinlock × 2, 4, 8 vCPUs.
             BenchDevice::Spinlock => 6,
         }
@@ -134,6 +146,7 @@ pub fn bench_device(device: Device) -> BenchDevice {
         Device::Ipi => BenchDevice::Ipi,
         Device::Smp => BenchDevice::Smp,
         Device::Balloon => BenchDevice::Balloon,
+        Device::Irq => BenchDevice::Irq,
         Device::Spinlock => BenchDevice::Spinlock,
     }
 }
@@ -148,6 +161,7 @@ pub fn device_name(d: Device) -> &'static str {
         Device::Ipi => "ipi",
         Device::Smp => "smp",
         Device::Balloon => "balloon",
+        Device::Irq => "irq",
         Device::Spinlock => "spinlock",
     }
 }
@@ -168,6 +182,10 @@ pub fn variant_name(v: Variant) -> &'static str {
         Variant::X2Apic => "x2apic",
         Variant::InitSipi => "init-sipi",
         Variant::NoBalloon => "none",
+        Variant::X2apicEoi => "x2apic-eoi",
+        Variant::PvEoi => "pv-eoi",
+        Variant::IoapicEoi => "ioapic-eoi",
+        Variant::PicEoi => "pic-eoi",
         Variant::TicketSpin => "ticket-spin",
         Variant::PvSpinlock => "pv-spinlock",
     }
@@ -188,6 +206,7 @@ pub fn workload_name(w: Workload) -> &'static str {
         Workload::OneToAll => "one-to-all",
         Workload::ApBringUp => "ap-bringup",
         Workload::Release => "release-MiB",
+        Workload::Interrupt => "interrupt",
         Workload::Contend2 => "contend-2vcpu",
         Workload::Contend4 => "contend-4vcpu",
         Workload::Contend8 => "contend-8vcpu",
@@ -205,8 +224,12 @@ pub fn kind(v: Variant) -> Kind {
         | Variant::X2Apic
         | Variant::InitSipi
         | Variant::NoBalloon
+        | Variant::X2apicEoi
+        | Variant::IoapicEoi
+        | Variant::PicEoi
         | Variant::TicketSpin => Kind::Emulated,
-        Variant::PvHypercall
+        Variant::PvEoi
+        | Variant::PvHypercall
         | Variant::PvRing
         | Variant::PvEventfd
         | Variant::PvPoll
@@ -229,6 +252,8 @@ pub enum Unit {
     WritesPerSec,
     /// IPI round trips, one-to-all sends or APs started per second.
     OpsPerSec,
+    /// Interrupts raised, handled and acknowledged per second.
+    InterruptsPerSec,
     /// Lock acquisitions per second, all vCPUs together.
     AcqPerSec,
 }
@@ -242,6 +267,7 @@ impl Unit {
             Unit::ReadsPerSec => "reads/s",
             Unit::WritesPerSec => "writes/s",
             Unit::OpsPerSec => "ops/s",
+            Unit::InterruptsPerSec => "interrupts/s",
             Unit::AcqPerSec => "acquisitions/s",
         }
     }
@@ -258,6 +284,7 @@ impl Unit {
             | Unit::ReadsPerSec
             | Unit::WritesPerSec
             | Unit::OpsPerSec
+            | Unit::InterruptsPerSec
             | Unit::AcqPerSec => ops as f64 / ns * 1e9,
         }
     }
@@ -276,6 +303,7 @@ pub fn unit(w: Workload) -> Unit {
         Workload::ClockRead => Unit::ReadsPerSec,
         Workload::RoundTrip => Unit::WritesPerSec,
         Workload::PingPong | Workload::OneToAll | Workload::ApBringUp => Unit::OpsPerSec,
+        Workload::Interrupt => Unit::InterruptsPerSec,
         Workload::Contend2 | Workload::Contend4 | Workload::Contend8 => Unit::AcqPerSec,
     }
 }

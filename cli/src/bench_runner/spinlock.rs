@@ -80,6 +80,7 @@ pub fn lock_exits(ledger: &LedgerSnapshot) -> LedgerSnapshot {
         total: counts.values().sum(),
         counts,
         notifications: BTreeMap::new(),
+        kernel: BTreeMap::new(),
     }
 }
 

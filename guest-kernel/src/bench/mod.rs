@@ -4,8 +4,8 @@
 //! # Command line
 //!
 //! `bench=<list> [quick] [ops=N]`, where `<list>` is `all` or a comma-separated list of
-//! items, each a device (`console`, `block`, `clock`, `exit`, `ipi`, `smp`, `balloon`: all its
-//! variants) or a
+//! items, each a device (`console`, `block`, `clock`, `exit`, `ipi`, `smp`, `balloon`, `irq`:
+//! all its variants) or a
 //! `device/variant` pair with the variant names below (e.g. `block/ata-pio,clock/pit`).
 //! `quick` selects the small counts below; `ops=N` (N ≥ 1) sets the operation count of
 //! every case. Cases run in the fixed order of the table, whatever the order of the list;
@@ -22,6 +22,7 @@
 //! | ipi | `x2apic`, `pv-hypercall` | `PingPong`, `OneToAll` ([`ipi`]; 4 CPUs) | 200 | 20 |
 //! | smp | `init-sipi` / `pv-hypercall` (one per boot) | `ApBringUp` ([`smp`]; 4 CPUs) | 3 APs | 3 APs |
 //! | balloon | `none` / `pv-hypercall` (one per boot) | `Release` ([`balloon`]; an op is 1 MiB) | 256 MiB | 64 MiB |
+//! | irq | `x2apic-eoi`, `pv-eoi`, `ioapic-eoi`, `pic-eoi` | `Interrupt` | 1000 | 100 |
 //!
 //! # Protocol of one case
 //!
@@ -72,6 +73,7 @@ mod clock;
 mod console;
 mod exit;
 mod ipi;
+mod irq;
 mod ring_pass;
 mod smp;
 
@@ -89,10 +91,10 @@ use pvkit_guest::{addr::virt_to_phys, hypercall, tsc::rdtsc};
 
 /// The variants `bench=` selects: per device, a bit per [`Variant`] (bit = wire number).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Selection([u32; 7]);
+pub struct Selection([u64; 8]);
 
 /// The devices in run order, with their variants.
-const DEVICES: [(Device, &[Variant]); 7] = [
+const DEVICES: [(Device, &[Variant]); 8] = [
     (
         Device::Console,
         &[
@@ -121,6 +123,15 @@ const DEVICES: [(Device, &[Variant]); 7] = [
     (Device::Ipi, &[Variant::X2Apic, Variant::PvHypercall]),
     (Device::Smp, &[Variant::InitSipi, Variant::PvHypercall]),
     (Device::Balloon, &[Variant::NoBalloon, Variant::PvHypercall]),
+    (
+        Device::Irq,
+        &[
+            Variant::X2apicEoi,
+            Variant::PvEoi,
+            Variant::IoapicEoi,
+            Variant::PicEoi,
+        ],
+    ),
 ];
 
 impl Selection {
@@ -140,7 +151,7 @@ impl Selection {
                 }
                 for &v in variants {
                     if var.is_none_or(|name| name == variant_name(v)) {
-                        sel.0[i] |= 1 << v as u32;
+                        sel.0[i] |= 1 << v as u64;
                         found = true;
                     }
                 }
@@ -159,10 +170,10 @@ impl Selection {
 
     /// Whether `variant` of `device` is selected.
     pub fn has(&self, device: Device, variant: Variant) -> bool {
-        self.mask(device) & 1 << variant as u32 != 0
+        self.mask(device) & 1 << variant as u64 != 0
     }
 
-    fn mask(&self, device: Device) -> u32 {
+    fn mask(&self, device: Device) -> u64 {
         DEVICES
             .iter()
             .position(|&(d, _)| d == device)
@@ -470,6 +481,9 @@ pub fn run(args: &Bench, boot: &BootInfo) -> ! {
     if args.selection.any(Device::Balloon) {
         balloon::run(&mut r, scratch, boot);
     }
+    if args.selection.any(Device::Irq) {
+        irq::run(&mut r, scratch);
+    }
     println!(
         "bench done: {} passed, {} failed, {} skipped",
         r.passed, r.failed, r.skipped
@@ -487,6 +501,7 @@ pub const fn device_name(device: Device) -> &'static str {
         Device::Ipi => "ipi",
         Device::Smp => "smp",
         Device::Balloon => "balloon",
+        Device::Irq => "irq",
         Device::Spinlock => "spinlock",
     }
 }
@@ -507,6 +522,10 @@ pub const fn variant_name(variant: Variant) -> &'static str {
         Variant::X2Apic => "x2apic",
         Variant::InitSipi => "init-sipi",
         Variant::NoBalloon => "none",
+        Variant::X2apicEoi => "x2apic-eoi",
+        Variant::PvEoi => "pv-eoi",
+        Variant::IoapicEoi => "ioapic-eoi",
+        Variant::PicEoi => "pic-eoi",
         Variant::TicketSpin => "ticket-spin",
         Variant::PvSpinlock => "pv-spinlock",
     }
@@ -527,6 +546,7 @@ pub const fn workload_name(workload: Workload) -> &'static str {
         Workload::OneToAll => "one-to-all",
         Workload::ApBringUp => "ap-bringup",
         Workload::Release => "release",
+        Workload::Interrupt => "interrupt",
         Workload::Contend2 => "contend2",
         Workload::Contend4 => "contend4",
         Workload::Contend8 => "contend8",

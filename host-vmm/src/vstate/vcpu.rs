@@ -147,7 +147,7 @@ pub struct Vcpu {
     /// [`Vcpu::start_long_mode`] (the vCPU filter allows `KVM_SET_SREGS`, not the get).
     boot_sregs: kvm_bindings::kvm_sregs,
     /// KVM's count of all this vCPU's exits, in-kernel ones included (if KVM offers it).
-    kvm_exits: Option<super::stats::ExitCounter>,
+    kvm_exits: Option<super::stats::VcpuStats>,
 }
 
 impl std::fmt::Debug for Vcpu {
@@ -200,7 +200,7 @@ impl Vcpu {
         if access == RegAccess::SyncRegs {
             fd.set_sync_valid_reg(SyncReg::Register);
         }
-        let kvm_exits = super::stats::ExitCounter::open(&fd);
+        let kvm_exits = super::stats::VcpuStats::open(&fd).ok();
         Ok(Self {
             fd,
             index,
@@ -229,7 +229,14 @@ impl Vcpu {
     /// Every exit of this vCPU from guest mode so far, handled in the kernel or not
     /// (`KVM_GET_STATS_FD`); `None` without binary statistics.
     pub fn kvm_exits(&self) -> Option<u64> {
-        self.kvm_exits.as_ref()?.read()
+        self.kvm_exits.as_ref()?.exits()
+    }
+
+    /// Opens the vCPU's in-kernel statistics ([`crate::vstate::stats`]).
+    pub fn stats(
+        &self,
+    ) -> Result<crate::vstate::stats::VcpuStats, crate::vstate::stats::StatsError> {
+        crate::vstate::stats::VcpuStats::open(&self.fd)
     }
 
     /// The vCPU's index (its KVM vCPU id).

@@ -37,6 +37,13 @@
 //! Build requirements (as for any pvkit guest): target `x86_64-unknown-none`,
 //! `-C relocation-model=static`, a linker script placing the image at or above 1 MiB with
 //! the `.note.pvkit` section kept (see the crate README).
+//!
+//! **On a stock hypervisor.** `entry!(main, pvh)` adds the PVH entry ([`crate::pvh`]): the
+//! same ELF boots with `qemu-system-x86_64 -kernel`, through the same set-up with a
+//! `BootInfo` built from the loader's `hvm_start_info`. Without the pvkit CPUID signature
+//! ([`crate::pvh::stock_host`]) `print!` uses the 16550 UART, and `main`'s return value, a
+//! panic and an exception ([`report`], printed on the UART) end the VM through QEMU's
+//! `isa-debug-exit`.
 
 pub mod console;
 pub mod gdt;

@@ -33,6 +33,8 @@ pub mod doorbell;
 pub mod hypercall_bus;
 pub mod ipi;
 pub mod net;
+#[cfg(test)]
+mod net_hostile;
 pub mod rings;
 pub mod spinlock;
 pub mod steal;
