@@ -81,6 +81,8 @@ pub struct BenchConfig {
     pub disk_bytes: u64,
     /// Watchdog per boot.
     pub timeout: Duration,
+    /// Watchdog of each spinlock boot (the plain lock under overcommit runs for minutes).
+    pub spinlock_timeout: Duration,
     /// Guest RAM per boot, MiB.
     pub mem_mib: u64,
     /// The guest kernel (default: the built-in one).
@@ -105,6 +107,7 @@ impl Default for BenchConfig {
             disk: None,
             disk_bytes: disk::DEFAULT_DISK_BYTES,
             timeout: DEFAULT_TIMEOUT,
+            spinlock_timeout: spinlock::DEFAULT_TIMEOUT,
             mem_mib: DEFAULT_MEM_MIB,
             kernel: KernelSource::Builtin,
             extra_cmdline: String::new(),
@@ -424,7 +427,10 @@ fn boot(
         cmdline: cmdline.clone(),
         console: Some(ConsoleKind::Pv),
         capture_console: true,
-        timeout: cfg.timeout,
+        timeout: match device {
+            BenchDevice::Spinlock => cfg.spinlock_timeout,
+            _ => cfg.timeout,
+        },
         seccomp: cfg.seccomp,
         // Block only: the other boots have no ATA ports and no PV block device.
         disk: disk.filter(|_| device.needs_disk()).map(|path| DiskConfig {
