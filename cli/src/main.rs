@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use pvkit_vmm::devices::legacy::ne2000::{NetBackendConfig, NetConfig};
 use pvkit_vmm::runtime::stop::{STATUS_USAGE, STATUS_VMM_ERROR};
 use pvkit_vmm::vstate::vcpu::RegAccess;
-use pvkit_vmm::{ConsoleKind, DiskConfig, KernelSource, StopReason, VmConfig};
+use pvkit_vmm::{ConsoleKind, DiskConfig, KernelSource, NicModel, StopReason, VmConfig};
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -114,6 +114,15 @@ enum RegAccessArg {
     Ioctl,
 }
 
+/// `pvkit run --nic` models.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum NicArg {
+    /// The emulated NE2000 (ports 0x300-0x31f, IRQ 9).
+    Ne2000,
+    /// The PV NIC (NetInfo/NetSend hypercalls, TX and RX rings).
+    Pv,
+}
+
 /// `pvkit run --net` backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum NetArg {
@@ -201,6 +210,12 @@ struct RunArgs {
     #[arg(long, value_name = "NAME")]
     netns: Option<String>,
 
+    /// With --net: which NIC the guest gets, the emulated NE2000 (the default, as before
+    /// --nic existed) or the PV NIC (hypercalls and TX/RX rings; the built-in guest's
+    /// `net=` modes use whichever is present).
+    #[arg(long, value_enum, value_name = "MODEL", requires = "net")]
+    nic: Option<NicArg>,
+
     /// The guest kernel command line (after `--`), e.g. `-- print=10 exit=3`.
     #[arg(last = true, value_name = "KERNEL-CMDLINE")]
     cmdline: Vec<String>,
@@ -247,6 +262,10 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
             trace: args.trace.is_some(),
         },
         net: net_config(args)?,
+        nic: match args.nic {
+            Some(NicArg::Pv) => NicModel::Pv,
+            Some(NicArg::Ne2000) | None => NicModel::Ne2000,
+        },
         gdb: args.gdb,
     })
 }
@@ -324,6 +343,17 @@ fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
             n.model.rx_frames,
             n.backend.dropped(),
             n.model.rx_overflow,
+            n.irqs_raised
+        );
+    }
+    if let (true, Some(n)) = (args.stats, &outcome.pv_net) {
+        eprintln!(
+            "PV NIC: {} frames sent, {} received, {} dropped by the backend, {} dropped \
+             (no guest buffer), {} interrupts raised",
+            n.device.tx_frames,
+            n.device.rx_frames,
+            n.backend.dropped(),
+            n.device.rx_dropped_no_buffer,
             n.irqs_raised
         );
     }

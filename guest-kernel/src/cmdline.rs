@@ -21,7 +21,7 @@
 //! | `cpus=N`    | with `smp=`: how many CPUs there are (1–8), default 1                 |
 //! | `quick`     | with `bench=`: small operation counts                                 |
 //! | `ops=N`     | with `bench=`: `N` (≥ 1) operations in every case                      |
-//! | `net=`      | instead of everything else: the NE2000 by interrupts, `serve`, `echo` or `send` ([`crate::net`]); with `ip=`, `peer=` (IPv4), `count=N`, `size=N` (UDP payload) |
+//! | `net=`      | instead of everything else: the NE2000 by interrupts, `serve`, `echo` or `send` ([`crate::net`]); with `ip=`, `peer=` (IPv4), `count=N`, `size=N` (UDP payload), `pvnet=` (PV NIC path) |
 //!
 //! Unknown tokens are ignored (they may be meant for someone else). When several of
 //! `fault=`, `panic`, `spin`, `triple` are given, the last one wins.
@@ -198,6 +198,7 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
                 _ => return Err(n),
             },
             ("net", Some(m)) => net_mode = Some(crate::net::Mode::parse(m).ok_or(m)?),
+            ("pvnet", Some(v)) => net.pv = crate::net::PvPath::parse(v).ok_or(v)?,
             ("ip", Some(v)) => net.ip = crate::net::parse_ip(v).ok_or(v)?,
             ("peer", Some(v)) => net.peer = crate::net::parse_ip(v).ok_or(v)?,
             ("count", Some(n)) => net.count = n.parse().map_err(|_| n)?,

@@ -20,6 +20,7 @@ use pv::balloon::{BalloonError, PvBalloon};
 use pv::block::PvBlock;
 use pv::clock::{ClockSource, PvClock};
 use pv::console::PvConsole;
+use pv::net::PvNet;
 use pv::vcpu_up::VcpuUp;
 use pv::{BusError, HypercallBus, RingsConfig};
 
@@ -42,6 +43,19 @@ pub struct PvConfig {
     pub rings: Option<(GuestRam, RingsConfig)>,
     /// The `VcpuUp` device (VMs with more than one vCPU); `None`: the call is `EOPNOTSUPP`.
     pub vcpu_up: Option<Arc<VcpuUp>>,
+    /// The PV NIC (`pvkit run --net … --nic pv`); `None`: no `NetInfo`/`NetSend`, no net
+    /// rings.
+    pub net: Option<Arc<PvNet>>,
+}
+
+/// Which NIC a VM with a network gets (`pvkit run --nic`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NicModel {
+    /// The emulated NE2000 (ports `0x300..=0x31f`, IRQ 9): the default.
+    #[default]
+    Ne2000,
+    /// The PV NIC: `NetInfo`, `NetSend` and the TX/RX rings ([`pv::net`]).
+    Pv,
 }
 
 /// The assembled PV devices: the bus, and handles to the devices the VM reads back.
@@ -95,6 +109,9 @@ pub fn assemble(config: PvConfig, ledger: &mut ExitLedger) -> Result<PvDevices, 
     if let Some(up) = config.vcpu_up {
         bus.insert(up)?;
     }
+    if let Some(net) = config.net {
+        bus.insert(net)?;
+    }
 
     if let Some((mem, rings)) = config.rings {
         bus.with_rings(mem, rings, ledger)?;
@@ -119,6 +136,7 @@ pub(crate) fn core_devices(console: Console) -> PvDevices {
         balloon: None,
         rings: None,
         vcpu_up: None,
+        net: None,
     };
     assemble(config, &mut ExitLedger::new()).expect("no conflicts among the core devices")
 }

@@ -15,7 +15,9 @@ use crate::arch::x86_64::layout::{write_boot_area, BootParams};
 use crate::bus::PortBus;
 use crate::devices::legacy::ata::attach_ata;
 use crate::devices::legacy::irq::{create_irqchip, InterruptLine};
-use crate::devices::legacy::ne2000::{attach_ne2000, open_backend, NetDevice, NE2000_GSI};
+use crate::devices::legacy::ne2000::{
+    attach_ne2000, open_backend, NetDevice, NE2000_GSI, NE2000_MAC,
+};
 use crate::devices::legacy::pit::attach_pit;
 use crate::devices::legacy::uart::{Uart, COM1_BASE, COM1_LEN};
 use crate::devices::legacy::vm_clock::VmClock;
@@ -24,9 +26,11 @@ use crate::devices::pseudo::null::NullPort;
 use crate::devices::pv::balloon::PvBalloon;
 use crate::devices::pv::clock::{ClockSource, TscClock};
 use crate::devices::pv::doorbell::{IoEventRegistrar, KvmIoEvents, DOORBELL_PORTS};
+use crate::devices::pv::net::PvNet;
+use crate::devices::pv::net_rx::PvNetRunning;
 use crate::devices::pv::vcpu_up::VcpuUp;
 use crate::devices::pv::RingsConfig;
-use crate::devices::{assemble, PvConfig};
+use crate::devices::{assemble, NicModel, PvConfig};
 use crate::exit::ledger::ExitLedger;
 use crate::exit::VmShared;
 use crate::io::console_out::Console;
@@ -63,8 +67,11 @@ pub struct Built {
     pub guest_abi: AbiVersion,
     /// The guest ELF's symbols, kept from the file before its bytes are dropped.
     pub symbols: Arc<SymbolTable>,
-    /// The NIC ([`VmConfig::net`]), with its receive thread running.
+    /// The NE2000 ([`VmConfig::net`] with [`NicModel::Ne2000`]), with its receive thread
+    /// running.
     pub net: Option<NetDevice>,
+    /// The PV NIC ([`VmConfig::net`] with [`NicModel::Pv`]), its backend served.
+    pub pv_net: Option<PvNetRunning>,
     /// The memory balloon (its statistics are read after the run).
     pub balloon: Option<Arc<PvBalloon>>,
     /// The `VcpuUp` device (more than one vCPU).
@@ -132,12 +139,16 @@ pub fn build(
     if config.net.is_some() || config.vcpus > 1 {
         create_irqchip(&vm_fd)?;
     }
-    let net_backend = match &config.net {
-        Some(net) => {
+    let (net_backend, pv_net) = match (&config.net, config.nic) {
+        (Some(net), NicModel::Ne2000) => {
             let line = InterruptLine::irqfd(&vm_fd, NE2000_GSI)?;
-            Some((open_backend(&net.backend)?, line))
+            (Some((open_backend(&net.backend)?, line)), None)
         }
-        None => None,
+        (Some(net), NicModel::Pv) => {
+            let dev = PvNet::new(open_backend(&net.backend)?, NE2000_MAC);
+            (None, Some(Arc::new(dev)))
+        }
+        (None, _) => (None, None),
     };
     let vcpu_up = (config.vcpus > 1).then(|| Arc::new(VcpuUp::new(config.vcpus)));
     let clock = VmClock::start();
@@ -197,10 +208,11 @@ pub fn build(
                     ioevents: eventfd.then(|| {
                         Arc::new(KvmIoEvents(Arc::clone(&vm_fd))) as Arc<dyn IoEventRegistrar>
                     }),
-                    on_fatal,
+                    on_fatal: on_fatal.clone(),
                 },
             )),
             vcpu_up: vcpu_up.clone(),
+            net: pv_net.clone(),
         },
         &mut ledger,
     )
@@ -209,6 +221,10 @@ pub fn build(
     if let Some(doorbells) = pv.bus.doorbell_ports() {
         pio.insert_mut(base.into(), len.into(), "doorbells", doorbells)?;
     }
+    let pv_net = pv_net
+        .map(|n| PvNetRunning::start(n, mem.clone(), on_fatal))
+        .transpose()
+        .map_err(VmError::Thread)?;
     let io_stopper = pv.bus.stopper();
     let bench = pv.bench;
     let balloon = pv.balloon;
@@ -271,6 +287,7 @@ pub fn build(
         guest_abi: kernel.abi,
         symbols,
         net,
+        pv_net,
         balloon,
         vcpu_up,
     })

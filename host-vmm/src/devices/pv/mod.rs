@@ -8,6 +8,7 @@
 //! | [`console`]          | `ConsoleWrite` and the console ring                           |
 //! | [`block`]            | `BlockCapacity`, `BlockIo` and the block ring                 |
 //! | [`net`]              | `NetInfo`, `NetSend`, the net TX and RX rings over a backend  |
+//! | [`net_rx`]           | the PV NIC of a running VM: its backend's fd on an event loop |
 //! | [`clock`]            | the PV clock page (and the kvmclock feature bit)              |
 //! | [`balloon`]          | the memory balloon: `BalloonInflate`, `BalloonDeflate`, `BalloonInfo` |
 //! | [`rings`]            | the registered rings of every device, serviced on three transports |
@@ -29,6 +30,7 @@ pub mod console;
 pub mod doorbell;
 pub mod hypercall_bus;
 pub mod net;
+pub mod net_rx;
 pub mod rings;
 #[cfg(test)]
 mod tests;

@@ -29,6 +29,7 @@
 //! register again before using the ring.
 
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pvkit_abi::call::{CallReturn, Hypercall};
@@ -39,6 +40,7 @@ use pvkit_abi::Status;
 use pvkit_net::{NetBackend, NetCounters};
 use pvkit_pv::{Batch, NetDevice, NetRxRing, NetStats, NetTxRing, RingError};
 
+use super::net_rx::PvNetStats;
 use super::rings::Queue;
 use super::{CallCtx, PvDevice, QueueSpec};
 use crate::runtime::sync::lock;
@@ -214,6 +216,7 @@ pub struct PvNet {
     shared: Arc<Mutex<NetShared>>,
     info: NetInfo,
     fd: Option<RawFd>,
+    backend_events: AtomicU64,
 }
 
 impl std::fmt::Debug for PvNet {
@@ -253,6 +256,7 @@ impl PvNet {
                 mtu: MTU as u16,
             },
             fd,
+            backend_events: AtomicU64::new(0),
         }
     }
 
@@ -267,6 +271,7 @@ impl PvNet {
     /// waiting frames into the guest's posted receive buffers. Never blocks. A broken or
     /// unregistered receive ring leaves the frames waiting (and later ones dropped).
     pub fn poll_backend(&self, mem: &GuestRam) -> NetPoll {
+        self.backend_events.fetch_add(1, Ordering::Relaxed);
         let mut s = lock(&self.shared);
         let pulled = s.pull();
         let NetShared { dev, rx, .. } = &mut *s;
@@ -285,6 +290,17 @@ impl PvNet {
     pub fn stats(&self) -> (NetStats, NetCounters) {
         let s = lock(&self.shared);
         (s.dev.stats(), s.backend.counters())
+    }
+
+    /// The counters of a run ([`PvNetStats`]).
+    pub fn run_stats(&self) -> PvNetStats {
+        let s = lock(&self.shared);
+        PvNetStats {
+            device: s.dev.stats(),
+            backend: s.backend.counters(),
+            irqs_raised: 0,
+            backend_events: self.backend_events.load(Ordering::Relaxed),
+        }
     }
 
     /// The MAC address and MTU the guest is told.

@@ -1,0 +1,267 @@
+//! The PV NIC as a [`Link`]: `pvkit_guest::pv_net` over two rings of [`SLOTS`] slots, one
+//! 2 KiB buffer per slot, driven as `pvnet=` says ([`PvPath`]).
+//!
+//! | `pvnet=`    | transmit                                   | receive                        |
+//! |-------------|--------------------------------------------|--------------------------------|
+//! | `hypercall` | `NetSend`: one exit per frame              | posted buffers, polled         |
+//! | `doorbell`  | TX ring, doorbell exit when the host asks  | posted buffers, polled         |
+//! | `eventfd`   | TX ring, doorbell absorbed by an ioeventfd | posted buffers, polled         |
+//! | `poll`      | TX ring polled by a host thread: no exit   | RX ring polled by the host too |
+//!
+//! A frame stays in its buffer until its TX response: the buffer of TX slot `i` is only
+//! reused once the ring has a free slot, i.e. once slot `i`'s response was consumed.
+//! Frames queued with `more` are published in one batch (one doorbell at most) when the
+//! ring is full or the last one is queued. Waiting for a frame spins on the RX ring's
+//! `rsp_prod`: the host fills posted buffers by itself (the loopback answers during the
+//! transmit, a TAP device's frames arrive from the VMM's event loop).
+
+use pvkit_abi::cpuid::Features;
+use pvkit_abi::net::MAX_FRAME_LEN;
+use pvkit_abi::ring::Transport;
+use pvkit_guest::pv_net::PvNet;
+
+use super::link::{Link, LinkCounts};
+use super::proto::Proto;
+use super::NetArgs;
+use crate::statics::{Exclusive, Pages};
+
+/// Slots per ring (and buffers per direction).
+pub const SLOTS: u32 = 32;
+/// Bytes per frame buffer (at least `MAX_FRAME_LEN`).
+const BUF: usize = 2048;
+const BUFS: usize = BUF * SLOTS as usize;
+const _: () = assert!(BUF >= MAX_FRAME_LEN as usize);
+
+static TX_RING: Exclusive<Pages<4096>> = Exclusive::new(Pages::zeroed());
+static RX_RING: Exclusive<Pages<4096>> = Exclusive::new(Pages::zeroed());
+static TX_BUFS: Exclusive<Pages<BUFS>> = Exclusive::new(Pages::zeroed());
+static RX_BUFS: Exclusive<Pages<BUFS>> = Exclusive::new(Pages::zeroed());
+
+/// How the PV NIC is driven (`pvnet=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PvPath {
+    /// `NetSend` per frame.
+    Hypercall,
+    /// Rings, doorbell exits.
+    Doorbell,
+    /// Rings, doorbells absorbed by ioeventfds.
+    Eventfd,
+    /// Rings polled by the host.
+    Poll,
+}
+
+impl PvPath {
+    /// Parses a `pvnet=` value.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "hypercall" => Some(PvPath::Hypercall),
+            "doorbell" => Some(PvPath::Doorbell),
+            "eventfd" => Some(PvPath::Eventfd),
+            "poll" => Some(PvPath::Poll),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            PvPath::Hypercall => "hypercall",
+            PvPath::Doorbell => "doorbell",
+            PvPath::Eventfd => "eventfd",
+            PvPath::Poll => "poll",
+        }
+    }
+
+    fn transport(self) -> Transport {
+        match self {
+            PvPath::Hypercall | PvPath::Doorbell => Transport::Doorbell,
+            PvPath::Eventfd => Transport::DoorbellEventfd,
+            PvPath::Poll => Transport::HostPoll,
+        }
+    }
+}
+
+/// Whether the host offers the PV NIC with its rings.
+pub fn offered() -> bool {
+    pvkit_guest::hypercall::features().contains(Features::NET | Features::NET_RING)
+}
+
+/// The PV NIC driven by the kernel.
+pub struct PvLink {
+    nic: PvNet,
+    path: PvPath,
+    proto: Proto,
+    tx: &'static mut [u8; BUFS],
+    rx: *mut u8,
+    /// Buffers reposted since the last RX flush.
+    reposted: bool,
+    counts: LinkCounts,
+}
+
+impl PvLink {
+    /// Registers the rings, posts every receive buffer; panics (ends the VM) if the host
+    /// refuses.
+    pub fn init(args: &NetArgs) -> Self {
+        let transport = args.pv.transport();
+        let nic = match PvNet::init(
+            &mut TX_RING.take().0,
+            &mut RX_RING.take().0,
+            SLOTS,
+            transport,
+        ) {
+            Ok(n) => n,
+            Err(e) => panic!("net: PV NIC set-up failed: {e:?}"),
+        };
+        let mac = nic.info().mac;
+        let rx = RX_BUFS.take().0.as_mut_ptr();
+        let mut link = PvLink {
+            nic,
+            path: args.pv,
+            proto: Proto::new(mac, args.ip, args.peer),
+            tx: &mut TX_BUFS.take().0,
+            rx,
+            reposted: false,
+            counts: LinkCounts::default(),
+        };
+        for id in 0..SLOTS {
+            link.repost(id);
+        }
+        link.flush_rx();
+        let [a, b, c, d] = args.ip;
+        println!(
+            "net: PV NIC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} ip {a}.{b}.{c}.{d} path {}",
+            mac[0],
+            mac[1],
+            mac[2],
+            mac[3],
+            mac[4],
+            mac[5],
+            link.path.name()
+        );
+        link
+    }
+
+    /// Posts receive buffer `id` again (published by [`PvLink::flush_rx`]).
+    fn repost(&mut self, id: u32) {
+        let off = (id % SLOTS) as usize * BUF;
+        // SAFETY: buffer `id` lies inside RX_BUFS (taken for ever by this link); the kernel
+        // does not touch it again until its RX response.
+        let r = unsafe { self.nic.post_rx(id % SLOTS, self.rx.add(off), BUF as u32) };
+        if r.is_err() {
+            self.counts.errors += 1;
+        }
+        self.reposted = true;
+    }
+
+    fn flush_rx(&mut self) {
+        if core::mem::take(&mut self.reposted) {
+            self.nic.flush_rx();
+        }
+    }
+
+    /// Consumes TX completions (their slots become free); errors are counted.
+    fn reclaim(&mut self) -> u32 {
+        let mut errors = 0;
+        let n = self.nic.poll_tx(|_, r| errors += u64::from(r.is_err()));
+        self.counts.errors += errors;
+        n
+    }
+
+    /// Sends the `len` bytes now in TX buffer `slot` (ring paths) or at `frame` (`NetSend`).
+    fn transmit(&mut self, build: &mut dyn FnMut(&Proto, &mut [u8]) -> usize, more: bool) {
+        if self.path == PvPath::Hypercall {
+            let len = build(&self.proto, &mut self.tx[..BUF]);
+            if pvkit_guest::hypercall::net_send(&self.tx[..len]).is_err() {
+                self.counts.errors += 1;
+            }
+            return;
+        }
+        self.reclaim();
+        while self.nic.tx_ring().free() == 0 {
+            // Every slot is in flight: publish them and wait for the host.
+            self.nic.flush_tx();
+            if self.reclaim() == 0 {
+                core::hint::spin_loop();
+            }
+        }
+        let slot = (self.nic.tx_ring().next_index() % SLOTS) as usize;
+        let buf = &mut self.tx[slot * BUF..(slot + 1) * BUF];
+        let len = build(&self.proto, buf);
+        let ptr = buf.as_ptr();
+        // SAFETY: TX buffer `slot` is not reused before this frame's response (its ring
+        // slot is in flight until then, see the module docs).
+        if unsafe { self.nic.queue_tx_raw(ptr, len) }.is_err() {
+            self.counts.errors += 1;
+            return;
+        }
+        if !more || self.nic.tx_ring().free() == 0 {
+            self.nic.flush_tx();
+        }
+    }
+
+    /// Handles every received frame (answering what asks for it) and reposts its buffer.
+    fn receive(&mut self) -> u32 {
+        // (buffer, frame length; `None`: the host refused the buffer).
+        let mut got = [(0u32, None); SLOTS as usize];
+        let mut n = 0usize;
+        self.nic.poll_rx(|id, r| {
+            if let Some(g) = got.get_mut(n) {
+                *g = (id % SLOTS, r.ok().map(|len| len.min(BUF as u32)));
+                n += 1;
+            }
+        });
+        for &(id, len) in got.iter().take(n) {
+            let Some(len) = len else {
+                self.counts.errors += 1;
+                self.repost(id);
+                continue;
+            };
+            self.counts.frames += 1;
+            let off = id as usize * BUF;
+            // SAFETY: the host answered buffer `id`, so it no longer writes it: the kernel
+            // owns these bytes until it reposts the buffer below.
+            let frame = unsafe { core::slice::from_raw_parts_mut(self.rx.add(off), len as usize) };
+            if let Some(reply) = self.proto.handle(frame) {
+                let reply = &frame[..reply];
+                self.transmit(
+                    &mut |_, f| {
+                        f[..reply.len()].copy_from_slice(reply);
+                        reply.len()
+                    },
+                    false,
+                );
+            }
+            self.repost(id);
+        }
+        self.flush_rx();
+        n as u32
+    }
+}
+
+impl Link for PvLink {
+    fn proto(&mut self) -> &mut Proto {
+        &mut self.proto
+    }
+
+    fn send(&mut self, more: bool, build: &mut dyn FnMut(&Proto, &mut [u8]) -> usize) {
+        self.transmit(build, more);
+    }
+
+    fn wait(&mut self, done: &dyn Fn(&Proto) -> bool) {
+        loop {
+            self.receive();
+            if done(&self.proto) {
+                return;
+            }
+            if self.nic.is_broken() {
+                panic!("net: the host marked a PV NIC ring broken");
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    fn finish(&mut self) -> LinkCounts {
+        // Let the last frames complete (their buffers are static: nothing to free).
+        self.nic.flush_tx();
+        self.counts
+    }
+}
