@@ -216,6 +216,12 @@ struct RunArgs {
     #[arg(long, value_enum, value_name = "MODEL", requires = "net")]
     nic: Option<NicArg>,
 
+    /// Create KVM's in-kernel interrupt controller (LAPIC, IOAPIC, PIC) even without --net
+    /// or SMP, so that the guest can bind rings to completion interrupts (QueueInterrupt,
+    /// feature RING_IRQ). With it, `hlt` no longer exits to userspace.
+    #[arg(long)]
+    irqchip: bool,
+
     /// The guest kernel command line (after `--`), e.g. `-- print=10 exit=3`.
     #[arg(last = true, value_name = "KERNEL-CMDLINE")]
     cmdline: Vec<String>,
@@ -266,6 +272,7 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
             Some(NicArg::Pv) => NicModel::Pv,
             Some(NicArg::Ne2000) | None => NicModel::Ne2000,
         },
+        irqchip: args.irqchip,
         gdb: args.gdb,
     })
 }

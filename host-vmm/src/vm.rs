@@ -122,6 +122,10 @@ pub struct VmConfig {
     /// NE2000 ports; `NetInfo`, `NetSend` and the net rings, the backend's fd served by an
     /// event loop). Either way the VM has the in-kernel irqchip.
     pub nic: NicModel,
+    /// Create KVM's in-kernel irqchip even without a NIC or SMP (`pvkit run --irqchip`), so
+    /// that rings can complete by interrupt (`Features::RING_IRQ`). With it `hlt` no longer
+    /// exits to userspace.
+    pub irqchip: bool,
     /// Serve the GDB remote protocol for vCPU 0 on this address (`pvkit run --gdb`;
     /// [`crate::debug::gdb`]): the address is bound, printed on stderr as
     /// `pvkit: gdb: waiting for a connection on ADDR`, and the guest waits for the
@@ -147,6 +151,7 @@ impl Default for VmConfig {
             record: RecordConfig::default(),
             net: None,
             nic: NicModel::Ne2000,
+            irqchip: false,
             gdb: None,
         }
     }
@@ -217,6 +222,9 @@ pub struct RunOutcome {
     pub net: Option<NicStats>,
     /// What the PV NIC counted ([`VmConfig::nic`] = [`NicModel::Pv`]).
     pub pv_net: Option<PvNetStats>,
+    /// Completion interrupts the rings raised (irqfd writes, all GSIs); `None` without the
+    /// in-kernel irqchip.
+    pub ring_irqs_raised: Option<u64>,
     /// What the memory balloon did (`None`: the VM had no balloon).
     pub balloon: Option<BalloonStats>,
 }
@@ -650,6 +658,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         symbols,
         mut net,
         mut pv_net,
+        ring_irqs,
         balloon,
         vcpu_up,
     } = built;
@@ -837,6 +846,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         trace,
         net: net.map(|n| n.stats()),
         pv_net: pv_net.map(|n| n.stats()),
+        ring_irqs_raised: ring_irqs.map(|r| r.raised()),
         balloon: balloon.map(|b| b.stats()),
     })
 }

@@ -7,6 +7,13 @@
 //! | `doorbell`  | TX ring, doorbell exit when the host asks  | posted buffers, polled         |
 //! | `eventfd`   | TX ring, doorbell absorbed by an ioeventfd | posted buffers, polled         |
 //! | `poll`      | TX ring polled by a host thread: no exit   | RX ring polled by the host too |
+//! | `irq`       | as `doorbell`                              | completion interrupt: `hlt`    |
+//!
+//! With `irq` the receive ring is bound to GSI [`PV_RX_GSI`] (`QueueInterrupt`, feature
+//! `RING_IRQ`), routed through the IOAPIC to the NIC vector, and the kernel idles in
+//! `sti; hlt`: the handler only counts and acknowledges (LAPIC EOI); the frames are taken
+//! after the wake-up, then `rsp_event` is re-armed (event index: one interrupt per batch
+//! of frames the kernel waited for, none while it is busy).
 //!
 //! A frame stays in its buffer until its TX response: the buffer of TX slot `i` is only
 //! reused once the ring has a free slot, i.e. once slot `i`'s response was consumed.
@@ -48,7 +55,12 @@ pub enum PvPath {
     Eventfd,
     /// Rings polled by the host.
     Poll,
+    /// Rings with doorbells; received frames interrupt (the kernel halts meanwhile).
+    Irq,
 }
+
+/// The GSI (IOAPIC pin) the receive ring is bound to with `pvnet=irq`.
+pub const PV_RX_GSI: u8 = 16;
 
 impl PvPath {
     /// Parses a `pvnet=` value.
@@ -58,6 +70,7 @@ impl PvPath {
             "doorbell" => Some(PvPath::Doorbell),
             "eventfd" => Some(PvPath::Eventfd),
             "poll" => Some(PvPath::Poll),
+            "irq" => Some(PvPath::Irq),
             _ => None,
         }
     }
@@ -68,12 +81,13 @@ impl PvPath {
             PvPath::Doorbell => "doorbell",
             PvPath::Eventfd => "eventfd",
             PvPath::Poll => "poll",
+            PvPath::Irq => "irq",
         }
     }
 
     fn transport(self) -> Transport {
         match self {
-            PvPath::Hypercall | PvPath::Doorbell => Transport::Doorbell,
+            PvPath::Hypercall | PvPath::Doorbell | PvPath::Irq => Transport::Doorbell,
             PvPath::Eventfd => Transport::DoorbellEventfd,
             PvPath::Poll => Transport::HostPoll,
         }
@@ -122,6 +136,17 @@ impl PvLink {
             reposted: false,
             counts: LinkCounts::default(),
         };
+        if link.path == PvPath::Irq {
+            if !pvkit_guest::hypercall::features().contains(Features::RING_IRQ) {
+                panic!("net: pvnet=irq but the host offers no RING_IRQ");
+            }
+            super::irq::install(super::NIC_VECTOR);
+            super::irq::init_lapic();
+            super::irq::route_irq(PV_RX_GSI, super::NIC_VECTOR);
+            if let Err(e) = link.nic.bind_rx_interrupt(u32::from(PV_RX_GSI)) {
+                panic!("net: QueueInterrupt refused: {e:?}");
+            }
+        }
         for id in 0..SLOTS {
             link.repost(id);
         }
@@ -247,6 +272,21 @@ impl Link for PvLink {
     }
 
     fn wait(&mut self, done: &dyn Fn(&Proto) -> bool) {
+        if self.path == PvPath::Irq {
+            // Frames are taken only after the interrupt that announced them; the ring is
+            // armed from its registration on (`rsp_event = 1`) and re-armed after each
+            // drain.
+            while !done(&self.proto) {
+                super::irq::wait_for_interrupt();
+                loop {
+                    self.receive();
+                    if !self.nic.arm_rx() {
+                        break;
+                    }
+                }
+            }
+            return;
+        }
         loop {
             self.receive();
             if done(&self.proto) {
@@ -262,6 +302,7 @@ impl Link for PvLink {
     fn finish(&mut self) -> LinkCounts {
         // Let the last frames complete (their buffers are static: nothing to free).
         self.nic.flush_tx();
+        self.counts.irqs = super::state().irqs;
         self.counts
     }
 }

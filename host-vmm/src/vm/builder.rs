@@ -28,6 +28,7 @@ use crate::devices::pv::clock::{ClockSource, TscClock};
 use crate::devices::pv::doorbell::{IoEventRegistrar, KvmIoEvents, DOORBELL_PORTS};
 use crate::devices::pv::net::PvNet;
 use crate::devices::pv::net_rx::PvNetRunning;
+use crate::devices::pv::ring_irq::RingIrqs;
 use crate::devices::pv::vcpu_up::VcpuUp;
 use crate::devices::pv::RingsConfig;
 use crate::devices::{assemble, NicModel, PvConfig};
@@ -72,6 +73,8 @@ pub struct Built {
     pub net: Option<NetDevice>,
     /// The PV NIC ([`VmConfig::net`] with [`NicModel::Pv`]), its backend served.
     pub pv_net: Option<PvNetRunning>,
+    /// The rings' completion interrupt lines (VMs with the in-kernel irqchip).
+    pub ring_irqs: Option<Arc<RingIrqs>>,
     /// The memory balloon (its statistics are read after the run).
     pub balloon: Option<Arc<PvBalloon>>,
     /// The `VcpuUp` device (more than one vCPU).
@@ -136,9 +139,15 @@ pub fn build(
     // KVM's in-kernel irqchip, created before any vCPU, only when something needs it: the
     // NIC's interrupt (IOAPIC), or SMP (LAPICs for INIT-SIPI-SIPI and IPIs, so the APs start
     // in KVM's wait-for-SIPI state). With it, `hlt` no longer exits to userspace.
-    if config.net.is_some() || config.vcpus > 1 {
+    let irqchip = config.net.is_some() || config.vcpus > 1 || config.irqchip;
+    if irqchip {
         create_irqchip(&vm_fd)?;
     }
+    // Completion interrupts of the rings need the IOAPIC.
+    let ring_irqs = irqchip
+        .then(|| RingIrqs::irqfds(&vm_fd))
+        .transpose()?
+        .map(Arc::new);
     let (net_backend, pv_net) = match (&config.net, config.nic) {
         (Some(net), NicModel::Ne2000) => {
             let line = InterruptLine::irqfd(&vm_fd, NE2000_GSI)?;
@@ -195,7 +204,7 @@ pub fn build(
         .map(|(backend, line)| attach_ne2000(&mut pio, backend, line, on_fatal.clone()))
         .transpose()?;
     let mut ledger = ExitLedger::new();
-    let pv = assemble(
+    let mut pv = assemble(
         PvConfig {
             console: console.clone(),
             disk: disk.clone(),
@@ -217,6 +226,9 @@ pub fn build(
         &mut ledger,
     )
     .map_err(VmError::PvDevices)?;
+    if let Some(irqs) = &ring_irqs {
+        pv.bus.set_ring_irqs(Arc::clone(irqs));
+    }
     let (base, len) = DOORBELL_PORTS;
     if let Some(doorbells) = pv.bus.doorbell_ports() {
         pio.insert_mut(base.into(), len.into(), "doorbells", doorbells)?;
@@ -288,6 +300,7 @@ pub fn build(
         symbols,
         net,
         pv_net,
+        ring_irqs,
         balloon,
         vcpu_up,
     })

@@ -41,6 +41,7 @@ use pvkit_net::{NetBackend, NetCounters};
 use pvkit_pv::{Batch, NetDevice, NetRxRing, NetStats, NetTxRing, RingError};
 
 use super::net_rx::PvNetStats;
+use super::ring_irq::RingIrqLine;
 use super::rings::Queue;
 use super::{CallCtx, PvDevice, QueueSpec};
 use crate::runtime::sync::lock;
@@ -70,6 +71,11 @@ struct NetShared {
     backend: Box<dyn NetBackend>,
     tx: Option<NetTxRing>,
     rx: Option<NetRxRing>,
+    /// The completion interrupts the guest bound the rings to.
+    tx_irq: Option<Arc<RingIrqLine>>,
+    rx_irq: Option<Arc<RingIrqLine>>,
+    /// Edges raised on them.
+    irqs_raised: u64,
 }
 
 impl NetShared {
@@ -83,9 +89,27 @@ impl NetShared {
     /// Pulls from the backend and fills posted receive buffers; no ring: nothing.
     fn receive(&mut self, mem: &GuestRam) -> Result<Batch, RingError> {
         self.pull();
-        match self.rx.as_mut() {
-            Some(rx) => self.dev.service_rx(mem, rx),
-            None => Ok(Batch::default()),
+        self.fill_rx(mem)
+    }
+
+    /// Copies waiting frames into posted receive buffers and raises the RX interrupt if
+    /// the guest asked for one; no (or a broken) ring: nothing.
+    fn fill_rx(&mut self, mem: &GuestRam) -> Result<Batch, RingError> {
+        let batch = match self.rx.as_mut() {
+            Some(rx) if !rx.is_broken() => self.dev.service_rx(mem, rx)?,
+            Some(_) => return Err(RingError::Broken),
+            None => return Ok(Batch::default()),
+        };
+        if batch.notify {
+            Self::raise(&self.rx_irq, &mut self.irqs_raised);
+        }
+        Ok(batch)
+    }
+
+    fn raise(line: &Option<Arc<RingIrqLine>>, count: &mut u64) {
+        if let Some(l) = line {
+            l.raise();
+            *count = count.saturating_add(1);
         }
     }
 
@@ -99,6 +123,9 @@ impl NetShared {
             // A dropped frame is a lost packet; the backend counts it.
             let _ = backend.send(f);
         });
+        if batch.as_ref().is_ok_and(|b| b.notify) {
+            Self::raise(&self.tx_irq, &mut self.irqs_raised);
+        }
         // Replies go out even if the TX ring just broke.
         let _ = self.receive(mem);
         batch
@@ -209,6 +236,14 @@ impl Queue for NetQueue {
             None => Err(RingError::Broken),
         }
     }
+
+    fn set_interrupt(&mut self, line: Option<Arc<RingIrqLine>>) {
+        let mut s = lock(&self.shared);
+        match self.dir {
+            Dir::Tx => s.tx_irq = line,
+            Dir::Rx => s.rx_irq = line,
+        }
+    }
 }
 
 /// The PV network device over one host backend.
@@ -250,6 +285,9 @@ impl PvNet {
                 backend,
                 tx: None,
                 rx: None,
+                tx_irq: None,
+                rx_irq: None,
+                irqs_raised: 0,
             })),
             info: NetInfo {
                 mac,
@@ -274,11 +312,7 @@ impl PvNet {
         self.backend_events.fetch_add(1, Ordering::Relaxed);
         let mut s = lock(&self.shared);
         let pulled = s.pull();
-        let NetShared { dev, rx, .. } = &mut *s;
-        let delivered = match rx.as_mut() {
-            Some(rx) if !rx.is_broken() => dev.service_rx(mem, rx).map_or(0, |b| b.requests),
-            _ => 0,
-        };
+        let delivered = s.fill_rx(mem).map_or(0, |b| b.requests);
         NetPoll {
             pulled,
             delivered,
@@ -298,7 +332,7 @@ impl PvNet {
         PvNetStats {
             device: s.dev.stats(),
             backend: s.backend.counters(),
-            irqs_raised: 0,
+            irqs_raised: s.irqs_raised,
             backend_events: self.backend_events.load(Ordering::Relaxed),
         }
     }
