@@ -903,6 +903,47 @@ mod tests {
         ));
     }
 
+    /// Stores the guest's `rsp_event`.
+    fn arm(m: &GuestMemoryMmap<()>, event: u32) {
+        m.store(
+            event,
+            GuestAddress(GPA + offsets::RSP_EVENT),
+            Ordering::SeqCst,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn responses_notify_once_per_batch_that_crosses_rsp_event() {
+        // Start near the u32 wrap: the rule is wrap-around safe.
+        let start = u32::MAX - 2;
+        let (m, mut p, mut r) = setup(8, start);
+        arm(&m, start.wrapping_add(1));
+        for i in 0..4 {
+            p.push(&m, req(i)).unwrap();
+        }
+        p.publish(&m).unwrap();
+        // Four responses cross rsp_event = start + 1: one notification for the batch.
+        let b = r.poll(&m, echo).unwrap();
+        assert_eq!((b.requests, b.notify), (4, true));
+        // The guest did not re-arm: the next batch is silent.
+        p.take_responses(&m).unwrap();
+        p.push(&m, req(5)).unwrap();
+        p.publish(&m).unwrap();
+        assert!(!r.poll(&m, echo).unwrap().notify);
+        // Re-armed at rsp_cons + 1: the next response notifies.
+        arm(&m, start.wrapping_add(6));
+        p.push(&m, req(6)).unwrap();
+        p.publish(&m).unwrap();
+        assert!(r.poll(&m, echo).unwrap().notify);
+        // Armed further ahead than this batch reaches: silent. No requests: silent.
+        arm(&m, start.wrapping_add(9));
+        p.push(&m, req(7)).unwrap();
+        p.publish(&m).unwrap();
+        assert!(!r.poll(&m, echo).unwrap().notify);
+        assert!(!r.poll(&m, echo).unwrap().notify);
+    }
+
     #[test]
     fn a_slot_rewritten_after_the_copy_does_not_change_the_request() {
         let (m, mut p, mut r) = setup(2, 0);

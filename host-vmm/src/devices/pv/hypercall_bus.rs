@@ -285,7 +285,11 @@ impl HypercallBus {
     /// `QueueInterrupt`: binds a queue's completions to a GSI (0: back to polling).
     fn queue_interrupt(&self, args: [u64; 4]) -> Result<u64, Status> {
         let [queue, gsi, flags, _] = args;
-        let rings = self.rings.as_ref().ok_or(Status::EOPNOTSUPP)?;
+        let rings = self
+            .rings
+            .as_ref()
+            .filter(|r| r.irqs().is_some())
+            .ok_or(Status::EOPNOTSUPP)?;
         let queue = u32::try_from(queue)
             .ok()
             .and_then(|q| QueueId::from_u32(q).ok())

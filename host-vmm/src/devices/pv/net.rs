@@ -19,8 +19,10 @@
 //! eventfd, poll, `RingKick`) and `NetSend` pull whatever the backend has ready afterwards
 //! and fill posted receive buffers — a loopback reply is in the guest's buffer when the
 //! doorbell `out` completes. A receive service (the guest kicks the RX queue, or a polled
-//! RX ring) pulls from the backend too. A backend with a file descriptor (TAP) is driven by
-//! the VMM's event loop through [`PvNet::poll_backend`].
+//! RX ring) pulls from the backend too, if it has no file descriptor (loopback). A backend
+//! with one (TAP) is read only by the VMM's event loop, through [`PvNet::poll_backend`]
+//! (the vCPU threads' seccomp filter allows no read of it); a receive service then only
+//! fills posted buffers with the frames already waiting.
 //!
 //! Lock order: the ring's slot, then the device.
 //!
@@ -79,6 +81,17 @@ struct NetShared {
 }
 
 impl NetShared {
+    /// Pulls what a synchronous backend (no fd: the loopback responder, whose answers exist
+    /// as soon as the frame was sent) has ready. A backend with an fd (TAP) is read only by
+    /// the event loop ([`PvNet::poll_backend`]): never on a vCPU thread, whose seccomp
+    /// filter does not allow it.
+    fn pull_sync(&mut self) -> u64 {
+        if self.backend.raw_fd().is_some() {
+            return 0;
+        }
+        self.pull()
+    }
+
     /// Pulls what the backend has ready into the wait queue (bounded).
     fn pull(&mut self) -> u64 {
         let backend = &mut self.backend;
@@ -88,7 +101,7 @@ impl NetShared {
 
     /// Pulls from the backend and fills posted receive buffers; no ring: nothing.
     fn receive(&mut self, mem: &GuestRam) -> Result<Batch, RingError> {
-        self.pull();
+        self.pull_sync();
         self.fill_rx(mem)
     }
 
@@ -417,9 +430,11 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
+    use crate::devices::pv::ring_irq::RingIrqs;
     use crate::devices::pv::{HypercallBus, RingsConfig};
     use crate::exit::ledger::ExitLedger;
     use crate::vstate::memory::create_ram;
+    use pvkit_abi::ring::BLOCK_QUEUE;
 
     const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
     const HOST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
@@ -629,6 +644,76 @@ mod tests {
         let mut buf = vec![0u8; 42];
         h.mem.read_slice(&mut buf, GuestAddress(BUF)).unwrap();
         assert_eq!(buf, arp_reply());
+    }
+
+    #[test]
+    fn rx_interrupt_is_raised_once_per_armed_batch_and_binding_is_checked() {
+        let mut h = harness();
+        let irqs = Arc::new(RingIrqs::unconnected().unwrap());
+        h.bus.set_ring_irqs(Arc::clone(&irqs));
+        assert!(h.bus.features().contains(Features::RING_IRQ));
+        let rx_id = u64::from(NET_RX_QUEUE.to_u32());
+        // Outside the GSI range, unknown flags, unknown queue.
+        for (args, status) in [
+            ([rx_id, 15, 0, 0], Status::EINVAL),
+            ([rx_id, 24, 0, 0], Status::EINVAL),
+            ([rx_id, 16, 1, 0], Status::EINVAL),
+            (
+                [u64::from(BLOCK_QUEUE.to_u32()), 16, 0, 0],
+                Status::EOPNOTSUPP,
+            ),
+        ] {
+            assert_eq!(
+                h.call(Hypercall::QueueInterrupt, args),
+                CallReturn::err(status)
+            );
+        }
+        // Bound before the ring is registered: the binding applies to the registration.
+        assert_eq!(
+            h.call(Hypercall::QueueInterrupt, [rx_id, 17, 0, 0]),
+            CallReturn::ok(0)
+        );
+        let (_tx, mut rx) = rings(&h);
+        for id in 0..4 {
+            rx.push(
+                &h.mem,
+                NetRxRequest {
+                    addr: BUF + u64::from(id) * 0x800,
+                    capacity: 1514,
+                    id,
+                },
+            )
+            .unwrap();
+        }
+        rx.publish(&h.mem).unwrap();
+        let req = arp_request();
+        h.mem.write_slice(&req, GuestAddress(FRAME)).unwrap();
+        // rsp_event starts armed (rsp_prod + 1): two replies in one service, one edge.
+        for _ in 0..2 {
+            h.call(Hypercall::NetSend, [FRAME, 42, 0, 0]);
+        }
+        let line = irqs.line(17).unwrap();
+        assert_eq!(line.take_signals(), 1);
+        assert_eq!(h.net.run_stats().irqs_raised, 1);
+        // Not re-armed: silent.
+        h.call(Hypercall::NetSend, [FRAME, 42, 0, 0]);
+        assert_eq!(line.take_signals(), 0);
+        // Unbound (GSI 0): silent even when armed.
+        assert_eq!(
+            h.call(Hypercall::QueueInterrupt, [rx_id, 0, 0, 0]),
+            CallReturn::ok(0)
+        );
+        h.mem
+            .store(
+                4u32,
+                GuestAddress(RX + pvkit_abi::ring::offsets::RSP_EVENT),
+                std::sync::atomic::Ordering::SeqCst,
+            )
+            .unwrap();
+        h.call(Hypercall::NetSend, [FRAME, 42, 0, 0]);
+        assert_eq!(line.take_signals(), 0);
+        assert_eq!(irqs.raised(), 1);
+        assert_eq!(rx.take_responses(&h.mem).unwrap().len(), 4);
     }
 
     #[test]
