@@ -400,11 +400,15 @@ enum DeviceArg {
     Clock,
     /// Bare exit round trips (null port), for calibration.
     Exit,
+    /// Network frames over in-VMM loopback peers: 64 B and 1514 B transmit and receive,
+    /// UDP echo round trips; NE2000 vs PV NetSend, ring, ioeventfd, polled ring, ring with
+    /// completion interrupts.
+    Net,
 }
 
 #[derive(clap::Args, Debug)]
 struct BenchArgs {
-    /// Run only these devices (repeat or comma-separate). Default: all four.
+    /// Run only these devices (repeat or comma-separate). Default: all five.
     #[arg(long, value_enum, value_delimiter = ',', value_name = "DEVICE")]
     only: Vec<DeviceArg>,
 
@@ -456,6 +460,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
             DeviceArg::Block => BenchDevice::Block,
             DeviceArg::Clock => BenchDevice::Clock,
             DeviceArg::Exit => BenchDevice::Exit,
+            DeviceArg::Net => BenchDevice::Net,
         };
         if !devices.contains(&d) {
             devices.push(d);

@@ -25,8 +25,15 @@ pub trait Link {
     /// sends it; `more`: another frame follows at once, so the NIC may hold this one back
     /// to send both in one batch.
     fn send(&mut self, more: bool, build: &mut dyn FnMut(&Proto, &mut [u8]) -> usize);
+    /// Sends `frame` as it is (no copy where the NIC can avoid one: the PV rings point at
+    /// it); it must stay unchanged until [`Link::drain`]. `more` as for [`Link::send`].
+    fn send_static(&mut self, more: bool, frame: &'static [u8]);
     /// Waits until `done` holds, receiving (and answering) frames meanwhile.
     fn wait(&mut self, done: &dyn Fn(&Proto) -> bool);
+    /// Waits until every frame sent so far has left the guest (its buffer is free again).
+    fn drain(&mut self) {}
+    /// The counters so far.
+    fn counts(&self) -> LinkCounts;
     /// Stops the NIC's interrupts; its counters.
     fn finish(&mut self) -> LinkCounts;
 }

@@ -27,9 +27,9 @@
 //! `pvkit_guest::ne2000`). No interrupt is raised by a transmit (`PTX` stays masked).
 
 mod irq;
-mod link;
+pub mod link;
 pub mod proto;
-mod pv;
+pub mod pv;
 
 pub use pv::PvPath;
 
@@ -210,7 +210,8 @@ fn wait_until(done: impl Fn(&State) -> bool) {
 }
 
 /// The NE2000 as a [`Link`]: its state is [`STATE`], shared with the interrupt handler.
-struct Ne2000Link;
+#[derive(Clone, Copy, Debug)]
+pub struct Ne2000Link;
 
 impl Link for Ne2000Link {
     fn proto(&mut self) -> &mut Proto {
@@ -223,8 +224,26 @@ impl Link for Ne2000Link {
         s.send(len);
     }
 
+    fn send_static(&mut self, _more: bool, frame: &'static [u8]) {
+        let s = state();
+        if let Some(nic) = s.nic.as_mut() {
+            if nic.transmit(frame).is_err() {
+                s.errors += 1;
+            }
+        }
+    }
+
     fn wait(&mut self, done: &dyn Fn(&Proto) -> bool) {
         wait_until(|s| done(&s.proto));
+    }
+
+    fn counts(&self) -> LinkCounts {
+        let s = state();
+        LinkCounts {
+            irqs: s.irqs,
+            frames: s.frames,
+            errors: s.errors,
+        }
     }
 
     fn finish(&mut self) -> LinkCounts {
@@ -232,6 +251,9 @@ impl Link for Ne2000Link {
         if let Some(nic) = s.nic.as_mut() {
             nic.set_interrupt_mask(0);
         }
+        // Done with the card: the shared interrupt handler no longer drains it (another
+        // NIC may raise the same vector next).
+        s.nic = None;
         LinkCounts {
             irqs: s.irqs,
             frames: s.frames,
@@ -240,21 +262,13 @@ impl Link for Ne2000Link {
     }
 }
 
-/// Runs `net=` over the PV NIC when the host offers one, else over the NE2000, and ends
-/// the VM.
-pub fn run(args: NetArgs, boot: &BootInfo) -> ! {
+/// Probes the NE2000 and sets it up for interrupts (IRQ 9 → [`NIC_VECTOR`], receive
+/// interrupts unmasked); `None` if there is no card.
+pub fn ne2000_link(args: &NetArgs) -> Option<Ne2000Link> {
     irq::cli();
-    if pv::offered() {
-        let mut link = pv::PvLink::init(&args);
-        link::drive(&mut link, &args, boot);
-        crate::exit(0)
-    }
     // SAFETY: ring 0; the ports 0x300..0x320 belong to the NE2000, whose remote DMA only
     // touches card memory.
-    let nic = match Ne2000::probe(unsafe { Pio::new() }, IO_BASE) {
-        Ok(nic) => nic,
-        Err(e) => panic!("net: no NE2000 at {IO_BASE:#x}: {e:?}"),
-    };
+    let nic = Ne2000::probe(unsafe { Pio::new() }, IO_BASE).ok()?;
     let mac = nic.mac();
     irq::install(NIC_VECTOR);
     let x2apic = irq::init_lapic();
@@ -271,6 +285,21 @@ pub fn run(args: NetArgs, boot: &BootInfo) -> ! {
         mac[0], mac[1], mac[2], mac[3], mac[4], mac[5],
         if x2apic { "x2apic" } else { "xapic" }
     );
-    link::drive(&mut Ne2000Link, &args, boot);
+    Some(Ne2000Link)
+}
+
+/// Runs `net=` over the PV NIC when the host offers one, else over the NE2000, and ends
+/// the VM.
+pub fn run(args: NetArgs, boot: &BootInfo) -> ! {
+    irq::cli();
+    if pv::offered() {
+        let mut link = pv::PvLink::init(&args);
+        link::drive(&mut link, &args, boot);
+        crate::exit(0)
+    }
+    let Some(mut link) = ne2000_link(&args) else {
+        panic!("net: no NE2000 at {IO_BASE:#x} and no PV NIC");
+    };
+    link::drive(&mut link, &args, boot);
     crate::exit(0)
 }

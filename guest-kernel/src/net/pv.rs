@@ -22,6 +22,9 @@
 //! `rsp_prod`: the host fills posted buffers by itself (the loopback answers during the
 //! transmit, a TAP device's frames arrive from the VMM's event loop).
 
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
 use pvkit_abi::cpuid::Features;
 use pvkit_abi::net::MAX_FRAME_LEN;
 use pvkit_abi::ring::Transport;
@@ -39,10 +42,28 @@ const BUF: usize = 2048;
 const BUFS: usize = BUF * SLOTS as usize;
 const _: () = assert!(BUF >= MAX_FRAME_LEN as usize);
 
-static TX_RING: Exclusive<Pages<4096>> = Exclusive::new(Pages::zeroed());
-static RX_RING: Exclusive<Pages<4096>> = Exclusive::new(Pages::zeroed());
-static TX_BUFS: Exclusive<Pages<BUFS>> = Exclusive::new(Pages::zeroed());
-static RX_BUFS: Exclusive<Pages<BUFS>> = Exclusive::new(Pages::zeroed());
+/// Ring pages: two per [`PvLink::init`] (each registration gets fresh memory, as the ring
+/// ABI asks), so a kernel can set the NIC up this many times over.
+const RING_PAGES: usize = 16;
+static RINGS: [Exclusive<Pages<4096>>; RING_PAGES] =
+    [const { Exclusive::new(Pages::zeroed()) }; RING_PAGES];
+static NEXT_RING: AtomicUsize = AtomicUsize::new(0);
+
+/// The frame buffers, shared by successive links (one link at a time).
+struct Buffers(UnsafeCell<Pages<BUFS>>);
+// SAFETY: used by one link at a time on one CPU (see `PvLink::init`).
+unsafe impl Sync for Buffers {}
+static TX_BUFS: Buffers = Buffers(UnsafeCell::new(Pages::zeroed()));
+static RX_BUFS: Buffers = Buffers(UnsafeCell::new(Pages::zeroed()));
+
+/// The next unused ring page.
+fn ring_page() -> &'static mut [u8] {
+    let i = NEXT_RING.fetch_add(1, Ordering::Relaxed);
+    match RINGS.get(i) {
+        Some(p) => &mut p.take().0,
+        None => panic!("net: out of PV ring pages ({RING_PAGES})"),
+    }
+}
 
 /// How the PV NIC is driven (`pvnet=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,7 +125,7 @@ pub struct PvLink {
     nic: PvNet,
     path: PvPath,
     proto: Proto,
-    tx: &'static mut [u8; BUFS],
+    tx: *mut u8,
     rx: *mut u8,
     /// Buffers reposted since the last RX flush.
     reposted: bool,
@@ -112,27 +133,22 @@ pub struct PvLink {
 }
 
 impl PvLink {
-    /// Registers the rings, posts every receive buffer; panics (ends the VM) if the host
-    /// refuses.
+    /// Registers fresh rings (replacing earlier ones), posts every receive buffer; panics
+    /// (ends the VM) if the host refuses. One link at a time: the previous one must have
+    /// been [finished](Link::finish) (its frames sent, its buffers no longer posted).
     pub fn init(args: &NetArgs) -> Self {
         let transport = args.pv.transport();
-        let nic = match PvNet::init(
-            &mut TX_RING.take().0,
-            &mut RX_RING.take().0,
-            SLOTS,
-            transport,
-        ) {
+        let nic = match PvNet::init(ring_page(), ring_page(), SLOTS, transport) {
             Ok(n) => n,
             Err(e) => panic!("net: PV NIC set-up failed: {e:?}"),
         };
         let mac = nic.info().mac;
-        let rx = RX_BUFS.take().0.as_mut_ptr();
         let mut link = PvLink {
             nic,
             path: args.pv,
             proto: Proto::new(mac, args.ip, args.peer),
-            tx: &mut TX_BUFS.take().0,
-            rx,
+            tx: TX_BUFS.0.get().cast(),
+            rx: RX_BUFS.0.get().cast(),
             reposted: false,
             counts: LinkCounts::default(),
         };
@@ -194,22 +210,19 @@ impl PvLink {
     /// Sends the `len` bytes now in TX buffer `slot` (ring paths) or at `frame` (`NetSend`).
     fn transmit(&mut self, build: &mut dyn FnMut(&Proto, &mut [u8]) -> usize, more: bool) {
         if self.path == PvPath::Hypercall {
-            let len = build(&self.proto, &mut self.tx[..BUF]);
-            if pvkit_guest::hypercall::net_send(&self.tx[..len]).is_err() {
+            // SAFETY: TX buffer 0 (NetSend reads it during the call only).
+            let buf = unsafe { core::slice::from_raw_parts_mut(self.tx, BUF) };
+            let len = build(&self.proto, buf);
+            if pvkit_guest::hypercall::net_send(&buf[..len]).is_err() {
                 self.counts.errors += 1;
             }
             return;
         }
-        self.reclaim();
-        while self.nic.tx_ring().free() == 0 {
-            // Every slot is in flight: publish them and wait for the host.
-            self.nic.flush_tx();
-            if self.reclaim() == 0 {
-                core::hint::spin_loop();
-            }
-        }
+        self.free_slot();
         let slot = (self.nic.tx_ring().next_index() % SLOTS) as usize;
-        let buf = &mut self.tx[slot * BUF..(slot + 1) * BUF];
+        // SAFETY: TX buffer `slot` lies inside TX_BUFS and is free: its ring slot's response
+        // was consumed (the ring has a free slot, and buffers follow slots).
+        let buf = unsafe { core::slice::from_raw_parts_mut(self.tx.add(slot * BUF), BUF) };
         let len = build(&self.proto, buf);
         let ptr = buf.as_ptr();
         // SAFETY: TX buffer `slot` is not reused before this frame's response (its ring
@@ -220,6 +233,17 @@ impl PvLink {
         }
         if !more || self.nic.tx_ring().free() == 0 {
             self.nic.flush_tx();
+        }
+    }
+
+    /// Waits for a free TX slot (reclaiming completions, publishing what is queued).
+    fn free_slot(&mut self) {
+        self.reclaim();
+        while self.nic.tx_ring().free() == 0 {
+            self.nic.flush_tx();
+            if self.reclaim() == 0 {
+                core::hint::spin_loop();
+            }
         }
     }
 
@@ -271,6 +295,26 @@ impl Link for PvLink {
         self.transmit(build, more);
     }
 
+    fn send_static(&mut self, more: bool, frame: &'static [u8]) {
+        if self.path == PvPath::Hypercall {
+            if pvkit_guest::hypercall::net_send(frame).is_err() {
+                self.counts.errors += 1;
+            }
+            return;
+        }
+        if self.nic.tx_ring().free() == 0 {
+            self.free_slot();
+        }
+        // SAFETY: the frame is 'static and, by the trait's contract, unchanged until drained.
+        if unsafe { self.nic.queue_tx_raw(frame.as_ptr(), frame.len()) }.is_err() {
+            self.counts.errors += 1;
+            return;
+        }
+        if !more || self.nic.tx_ring().free() == 0 {
+            self.nic.flush_tx();
+        }
+    }
+
     fn wait(&mut self, done: &dyn Fn(&Proto) -> bool) {
         if self.path == PvPath::Irq {
             // Frames are taken only after the interrupt that announced them; the ring is
@@ -299,10 +343,32 @@ impl Link for PvLink {
         }
     }
 
-    fn finish(&mut self) -> LinkCounts {
-        // Let the last frames complete (their buffers are static: nothing to free).
+    fn drain(&mut self) {
         self.nic.flush_tx();
-        self.counts.irqs = super::state().irqs;
-        self.counts
+        while self.nic.tx_ring().outstanding() != 0 {
+            if self.reclaim() == 0 {
+                if self.nic.is_broken() {
+                    self.counts.errors += 1;
+                    return;
+                }
+                core::hint::spin_loop();
+            }
+        }
+    }
+
+    fn counts(&self) -> LinkCounts {
+        LinkCounts {
+            irqs: super::state().irqs,
+            ..self.counts
+        }
+    }
+
+    fn finish(&mut self) -> LinkCounts {
+        self.drain();
+        if self.path == PvPath::Irq {
+            // Back to polling: later registrations of the queue keep no interrupt.
+            let _ = self.nic.bind_rx_interrupt(0);
+        }
+        self.counts()
     }
 }

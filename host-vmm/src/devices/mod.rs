@@ -56,6 +56,21 @@ pub enum NicModel {
     Ne2000,
     /// The PV NIC: `NetInfo`, `NetSend` and the TX/RX rings ([`pv::net`]).
     Pv,
+    /// Both, each on its own backend of the same kind (`pvkit bench`'s net boot, which
+    /// measures one against the other).
+    Both,
+}
+
+impl NicModel {
+    /// Whether the VM gets the NE2000.
+    pub fn has_ne2000(self) -> bool {
+        matches!(self, NicModel::Ne2000 | NicModel::Both)
+    }
+
+    /// Whether the VM gets the PV NIC.
+    pub fn has_pv(self) -> bool {
+        matches!(self, NicModel::Pv | NicModel::Both)
+    }
 }
 
 /// The assembled PV devices: the bus, and handles to the devices the VM reads back.

@@ -31,7 +31,7 @@ use crate::devices::pv::net_rx::PvNetRunning;
 use crate::devices::pv::ring_irq::RingIrqs;
 use crate::devices::pv::vcpu_up::VcpuUp;
 use crate::devices::pv::RingsConfig;
-use crate::devices::{assemble, NicModel, PvConfig};
+use crate::devices::{assemble, PvConfig};
 use crate::exit::ledger::ExitLedger;
 use crate::exit::VmShared;
 use crate::io::console_out::Console;
@@ -148,16 +148,23 @@ pub fn build(
         .then(|| RingIrqs::irqfds(&vm_fd))
         .transpose()?
         .map(Arc::new);
-    let (net_backend, pv_net) = match (&config.net, config.nic) {
-        (Some(net), NicModel::Ne2000) => {
-            let line = InterruptLine::irqfd(&vm_fd, NE2000_GSI)?;
-            (Some((open_backend(&net.backend)?, line)), None)
+    let (net_backend, pv_net) = match &config.net {
+        Some(net) => {
+            let ne2000 = match config.nic.has_ne2000() {
+                true => {
+                    let line = InterruptLine::irqfd(&vm_fd, NE2000_GSI)?;
+                    Some((open_backend(&net.backend)?, line))
+                }
+                false => None,
+            };
+            let pv = config
+                .nic
+                .has_pv()
+                .then(|| open_backend(&net.backend).map(|b| Arc::new(PvNet::new(b, NE2000_MAC))))
+                .transpose()?;
+            (ne2000, pv)
         }
-        (Some(net), NicModel::Pv) => {
-            let dev = PvNet::new(open_backend(&net.backend)?, NE2000_MAC);
-            (None, Some(Arc::new(dev)))
-        }
-        (None, _) => (None, None),
+        None => (None, None),
     };
     let vcpu_up = (config.vcpus > 1).then(|| Arc::new(VcpuUp::new(config.vcpus)));
     let clock = VmClock::start();
