@@ -262,6 +262,26 @@ impl Link for Ne2000Link {
     }
 }
 
+/// Routes IOAPIC pin `gsi` to [`NIC_VECTOR`], whose handler counts and acknowledges (and
+/// drains the NE2000 if one is in use): the interrupt plumbing of the `net=` modes, for
+/// other devices that complete by interrupt (`blkirq`).
+pub fn route_interrupt(gsi: u8) {
+    irq::cli();
+    irq::install(NIC_VECTOR);
+    irq::init_lapic();
+    irq::route_irq(gsi, NIC_VECTOR);
+}
+
+/// Interrupts the [`NIC_VECTOR`] handler took so far.
+pub fn interrupts_handled() -> u64 {
+    state().irqs
+}
+
+/// `sti; hlt; cli`: waits for an interrupt.
+pub fn wait_for_interrupt() {
+    irq::wait_for_interrupt();
+}
+
 /// Probes the NE2000 and sets it up for interrupts (IRQ 9 → [`NIC_VECTOR`], receive
 /// interrupts unmasked); `None` if there is no card.
 pub fn ne2000_link(args: &NetArgs) -> Option<Ne2000Link> {
