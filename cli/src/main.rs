@@ -355,10 +355,11 @@ fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
     }
     if let (true, Some(n)) = (args.stats, &outcome.pv_net) {
         eprintln!(
-            "PV NIC: {} frames sent, {} received, {} dropped by the backend, {} dropped \
-             (no guest buffer), {} interrupts raised",
+            "PV NIC: {} frames sent, {} received ({} from the backend), {} dropped by the \
+             backend, {} dropped (no guest buffer), {} interrupts raised",
             n.device.tx_frames,
             n.device.rx_frames,
+            n.backend.rx_frames,
             n.backend.dropped(),
             n.device.rx_dropped_no_buffer,
             n.irqs_raised
