@@ -2,7 +2,7 @@
 //! built-in guest kernel: stop before the first instruction at the ELF entry, registers,
 //! memory against the ELF file, a hardware breakpoint at `kernel_main` (symbol read from
 //! the ELF here, by this test's own parser), step, detach to the guest's normal exit; and
-//! `Z0` refused.
+//! `Z0` refused; Ctrl-C (`0x03`) stops a running guest.
 
 mod common;
 
@@ -155,11 +155,16 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Starts `pvkit run --gdb 127.0.0.1:0` on the built-in guest; returns it, the address it
-/// printed, and a thread collecting the rest of its stderr.
+/// Starts `pvkit run --gdb 127.0.0.1:0` on the built-in guest with `exit=EXIT`; returns
+/// it, the address it printed, and a thread collecting the rest of its stderr.
 fn start() -> (Child, String, std::thread::JoinHandle<String>) {
+    start_with(&format!("exit={EXIT}"))
+}
+
+/// [`start`] with the guest command line `cmdline`.
+fn start_with(cmdline: &str) -> (Child, String, std::thread::JoinHandle<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pvkit"))
-        .args(["run", "--gdb", "127.0.0.1:0", "--", &format!("exit={EXIT}")])
+        .args(["run", "--gdb", "127.0.0.1:0", "--", cmdline])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -280,4 +285,44 @@ fn continue_from_a_breakpoint_runs_on_to_the_exit() {
     let status = child.wait().unwrap();
     let err = rest.join().unwrap();
     assert_eq!(status.code(), Some(EXIT), "stderr: {err}");
+}
+
+/// The client's Ctrl-C (a raw `0x03` byte) stops a guest that spins forever: the stop is
+/// reported as SIGINT, the vCPU stays stopped (its `RIP` does not move) inside the kernel
+/// image, it can be continued and interrupted again, and `k` ends the run.
+#[test]
+fn ctrl_c_interrupts_a_running_guest() {
+    if !common::builtin_ready() {
+        return;
+    }
+    let elf = builtin_elf();
+    let (mut child, addr, rest) = start_with("spin");
+    let mut gdb = Rsp::connect(&addr);
+    gdb.ask("?");
+    for round in 0..2 {
+        // `c` has no reply until the guest stops.
+        gdb.send("c");
+        std::thread::sleep(Duration::from_millis(300));
+        gdb.s.write_all(&[0x03]).unwrap();
+        let stop = gdb.recv();
+        assert!(
+            stop.starts_with("S02") || stop.starts_with("T02"),
+            "round {round}: Ctrl-C answered {stop}"
+        );
+        let rip = gdb.rip();
+        // Stopped: RIP stays where it is; and it is kernel code (the spin loop).
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(gdb.rip(), rip, "round {round}: the guest still runs");
+        assert_eq!(
+            gdb.ask(&format!("m{rip:x},1")),
+            hex(&elf_bytes_at(elf, rip, 1)),
+            "round {round}: rip {rip:#x}"
+        );
+    }
+    // Kill: no reply; pvkit ends with the debugger's stop.
+    gdb.send("k");
+    let status = child.wait().unwrap();
+    let err = rest.join().unwrap();
+    assert_ne!(status.code(), Some(0), "stderr: {err}");
+    assert!(err.contains("killed by the debugger"), "{err}");
 }

@@ -11,10 +11,10 @@
 mod common;
 
 use std::net::{SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use pvkit_net::netns::NetNs;
+use pvkit_net::ping::Pinger;
 use pvkit_vmm::devices::legacy::ne2000::{NetBackendConfig, NetConfig, GUEST_IP};
 use pvkit_vmm::exit::ledger::{ExitKind, LedgerSnapshot};
 use pvkit_vmm::{run, ConsoleKind, KernelSource, RunOutcome, StopReason, VmConfig};
@@ -142,75 +142,20 @@ fn netns(tag: &str) -> Option<NetNs> {
     }
 }
 
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
+/// The payload of the test's pings.
+const PING_DATA: &[u8] = b"pvkit ne2000 ping";
 
-/// Sends one ICMP echo request with `seq` to the guest on `sock` and waits up to `wait`
-/// for its reply.
-fn ping(sock: &OwnedFd, seq: u16, wait: Duration) -> bool {
-    let mut req = vec![8u8, 0, 0, 0, 0x70, 0x76];
-    req.extend_from_slice(&seq.to_be_bytes());
-    req.extend_from_slice(b"pvkit ne2000 ping");
-    let c = checksum(&req);
-    req[2..4].copy_from_slice(&c.to_be_bytes());
-    let dst = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(GUEST_IP.octets()),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sendto(2) with a live buffer and a valid sockaddr_in of the given size.
-    let n = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            req.as_ptr().cast(),
-            req.len(),
-            0,
-            (&dst as *const libc::sockaddr_in).cast(),
-            size_of::<libc::sockaddr_in>() as u32,
-        )
-    };
-    let start = Instant::now();
-    if n != req.len() as isize {
-        // The VMM has not brought the TAP device up yet (ENETUNREACH): a lost ping.
-        std::thread::sleep(wait);
-        return false;
-    }
-    while start.elapsed() < wait {
-        let mut b = [0u8; 2048];
-        // SAFETY: recv(2) into a live buffer of the given length, non-blocking.
-        let n = unsafe {
-            libc::recv(
-                sock.as_raw_fd(),
-                b.as_mut_ptr().cast(),
-                b.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n <= 0 {
-            std::thread::sleep(Duration::from_millis(5));
-            continue;
-        }
-        let pkt = &b[..n as usize];
-        let ihl = usize::from(pkt[0] & 0xf) * 4;
-        if pkt[12..16] == GUEST_IP.octets()
-            && pkt[ihl] == 0
-            && pkt[ihl + 4..ihl + 8] == [0x70, 0x76, (seq >> 8) as u8, seq as u8]
-        {
-            return pkt[ihl + 8..] == *b"pvkit ne2000 ping";
+/// Sends one ICMP echo request with `seq` to the guest and waits up to `wait` for its
+/// reply. A send that fails (the VMM has not brought the TAP device up yet: ENETUNREACH)
+/// is a lost ping.
+fn ping(p: &Pinger, seq: u16, wait: Duration) -> bool {
+    match p.ping(GUEST_IP, 0x7076, seq, PING_DATA, wait) {
+        Ok(reply) => reply.as_deref() == Some(PING_DATA),
+        Err(_) => {
+            std::thread::sleep(wait);
+            false
         }
     }
-    false
 }
 
 #[test]
@@ -227,17 +172,7 @@ fn host_pings_the_guest_and_gets_udp_echoes_over_tap() {
         let vm = s.spawn(|| boot("net=serve", backend));
         let host = ns
             .run_in(|| {
-                // SAFETY: socket(2) with constant arguments; checked before use.
-                let fd = unsafe {
-                    libc::socket(
-                        libc::AF_INET,
-                        libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                        libc::IPPROTO_ICMP,
-                    )
-                };
-                assert!(fd >= 0, "{}", std::io::Error::last_os_error());
-                // SAFETY: a fresh descriptor owned by nothing else.
-                let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+                let sock = Pinger::new().expect("a raw ICMP socket");
                 // The guest boots meanwhile: ping until the first reply (ARP included).
                 let start = Instant::now();
                 let mut seq = 0u16;
@@ -301,5 +236,107 @@ fn host_pings_the_guest_and_gets_udp_echoes_over_tap() {
             frames > parts,
             "every frame handled, the last one \"bye\": {out}"
         );
+    });
+}
+
+/// The name of the TAP device (`pvtap…`) in the current thread's namespace.
+fn tap_ifname() -> Option<String> {
+    // SAFETY: if_nameindex(3) returns a list terminated by a zero entry (or null), freed
+    // below with if_freenameindex once; the names are read before that.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return None;
+        }
+        let mut found = None;
+        let mut p = list;
+        while (*p).if_index != 0 {
+            let name = std::ffi::CStr::from_ptr((*p).if_name)
+                .to_string_lossy()
+                .into_owned();
+            if name.starts_with("pvtap") {
+                found = Some(name);
+            }
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+        found
+    }
+}
+
+/// Raises the MTU of `ifname` in the current thread's namespace.
+fn set_mtu(ifname: &str, mtu: i32) {
+    #[repr(C, align(8))]
+    struct IfReq {
+        name: [u8; 16],
+        mtu: i32,
+        pad: [u8; 20],
+    }
+    let mut r = IfReq {
+        name: [0; 16],
+        mtu,
+        pad: [0; 20],
+    };
+    r.name[..ifname.len()].copy_from_slice(ifname.as_bytes());
+    // SAFETY: socket(2) with constant arguments; checked.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(s >= 0);
+    // SAFETY: SIOCSIFMTU reads one struct ifreq; `r` has its size and alignment.
+    let rc = unsafe { libc::ioctl(s, libc::SIOCSIFMTU as _, &mut r as *mut IfReq) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: closes the socket opened above, once.
+    unsafe { libc::close(s) };
+    assert_eq!(rc, 0, "SIOCSIFMTU: {err}");
+}
+
+/// Frames larger than the MTU from the host over TAP: the host side raises its MTU to
+/// 9000 and sends the guest a 4000-byte datagram. The backend drops and counts it; it
+/// never reaches the NE2000 model; the guest keeps answering (a UDP echo right after).
+#[test]
+fn oversize_frames_from_the_host_over_tap_are_dropped_and_the_guest_keeps_serving() {
+    if !common::builtin_ready() {
+        return;
+    }
+    let Some(ns) = netns("jumbo") else { return };
+    let backend = NetBackendConfig::Tap {
+        netns: Some(ns.name().unwrap_or_default().to_owned()),
+    };
+    std::thread::scope(|s| {
+        let vm = s.spawn(|| boot("net=serve", backend));
+        let echoed = ns
+            .run_in(|| {
+                let sock = Pinger::new().expect("a raw ICMP socket");
+                // Until the guest answers (its MAC is then in the host's ARP table).
+                let start = Instant::now();
+                let mut seq = 0u16;
+                while !ping(&sock, seq, Duration::from_millis(500)) {
+                    seq += 1;
+                    assert!(
+                        start.elapsed() < Duration::from_secs(60),
+                        "the guest never answered a ping"
+                    );
+                }
+                set_mtu(&tap_ifname().expect("the VMM's TAP device"), 9000);
+                let udp = UdpSocket::bind("0.0.0.0:0").unwrap();
+                udp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let guest = SocketAddrV4::new(GUEST_IP, 7);
+                udp.send_to(&[0xab; 4000], guest).unwrap();
+                udp.send_to(b"after the jumbo", guest).unwrap();
+                let mut b = [0u8; 4096];
+                let echoed =
+                    matches!(udp.recv_from(&mut b), Ok((n, _)) if &b[..n] == b"after the jumbo");
+                udp.send_to(b"bye", SocketAddrV4::new(GUEST_IP, 9999))
+                    .unwrap();
+                echoed
+            })
+            .unwrap();
+        let o = vm.join().unwrap();
+        let out = console(&o);
+        assert!(echoed, "the datagram after the jumbo was echoed: {out}");
+        assert_eq!(o.stop, StopReason::Exit(0), "{out}");
+        let nic = o.net.expect("NIC stats");
+        assert_eq!(nic.backend.dropped_oversize, 1, "{nic:?}");
+        assert_eq!(nic.model.rx_oversize, 0, "{nic:?}");
+        assert_eq!(done_value(&out, "udp"), 1, "{out}");
     });
 }

@@ -3,61 +3,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
+use common::scaffold::{cargo_build, fresh_dir, pvkit_in, stderr};
 use common::{code, pvkit};
-
-/// A fresh directory for this test under cargo's per-target temp dir. That directory lies
-/// inside the pvkit checkout (with the default target dir), so the scaffold's own
-/// `[workspace]` is exercised too: without it cargo refuses to build a package inside
-/// another workspace it is not a member of.
-fn fresh_dir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("pvkit-new-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("create the test dir");
-    d
-}
-
-fn pvkit_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pvkit"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run pvkit")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// `cargo build --release --offline` in `dir`, as a user would run it there: nothing of
-/// the outer `cargo test` (its toolchain override, its RUSTFLAGS) leaks in, so the
-/// scaffold's own rust-toolchain.toml and .cargo/config.toml decide. Offline: the crates
-/// it needs (those of guest-kernel/Cargo.lock, which the scaffold copies) are already in
-/// cargo's cache, because host-vmm's build script built the guest kernel.
-fn cargo_build(dir: &Path, target_dir: &Path) -> Output {
-    let mut cmd = Command::new("cargo");
-    cmd.args(["build", "--release", "--offline"])
-        .current_dir(dir)
-        .env("CARGO_TARGET_DIR", target_dir);
-    for var in [
-        "RUSTUP_TOOLCHAIN",
-        "RUSTC",
-        "RUSTDOC",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_BUILD_TARGET_DIR",
-        "CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS",
-        "CARGO_TARGET_X86_64_UNKNOWN_NONE_LINKER",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.output().expect("run cargo")
-}
 
 #[test]
 fn scaffolded_guest_builds_and_boots() {
@@ -112,7 +62,65 @@ fn scaffolded_guest_builds_and_boots() {
         "hello from test-os: 64 MiB of RAM, command line \"from the test\"\n",
         "{o:?}"
     );
+
+    // Without the PV console the runtime prints through the 16550 UART: same text.
+    let o = pvkit(&["run", elf, "--mem", "64", "--no-pv-console", "--", "uart"]);
+    assert_eq!(code(&o), 42, "{o:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "hello from test-os: 64 MiB of RAM, command line \"uart\"\n",
+        "{o:?}"
+    );
+    let o = pvkit(&["run", elf, "--console", "pv", "--no-pv-console"]);
+    assert_eq!(code(&o), 1, "{o:?}");
+    assert!(stderr(&o).contains("--no-pv-console hides"), "{o:?}");
+    uart_fallback_exit_counts_are_exact(Path::new(elf));
     let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// The scaffolded kernel with and without the PV console: the same line, and exactly the
+/// exits that differ — one `ConsoleWrite` on the PV console; without it, the UART's
+/// initialization (7 register writes) and one LSR read and one THR write per byte.
+fn uart_fallback_exit_counts_are_exact(elf: &Path) {
+    use pvkit_abi::call::Hypercall;
+    use pvkit_vmm::exit::ledger::ExitKind;
+    let boot = |pv_console: bool| {
+        let cfg = pvkit_vmm::VmConfig {
+            kernel: pvkit_vmm::KernelSource::Path(elf.to_path_buf()),
+            mem_mib: 64,
+            cmdline: "counted".into(),
+            capture_console: true,
+            pv_console,
+            ..pvkit_vmm::VmConfig::default()
+        };
+        pvkit_vmm::run(&cfg).expect("run the scaffolded kernel")
+    };
+    let pv = boot(true);
+    let uart = boot(false);
+    let line = "hello from test-os: 64 MiB of RAM, command line \"counted\"\n";
+    for o in [&pv, &uart] {
+        assert_eq!(o.stop, pvkit_vmm::StopReason::Exit(42));
+        assert_eq!(String::from_utf8_lossy(&o.console), line);
+    }
+    let n = line.len() as u64;
+    let mut expected = pv.ledger.counts.clone();
+    assert_eq!(
+        expected.remove(&ExitKind::Hypercall(Hypercall::ConsoleWrite)),
+        Some(1),
+        "one ConsoleWrite on the PV console"
+    );
+    for (kind, count) in [
+        (ExitKind::PortRead(0x3fd), n),      // LSR, once per byte
+        (ExitKind::PortWrite(0x3f8), n + 1), // THR per byte, and DLL
+        (ExitKind::PortWrite(0x3f9), 2),     // IER, DLM
+        (ExitKind::PortWrite(0x3fa), 1),     // FCR
+        (ExitKind::PortWrite(0x3fb), 2),     // LCR with DLAB, then 8N1
+        (ExitKind::PortWrite(0x3fc), 1),     // MCR
+    ] {
+        *expected.entry(kind).or_default() += count;
+    }
+    assert_eq!(uart.ledger.counts, expected);
+    assert_eq!(uart.ledger.total, pv.ledger.total - 1 + 2 * n + 7);
 }
 
 #[test]

@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::scaffold;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 const QEMU: &str = "qemu-system-x86_64";
 /// Generous: a QEMU boot takes ~3 s of SeaBIOS and a few seconds of guest here.
 const TIMEOUT: Duration = Duration::from_secs(180);
-/// The kernel's failure status on a stock hypervisor (`PVH_FAILURE_EXIT` = 0x7f), as QEMU
+/// The kernel's failure status on a stock hypervisor (`pvkit_guest::pvh::FAILURE_EXIT` = 0x7f), as QEMU
 /// reports it: `(0x7f << 1) | 1`.
 const QEMU_FAILURE: i32 = 255;
 /// Disk image size: 2048 sectors.
@@ -96,7 +98,12 @@ fn run_qemu(dir: &Path, cmdline: &str, disk: Option<&Path>) -> Run {
     let elf = dir.join("guest.elf");
     let kernel = pvkit_vmm::guests::builtin_kernel().expect("built-in guest");
     std::fs::write(&elf, kernel).expect("write guest.elf");
-    let first = run_qemu_with(dir, &elf, cmdline, disk, "kvm");
+    run_qemu_elf(dir, &elf, cmdline, disk)
+}
+
+/// Boots the kernel `elf` under QEMU, as [`run_qemu`].
+fn run_qemu_elf(dir: &Path, elf: &Path, cmdline: &str, disk: Option<&Path>) -> Run {
+    let first = run_qemu_with(dir, elf, cmdline, disk, "kvm");
     let kvm_refused = first.status == 1
         && (first.stderr.contains("failed to initialize kvm")
             || first.stderr.contains("Could not access KVM")
@@ -109,7 +116,7 @@ fn run_qemu(dir: &Path, cmdline: &str, disk: Option<&Path>) -> Run {
         "note: QEMU refused -accel kvm, falling back to -accel tcg: {}",
         first.stderr.trim()
     );
-    run_qemu_with(dir, &elf, cmdline, disk, "tcg")
+    run_qemu_with(dir, elf, cmdline, disk, "tcg")
 }
 
 fn run_qemu_with(
@@ -332,4 +339,86 @@ fn the_same_disk_check_runs_on_pvkit() {
     let timed = line_starting(&s, "disk: read back in ").unwrap_or_else(|| panic!("{s}"));
     assert!(timed.ends_with(" us (clock=pv)"), "{timed}");
     assert_disk_written(&image, &std::fs::read(&disk).expect("read disk.img"));
+}
+
+/// The kernel `pvkit new` scaffolds (`entry!(main, pvh)`) boots on QEMU too: the runtime
+/// finds no pvkit CPUID signature, prints on the 16550 UART and ends the VM with `main`'s
+/// value through `isa-debug-exit`. A panic and an exception in such a kernel are printed
+/// on the UART and fail the VM.
+#[test]
+fn a_scaffolded_guest_boots_on_qemu() {
+    if !qemu_ready() {
+        return;
+    }
+    let tmp = scaffold::fresh_dir("qemu");
+    let elf = scaffold::scaffold_and_build(&tmp, "qemu-os");
+    let run = run_qemu_elf(&tmp, &elf, "from qemu", None);
+    assert_eq!(
+        run.status,
+        (42 << 1) | 1,
+        "QEMU status ((42 << 1) | 1) on {}; serial:\n{}\nstderr:\n{}",
+        run.accel,
+        run.serial,
+        run.stderr
+    );
+    // SeaBIOS prints first; the kernel's line follows. QEMU's memory map ends RAM just
+    // below the `-m 128` MiB (the firmware keeps the top few hundred KiB).
+    let out = &run.serial[run
+        .serial
+        .find("hello from qemu-os: ")
+        .unwrap_or_else(|| panic!("no greeting; serial:\n{}", run.serial))..];
+    let mib: u64 = out["hello from qemu-os: ".len()..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no RAM size in {out:?}"));
+    assert!((120..=128).contains(&mib), "{out:?}");
+    assert_eq!(
+        out,
+        format!("hello from qemu-os: {mib} MiB of RAM, command line \"from qemu\"\n")
+    );
+
+    // The same kernel, made to panic or fault on request.
+    let main_rs = tmp.join("qemu-os/src/main.rs");
+    std::fs::write(
+        &main_rs,
+        r#"#![no_std]
+#![no_main]
+use pvkit_guest::{println, rt::BootInfo};
+
+pvkit_guest::entry!(main, pvh);
+
+fn main(boot: &'static BootInfo) -> i32 {
+    match boot.cmdline().unwrap_or("") {
+        "panic" => panic!("requested panic"),
+        // SAFETY: a deliberate #UD, reported by the runtime.
+        "fault" => unsafe { core::arch::asm!("ud2") },
+        other => println!("asked for {other:?}"),
+    }
+    7
+}
+"#,
+    )
+    .expect("write main.rs");
+    let b = scaffold::cargo_build(&tmp.join("qemu-os"), &tmp.join("target"));
+    assert!(b.status.success(), "{}", scaffold::stderr(&b));
+    let run = run_qemu_elf(&tmp, &elf, "panic", None);
+    assert_eq!(run.status, QEMU_FAILURE, "serial:\n{}", run.serial);
+    assert!(
+        run.serial.contains("PANIC: panicked at src/main.rs:9:")
+            && run.serial.ends_with("requested panic\n"),
+        "serial:\n{}",
+        run.serial
+    );
+    let run = run_qemu_elf(&tmp, &elf, "fault", None);
+    assert_eq!(run.status, QEMU_FAILURE, "serial:\n{}", run.serial);
+    assert!(
+        run.serial
+            .contains("EXCEPTION: vector 6 error code 0x0 at rip 0x")
+            && run.serial.contains("invalid opcode")
+            && run.serial.contains("in ring 0"),
+        "serial:\n{}",
+        run.serial
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
 }

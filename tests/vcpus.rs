@@ -72,7 +72,7 @@ fn vcpu_fds(pid: u32) -> Vec<String> {
     let mut fds: Vec<String> = dir
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
         .map(|l| l.to_string_lossy().into_owned())
-        .filter(|l| l.starts_with("anon_inode:kvm-vcpu"))
+        .filter(|l| l.starts_with("anon_inode:kvm-vcpu:"))
         .collect();
     fds.sort();
     fds

@@ -146,6 +146,15 @@
 // else. Benchmarks use it to measure the bare round trip of one port-I/O exit.
 #define PVKIT_NULL 1281
 
+// The interrupt test port: a byte write here makes the VMM raise one edge on the GSI
+// [`IRQ_TEST_GSI`] through its irqfd, when the VM has the in-kernel interrupt controller
+// (`pvkit bench` device `irq`). Writes of other values or widths are counted and ignored;
+// reads return all ones. Each write is one exit and at most one interrupt.
+#define PVKIT_IRQ_TEST 1282
+
+// The GSI the interrupt test port raises: ISA IRQ 5 (PIC master line 5, IOAPIC pin 5).
+#define PVKIT_IRQ_TEST_GSI 5
+
 // The doorbell port: a 32-bit `out dx, eax` here notifies the queue whose
 // [`crate::ring::QueueId`] wire value ([`crate::ring::QueueId::to_u32`],
 // `device << 16 | queue`) is in `EAX`. One port serves every queue of every device. A
@@ -227,6 +236,15 @@
 
 // `RingHeader::host_flags`.
 #define PVKIT_HOST_FLAGS 20
+
+// The longest a [`crate::Hypercall::LockWait`] blocks without a kick, in microseconds.
+#define PVKIT_LOCK_WAIT_MAX_US 10000
+
+// [`STEAL_PAGE`] as arg0 of `RegisterRegion` (a literal, for the C header).
+#define PVKIT_STEAL_PAGE_REGION 294913
+
+// The host refreshes a registered steal page at most this often (per vCPU).
+#define PVKIT_STEAL_UPDATE_MS 10
 
 // The major number of [`ABI_VERSION`] (also for C: `PVKIT_ABI_VERSION_MAJOR`).
 #define PVKIT_ABI_VERSION_MAJOR 2
@@ -314,6 +332,25 @@ enum PVKIT_Hypercall
   // the target is the caller, out of range, or `RIP`/`RSP` are not canonical; `EBUSY`:
   // the target was already started (by this call or by INIT-SIPI).
   PVKIT_HYPERCALL_VCPU_UP = 1024,
+  // Send one fixed-delivery interrupt to each vCPU of a bitmap (PV IPI, one exit for any
+  // number of targets; [`crate::cpuid::Features::PV_IPI`]). arg0 = bitmap (bit `i` targets
+  // vCPU `arg2 + i`), arg1 = vector (`0x20`–`0xff`), arg2 = the vCPU of bit 0, arg3 = 0
+  // (reserved). `EINVAL`: an empty bitmap, a target that does not exist, a vector below
+  // `0x20` or above `0xff`, arg3 ≠ 0; nothing is sent then. `RDX` ← interrupts delivered.
+  PVKIT_HYPERCALL_SEND_IPI = 1025,
+  // PV spinlock slow path: block the calling vCPU's thread on the host until another
+  // vCPU kicks it ([`Hypercall::LockKick`]) or a bounded host timeout
+  // ([`crate::spinlock::LOCK_WAIT_MAX_US`]) passes, then return. A kick that arrived
+  // before the call (and after the previous `LockWait` returned) is remembered, one per
+  // vCPU, and makes the call return at once. arg0 = flags (none defined: must be 0,
+  // else `EINVAL`). `RDX` ← 1 if a kick ended the wait, 0 on timeout. The guest must
+  // re-check its lock after every return ([`crate::spinlock`]).
+  PVKIT_HYPERCALL_LOCK_WAIT = 1026,
+  // Wake vCPU arg0 from [`Hypercall::LockWait`] (or make its next `LockWait` return at
+  // once). arg1 = flags (must be 0). `EINVAL`: the target is out of range or flags are
+  // set. `RDX` ← 1 if the target was blocked in `LockWait`, 0 if the kick was left
+  // pending.
+  PVKIT_HYPERCALL_LOCK_KICK = 1027,
   // Give pages back to the host (the balloon, [`crate::balloon`]). arg0 = GPA of an
   // array of [`crate::balloon::BalloonRange`], arg1 = its count (at most
   // [`crate::balloon::BALLOON_MAX_RANGES`]). All ranges are validated before any is
@@ -647,6 +684,14 @@ typedef uint64_t PVKIT_Features;
 // `rsp_event` (event-index suppression: one interrupt per batch of responses).
 // Set when the VM has an in-kernel interrupt controller and rings.
 #define PVKIT_Features_RING_IRQ (uint64_t)(1 << 16)
+// PV IPIs: [`crate::Hypercall::SendIpi`] (a CPU bitmap per call). Set only with
+// more than one vCPU.
+#define PVKIT_Features_PV_IPI (uint64_t)(1 << 13)
+// PV spinlocks: [`crate::Hypercall::LockWait`] and [`crate::Hypercall::LockKick`]
+// ([`crate::spinlock`]). Set only with more than one vCPU.
+#define PVKIT_Features_PV_SPINLOCK (uint64_t)(1 << 14)
+// The per-vCPU steal-time page ([`crate::spinlock::STEAL_PAGE`]).
+#define PVKIT_Features_STEAL_TIME (uint64_t)(1 << 15)
 
 // One entry of the memory map.
 typedef struct {

@@ -24,6 +24,17 @@ pub enum Device {
     Exit = 4,
     /// Network frames (the NE2000 against the PV NIC).
     Net = 5,
+    /// Inter-processor interrupts (a 4-vCPU boot).
+    Ipi = 9,
+    /// Application-processor bring-up (a 4-vCPU boot per variant).
+    Smp = 10,
+    /// Giving freed guest memory back to the host (a boot per variant).
+    Balloon = 11,
+    /// Interrupt delivery and acknowledge (one interrupt raised, handled and acknowledged
+    /// per operation).
+    Irq = 6,
+    /// One spinlock contended by several vCPUs (`--vcpus N`, one boot per case).
+    Spinlock = 12,
 }
 
 /// How the device is reached.
@@ -54,6 +65,28 @@ pub enum Variant {
     Ne2000 = 11,
     /// Request rings with doorbells, completions by interrupt (the guest halts).
     PvIrq = 12,
+    /// x2APIC ICR writes to KVM's in-kernel LAPIC.
+    X2Apic = 19,
+    /// INIT-SIPI-SIPI through the in-kernel LAPIC, the AP climbing from real mode.
+    InitSipi = 20,
+    /// The unmodified guest: freed memory stays on its free list, the host keeps it.
+    NoBalloon = 21,
+    /// A self-IPI (x2APIC `SELF_IPI` MSR) acknowledged by the x2APIC EOI MSR write.
+    X2apicEoi = 24,
+    /// A self-IPI acknowledged by KVM's PV EOI (`MSR_KVM_PV_EOI_EN`): the handler clears
+    /// the flag KVM set on injection instead of writing the EOI register, and falls back
+    /// to the x2APIC EOI when KVM did not set it.
+    PvEoi = 25,
+    /// A legacy IRQ raised by the VMM through an irqfd ([`crate::ports::IRQ_TEST`]),
+    /// delivered by the IOAPIC and acknowledged by the LAPIC EOI.
+    IoapicEoi = 26,
+    /// A legacy IRQ raised by the VMM through an irqfd ([`crate::ports::IRQ_TEST`]),
+    /// delivered by the 8259 PIC (ExtINT) and acknowledged by a PIC EOI port write.
+    PicEoi = 27,
+    /// A plain ticket spinlock: waiters spin (the baseline).
+    TicketSpin = 28,
+    /// The PV ticket spinlock: bounded spin, then `LockWait`; the unlocker `LockKick`s.
+    PvSpinlock = 29,
 }
 
 /// What the case does.
@@ -86,6 +119,22 @@ pub enum Workload {
     Rx1500 = 12,
     /// One UDP echo round trip of a 64-byte frame.
     UdpEcho64 = 13,
+    /// An IPI from CPU 0 to CPU 1 and its answer back (a round trip).
+    PingPong = 19,
+    /// One IPI from CPU 0 to every other CPU, all acknowledged.
+    OneToAll = 20,
+    /// Start one application processor until it reports in.
+    ApBringUp = 21,
+    /// Free touched guest memory; an op is one MiB.
+    Release = 22,
+    /// One interrupt raised, delivered, handled and acknowledged.
+    Interrupt = 16,
+    /// One lock acquisition (critical section: a shared counter) by 2 vCPUs.
+    Contend2 = 24,
+    /// As [`Workload::Contend2`] with 4 vCPUs.
+    Contend4 = 25,
+    /// As [`Workload::Contend2`] with 8 vCPUs.
+    Contend8 = 26,
 }
 
 macro_rules! decode_u16 {
@@ -104,7 +153,12 @@ decode_u16!(Device {
     Block,
     Clock,
     Exit,
-    Net
+    Net,
+    Ipi,
+    Smp,
+    Balloon,
+    Irq,
+    Spinlock
 });
 decode_u16!(Variant {
     Uart,
@@ -118,7 +172,16 @@ decode_u16!(Variant {
     KvmClock,
     PortOut,
     Ne2000,
-    PvIrq
+    PvIrq,
+    X2Apic,
+    InitSipi,
+    NoBalloon,
+    X2apicEoi,
+    PvEoi,
+    IoapicEoi,
+    PicEoi,
+    TicketSpin,
+    PvSpinlock
 });
 decode_u16!(Workload {
     Write64,
@@ -133,7 +196,15 @@ decode_u16!(Workload {
     Tx1500,
     Rx64,
     Rx1500,
-    UdpEcho64
+    UdpEcho64,
+    PingPong,
+    OneToAll,
+    ApBringUp,
+    Release,
+    Interrupt,
+    Contend2,
+    Contend4,
+    Contend8
 });
 
 /// A benchmark case: device, variant, workload. On the wire, packed into one `u64`.

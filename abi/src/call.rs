@@ -186,6 +186,25 @@ pub enum Hypercall {
     /// the target is the caller, out of range, or `RIP`/`RSP` are not canonical; `EBUSY`:
     /// the target was already started (by this call or by INIT-SIPI).
     VcpuUp = 0x400,
+    /// Send one fixed-delivery interrupt to each vCPU of a bitmap (PV IPI, one exit for any
+    /// number of targets; [`crate::cpuid::Features::PV_IPI`]). arg0 = bitmap (bit `i` targets
+    /// vCPU `arg2 + i`), arg1 = vector (`0x20`–`0xff`), arg2 = the vCPU of bit 0, arg3 = 0
+    /// (reserved). `EINVAL`: an empty bitmap, a target that does not exist, a vector below
+    /// `0x20` or above `0xff`, arg3 ≠ 0; nothing is sent then. `RDX` ← interrupts delivered.
+    SendIpi = 0x401,
+    /// PV spinlock slow path: block the calling vCPU's thread on the host until another
+    /// vCPU kicks it ([`Hypercall::LockKick`]) or a bounded host timeout
+    /// ([`crate::spinlock::LOCK_WAIT_MAX_US`]) passes, then return. A kick that arrived
+    /// before the call (and after the previous `LockWait` returned) is remembered, one per
+    /// vCPU, and makes the call return at once. arg0 = flags (none defined: must be 0,
+    /// else `EINVAL`). `RDX` ← 1 if a kick ended the wait, 0 on timeout. The guest must
+    /// re-check its lock after every return ([`crate::spinlock`]).
+    LockWait = 0x402,
+    /// Wake vCPU arg0 from [`Hypercall::LockWait`] (or make its next `LockWait` return at
+    /// once). arg1 = flags (must be 0). `EINVAL`: the target is out of range or flags are
+    /// set. `RDX` ← 1 if the target was blocked in `LockWait`, 0 if the kick was left
+    /// pending.
+    LockKick = 0x403,
     /// Give pages back to the host (the balloon, [`crate::balloon`]). arg0 = GPA of an
     /// array of [`crate::balloon::BalloonRange`], arg1 = its count (at most
     /// [`crate::balloon::BALLOON_MAX_RANGES`]). All ranges are validated before any is
@@ -231,6 +250,9 @@ impl TryFrom<u32> for Hypercall {
             0x501 => Hypercall::BalloonDeflate,
             0x502 => Hypercall::BalloonInfo,
             0x400 => Hypercall::VcpuUp,
+            0x401 => Hypercall::SendIpi,
+            0x402 => Hypercall::LockWait,
+            0x403 => Hypercall::LockKick,
             0xf00 => Hypercall::BenchPhase,
             0xf01 => Hypercall::BenchResult,
             _ => return Err(UnknownHypercall(nr)),
@@ -256,6 +278,9 @@ impl Hypercall {
         Hypercall::NetInfo,
         Hypercall::NetSend,
         Hypercall::VcpuUp,
+        Hypercall::SendIpi,
+        Hypercall::LockWait,
+        Hypercall::LockKick,
         Hypercall::BalloonInflate,
         Hypercall::BalloonDeflate,
         Hypercall::BalloonInfo,
@@ -279,7 +304,9 @@ impl Hypercall {
             Hypercall::BalloonInflate | Hypercall::BalloonDeflate | Hypercall::BalloonInfo => {
                 DeviceClass::Memory
             }
-            Hypercall::VcpuUp => DeviceClass::Cpu,
+            Hypercall::VcpuUp | Hypercall::SendIpi | Hypercall::LockWait | Hypercall::LockKick => {
+                DeviceClass::Cpu
+            }
             Hypercall::BenchPhase | Hypercall::BenchResult => DeviceClass::Bench,
         }
     }
@@ -305,6 +332,9 @@ impl Hypercall {
             Hypercall::BalloonDeflate => "balloon_deflate",
             Hypercall::BalloonInfo => "balloon_info",
             Hypercall::VcpuUp => "vcpu_up",
+            Hypercall::SendIpi => "send_ipi",
+            Hypercall::LockWait => "lock_wait",
+            Hypercall::LockKick => "lock_kick",
         }
     }
 }
@@ -397,7 +427,7 @@ mod tests {
             0x101,
             0x202,
             0x302,
-            0x401,
+            0x4ff,
             0x503,
             0x5ff,
             0x600,

@@ -143,6 +143,12 @@ struct RunArgs {
     #[arg(long, value_enum)]
     console: Option<ConsoleArg>,
 
+    /// Hide the PV console: no ConsoleWrite call, no console ring, no CONSOLE and
+    /// CONSOLE_RING feature bits, as on a host without it. A guest on the pvkit-guest
+    /// runtime then prints through the emulated 16550 UART.
+    #[arg(long)]
+    no_pv_console: bool,
+
     /// Guest RAM in MiB (4 to 3072).
     #[arg(long, value_name = "MIB", default_value_t = pvkit_vmm::vstate::memory::DEFAULT_MEM_MIB)]
     mem: u64,
@@ -155,8 +161,8 @@ struct RunArgs {
     /// Serve the GDB remote protocol on ADDR (e.g. 127.0.0.1:1234; port 0 picks one,
     /// printed on stderr): the guest waits for the debugger before its first instruction.
     /// Registers, memory (guest-physical = virtual under the boot identity map), hardware
-    /// breakpoints (hbreak, at most 4), step, continue, detach. Software breakpoints are
-    /// refused: an int3 in guest ring 0 kills the vCPU on kvm_pvm.
+    /// breakpoints (hbreak, at most 4), step, continue, Ctrl-C, detach. Software
+    /// breakpoints are refused: an int3 in guest ring 0 kills the vCPU on kvm_pvm.
     #[arg(long, value_name = "ADDR")]
     gdb: Option<std::net::SocketAddr>,
 
@@ -237,6 +243,9 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
     if !(timeout.is_finite() && timeout > 0.0 && timeout <= 1e9) {
         anyhow::bail!("--timeout must be a positive number of seconds");
     }
+    if args.no_pv_console && matches!(args.console, Some(ConsoleArg::Pv)) {
+        anyhow::bail!("--console pv asks for the PV console, which --no-pv-console hides");
+    }
     Ok(VmConfig {
         kernel: match &args.elf {
             Some(p) => KernelSource::Path(p.clone()),
@@ -273,7 +282,9 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
             Some(NicArg::Ne2000) | None => NicModel::Ne2000,
         },
         irqchip: args.irqchip,
+        irq_test: false,
         gdb: args.gdb,
+        pv_console: !args.no_pv_console,
     })
 }
 
@@ -405,11 +416,21 @@ enum DeviceArg {
     /// UDP echo round trips; NE2000 vs PV NetSend, ring, ioeventfd, polled ring, ring with
     /// completion interrupts.
     Net,
+    /// IPIs in a 4-vCPU boot: x2APIC ICR vs PV SendIpi, ping-pong and one-to-all.
+    Ipi,
+    /// AP bring-up of 3 APs: INIT-SIPI-SIPI vs the PV VcpuUp (one 4-vCPU boot each).
+    Smp,
+    /// Freeing 256 MiB: the unmodified guest vs the balloon; host RSS (one boot each).
+    Balloon,
+    /// Interrupt delivery + acknowledge: x2APIC, IOAPIC and PIC EOIs vs KVM's PV EOI.
+    Irq,
+    /// One spinlock contended by 2, 4 and 8 vCPUs: plain ticket lock vs the PV lock.
+    Spinlock,
 }
 
 #[derive(clap::Args, Debug)]
 struct BenchArgs {
-    /// Run only these devices (repeat or comma-separate). Default: all five.
+    /// Run only these devices (repeat or comma-separate). Default: all of them.
     #[arg(long, value_enum, value_delimiter = ',', value_name = "DEVICE")]
     only: Vec<DeviceArg>,
 
@@ -462,6 +483,11 @@ fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
             DeviceArg::Clock => BenchDevice::Clock,
             DeviceArg::Exit => BenchDevice::Exit,
             DeviceArg::Net => BenchDevice::Net,
+            DeviceArg::Ipi => BenchDevice::Ipi,
+            DeviceArg::Smp => BenchDevice::Smp,
+            DeviceArg::Balloon => BenchDevice::Balloon,
+            DeviceArg::Irq => BenchDevice::Irq,
+            DeviceArg::Spinlock => BenchDevice::Spinlock,
         };
         if !devices.contains(&d) {
             devices.push(d);

@@ -48,6 +48,13 @@ pub fn report(o: &RunOutcome, peak_rss_kib: Option<u64>) -> String {
         let _ = writeln!(s, "    {n:>10}  notify {name} (in-kernel)");
     }
     let _ = writeln!(s, "  total exits:       {}", o.ledger.total);
+    if let Some(all) = o.kvm_exits {
+        let _ = writeln!(
+            s,
+            "  kvm exits:         {all} (every exit from guest mode, in-kernel ones included; \
+             KVM_GET_STATS_FD)"
+        );
+    }
     if let Some(p) = &o.exit_profile {
         let _ = writeln!(s, "  top exit locations (guest rip):");
         for (rip, n) in p.top(TOP_LOCATIONS) {

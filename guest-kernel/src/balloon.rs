@@ -41,15 +41,20 @@ extern "C" {
 
 const PATTERN: u64 = 0x5eed_ba11_0000_0000;
 
+/// The first 2 MiB boundary above the kernel image and the heap: RAM nothing else uses.
+pub fn free_region_start() -> u64 {
+    let kernel_end = (&raw const __kernel_end) as u64;
+    const TWO_MIB: u64 = 2 << 20;
+    (kernel_end + MAX_HEAP).div_ceil(TWO_MIB) * TWO_MIB
+}
+
 /// Runs the check.
 pub fn run(a: BalloonArgs, boot: &BootInfo) {
     if !Features::from_bits_truncate(boot.features).contains(Features::BALLOON) {
         panic!("balloon: the host offers no balloon (BALLOON)");
     }
     let kernel_start = (&raw const __kernel_start) as u64;
-    let kernel_end = (&raw const __kernel_end) as u64;
-    const TWO_MIB: u64 = 2 << 20;
-    let start = (kernel_end + MAX_HEAP).div_ceil(TWO_MIB) * TWO_MIB;
+    let start = free_region_start();
     let len = a.mib << 20;
     let top = boot.mem_size.min(IDENTITY_MAP_SIZE);
     if start + len > top {

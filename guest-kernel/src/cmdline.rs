@@ -17,9 +17,11 @@
 //! | `blkirq=N`  | instead of everything else: `N` batches of PV block reads completed by interrupt ([`crate::blkirq`]); `blkirq_transport=eventfd` for ioeventfd doorbells |
 //! | `disk`      | after the banner: the ATA disk check ([`crate::diskcheck`]): read, write, read back a few sectors through ATA PIO and print the results |
 //! | `balloon=MIB` | after the banner: the memory balloon check ([`crate::balloon`]); `balloon_range=KIB` (default 2048) sets the range size, `balloon_bad` sends invalid calls first |
-//! | `bench=`    | instead of everything else: run benchmark cases, see [`crate::bench`]; `all` or a comma-separated list of devices (`console`, `block`, `clock`, `exit`) and `device/variant` pairs (e.g. `block/ata-pio`) |
+//! | `bench=`    | instead of everything else: run benchmark cases, see [`crate::bench`]; `all` or a comma-separated list of devices (`console`, `block`, `clock`, `exit`, `irq`) and `device/variant` pairs (e.g. `block/ata-pio`) |
 //! | `smp=`      | after the output: bring up the other CPUs, `emulated` (INIT-SIPI-SIPI) or `pv` (`VcpuUp`), see [`crate::smp`] |
 //! | `cpus=N`    | with `smp=`: how many CPUs there are (1–8), default 1                 |
+//! | `ipi=`      | with `smp=`: after the bring-up, the IPI workload, `emulated` (x2APIC ICR) or `pv` (`SendIpi`), see [`crate::smp::ipi`]; `ipi_rounds=N` (≥ 1) round trips and broadcasts |
+//! | `lock=`     | instead of everything else: the spinlock workload, `plain` or `pv` ([`crate::lock`]), on `cpus=N` CPUs; `iters=K` acquisitions per CPU, `spin=S` spins before a PV wait, `lock_bad` refused calls first, `lock_hang` wait for ever, `lock_bench` benchmark markers and sample |
 //! | `quick`     | with `bench=`: small operation counts                                 |
 //! | `ops=N`     | with `bench=`: `N` (≥ 1) operations in every case                      |
 //! | `net=`      | instead of everything else: the NE2000 by interrupts, `serve`, `echo` or `send` ([`crate::net`]); with `ip=`, `peer=` (IPv4), `count=N`, `size=N` (UDP payload), `pvnet=` (PV NIC path) |
@@ -29,6 +31,7 @@
 
 use crate::bench::Selection;
 use crate::console::ConsoleKind;
+use crate::smp::ipi::{IpiArgs, DEFAULT_ROUNDS};
 use crate::smp::SmpMode;
 use pvkit_abi::ring::Transport;
 use pvkit_guest::cmdline::Cmdline;
@@ -114,6 +117,10 @@ pub struct Args {
     pub balloon: Option<crate::balloon::BalloonArgs>,
     /// `smp=` with `cpus=`: bring up the other CPUs after the output.
     pub smp: Option<(SmpMode, usize)>,
+    /// `ipi=` with `ipi_rounds=`: the IPI workload after the SMP bring-up.
+    pub ipi: Option<IpiArgs>,
+    /// `lock=`: the spinlock workload instead of everything else.
+    pub lock: Option<crate::lock::LockArgs>,
 }
 
 /// Parses the command line in one pass. The error names the offending token.
@@ -131,12 +138,19 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
         net: None,
         balloon: None,
         smp: None,
+        ipi: None,
+        lock: None,
     };
+    let mut lock_iters = crate::lock::DEFAULT_ITERS;
+    let mut lock_spin = crate::lock::DEFAULT_SPIN;
+    let (mut lock_bad, mut lock_hang, mut lock_bench) = (false, false, false);
     let mut net = crate::net::NetArgs::new(crate::net::Mode::Serve);
     let mut net_mode = None;
     let mut balloon_range = 2048;
     let mut balloon_bad = false;
     let mut cpus = 1;
+    let mut ipi_mode = None;
+    let mut ipi_rounds = DEFAULT_ROUNDS;
     let mut writes = 1;
     let mut flood = false;
     let mut ring = None;
@@ -222,10 +236,36 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
             ("smp", Some("emulated")) => args.smp = Some((SmpMode::Emulated, 1)),
             ("smp", Some("pv")) => args.smp = Some((SmpMode::Pv, 1)),
             ("smp", Some(other)) => return Err(other),
+            ("ipi", Some("emulated")) => ipi_mode = Some(SmpMode::Emulated),
+            ("ipi", Some("pv")) => ipi_mode = Some(SmpMode::Pv),
+            ("ipi", Some(other)) => return Err(other),
+            ("ipi_rounds", Some(n)) => match n.parse::<u32>() {
+                Ok(n) if n >= 1 => ipi_rounds = n,
+                _ => return Err(n),
+            },
             ("cpus", Some(n)) => match n.parse::<usize>() {
                 Ok(n) if (1..=crate::smp::MAX_CPUS).contains(&n) => cpus = n,
                 _ => return Err(n),
             },
+            ("lock", Some(k)) => {
+                args.lock = Some(crate::lock::LockArgs {
+                    kind: crate::lock::LockKind::parse(k).ok_or(k)?,
+                    cpus: 1,
+                    iters: 0,
+                    spin: 0,
+                    bad: false,
+                    hang: false,
+                    bench: false,
+                })
+            }
+            ("iters", Some(n)) => match n.parse::<u64>() {
+                Ok(n) if (1..=1 << 32).contains(&n) => lock_iters = n,
+                _ => return Err(n),
+            },
+            ("spin", Some(n)) => lock_spin = n.parse().map_err(|_| n)?,
+            ("lock_bad", None) => lock_bad = true,
+            ("lock_hang", None) => lock_hang = true,
+            ("lock_bench", None) => lock_bench = true,
             ("console", Some(other)) => return Err(other),
             _ => {}
         }
@@ -245,6 +285,18 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
     }
     if let Some((_, n)) = &mut args.smp {
         *n = cpus;
+    }
+    args.ipi = ipi_mode.map(|mode| IpiArgs {
+        mode,
+        rounds: ipi_rounds,
+    });
+    if let Some(l) = &mut args.lock {
+        l.cpus = cpus;
+        l.iters = lock_iters;
+        l.spin = lock_spin;
+        l.bad = lock_bad;
+        l.hang = lock_hang;
+        l.bench = lock_bench;
     }
     if let Some(b) = &mut args.bench {
         b.quick = quick;

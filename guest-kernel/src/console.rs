@@ -12,7 +12,7 @@
 //! lock is never re-entered; fault and panic reports go to the host directly, never here.
 
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use pvkit_abi::{ports::COM1, Status};
 use pvkit_guest::{port::Pio, BufferedWriter, PvConsole, Uart16550};
 use spin::Mutex;
@@ -39,6 +39,8 @@ impl ConsoleKind {
 
 /// The active [`ConsoleKind`] as its `u8`; 0 until [`init`] (output is dropped).
 static ACTIVE: AtomicU8 = AtomicU8::new(0);
+/// Whether lines carry their CPU's prefix (`[cpuN] `), from the start of SMP on.
+static CPU_PREFIX: AtomicBool = AtomicBool::new(false);
 /// The UART, when it is the console.
 static UART: Mutex<Option<Uart16550<Pio>>> = Mutex::new(None);
 
@@ -88,17 +90,33 @@ pub fn write(bytes: &[u8]) -> Result<(), Status> {
     }
 }
 
-/// Formats `args` to the console. Used by `print!`. Console errors have nowhere to go:
-/// the text is dropped.
+/// From now on every `print!` starts with the calling CPU's prefix, `[cpuN] ` (call on
+/// the BSP once its per-CPU data is set, [`crate::smp::percpu::init_bsp`]).
+pub fn enable_cpu_prefix() {
+    CPU_PREFIX.store(true, Ordering::Release);
+}
+
+/// Writes the CPU prefix to `w` if it is enabled.
+fn prefix(w: &mut impl Write) {
+    if CPU_PREFIX.load(Ordering::Acquire) {
+        let _ = write!(w, "[cpu{}] ", crate::smp::current_cpu());
+    }
+}
+
+/// Formats `args` to the console, after the CPU prefix if enabled: on the PV console in
+/// one hypercall (per 256 bytes). Used by `print!`. Console errors have nowhere to go: the
+/// text is dropped.
 pub fn print_fmt(args: fmt::Arguments<'_>) {
     match ACTIVE.load(Ordering::Acquire) {
         k if k == ConsoleKind::Pv as u8 => {
             let mut w = BufferedWriter::<_, 256>::new(PvConsole::new());
+            prefix(&mut w);
             let _ = w.write_fmt(args);
             let _ = w.flush();
         }
         k if k == ConsoleKind::Uart as u8 => {
             if let Some(uart) = &mut *UART.lock() {
+                prefix(uart);
                 let _ = uart.write_fmt(args);
             }
         }

@@ -15,7 +15,7 @@
 //!
 //! The time source is the PV clock when the host offers it (feature `CLOCK`), else the PIT.
 //! Any failure panics (reported to the host, or on a stock hypervisor printed on the UART
-//! with exit status [`crate::PVH_FAILURE_EXIT`]).
+//! with exit status [`pvkit_guest::pvh::FAILURE_EXIT`]).
 
 use crate::statics::{Exclusive, Pages};
 use pvkit_abi::boot::BootInfo;

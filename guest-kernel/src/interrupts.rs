@@ -19,7 +19,7 @@ pub fn init() {
 }
 
 /// On a stock hypervisor ([`crate::pvh`]) there is no host to report an exception to: it
-/// is printed on the UART and the VM exits with [`crate::PVH_FAILURE_EXIT`].
+/// is printed on the UART and the VM exits with [`pvkit_guest::pvh::FAILURE_EXIT`].
 ///
 /// The #UD that ends a ring-3 call ([`crate::user::trap_return`]) resumes the kernel; a #GP
 /// raised by an instruction with a fixup ([`crate::msr::fixup`], e.g. a `wrmsr` the host
@@ -34,13 +34,13 @@ fn hook(frame: &mut TrapFrame) -> bool {
             return true;
         }
     }
-    if crate::pvh::booted_pvh() {
+    if pvkit_guest::pvh::stock_host() {
         crate::console::ensure_uart();
         println!(
             "EXCEPTION: vector {} error code {:#x} at rip {:#x} rsp {:#x}",
             frame.vector, frame.error_code, frame.rip, frame.rsp
         );
-        crate::pvh::debug_exit(crate::PVH_FAILURE_EXIT);
+        pvkit_guest::pvh::debug_exit(pvkit_guest::pvh::FAILURE_EXIT);
     }
     false
 }

@@ -34,6 +34,7 @@ mod diskcheck;
 mod gdt;
 mod heap;
 mod interrupts;
+mod lock;
 mod modes;
 mod msr;
 mod net;
@@ -135,24 +136,20 @@ fn boot_cmdline(boot: &BootInfo) -> Cmdline<'static> {
 /// Ends the VM with `code`: the `Exit` hypercall on pvkit; on a stock hypervisor (booted
 /// through [`pvh`]) QEMU's `isa-debug-exit` device.
 pub fn exit(code: u8) -> ! {
-    if pvh::booted_pvh() {
-        pvh::debug_exit(code)
+    if pvkit_guest::pvh::stock_host() {
+        pvkit_guest::pvh::debug_exit(code)
     }
     pvkit_guest::hypercall::exit(code)
 }
 
-/// The exit status of a panic or an unhandled exception when booted through [`pvh`] (QEMU
-/// exits with `(0x7f << 1) | 1` = 255).
-pub const PVH_FAILURE_EXIT: u8 = 0x7f;
-
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    if pvh::booted_pvh() {
+    if pvkit_guest::pvh::stock_host() {
         // No pvkit host to report to: say it on the UART (brought up if the panic came
         // before the console) and exit with a failure status.
         console::ensure_uart();
         println!("PANIC: {info}");
-        pvh::debug_exit(PVH_FAILURE_EXIT)
+        pvkit_guest::pvh::debug_exit(pvkit_guest::pvh::FAILURE_EXIT)
     }
     pvkit_guest::fault::report_panic(info)
 }

@@ -33,6 +33,9 @@ pub fn run(args: &Args, console: ConsoleKind, boot: &BootInfo) -> ! {
     if let Some(bench) = &args.bench {
         crate::bench::run(bench, boot);
     }
+    if let Some(lock) = &args.lock {
+        crate::lock::run(lock, boot);
+    }
     if let Some(net) = args.net {
         crate::net::run(net, boot);
     }
@@ -62,7 +65,7 @@ pub fn run(args: &Args, console: ConsoleKind, boot: &BootInfo) -> ! {
         crate::balloon::run(b, boot);
     }
     if let Some((mode, cpus)) = args.smp {
-        crate::smp::run(mode, cpus, boot);
+        crate::smp::run(mode, cpus, args.ipi, boot);
     }
     match args.action {
         None => crate::exit(args.exit_code),

@@ -117,11 +117,17 @@ mod tests {
     impl Harness {
         /// The devices every VM has (console, bench markers), no rings, no block device.
         fn new() -> Self {
+            Self::with_pv_console(true)
+        }
+
+        /// As [`Harness::new`], the PV console left out when `pv_console` is false.
+        fn with_pv_console(pv_console: bool) -> Self {
             let console = Console::capture();
             let mut ledger = ExitLedger::new();
             let devices = crate::devices::assemble(
                 crate::devices::PvConfig {
                     console: console.clone(),
+                    pv_console,
                     disk: None,
                     clock: None,
                     kvmclock: false,
@@ -129,6 +135,9 @@ mod tests {
                     rings: None,
                     vcpu_up: None,
                     net: None,
+                    ipi: None,
+                    spinlock: None,
+                    steal: None,
                 },
                 &mut ledger,
             )
@@ -178,7 +187,7 @@ mod tests {
             0x101,
             0x202,
             0x302,
-            0x401,
+            0x4ff,
             0x503,
             0x600,
             0xf02,
@@ -200,6 +209,22 @@ mod tests {
             h.call(Hypercall::Features, [0; 4]),
             ret(Status::Ok, (Features::CONSOLE | Features::BENCH).bits())
         );
+    }
+
+    /// `--no-pv-console`: no `CONSOLE` bit, and `ConsoleWrite` writes nothing.
+    #[test]
+    fn without_the_pv_console_there_is_no_console_call() {
+        let mut h = Harness::with_pv_console(false);
+        assert_eq!(
+            h.call(Hypercall::Features, [0; 4]),
+            ret(Status::Ok, Features::BENCH.bits())
+        );
+        h.mem.write_slice(b"hi", GuestAddress(0x20_0000)).unwrap();
+        assert_eq!(
+            h.call(Hypercall::ConsoleWrite, [0x20_0000, 2, 0, 0]),
+            err(Status::EOPNOTSUPP)
+        );
+        assert!(h.console.captured().is_empty());
     }
 
     #[test]

@@ -902,7 +902,10 @@ fn check_call(
         | Hypercall::BalloonInflate
         | Hypercall::BalloonDeflate
         | Hypercall::BalloonInfo
-        | Hypercall::VcpuUp => prop_assert_eq!(out, &ret(Status::EOPNOTSUPP, 0)),
+        | Hypercall::VcpuUp
+        | Hypercall::SendIpi
+        | Hypercall::LockWait
+        | Hypercall::LockKick => prop_assert_eq!(out, &ret(Status::EOPNOTSUPP, 0)),
     }
     if h != Hypercall::BenchPhase {
         prop_assert_eq!(phases.0, phases.1);

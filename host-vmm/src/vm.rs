@@ -126,11 +126,21 @@ pub struct VmConfig {
     /// that rings can complete by interrupt (`Features::RING_IRQ`). With it `hlt` no longer
     /// exits to userspace.
     pub irqchip: bool,
+    /// The interrupt test set-up (`pvkit bench` device `irq`): KVM's in-kernel irqchip
+    /// even without a NIC or SMP, and the interrupt test port
+    /// ([`pvkit_abi::ports::IRQ_TEST`]) raising GSI [`pvkit_abi::ports::IRQ_TEST_GSI`]
+    /// through an irqfd. Default `false`.
+    pub irq_test: bool,
     /// Serve the GDB remote protocol for vCPU 0 on this address (`pvkit run --gdb`;
     /// [`crate::debug::gdb`]): the address is bound, printed on stderr as
     /// `pvkit: gdb: waiting for a connection on ADDR`, and the guest waits for the
     /// debugger before its first instruction. The [`VmConfig::timeout`] still applies.
     pub gdb: Option<std::net::SocketAddr>,
+    /// Offer the PV console (default `true`). `false` (`pvkit run --no-pv-console`): no
+    /// `ConsoleWrite`, no console ring, no `CONSOLE`/`CONSOLE_RING` feature bits in the
+    /// `BootInfo` and CPUID, as on a host without it; a guest that checks the bits uses
+    /// the UART.
+    pub pv_console: bool,
 }
 
 impl Default for VmConfig {
@@ -152,7 +162,9 @@ impl Default for VmConfig {
             net: None,
             nic: NicModel::Ne2000,
             irqchip: false,
+            irq_test: false,
             gdb: None,
+            pv_console: true,
         }
     }
 }
@@ -227,6 +239,9 @@ pub struct RunOutcome {
     pub ring_irqs_raised: Option<u64>,
     /// What the memory balloon did (`None`: the VM had no balloon).
     pub balloon: Option<BalloonStats>,
+    /// KVM's count of every exit of every vCPU from guest mode, handled in the kernel or
+    /// not (`KVM_GET_STATS_FD`); `None` if a vCPU has no binary statistics.
+    pub kvm_exits: Option<u64>,
 }
 
 /// Errors that keep a VM from running (guest misbehaviour is a [`StopReason`], not this).
@@ -424,6 +439,9 @@ fn vcpu_loop(mut vcpu: Vcpu, vm: &Vm, mut cpu: VcpuState) -> VcpuResult {
     Ok((stop, cpu, vcpu))
 }
 
+/// How often the supervising thread refreshes the steal-time pages.
+const STEAL_TICK: Duration = Duration::from_millis(pvkit_abi::spinlock::STEAL_UPDATE_MS);
+
 /// The name of vCPU `index`'s thread.
 fn vcpu_thread_name(index: u64) -> String {
     format!("pvkit-vcpu{index}")
@@ -468,6 +486,8 @@ impl ApThreads {
             let thread = std::thread::Builder::new()
                 .name(vcpu_thread_name(vcpu.index()))
                 .spawn(move || {
+                    vm.pv
+                        .vcpu_thread_started(u32::try_from(state.index).unwrap_or(u32::MAX));
                     confinement.map(Confinement::apply).transpose()?;
                     // SAFETY: the `immediate_exit` byte of this vCPU's `kvm_run` mapping,
                     // which lives as long as `vcpu`; the guard is dropped before `vcpu`.
@@ -558,6 +578,8 @@ enum Event {
     Wake(u32),
     /// An AP stopped the VM (an `Exit` call, a fault): stop vCPU 0 too.
     ApStopped(StopReason),
+    /// The debugger's Ctrl-C: kick vCPU 0 out of `KVM_RUN` (`crate::debug::gdb`).
+    DebugInterrupt,
 }
 
 /// The watchdog: waits for the vCPU thread to end. At the deadline, or as soon as a host
@@ -566,7 +588,8 @@ enum Event {
 /// [`KICK_GRACE`]). Returns the first host failure reported, if any.
 ///
 /// It also wakes APs started by `VcpuUp` (`kick_ap`) and keeps the first stop of an AP in
-/// `ap_stop`, stopping vCPU 0 as for a failure.
+/// `ap_stop`, stopping vCPU 0 as for a failure; with `tick`, it calls the function about
+/// every given interval (the steal-time refresh of vCPUs that do not exit).
 fn supervise<T>(
     rx: &mpsc::Receiver<Event>,
     thread: &std::thread::JoinHandle<T>,
@@ -574,7 +597,9 @@ fn supervise<T>(
     stop_requested: &AtomicBool,
     kick_ap: &dyn Fn(u32) -> Result<(), WatchdogError>,
     ap_stop: &mut Option<StopReason>,
+    tick: Option<(&dyn Fn(), Duration)>,
 ) -> Result<Option<String>, VmError> {
+    let mut last_tick = Instant::now();
     // Since when the vCPU is being kicked out of the guest.
     let mut kicking: Option<Instant> = None;
     let mut host_failure: Option<String> = None;
@@ -587,6 +612,13 @@ fn supervise<T>(
         if signals::installed() {
             // SIGINT/SIGTERM only set a flag: look at it often enough.
             wait = wait.min(signals::POLL_INTERVAL);
+        }
+        if let Some((f, every)) = tick {
+            if last_tick.elapsed() >= every {
+                f();
+                last_tick = Instant::now();
+            }
+            wait = wait.min(every);
         }
         match rx.recv_timeout(wait) {
             Ok(Event::VcpuDone) | Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -603,6 +635,14 @@ fn supervise<T>(
             }
             Ok(Event::ApStopped(stop)) => {
                 ap_stop.get_or_insert(stop);
+            }
+            Ok(Event::DebugInterrupt) => {
+                if !thread.is_finished() {
+                    watchdog::kick(thread)?;
+                }
+                if kicking.is_none() {
+                    continue;
+                }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if kicking.is_none()
@@ -661,6 +701,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         ring_irqs,
         balloon,
         vcpu_up,
+        steal,
     } = built;
     for (_, state) in &mut vcpus {
         let index = u32::try_from(state.index).unwrap_or(u32::MAX);
@@ -687,7 +728,14 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
             eprintln!("pvkit: gdb: waiting for a connection on {bound}");
         }
         let fd = vcpu.debug_fd().map_err(crate::debug::gdb::GdbError::Dup)?;
-        boot.debug = Some(listener.serve(fd, vm.mem().clone())?);
+        let kick = Mutex::new(tx.clone());
+        let kick = Box::new(move || {
+            let tx = kick
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _ = tx.send(Event::DebugInterrupt);
+        });
+        boot.debug = Some(listener.serve(fd, vm.mem().clone(), kick)?);
     }
 
     if let Some(up) = &vcpu_up {
@@ -704,6 +752,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     let thread = std::thread::Builder::new()
         .name(vcpu_thread_name(vcpu.index()))
         .spawn(move || {
+            vm0.pv.vcpu_thread_started(0);
             // Confined before the first guest instruction; the filter stays for good.
             let r = match confinement.map(Confinement::apply).transpose() {
                 Ok(_) => vcpu_loop(vcpu, &vm0, boot).map_err(VmError::from),
@@ -721,6 +770,11 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     let deadline = t0.checked_add(config.timeout);
     let mut ap_stop = None;
     let kick_ap = |i| aps.kick(i);
+    // vCPUs that do not exit still get their steal time refreshed.
+    let steal_tick = steal.map(|st| {
+        let vm = Arc::clone(&vm);
+        move || st.refresh_all(vm.mem(), Instant::now())
+    });
     let supervised = supervise(
         &rx,
         &thread,
@@ -728,6 +782,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         &stop_requested,
         &kick_ap,
         &mut ap_stop,
+        steal_tick.as_ref().map(|f| (f as &dyn Fn(), STEAL_TICK)),
     );
     let mut host_failure = match supervised {
         Ok(failure) => failure,
@@ -794,6 +849,10 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
 
     // Every vCPU's exits; only vCPU 0 runs guest code, so its timings are the run's.
     let ledger = merge_ledgers(std::iter::once(&boot).chain(&others));
+    let kvm_exits = std::iter::once(&boot)
+        .chain(&others)
+        .map(|c| c.kvm_exits)
+        .sum::<Option<u64>>();
     let timings = Timings {
         to_guest_entry: boot
             .entered
@@ -848,6 +907,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         pv_net: pv_net.map(|n| n.stats()),
         ring_irqs_raised: ring_irqs.map(|r| r.raised()),
         balloon: balloon.map(|b| b.stats()),
+        kvm_exits,
     })
 }
 
@@ -887,7 +947,7 @@ mod tests {
             .unwrap();
         let t = Instant::now();
         let deadline = Some(Instant::now() + Duration::from_secs(3600));
-        let r = supervise(&rx, &thread, deadline, &stop, &|_| Ok(()), &mut None).unwrap();
+        let r = supervise(&rx, &thread, deadline, &stop, &|_| Ok(()), &mut None, None).unwrap();
         assert_eq!(r.as_deref(), Some("the host I/O thread panicked: x"));
         assert!(t.elapsed() < Duration::from_secs(2));
         thread.join().unwrap();
@@ -898,7 +958,7 @@ mod tests {
         });
         let never = AtomicBool::new(false);
         assert_eq!(
-            supervise(&rx, &thread, None, &never, &|_| Ok(()), &mut None).unwrap(),
+            supervise(&rx, &thread, None, &never, &|_| Ok(()), &mut None, None).unwrap(),
             None
         );
         assert!(!never.load(Ordering::Acquire));

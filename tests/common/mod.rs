@@ -1,6 +1,8 @@
 //! Shared helpers of the KVM integration tests.
 #![allow(dead_code)]
 
+pub mod scaffold;
+
 use std::path::PathBuf;
 use std::process::Output;
 

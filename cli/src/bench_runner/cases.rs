@@ -15,8 +15,9 @@
 use std::collections::BTreeMap;
 
 use pvkit_abi::bench::{
-    CaseId, Device, Variant, SAMPLE_LATENCY_PASS, SAMPLE_RING3, SAMPLE_VERIFIED,
+    CaseId, Device, Variant, Workload, SAMPLE_LATENCY_PASS, SAMPLE_RING3, SAMPLE_VERIFIED,
 };
+use pvkit_abi::call::Hypercall;
 use pvkit_abi::ports;
 use pvkit_report::{Case, Kind, LatencyMethod};
 
@@ -132,6 +133,7 @@ pub fn failed_case(device: &str, variant: &str, workload: &str, reason: String) 
         userspace_exits_per_op: f64::NAN,
         exits_by_kind: BTreeMap::new(),
         in_kernel_notifications_per_op: f64::NAN,
+        kernel_exits_per_op: BTreeMap::new(),
         guest_cycles_per_op: f64::NAN,
         guest_cycles_per_op_median: f64::NAN,
         guest_cycles_per_op_p99: f64::NAN,
@@ -216,6 +218,32 @@ fn check(m: &Measurement) -> Result<bool, String> {
         Device::Clock | Device::Exit => Ok(guest_ok || ledger_proves(m.case, p)),
         // The guest's check: no transmit or receive error, every echo back.
         Device::Net => Ok(guest_ok),
+        // Both: every round completed (the guest) and the sender's exits are exactly the
+        // design's (the ledger).
+        Device::Ipi | Device::Smp | Device::Balloon => Ok(guest_ok && ledger_proves(m.case, p)),
+        // Both: every interrupt was handled once (the guest) and the userspace exits are
+        // exactly those of the raising (the ledger).
+        Device::Irq if !guest_ok => Err(match &m.guest_says {
+            Some(why) => format!("the guest did not verify the interrupt count: {why}"),
+            None => "the guest did not verify the interrupt count (SAMPLE_VERIFIED not set)".into(),
+        }),
+        Device::Irq => match ledger_proves(m.case, p) {
+            true => Ok(true),
+            false => Err(format!(
+                "userspace exits not exactly those of raising the interrupts: {} exits for {} \
+                 interrupts ({:?})",
+                p.exits.total, p.ops, p.exits.counts
+            )),
+        },
+        // The exact counter (the guest's check), and the exits the host attributed to the
+        // case (every LockWait and LockKick of the boot) are the calls the guest counted.
+        Device::Spinlock => match p.exits.total == s.sample.extra {
+            true => Ok(guest_ok),
+            false => Err(format!(
+                "the guest counted {} LockWait/LockKick calls, the host {} exits",
+                s.sample.extra, p.exits.total
+            )),
+        },
     }
 }
 
@@ -228,7 +256,32 @@ fn ledger_proves(c: CaseId, p: &PhaseRecord) -> bool {
         (Device::Exit, Variant::PortOut) => {
             e.total == ops && e.count(ExitKind::PortWrite(ports::NULL)) == ops
         }
+        // A self-IPI and every acknowledge stay in the kernel.
+        (Device::Irq, Variant::X2apicEoi | Variant::PvEoi) => e.total == 0,
+        // The one write to the interrupt test port that raises the interrupt.
+        (Device::Irq, Variant::IoapicEoi | Variant::PicEoi) => {
+            e.total == ops && e.count(ExitKind::PortWrite(ports::IRQ_TEST)) == ops
+        }
         // Latch counter 0 (mode/command port), then its LSB and MSB.
+        // In-kernel LAPIC: no userspace exit on the sender.
+        (Device::Ipi, Variant::X2Apic) => e.total == 0,
+        // One SendIpi per op on the sender (the ping-pong's answer is on the other vCPU).
+        (Device::Ipi, Variant::PvHypercall) => {
+            e.total == ops && e.count(ExitKind::Hypercall(Hypercall::SendIpi)) == ops
+        }
+        // The unmodified guest tells the host nothing.
+        (Device::Balloon, Variant::NoBalloon) => e.total == 0,
+        // 2 MiB ranges, 512 per call: one BalloonInflate per GiB begun.
+        (Device::Balloon, Variant::PvHypercall) => {
+            let calls = ops.div_ceil(1024);
+            e.total == calls && e.count(ExitKind::Hypercall(Hypercall::BalloonInflate)) == calls
+        }
+        // INIT-SIPI-SIPI through the in-kernel LAPIC: no userspace exit on CPU 0.
+        (Device::Smp, Variant::InitSipi) => e.total == 0,
+        // One VcpuUp per AP on CPU 0.
+        (Device::Smp, Variant::PvHypercall) => {
+            e.total == ops && e.count(ExitKind::Hypercall(Hypercall::VcpuUp)) == ops
+        }
         (Device::Clock, Variant::Pit) => {
             e.total == 3 * ops
                 && e.count(ExitKind::PortWrite(PIT_COMMAND)) == ops
@@ -298,6 +351,15 @@ fn build_case(c: CaseId, group: &[&Measurement]) -> Case {
             Device::Exit | Device::Clock => "neither the guest's check (SAMPLE_VERIFIED) nor the \
                  ledger (exactly the exits of one operation per op) proves the case"
                 .into(),
+            Device::Ipi => "the guest's check (every round completed, SAMPLE_VERIFIED) or the \
+                 sender's ledger (x2apic: no exit; pv: one SendIpi per op) failed"
+                .into(),
+            Device::Smp => "the guest's check (every AP reported in, SAMPLE_VERIFIED) or CPU 0's \
+                 ledger (init-sipi: no exit; pv: one VcpuUp per AP) failed"
+                .into(),
+            Device::Balloon => "the guest's check (every page inflated, SAMPLE_VERIFIED) or the \
+                 ledger (none: no exit; pv: one BalloonInflate per GiB begun) failed"
+                .into(),
             _ => "the guest did not verify the case (SAMPLE_VERIFIED not set)".into(),
         });
     }
@@ -312,7 +374,13 @@ fn build_case(c: CaseId, group: &[&Measurement]) -> Case {
     let mut total_exits = 0u64;
     let mut notifications = 0u64;
     let mut host_ns = 0u128;
+    let mut kernel: BTreeMap<&'static str, u64> = BTreeMap::new();
+    // KVM's counters only if every phase has them (else the sum would be short).
+    let kernel_everywhere = phases.iter().all(|p| !p.exits.kernel.is_empty());
     for p in &phases {
+        for (name, n) in &p.exits.kernel {
+            *kernel.entry(name).or_insert(0) += n;
+        }
         for (k, n) in &p.exits.counts {
             *by_kind.entry(*k).or_insert(0) += n;
         }
@@ -326,6 +394,12 @@ fn build_case(c: CaseId, group: &[&Measurement]) -> Case {
         .map(|(k, n)| (names::exit_key(k), n as f64 / ops))
         .collect();
     case.in_kernel_notifications_per_op = notifications as f64 / ops;
+    if kernel_everywhere {
+        case.kernel_exits_per_op = kernel
+            .into_iter()
+            .map(|(name, n)| (name.to_owned(), n as f64 / ops))
+            .collect();
+    }
     case.ns_per_op = host_ns as f64 / ops;
     case.throughput = unit.throughput(case.ops, case.bytes, host_ns as f64);
 
@@ -354,6 +428,9 @@ fn build_case(c: CaseId, group: &[&Measurement]) -> Case {
         case.notes
             .push(format!("host ns/op per boot: {lo:.0} to {hi:.0}"));
     }
+    if let Some(note) = irq_note(c.variant, case.ops, &samples) {
+        case.notes.push(note);
+    }
     if c.device == Device::Clock && matches!(c.variant, Variant::PvClock | Variant::KvmClock) {
         if let Some(worst) = samples.iter().map(|s| s.sample.extra).max() {
             case.notes.push(format!(
@@ -361,9 +438,69 @@ fn build_case(c: CaseId, group: &[&Measurement]) -> Case {
             ));
         }
     }
+    if c.device == Device::Balloon {
+        case.notes.push(match c.variant {
+            Variant::NoBalloon => "the unmodified guest cannot give memory back: its phase is \
+                 empty (throughput meaningless); compare the host RSS"
+                .into(),
+            _ => "throughput = inflate MiB/s of guest RAM released to the host; the speedup \
+                 against the empty baseline is meaningless: compare the host RSS"
+                .into(),
+        });
+    }
+    if c.device == Device::Smp {
+        case.notes.push(
+            "exits counted on CPU 0's vCPU; each AP's own start-up exits (its clock page and \
+             line; PV: the wake-up of its thread) are on its vCPU"
+                .into(),
+        );
+    }
+    if c.device == Device::Ipi {
+        let extra: u64 = samples.iter().map(|s| s.sample.extra).sum();
+        match (c.variant, c.workload) {
+            (Variant::PvHypercall, Workload::PingPong) => case.notes.push(format!(
+                "exits counted on CPU 0's vCPU; CPU 1's answer adds {:.2} SendIpi exit per round \
+                 trip on its own vCPU (guest count)",
+                extra as f64 / ops
+            )),
+            (_, Workload::PingPong) => case
+                .notes
+                .push("round trip CPU 0 → CPU 1 → CPU 0, both in the in-kernel LAPIC".into()),
+            _ => case.notes.push(format!(
+                "{} targets per op, all acknowledged",
+                extra / samples.len().max(1) as u64
+            )),
+        }
+    }
     case.verified = true;
     case.failure = None;
     case
+}
+
+/// What an interrupt case's numbers mean: for PV EOI, how many acknowledges KVM's flag
+/// made unnecessary (the guest's `extra`), which says whether PV EOI is effective on this
+/// platform; for the device-raised variants, where their one userspace exit comes from.
+pub fn irq_note(v: Variant, ops: u64, samples: &[&SampleRecord]) -> Option<String> {
+    match v {
+        Variant::PvEoi => {
+            let skipped: u64 = samples.iter().map(|s| s.sample.extra).sum();
+            Some(if skipped == 0 {
+                format!(
+                    "PV EOI offered and accepted but not effective: KVM set the PV EOI flag \
+                     for 0 of {ops} interrupts, every acknowledge was an x2APIC EOI"
+                )
+            } else {
+                format!("PV EOI effective: {skipped} of {ops} acknowledges needed no EOI write")
+            })
+        }
+        Variant::IoapicEoi | Variant::PicEoi => Some(
+            "1 userspace exit per interrupt: the write to the interrupt test port that raises \
+             it (irqfd); the acknowledge stays in the kernel"
+                .into(),
+        ),
+        Variant::X2apicEoi => Some("self-IPI (x2APIC SELF_IPI)".into()),
+        _ => None,
+    }
 }
 
 /// A case's latency distribution in guest cycles per op.
@@ -467,6 +604,7 @@ mod tests {
                 total: counts.values().sum(),
                 counts,
                 notifications: BTreeMap::new(),
+                kernel: BTreeMap::new(),
             },
             host_time: Duration::from_nanos(ns),
         }
@@ -547,6 +685,62 @@ mod tests {
         let k = build(SAMPLE_LATENCY_PASS, vec![]);
         assert_eq!(k.latency_method, Some(LatencyMethod::PhaseMean));
         assert_eq!(k.guest_cycles_per_op_median, 12_345.0);
+    }
+
+    /// An interrupt case: `handled_ok` is the guest's verdict, `extra` its PV EOI count.
+    fn irq(variant: Variant, exits: &[(ExitKind, u64)], ok: bool, extra: u64) -> Case {
+        let c = id(Device::Irq, variant, Workload::Interrupt);
+        let flags = if ok { SAMPLE_VERIFIED } else { SAMPLE_FAILED };
+        let mut p = phase(c, 10, exits, 1000);
+        p.exits.kernel = [("exits", 20), ("irq_injections", 10)]
+            .into_iter()
+            .collect();
+        let mut s = sample(c, 10, 0, flags, vec![]);
+        s.sample.extra = extra;
+        build_cases(&[Measurement {
+            case: c,
+            phase: Some(p),
+            sample: Some(s),
+            console: None,
+            guest_says: None,
+        }])
+        .remove(0)
+    }
+
+    #[test]
+    fn interrupt_cases_need_the_guests_count_and_exactly_the_raising_exits() {
+        let trigger = ExitKind::PortWrite(ports::IRQ_TEST);
+        let k = irq(Variant::IoapicEoi, &[(trigger, 10)], true, 0);
+        assert!(k.verified, "{k:?}");
+        assert_eq!(k.userspace_exits_per_op, 1.0);
+        assert_eq!(k.kernel_exits_per_op["exits"], 2.0);
+        assert_eq!(k.kernel_exits_per_op["irq_injections"], 1.0);
+        assert_eq!(k.throughput_unit, "interrupts/s");
+        assert_eq!(k.kind, Kind::Emulated);
+        // One exit too many, or another kind: not proved.
+        let k = irq(Variant::PicEoi, &[(trigger, 11)], true, 0);
+        assert!(
+            k.failure.as_deref().is_some_and(|f| f.contains("exactly")),
+            "{k:?}"
+        );
+        let k = irq(Variant::X2apicEoi, &[(ExitKind::Hlt, 1)], true, 0);
+        assert!(k.is_failed(), "{k:?}");
+        // The guest counted a lost interrupt.
+        let k = irq(Variant::X2apicEoi, &[], false, 0);
+        assert!(k.is_failed(), "{k:?}");
+        assert!(irq(Variant::X2apicEoi, &[], true, 0).verified);
+    }
+
+    #[test]
+    fn pv_eoi_says_whether_kvm_set_its_flag() {
+        let k = irq(Variant::PvEoi, &[], true, 0);
+        assert!(k.verified && k.kind == Kind::Pv, "{k:?}");
+        assert!(k.notes.iter().any(|n| n.contains("not effective")), "{k:?}");
+        let k = irq(Variant::PvEoi, &[], true, 7);
+        assert!(
+            k.notes.iter().any(|n| n.contains("effective: 7 of 10")),
+            "{k:?}"
+        );
     }
 
     #[test]

@@ -60,6 +60,31 @@ pub fn expected(device: BenchDevice) -> Vec<CaseId> {
                 Workload::UdpEcho64,
             ],
         ),
+        BenchDevice::Ipi => (
+            &[Variant::X2Apic, Variant::PvHypercall],
+            &[Workload::PingPong, Workload::OneToAll],
+        ),
+        BenchDevice::Smp => (
+            &[Variant::InitSipi, Variant::PvHypercall],
+            &[Workload::ApBringUp],
+        ),
+        BenchDevice::Balloon => (
+            &[Variant::NoBalloon, Variant::PvHypercall],
+            &[Workload::Release],
+        ),
+        BenchDevice::Irq => (
+            &[
+                Variant::X2apicEoi,
+                Variant::PvEoi,
+                Variant::IoapicEoi,
+                Variant::PicEoi,
+            ],
+            &[Workload::Interrupt],
+        ),
+        BenchDevice::Spinlock => (
+            &[Variant::TicketSpin, Variant::PvSpinlock],
+            &[Workload::Contend2, Workload::Contend4, Workload::Contend8],
+        ),
     };
     let device = device.abi();
     variants
@@ -94,6 +119,13 @@ fn guest_variant(s: &str) -> Option<Variant> {
         "port-out" | "null-port" => Variant::PortOut,
         "ne2000" => Variant::Ne2000,
         "pv-irq" => Variant::PvIrq,
+        "x2apic" => Variant::X2Apic,
+        "init-sipi" => Variant::InitSipi,
+        "none" => Variant::NoBalloon,
+        "x2apic-eoi" => Variant::X2apicEoi,
+        "pv-eoi" => Variant::PvEoi,
+        "ioapic-eoi" => Variant::IoapicEoi,
+        "pic-eoi" => Variant::PicEoi,
         _ => return None,
     })
 }
@@ -113,6 +145,11 @@ fn guest_workload(s: &str) -> Option<Workload> {
         "rx64" | "rx-64B" => Workload::Rx64,
         "rx1500" | "rx-1500B" => Workload::Rx1500,
         "udpecho64" | "udp-echo-64B" => Workload::UdpEcho64,
+        "pingpong" | "ping-pong" => Workload::PingPong,
+        "one-to-all" => Workload::OneToAll,
+        "ap-bringup" => Workload::ApBringUp,
+        "release" | "release-MiB" => Workload::Release,
+        "interrupt" => Workload::Interrupt,
         _ => return None,
     })
 }
@@ -124,6 +161,10 @@ fn guest_device(s: &str) -> Option<Device> {
         "clock" => Device::Clock,
         "exit" => Device::Exit,
         "net" => Device::Net,
+        "ipi" => Device::Ipi,
+        "smp" => Device::Smp,
+        "balloon" => Device::Balloon,
+        "irq" => Device::Irq,
         _ => return None,
     })
 }
@@ -151,6 +192,11 @@ pub fn guest_lines(console: &[u8], marker: &str) -> Vec<(CaseId, String)> {
     let text = String::from_utf8_lossy(console);
     text.lines()
         .filter_map(|line| {
+            // An SMP guest's lines carry their CPU's prefix (`[cpu0] `).
+            let line = match line.strip_prefix("[cpu") {
+                Some(rest) => rest.split_once("] ").map_or(line, |(_, l)| l),
+                None => line,
+            };
             let rest = line.strip_prefix("bench ")?;
             let (name, why) = rest.split_once(marker)?;
             let mut parts = name.split('/');
@@ -248,7 +294,8 @@ mod tests {
     #[test]
     fn matrix_sizes_match_the_progress_estimate() {
         for d in BenchDevice::ALL {
-            assert_eq!(expected(d).len() as u64, d.expected_cases(), "{d}");
+            let boots = d.selections().len() as u64;
+            assert_eq!(expected(d).len() as u64, d.expected_cases() * boots, "{d}");
             assert!(expected(d).iter().all(|c| c.device == d.abi()));
         }
     }

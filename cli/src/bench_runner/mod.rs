@@ -2,7 +2,8 @@
 //! markers, samples and op logs into a [`pvkit_report::Report`], and write the results.
 //!
 //! ```text
-//! BenchConfig ──run()──▶ one VM per device (bench=<device>, console captured, disk for block)
+//! BenchConfig ──run()──▶ one VM per device (bench=<device>, console captured, disk for block;
+//!                        the spinlock: one VM per case, --vcpus N, see [`spinlock`])
 //!                           │ phases (ledger delta, host time), samples (cycles, op-log check)
 //!                           ▼
 //!                 cases::measurements → cases::build_cases → Report (+ host baselines)
@@ -22,6 +23,8 @@ pub mod disk;
 pub mod expected;
 pub mod names;
 pub mod progress;
+pub mod rss;
+pub mod spinlock;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,6 +33,7 @@ use std::time::{Duration, Instant};
 use pvkit_report::{Baseline, Case, Kind, Platform, Report};
 use thiserror::Error;
 
+use pvkit_vmm::arch::x86_64::cpuid::{pv_eoi_offered, supported_cpuid};
 use pvkit_vmm::devices::legacy::ne2000::{NetBackendConfig, NetConfig};
 use pvkit_vmm::devices::NicModel;
 use pvkit_vmm::io::disk::DiskConfig;
@@ -117,7 +121,12 @@ impl BenchConfig {
     /// The guest command line for `device` (the console is PV so that anything the guest
     /// prints outside the phases costs little).
     pub fn cmdline(&self, device: BenchDevice) -> String {
-        let mut s = format!("bench={}", device.name());
+        self.cmdline_for(device.name())
+    }
+
+    /// The guest command line for the selection `bench=<selection>`.
+    pub fn cmdline_for(&self, selection: &str) -> String {
+        let mut s = format!("bench={selection}");
         if self.quick {
             s.push_str(" quick");
         }
@@ -142,6 +151,8 @@ pub struct DeviceRun {
     pub result: Result<RunOutcome, String>,
     /// Wall time of the boot.
     pub wall: Duration,
+    /// The host RSS (KiB) at the end of each phase, for devices whose result is memory.
+    pub rss_at_end: Vec<(pvkit_abi::bench::CaseId, u64)>,
 }
 
 /// Everything a bench run produced.
@@ -251,14 +262,20 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchOutcome, RunnerError> {
     }
     let t0 = Instant::now();
     let started_at = pvkit_report::now_rfc3339_utc()?;
-    drop(open_kvm()?);
+    // KVM's own answer to "is PV EOI offered", for the pv-eoi case's note.
+    let pv_eoi_offered = {
+        let kvm = open_kvm()?;
+        supported_cpuid(&kvm)
+            .ok()
+            .map(|c| pv_eoi_offered(c.as_slice()))
+    };
     // Gathered before the guests run (the TSC rate comes from the first vCPU below).
     let mut platform = platform(None);
 
     let expected: u64 = cfg
         .devices
         .iter()
-        .map(|d| d.expected_cases() * u64::from(cfg.iterations))
+        .map(|d| d.expected_cases() * d.selections().len() as u64 * u64::from(cfg.iterations))
         .sum();
     let bar = Progress::new(cfg.progress && progress::wanted(), expected);
 
@@ -301,15 +318,18 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchOutcome, RunnerError> {
     let mut runs = Vec::new();
     for iteration in 0..cfg.iterations {
         for &device in &cfg.devices {
-            bar.device(device.name());
-            let run = boot(
-                cfg,
-                device,
-                iteration,
-                image.as_ref().map(Image::path),
-                &bar,
-            );
-            runs.push(run);
+            for spec in boot_specs(cfg, device) {
+                bar.device(&spec.label);
+                let run = boot(
+                    cfg,
+                    device,
+                    iteration,
+                    spec,
+                    image.as_ref().map(Image::path),
+                    &bar,
+                );
+                runs.push(run);
+            }
         }
     }
     bar.finish();
@@ -334,6 +354,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchOutcome, RunnerError> {
     };
     add_exit_baselines(&mut report);
     report.compute_speedups();
+    pv_eoi_notes(&mut report, pv_eoi_offered);
     report.duration_s = t0.elapsed().as_secs_f64();
     Ok(BenchOutcome {
         report,
@@ -343,18 +364,65 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchOutcome, RunnerError> {
     })
 }
 
+/// What one boot runs: its name on the progress bar, the guest command line, the vCPUs
+/// and the cases it should report.
+struct BootSpec {
+    label: String,
+    cmdline: String,
+    vcpus: u32,
+    cases: u64,
+}
+
+/// The boots of `device`: one per selection (`bench=<selection>`,
+/// [`BenchDevice::selections`]), or for the spinlock one per case (`lock=`, its own vCPU
+/// count, [`spinlock::boots`]).
+fn boot_specs(cfg: &BenchConfig, device: BenchDevice) -> Vec<BootSpec> {
+    match device {
+        BenchDevice::Spinlock => spinlock::boots(cfg.quick)
+            .into_iter()
+            .map(|b| BootSpec {
+                label: format!("spinlock/{}/{}vcpu", b.lock, b.vcpus),
+                cmdline: b.cmdline(&cfg.extra_cmdline),
+                vcpus: b.vcpus,
+                cases: 1,
+            })
+            .collect(),
+        _ => device
+            .selections()
+            .into_iter()
+            .map(|selection| BootSpec {
+                cmdline: cfg.cmdline_for(&selection),
+                label: selection,
+                vcpus: device.vcpus(),
+                cases: device.expected_cases(),
+            })
+            .collect(),
+    }
+}
+
 /// One boot of one device.
 fn boot(
     cfg: &BenchConfig,
     device: BenchDevice,
     iteration: u32,
+    spec: BootSpec,
     disk: Option<&Path>,
     bar: &Progress,
 ) -> DeviceRun {
-    let cmdline = cfg.cmdline(device);
+    let cmdline = spec.cmdline;
+    let rss_log = rss::RssLog::default();
+    let observer = match device {
+        BenchDevice::Balloon => {
+            rss::observer(bar.observer(), rss_log.clone()).unwrap_or_else(|| bar.observer())
+        }
+        _ => bar.observer(),
+    };
     let vm = VmConfig {
         kernel: cfg.kernel.clone(),
-        mem_mib: cfg.mem_mib,
+        mem_mib: match device {
+            BenchDevice::Balloon => cfg.mem_mib.max(names::BALLOON_MEM_MIB),
+            _ => cfg.mem_mib,
+        },
         cmdline: cmdline.clone(),
         console: Some(ConsoleKind::Pv),
         capture_console: true,
@@ -365,12 +433,14 @@ fn boot(
             path: path.to_path_buf(),
             read_only: false,
         }),
-        phase_observer: Some(bar.observer()),
         // Net only: both NICs, each on its own in-VMM loopback peer (no privileges).
         net: device.needs_nics().then_some(NetConfig {
             backend: NetBackendConfig::Loopback,
         }),
         nic: NicModel::Both,
+        phase_observer: Some(observer),
+        vcpus: spec.vcpus,
+        irq_test: device.needs_irq_test(),
         ..VmConfig::default()
     };
     let before = bar.phases();
@@ -378,13 +448,15 @@ fn boot(
     let result = pvkit_vmm::vm::run(&vm).map_err(|e| e.to_string());
     let wall = start.elapsed();
     let phases = result.as_ref().map_or(0, |o| o.phases.len() as u64);
-    bar.boot_done(phases, bar.phases() - before, device.expected_cases());
+    bar.boot_done(phases, bar.phases() - before, spec.cases);
+    let rss_at_end = rss_log.lock().map(|l| l.clone()).unwrap_or_default();
     DeviceRun {
         device,
         iteration,
         cmdline,
         result,
         wall,
+        rss_at_end,
     }
 }
 
@@ -397,7 +469,7 @@ fn collect(runs: &[DeviceRun]) -> (Vec<Case>, Vec<String>, Vec<expected::Unavail
     for r in runs {
         let name = r.device.name();
         let boot = if runs.iter().filter(|x| x.device == r.device).count() > 1 {
-            format!("{name} (boot {})", r.iteration + 1)
+            format!("{name} (boot {}, `{}`)", r.iteration + 1, r.cmdline)
         } else {
             name.to_owned()
         };
@@ -410,7 +482,10 @@ fn collect(runs: &[DeviceRun]) -> (Vec<Case>, Vec<String>, Vec<expected::Unavail
                 continue;
             }
         };
-        let (ms, stray) = cases::measurements(o);
+        let (mut ms, stray) = cases::measurements(o);
+        if r.device == BenchDevice::Spinlock {
+            spinlock::attribute_exits(&mut ms, &o.ledger);
+        }
         problems.extend(stray.into_iter().map(|p| format!("{boot}: {p}")));
         let skipped = expected::skipped(&o.console);
         let ran = ms
@@ -471,8 +546,50 @@ fn collect(runs: &[DeviceRun]) -> (Vec<Case>, Vec<String>, Vec<expected::Unavail
         })
         .collect();
     let mut out = cases::build_cases(&all);
+    for c in out.iter_mut() {
+        let kib: Vec<u64> = runs
+            .iter()
+            .flat_map(|r| &r.rss_at_end)
+            .filter(|(case, _)| {
+                names::case_label(*case) == format!("{}/{}/{}", c.device, c.variant, c.workload)
+            })
+            .map(|(_, k)| *k)
+            .collect();
+        if !kib.is_empty() {
+            c.notes.push(rss::note(&kib));
+        }
+    }
+    spinlock::add_guest_notes(
+        &mut out,
+        runs.iter()
+            .filter(|r| r.device == BenchDevice::Spinlock)
+            .filter_map(|r| r.result.as_ref().ok())
+            .map(|o| o.console.as_slice()),
+    );
     out.extend(failed_cases);
     (out, problems, unavailable)
+}
+
+/// Notes on the `pv-eoi` case: what `KVM_GET_SUPPORTED_CPUID` says (`offered`, `None` if
+/// it could not be read), and, when PV EOI never took effect, no speedup: every interrupt
+/// was acknowledged with the x2APIC EOI, the path of `x2apic-eoi`, so any "speedup" would
+/// be noise.
+fn pv_eoi_notes(report: &mut Report, offered: Option<bool>) {
+    for c in report.cases.iter_mut() {
+        if c.device != "irq" || c.variant != "pv-eoi" || c.is_failed() {
+            continue;
+        }
+        c.notes.push(match offered {
+            Some(true) => "KVM_GET_SUPPORTED_CPUID offers KVM_FEATURE_PV_EOI".into(),
+            Some(false) => "KVM_GET_SUPPORTED_CPUID lacks KVM_FEATURE_PV_EOI".into(),
+            None => "KVM_GET_SUPPORTED_CPUID could not be read".into(),
+        });
+        if c.notes.iter().any(|n| n.contains("not effective")) {
+            c.speedup = None;
+            c.notes
+                .push("no speedup shown: the same acknowledge path as x2apic-eoi".into());
+        }
+    }
 }
 
 /// Adds the null-port round trip as a baseline and relates PV 1 MiB reads to the host's

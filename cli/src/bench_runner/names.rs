@@ -24,16 +24,41 @@ pub enum BenchDevice {
     /// Network frames: the NE2000 against the PV NIC variants (one boot with both NICs on
     /// loopback backends).
     Net,
+    /// IPIs: x2APIC ICR against the PV `SendIpi` (a boot with [`IPI_VCPUS`] vCPUs).
+    Ipi,
+    /// AP bring-up: INIT-SIPI-SIPI against `VcpuUp` (one boot per variant, each with
+    /// [`IPI_VCPUS`] vCPUs).
+    Smp,
+    /// Freed memory: the unmodified guest against the balloon (one boot per variant, each
+    /// with [`BALLOON_MEM_MIB`] of RAM; the host RSS at the end of the phase is noted).
+    Balloon,
+    /// Interrupt delivery and acknowledge: emulated EOIs against KVM's PV EOI.
+    Irq,
+    /// One spinlock contended by 2, 4 and 8 vCPUs: plain ticket lock against the PV one
+    /// (one boot per case, [`super::spinlock`]).
+    Spinlock,
 }
+
+/// Guest RAM of the balloon boots: room for the 256 MiB the guest touches and frees.
+pub const BALLOON_MEM_MIB: u64 = 512;
+
+/// vCPUs of the IPI and SMP boots (IPI: CPU 0 sends; CPU 1 answers the ping-pong; 1–3
+/// take the one-to-all. SMP: CPU 0 starts 1–3).
+pub const IPI_VCPUS: u32 = 4;
 
 impl BenchDevice {
     /// Every device, in run order.
-    pub const ALL: [BenchDevice; 5] = [
+    pub const ALL: [BenchDevice; 10] = [
         BenchDevice::Console,
         BenchDevice::Block,
         BenchDevice::Clock,
         BenchDevice::Exit,
         BenchDevice::Net,
+        BenchDevice::Ipi,
+        BenchDevice::Smp,
+        BenchDevice::Balloon,
+        BenchDevice::Irq,
+        BenchDevice::Spinlock,
     ];
 
     /// The name on the guest command line (`bench=<name>`) and in reports.
@@ -49,6 +74,29 @@ impl BenchDevice {
             BenchDevice::Clock => Device::Clock,
             BenchDevice::Exit => Device::Exit,
             BenchDevice::Net => Device::Net,
+            BenchDevice::Ipi => Device::Ipi,
+            BenchDevice::Smp => Device::Smp,
+            BenchDevice::Balloon => Device::Balloon,
+            BenchDevice::Irq => Device::Irq,
+            BenchDevice::Spinlock => Device::Spinlock,
+        }
+    }
+
+    /// vCPUs of this device's boots (the spinlock boots set their own, [`super::spinlock`]).
+    pub fn vcpus(self) -> u32 {
+        match self {
+            BenchDevice::Ipi | BenchDevice::Smp => IPI_VCPUS,
+            _ => 1,
+        }
+    }
+
+    /// What each of this device's boots selects (`bench=<selection>`): the device, or for
+    /// SMP (whose APs start once per boot) one boot per variant.
+    pub fn selections(self) -> Vec<String> {
+        match self {
+            BenchDevice::Smp => vec!["smp/init-sipi".into(), "smp/pv-hypercall".into()],
+            BenchDevice::Balloon => vec!["balloon/none".into(), "balloon/pv-hypercall".into()],
+            d => vec![d.name().into()],
         }
     }
 
@@ -60,6 +108,12 @@ impl BenchDevice {
     /// Whether this device's boot needs the NICs (both, on loopback backends).
     pub fn needs_nics(self) -> bool {
         self == BenchDevice::Net
+    }
+
+    /// Whether this device's boot needs the in-kernel irqchip and the interrupt test port
+    /// ([`pvkit_vmm::vm::VmConfig::irq_test`]).
+    pub fn needs_irq_test(self) -> bool {
+        self == BenchDevice::Irq
     }
 
     /// How many cases the guest is expected to run for this device (for the progress bar
@@ -76,6 +130,14 @@ impl BenchDevice {
             BenchDevice::Exit => 1,
             // ne2000 + 4 PV variants × 5 workloads, pv-irq × 3 receive workloads.
             BenchDevice::Net => 28,
+            // x2apic, pv-hypercall × ping-pong, one-to-all.
+            BenchDevice::Ipi => 4,
+            // One variant per boot.
+            BenchDevice::Smp | BenchDevice::Balloon => 1,
+            // x2apic-eoi, pv-eoi, ioapic-eoi, pic-eoi.
+            BenchDevice::Irq => 4,
+            // ticket-spin, pv-spinlock × 2, 4, 8 vCPUs.
+            BenchDevice::Spinlock => 6,
         }
     }
 }
@@ -94,6 +156,11 @@ pub fn bench_device(device: Device) -> BenchDevice {
         Device::Clock => BenchDevice::Clock,
         Device::Exit => BenchDevice::Exit,
         Device::Net => BenchDevice::Net,
+        Device::Ipi => BenchDevice::Ipi,
+        Device::Smp => BenchDevice::Smp,
+        Device::Balloon => BenchDevice::Balloon,
+        Device::Irq => BenchDevice::Irq,
+        Device::Spinlock => BenchDevice::Spinlock,
     }
 }
 
@@ -105,6 +172,11 @@ pub fn device_name(d: Device) -> &'static str {
         Device::Clock => "clock",
         Device::Exit => "exit",
         Device::Net => "net",
+        Device::Ipi => "ipi",
+        Device::Smp => "smp",
+        Device::Balloon => "balloon",
+        Device::Irq => "irq",
+        Device::Spinlock => "spinlock",
     }
 }
 
@@ -123,6 +195,15 @@ pub fn variant_name(v: Variant) -> &'static str {
         Variant::PortOut => "null-port",
         Variant::Ne2000 => "ne2000",
         Variant::PvIrq => "pv-irq",
+        Variant::X2Apic => "x2apic",
+        Variant::InitSipi => "init-sipi",
+        Variant::NoBalloon => "none",
+        Variant::X2apicEoi => "x2apic-eoi",
+        Variant::PvEoi => "pv-eoi",
+        Variant::IoapicEoi => "ioapic-eoi",
+        Variant::PicEoi => "pic-eoi",
+        Variant::TicketSpin => "ticket-spin",
+        Variant::PvSpinlock => "pv-spinlock",
     }
 }
 
@@ -142,22 +223,42 @@ pub fn workload_name(w: Workload) -> &'static str {
         Workload::Rx64 => "rx-64B",
         Workload::Rx1500 => "rx-1500B",
         Workload::UdpEcho64 => "udp-echo-64B",
+        Workload::PingPong => "ping-pong",
+        Workload::OneToAll => "one-to-all",
+        Workload::ApBringUp => "ap-bringup",
+        Workload::Release => "release-MiB",
+        Workload::Interrupt => "interrupt",
+        Workload::Contend2 => "contend-2vcpu",
+        Workload::Contend4 => "contend-4vcpu",
+        Workload::Contend8 => "contend-8vcpu",
     }
 }
 
-/// Emulated (the speedup baseline: UART, ATA PIO, PIT, and the bare null-port exit) or PV.
+/// Emulated (the speedup baseline: UART, ATA PIO, PIT, the x2APIC, INIT-SIPI-SIPI, the
+/// unmodified guest without a balloon, and the bare null-port exit) or PV.
 pub fn kind(v: Variant) -> Kind {
     match v {
-        Variant::Uart | Variant::AtaPio | Variant::Pit | Variant::PortOut | Variant::Ne2000 => {
-            Kind::Emulated
-        }
-        Variant::PvIrq
+        Variant::Uart
+        | Variant::Ne2000
+        | Variant::AtaPio
+        | Variant::Pit
+        | Variant::PortOut
+        | Variant::X2Apic
+        | Variant::InitSipi
+        | Variant::NoBalloon
+        | Variant::X2apicEoi
+        | Variant::IoapicEoi
+        | Variant::PicEoi
+        | Variant::TicketSpin => Kind::Emulated,
+        Variant::PvEoi
+        | Variant::PvIrq
         | Variant::PvHypercall
         | Variant::PvRing
         | Variant::PvEventfd
         | Variant::PvPoll
         | Variant::PvClock
-        | Variant::KvmClock => Kind::Pv,
+        | Variant::KvmClock
+        | Variant::PvSpinlock => Kind::Pv,
     }
 }
 
@@ -174,6 +275,12 @@ pub enum Unit {
     WritesPerSec,
     /// Frames (or UDP round trips) per second.
     PacketsPerSec,
+    /// IPI round trips, one-to-all sends or APs started per second.
+    OpsPerSec,
+    /// Interrupts raised, handled and acknowledged per second.
+    InterruptsPerSec,
+    /// Lock acquisitions per second, all vCPUs together.
+    AcqPerSec,
 }
 
 impl Unit {
@@ -185,6 +292,9 @@ impl Unit {
             Unit::ReadsPerSec => "reads/s",
             Unit::WritesPerSec => "writes/s",
             Unit::PacketsPerSec => "packets/s",
+            Unit::OpsPerSec => "ops/s",
+            Unit::InterruptsPerSec => "interrupts/s",
+            Unit::AcqPerSec => "acquisitions/s",
         }
     }
 
@@ -196,9 +306,13 @@ impl Unit {
         }
         match self {
             Unit::MBps => bytes as f64 / ns * 1e3,
-            Unit::Iops | Unit::ReadsPerSec | Unit::WritesPerSec | Unit::PacketsPerSec => {
-                ops as f64 / ns * 1e9
-            }
+            Unit::Iops
+            | Unit::ReadsPerSec
+            | Unit::WritesPerSec
+            | Unit::PacketsPerSec
+            | Unit::OpsPerSec
+            | Unit::InterruptsPerSec
+            | Unit::AcqPerSec => ops as f64 / ns * 1e9,
         }
     }
 }
@@ -207,9 +321,11 @@ impl Unit {
 /// requests, reads/s for clocks, writes/s for exit round trips (each is one port write).
 pub fn unit(w: Workload) -> Unit {
     match w {
-        Workload::Write64 | Workload::Write4K | Workload::SeqRead1M | Workload::SeqWrite1M => {
-            Unit::MBps
-        }
+        Workload::Write64
+        | Workload::Write4K
+        | Workload::SeqRead1M
+        | Workload::SeqWrite1M
+        | Workload::Release => Unit::MBps,
         Workload::RandRead4K | Workload::RandWrite4K => Unit::Iops,
         Workload::ClockRead => Unit::ReadsPerSec,
         Workload::RoundTrip => Unit::WritesPerSec,
@@ -218,6 +334,9 @@ pub fn unit(w: Workload) -> Unit {
         | Workload::Rx64
         | Workload::Rx1500
         | Workload::UdpEcho64 => Unit::PacketsPerSec,
+        Workload::PingPong | Workload::OneToAll | Workload::ApBringUp => Unit::OpsPerSec,
+        Workload::Interrupt => Unit::InterruptsPerSec,
+        Workload::Contend2 | Workload::Contend4 | Workload::Contend8 => Unit::AcqPerSec,
     }
 }
 

@@ -25,6 +25,8 @@ pub mod pit;
 pub mod pv_block;
 pub mod pv_clock;
 pub mod pv_console;
+#[cfg(feature = "vmm")]
+pub mod pv_ipi;
 pub mod pv_net;
 pub mod pv_ring;
 
@@ -62,6 +64,7 @@ pub fn targets() -> Vec<Target> {
             hypercall_dispatch::run,
             hypercall_dispatch::seeds,
         ),
+        ("pv_ipi", pv_ipi::run, pv_ipi::seeds),
     ]);
     t
 }
@@ -127,6 +130,11 @@ pub fn describe(target: &str, data: &[u8]) -> Option<String> {
                 data,
                 hypercall_dispatch::MAX_OPS
             )
+        ),
+        #[cfg(feature = "vmm")]
+        "pv_ipi" => format!(
+            "{:#?}",
+            d::<pv_ipi::IpiSetup, pv_ipi::IpiOp>(data, pv_ipi::MAX_OPS)
         ),
         _ => return None,
     })

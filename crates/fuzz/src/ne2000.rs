@@ -261,7 +261,124 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("transmit", program(&setup, &transmit)),
         ("ring_wrap_overflow", program(&setup, &ring)),
         ("prom_reset_state", program(&setup, &prom)),
+        ("dma_beyond_ram", program(&setup, &dma_beyond_ram())),
+        ("ring_nonsense", program(&setup, &ring_nonsense())),
+        ("tx_oversize_runt", program(&setup, &tx_oversize_runt())),
+        ("undrained_flood", program(&setup, &undrained_flood())),
     ]
+}
+
+/// `RSAR`/`RBCR` for a remote DMA of `count` bytes at `addr` (page 0).
+fn dma(addr: u16, count: u16) -> [NeOp; 4] {
+    let [a0, a1] = addr.to_le_bytes();
+    let [c0, c1] = count.to_le_bytes();
+    [
+        NeOp::Write(0x0A, c0),
+        NeOp::Write(0x0B, c1),
+        NeOp::Write(0x08, a0),
+        NeOp::Write(0x09, a1),
+    ]
+}
+
+/// The hostile guest's remote DMA: past card RAM, across the top of the 64 KiB space into
+/// the PROM, `RBCR` 0 and 0xFFFF (aborted), a write past RAM, a data write during a read.
+fn dma_beyond_ram() -> Vec<NeOp> {
+    let mut ops = vec![NeOp::Write(0x0E, 0x48)];
+    ops.extend(dma(0x8000, 8));
+    ops.extend([NeOp::Command(0x0A), NeOp::DataRead(8), NeOp::Read(0x07, 1)]);
+    ops.extend(dma(0xFFFE, 4));
+    ops.extend([NeOp::Command(0x0A), NeOp::DataRead(4)]);
+    ops.extend(dma(0x4000, 0));
+    ops.extend([NeOp::Command(0x0A), NeOp::DataRead(2)]);
+    ops.extend(dma(0x4000, 0xFFFF));
+    ops.extend([
+        NeOp::Command(0x0A),
+        NeOp::DataRead(64),
+        NeOp::Command(0x22),
+        NeOp::DataRead(1),
+    ]);
+    ops.extend(dma(0xC000, 4));
+    ops.extend([NeOp::Command(0x12), NeOp::DataWrite(4, 0x11)]);
+    ops.extend(dma(0x4100, 4));
+    ops.extend([
+        NeOp::Command(0x0A),
+        NeOp::DataWrite(1, 0x99),
+        NeOp::DataRead(4),
+    ]);
+    ops
+}
+
+/// Ring registers a driver never writes, each followed by a frame from the host: start
+/// after stop, an empty ring, `CURR` and `BNRY` outside the ring, a ring past card RAM.
+fn ring_nonsense() -> Vec<NeOp> {
+    let mut ops = Vec::new();
+    for (pstart, pstop, bnry, curr) in [
+        (0x80u8, 0x46u8, 0x50u8, 0x51u8),
+        (0x50, 0x50, 0x50, 0x50),
+        (0x46, 0x80, 0x46, 0x20),
+        (0x46, 0x80, 0xFF, 0x47),
+        (0x46, 0xFF, 0x46, 0xF0),
+    ] {
+        ops.extend([
+            NeOp::Command(0x21),
+            NeOp::Write(0x01, pstart),
+            NeOp::Write(0x02, pstop),
+            NeOp::Write(0x03, bnry),
+            NeOp::Command(0x61),
+            NeOp::Write(0x07, curr),
+            NeOp::Command(0x22),
+            NeOp::Receive(60, Dst::Broadcast, pstart),
+            NeOp::Read(0x07, 1),
+        ]);
+    }
+    ops
+}
+
+/// Transmits of 0xFFFF, 1515, 0 and 10 bytes, and one from a page past card RAM.
+fn tx_oversize_runt() -> Vec<NeOp> {
+    let mut ops = Vec::new();
+    for (page, len) in [
+        (0x40u8, 0xFFFFu16),
+        (0x40, 1515),
+        (0x40, 0),
+        (0x40, 10),
+        (0xF0, 60),
+    ] {
+        let [l0, l1] = len.to_le_bytes();
+        ops.extend([
+            NeOp::Write(0x04, page),
+            NeOp::Write(0x05, l0),
+            NeOp::Write(0x06, l1),
+            NeOp::Command(0x26),
+            NeOp::Read(0x04, 1),
+            NeOp::Write(0x07, 0xFF),
+            NeOp::TakeTx,
+        ]);
+    }
+    ops
+}
+
+/// A 4-page ring the guest never drains, flooded by the host; then `BNRY` moves once.
+fn undrained_flood() -> Vec<NeOp> {
+    let mut ops = vec![
+        NeOp::Command(0x21),
+        NeOp::Write(0x01, 0x46),
+        NeOp::Write(0x02, 0x4A),
+        NeOp::Write(0x03, 0x46),
+        NeOp::Command(0x61),
+        NeOp::Write(0x07, 0x47),
+        NeOp::Command(0x22),
+    ];
+    for i in 0..12u8 {
+        ops.push(NeOp::Receive(60 + u16::from(i), Dst::Mine, i));
+    }
+    ops.extend([
+        NeOp::Read(0x0F, 1),
+        NeOp::Write(0x03, 0x48),
+        NeOp::Receive(200, Dst::Mine, 0xAA),
+        NeOp::Receive(1514, Dst::Mine, 0xBB),
+    ]);
+    ops
 }
 
 #[cfg(test)]

@@ -53,6 +53,36 @@ pub enum NetOp {
     ServiceRx,
 }
 
+crate::encode_enum!(NetOp, 9;
+    NetOp::Send(a, l) => 0 [a, l],
+    NetOp::TxReq(a, l, id) => 1 [a, l, id],
+    NetOp::RxReq(a, c, id) => 2 [a, c, id],
+    NetOp::Publish(t) => 3 [t],
+    NetOp::Corrupt(t, v) => 4 [t, v],
+    NetOp::PushRx(l) => 5 [l],
+    NetOp::Pull(n, l) => 6 [n, l],
+    NetOp::ServiceTx => 7 [],
+    NetOp::ServiceRx => 8 [],
+);
+
+/// `addr()` inputs: inside RAM at `offset`, `back` bytes before its end, far outside it.
+const fn in_ram(offset: u32) -> u32 {
+    offset
+}
+const fn near_end(back: u32) -> u32 {
+    0x8000_0000 | back
+}
+const FAR: u32 = 0xC000_0001;
+
+/// Encodes an operation sequence (this harness has no setup).
+fn encode(ops: &[NetOp]) -> Vec<u8> {
+    let mut e = crate::enc::Enc::new();
+    for op in ops {
+        crate::enc::Encode::encode(op, &mut e);
+    }
+    e.finish()
+}
+
 fn addr(a: u32) -> u64 {
     // Mostly inside RAM, sometimes just past it or far away.
     match a >> 30 {
@@ -204,6 +234,83 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("flood", vec![6, 0, 64, 0, 6, 0, 64, 0, 8]),
         ("corrupt", vec![4, 1, 0xff, 0, 0, 0, 7, 4, 0, 9, 0, 0, 0, 8]),
+        ("tx_bad_descriptors", encode(&tx_bad_descriptors())),
+        ("rx_bad_buffers", encode(&rx_bad_buffers())),
+        ("rx_never_drained", encode(&rx_never_drained())),
+        ("corrupt_both_indices", encode(&corrupt_both_indices())),
+        ("host_oversize", encode(&host_oversize())),
+    ]
+}
+
+/// Transmit descriptors over 1514 bytes, under 14, and outside RAM, around a valid one.
+fn tx_bad_descriptors() -> Vec<NetOp> {
+    vec![
+        NetOp::TxReq(in_ram(0x8000), 1515, 1),
+        NetOp::TxReq(in_ram(0x8000), u16::MAX, 2),
+        NetOp::TxReq(in_ram(0x8000), 0, 3),
+        NetOp::TxReq(in_ram(0x8000), 13, 4),
+        NetOp::TxReq(near_end(30), 60, 5),
+        NetOp::TxReq(FAR, 60, 6),
+        NetOp::TxReq(in_ram(0x8000), 60, 7),
+        NetOp::Publish(true),
+        NetOp::ServiceTx,
+        NetOp::Send(near_end(10), 60),
+        NetOp::Send(in_ram(0x9000), 1514),
+    ]
+}
+
+/// Receive buffers outside RAM, straddling its end, and too small, then frames for them.
+fn rx_bad_buffers() -> Vec<NetOp> {
+    vec![
+        NetOp::RxReq(near_end(10), 1514, 1),
+        NetOp::RxReq(FAR, 1514, 2),
+        NetOp::RxReq(in_ram(0x8000), 10, 3),
+        NetOp::RxReq(in_ram(0x9000), 1514, 4),
+        NetOp::Publish(false),
+        NetOp::PushRx(60),
+        NetOp::PushRx(1514),
+        NetOp::PushRx(100),
+        NetOp::PushRx(64),
+        NetOp::ServiceRx,
+    ]
+}
+
+/// A source without end and no receive buffers: the wait queue fills, the rest drops.
+fn rx_never_drained() -> Vec<NetOp> {
+    let mut ops = vec![NetOp::Pull(0, 60); 4];
+    ops.extend([NetOp::ServiceRx, NetOp::Pull(0, 1514), NetOp::ServiceRx]);
+    ops
+}
+
+/// Both rings' `req_prod` far ahead and wrapped behind; the synchronous send still works.
+fn corrupt_both_indices() -> Vec<NetOp> {
+    vec![
+        NetOp::TxReq(in_ram(0x8000), 60, 1),
+        NetOp::Publish(true),
+        NetOp::Corrupt(true, 1000),
+        NetOp::ServiceTx,
+        NetOp::ServiceTx,
+        NetOp::RxReq(in_ram(0x9000), 1514, 2),
+        NetOp::Publish(false),
+        NetOp::Corrupt(false, u32::MAX),
+        NetOp::PushRx(60),
+        NetOp::ServiceRx,
+        NetOp::Send(in_ram(0x8000), 60),
+    ]
+}
+
+/// Frames over the MTU from the host side, handed in and claimed by a source.
+fn host_oversize() -> Vec<NetOp> {
+    vec![
+        NetOp::RxReq(in_ram(0x9000), 1514, 1),
+        NetOp::Publish(false),
+        NetOp::PushRx(1515),
+        NetOp::PushRx(9000),
+        NetOp::PushRx(u16::MAX),
+        NetOp::Pull(4, 4000),
+        NetOp::Pull(2, 1515),
+        NetOp::PushRx(13),
+        NetOp::ServiceRx,
     ]
 }
 
@@ -215,6 +322,23 @@ mod tests {
     fn seeds_pass() {
         for (_, bytes) in seeds() {
             run(&bytes);
+        }
+    }
+
+    #[test]
+    fn structured_seeds_decode_to_their_operations() {
+        for ops in [
+            tx_bad_descriptors(),
+            rx_bad_buffers(),
+            rx_never_drained(),
+            corrupt_both_indices(),
+            host_oversize(),
+        ] {
+            let bytes = encode(&ops);
+            let mut u = Unstructured::new(&bytes);
+            let mut got = Vec::new();
+            crate::for_each_op(&mut u, MAX_OPS, |op: NetOp| got.push(op));
+            assert_eq!(got, ops);
         }
     }
 }

@@ -29,6 +29,8 @@
 //! - `rt` (feature `runtime`): a guest runtime — entry macro (`entry!`), guarded boot
 //!   stack, GDT/TSS/IDT reporting every exception, panic handler, `print!`/`println!`,
 //!   and with feature `heap` a global allocator;
+//! - [`pvh`]: the PVH entry note and 32-bit trampoline ([`pvh_entry!`]), so the same ELF
+//!   boots with `qemu-system-x86_64 -kernel`, and `isa-debug-exit` for the exit code;
 //! - [`Aligned4K`]: 4 KiB-aligned memory for rings and shared pages, usable in a `static`.
 //!
 //! Nothing here allocates, and nothing here assumes a particular kernel layout. The crate
@@ -62,9 +64,12 @@ pub mod ne2000;
 pub mod pit;
 pub mod port;
 pub mod pv_net;
+pub mod pvh;
 pub mod ring;
 #[cfg(all(feature = "runtime", target_arch = "x86_64"))]
 pub mod rt;
+pub mod spinlock;
+pub mod steal;
 #[cfg(target_arch = "x86_64")]
 pub mod tsc;
 pub mod uart16550;

@@ -37,6 +37,8 @@ pub mod backend;
 mod ifconfig;
 pub mod loopback;
 pub mod netns;
+#[cfg(feature = "test-utils")]
+pub mod ping;
 pub mod tap;
 
 pub use backend::{

@@ -7,13 +7,13 @@
 //! skip with a note, except under `CI=true`, where they fail.
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use pvkit_net::loopback::{Responder, ResponderConfig};
 use pvkit_net::netns::{NetNs, NetNsError, NETNS_RUN_DIR};
+use pvkit_net::ping::Pinger;
 use pvkit_net::tap::{TapBackend, TapConfig, TapError};
 use pvkit_net::{DropReason, NetBackend, TxOutcome, MAX_FRAME_LEN};
 
@@ -168,23 +168,6 @@ fn udp_datagram_from_the_host_stack_is_echoed_back_through_tap() {
     assert_eq!(c.dropped(), 0);
 }
 
-/// An ICMP echo request built independently of the responder (RFC 792 layout).
-fn echo_request(ident: u16, seq: u16, data: &[u8]) -> Vec<u8> {
-    let mut p = vec![8, 0, 0, 0];
-    p.extend_from_slice(&ident.to_be_bytes());
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(data);
-    let mut sum: u32 = p
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    p[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    p
-}
-
 #[test]
 fn host_pings_the_guest_through_tap_and_gets_the_reply() {
     let Some(mut net) = setup() else { return };
@@ -194,70 +177,11 @@ fn host_pings_the_guest_through_tap_and_gets_the_reply() {
     let (seen, got) = std::thread::scope(|s| {
         let client = s.spawn(|| {
             let r = ns.run_in(|| -> std::io::Result<Vec<u8>> {
-                // SAFETY: socket(2) with constant arguments; checked before use.
-                let fd = unsafe {
-                    libc::socket(
-                        libc::AF_INET,
-                        libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                        libc::IPPROTO_ICMP,
-                    )
-                };
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // SAFETY: a fresh descriptor owned by nothing else.
-                let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-                let req = echo_request(0x7076, 1, b"pvkit ping payload");
-                let dst = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as u16,
-                    sin_port: 0,
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from_ne_bytes(guest_ip.octets()),
-                    },
-                    sin_zero: [0; 8],
-                };
-                // SAFETY: sendto(2) with a live buffer and a valid sockaddr_in of the given size.
-                let n = unsafe {
-                    libc::sendto(
-                        sock.as_raw_fd(),
-                        req.as_ptr().cast(),
-                        req.len(),
-                        0,
-                        (&dst as *const libc::sockaddr_in).cast(),
-                        size_of::<libc::sockaddr_in>() as u32,
-                    )
-                };
-                assert_eq!(n, req.len() as isize, "{}", std::io::Error::last_os_error());
-                let start = Instant::now();
-                while start.elapsed() < DEADLINE {
-                    poll_readable(sock.as_raw_fd(), 100);
-                    let mut b = [0u8; 2048];
-                    // SAFETY: recv(2) into a live buffer of the given length, non-blocking.
-                    let n = unsafe {
-                        libc::recv(
-                            sock.as_raw_fd(),
-                            b.as_mut_ptr().cast(),
-                            b.len(),
-                            libc::MSG_DONTWAIT,
-                        )
-                    };
-                    if n <= 0 {
-                        continue;
-                    }
-                    let pkt = b[..n as usize].to_vec();
-                    let ihl = usize::from(pkt[0] & 0xf) * 4;
-                    // An echo reply (type 0) with our identifier and sequence.
-                    if pkt[12..16] == guest_ip.octets()
-                        && pkt[ihl] == 0
-                        && pkt[ihl + 4..ihl + 8] == [0x70, 0x76, 0, 1]
-                    {
-                        return Ok(pkt[ihl + 8..].to_vec());
-                    }
-                }
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "no echo reply",
-                ))
+                let p = Pinger::new()?;
+                p.ping(guest_ip, 0x7076, 1, b"pvkit ping payload", DEADLINE)?
+                    .ok_or_else(|| {
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "no echo reply")
+                    })
             });
             done.store(true, Ordering::Release);
             r

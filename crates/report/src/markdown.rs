@@ -231,9 +231,11 @@ fn exits_by_kind(report: &Report, out: &mut String) -> fmt::Result {
         .into_iter()
         .flat_map(|d| report.workload_groups(d))
         .filter(|g| {
-            g.cases
-                .iter()
-                .any(|c| !c.exits_by_kind.is_empty() || c.in_kernel_notifications_per_op != 0.0)
+            g.cases.iter().any(|c| {
+                !c.exits_by_kind.is_empty()
+                    || c.in_kernel_notifications_per_op != 0.0
+                    || !c.kernel_exits_per_op.is_empty()
+            })
         })
         .collect();
     if groups.is_empty() {
@@ -302,6 +304,21 @@ fn exits_by_kind(report: &Report, out: &mut String) -> fmt::Result {
         row(out, "*in-kernel notifications*", "0", &|c: &Case| {
             c.in_kernel_notifications_per_op
         })?;
+        // KVM's own counters (all exits, including those handled in the kernel), where
+        // the platform offers them.
+        let mut counters: Vec<&str> = Vec::new();
+        for case in &group.cases {
+            for name in case.kernel_exits_per_op.keys() {
+                if !counters.contains(&name.as_str()) {
+                    counters.push(name);
+                }
+            }
+        }
+        for name in &counters {
+            row(out, &format!("*KVM `{}`*", cell(name)), "0", &|c: &Case| {
+                c.kernel_exits_per_op.get(*name).copied().unwrap_or(0.0)
+            })?;
+        }
         writeln!(out)?;
     }
     Ok(())

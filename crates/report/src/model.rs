@@ -136,6 +136,12 @@ pub struct Case {
     /// Notifications handled inside the kernel (ioeventfd/irqfd) per operation.
     #[serde(deserialize_with = "de_f64_or_nan")]
     pub in_kernel_notifications_per_op: f64,
+    /// The kernel's own per-vCPU counters per operation (KVM's binary statistics, e.g.
+    /// `"exits"`: every exit from the guest including those KVM handled without returning
+    /// to userspace; `"irq_injections"`, `"halt_exits"`). Empty where the platform does not
+    /// offer them (`KVM_GET_STATS_FD`).
+    #[serde(default, deserialize_with = "de_f64_map_or_nan")]
+    pub kernel_exits_per_op: BTreeMap<String, f64>,
     /// Guest TSC cycles of the timed loop divided by [`Case::ops`]: the throughput cost of
     /// one operation, measured with no per-operation time read.
     #[serde(default = "nan", deserialize_with = "de_f64_or_nan")]

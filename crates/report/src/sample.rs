@@ -259,6 +259,7 @@ fn measured(spec: Spec<'_>) -> Case {
         userspace_exits_per_op: exits_by_kind.values().fold(0.0, |a, b| a + b),
         exits_by_kind,
         in_kernel_notifications_per_op: spec.notifications,
+        kernel_exits_per_op: BTreeMap::new(),
         guest_cycles_per_op: (spec.ns * cycles_per_ns * 0.97).round(),
         guest_cycles_per_op_median: (spec.ns * cycles_per_ns * 0.93).round(),
         guest_cycles_per_op_p99: (spec.ns * cycles_per_ns * 1.7).round(),

@@ -77,16 +77,16 @@
 //! bytes moved (`SAMPLE_VERIFIED`; otherwise `SAMPLE_FAILED` and the case stops). After
 //! the phase of a write case (unbilled), the disk is flushed and the flush checked too.
 
+use super::ring_pass::{drive, BatchSamples, RingPass};
 use super::{begin, case, end, latency_ops, Outcome, Runner, Samples, Scratch, RING_VARIANTS};
 use crate::statics::{Exclusive, Pages};
-use crate::user;
 use pvkit_abi::bench::{
     CaseId, Device, OpRecord, Variant, Workload, MAX_OP_LOG, OP_READ, OP_WRITE,
     SAMPLE_LATENCY_PASS, SAMPLE_RING3,
 };
 use pvkit_abi::block::{BlockOp, BlockRequest, SECTOR_SIZE};
 use pvkit_abi::cpuid::Features;
-use pvkit_abi::ring::BLOCK_QUEUE;
+use pvkit_abi::ring::{QueueId, BLOCK_QUEUE};
 use pvkit_abi::Status;
 use pvkit_guest::addr::virt_to_phys;
 use pvkit_guest::ata::Ata;
@@ -646,15 +646,10 @@ struct RingLoop {
     len: u64,
     /// Ring time-out in TSC cycles.
     timeout: u64,
-    /// Where the latency pass records cycles per request, one entry per batch (null, with
-    /// `max_samples` 0, in the timed loop: no time read per batch).
-    samples: *mut u64,
-    max_samples: usize,
-    n_samples: usize,
+    /// The latency pass's samples ([`BatchSamples::NONE`] in the timed loop).
+    samples: BatchSamples,
     /// Requests of the batch published and not yet answered (0: none).
     in_flight: u64,
-    /// The TSC when the batch in flight started (latency pass).
-    batch_start: u64,
     /// TSC cycles spent in [`ring_loop`] (summed over its calls).
     cycles: u64,
     failed: bool,
@@ -667,10 +662,11 @@ struct RingLoop {
 /// The batches of a ring pass, until `ops` are done, one fails, or (in ring 3) the host
 /// wants a doorbell. Per batch: fill the slots from the plan ([`fill`]), commit, publish,
 /// ring if asked (ring 0), spin until every response is in, check them all with one `or`
-/// chain, and in the latency pass (`max_samples` > 0) record the cycles per request. `arg` is the address of a [`RingLoop`].
+/// chain, and in the latency pass record the cycles per request ([`BatchSamples`]). `arg`
+/// is the address of a [`RingLoop`].
 ///
-/// The same function runs in ring 0 and, called through [`user::call`], in ring 3: there
-/// it uses no port I/O and touches only the ring, the plan, the samples and the
+/// The same function runs in ring 0 and, called through [`crate::user::call`], in ring 3:
+/// there it uses no port I/O and touches only the ring, the plan, the samples and the
 /// `RingLoop` (all in the user-accessible identity map). A doorbell the host asks for (it
 /// never does while it polls) is left to ring 0: the loop returns with `kick` set and the
 /// batch in flight, and ring 0 rings and calls it again.
@@ -680,18 +676,17 @@ extern "C" fn ring_loop(arg: u64) -> u64 {
     let l = unsafe { &mut *(arg as *mut RingLoop) };
     // SAFETY: `l.ring` points to the `BlockRing` `ring_cases` borrows mutably for the case
     // and does not use during this call; `l.plan` to `l.n` records of the op log, which
-    // nothing writes during the phase; `l.samples` to `l.max_samples` entries.
+    // nothing writes during the phase.
     let (ring, plan) = unsafe { (&mut *l.ring, core::slice::from_raw_parts(l.plan, l.n)) };
     // The loop state lives in registers (where ring 0 is interpreted, every load and
     // store of `l` costs), and goes back into `l` on return.
     let (ops, depth, how, len, timeout) = (l.ops, l.queue_depth, l.how, l.len, l.timeout);
-    let (mut done, mut k, mut failed, mut n_samples) = (l.done, l.k, l.failed, l.n_samples);
+    let (mut done, mut k, mut failed, mut samples) = (l.done, l.k, l.failed, l.samples);
     let mut in_flight = l.in_flight;
-    let sampled = l.max_samples != 0;
     let start = rdtsc();
     // Latency pass: one `rdtsc` per batch; a batch's sample runs from the end of the one
     // before (or the start of this call) to its own end.
-    let mut batch_start = if in_flight == 0 { start } else { l.batch_start };
+    samples.resume(in_flight, start);
     let mut kick_needed = false;
     loop {
         if in_flight == 0 {
@@ -738,19 +733,7 @@ extern "C" fn ring_loop(arg: u64) -> u64 {
         let waited = ring.wait(timeout, |rsp| {
             bad |= rsp.status as u64 | (rsp.bytes ^ len);
         });
-        if sampled {
-            let now = rdtsc();
-            if n_samples < l.max_samples {
-                // SAFETY: `n_samples < max_samples`: inside the scratch samples.
-                unsafe {
-                    l.samples
-                        .add(n_samples)
-                        .write((now - batch_start) / in_flight)
-                };
-                n_samples += 1;
-            }
-            batch_start = now;
-        }
+        samples.batch_done(in_flight);
         if bad != 0 || waited.is_err() {
             failed = true;
         } else {
@@ -759,24 +742,21 @@ extern "C" fn ring_loop(arg: u64) -> u64 {
         in_flight = 0;
     }
     l.cycles += rdtsc() - start;
-    (l.done, l.k, l.failed, l.n_samples) = (done, k, failed, n_samples);
-    (l.in_flight, l.batch_start, l.kick) = (in_flight, batch_start, kick_needed);
+    (l.done, l.k, l.failed, l.samples) = (done, k, failed, samples);
+    (l.in_flight, l.kick) = (in_flight, kick_needed);
     0
 }
 
-/// Runs [`ring_loop`] over `l` to the end, in ring 3 if `l.user`, ringing the doorbell from
-/// ring 0 whenever the loop asks for it.
-fn drive(l: &mut RingLoop) {
-    loop {
-        if l.user {
-            user::call(ring_loop, &raw mut *l as u64);
-        } else {
-            ring_loop(&raw mut *l as u64);
-        }
-        if !l.kick {
-            break;
-        }
-        kick(BLOCK_QUEUE);
+impl RingPass for RingLoop {
+    const BODY: extern "C" fn(u64) -> u64 = ring_loop;
+    const QUEUE: QueueId = BLOCK_QUEUE;
+
+    fn user(&self) -> bool {
+        self.user
+    }
+
+    fn wants_kick(&self) -> bool {
+        self.kick
     }
 }
 
@@ -831,11 +811,8 @@ impl RingCase<'_> {
             how,
             len: w.len as u64,
             timeout: self.timeout,
-            samples: core::ptr::null_mut(),
-            max_samples: 0,
-            n_samples: 0,
+            samples: BatchSamples::NONE,
             in_flight: 0,
-            batch_start: 0,
             cycles: 0,
             failed: false,
             user: self.user,
@@ -894,10 +871,9 @@ fn ring_cases(
         // The latency pass: as many operations, each batch timed, not logged (the logged
         // ones come later and decide what the host compares).
         let (mut lat, _) = c.pass(ring, log, ops);
-        lat.samples = samples.as_mut_ptr();
-        lat.max_samples = samples.capacity();
+        lat.samples = BatchSamples::into(&mut samples);
         drive(&mut lat);
-        samples.set_len(lat.n_samples);
+        samples.set_len(lat.samples.n);
         if lat.failed || lat.done != ops {
             r.fail_setup(id, format_args!("the latency pass failed"), scratch);
             continue;

@@ -24,13 +24,13 @@
 //! Checks: every PV write (both passes) must return OK with all bytes written (else
 //! `SAMPLE_FAILED`; all OK gives `SAMPLE_VERIFIED`). The UART has nothing to check.
 
+use super::ring_pass::{drive, BatchSamples, RingPass};
 use super::{begin, case, end, latency_ops, Outcome, Runner, Scratch, RING_VARIANTS};
 use crate::statics::{Exclusive, Pages};
-use crate::user;
 use pvkit_abi::bench::{Device, Variant, Workload, SAMPLE_LATENCY_PASS, SAMPLE_RING3};
 use pvkit_abi::cpuid::Features;
 use pvkit_abi::ports::COM1;
-use pvkit_abi::ring::{Transport, CONSOLE_QUEUE};
+use pvkit_abi::ring::{QueueId, Transport, CONSOLE_QUEUE};
 use pvkit_guest::console_ring::ConsoleRing;
 use pvkit_guest::ring::kick;
 use pvkit_guest::tsc::rdtsc;
@@ -198,10 +198,9 @@ fn ring(
         let mut samples = scratch.samples();
         // The latency pass: as many writes of the filler, each batch timed.
         let mut lat = RingLoop::new(&raw mut ring, &FILLER[..len], ops, timeout, user);
-        lat.samples = samples.as_mut_ptr();
-        lat.max_samples = samples.capacity();
+        lat.samples = BatchSamples::into(&mut samples);
         drive(&mut lat);
-        samples.set_len(lat.n_samples);
+        samples.set_len(lat.samples.n);
         if lat.failed || lat.done != ops {
             r.fail_setup(id, format_args!("the latency pass failed"), scratch);
             continue;
@@ -227,19 +226,16 @@ fn ring(
     }
 }
 
-/// Runs [`ring_loop`] over `l` to the end, in ring 3 if `l.user`, ringing the doorbell from
-/// ring 0 whenever the loop asks for it.
-fn drive(l: &mut RingLoop) {
-    loop {
-        if l.user {
-            user::call(ring_loop, &raw mut *l as u64);
-        } else {
-            ring_loop(&raw mut *l as u64);
-        }
-        if !l.kick {
-            break;
-        }
-        kick(CONSOLE_QUEUE);
+impl RingPass for RingLoop {
+    const BODY: extern "C" fn(u64) -> u64 = ring_loop;
+    const QUEUE: QueueId = CONSOLE_QUEUE;
+
+    fn user(&self) -> bool {
+        self.user
+    }
+
+    fn wants_kick(&self) -> bool {
+        self.kick
     }
 }
 
@@ -253,15 +249,10 @@ struct RingLoop {
     done: u64,
     /// Ring time-out in TSC cycles.
     timeout: u64,
-    /// Where the latency pass records cycles per write, one entry per batch (null, with
-    /// `max_samples` 0, in the timed loop: no time read per batch).
-    samples: *mut u64,
-    max_samples: usize,
-    n_samples: usize,
+    /// The latency pass's samples ([`BatchSamples::NONE`] in the timed loop).
+    samples: BatchSamples,
     /// Writes of the batch published and not yet answered (0: none).
     in_flight: u64,
-    /// The TSC when the batch in flight started (latency pass).
-    batch_start: u64,
     /// TSC cycles spent in [`ring_loop`] (summed over its calls).
     cycles: u64,
     failed: bool,
@@ -286,11 +277,8 @@ impl RingLoop {
             ops,
             done: 0,
             timeout,
-            samples: core::ptr::null_mut(),
-            max_samples: 0,
-            n_samples: 0,
+            samples: BatchSamples::NONE,
             in_flight: 0,
-            batch_start: 0,
             cycles: 0,
             failed: false,
             user,
@@ -301,8 +289,8 @@ impl RingLoop {
 
 /// The batches of a console ring pass: queue up to [`QUEUE_DEPTH`] writes of `bytes`,
 /// publish, ring if asked (ring 0; from ring 3, return with `kick` set and the batch in
-/// flight), wait for every response and check it; in the latency pass (`max_samples` >
-/// 0), record the cycles per write of each batch. Stops after `ops` writes or the first
+/// flight), wait for every response and check it; in the latency pass, record the cycles
+/// per write of each batch ([`BatchSamples`]). Stops after `ops` writes or the first
 /// failed batch. `arg` is the address of a [`RingLoop`]. Runs in either ring: no port I/O
 /// in ring 3.
 extern "C" fn ring_loop(arg: u64) -> u64 {
@@ -313,14 +301,13 @@ extern "C" fn ring_loop(arg: u64) -> u64 {
     let ring = unsafe { &mut *l.ring };
     // The loop state lives in registers and goes back into `l` on return.
     let (bytes, ops, timeout) = (l.bytes, l.ops, l.timeout);
-    let (mut done, mut failed, mut n_samples) = (l.done, l.failed, l.n_samples);
+    let (mut done, mut failed, mut samples) = (l.done, l.failed, l.samples);
     let mut in_flight = l.in_flight;
-    let sampled = l.max_samples != 0;
     let len = bytes.len() as u64;
     let start = rdtsc();
     // Latency pass: one `rdtsc` per batch; a batch's sample runs from the end of the one
     // before (or the start of this call) to its own end.
-    let mut batch_start = if in_flight == 0 { start } else { l.batch_start };
+    samples.resume(in_flight, start);
     let mut kick_needed = false;
     loop {
         if in_flight == 0 {
@@ -344,19 +331,7 @@ extern "C" fn ring_loop(arg: u64) -> u64 {
         let waited = ring.wait(timeout, |rsp| {
             bad |= rsp.status as u64 | (u64::from(rsp.written) ^ len);
         });
-        if sampled {
-            let now = rdtsc();
-            if n_samples < l.max_samples {
-                // SAFETY: `n_samples < max_samples`: inside the scratch samples.
-                unsafe {
-                    l.samples
-                        .add(n_samples)
-                        .write((now - batch_start) / in_flight)
-                };
-                n_samples += 1;
-            }
-            batch_start = now;
-        }
+        samples.batch_done(in_flight);
         failed |= bad != 0 || waited.is_err();
         // As before: a batch counts once waited for (the host's console check then sees
         // every byte it reports).
@@ -364,7 +339,7 @@ extern "C" fn ring_loop(arg: u64) -> u64 {
         in_flight = 0;
     }
     l.cycles += rdtsc() - start;
-    (l.done, l.failed, l.n_samples) = (done, failed, n_samples);
-    (l.in_flight, l.batch_start, l.kick) = (in_flight, batch_start, kick_needed);
+    (l.done, l.failed, l.samples) = (done, failed, samples);
+    (l.in_flight, l.kick) = (in_flight, kick_needed);
     0
 }

@@ -4,7 +4,8 @@
 //! # Command line
 //!
 //! `bench=<list> [quick] [ops=N]`, where `<list>` is `all` or a comma-separated list of
-//! items, each a device (`console`, `block`, `clock`, `exit`, `net`: all its variants) or a
+//! items, each a device (`console`, `block`, `clock`, `exit`, `net`, `ipi`, `smp`, `balloon`,
+//! `irq`: all its variants) or a
 //! `device/variant` pair with the variant names below (e.g. `block/ata-pio,clock/pit`).
 //! `quick` selects the small counts below; `ops=N` (N ≥ 1) sets the operation count of
 //! every case. Cases run in the fixed order of the table, whatever the order of the list;
@@ -19,6 +20,10 @@
 //! | clock | `pit` / `pv-clock`, `kvmclock` | `ClockRead` | 500 / 100 000 | 50 / 10 000 |
 //! | exit | `port-out` | `RoundTrip` | 1000 | 100 |
 //! | net | `ne2000`, `pv-hypercall`, `pv-ring`, `pv-ioeventfd`, `pv-poll`, `pv-irq` | `Tx64`, `Tx1500`, `Rx64`, `Rx1500`, `UdpEcho64` | see [`net`] | see [`net`] |
+//! | ipi | `x2apic`, `pv-hypercall` | `PingPong`, `OneToAll` ([`ipi`]; 4 CPUs) | 200 | 20 |
+//! | smp | `init-sipi` / `pv-hypercall` (one per boot) | `ApBringUp` ([`smp`]; 4 CPUs) | 3 APs | 3 APs |
+//! | balloon | `none` / `pv-hypercall` (one per boot) | `Release` ([`balloon`]; an op is 1 MiB) | 256 MiB | 64 MiB |
+//! | irq | `x2apic-eoi`, `pv-eoi`, `ioapic-eoi`, `pic-eoi` | `Interrupt` | 1000 | 100 |
 //!
 //! # Protocol of one case
 //!
@@ -63,11 +68,16 @@
 //!
 //! After the last case the kernel exits 0, or 1 if any case failed.
 
+mod balloon;
 mod block;
 mod clock;
 mod console;
 mod exit;
+mod ipi;
+mod irq;
 mod net;
+mod ring_pass;
+mod smp;
 
 use crate::cmdline::Bench;
 use crate::statics::Exclusive;
@@ -83,10 +93,10 @@ use pvkit_guest::{addr::virt_to_phys, hypercall, tsc::rdtsc};
 
 /// The variants `bench=` selects: per device, a bit per [`Variant`] (bit = wire number).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Selection([u16; 5]);
+pub struct Selection([u64; 9]);
 
 /// The devices in run order, with their variants.
-const DEVICES: [(Device, &[Variant]); 5] = [
+const DEVICES: [(Device, &[Variant]); 9] = [
     (
         Device::Console,
         &[
@@ -123,6 +133,18 @@ const DEVICES: [(Device, &[Variant]); 5] = [
             Variant::PvIrq,
         ],
     ),
+    (Device::Ipi, &[Variant::X2Apic, Variant::PvHypercall]),
+    (Device::Smp, &[Variant::InitSipi, Variant::PvHypercall]),
+    (Device::Balloon, &[Variant::NoBalloon, Variant::PvHypercall]),
+    (
+        Device::Irq,
+        &[
+            Variant::X2apicEoi,
+            Variant::PvEoi,
+            Variant::IoapicEoi,
+            Variant::PicEoi,
+        ],
+    ),
 ];
 
 impl Selection {
@@ -142,7 +164,7 @@ impl Selection {
                 }
                 for &v in variants {
                     if var.is_none_or(|name| name == variant_name(v)) {
-                        sel.0[i] |= 1 << v as u16;
+                        sel.0[i] |= 1 << v as u64;
                         found = true;
                     }
                 }
@@ -161,10 +183,10 @@ impl Selection {
 
     /// Whether `variant` of `device` is selected.
     pub fn has(&self, device: Device, variant: Variant) -> bool {
-        self.mask(device) & 1 << variant as u16 != 0
+        self.mask(device) & 1 << variant as u64 != 0
     }
 
-    fn mask(&self, device: Device) -> u16 {
+    fn mask(&self, device: Device) -> u64 {
         DEVICES
             .iter()
             .position(|&(d, _)| d == device)
@@ -466,6 +488,18 @@ pub fn run(args: &Bench, boot: &BootInfo) -> ! {
     if args.selection.any(Device::Net) {
         net::run(&mut r, scratch);
     }
+    if args.selection.any(Device::Ipi) {
+        ipi::run(&mut r, scratch, boot);
+    }
+    if args.selection.any(Device::Smp) {
+        smp::run(&mut r, scratch, boot);
+    }
+    if args.selection.any(Device::Balloon) {
+        balloon::run(&mut r, scratch, boot);
+    }
+    if args.selection.any(Device::Irq) {
+        irq::run(&mut r, scratch);
+    }
     println!(
         "bench done: {} passed, {} failed, {} skipped",
         r.passed, r.failed, r.skipped
@@ -481,6 +515,11 @@ pub const fn device_name(device: Device) -> &'static str {
         Device::Clock => "clock",
         Device::Exit => "exit",
         Device::Net => "net",
+        Device::Ipi => "ipi",
+        Device::Smp => "smp",
+        Device::Balloon => "balloon",
+        Device::Irq => "irq",
+        Device::Spinlock => "spinlock",
     }
 }
 
@@ -499,6 +538,15 @@ pub const fn variant_name(variant: Variant) -> &'static str {
         Variant::PortOut => "port-out",
         Variant::Ne2000 => "ne2000",
         Variant::PvIrq => "pv-irq",
+        Variant::X2Apic => "x2apic",
+        Variant::InitSipi => "init-sipi",
+        Variant::NoBalloon => "none",
+        Variant::X2apicEoi => "x2apic-eoi",
+        Variant::PvEoi => "pv-eoi",
+        Variant::IoapicEoi => "ioapic-eoi",
+        Variant::PicEoi => "pic-eoi",
+        Variant::TicketSpin => "ticket-spin",
+        Variant::PvSpinlock => "pv-spinlock",
     }
 }
 
@@ -518,6 +566,14 @@ pub const fn workload_name(workload: Workload) -> &'static str {
         Workload::Rx64 => "rx64",
         Workload::Rx1500 => "rx1500",
         Workload::UdpEcho64 => "udpecho64",
+        Workload::PingPong => "pingpong",
+        Workload::OneToAll => "one-to-all",
+        Workload::ApBringUp => "ap-bringup",
+        Workload::Release => "release",
+        Workload::Interrupt => "interrupt",
+        Workload::Contend2 => "contend2",
+        Workload::Contend4 => "contend4",
+        Workload::Contend8 => "contend8",
     }
 }
 

@@ -127,6 +127,15 @@ pub fn route_irq(irq: u8, vector: u8) {
     mmio_write(IOAPIC_BASE + IOAPIC_WIN, u32::from(vector));
 }
 
+/// Masks IOAPIC pin `irq` (its redirection entry keeps vector 0, masked, as at reset).
+pub fn mask_irq(irq: u8) {
+    let reg = IOAPIC_REDTBL + 2 * u32::from(irq);
+    mmio_write(IOAPIC_BASE, reg + 1);
+    mmio_write(IOAPIC_BASE + IOAPIC_WIN, 0);
+    mmio_write(IOAPIC_BASE, reg);
+    mmio_write(IOAPIC_BASE + IOAPIC_WIN, LVT_MASKED);
+}
+
 // The device vector's entry: saves the caller-saved registers, calls the handler with the
 // direction flag clear, restores them, `iretq`. The CPU aligned RSP to 16 and pushed 5
 // words; 9 pushes more leave it 16-byte aligned at the `call`. The spurious vector's entry

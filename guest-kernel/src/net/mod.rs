@@ -26,7 +26,7 @@
 //! frame of `L >= 60` bytes (a `rep outsw` exits once per word on KVM; see
 //! `pvkit_guest::ne2000`). No interrupt is raised by a transmit (`PTX` stays masked).
 
-mod irq;
+pub mod irq;
 pub mod link;
 pub mod proto;
 pub mod pv;

@@ -26,13 +26,23 @@
 //!
 //! Software breakpoints (`Z0`) are refused with an error (errno 95, `EOPNOTSUPP`, and a
 //! message on stderr): on kvm_pvm an `int3` in guest ring 0 kills the vCPU, so they are
-//! refused on every platform (use `hbreak`). Ctrl-C while the guest runs is not
-//! supported (the interrupt is ignored; set a breakpoint instead).
+//! refused on every platform (use `hbreak`).
+//!
+//! # Ctrl-C
+//!
+//! An interrupt from the client (`0x03`) while the guest runs stops it: the gdb thread
+//! raises the link's interrupt flag and asks the VM's supervisor to kick the vCPU thread
+//! (the watchdog's signal, `crate::runtime::watchdog`, which sets `kvm_run.immediate_exit`
+//! so the kick cannot be lost between two `KVM_RUN`s). `KVM_RUN` returns `EINTR`; the run
+//! loop sees the flag and stops for the debugger instead of counting an exit, and the stop
+//! is reported as `SIGINT`. A kick that lands after the vCPU stopped for another reason
+//! (a breakpoint at the same moment) is dropped: the flag is cleared at every stop.
 
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::time::Duration;
 
 use gdbstub::common::Signal;
@@ -109,11 +119,20 @@ pub enum GdbError {
     VcpuGone,
 }
 
+/// Why the vCPU stopped for the debugger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DebugStop {
+    /// Before the first instruction, or at a `KVM_EXIT_DEBUG` (breakpoint, step).
+    Debug,
+    /// Kicked out of the guest by the debugger's interrupt (Ctrl-C).
+    Interrupt,
+}
+
 /// What the vCPU thread tells the gdb thread.
 #[derive(Debug)]
 enum VcpuEvent {
-    /// The vCPU stopped (before the first instruction, or at a `KVM_EXIT_DEBUG`) and waits.
-    Stopped,
+    /// The vCPU stopped and waits.
+    Stopped(DebugStop),
     /// The guest stopped for good: its exit status, if it exited.
     Exited(Option<u8>),
 }
@@ -132,15 +151,24 @@ enum Resume {
 pub struct VcpuDebug {
     events: Sender<VcpuEvent>,
     resume: Receiver<Resume>,
+    interrupt: Arc<AtomicBool>,
 }
 
 impl VcpuDebug {
+    /// Whether the debugger asked to stop the running guest (Ctrl-C); clears the request.
+    /// The run loop asks on each interrupted `KVM_RUN`.
+    pub fn take_interrupt(&self) -> bool {
+        self.interrupt.swap(false, Ordering::AcqRel)
+    }
+
     /// Called on the vCPU thread when the vCPU stopped for the debugger: reports it and
     /// waits until told to run on (`None`), or to stop (`Some`: the debugger killed the
     /// guest, or the VM's `stop` flag was raised by the watchdog or a signal). A debugger
     /// that has gone lets the guest run.
-    pub fn stopped(&self, stop: &AtomicBool) -> Option<StopReason> {
-        if self.events.send(VcpuEvent::Stopped).is_err() {
+    pub fn stopped(&self, why: DebugStop, stop: &AtomicBool) -> Option<StopReason> {
+        // An interrupt requested now would be for a guest that is already stopped.
+        self.interrupt.store(false, Ordering::Release);
+        if self.events.send(VcpuEvent::Stopped(why)).is_err() {
             return None;
         }
         loop {
@@ -193,14 +221,23 @@ impl GdbListener {
     /// Starts the `pvkit-gdb` thread serving vCPU `fd` (a duplicate of vCPU 0's fd) over
     /// guest RAM `mem`; returns the vCPU thread's end of the link. The thread accepts one
     /// connection, serves it until detach, kill, disconnect or the guest's end, and exits.
-    pub fn serve(self, fd: OwnedFd, mem: GuestRam) -> Result<VcpuDebug, GdbError> {
+    /// `kick` forces the vCPU thread out of `KVM_RUN` (on Ctrl-C).
+    pub fn serve(
+        self,
+        fd: OwnedFd,
+        mem: GuestRam,
+        kick: Box<dyn Fn() + Send>,
+    ) -> Result<VcpuDebug, GdbError> {
         let (events_tx, events_rx) = mpsc::channel();
         let (resume_tx, resume_rx) = mpsc::channel();
+        let interrupt = Arc::new(AtomicBool::new(false));
         let target = GdbTarget {
             fd,
             mem,
             events: events_rx,
             resume: resume_tx,
+            interrupt: Arc::clone(&interrupt),
+            kick,
             bps: [None; HW_BREAKPOINTS],
             stepping: false,
             running: false,
@@ -213,6 +250,7 @@ impl GdbListener {
         Ok(VcpuDebug {
             events: events_tx,
             resume: resume_rx,
+            interrupt,
         })
     }
 }
@@ -310,6 +348,10 @@ struct GdbTarget {
     mem: GuestRam,
     events: Receiver<VcpuEvent>,
     resume: Sender<Resume>,
+    /// Raised on Ctrl-C, taken by the vCPU's run loop.
+    interrupt: Arc<AtomicBool>,
+    /// Kicks the vCPU thread out of `KVM_RUN`.
+    kick: Box<dyn Fn() + Send>,
     bps: [Option<u64>; HW_BREAKPOINTS],
     /// The last resume was a single step.
     stepping: bool,
@@ -404,8 +446,9 @@ impl GdbTarget {
     /// Waits (blocking) for the vCPU's next report.
     fn wait_stop(&mut self) -> Result<(), GdbError> {
         match self.events.recv() {
-            Ok(VcpuEvent::Stopped) => {
+            Ok(VcpuEvent::Stopped(_)) => {
                 self.running = false;
+                self.interrupt.store(false, Ordering::Release);
                 Ok(())
             }
             Ok(VcpuEvent::Exited(code)) => {
@@ -618,11 +661,13 @@ impl BlockingEventLoop for EventLoop {
                 return Ok(Event::TargetStopped(exit_reason(code)));
             }
             match target.events.recv_timeout(CONN_POLL) {
-                Ok(VcpuEvent::Stopped) => {
+                Ok(VcpuEvent::Stopped(why)) => {
                     target.running = false;
-                    return Ok(Event::TargetStopped(match target.stepping {
-                        true => SingleThreadStopReason::DoneStep,
-                        false => SingleThreadStopReason::HwBreak(()),
+                    target.interrupt.store(false, Ordering::Release);
+                    return Ok(Event::TargetStopped(match (why, target.stepping) {
+                        (DebugStop::Interrupt, _) => SingleThreadStopReason::Signal(Signal::SIGINT),
+                        (DebugStop::Debug, true) => SingleThreadStopReason::DoneStep,
+                        (DebugStop::Debug, false) => SingleThreadStopReason::HwBreak(()),
                     }));
                 }
                 Ok(VcpuEvent::Exited(code)) => {
@@ -643,8 +688,13 @@ impl BlockingEventLoop for EventLoop {
         }
     }
 
-    fn on_interrupt(_target: &mut GdbTarget) -> Result<Option<Self::StopReason>, GdbError> {
-        // Not supported: the guest keeps running (see the module documentation).
+    /// Ctrl-C: the vCPU is kicked out of the guest; its stop (`SIGINT`) is reported by
+    /// [`Self::wait_for_stop_reason`] when the vCPU thread says it stopped.
+    fn on_interrupt(target: &mut GdbTarget) -> Result<Option<Self::StopReason>, GdbError> {
+        if target.running && target.exited.is_none() {
+            target.interrupt.store(true, Ordering::Release);
+            (target.kick)();
+        }
         Ok(None)
     }
 }

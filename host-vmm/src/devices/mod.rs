@@ -20,7 +20,10 @@ use pv::balloon::{BalloonError, PvBalloon};
 use pv::block::PvBlock;
 use pv::clock::{ClockSource, PvClock};
 use pv::console::PvConsole;
+use pv::ipi::PvIpi;
 use pv::net::PvNet;
+use pv::spinlock::PvSpinlock;
+use pv::steal::PvSteal;
 use pv::vcpu_up::VcpuUp;
 use pv::{BusError, HypercallBus, RingsConfig};
 
@@ -28,6 +31,10 @@ use pv::{BusError, HypercallBus, RingsConfig};
 pub struct PvConfig {
     /// The console sink (shared with the UART).
     pub console: Console,
+    /// Whether the PV console device (`ConsoleWrite`, the console ring, feature bits
+    /// `CONSOLE` and `CONSOLE_RING`) exists; without it a guest sees no PV console and
+    /// falls back to the UART (`pvkit run --no-pv-console`).
+    pub pv_console: bool,
     /// The disk behind the PV block device; `None`: no block device, no block ring.
     pub disk: Option<SharedDisk>,
     /// The time source of the PV clock page; `None`: no clock page.
@@ -46,6 +53,12 @@ pub struct PvConfig {
     /// The PV NIC (`pvkit run --net … --nic pv`); `None`: no `NetInfo`/`NetSend`, no net
     /// rings.
     pub net: Option<Arc<PvNet>>,
+    /// The `SendIpi` device (VMs with more than one vCPU); `None`: the call is `EOPNOTSUPP`.
+    pub ipi: Option<Arc<PvIpi>>,
+    /// The PV spinlock wait/kick device (VMs with more than one vCPU).
+    pub spinlock: Option<Arc<PvSpinlock>>,
+    /// The steal-time device (one page per vCPU); `None`: no steal page.
+    pub steal: Option<Arc<PvSteal>>,
 }
 
 /// Which NIC a VM with a network gets (`pvkit run --nic`).
@@ -107,7 +120,9 @@ pub fn assemble(config: PvConfig, ledger: &mut ExitLedger) -> Result<PvDevices, 
     let clock = (config.clock.is_some() || config.kvmclock)
         .then(|| Arc::new(PvClock::new(config.clock, config.kvmclock)));
 
-    bus.insert(Arc::new(PvConsole::new(config.console)))?;
+    if config.pv_console {
+        bus.insert(Arc::new(PvConsole::new(config.console)))?;
+    }
     bus.insert(bench.clone())?;
     if let Some(clock) = &clock {
         bus.insert(clock.clone())?;
@@ -128,6 +143,15 @@ pub fn assemble(config: PvConfig, ledger: &mut ExitLedger) -> Result<PvDevices, 
     if let Some(net) = config.net {
         bus.insert(net)?;
     }
+    if let Some(ipi) = config.ipi {
+        bus.insert(ipi)?;
+    }
+    if let Some(s) = config.spinlock {
+        bus.insert(s)?;
+    }
+    if let Some(s) = config.steal {
+        bus.insert(s)?;
+    }
 
     if let Some((mem, rings)) = config.rings {
         bus.with_rings(mem, rings, ledger)?;
@@ -146,6 +170,7 @@ pub fn assemble(config: PvConfig, ledger: &mut ExitLedger) -> Result<PvDevices, 
 pub(crate) fn core_devices(console: Console) -> PvDevices {
     let config = PvConfig {
         console,
+        pv_console: true,
         disk: None,
         clock: None,
         kvmclock: false,
@@ -153,6 +178,9 @@ pub(crate) fn core_devices(console: Console) -> PvDevices {
         rings: None,
         vcpu_up: None,
         net: None,
+        ipi: None,
+        spinlock: None,
+        steal: None,
     };
     assemble(config, &mut ExitLedger::new()).expect("no conflicts among the core devices")
 }

@@ -63,13 +63,29 @@ impl fmt::Display for ExitKind {
 /// The serving thread increments it; the ledger reads it in every snapshot.
 pub type NotifyCounter = Arc<AtomicU64>;
 
-/// Counts of every exit by kind, plus registered notification counters.
+/// Counters the kernel keeps for one vCPU, including exits handled in the kernel that never
+/// reach userspace (KVM's binary statistics, `KVM_GET_STATS_FD`). The ledger reads them in
+/// every snapshot, next to its own counts.
+pub trait KernelCounters: Send + Sync + fmt::Debug {
+    /// The current values by name, a small fixed set; an empty list if they cannot be read.
+    fn read(&self) -> Vec<(&'static str, u64)>;
+}
+
+impl KernelCounters for crate::vstate::stats::VcpuStats {
+    fn read(&self) -> Vec<(&'static str, u64)> {
+        crate::vstate::stats::VcpuStats::read(self)
+    }
+}
+
+/// Counts of every exit by kind, plus registered notification counters and, where set, the
+/// kernel's own counters of the vCPU ([`ExitLedger::set_kernel_counters`]).
 #[derive(Debug, Default)]
 pub struct ExitLedger {
     counts: BTreeMap<ExitKind, u64>,
     total: u64,
     notifiers: Vec<(&'static str, NotifyCounter)>,
     last: Option<ExitKind>,
+    kernel: Option<Box<dyn KernelCounters>>,
 }
 
 /// The ledger's counts at one moment, or the difference between two moments.
@@ -81,6 +97,10 @@ pub struct LedgerSnapshot {
     pub total: u64,
     /// Notification counters by source name.
     pub notifications: BTreeMap<&'static str, u64>,
+    /// The kernel's counters of the vCPU by name ([`KernelCounters`]; empty where the
+    /// ledger has none): in a delta, e.g. `exits` counts every exit including those KVM
+    /// handled without returning to userspace.
+    pub kernel: BTreeMap<&'static str, u64>,
 }
 
 impl ExitLedger {
@@ -99,6 +119,18 @@ impl ExitLedger {
     /// The kind of the last exit counted (for the exit recorder, [`super::record`]).
     pub fn last(&self) -> Option<ExitKind> {
         self.last
+    }
+
+    /// Reads `counters` in every snapshot from now on (one vCPU's, on that vCPU's ledger).
+    pub fn set_kernel_counters(&mut self, counters: Box<dyn KernelCounters>) {
+        self.kernel = Some(counters);
+    }
+
+    fn kernel_now(&self) -> BTreeMap<&'static str, u64> {
+        self.kernel
+            .as_ref()
+            .map(|k| k.read().into_iter().collect())
+            .unwrap_or_default()
     }
 
     /// Registers a notification source and returns the counter its thread increments.
@@ -121,6 +153,7 @@ impl ExitLedger {
             total: 0,
             notifiers: self.notifiers.clone(),
             last: None,
+            kernel: None,
         }
     }
 
@@ -144,6 +177,7 @@ impl ExitLedger {
                 .iter()
                 .map(|(n, c)| (*n, c.load(Ordering::Relaxed)))
                 .collect(),
+            kernel: self.kernel_now(),
         }
     }
 
@@ -195,11 +229,27 @@ impl ExitLedger {
             counts,
             total: self.total.saturating_sub(earlier.total),
             notifications,
+            kernel: counter_delta(&self.kernel_now(), &earlier.kernel),
         })
     }
 }
 
+/// `now - earlier` for the counters present in `now` (saturating).
+fn counter_delta(
+    now: &BTreeMap<&'static str, u64>,
+    earlier: &BTreeMap<&'static str, u64>,
+) -> BTreeMap<&'static str, u64> {
+    now.iter()
+        .map(|(n, v)| (*n, v.saturating_sub(earlier.get(n).copied().unwrap_or(0))))
+        .collect()
+}
+
 impl LedgerSnapshot {
+    /// The kernel counter `name` ([`LedgerSnapshot::kernel`]), if the ledger read it.
+    pub fn kernel_count(&self, name: &str) -> Option<u64> {
+        self.kernel.get(name).copied()
+    }
+
     /// Adds the snapshot of another shard of the same VM's ledger ([`ExitLedger::shard`]):
     /// exit counts and totals add up kind by kind; notification counters, shared by the
     /// shards, are read once (the larger reading, as a later snapshot of a shared counter
@@ -212,6 +262,10 @@ impl LedgerSnapshot {
         for (n, v) in &other.notifications {
             let e = self.notifications.entry(n).or_insert(0);
             *e = (*e).max(*v);
+        }
+        // Per-vCPU counters: each shard has its own, they add up.
+        for (n, v) in &other.kernel {
+            *self.kernel.entry(n).or_insert(0) += v;
         }
     }
 
@@ -239,6 +293,7 @@ impl LedgerSnapshot {
             counts,
             total: self.total.saturating_sub(earlier.total),
             notifications,
+            kernel: counter_delta(&self.kernel, &earlier.kernel),
         }
     }
 
@@ -333,6 +388,39 @@ mod tests {
         c.fetch_add(2, Ordering::Relaxed);
         assert_eq!(l.delta(&snap).notifications.get("block doorbell"), Some(&2));
         assert_eq!(l.snapshot().notifications.get("block doorbell"), Some(&5));
+    }
+
+    /// Kernel counters read through a shared cell, as KVM's stats file would give them.
+    #[derive(Debug, Default)]
+    struct FakeKernel(Arc<AtomicU64>);
+
+    impl KernelCounters for FakeKernel {
+        fn read(&self) -> Vec<(&'static str, u64)> {
+            let v = self.0.load(Ordering::Relaxed);
+            vec![("exits", v), ("irq_injections", v / 2)]
+        }
+    }
+
+    #[test]
+    fn kernel_counters_are_part_of_snapshots_and_deltas() {
+        let mut l = ExitLedger::new();
+        assert!(l.snapshot().kernel.is_empty(), "no counters, none read");
+        let cell = Arc::new(AtomicU64::new(10));
+        l.set_kernel_counters(Box::new(FakeKernel(Arc::clone(&cell))));
+        let snap = l.snapshot();
+        assert_eq!(snap.kernel_count("exits"), Some(10));
+        cell.store(30, Ordering::Relaxed);
+        l.record(ExitKind::Hlt);
+        let d = l.delta(&snap);
+        assert_eq!(d.kernel_count("exits"), Some(20));
+        assert_eq!(d.kernel_count("irq_injections"), Some(10));
+        assert_eq!(d.kernel_count("halt_exits"), None);
+        assert_eq!(l.delta_bounded(&snap, 4), Some(d.clone()));
+        // A shard reads none of vCPU 0's counters; merged snapshots add per-vCPU counters.
+        assert!(l.shard().snapshot().kernel.is_empty());
+        let mut m = d.clone();
+        m.merge(&d);
+        assert_eq!(m.kernel_count("exits"), Some(40));
     }
 
     #[test]

@@ -146,6 +146,9 @@ pub const KVM_SET_MP_STATE: u64 = ioc(IOC_WRITE, 0x99, size_of::<kvm_bindings::k
 /// `KVM_IOEVENTFD`.
 pub const KVM_IOEVENTFD: u64 = ioc(IOC_WRITE, 0x79, size_of::<kvm_bindings::kvm_ioeventfd>());
 
+/// `KVM_SIGNAL_MSI` (a VM ioctl).
+pub const KVM_SIGNAL_MSI: u64 = ioc(IOC_WRITE, 0xa5, size_of::<kvm_bindings::kvm_msi>());
+
 /// The ioctl requests the vCPU thread may make, with their names.
 pub const VCPU_IOCTLS: &[(u64, &str)] = &[
     (KVM_RUN, "KVM_RUN"),
@@ -154,6 +157,7 @@ pub const VCPU_IOCTLS: &[(u64, &str)] = &[
     (KVM_IOEVENTFD, "KVM_IOEVENTFD"),
     (KVM_SET_SREGS, "KVM_SET_SREGS"),
     (KVM_SET_MP_STATE, "KVM_SET_MP_STATE"),
+    (KVM_SIGNAL_MSI, "KVM_SIGNAL_MSI"),
 ];
 
 // --- Other argument values.
@@ -310,7 +314,8 @@ fn common_entries() -> Vec<Entry> {
         allow!(
             SYS_pread64,
             "disk reads (ATA, PV block: `FileExt::read_exact_at`); the balloon reading the RSS \
-             from `/proc/self/statm` (opened before confinement)"
+             from `/proc/self/statm` (opened before confinement); a vCPU reading its KVM `exits` \
+             statistic when it stops (`KVM_GET_STATS_FD`, opened at vCPU creation)"
         ),
         allow!(SYS_pwrite64, "disk writes (ATA, PV block)"),
         allow!(SYS_fdatasync, "PV block flush requests (`File::sync_data`)"),
@@ -385,10 +390,11 @@ fn vcpu_entries() -> Vec<Entry> {
             SYS_ioctl,
             ioctl_rules,
             "arg1: KVM_RUN, KVM_GET_REGS, KVM_SET_REGS, KVM_IOEVENTFD, KVM_SET_SREGS, \
-                KVM_SET_MP_STATE",
+                KVM_SET_MP_STATE, KVM_SIGNAL_MSI",
             "running the guest; hypercall registers without sync regs and RIP in stop reports; \
                 attaching and detaching doorbell ioeventfds when the guest registers a ring; \
-                starting an AP in long mode (VcpuUp)",
+                starting an AP in long mode (VcpuUp, on the AP's own thread); delivering a PV \
+                IPI to the in-kernel LAPICs (SendIpi, on the caller's thread)",
         ),
         allow!(
             SYS_eventfd2,
@@ -876,6 +882,7 @@ mod tests {
         // kvm_sregs: 312 bytes, kvm_mp_state: 4.
         assert_eq!(KVM_SET_SREGS, 0x4138_ae84);
         assert_eq!(KVM_SET_MP_STATE, 0x4004_ae99);
+        assert_eq!(KVM_SIGNAL_MSI, 0x4020_aea5);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use kvm_ioctls::Cap;
-use pvkit_abi::cpuid::Features;
+use pvkit_abi::ports::{IRQ_TEST, IRQ_TEST_GSI};
 use pvkit_abi::AbiVersion;
 
 use super::machine::{VcpuState, Vm};
@@ -21,14 +21,18 @@ use crate::devices::legacy::ne2000::{
 use crate::devices::legacy::pit::attach_pit;
 use crate::devices::legacy::uart::{Uart, COM1_BASE, COM1_LEN};
 use crate::devices::legacy::vm_clock::VmClock;
+use crate::devices::pseudo::irq_test::IrqTestPort;
 use crate::devices::pseudo::markers::BenchMarkers;
 use crate::devices::pseudo::null::NullPort;
 use crate::devices::pv::balloon::PvBalloon;
 use crate::devices::pv::clock::{ClockSource, TscClock};
 use crate::devices::pv::doorbell::{IoEventRegistrar, KvmIoEvents, DOORBELL_PORTS};
+use crate::devices::pv::ipi::{KvmMsi, PvIpi};
 use crate::devices::pv::net::PvNet;
 use crate::devices::pv::net_rx::PvNetRunning;
 use crate::devices::pv::ring_irq::RingIrqs;
+use crate::devices::pv::spinlock::PvSpinlock;
+use crate::devices::pv::steal::{PvSteal, ThreadSchedStat};
 use crate::devices::pv::vcpu_up::VcpuUp;
 use crate::devices::pv::RingsConfig;
 use crate::devices::{assemble, PvConfig};
@@ -77,6 +81,8 @@ pub struct Built {
     pub ring_irqs: Option<Arc<RingIrqs>>,
     /// The memory balloon (its statistics are read after the run).
     pub balloon: Option<Arc<PvBalloon>>,
+    /// The steal-time device, if the host shows scheduler statistics.
+    pub steal: Option<Arc<PvSteal>>,
     /// The `VcpuUp` device (more than one vCPU).
     pub vcpu_up: Option<Arc<VcpuUp>>,
 }
@@ -139,7 +145,7 @@ pub fn build(
     // KVM's in-kernel irqchip, created before any vCPU, only when something needs it: the
     // NIC's interrupt (IOAPIC), or SMP (LAPICs for INIT-SIPI-SIPI and IPIs, so the APs start
     // in KVM's wait-for-SIPI state). With it, `hlt` no longer exits to userspace.
-    let irqchip = config.net.is_some() || config.vcpus > 1 || config.irqchip;
+    let irqchip = config.net.is_some() || config.vcpus > 1 || config.irq_test || config.irqchip;
     if irqchip {
         create_irqchip(&vm_fd)?;
     }
@@ -148,6 +154,10 @@ pub fn build(
         .then(|| RingIrqs::irqfds(&vm_fd))
         .transpose()?
         .map(Arc::new);
+    let irq_test = config
+        .irq_test
+        .then(|| InterruptLine::irqfd(&vm_fd, IRQ_TEST_GSI.into()))
+        .transpose()?;
     let (net_backend, pv_net) = match &config.net {
         Some(net) => {
             let ne2000 = match config.nic.has_ne2000() {
@@ -167,22 +177,23 @@ pub fn build(
         None => (None, None),
     };
     let vcpu_up = (config.vcpus > 1).then(|| Arc::new(VcpuUp::new(config.vcpus)));
+    // PV IPIs go to the in-kernel LAPICs (created above with more than one vCPU).
+    let ipi = (config.vcpus > 1).then(|| {
+        Arc::new(PvIpi::new(
+            config.vcpus,
+            Arc::new(KvmMsi(Arc::clone(&vm_fd))),
+        ))
+    });
+    let steal = schedstat_available().then(|| Arc::new(PvSteal::new(config.vcpus)));
     let clock = VmClock::start();
     let supported = supported_cpuid(&kvm)?;
     let kvmclock = kvmclock_available(supported.as_slice());
     let eventfd = kvm.check_extension(Cap::Ioeventfd);
     let clock_possible = kvm.check_extension(Cap::GetTscKhz);
-    // vCPU 0 first: the PV clock needs its TSC rate and offset. Its CPUID gets the
-    // feature bits once the devices are registered (below).
-    let mut vcpu = Vcpu::new(
-        &kvm,
-        &vm_fd,
-        0,
-        kernel.entry,
-        &supported,
-        Features::empty(),
-        config.reg_access,
-    )?;
+    // vCPU 0 first: the PV clock needs its TSC rate and offset. Its CPUID table (with the
+    // feature bits, once the devices are registered) and boot registers come below, so
+    // `KVM_SET_CPUID2` is done once.
+    let mut vcpu = Vcpu::create(&kvm, &vm_fd, 0, config.reg_access)?;
     let tsc_khz = vcpu.tsc_khz();
     let tsc_clock = match (clock_possible, tsc_khz, vcpu.guest_tsc_offset()) {
         (true, Some(khz), Some(offset)) => Some(TscClock::new(clock, khz, offset)),
@@ -207,6 +218,9 @@ pub fn build(
     if let Some(d) = &disk {
         attach_ata(&mut pio, d.clone())?;
     }
+    if let Some(line) = irq_test {
+        pio.insert_mut(IRQ_TEST.into(), 1, "irq-test", IrqTestPort::new(line))?;
+    }
     let net = net_backend
         .map(|(backend, line)| attach_ne2000(&mut pio, backend, line, on_fatal.clone()))
         .transpose()?;
@@ -214,6 +228,7 @@ pub fn build(
     let mut pv = assemble(
         PvConfig {
             console: console.clone(),
+            pv_console: config.pv_console,
             disk: disk.clone(),
             clock: tsc_clock.map(|c| Arc::new(c) as Arc<dyn ClockSource>),
             kvmclock,
@@ -229,6 +244,9 @@ pub fn build(
             )),
             vcpu_up: vcpu_up.clone(),
             net: pv_net.clone(),
+            ipi,
+            spinlock: (config.vcpus > 1).then(|| Arc::new(PvSpinlock::new(config.vcpus))),
+            steal: steal.clone(),
         },
         &mut ledger,
     )
@@ -256,7 +274,7 @@ pub fn build(
 
     // The features the guest sees: derived from the registered devices, in one place.
     let features = pv.bus.features();
-    vcpu.set_features(&supported, features)?;
+    vcpu.setup_boot(&supported, features, kernel.entry)?;
     // The other vCPUs, with the final feature bits and vCPU 0's register access.
     let others: Vec<Vcpu> = (1..config.vcpus)
         .map(|i| {
@@ -285,6 +303,12 @@ pub fn build(
     )?;
 
     let shards: Vec<ExitLedger> = others.iter().map(|_| ledger.shard()).collect();
+    // vCPU 0's in-kernel counters (KVM's binary stats) go into every snapshot of its ledger,
+    // so benchmark phases see the exits KVM handled without us; without them (an older
+    // kernel), phases report userspace exits only.
+    if let Ok(stats) = vcpu.stats() {
+        ledger.set_kernel_counters(Box::new(stats));
+    }
     let boot = VcpuState::new(0, ledger);
     let platform = crate::vstate::kvm::info(tsc_khz);
     let reg_access = vcpu.reg_access();
@@ -310,5 +334,12 @@ pub fn build(
         ring_irqs,
         balloon,
         vcpu_up,
+        steal,
     })
+}
+
+/// Whether this host shows a thread's scheduler statistics (`/proc/thread-self/schedstat`,
+/// the steal-time source).
+fn schedstat_available() -> bool {
+    ThreadSchedStat::open_current().is_ok()
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 use kvm_ioctls::VmFd;
 use pvkit_abi::call::RawCall;
 
-use crate::debug::gdb::VcpuDebug;
+use crate::debug::gdb::{DebugStop, VcpuDebug};
 use crate::devices::pv::vcpu_up::VcpuUp;
 use crate::devices::pv::HypercallBus;
 use crate::exit::ledger::{ExitLedger, LedgerSnapshot};
@@ -71,6 +71,8 @@ pub struct VcpuState {
     pub recorder: Option<ExitRecorder>,
     /// The gdb link (`pvkit run --gdb`), for vCPU 0 only.
     pub debug: Option<VcpuDebug>,
+    /// KVM's count of all the vCPU's exits (in-kernel included) when it stopped.
+    pub kvm_exits: Option<u64>,
 }
 
 impl VcpuState {
@@ -84,6 +86,7 @@ impl VcpuState {
             stopped: None,
             recorder: None,
             debug: None,
+            kvm_exits: None,
         }
     }
 
@@ -131,6 +134,11 @@ impl Hypercalls for PvCalls<'_> {
     }
 }
 
+/// A vCPU index as the PV devices name it.
+fn pv_index(index: u64) -> u32 {
+    u32::try_from(index).unwrap_or(u32::MAX)
+}
+
 /// An application processor's loop (vCPUs 1..N-1): the vCPU waits in `KVM_RUN` for
 /// INIT-SIPI from the in-kernel LAPIC (the emulated start), or for a `VcpuUp` start in
 /// `up`, which the VMM delivers by kicking this thread out of `KVM_RUN` (the kick counts as
@@ -151,6 +159,7 @@ pub fn run_ap(
             vcpu.start_long_mode(s.rip, s.rsp, s.arg)?;
             cpu.entered.get_or_insert_with(Instant::now);
         }
+        vm.pv.before_run(vm.mem(), pv_index(index));
         let action = vcpu.run(|exit| {
             if matches!(exit, Exit::Interrupted) {
                 if vm.shared.stop_requested.load(Ordering::Acquire) {
@@ -177,6 +186,7 @@ pub fn run_ap(
         }
     };
     cpu.stopped = Some(Instant::now());
+    cpu.kvm_exits = vcpu.kvm_exits();
     Ok(stop)
 }
 
@@ -188,21 +198,31 @@ pub fn run_vcpu(vcpu: &mut Vcpu, vm: &Vm, cpu: &mut VcpuState) -> Result<StopRea
     let debugging = cpu.debug.is_some();
     let stop_flag = &vm.shared.stop_requested;
     let stop = 'run: {
-        if let Some(stop) = cpu.debug.as_ref().and_then(|d| d.stopped(stop_flag)) {
+        if let Some(stop) = cpu
+            .debug
+            .as_ref()
+            .and_then(|d| d.stopped(DebugStop::Debug, stop_flag))
+        {
             break 'run stop;
         }
         loop {
+            vm.pv.before_run(vm.mem(), pv_index(cpu.index));
             let action = vcpu.run(|exit| match exit {
                 Exit::Other {
                     reason: kvm_bindings::KVM_EXIT_DEBUG,
-                } if debugging => None,
-                exit => Some(cpu.handle(vm, exit)),
+                } if debugging => Err(DebugStop::Debug),
+                // The debugger's Ctrl-C kicked the vCPU: its stop, not a counted exit.
+                Exit::Interrupted if cpu.debug.as_ref().is_some_and(VcpuDebug::take_interrupt) => {
+                    Err(DebugStop::Interrupt)
+                }
+                exit => Ok(cpu.handle(vm, exit)),
             })?;
-            let Some(action) = action else {
-                match cpu.debug.as_ref().and_then(|d| d.stopped(stop_flag)) {
+            let action = match action {
+                Ok(action) => action,
+                Err(why) => match cpu.debug.as_ref().and_then(|d| d.stopped(why, stop_flag)) {
                     Some(stop) => break 'run stop,
                     None => continue,
-                }
+                },
             };
             if let Some(r) = &mut cpu.recorder {
                 r.record(cpu.exits.ledger.last(), vcpu.exit_rip());
@@ -218,6 +238,7 @@ pub fn run_vcpu(vcpu: &mut Vcpu, vm: &Vm, cpu: &mut VcpuState) -> Result<StopRea
         d.exited(&stop);
     }
     cpu.stopped = Some(Instant::now());
+    cpu.kvm_exits = vcpu.kvm_exits();
     Ok(stop)
 }
 

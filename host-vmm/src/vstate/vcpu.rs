@@ -146,6 +146,8 @@ pub struct Vcpu {
     /// The special registers of the boot state, read once at creation, for
     /// [`Vcpu::start_long_mode`] (the vCPU filter allows `KVM_SET_SREGS`, not the get).
     boot_sregs: kvm_bindings::kvm_sregs,
+    /// KVM's count of all this vCPU's exits, in-kernel ones included (if KVM offers it).
+    kvm_exits: Option<super::stats::VcpuStats>,
 }
 
 impl std::fmt::Debug for Vcpu {
@@ -161,7 +163,8 @@ impl Vcpu {
     /// Creates vCPU `index` (`KVM_CREATE_VCPU`) with the CPUID table built from KVM's
     /// `supported` one ([`crate::arch::x86_64::cpuid::supported_cpuid`]) and `features`, in
     /// the boot state of [`pvkit_abi::boot`] ([`setup_boot_regs`]: long mode, `RIP` =
-    /// `entry`). `access` `None` picks sync regs when available.
+    /// `entry`): [`Vcpu::create`], then [`Vcpu::setup_boot`]. `access` `None` picks sync
+    /// regs when available.
     pub fn new(
         kvm: &Kvm,
         vm: &VmFd,
@@ -171,12 +174,22 @@ impl Vcpu {
         features: Features,
         access: Option<RegAccess>,
     ) -> Result<Self, VcpuError> {
-        let mut fd = vm.create_vcpu(index).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        let apic_id = u32::try_from(index).unwrap_or(u32::MAX);
-        set_cpuid(&fd, supported, features, apic_id)?;
-        setup_boot_regs(&fd, entry)?;
-        let boot_sregs = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+        let mut vcpu = Self::create(kvm, vm, index, access)?;
+        vcpu.setup_boot(supported, features, entry)?;
+        Ok(vcpu)
+    }
 
+    /// Creates vCPU `index` (`KVM_CREATE_VCPU`) without a CPUID table or boot registers:
+    /// its TSC can be read ([`Vcpu::tsc_khz`], [`Vcpu::guest_tsc_offset`]) before the
+    /// feature bits are known. [`Vcpu::setup_boot`] must follow before the first run, so
+    /// that `KVM_SET_CPUID2` is done once.
+    pub fn create(
+        kvm: &Kvm,
+        vm: &VmFd,
+        index: u64,
+        access: Option<RegAccess>,
+    ) -> Result<Self, VcpuError> {
+        let mut fd = vm.create_vcpu(index).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         let has_sync = kvm.check_extension(Cap::SyncRegs);
         let access = match access {
             Some(RegAccess::SyncRegs) if !has_sync => return Err(VcpuError::NoSyncRegs),
@@ -187,24 +200,48 @@ impl Vcpu {
         if access == RegAccess::SyncRegs {
             fd.set_sync_valid_reg(SyncReg::Register);
         }
+        let kvm_exits = super::stats::VcpuStats::open(&fd).ok();
         Ok(Self {
             fd,
             index,
             access,
             call_regs: None,
-            boot_sregs,
+            boot_sregs: kvm_bindings::kvm_sregs::default(),
+            kvm_exits,
         })
+    }
+
+    /// Sets the CPUID table (pvkit leaves with `features`; KVM checks `EFER` against it, so
+    /// it comes first) and the boot state at `entry`. Only before the first run.
+    pub fn setup_boot(
+        &mut self,
+        supported: &CpuId,
+        features: Features,
+        entry: u64,
+    ) -> Result<(), VcpuError> {
+        let apic_id = u32::try_from(self.index).unwrap_or(u32::MAX);
+        set_cpuid(&self.fd, supported, features, apic_id)?;
+        setup_boot_regs(&self.fd, entry)?;
+        self.boot_sregs = self.fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+        Ok(())
+    }
+
+    /// Every exit of this vCPU from guest mode so far, handled in the kernel or not
+    /// (`KVM_GET_STATS_FD`); `None` without binary statistics.
+    pub fn kvm_exits(&self) -> Option<u64> {
+        self.kvm_exits.as_ref()?.exits()
+    }
+
+    /// Opens the vCPU's in-kernel statistics ([`crate::vstate::stats`]).
+    pub fn stats(
+        &self,
+    ) -> Result<crate::vstate::stats::VcpuStats, crate::vstate::stats::StatsError> {
+        crate::vstate::stats::VcpuStats::open(&self.fd)
     }
 
     /// The vCPU's index (its KVM vCPU id).
     pub fn index(&self) -> u64 {
         self.index
-    }
-
-    /// Replaces the CPUID table (pvkit leaves with `features`). Only before the first run.
-    pub fn set_features(&mut self, supported: &CpuId, features: Features) -> Result<(), VcpuError> {
-        let apic_id = u32::try_from(self.index).unwrap_or(u32::MAX);
-        Ok(set_cpuid(&self.fd, supported, features, apic_id)?)
     }
 
     /// The guest's TSC offset: guest TSC = host TSC + offset (wrapping), for a VM without

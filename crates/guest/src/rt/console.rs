@@ -31,6 +31,14 @@ pub(super) fn init(pv: bool) {
     }
 }
 
+/// Brings up the UART if no console was chosen yet (a panic before `init`, on a stock
+/// hypervisor), so that a report can still be printed.
+pub(super) fn ensure_uart() {
+    if ACTIVE.load(Ordering::Acquire) == NONE {
+        init(false);
+    }
+}
+
 /// Whether `print!` goes to the PV console (rather than the UART, or nowhere yet).
 pub fn is_pv() -> bool {
     ACTIVE.load(Ordering::Acquire) == PV

@@ -37,11 +37,19 @@
 //! Build requirements (as for any pvkit guest): target `x86_64-unknown-none`,
 //! `-C relocation-model=static`, a linker script placing the image at or above 1 MiB with
 //! the `.note.pvkit` section kept (see the crate README).
+//!
+//! **On a stock hypervisor.** `entry!(main, pvh)` adds the PVH entry ([`crate::pvh`]): the
+//! same ELF boots with `qemu-system-x86_64 -kernel`, through the same set-up with a
+//! `BootInfo` built from the loader's `hvm_start_info`. Without the pvkit CPUID signature
+//! ([`crate::pvh::stock_host`]) `print!` uses the 16550 UART, and `main`'s return value, a
+//! panic and an exception ([`report`], printed on the UART) end the VM through QEMU's
+//! `isa-debug-exit`.
 
 pub mod console;
 pub mod gdt;
 #[cfg(feature = "heap")]
 pub mod heap;
+pub mod report;
 pub mod stack;
 pub mod trap;
 
@@ -62,8 +70,13 @@ pub fn boot_info() -> Option<&'static BootInfo> {
     unsafe { p.as_ref() }
 }
 
-/// Stops the VM; `pvkit run` exits with `code & 0xff`.
+/// Stops the VM; `pvkit run` exits with `code & 0xff`. On a stock hypervisor
+/// ([`crate::pvh::stock_host`]) through `isa-debug-exit`: QEMU exits with
+/// `((code & 0xff) << 1) | 1`.
 pub fn exit(code: i32) -> ! {
+    if crate::pvh::stock_host() {
+        crate::pvh::debug_exit(code as u8)
+    }
     crate::hypercall::exit(code as u8)
 }
 
@@ -99,14 +112,31 @@ pub mod __private {
     /// Offset of the initial `RSP` from the start of [`BOOT_STACK`].
     pub const STACK_TOP_OFFSET: usize = super::stack::GUARD_SIZE + super::stack::STACK_SIZE;
 
-    /// Everything before `main` (see the module documentation).
-    pub fn init(boot: *const super::BootInfo) -> &'static super::BootInfo {
+    /// The tables and the guard page: first, so that later faults are reported.
+    fn early() {
         super::gdt::init();
         super::trap::init();
         if let Err(e) = super::stack::protect() {
             panic!("cannot install the boot stack's guard page: {e:?}");
         }
-        let boot = super::validate_boot_info(boot);
+    }
+
+    /// Everything before `main` (see the module documentation).
+    pub fn init(boot: *const super::BootInfo) -> &'static super::BootInfo {
+        early();
+        finish(super::validate_boot_info(boot))
+    }
+
+    /// Everything before `main` when entered through the PVH entry: the `BootInfo` is
+    /// built from the `hvm_start_info` at `start_info`, with the kernel image
+    /// `[image_start, image_end)` kept out of its usable RAM.
+    pub fn init_pvh(start_info: u64, image_start: u64, image_end: u64) -> &'static super::BootInfo {
+        early();
+        finish(crate::pvh::boot_info(start_info, (image_start, image_end)))
+    }
+
+    /// Publishes the `BootInfo`, picks the console, sets up the heap.
+    fn finish(boot: &'static super::BootInfo) -> &'static super::BootInfo {
         super::BOOT_INFO.store(
             boot as *const super::BootInfo as *mut super::BootInfo,
             core::sync::atomic::Ordering::Release,
@@ -125,6 +155,13 @@ pub mod __private {
 /// the pvkit ABI note (do not also use `pvkit_abi::abi_note!`), the panic handler (which
 /// reports the panic to the host) and `_start`, which switches to the runtime's guarded
 /// boot stack and runs the set-up described in [`crate::rt`].
+///
+/// `entry!(main, pvh)` also emits the PVH entry ([`crate::pvh`]), so the same ELF boots
+/// with `qemu-system-x86_64 -kernel`: there, without the pvkit CPUID signature, `print!`
+/// uses the 16550 UART, and `main`'s return value, a panic or an exception (printed on
+/// the UART) end the VM through `isa-debug-exit`. The linker script must then keep
+/// `.note.Xen` in a `PT_NOTE` and define `__pvkit_image_start` and `__pvkit_image_end`
+/// around the image (as the `pvkit new` template does).
 #[macro_export]
 macro_rules! entry {
     ($main:path) => {
@@ -157,7 +194,45 @@ macro_rules! entry {
         /// Reports the panic to the host (`pvkit run` exits 125).
         #[panic_handler]
         fn __pvkit_rt_panic(info: &::core::panic::PanicInfo<'_>) -> ! {
-            $crate::fault::report_panic(info)
+            $crate::rt::report::panic(info)
+        }
+
+    };
+    ($main:path, pvh) => {
+        $crate::entry!($main);
+        $crate::__rt_pvh_entry!($main);
+    };
+}
+
+/// The PVH entry of [`crate::entry!`]`(main, pvh)`: the note and trampoline of
+/// [`crate::pvh_entry!`] on the runtime's boot stack, then the same set-up as `_start`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __rt_pvh_entry {
+    ($main:path) => {
+        $crate::pvh_entry!(
+            stack = $crate::rt::__private::BOOT_STACK,
+            stack_size = $crate::rt::__private::STACK_TOP_OFFSET,
+            main = __pvkit_rt_pvh_main,
+        );
+
+        extern "C" {
+            /// Start of the kernel image (defined by the linker script).
+            static __pvkit_image_start: u8;
+            /// End of the kernel image, `.bss` included (defined by the linker script).
+            static __pvkit_image_end: u8;
+        }
+
+        /// Called by `pvh_start` with the `hvm_start_info` address.
+        #[allow(unreachable_code)]
+        extern "C" fn __pvkit_rt_pvh_main(start_info: u64) -> ! {
+            let boot = $crate::rt::__private::init_pvh(
+                start_info,
+                (&raw const __pvkit_image_start) as u64,
+                (&raw const __pvkit_image_end) as u64,
+            );
+            let code: i32 = $main(boot);
+            $crate::rt::exit(code)
         }
     };
 }

@@ -257,7 +257,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         && (super::stack::in_guard(cr2) || super::stack::in_guard(frame.rsp));
     if overflow {
         let (lo, hi) = super::stack::range();
-        crate::fault::report_exception(
+        super::report::exception(
             vector,
             frame.error_code,
             frame.rip,
@@ -271,7 +271,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
             ),
         )
     }
-    crate::fault::report_exception(
+    super::report::exception(
         vector,
         frame.error_code,
         frame.rip,
@@ -351,6 +351,12 @@ pub fn init() {
         // SAFETY: single CPU, interrupts disabled; the stub is code in this image.
         unsafe { set_gate(vector as u8, stub, ist) };
     }
+    load();
+}
+
+/// Loads the IDT [`init`] filled on this CPU (another CPU of an SMP kernel shares it: its
+/// IST slots name the stacks of that CPU's own TSS).
+pub fn load() {
     #[repr(C, packed(2))]
     struct Pointer {
         limit: u16,

@@ -21,6 +21,7 @@
 //! | `durability`   | `via=pv\|ring\|ata`: rounds of writes + flush, `flushed <k>` lines   |
 //! | `enospc`       | PV block and ATA writes until the host filesystem is full           |
 //! | `ring-chain`   | `via=…` `then=…`: a block ring that reloads itself from the disk    |
+//! | `net`          | NE2000 register nonsense and an undrained ring (needs `--net`)      |
 //!
 //! Ring 0 is interpreted on kvm_pvm (~1 µs per instruction), so no scenario loops over
 //! more than a few thousand instructions except the deliberate infinite loops.
@@ -31,9 +32,11 @@ mod chain;
 mod devices;
 mod disk;
 mod hcalls;
+mod net;
 mod out;
 mod raw;
 mod rings;
+mod spin;
 
 use pvkit_abi::boot::{BootInfo, BOOT_MAGIC};
 use pvkit_abi::cpuid::Features;
@@ -141,6 +144,7 @@ extern "C" fn main(boot: &'static BootInfo) -> ! {
         "durability" => disk::durability(&mut ctx),
         "enospc" => disk::enospc(&mut ctx),
         "ring-chain" => chain::run(&mut ctx),
+        "net" => net::run(&mut ctx),
         _ => {
             say("unknown case");
             hypercall::exit(201);

@@ -83,6 +83,15 @@ const KVM_FEATURE_CLOCKSOURCE2: u32 = 1 << 3;
 /// [`KVM_LEAF_BASE`], where KVM still finds its own signature (it scans the hypervisor
 /// range in steps of 0x100) and the guest's `wrmsr` is handled in the kernel.
 pub fn kvmclock_available(supported: &[kvm_cpuid_entry2]) -> bool {
+    kvm_pv_features(supported) & KVM_FEATURE_CLOCKSOURCE2 != 0
+}
+
+/// `KVM_FEATURE_PV_EOI` in EAX of KVM's leaf `0x4000_0001`: `MSR_KVM_PV_EOI_EN`.
+pub const KVM_FEATURE_PV_EOI: u32 = 1 << 6;
+
+/// KVM's paravirtual feature bits (EAX of its leaf `0x4000_0001`) in KVM's `supported`
+/// table, 0 when KVM's signature is missing.
+pub fn kvm_pv_features(supported: &[kvm_cpuid_entry2]) -> u32 {
     let leaf = |f: u32| supported.iter().find(|e| e.function == f);
     let signed = leaf(LEAF_BASE).is_some_and(|e| {
         [e.ebx, e.ecx, e.edx]
@@ -90,7 +99,17 @@ pub fn kvmclock_available(supported: &[kvm_cpuid_entry2]) -> bool {
             .flat_map(|r| r.to_le_bytes())
             .eq(*b"KVMKVMKVM\0\0\0")
     });
-    signed && leaf(LEAF_FEATURES).is_some_and(|e| e.eax & KVM_FEATURE_CLOCKSOURCE2 != 0)
+    match (signed, leaf(LEAF_FEATURES)) {
+        (true, Some(e)) => e.eax,
+        _ => 0,
+    }
+}
+
+/// Whether KVM offers PV EOI (`KVM_GET_SUPPORTED_CPUID`). Offered is not effective: on
+/// kvm_pvm the MSR is accepted but KVM never sets the flag (`pvkit bench --only irq`
+/// measures it at run time).
+pub fn pv_eoi_offered(supported: &[kvm_cpuid_entry2]) -> bool {
+    kvm_pv_features(supported) & KVM_FEATURE_PV_EOI != 0
 }
 
 /// Puts APIC ID `id` where CPUID reports it: leaf 1 `EBX[31:24]` (initial APIC ID) and
@@ -187,5 +206,26 @@ mod tests {
         assert!(!kvmclock_available(&[sig]));
         let other = kvm_cpuid_entry2 { ebx: 0, ..sig };
         assert!(!kvmclock_available(&[other, feat(0x8)]));
+    }
+
+    #[test]
+    fn pv_eoi_is_bit_6_of_kvms_feature_leaf_behind_its_signature() {
+        let [b, c, d] = [*b"KVMK", *b"VMKV", *b"M\0\0\0"].map(u32::from_le_bytes);
+        let sig = kvm_cpuid_entry2 {
+            function: LEAF_BASE,
+            eax: LEAF_FEATURES,
+            ebx: b,
+            ecx: c,
+            edx: d,
+            ..Default::default()
+        };
+        let feat = |eax| entry(LEAF_FEATURES, eax, 0);
+        // kvm_pvm's 0x4000_0001.EAX (docs/PLATFORM.md) has bit 6.
+        assert!(pv_eoi_offered(&[sig, feat(0x0100_7efb)]));
+        assert!(!pv_eoi_offered(&[sig, feat(0x0100_7efb & !(1 << 6))]));
+        assert!(!pv_eoi_offered(&[sig]));
+        let other = kvm_cpuid_entry2 { ebx: 0, ..sig };
+        assert!(!pv_eoi_offered(&[other, feat(1 << 6)]));
+        assert_eq!(kvm_pv_features(&[sig, feat(0x40)]), 0x40);
     }
 }

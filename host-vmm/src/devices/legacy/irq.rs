@@ -145,4 +145,171 @@ mod tests {
         assert_eq!(line.raised(), 3);
         assert_eq!(line.gsi(), 9);
     }
+
+    // ---- routing through KVM's in-kernel irqchip (needs /dev/kvm; skipped without it,
+    // except under CI=true) -------------------------------------------------------------
+
+    use kvm_bindings::{
+        kvm_irqchip, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    };
+    use kvm_ioctls::{Kvm, VcpuFd};
+    use std::time::{Duration, Instant};
+
+    /// A fresh VM, or `None` (skip) where `/dev/kvm` cannot be opened outside CI.
+    fn vm() -> Option<(Kvm, VmFd)> {
+        match Kvm::new() {
+            Ok(kvm) => {
+                let vm = kvm.create_vm().expect("KVM_CREATE_VM");
+                Some((kvm, vm))
+            }
+            Err(e) => {
+                assert!(
+                    std::env::var("CI").map_or(true, |v| v != "true"),
+                    "CI=true: the routing tests need /dev/kvm: {e}"
+                );
+                eprintln!("note: skipping an irqchip test without /dev/kvm: {e}");
+                None
+            }
+        }
+    }
+
+    /// The IRR of PIC `chip` (master or slave).
+    fn pic_irr(vm: &VmFd, chip: u32) -> u8 {
+        let mut c = kvm_irqchip {
+            chip_id: chip,
+            ..Default::default()
+        };
+        vm.get_irqchip(&mut c).expect("KVM_GET_IRQCHIP");
+        // SAFETY: for a PIC chip id KVM fills the `pic` member of the union.
+        unsafe { c.chip.pic.irr }
+    }
+
+    /// Waits (up to 5 s: irqfd injection runs on a kernel worker) until `done` holds.
+    fn eventually(mut done: impl FnMut() -> bool) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if done() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    #[test]
+    fn an_irqfd_needs_the_irqchip_and_says_which_gsi() {
+        let Some((_kvm, vm)) = vm() else { return };
+        let e = InterruptLine::irqfd(&vm, 5).expect_err("no irqchip yet");
+        assert!(matches!(e, IrqError::Irqfd { gsi: 5, .. }), "{e}");
+        assert!(e.to_string().contains("GSI 5") && e.to_string().contains("KVM_IRQFD"));
+        create_irqchip(&vm).unwrap();
+        // A second irqchip is refused with its own error.
+        let e = create_irqchip(&vm).expect_err("one irqchip per VM");
+        assert!(e.to_string().contains("KVM_CREATE_IRQCHIP"), "{e}");
+        let line = InterruptLine::irqfd(&vm, 5).unwrap();
+        assert_eq!((line.gsi(), line.raised()), (5, 0));
+        // Every IOAPIC pin has a route; two lines (two eventfds) may share a GSI.
+        for gsi in 0..24 {
+            InterruptLine::irqfd(&vm, gsi).unwrap_or_else(|e| panic!("GSI {gsi}: {e}"));
+        }
+    }
+
+    /// KVM's default routing: ISA GSIs 0–15 go to the PIC (master lines 0–7, slave lines
+    /// 8–15) as well as to the IOAPIC; GSIs 16–23 go to the IOAPIC only. The PIC latches
+    /// an edge in its IRR even while the line is masked, so the route shows there.
+    #[test]
+    fn isa_gsis_reach_their_pic_line_and_higher_gsis_do_not() {
+        let Some((_kvm, vm)) = vm() else { return };
+        create_irqchip(&vm).unwrap();
+        let mut lines: Vec<InterruptLine> = Vec::new();
+        for (gsi, chip, bit) in [
+            (3u32, KVM_IRQCHIP_PIC_MASTER, 3u8),
+            (5, KVM_IRQCHIP_PIC_MASTER, 5),
+            (9, KVM_IRQCHIP_PIC_SLAVE, 1),
+            (14, KVM_IRQCHIP_PIC_SLAVE, 6),
+        ] {
+            let mut line = InterruptLine::irqfd(&vm, gsi).unwrap();
+            assert_eq!(pic_irr(&vm, chip) & (1 << bit), 0, "GSI {gsi} before");
+            line.trigger();
+            assert!(
+                eventually(|| pic_irr(&vm, chip) & (1 << bit) != 0),
+                "GSI {gsi} never reached PIC chip {chip} line {bit}"
+            );
+            lines.push(line);
+        }
+        let (master, slave) = (
+            pic_irr(&vm, KVM_IRQCHIP_PIC_MASTER),
+            pic_irr(&vm, KVM_IRQCHIP_PIC_SLAVE),
+        );
+        let mut high = InterruptLine::irqfd(&vm, 19).unwrap();
+        high.trigger();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            pic_irr(&vm, KVM_IRQCHIP_PIC_MASTER),
+            master,
+            "GSI 19 on the PIC"
+        );
+        assert_eq!(
+            pic_irr(&vm, KVM_IRQCHIP_PIC_SLAVE),
+            slave,
+            "GSI 19 on the PIC"
+        );
+        assert_eq!(high.raised(), 1);
+    }
+
+    /// Enables vCPU 0's LAPIC in software (SVR) so fixed interrupts are accepted.
+    fn enable_lapic(vcpu: &VcpuFd) {
+        let mut l = vcpu.get_lapic().expect("KVM_GET_LAPIC");
+        l.regs[0xf0] = 0xff_u8 as _;
+        l.regs[0xf1] = 1;
+        vcpu.set_lapic(&l).expect("KVM_SET_LAPIC");
+    }
+
+    /// Whether vector `v` is pending in vCPU 0's LAPIC IRR.
+    fn lapic_irr(vcpu: &VcpuFd, v: u8) -> bool {
+        let l = vcpu.get_lapic().expect("KVM_GET_LAPIC");
+        let reg = 0x200 + 0x10 * usize::from(v / 32);
+        let word = u32::from_le_bytes([
+            l.regs[reg] as u8,
+            l.regs[reg + 1] as u8,
+            l.regs[reg + 2] as u8,
+            l.regs[reg + 3] as u8,
+        ]);
+        word & (1 << (v % 32)) != 0
+    }
+
+    /// An IOAPIC pin programmed with a vector (edge, unmasked, physical destination
+    /// APIC 0) delivers an irqfd edge on its GSI to that vector in the LAPIC; a masked pin
+    /// delivers nothing.
+    #[test]
+    fn ioapic_redirection_entries_route_gsis_to_their_vector() {
+        let Some((_kvm, vm)) = vm() else { return };
+        create_irqchip(&vm).unwrap();
+        let vcpu = vm.create_vcpu(0).expect("KVM_CREATE_VCPU");
+        enable_lapic(&vcpu);
+        let mut io = kvm_irqchip {
+            chip_id: KVM_IRQCHIP_IOAPIC,
+            ..Default::default()
+        };
+        vm.get_irqchip(&mut io).unwrap();
+        // SAFETY: for the IOAPIC chip id KVM fills (and reads) the `ioapic` member.
+        unsafe {
+            // Pin 16 → vector 0x61 (unmasked); pin 17 → vector 0x62, masked (bit 16).
+            io.chip.ioapic.redirtbl[16].bits = 0x61;
+            io.chip.ioapic.redirtbl[17].bits = 0x62 | 1 << 16;
+        }
+        vm.set_irqchip(&io).unwrap();
+        let mut a = InterruptLine::irqfd(&vm, 16).unwrap();
+        let mut b = InterruptLine::irqfd(&vm, 17).unwrap();
+        assert!(!lapic_irr(&vcpu, 0x61));
+        a.trigger();
+        b.trigger();
+        assert!(
+            eventually(|| lapic_irr(&vcpu, 0x61)),
+            "GSI 16 never reached vector 0x61"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!lapic_irr(&vcpu, 0x62), "a masked pin delivered");
+        assert_eq!((a.raised(), b.raised()), (1, 1));
+    }
 }

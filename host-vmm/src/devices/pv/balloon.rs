@@ -234,7 +234,7 @@ impl std::fmt::Debug for PvBalloon {
 }
 
 /// The resident set of this process in KiB, read from `statm` (second field, pages).
-fn read_rss_kib(statm: &File) -> Option<u64> {
+pub fn read_rss_kib(statm: &File) -> Option<u64> {
     let mut buf = [0u8; 128];
     let n = statm.read_at(&mut buf, 0).ok()?;
     let text = std::str::from_utf8(buf.get(..n)?).ok()?;

@@ -71,6 +71,8 @@ pub struct HypercallBus {
     calls: BTreeMap<u32, usize>,
     pages: Vec<(pvkit_abi::ring::PageId, usize)>,
     queues: Vec<(QueueSpec, usize)>,
+    /// The devices that asked for [`PvDevice::before_run`].
+    entry_hooks: Vec<usize>,
     rings: Option<Rings>,
 }
 
@@ -131,6 +133,9 @@ impl HypercallBus {
         self.pages.extend(device.pages().iter().map(|&p| (p, idx)));
         self.queues
             .extend(device.queues().iter().map(|&q| (q, idx)));
+        if device.hooks_entry() {
+            self.entry_hooks.push(idx);
+        }
         self.devices.push(device);
         Ok(())
     }
@@ -305,6 +310,21 @@ impl HypercallBus {
     pub fn set_ring_irqs(&mut self, irqs: Arc<RingIrqs>) {
         if let Some(r) = self.rings.as_mut() {
             r.set_irqs(irqs);
+        }
+    }
+
+    /// Runs the entry hooks of the devices that asked for one, on vCPU `vcpu`'s thread
+    /// before it enters the guest.
+    pub fn before_run(&self, mem: &GuestRam, vcpu: u32) {
+        for d in self.entry_hooks.iter().filter_map(|&i| self.devices.get(i)) {
+            d.before_run(mem, vcpu);
+        }
+    }
+
+    /// Tells every device that vCPU `vcpu`'s thread started (before its seccomp filter).
+    pub fn vcpu_thread_started(&self, vcpu: u32) {
+        for d in &self.devices {
+            d.vcpu_thread_started(vcpu);
         }
     }
 

@@ -213,6 +213,7 @@ fn harness(o: Opts) -> Harness {
     let devices = assemble(
         PvConfig {
             console: console.clone(),
+            pv_console: true,
             disk: disk.clone(),
             clock: o
                 .clock
@@ -230,6 +231,9 @@ fn harness(o: Opts) -> Harness {
             )),
             vcpu_up: None,
             net: None,
+            ipi: None,
+            spinlock: None,
+            steal: None,
         },
         &mut ledger,
     )

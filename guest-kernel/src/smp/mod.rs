@@ -1,6 +1,7 @@
-//! SMP bring-up (`smp=emulated|pv cpus=N`): the bootstrap processor starts vCPUs
-//! 1..N-1, each reports in once, and the BSP prints how long the bring-up of all of them
-//! took (one `rdtsc` before the first start, one after the last report).
+//! SMP (`smp=emulated|pv cpus=N`): the bootstrap processor starts vCPUs 1..N-1, each sets
+//! itself up and reports in once, and the BSP prints how long the bring-up of all of them
+//! took (one `rdtsc` before the first start, one after the last report). With `ipi=` the
+//! BSP then runs the IPI workload ([`ipi`]).
 //!
 //! - `emulated`: INIT-SIPI-SIPI through the xAPIC ICR (MMIO at `0xfee00300`/`0x310`, the
 //!   in-kernel LAPIC) with start page [`TRAMPOLINE`] (vector `0x80`). The AP begins in real
@@ -14,8 +15,18 @@
 //! (`BOOT_STACK_TOP`, [`pvkit_abi::boot`]), below the legacy video hole at `0xa_0000`; the
 //! kernel does not use the boot area after entry and the heap lies above the kernel.
 //!
-//! Each AP adds one to [`UP`], writes `cpu N up` with one `ConsoleWrite` and halts with
-//! interrupts off (`cli; hlt`: in the in-kernel LAPIC, no exit).
+//! Each AP, in [`ap_main`]: loads its own GDT and TSS and the shared IDT and sets its `GS`
+//! base ([`percpu`]), registers its own PV clock page (one `RegisterRegion` exit, when the
+//! host offers the clock), enables its LAPIC in x2APIC mode ([`lapic`]), writes
+//! `[cpuN] up, clock page ok|none` with one `ConsoleWrite`, adds one to [`UP`] and halts
+//! with interrupts on (`sti; hlt`: in the in-kernel LAPIC, no exit) to serve IPIs.
+//!
+//! From the start of the bring-up every console line carries its CPU's prefix
+//! (`[cpu0] `, `[cpu1] `, ...; [`crate::console`]), in the same single write as the line.
+
+pub mod ipi;
+pub mod lapic;
+pub mod percpu;
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -64,16 +75,27 @@ fn stack_top(cpu: usize) -> u64 {
     (&raw const AP_STACKS) as u64 + ((cpu + 1) * AP_STACK_SIZE) as u64 - 8
 }
 
-/// An AP's first Rust code (both ways), with `RDI` = its CPU index.
+/// An AP's first Rust code (both ways), with `RDI` = its CPU index (below [`MAX_CPUS`]:
+/// the trampoline checks the APIC ID, `VcpuUp` passes the index the BSP chose).
 extern "C" fn ap_main(cpu: u64) -> ! {
-    UP.fetch_add(1, Ordering::AcqRel);
-    let mut line = *b"cpu 0 up\n";
-    line[4] = b'0' + (cpu % 10) as u8;
-    let _ = pvkit_guest::hypercall::console_write(&line);
-    loop {
-        // SAFETY: stop this CPU for good; nothing is shared with it any more.
-        unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) };
+    let cpu = cpu as usize;
+    percpu::init_ap(cpu);
+    let clock = percpu::register_clock(cpu);
+    let x2apic = lapic::x2apic_offered();
+    if x2apic {
+        lapic::enable_x2apic();
     }
+    println!(
+        "up, clock page {}",
+        if clock.is_some() { "ok" } else { "none" }
+    );
+    UP.fetch_add(1, Ordering::AcqRel);
+    ipi::ap_idle(x2apic)
+}
+
+/// The calling CPU's index, for the console prefix.
+pub fn current_cpu() -> usize {
+    percpu::current()
 }
 
 // The real-mode trampoline, assembled at its link address and copied to TRAMPOLINE: every
@@ -181,9 +203,33 @@ fn init_sipi(cpu: usize) {
     }
 }
 
-/// Brings up CPUs 1..`cpus` the `mode` way and prints the time and the count.
-pub fn run(mode: SmpMode, cpus: usize, boot: &BootInfo) {
+/// Brings up CPUs 1..`cpus` the `mode` way and prints the time and the count; then runs
+/// the IPI workload `ipi` if asked.
+pub fn run(mode: SmpMode, cpus: usize, ipi: Option<ipi::IpiArgs>, boot: &BootInfo) {
+    let (up, cycles) = bring_up(mode, cpus, boot);
+    let us = match boot.tsc_khz {
+        0 => 0,
+        khz => cycles * 1000 / khz,
+    };
+    println!(
+        "smp: mode={} cpus={} up={up} time_us={us} cycles={cycles}",
+        mode.name(),
+        cpus.clamp(1, MAX_CPUS)
+    );
+    if let Some(args) = ipi {
+        ipi::run(args, 1 + up as usize, boot);
+    }
+}
+
+/// Brings up CPUs 1..`cpus` (at most [`MAX_CPUS`]) the `mode` way: sets up the BSP's
+/// per-CPU data, the IPI gates and the console prefix, starts the APs and waits (about
+/// 10 s at most) until they have reported in. Returns how many did and the TSC cycles from
+/// the first start to the last report.
+pub fn bring_up(mode: SmpMode, cpus: usize, boot: &BootInfo) -> (u32, u64) {
     let cpus = cpus.clamp(1, MAX_CPUS);
+    percpu::init_bsp();
+    ipi::install();
+    crate::console::enable_cpu_prefix();
     // The APs to wait for: all with INIT-SIPI (no answer), those the VMM accepted with PV.
     let mut aps = (cpus - 1) as u32;
     if mode == SmpMode::Emulated {
@@ -225,14 +271,5 @@ pub fn run(mode: SmpMode, cpus: usize, boot: &BootInfo) {
         t1 = rdtsc();
     }
     let t1 = rdtsc().max(t1);
-    let cycles = t1.wrapping_sub(t0);
-    let us = match boot.tsc_khz {
-        0 => 0,
-        khz => cycles * 1000 / khz,
-    };
-    let up = UP.load(Ordering::Acquire);
-    println!(
-        "smp: mode={} cpus={cpus} up={up} time_us={us} cycles={cycles}",
-        mode.name()
-    );
+    (UP.load(Ordering::Acquire), t1.wrapping_sub(t0))
 }
