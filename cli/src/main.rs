@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use pvkit_vmm::devices::legacy::ne2000::{NetBackendConfig, NetConfig};
 use pvkit_vmm::runtime::stop::{STATUS_USAGE, STATUS_VMM_ERROR};
 use pvkit_vmm::vstate::vcpu::RegAccess;
-use pvkit_vmm::{ConsoleKind, DiskConfig, KernelSource, StopReason, VmConfig};
+use pvkit_vmm::{ConsoleKind, DiskConfig, KernelSource, NicModel, StopReason, VmConfig};
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -114,6 +114,15 @@ enum RegAccessArg {
     Ioctl,
 }
 
+/// `pvkit run --nic` models.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum NicArg {
+    /// The emulated NE2000 (ports 0x300-0x31f, IRQ 9).
+    Ne2000,
+    /// The PV NIC (NetInfo/NetSend hypercalls, TX and RX rings).
+    Pv,
+}
+
 /// `pvkit run --net` backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum NetArg {
@@ -207,6 +216,18 @@ struct RunArgs {
     #[arg(long, value_name = "NAME")]
     netns: Option<String>,
 
+    /// With --net: which NIC the guest gets, the emulated NE2000 (the default, as before
+    /// --nic existed) or the PV NIC (hypercalls and TX/RX rings; the built-in guest's
+    /// `net=` modes use whichever is present).
+    #[arg(long, value_enum, value_name = "MODEL", requires = "net")]
+    nic: Option<NicArg>,
+
+    /// Create KVM's in-kernel interrupt controller (LAPIC, IOAPIC, PIC) even without --net
+    /// or SMP, so that the guest can bind rings to completion interrupts (QueueInterrupt,
+    /// feature RING_IRQ). With it, `hlt` no longer exits to userspace.
+    #[arg(long)]
+    irqchip: bool,
+
     /// The guest kernel command line (after `--`), e.g. `-- print=10 exit=3`.
     #[arg(last = true, value_name = "KERNEL-CMDLINE")]
     cmdline: Vec<String>,
@@ -256,6 +277,11 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
             trace: args.trace.is_some(),
         },
         net: net_config(args)?,
+        nic: match args.nic {
+            Some(NicArg::Pv) => NicModel::Pv,
+            Some(NicArg::Ne2000) | None => NicModel::Ne2000,
+        },
+        irqchip: args.irqchip,
         irq_test: false,
         gdb: args.gdb,
         pv_console: !args.no_pv_console,
@@ -338,6 +364,18 @@ fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
             n.irqs_raised
         );
     }
+    if let (true, Some(n)) = (args.stats, &outcome.pv_net) {
+        eprintln!(
+            "PV NIC: {} frames sent, {} received ({} from the backend), {} dropped by the \
+             backend, {} dropped (no guest buffer), {} interrupts raised",
+            n.device.tx_frames,
+            n.device.rx_frames,
+            n.backend.rx_frames,
+            n.backend.dropped(),
+            n.device.rx_dropped_no_buffer,
+            n.irqs_raised
+        );
+    }
     if args.stats {
         eprint!(
             "{}",
@@ -374,6 +412,10 @@ enum DeviceArg {
     Clock,
     /// Bare exit round trips (null port), for calibration.
     Exit,
+    /// Network frames over in-VMM loopback peers: 64 B and 1514 B transmit and receive,
+    /// UDP echo round trips; NE2000 vs PV NetSend, ring, ioeventfd, polled ring, ring with
+    /// completion interrupts.
+    Net,
     /// IPIs in a 4-vCPU boot: x2APIC ICR vs PV SendIpi, ping-pong and one-to-all.
     Ipi,
     /// AP bring-up of 3 APs: INIT-SIPI-SIPI vs the PV VcpuUp (one 4-vCPU boot each).
@@ -445,6 +487,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
             DeviceArg::Block => BenchDevice::Block,
             DeviceArg::Clock => BenchDevice::Clock,
             DeviceArg::Exit => BenchDevice::Exit,
+            DeviceArg::Net => BenchDevice::Net,
             DeviceArg::Ipi => BenchDevice::Ipi,
             DeviceArg::Smp => BenchDevice::Smp,
             DeviceArg::Balloon => BenchDevice::Balloon,

@@ -34,6 +34,8 @@ use pvkit_report::{Baseline, Case, Kind, Platform, Report};
 use thiserror::Error;
 
 use pvkit_vmm::arch::x86_64::cpuid::{pv_eoi_offered, supported_cpuid};
+use pvkit_vmm::devices::legacy::ne2000::{NetBackendConfig, NetConfig};
+use pvkit_vmm::devices::NicModel;
 use pvkit_vmm::io::disk::DiskConfig;
 use pvkit_vmm::runtime::stop::StopReason;
 use pvkit_vmm::vm::{ConsoleKind, KernelSource, RunOutcome, VmConfig};
@@ -437,6 +439,11 @@ fn boot(
             path: path.to_path_buf(),
             read_only: false,
         }),
+        // Net only: both NICs, each on its own in-VMM loopback peer (no privileges).
+        net: device.needs_nics().then_some(NetConfig {
+            backend: NetBackendConfig::Loopback,
+        }),
+        nic: NicModel::Both,
         phase_observer: Some(observer),
         vcpus: spec.vcpus,
         irq_test: device.needs_irq_test(),
