@@ -201,6 +201,17 @@ struct RunArgs {
     #[arg(long, value_name = "NAME")]
     netns: Option<String>,
 
+    /// With --net tap --netns NAME: make the TAP device a port of this existing bridge in
+    /// the namespace (no address on the TAP device; the bridge has the host's), so guests
+    /// on the same bridge reach each other (`pvkit fleet` uses it).
+    #[arg(long, value_name = "BRIDGE", requires = "netns")]
+    bridge: Option<String>,
+
+    /// With --net: the NIC's MAC address (six hex bytes, `52:54:00:12:34:57`), unicast.
+    /// Default 52:54:00:12:34:56; guests on one bridge each need their own.
+    #[arg(long, value_name = "MAC", value_parser = parse_mac, requires = "net")]
+    mac: Option<[u8; 6]>,
+
     /// The guest kernel command line (after `--`), e.g. `-- print=10 exit=3`.
     #[arg(last = true, value_name = "KERNEL-CMDLINE")]
     cmdline: Vec<String>,
@@ -255,11 +266,38 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
 fn net_config(args: &RunArgs) -> anyhow::Result<Option<NetConfig>> {
     let backend = match (args.net, &args.netns) {
         (None, None) => return Ok(None),
-        (Some(NetArg::Tap), ns) => NetBackendConfig::Tap { netns: ns.clone() },
+        (Some(NetArg::Tap), ns) => NetBackendConfig::Tap {
+            netns: ns.clone(),
+            bridge: args.bridge.clone(),
+        },
         (Some(NetArg::Loopback), None) => NetBackendConfig::Loopback,
         (_, Some(_)) => anyhow::bail!("--netns needs --net tap"),
     };
-    Ok(Some(NetConfig { backend }))
+    Ok(Some(NetConfig {
+        backend,
+        mac: args.mac,
+    }))
+}
+
+/// Parses `--mac`: six colon-separated hex bytes, not multicast (the low bit of the first
+/// byte clear) and not all zero.
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next().ok_or("a MAC address has six bytes")?;
+        if p.len() != 2 {
+            return Err(format!("{p:?} is not a two-digit hex byte"));
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| format!("{p:?} is not a hex byte"))?;
+    }
+    if parts.next().is_some() {
+        return Err("a MAC address has six bytes".into());
+    }
+    if mac[0] & 1 != 0 || mac == [0; 6] {
+        return Err("the MAC address must be unicast and not all zero".into());
+    }
+    Ok(mac)
 }
 
 fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {

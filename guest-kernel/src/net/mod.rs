@@ -14,6 +14,7 @@
 //! | `net=serve` | answers ARP, ICMP echo and UDP echo (port 7) on `ip=`, until a UDP datagram to port 9999 arrives |
 //! | `net=echo count=N size=S` | resolves `peer=` by ARP, then `N` times: a UDP datagram of `S` bytes to the peer's port 7, and waits (halted) for its echo |
 //! | `net=send count=N size=S` | resolves `peer=`, then sends `N` datagrams of `S` bytes to the peer's discard port (9) back to back and prints the rate |
+//! | `net=ring id=K members=N` | one member of a ring of guests ([`ring`]): waits for the ring's message, adds `K`, passes it on to `peer=`; member `N` checks the sum |
 //!
 //! Defaults: `ip=10.0.2.15`, `peer=10.0.2.2`, `count=10`, `size=18` (a 60-byte frame, the
 //! Ethernet minimum). At the end each mode masks the card's interrupts and prints
@@ -25,6 +26,7 @@
 
 mod irq;
 pub mod proto;
+pub mod ring;
 
 use core::cell::UnsafeCell;
 
@@ -49,6 +51,8 @@ pub enum Mode {
     Echo,
     /// UDP datagrams to the peer's discard port.
     Send,
+    /// A member of a ring of guests ([`ring`]).
+    Ring,
 }
 
 /// `net=… ip=… peer=… count=… size=…`.
@@ -64,6 +68,8 @@ pub struct NetArgs {
     pub count: u64,
     /// UDP payload bytes.
     pub size: usize,
+    /// `net=ring`: this member's place in the ring, and the ring's memory use.
+    pub ring: ring::RingArgs,
 }
 
 impl NetArgs {
@@ -75,6 +81,7 @@ impl NetArgs {
             peer: [10, 0, 2, 2],
             count: 10,
             size: 18,
+            ring: ring::RingArgs::new(),
         }
     }
 }
@@ -86,6 +93,7 @@ impl Mode {
             "serve" => Some(Mode::Serve),
             "echo" => Some(Mode::Echo),
             "send" => Some(Mode::Send),
+            "ring" => Some(Mode::Ring),
             _ => None,
         }
     }
@@ -223,8 +231,10 @@ pub fn run(args: NetArgs, boot: &BootInfo) -> ! {
         mac[0], mac[1], mac[2], mac[3], mac[4], mac[5],
         if x2apic { "x2apic" } else { "xapic" }
     );
+    let mut status = 0;
     match args.mode {
         Mode::Serve => wait_until(|s| s.proto.done),
+        Mode::Ring => status = ring::run(&args.ring, boot),
         Mode::Echo | Mode::Send => {
             let s = state();
             let len = s.proto.arp_request(&mut s.tx.0);
@@ -262,5 +272,5 @@ pub fn run(args: NetArgs, boot: &BootInfo) -> ! {
         "net: done irqs={} frames={} arp={} icmp={} udp={} echoes={} no_reply={} errors={}",
         s.irqs, s.frames, c.arp, c.icmp, c.udp, c.echoes, c.no_reply, s.errors
     );
-    crate::exit(0)
+    crate::exit(status)
 }

@@ -15,7 +15,9 @@ use crate::arch::x86_64::layout::{write_boot_area, BootParams};
 use crate::bus::PortBus;
 use crate::devices::legacy::ata::attach_ata;
 use crate::devices::legacy::irq::{create_irqchip, InterruptLine};
-use crate::devices::legacy::ne2000::{attach_ne2000, open_backend, NetDevice, NE2000_GSI};
+use crate::devices::legacy::ne2000::{
+    attach_ne2000, open_backend, NetDevice, NE2000_GSI, NE2000_MAC,
+};
 use crate::devices::legacy::pit::attach_pit;
 use crate::devices::legacy::uart::{Uart, COM1_BASE, COM1_LEN};
 use crate::devices::legacy::vm_clock::VmClock;
@@ -135,7 +137,8 @@ pub fn build(
     let net_backend = match &config.net {
         Some(net) => {
             let line = InterruptLine::irqfd(&vm_fd, NE2000_GSI)?;
-            Some((open_backend(&net.backend)?, line))
+            let mac = net.mac.unwrap_or(NE2000_MAC);
+            Some((open_backend(&net.backend)?, mac, line))
         }
         None => None,
     };
@@ -181,7 +184,7 @@ pub fn build(
         attach_ata(&mut pio, d.clone())?;
     }
     let net = net_backend
-        .map(|(backend, line)| attach_ne2000(&mut pio, backend, line, on_fatal.clone()))
+        .map(|(backend, mac, line)| attach_ne2000(&mut pio, mac, backend, line, on_fatal.clone()))
         .transpose()?;
     let mut ledger = ExitLedger::new();
     let pv = assemble(
