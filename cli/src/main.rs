@@ -43,6 +43,118 @@ enum Command {
     /// Create a guest kernel crate that builds with `cargo build --release` and boots with
     /// `pvkit run`.
     New(NewArgs),
+    /// Boot N guests at once, each a `pvkit run` process, on one bridge; measure start rate
+    /// and memory per VM; run a UDP ring through all of them and verify it. Needs root.
+    #[command(after_long_help = FLEET_HELP)]
+    Fleet(FleetArgs),
+}
+
+const FLEET_HELP: &str = "\
+The guests run the built-in kernel's net=ring mode on the emulated NE2000, each on a TAP
+device that is a port of the bridge pvbr0 (10.88.0.1/16) in a network namespace
+pvkit-fleet-<pid> created for the run and deleted after it. Guest K is 10.88.0.(10+K) with
+MAC 52:54:00:88:00:K. Once every guest is ready, the host reads each process's PSS
+(/proc/PID/smaps_rollup) and guest-RAM PSS (/proc/PID/smaps), then sends a UDP message
+around the ring host -> 1 -> ... -> N -> host; each guest adds its id, the last guest and
+the host check the sum N(N+1)/2. KSM is reported, never switched on.
+
+Exit status:
+  0     every guest started, the ring verified, every guest exited 0
+  1     the fleet could not start (no root, no /dev/net/tun, bad options)
+  2     usage error
+  3     a guest failed to start or exit cleanly, or the ring did not verify";
+
+#[derive(clap::Args, Debug)]
+struct FleetArgs {
+    /// How many guests (1 to 1000).
+    #[arg(value_parser = clap::value_parser!(u32).range(1..=1000))]
+    vms: u32,
+
+    /// Guest RAM per VM in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    mem: u64,
+
+    /// Each guest writes every page of MIB MiB, then stops using it, before it is ready.
+    #[arg(long, value_name = "MIB", default_value_t = 0)]
+    touch: u64,
+
+    /// With --touch: the guests give that memory back to the host through the balloon.
+    #[arg(long, requires = "touch")]
+    give_back: bool,
+
+    /// Bound on the whole run, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300.0)]
+    timeout: f64,
+
+    /// Also write the results (per guest too) as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+
+    /// Do not confine the guests' VMM threads with seccomp.
+    #[arg(long)]
+    no_seccomp: bool,
+}
+
+/// Exit status of `pvkit fleet` when a guest or the ring failed.
+const STATUS_FLEET_FAILED: u8 = 3;
+
+fn timeout_arg(t: f64) -> anyhow::Result<Duration> {
+    if !(t.is_finite() && t > 0.0 && t <= 1e6) {
+        anyhow::bail!("--timeout must be a positive number of seconds");
+    }
+    Ok(Duration::from_secs_f64(t))
+}
+
+fn fleet_config(
+    vms: u32,
+    mem: u64,
+    timeout: Duration,
+    seccomp: bool,
+) -> anyhow::Result<pvkit_cli::fleet::FleetConfig> {
+    let pvkit = std::env::current_exe().context("cannot find the pvkit binary to run guests")?;
+    if !(pvkit_vmm::vstate::memory::MIN_MEM_MIB..=pvkit_vmm::vstate::memory::MAX_MEM_MIB)
+        .contains(&mem)
+    {
+        anyhow::bail!(
+            "--mem must be {} to {} MiB",
+            pvkit_vmm::vstate::memory::MIN_MEM_MIB,
+            pvkit_vmm::vstate::memory::MAX_MEM_MIB
+        );
+    }
+    let mut cfg = pvkit_cli::fleet::FleetConfig::new(pvkit, vms, mem);
+    cfg.timeout = timeout;
+    cfg.seccomp = seccomp;
+    Ok(cfg)
+}
+
+fn fleet(args: &FleetArgs) -> anyhow::Result<u8> {
+    use pvkit_cli::fleet::{self, report};
+    let mut cfg = fleet_config(
+        args.vms,
+        args.mem,
+        timeout_arg(args.timeout)?,
+        !args.no_seccomp,
+    )?;
+    if args.touch > 0 && args.touch >= args.mem {
+        anyhow::bail!("--touch must be less than --mem");
+    }
+    cfg.touch_mib = args.touch;
+    cfg.give_back = args.give_back;
+    let outcome = fleet::run(&cfg).context("cannot run the fleet")?;
+    print!("{}", report::markdown(&outcome));
+    if let Some(path) = &args.json {
+        std::fs::write(path, report::json(&outcome))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(signal) = pvkit_vmm::runtime::signals::pending() {
+        eprintln!("pvkit: fleet stopped by {signal}");
+        return Ok(signal.exit_status());
+    }
+    Ok(if outcome.passed() {
+        0
+    } else {
+        STATUS_FLEET_FAILED
+    })
 }
 
 #[derive(clap::Args, Debug)]
@@ -530,6 +642,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args, started_at),
         Command::Bench(args) => bench(args),
         Command::New(args) => new_guest(args),
+        Command::Fleet(args) => fleet(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

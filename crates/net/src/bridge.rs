@@ -39,11 +39,22 @@ pub(crate) fn os(op: &'static str) -> impl FnOnce(io::Error) -> BridgeError {
     }
 }
 
-/// Creates bridge `name` in `netns` with the host address `ip/prefix_len` and brings it up.
-/// It lives as long as the namespace.
-pub fn create(netns: &NetNs, name: &str, ip: Ipv4Addr, prefix_len: u8) -> Result<(), BridgeError> {
+/// Creates bridge `name` in `netns` with MAC address `mac` and the host address
+/// `ip/prefix_len`, and brings it up. It lives as long as the namespace.
+///
+/// The MAC is set explicitly because a bridge without one takes the lowest MAC of its
+/// ports and changes it when that port goes away: a guest that resolved the host's address
+/// just before another guest's TAP device closed would then send to a MAC nobody has.
+pub fn create(
+    netns: &NetNs,
+    name: &str,
+    mac: [u8; 6],
+    ip: Ipv4Addr,
+    prefix_len: u8,
+) -> Result<(), BridgeError> {
     netns.run_in(|| -> Result<(), BridgeError> {
         ifconfig::add_bridge(name).map_err(os("create the bridge (SIOCBRADDBR)"))?;
+        ifconfig::set_mac(name, mac).map_err(os("set the bridge's MAC address"))?;
         ifconfig::set_ipv4(name, ip, prefix_len).map_err(os("set the bridge's IPv4 address"))?;
         ifconfig::set_up(name).map_err(os("bring the bridge up"))
     })?
