@@ -513,11 +513,15 @@ enum DeviceArg {
     Clock,
     /// Bare exit round trips (null port), for calibration.
     Exit,
+    /// Many VMs on one host (`pvkit fleet`): start rate, memory per VM, density with and
+    /// without the balloon, a UDP ring through all guests. Needs root; only when asked for.
+    Fleet,
 }
 
 #[derive(clap::Args, Debug)]
 struct BenchArgs {
-    /// Run only these devices (repeat or comma-separate). Default: all four.
+    /// Run only these devices (repeat or comma-separate). Default: the four devices (`fleet`
+    /// runs only when named: it needs root and writes fleet.json and fleet.md instead).
     #[arg(long, value_enum, value_delimiter = ',', value_name = "DEVICE")]
     only: Vec<DeviceArg>,
 
@@ -552,6 +556,54 @@ struct BenchArgs {
     /// Do not confine the vCPU and I/O threads with their seccomp filters.
     #[arg(long)]
     no_seccomp: bool,
+
+    /// With --only fleet: guests of the start run (64 MiB each). Default: 50, 8 with --quick.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    fleet_vms: Option<u32>,
+
+    /// With --only fleet: guests of each density run (128 MiB each). Default: 8, 3 with
+    /// --quick.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    fleet_density_vms: Option<u32>,
+
+    /// With --only fleet: the host memory budget the density figure is for, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    fleet_budget: u64,
+}
+
+/// `pvkit bench --only fleet`: the fleet runs, written to `fleet.json` and `fleet.md`.
+fn fleet_bench(args: &BenchArgs) -> anyhow::Result<u8> {
+    use pvkit_cli::fleet::bench::{self, FleetBenchConfig};
+    let pvkit = std::env::current_exe().context("cannot find the pvkit binary to run guests")?;
+    let cfg = FleetBenchConfig {
+        pvkit,
+        vms: args.fleet_vms.unwrap_or(if args.quick { 8 } else { 50 }),
+        density_vms: args
+            .fleet_density_vms
+            .unwrap_or(if args.quick { 3 } else { 8 }),
+        budget_mib: args.fleet_budget,
+        timeout: match args.timeout {
+            Some(t) => timeout_arg(t)?,
+            None => Duration::from_secs(300),
+        },
+        seccomp: !args.no_seccomp,
+    };
+    let result = bench::run(&cfg).context("cannot run the fleet benchmark")?;
+    print!("{}", result.markdown());
+    let (json, md) = result
+        .write(&args.out)
+        .with_context(|| format!("cannot write the fleet results to {}", args.out.display()))?;
+    eprintln!("pvkit bench: wrote {}, {}", json.display(), md.display());
+    if let Some(signal) = pvkit_vmm::runtime::signals::pending() {
+        eprintln!("pvkit: bench stopped by {signal}");
+        return Ok(signal.exit_status());
+    }
+    Ok(if result.passed() {
+        0
+    } else {
+        STATUS_BENCH_FAILED
+    })
 }
 
 fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
@@ -563,15 +615,27 @@ fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
         Some(_) => anyhow::bail!("--timeout must be a positive number of seconds"),
     };
     let mut devices: Vec<BenchDevice> = Vec::new();
+    let mut fleet = false;
     for d in &args.only {
         let d = match d {
             DeviceArg::Console => BenchDevice::Console,
             DeviceArg::Block => BenchDevice::Block,
             DeviceArg::Clock => BenchDevice::Clock,
             DeviceArg::Exit => BenchDevice::Exit,
+            DeviceArg::Fleet => {
+                fleet = true;
+                continue;
+            }
         };
         if !devices.contains(&d) {
             devices.push(d);
+        }
+    }
+    if fleet {
+        // The fleet is its own run with its own files; devices asked for too run after it.
+        let status = fleet_bench(args)?;
+        if devices.is_empty() || status != 0 {
+            return Ok(status);
         }
     }
     if devices.is_empty() {

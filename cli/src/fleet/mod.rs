@@ -13,6 +13,7 @@
 //! touched, the difference (the VMM's own overhead), the drop of the host's `MemAvailable`
 //! per VM (which also counts kernel memory: KVM's, the TAP devices'), and the ring's time.
 
+pub mod bench;
 pub mod member;
 pub mod memory;
 pub mod network;
