@@ -1,8 +1,8 @@
 //! What a VM costs the host, read from procfs: a process's proportional set size
 //! (`/proc/PID/smaps_rollup`: shared pages such as the `pvkit` binary's text divided among
 //! the processes that map them), the part of it that is guest RAM (the one anonymous
-//! mapping of exactly the guest's size in `/proc/PID/smaps`), the host's `MemAvailable`,
-//! and whether KSM (kernel same-page merging) runs.
+//! mapping of exactly the guest's size in `/proc/PID/smaps`), the host's kernel memory
+//! (`/proc/meminfo`), and whether KSM (kernel same-page merging) runs.
 
 use std::path::Path;
 
@@ -89,13 +89,30 @@ pub fn process_guest_ram_pss_kib(pid: u32, ram_bytes: u64) -> Result<u64, Memory
     })
 }
 
-/// The host's `MemAvailable` in KiB.
-pub fn mem_available_kib() -> Result<u64, MemoryError> {
-    let path = "/proc/meminfo";
-    kib_field(&read(path)?, "MemAvailable").ok_or(MemoryError::Missing {
-        path: path.to_owned(),
-        field: "MemAvailable",
-    })
+/// The `/proc/meminfo` fields that are kernel memory a VM adds: unreclaimable slab (KVM's
+/// objects, the TAP device), kernel stacks (the VMM's threads), page tables (the VMM's and
+/// KVM's secondary ones), vmalloc (KVM's per-VM and per-vCPU areas).
+pub const KERNEL_FIELDS: [&str; 5] = [
+    "SUnreclaim",
+    "KernelStack",
+    "PageTables",
+    "SecPageTables",
+    "VmallocUsed",
+];
+
+/// The sum of [`KERNEL_FIELDS`] in a `/proc/meminfo` text, in KiB (a field the kernel
+/// does not have counts 0).
+pub fn kernel_kib_of(meminfo: &str) -> u64 {
+    KERNEL_FIELDS
+        .iter()
+        .filter_map(|f| kib_field(meminfo, f))
+        .sum()
+}
+
+/// The host's kernel memory of [`KERNEL_FIELDS`] now, in KiB. Host-wide: other processes'
+/// changes show up in it too.
+pub fn kernel_kib() -> Result<u64, MemoryError> {
+    Ok(kernel_kib_of(&read("/proc/meminfo")?))
 }
 
 /// Where the host's KSM switch is.
@@ -136,6 +153,12 @@ Pss:                  12 kB
     fn finds_the_anonymous_rw_mapping_of_the_guest_size() {
         assert_eq!(guest_ram_pss_kib(SMAPS, 64 << 20), Some(2048));
         assert_eq!(guest_ram_pss_kib(SMAPS, 128 << 20), None);
+    }
+
+    #[test]
+    fn sums_the_kernel_fields() {
+        let m = "MemTotal: 100 kB\nSUnreclaim: 10 kB\nKernelStack: 2 kB\nPageTables: 3 kB\nVmallocUsed: 5 kB\n";
+        assert_eq!(kernel_kib_of(m), 20);
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //!
 //! Measured: the start rate (guests ready per second of wall time from the first spawn to
 //! the last ready), each VM process's PSS, the part of it that is guest RAM the guest
-//! touched, the difference (the VMM's own overhead), the drop of the host's `MemAvailable`
-//! per VM (which also counts kernel memory: KVM's, the TAP devices'), and the ring's time.
+//! touched, the difference (the VMM's own overhead), the growth of the host's kernel memory
+//! per VM (KVM's objects and page tables, the TAP devices, thread stacks: not in any
+//! process's PSS), and the ring's time.
 
 pub mod bench;
 pub mod member;
@@ -118,8 +119,9 @@ pub struct FleetOutcome {
     pub start_s: f64,
     /// Guests ready per second over [`Self::start_s`].
     pub start_rate: f64,
-    /// The host's `MemAvailable` drop per VM in KiB once all were ready.
-    pub mem_available_drop_per_vm_kib: Option<u64>,
+    /// The growth of the host's kernel memory ([`memory::KERNEL_FIELDS`]) per VM in KiB
+    /// once all were ready (host-wide, so other processes add noise).
+    pub kernel_per_vm_kib: Option<u64>,
     /// Whether KSM was running (`None`: no KSM in this kernel).
     pub ksm_running: Option<bool>,
     /// The message the host got back from the ring.
@@ -171,9 +173,15 @@ impl FleetOutcome {
         v.get(v.len() / 2).copied()
     }
 
-    /// How many VMs of this run's footprint (mean PSS) fit in `budget_mib` MiB.
+    /// What one VM costs the host in KiB: its mean PSS plus its share of the kernel memory
+    /// the fleet added.
+    pub fn host_kib_per_vm(&self) -> Option<u64> {
+        Some(self.mean_pss_kib()? + self.kernel_per_vm_kib.unwrap_or(0))
+    }
+
+    /// How many VMs of this run's cost ([`Self::host_kib_per_vm`]) fit in `budget_mib` MiB.
     pub fn vms_in_budget(&self, budget_mib: u64) -> Option<u64> {
-        let per_vm = self.mean_pss_kib()?.max(1);
+        let per_vm = self.host_kib_per_vm()?.max(1);
         Some(budget_mib * 1024 / per_vm)
     }
 }
@@ -219,7 +227,7 @@ pub fn run(cfg: &FleetConfig) -> Result<FleetOutcome, FleetError> {
             .collect(),
         ..FleetOutcome::default()
     };
-    let available_before = memory::mem_available_kib()?;
+    let kernel_before = memory::kernel_kib()?;
     let deadline = Instant::now() + cfg.timeout;
     let (tx, rx) = mpsc::channel();
     let t0 = Instant::now();
@@ -244,9 +252,8 @@ pub fn run(cfg: &FleetConfig) -> Result<FleetOutcome, FleetError> {
         out.start_s = t0.elapsed().as_secs_f64();
         out.start_rate = f64::from(cfg.vms) / out.start_s.max(1e-9);
         measure(&members, cfg.mem_mib << 20, &mut out);
-        if let Ok(after) = memory::mem_available_kib() {
-            out.mem_available_drop_per_vm_kib =
-                Some(available_before.saturating_sub(after) / u64::from(cfg.vms));
+        if let Ok(after) = memory::kernel_kib() {
+            out.kernel_per_vm_kib = Some(after.saturating_sub(kernel_before) / u64::from(cfg.vms));
         }
         ring(&net, &mut members, deadline, &mut out);
     }

@@ -57,8 +57,13 @@ pub fn markdown(o: &FleetOutcome) -> String {
     );
     let _ = writeln!(
         s,
-        "| host MemAvailable drop per VM (incl. kernel memory) | {} MiB |",
-        mib(o.mem_available_drop_per_vm_kib)
+        "| host kernel memory per VM (Δ slab, stacks, page tables, vmalloc) | {} MiB |",
+        mib(o.kernel_per_vm_kib)
+    );
+    let _ = writeln!(
+        s,
+        "| host memory per VM (PSS + kernel) | {} MiB |",
+        mib(o.host_kib_per_vm())
     );
     let ring = match (o.ring, o.ring_s) {
         (Some(t), Some(secs)) => format!(
@@ -93,12 +98,13 @@ pub fn density_markdown(without: &FleetOutcome, with: &FleetOutcome, budget_mib:
     let _ = writeln!(
         s,
         "Density: {} MiB guests that touched {} MiB and freed it, in a host budget of {budget_mib} MiB \
-         (mean PSS per VM while idle after the work; {} guests per run)\n",
+         (host memory per VM = mean PSS + kernel memory per VM, while idle after the work; {} \
+         guests per run)\n",
         without.mem_mib, without.touch_mib, without.vms
     );
     let _ = writeln!(
         s,
-        "| | PSS per VM | guests in {budget_mib} MiB |\n|---|---|---|"
+        "| | PSS per VM | kernel per VM | guests in {budget_mib} MiB |\n|---|---|---|---|"
     );
     for (name, o) in [
         ("without balloon", without),
@@ -106,8 +112,9 @@ pub fn density_markdown(without: &FleetOutcome, with: &FleetOutcome, budget_mib:
     ] {
         let _ = writeln!(
             s,
-            "| {name} | {} MiB | {} |",
+            "| {name} | {} MiB | {} MiB | {} |",
             mib(o.mean_pss_kib()),
+            mib(o.kernel_per_vm_kib),
             o.vms_in_budget(budget_mib)
                 .map_or("n/a".into(), |n| n.to_string())
         );
