@@ -90,6 +90,16 @@ struct FleetArgs {
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 
+    /// Guest RAM MADV_MERGEABLE (`pvkit run --mergeable`); when KSM runs, the host waits
+    /// for it to settle before it measures.
+    #[arg(long)]
+    mergeable: bool,
+
+    /// Switch the host's KSM on for this run (/sys/kernel/mm/ksm/run = 1) and back to what
+    /// it was afterwards. Without it pvkit never touches KSM.
+    #[arg(long, requires = "mergeable")]
+    enable_ksm: bool,
+
     /// Do not confine the guests' VMM threads with seccomp.
     #[arg(long)]
     no_seccomp: bool,
@@ -140,7 +150,15 @@ fn fleet(args: &FleetArgs) -> anyhow::Result<u8> {
     }
     cfg.touch_mib = args.touch;
     cfg.give_back = args.give_back;
-    let outcome = fleet::run(&cfg).context("cannot run the fleet")?;
+    cfg.mergeable = args.mergeable;
+    let ksm = if args.enable_ksm {
+        Some(fleet::ksm::KsmOn::enable()?)
+    } else {
+        None
+    };
+    let outcome = fleet::run(&cfg).context("cannot run the fleet");
+    drop(ksm);
+    let outcome = outcome?;
     print!("{}", report::markdown(&outcome));
     if let Some(path) = &args.json {
         std::fs::write(path, report::json(&outcome))
@@ -324,6 +342,12 @@ struct RunArgs {
     #[arg(long, value_name = "MAC", value_parser = parse_mac, requires = "net")]
     mac: Option<[u8; 6]>,
 
+    /// Mark guest RAM MADV_MERGEABLE so the host's KSM, when it runs, may share identical
+    /// pages between VMs copy-on-write. pvkit does not turn KSM on
+    /// (/sys/kernel/mm/ksm/run).
+    #[arg(long)]
+    mergeable: bool,
+
     /// The guest kernel command line (after `--`), e.g. `-- print=10 exit=3`.
     #[arg(last = true, value_name = "KERNEL-CMDLINE")]
     cmdline: Vec<String>,
@@ -371,6 +395,7 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
         },
         net: net_config(args)?,
         gdb: args.gdb,
+        mergeable: args.mergeable,
     })
 }
 
@@ -566,6 +591,11 @@ struct BenchArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
     fleet_density_vms: Option<u32>,
 
+    /// With --only fleet: switch the host's KSM on for the KSM density run and back to what
+    /// it was afterwards. Without it the KSM run happens only when KSM is already on.
+    #[arg(long)]
+    enable_ksm: bool,
+
     /// With --only fleet: the host memory budget the density figure is for, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 4096,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -588,6 +618,7 @@ fn fleet_bench(args: &BenchArgs) -> anyhow::Result<u8> {
             None => Duration::from_secs(300),
         },
         seccomp: !args.no_seccomp,
+        enable_ksm: args.enable_ksm,
     };
     let result = bench::run(&cfg).context("cannot run the fleet benchmark")?;
     print!("{}", result.markdown());

@@ -121,6 +121,10 @@ pub struct VmConfig {
     /// `pvkit: gdb: waiting for a connection on ADDR`, and the guest waits for the
     /// debugger before its first instruction. The [`VmConfig::timeout`] still applies.
     pub gdb: Option<std::net::SocketAddr>,
+    /// Mark guest RAM `MADV_MERGEABLE` (`pvkit run --mergeable`): the host's KSM, when it
+    /// runs, may then merge identical pages within and across VMs copy-on-write. Default
+    /// `false`. pvkit never turns KSM itself on.
+    pub mergeable: bool,
 }
 
 impl Default for VmConfig {
@@ -141,6 +145,7 @@ impl Default for VmConfig {
             record: RecordConfig::default(),
             net: None,
             gdb: None,
+            mergeable: false,
         }
     }
 }

@@ -3,8 +3,12 @@
 //! 1. Start and footprint: `vms` guests of 64 MiB with no memory workload (start rate,
 //!    PSS and VMM overhead per VM, the ring).
 //! 2. and 3. Density: `density_vms` guests of 128 MiB that each touch 96 MiB and stop using
-//!    it, without and then with the balloon giving it back; the mean PSS per VM of each run
-//!    says how many such guests fit in `budget_mib` MiB of host memory.
+//!    it, without and then with the balloon giving it back; the host memory per VM of each
+//!    run says how many such guests fit in `budget_mib` MiB.
+//! 4. When KSM runs (or `enable_ksm` switches it on for the run): the run without the
+//!    balloon again with guest RAM `MADV_MERGEABLE`, measured once KSM has settled. The
+//!    guests touch identical pages, so this is KSM's best case. When KSM is off the report
+//!    says so and this run is skipped.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,9 +37,11 @@ pub struct FleetBenchConfig {
     pub timeout: Duration,
     /// Confine the VMM threads with seccomp.
     pub seccomp: bool,
+    /// Switch KSM on for the KSM run (and back afterwards).
+    pub enable_ksm: bool,
 }
 
-/// The three runs.
+/// The runs.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct FleetBench {
     /// The host memory budget of the density figure, in MiB.
@@ -46,6 +52,10 @@ pub struct FleetBench {
     pub density_without_balloon: FleetOutcome,
     /// Density with the balloon.
     pub density_with_balloon: FleetOutcome,
+    /// Density without the balloon, guest RAM mergeable, KSM on (`None`: KSM was off).
+    pub density_with_ksm: Option<FleetOutcome>,
+    /// KSM was switched on by this run (`--enable-ksm`) and back off after.
+    pub ksm_enabled_for_run: bool,
     /// Guests that fit in the budget without the balloon.
     pub vms_in_budget_without_balloon: Option<u64>,
     /// Guests that fit in the budget with the balloon.
@@ -58,21 +68,34 @@ impl FleetBench {
         self.start.passed()
             && self.density_without_balloon.passed()
             && self.density_with_balloon.passed()
+            && self
+                .density_with_ksm
+                .as_ref()
+                .is_none_or(FleetOutcome::passed)
     }
 
     /// The report.
     pub fn markdown(&self) -> String {
+        let mut runs = vec![
+            ("without balloon", &self.density_without_balloon),
+            ("with balloon (give back)", &self.density_with_balloon),
+        ];
+        if let Some(k) = &self.density_with_ksm {
+            runs.push(("without balloon, MADV_MERGEABLE + KSM", k));
+        }
+        let mut verdicts: Vec<String> = runs
+            .iter()
+            .map(|(name, o)| format!("{name}: {}", verdict(o)))
+            .collect();
+        if self.ksm_enabled_for_run {
+            verdicts
+                .push("KSM was switched on for the KSM run (--enable-ksm) and back after".into());
+        }
         format!(
-            "## Fleet: start and footprint\n\n{}\n## Fleet: density\n\n{}\nRuns: without \
-             balloon {}, with balloon {}.\n",
+            "## Fleet: start and footprint\n\n{}\n## Fleet: density\n\n{}\nRuns: {}.\n",
             report::markdown(&self.start),
-            report::density_markdown(
-                &self.density_without_balloon,
-                &self.density_with_balloon,
-                self.budget_mib
-            ),
-            verdict(&self.density_without_balloon),
-            verdict(&self.density_with_balloon),
+            report::density_markdown(&runs, self.budget_mib),
+            verdicts.join("; "),
         )
     }
 
@@ -109,7 +132,22 @@ pub fn run(cfg: &FleetBenchConfig) -> Result<FleetBench, FleetError> {
     let without = super::run(&d)?;
     d.give_back = true;
     let with = super::run(&d)?;
+    d.give_back = false;
+    d.mergeable = true;
+    let switch = if cfg.enable_ksm {
+        Some(super::ksm::KsmOn::enable().map_err(|e| FleetError::Config(e.to_string()))?)
+    } else {
+        None
+    };
+    let with_ksm = match super::ksm::running() {
+        Some(true) => Some(super::run(&d)?),
+        _ => None,
+    };
+    let ksm_enabled_for_run = switch.is_some();
+    drop(switch);
     Ok(FleetBench {
+        density_with_ksm: with_ksm,
+        ksm_enabled_for_run,
         budget_mib: cfg.budget_mib,
         vms_in_budget_without_balloon: without.vms_in_budget(cfg.budget_mib),
         vms_in_budget_with_balloon: with.vms_in_budget(cfg.budget_mib),

@@ -42,6 +42,8 @@ pub struct MemberSpec {
     pub seccomp: bool,
     /// The fleet's size.
     pub members: u32,
+    /// `pvkit run --mergeable`.
+    pub mergeable: bool,
 }
 
 /// A running member.
@@ -81,6 +83,9 @@ pub fn run_args(id: u32, spec: &MemberSpec, netns: &str) -> Vec<String> {
     ];
     if !spec.seccomp {
         a.push("--no-seccomp".into());
+    }
+    if spec.mergeable {
+        a.push("--mergeable".into());
     }
     a.extend([
         "--".into(),
@@ -199,6 +204,7 @@ mod tests {
             timeout_s: 60.0,
             seccomp: true,
             members: 3,
+            mergeable: false,
         };
         let a = run_args(1, &spec, "ns").join(" ");
         assert!(a.contains("--mac 52:54:00:88:00:01"), "{a}");

@@ -2,9 +2,7 @@
 //! (`/proc/PID/smaps_rollup`: shared pages such as the `pvkit` binary's text divided among
 //! the processes that map them), the part of it that is guest RAM (the one anonymous
 //! mapping of exactly the guest's size in `/proc/PID/smaps`), the host's kernel memory
-//! (`/proc/meminfo`), and whether KSM (kernel same-page merging) runs.
-
-use std::path::Path;
+//! (`/proc/meminfo`).
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -113,20 +111,6 @@ pub fn kernel_kib_of(meminfo: &str) -> u64 {
 /// changes show up in it too.
 pub fn kernel_kib() -> Result<u64, MemoryError> {
     Ok(kernel_kib_of(&read("/proc/meminfo")?))
-}
-
-/// Where the host's KSM switch is.
-pub const KSM_RUN: &str = "/sys/kernel/mm/ksm/run";
-
-/// Whether KSM runs (`/sys/kernel/mm/ksm/run` is 1); `None` when the kernel has no KSM.
-/// pvkit never changes it.
-pub fn ksm_running() -> Option<bool> {
-    if !Path::new(KSM_RUN).exists() {
-        return None;
-    }
-    std::fs::read_to_string(KSM_RUN)
-        .ok()
-        .map(|s| s.trim() == "1")
 }
 
 #[cfg(test)]

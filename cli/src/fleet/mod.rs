@@ -15,6 +15,7 @@
 //! process's PSS), and the ring's time.
 
 pub mod bench;
+pub mod ksm;
 pub mod member;
 pub mod memory;
 pub mod network;
@@ -59,6 +60,9 @@ pub struct FleetConfig {
     pub timeout: Duration,
     /// Confine the VMM threads with seccomp.
     pub seccomp: bool,
+    /// Guest RAM `MADV_MERGEABLE` (`pvkit run --mergeable`); when KSM runs, the host waits
+    /// for it to settle before it measures.
+    pub mergeable: bool,
 }
 
 impl FleetConfig {
@@ -72,6 +76,7 @@ impl FleetConfig {
             give_back: false,
             timeout: Duration::from_secs(300),
             seccomp: true,
+            mergeable: false,
         }
     }
 }
@@ -124,6 +129,10 @@ pub struct FleetOutcome {
     pub kernel_per_vm_kib: Option<u64>,
     /// Whether KSM was running (`None`: no KSM in this kernel).
     pub ksm_running: Option<bool>,
+    /// Guest RAM was `MADV_MERGEABLE`.
+    pub mergeable: bool,
+    /// KSM's `pages_sharing` when the host measured (with `mergeable` and KSM running).
+    pub ksm_pages_sharing: Option<u64>,
     /// The message the host got back from the ring.
     pub ring: Option<Token>,
     /// Seconds from starting the ring to its message coming back.
@@ -212,13 +221,15 @@ pub fn run(cfg: &FleetConfig) -> Result<FleetOutcome, FleetError> {
         timeout_s: cfg.timeout.as_secs_f64(),
         seccomp: cfg.seccomp,
         members: cfg.vms,
+        mergeable: cfg.mergeable,
     };
     let mut out = FleetOutcome {
         vms: cfg.vms,
         mem_mib: cfg.mem_mib,
         touch_mib: cfg.touch_mib,
         give_back: cfg.give_back,
-        ksm_running: memory::ksm_running(),
+        ksm_running: ksm::running(),
+        mergeable: cfg.mergeable,
         members: (1..=cfg.vms)
             .map(|id| VmResult {
                 id,
@@ -251,6 +262,11 @@ pub fn run(cfg: &FleetConfig) -> Result<FleetOutcome, FleetError> {
     if out.problems.is_empty() {
         out.start_s = t0.elapsed().as_secs_f64();
         out.start_rate = f64::from(cfg.vms) / out.start_s.max(1e-9);
+        if cfg.mergeable && out.ksm_running == Some(true) {
+            // KSM merges at its own pace (pages_to_scan per sleep_millisecs): measure once
+            // it has made its passes over the guests' memory.
+            out.ksm_pages_sharing = Some(ksm::wait_settled(KSM_POLL, deadline));
+        }
         measure(&members, cfg.mem_mib << 20, &mut out);
         if let Ok(after) = memory::kernel_kib() {
             out.kernel_per_vm_kib = Some(after.saturating_sub(kernel_before) / u64::from(cfg.vms));
@@ -330,6 +346,9 @@ fn measure(members: &[Member], ram_bytes: u64, out: &mut FleetOutcome) {
         }
     }
 }
+
+/// How often the host looks at KSM's progress.
+const KSM_POLL: Duration = Duration::from_millis(500);
 
 /// How long the host still waits for the ring's message once every guest has exited.
 const RING_GRACE: Duration = Duration::from_secs(2);

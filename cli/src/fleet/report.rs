@@ -78,6 +78,13 @@ pub fn markdown(o: &FleetOutcome) -> String {
     let _ = writeln!(s, "| UDP ring host → 1 → … → {} → host | {ring} |", o.vms);
     let _ = writeln!(s, "| clean exits | {} of {} |", o.clean_exits, o.vms);
     let _ = writeln!(s, "\n{}.", ksm_words(o.ksm_running));
+    if o.mergeable {
+        let _ = writeln!(
+            s,
+            "Guest RAM was MADV_MERGEABLE; KSM shared {} pages when the host measured.",
+            o.ksm_pages_sharing.map_or("no".into(), |p| p.to_string())
+        );
+    }
     if o.passed() {
         let _ = writeln!(
             s,
@@ -92,24 +99,25 @@ pub fn markdown(o: &FleetOutcome) -> String {
     s
 }
 
-/// The density comparison: how many guests of each run's mean PSS fit in `budget_mib`.
-pub fn density_markdown(without: &FleetOutcome, with: &FleetOutcome, budget_mib: u64) -> String {
+/// The density comparison: how many guests of each run's host memory per VM fit in
+/// `budget_mib`. `runs` are (name, outcome) pairs of the same guest size and workload.
+pub fn density_markdown(runs: &[(&str, &FleetOutcome)], budget_mib: u64) -> String {
     let mut s = String::new();
+    let Some((_, first)) = runs.first() else {
+        return s;
+    };
     let _ = writeln!(
         s,
         "Density: {} MiB guests that touched {} MiB and freed it, in a host budget of {budget_mib} MiB \
          (host memory per VM = mean PSS + kernel memory per VM, while idle after the work; {} \
          guests per run)\n",
-        without.mem_mib, without.touch_mib, without.vms
+        first.mem_mib, first.touch_mib, first.vms
     );
     let _ = writeln!(
         s,
         "| | PSS per VM | kernel per VM | guests in {budget_mib} MiB |\n|---|---|---|---|"
     );
-    for (name, o) in [
-        ("without balloon", without),
-        ("with balloon (give back)", with),
-    ] {
+    for (name, o) in runs {
         let _ = writeln!(
             s,
             "| {name} | {} MiB | {} MiB | {} |",
@@ -119,7 +127,7 @@ pub fn density_markdown(without: &FleetOutcome, with: &FleetOutcome, budget_mib:
                 .map_or("n/a".into(), |n| n.to_string())
         );
     }
-    let _ = writeln!(s, "\n{}.", ksm_words(without.ksm_running));
+    let _ = writeln!(s, "\n{}.", ksm_words(first.ksm_running));
     s
 }
 

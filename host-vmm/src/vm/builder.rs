@@ -38,7 +38,7 @@ use crate::loader::elf::ElfImage;
 use crate::loader::symbols::SymbolTable;
 use crate::runtime::watchdog;
 use crate::vstate::kvm::{open_kvm, PlatformInfo};
-use crate::vstate::memory::{create_fresh_ram, MAX_MEM_MIB};
+use crate::vstate::memory::{create_fresh_ram, mark_mergeable, MAX_MEM_MIB};
 use crate::vstate::vcpu::{RegAccess, Vcpu};
 use crate::vstate::vm::create_vm;
 
@@ -121,6 +121,9 @@ pub fn build(
 
     // Fresh RAM: the loader skips zero-filling what mmap already zeroed.
     let (mem, kernel) = image.load_fresh(create_fresh_ram(config.mem_mib)?)?;
+    if config.mergeable {
+        mark_mergeable(&mem)?;
+    }
     // A compact copy of the symbol table (bounded, see `loader::symbols`) is all that is
     // kept of the file; a malformed one means no symbols, not a refused guest.
     let symbols = Arc::new(SymbolTable::from_elf(&bytes).unwrap_or_default());
