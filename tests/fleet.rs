@@ -209,3 +209,98 @@ fn bad_fleet_options_are_refused_before_anything_starts() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--touch must be less than --mem"));
 }
+
+/// One ring member on a bridge the test makes, fed by the test: a message without the
+/// magic and one of the wrong length are ignored; one out of turn ends the member with
+/// status 1 and passes nothing on.
+#[test]
+fn a_member_ignores_foreign_messages_and_refuses_one_out_of_turn() {
+    use std::io::{BufRead, BufReader};
+    use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+    use std::process::Stdio;
+
+    if !ready() {
+        return;
+    }
+    let name = format!("pvkit-ringt-{}", std::process::id());
+    let ns = pvkit_net::netns::NetNs::create(&name).expect("namespace");
+    let host = Ipv4Addr::new(10, 77, 0, 1);
+    let guest = SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 12), 7100);
+    pvkit_net::bridge::create(&ns, "br0", [0x52, 0x54, 0, 0x77, 0, 1], host, 24).expect("bridge");
+    let sock = ns
+        .run_in(|| UdpSocket::bind(SocketAddrV4::new(host, 7100)))
+        .unwrap()
+        .expect("host socket");
+    let mut child = Command::new(PVKIT)
+        .args([
+            "run",
+            "--mem",
+            "32",
+            "--timeout",
+            "120",
+            "--net",
+            "tap",
+            "--netns",
+            &name,
+            "--bridge",
+            "br0",
+            "--mac",
+            "52:54:00:77:00:02",
+            "--",
+            "net=ring",
+            "ip=10.77.0.12",
+            "peer=10.77.0.1",
+            "id=2",
+            "members=2",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("ring: ready") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the member got ready");
+    let msg = |magic: &[u8; 4], hops: u32, len: usize| {
+        let mut m = magic.to_vec();
+        m.extend_from_slice(&hops.to_be_bytes());
+        m.extend_from_slice(&0u64.to_be_bytes());
+        m.truncate(len);
+        m
+    };
+    sock.send_to(&msg(b"XXXX", 5, 16), guest).unwrap();
+    sock.send_to(&msg(b"PVRG", 6, 15), guest).unwrap();
+    sock.send_to(&msg(b"PVRG", 0, 16), guest).unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the member never ended"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let console = reader.join().unwrap();
+    assert_eq!(status.code(), Some(1), "{console}");
+    assert!(
+        console.contains("ring: WRONG turn: member 2 got the message after 0 hops"),
+        "{console}"
+    );
+    assert!(!console.contains("passed"), "{console}");
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut b = [0u8; 64];
+    assert!(sock.recv_from(&mut b).is_err(), "nothing was passed on");
+}

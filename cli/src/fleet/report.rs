@@ -127,7 +127,24 @@ pub fn density_markdown(runs: &[(&str, &FleetOutcome)], budget_mib: u64) -> Stri
                 .map_or("n/a".into(), |n| n.to_string())
         );
     }
-    let _ = writeln!(s, "\n{}.", ksm_words(first.ksm_running));
+    let _ = writeln!(
+        s,
+        "\nHost before the runs: {}.",
+        ksm_words(first.ksm_running)
+    );
+    for (name, o) in runs.iter().filter(|(_, o)| o.mergeable) {
+        let _ = writeln!(
+            s,
+            "{name}: guest RAM MADV_MERGEABLE, KSM {} during the run, {} pages shared when \
+             measured.",
+            if o.ksm_running == Some(true) {
+                "on"
+            } else {
+                "off"
+            },
+            o.ksm_pages_sharing.map_or("no".into(), |p| p.to_string())
+        );
+    }
     s
 }
 
