@@ -2,7 +2,8 @@
 //! namespace pvkit creates, with real TAP devices, on real KVM.
 //!
 //! * 8 guests (small enough for 2 cores) start, report their memory and all exit 0.
-//! * A ring of 3 guests: every member adds its id in turn and the last verifies the sum.
+//! * A ring of 3 guests, over the PV NIC and over the NE2000: every member adds its id in
+//!   turn and the last verifies the sum.
 //! * The balloon gives touched memory back: the host backs at least the touched amount
 //!   less per VM with `--give-back`.
 //! * Bad options are refused before anything starts.
@@ -83,6 +84,7 @@ fn eight_guests_start_report_their_memory_and_all_exit_cleanly() {
     assert!(stdout.contains("PASSED"), "{stdout}");
     assert_eq!(v["problems"].as_array().unwrap().len(), 0, "{v}");
     assert_eq!(u(&v["clean_exits"]), 8);
+    assert_eq!(v["nic"], "pv", "the PV NIC is the default");
     let ms = members(&v);
     assert_eq!(ms.len(), 8);
     let mut pids: Vec<u64> = ms.iter().map(|m| u(&m["pid"])).collect();
@@ -112,37 +114,47 @@ fn a_ring_of_three_guests_adds_every_id_in_turn_and_the_last_verifies_the_sum() 
     if !ready() {
         return;
     }
-    let (status, stdout, v) = fleet("ring", &["3", "--mem", "32"]);
-    assert_eq!(status, Some(0), "{stdout}");
-    let ms = members(&v);
-    for (k, m) in ms.iter().enumerate() {
-        let k = k as u64 + 1;
-        let console = m["console"].as_str().unwrap();
-        assert!(
-            console.contains(&format!("ip 10.88.0.{} ", 10 + k)),
-            "{console}"
-        );
-        assert!(
-            console.contains(&format!("ring: ready id={k} members=3")),
-            "{console}"
-        );
-        if k < 3 {
-            let sum = k * (k + 1) / 2;
+    for nic in ["pv", "ne2000"] {
+        let (status, stdout, v) =
+            fleet(&format!("ring-{nic}"), &["3", "--mem", "32", "--nic", nic]);
+        assert_eq!(status, Some(0), "{nic}: {stdout}");
+        assert_eq!(v["nic"], nic);
+        let ms = members(&v);
+        for (k, m) in ms.iter().enumerate() {
+            let k = k as u64 + 1;
+            let console = m["console"].as_str().unwrap();
+            let nic_line = if nic == "pv" {
+                "net: PV NIC"
+            } else {
+                "net: NE2000"
+            };
+            assert!(console.contains(nic_line), "{console}");
             assert!(
-                console.contains(&format!("ring: member {k} passed hops={k} sum={sum} on")),
+                console.contains(&format!("ip 10.88.0.{} ", 10 + k)),
                 "{console}"
             );
-        } else {
             assert!(
-                console.contains("ring: verified sum=6 over 3 members"),
+                console.contains(&format!("ring: ready id={k} members=3")),
                 "{console}"
             );
+            if k < 3 {
+                let sum = k * (k + 1) / 2;
+                assert!(
+                    console.contains(&format!("ring: member {k} passed hops={k} sum={sum} on")),
+                    "{console}"
+                );
+            } else {
+                assert!(
+                    console.contains("ring: verified sum=6 over 3 members"),
+                    "{console}"
+                );
+            }
+            assert!(!console.contains("WRONG"), "{console}");
         }
-        assert!(!console.contains("WRONG"), "{console}");
+        // The host got it back from the last member, with the same sum.
+        assert_eq!(v["ring"]["hops"], 3);
+        assert_eq!(v["ring"]["sum"], 6);
     }
-    // The host got it back from the last member, with the same sum.
-    assert_eq!(v["ring"]["hops"], 3);
-    assert_eq!(v["ring"]["sum"], 6);
 }
 
 #[test]

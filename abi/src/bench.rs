@@ -22,6 +22,8 @@ pub enum Device {
     Clock = 3,
     /// Bare exit round trips (calibration).
     Exit = 4,
+    /// Network frames (the NE2000 against the PV NIC).
+    Net = 5,
 }
 
 /// How the device is reached.
@@ -48,6 +50,10 @@ pub enum Variant {
     KvmClock = 9,
     /// Raw `out` to an unused port handled by the VMM.
     PortOut = 10,
+    /// Emulated NE2000 NIC: port I/O, remote DMA, IRQ 9.
+    Ne2000 = 11,
+    /// Request rings with doorbells, completions by interrupt (the guest halts).
+    PvIrq = 12,
 }
 
 /// What the case does.
@@ -70,6 +76,16 @@ pub enum Workload {
     ClockRead = 7,
     /// One exit round trip.
     RoundTrip = 8,
+    /// Transmit 64-byte frames.
+    Tx64 = 9,
+    /// Transmit 1514-byte frames (1500-byte IP packets).
+    Tx1500 = 10,
+    /// Receive 64-byte frames (a pipelined UDP echo stream: each also costs its request).
+    Rx64 = 11,
+    /// Receive 1514-byte frames (as [`Workload::Rx64`]).
+    Rx1500 = 12,
+    /// One UDP echo round trip of a 64-byte frame.
+    UdpEcho64 = 13,
 }
 
 macro_rules! decode_u16 {
@@ -87,7 +103,8 @@ decode_u16!(Device {
     Console,
     Block,
     Clock,
-    Exit
+    Exit,
+    Net
 });
 decode_u16!(Variant {
     Uart,
@@ -99,7 +116,9 @@ decode_u16!(Variant {
     Pit,
     PvClock,
     KvmClock,
-    PortOut
+    PortOut,
+    Ne2000,
+    PvIrq
 });
 decode_u16!(Workload {
     Write64,
@@ -109,7 +128,12 @@ decode_u16!(Workload {
     SeqRead1M,
     SeqWrite1M,
     ClockRead,
-    RoundTrip
+    RoundTrip,
+    Tx64,
+    Tx1500,
+    Rx64,
+    Rx1500,
+    UdpEcho64
 });
 
 /// A benchmark case: device, variant, workload. On the wire, packed into one `u64`.

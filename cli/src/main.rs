@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use pvkit_vmm::devices::legacy::ne2000::{NetBackendConfig, NetConfig};
 use pvkit_vmm::runtime::stop::{STATUS_USAGE, STATUS_VMM_ERROR};
 use pvkit_vmm::vstate::vcpu::RegAccess;
-use pvkit_vmm::{ConsoleKind, DiskConfig, KernelSource, StopReason, VmConfig};
+use pvkit_vmm::{ConsoleKind, DiskConfig, KernelSource, NicModel, StopReason, VmConfig};
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -103,6 +103,11 @@ struct FleetArgs {
     /// Do not confine the guests' VMM threads with seccomp.
     #[arg(long)]
     no_seccomp: bool,
+
+    /// The guests' NIC: the PV NIC (default; the guests wait for frames in `hlt`,
+    /// `pvnet=irq`) or the emulated NE2000.
+    #[arg(long, value_enum, value_name = "MODEL", default_value_t = NicArg::Pv)]
+    nic: NicArg,
 }
 
 /// Exit status of `pvkit fleet` when a guest or the ring failed.
@@ -151,6 +156,10 @@ fn fleet(args: &FleetArgs) -> anyhow::Result<u8> {
     cfg.touch_mib = args.touch;
     cfg.give_back = args.give_back;
     cfg.mergeable = args.mergeable;
+    cfg.nic = match args.nic {
+        NicArg::Pv => fleet::FleetNic::Pv,
+        NicArg::Ne2000 => fleet::FleetNic::Ne2000,
+    };
     let ksm = if args.enable_ksm {
         Some(fleet::ksm::KsmOn::enable()?)
     } else {
@@ -242,6 +251,15 @@ enum RegAccessArg {
     Sync,
     /// KVM_GET_REGS/KVM_SET_REGS per hypercall.
     Ioctl,
+}
+
+/// `pvkit run --nic` models.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum NicArg {
+    /// The emulated NE2000 (ports 0x300-0x31f, IRQ 9).
+    Ne2000,
+    /// The PV NIC (NetInfo/NetSend hypercalls, TX and RX rings).
+    Pv,
 }
 
 /// `pvkit run --net` backends.
@@ -348,6 +366,18 @@ struct RunArgs {
     #[arg(long)]
     mergeable: bool,
 
+    /// With --net: which NIC the guest gets, the emulated NE2000 (the default, as before
+    /// --nic existed) or the PV NIC (hypercalls and TX/RX rings; the built-in guest's
+    /// `net=` modes use whichever is present).
+    #[arg(long, value_enum, value_name = "MODEL", requires = "net")]
+    nic: Option<NicArg>,
+
+    /// Create KVM's in-kernel interrupt controller (LAPIC, IOAPIC, PIC) even without --net
+    /// or SMP, so that the guest can bind rings to completion interrupts (QueueInterrupt,
+    /// feature RING_IRQ). With it, `hlt` no longer exits to userspace.
+    #[arg(long)]
+    irqchip: bool,
+
     /// The guest kernel command line (after `--`), e.g. `-- print=10 exit=3`.
     #[arg(last = true, value_name = "KERNEL-CMDLINE")]
     cmdline: Vec<String>,
@@ -394,6 +424,11 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
             trace: args.trace.is_some(),
         },
         net: net_config(args)?,
+        nic: match args.nic {
+            Some(NicArg::Pv) => NicModel::Pv,
+            Some(NicArg::Ne2000) | None => NicModel::Ne2000,
+        },
+        irqchip: args.irqchip,
         gdb: args.gdb,
         mergeable: args.mergeable,
     })
@@ -502,6 +537,18 @@ fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
             n.irqs_raised
         );
     }
+    if let (true, Some(n)) = (args.stats, &outcome.pv_net) {
+        eprintln!(
+            "PV NIC: {} frames sent, {} received ({} from the backend), {} dropped by the \
+             backend, {} dropped (no guest buffer), {} interrupts raised",
+            n.device.tx_frames,
+            n.device.rx_frames,
+            n.backend.rx_frames,
+            n.backend.dropped(),
+            n.device.rx_dropped_no_buffer,
+            n.irqs_raised
+        );
+    }
     if args.stats {
         eprint!(
             "{}",
@@ -541,11 +588,15 @@ enum DeviceArg {
     /// Many VMs on one host (`pvkit fleet`): start rate, memory per VM, density with and
     /// without the balloon, a UDP ring through all guests. Needs root; only when asked for.
     Fleet,
+    /// Network frames over in-VMM loopback peers: 64 B and 1514 B transmit and receive,
+    /// UDP echo round trips; NE2000 vs PV NetSend, ring, ioeventfd, polled ring, ring with
+    /// completion interrupts.
+    Net,
 }
 
 #[derive(clap::Args, Debug)]
 struct BenchArgs {
-    /// Run only these devices (repeat or comma-separate). Default: the four devices (`fleet`
+    /// Run only these devices (repeat or comma-separate). Default: the five devices (`fleet`
     /// runs only when named: it needs root and writes fleet.json and fleet.md instead).
     #[arg(long, value_enum, value_delimiter = ',', value_name = "DEVICE")]
     only: Vec<DeviceArg>,
@@ -653,6 +704,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
             DeviceArg::Block => BenchDevice::Block,
             DeviceArg::Clock => BenchDevice::Clock,
             DeviceArg::Exit => BenchDevice::Exit,
+            DeviceArg::Net => BenchDevice::Net,
             DeviceArg::Fleet => {
                 fleet = true;
                 continue;

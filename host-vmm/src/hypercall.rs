@@ -128,6 +128,7 @@ mod tests {
                     balloon: None,
                     rings: None,
                     vcpu_up: None,
+                    net: None,
                 },
                 &mut ledger,
             )

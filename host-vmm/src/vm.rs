@@ -26,7 +26,9 @@ use crate::bus::BusError;
 use crate::devices::legacy::irq::IrqError;
 use crate::devices::legacy::ne2000::{NetConfig, NetError, NicStats};
 use crate::devices::pv::balloon::BalloonStats;
+use crate::devices::pv::net_rx::PvNetStats;
 use crate::devices::pv::vcpu_up::VcpuUp;
+pub use crate::devices::NicModel;
 use crate::exit::ledger::LedgerSnapshot;
 use crate::exit::record::{ExitRecorder, RecordConfig, RipProfile, Trace};
 use crate::io::disk::{DiskConfig, DiskError, SharedDisk};
@@ -116,6 +118,14 @@ pub struct VmConfig {
     /// in-kernel irqchip for its interrupt. `None` (default): no NIC and no irqchip, so
     /// `hlt` and every other exit stay as without a network.
     pub net: Option<NetConfig>,
+    /// Which NIC [`VmConfig::net`] is: the emulated NE2000 (default) or the PV NIC (no
+    /// NE2000 ports; `NetInfo`, `NetSend` and the net rings, the backend's fd served by an
+    /// event loop). Either way the VM has the in-kernel irqchip.
+    pub nic: NicModel,
+    /// Create KVM's in-kernel irqchip even without a NIC or SMP (`pvkit run --irqchip`), so
+    /// that rings can complete by interrupt (`Features::RING_IRQ`). With it `hlt` no longer
+    /// exits to userspace.
+    pub irqchip: bool,
     /// Serve the GDB remote protocol for vCPU 0 on this address (`pvkit run --gdb`;
     /// [`crate::debug::gdb`]): the address is bound, printed on stderr as
     /// `pvkit: gdb: waiting for a connection on ADDR`, and the guest waits for the
@@ -144,6 +154,8 @@ impl Default for VmConfig {
             vcpus: 1,
             record: RecordConfig::default(),
             net: None,
+            nic: NicModel::Ne2000,
+            irqchip: false,
             gdb: None,
             mergeable: false,
         }
@@ -211,8 +223,13 @@ pub struct RunOutcome {
     pub exit_profile: Option<RipProfile>,
     /// Every exit in time order, all vCPUs ([`VmConfig::record`]).
     pub trace: Option<Trace>,
-    /// What the NIC counted ([`VmConfig::net`]).
+    /// What the NE2000 counted ([`VmConfig::net`]).
     pub net: Option<NicStats>,
+    /// What the PV NIC counted ([`VmConfig::nic`] = [`NicModel::Pv`]).
+    pub pv_net: Option<PvNetStats>,
+    /// Completion interrupts the rings raised (irqfd writes, all GSIs); `None` without the
+    /// in-kernel irqchip.
+    pub ring_irqs_raised: Option<u64>,
     /// What the memory balloon did (`None`: the VM had no balloon).
     pub balloon: Option<BalloonStats>,
 }
@@ -645,6 +662,8 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         guest_abi,
         symbols,
         mut net,
+        mut pv_net,
+        ring_irqs,
         balloon,
         vcpu_up,
     } = built;
@@ -724,6 +743,9 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
             if let Some(n) = net.as_mut() {
                 let _ = n.stop();
             }
+            if let Some(n) = pv_net.as_mut() {
+                let _ = n.stop();
+            }
             let _ = aps.stop(&stop_requested);
             return Err(e);
         }
@@ -752,6 +774,9 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         host_failure.get_or_insert(msg);
     }
     if let Some(Err(msg)) = net.as_mut().map(|n| n.stop()) {
+        host_failure.get_or_insert(msg);
+    }
+    if let Some(Err(msg)) = pv_net.as_mut().map(|n| n.stop()) {
         host_failure.get_or_insert(msg);
     }
     let stop = match (host_failure, signals::pending()) {
@@ -825,6 +850,8 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         exit_profile,
         trace,
         net: net.map(|n| n.stats()),
+        pv_net: pv_net.map(|n| n.stats()),
+        ring_irqs_raised: ring_irqs.map(|r| r.raised()),
         balloon: balloon.map(|b| b.stats()),
     })
 }

@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 use pvkit_report::{Baseline, Case, Kind, Platform, Report};
 use thiserror::Error;
 
+use pvkit_vmm::devices::legacy::ne2000::{NetBackendConfig, NetConfig};
+use pvkit_vmm::devices::NicModel;
 use pvkit_vmm::io::disk::DiskConfig;
 use pvkit_vmm::runtime::stop::StopReason;
 use pvkit_vmm::vm::{ConsoleKind, KernelSource, RunOutcome, VmConfig};
@@ -364,6 +366,12 @@ fn boot(
             read_only: false,
         }),
         phase_observer: Some(bar.observer()),
+        // Net only: both NICs, each on its own in-VMM loopback peer (no privileges).
+        net: device.needs_nics().then_some(NetConfig {
+            backend: NetBackendConfig::Loopback,
+            mac: None,
+        }),
+        nic: NicModel::Both,
         ..VmConfig::default()
     };
     let before = bar.phases();

@@ -21,15 +21,19 @@ pub enum BenchDevice {
     Clock,
     /// Bare exit round trips (calibration).
     Exit,
+    /// Network frames: the NE2000 against the PV NIC variants (one boot with both NICs on
+    /// loopback backends).
+    Net,
 }
 
 impl BenchDevice {
     /// Every device, in run order.
-    pub const ALL: [BenchDevice; 4] = [
+    pub const ALL: [BenchDevice; 5] = [
         BenchDevice::Console,
         BenchDevice::Block,
         BenchDevice::Clock,
         BenchDevice::Exit,
+        BenchDevice::Net,
     ];
 
     /// The name on the guest command line (`bench=<name>`) and in reports.
@@ -44,12 +48,18 @@ impl BenchDevice {
             BenchDevice::Block => Device::Block,
             BenchDevice::Clock => Device::Clock,
             BenchDevice::Exit => Device::Exit,
+            BenchDevice::Net => Device::Net,
         }
     }
 
     /// Whether this device's boot needs a disk image.
     pub fn needs_disk(self) -> bool {
         self == BenchDevice::Block
+    }
+
+    /// Whether this device's boot needs the NICs (both, on loopback backends).
+    pub fn needs_nics(self) -> bool {
+        self == BenchDevice::Net
     }
 
     /// How many cases the guest is expected to run for this device (for the progress bar
@@ -64,6 +74,8 @@ impl BenchDevice {
             BenchDevice::Clock => 3,
             // null port.
             BenchDevice::Exit => 1,
+            // ne2000 + 4 PV variants × 5 workloads, pv-irq × 3 receive workloads.
+            BenchDevice::Net => 28,
         }
     }
 }
@@ -81,6 +93,7 @@ pub fn bench_device(device: Device) -> BenchDevice {
         Device::Block => BenchDevice::Block,
         Device::Clock => BenchDevice::Clock,
         Device::Exit => BenchDevice::Exit,
+        Device::Net => BenchDevice::Net,
     }
 }
 
@@ -91,6 +104,7 @@ pub fn device_name(d: Device) -> &'static str {
         Device::Block => "block",
         Device::Clock => "clock",
         Device::Exit => "exit",
+        Device::Net => "net",
     }
 }
 
@@ -107,6 +121,8 @@ pub fn variant_name(v: Variant) -> &'static str {
         Variant::PvClock => "pvclock",
         Variant::KvmClock => "kvmclock",
         Variant::PortOut => "null-port",
+        Variant::Ne2000 => "ne2000",
+        Variant::PvIrq => "pv-irq",
     }
 }
 
@@ -121,14 +137,22 @@ pub fn workload_name(w: Workload) -> &'static str {
         Workload::SeqWrite1M => "seqwrite-1MiB",
         Workload::ClockRead => "read",
         Workload::RoundTrip => "round-trip",
+        Workload::Tx64 => "tx-64B",
+        Workload::Tx1500 => "tx-1500B",
+        Workload::Rx64 => "rx-64B",
+        Workload::Rx1500 => "rx-1500B",
+        Workload::UdpEcho64 => "udp-echo-64B",
     }
 }
 
 /// Emulated (the speedup baseline: UART, ATA PIO, PIT, and the bare null-port exit) or PV.
 pub fn kind(v: Variant) -> Kind {
     match v {
-        Variant::Uart | Variant::AtaPio | Variant::Pit | Variant::PortOut => Kind::Emulated,
-        Variant::PvHypercall
+        Variant::Uart | Variant::AtaPio | Variant::Pit | Variant::PortOut | Variant::Ne2000 => {
+            Kind::Emulated
+        }
+        Variant::PvIrq
+        | Variant::PvHypercall
         | Variant::PvRing
         | Variant::PvEventfd
         | Variant::PvPoll
@@ -148,6 +172,8 @@ pub enum Unit {
     ReadsPerSec,
     /// Port writes per second (exit round trips).
     WritesPerSec,
+    /// Frames (or UDP round trips) per second.
+    PacketsPerSec,
 }
 
 impl Unit {
@@ -158,6 +184,7 @@ impl Unit {
             Unit::Iops => "IOPS",
             Unit::ReadsPerSec => "reads/s",
             Unit::WritesPerSec => "writes/s",
+            Unit::PacketsPerSec => "packets/s",
         }
     }
 
@@ -169,7 +196,9 @@ impl Unit {
         }
         match self {
             Unit::MBps => bytes as f64 / ns * 1e3,
-            Unit::Iops | Unit::ReadsPerSec | Unit::WritesPerSec => ops as f64 / ns * 1e9,
+            Unit::Iops | Unit::ReadsPerSec | Unit::WritesPerSec | Unit::PacketsPerSec => {
+                ops as f64 / ns * 1e9
+            }
         }
     }
 }
@@ -184,6 +213,11 @@ pub fn unit(w: Workload) -> Unit {
         Workload::RandRead4K | Workload::RandWrite4K => Unit::Iops,
         Workload::ClockRead => Unit::ReadsPerSec,
         Workload::RoundTrip => Unit::WritesPerSec,
+        Workload::Tx64
+        | Workload::Tx1500
+        | Workload::Rx64
+        | Workload::Rx1500
+        | Workload::UdpEcho64 => Unit::PacketsPerSec,
     }
 }
 

@@ -27,6 +27,18 @@ pub enum Event {
     Closed(u32),
 }
 
+/// The NIC each guest gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FleetNic {
+    /// The PV NIC (`pvkit run --nic pv`), driven with `pvnet=irq`: TX ring with doorbell,
+    /// RX completion interrupt, the guest halts while it waits.
+    #[default]
+    Pv,
+    /// The emulated NE2000 (`--nic ne2000`), by interrupt.
+    Ne2000,
+}
+
 /// How to start the members.
 #[derive(Clone, Debug)]
 pub struct MemberSpec {
@@ -44,6 +56,8 @@ pub struct MemberSpec {
     pub members: u32,
     /// `pvkit run --mergeable`.
     pub mergeable: bool,
+    /// The NIC.
+    pub nic: FleetNic,
 }
 
 /// A running member.
@@ -80,6 +94,12 @@ pub fn run_args(id: u32, spec: &MemberSpec, netns: &str) -> Vec<String> {
         super::network::BRIDGE.into(),
         "--mac".into(),
         guest_mac(id),
+        "--nic".into(),
+        match spec.nic {
+            FleetNic::Pv => "pv",
+            FleetNic::Ne2000 => "ne2000",
+        }
+        .into(),
     ];
     if !spec.seccomp {
         a.push("--no-seccomp".into());
@@ -95,6 +115,9 @@ pub fn run_args(id: u32, spec: &MemberSpec, netns: &str) -> Vec<String> {
         format!("id={id}"),
         format!("members={}", spec.members),
     ]);
+    if spec.nic == FleetNic::Pv {
+        a.push("pvnet=irq".into());
+    }
     if spec.touch_mib > 0 {
         a.push(format!("touch={}", spec.touch_mib));
         if spec.give_back {

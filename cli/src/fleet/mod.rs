@@ -25,6 +25,7 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub use member::FleetNic;
 use member::{Event, Member, MemberSpec};
 use network::{FleetNet, Token};
 
@@ -63,6 +64,8 @@ pub struct FleetConfig {
     /// Guest RAM `MADV_MERGEABLE` (`pvkit run --mergeable`); when KSM runs, the host waits
     /// for it to settle before it measures.
     pub mergeable: bool,
+    /// The guests' NIC.
+    pub nic: FleetNic,
 }
 
 impl FleetConfig {
@@ -77,6 +80,7 @@ impl FleetConfig {
             timeout: Duration::from_secs(300),
             seccomp: true,
             mergeable: false,
+            nic: FleetNic::Pv,
         }
     }
 }
@@ -131,6 +135,8 @@ pub struct FleetOutcome {
     pub ksm_running: Option<bool>,
     /// Guest RAM was `MADV_MERGEABLE`.
     pub mergeable: bool,
+    /// The guests' NIC.
+    pub nic: FleetNic,
     /// KSM's `pages_sharing` when the host measured (with `mergeable` and KSM running).
     pub ksm_pages_sharing: Option<u64>,
     /// The message the host got back from the ring.
@@ -222,6 +228,7 @@ pub fn run(cfg: &FleetConfig) -> Result<FleetOutcome, FleetError> {
         seccomp: cfg.seccomp,
         members: cfg.vms,
         mergeable: cfg.mergeable,
+        nic: cfg.nic,
     };
     let mut out = FleetOutcome {
         vms: cfg.vms,
@@ -230,6 +237,7 @@ pub fn run(cfg: &FleetConfig) -> Result<FleetOutcome, FleetError> {
         give_back: cfg.give_back,
         ksm_running: ksm::running(),
         mergeable: cfg.mergeable,
+        nic: cfg.nic,
         members: (1..=cfg.vms)
             .map(|id| VmResult {
                 id,

@@ -33,7 +33,15 @@ pub fn markdown(o: &FleetOutcome) -> String {
     } else {
         format!("each touched {} MiB and freed it (no balloon)", o.touch_mib)
     };
-    let _ = writeln!(s, "{} guests of {} MiB, {workload}\n", o.vms, o.mem_mib);
+    let nic = match o.nic {
+        super::FleetNic::Pv => "PV NIC (pvnet=irq)",
+        super::FleetNic::Ne2000 => "emulated NE2000",
+    };
+    let _ = writeln!(
+        s,
+        "{} guests of {} MiB, {workload}; {nic} on a TAP device each, one bridge\n",
+        o.vms, o.mem_mib
+    );
     let _ = writeln!(s, "| metric | value |\n|---|---|");
     let _ = writeln!(
         s,

@@ -306,6 +306,8 @@ impl Harness {
             Hypercall::NetInfo | Hypercall::NetSend => {
                 assert_eq!(out, ret(Status::EOPNOTSUPP, 0))
             }
+            // No interrupt controller in this harness: no completion interrupts.
+            Hypercall::QueueInterrupt => assert_eq!(out, ret(Status::EOPNOTSUPP, 0)),
             // No vCPUs to start in this harness: the device is not registered.
             Hypercall::VcpuUp => assert_eq!(out, ret(Status::EOPNOTSUPP, 0)),
             // No balloon in the assembled devices either (`balloon: None`).

@@ -207,6 +207,19 @@ impl PvNet {
         self.rx.poll_responses(|r| f(r.id, result(r.status, r.len)))
     }
 
+    /// Binds the receive ring's completions to interrupt line `gsi` (0: unbind),
+    /// `QueueInterrupt`; needs `Features::RING_IRQ`.
+    #[cfg(target_arch = "x86_64")]
+    pub fn bind_rx_interrupt(&self, gsi: u32) -> Result<(), Status> {
+        crate::hypercall::queue_interrupt(NET_RX_QUEUE, gsi)
+    }
+
+    /// Arms the receive interrupt for the next frame; returns whether frames are already
+    /// waiting ([`crate::ring::Ring::arm_responses`]).
+    pub fn arm_rx(&mut self) -> bool {
+        self.rx.arm_responses()
+    }
+
     /// Whether the host marked either ring broken.
     pub fn is_broken(&self) -> bool {
         self.tx.is_broken() || self.rx.is_broken()

@@ -4,7 +4,7 @@
 //! # Command line
 //!
 //! `bench=<list> [quick] [ops=N]`, where `<list>` is `all` or a comma-separated list of
-//! items, each a device (`console`, `block`, `clock`, `exit`: all its variants) or a
+//! items, each a device (`console`, `block`, `clock`, `exit`, `net`: all its variants) or a
 //! `device/variant` pair with the variant names below (e.g. `block/ata-pio,clock/pit`).
 //! `quick` selects the small counts below; `ops=N` (N ≥ 1) sets the operation count of
 //! every case. Cases run in the fixed order of the table, whatever the order of the list;
@@ -18,6 +18,7 @@
 //! | block | `ata-pio`, `pv-hypercall`, `pv-ring`, `pv-ioeventfd`, `pv-poll` | `RandRead4K`, `RandWrite4K` / `SeqRead1M`, `SeqWrite1M` | 128 / 4 (`ata-pio/seqwrite1m`: 1) | 16 / 1 |
 //! | clock | `pit` / `pv-clock`, `kvmclock` | `ClockRead` | 500 / 100 000 | 50 / 10 000 |
 //! | exit | `port-out` | `RoundTrip` | 1000 | 100 |
+//! | net | `ne2000`, `pv-hypercall`, `pv-ring`, `pv-ioeventfd`, `pv-poll`, `pv-irq` | `Tx64`, `Tx1500`, `Rx64`, `Rx1500`, `UdpEcho64` | see [`net`] | see [`net`] |
 //!
 //! # Protocol of one case
 //!
@@ -66,6 +67,7 @@ mod block;
 mod clock;
 mod console;
 mod exit;
+mod net;
 
 use crate::cmdline::Bench;
 use crate::statics::Exclusive;
@@ -81,10 +83,10 @@ use pvkit_guest::{addr::virt_to_phys, hypercall, tsc::rdtsc};
 
 /// The variants `bench=` selects: per device, a bit per [`Variant`] (bit = wire number).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Selection([u16; 4]);
+pub struct Selection([u16; 5]);
 
 /// The devices in run order, with their variants.
-const DEVICES: [(Device, &[Variant]); 4] = [
+const DEVICES: [(Device, &[Variant]); 5] = [
     (
         Device::Console,
         &[
@@ -110,6 +112,17 @@ const DEVICES: [(Device, &[Variant]); 4] = [
         &[Variant::Pit, Variant::PvClock, Variant::KvmClock],
     ),
     (Device::Exit, &[Variant::PortOut]),
+    (
+        Device::Net,
+        &[
+            Variant::Ne2000,
+            Variant::PvHypercall,
+            Variant::PvRing,
+            Variant::PvEventfd,
+            Variant::PvPoll,
+            Variant::PvIrq,
+        ],
+    ),
 ];
 
 impl Selection {
@@ -450,6 +463,9 @@ pub fn run(args: &Bench, boot: &BootInfo) -> ! {
     if args.selection.any(Device::Exit) {
         exit::run(&mut r, scratch);
     }
+    if args.selection.any(Device::Net) {
+        net::run(&mut r, scratch);
+    }
     println!(
         "bench done: {} passed, {} failed, {} skipped",
         r.passed, r.failed, r.skipped
@@ -464,6 +480,7 @@ pub const fn device_name(device: Device) -> &'static str {
         Device::Block => "block",
         Device::Clock => "clock",
         Device::Exit => "exit",
+        Device::Net => "net",
     }
 }
 
@@ -480,6 +497,8 @@ pub const fn variant_name(variant: Variant) -> &'static str {
         Variant::PvClock => "pv-clock",
         Variant::KvmClock => "kvmclock",
         Variant::PortOut => "port-out",
+        Variant::Ne2000 => "ne2000",
+        Variant::PvIrq => "pv-irq",
     }
 }
 
@@ -494,6 +513,11 @@ pub const fn workload_name(workload: Workload) -> &'static str {
         Workload::SeqWrite1M => "seqwrite1m",
         Workload::ClockRead => "read",
         Workload::RoundTrip => "roundtrip",
+        Workload::Tx64 => "tx64",
+        Workload::Tx1500 => "tx1500",
+        Workload::Rx64 => "rx64",
+        Workload::Rx1500 => "rx1500",
+        Workload::UdpEcho64 => "udpecho64",
     }
 }
 

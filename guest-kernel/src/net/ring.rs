@@ -15,8 +15,8 @@
 //! return that memory to the host through the balloon ([`crate::balloon::give_back`]):
 //! the host measures each VM's footprint while the ring waits, with and without it.
 
+use super::link::Link;
 use super::proto::{RING_MSG_LEN, RING_PORT, UDP_PAYLOAD};
-use super::{state, wait_until};
 use pvkit_abi::boot::BootInfo;
 
 /// The magic at the start of a ring message.
@@ -93,8 +93,9 @@ pub fn expected_sum(members: u64) -> u64 {
     members * (members + 1) / 2
 }
 
-/// Runs this member's part; returns the exit status (0: done, and verified by the last).
-pub fn run(a: &RingArgs, boot: &BootInfo) -> u8 {
+/// Runs this member's part over `link`; returns the exit status (0: done, and verified by
+/// the last).
+pub fn run(link: &mut dyn Link, a: &RingArgs, boot: &BootInfo) -> u8 {
     if a.id == 0 || a.id > a.members || a.members > u64::from(u32::MAX) {
         println!("ring: bad id={} members={}", a.id, a.members);
         return 1;
@@ -104,13 +105,8 @@ pub fn run(a: &RingArgs, boot: &BootInfo) -> u8 {
     }
     println!("ring: ready id={} members={}", a.id, a.members);
     let token = loop {
-        wait_until(|s| s.proto.ring_msg.is_some());
-        if let Some(t) = state()
-            .proto
-            .ring_msg
-            .take()
-            .and_then(|m| Token::decode(&m))
-        {
+        link.wait(&|p| p.ring_msg.is_some());
+        if let Some(t) = link.proto().ring_msg.take().and_then(|m| Token::decode(&m)) {
             break t;
         }
     };
@@ -127,16 +123,14 @@ pub fn run(a: &RingArgs, boot: &BootInfo) -> u8 {
     };
     // The next member (or the host) is up: the host starts the ring once every member
     // said `ready`.
-    let s = state();
-    let len = s.proto.arp_request(&mut s.tx.0);
-    s.send(len);
-    wait_until(|s| s.proto.peer_mac.is_some());
-    let s = state();
-    s.tx.0[UDP_PAYLOAD..UDP_PAYLOAD + RING_MSG_LEN].copy_from_slice(&next.encode());
-    let len = s
-        .proto
-        .udp_datagram(&mut s.tx.0, RING_PORT, RING_MSG_LEN, next.hops as u16);
-    s.send(len);
+    link.send(false, &mut |p, f| p.arp_request(f));
+    link.wait(&|p| p.peer_mac.is_some());
+    link.send(false, &mut |p, f| {
+        f[UDP_PAYLOAD..UDP_PAYLOAD + RING_MSG_LEN].copy_from_slice(&next.encode());
+        p.udp_datagram(f, RING_PORT, RING_MSG_LEN, next.hops as u16)
+    });
+    // The frame must have left before the member exits.
+    link.drain();
     if a.id < a.members {
         println!(
             "ring: member {} passed hops={} sum={} on",

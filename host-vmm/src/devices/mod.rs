@@ -20,6 +20,7 @@ use pv::balloon::{BalloonError, PvBalloon};
 use pv::block::PvBlock;
 use pv::clock::{ClockSource, PvClock};
 use pv::console::PvConsole;
+use pv::net::PvNet;
 use pv::vcpu_up::VcpuUp;
 use pv::{BusError, HypercallBus, RingsConfig};
 
@@ -42,6 +43,34 @@ pub struct PvConfig {
     pub rings: Option<(GuestRam, RingsConfig)>,
     /// The `VcpuUp` device (VMs with more than one vCPU); `None`: the call is `EOPNOTSUPP`.
     pub vcpu_up: Option<Arc<VcpuUp>>,
+    /// The PV NIC (`pvkit run --net … --nic pv`); `None`: no `NetInfo`/`NetSend`, no net
+    /// rings.
+    pub net: Option<Arc<PvNet>>,
+}
+
+/// Which NIC a VM with a network gets (`pvkit run --nic`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NicModel {
+    /// The emulated NE2000 (ports `0x300..=0x31f`, IRQ 9): the default.
+    #[default]
+    Ne2000,
+    /// The PV NIC: `NetInfo`, `NetSend` and the TX/RX rings ([`pv::net`]).
+    Pv,
+    /// Both, each on its own backend of the same kind (`pvkit bench`'s net boot, which
+    /// measures one against the other).
+    Both,
+}
+
+impl NicModel {
+    /// Whether the VM gets the NE2000.
+    pub fn has_ne2000(self) -> bool {
+        matches!(self, NicModel::Ne2000 | NicModel::Both)
+    }
+
+    /// Whether the VM gets the PV NIC.
+    pub fn has_pv(self) -> bool {
+        matches!(self, NicModel::Pv | NicModel::Both)
+    }
 }
 
 /// The assembled PV devices: the bus, and handles to the devices the VM reads back.
@@ -95,6 +124,9 @@ pub fn assemble(config: PvConfig, ledger: &mut ExitLedger) -> Result<PvDevices, 
     if let Some(up) = config.vcpu_up {
         bus.insert(up)?;
     }
+    if let Some(net) = config.net {
+        bus.insert(net)?;
+    }
 
     if let Some((mem, rings)) = config.rings {
         bus.with_rings(mem, rings, ledger)?;
@@ -119,6 +151,7 @@ pub(crate) fn core_devices(console: Console) -> PvDevices {
         balloon: None,
         rings: None,
         vcpu_up: None,
+        net: None,
     };
     assemble(config, &mut ExitLedger::new()).expect("no conflicts among the core devices")
 }

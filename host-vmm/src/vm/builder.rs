@@ -26,6 +26,9 @@ use crate::devices::pseudo::null::NullPort;
 use crate::devices::pv::balloon::PvBalloon;
 use crate::devices::pv::clock::{ClockSource, TscClock};
 use crate::devices::pv::doorbell::{IoEventRegistrar, KvmIoEvents, DOORBELL_PORTS};
+use crate::devices::pv::net::PvNet;
+use crate::devices::pv::net_rx::PvNetRunning;
+use crate::devices::pv::ring_irq::RingIrqs;
 use crate::devices::pv::vcpu_up::VcpuUp;
 use crate::devices::pv::RingsConfig;
 use crate::devices::{assemble, PvConfig};
@@ -65,8 +68,13 @@ pub struct Built {
     pub guest_abi: AbiVersion,
     /// The guest ELF's symbols, kept from the file before its bytes are dropped.
     pub symbols: Arc<SymbolTable>,
-    /// The NIC ([`VmConfig::net`]), with its receive thread running.
+    /// The NE2000 ([`VmConfig::net`] with [`NicModel::Ne2000`]), with its receive thread
+    /// running.
     pub net: Option<NetDevice>,
+    /// The PV NIC ([`VmConfig::net`] with [`NicModel::Pv`]), its backend served.
+    pub pv_net: Option<PvNetRunning>,
+    /// The rings' completion interrupt lines (VMs with the in-kernel irqchip).
+    pub ring_irqs: Option<Arc<RingIrqs>>,
     /// The memory balloon (its statistics are read after the run).
     pub balloon: Option<Arc<PvBalloon>>,
     /// The `VcpuUp` device (more than one vCPU).
@@ -134,16 +142,33 @@ pub fn build(
     // KVM's in-kernel irqchip, created before any vCPU, only when something needs it: the
     // NIC's interrupt (IOAPIC), or SMP (LAPICs for INIT-SIPI-SIPI and IPIs, so the APs start
     // in KVM's wait-for-SIPI state). With it, `hlt` no longer exits to userspace.
-    if config.net.is_some() || config.vcpus > 1 {
+    let irqchip = config.net.is_some() || config.vcpus > 1 || config.irqchip;
+    if irqchip {
         create_irqchip(&vm_fd)?;
     }
-    let net_backend = match &config.net {
+    // Completion interrupts of the rings need the IOAPIC.
+    let ring_irqs = irqchip
+        .then(|| RingIrqs::irqfds(&vm_fd))
+        .transpose()?
+        .map(Arc::new);
+    let (net_backend, pv_net) = match &config.net {
         Some(net) => {
-            let line = InterruptLine::irqfd(&vm_fd, NE2000_GSI)?;
             let mac = net.mac.unwrap_or(NE2000_MAC);
-            Some((open_backend(&net.backend)?, mac, line))
+            let ne2000 = match config.nic.has_ne2000() {
+                true => {
+                    let line = InterruptLine::irqfd(&vm_fd, NE2000_GSI)?;
+                    Some((open_backend(&net.backend)?, mac, line))
+                }
+                false => None,
+            };
+            let pv = config
+                .nic
+                .has_pv()
+                .then(|| open_backend(&net.backend).map(|b| Arc::new(PvNet::new(b, mac))))
+                .transpose()?;
+            (ne2000, pv)
         }
-        None => None,
+        None => (None, None),
     };
     let vcpu_up = (config.vcpus > 1).then(|| Arc::new(VcpuUp::new(config.vcpus)));
     let clock = VmClock::start();
@@ -190,7 +215,7 @@ pub fn build(
         .map(|(backend, mac, line)| attach_ne2000(&mut pio, mac, backend, line, on_fatal.clone()))
         .transpose()?;
     let mut ledger = ExitLedger::new();
-    let pv = assemble(
+    let mut pv = assemble(
         PvConfig {
             console: console.clone(),
             disk: disk.clone(),
@@ -203,18 +228,26 @@ pub fn build(
                     ioevents: eventfd.then(|| {
                         Arc::new(KvmIoEvents(Arc::clone(&vm_fd))) as Arc<dyn IoEventRegistrar>
                     }),
-                    on_fatal,
+                    on_fatal: on_fatal.clone(),
                 },
             )),
             vcpu_up: vcpu_up.clone(),
+            net: pv_net.clone(),
         },
         &mut ledger,
     )
     .map_err(VmError::PvDevices)?;
+    if let Some(irqs) = &ring_irqs {
+        pv.bus.set_ring_irqs(Arc::clone(irqs));
+    }
     let (base, len) = DOORBELL_PORTS;
     if let Some(doorbells) = pv.bus.doorbell_ports() {
         pio.insert_mut(base.into(), len.into(), "doorbells", doorbells)?;
     }
+    let pv_net = pv_net
+        .map(|n| PvNetRunning::start(n, mem.clone(), on_fatal))
+        .transpose()
+        .map_err(VmError::Thread)?;
     let io_stopper = pv.bus.stopper();
     let bench = pv.bench;
     let balloon = pv.balloon;
@@ -277,6 +310,8 @@ pub fn build(
         guest_abi: kernel.abi,
         symbols,
         net,
+        pv_net,
+        ring_irqs,
         balloon,
         vcpu_up,
     })

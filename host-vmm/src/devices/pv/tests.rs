@@ -229,6 +229,7 @@ fn harness(o: Opts) -> Harness {
                 },
             )),
             vcpu_up: None,
+            net: None,
         },
         &mut ledger,
     )
