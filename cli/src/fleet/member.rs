@@ -228,9 +228,23 @@ mod tests {
             seccomp: true,
             members: 3,
             mergeable: false,
+            nic: FleetNic::Ne2000,
         };
         let a = run_args(1, &spec, "ns").join(" ");
-        assert!(a.contains("--mac 52:54:00:88:00:01"), "{a}");
+        assert!(a.contains("--mac 52:54:00:88:00:01 --nic ne2000"), "{a}");
+        let p = run_args(
+            1,
+            &MemberSpec {
+                nic: FleetNic::Pv,
+                ..spec.clone()
+            },
+            "ns",
+        )
+        .join(" ");
+        assert!(
+            p.contains("--nic pv") && p.ends_with("members=3 pvnet=irq"),
+            "{p}"
+        );
         assert!(
             a.ends_with("-- net=ring ip=10.88.0.11 peer=10.88.0.12 id=1 members=3"),
             "{a}"
