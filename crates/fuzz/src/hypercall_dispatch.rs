@@ -456,6 +456,7 @@ pub fn run(data: &[u8]) {
             )
         }),
         vcpu_up: None,
+        net: None,
     };
     let devices = assemble(config, &mut ledger).expect("PV devices without KVM");
     if verify {
