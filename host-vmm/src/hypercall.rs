@@ -173,7 +173,7 @@ mod tests {
         // Unknown numbers in every class's range, between ranges and above them.
         for nr in [
             0,
-            7,
+            8,
             0xff,
             0x101,
             0x202,

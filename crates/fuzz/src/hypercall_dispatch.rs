@@ -456,6 +456,7 @@ pub fn run(data: &[u8]) {
             )
         }),
         vcpu_up: None,
+        // No PV NIC: NetInfo and NetSend answer EOPNOTSUPP (checked below).
         net: None,
     };
     let devices = assemble(config, &mut ledger).expect("PV devices without KVM");

@@ -131,6 +131,39 @@ impl PvNet {
         Ok(id)
     }
 
+    /// Points every free TX slot at the frame of `len` bytes at `ptr` (request
+    /// templates, id = slot number), so that [`PvNet::commit_tx`] queues frames with one
+    /// index update per batch and no store per frame. Slots in flight keep their request.
+    ///
+    /// # Safety
+    ///
+    /// As [`PvNet::queue_tx_raw`], for every frame later committed from these slots.
+    pub unsafe fn set_tx_template(&mut self, ptr: *const u8, len: usize) -> Result<(), QueueError> {
+        if len < MIN_FRAME_LEN as usize {
+            return Err(QueueError::Invalid(Status::EINVAL));
+        }
+        if len > MAX_FRAME_LEN as usize {
+            return Err(QueueError::Invalid(Status::E2BIG));
+        }
+        let addr = crate::addr::virt_to_phys(ptr);
+        let len = len as u32;
+        self.tx.fill_free(|slot, req| {
+            *req = NetTxRequest {
+                addr,
+                len,
+                id: slot,
+            }
+        });
+        Ok(())
+    }
+
+    /// Queues the next `n` TX slots as their templates hold them
+    /// ([`PvNet::set_tx_template`]); not visible before [`PvNet::flush_tx`]. `Full`
+    /// (nothing queued) if fewer than `n` slots are free.
+    pub fn commit_tx(&mut self, n: u32) -> Result<(), crate::ring::Full> {
+        self.tx.commit(n)
+    }
+
     /// Publishes the queued frames; returns whether the host asked for the doorbell.
     pub fn publish_tx(&mut self) -> bool {
         self.tx.publish()

@@ -28,6 +28,13 @@ pub trait Link {
     /// Sends `frame` as it is (no copy where the NIC can avoid one: the PV rings point at
     /// it); it must stay unchanged until [`Link::drain`]. `more` as for [`Link::send`].
     fn send_static(&mut self, more: bool, frame: &'static [u8]);
+    /// Sends `frame` `n` times, as [`Link::send_static`] does (a NIC with rings may queue
+    /// them in batches, one index update per batch).
+    fn send_repeated(&mut self, frame: &'static [u8], n: u64) {
+        for i in 0..n {
+            self.send_static(i + 1 < n, frame);
+        }
+    }
     /// Waits until `done` holds, receiving (and answering) frames meanwhile.
     fn wait(&mut self, done: &dyn Fn(&Proto) -> bool);
     /// Waits until every frame sent so far has left the guest (its buffer is free again).

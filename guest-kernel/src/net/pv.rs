@@ -129,6 +129,9 @@ pub struct PvLink {
     rx: *mut u8,
     /// Buffers reposted since the last RX flush.
     reposted: bool,
+    /// The frame every free TX slot's template points at ([`PvLink::send_repeated`]);
+    /// `None` once another send wrote a slot.
+    template: Option<(*const u8, usize)>,
     counts: LinkCounts,
 }
 
@@ -150,6 +153,7 @@ impl PvLink {
             tx: TX_BUFS.0.get().cast(),
             rx: RX_BUFS.0.get().cast(),
             reposted: false,
+            template: None,
             counts: LinkCounts::default(),
         };
         if link.path == PvPath::Irq {
@@ -219,6 +223,7 @@ impl PvLink {
             return;
         }
         self.free_slot();
+        self.template = None;
         let slot = (self.nic.tx_ring().next_index() % SLOTS) as usize;
         // SAFETY: TX buffer `slot` lies inside TX_BUFS and is free: its ring slot's response
         // was consumed (the ring has a free slot, and buffers follow slots).
@@ -305,6 +310,7 @@ impl Link for PvLink {
         if self.nic.tx_ring().free() == 0 {
             self.free_slot();
         }
+        self.template = None;
         // SAFETY: the frame is 'static and, by the trait's contract, unchanged until drained.
         if unsafe { self.nic.queue_tx_raw(frame.as_ptr(), frame.len()) }.is_err() {
             self.counts.errors += 1;
@@ -312,6 +318,39 @@ impl Link for PvLink {
         }
         if !more || self.nic.tx_ring().free() == 0 {
             self.nic.flush_tx();
+        }
+    }
+
+    fn send_repeated(&mut self, frame: &'static [u8], n: u64) {
+        if self.path == PvPath::Hypercall {
+            for _ in 0..n {
+                self.send_static(false, frame);
+            }
+            return;
+        }
+        let key = (frame.as_ptr(), frame.len());
+        if self.template != Some(key) {
+            // Every slot free, then every slot a template for `frame`.
+            self.drain();
+            // SAFETY: 'static and unchanged until drained (the trait's contract).
+            if unsafe { self.nic.set_tx_template(key.0, key.1) }.is_err() {
+                self.counts.errors += n;
+                return;
+            }
+            self.template = Some(key);
+        }
+        let mut left = n;
+        while left > 0 {
+            let mut free = self.nic.tx_ring().free();
+            if free == 0 {
+                self.free_slot();
+                free = self.nic.tx_ring().free();
+            }
+            let k = u64::from(free).min(left);
+            // `k <= free`: cannot fail.
+            let _ = self.nic.commit_tx(k as u32);
+            self.nic.flush_tx();
+            left -= k;
         }
     }
 

@@ -57,7 +57,8 @@ pub enum NicModel {
     /// The PV NIC: `NetInfo`, `NetSend` and the TX/RX rings ([`pv::net`]).
     Pv,
     /// Both, each on its own backend of the same kind (`pvkit bench`'s net boot, which
-    /// measures one against the other).
+    /// measures one against the other). Meant for the loopback backend: two TAP devices
+    /// would need two namespaces (the second `pvkit-<pid>` cannot be created).
     Both,
 }
 

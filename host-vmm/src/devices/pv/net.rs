@@ -717,6 +717,29 @@ mod tests {
     }
 
     #[test]
+    fn a_guest_that_never_posts_rx_buffers_costs_a_bounded_queue_and_a_counter() {
+        let h = harness();
+        let (_tx, _rx) = rings(&h);
+        let req = arp_request();
+        h.mem.write_slice(&req, GuestAddress(FRAME)).unwrap();
+        // Every ARP request gets a reply; no buffer is ever posted.
+        let sent = pvkit_pv::net::RX_QUEUE_FRAMES as u64 + 36;
+        for _ in 0..sent {
+            assert_eq!(
+                h.call(Hypercall::NetSend, [FRAME, 42, 0, 0]),
+                CallReturn::ok(42)
+            );
+        }
+        let p = h.net.poll_backend(&h.mem);
+        assert_eq!(p.waiting, pvkit_pv::net::RX_QUEUE_FRAMES);
+        let s = h.net.run_stats();
+        assert_eq!(s.device.rx_frames, 0);
+        assert_eq!(s.device.rx_dropped_no_buffer, 36);
+        assert_eq!(s.device.tx_frames, sent);
+        assert_eq!(s.backend_events, 1);
+    }
+
+    #[test]
     fn net_send_refuses_bad_frames() {
         let h = harness();
         assert_eq!(
