@@ -471,3 +471,31 @@ fn finish(mut members: Vec<Member>, deadline: Instant, out: &mut FleetOutcome) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(pss: u64, ram: u64) -> VmResult {
+        VmResult {
+            pss_kib: Some(pss),
+            guest_ram_kib: Some(ram),
+            ..VmResult::default()
+        }
+    }
+
+    #[test]
+    fn density_divides_the_budget_by_pss_plus_kernel_memory() {
+        let o = FleetOutcome {
+            members: vec![vm(1000, 200), vm(3000, 400)],
+            kernel_per_vm_kib: Some(48),
+            ..FleetOutcome::default()
+        };
+        assert_eq!(o.mean_pss_kib(), Some(2000));
+        assert_eq!(o.mean_overhead_kib(), Some(1700));
+        assert_eq!(o.max_overhead_kib(), Some(2600));
+        assert_eq!(o.host_kib_per_vm(), Some(2048));
+        assert_eq!(o.vms_in_budget(4096), Some(2048));
+        assert_eq!(FleetOutcome::default().vms_in_budget(4096), None);
+    }
+}
