@@ -24,7 +24,7 @@ fn boot(cmdline: &str, backend: NetBackendConfig) -> RunOutcome {
         console: Some(ConsoleKind::Pv),
         capture_console: true,
         timeout: Duration::from_secs(120),
-        net: Some(NetConfig { backend }),
+        net: Some(NetConfig { backend, mac: None }),
         nic: NicModel::Pv,
         ..VmConfig::default()
     };
@@ -320,6 +320,7 @@ fn host_pings_the_pv_nic_and_gets_udp_echoes_over_tap() {
         let name = ns.name().unwrap_or_default().to_owned();
         let backend = NetBackendConfig::Tap {
             netns: Some(name.clone()),
+            bridge: None,
         };
         std::thread::scope(|s| {
             let vm = s.spawn(|| boot(&format!("net=serve pvnet={path}"), backend));

@@ -24,7 +24,9 @@
 //! | `lock=`     | instead of everything else: the spinlock workload, `plain` or `pv` ([`crate::lock`]), on `cpus=N` CPUs; `iters=K` acquisitions per CPU, `spin=S` spins before a PV wait, `lock_bad` refused calls first, `lock_hang` wait for ever, `lock_bench` benchmark markers and sample |
 //! | `quick`     | with `bench=`: small operation counts                                 |
 //! | `ops=N`     | with `bench=`: `N` (≥ 1) operations in every case                      |
-//! | `net=`      | instead of everything else: the NE2000 by interrupts, `serve`, `echo` or `send` ([`crate::net`]); with `ip=`, `peer=` (IPv4), `count=N`, `size=N` (UDP payload), `pvnet=` (PV NIC path) |
+//! | `net=`      | instead of everything else: the NE2000 by interrupts, `serve`, `echo`, `send` or `ring` ([`crate::net`]); with `ip=`, `peer=` (IPv4), `count=N`, `size=N` (UDP payload), `pvnet=` (PV NIC path) |
+//! | `id=K`, `members=N` | with `net=ring`: this member's id (1..=N) and the ring's size ([`crate::net::ring`]) |
+//! | `touch=MIB` | with `net=ring`: before the ring starts, write every page of `MIB` MiB, then stop using it; `give_back` returns it to the host through the balloon |
 //!
 //! Unknown tokens are ignored (they may be meant for someone else). When several of
 //! `fault=`, `panic`, `spin`, `triple` are given, the last one wins.
@@ -229,6 +231,10 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
             ("ip", Some(v)) => net.ip = crate::net::parse_ip(v).ok_or(v)?,
             ("peer", Some(v)) => net.peer = crate::net::parse_ip(v).ok_or(v)?,
             ("count", Some(n)) => net.count = n.parse().map_err(|_| n)?,
+            ("id", Some(n)) => net.ring.id = n.parse().map_err(|_| n)?,
+            ("members", Some(n)) => net.ring.members = n.parse().map_err(|_| n)?,
+            ("touch", Some(n)) => net.ring.touch_mib = n.parse().map_err(|_| n)?,
+            ("give_back", None) => net.ring.give_back = true,
             ("size", Some(n)) => match n.parse::<usize>() {
                 Ok(s) if s <= crate::net::proto::MAX_UDP_PAYLOAD => net.size = s,
                 _ => return Err(n),

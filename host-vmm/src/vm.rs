@@ -141,6 +141,10 @@ pub struct VmConfig {
     /// `BootInfo` and CPUID, as on a host without it; a guest that checks the bits uses
     /// the UART.
     pub pv_console: bool,
+    /// Mark guest RAM `MADV_MERGEABLE` (`pvkit run --mergeable`): the host's KSM, when it
+    /// runs, may then merge identical pages within and across VMs copy-on-write. Default
+    /// `false`. pvkit never turns KSM itself on.
+    pub mergeable: bool,
 }
 
 impl Default for VmConfig {
@@ -165,6 +169,7 @@ impl Default for VmConfig {
             irq_test: false,
             gdb: None,
             pv_console: true,
+            mergeable: false,
         }
     }
 }

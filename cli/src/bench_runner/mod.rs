@@ -442,6 +442,7 @@ fn boot(
         // Net only: both NICs, each on its own in-VMM loopback peer (no privileges).
         net: device.needs_nics().then_some(NetConfig {
             backend: NetBackendConfig::Loopback,
+            mac: None,
         }),
         nic: NicModel::Both,
         phase_observer: Some(observer),

@@ -45,10 +45,13 @@ pub trait Link {
     fn finish(&mut self) -> LinkCounts;
 }
 
-/// Runs `args.mode` over `link`, prints the `net: done` line.
-pub fn drive(link: &mut dyn Link, args: &NetArgs, boot: &BootInfo) {
+/// Runs `args.mode` over `link`, prints the `net: done` line; returns the exit status
+/// (0, or 1 when a `net=ring` member found the ring wrong).
+pub fn drive(link: &mut dyn Link, args: &NetArgs, boot: &BootInfo) -> u8 {
+    let mut status = 0;
     match args.mode {
         Mode::Serve => link.wait(&|p| p.done),
+        Mode::Ring => status = super::ring::run(link, &args.ring, boot),
         Mode::Echo | Mode::Send => {
             link.send(false, &mut |p, f| p.arp_request(f));
             link.wait(&|p| p.peer_mac.is_some());
@@ -82,4 +85,5 @@ pub fn drive(link: &mut dyn Link, args: &NetArgs, boot: &BootInfo) {
         "net: done irqs={} frames={} arp={} icmp={} udp={} echoes={} no_reply={} errors={}",
         l.irqs, l.frames, c.arp, c.icmp, c.udp, c.echoes, c.no_reply, l.errors
     );
+    status
 }

@@ -14,6 +14,7 @@
 //! | `net=serve` | answers ARP, ICMP echo and UDP echo (port 7) on `ip=`, until a UDP datagram to port 9999 arrives |
 //! | `net=echo count=N size=S` | resolves `peer=` by ARP, then `N` times: a UDP datagram of `S` bytes to the peer's port 7, and waits (halted) for its echo |
 //! | `net=send count=N size=S` | resolves `peer=`, then sends `N` datagrams of `S` bytes to the peer's discard port (9) back to back and prints the rate |
+//! | `net=ring id=K members=N` | one member of a ring of guests ([`ring`]): waits for the ring's message, adds `K`, passes it on to `peer=`; member `N` checks the sum |
 //!
 //! When the host offers the PV NIC (`pvkit run --nic pv`), the same modes run over it
 //! instead ([`pv`]), driven as `pvnet=hypercall|doorbell|eventfd|poll|irq` says.
@@ -30,6 +31,7 @@ pub mod irq;
 pub mod link;
 pub mod proto;
 pub mod pv;
+pub mod ring;
 
 pub use pv::PvPath;
 
@@ -57,6 +59,8 @@ pub enum Mode {
     Echo,
     /// UDP datagrams to the peer's discard port.
     Send,
+    /// A member of a ring of guests ([`ring`]).
+    Ring,
 }
 
 /// `net=… ip=… peer=… count=… size=…`.
@@ -72,6 +76,8 @@ pub struct NetArgs {
     pub count: u64,
     /// UDP payload bytes.
     pub size: usize,
+    /// `net=ring`: this member's place in the ring, and the ring's memory use.
+    pub ring: ring::RingArgs,
     /// How the PV NIC is driven (`pvnet=`), when the host offers one.
     pub pv: pv::PvPath,
 }
@@ -85,6 +91,7 @@ impl NetArgs {
             peer: [10, 0, 2, 2],
             count: 10,
             size: 18,
+            ring: ring::RingArgs::new(),
             pv: pv::PvPath::Doorbell,
         }
     }
@@ -97,6 +104,7 @@ impl Mode {
             "serve" => Some(Mode::Serve),
             "echo" => Some(Mode::Echo),
             "send" => Some(Mode::Send),
+            "ring" => Some(Mode::Ring),
             _ => None,
         }
     }
@@ -309,17 +317,17 @@ pub fn ne2000_link(args: &NetArgs) -> Option<Ne2000Link> {
 }
 
 /// Runs `net=` over the PV NIC when the host offers one, else over the NE2000, and ends
-/// the VM.
+/// the VM (with status 1 when a `net=ring` member found the ring wrong).
 pub fn run(args: NetArgs, boot: &BootInfo) -> ! {
     irq::cli();
     if pv::offered() {
         let mut link = pv::PvLink::init(&args);
-        link::drive(&mut link, &args, boot);
-        crate::exit(0)
+        let status = link::drive(&mut link, &args, boot);
+        crate::exit(status)
     }
     let Some(mut link) = ne2000_link(&args) else {
         panic!("net: no NE2000 at {IO_BASE:#x} and no PV NIC");
     };
-    link::drive(&mut link, &args, boot);
-    crate::exit(0)
+    let status = link::drive(&mut link, &args, boot);
+    crate::exit(status)
 }

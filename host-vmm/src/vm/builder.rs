@@ -45,7 +45,7 @@ use crate::loader::elf::ElfImage;
 use crate::loader::symbols::SymbolTable;
 use crate::runtime::watchdog;
 use crate::vstate::kvm::{open_kvm, PlatformInfo};
-use crate::vstate::memory::{create_fresh_ram, MAX_MEM_MIB};
+use crate::vstate::memory::{create_fresh_ram, mark_mergeable, MAX_MEM_MIB};
 use crate::vstate::vcpu::{RegAccess, Vcpu};
 use crate::vstate::vm::create_vm;
 
@@ -135,6 +135,9 @@ pub fn build(
 
     // Fresh RAM: the loader skips zero-filling what mmap already zeroed.
     let (mem, kernel) = image.load_fresh(create_fresh_ram(config.mem_mib)?)?;
+    if config.mergeable {
+        mark_mergeable(&mem)?;
+    }
     // A compact copy of the symbol table (bounded, see `loader::symbols`) is all that is
     // kept of the file; a malformed one means no symbols, not a refused guest.
     let symbols = Arc::new(SymbolTable::from_elf(&bytes).unwrap_or_default());
@@ -160,17 +163,18 @@ pub fn build(
         .transpose()?;
     let (net_backend, pv_net) = match &config.net {
         Some(net) => {
+            let mac = net.mac.unwrap_or(NE2000_MAC);
             let ne2000 = match config.nic.has_ne2000() {
                 true => {
                     let line = InterruptLine::irqfd(&vm_fd, NE2000_GSI)?;
-                    Some((open_backend(&net.backend)?, line))
+                    Some((open_backend(&net.backend)?, mac, line))
                 }
                 false => None,
             };
             let pv = config
                 .nic
                 .has_pv()
-                .then(|| open_backend(&net.backend).map(|b| Arc::new(PvNet::new(b, NE2000_MAC))))
+                .then(|| open_backend(&net.backend).map(|b| Arc::new(PvNet::new(b, mac))))
                 .transpose()?;
             (ne2000, pv)
         }
@@ -222,7 +226,7 @@ pub fn build(
         pio.insert_mut(IRQ_TEST.into(), 1, "irq-test", IrqTestPort::new(line))?;
     }
     let net = net_backend
-        .map(|(backend, line)| attach_ne2000(&mut pio, backend, line, on_fatal.clone()))
+        .map(|(backend, mac, line)| attach_ne2000(&mut pio, mac, backend, line, on_fatal.clone()))
         .transpose()?;
     let mut ledger = ExitLedger::new();
     let mut pv = assemble(
