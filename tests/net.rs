@@ -301,6 +301,7 @@ fn oversize_frames_from_the_host_over_tap_are_dropped_and_the_guest_keeps_servin
     let Some(ns) = netns("jumbo") else { return };
     let backend = NetBackendConfig::Tap {
         netns: Some(ns.name().unwrap_or_default().to_owned()),
+        bridge: None,
     };
     std::thread::scope(|s| {
         let vm = s.spawn(|| boot("net=serve", backend));
