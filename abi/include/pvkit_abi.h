@@ -220,6 +220,15 @@
 // `RingHeader::host_flags`.
 #define PVKIT_HOST_FLAGS 20
 
+// The longest a [`crate::Hypercall::LockWait`] blocks without a kick, in microseconds.
+#define PVKIT_LOCK_WAIT_MAX_US 10000
+
+// [`STEAL_PAGE`] as arg0 of `RegisterRegion` (a literal, for the C header).
+#define PVKIT_STEAL_PAGE_REGION 294913
+
+// The host refreshes a registered steal page at most this often (per vCPU).
+#define PVKIT_STEAL_UPDATE_MS 10
+
 // The major number of [`ABI_VERSION`] (also for C: `PVKIT_ABI_VERSION_MAJOR`).
 #define PVKIT_ABI_VERSION_MAJOR 2
 
@@ -302,6 +311,19 @@ enum PVKIT_Hypercall
   // (reserved). `EINVAL`: an empty bitmap, a target that does not exist, a vector below
   // `0x20` or above `0xff`, arg3 ≠ 0; nothing is sent then. `RDX` ← interrupts delivered.
   PVKIT_HYPERCALL_SEND_IPI = 1025,
+  // PV spinlock slow path: block the calling vCPU's thread on the host until another
+  // vCPU kicks it ([`Hypercall::LockKick`]) or a bounded host timeout
+  // ([`crate::spinlock::LOCK_WAIT_MAX_US`]) passes, then return. A kick that arrived
+  // before the call (and after the previous `LockWait` returned) is remembered, one per
+  // vCPU, and makes the call return at once. arg0 = flags (none defined: must be 0,
+  // else `EINVAL`). `RDX` ← 1 if a kick ended the wait, 0 on timeout. The guest must
+  // re-check its lock after every return ([`crate::spinlock`]).
+  PVKIT_HYPERCALL_LOCK_WAIT = 1026,
+  // Wake vCPU arg0 from [`Hypercall::LockWait`] (or make its next `LockWait` return at
+  // once). arg1 = flags (must be 0). `EINVAL`: the target is out of range or flags are
+  // set. `RDX` ← 1 if the target was blocked in `LockWait`, 0 if the kick was left
+  // pending.
+  PVKIT_HYPERCALL_LOCK_KICK = 1027,
   // Give pages back to the host (the balloon, [`crate::balloon`]). arg0 = GPA of an
   // array of [`crate::balloon::BalloonRange`], arg1 = its count (at most
   // [`crate::balloon::BALLOON_MAX_RANGES`]). All ranges are validated before any is
@@ -633,6 +655,11 @@ typedef uint64_t PVKIT_Features;
 // PV IPIs: [`crate::Hypercall::SendIpi`] (a CPU bitmap per call). Set only with
 // more than one vCPU.
 #define PVKIT_Features_PV_IPI (uint64_t)(1 << 13)
+// PV spinlocks: [`crate::Hypercall::LockWait`] and [`crate::Hypercall::LockKick`]
+// ([`crate::spinlock`]). Set only with more than one vCPU.
+#define PVKIT_Features_PV_SPINLOCK (uint64_t)(1 << 14)
+// The per-vCPU steal-time page ([`crate::spinlock::STEAL_PAGE`]).
+#define PVKIT_Features_STEAL_TIME (uint64_t)(1 << 15)
 
 // One entry of the memory map.
 typedef struct {

@@ -31,6 +31,8 @@ pub enum Device {
     /// Interrupt delivery and acknowledge (one interrupt raised, handled and acknowledged
     /// per operation).
     Irq = 6,
+    /// One spinlock contended by several vCPUs (`--vcpus N`, one boot per case).
+    Spinlock = 12,
 }
 
 /// How the device is reached.
@@ -75,6 +77,10 @@ pub enum Variant {
     /// A legacy IRQ raised by the VMM through an irqfd ([`crate::ports::IRQ_TEST`]),
     /// delivered by the 8259 PIC (ExtINT) and acknowledged by a PIC EOI port write.
     PicEoi = 27,
+    /// A plain ticket spinlock: waiters spin (the baseline).
+    TicketSpin = 28,
+    /// The PV ticket spinlock: bounded spin, then `LockWait`; the unlocker `LockKick`s.
+    PvSpinlock = 29,
 }
 
 /// What the case does.
@@ -107,6 +113,12 @@ pub enum Workload {
     Release = 22,
     /// One interrupt raised, delivered, handled and acknowledged.
     Interrupt = 16,
+    /// One lock acquisition (critical section: a shared counter) by 2 vCPUs.
+    Contend2 = 24,
+    /// As [`Workload::Contend2`] with 4 vCPUs.
+    Contend4 = 25,
+    /// As [`Workload::Contend2`] with 8 vCPUs.
+    Contend8 = 26,
 }
 
 macro_rules! decode_u16 {
@@ -128,7 +140,8 @@ decode_u16!(Device {
     Ipi,
     Smp,
     Balloon,
-    Irq
+    Irq,
+    Spinlock
 });
 decode_u16!(Variant {
     Uart,
@@ -147,7 +160,9 @@ decode_u16!(Variant {
     X2apicEoi,
     PvEoi,
     IoapicEoi,
-    PicEoi
+    PicEoi,
+    TicketSpin,
+    PvSpinlock
 });
 decode_u16!(Workload {
     Write64,
@@ -162,7 +177,10 @@ decode_u16!(Workload {
     OneToAll,
     ApBringUp,
     Release,
-    Interrupt
+    Interrupt,
+    Contend2,
+    Contend4,
+    Contend8
 });
 
 /// A benchmark case: device, variant, workload. On the wire, packed into one `u64`.

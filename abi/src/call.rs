@@ -182,6 +182,19 @@ pub enum Hypercall {
     /// (reserved). `EINVAL`: an empty bitmap, a target that does not exist, a vector below
     /// `0x20` or above `0xff`, arg3 ≠ 0; nothing is sent then. `RDX` ← interrupts delivered.
     SendIpi = 0x401,
+    /// PV spinlock slow path: block the calling vCPU's thread on the host until another
+    /// vCPU kicks it ([`Hypercall::LockKick`]) or a bounded host timeout
+    /// ([`crate::spinlock::LOCK_WAIT_MAX_US`]) passes, then return. A kick that arrived
+    /// before the call (and after the previous `LockWait` returned) is remembered, one per
+    /// vCPU, and makes the call return at once. arg0 = flags (none defined: must be 0,
+    /// else `EINVAL`). `RDX` ← 1 if a kick ended the wait, 0 on timeout. The guest must
+    /// re-check its lock after every return ([`crate::spinlock`]).
+    LockWait = 0x402,
+    /// Wake vCPU arg0 from [`Hypercall::LockWait`] (or make its next `LockWait` return at
+    /// once). arg1 = flags (must be 0). `EINVAL`: the target is out of range or flags are
+    /// set. `RDX` ← 1 if the target was blocked in `LockWait`, 0 if the kick was left
+    /// pending.
+    LockKick = 0x403,
     /// Give pages back to the host (the balloon, [`crate::balloon`]). arg0 = GPA of an
     /// array of [`crate::balloon::BalloonRange`], arg1 = its count (at most
     /// [`crate::balloon::BALLOON_MAX_RANGES`]). All ranges are validated before any is
@@ -227,6 +240,8 @@ impl TryFrom<u32> for Hypercall {
             0x502 => Hypercall::BalloonInfo,
             0x400 => Hypercall::VcpuUp,
             0x401 => Hypercall::SendIpi,
+            0x402 => Hypercall::LockWait,
+            0x403 => Hypercall::LockKick,
             0xf00 => Hypercall::BenchPhase,
             0xf01 => Hypercall::BenchResult,
             _ => return Err(UnknownHypercall(nr)),
@@ -252,6 +267,8 @@ impl Hypercall {
         Hypercall::NetSend,
         Hypercall::VcpuUp,
         Hypercall::SendIpi,
+        Hypercall::LockWait,
+        Hypercall::LockKick,
         Hypercall::BalloonInflate,
         Hypercall::BalloonDeflate,
         Hypercall::BalloonInfo,
@@ -274,7 +291,9 @@ impl Hypercall {
             Hypercall::BalloonInflate | Hypercall::BalloonDeflate | Hypercall::BalloonInfo => {
                 DeviceClass::Memory
             }
-            Hypercall::VcpuUp | Hypercall::SendIpi => DeviceClass::Cpu,
+            Hypercall::VcpuUp | Hypercall::SendIpi | Hypercall::LockWait | Hypercall::LockKick => {
+                DeviceClass::Cpu
+            }
             Hypercall::BenchPhase | Hypercall::BenchResult => DeviceClass::Bench,
         }
     }
@@ -300,6 +319,8 @@ impl Hypercall {
             Hypercall::BalloonInfo => "balloon_info",
             Hypercall::VcpuUp => "vcpu_up",
             Hypercall::SendIpi => "send_ipi",
+            Hypercall::LockWait => "lock_wait",
+            Hypercall::LockKick => "lock_kick",
         }
     }
 }

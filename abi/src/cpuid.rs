@@ -72,6 +72,11 @@ bitflags! {
         /// PV IPIs: [`crate::Hypercall::SendIpi`] (a CPU bitmap per call). Set only with
         /// more than one vCPU.
         const PV_IPI = 1 << 13;
+        /// PV spinlocks: [`crate::Hypercall::LockWait`] and [`crate::Hypercall::LockKick`]
+        /// ([`crate::spinlock`]). Set only with more than one vCPU.
+        const PV_SPINLOCK = 1 << 14;
+        /// The per-vCPU steal-time page ([`crate::spinlock::STEAL_PAGE`]).
+        const STEAL_TIME = 1 << 15;
     }
 }
 

@@ -38,6 +38,7 @@ pub mod net;
 pub mod note;
 pub mod ports;
 pub mod ring;
+pub mod spinlock;
 pub mod status;
 mod version;
 

@@ -382,6 +382,8 @@ enum DeviceArg {
     Balloon,
     /// Interrupt delivery + acknowledge: x2APIC, IOAPIC and PIC EOIs vs KVM's PV EOI.
     Irq,
+    /// One spinlock contended by 2, 4 and 8 vCPUs: plain ticket lock vs the PV lock.
+    Spinlock,
 }
 
 #[derive(clap::Args, Debug)]
@@ -442,6 +444,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
             DeviceArg::Smp => BenchDevice::Smp,
             DeviceArg::Balloon => BenchDevice::Balloon,
             DeviceArg::Irq => BenchDevice::Irq,
+            DeviceArg::Spinlock => BenchDevice::Spinlock,
         };
         if !devices.contains(&d) {
             devices.push(d);

@@ -20,6 +20,7 @@
 //! | `smp=`      | after the output: bring up the other CPUs, `emulated` (INIT-SIPI-SIPI) or `pv` (`VcpuUp`), see [`crate::smp`] |
 //! | `cpus=N`    | with `smp=`: how many CPUs there are (1–8), default 1                 |
 //! | `ipi=`      | with `smp=`: after the bring-up, the IPI workload, `emulated` (x2APIC ICR) or `pv` (`SendIpi`), see [`crate::smp::ipi`]; `ipi_rounds=N` (≥ 1) round trips and broadcasts |
+//! | `lock=`     | instead of everything else: the spinlock workload, `plain` or `pv` ([`crate::lock`]), on `cpus=N` CPUs; `iters=K` acquisitions per CPU, `spin=S` spins before a PV wait, `lock_bad` refused calls first, `lock_hang` wait for ever, `lock_bench` benchmark markers and sample |
 //! | `quick`     | with `bench=`: small operation counts                                 |
 //! | `ops=N`     | with `bench=`: `N` (≥ 1) operations in every case                      |
 //! | `net=`      | instead of everything else: the NE2000 by interrupts, `serve`, `echo` or `send` ([`crate::net`]); with `ip=`, `peer=` (IPv4), `count=N`, `size=N` (UDP payload) |
@@ -114,6 +115,8 @@ pub struct Args {
     pub smp: Option<(SmpMode, usize)>,
     /// `ipi=` with `ipi_rounds=`: the IPI workload after the SMP bring-up.
     pub ipi: Option<IpiArgs>,
+    /// `lock=`: the spinlock workload instead of everything else.
+    pub lock: Option<crate::lock::LockArgs>,
 }
 
 /// Parses the command line in one pass. The error names the offending token.
@@ -131,7 +134,11 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
         balloon: None,
         smp: None,
         ipi: None,
+        lock: None,
     };
+    let mut lock_iters = crate::lock::DEFAULT_ITERS;
+    let mut lock_spin = crate::lock::DEFAULT_SPIN;
+    let (mut lock_bad, mut lock_hang, mut lock_bench) = (false, false, false);
     let mut net = crate::net::NetArgs::new(crate::net::Mode::Serve);
     let mut net_mode = None;
     let mut balloon_range = 2048;
@@ -226,6 +233,25 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
                 Ok(n) if (1..=crate::smp::MAX_CPUS).contains(&n) => cpus = n,
                 _ => return Err(n),
             },
+            ("lock", Some(k)) => {
+                args.lock = Some(crate::lock::LockArgs {
+                    kind: crate::lock::LockKind::parse(k).ok_or(k)?,
+                    cpus: 1,
+                    iters: 0,
+                    spin: 0,
+                    bad: false,
+                    hang: false,
+                    bench: false,
+                })
+            }
+            ("iters", Some(n)) => match n.parse::<u64>() {
+                Ok(n) if (1..=1 << 32).contains(&n) => lock_iters = n,
+                _ => return Err(n),
+            },
+            ("spin", Some(n)) => lock_spin = n.parse().map_err(|_| n)?,
+            ("lock_bad", None) => lock_bad = true,
+            ("lock_hang", None) => lock_hang = true,
+            ("lock_bench", None) => lock_bench = true,
             ("console", Some(other)) => return Err(other),
             _ => {}
         }
@@ -250,6 +276,14 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
         mode,
         rounds: ipi_rounds,
     });
+    if let Some(l) = &mut args.lock {
+        l.cpus = cpus;
+        l.iters = lock_iters;
+        l.spin = lock_spin;
+        l.bad = lock_bad;
+        l.hang = lock_hang;
+        l.bench = lock_bench;
+    }
     if let Some(b) = &mut args.bench {
         b.quick = quick;
         b.ops = ops;

@@ -33,6 +33,7 @@ mod diskcheck;
 mod gdt;
 mod heap;
 mod interrupts;
+mod lock;
 mod modes;
 mod msr;
 mod net;

@@ -33,6 +33,9 @@ pub fn run(args: &Args, console: ConsoleKind, boot: &BootInfo) -> ! {
     if let Some(bench) = &args.bench {
         crate::bench::run(bench, boot);
     }
+    if let Some(lock) = &args.lock {
+        crate::lock::run(lock, boot);
+    }
     if let Some(net) = args.net {
         crate::net::run(net, boot);
     }

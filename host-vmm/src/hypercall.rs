@@ -135,6 +135,8 @@ mod tests {
                     rings: None,
                     vcpu_up: None,
                     ipi: None,
+                    spinlock: None,
+                    steal: None,
                 },
                 &mut ledger,
             )

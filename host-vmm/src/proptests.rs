@@ -902,7 +902,9 @@ fn check_call(
         | Hypercall::BalloonDeflate
         | Hypercall::BalloonInfo
         | Hypercall::VcpuUp
-        | Hypercall::SendIpi => prop_assert_eq!(out, &ret(Status::EOPNOTSUPP, 0)),
+        | Hypercall::SendIpi
+        | Hypercall::LockWait
+        | Hypercall::LockKick => prop_assert_eq!(out, &ret(Status::EOPNOTSUPP, 0)),
     }
     if h != Hypercall::BenchPhase {
         prop_assert_eq!(phases.0, phases.1);

@@ -422,6 +422,9 @@ fn vcpu_loop(mut vcpu: Vcpu, vm: &Vm, mut cpu: VcpuState) -> VcpuResult {
     Ok((stop, cpu, vcpu))
 }
 
+/// How often the supervising thread refreshes the steal-time pages.
+const STEAL_TICK: Duration = Duration::from_millis(pvkit_abi::spinlock::STEAL_UPDATE_MS);
+
 /// The name of vCPU `index`'s thread.
 fn vcpu_thread_name(index: u64) -> String {
     format!("pvkit-vcpu{index}")
@@ -466,6 +469,8 @@ impl ApThreads {
             let thread = std::thread::Builder::new()
                 .name(vcpu_thread_name(vcpu.index()))
                 .spawn(move || {
+                    vm.pv
+                        .vcpu_thread_started(u32::try_from(state.index).unwrap_or(u32::MAX));
                     confinement.map(Confinement::apply).transpose()?;
                     // SAFETY: the `immediate_exit` byte of this vCPU's `kvm_run` mapping,
                     // which lives as long as `vcpu`; the guard is dropped before `vcpu`.
@@ -566,7 +571,8 @@ enum Event {
 /// [`KICK_GRACE`]). Returns the first host failure reported, if any.
 ///
 /// It also wakes APs started by `VcpuUp` (`kick_ap`) and keeps the first stop of an AP in
-/// `ap_stop`, stopping vCPU 0 as for a failure.
+/// `ap_stop`, stopping vCPU 0 as for a failure; with `tick`, it calls the function about
+/// every given interval (the steal-time refresh of vCPUs that do not exit).
 fn supervise<T>(
     rx: &mpsc::Receiver<Event>,
     thread: &std::thread::JoinHandle<T>,
@@ -574,7 +580,9 @@ fn supervise<T>(
     stop_requested: &AtomicBool,
     kick_ap: &dyn Fn(u32) -> Result<(), WatchdogError>,
     ap_stop: &mut Option<StopReason>,
+    tick: Option<(&dyn Fn(), Duration)>,
 ) -> Result<Option<String>, VmError> {
+    let mut last_tick = Instant::now();
     // Since when the vCPU is being kicked out of the guest.
     let mut kicking: Option<Instant> = None;
     let mut host_failure: Option<String> = None;
@@ -587,6 +595,13 @@ fn supervise<T>(
         if signals::installed() {
             // SIGINT/SIGTERM only set a flag: look at it often enough.
             wait = wait.min(signals::POLL_INTERVAL);
+        }
+        if let Some((f, every)) = tick {
+            if last_tick.elapsed() >= every {
+                f();
+                last_tick = Instant::now();
+            }
+            wait = wait.min(every);
         }
         match rx.recv_timeout(wait) {
             Ok(Event::VcpuDone) | Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -667,6 +682,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         mut net,
         balloon,
         vcpu_up,
+        steal,
     } = built;
     for (_, state) in &mut vcpus {
         let index = u32::try_from(state.index).unwrap_or(u32::MAX);
@@ -717,6 +733,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     let thread = std::thread::Builder::new()
         .name(vcpu_thread_name(vcpu.index()))
         .spawn(move || {
+            vm0.pv.vcpu_thread_started(0);
             // Confined before the first guest instruction; the filter stays for good.
             let r = match confinement.map(Confinement::apply).transpose() {
                 Ok(_) => vcpu_loop(vcpu, &vm0, boot).map_err(VmError::from),
@@ -734,6 +751,11 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     let deadline = t0.checked_add(config.timeout);
     let mut ap_stop = None;
     let kick_ap = |i| aps.kick(i);
+    // vCPUs that do not exit still get their steal time refreshed.
+    let steal_tick = steal.map(|st| {
+        let vm = Arc::clone(&vm);
+        move || st.refresh_all(vm.mem(), Instant::now())
+    });
     let supervised = supervise(
         &rx,
         &thread,
@@ -741,6 +763,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         &stop_requested,
         &kick_ap,
         &mut ap_stop,
+        steal_tick.as_ref().map(|f| (f as &dyn Fn(), STEAL_TICK)),
     );
     let mut host_failure = match supervised {
         Ok(failure) => failure,
@@ -897,7 +920,7 @@ mod tests {
             .unwrap();
         let t = Instant::now();
         let deadline = Some(Instant::now() + Duration::from_secs(3600));
-        let r = supervise(&rx, &thread, deadline, &stop, &|_| Ok(()), &mut None).unwrap();
+        let r = supervise(&rx, &thread, deadline, &stop, &|_| Ok(()), &mut None, None).unwrap();
         assert_eq!(r.as_deref(), Some("the host I/O thread panicked: x"));
         assert!(t.elapsed() < Duration::from_secs(2));
         thread.join().unwrap();
@@ -908,7 +931,7 @@ mod tests {
         });
         let never = AtomicBool::new(false);
         assert_eq!(
-            supervise(&rx, &thread, None, &never, &|_| Ok(()), &mut None).unwrap(),
+            supervise(&rx, &thread, None, &never, &|_| Ok(()), &mut None, None).unwrap(),
             None
         );
         assert!(!never.load(Ordering::Acquire));

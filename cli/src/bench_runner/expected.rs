@@ -64,6 +64,10 @@ pub fn expected(device: BenchDevice) -> Vec<CaseId> {
             ],
             &[Workload::Interrupt],
         ),
+        BenchDevice::Spinlock => (
+            &[Variant::TicketSpin, Variant::PvSpinlock],
+            &[Workload::Contend2, Workload::Contend4, Workload::Contend8],
+        ),
     };
     let device = device.abi();
     variants

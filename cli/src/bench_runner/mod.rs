@@ -2,7 +2,8 @@
 //! markers, samples and op logs into a [`pvkit_report::Report`], and write the results.
 //!
 //! ```text
-//! BenchConfig ──run()──▶ one VM per device (bench=<device>, console captured, disk for block)
+//! BenchConfig ──run()──▶ one VM per device (bench=<device>, console captured, disk for block;
+//!                        the spinlock: one VM per case, --vcpus N, see [`spinlock`])
 //!                           │ phases (ledger delta, host time), samples (cycles, op-log check)
 //!                           ▼
 //!                 cases::measurements → cases::build_cases → Report (+ host baselines)
@@ -23,6 +24,7 @@ pub mod expected;
 pub mod names;
 pub mod progress;
 pub mod rss;
+pub mod spinlock;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -314,13 +316,13 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchOutcome, RunnerError> {
     let mut runs = Vec::new();
     for iteration in 0..cfg.iterations {
         for &device in &cfg.devices {
-            for selection in device.selections() {
-                bar.device(&selection);
+            for spec in boot_specs(cfg, device) {
+                bar.device(&spec.label);
                 let run = boot(
                     cfg,
                     device,
-                    &selection,
                     iteration,
+                    spec,
                     image.as_ref().map(Image::path),
                     &bar,
                 );
@@ -360,16 +362,52 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchOutcome, RunnerError> {
     })
 }
 
+/// What one boot runs: its name on the progress bar, the guest command line, the vCPUs
+/// and the cases it should report.
+struct BootSpec {
+    label: String,
+    cmdline: String,
+    vcpus: u32,
+    cases: u64,
+}
+
+/// The boots of `device`: one per selection (`bench=<selection>`,
+/// [`BenchDevice::selections`]), or for the spinlock one per case (`lock=`, its own vCPU
+/// count, [`spinlock::boots`]).
+fn boot_specs(cfg: &BenchConfig, device: BenchDevice) -> Vec<BootSpec> {
+    match device {
+        BenchDevice::Spinlock => spinlock::boots(cfg.quick)
+            .into_iter()
+            .map(|b| BootSpec {
+                label: format!("spinlock/{}/{}vcpu", b.lock, b.vcpus),
+                cmdline: b.cmdline(&cfg.extra_cmdline),
+                vcpus: b.vcpus,
+                cases: 1,
+            })
+            .collect(),
+        _ => device
+            .selections()
+            .into_iter()
+            .map(|selection| BootSpec {
+                cmdline: cfg.cmdline_for(&selection),
+                label: selection,
+                vcpus: device.vcpus(),
+                cases: device.expected_cases(),
+            })
+            .collect(),
+    }
+}
+
 /// One boot of one device.
 fn boot(
     cfg: &BenchConfig,
     device: BenchDevice,
-    selection: &str,
     iteration: u32,
+    spec: BootSpec,
     disk: Option<&Path>,
     bar: &Progress,
 ) -> DeviceRun {
-    let cmdline = cfg.cmdline_for(selection);
+    let cmdline = spec.cmdline;
     let rss_log = rss::RssLog::default();
     let observer = match device {
         BenchDevice::Balloon => {
@@ -394,7 +432,7 @@ fn boot(
             read_only: false,
         }),
         phase_observer: Some(observer),
-        vcpus: device.vcpus(),
+        vcpus: spec.vcpus,
         irq_test: device.needs_irq_test(),
         ..VmConfig::default()
     };
@@ -403,7 +441,7 @@ fn boot(
     let result = pvkit_vmm::vm::run(&vm).map_err(|e| e.to_string());
     let wall = start.elapsed();
     let phases = result.as_ref().map_or(0, |o| o.phases.len() as u64);
-    bar.boot_done(phases, bar.phases() - before, device.expected_cases());
+    bar.boot_done(phases, bar.phases() - before, spec.cases);
     let rss_at_end = rss_log.lock().map(|l| l.clone()).unwrap_or_default();
     DeviceRun {
         device,
@@ -437,7 +475,10 @@ fn collect(runs: &[DeviceRun]) -> (Vec<Case>, Vec<String>, Vec<expected::Unavail
                 continue;
             }
         };
-        let (ms, stray) = cases::measurements(o);
+        let (mut ms, stray) = cases::measurements(o);
+        if r.device == BenchDevice::Spinlock {
+            spinlock::attribute_exits(&mut ms, &o.ledger);
+        }
         problems.extend(stray.into_iter().map(|p| format!("{boot}: {p}")));
         let skipped = expected::skipped(&o.console);
         let ran = ms
@@ -511,6 +552,13 @@ fn collect(runs: &[DeviceRun]) -> (Vec<Case>, Vec<String>, Vec<expected::Unavail
             c.notes.push(rss::note(&kib));
         }
     }
+    spinlock::add_guest_notes(
+        &mut out,
+        runs.iter()
+            .filter(|r| r.device == BenchDevice::Spinlock)
+            .filter_map(|r| r.result.as_ref().ok())
+            .map(|o| o.console.as_slice()),
+    );
     out.extend(failed_cases);
     (out, problems, unavailable)
 }

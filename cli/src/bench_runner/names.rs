@@ -31,6 +31,9 @@ pub enum BenchDevice {
     Balloon,
     /// Interrupt delivery and acknowledge: emulated EOIs against KVM's PV EOI.
     Irq,
+    /// One spinlock contended by 2, 4 and 8 vCPUs: plain ticket lock against the PV one
+    /// (one boot per case, [`super::spinlock`]).
+    Spinlock,
 }
 
 /// Guest RAM of the balloon boots: room for the 256 MiB the guest touches and frees.
@@ -42,7 +45,7 @@ pub const IPI_VCPUS: u32 = 4;
 
 impl BenchDevice {
     /// Every device, in run order.
-    pub const ALL: [BenchDevice; 8] = [
+    pub const ALL: [BenchDevice; 9] = [
         BenchDevice::Console,
         BenchDevice::Block,
         BenchDevice::Clock,
@@ -51,6 +54,7 @@ impl BenchDevice {
         BenchDevice::Smp,
         BenchDevice::Balloon,
         BenchDevice::Irq,
+        BenchDevice::Spinlock,
     ];
 
     /// The name on the guest command line (`bench=<name>`) and in reports.
@@ -69,10 +73,11 @@ impl BenchDevice {
             BenchDevice::Smp => Device::Smp,
             BenchDevice::Balloon => Device::Balloon,
             BenchDevice::Irq => Device::Irq,
+            BenchDevice::Spinlock => Device::Spinlock,
         }
     }
 
-    /// vCPUs of this device's boots.
+    /// vCPUs of this device's boots (the spinlock boots set their own, [`super::spinlock`]).
     pub fn vcpus(self) -> u32 {
         match self {
             BenchDevice::Ipi | BenchDevice::Smp => IPI_VCPUS,
@@ -119,6 +124,8 @@ impl BenchDevice {
             BenchDevice::Smp | BenchDevice::Balloon => 1,
             // x2apic-eoi, pv-eoi, ioapic-eoi, pic-eoi.
             BenchDevice::Irq => 4,
+            // ticket-spin, pv-spinlock × 2, 4, 8 vCPUs.
+            BenchDevice::Spinlock => 6,
         }
     }
 }
@@ -140,6 +147,7 @@ pub fn bench_device(device: Device) -> BenchDevice {
         Device::Smp => BenchDevice::Smp,
         Device::Balloon => BenchDevice::Balloon,
         Device::Irq => BenchDevice::Irq,
+        Device::Spinlock => BenchDevice::Spinlock,
     }
 }
 
@@ -154,6 +162,7 @@ pub fn device_name(d: Device) -> &'static str {
         Device::Smp => "smp",
         Device::Balloon => "balloon",
         Device::Irq => "irq",
+        Device::Spinlock => "spinlock",
     }
 }
 
@@ -177,6 +186,8 @@ pub fn variant_name(v: Variant) -> &'static str {
         Variant::PvEoi => "pv-eoi",
         Variant::IoapicEoi => "ioapic-eoi",
         Variant::PicEoi => "pic-eoi",
+        Variant::TicketSpin => "ticket-spin",
+        Variant::PvSpinlock => "pv-spinlock",
     }
 }
 
@@ -196,6 +207,9 @@ pub fn workload_name(w: Workload) -> &'static str {
         Workload::ApBringUp => "ap-bringup",
         Workload::Release => "release-MiB",
         Workload::Interrupt => "interrupt",
+        Workload::Contend2 => "contend-2vcpu",
+        Workload::Contend4 => "contend-4vcpu",
+        Workload::Contend8 => "contend-8vcpu",
     }
 }
 
@@ -212,14 +226,16 @@ pub fn kind(v: Variant) -> Kind {
         | Variant::NoBalloon
         | Variant::X2apicEoi
         | Variant::IoapicEoi
-        | Variant::PicEoi => Kind::Emulated,
+        | Variant::PicEoi
+        | Variant::TicketSpin => Kind::Emulated,
         Variant::PvEoi
         | Variant::PvHypercall
         | Variant::PvRing
         | Variant::PvEventfd
         | Variant::PvPoll
         | Variant::PvClock
-        | Variant::KvmClock => Kind::Pv,
+        | Variant::KvmClock
+        | Variant::PvSpinlock => Kind::Pv,
     }
 }
 
@@ -238,6 +254,8 @@ pub enum Unit {
     OpsPerSec,
     /// Interrupts raised, handled and acknowledged per second.
     InterruptsPerSec,
+    /// Lock acquisitions per second, all vCPUs together.
+    AcqPerSec,
 }
 
 impl Unit {
@@ -250,6 +268,7 @@ impl Unit {
             Unit::WritesPerSec => "writes/s",
             Unit::OpsPerSec => "ops/s",
             Unit::InterruptsPerSec => "interrupts/s",
+            Unit::AcqPerSec => "acquisitions/s",
         }
     }
 
@@ -265,7 +284,8 @@ impl Unit {
             | Unit::ReadsPerSec
             | Unit::WritesPerSec
             | Unit::OpsPerSec
-            | Unit::InterruptsPerSec => ops as f64 / ns * 1e9,
+            | Unit::InterruptsPerSec
+            | Unit::AcqPerSec => ops as f64 / ns * 1e9,
         }
     }
 }
@@ -284,6 +304,7 @@ pub fn unit(w: Workload) -> Unit {
         Workload::RoundTrip => Unit::WritesPerSec,
         Workload::PingPong | Workload::OneToAll | Workload::ApBringUp => Unit::OpsPerSec,
         Workload::Interrupt => Unit::InterruptsPerSec,
+        Workload::Contend2 | Workload::Contend4 | Workload::Contend8 => Unit::AcqPerSec,
     }
 }
 

@@ -27,6 +27,7 @@
 //!   reads it may serve.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
 use pvkit_abi::block::BlockRequest;
@@ -39,6 +40,7 @@ use pvkit_abi::{Status, ABI_VERSION};
 use pvkit_devices::{BlockBackend, MemBackend};
 use pvkit_pv::{ClockSample, Wire};
 use pvkit_vmm::devices::pv::clock::ClockSource;
+use pvkit_vmm::devices::pv::spinlock::PvSpinlock;
 use pvkit_vmm::devices::pv::{HypercallBus, RingsConfig};
 use pvkit_vmm::devices::{assemble, PvConfig};
 use pvkit_vmm::exit::ledger::ExitLedger;
@@ -186,6 +188,8 @@ struct Harness {
     disk_model: Vec<u8>,
     /// Registered rings: `(id, gpa, ring bytes)`.
     rings: [Option<(u64, usize)>; 2],
+    /// vCPU 0 has a pending `LockKick` (the model of the spinlock device's one bit).
+    kick_pending: bool,
 }
 
 impl Harness {
@@ -309,6 +313,29 @@ impl Harness {
             // No vCPUs to start in this harness: the device is not registered.
             Hypercall::VcpuUp | Hypercall::SendIpi => {
                 assert_eq!(out, ret(Status::EOPNOTSUPP, 0))
+            }
+            Hypercall::LockWait | Hypercall::LockKick if !self.backend => {
+                assert_eq!(out, ret(Status::EOPNOTSUPP, 0))
+            }
+            // The caller is vCPU 0 of 2; a wait never blocks here (bound 0) and ends with
+            // 1 exactly when a kick to vCPU 0 was pending.
+            Hypercall::LockWait => {
+                if args[0] != 0 {
+                    assert_eq!(out, ret(Status::EINVAL, 0));
+                } else {
+                    let pending = std::mem::take(&mut self.kick_pending);
+                    assert_eq!(out, ret(Status::Ok, u64::from(pending)));
+                }
+                self.ram.check(&[], "LockWait");
+            }
+            Hypercall::LockKick => {
+                if args[0] >= 2 || args[1] != 0 {
+                    assert_eq!(out, ret(Status::EINVAL, 0));
+                } else {
+                    self.kick_pending |= args[0] == 0;
+                    assert_eq!(out, ret(Status::Ok, 0));
+                }
+                self.ram.check(&[], "LockKick");
             }
             // No balloon in the assembled devices either (`balloon: None`).
             Hypercall::BalloonInflate | Hypercall::BalloonDeflate | Hypercall::BalloonInfo => {
@@ -458,6 +485,9 @@ pub fn run(data: &[u8]) {
         }),
         vcpu_up: None,
         ipi: None,
+        // Two vCPUs, waits that never block (the fuzzer is one thread, vCPU 0).
+        spinlock: backend.then(|| Arc::new(PvSpinlock::with_max_wait(2, Duration::ZERO))),
+        steal: None,
     };
     let devices = assemble(config, &mut ledger).expect("PV devices without KVM");
     if verify {
@@ -473,6 +503,7 @@ pub fn run(data: &[u8]) {
         disk,
         disk_model,
         rings: [None, None],
+        kick_pending: false,
     };
     crate::for_each_op(&mut u, MAX_OPS, |op: HcOp| match op {
         HcOp::Call(nr, args) => {
@@ -609,6 +640,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             Hypercall::RegisterRegion,
             [Arg::Small(3), page(20), Arg::Small(4096), z],
         ),
+        // A pending kick ends the next wait (value 1); a bad target is refused.
+        call(Hypercall::LockKick, [z, z, z, z]),
+        call(Hypercall::LockWait, [z; 4]),
+        call(Hypercall::LockKick, [Arg::Small(2), z, z, z]),
     ];
     let bench = [
         call(

@@ -173,3 +173,32 @@ pub fn send_ipi(bitmap: u64, vector: u8, base: u64) -> Result<u64, Status> {
     // which the caller installed.
     unsafe { guest::call(Hypercall::SendIpi, [bitmap, u64::from(vector), base, 0]) }.into_result()
 }
+
+/// PV spinlock slow path: blocks this vCPU on the host until a [`lock_kick`] names it (or
+/// one already did since its last wait) or the host's bound passes
+/// ([`pvkit_abi::spinlock::LOCK_WAIT_MAX_US`]). `Ok(true)`: a kick ended the wait.
+pub fn lock_wait() -> Result<bool, Status> {
+    // SAFETY: the call reads no guest memory; it only blocks this vCPU for a bounded time.
+    let r = unsafe { guest::call(Hypercall::LockWait, [0, 0, 0, 0]) };
+    r.into_result().map(|v| v != 0)
+}
+
+/// Wakes vCPU `cpu` from [`lock_wait`] (or leaves the kick pending for its next one).
+/// `Ok(true)`: it was blocked.
+pub fn lock_kick(cpu: u64) -> Result<bool, Status> {
+    // SAFETY: the call reads no guest memory.
+    let r = unsafe { guest::call(Hypercall::LockKick, [cpu, 0, 0, 0]) };
+    r.into_result().map(|v| v != 0)
+}
+
+/// A raw `LockWait`/`LockKick` with every argument as given (hostile-input checks):
+/// returns the status.
+pub fn lock_call_raw(call: Hypercall, args: [u64; 4]) -> Status {
+    match call {
+        Hypercall::LockWait | Hypercall::LockKick => {
+            // SAFETY: LockWait and LockKick read no guest memory whatever the arguments.
+            unsafe { guest::call(call, args) }.status
+        }
+        _ => Status::EINVAL,
+    }
+}

@@ -68,6 +68,8 @@ pub mod pvh;
 pub mod ring;
 #[cfg(all(feature = "runtime", target_arch = "x86_64"))]
 pub mod rt;
+pub mod spinlock;
+pub mod steal;
 #[cfg(target_arch = "x86_64")]
 pub mod tsc;
 pub mod uart16550;

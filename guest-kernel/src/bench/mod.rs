@@ -502,6 +502,7 @@ pub const fn device_name(device: Device) -> &'static str {
         Device::Smp => "smp",
         Device::Balloon => "balloon",
         Device::Irq => "irq",
+        Device::Spinlock => "spinlock",
     }
 }
 
@@ -525,6 +526,8 @@ pub const fn variant_name(variant: Variant) -> &'static str {
         Variant::PvEoi => "pv-eoi",
         Variant::IoapicEoi => "ioapic-eoi",
         Variant::PicEoi => "pic-eoi",
+        Variant::TicketSpin => "ticket-spin",
+        Variant::PvSpinlock => "pv-spinlock",
     }
 }
 
@@ -544,6 +547,9 @@ pub const fn workload_name(workload: Workload) -> &'static str {
         Workload::ApBringUp => "ap-bringup",
         Workload::Release => "release",
         Workload::Interrupt => "interrupt",
+        Workload::Contend2 => "contend2",
+        Workload::Contend4 => "contend4",
+        Workload::Contend8 => "contend8",
     }
 }
 

@@ -21,6 +21,8 @@ use pv::block::PvBlock;
 use pv::clock::{ClockSource, PvClock};
 use pv::console::PvConsole;
 use pv::ipi::PvIpi;
+use pv::spinlock::PvSpinlock;
+use pv::steal::PvSteal;
 use pv::vcpu_up::VcpuUp;
 use pv::{BusError, HypercallBus, RingsConfig};
 
@@ -49,6 +51,10 @@ pub struct PvConfig {
     pub vcpu_up: Option<Arc<VcpuUp>>,
     /// The `SendIpi` device (VMs with more than one vCPU); `None`: the call is `EOPNOTSUPP`.
     pub ipi: Option<Arc<PvIpi>>,
+    /// The PV spinlock wait/kick device (VMs with more than one vCPU).
+    pub spinlock: Option<Arc<PvSpinlock>>,
+    /// The steal-time device (one page per vCPU); `None`: no steal page.
+    pub steal: Option<Arc<PvSteal>>,
 }
 
 /// The assembled PV devices: the bus, and handles to the devices the VM reads back.
@@ -107,6 +113,12 @@ pub fn assemble(config: PvConfig, ledger: &mut ExitLedger) -> Result<PvDevices, 
     if let Some(ipi) = config.ipi {
         bus.insert(ipi)?;
     }
+    if let Some(s) = config.spinlock {
+        bus.insert(s)?;
+    }
+    if let Some(s) = config.steal {
+        bus.insert(s)?;
+    }
 
     if let Some((mem, rings)) = config.rings {
         bus.with_rings(mem, rings, ledger)?;
@@ -133,6 +145,8 @@ pub(crate) fn core_devices(console: Console) -> PvDevices {
         rings: None,
         vcpu_up: None,
         ipi: None,
+        spinlock: None,
+        steal: None,
     };
     assemble(config, &mut ExitLedger::new()).expect("no conflicts among the core devices")
 }

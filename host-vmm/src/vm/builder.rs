@@ -26,6 +26,8 @@ use crate::devices::pv::balloon::PvBalloon;
 use crate::devices::pv::clock::{ClockSource, TscClock};
 use crate::devices::pv::doorbell::{IoEventRegistrar, KvmIoEvents, DOORBELL_PORTS};
 use crate::devices::pv::ipi::{KvmMsi, PvIpi};
+use crate::devices::pv::spinlock::PvSpinlock;
+use crate::devices::pv::steal::{PvSteal, ThreadSchedStat};
 use crate::devices::pv::vcpu_up::VcpuUp;
 use crate::devices::pv::RingsConfig;
 use crate::devices::{assemble, PvConfig};
@@ -69,6 +71,8 @@ pub struct Built {
     pub net: Option<NetDevice>,
     /// The memory balloon (its statistics are read after the run).
     pub balloon: Option<Arc<PvBalloon>>,
+    /// The steal-time device, if the host shows scheduler statistics.
+    pub steal: Option<Arc<PvSteal>>,
     /// The `VcpuUp` device (more than one vCPU).
     pub vcpu_up: Option<Arc<VcpuUp>>,
 }
@@ -153,6 +157,7 @@ pub fn build(
             Arc::new(KvmMsi(Arc::clone(&vm_fd))),
         ))
     });
+    let steal = schedstat_available().then(|| Arc::new(PvSteal::new(config.vcpus)));
     let clock = VmClock::start();
     let supported = supported_cpuid(&kvm)?;
     let kvmclock = kvmclock_available(supported.as_slice());
@@ -212,6 +217,8 @@ pub fn build(
             )),
             vcpu_up: vcpu_up.clone(),
             ipi,
+            spinlock: (config.vcpus > 1).then(|| Arc::new(PvSpinlock::new(config.vcpus))),
+            steal: steal.clone(),
         },
         &mut ledger,
     )
@@ -290,5 +297,12 @@ pub fn build(
         net,
         balloon,
         vcpu_up,
+        steal,
     })
+}
+
+/// Whether this host shows a thread's scheduler statistics (`/proc/thread-self/schedstat`,
+/// the steal-time source).
+fn schedstat_available() -> bool {
+    ThreadSchedStat::open_current().is_ok()
 }

@@ -134,6 +134,11 @@ impl Hypercalls for PvCalls<'_> {
     }
 }
 
+/// A vCPU index as the PV devices name it.
+fn pv_index(index: u64) -> u32 {
+    u32::try_from(index).unwrap_or(u32::MAX)
+}
+
 /// An application processor's loop (vCPUs 1..N-1): the vCPU waits in `KVM_RUN` for
 /// INIT-SIPI from the in-kernel LAPIC (the emulated start), or for a `VcpuUp` start in
 /// `up`, which the VMM delivers by kicking this thread out of `KVM_RUN` (the kick counts as
@@ -154,6 +159,7 @@ pub fn run_ap(
             vcpu.start_long_mode(s.rip, s.rsp, s.arg)?;
             cpu.entered.get_or_insert_with(Instant::now);
         }
+        vm.pv.before_run(vm.mem(), pv_index(index));
         let action = vcpu.run(|exit| {
             if matches!(exit, Exit::Interrupted) {
                 if vm.shared.stop_requested.load(Ordering::Acquire) {
@@ -200,6 +206,7 @@ pub fn run_vcpu(vcpu: &mut Vcpu, vm: &Vm, cpu: &mut VcpuState) -> Result<StopRea
             break 'run stop;
         }
         loop {
+            vm.pv.before_run(vm.mem(), pv_index(cpu.index));
             let action = vcpu.run(|exit| match exit {
                 Exit::Other {
                     reason: kvm_bindings::KVM_EXIT_DEBUG,

@@ -542,6 +542,7 @@ pub fn run(ctx: &mut Ctx) {
     phases(ctx);
     regions(ctx);
     block(ctx);
+    crate::spin::run(ctx);
     // SAFETY: touches no memory.
     let r = unsafe { call(nr(Hypercall::AbiVersion), [0; 4]) };
     ctx.checks.status("hc.alive", r.rax, Status::Ok);

@@ -36,6 +36,7 @@ mod net;
 mod out;
 mod raw;
 mod rings;
+mod spin;
 
 use pvkit_abi::boot::{BootInfo, BOOT_MAGIC};
 use pvkit_abi::cpuid::Features;

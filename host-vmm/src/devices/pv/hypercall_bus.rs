@@ -70,6 +70,8 @@ pub struct HypercallBus {
     calls: BTreeMap<u32, usize>,
     pages: Vec<(pvkit_abi::ring::PageId, usize)>,
     queues: Vec<(QueueSpec, usize)>,
+    /// The devices that asked for [`PvDevice::before_run`].
+    entry_hooks: Vec<usize>,
     rings: Option<Rings>,
 }
 
@@ -130,6 +132,9 @@ impl HypercallBus {
         self.pages.extend(device.pages().iter().map(|&p| (p, idx)));
         self.queues
             .extend(device.queues().iter().map(|&q| (q, idx)));
+        if device.hooks_entry() {
+            self.entry_hooks.push(idx);
+        }
         self.devices.push(device);
         Ok(())
     }
@@ -275,6 +280,21 @@ impl HypercallBus {
             .and_then(|q| QueueId::from_u32(q).ok())
             .ok_or(Status::EINVAL)?;
         rings.kick(queue)
+    }
+
+    /// Runs the entry hooks of the devices that asked for one, on vCPU `vcpu`'s thread
+    /// before it enters the guest.
+    pub fn before_run(&self, mem: &GuestRam, vcpu: u32) {
+        for d in self.entry_hooks.iter().filter_map(|&i| self.devices.get(i)) {
+            d.before_run(mem, vcpu);
+        }
+    }
+
+    /// Tells every device that vCPU `vcpu`'s thread started (before its seccomp filter).
+    pub fn vcpu_thread_started(&self, vcpu: u32) {
+        for d in &self.devices {
+            d.vcpu_thread_started(vcpu);
+        }
     }
 
     /// Stops the devices' threads when the VM stops (after the vCPU threads ended).

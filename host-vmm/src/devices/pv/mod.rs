@@ -14,6 +14,8 @@
 //! | [`doorbell`]         | the doorbell port and its per-queue ioeventfds (datamatch)    |
 //! | [`vcpu_up`]          | `VcpuUp`: PV start of the other vCPUs (with `--vcpus` > 1)   |
 //! | [`ipi`]              | `SendIpi`: PV IPIs to a bitmap of vCPUs (with `--vcpus` > 1) |
+//! | [`spinlock`]         | `LockWait`, `LockKick`: PV spinlock wait and kick (with `--vcpus` > 1) |
+//! | [`steal`]            | the per-vCPU steal-time page                                  |
 //! | [`hypercall_bus`]    | the bus: numbers → devices, features, `RegisterRegion`, `RingKick` |
 //!
 //! The benchmark markers are a device too ([`crate::devices::pseudo::markers`]). The core
@@ -34,6 +36,8 @@ pub mod net;
 #[cfg(test)]
 mod net_hostile;
 pub mod rings;
+pub mod spinlock;
+pub mod steal;
 #[cfg(test)]
 mod tests;
 pub mod vcpu_up;
@@ -146,6 +150,19 @@ pub trait PvDevice: Send + Sync {
     ) -> Result<u64, Status> {
         Err(Status::EOPNOTSUPP)
     }
+
+    /// Whether the device wants [`PvDevice::before_run`] before every guest entry.
+    fn hooks_entry(&self) -> bool {
+        false
+    }
+
+    /// Called on vCPU `vcpu`'s thread before each `KVM_RUN` (only for devices whose
+    /// [`PvDevice::hooks_entry`] is true). Must be cheap: it is on every exit's path.
+    fn before_run(&self, _mem: &GuestRam, _vcpu: u32) {}
+
+    /// Called once on vCPU `vcpu`'s thread when it starts, before its seccomp filter is
+    /// applied (the place to open a per-thread file).
+    fn vcpu_thread_started(&self, _vcpu: u32) {}
 
     /// Validates queue `queue` (one of [`PvDevice::queues`]) at `addr` and returns its
     /// consumer, which the rings then service on the transport the guest chose.

@@ -231,6 +231,8 @@ fn harness(o: Opts) -> Harness {
             )),
             vcpu_up: None,
             ipi: None,
+            spinlock: None,
+            steal: None,
         },
         &mut ledger,
     )
