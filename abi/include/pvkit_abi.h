@@ -146,6 +146,15 @@
 // else. Benchmarks use it to measure the bare round trip of one port-I/O exit.
 #define PVKIT_NULL 1281
 
+// The interrupt test port: a byte write here makes the VMM raise one edge on the GSI
+// [`IRQ_TEST_GSI`] through its irqfd, when the VM has the in-kernel interrupt controller
+// (`pvkit bench` device `irq`). Writes of other values or widths are counted and ignored;
+// reads return all ones. Each write is one exit and at most one interrupt.
+#define PVKIT_IRQ_TEST 1282
+
+// The GSI the interrupt test port raises: ISA IRQ 5 (PIC master line 5, IOAPIC pin 5).
+#define PVKIT_IRQ_TEST_GSI 5
+
 // The doorbell port: a 32-bit `out dx, eax` here notifies the queue whose
 // [`crate::ring::QueueId`] wire value ([`crate::ring::QueueId::to_u32`],
 // `device << 16 | queue`) is in `EAX`. One port serves every queue of every device. A
