@@ -224,6 +224,7 @@ fn hostile_net_nic_records() {
         timeout: Duration::from_secs(30),
         net: Some(NetConfig {
             backend: NetBackendConfig::Loopback,
+            mac: None,
         }),
         seccomp: false,
         ..VmConfig::default()

@@ -27,7 +27,7 @@ fn boot(cmdline: &str, backend: NetBackendConfig) -> RunOutcome {
         console: Some(ConsoleKind::Pv),
         capture_console: true,
         timeout: Duration::from_secs(120),
-        net: Some(NetConfig { backend }),
+        net: Some(NetConfig { backend, mac: None }),
         ..VmConfig::default()
     };
     run(&cfg).expect("run the guest kernel with a NIC")
@@ -167,6 +167,7 @@ fn host_pings_the_guest_and_gets_udp_echoes_over_tap() {
     let name = ns.name().unwrap_or_default().to_owned();
     let backend = NetBackendConfig::Tap {
         netns: Some(name.clone()),
+        bridge: None,
     };
     std::thread::scope(|s| {
         let vm = s.spawn(|| boot("net=serve", backend));
@@ -300,6 +301,7 @@ fn oversize_frames_from_the_host_over_tap_are_dropped_and_the_guest_keeps_servin
     let Some(ns) = netns("jumbo") else { return };
     let backend = NetBackendConfig::Tap {
         netns: Some(ns.name().unwrap_or_default().to_owned()),
+        bridge: None,
     };
     std::thread::scope(|s| {
         let vm = s.spawn(|| boot("net=serve", backend));

@@ -171,6 +171,14 @@
 // The 16550 UART (COM1) base port used by the emulated console.
 #define PVKIT_COM1 1016
 
+// The first GSI (IOAPIC pin) a queue may be bound to with
+// [`crate::Hypercall::QueueInterrupt`]: the pins above the 16 ISA IRQs.
+#define PVKIT_RING_IRQ_GSI_FIRST 16
+
+// How many GSIs, from [`RING_IRQ_GSI_FIRST`], queues may be bound to (pins 16–23 of the
+// 24-pin IOAPIC).
+#define PVKIT_RING_IRQ_GSIS 8
+
 // Largest ring size the host accepts (slots). Bounds host memory and work per batch.
 #define PVKIT_MAX_RING_SIZE 256
 
@@ -292,6 +300,16 @@ enum PVKIT_Hypercall
   // when the queue's transport is a doorbell served in userspace). arg0 =
   // [`crate::ring::QueueId`] (the value a doorbell write carries).
   PVKIT_HYPERCALL_RING_KICK = 6,
+  // Bind a queue's completions to an interrupt (or back to polling), offered with
+  // [`crate::cpuid::Features::RING_IRQ`]. arg0 = [`crate::ring::QueueId`], arg1 = GSI
+  // (an IOAPIC pin in [`crate::ring::RING_IRQ_GSI_FIRST`]`..`
+  // [`crate::ring::RING_IRQ_GSI_FIRST`]` + `[`crate::ring::RING_IRQ_GSIS`]; 0 = no
+  // interrupt, back to polling), arg2 = flags (0; others `EINVAL`). Once bound, the host
+  // raises one edge on the GSI after publishing responses when the guest's `rsp_event`
+  // lies in the newly published range (the event-index rule, [`crate::ring`]). The
+  // binding outlives re-registrations of the queue. `EOPNOTSUPP`: no such queue or no
+  // interrupts; `EINVAL`: GSI outside the range or unknown flags.
+  PVKIT_HYPERCALL_QUEUE_INTERRUPT = 7,
   // Write bytes to the host console. arg0 = GPA of the bytes, arg1 = length
   // (at most [`crate::console::MAX_WRITE`]). `RDX` ← bytes written.
   PVKIT_HYPERCALL_CONSOLE_WRITE = 256,
@@ -661,6 +679,11 @@ typedef uint64_t PVKIT_Features;
 // [`crate::Hypercall::BalloonDeflate`], [`crate::Hypercall::BalloonInfo`]
 // ([`crate::balloon`]).
 #define PVKIT_Features_BALLOON (uint64_t)(1 << 12)
+// Ring completions by interrupt: [`crate::Hypercall::QueueInterrupt`] binds a
+// queue to a GSI of the in-kernel IOAPIC, and the host honours the guest's
+// `rsp_event` (event-index suppression: one interrupt per batch of responses).
+// Set when the VM has an in-kernel interrupt controller and rings.
+#define PVKIT_Features_RING_IRQ (uint64_t)(1 << 16)
 // PV IPIs: [`crate::Hypercall::SendIpi`] (a CPU bitmap per call). Set only with
 // more than one vCPU.
 #define PVKIT_Features_PV_IPI (uint64_t)(1 << 13)

@@ -22,6 +22,8 @@ pub enum Device {
     Clock = 3,
     /// Bare exit round trips (calibration).
     Exit = 4,
+    /// Network frames (the NE2000 against the PV NIC).
+    Net = 5,
     /// Inter-processor interrupts (a 4-vCPU boot).
     Ipi = 9,
     /// Application-processor bring-up (a 4-vCPU boot per variant).
@@ -59,6 +61,10 @@ pub enum Variant {
     KvmClock = 9,
     /// Raw `out` to an unused port handled by the VMM.
     PortOut = 10,
+    /// Emulated NE2000 NIC: port I/O, remote DMA, IRQ 9.
+    Ne2000 = 11,
+    /// Request rings with doorbells, completions by interrupt (the guest halts).
+    PvIrq = 12,
     /// x2APIC ICR writes to KVM's in-kernel LAPIC.
     X2Apic = 19,
     /// INIT-SIPI-SIPI through the in-kernel LAPIC, the AP climbing from real mode.
@@ -103,6 +109,16 @@ pub enum Workload {
     ClockRead = 7,
     /// One exit round trip.
     RoundTrip = 8,
+    /// Transmit 64-byte frames.
+    Tx64 = 9,
+    /// Transmit 1514-byte frames (1500-byte IP packets).
+    Tx1500 = 10,
+    /// Receive 64-byte frames (a pipelined UDP echo stream: each also costs its request).
+    Rx64 = 11,
+    /// Receive 1514-byte frames (as [`Workload::Rx64`]).
+    Rx1500 = 12,
+    /// One UDP echo round trip of a 64-byte frame.
+    UdpEcho64 = 13,
     /// An IPI from CPU 0 to CPU 1 and its answer back (a round trip).
     PingPong = 19,
     /// One IPI from CPU 0 to every other CPU, all acknowledged.
@@ -137,6 +153,7 @@ decode_u16!(Device {
     Block,
     Clock,
     Exit,
+    Net,
     Ipi,
     Smp,
     Balloon,
@@ -154,6 +171,8 @@ decode_u16!(Variant {
     PvClock,
     KvmClock,
     PortOut,
+    Ne2000,
+    PvIrq,
     X2Apic,
     InitSipi,
     NoBalloon,
@@ -173,6 +192,11 @@ decode_u16!(Workload {
     SeqWrite1M,
     ClockRead,
     RoundTrip,
+    Tx64,
+    Tx1500,
+    Rx64,
+    Rx1500,
+    UdpEcho64,
     PingPong,
     OneToAll,
     ApBringUp,

@@ -154,6 +154,16 @@ pub enum Hypercall {
     /// when the queue's transport is a doorbell served in userspace). arg0 =
     /// [`crate::ring::QueueId`] (the value a doorbell write carries).
     RingKick = 0x006,
+    /// Bind a queue's completions to an interrupt (or back to polling), offered with
+    /// [`crate::cpuid::Features::RING_IRQ`]. arg0 = [`crate::ring::QueueId`], arg1 = GSI
+    /// (an IOAPIC pin in [`crate::ring::RING_IRQ_GSI_FIRST`]`..`
+    /// [`crate::ring::RING_IRQ_GSI_FIRST`]` + `[`crate::ring::RING_IRQ_GSIS`]; 0 = no
+    /// interrupt, back to polling), arg2 = flags (0; others `EINVAL`). Once bound, the host
+    /// raises one edge on the GSI after publishing responses when the guest's `rsp_event`
+    /// lies in the newly published range (the event-index rule, [`crate::ring`]). The
+    /// binding outlives re-registrations of the queue. `EOPNOTSUPP`: no such queue or no
+    /// interrupts; `EINVAL`: GSI outside the range or unknown flags.
+    QueueInterrupt = 0x007,
     /// Write bytes to the host console. arg0 = GPA of the bytes, arg1 = length
     /// (at most [`crate::console::MAX_WRITE`]). `RDX` ← bytes written.
     ConsoleWrite = 0x100,
@@ -230,6 +240,7 @@ impl TryFrom<u32> for Hypercall {
             0x004 => Hypercall::ReportFault,
             0x005 => Hypercall::RegisterRegion,
             0x006 => Hypercall::RingKick,
+            0x007 => Hypercall::QueueInterrupt,
             0x100 => Hypercall::ConsoleWrite,
             0x200 => Hypercall::BlockCapacity,
             0x201 => Hypercall::BlockIo,
@@ -260,6 +271,7 @@ impl Hypercall {
         Hypercall::ReportFault,
         Hypercall::RegisterRegion,
         Hypercall::RingKick,
+        Hypercall::QueueInterrupt,
         Hypercall::ConsoleWrite,
         Hypercall::BlockCapacity,
         Hypercall::BlockIo,
@@ -284,7 +296,8 @@ impl Hypercall {
             | Hypercall::Exit
             | Hypercall::ReportFault
             | Hypercall::RegisterRegion
-            | Hypercall::RingKick => DeviceClass::Core,
+            | Hypercall::RingKick
+            | Hypercall::QueueInterrupt => DeviceClass::Core,
             Hypercall::ConsoleWrite => DeviceClass::Console,
             Hypercall::BlockCapacity | Hypercall::BlockIo => DeviceClass::Block,
             Hypercall::NetInfo | Hypercall::NetSend => DeviceClass::Net,
@@ -312,6 +325,7 @@ impl Hypercall {
             Hypercall::BlockCapacity => "block_capacity",
             Hypercall::BlockIo => "block_io",
             Hypercall::RingKick => "ring_kick",
+            Hypercall::QueueInterrupt => "queue_interrupt",
             Hypercall::NetInfo => "net_info",
             Hypercall::NetSend => "net_send",
             Hypercall::BalloonInflate => "balloon_inflate",
@@ -409,7 +423,7 @@ mod tests {
         }
         for nr in [
             0,
-            7,
+            8,
             0x101,
             0x202,
             0x302,

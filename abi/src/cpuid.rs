@@ -69,6 +69,11 @@ bitflags! {
         /// [`crate::Hypercall::BalloonDeflate`], [`crate::Hypercall::BalloonInfo`]
         /// ([`crate::balloon`]).
         const BALLOON = 1 << 12;
+        /// Ring completions by interrupt: [`crate::Hypercall::QueueInterrupt`] binds a
+        /// queue to a GSI of the in-kernel IOAPIC, and the host honours the guest's
+        /// `rsp_event` (event-index suppression: one interrupt per batch of responses).
+        /// Set when the VM has an in-kernel interrupt controller and rings.
+        const RING_IRQ = 1 << 16;
         /// PV IPIs: [`crate::Hypercall::SendIpi`] (a CPU bitmap per call). Set only with
         /// more than one vCPU.
         const PV_IPI = 1 << 13;

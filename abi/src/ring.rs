@@ -29,11 +29,25 @@
 //! response (slot, release fence, `rsp_prod`), then set `req_event = consumed + 1` and
 //! re-read `req_prod` to close the race with a guest that published meanwhile.
 //!
-//! **Responses (guest).** The guest polls `rsp_prod` (or uses `rsp_event` symmetrically when
-//! the host offers completion interrupts; 2.0 hosts do not interrupt).
+//! **Responses (guest).** The guest polls `rsp_prod`. With
+//! [`crate::cpuid::Features::RING_IRQ`] it may instead bind the queue to an interrupt
+//! ([`crate::Hypercall::QueueInterrupt`]) and use `rsp_event` symmetrically: to be
+//! interrupted at the next response it stores `rsp_event = rsp_cons + 1`, then a full fence,
+//! then re-reads `rsp_prod` (responses published meanwhile may or may not have raised the
+//! interrupt: consume them). The host, after publishing a run of responses that moved
+//! `rsp_prod` from `old` to `new`, issues a full fence, reads `rsp_event` and raises the
+//! interrupt only if [`need_notify`]`(new, old, rsp_event)`: one interrupt per batch, none
+//! while the guest has not re-armed. `rsp_event` starts at `rsp_prod + 1` (armed).
 
 use crate::assert_layout;
 use crate::call::DeviceClass;
+
+/// The first GSI (IOAPIC pin) a queue may be bound to with
+/// [`crate::Hypercall::QueueInterrupt`]: the pins above the 16 ISA IRQs.
+pub const RING_IRQ_GSI_FIRST: u32 = 16;
+/// How many GSIs, from [`RING_IRQ_GSI_FIRST`], queues may be bound to (pins 16–23 of the
+/// 24-pin IOAPIC).
+pub const RING_IRQ_GSIS: u32 = 8;
 
 /// Largest ring size the host accepts (slots). Bounds host memory and work per batch.
 pub const MAX_RING_SIZE: u32 = 256;

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use pvkit_vmm::devices::legacy::ne2000::{NetBackendConfig, NetConfig};
 use pvkit_vmm::runtime::stop::{STATUS_USAGE, STATUS_VMM_ERROR};
 use pvkit_vmm::vstate::vcpu::RegAccess;
-use pvkit_vmm::{ConsoleKind, DiskConfig, KernelSource, StopReason, VmConfig};
+use pvkit_vmm::{ConsoleKind, DiskConfig, KernelSource, NicModel, StopReason, VmConfig};
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -43,6 +43,145 @@ enum Command {
     /// Create a guest kernel crate that builds with `cargo build --release` and boots with
     /// `pvkit run`.
     New(NewArgs),
+    /// Boot N guests at once, each a `pvkit run` process, on one bridge; measure start rate
+    /// and memory per VM; run a UDP ring through all of them and verify it. Needs root.
+    #[command(after_long_help = FLEET_HELP)]
+    Fleet(FleetArgs),
+}
+
+const FLEET_HELP: &str = "\
+The guests run the built-in kernel's net=ring mode on the emulated NE2000, each on a TAP
+device that is a port of the bridge pvbr0 (10.88.0.1/16) in a network namespace
+pvkit-fleet-<pid> created for the run and deleted after it. Guest K is 10.88.0.(10+K) with
+MAC 52:54:00:88:00:K. Once every guest is ready, the host reads each process's PSS
+(/proc/PID/smaps_rollup) and guest-RAM PSS (/proc/PID/smaps), then sends a UDP message
+around the ring host -> 1 -> ... -> N -> host; each guest adds its id, the last guest and
+the host check the sum N(N+1)/2. KSM is reported, never switched on.
+
+Exit status:
+  0     every guest started, the ring verified, every guest exited 0
+  1     the fleet could not start (no root, no /dev/net/tun, bad options)
+  2     usage error
+  3     a guest failed to start or exit cleanly, or the ring did not verify";
+
+#[derive(clap::Args, Debug)]
+struct FleetArgs {
+    /// How many guests (1 to 1000).
+    #[arg(value_parser = clap::value_parser!(u32).range(1..=1000))]
+    vms: u32,
+
+    /// Guest RAM per VM in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    mem: u64,
+
+    /// Each guest writes every page of MIB MiB, then stops using it, before it is ready.
+    #[arg(long, value_name = "MIB", default_value_t = 0)]
+    touch: u64,
+
+    /// With --touch: the guests give that memory back to the host through the balloon.
+    #[arg(long, requires = "touch")]
+    give_back: bool,
+
+    /// Bound on the whole run, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300.0)]
+    timeout: f64,
+
+    /// Also write the results (per guest too) as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+
+    /// Guest RAM MADV_MERGEABLE (`pvkit run --mergeable`); when KSM runs, the host waits
+    /// for it to settle before it measures.
+    #[arg(long)]
+    mergeable: bool,
+
+    /// Switch the host's KSM on for this run (/sys/kernel/mm/ksm/run = 1) and back to what
+    /// it was afterwards. Without it pvkit never touches KSM.
+    #[arg(long, requires = "mergeable")]
+    enable_ksm: bool,
+
+    /// Do not confine the guests' VMM threads with seccomp.
+    #[arg(long)]
+    no_seccomp: bool,
+
+    /// The guests' NIC: the PV NIC (default; the guests wait for frames in `hlt`,
+    /// `pvnet=irq`) or the emulated NE2000.
+    #[arg(long, value_enum, value_name = "MODEL", default_value_t = NicArg::Pv)]
+    nic: NicArg,
+}
+
+/// Exit status of `pvkit fleet` when a guest or the ring failed.
+const STATUS_FLEET_FAILED: u8 = 3;
+
+fn timeout_arg(t: f64) -> anyhow::Result<Duration> {
+    if !(t.is_finite() && t > 0.0 && t <= 1e6) {
+        anyhow::bail!("--timeout must be a positive number of seconds");
+    }
+    Ok(Duration::from_secs_f64(t))
+}
+
+fn fleet_config(
+    vms: u32,
+    mem: u64,
+    timeout: Duration,
+    seccomp: bool,
+) -> anyhow::Result<pvkit_cli::fleet::FleetConfig> {
+    let pvkit = std::env::current_exe().context("cannot find the pvkit binary to run guests")?;
+    if !(pvkit_vmm::vstate::memory::MIN_MEM_MIB..=pvkit_vmm::vstate::memory::MAX_MEM_MIB)
+        .contains(&mem)
+    {
+        anyhow::bail!(
+            "--mem must be {} to {} MiB",
+            pvkit_vmm::vstate::memory::MIN_MEM_MIB,
+            pvkit_vmm::vstate::memory::MAX_MEM_MIB
+        );
+    }
+    let mut cfg = pvkit_cli::fleet::FleetConfig::new(pvkit, vms, mem);
+    cfg.timeout = timeout;
+    cfg.seccomp = seccomp;
+    Ok(cfg)
+}
+
+fn fleet(args: &FleetArgs) -> anyhow::Result<u8> {
+    use pvkit_cli::fleet::{self, report};
+    let mut cfg = fleet_config(
+        args.vms,
+        args.mem,
+        timeout_arg(args.timeout)?,
+        !args.no_seccomp,
+    )?;
+    if args.touch > 0 && args.touch >= args.mem {
+        anyhow::bail!("--touch must be less than --mem");
+    }
+    cfg.touch_mib = args.touch;
+    cfg.give_back = args.give_back;
+    cfg.mergeable = args.mergeable;
+    cfg.nic = match args.nic {
+        NicArg::Pv => fleet::FleetNic::Pv,
+        NicArg::Ne2000 => fleet::FleetNic::Ne2000,
+    };
+    let ksm = if args.enable_ksm {
+        Some(fleet::ksm::KsmOn::enable()?)
+    } else {
+        None
+    };
+    let outcome = fleet::run(&cfg).context("cannot run the fleet");
+    drop(ksm);
+    let outcome = outcome?;
+    print!("{}", report::markdown(&outcome));
+    if let Some(path) = &args.json {
+        std::fs::write(path, report::json(&outcome))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(signal) = pvkit_vmm::runtime::signals::pending() {
+        eprintln!("pvkit: fleet stopped by {signal}");
+        return Ok(signal.exit_status());
+    }
+    Ok(if outcome.passed() {
+        0
+    } else {
+        STATUS_FLEET_FAILED
+    })
 }
 
 #[derive(clap::Args, Debug)]
@@ -112,6 +251,15 @@ enum RegAccessArg {
     Sync,
     /// KVM_GET_REGS/KVM_SET_REGS per hypercall.
     Ioctl,
+}
+
+/// `pvkit run --nic` models.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum NicArg {
+    /// The emulated NE2000 (ports 0x300-0x31f, IRQ 9).
+    Ne2000,
+    /// The PV NIC (NetInfo/NetSend hypercalls, TX and RX rings).
+    Pv,
 }
 
 /// `pvkit run --net` backends.
@@ -207,6 +355,35 @@ struct RunArgs {
     #[arg(long, value_name = "NAME")]
     netns: Option<String>,
 
+    /// With --net tap --netns NAME: make the TAP device a port of this existing bridge in
+    /// the namespace (no address on the TAP device; the bridge has the host's), so guests
+    /// on the same bridge reach each other (`pvkit fleet` uses it).
+    #[arg(long, value_name = "BRIDGE", requires = "netns")]
+    bridge: Option<String>,
+
+    /// With --net: the NIC's MAC address (six hex bytes, `52:54:00:12:34:57`), unicast.
+    /// Default 52:54:00:12:34:56; guests on one bridge each need their own.
+    #[arg(long, value_name = "MAC", value_parser = parse_mac, requires = "net")]
+    mac: Option<[u8; 6]>,
+
+    /// Mark guest RAM MADV_MERGEABLE so the host's KSM, when it runs, may share identical
+    /// pages between VMs copy-on-write. pvkit does not turn KSM on
+    /// (/sys/kernel/mm/ksm/run).
+    #[arg(long)]
+    mergeable: bool,
+
+    /// With --net: which NIC the guest gets, the emulated NE2000 (the default, as before
+    /// --nic existed) or the PV NIC (hypercalls and TX/RX rings; the built-in guest's
+    /// `net=` modes use whichever is present).
+    #[arg(long, value_enum, value_name = "MODEL", requires = "net")]
+    nic: Option<NicArg>,
+
+    /// Create KVM's in-kernel interrupt controller (LAPIC, IOAPIC, PIC) even without --net
+    /// or SMP, so that the guest can bind rings to completion interrupts (QueueInterrupt,
+    /// feature RING_IRQ). With it, `hlt` no longer exits to userspace.
+    #[arg(long)]
+    irqchip: bool,
+
     /// The guest kernel command line (after `--`), e.g. `-- print=10 exit=3`.
     #[arg(last = true, value_name = "KERNEL-CMDLINE")]
     cmdline: Vec<String>,
@@ -256,9 +433,15 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
             trace: args.trace.is_some(),
         },
         net: net_config(args)?,
+        nic: match args.nic {
+            Some(NicArg::Pv) => NicModel::Pv,
+            Some(NicArg::Ne2000) | None => NicModel::Ne2000,
+        },
+        irqchip: args.irqchip,
         irq_test: false,
         gdb: args.gdb,
         pv_console: !args.no_pv_console,
+        mergeable: args.mergeable,
     })
 }
 
@@ -266,11 +449,38 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
 fn net_config(args: &RunArgs) -> anyhow::Result<Option<NetConfig>> {
     let backend = match (args.net, &args.netns) {
         (None, None) => return Ok(None),
-        (Some(NetArg::Tap), ns) => NetBackendConfig::Tap { netns: ns.clone() },
+        (Some(NetArg::Tap), ns) => NetBackendConfig::Tap {
+            netns: ns.clone(),
+            bridge: args.bridge.clone(),
+        },
         (Some(NetArg::Loopback), None) => NetBackendConfig::Loopback,
         (_, Some(_)) => anyhow::bail!("--netns needs --net tap"),
     };
-    Ok(Some(NetConfig { backend }))
+    Ok(Some(NetConfig {
+        backend,
+        mac: args.mac,
+    }))
+}
+
+/// Parses `--mac`: six colon-separated hex bytes, not multicast (the low bit of the first
+/// byte clear) and not all zero.
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next().ok_or("a MAC address has six bytes")?;
+        if p.len() != 2 {
+            return Err(format!("{p:?} is not a two-digit hex byte"));
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| format!("{p:?} is not a hex byte"))?;
+    }
+    if parts.next().is_some() {
+        return Err("a MAC address has six bytes".into());
+    }
+    if mac[0] & 1 != 0 || mac == [0; 6] {
+        return Err("the MAC address must be unicast and not all zero".into());
+    }
+    Ok(mac)
 }
 
 fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
@@ -340,6 +550,18 @@ fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
             n.irqs_raised
         );
     }
+    if let (true, Some(n)) = (args.stats, &outcome.pv_net) {
+        eprintln!(
+            "PV NIC: {} frames sent, {} received ({} from the backend), {} dropped by the \
+             backend, {} dropped (no guest buffer), {} interrupts raised",
+            n.device.tx_frames,
+            n.device.rx_frames,
+            n.backend.rx_frames,
+            n.backend.dropped(),
+            n.device.rx_dropped_no_buffer,
+            n.irqs_raised
+        );
+    }
     if args.stats {
         eprint!(
             "{}",
@@ -376,6 +598,13 @@ enum DeviceArg {
     Clock,
     /// Bare exit round trips (null port), for calibration.
     Exit,
+    /// Many VMs on one host (`pvkit fleet`): start rate, memory per VM, density with and
+    /// without the balloon, a UDP ring through all guests. Needs root; only when asked for.
+    Fleet,
+    /// Network frames over in-VMM loopback peers: 64 B and 1514 B transmit and receive,
+    /// UDP echo round trips; NE2000 vs PV NetSend, ring, ioeventfd, polled ring, ring with
+    /// completion interrupts.
+    Net,
     /// IPIs in a 4-vCPU boot: x2APIC ICR vs PV SendIpi, ping-pong and one-to-all.
     Ipi,
     /// AP bring-up of 3 APs: INIT-SIPI-SIPI vs the PV VcpuUp (one 4-vCPU boot each).
@@ -390,7 +619,8 @@ enum DeviceArg {
 
 #[derive(clap::Args, Debug)]
 struct BenchArgs {
-    /// Run only these devices (repeat or comma-separate). Default: all of them.
+    /// Run only these devices (repeat or comma-separate). Default: every device but `fleet` (`fleet`
+    /// runs only when named: it needs root and writes fleet.json and fleet.md instead).
     #[arg(long, value_enum, value_delimiter = ',', value_name = "DEVICE")]
     only: Vec<DeviceArg>,
 
@@ -413,7 +643,8 @@ struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     disk: Option<PathBuf>,
 
-    /// Watchdog per guest boot, in seconds (fractions allowed). Default: 90, or 30 with
+    /// Watchdog per guest boot, in seconds (fractions allowed). Default: 90 (300 for the
+    /// spinlock boots, whose plain lock under overcommit runs for minutes), or 30 with
     /// --quick.
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<f64>,
@@ -425,6 +656,60 @@ struct BenchArgs {
     /// Do not confine the vCPU and I/O threads with their seccomp filters.
     #[arg(long)]
     no_seccomp: bool,
+
+    /// With --only fleet: guests of the start run (64 MiB each). Default: 50, 8 with --quick.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    fleet_vms: Option<u32>,
+
+    /// With --only fleet: guests of each density run (128 MiB each). Default: 8, 3 with
+    /// --quick.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    fleet_density_vms: Option<u32>,
+
+    /// With --only fleet: switch the host's KSM on for the KSM density run and back to what
+    /// it was afterwards. Without it the KSM run happens only when KSM is already on.
+    #[arg(long)]
+    enable_ksm: bool,
+
+    /// With --only fleet: the host memory budget the density figure is for, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    fleet_budget: u64,
+}
+
+/// `pvkit bench --only fleet`: the fleet runs, written to `fleet.json` and `fleet.md`.
+fn fleet_bench(args: &BenchArgs) -> anyhow::Result<u8> {
+    use pvkit_cli::fleet::bench::{self, FleetBenchConfig};
+    let pvkit = std::env::current_exe().context("cannot find the pvkit binary to run guests")?;
+    let cfg = FleetBenchConfig {
+        pvkit,
+        vms: args.fleet_vms.unwrap_or(if args.quick { 8 } else { 50 }),
+        density_vms: args
+            .fleet_density_vms
+            .unwrap_or(if args.quick { 3 } else { 8 }),
+        budget_mib: args.fleet_budget,
+        timeout: match args.timeout {
+            Some(t) => timeout_arg(t)?,
+            None => Duration::from_secs(300),
+        },
+        seccomp: !args.no_seccomp,
+        enable_ksm: args.enable_ksm,
+    };
+    let result = bench::run(&cfg).context("cannot run the fleet benchmark")?;
+    print!("{}", result.markdown());
+    let (json, md) = result
+        .write(&args.out)
+        .with_context(|| format!("cannot write the fleet results to {}", args.out.display()))?;
+    eprintln!("pvkit bench: wrote {}, {}", json.display(), md.display());
+    if let Some(signal) = pvkit_vmm::runtime::signals::pending() {
+        eprintln!("pvkit: bench stopped by {signal}");
+        return Ok(signal.exit_status());
+    }
+    Ok(if result.passed() {
+        0
+    } else {
+        STATUS_BENCH_FAILED
+    })
 }
 
 fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
@@ -435,21 +720,38 @@ fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
         Some(t) if t.is_finite() && t > 0.0 && t <= 1e6 => Duration::from_secs_f64(t),
         Some(_) => anyhow::bail!("--timeout must be a positive number of seconds"),
     };
+    let spinlock_timeout = match args.timeout {
+        None if !args.quick => runner::spinlock::DEFAULT_TIMEOUT,
+        _ => timeout,
+    };
     let mut devices: Vec<BenchDevice> = Vec::new();
+    let mut fleet = false;
     for d in &args.only {
         let d = match d {
             DeviceArg::Console => BenchDevice::Console,
             DeviceArg::Block => BenchDevice::Block,
             DeviceArg::Clock => BenchDevice::Clock,
             DeviceArg::Exit => BenchDevice::Exit,
+            DeviceArg::Net => BenchDevice::Net,
             DeviceArg::Ipi => BenchDevice::Ipi,
             DeviceArg::Smp => BenchDevice::Smp,
             DeviceArg::Balloon => BenchDevice::Balloon,
             DeviceArg::Irq => BenchDevice::Irq,
             DeviceArg::Spinlock => BenchDevice::Spinlock,
+            DeviceArg::Fleet => {
+                fleet = true;
+                continue;
+            }
         };
         if !devices.contains(&d) {
             devices.push(d);
+        }
+    }
+    if fleet {
+        // The fleet is its own run with its own files; devices asked for too run after it.
+        let status = fleet_bench(args)?;
+        if devices.is_empty() || status != 0 {
+            return Ok(status);
         }
     }
     if devices.is_empty() {
@@ -461,6 +763,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
         iterations: args.iterations,
         disk: args.disk.clone(),
         timeout,
+        spinlock_timeout,
         mem_mib: args.mem,
         seccomp: !args.no_seccomp,
         command: std::iter::once("pvkit".to_owned())
@@ -520,6 +823,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args, started_at),
         Command::Bench(args) => bench(args),
         Command::New(args) => new_guest(args),
+        Command::Fleet(args) => fleet(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -41,11 +41,51 @@ extern "C" {
 
 const PATTERN: u64 = 0x5eed_ba11_0000_0000;
 
-/// The first 2 MiB boundary above the kernel image and the heap: RAM nothing else uses.
+/// The first 2 MiB boundary above the kernel image and the heap: RAM nothing else uses (the
+/// balloon check and [`touch_then_stop_using`] use it).
 pub fn free_region_start() -> u64 {
     let kernel_end = (&raw const __kernel_end) as u64;
     const TWO_MIB: u64 = 2 << 20;
     (kernel_end + MAX_HEAP).div_ceil(TWO_MIB) * TWO_MIB
+}
+
+/// A workload's memory use for `net=ring touch=MIB [give_back]` ([`crate::net::ring`]):
+/// writes one word in every 4 KiB page of `mib` MiB of free RAM (so the host backs it),
+/// then stops using it, as a program that frees its buffers; with `give_back` the freed
+/// memory goes to the host through the balloon (inflate; the host discards the pages).
+/// Panics when it does not fit in RAM, or when `give_back` has no balloon to use.
+pub fn touch_then_stop_using(mib: u64, give_back: bool, boot: &BootInfo) {
+    let start = free_region_start();
+    let len = mib.saturating_mul(1 << 20);
+    let top = boot.mem_size.min(IDENTITY_MAP_SIZE);
+    if start.saturating_add(len) > top {
+        panic!("touch={mib}: {start:#x} + {len:#x} is beyond RAM ({top:#x})");
+    }
+    if give_back && !Features::from_bits_truncate(boot.features).contains(Features::BALLOON) {
+        panic!("give_back: the host offers no balloon (BALLOON)");
+    }
+    let pages = len / BALLOON_PAGE_SIZE;
+    for i in 0..pages {
+        let p = (start + i * BALLOON_PAGE_SIZE) as *mut u64;
+        // SAFETY: `p` is inside RAM above the heap and the kernel, under the identity map;
+        // nothing else uses this memory.
+        unsafe { p.write_volatile(PATTERN | i) };
+    }
+    if !give_back {
+        println!("mem: touched {mib} MiB and stopped using it ({pages} pages kept by the host)");
+        return;
+    }
+    let mut b = Batch::new(Op::Inflate, RANGES.take(), Hypercalls);
+    let r = b
+        .push_region(start, len, 2048 << 10)
+        .and_then(|()| b.flush());
+    if let Err(s) = r {
+        panic!("give_back: inflate failed: {s}");
+    }
+    println!(
+        "mem: touched {mib} MiB and stopped using it; gave {} pages back in {} calls",
+        b.pages, b.calls
+    );
 }
 
 /// Runs the check.

@@ -14,6 +14,7 @@
 //! | `spin`      | after the banner: loop forever (watchdog tests)                       |
 //! | `triple`    | after the banner: load an empty IDT and `ud2` (triple fault)          |
 //! | `user`      | after the banner: run a function in ring 3 that reads the PV clock (when offered) and print what it returned |
+//! | `blkirq=N`  | instead of everything else: `N` batches of PV block reads completed by interrupt ([`crate::blkirq`]); `blkirq_transport=eventfd` for ioeventfd doorbells |
 //! | `disk`      | after the banner: the ATA disk check ([`crate::diskcheck`]): read, write, read back a few sectors through ATA PIO and print the results |
 //! | `balloon=MIB` | after the banner: the memory balloon check ([`crate::balloon`]); `balloon_range=KIB` (default 2048) sets the range size, `balloon_bad` sends invalid calls first |
 //! | `bench=`    | instead of everything else: run benchmark cases, see [`crate::bench`]; `all` or a comma-separated list of devices (`console`, `block`, `clock`, `exit`, `irq`) and `device/variant` pairs (e.g. `block/ata-pio`) |
@@ -23,7 +24,9 @@
 //! | `lock=`     | instead of everything else: the spinlock workload, `plain` or `pv` ([`crate::lock`]), on `cpus=N` CPUs; `iters=K` acquisitions per CPU, `spin=S` spins before a PV wait, `lock_bad` refused calls first, `lock_hang` wait for ever, `lock_bench` benchmark markers and sample |
 //! | `quick`     | with `bench=`: small operation counts                                 |
 //! | `ops=N`     | with `bench=`: `N` (≥ 1) operations in every case                      |
-//! | `net=`      | instead of everything else: the NE2000 by interrupts, `serve`, `echo` or `send` ([`crate::net`]); with `ip=`, `peer=` (IPv4), `count=N`, `size=N` (UDP payload) |
+//! | `net=`      | instead of everything else: the NE2000 by interrupts, `serve`, `echo`, `send` or `ring` ([`crate::net`]); with `ip=`, `peer=` (IPv4), `count=N`, `size=N` (UDP payload), `pvnet=` (PV NIC path) |
+//! | `id=K`, `members=N` | with `net=ring`: this member's id (1..=N) and the ring's size ([`crate::net::ring`]) |
+//! | `touch=MIB` | with `net=ring`: before the ring starts, write every page of `MIB` MiB, then stop using it; `give_back` returns it to the host through the balloon |
 //!
 //! Unknown tokens are ignored (they may be meant for someone else). When several of
 //! `fault=`, `panic`, `spin`, `triple` are given, the last one wins.
@@ -107,6 +110,9 @@ pub struct Args {
     pub bench: Option<Bench>,
     /// `disk`: run the ATA disk check after the banner.
     pub disk: bool,
+    /// `blkirq=N [blkirq_transport=eventfd]`: PV block completions by interrupt
+    /// ([`crate::blkirq`]): batches, and whether the doorbell is an ioeventfd.
+    pub blkirq: Option<(u64, bool)>,
     /// `net=`: the network modes.
     pub net: Option<crate::net::NetArgs>,
     /// `balloon=MIB`: run the balloon check after the banner.
@@ -130,6 +136,7 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
         user: false,
         bench: None,
         disk: false,
+        blkirq: None,
         net: None,
         balloon: None,
         smp: None,
@@ -187,6 +194,14 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
             ("triple", None) => args.action = Some(Action::Triple),
             ("user", None) => args.user = true,
             ("disk", None) => args.disk = true,
+            ("blkirq", Some(n)) => match n.parse::<u64>() {
+                Ok(n) if n >= 1 => args.blkirq = Some((n, args.blkirq.is_some_and(|b| b.1))),
+                _ => return Err(n),
+            },
+            ("blkirq_transport", Some("eventfd")) => {
+                args.blkirq = Some((args.blkirq.map_or(1, |b| b.0), true))
+            }
+            ("blkirq_transport", Some("doorbell")) => {}
             ("balloon", Some(n)) => {
                 args.balloon = Some(crate::balloon::BalloonArgs {
                     mib: n.parse().map_err(|_| n)?,
@@ -212,9 +227,14 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
                 _ => return Err(n),
             },
             ("net", Some(m)) => net_mode = Some(crate::net::Mode::parse(m).ok_or(m)?),
+            ("pvnet", Some(v)) => net.pv = crate::net::PvPath::parse(v).ok_or(v)?,
             ("ip", Some(v)) => net.ip = crate::net::parse_ip(v).ok_or(v)?,
             ("peer", Some(v)) => net.peer = crate::net::parse_ip(v).ok_or(v)?,
             ("count", Some(n)) => net.count = n.parse().map_err(|_| n)?,
+            ("id", Some(n)) => net.ring.id = n.parse().map_err(|_| n)?,
+            ("members", Some(n)) => net.ring.members = n.parse().map_err(|_| n)?,
+            ("touch", Some(n)) => net.ring.touch_mib = n.parse().map_err(|_| n)?,
+            ("give_back", None) => net.ring.give_back = true,
             ("size", Some(n)) => match n.parse::<usize>() {
                 Ok(s) if s <= crate::net::proto::MAX_UDP_PAYLOAD => net.size = s,
                 _ => return Err(n),

@@ -28,6 +28,7 @@ mod console;
 mod ata;
 mod balloon;
 mod bench;
+mod blkirq;
 mod cmdline;
 mod diskcheck;
 mod gdt;

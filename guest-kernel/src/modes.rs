@@ -39,6 +39,9 @@ pub fn run(args: &Args, console: ConsoleKind, boot: &BootInfo) -> ! {
     if let Some(net) = args.net {
         crate::net::run(net, boot);
     }
+    if let Some((batches, eventfd)) = args.blkirq {
+        crate::blkirq::run(batches, eventfd, boot);
+    }
     if let Some(bytes) = args.alloc {
         alloc_touch_free(bytes);
     }

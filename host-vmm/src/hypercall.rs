@@ -134,6 +134,7 @@ mod tests {
                     balloon: None,
                     rings: None,
                     vcpu_up: None,
+                    net: None,
                     ipi: None,
                     spinlock: None,
                     steal: None,
@@ -181,7 +182,7 @@ mod tests {
         // Unknown numbers in every class's range, between ranges and above them.
         for nr in [
             0,
-            7,
+            8,
             0xff,
             0x101,
             0x202,

@@ -73,4 +73,4 @@ pub use devices::pseudo::bench;
 pub use bench::PhaseObserver;
 pub use io::disk::DiskConfig;
 pub use runtime::stop::StopReason;
-pub use vm::{run, ConsoleKind, KernelSource, RunOutcome, VmConfig, VmError};
+pub use vm::{run, ConsoleKind, KernelSource, NicModel, RunOutcome, VmConfig, VmError};

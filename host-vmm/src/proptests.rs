@@ -898,6 +898,7 @@ fn check_call(
         | Hypercall::NetInfo
         | Hypercall::NetSend
         | Hypercall::RingKick
+        | Hypercall::QueueInterrupt
         | Hypercall::BalloonInflate
         | Hypercall::BalloonDeflate
         | Hypercall::BalloonInfo

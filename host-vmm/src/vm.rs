@@ -26,7 +26,9 @@ use crate::bus::BusError;
 use crate::devices::legacy::irq::IrqError;
 use crate::devices::legacy::ne2000::{NetConfig, NetError, NicStats};
 use crate::devices::pv::balloon::BalloonStats;
+use crate::devices::pv::net_rx::PvNetStats;
 use crate::devices::pv::vcpu_up::VcpuUp;
+pub use crate::devices::NicModel;
 use crate::exit::ledger::LedgerSnapshot;
 use crate::exit::record::{ExitRecorder, RecordConfig, RipProfile, Trace};
 use crate::io::disk::{DiskConfig, DiskError, SharedDisk};
@@ -116,6 +118,14 @@ pub struct VmConfig {
     /// in-kernel irqchip for its interrupt. `None` (default): no NIC and no irqchip, so
     /// `hlt` and every other exit stay as without a network.
     pub net: Option<NetConfig>,
+    /// Which NIC [`VmConfig::net`] is: the emulated NE2000 (default) or the PV NIC (no
+    /// NE2000 ports; `NetInfo`, `NetSend` and the net rings, the backend's fd served by an
+    /// event loop). Either way the VM has the in-kernel irqchip.
+    pub nic: NicModel,
+    /// Create KVM's in-kernel irqchip even without a NIC or SMP (`pvkit run --irqchip`), so
+    /// that rings can complete by interrupt (`Features::RING_IRQ`). With it `hlt` no longer
+    /// exits to userspace.
+    pub irqchip: bool,
     /// The interrupt test set-up (`pvkit bench` device `irq`): KVM's in-kernel irqchip
     /// even without a NIC or SMP, and the interrupt test port
     /// ([`pvkit_abi::ports::IRQ_TEST`]) raising GSI [`pvkit_abi::ports::IRQ_TEST_GSI`]
@@ -131,6 +141,10 @@ pub struct VmConfig {
     /// `BootInfo` and CPUID, as on a host without it; a guest that checks the bits uses
     /// the UART.
     pub pv_console: bool,
+    /// Mark guest RAM `MADV_MERGEABLE` (`pvkit run --mergeable`): the host's KSM, when it
+    /// runs, may then merge identical pages within and across VMs copy-on-write. Default
+    /// `false`. pvkit never turns KSM itself on.
+    pub mergeable: bool,
 }
 
 impl Default for VmConfig {
@@ -150,9 +164,12 @@ impl Default for VmConfig {
             vcpus: 1,
             record: RecordConfig::default(),
             net: None,
+            nic: NicModel::Ne2000,
+            irqchip: false,
             irq_test: false,
             gdb: None,
             pv_console: true,
+            mergeable: false,
         }
     }
 }
@@ -222,8 +239,13 @@ pub struct RunOutcome {
     pub exit_profile: Option<RipProfile>,
     /// Every exit in time order, all vCPUs ([`VmConfig::record`]).
     pub trace: Option<Trace>,
-    /// What the NIC counted ([`VmConfig::net`]).
+    /// What the NE2000 counted ([`VmConfig::net`]).
     pub net: Option<NicStats>,
+    /// What the PV NIC counted ([`VmConfig::nic`] = [`NicModel::Pv`]).
+    pub pv_net: Option<PvNetStats>,
+    /// Completion interrupts the rings raised (irqfd writes, all GSIs); `None` without the
+    /// in-kernel irqchip.
+    pub ring_irqs_raised: Option<u64>,
     /// What the memory balloon did (`None`: the VM had no balloon).
     pub balloon: Option<BalloonStats>,
     /// KVM's count of every exit of every vCPU from guest mode, handled in the kernel or
@@ -691,6 +713,8 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         guest_abi,
         symbols,
         mut net,
+        mut pv_net,
+        ring_irqs,
         balloon,
         vcpu_up,
         steal,
@@ -785,6 +809,9 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
             if let Some(n) = net.as_mut() {
                 let _ = n.stop();
             }
+            if let Some(n) = pv_net.as_mut() {
+                let _ = n.stop();
+            }
             let _ = aps.stop(&stop_requested);
             return Err(e);
         }
@@ -813,6 +840,9 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         host_failure.get_or_insert(msg);
     }
     if let Some(Err(msg)) = net.as_mut().map(|n| n.stop()) {
+        host_failure.get_or_insert(msg);
+    }
+    if let Some(Err(msg)) = pv_net.as_mut().map(|n| n.stop()) {
         host_failure.get_or_insert(msg);
     }
     let stop = match (host_failure, signals::pending()) {
@@ -891,6 +921,8 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         exit_profile,
         trace,
         net: net.map(|n| n.stats()),
+        pv_net: pv_net.map(|n| n.stats()),
+        ring_irqs_raised: ring_irqs.map(|r| r.raised()),
         balloon: balloon.map(|b| b.stats()),
         kvm_exits,
     })

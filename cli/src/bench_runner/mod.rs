@@ -34,6 +34,8 @@ use pvkit_report::{Baseline, Case, Kind, Platform, Report};
 use thiserror::Error;
 
 use pvkit_vmm::arch::x86_64::cpuid::{pv_eoi_offered, supported_cpuid};
+use pvkit_vmm::devices::legacy::ne2000::{NetBackendConfig, NetConfig};
+use pvkit_vmm::devices::NicModel;
 use pvkit_vmm::io::disk::DiskConfig;
 use pvkit_vmm::runtime::stop::StopReason;
 use pvkit_vmm::vm::{ConsoleKind, KernelSource, RunOutcome, VmConfig};
@@ -81,6 +83,8 @@ pub struct BenchConfig {
     pub disk_bytes: u64,
     /// Watchdog per boot.
     pub timeout: Duration,
+    /// Watchdog of each spinlock boot (the plain lock under overcommit runs for minutes).
+    pub spinlock_timeout: Duration,
     /// Guest RAM per boot, MiB.
     pub mem_mib: u64,
     /// The guest kernel (default: the built-in one).
@@ -105,6 +109,7 @@ impl Default for BenchConfig {
             disk: None,
             disk_bytes: disk::DEFAULT_DISK_BYTES,
             timeout: DEFAULT_TIMEOUT,
+            spinlock_timeout: spinlock::DEFAULT_TIMEOUT,
             mem_mib: DEFAULT_MEM_MIB,
             kernel: KernelSource::Builtin,
             extra_cmdline: String::new(),
@@ -424,13 +429,22 @@ fn boot(
         cmdline: cmdline.clone(),
         console: Some(ConsoleKind::Pv),
         capture_console: true,
-        timeout: cfg.timeout,
+        timeout: match device {
+            BenchDevice::Spinlock => cfg.spinlock_timeout,
+            _ => cfg.timeout,
+        },
         seccomp: cfg.seccomp,
         // Block only: the other boots have no ATA ports and no PV block device.
         disk: disk.filter(|_| device.needs_disk()).map(|path| DiskConfig {
             path: path.to_path_buf(),
             read_only: false,
         }),
+        // Net only: both NICs, each on its own in-VMM loopback peer (no privileges).
+        net: device.needs_nics().then_some(NetConfig {
+            backend: NetBackendConfig::Loopback,
+            mac: None,
+        }),
+        nic: NicModel::Both,
         phase_observer: Some(observer),
         vcpus: spec.vcpus,
         irq_test: device.needs_irq_test(),

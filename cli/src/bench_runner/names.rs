@@ -21,6 +21,9 @@ pub enum BenchDevice {
     Clock,
     /// Bare exit round trips (calibration).
     Exit,
+    /// Network frames: the NE2000 against the PV NIC variants (one boot with both NICs on
+    /// loopback backends).
+    Net,
     /// IPIs: x2APIC ICR against the PV `SendIpi` (a boot with [`IPI_VCPUS`] vCPUs).
     Ipi,
     /// AP bring-up: INIT-SIPI-SIPI against `VcpuUp` (one boot per variant, each with
@@ -45,11 +48,12 @@ pub const IPI_VCPUS: u32 = 4;
 
 impl BenchDevice {
     /// Every device, in run order.
-    pub const ALL: [BenchDevice; 9] = [
+    pub const ALL: [BenchDevice; 10] = [
         BenchDevice::Console,
         BenchDevice::Block,
         BenchDevice::Clock,
         BenchDevice::Exit,
+        BenchDevice::Net,
         BenchDevice::Ipi,
         BenchDevice::Smp,
         BenchDevice::Balloon,
@@ -69,6 +73,7 @@ impl BenchDevice {
             BenchDevice::Block => Device::Block,
             BenchDevice::Clock => Device::Clock,
             BenchDevice::Exit => Device::Exit,
+            BenchDevice::Net => Device::Net,
             BenchDevice::Ipi => Device::Ipi,
             BenchDevice::Smp => Device::Smp,
             BenchDevice::Balloon => Device::Balloon,
@@ -100,6 +105,11 @@ impl BenchDevice {
         self == BenchDevice::Block
     }
 
+    /// Whether this device's boot needs the NICs (both, on loopback backends).
+    pub fn needs_nics(self) -> bool {
+        self == BenchDevice::Net
+    }
+
     /// Whether this device's boot needs the in-kernel irqchip and the interrupt test port
     /// ([`pvkit_vmm::vm::VmConfig::irq_test`]).
     pub fn needs_irq_test(self) -> bool {
@@ -118,6 +128,8 @@ impl BenchDevice {
             BenchDevice::Clock => 3,
             // null port.
             BenchDevice::Exit => 1,
+            // ne2000 + 4 PV variants × 5 workloads, pv-irq × 3 receive workloads.
+            BenchDevice::Net => 28,
             // x2apic, pv-hypercall × ping-pong, one-to-all.
             BenchDevice::Ipi => 4,
             // One variant per boot.
@@ -143,6 +155,7 @@ pub fn bench_device(device: Device) -> BenchDevice {
         Device::Block => BenchDevice::Block,
         Device::Clock => BenchDevice::Clock,
         Device::Exit => BenchDevice::Exit,
+        Device::Net => BenchDevice::Net,
         Device::Ipi => BenchDevice::Ipi,
         Device::Smp => BenchDevice::Smp,
         Device::Balloon => BenchDevice::Balloon,
@@ -158,6 +171,7 @@ pub fn device_name(d: Device) -> &'static str {
         Device::Block => "block",
         Device::Clock => "clock",
         Device::Exit => "exit",
+        Device::Net => "net",
         Device::Ipi => "ipi",
         Device::Smp => "smp",
         Device::Balloon => "balloon",
@@ -179,6 +193,8 @@ pub fn variant_name(v: Variant) -> &'static str {
         Variant::PvClock => "pvclock",
         Variant::KvmClock => "kvmclock",
         Variant::PortOut => "null-port",
+        Variant::Ne2000 => "ne2000",
+        Variant::PvIrq => "pv-irq",
         Variant::X2Apic => "x2apic",
         Variant::InitSipi => "init-sipi",
         Variant::NoBalloon => "none",
@@ -202,6 +218,11 @@ pub fn workload_name(w: Workload) -> &'static str {
         Workload::SeqWrite1M => "seqwrite-1MiB",
         Workload::ClockRead => "read",
         Workload::RoundTrip => "round-trip",
+        Workload::Tx64 => "tx-64B",
+        Workload::Tx1500 => "tx-1500B",
+        Workload::Rx64 => "rx-64B",
+        Workload::Rx1500 => "rx-1500B",
+        Workload::UdpEcho64 => "udp-echo-64B",
         Workload::PingPong => "ping-pong",
         Workload::OneToAll => "one-to-all",
         Workload::ApBringUp => "ap-bringup",
@@ -218,6 +239,7 @@ pub fn workload_name(w: Workload) -> &'static str {
 pub fn kind(v: Variant) -> Kind {
     match v {
         Variant::Uart
+        | Variant::Ne2000
         | Variant::AtaPio
         | Variant::Pit
         | Variant::PortOut
@@ -229,6 +251,7 @@ pub fn kind(v: Variant) -> Kind {
         | Variant::PicEoi
         | Variant::TicketSpin => Kind::Emulated,
         Variant::PvEoi
+        | Variant::PvIrq
         | Variant::PvHypercall
         | Variant::PvRing
         | Variant::PvEventfd
@@ -250,6 +273,8 @@ pub enum Unit {
     ReadsPerSec,
     /// Port writes per second (exit round trips).
     WritesPerSec,
+    /// Frames (or UDP round trips) per second.
+    PacketsPerSec,
     /// IPI round trips, one-to-all sends or APs started per second.
     OpsPerSec,
     /// Interrupts raised, handled and acknowledged per second.
@@ -266,6 +291,7 @@ impl Unit {
             Unit::Iops => "IOPS",
             Unit::ReadsPerSec => "reads/s",
             Unit::WritesPerSec => "writes/s",
+            Unit::PacketsPerSec => "packets/s",
             Unit::OpsPerSec => "ops/s",
             Unit::InterruptsPerSec => "interrupts/s",
             Unit::AcqPerSec => "acquisitions/s",
@@ -283,6 +309,7 @@ impl Unit {
             Unit::Iops
             | Unit::ReadsPerSec
             | Unit::WritesPerSec
+            | Unit::PacketsPerSec
             | Unit::OpsPerSec
             | Unit::InterruptsPerSec
             | Unit::AcqPerSec => ops as f64 / ns * 1e9,
@@ -302,6 +329,11 @@ pub fn unit(w: Workload) -> Unit {
         Workload::RandRead4K | Workload::RandWrite4K => Unit::Iops,
         Workload::ClockRead => Unit::ReadsPerSec,
         Workload::RoundTrip => Unit::WritesPerSec,
+        Workload::Tx64
+        | Workload::Tx1500
+        | Workload::Rx64
+        | Workload::Rx1500
+        | Workload::UdpEcho64 => Unit::PacketsPerSec,
         Workload::PingPong | Workload::OneToAll | Workload::ApBringUp => Unit::OpsPerSec,
         Workload::Interrupt => Unit::InterruptsPerSec,
         Workload::Contend2 | Workload::Contend4 | Workload::Contend8 => Unit::AcqPerSec,

@@ -310,6 +310,8 @@ impl Harness {
             Hypercall::NetInfo | Hypercall::NetSend => {
                 assert_eq!(out, ret(Status::EOPNOTSUPP, 0))
             }
+            // No interrupt controller in this harness: no completion interrupts.
+            Hypercall::QueueInterrupt => assert_eq!(out, ret(Status::EOPNOTSUPP, 0)),
             // No vCPUs to start in this harness: the device is not registered.
             Hypercall::VcpuUp | Hypercall::SendIpi => {
                 assert_eq!(out, ret(Status::EOPNOTSUPP, 0))
@@ -484,6 +486,8 @@ pub fn run(data: &[u8]) {
             )
         }),
         vcpu_up: None,
+        // No PV NIC: NetInfo and NetSend answer EOPNOTSUPP (checked below).
+        net: None,
         ipi: None,
         // Two vCPUs, waits that never block (the fuzzer is one thread, vCPU 0).
         spinlock: backend.then(|| Arc::new(PvSpinlock::with_max_wait(2, Duration::ZERO))),

@@ -25,7 +25,7 @@
 use arbitrary::{Arbitrary, Unstructured};
 use pvkit_abi::block::{BlockRequest, BlockResponse, BlockSegment};
 use pvkit_abi::console::{ConsoleRequest, ConsoleResponse};
-use pvkit_abi::ring::{ring_bytes, BROKEN, HEADER_SIZE, HOST_POLLING};
+use pvkit_abi::ring::{need_notify, ring_bytes, BROKEN, HEADER_SIZE, HOST_POLLING};
 use pvkit_abi::Status;
 use pvkit_devices::MemBackend;
 use pvkit_pv::console;
@@ -557,6 +557,12 @@ fn model_console_poll(ram: &mut Ram, m: &mut Model) -> (Outcome, Vec<u8>) {
     }
     let mut batch = Batch::default();
     let g = m.gpa;
+    let start = m.consumed;
+    // The event-index rule on responses (`Batch::notify`): did this poll's responses
+    // cross the guest's `rsp_event` (offset 12)?
+    let notify = |ram: &Ram, m: &Model| {
+        m.consumed != start && need_notify(m.consumed, start, rd32(&ram.image, g + 12))
+    };
     let mut prod = rd32(&ram.image, g);
     loop {
         let available = prod.wrapping_sub(m.consumed);
@@ -570,6 +576,7 @@ fn model_console_poll(ram: &mut Ram, m: &mut Model) -> (Outcome, Vec<u8>) {
             wr32(&mut ram.image, g + 4, m.consumed.wrapping_add(1));
             prod = rd32(&ram.image, g);
             if prod == m.consumed {
+                batch.notify = notify(ram, m);
                 return (Outcome::Ok(batch), sink);
             }
             continue;
@@ -579,6 +586,7 @@ fn model_console_poll(ram: &mut Ram, m: &mut Model) -> (Outcome, Vec<u8>) {
             let left = budget.saturating_sub(batch.requests);
             if left == 0 {
                 batch.budget_exhausted = true;
+                batch.notify = notify(ram, m);
                 return (Outcome::Ok(batch), sink);
             }
             todo = todo.min(left);

@@ -390,6 +390,19 @@ impl BlockRing {
         self.ring.wait_idle(timeout, f)
     }
 
+    /// Binds the ring's completions to interrupt line `gsi` (0: unbind),
+    /// `QueueInterrupt`; needs `Features::RING_IRQ`.
+    #[cfg(target_arch = "x86_64")]
+    pub fn bind_interrupt(&self, gsi: u32) -> Result<(), Status> {
+        crate::hypercall::queue_interrupt(pvkit_abi::ring::BLOCK_QUEUE, gsi)
+    }
+
+    /// Arms the completion interrupt for the next response; returns whether responses are
+    /// already waiting ([`Ring::arm_responses`]).
+    pub fn arm(&mut self) -> bool {
+        self.ring.arm_responses()
+    }
+
     /// Hands the responses available now to `f`; returns how many.
     pub fn poll(&mut self, f: impl FnMut(&BlockResponse)) -> u32 {
         self.ring.poll_responses(f)

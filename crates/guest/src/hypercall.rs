@@ -142,6 +142,22 @@ pub fn ring_kick(queue: QueueId) -> Result<u64, Status> {
     unsafe { guest::call(Hypercall::RingKick, [u64::from(queue.to_u32()), 0, 0, 0]) }.into_result()
 }
 
+/// Binds queue `queue`'s completions to interrupt line `gsi` (an IOAPIC pin in
+/// `RING_IRQ_GSI_FIRST..+RING_IRQ_GSIS`; 0: unbind, back to polling), `QueueInterrupt`.
+/// The guest then arms `rsp_event` ([`crate::ring::Ring::arm_responses`]) when it wants
+/// the next interrupt, and routes the pin to a vector itself (IOAPIC).
+pub fn queue_interrupt(queue: QueueId, gsi: u32) -> Result<(), Status> {
+    // SAFETY: touches no guest memory.
+    unsafe {
+        guest::call(
+            Hypercall::QueueInterrupt,
+            [u64::from(queue.to_u32()), u64::from(gsi), 0, 0],
+        )
+    }
+    .into_result()
+    .map(|_| ())
+}
+
 /// The host's ABI version (also in `BootInfo` and CPUID, which cost no exit to the VMM).
 pub fn abi_version() -> AbiVersion {
     guest::abi_version()

@@ -131,6 +131,39 @@ impl PvNet {
         Ok(id)
     }
 
+    /// Points every free TX slot at the frame of `len` bytes at `ptr` (request
+    /// templates, id = slot number), so that [`PvNet::commit_tx`] queues frames with one
+    /// index update per batch and no store per frame. Slots in flight keep their request.
+    ///
+    /// # Safety
+    ///
+    /// As [`PvNet::queue_tx_raw`], for every frame later committed from these slots.
+    pub unsafe fn set_tx_template(&mut self, ptr: *const u8, len: usize) -> Result<(), QueueError> {
+        if len < MIN_FRAME_LEN as usize {
+            return Err(QueueError::Invalid(Status::EINVAL));
+        }
+        if len > MAX_FRAME_LEN as usize {
+            return Err(QueueError::Invalid(Status::E2BIG));
+        }
+        let addr = crate::addr::virt_to_phys(ptr);
+        let len = len as u32;
+        self.tx.fill_free(|slot, req| {
+            *req = NetTxRequest {
+                addr,
+                len,
+                id: slot,
+            }
+        });
+        Ok(())
+    }
+
+    /// Queues the next `n` TX slots as their templates hold them
+    /// ([`PvNet::set_tx_template`]); not visible before [`PvNet::flush_tx`]. `Full`
+    /// (nothing queued) if fewer than `n` slots are free.
+    pub fn commit_tx(&mut self, n: u32) -> Result<(), crate::ring::Full> {
+        self.tx.commit(n)
+    }
+
     /// Publishes the queued frames; returns whether the host asked for the doorbell.
     pub fn publish_tx(&mut self) -> bool {
         self.tx.publish()
@@ -205,6 +238,19 @@ impl PvNet {
     /// being the frame length now in buffer `id`; returns how many.
     pub fn poll_rx(&mut self, mut f: impl FnMut(u32, Result<u32, Status>)) -> u32 {
         self.rx.poll_responses(|r| f(r.id, result(r.status, r.len)))
+    }
+
+    /// Binds the receive ring's completions to interrupt line `gsi` (0: unbind),
+    /// `QueueInterrupt`; needs `Features::RING_IRQ`.
+    #[cfg(target_arch = "x86_64")]
+    pub fn bind_rx_interrupt(&self, gsi: u32) -> Result<(), Status> {
+        crate::hypercall::queue_interrupt(NET_RX_QUEUE, gsi)
+    }
+
+    /// Arms the receive interrupt for the next frame; returns whether frames are already
+    /// waiting ([`crate::ring::Ring::arm_responses`]).
+    pub fn arm_rx(&mut self) -> bool {
+        self.rx.arm_responses()
     }
 
     /// Whether the host marked either ring broken.

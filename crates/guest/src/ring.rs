@@ -357,6 +357,21 @@ impl<Req: RingItem, Rsp: RingItem> Ring<Req, Rsp> {
         n
     }
 
+    /// Asks for a notification (the completion interrupt of a queue bound with
+    /// [`crate::hypercall::queue_interrupt`]) at the next response: stores
+    /// `rsp_event = rsp_cons + 1`, full fence, re-reads `rsp_prod`. Returns whether responses
+    /// are already waiting (they may or may not have raised the interrupt): consume them
+    /// before sleeping. Until re-armed, later responses raise nothing (one interrupt per
+    /// batch).
+    #[inline]
+    pub fn arm_responses(&mut self) -> bool {
+        self.field(offsets::RSP_EVENT)
+            .store(self.rsp_cons.wrapping_add(1), Ordering::Relaxed);
+        full_fence();
+        let rsp_prod = self.field(offsets::RSP_PROD).load(Ordering::Acquire);
+        rsp_prod != self.rsp_cons
+    }
+
     /// Writes `fill(slot number, slot)` into every free request slot (those [`Ring::push`]
     /// or [`Ring::slots_mut`] would hand out next): the set-up of request templates, so
     /// that a batch only stores what changes. Slots in use (pushed, their response not yet

@@ -134,3 +134,44 @@ pub(crate) fn set_mac(name: &str, mac: [u8; 6]) -> io::Result<()> {
     ifr.set_hwaddr(mac);
     ioctl(&sock, libc::SIOCSIFHWADDR as libc::Ioctl, &mut ifr)
 }
+
+/// `SIOCBRADDBR` (linux/sockios.h): create a bridge; the argument is its name.
+const SIOCBRADDBR: libc::Ioctl = 0x89a0;
+/// `SIOCBRADDIF`: enslave the interface `ifr_ifindex` to the bridge `ifr_name`.
+const SIOCBRADDIF: libc::Ioctl = 0x89a2;
+
+/// The index of interface `name`.
+pub(crate) fn ifindex(name: &str) -> io::Result<i32> {
+    let sock = ctl_socket()?;
+    let mut ifr = IfReq::new(name)?;
+    ioctl(&sock, libc::SIOCGIFINDEX as libc::Ioctl, &mut ifr)?;
+    Ok(i32::from_ne_bytes([
+        ifr.data[0],
+        ifr.data[1],
+        ifr.data[2],
+        ifr.data[3],
+    ]))
+}
+
+/// Creates the bridge `name` (down, no ports, STP off: ports forward at once).
+pub(crate) fn add_bridge(name: &str) -> io::Result<()> {
+    let sock = ctl_socket()?;
+    // `IfReq::new` checks the length and NULs; its name field is NUL-terminated.
+    let ifr = IfReq::new(name)?;
+    // SAFETY: SIOCBRADDBR reads one NUL-terminated name of at most IFNAMSIZ bytes from the
+    // pointer; `ifr.name` is such a buffer and lives across the call. The result is checked.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCBRADDBR, ifr.name.as_ptr()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes interface `port` a port of the bridge `bridge`.
+pub(crate) fn bridge_add_port(bridge: &str, port: &str) -> io::Result<()> {
+    let index = ifindex(port)?;
+    let sock = ctl_socket()?;
+    let mut ifr = IfReq::new(bridge)?;
+    ifr.data[..4].copy_from_slice(&index.to_ne_bytes());
+    ioctl(&sock, SIOCBRADDIF, &mut ifr)
+}

@@ -10,7 +10,7 @@
 //! | [`loopback`] | [`loopback::LoopbackBackend`]: an in-VMM peer that answers ARP, ICMP echo and UDP echo, or reflects/sinks every frame; needs no privileges |
 //!
 //! [`netns`] creates, names, enters and deletes network namespaces without an external
-//! `ip` binary.
+//! `ip` binary; [`bridge`] makes the host bridge that connects many guests' TAP devices.
 //!
 //! # Trust boundary
 //!
@@ -34,6 +34,7 @@
 )]
 
 pub mod backend;
+pub mod bridge;
 mod ifconfig;
 pub mod loopback;
 pub mod netns;

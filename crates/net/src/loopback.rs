@@ -185,6 +185,9 @@ impl Responder {
         };
         let len = ETH_HEADER_LEN + reply.buffer_len();
         let out = out.get_mut(..len).ok_or(Ignored::Malformed)?;
+        // The slot holds an older frame: `ArpPacket::new_checked` reads the hardware and
+        // protocol lengths from the buffer, so stale bytes there would refuse the reply.
+        out.fill(0);
         let mut eth = EthernetFrame::new_checked(&mut *out).map_err(|_| Ignored::Malformed)?;
         eth.set_dst_addr(source_hardware_addr);
         eth.set_src_addr(EthernetAddress(self.config.mac));
@@ -512,6 +515,36 @@ mod tests {
     const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
     const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
     const ECHO_PORT: u16 = 7;
+
+    /// An ARP request from PEER for HOST, by hand.
+    fn arp_request_frame() -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&PEER_MAC);
+        f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+        f.extend_from_slice(&PEER_MAC);
+        f.extend_from_slice(&PEER_IP.octets());
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&HOST_IP.octets());
+        f
+    }
+
+    #[test]
+    fn arp_is_answered_in_a_queue_slot_that_held_a_large_frame() {
+        // A 1-slot queue: the ARP reply is built where an older frame lay.
+        let mut b = LoopbackBackend::new(LoopbackMode::Reflect, 1).unwrap();
+        let mut big = vec![0xa5u8; MAX_FRAME_LEN];
+        big[..6].copy_from_slice(&HOST_MAC);
+        big[6..12].copy_from_slice(&PEER_MAC);
+        assert_eq!(b.send(&big), TxOutcome::Sent);
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        assert_eq!(b.recv(&mut buf).unwrap(), Some(MAX_FRAME_LEN));
+        // Same slot memory, now in responder mode.
+        b.mode = LoopbackMode::Responder(cfg());
+        b.responder = Some(Responder::new(cfg()).unwrap());
+        assert_eq!(b.send(&arp_request_frame()), TxOutcome::Sent);
+        assert_eq!(b.stats().arp_replies, 1, "{:?}", b.stats());
+        assert_eq!(b.recv(&mut buf).unwrap(), Some(42));
+    }
 
     fn cfg() -> ResponderConfig {
         ResponderConfig {

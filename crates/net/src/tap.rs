@@ -74,6 +74,9 @@ pub struct TapConfig {
     pub prefix_len: u8,
     /// The host side's MAC address; `None` keeps the random one the kernel assigns.
     pub host_mac: Option<[u8; 6]>,
+    /// A bridge in the namespace ([`crate::bridge`]) to make the device a port of; then the
+    /// device gets no address (`host_ip` and `prefix_len` are not used): the bridge has it.
+    pub bridge: Option<String>,
 }
 
 impl TapConfig {
@@ -84,6 +87,7 @@ impl TapConfig {
             host_ip,
             prefix_len,
             host_mac: None,
+            bridge: None,
         }
     }
 }
@@ -106,8 +110,8 @@ pub struct TapBackend {
 const OVERFLOW_LEN: usize = 65536;
 
 impl TapBackend {
-    /// Opens a TAP device inside `netns`, gives its host side `config`'s address (and MAC)
-    /// and brings it up. The backend owns `netns`: a namespace it created is deleted when
+    /// Opens a TAP device inside `netns`, gives its host side `config`'s address (and MAC),
+    /// or makes it a port of `config`'s bridge, and brings it up. The backend owns `netns`: a namespace it created is deleted when
     /// the backend is dropped.
     pub fn open(netns: NetNs, config: &TapConfig) -> Result<Self, TapError> {
         if !Path::new(TUN_PATH).exists() {
@@ -138,8 +142,12 @@ impl TapBackend {
             if let Some(mac) = config.host_mac {
                 ifconfig::set_mac(&ifname, mac).map_err(os("set the TAP MAC address"))?;
             }
-            ifconfig::set_ipv4(&ifname, config.host_ip, config.prefix_len)
-                .map_err(os("set the TAP IPv4 address"))?;
+            match &config.bridge {
+                Some(bridge) => crate::bridge::add_port(bridge, &ifname)
+                    .map_err(os("add the TAP device to the bridge (SIOCBRADDIF)"))?,
+                None => ifconfig::set_ipv4(&ifname, config.host_ip, config.prefix_len)
+                    .map_err(os("set the TAP IPv4 address"))?,
+            }
             ifconfig::set_up(&ifname).map_err(os("bring the TAP interface up"))?;
             Ok((file, ifname))
         })??;

@@ -36,7 +36,8 @@ use core::mem::size_of;
 use std::sync::atomic::{fence, Ordering};
 
 use pvkit_abi::ring::{
-    offsets, request_offset, response_offset, ring_bytes, BROKEN, HEADER_SIZE, HOST_POLLING,
+    need_notify, offsets, request_offset, response_offset, ring_bytes, BROKEN, HEADER_SIZE,
+    HOST_POLLING,
 };
 use pvkit_abi::Status;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
@@ -152,6 +153,10 @@ pub struct Batch {
     /// [`RingConsumer::set_byte_budget`]) while requests were still available. `req_event`
     /// was not re-armed, so the guest will not notify: the caller must poll again.
     pub budget_exhausted: bool,
+    /// The guest asked to be notified of a response published by this poll: its
+    /// `rsp_event` lies in the range of responses published (the event-index rule,
+    /// `pvkit_abi::ring`). A queue bound to an interrupt raises it once.
+    pub notify: bool,
 }
 
 /// The host side of one registered ring carrying `Req` requests and `Rsp` responses.
@@ -356,6 +361,7 @@ impl<Req: AbiPod, Rsp: AbiPod> RingConsumer<Req, Rsp> {
             return Err(RingError::Broken);
         }
         let mut batch = Batch::default();
+        let start = self.consumed;
         // Acquire pairs with the guest's release fence before its `req_prod` store: the
         // slots of every request counted in `prod` are visible to the copies below.
         let mut prod = self.load_req_prod(mem)?;
@@ -374,12 +380,14 @@ impl<Req: AbiPod, Rsp: AbiPod> RingConsumer<Req, Rsp> {
                 fence(Ordering::SeqCst);
                 prod = self.load_req_prod(mem)?;
                 if prod == self.consumed {
+                    batch.notify = self.rsp_notify(mem, start)?;
                     return Ok(batch);
                 }
                 continue;
             }
             if self.spent(&batch) {
                 batch.budget_exhausted = true;
+                batch.notify = self.rsp_notify(mem, start)?;
                 return Ok(batch);
             }
             let mut todo = u64::from(available);
@@ -411,6 +419,24 @@ impl<Req: AbiPod, Rsp: AbiPod> RingConsumer<Req, Rsp> {
             // guest is not notifying: look again before re-arming.
             prod = self.load_req_prod(mem)?;
         }
+    }
+
+    /// Whether the responses published since `start` (the consumer index before this
+    /// poll) cross the guest's `rsp_event`: a full fence orders the `rsp_prod` stores before
+    /// the load (the guest mirrors it: store `rsp_event`, full fence, load `rsp_prod`), so
+    /// a guest that re-armed either sees the new responses or is notified.
+    fn rsp_notify<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        start: u32,
+    ) -> Result<bool, RingError> {
+        if self.consumed == start {
+            return Ok(false);
+        }
+        fence(Ordering::SeqCst);
+        let r = mem.load(self.field(offsets::RSP_EVENT), Ordering::Acquire);
+        let event: u32 = self.check_mem(mem, r)?;
+        Ok(need_notify(self.consumed, start, event))
     }
 
     /// The guest address of the header field at `offset`.
@@ -875,6 +901,47 @@ mod tests {
             Ring::new(&m, u64::MAX - 0xfff, 0x2000),
             Err(RingError::Range(RangeError::Overflow { .. }))
         ));
+    }
+
+    /// Stores the guest's `rsp_event`.
+    fn arm(m: &GuestMemoryMmap<()>, event: u32) {
+        m.store(
+            event,
+            GuestAddress(GPA + offsets::RSP_EVENT),
+            Ordering::SeqCst,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn responses_notify_once_per_batch_that_crosses_rsp_event() {
+        // Start near the u32 wrap: the rule is wrap-around safe.
+        let start = u32::MAX - 2;
+        let (m, mut p, mut r) = setup(8, start);
+        arm(&m, start.wrapping_add(1));
+        for i in 0..4 {
+            p.push(&m, req(i)).unwrap();
+        }
+        p.publish(&m).unwrap();
+        // Four responses cross rsp_event = start + 1: one notification for the batch.
+        let b = r.poll(&m, echo).unwrap();
+        assert_eq!((b.requests, b.notify), (4, true));
+        // The guest did not re-arm: the next batch is silent.
+        p.take_responses(&m).unwrap();
+        p.push(&m, req(5)).unwrap();
+        p.publish(&m).unwrap();
+        assert!(!r.poll(&m, echo).unwrap().notify);
+        // Re-armed at rsp_cons + 1: the next response notifies.
+        arm(&m, start.wrapping_add(6));
+        p.push(&m, req(6)).unwrap();
+        p.publish(&m).unwrap();
+        assert!(r.poll(&m, echo).unwrap().notify);
+        // Armed further ahead than this batch reaches: silent. No requests: silent.
+        arm(&m, start.wrapping_add(9));
+        p.push(&m, req(7)).unwrap();
+        p.publish(&m).unwrap();
+        assert!(!r.poll(&m, echo).unwrap().notify);
+        assert!(!r.poll(&m, echo).unwrap().notify);
     }
 
     #[test]

@@ -245,7 +245,10 @@ fn exits_by_kind(report: &Report, out: &mut String) -> fmt::Result {
     writeln!(out)?;
     writeln!(
         out,
-        "Userspace exits per operation, by exit kind, for each variant (— = none)."
+        "Userspace exits per operation, by exit kind, for each variant (— = none). Rows \
+         in italics are not userspace exits: notifications KVM delivered to a host thread, \
+         and *KVM* rows, KVM's own per-vCPU counters per operation where the platform \
+         offers them (`exits` counts every exit, those KVM handled itself included)."
     )?;
     writeln!(out)?;
     for group in groups {
@@ -478,6 +481,28 @@ mod tests {
         );
         assert!(row(&report.cases[1])[7].ends_with(" (in loop)"));
         assert!(row(&report.cases[2])[7].ends_with(" (mean)"));
+    }
+
+    #[test]
+    fn kvm_counters_get_their_own_rows_per_variant() {
+        let mut report = sample_report();
+        report.cases[0]
+            .kernel_exits_per_op
+            .insert("irq_injections".into(), 1.0);
+        report.cases[0]
+            .kernel_exits_per_op
+            .insert("exits".into(), 2.5);
+        let md = render_markdown(&report);
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| *KVM `exits`*"))
+            .unwrap_or_else(|| panic!("no KVM exits row: {md}"));
+        assert!(row.contains("2.5"), "{row}");
+        assert!(md.contains("| *KVM `irq_injections`* |"), "{md}");
+        // JSON carries them too, and reads them back.
+        let json = crate::to_json_string(&report).unwrap();
+        let back = crate::from_json_str(&json).unwrap();
+        assert_eq!(back.cases[0].kernel_exits_per_op["exits"], 2.5);
     }
 
     #[test]

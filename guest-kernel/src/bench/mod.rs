@@ -4,8 +4,8 @@
 //! # Command line
 //!
 //! `bench=<list> [quick] [ops=N]`, where `<list>` is `all` or a comma-separated list of
-//! items, each a device (`console`, `block`, `clock`, `exit`, `ipi`, `smp`, `balloon`, `irq`:
-//! all its variants) or a
+//! items, each a device (`console`, `block`, `clock`, `exit`, `net`, `ipi`, `smp`, `balloon`,
+//! `irq`: all its variants) or a
 //! `device/variant` pair with the variant names below (e.g. `block/ata-pio,clock/pit`).
 //! `quick` selects the small counts below; `ops=N` (N ≥ 1) sets the operation count of
 //! every case. Cases run in the fixed order of the table, whatever the order of the list;
@@ -19,6 +19,7 @@
 //! | block | `ata-pio`, `pv-hypercall`, `pv-ring`, `pv-ioeventfd`, `pv-poll` | `RandRead4K`, `RandWrite4K` / `SeqRead1M`, `SeqWrite1M` | 128 / 4 (`ata-pio/seqwrite1m`: 1) | 16 / 1 |
 //! | clock | `pit` / `pv-clock`, `kvmclock` | `ClockRead` | 500 / 100 000 | 50 / 10 000 |
 //! | exit | `port-out` | `RoundTrip` | 1000 | 100 |
+//! | net | `ne2000`, `pv-hypercall`, `pv-ring`, `pv-ioeventfd`, `pv-poll`, `pv-irq` | `Tx64`, `Tx1500`, `Rx64`, `Rx1500`, `UdpEcho64` | see [`net`] | see [`net`] |
 //! | ipi | `x2apic`, `pv-hypercall` | `PingPong`, `OneToAll` ([`ipi`]; 4 CPUs) | 200 | 20 |
 //! | smp | `init-sipi` / `pv-hypercall` (one per boot) | `ApBringUp` ([`smp`]; 4 CPUs) | 3 APs | 3 APs |
 //! | balloon | `none` / `pv-hypercall` (one per boot) | `Release` ([`balloon`]; an op is 1 MiB) | 256 MiB | 64 MiB |
@@ -74,6 +75,7 @@ mod console;
 mod exit;
 mod ipi;
 mod irq;
+mod net;
 mod ring_pass;
 mod smp;
 
@@ -91,10 +93,10 @@ use pvkit_guest::{addr::virt_to_phys, hypercall, tsc::rdtsc};
 
 /// The variants `bench=` selects: per device, a bit per [`Variant`] (bit = wire number).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Selection([u64; 8]);
+pub struct Selection([u64; 9]);
 
 /// The devices in run order, with their variants.
-const DEVICES: [(Device, &[Variant]); 8] = [
+const DEVICES: [(Device, &[Variant]); 9] = [
     (
         Device::Console,
         &[
@@ -120,6 +122,17 @@ const DEVICES: [(Device, &[Variant]); 8] = [
         &[Variant::Pit, Variant::PvClock, Variant::KvmClock],
     ),
     (Device::Exit, &[Variant::PortOut]),
+    (
+        Device::Net,
+        &[
+            Variant::Ne2000,
+            Variant::PvHypercall,
+            Variant::PvRing,
+            Variant::PvEventfd,
+            Variant::PvPoll,
+            Variant::PvIrq,
+        ],
+    ),
     (Device::Ipi, &[Variant::X2Apic, Variant::PvHypercall]),
     (Device::Smp, &[Variant::InitSipi, Variant::PvHypercall]),
     (Device::Balloon, &[Variant::NoBalloon, Variant::PvHypercall]),
@@ -472,6 +485,9 @@ pub fn run(args: &Bench, boot: &BootInfo) -> ! {
     if args.selection.any(Device::Exit) {
         exit::run(&mut r, scratch);
     }
+    if args.selection.any(Device::Net) {
+        net::run(&mut r, scratch);
+    }
     if args.selection.any(Device::Ipi) {
         ipi::run(&mut r, scratch, boot);
     }
@@ -498,6 +514,7 @@ pub const fn device_name(device: Device) -> &'static str {
         Device::Block => "block",
         Device::Clock => "clock",
         Device::Exit => "exit",
+        Device::Net => "net",
         Device::Ipi => "ipi",
         Device::Smp => "smp",
         Device::Balloon => "balloon",
@@ -519,6 +536,8 @@ pub const fn variant_name(variant: Variant) -> &'static str {
         Variant::PvClock => "pv-clock",
         Variant::KvmClock => "kvmclock",
         Variant::PortOut => "port-out",
+        Variant::Ne2000 => "ne2000",
+        Variant::PvIrq => "pv-irq",
         Variant::X2Apic => "x2apic",
         Variant::InitSipi => "init-sipi",
         Variant::NoBalloon => "none",
@@ -542,6 +561,11 @@ pub const fn workload_name(workload: Workload) -> &'static str {
         Workload::SeqWrite1M => "seqwrite1m",
         Workload::ClockRead => "read",
         Workload::RoundTrip => "roundtrip",
+        Workload::Tx64 => "tx64",
+        Workload::Tx1500 => "tx1500",
+        Workload::Rx64 => "rx64",
+        Workload::Rx1500 => "rx1500",
+        Workload::UdpEcho64 => "udpecho64",
         Workload::PingPong => "pingpong",
         Workload::OneToAll => "one-to-all",
         Workload::ApBringUp => "ap-bringup",

@@ -14,6 +14,10 @@
 //! | `net=serve` | answers ARP, ICMP echo and UDP echo (port 7) on `ip=`, until a UDP datagram to port 9999 arrives |
 //! | `net=echo count=N size=S` | resolves `peer=` by ARP, then `N` times: a UDP datagram of `S` bytes to the peer's port 7, and waits (halted) for its echo |
 //! | `net=send count=N size=S` | resolves `peer=`, then sends `N` datagrams of `S` bytes to the peer's discard port (9) back to back and prints the rate |
+//! | `net=ring id=K members=N` | one member of a ring of guests ([`ring`]): waits for the ring's message, adds `K`, passes it on to `peer=`; member `N` checks the sum |
+//!
+//! When the host offers the PV NIC (`pvkit run --nic pv`), the same modes run over it
+//! instead ([`pv`]), driven as `pvnet=hypercall|doorbell|eventfd|poll|irq` says.
 //!
 //! Defaults: `ip=10.0.2.15`, `peer=10.0.2.2`, `count=10`, `size=18` (a 60-byte frame, the
 //! Ethernet minimum). At the end each mode masks the card's interrupts and prints
@@ -24,11 +28,17 @@
 //! `pvkit_guest::ne2000`). No interrupt is raised by a transmit (`PTX` stays masked).
 
 pub mod irq;
+pub mod link;
 pub mod proto;
+pub mod pv;
+pub mod ring;
+
+pub use pv::PvPath;
 
 use core::cell::UnsafeCell;
 
-use proto::{Proto, DISCARD_PORT, ECHO_PORT};
+use link::{Link, LinkCounts};
+use proto::Proto;
 use pvkit_abi::boot::BootInfo;
 use pvkit_guest::ne2000::{Ne2000, Ne2000Error, IMR_RX, IO_BASE, MAX_FRAME};
 use pvkit_guest::port::Pio;
@@ -49,6 +59,8 @@ pub enum Mode {
     Echo,
     /// UDP datagrams to the peer's discard port.
     Send,
+    /// A member of a ring of guests ([`ring`]).
+    Ring,
 }
 
 /// `net=… ip=… peer=… count=… size=…`.
@@ -64,6 +76,10 @@ pub struct NetArgs {
     pub count: u64,
     /// UDP payload bytes.
     pub size: usize,
+    /// `net=ring`: this member's place in the ring, and the ring's memory use.
+    pub ring: ring::RingArgs,
+    /// How the PV NIC is driven (`pvnet=`), when the host offers one.
+    pub pv: pv::PvPath,
 }
 
 impl NetArgs {
@@ -75,6 +91,8 @@ impl NetArgs {
             peer: [10, 0, 2, 2],
             count: 10,
             size: 18,
+            ring: ring::RingArgs::new(),
+            pv: pv::PvPath::Doorbell,
         }
     }
 }
@@ -86,6 +104,7 @@ impl Mode {
             "serve" => Some(Mode::Serve),
             "echo" => Some(Mode::Echo),
             "send" => Some(Mode::Send),
+            "ring" => Some(Mode::Ring),
             _ => None,
         }
     }
@@ -198,15 +217,86 @@ fn wait_until(done: impl Fn(&State) -> bool) {
     }
 }
 
-/// Runs `net=` and ends the VM.
-pub fn run(args: NetArgs, boot: &BootInfo) -> ! {
+/// The NE2000 as a [`Link`]: its state is [`STATE`], shared with the interrupt handler.
+#[derive(Clone, Copy, Debug)]
+pub struct Ne2000Link;
+
+impl Link for Ne2000Link {
+    fn proto(&mut self) -> &mut Proto {
+        &mut state().proto
+    }
+
+    fn send(&mut self, _more: bool, build: &mut dyn FnMut(&Proto, &mut [u8]) -> usize) {
+        let s = state();
+        let len = build(&s.proto, &mut s.tx.0);
+        s.send(len);
+    }
+
+    fn send_static(&mut self, _more: bool, frame: &'static [u8]) {
+        let s = state();
+        if let Some(nic) = s.nic.as_mut() {
+            if nic.transmit(frame).is_err() {
+                s.errors += 1;
+            }
+        }
+    }
+
+    fn wait(&mut self, done: &dyn Fn(&Proto) -> bool) {
+        wait_until(|s| done(&s.proto));
+    }
+
+    fn counts(&self) -> LinkCounts {
+        let s = state();
+        LinkCounts {
+            irqs: s.irqs,
+            frames: s.frames,
+            errors: s.errors,
+        }
+    }
+
+    fn finish(&mut self) -> LinkCounts {
+        let s = state();
+        if let Some(nic) = s.nic.as_mut() {
+            nic.set_interrupt_mask(0);
+        }
+        // Done with the card: the shared interrupt handler no longer drains it (another
+        // NIC may raise the same vector next).
+        s.nic = None;
+        LinkCounts {
+            irqs: s.irqs,
+            frames: s.frames,
+            errors: s.errors,
+        }
+    }
+}
+
+/// Routes IOAPIC pin `gsi` to [`NIC_VECTOR`], whose handler counts and acknowledges (and
+/// drains the NE2000 if one is in use): the interrupt plumbing of the `net=` modes, for
+/// other devices that complete by interrupt (`blkirq`).
+pub fn route_interrupt(gsi: u8) {
+    irq::cli();
+    irq::install(NIC_VECTOR);
+    irq::init_lapic();
+    irq::route_irq(gsi, NIC_VECTOR);
+}
+
+/// Interrupts the [`NIC_VECTOR`] handler took so far.
+pub fn interrupts_handled() -> u64 {
+    state().irqs
+}
+
+/// `sti; hlt; cli`: waits for an interrupt.
+pub fn wait_for_interrupt() {
+    irq::wait_for_interrupt();
+}
+
+/// Probes the NE2000 and sets it up for interrupts (IRQ 9 → [`NIC_VECTOR`], receive
+/// interrupts unmasked); `None` if there is no card.
+pub fn ne2000_link(args: &NetArgs) -> Option<Ne2000Link> {
     irq::cli();
     // SAFETY: ring 0; the ports 0x300..0x320 belong to the NE2000, whose remote DMA only
     // touches card memory.
-    let nic = match Ne2000::probe(unsafe { Pio::new() }, IO_BASE) {
-        Ok(nic) => nic,
-        Err(e) => panic!("net: no NE2000 at {IO_BASE:#x}: {e:?}"),
-    };
+    let nic = Ne2000::probe(unsafe { Pio::new() }, IO_BASE).ok()?;
     let mac = nic.mac();
     irq::install(NIC_VECTOR);
     let x2apic = irq::init_lapic();
@@ -223,44 +313,21 @@ pub fn run(args: NetArgs, boot: &BootInfo) -> ! {
         mac[0], mac[1], mac[2], mac[3], mac[4], mac[5],
         if x2apic { "x2apic" } else { "xapic" }
     );
-    match args.mode {
-        Mode::Serve => wait_until(|s| s.proto.done),
-        Mode::Echo | Mode::Send => {
-            let s = state();
-            let len = s.proto.arp_request(&mut s.tx.0);
-            s.send(len);
-            wait_until(|s| s.proto.peer_mac.is_some());
-            let (port, echo) = match args.mode {
-                Mode::Echo => (ECHO_PORT, true),
-                _ => (DISCARD_PORT, false),
-            };
-            let t0 = pvkit_guest::tsc::rdtsc();
-            for i in 0..args.count {
-                let s = state();
-                let len = s.proto.udp_datagram(&mut s.tx.0, port, args.size, i as u16);
-                s.send(len);
-                if echo {
-                    wait_until(|s| s.proto.counts.echoes > i);
-                }
-            }
-            let cycles = pvkit_guest::tsc::rdtsc().saturating_sub(t0).max(1);
-            let per_s = args.count * boot.tsc_khz * 1000 / cycles;
-            println!(
-                "net: {} {} datagrams of {} bytes in {cycles} TSC cycles: {per_s} per second",
-                if echo { "echoed" } else { "sent" },
-                args.count,
-                args.size
-            );
-        }
+    Some(Ne2000Link)
+}
+
+/// Runs `net=` over the PV NIC when the host offers one, else over the NE2000, and ends
+/// the VM (with status 1 when a `net=ring` member found the ring wrong).
+pub fn run(args: NetArgs, boot: &BootInfo) -> ! {
+    irq::cli();
+    if pv::offered() {
+        let mut link = pv::PvLink::init(&args);
+        let status = link::drive(&mut link, &args, boot);
+        crate::exit(status)
     }
-    let s = state();
-    if let Some(nic) = s.nic.as_mut() {
-        nic.set_interrupt_mask(0);
-    }
-    let c = s.proto.counts;
-    println!(
-        "net: done irqs={} frames={} arp={} icmp={} udp={} echoes={} no_reply={} errors={}",
-        s.irqs, s.frames, c.arp, c.icmp, c.udp, c.echoes, c.no_reply, s.errors
-    );
-    crate::exit(0)
+    let Some(mut link) = ne2000_link(&args) else {
+        panic!("net: no NE2000 at {IO_BASE:#x} and no PV NIC");
+    };
+    let status = link::drive(&mut link, &args, boot);
+    crate::exit(status)
 }

@@ -17,6 +17,11 @@ pub const DISCARD_PORT: u16 = 9;
 pub const CONTROL_PORT: u16 = 9999;
 /// The source port of the datagrams the guest sends.
 pub const CLIENT_PORT: u16 = 40000;
+/// The UDP port of `net=ring` ([`super::ring`]): datagrams of exactly [`RING_MSG_LEN`]
+/// payload bytes to it are kept (the last one) for the ring to read.
+pub const RING_PORT: u16 = 7100;
+/// The payload length of a ring message.
+pub const RING_MSG_LEN: usize = 16;
 
 const ETH_HLEN: usize = 14;
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -31,6 +36,8 @@ const IP: usize = ETH_HLEN;
 const L4: usize = ETH_HLEN + IP_HLEN;
 /// Largest UDP payload in one 1514-byte frame.
 pub const MAX_UDP_PAYLOAD: usize = 1514 - L4 - UDP_HLEN;
+/// Offset of the UDP payload in a frame built by [`Proto::udp_datagram`].
+pub const UDP_PAYLOAD: usize = L4 + UDP_HLEN;
 
 /// What the peer counted.
 #[derive(Clone, Copy, Debug, Default)]
@@ -60,6 +67,8 @@ pub struct Proto {
     pub peer_mac: Option<[u8; 6]>,
     /// A datagram to [`CONTROL_PORT`] arrived.
     pub done: bool,
+    /// The payload of the last datagram to [`RING_PORT`] not yet taken.
+    pub ring_msg: Option<[u8; RING_MSG_LEN]>,
     /// Counters.
     pub counts: Counts,
 }
@@ -108,6 +117,7 @@ impl Proto {
             peer_ip,
             peer_mac: None,
             done: false,
+            ring_msg: None,
             counts: Counts {
                 arp: 0,
                 icmp: 0,
@@ -198,6 +208,15 @@ impl Proto {
                     }
                     CONTROL_PORT => {
                         self.done = true;
+                        None
+                    }
+                    RING_PORT
+                        if usize::from(be16(f, L4 + 4)) == UDP_HLEN + RING_MSG_LEN
+                            && total >= IP_HLEN + UDP_HLEN + RING_MSG_LEN =>
+                    {
+                        let mut msg = [0u8; RING_MSG_LEN];
+                        msg.copy_from_slice(&f[UDP_PAYLOAD..UDP_PAYLOAD + RING_MSG_LEN]);
+                        self.ring_msg = Some(msg);
                         None
                     }
                     CLIENT_PORT if sport == ECHO_PORT && f[IP + 12..IP + 16] == self.peer_ip => {

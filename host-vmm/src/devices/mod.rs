@@ -21,6 +21,7 @@ use pv::block::PvBlock;
 use pv::clock::{ClockSource, PvClock};
 use pv::console::PvConsole;
 use pv::ipi::PvIpi;
+use pv::net::PvNet;
 use pv::spinlock::PvSpinlock;
 use pv::steal::PvSteal;
 use pv::vcpu_up::VcpuUp;
@@ -49,12 +50,41 @@ pub struct PvConfig {
     pub rings: Option<(GuestRam, RingsConfig)>,
     /// The `VcpuUp` device (VMs with more than one vCPU); `None`: the call is `EOPNOTSUPP`.
     pub vcpu_up: Option<Arc<VcpuUp>>,
+    /// The PV NIC (`pvkit run --net … --nic pv`); `None`: no `NetInfo`/`NetSend`, no net
+    /// rings.
+    pub net: Option<Arc<PvNet>>,
     /// The `SendIpi` device (VMs with more than one vCPU); `None`: the call is `EOPNOTSUPP`.
     pub ipi: Option<Arc<PvIpi>>,
     /// The PV spinlock wait/kick device (VMs with more than one vCPU).
     pub spinlock: Option<Arc<PvSpinlock>>,
     /// The steal-time device (one page per vCPU); `None`: no steal page.
     pub steal: Option<Arc<PvSteal>>,
+}
+
+/// Which NIC a VM with a network gets (`pvkit run --nic`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NicModel {
+    /// The emulated NE2000 (ports `0x300..=0x31f`, IRQ 9): the default.
+    #[default]
+    Ne2000,
+    /// The PV NIC: `NetInfo`, `NetSend` and the TX/RX rings ([`pv::net`]).
+    Pv,
+    /// Both, each on its own backend of the same kind (`pvkit bench`'s net boot, which
+    /// measures one against the other). Meant for the loopback backend: two TAP devices
+    /// would need two namespaces (the second `pvkit-<pid>` cannot be created).
+    Both,
+}
+
+impl NicModel {
+    /// Whether the VM gets the NE2000.
+    pub fn has_ne2000(self) -> bool {
+        matches!(self, NicModel::Ne2000 | NicModel::Both)
+    }
+
+    /// Whether the VM gets the PV NIC.
+    pub fn has_pv(self) -> bool {
+        matches!(self, NicModel::Pv | NicModel::Both)
+    }
 }
 
 /// The assembled PV devices: the bus, and handles to the devices the VM reads back.
@@ -110,6 +140,9 @@ pub fn assemble(config: PvConfig, ledger: &mut ExitLedger) -> Result<PvDevices, 
     if let Some(up) = config.vcpu_up {
         bus.insert(up)?;
     }
+    if let Some(net) = config.net {
+        bus.insert(net)?;
+    }
     if let Some(ipi) = config.ipi {
         bus.insert(ipi)?;
     }
@@ -144,6 +177,7 @@ pub(crate) fn core_devices(console: Console) -> PvDevices {
         balloon: None,
         rings: None,
         vcpu_up: None,
+        net: None,
         ipi: None,
         spinlock: None,
         steal: None,

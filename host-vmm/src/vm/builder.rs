@@ -15,7 +15,9 @@ use crate::arch::x86_64::layout::{write_boot_area, BootParams};
 use crate::bus::PortBus;
 use crate::devices::legacy::ata::attach_ata;
 use crate::devices::legacy::irq::{create_irqchip, InterruptLine};
-use crate::devices::legacy::ne2000::{attach_ne2000, open_backend, NetDevice, NE2000_GSI};
+use crate::devices::legacy::ne2000::{
+    attach_ne2000, open_backend, NetDevice, NE2000_GSI, NE2000_MAC,
+};
 use crate::devices::legacy::pit::attach_pit;
 use crate::devices::legacy::uart::{Uart, COM1_BASE, COM1_LEN};
 use crate::devices::legacy::vm_clock::VmClock;
@@ -26,6 +28,9 @@ use crate::devices::pv::balloon::PvBalloon;
 use crate::devices::pv::clock::{ClockSource, TscClock};
 use crate::devices::pv::doorbell::{IoEventRegistrar, KvmIoEvents, DOORBELL_PORTS};
 use crate::devices::pv::ipi::{KvmMsi, PvIpi};
+use crate::devices::pv::net::PvNet;
+use crate::devices::pv::net_rx::PvNetRunning;
+use crate::devices::pv::ring_irq::RingIrqs;
 use crate::devices::pv::spinlock::PvSpinlock;
 use crate::devices::pv::steal::{PvSteal, ThreadSchedStat};
 use crate::devices::pv::vcpu_up::VcpuUp;
@@ -40,7 +45,7 @@ use crate::loader::elf::ElfImage;
 use crate::loader::symbols::SymbolTable;
 use crate::runtime::watchdog;
 use crate::vstate::kvm::{open_kvm, PlatformInfo};
-use crate::vstate::memory::{create_fresh_ram, MAX_MEM_MIB};
+use crate::vstate::memory::{create_fresh_ram, mark_mergeable, MAX_MEM_MIB};
 use crate::vstate::vcpu::{RegAccess, Vcpu};
 use crate::vstate::vm::create_vm;
 
@@ -67,8 +72,13 @@ pub struct Built {
     pub guest_abi: AbiVersion,
     /// The guest ELF's symbols, kept from the file before its bytes are dropped.
     pub symbols: Arc<SymbolTable>,
-    /// The NIC ([`VmConfig::net`]), with its receive thread running.
+    /// The NE2000 ([`VmConfig::net`] with [`NicModel::Ne2000`]), with its receive thread
+    /// running.
     pub net: Option<NetDevice>,
+    /// The PV NIC ([`VmConfig::net`] with [`NicModel::Pv`]), its backend served.
+    pub pv_net: Option<PvNetRunning>,
+    /// The rings' completion interrupt lines (VMs with the in-kernel irqchip).
+    pub ring_irqs: Option<Arc<RingIrqs>>,
     /// The memory balloon (its statistics are read after the run).
     pub balloon: Option<Arc<PvBalloon>>,
     /// The steal-time device, if the host shows scheduler statistics.
@@ -125,6 +135,9 @@ pub fn build(
 
     // Fresh RAM: the loader skips zero-filling what mmap already zeroed.
     let (mem, kernel) = image.load_fresh(create_fresh_ram(config.mem_mib)?)?;
+    if config.mergeable {
+        mark_mergeable(&mem)?;
+    }
     // A compact copy of the symbol table (bounded, see `loader::symbols`) is all that is
     // kept of the file; a malformed one means no symbols, not a refused guest.
     let symbols = Arc::new(SymbolTable::from_elf(&bytes).unwrap_or_default());
@@ -135,19 +148,37 @@ pub fn build(
     // KVM's in-kernel irqchip, created before any vCPU, only when something needs it: the
     // NIC's interrupt (IOAPIC), or SMP (LAPICs for INIT-SIPI-SIPI and IPIs, so the APs start
     // in KVM's wait-for-SIPI state). With it, `hlt` no longer exits to userspace.
-    if config.net.is_some() || config.vcpus > 1 || config.irq_test {
+    let irqchip = config.net.is_some() || config.vcpus > 1 || config.irq_test || config.irqchip;
+    if irqchip {
         create_irqchip(&vm_fd)?;
     }
+    // Completion interrupts of the rings need the IOAPIC.
+    let ring_irqs = irqchip
+        .then(|| RingIrqs::irqfds(&vm_fd))
+        .transpose()?
+        .map(Arc::new);
     let irq_test = config
         .irq_test
         .then(|| InterruptLine::irqfd(&vm_fd, IRQ_TEST_GSI.into()))
         .transpose()?;
-    let net_backend = match &config.net {
+    let (net_backend, pv_net) = match &config.net {
         Some(net) => {
-            let line = InterruptLine::irqfd(&vm_fd, NE2000_GSI)?;
-            Some((open_backend(&net.backend)?, line))
+            let mac = net.mac.unwrap_or(NE2000_MAC);
+            let ne2000 = match config.nic.has_ne2000() {
+                true => {
+                    let line = InterruptLine::irqfd(&vm_fd, NE2000_GSI)?;
+                    Some((open_backend(&net.backend)?, mac, line))
+                }
+                false => None,
+            };
+            let pv = config
+                .nic
+                .has_pv()
+                .then(|| open_backend(&net.backend).map(|b| Arc::new(PvNet::new(b, mac))))
+                .transpose()?;
+            (ne2000, pv)
         }
-        None => None,
+        None => (None, None),
     };
     let vcpu_up = (config.vcpus > 1).then(|| Arc::new(VcpuUp::new(config.vcpus)));
     // PV IPIs go to the in-kernel LAPICs (created above with more than one vCPU).
@@ -195,10 +226,10 @@ pub fn build(
         pio.insert_mut(IRQ_TEST.into(), 1, "irq-test", IrqTestPort::new(line))?;
     }
     let net = net_backend
-        .map(|(backend, line)| attach_ne2000(&mut pio, backend, line, on_fatal.clone()))
+        .map(|(backend, mac, line)| attach_ne2000(&mut pio, mac, backend, line, on_fatal.clone()))
         .transpose()?;
     let mut ledger = ExitLedger::new();
-    let pv = assemble(
+    let mut pv = assemble(
         PvConfig {
             console: console.clone(),
             pv_console: config.pv_console,
@@ -212,10 +243,11 @@ pub fn build(
                     ioevents: eventfd.then(|| {
                         Arc::new(KvmIoEvents(Arc::clone(&vm_fd))) as Arc<dyn IoEventRegistrar>
                     }),
-                    on_fatal,
+                    on_fatal: on_fatal.clone(),
                 },
             )),
             vcpu_up: vcpu_up.clone(),
+            net: pv_net.clone(),
             ipi,
             spinlock: (config.vcpus > 1).then(|| Arc::new(PvSpinlock::new(config.vcpus))),
             steal: steal.clone(),
@@ -223,10 +255,17 @@ pub fn build(
         &mut ledger,
     )
     .map_err(VmError::PvDevices)?;
+    if let Some(irqs) = &ring_irqs {
+        pv.bus.set_ring_irqs(Arc::clone(irqs));
+    }
     let (base, len) = DOORBELL_PORTS;
     if let Some(doorbells) = pv.bus.doorbell_ports() {
         pio.insert_mut(base.into(), len.into(), "doorbells", doorbells)?;
     }
+    let pv_net = pv_net
+        .map(|n| PvNetRunning::start(n, mem.clone(), on_fatal))
+        .transpose()
+        .map_err(VmError::Thread)?;
     let io_stopper = pv.bus.stopper();
     let bench = pv.bench;
     let balloon = pv.balloon;
@@ -295,6 +334,8 @@ pub fn build(
         guest_abi: kernel.abi,
         symbols,
         net,
+        pv_net,
+        ring_irqs,
         balloon,
         vcpu_up,
         steal,

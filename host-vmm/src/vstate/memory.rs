@@ -24,6 +24,9 @@ pub enum MemoryError {
     /// The requested size is outside the supported range.
     #[error("guest memory must be between {MIN_MEM_MIB} and {MAX_MEM_MIB} MiB, not {0} MiB")]
     BadSize(u64),
+    /// `madvise` refused to mark guest RAM.
+    #[error("cannot mark guest memory MADV_MERGEABLE (needs a kernel with KSM): {0}")]
+    Mergeable(std::io::Error),
     /// The host could not allocate the guest's RAM.
     #[error("cannot allocate {mib} MiB of guest memory: {source}")]
     Allocate {
@@ -67,6 +70,26 @@ impl FreshRam {
 /// [`create_ram`], as [`FreshRam`]: a private anonymous mapping, all zeros until written.
 pub fn create_fresh_ram(mib: u64) -> Result<FreshRam, MemoryError> {
     create_ram(mib).map(FreshRam)
+}
+
+/// Marks every region of `mem` `MADV_MERGEABLE`, so the host's KSM (when it runs) may merge
+/// its identical pages copy-on-write. Done once at setup, before any thread is confined.
+pub fn mark_mergeable(mem: &GuestRam) -> Result<(), MemoryError> {
+    for r in mem.iter() {
+        let len = usize::try_from(vm_memory::GuestMemoryRegion::len(r))
+            .map_err(|_| MemoryError::BadSize(0))?;
+        let ptr =
+            vm_memory::GuestMemoryRegion::get_host_address(r, vm_memory::MemoryRegionAddress(0))
+                .map_err(|_| MemoryError::BadSize(0))?;
+        // SAFETY: `ptr..ptr + len` is exactly one mapping vm-memory made and owns for the
+        // life of `mem`; MADV_MERGEABLE changes no contents, only lets KSM share pages
+        // copy-on-write. The result is checked.
+        let rc = unsafe { libc::madvise(ptr.cast(), len, libc::MADV_MERGEABLE) };
+        if rc != 0 {
+            return Err(MemoryError::Mergeable(std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
 }
 
 /// Total RAM size in bytes.

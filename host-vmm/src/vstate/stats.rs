@@ -11,7 +11,7 @@
 //! counter.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::FromRawFd;
 use std::os::unix::fs::FileExt;
 
 use kvm_ioctls::VcpuFd;
@@ -163,11 +163,6 @@ impl VcpuStats {
     /// The counters found.
     pub fn counters(&self) -> &[CounterAt] {
         &self.counters
-    }
-
-    /// The raw file descriptor (for diagnostics).
-    pub fn fd(&self) -> i32 {
-        self.file.as_raw_fd()
     }
 }
 

@@ -62,6 +62,10 @@ pub enum NetBackendConfig {
     Tap {
         /// An existing namespace to use.
         netns: Option<String>,
+        /// A bridge in that namespace (`pvkit fleet` makes one) to make the TAP device a
+        /// port of, instead of giving it [`HOST_IP`]: then the guest shares a subnet with
+        /// the other guests on the bridge and the bridge's own address.
+        bridge: Option<String>,
     },
 }
 
@@ -70,6 +74,9 @@ pub enum NetBackendConfig {
 pub struct NetConfig {
     /// The backend.
     pub backend: NetBackendConfig,
+    /// The NIC's station address; `None`: [`NE2000_MAC`]. Guests sharing a bridge each
+    /// need their own.
+    pub mac: Option<[u8; 6]>,
 }
 
 /// Errors setting up the NIC.
@@ -121,7 +128,7 @@ pub fn open_backend(config: &NetBackendConfig) -> Result<Box<dyn NetBackend>, Ne
             }),
             DEFAULT_QUEUE_FRAMES,
         )?),
-        NetBackendConfig::Tap { netns } => {
+        NetBackendConfig::Tap { netns, bridge } => {
             let ns = match netns {
                 Some(name) => NetNs::open(name).map_err(|source| NetError::Netns {
                     name: name.clone(),
@@ -132,7 +139,9 @@ pub fn open_backend(config: &NetBackendConfig) -> Result<Box<dyn NetBackend>, Ne
                     NetNs::create(&name).map_err(|source| NetError::Netns { name, source })?
                 }
             };
-            Box::new(TapBackend::open(ns, &TapConfig::new(HOST_IP, PREFIX_LEN))?)
+            let mut tap = TapConfig::new(HOST_IP, PREFIX_LEN);
+            tap.bridge = bridge.clone();
+            Box::new(TapBackend::open(ns, &tap)?)
         }
     })
 }
@@ -272,18 +281,19 @@ impl NetDevice {
     }
 }
 
-/// Puts an NE2000 with [`NE2000_MAC`] on `bus` at `0x300..=0x31f`, connected to `backend`
+/// Puts an NE2000 with station address `mac` on `bus` at `0x300..=0x31f`, connected to `backend`
 /// and raising `line`. A backend with an fd gets an event-loop thread (`pvkit-net`),
 /// started here; `on_fatal` hears about its failure.
 pub fn attach_ne2000(
     bus: &mut PortBus,
+    mac: [u8; 6],
     backend: Box<dyn NetBackend>,
     line: InterruptLine,
     on_fatal: Arc<dyn Fn(String) + Send + Sync>,
 ) -> Result<NetDevice, NetError> {
     let fd: Option<RawFd> = backend.raw_fd();
     let nic = Arc::new(Mutex::new(Nic {
-        model: Ne2000::new(NE2000_MAC),
+        model: Ne2000::new(mac),
         backend,
         line,
         buf: Box::new([0u8; MAX_FRAME_LEN]),
@@ -330,7 +340,7 @@ mod tests {
         let mut bus = PortBus::new();
         let line = InterruptLine::unconnected(NE2000_GSI).unwrap();
         let backend = open_backend(&NetBackendConfig::Loopback).unwrap();
-        let dev = attach_ne2000(&mut bus, backend, line, Arc::new(|_| {})).unwrap();
+        let dev = attach_ne2000(&mut bus, NE2000_MAC, backend, line, Arc::new(|_| {})).unwrap();
         // Minimal init: ring 0x46..0x80, CURR 0x47, accept broadcast + our MAC, PRX unmasked.
         for (r, v) in [
             (CR, 0x21),

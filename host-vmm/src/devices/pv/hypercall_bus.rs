@@ -17,6 +17,7 @@ use pvkit_abi::ring::{
 use pvkit_abi::Status;
 
 use super::doorbell::{DoorbellPort, IoEventRegistrar};
+use super::ring_irq::RingIrqs;
 use super::rings::Rings;
 use super::{CallCtx, PvDevice, QueueSpec, RegionOwner};
 use crate::exit::ledger::ExitLedger;
@@ -167,6 +168,9 @@ impl HypercallBus {
             if rings.has_ioevents() {
                 f |= Features::RING_EVENTFD;
             }
+            if rings.irqs().is_some() {
+                f |= Features::RING_IRQ;
+            }
             for (q, _) in &self.queues {
                 f |= q.feature;
             }
@@ -210,6 +214,7 @@ impl HypercallBus {
         match call {
             Hypercall::RegisterRegion => call_return(self.register_region(&ctx, args)),
             Hypercall::RingKick => call_return(self.ring_kick(args)),
+            Hypercall::QueueInterrupt => call_return(self.queue_interrupt(args)),
             _ => match self
                 .calls
                 .get(&(call as u32))
@@ -280,6 +285,32 @@ impl HypercallBus {
             .and_then(|q| QueueId::from_u32(q).ok())
             .ok_or(Status::EINVAL)?;
         rings.kick(queue)
+    }
+
+    /// `QueueInterrupt`: binds a queue's completions to a GSI (0: back to polling).
+    fn queue_interrupt(&self, args: [u64; 4]) -> Result<u64, Status> {
+        let [queue, gsi, flags, _] = args;
+        let rings = self
+            .rings
+            .as_ref()
+            .filter(|r| r.irqs().is_some())
+            .ok_or(Status::EOPNOTSUPP)?;
+        let queue = u32::try_from(queue)
+            .ok()
+            .and_then(|q| QueueId::from_u32(q).ok())
+            .ok_or(Status::EINVAL)?;
+        if flags != 0 {
+            return Err(Status::EINVAL);
+        }
+        rings.bind_interrupt(queue, gsi)
+    }
+
+    /// Offers completion interrupts on `irqs` (`Features::RING_IRQ`); after
+    /// [`HypercallBus::with_rings`], nothing without rings.
+    pub fn set_ring_irqs(&mut self, irqs: Arc<RingIrqs>) {
+        if let Some(r) = self.rings.as_mut() {
+            r.set_irqs(irqs);
+        }
     }
 
     /// Runs the entry hooks of the devices that asked for one, on vCPU `vcpu`'s thread

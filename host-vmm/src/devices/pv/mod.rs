@@ -8,8 +8,10 @@
 //! | [`console`]          | `ConsoleWrite` and the console ring                           |
 //! | [`block`]            | `BlockCapacity`, `BlockIo` and the block ring                 |
 //! | [`net`]              | `NetInfo`, `NetSend`, the net TX and RX rings over a backend  |
+//! | [`net_rx`]           | the PV NIC of a running VM: its backend's fd on an event loop |
 //! | [`clock`]            | the PV clock page (and the kvmclock feature bit)              |
 //! | [`balloon`]          | the memory balloon: `BalloonInflate`, `BalloonDeflate`, `BalloonInfo` |
+//! | [`ring_irq`]         | completion interrupts of the rings: irqfd lines, `QueueInterrupt` |
 //! | [`rings`]            | the registered rings of every device, serviced on three transports |
 //! | [`doorbell`]         | the doorbell port and its per-queue ioeventfds (datamatch)    |
 //! | [`vcpu_up`]          | `VcpuUp`: PV start of the other vCPUs (with `--vcpus` > 1)   |
@@ -35,6 +37,8 @@ pub mod ipi;
 pub mod net;
 #[cfg(test)]
 mod net_hostile;
+pub mod net_rx;
+pub mod ring_irq;
 pub mod rings;
 pub mod spinlock;
 pub mod steal;

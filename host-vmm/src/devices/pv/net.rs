@@ -19,8 +19,10 @@
 //! eventfd, poll, `RingKick`) and `NetSend` pull whatever the backend has ready afterwards
 //! and fill posted receive buffers — a loopback reply is in the guest's buffer when the
 //! doorbell `out` completes. A receive service (the guest kicks the RX queue, or a polled
-//! RX ring) pulls from the backend too. A backend with a file descriptor (TAP) is driven by
-//! the VMM's event loop through [`PvNet::poll_backend`].
+//! RX ring) pulls from the backend too, if it has no file descriptor (loopback). A backend
+//! with one (TAP) is read only by the VMM's event loop, through [`PvNet::poll_backend`]
+//! (the vCPU threads' seccomp filter allows no read of it); a receive service then only
+//! fills posted buffers with the frames already waiting.
 //!
 //! Lock order: the ring's slot, then the device.
 //!
@@ -29,6 +31,7 @@
 //! register again before using the ring.
 
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pvkit_abi::call::{CallReturn, Hypercall};
@@ -39,6 +42,8 @@ use pvkit_abi::Status;
 use pvkit_net::{NetBackend, NetCounters};
 use pvkit_pv::{Batch, NetDevice, NetRxRing, NetStats, NetTxRing, RingError};
 
+use super::net_rx::PvNetStats;
+use super::ring_irq::RingIrqLine;
 use super::rings::Queue;
 use super::{CallCtx, PvDevice, QueueSpec};
 use crate::runtime::sync::lock;
@@ -68,9 +73,25 @@ struct NetShared {
     backend: Box<dyn NetBackend>,
     tx: Option<NetTxRing>,
     rx: Option<NetRxRing>,
+    /// The completion interrupts the guest bound the rings to.
+    tx_irq: Option<Arc<RingIrqLine>>,
+    rx_irq: Option<Arc<RingIrqLine>>,
+    /// Edges raised on them.
+    irqs_raised: u64,
 }
 
 impl NetShared {
+    /// Pulls what a synchronous backend (no fd: the loopback responder, whose answers exist
+    /// as soon as the frame was sent) has ready. A backend with an fd (TAP) is read only by
+    /// the event loop ([`PvNet::poll_backend`]): never on a vCPU thread, whose seccomp
+    /// filter does not allow it.
+    fn pull_sync(&mut self) -> u64 {
+        if self.backend.raw_fd().is_some() {
+            return 0;
+        }
+        self.pull()
+    }
+
     /// Pulls what the backend has ready into the wait queue (bounded).
     fn pull(&mut self) -> u64 {
         let backend = &mut self.backend;
@@ -80,10 +101,28 @@ impl NetShared {
 
     /// Pulls from the backend and fills posted receive buffers; no ring: nothing.
     fn receive(&mut self, mem: &GuestRam) -> Result<Batch, RingError> {
-        self.pull();
-        match self.rx.as_mut() {
-            Some(rx) => self.dev.service_rx(mem, rx),
-            None => Ok(Batch::default()),
+        self.pull_sync();
+        self.fill_rx(mem)
+    }
+
+    /// Copies waiting frames into posted receive buffers and raises the RX interrupt if
+    /// the guest asked for one; no (or a broken) ring: nothing.
+    fn fill_rx(&mut self, mem: &GuestRam) -> Result<Batch, RingError> {
+        let batch = match self.rx.as_mut() {
+            Some(rx) if !rx.is_broken() => self.dev.service_rx(mem, rx)?,
+            Some(_) => return Err(RingError::Broken),
+            None => return Ok(Batch::default()),
+        };
+        if batch.notify {
+            Self::raise(&self.rx_irq, &mut self.irqs_raised);
+        }
+        Ok(batch)
+    }
+
+    fn raise(line: &Option<Arc<RingIrqLine>>, count: &mut u64) {
+        if let Some(l) = line {
+            l.raise();
+            *count = count.saturating_add(1);
         }
     }
 
@@ -97,6 +136,9 @@ impl NetShared {
             // A dropped frame is a lost packet; the backend counts it.
             let _ = backend.send(f);
         });
+        if batch.as_ref().is_ok_and(|b| b.notify) {
+            Self::raise(&self.tx_irq, &mut self.irqs_raised);
+        }
         // Replies go out even if the TX ring just broke.
         let _ = self.receive(mem);
         batch
@@ -207,6 +249,14 @@ impl Queue for NetQueue {
             None => Err(RingError::Broken),
         }
     }
+
+    fn set_interrupt(&mut self, line: Option<Arc<RingIrqLine>>) {
+        let mut s = lock(&self.shared);
+        match self.dir {
+            Dir::Tx => s.tx_irq = line,
+            Dir::Rx => s.rx_irq = line,
+        }
+    }
 }
 
 /// The PV network device over one host backend.
@@ -214,6 +264,7 @@ pub struct PvNet {
     shared: Arc<Mutex<NetShared>>,
     info: NetInfo,
     fd: Option<RawFd>,
+    backend_events: AtomicU64,
 }
 
 impl std::fmt::Debug for PvNet {
@@ -247,12 +298,16 @@ impl PvNet {
                 backend,
                 tx: None,
                 rx: None,
+                tx_irq: None,
+                rx_irq: None,
+                irqs_raised: 0,
             })),
             info: NetInfo {
                 mac,
                 mtu: MTU as u16,
             },
             fd,
+            backend_events: AtomicU64::new(0),
         }
     }
 
@@ -267,13 +322,10 @@ impl PvNet {
     /// waiting frames into the guest's posted receive buffers. Never blocks. A broken or
     /// unregistered receive ring leaves the frames waiting (and later ones dropped).
     pub fn poll_backend(&self, mem: &GuestRam) -> NetPoll {
+        self.backend_events.fetch_add(1, Ordering::Relaxed);
         let mut s = lock(&self.shared);
         let pulled = s.pull();
-        let NetShared { dev, rx, .. } = &mut *s;
-        let delivered = match rx.as_mut() {
-            Some(rx) if !rx.is_broken() => dev.service_rx(mem, rx).map_or(0, |b| b.requests),
-            _ => 0,
-        };
+        let delivered = s.fill_rx(mem).map_or(0, |b| b.requests);
         NetPoll {
             pulled,
             delivered,
@@ -285,6 +337,17 @@ impl PvNet {
     pub fn stats(&self) -> (NetStats, NetCounters) {
         let s = lock(&self.shared);
         (s.dev.stats(), s.backend.counters())
+    }
+
+    /// The counters of a run ([`PvNetStats`]).
+    pub fn run_stats(&self) -> PvNetStats {
+        let s = lock(&self.shared);
+        PvNetStats {
+            device: s.dev.stats(),
+            backend: s.backend.counters(),
+            irqs_raised: s.irqs_raised,
+            backend_events: self.backend_events.load(Ordering::Relaxed),
+        }
     }
 
     /// The MAC address and MTU the guest is told.
@@ -367,9 +430,11 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
+    use crate::devices::pv::ring_irq::RingIrqs;
     use crate::devices::pv::{HypercallBus, RingsConfig};
     use crate::exit::ledger::ExitLedger;
     use crate::vstate::memory::create_ram;
+    use pvkit_abi::ring::BLOCK_QUEUE;
 
     const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
     const HOST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
@@ -579,6 +644,99 @@ mod tests {
         let mut buf = vec![0u8; 42];
         h.mem.read_slice(&mut buf, GuestAddress(BUF)).unwrap();
         assert_eq!(buf, arp_reply());
+    }
+
+    #[test]
+    fn rx_interrupt_is_raised_once_per_armed_batch_and_binding_is_checked() {
+        let mut h = harness();
+        let irqs = Arc::new(RingIrqs::unconnected().unwrap());
+        h.bus.set_ring_irqs(Arc::clone(&irqs));
+        assert!(h.bus.features().contains(Features::RING_IRQ));
+        let rx_id = u64::from(NET_RX_QUEUE.to_u32());
+        // Outside the GSI range, unknown flags, unknown queue.
+        for (args, status) in [
+            ([rx_id, 15, 0, 0], Status::EINVAL),
+            ([rx_id, 24, 0, 0], Status::EINVAL),
+            ([rx_id, 16, 1, 0], Status::EINVAL),
+            (
+                [u64::from(BLOCK_QUEUE.to_u32()), 16, 0, 0],
+                Status::EOPNOTSUPP,
+            ),
+        ] {
+            assert_eq!(
+                h.call(Hypercall::QueueInterrupt, args),
+                CallReturn::err(status)
+            );
+        }
+        // Bound before the ring is registered: the binding applies to the registration.
+        assert_eq!(
+            h.call(Hypercall::QueueInterrupt, [rx_id, 17, 0, 0]),
+            CallReturn::ok(0)
+        );
+        let (_tx, mut rx) = rings(&h);
+        for id in 0..4 {
+            rx.push(
+                &h.mem,
+                NetRxRequest {
+                    addr: BUF + u64::from(id) * 0x800,
+                    capacity: 1514,
+                    id,
+                },
+            )
+            .unwrap();
+        }
+        rx.publish(&h.mem).unwrap();
+        let req = arp_request();
+        h.mem.write_slice(&req, GuestAddress(FRAME)).unwrap();
+        // rsp_event starts armed (rsp_prod + 1): two replies in one service, one edge.
+        for _ in 0..2 {
+            h.call(Hypercall::NetSend, [FRAME, 42, 0, 0]);
+        }
+        let line = irqs.line(17).unwrap();
+        assert_eq!(line.take_signals(), 1);
+        assert_eq!(h.net.run_stats().irqs_raised, 1);
+        // Not re-armed: silent.
+        h.call(Hypercall::NetSend, [FRAME, 42, 0, 0]);
+        assert_eq!(line.take_signals(), 0);
+        // Unbound (GSI 0): silent even when armed.
+        assert_eq!(
+            h.call(Hypercall::QueueInterrupt, [rx_id, 0, 0, 0]),
+            CallReturn::ok(0)
+        );
+        h.mem
+            .store(
+                4u32,
+                GuestAddress(RX + pvkit_abi::ring::offsets::RSP_EVENT),
+                std::sync::atomic::Ordering::SeqCst,
+            )
+            .unwrap();
+        h.call(Hypercall::NetSend, [FRAME, 42, 0, 0]);
+        assert_eq!(line.take_signals(), 0);
+        assert_eq!(irqs.raised(), 1);
+        assert_eq!(rx.take_responses(&h.mem).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn a_guest_that_never_posts_rx_buffers_costs_a_bounded_queue_and_a_counter() {
+        let h = harness();
+        let (_tx, _rx) = rings(&h);
+        let req = arp_request();
+        h.mem.write_slice(&req, GuestAddress(FRAME)).unwrap();
+        // Every ARP request gets a reply; no buffer is ever posted.
+        let sent = pvkit_pv::net::RX_QUEUE_FRAMES as u64 + 36;
+        for _ in 0..sent {
+            assert_eq!(
+                h.call(Hypercall::NetSend, [FRAME, 42, 0, 0]),
+                CallReturn::ok(42)
+            );
+        }
+        let p = h.net.poll_backend(&h.mem);
+        assert_eq!(p.waiting, pvkit_pv::net::RX_QUEUE_FRAMES);
+        let s = h.net.run_stats();
+        assert_eq!(s.device.rx_frames, 0);
+        assert_eq!(s.device.rx_dropped_no_buffer, 36);
+        assert_eq!(s.device.tx_frames, sent);
+        assert_eq!(s.backend_events, 1);
     }
 
     #[test]

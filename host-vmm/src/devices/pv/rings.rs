@@ -49,6 +49,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::doorbell::IoEventRegistrar;
+use super::ring_irq::{RingIrqLine, RingIrqs};
 use super::QueueSpec;
 use crate::exit::ledger::{ExitLedger, NotifyCounter};
 use crate::iothread::{IoStopper, IoThread};
@@ -75,12 +76,16 @@ pub trait Queue: Send + std::fmt::Debug {
     fn set_service_budget(&mut self);
     /// Sets or clears `HOST_POLLING` in the ring header.
     fn set_polling(&mut self, mem: &GuestRam, on: bool) -> Result<(), RingError>;
+    /// Binds the queue's completions to `line` (`None`: polling only): after a service
+    /// whose responses crossed the guest's `rsp_event`, the line is raised once.
+    fn set_interrupt(&mut self, line: Option<Arc<RingIrqLine>>);
 }
 
 /// A [`Queue`] made of a `pvkit-pv` ring consumer and the device's service function.
 pub struct RingQueue<Req: AbiPod, Rsp: AbiPod, S> {
     ring: RingConsumer<Req, Rsp>,
     service: S,
+    irq: Option<Arc<RingIrqLine>>,
 }
 
 impl<Req: AbiPod, Rsp: AbiPod, S> RingQueue<Req, Rsp, S>
@@ -89,7 +94,11 @@ where
 {
     /// A queue serving `ring` with `service`.
     pub fn new(ring: RingConsumer<Req, Rsp>, service: S) -> Self {
-        Self { ring, service }
+        Self {
+            ring,
+            service,
+            irq: None,
+        }
     }
 }
 
@@ -109,7 +118,13 @@ where
     S: FnMut(&GuestRam, &mut RingConsumer<Req, Rsp>) -> Result<Batch, RingError> + Send,
 {
     fn service(&mut self, mem: &GuestRam) -> Result<Batch, RingError> {
-        (self.service)(mem, &mut self.ring)
+        let batch = (self.service)(mem, &mut self.ring)?;
+        if batch.notify {
+            if let Some(irq) = &self.irq {
+                irq.raise();
+            }
+        }
+        Ok(batch)
     }
 
     fn gpa(&self) -> u64 {
@@ -131,6 +146,10 @@ where
 
     fn set_polling(&mut self, mem: &GuestRam, on: bool) -> Result<(), RingError> {
         self.ring.set_polling(mem, on)
+    }
+
+    fn set_interrupt(&mut self, line: Option<Arc<RingIrqLine>>) {
+        self.irq = line;
     }
 }
 
@@ -169,6 +188,8 @@ pub(crate) struct RingSlot {
     pub(crate) queue: Option<Box<dyn Queue>>,
     pub(crate) transport: Transport,
     pub(crate) eventfd: Option<EventFd>,
+    /// The completion interrupt the guest bound the queue to (kept across registrations).
+    pub(crate) irq: Option<Arc<RingIrqLine>>,
 }
 
 /// Why a ring could not be serviced.
@@ -402,6 +423,7 @@ pub struct Rings {
     set: Arc<RingSet>,
     ioevents: Option<Arc<dyn IoEventRegistrar>>,
     io: Mutex<IoThread>,
+    irqs: Option<Arc<RingIrqs>>,
 }
 
 impl std::fmt::Debug for Rings {
@@ -434,6 +456,7 @@ impl Rings {
                     queue: None,
                     transport: Transport::Doorbell,
                     eventfd: None,
+                    irq: None,
                 }),
                 notify: ledger.notifier(spec.notifier),
             })
@@ -450,7 +473,37 @@ impl Rings {
             set,
             ioevents,
             io: Mutex::new(io),
+            irqs: None,
         })
+    }
+
+    /// Offers completion interrupts on `irqs` ([`Rings::bind_interrupt`]).
+    pub(crate) fn set_irqs(&mut self, irqs: Arc<RingIrqs>) {
+        self.irqs = Some(irqs);
+    }
+
+    /// The completion interrupt lines, if offered.
+    pub fn irqs(&self) -> Option<&Arc<RingIrqs>> {
+        self.irqs.as_ref()
+    }
+
+    /// `QueueInterrupt`: binds queue `id`'s completions to GSI `gsi` (0: unbinds). Kept in
+    /// the ring's slot, so it applies to later registrations too. `EOPNOTSUPP` without
+    /// interrupts or for an undeclared queue, `EINVAL` for a GSI outside the range.
+    pub(crate) fn bind_interrupt(&self, id: QueueId, gsi: u64) -> Result<u64, Status> {
+        let irqs = self.irqs.as_ref().ok_or(Status::EOPNOTSUPP)?;
+        let i = self.set.index_of(id).ok_or(Status::EOPNOTSUPP)?;
+        let q = self.set.queue(i).ok_or(Status::EOPNOTSUPP)?;
+        let line = match gsi {
+            0 => None,
+            g => Some(irqs.line(g).ok_or(Status::EINVAL)?),
+        };
+        let mut slot = self.set.waiters.vcpu_lock(&q.slot);
+        if let Some(queue) = slot.queue.as_mut() {
+            queue.set_interrupt(line.clone());
+        }
+        slot.irq = line;
+        Ok(0)
     }
 
     /// The shared ring state.
@@ -514,6 +567,7 @@ impl Rings {
         }
 
         let mut slot = self.set.waiters.vcpu_lock(&q.slot);
+        queue.set_interrupt(slot.irq.clone());
         let eventfd = match (slot.eventfd.take(), transport) {
             // Still registered on the port and watched by the I/O thread: keep it.
             (Some(fd), Transport::DoorbellEventfd) => Some(fd),

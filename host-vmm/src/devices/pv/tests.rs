@@ -230,6 +230,7 @@ fn harness(o: Opts) -> Harness {
                 },
             )),
             vcpu_up: None,
+            net: None,
             ipi: None,
             spinlock: None,
             steal: None,
