@@ -18,6 +18,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::{code, pvkit};
+use pvkit_abi::Hypercall;
 use pvkit_vmm::bench::Verification;
 use pvkit_vmm::devices::legacy::ne2000::{NetBackendConfig, NetConfig};
 use pvkit_vmm::exit::ledger::ExitKind;
@@ -39,6 +40,24 @@ const RING_CHECKS: usize = 65;
 const DEVICE_CHECKS: usize = 78;
 /// `case=net` (NE2000 nonsense, run with `--net`).
 const NET_CHECKS: usize = 44;
+/// `case=cpu-mem` (`VcpuUp`, `SendIpi`, `LockWait`/`LockKick`, the balloon; run with
+/// `--vcpus 2`).
+const CPU_MEM_CHECKS: usize = 85;
+/// The calls `case=cpu-mem` makes (`hostile-os/src/cpumem.rs`), each one exit: `VcpuUp`,
+/// `SendIpi` (13 refused + a storm of 500), `LockWait`, `LockKick` (3 refused + 2 storms of
+/// 200 + 1), `BalloonInflate`, `BalloonDeflate`, `BalloonInfo`.
+const CPU_MEM_CALLS: [(Hypercall, u64); 7] = [
+    (Hypercall::VcpuUp, 10),
+    (Hypercall::SendIpi, 513),
+    (Hypercall::LockWait, 4),
+    (Hypercall::LockKick, 404),
+    (Hypercall::BalloonInflate, 29),
+    (Hypercall::BalloonDeflate, 6),
+    (Hypercall::BalloonInfo, 4),
+];
+/// Where `case=ap-garbage` starts vCPU 1: 4 GiB, canonical but outside the boot identity
+/// map.
+const AP_GARBAGE_RIP: u64 = 1 << 32;
 
 /// Whether the guests this file boots are built and KVM is usable (under CI: must be).
 fn ready() -> bool {
@@ -270,4 +289,125 @@ fn hostile_all_vmm_records() {
     assert_eq!(o.phases.len(), 16);
     assert_eq!(protected_sum(&img), before);
     let _ = std::fs::remove_file(&img);
+}
+
+/// `case=cpu-mem` through the deployed VMM (seccomp on) with 2 vCPUs: every refused
+/// `VcpuUp`, `SendIpi`, `LockWait`/`LockKick` and balloon call got its documented status,
+/// the good ones worked (the AP ran, 512 ranges in one call), and the VMM exited cleanly.
+#[test]
+fn hostile_cpu_mem() {
+    if !ready() {
+        return;
+    }
+    let out = scenario_with("cpu-mem", CPU_MEM_CHECKS, &["--vcpus", "2"]);
+    assert!(out.contains("check up.ap-ran val=0x5eeda90001 ok"), "{out}");
+}
+
+/// `case=cpu-mem` through the library: exactly one exit per call the guest made (the
+/// storms included: bounded work per call, no exit of its own on the receiving side), no
+/// unknown call, the balloon's own counts (refused calls changed nothing, everything
+/// deflated in the end), and the run well inside its bound (it takes well under a second;
+/// two `LockWait`s time out after 10 ms each).
+#[test]
+fn hostile_cpu_mem_vmm_records() {
+    if !ready() {
+        return;
+    }
+    let cfg = VmConfig {
+        kernel: KernelSource::Path(HOSTILE.into()),
+        mem_mib: 32,
+        vcpus: 2,
+        cmdline: "case=cpu-mem".into(),
+        capture_console: true,
+        timeout: Duration::from_secs(30),
+        seccomp: false,
+        ..VmConfig::default()
+    };
+    let t0 = std::time::Instant::now();
+    let o = run(&cfg).expect("run the hostile guest");
+    let took = t0.elapsed();
+    let console = String::from_utf8_lossy(&o.console);
+    assert_eq!(o.stop, StopReason::Exit(0), "{console}");
+    assert_eq!(o.stop_vcpu, 0);
+    assert_eq!(checks(&console).len(), CPU_MEM_CHECKS, "{console}");
+    assert!(checks(&console).iter().all(|(_, ok)| *ok), "{console}");
+    for (h, n) in CPU_MEM_CALLS {
+        assert_eq!(
+            o.ledger.count(ExitKind::Hypercall(h)),
+            n,
+            "{h:?}: {:?}",
+            o.ledger
+        );
+    }
+    assert_eq!(o.ledger.count(ExitKind::UnknownHypercall), 0);
+    assert_eq!(o.ledger.count(ExitKind::Shutdown), 0);
+    let b = o.balloon.expect("balloon stats");
+    // Good: one page after the image, 5 pages, 512 single pages; each back again.
+    assert_eq!((b.inflate_calls, b.deflate_calls), (3, 3), "{b:?}");
+    assert_eq!((b.pages_inflated, b.pages_deflated), (518, 518), "{b:?}");
+    // 25 inflates and 3 deflates refused; a count of 0 is neither.
+    assert_eq!(b.refused_calls, 28, "{b:?}");
+    assert_eq!(
+        (b.ballooned_pages, b.peak_ballooned_pages),
+        (0, 512),
+        "{b:?}"
+    );
+    assert!(took < Duration::from_secs(20), "{took:?}");
+}
+
+/// `case=ap-garbage`: vCPU 1 started at an unmapped address triple-faults. The right
+/// outcome is the one a triple fault of vCPU 0 has: the VM stops at once with status 126,
+/// and the message names the AP and its `RIP` (vCPU 0 is not blamed, and does not spin on
+/// until its own 5 s wait ends and it exits 1).
+#[test]
+fn hostile_ap_garbage_stops_the_vm_naming_the_ap() {
+    if !ready() {
+        return;
+    }
+    let o = pvkit(&[
+        "run",
+        HOSTILE,
+        "--mem",
+        "32",
+        "--vcpus",
+        "2",
+        "--timeout",
+        "20",
+        "--",
+        "case=ap-garbage",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    // A VM that did not notice the AP's fault ends with vCPU 0's exit 1 after 5 s.
+    assert_eq!(code(&o), 126, "{out}\n{err}");
+    assert_eq!(
+        err.trim(),
+        format!("vCPU 1: guest shut down (triple fault) at rip {AP_GARBAGE_RIP:#x}"),
+        "{out}"
+    );
+    assert!(!out.contains("FAIL") && !out.contains("summary"), "{out}");
+
+    let cfg = VmConfig {
+        kernel: KernelSource::Path(HOSTILE.into()),
+        mem_mib: 32,
+        vcpus: 2,
+        cmdline: "case=ap-garbage".into(),
+        capture_console: true,
+        timeout: Duration::from_secs(30),
+        seccomp: false,
+        ..VmConfig::default()
+    };
+    let o = run(&cfg).expect("run the hostile guest");
+    assert_eq!(
+        o.stop,
+        StopReason::Shutdown {
+            rip: Some(AP_GARBAGE_RIP)
+        }
+    );
+    assert_eq!(o.stop_vcpu, 1);
+    assert_eq!(o.stop.exit_status(), 126);
+    assert_eq!(o.ledger.count(ExitKind::Shutdown), 1);
+    assert_eq!(o.ledger.count(ExitKind::Hypercall(Hypercall::VcpuUp)), 1);
+    // vCPU 0's registers are not offered as the fault's.
+    assert!(o.stop_regs.is_none());
 }

@@ -510,6 +510,8 @@ fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
     match &outcome.stop {
         StopReason::Exit(_) => {}
         StopReason::Signal { .. } => eprintln!("pvkit: {}", outcome.stop),
+        // An AP's stop names the AP: its fault is not vCPU 0's.
+        other if outcome.stop_vcpu != 0 => eprintln!("vCPU {}: {other}", outcome.stop_vcpu),
         other => eprintln!("{other}"),
     }
     if let Some(d) =

@@ -206,6 +206,10 @@ pub struct Timings {
 pub struct RunOutcome {
     /// Why the guest stopped.
     pub stop: StopReason,
+    /// The vCPU whose exit stopped the run: 0, or the AP whose `Exit` call or fault ended
+    /// it (its `RIP` is in [`RunOutcome::stop`]; [`RunOutcome::stop_regs`] are only ever
+    /// vCPU 0's, so `None` then).
+    pub stop_vcpu: u32,
     /// Every exit, by kind.
     pub ledger: LedgerSnapshot,
     /// Console output (when captured).
@@ -426,7 +430,13 @@ fn vcpu_loop(mut vcpu: Vcpu, vm: &Vm, mut cpu: VcpuState) -> VcpuResult {
     let armed = unsafe { ArmGuard::new(vcpu.immediate_exit_ptr()) };
     let stop = run_vcpu(&mut vcpu, vm, &mut cpu)?;
     drop(armed);
-    let stop = match stop {
+    Ok((with_rip(stop, &vcpu), cpu, vcpu))
+}
+
+/// Names a stop with `vcpu`'s `RIP` where the exit handler could not read it (a triple
+/// fault, `hlt`, a KVM internal error, the watchdog).
+fn with_rip(stop: StopReason, vcpu: &Vcpu) -> StopReason {
+    match stop {
         StopReason::Shutdown { rip: None } => StopReason::Shutdown { rip: vcpu.rip() },
         StopReason::Halted { rip: None } => StopReason::Halted { rip: vcpu.rip() },
         StopReason::Timeout { rip: None, disk } => StopReason::Timeout {
@@ -440,8 +450,7 @@ fn vcpu_loop(mut vcpu: Vcpu, vm: &Vm, mut cpu: VcpuState) -> VcpuResult {
             None => StopReason::InternalError { detail },
         },
         other => other,
-    };
-    Ok((stop, cpu, vcpu))
+    }
 }
 
 /// How often the supervising thread refreshes the steal-time pages.
@@ -507,7 +516,9 @@ impl ApThreads {
                     match r {
                         Ok(StopReason::Timeout { .. }) => {}
                         Ok(stop) => {
-                            let _ = events.send(Event::ApStopped(stop));
+                            let index = u32::try_from(state.index).unwrap_or(u32::MAX);
+                            let stop = with_rip(stop, &vcpu);
+                            let _ = events.send(Event::ApStopped(index, stop));
                         }
                         Err(e) => {
                             let msg = format!("vCPU {}: {e}", state.index);
@@ -581,8 +592,8 @@ enum Event {
     HostFailure(String),
     /// `VcpuUp` started this AP: kick its thread out of `KVM_RUN`.
     Wake(u32),
-    /// An AP stopped the VM (an `Exit` call, a fault): stop vCPU 0 too.
-    ApStopped(StopReason),
+    /// This AP stopped the VM (an `Exit` call, a fault, a triple fault): stop vCPU 0 too.
+    ApStopped(u32, StopReason),
     /// The debugger's Ctrl-C: kick vCPU 0 out of `KVM_RUN` (`crate::debug::gdb`).
     DebugInterrupt,
 }
@@ -601,7 +612,7 @@ fn supervise<T>(
     deadline: Option<Instant>,
     stop_requested: &AtomicBool,
     kick_ap: &dyn Fn(u32) -> Result<(), WatchdogError>,
-    ap_stop: &mut Option<StopReason>,
+    ap_stop: &mut Option<(u32, StopReason)>,
     tick: Option<(&dyn Fn(), Duration)>,
 ) -> Result<Option<String>, VmError> {
     let mut last_tick = Instant::now();
@@ -638,8 +649,8 @@ fn supervise<T>(
                     continue;
                 }
             }
-            Ok(Event::ApStopped(stop)) => {
-                ap_stop.get_or_insert(stop);
+            Ok(Event::ApStopped(index, stop)) => {
+                ap_stop.get_or_insert((index, stop));
             }
             Ok(Event::DebugInterrupt) => {
                 if !thread.is_finished() {
@@ -821,9 +832,9 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     drop(vcpu);
     let mut others = aps.stop(&stop_requested)?;
     // An AP's stop (an `Exit` call, a fault) ended the run: vCPU 0 was only kicked out.
-    let stop = match (ap_stop, stop) {
-        (Some(ap), StopReason::Timeout { .. }) => ap,
-        (_, stop) => stop,
+    let (stop_vcpu, stop) = match (ap_stop, stop) {
+        (Some((index, ap)), StopReason::Timeout { .. }) => (index, ap),
+        (_, stop) => (0, stop),
     };
     if let Err(msg) = vm.pv.shutdown() {
         host_failure.get_or_insert(msg);
@@ -895,6 +906,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     console.finish(crate::io::console_out::FINISH_GRACE);
     Ok(RunOutcome {
         stop,
+        stop_vcpu,
         ledger,
         console: console.captured(),
         console_dropped: console.dropped(),

@@ -22,6 +22,8 @@
 //! | `enospc`       | PV block and ATA writes until the host filesystem is full           |
 //! | `ring-chain`   | `via=…` `then=…`: a block ring that reloads itself from the disk    |
 //! | `net`          | NE2000 register nonsense and an undrained ring (needs `--net`)      |
+//! | `cpu-mem`      | `VcpuUp`, `SendIpi`, `LockWait`/`LockKick`, balloon (`--vcpus 2`)   |
+//! | `ap-garbage`   | vCPU 1 started at an unmapped address (the VM must stop, 126)       |
 //!
 //! Ring 0 is interpreted on kvm_pvm (~1 µs per instruction), so no scenario loops over
 //! more than a few thousand instructions except the deliberate infinite loops.
@@ -29,6 +31,7 @@
 #![no_main]
 
 mod chain;
+mod cpumem;
 mod devices;
 mod disk;
 mod hcalls;
@@ -145,6 +148,8 @@ extern "C" fn main(boot: &'static BootInfo) -> ! {
         "enospc" => disk::enospc(&mut ctx),
         "ring-chain" => chain::run(&mut ctx),
         "net" => net::run(&mut ctx),
+        "cpu-mem" => cpumem::run(&mut ctx),
+        "ap-garbage" => cpumem::ap_garbage(&mut ctx),
         _ => {
             say("unknown case");
             hypercall::exit(201);
