@@ -312,6 +312,8 @@ impl PvBalloon {
         // notifier) or by the VMM maps a zero page. No Rust reference into guest RAM
         // exists: the VMM accesses guest RAM only through vm-memory's copying API.
         let r = unsafe { libc::madvise(host.cast(), len, libc::MADV_DONTNEED) };
+        // The pages now read as zero: a migration in progress must resend them.
+        crate::vstate::dirty::mark_host_write(mem, gpa, len as u64);
         if r == 0 {
             Ok(())
         } else {
