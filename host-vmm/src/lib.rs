@@ -59,6 +59,7 @@ pub mod iothread;
 #[cfg(test)]
 mod layering;
 pub mod loader;
+pub mod migration;
 #[cfg(test)]
 mod proptests;
 pub mod runtime;

@@ -20,6 +20,8 @@ pub mod enc;
 #[cfg(feature = "vmm")]
 pub mod hypercall_dispatch;
 pub mod mem;
+#[cfg(feature = "vmm")]
+pub mod migration_stream;
 pub mod ne2000;
 pub mod pit;
 pub mod pv_block;
@@ -61,6 +63,11 @@ pub fn targets() -> Vec<Target> {
             "hypercall_dispatch",
             hypercall_dispatch::run,
             hypercall_dispatch::seeds,
+        ),
+        (
+            "migration_stream",
+            migration_stream::run,
+            migration_stream::seeds,
         ),
     ]);
     t
@@ -128,6 +135,8 @@ pub fn describe(target: &str, data: &[u8]) -> Option<String> {
                 hypercall_dispatch::MAX_OPS
             )
         ),
+        #[cfg(feature = "vmm")]
+        "migration_stream" => format!("{} bytes of stream", data.len()),
         _ => return None,
     })
 }

@@ -118,6 +118,11 @@ impl PageBitmap {
         }
     }
 
+    /// The words, bit `i` of word `w` being page `64 w + i`.
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
+
     /// How many pages are set.
     pub fn count(&self) -> u64 {
         self.words.iter().map(|w| u64::from(w.count_ones())).sum()
