@@ -39,8 +39,7 @@ fn replay(s: &[u8]) -> Vec<u8> {
             2 => {
                 let (first, count) = (quad(at), quad(at + 8));
                 at += 16;
-                ram[(first * PAGE_SIZE) as usize..((first + count) * PAGE_SIZE) as usize]
-                    .fill(0);
+                ram[(first * PAGE_SIZE) as usize..((first + count) * PAGE_SIZE) as usize].fill(0);
             }
             3 => at += 16,
             4 => at += 8 + quad(at) as usize,
