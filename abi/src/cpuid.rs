@@ -69,6 +69,8 @@ bitflags! {
         /// [`crate::Hypercall::BalloonDeflate`], [`crate::Hypercall::BalloonInfo`]
         /// ([`crate::balloon`]).
         const BALLOON = 1 << 12;
+        /// Free-page hints for live migration: [`crate::Hypercall::FreePageHint`].
+        const FREE_PAGE_HINT = 1 << 18;
     }
 }
 

@@ -901,6 +901,7 @@ fn check_call(
         | Hypercall::BalloonInflate
         | Hypercall::BalloonDeflate
         | Hypercall::BalloonInfo
+        | Hypercall::FreePageHint
         | Hypercall::VcpuUp => prop_assert_eq!(out, &ret(Status::EOPNOTSUPP, 0)),
     }
     if h != Hypercall::BenchPhase {

@@ -641,6 +641,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         symbols,
         mut net,
         balloon,
+        free_page_hint: _,
         vcpu_up,
     } = built;
     for (_, state) in &mut vcpus {

@@ -16,7 +16,9 @@ use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::stream::{PageSink, StreamError, StreamWriter, MAX_PAGES_PER_RECORD, PAGE_SIZE};
-use crate::vstate::dirty::{DirtyError, PageBitmap};
+use crate::vstate::dirty::{DirtyError, FreePageHints, PageBitmap};
+
+pub use crate::vstate::dirty::NoHints;
 use crate::vstate::memory::GuestRam;
 
 /// Errors of the RAM transfer.
@@ -64,27 +66,6 @@ impl DirtySource for crate::vstate::dirty::DirtyLog {
     fn fetch(&mut self) -> Result<PageBitmap, DirtyError> {
         crate::vstate::dirty::DirtyLog::fetch(self)
     }
-}
-
-/// The guest's free-page hints as the sender sees them (the device in
-/// [`crate::devices::pv::free_page_hint`] implements it).
-pub trait FreePageHints {
-    /// Whether page `page` is hinted free now.
-    fn is_hinted(&self, page: u64) -> bool;
-    /// Drops the hint of every page in `dirty` (written after its hint, or before it in the
-    /// same round: sent either way).
-    fn clear_dirtied(&self, dirty: &PageBitmap);
-}
-
-/// No hints: every page is sent.
-#[derive(Debug)]
-pub struct NoHints;
-
-impl FreePageHints for NoHints {
-    fn is_hinted(&self, _: u64) -> bool {
-        false
-    }
-    fn clear_dirtied(&self, _: &PageBitmap) {}
 }
 
 /// One round's figures.

@@ -67,6 +67,8 @@ pub struct Built {
     pub net: Option<NetDevice>,
     /// The memory balloon (its statistics are read after the run).
     pub balloon: Option<Arc<PvBalloon>>,
+    /// The free-page hints (a migration reads them).
+    pub free_page_hint: Option<Arc<crate::devices::pv::free_page_hint::PvFreePageHint>>,
     /// The `VcpuUp` device (more than one vCPU).
     pub vcpu_up: Option<Arc<VcpuUp>>,
 }
@@ -212,6 +214,7 @@ pub fn build(
     let io_stopper = pv.bus.stopper();
     let bench = pv.bench;
     let balloon = pv.balloon;
+    let free_page_hint = pv.free_page_hint;
     if let Some(d) = &disk {
         bench.set_disk(Box::new(d.clone()));
     }
@@ -272,6 +275,7 @@ pub fn build(
         symbols,
         net,
         balloon,
+        free_page_hint,
         vcpu_up,
     })
 }

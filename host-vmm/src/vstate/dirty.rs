@@ -187,6 +187,27 @@ pub fn mark_host_write(mem: &GuestRam, gpa: u64, len: u64) {
     }
 }
 
+/// The guest's free-page hints as the sender sees them (the `FreePageHint` device
+/// implements it; the migration sender reads it).
+pub trait FreePageHints {
+    /// Whether page `page` is hinted free now.
+    fn is_hinted(&self, page: u64) -> bool;
+    /// Drops the hint of every page in `dirty` (written after its hint, or before it in the
+    /// same round: sent either way).
+    fn clear_dirtied(&self, dirty: &PageBitmap);
+}
+
+/// No hints: every page is sent.
+#[derive(Debug)]
+pub struct NoHints;
+
+impl FreePageHints for NoHints {
+    fn is_hinted(&self, _: u64) -> bool {
+        false
+    }
+    fn clear_dirtied(&self, _: &PageBitmap) {}
+}
+
 /// One tracked RAM slot.
 #[derive(Clone, Copy, Debug)]
 struct Slot {

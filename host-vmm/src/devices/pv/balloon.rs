@@ -274,8 +274,12 @@ impl PvBalloon {
         self.statm.as_ref().and_then(read_rss_kib)
     }
 
-    /// Reads the call's array of ranges.
-    fn read_ranges(mem: &GuestRam, addr: u64, count: u64) -> Result<Vec<BalloonRange>, Status> {
+    /// Reads the call's array of ranges (also the free-page hint's).
+    pub(crate) fn read_ranges(
+        mem: &GuestRam,
+        addr: u64,
+        count: u64,
+    ) -> Result<Vec<BalloonRange>, Status> {
         if count > BALLOON_MAX_RANGES {
             return Err(Status::E2BIG);
         }
