@@ -476,7 +476,8 @@ mod tests {
         // A page outside RAM, a zero run past the end, a bad round number, an oversized
         // state, a record after the state, a missing state, an unknown tag.
         let hdr = Header { ram_bytes: RAM };
-        let cases: Vec<Box<dyn Fn(&mut StreamWriter<Vec<u8>>)>> = vec![
+        type Case = Box<dyn Fn(&mut StreamWriter<Vec<u8>>)>;
+        let cases: Vec<Case> = vec![
             Box::new(|w| w.pages(64, &[0; 4096]).unwrap()),
             Box::new(|w| w.zeros(60, 5).unwrap()),
             Box::new(|w| w.zeros(u64::MAX, 2).unwrap()),
