@@ -62,6 +62,7 @@ pub mod loader;
 #[cfg(test)]
 mod proptests;
 pub mod runtime;
+pub mod snapshot;
 pub mod testing;
 pub mod vm;
 pub mod vstate;
