@@ -63,6 +63,7 @@ pub mod migration;
 #[cfg(test)]
 mod proptests;
 pub mod runtime;
+pub mod snapshot;
 pub mod testing;
 pub mod vm;
 pub mod vstate;

@@ -309,7 +309,10 @@ impl Harness {
             // No vCPUs to start in this harness: the device is not registered.
             Hypercall::VcpuUp => assert_eq!(out, ret(Status::EOPNOTSUPP, 0)),
             // No balloon in the assembled devices either (`balloon: None`).
-            Hypercall::BalloonInflate | Hypercall::BalloonDeflate | Hypercall::BalloonInfo => {
+            Hypercall::BalloonInflate
+            | Hypercall::BalloonDeflate
+            | Hypercall::BalloonInfo
+            | Hypercall::FreePageHint => {
                 assert_eq!(out, ret(Status::EOPNOTSUPP, 0))
             }
             Hypercall::BlockCapacity => {

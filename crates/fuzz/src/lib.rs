@@ -29,6 +29,8 @@ pub mod pv_clock;
 pub mod pv_console;
 pub mod pv_net;
 pub mod pv_ring;
+#[cfg(feature = "vmm")]
+pub mod snapshot_state;
 
 /// A target: its name (the `fuzz_targets/` file and the `corpus/` directory), its harness
 /// and its seeds.

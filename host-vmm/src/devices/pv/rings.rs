@@ -240,6 +240,13 @@ impl RingSet {
         &self.waiters
     }
 
+    /// Whether any ring is registered (a snapshot cannot hold ring state yet).
+    pub fn any_registered(&self) -> bool {
+        self.queues
+            .iter()
+            .any(|q| crate::runtime::sync::lock(&q.slot).queue.is_some())
+    }
+
     /// The rings registered for the I/O thread to poll, as a bit mask of slot indices.
     pub(crate) fn polled(&self) -> u32 {
         self.polled.load(Ordering::Acquire)
@@ -472,6 +479,11 @@ impl Rings {
     /// (counted and ignored).
     pub fn unknown_doorbells(&self) -> u64 {
         self.set.unknown_doorbells.load(Ordering::Relaxed)
+    }
+
+    /// Whether any ring is registered.
+    pub fn any_registered(&self) -> bool {
+        self.set.any_registered()
     }
 
     /// Whether the I/O thread has been started.
