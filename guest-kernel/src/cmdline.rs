@@ -17,6 +17,7 @@
 //! | `disk`      | after the banner: the ATA disk check ([`crate::diskcheck`]): read, write, read back a few sectors through ATA PIO and print the results |
 //! | `balloon=MIB` | after the banner: the memory balloon check ([`crate::balloon`]); `balloon_range=KIB` (default 2048) sets the range size, `balloon_bad` sends invalid calls first |
 //! | `bench=`    | instead of everything else: run benchmark cases, see [`crate::bench`]; `all` or a comma-separated list of devices (`console`, `block`, `clock`, `exit`) and `device/variant` pairs (e.g. `block/ata-pio`) |
+//! | `workload=N` | after the banner: the live-migration workload ([`crate::workload`]): `N` ticks (0: for ever) of a printed counter and a dirtied working set; `hints` adds free-page hints, `workload_disk` acknowledged disk writes |
 //! | `smp=`      | after the output: bring up the other CPUs, `emulated` (INIT-SIPI-SIPI) or `pv` (`VcpuUp`), see [`crate::smp`] |
 //! | `cpus=N`    | with `smp=`: how many CPUs there are (1–8), default 1                 |
 //! | `quick`     | with `bench=`: small operation counts                                 |
@@ -110,6 +111,8 @@ pub struct Args {
     pub balloon: Option<crate::balloon::BalloonArgs>,
     /// `smp=` with `cpus=`: bring up the other CPUs after the output.
     pub smp: Option<(SmpMode, usize)>,
+    /// `workload=N`: the migration workload after the banner.
+    pub workload: Option<crate::workload::WorkloadArgs>,
 }
 
 /// Parses the command line in one pass. The error names the offending token.
@@ -126,7 +129,10 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
         net: None,
         balloon: None,
         smp: None,
+        workload: None,
     };
+    let mut workload_hints = false;
+    let mut workload_disk = false;
     let mut net = crate::net::NetArgs::new(crate::net::Mode::Serve);
     let mut net_mode = None;
     let mut balloon_range = 2048;
@@ -173,6 +179,15 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
             ("triple", None) => args.action = Some(Action::Triple),
             ("user", None) => args.user = true,
             ("disk", None) => args.disk = true,
+            ("workload", Some(n)) => {
+                args.workload = Some(crate::workload::WorkloadArgs {
+                    ticks: n.parse().map_err(|_| n)?,
+                    hints: false,
+                    disk: false,
+                })
+            }
+            ("hints", None) => workload_hints = true,
+            ("workload_disk", None) => workload_disk = true,
             ("balloon", Some(n)) => {
                 args.balloon = Some(crate::balloon::BalloonArgs {
                     mib: n.parse().map_err(|_| n)?,
@@ -224,6 +239,10 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
     if let Some(mode) = net_mode {
         net.mode = mode;
         args.net = Some(net);
+    }
+    if let Some(w) = &mut args.workload {
+        w.hints = workload_hints;
+        w.disk = workload_disk;
     }
     if let Some(b) = &mut args.balloon {
         b.range_kib = balloon_range;

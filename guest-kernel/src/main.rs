@@ -41,6 +41,7 @@ mod pvh;
 mod smp;
 mod statics;
 mod user;
+mod workload;
 
 use pvkit_abi::boot::{BootInfo, CMDLINE_MAX, IDENTITY_MAP_SIZE};
 use pvkit_abi::cpuid::Features;

@@ -58,6 +58,9 @@ pub fn run(args: &Args, console: ConsoleKind, boot: &BootInfo) -> ! {
     if let Some(b) = args.balloon {
         crate::balloon::run(b, boot);
     }
+    if let Some(w) = args.workload {
+        crate::workload::run(w, boot);
+    }
     if let Some((mode, cpus)) = args.smp {
         crate::smp::run(mode, cpus, boot);
     }
