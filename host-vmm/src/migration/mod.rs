@@ -1,5 +1,6 @@
-//! Live migration: the versioned stream the source sends ([`stream`]) and the pre-copy
-//! loop over the dirty log ([`precopy`]).
+//! Live migration: the versioned stream the source sends ([`stream`]), the pre-copy loop
+//! over the dirty log ([`precopy`]), the source's driver ([`source`]) and the target's
+//! receiver and hand-over ([`target`]).
 //!
 //! The source enables dirty tracking ([`crate::vstate::dirty`]), sends all of RAM while
 //! the vCPUs run (round 1), then only what changed (rounds 2…), until the dirty set is
@@ -9,4 +10,9 @@
 //! stream until the guest writes them again.
 
 pub mod precopy;
+pub mod source;
 pub mod stream;
+pub mod target;
+
+#[cfg(test)]
+mod tests;

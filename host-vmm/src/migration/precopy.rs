@@ -1,5 +1,5 @@
 //! The RAM side of pre-copy migration: rounds of dirty pages into a [`StreamWriter`] on the
-//! source ([`send_ram`]), pages from a stream into fresh RAM on the target ([`RamSink`]).
+//! source ([`send_ram`]).
 //!
 //! Round 1 sends every page; each later round sends the pages the dirty log reports since
 //! the previous round. The rounds stop when a round's dirty set is at most
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::stream::{PageSink, StreamError, StreamWriter, MAX_PAGES_PER_RECORD, PAGE_SIZE};
+use super::stream::{StreamError, StreamWriter, MAX_PAGES_PER_RECORD, PAGE_SIZE};
 use crate::vstate::dirty::{DirtyError, FreePageHints, PageBitmap};
 
 pub use crate::vstate::dirty::NoHints;
@@ -232,64 +232,9 @@ pub fn send_ram<W: Write>(
     Ok(stats)
 }
 
-/// The target's [`PageSink`]: pages into the RAM of a VM that has not run yet. The RAM is
-/// fresh (all zero), so a zero run only writes pages the stream wrote before.
-#[derive(Debug)]
-pub struct RamSink<'a> {
-    mem: &'a GuestRam,
-    written: PageBitmap,
-    failed: Option<u64>,
-}
-
-impl<'a> RamSink<'a> {
-    /// A sink over fresh RAM `mem`.
-    pub fn new(mem: &'a GuestRam) -> Self {
-        let pages = crate::vstate::memory::ram_size(mem) / PAGE_SIZE;
-        Self {
-            mem,
-            written: PageBitmap::new(pages),
-            failed: None,
-        }
-    }
-
-    /// The first page that could not be written (never for pages inside RAM).
-    pub fn failed(&self) -> Option<u64> {
-        self.failed
-    }
-}
-
-impl PageSink for RamSink<'_> {
-    fn page(&mut self, page: u64, data: &[u8]) {
-        if self
-            .mem
-            .write_slice(data, GuestAddress(page * PAGE_SIZE))
-            .is_err()
-        {
-            self.failed.get_or_insert(page);
-        }
-        self.written.set(page);
-    }
-
-    fn zeros(&mut self, first: u64, count: u64) {
-        let zero = [0u8; PAGE_SIZE as usize];
-        for p in first..first.saturating_add(count) {
-            if self.written.get(p) {
-                if self
-                    .mem
-                    .write_slice(&zero, GuestAddress(p * PAGE_SIZE))
-                    .is_err()
-                {
-                    self.failed.get_or_insert(p);
-                }
-                self.written.clear(p);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::stream::{read_stream, Header};
+    use super::super::stream::{read_stream, Header, VecSink};
     use super::*;
     use crate::vstate::memory::create_ram;
     use std::cell::RefCell;
@@ -370,15 +315,12 @@ mod tests {
         assert!(stats.paused_at.is_some());
         w.state(b"state").unwrap();
         let (bytes, _) = w.end().unwrap();
-        let dst = create_ram(4).unwrap();
-        let mut sink = RamSink::new(&dst);
+        let mut sink = VecSink(vec![0; 4 << 20]);
         let got = read_stream(&bytes[..], 4 << 20, &mut sink).unwrap();
         assert_eq!(got.rounds, 3);
-        assert_eq!(sink.failed(), None);
+        let b = sink.0;
         let mut a = vec![0u8; 4 << 20];
-        let mut b = vec![0u8; 4 << 20];
         src.read_slice(&mut a, GuestAddress(0)).unwrap();
-        dst.read_slice(&mut b, GuestAddress(0)).unwrap();
         // Everything equal but the hinted pages never written after their hint.
         for p in 0..pages {
             let r = (p * 4096) as usize..((p + 1) * 4096) as usize;

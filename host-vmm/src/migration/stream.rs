@@ -29,8 +29,9 @@ pub const VERSION: u32 = 1;
 pub const PAGE_SIZE: u64 = 4096;
 /// Most pages in one pages record (1 MiB): the target's receive buffer.
 pub const MAX_PAGES_PER_RECORD: u32 = 256;
-/// Largest VM-state blob accepted.
-pub const MAX_STATE_LEN: u64 = 16 << 20;
+/// Largest VM-state blob accepted: a snapshot state file of the largest payload.
+pub const MAX_STATE_LEN: u64 =
+    crate::snapshot::state::MAX_PAYLOAD + crate::snapshot::state::HEADER_LEN as u64;
 /// Most rounds a stream may carry.
 pub const MAX_ROUNDS: u32 = 64;
 /// Largest RAM a stream may describe (the VMM's own limit, 3 GiB).
@@ -84,6 +85,9 @@ pub enum StreamError {
         /// What is wrong.
         why: &'static str,
     },
+    /// The received pages could not be stored.
+    #[error("cannot store received pages: {0}")]
+    Sink(#[source] std::io::Error),
     /// The checksum does not match.
     #[error("migration stream checksum mismatch (stream says {stated:#010x}, content is {computed:#010x})")]
     Checksum {
@@ -205,9 +209,9 @@ impl<W: Write> StreamWriter<W> {
 /// Where received pages go.
 pub trait PageSink {
     /// Page `page` (already checked to lie inside RAM) has content `data` (4096 bytes).
-    fn page(&mut self, page: u64, data: &[u8]);
+    fn page(&mut self, page: u64, data: &[u8]) -> std::io::Result<()>;
     /// Pages `first..first + count` (inside RAM) are zero.
-    fn zeros(&mut self, first: u64, count: u64);
+    fn zeros(&mut self, first: u64, count: u64) -> std::io::Result<()>;
 }
 
 /// What a complete, valid stream carried.
@@ -295,7 +299,7 @@ pub fn read_stream<R: Read, S: PageSink>(
                             .ok_or(bad("pages", "count out of range"))?;
                         rd.take(data, "page data")?;
                         for (i, page) in data.chunks_exact(PAGE_SIZE as usize).enumerate() {
-                            sink.page(a + i as u64, page);
+                            sink.page(a + i as u64, page).map_err(StreamError::Sink)?;
                         }
                         out.pages += b;
                     }
@@ -303,7 +307,7 @@ pub fn read_stream<R: Read, S: PageSink>(
                         if b == 0 || !in_ram(a, b) {
                             return Err(bad("zero pages", "run empty or outside RAM"));
                         }
-                        sink.zeros(a, b);
+                        sink.zeros(a, b).map_err(StreamError::Sink)?;
                         out.zero_pages += b;
                     }
                     _ => {
@@ -319,7 +323,7 @@ pub fn read_stream<R: Read, S: PageSink>(
                 rd.take(&mut f, "state length")?;
                 let len = u64::from_le_bytes(f);
                 if len > MAX_STATE_LEN {
-                    return Err(bad("state", "larger than 16 MiB"));
+                    return Err(bad("state", "larger than a state file may be"));
                 }
                 let mut blob = vec![0u8; len as usize];
                 rd.take(&mut blob, "state")?;
@@ -374,21 +378,27 @@ impl<R: Read> Reader<R> {
 pub struct VecSink(pub Vec<u8>);
 
 impl PageSink for VecSink {
-    fn page(&mut self, page: u64, data: &[u8]) {
+    fn page(&mut self, page: u64, data: &[u8]) -> std::io::Result<()> {
         let at = (page * PAGE_SIZE) as usize;
-        if let Some(dst) = self.0.get_mut(at..at + data.len()) {
-            dst.copy_from_slice(data);
-        }
+        let dst = self
+            .0
+            .get_mut(at..at + data.len())
+            .ok_or(std::io::ErrorKind::InvalidInput)?;
+        dst.copy_from_slice(data);
+        Ok(())
     }
 
-    fn zeros(&mut self, first: u64, count: u64) {
+    fn zeros(&mut self, first: u64, count: u64) -> std::io::Result<()> {
         let (a, b) = (
             (first * PAGE_SIZE) as usize,
             ((first + count) * PAGE_SIZE) as usize,
         );
-        if let Some(dst) = self.0.get_mut(a..b) {
-            dst.fill(0);
-        }
+        let dst = self
+            .0
+            .get_mut(a..b)
+            .ok_or(std::io::ErrorKind::InvalidInput)?;
+        dst.fill(0);
+        Ok(())
     }
 }
 
