@@ -288,7 +288,9 @@ fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
     let _ = std::io::stdout().flush();
     match &outcome.stop {
         StopReason::Exit(_) => {}
-        StopReason::Signal { .. } => eprintln!("pvkit: {}", outcome.stop),
+        StopReason::Signal { .. } | StopReason::Migrated { .. } => {
+            eprintln!("pvkit: {}", outcome.stop)
+        }
         other => eprintln!("{other}"),
     }
     if let Some(d) =
