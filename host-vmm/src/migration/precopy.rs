@@ -81,6 +81,8 @@ pub struct RoundStats {
     pub hinted_pages: u64,
     /// How long the round took.
     pub elapsed: Duration,
+    /// How long reading the dirty log after it took (KVM's and the host's bitmaps).
+    pub fetch: Duration,
 }
 
 /// What [`send_ram`] did.
@@ -206,8 +208,10 @@ pub fn send_ram<W: Write>(
         send_set(mem, &set, hints, w, &mut r)?;
         r.elapsed = t.elapsed();
         w.round(round, r.data_pages + r.zero_pages)?;
-        stats.rounds.push(r);
+        let t = Instant::now();
         set = log.fetch()?;
+        r.fetch = t.elapsed();
+        stats.rounds.push(r);
         hints.clear_dirtied(&set);
         if set.count() <= config.converge_pages || round >= config.max_rounds.max(1) {
             break;
@@ -218,11 +222,13 @@ pub fn send_ram<W: Write>(
     stats.paused_at = Some(Instant::now());
     let t = Instant::now();
     let last = log.fetch()?;
+    let fetch = t.elapsed();
     hints.clear_dirtied(&last);
     let mut final_set = set;
     final_set.or_words(0, last.words());
     let mut r = RoundStats {
         dirty: final_set.count(),
+        fetch,
         ..RoundStats::default()
     };
     send_set(mem, &final_set, hints, w, &mut r)?;

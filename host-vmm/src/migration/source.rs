@@ -93,7 +93,8 @@ impl MigrationReport {
     pub fn summary(&self) -> String {
         format!(
             "migrated to {}: total {:.1} ms, downtime {:.2} ms, {} bytes sent, {} rounds, \
-             {} pages with content, {} hinted pages skipped, final round {} pages, state {} bytes",
+             {} pages with content, {} hinted pages skipped, final round {} pages, state {} \
+             bytes, dirty-log read {} us at most",
             self.to,
             self.total.as_secs_f64() * 1e3,
             self.downtime.as_secs_f64() * 1e3,
@@ -103,6 +104,12 @@ impl MigrationReport {
             self.ram.hinted_pages(),
             self.ram.rounds.last().map_or(0, |r| r.dirty),
             self.state_bytes,
+            self.ram
+                .rounds
+                .iter()
+                .map(|r| r.fetch.as_micros())
+                .max()
+                .unwrap_or(0),
         )
     }
 }
