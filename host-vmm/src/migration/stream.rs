@@ -535,4 +535,25 @@ mod tests {
             })
         ));
     }
+
+    proptest::proptest! {
+        /// Arbitrary edits of a valid stream (byte writes, a cut) never panic; whatever
+        /// is accepted stays inside RAM (the sink checks) and accounts for its bytes.
+        #[test]
+        fn edited_streams_never_panic(
+            edits in proptest::collection::vec((0usize..20_000, proptest::prelude::any::<u8>()), 0..8),
+            cut in 0usize..20_000,
+        ) {
+            let mut s = sample();
+            for (at, b) in edits {
+                let n = s.len();
+                s[at % n] = b;
+            }
+            s.truncate(cut.max(1).min(s.len()));
+            let (r, _) = read(&s);
+            if let Ok(got) = r {
+                proptest::prop_assert!(got.bytes as usize <= s.len());
+            }
+        }
+    }
 }
