@@ -43,6 +43,8 @@ enum Command {
     /// Create a guest kernel crate that builds with `cargo build --release` and boots with
     /// `pvkit run`.
     New(NewArgs),
+    /// Send a request to a running VM's control API (`pvkit run --api PATH`).
+    Ctl(CtlArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -201,9 +203,89 @@ struct RunArgs {
     #[arg(long, value_name = "NAME")]
     netns: Option<String>,
 
+    /// Serve the control API on the Unix socket PATH (must not exist): line-delimited
+    /// JSON requests pause, resume, snapshot, stats (see `pvkit ctl`).
+    #[arg(long, value_name = "PATH")]
+    api: Option<PathBuf>,
+
+    /// Restore the snapshot in DIR (written by `pvkit ctl PATH snapshot DIR`) instead of
+    /// booting a kernel: the guest continues where it was paused. Its RAM is mapped
+    /// copy-on-write from DIR/vm.mem. --disk replaces the snapshot's disk (same size: a
+    /// clone's own copy, see --overlay); the kernel, --mem, --vcpus and the command line
+    /// come from the snapshot.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["elf", "cmdline", "gdb"])]
+    restore: Option<PathBuf>,
+
+    /// With --restore: give this clone its own copy-on-write disk FILE over the snapshot's
+    /// disk (reflink where the filesystem offers it, else a sparse block-level overlay
+    /// file); writes go to FILE only, never to the base image.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "restore",
+        conflicts_with = "disk"
+    )]
+    overlay: Option<PathBuf>,
+
     /// The guest kernel command line (after `--`), e.g. `-- print=10 exit=3`.
     #[arg(last = true, value_name = "KERNEL-CMDLINE")]
     cmdline: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct CtlArgs {
+    /// The API socket of a `pvkit run --api PATH`.
+    socket: PathBuf,
+    #[command(subcommand)]
+    op: CtlOp,
+}
+
+#[derive(Subcommand, Debug)]
+enum CtlOp {
+    /// Pause the VM (its vCPU out of the guest and held).
+    Pause,
+    /// Resume a paused VM.
+    Resume,
+    /// Write a snapshot (vm.state, vm.mem) into DIR; a running VM is paused for it and
+    /// resumed after.
+    Snapshot {
+        /// The snapshot directory (created if missing).
+        dir: PathBuf,
+    },
+    /// Print the VM's statistics.
+    Stats,
+    /// Set the balloon's target (not supported yet: the balloon is guest-driven).
+    Balloon {
+        /// Target size in MiB.
+        target_mib: u64,
+    },
+    /// Live-migrate the VM to HOST:PORT (not in this build).
+    Migrate {
+        /// The destination.
+        dest: String,
+    },
+}
+
+/// `pvkit ctl`: one request, its JSON reply on stdout; status 0 when it succeeded.
+fn ctl(args: &CtlArgs) -> anyhow::Result<u8> {
+    use pvkit_vmm::api::request::Request;
+    let req = match &args.op {
+        CtlOp::Pause => Request::Pause,
+        CtlOp::Resume => Request::Resume,
+        CtlOp::Snapshot { dir } => Request::Snapshot {
+            dir: std::path::absolute(dir)
+                .with_context(|| format!("bad snapshot directory {}", dir.display()))?,
+        },
+        CtlOp::Stats => Request::Stats,
+        CtlOp::Balloon { target_mib } => Request::Balloon {
+            target_mib: *target_mib,
+        },
+        CtlOp::Migrate { dest } => Request::Migrate { dest: dest.clone() },
+    };
+    let reply = pvkit_vmm::api::client::send(&args.socket, &req)
+        .with_context(|| format!("no answer from the API socket {}", args.socket.display()))?;
+    println!("{}", serde_json::to_string(&reply)?);
+    Ok(if reply.ok { 0 } else { 1 })
 }
 
 fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
@@ -238,6 +320,7 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
         disk: args.disk.as_ref().map(|path| DiskConfig {
             path: path.clone(),
             read_only: args.disk_ro,
+            base: None,
         }),
         phase_observer: None,
         seccomp: !args.no_seccomp,
@@ -248,6 +331,8 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
         },
         net: net_config(args)?,
         gdb: args.gdb,
+        restore: args.restore.clone(),
+        control: None,
     })
 }
 
@@ -263,7 +348,50 @@ fn net_config(args: &RunArgs) -> anyhow::Result<Option<NetConfig>> {
 }
 
 fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
-    let cfg = config(args, started_at)?;
+    let mut cfg = config(args, started_at)?;
+    if let (Some(dir), Some(overlay)) = (&args.restore, &args.overlay) {
+        let state = pvkit_vmm::snapshot::restore::read_state(dir)?;
+        let base = state
+            .disk
+            .as_ref()
+            .context("--overlay: the snapshot has no disk")?;
+        // A clone of a clone is an overlay over the same base.
+        let root = base.base.clone().unwrap_or_else(|| base.path.clone());
+        if base.base.is_some() {
+            anyhow::bail!("--overlay: the snapshot's disk is itself an overlay; clone from a snapshot of a VM on a plain image");
+        }
+        let kind = pvkit_vmm::io::disk::create_overlay(&root, overlay).with_context(|| {
+            format!(
+                "cannot create the overlay {} over {}",
+                overlay.display(),
+                root.display()
+            )
+        })?;
+        eprintln!(
+            "pvkit: disk {}: {kind} over {}",
+            overlay.display(),
+            root.display()
+        );
+        cfg.disk = Some(DiskConfig {
+            path: overlay.clone(),
+            read_only: false,
+            base: (kind == pvkit_vmm::io::disk::OverlayKind::Block).then_some(root),
+        });
+    }
+    // Bound before the guest runs: a path in use fails at once.
+    if let Some(path) = &args.api {
+        let server = std::sync::Mutex::new(Some(pvkit_vmm::api::server::ApiServer::bind(path)?));
+        cfg.control = Some(pvkit_vmm::vm::ControlHook(std::sync::Arc::new(
+            move |ctl| {
+                let server = server.lock().ok().and_then(|mut s| s.take());
+                if let Some(server) = server {
+                    if let Err(e) = server.serve(ctl) {
+                        eprintln!("pvkit: cannot start the API thread: {e}");
+                    }
+                }
+            },
+        )));
+    }
     // Created before the guest runs: a path that cannot be written fails at once.
     let trace_file = match &args.trace {
         Some(p) => Some((
@@ -273,7 +401,12 @@ fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
         )),
         None => None,
     };
-    let outcome = match pvkit_vmm::run(&cfg) {
+    let result = pvkit_vmm::run(&cfg);
+    if let Some(path) = &args.api {
+        // The API thread also removes it when it notices the end; the process may exit first.
+        let _ = std::fs::remove_file(path);
+    }
+    let outcome = match result {
         Ok(o) => o,
         // A SIGINT/SIGTERM that arrived while the VM was being set up (reading and
         // loading the ELF) is the reason to stop, whatever the setup then did.
@@ -494,6 +627,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args, started_at),
         Command::Bench(args) => bench(args),
         Command::New(args) => new_guest(args),
+        Command::Ctl(args) => ctl(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

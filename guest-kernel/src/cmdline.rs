@@ -22,6 +22,7 @@
 //! | `cpus=N`    | with `smp=`: how many CPUs there are (1–8), default 1                 |
 //! | `quick`     | with `bench=`: small operation counts                                 |
 //! | `ops=N`     | with `bench=`: `N` (≥ 1) operations in every case                      |
+//! | `counter=N` | instead of everything else: count to `N`, one step per `counter_ms=M` (default 20) ms, checking the PV clock and the disk ([`crate::counter`]); for snapshot tests |
 //! | `net=`      | instead of everything else: the NE2000 by interrupts, `serve`, `echo` or `send` ([`crate::net`]); with `ip=`, `peer=` (IPv4), `count=N`, `size=N` (UDP payload) |
 //!
 //! Unknown tokens are ignored (they may be meant for someone else). When several of
@@ -113,6 +114,7 @@ pub struct Args {
     pub smp: Option<(SmpMode, usize)>,
     /// `workload=N`: the migration workload after the banner.
     pub workload: Option<crate::workload::WorkloadArgs>,
+    pub counter: Option<crate::counter::CounterArgs>,
 }
 
 /// Parses the command line in one pass. The error names the offending token.
@@ -130,9 +132,11 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
         balloon: None,
         smp: None,
         workload: None,
+        counter: None,
     };
     let mut workload_hints = false;
     let mut workload_disk = false;
+    let mut counter_ms = 20;
     let mut net = crate::net::NetArgs::new(crate::net::Mode::Serve);
     let mut net_mode = None;
     let mut balloon_range = 2048;
@@ -227,6 +231,16 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
                 Ok(n) if (1..=crate::smp::MAX_CPUS).contains(&n) => cpus = n,
                 _ => return Err(n),
             },
+            ("counter", Some(n)) => match n.parse::<u64>() {
+                Ok(n) if n >= 1 => {
+                    args.counter = Some(crate::counter::CounterArgs {
+                        steps: n,
+                        step_ms: 0,
+                    })
+                }
+                _ => return Err(n),
+            },
+            ("counter_ms", Some(n)) => counter_ms = n.parse().map_err(|_| n)?,
             ("console", Some(other)) => return Err(other),
             _ => {}
         }
@@ -254,6 +268,9 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
     if let Some(b) = &mut args.bench {
         b.quick = quick;
         b.ops = ops;
+    }
+    if let Some(c) = &mut args.counter {
+        c.step_ms = counter_ms;
     }
     Ok(args)
 }

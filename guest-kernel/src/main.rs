@@ -29,6 +29,7 @@ mod ata;
 mod balloon;
 mod bench;
 mod cmdline;
+mod counter;
 mod diskcheck;
 mod gdt;
 mod heap;

@@ -36,6 +36,9 @@ pub fn run(args: &Args, console: ConsoleKind, boot: &BootInfo) -> ! {
     if let Some(net) = args.net {
         crate::net::run(net, boot);
     }
+    if let Some(c) = args.counter {
+        crate::counter::run(c, boot);
+    }
     if let Some(bytes) = args.alloc {
         alloc_touch_free(bytes);
     }

@@ -47,6 +47,7 @@
     )
 )]
 
+pub mod api;
 pub mod arch;
 pub mod bus;
 pub mod debug;

@@ -8,6 +8,7 @@
 //! on their own threads. Their ledgers are merged for the [`RunOutcome`].
 
 pub mod builder;
+pub mod control;
 pub mod diag;
 pub mod machine;
 
@@ -41,7 +42,7 @@ use crate::vstate::memory::{MemoryError, DEFAULT_MEM_MIB};
 use crate::vstate::vcpu::{RegAccess, Vcpu, VcpuError};
 use crate::vstate::vm::VmFdError;
 use diag::StopRegs;
-use machine::{merge_ledgers, run_vcpu, VcpuState, Vm};
+use machine::{merge_ledgers, run_vcpu, VcpuEnd, VcpuState, Vm};
 
 /// Where the guest kernel comes from.
 #[derive(Clone, Debug)]
@@ -121,6 +122,25 @@ pub struct VmConfig {
     /// `pvkit: gdb: waiting for a connection on ADDR`, and the guest waits for the
     /// debugger before its first instruction. The [`VmConfig::timeout`] still applies.
     pub gdb: Option<std::net::SocketAddr>,
+    /// Restore the snapshot in this directory instead of booting `kernel`
+    /// (`pvkit run --restore DIR`, [`crate::snapshot`]): RAM, vCPU and device state, the
+    /// command line and the vCPU count come from the snapshot; `kernel`, `mem_mib`,
+    /// `cmdline` and `vcpus` are ignored. `disk`, if set, replaces the snapshot's disk (it
+    /// must have the same size: a clone's overlay).
+    pub restore: Option<PathBuf>,
+    /// Called once, before the guest runs, with the VM's control handle (pause, resume,
+    /// snapshot, stats): `pvkit run --api` starts its API server here. Default: none.
+    pub control: Option<ControlHook>,
+}
+
+/// Receives a VM's control handle ([`VmConfig::control`]).
+#[derive(Clone)]
+pub struct ControlHook(pub Arc<dyn Fn(Arc<control::VmControl>) + Send + Sync>);
+
+impl std::fmt::Debug for ControlHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlHook")
+    }
 }
 
 impl Default for VmConfig {
@@ -141,6 +161,8 @@ impl Default for VmConfig {
             record: RecordConfig::default(),
             net: None,
             gdb: None,
+            restore: None,
+            control: None,
         }
     }
 }
@@ -305,6 +327,12 @@ pub enum VmError {
     /// The network could not be set up.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// The snapshot could not be restored.
+    #[error(transparent)]
+    Restore(#[from] crate::snapshot::restore::RestoreError),
+    /// The snapshot's memory file could not be mapped.
+    #[error(transparent)]
+    MemoryFile(#[from] crate::snapshot::memory_file::MemoryFileError),
     /// The in-kernel irqchip or an interrupt line could not be set up.
     #[error(transparent)]
     Irq(#[from] IrqError),
@@ -382,13 +410,38 @@ type VcpuResult = Result<(StopReason, VcpuState, Vcpu), VcpuError>;
 /// vCPU 0's thread body: runs the guest on `vm` until it stops, then names the stop with
 /// the vCPU's `RIP`. The vCPU is handed back, so that the supervising thread (not under
 /// the vCPU filter) can read its special registers for [`diag`].
-fn vcpu_loop(mut vcpu: Vcpu, vm: &Vm, mut cpu: VcpuState) -> VcpuResult {
-    // SAFETY: the pointer is the `immediate_exit` byte of this vCPU's `kvm_run` mapping,
-    // which lives as long as `vcpu`; the guard is dropped right after the run, while
-    // this function still owns `vcpu`.
-    let armed = unsafe { ArmGuard::new(vcpu.immediate_exit_ptr()) };
-    let stop = run_vcpu(&mut vcpu, vm, &mut cpu)?;
-    drop(armed);
+///
+/// A pause ([`control`]) returns from the run loop; the vCPU is parked in `gate` (disarmed:
+/// the controller may hold it) until resumed, then re-armed and run again.
+fn vcpu_loop(mut vcpu: Vcpu, vm: &Vm, mut cpu: VcpuState, gate: &control::PauseGate) -> VcpuResult {
+    let stop = loop {
+        // SAFETY: the pointer is the `immediate_exit` byte of this vCPU's `kvm_run`
+        // mapping, which lives as long as `vcpu`; the guard is dropped right after the
+        // run, while this function still owns `vcpu` (before it is parked).
+        let armed = unsafe { ArmGuard::new(vcpu.immediate_exit_ptr()) };
+        let end = run_vcpu(&mut vcpu, vm, &mut cpu);
+        drop(armed);
+        match end? {
+            VcpuEnd::Stopped(stop) => break stop,
+            VcpuEnd::Paused => {
+                let ledger = cpu.exits.ledger.snapshot();
+                let shared = &vm.shared;
+                vcpu = gate.park(
+                    vcpu,
+                    ledger,
+                    &shared.pause_requested,
+                    &shared.stop_requested,
+                );
+                // Stopped while paused (watchdog, signal): the guest does not run again.
+                if shared.stop_requested.load(Ordering::Acquire) {
+                    break StopReason::Timeout {
+                        rip: None,
+                        disk: crate::runtime::signals::DiskFlush::NoDisk,
+                    };
+                }
+            }
+        }
+    };
     let stop = match stop {
         StopReason::Shutdown { rip: None } => StopReason::Shutdown { rip: vcpu.rip() },
         StopReason::Halted { rip: None } => StopReason::Halted { rip: vcpu.rip() },
@@ -541,6 +594,8 @@ enum Event {
     Wake(u32),
     /// An AP stopped the VM (an `Exit` call, a fault): stop vCPU 0 too.
     ApStopped(StopReason),
+    /// The controller pauses the VM: kick vCPU 0 out of `KVM_RUN`.
+    KickVcpu0,
 }
 
 /// The watchdog: waits for the vCPU thread to end. At the deadline, or as soon as a host
@@ -586,6 +641,14 @@ fn supervise<T>(
             }
             Ok(Event::ApStopped(stop)) => {
                 ap_stop.get_or_insert(stop);
+            }
+            Ok(Event::KickVcpu0) => {
+                if !thread.is_finished() {
+                    watchdog::kick(thread)?;
+                }
+                if kicking.is_none() {
+                    continue;
+                }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if kicking.is_none()
@@ -643,7 +706,22 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         balloon,
         free_page_hint: _,
         vcpu_up,
+        devices,
+        info,
     } = built;
+    let base_ledger = info.base_ledger.clone();
+    let gate = Arc::new(control::PauseGate::default());
+    if let Some(hook) = &config.control {
+        let kick = Mutex::new(tx.clone());
+        let kick = Box::new(move || {
+            let tx = kick
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _ = tx.send(Event::KickVcpu0);
+        });
+        let ctl = control::VmControl::new(Arc::clone(&vm), Arc::clone(&gate), kick, devices, info);
+        (hook.0)(Arc::new(ctl));
+    }
     for (_, state) in &mut vcpus {
         let index = u32::try_from(state.index).unwrap_or(u32::MAX);
         state.recorder = ExitRecorder::new(config.record, t0, index);
@@ -683,14 +761,16 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     }
     let aps = ApThreads::start(others, &vm, vcpu_up.as_ref(), config.seccomp, &tx)?;
     let vm0 = Arc::clone(&vm);
+    let gate0 = Arc::clone(&gate);
     let thread = std::thread::Builder::new()
         .name(vcpu_thread_name(vcpu.index()))
         .spawn(move || {
             // Confined before the first guest instruction; the filter stays for good.
             let r = match confinement.map(Confinement::apply).transpose() {
-                Ok(_) => vcpu_loop(vcpu, &vm0, boot).map_err(VmError::from),
+                Ok(_) => vcpu_loop(vcpu, &vm0, boot, &gate0).map_err(VmError::from),
                 Err(e) => Err(VmError::from(e)),
             };
+            gate0.end();
             // This thread's reference to the VM; the supervising thread holds another until
             // after it has dropped the vCPU handed back, so the VM fd outlives the vCPU fd.
             drop(vm0);
@@ -769,7 +849,9 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     };
 
     // Every vCPU's exits; only vCPU 0 runs guest code, so its timings are the run's.
-    let ledger = merge_ledgers(std::iter::once(&boot).chain(&others));
+    let mut ledger = merge_ledgers(std::iter::once(&boot).chain(&others));
+    // A restored VM counts on from the snapshot's exits.
+    ledger.merge(&base_ledger);
     let timings = Timings {
         to_guest_entry: boot
             .entered

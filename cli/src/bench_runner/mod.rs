@@ -362,6 +362,7 @@ fn boot(
         disk: disk.filter(|_| device.needs_disk()).map(|path| DiskConfig {
             path: path.to_path_buf(),
             read_only: false,
+            base: None,
         }),
         phase_observer: Some(bar.observer()),
         ..VmConfig::default()

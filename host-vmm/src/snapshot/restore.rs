@@ -134,30 +134,47 @@ pub fn restore_vcpu(vcpu: &mut Vcpu, state: &VcpuKvmState) -> Result<(), Restore
         fd.set_lapic(&blob(l, "lapic")?)
             .map_err(kvm_err("KVM_SET_LAPIC"))?;
     }
-    let entries: Vec<kvm_msr_entry> = state
-        .msrs
-        .iter()
-        .map(|&(index, data)| kvm_msr_entry {
-            index,
-            data,
-            ..Default::default()
-        })
-        .collect();
-    for chunk in entries.chunks(256) {
-        let msrs = Msrs::from_entries(chunk)
-            .map_err(|_| RestoreError::Mismatch("too many MSRs".into()))?;
-        let n = fd.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
-        if n != chunk.len() {
-            let bad = chunk.get(n).map_or(0, |e| e.index);
-            return Err(RestoreError::Mismatch(format!(
-                "KVM refused MSR {bad:#x} ({n} of {} set)",
-                chunk.len()
-            )));
-        }
-    }
+    set_msrs(fd, &state.msrs)?;
     fd.set_vcpu_events(&blob(&state.events, "events")?)
         .map_err(kvm_err("KVM_SET_VCPU_EVENTS"))?;
     vcpu.sync_restored_regs(regs);
+    Ok(())
+}
+
+/// Sets the saved MSRs. `KVM_SET_MSRS` stops at the first MSR it refuses: KVM refuses a
+/// write to an MSR the guest's CPUID does not offer (e.g. `MSR_KVM_POLL_CONTROL` without
+/// its PV feature bit) even though it reads it. Such an MSR is skipped only if the new vCPU
+/// already holds the saved value; otherwise the restore fails.
+fn set_msrs(fd: &kvm_ioctls::VcpuFd, saved: &[(u32, u64)]) -> Result<(), RestoreError> {
+    let entry = |&(index, data): &(u32, u64)| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    };
+    let mut rest = saved;
+    while !rest.is_empty() {
+        let chunk = rest.get(..rest.len().min(256)).unwrap_or(rest);
+        let entries: Vec<kvm_msr_entry> = chunk.iter().map(entry).collect();
+        let msrs = Msrs::from_entries(&entries)
+            .map_err(|_| RestoreError::Mismatch("too many MSRs".into()))?;
+        let n = fd.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
+        if n < chunk.len() {
+            let &(index, want) = chunk.get(n).unwrap_or(&(0, 0));
+            let mut one = Msrs::from_entries(&[entry(&(index, 0))])
+                .map_err(|_| RestoreError::Mismatch("MSR buffer".into()))?;
+            let has = match fd.get_msrs(&mut one) {
+                Ok(1) => one.as_slice().first().map(|e| e.data),
+                _ => None,
+            };
+            if has != Some(want) {
+                return Err(RestoreError::Mismatch(format!(
+                    "KVM refused MSR {index:#x} = {want:#x} (the new vCPU has {has:x?})"
+                )));
+            }
+        }
+        let done = if n < chunk.len() { n + 1 } else { n };
+        rest = rest.get(done..).unwrap_or(&[]);
+    }
     Ok(())
 }
 

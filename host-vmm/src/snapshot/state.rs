@@ -143,7 +143,7 @@ pub struct KernelInfo {
     /// Guest-physical span of the loaded image (the balloon refuses it).
     pub span: (u64, u64),
     /// ABI version in the guest's note (major, minor).
-    pub abi: (u16, u16),
+    pub abi: (u32, u32),
 }
 
 /// Where a PV clock page is registered: for the VM (`None`) or for vCPU `n`.
@@ -183,6 +183,8 @@ pub struct DiskInfo {
     pub len: u64,
     /// Opened read-only.
     pub read_only: bool,
+    /// `path` is a block-level overlay over this base image.
+    pub base: Option<std::path::PathBuf>,
 }
 
 /// One exit count of the ledger.

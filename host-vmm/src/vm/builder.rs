@@ -8,6 +8,7 @@ use kvm_ioctls::Cap;
 use pvkit_abi::cpuid::Features;
 use pvkit_abi::AbiVersion;
 
+use super::control::VmInfo;
 use super::machine::{VcpuState, Vm};
 use super::{read_kernel_file, KernelSource, VmConfig, VmError};
 use crate::arch::x86_64::cpuid::{kvmclock_available, supported_cpuid};
@@ -25,20 +26,32 @@ use crate::devices::pv::balloon::PvBalloon;
 use crate::devices::pv::clock::{ClockSource, TscClock};
 use crate::devices::pv::doorbell::{IoEventRegistrar, KvmIoEvents, DOORBELL_PORTS};
 use crate::devices::pv::vcpu_up::VcpuUp;
+use crate::devices::pv::RegionOwner;
 use crate::devices::pv::RingsConfig;
 use crate::devices::{assemble, PvConfig};
 use crate::exit::ledger::ExitLedger;
+use crate::exit::ledger::LedgerSnapshot;
 use crate::exit::VmShared;
 use crate::io::console_out::Console;
+use crate::io::disk::DiskConfig;
 use crate::io::disk::SharedDisk;
 use crate::iothread::IoStopper;
 use crate::loader::elf::ElfImage;
 use crate::loader::symbols::SymbolTable;
+use crate::runtime::sync::lock;
 use crate::runtime::watchdog;
+use crate::snapshot::capture::{msr_list, DeviceHandles};
+use crate::snapshot::memory_file::map_memory_file;
+use crate::snapshot::restore::{load_ledger, restore_vcpu, restore_vm, RestoreError};
+use crate::snapshot::state::{DiskInfo, KernelInfo, VmState};
+use crate::snapshot::MEMORY_FILE;
 use crate::vstate::kvm::{open_kvm, PlatformInfo};
+use crate::vstate::memory::ram_size;
 use crate::vstate::memory::{create_fresh_ram, MAX_MEM_MIB};
 use crate::vstate::vcpu::{RegAccess, Vcpu};
 use crate::vstate::vm::create_vm;
+use pvkit_devices::{Ata, Pit};
+use std::sync::Mutex;
 
 /// A VM assembled and ready to run: the shared [`Vm`], its vCPUs with their states, and what
 /// the run needs at the end.
@@ -71,6 +84,10 @@ pub struct Built {
     pub free_page_hint: Option<Arc<crate::devices::pv::free_page_hint::PvFreePageHint>>,
     /// The `VcpuUp` device (more than one vCPU).
     pub vcpu_up: Option<Arc<VcpuUp>>,
+    /// The device models a snapshot saves.
+    pub devices: DeviceHandles,
+    /// What a snapshot needs to know of the VM ([`crate::vm::control`]).
+    pub info: VmInfo,
 }
 
 impl std::fmt::Debug for Built {
@@ -106,33 +123,51 @@ pub fn build(
     config: &VmConfig,
     on_fatal: Arc<dyn Fn(String) + Send + Sync>,
 ) -> Result<Built, VmError> {
-    let bytes = kernel_bytes(&config.kernel, config.mem_mib)?;
-    let image = ElfImage::parse(&bytes)?;
-    let disk = config.disk.as_ref().map(SharedDisk::open).transpose()?;
+    // A restore reads and checks the whole state file before anything else is set up.
+    let restore = config
+        .restore
+        .as_deref()
+        .map(crate::snapshot::restore::read_state)
+        .transpose()?;
+    let guest = match &restore {
+        Some(state) => restored_guest(config, state)?,
+        None => fresh_guest(config)?,
+    };
+    let Guest {
+        mem,
+        entry,
+        span,
+        abi,
+        symbols,
+        disk_config,
+    } = guest;
+    let disk = disk_config.as_ref().map(SharedDisk::open).transpose()?;
     let kvm = open_kvm()?;
+    let vcpu_count = match &restore {
+        Some(state) => u32::try_from(state.vcpus.len()).unwrap_or(u32::MAX),
+        None => config.vcpus,
+    };
     let max_vcpus = u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX);
-    if !(1..=max_vcpus).contains(&config.vcpus) {
+    if !(1..=max_vcpus).contains(&vcpu_count) {
         return Err(VmError::VcpuCount {
-            requested: config.vcpus,
+            requested: vcpu_count,
             max: max_vcpus,
         });
     }
     watchdog::install()?;
-
-    // Fresh RAM: the loader skips zero-filling what mmap already zeroed.
-    let (mem, kernel) = image.load_fresh(create_fresh_ram(config.mem_mib)?)?;
-    // A compact copy of the symbol table (bounded, see `loader::symbols`) is all that is
-    // kept of the file; a malformed one means no symbols, not a refused guest.
-    let symbols = Arc::new(SymbolTable::from_elf(&bytes).unwrap_or_default());
-    // The image is in guest RAM: the file's bytes are not kept for the run.
-    drop(image);
-    drop(bytes);
     let vm_fd = Arc::new(create_vm(&kvm, &mem)?);
     // KVM's in-kernel irqchip, created before any vCPU, only when something needs it: the
     // NIC's interrupt (IOAPIC), or SMP (LAPICs for INIT-SIPI-SIPI and IPIs, so the APs start
     // in KVM's wait-for-SIPI state). With it, `hlt` no longer exits to userspace.
-    if config.net.is_some() || config.vcpus > 1 {
+    let irqchip = config.net.is_some() || vcpu_count > 1;
+    if irqchip {
         create_irqchip(&vm_fd)?;
+    }
+    if let Some(state) = &restore {
+        if state.vm.irqchip.is_some() != irqchip {
+            return Err(mismatch("the snapshot's irqchip does not match this VM's"));
+        }
+        restore_vm(&vm_fd, &state.vm)?;
     }
     let net_backend = match &config.net {
         Some(net) => {
@@ -141,23 +176,38 @@ pub fn build(
         }
         None => None,
     };
-    let vcpu_up = (config.vcpus > 1).then(|| Arc::new(VcpuUp::new(config.vcpus)));
-    let clock = VmClock::start();
+    let vcpu_up = (vcpu_count > 1).then(|| Arc::new(VcpuUp::new(vcpu_count)));
+    let clock = match &restore {
+        Some(state) => VmClock::resume(&state.devices.vm_clock).map_err(mismatch)?,
+        None => VmClock::start(),
+    };
     let supported = supported_cpuid(&kvm)?;
     let kvmclock = kvmclock_available(supported.as_slice());
     let eventfd = kvm.check_extension(Cap::Ioeventfd);
     let clock_possible = kvm.check_extension(Cap::GetTscKhz);
     // vCPU 0 first: the PV clock needs its TSC rate and offset. Its CPUID gets the
     // feature bits once the devices are registered (below).
+    // A restored vCPU gets the saved feature bits at once: its state is set before the
+    // devices are registered, and its CPUID must be in place before that.
+    let saved_features = restore
+        .as_ref()
+        .map(|s| Features::from_bits_retain(s.features));
     let mut vcpu = Vcpu::new(
         &kvm,
         &vm_fd,
         0,
-        kernel.entry,
+        entry,
         &supported,
-        Features::empty(),
+        saved_features.unwrap_or(Features::empty()),
         config.reg_access,
     )?;
+    if let Some(state) = &restore {
+        let saved = state
+            .vcpus
+            .first()
+            .ok_or_else(|| mismatch("no vCPU state"))?;
+        restore_vcpu(&mut vcpu, saved)?;
+    }
     let tsc_khz = vcpu.tsc_khz();
     let tsc_clock = match (clock_possible, tsc_khz, vcpu.guest_tsc_offset()) {
         (true, Some(khz), Some(offset)) => Some(TscClock::new(clock, khz, offset)),
@@ -171,16 +221,34 @@ pub fn build(
         Console::stdout().map_err(VmError::Thread)?
     };
     let mut pio = PortBus::new();
-    pio.insert_mut(
-        COM1_BASE.into(),
-        COM1_LEN.into(),
-        "com1",
-        Uart::new(console.clone()),
-    )?;
+    let uart = match &restore {
+        Some(state) => Uart::from_state(&state.devices.uart, console.clone()).map_err(mismatch)?,
+        None => Uart::new(console.clone()),
+    };
+    let uart = Arc::new(Mutex::new(uart));
+    pio.insert(COM1_BASE.into(), COM1_LEN.into(), "com1", uart.clone())?;
     pio.insert_mut(pvkit_abi::ports::NULL.into(), 1, "null", NullPort)?;
-    attach_pit(&mut pio, clock)?;
-    if let Some(d) = &disk {
-        attach_ata(&mut pio, d.clone())?;
+    let pit = attach_pit(&mut pio, clock)?;
+    let ata = disk
+        .as_ref()
+        .map(|d| attach_ata(&mut pio, d.clone()))
+        .transpose()?;
+    if let Some(state) = &restore {
+        *lock(&pit) = Pit::from_state(&state.devices.pit).map_err(mismatch)?;
+        match (&ata, &disk, &state.devices.ata) {
+            (Some(a), Some(d), Some(saved)) => {
+                *lock(a) = Ata::from_state(saved, d.clone()).map_err(mismatch)?;
+            }
+            (None, None, None) => {}
+            _ => {
+                return Err(mismatch(
+                    "the snapshot's VM had a disk exactly when this one has",
+                ))
+            }
+        }
+        if state.devices.pv_block_sectors != disk.as_ref().map(SharedDisk::sectors) {
+            return Err(mismatch("the disk's size differs from the snapshot's disk"));
+        }
     }
     let net = net_backend
         .map(|(backend, line)| attach_ne2000(&mut pio, backend, line, on_fatal.clone()))
@@ -192,7 +260,7 @@ pub fn build(
             disk: disk.clone(),
             clock: tsc_clock.map(|c| Arc::new(c) as Arc<dyn ClockSource>),
             kvmclock,
-            balloon: Some((mem.clone(), kernel.span.clone())),
+            balloon: Some((mem.clone(), span.clone())),
             rings: Some((
                 mem.clone(),
                 RingsConfig {
@@ -215,6 +283,27 @@ pub fn build(
     let bench = pv.bench;
     let balloon = pv.balloon;
     let free_page_hint = pv.free_page_hint;
+    let pv_clock = pv.clock;
+    if let Some(state) = &restore {
+        if let (Some(c), pages) = (&pv_clock, &state.devices.clock_pages) {
+            let pages: Vec<_> = pages
+                .iter()
+                .map(|p| {
+                    let owner = p.vcpu.map_or(RegionOwner::Vm, RegionOwner::Vcpu);
+                    (owner, p.page)
+                })
+                .collect();
+            c.restore_pages(&mem, &pages).map_err(mismatch)?;
+        } else if !state.devices.clock_pages.is_empty() {
+            return Err(mismatch(
+                "the snapshot has PV clock pages, this VM has no PV clock",
+            ));
+        }
+        if let Some(b) = &balloon {
+            b.restore_ballooned(&state.devices.ballooned)
+                .map_err(mismatch)?;
+        }
+    }
     if let Some(d) = &disk {
         bench.set_disk(Box::new(d.clone()));
     }
@@ -224,12 +313,22 @@ pub fn build(
 
     // The features the guest sees: derived from the registered devices, in one place.
     let features = pv.bus.features();
-    vcpu.set_features(&supported, features)?;
+    match saved_features {
+        // Already in vCPU 0's CPUID; it must be what these devices offer.
+        Some(saved) if saved != features => {
+            return Err(mismatch(format!(
+                "the snapshot's guest saw features {:#x}, this VM offers {:#x}",
+                saved.bits(),
+                features.bits()
+            )))
+        }
+        Some(_) => {}
+        None => vcpu.set_features(&supported, features)?,
+    }
     // The other vCPUs, with the final feature bits and vCPU 0's register access.
-    let others: Vec<Vcpu> = (1..config.vcpus)
+    let mut others: Vec<Vcpu> = (1..vcpu_count)
         .map(|i| {
             let access = Some(vcpu.reg_access());
-            let entry = kernel.entry;
             Vcpu::new(
                 &kvm,
                 &vm_fd,
@@ -241,16 +340,62 @@ pub fn build(
             )
         })
         .collect::<Result<_, _>>()?;
-    let cmdline = config.full_cmdline();
-    write_boot_area(
-        &mem,
-        &BootParams {
-            cmdline: cmdline.as_bytes(),
-            kernel: kernel.span.clone(),
-            features: features.bits(),
-            tsc_khz: tsc_khz.map_or(0, u64::from),
+    let cmdline = match &restore {
+        Some(state) => state.cmdline.clone(),
+        None => config.full_cmdline(),
+    };
+    if restore.is_none() {
+        write_boot_area(
+            &mem,
+            &BootParams {
+                cmdline: cmdline.as_bytes(),
+                kernel: span.clone(),
+                features: features.bits(),
+                tsc_khz: tsc_khz.map_or(0, u64::from),
+            },
+        )?;
+    }
+    if let Some(state) = &restore {
+        for (v, saved) in others.iter_mut().zip(state.vcpus.iter().skip(1)) {
+            restore_vcpu(v, saved)?;
+        }
+    }
+    let info = VmInfo {
+        mem_bytes: ram_size(&mem),
+        cmdline,
+        kernel: KernelInfo {
+            entry,
+            span: (span.start, span.end),
+            abi: (abi.major, abi.minor),
         },
-    )?;
+        features: features.bits(),
+        irqchip,
+        disk: match (&disk_config, &disk) {
+            (Some(c), Some(d)) => Some(DiskInfo {
+                path: c.path.clone(),
+                len: d.sectors() * pvkit_abi::block::SECTOR_SIZE,
+                read_only: c.read_only,
+                base: c.base.clone(),
+            }),
+            _ => None,
+        },
+        vcpus: vcpu_count,
+        net: config.net.is_some(),
+        msrs: msr_list(&kvm).unwrap_or_default(),
+        base_ledger: match &restore {
+            Some(state) => load_ledger(&state.ledger)?,
+            None => LedgerSnapshot::default(),
+        },
+    };
+    let devices = DeviceHandles {
+        uart,
+        pit,
+        ata,
+        disk: disk.clone(),
+        vm_clock: clock,
+        pv_clock,
+        balloon: balloon.clone(),
+    };
 
     let shards: Vec<ExitLedger> = others.iter().map(|_| ledger.shard()).collect();
     let boot = VcpuState::new(0, ledger);
@@ -271,11 +416,77 @@ pub fn build(
         bench,
         platform,
         reg_access,
-        guest_abi: kernel.abi,
+        guest_abi: abi,
         symbols,
         net,
         balloon,
         free_page_hint,
         vcpu_up,
+        devices,
+        info,
     })
+}
+
+/// The guest's RAM and what the VMM keeps of its kernel, before the VM exists.
+struct Guest {
+    mem: crate::vstate::memory::GuestRam,
+    entry: u64,
+    span: std::ops::Range<u64>,
+    abi: AbiVersion,
+    symbols: Arc<SymbolTable>,
+    disk_config: Option<DiskConfig>,
+}
+
+/// A new guest: the kernel ELF loaded into fresh RAM.
+fn fresh_guest(config: &VmConfig) -> Result<Guest, VmError> {
+    let bytes = kernel_bytes(&config.kernel, config.mem_mib)?;
+    let image = ElfImage::parse(&bytes)?;
+    // Fresh RAM: the loader skips zero-filling what mmap already zeroed.
+    let (mem, kernel) = image.load_fresh(create_fresh_ram(config.mem_mib)?)?;
+    // A compact copy of the symbol table (bounded, see `loader::symbols`) is all that is
+    // kept of the file; a malformed one means no symbols, not a refused guest.
+    let symbols = Arc::new(SymbolTable::from_elf(&bytes).unwrap_or_default());
+    Ok(Guest {
+        mem,
+        entry: kernel.entry,
+        span: kernel.span,
+        abi: kernel.abi,
+        symbols,
+        disk_config: config.disk.clone(),
+    })
+}
+
+/// A restored guest: RAM mapped copy-on-write from the snapshot's memory file; the disk
+/// is `config.disk` if given (e.g. a clone's overlay), else the snapshot's.
+fn restored_guest(config: &VmConfig, state: &VmState) -> Result<Guest, VmError> {
+    let dir = config
+        .restore
+        .as_deref()
+        .unwrap_or(std::path::Path::new("."));
+    if config.net.is_some() {
+        return Err(mismatch("a snapshot cannot be restored with a NIC"));
+    }
+    let mem = map_memory_file(&dir.join(MEMORY_FILE), state.mem_bytes)?;
+    let disk_config = match (&config.disk, &state.disk) {
+        (Some(d), Some(_)) => Some(d.clone()),
+        (None, Some(saved)) => Some(DiskConfig {
+            path: saved.path.clone(),
+            read_only: saved.read_only,
+            base: saved.base.clone(),
+        }),
+        (_, None) => None,
+    };
+    let (major, minor) = state.kernel.abi;
+    Ok(Guest {
+        mem,
+        entry: state.kernel.entry,
+        span: state.kernel.span.0..state.kernel.span.1,
+        abi: AbiVersion { major, minor },
+        symbols: Arc::new(SymbolTable::default()),
+        disk_config,
+    })
+}
+
+fn mismatch(e: impl std::fmt::Display) -> VmError {
+    VmError::Restore(RestoreError::Mismatch(e.to_string()))
 }

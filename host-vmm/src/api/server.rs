@@ -1,0 +1,192 @@
+//! The control API server: a Unix socket, one JSON request per line ([`super::request`]),
+//! served on one thread, one connection at a time, against a [`VmControl`].
+//!
+//! Bounds: a request line is at most [`MAX_REQUEST`] bytes (a longer one is answered with
+//! an error and the connection closed); a connection may send at most
+//! [`MAX_REQUESTS_PER_CONNECTION`] requests and must send each within [`IDLE_TIMEOUT`];
+//! connections are served one at a time and at most [`BACKLOG`] wait to be accepted. The
+//! server thread ends when the VM's vCPU thread has ended.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use super::request::{parse, Request, Response, SnapshotReply, StatsReply, MAX_REQUEST};
+use crate::vm::control::VmControl;
+
+/// Most requests on one connection.
+pub const MAX_REQUESTS_PER_CONNECTION: usize = 64;
+/// How long a connection may stay silent.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most connections waiting to be accepted.
+pub const BACKLOG: i32 = 8;
+/// How often the accept loop looks whether the VM has ended.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Why the API socket could not be set up.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// Something is at the path already.
+    #[error("the API socket path {0} exists; remove it or choose another")]
+    Exists(PathBuf),
+    /// Binding or configuring the socket failed.
+    #[error("cannot serve the API on {path}: {source}")]
+    Bind {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A bound API socket, not yet serving (bind early to report errors before the VM runs).
+#[derive(Debug)]
+pub struct ApiServer {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ApiServer {
+    /// Binds `path` (which must not exist) with a backlog of [`BACKLOG`].
+    pub fn bind(path: &Path) -> Result<Self, ApiError> {
+        if path.symlink_metadata().is_ok() {
+            return Err(ApiError::Exists(path.to_owned()));
+        }
+        let err = |source| ApiError::Bind {
+            path: path.to_owned(),
+            source,
+        };
+        let listener = UnixListener::bind(path).map_err(err)?;
+        // SAFETY: `listen` on the listener's own open socket fd; it only changes the backlog.
+        if unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) } != 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        listener.set_nonblocking(true).map_err(err)?;
+        Ok(Self {
+            listener,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Serves `ctl` on a thread (`pvkit-api`) until the VM ends; the socket file is removed
+    /// then.
+    pub fn serve(self, ctl: Arc<VmControl>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("pvkit-api".into())
+            .spawn(move || self.run(&ctl))
+    }
+
+    fn run(self, ctl: &VmControl) {
+        while !ctl.is_stopped() {
+            match self.listener.accept() {
+                Ok((stream, _)) => serve_connection(stream, ctl),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
+                Err(_) => std::thread::sleep(POLL),
+            }
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Serves the requests of one connection (bounded in count, size and idle time).
+fn serve_connection(stream: UnixStream, ctl: &VmControl) {
+    if stream.set_nonblocking(false).is_err()
+        || stream.set_read_timeout(Some(IDLE_TIMEOUT)).is_err()
+        || stream.set_write_timeout(Some(IDLE_TIMEOUT)).is_err()
+    {
+        return;
+    }
+    let Ok(mut out) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    for _ in 0..MAX_REQUESTS_PER_CONNECTION {
+        let mut line = Vec::new();
+        // One byte past the limit tells a too-long line from a full one.
+        let limit = MAX_REQUEST as u64 + 1;
+        match (&mut reader).take(limit).read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let complete = line.last() == Some(&b'\n');
+        if complete {
+            line.pop();
+        }
+        let (reply, close) = match (complete, line.len() >= MAX_REQUEST) {
+            (_, true) => (Response::err(super::request::RequestError::TooLong), true),
+            // End of stream without a newline: still one request.
+            _ => (handle_line(&line, ctl), !complete),
+        };
+        let mut text = serde_json::to_vec(&reply).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
+        text.push(b'\n');
+        if out.write_all(&text).is_err() || close {
+            return;
+        }
+    }
+}
+
+/// Parses and carries out one request line.
+pub fn handle_line(line: &[u8], ctl: &VmControl) -> Response {
+    match parse(line) {
+        Ok(req) => handle(&req, ctl),
+        Err(e) => Response::err(e),
+    }
+}
+
+/// Carries out a checked request.
+pub fn handle(req: &Request, ctl: &VmControl) -> Response {
+    match req {
+        Request::Pause => match ctl.pause() {
+            Ok(t) => Response {
+                paused_in_us: Some(u64::try_from(t.as_micros()).unwrap_or(u64::MAX)),
+                ..Response::ok()
+            },
+            Err(e) => Response::err(e),
+        },
+        Request::Resume => match ctl.resume() {
+            Ok(()) => Response::ok(),
+            Err(e) => Response::err(e),
+        },
+        Request::Snapshot { dir } => match ctl.snapshot(dir) {
+            Ok(r) => Response {
+                snapshot: Some(SnapshotReply {
+                    dir: dir.clone(),
+                    ram_bytes: r.stats.memory.ram_bytes,
+                    written_bytes: r.stats.memory.written_bytes,
+                    zero_pages: r.stats.memory.zero_pages,
+                    ballooned_pages: r.stats.memory.ballooned_pages,
+                    state_bytes: r.stats.state_bytes,
+                    pause_us: u64::try_from(r.pause.as_micros()).unwrap_or(u64::MAX),
+                    write_us: u64::try_from(r.write.as_micros()).unwrap_or(u64::MAX),
+                }),
+                ..Response::ok()
+            },
+            Err(e) => Response::err(e),
+        },
+        Request::Stats => {
+            let s = ctl.stats();
+            Response {
+                stats: Some(StatsReply {
+                    paused: s.paused,
+                    uptime_ms: u64::try_from(s.uptime.as_millis()).unwrap_or(u64::MAX),
+                    exits_at_last_pause: s.ledger_total,
+                    vm_clock_ns: s.vm_clock_ns,
+                    mem_bytes: s.mem_bytes,
+                    ballooned_pages: s.balloon.map(|b| b.ballooned_pages),
+                }),
+                ..Response::ok()
+            }
+        }
+        Request::Balloon { .. } => Response::err(
+            "balloon target: not supported: the ABI v1 balloon is guest-driven (the guest \
+             inflates and deflates on its own); there is no host-set target to deliver yet",
+        ),
+        // The migrate helper's entry point: `pvkit run --incoming` / live migration.
+        Request::Migrate { .. } => Response::err("migrate: not implemented in this build"),
+    }
+}
