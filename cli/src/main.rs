@@ -32,6 +32,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of `RunArgs` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Boot a guest kernel and run it until it exits.
@@ -227,6 +229,29 @@ struct RunArgs {
     )]
     overlay: Option<PathBuf>,
 
+    /// Wait on ADDR (TCP, e.g. 127.0.0.1:4000) for a live-migrated VM instead of booting
+    /// one: receive its RAM and state (a refused stream changes nothing and exits 1), rebuild
+    /// it, take over from the source and run the guest to its end. --mem must equal the
+    /// source's; the disk is the source's (shared storage) unless --disk names it.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["elf", "cmdline", "restore", "gdb", "migrate_to"])]
+    incoming: Option<std::net::SocketAddr>,
+
+    /// Live-migrate the VM to ADDR (a `pvkit run --incoming ADDR`) --migrate-after-ms after
+    /// it starts (the control API's `pvkit ctl PATH migrate HOST:PORT` does the same on
+    /// request). On success this pvkit exits 0 with the figures on stderr; on a failure the
+    /// VM runs on here.
+    #[arg(long, value_name = "ADDR")]
+    migrate_to: Option<std::net::SocketAddr>,
+
+    /// With --migrate-to: milliseconds after the start.
+    #[arg(long, value_name = "MS", default_value_t = 0, requires = "migrate_to")]
+    migrate_after_ms: u64,
+
+    /// With --migrate-to: at most this many pre-copy rounds while the guest runs.
+    #[arg(long, value_name = "N", default_value_t = 8, requires = "migrate_to",
+          value_parser = clap::value_parser!(u32).range(1..=63))]
+    migrate_rounds: u32,
+
     /// The guest kernel command line (after `--`), e.g. `-- print=10 exit=3`.
     #[arg(last = true, value_name = "KERNEL-CMDLINE")]
     cmdline: Vec<String>,
@@ -259,11 +284,37 @@ enum CtlOp {
         /// Target size in MiB.
         target_mib: u64,
     },
-    /// Live-migrate the VM to HOST:PORT (not in this build).
+    /// Live-migrate the VM to HOST:PORT, where a `pvkit run --incoming` waits; the reply
+    /// (after the hand-over) has the figures. On an error the VM runs on.
     Migrate {
         /// The destination.
         dest: String,
     },
+}
+
+/// `pvkit run --incoming ADDR`: one migrated VM, run to its end. A refused stream is a
+/// VMM error (status 1) and nothing ran.
+fn incoming(
+    addr: std::net::SocketAddr,
+    mem_mib: u64,
+    cfg: &VmConfig,
+) -> Result<pvkit_vmm::RunOutcome, pvkit_vmm::VmError> {
+    use pvkit_vmm::vm::migrate::{default_incoming_dir, run_incoming, IncomingError};
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| pvkit_vmm::VmError::StartRefused(format!("cannot listen on {addr}: {e}")))?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    eprintln!("pvkit: incoming migration: waiting on {bound}");
+    match run_incoming(&listener, mem_mib << 20, cfg, &default_incoming_dir()) {
+        Ok(o) => {
+            eprintln!(
+                "pvkit: incoming migration: {} bytes, {} rounds received",
+                o.received.bytes, o.received.rounds
+            );
+            Ok(o.outcome)
+        }
+        Err(IncomingError::Vm(e)) => Err(e),
+        Err(e) => Err(pvkit_vmm::VmError::StartRefused(e.to_string())),
+    }
 }
 
 /// `pvkit ctl`: one request, its JSON reply on stdout; status 0 when it succeeded.
@@ -333,6 +384,7 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
         gdb: args.gdb,
         restore: args.restore.clone(),
         control: None,
+        start_gate: None,
     })
 }
 
@@ -378,16 +430,38 @@ fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
             base: (kind == pvkit_vmm::io::disk::OverlayKind::Block).then_some(root),
         });
     }
+    let mut hooks: Vec<pvkit_vmm::vm::ControlHook> = Vec::new();
     // Bound before the guest runs: a path in use fails at once.
     if let Some(path) = &args.api {
         let server = std::sync::Mutex::new(Some(pvkit_vmm::api::server::ApiServer::bind(path)?));
-        cfg.control = Some(pvkit_vmm::vm::ControlHook(std::sync::Arc::new(
+        hooks.push(pvkit_vmm::vm::ControlHook(std::sync::Arc::new(
             move |ctl| {
                 let server = server.lock().ok().and_then(|mut s| s.take());
                 if let Some(server) = server {
                     if let Err(e) = server.serve(ctl) {
                         eprintln!("pvkit: cannot start the API thread: {e}");
                     }
+                }
+            },
+        )));
+    }
+    if let Some(to) = args.migrate_to {
+        let m = pvkit_vmm::vm::migrate::MigrateAfter {
+            to,
+            after: Duration::from_millis(args.migrate_after_ms),
+            precopy: pvkit_vmm::migration::precopy::PrecopyConfig {
+                max_rounds: args.migrate_rounds,
+                ..Default::default()
+            },
+            report: Default::default(),
+        };
+        hooks.push(m.hook());
+    }
+    if !hooks.is_empty() {
+        cfg.control = Some(pvkit_vmm::vm::ControlHook(std::sync::Arc::new(
+            move |ctl: std::sync::Arc<pvkit_vmm::vm::control::VmControl>| {
+                for h in &hooks {
+                    (h.0)(std::sync::Arc::clone(&ctl));
                 }
             },
         )));
@@ -401,7 +475,10 @@ fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
         )),
         None => None,
     };
-    let result = pvkit_vmm::run(&cfg);
+    let result = match args.incoming {
+        Some(addr) => incoming(addr, args.mem, &cfg),
+        None => pvkit_vmm::run(&cfg),
+    };
     if let Some(path) = &args.api {
         // The API thread also removes it when it notices the end; the process may exit first.
         let _ = std::fs::remove_file(path);

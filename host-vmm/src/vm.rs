@@ -11,6 +11,7 @@ pub mod builder;
 pub mod control;
 pub mod diag;
 pub mod machine;
+pub mod migrate;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -131,6 +132,21 @@ pub struct VmConfig {
     /// Called once, before the guest runs, with the VM's control handle (pause, resume,
     /// snapshot, stats): `pvkit run --api` starts its API server here. Default: none.
     pub control: Option<ControlHook>,
+    /// Called once after the VM is built and before the guest runs (after
+    /// [`VmConfig::control`]); an `Err` ends the run with [`VmError::StartRefused`] and
+    /// the guest never runs. The target of a live migration waits here for the source's go
+    /// ([`crate::migration::target`]). Default: none.
+    pub start_gate: Option<StartGate>,
+}
+
+/// Decides whether a built VM may start ([`VmConfig::start_gate`]).
+#[derive(Clone)]
+pub struct StartGate(pub Arc<dyn Fn() -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for StartGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StartGate")
+    }
 }
 
 /// Receives a VM's control handle ([`VmConfig::control`]).
@@ -163,6 +179,7 @@ impl Default for VmConfig {
             gdb: None,
             restore: None,
             control: None,
+            start_gate: None,
         }
     }
 }
@@ -327,6 +344,9 @@ pub enum VmError {
     /// The network could not be set up.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// The start gate refused to let the guest run ([`VmConfig::start_gate`]).
+    #[error("the VM was built but not started: {0}")]
+    StartRefused(String),
     /// The snapshot could not be restored.
     #[error(transparent)]
     Restore(#[from] crate::snapshot::restore::RestoreError),
@@ -432,12 +452,13 @@ fn vcpu_loop(mut vcpu: Vcpu, vm: &Vm, mut cpu: VcpuState, gate: &control::PauseG
                     &shared.pause_requested,
                     &shared.stop_requested,
                 );
-                // Stopped while paused (watchdog, signal): the guest does not run again.
+                // Stopped while paused (watchdog, signal, a finished migration): the guest
+                // does not run again.
                 if shared.stop_requested.load(Ordering::Acquire) {
-                    break StopReason::Timeout {
+                    break gate.final_stop().unwrap_or(StopReason::Timeout {
                         rip: None,
                         disk: crate::runtime::signals::DiskFlush::NoDisk,
-                    };
+                    });
                 }
             }
         }
@@ -721,6 +742,17 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         });
         let ctl = control::VmControl::new(Arc::clone(&vm), Arc::clone(&gate), kick, devices, info);
         (hook.0)(Arc::new(ctl));
+    }
+    if let Some(StartGate(gate_fn)) = &config.start_gate {
+        if let Err(msg) = gate_fn() {
+            if let Some(s) = io_stopper {
+                s.stop();
+            }
+            if let Some(n) = net.as_mut() {
+                let _ = n.stop();
+            }
+            return Err(VmError::StartRefused(msg));
+        }
     }
     for (_, state) in &mut vcpus {
         let index = u32::try_from(state.index).unwrap_or(u32::MAX);

@@ -72,6 +72,32 @@ pub struct Response {
     /// Stats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<StatsReply>,
+    /// Migrate: what the migration did (the VM now runs on the target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationReply>,
+}
+
+/// The figures of a live migration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationReply {
+    /// The target.
+    pub to: String,
+    /// From the request to the hand-over, µs.
+    pub total_us: u64,
+    /// From the pause to the hand-over (the guest ran nowhere), µs.
+    pub downtime_us: u64,
+    /// Bytes of the stream.
+    pub bytes: u64,
+    /// Rounds, the stop-and-copy round included.
+    pub rounds: u64,
+    /// Pages sent with content.
+    pub data_pages: u64,
+    /// Pages skipped as hinted free.
+    pub hinted_pages: u64,
+    /// Pages dirty in the stop-and-copy round.
+    pub final_round_pages: u64,
+    /// Bytes of the VM state.
+    pub state_bytes: u64,
 }
 
 impl Response {

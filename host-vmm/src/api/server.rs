@@ -186,7 +186,38 @@ pub fn handle(req: &Request, ctl: &VmControl) -> Response {
             "balloon target: not supported: the ABI v1 balloon is guest-driven (the guest \
              inflates and deflates on its own); there is no host-set target to deliver yet",
         ),
-        // The migrate helper's entry point: `pvkit run --incoming` / live migration.
-        Request::Migrate { .. } => Response::err("migrate: not implemented in this build"),
+        Request::Migrate { dest } => migrate(dest, ctl),
+    }
+}
+
+/// `migrate`: live-migrates the VM to `dest` (resolved here); the reply comes after the
+/// hand-over, when the VM runs on the target (or runs on here after an error).
+fn migrate(dest: &str, ctl: &VmControl) -> Response {
+    use std::net::ToSocketAddrs;
+    let addr = match dest.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(a)) => a,
+        Ok(None) => return Response::err(format!("migrate: {dest} resolves to no address")),
+        Err(e) => return Response::err(format!("migrate: cannot resolve {dest}: {e}")),
+    };
+    let config = crate::migration::precopy::PrecopyConfig::default();
+    match crate::vm::migrate::migrate(ctl, addr, config) {
+        Ok(r) => {
+            let us = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+            Response {
+                migration: Some(super::request::MigrationReply {
+                    to: r.to.clone(),
+                    total_us: us(r.total),
+                    downtime_us: us(r.downtime),
+                    bytes: r.bytes,
+                    rounds: r.ram.rounds.len() as u64,
+                    data_pages: r.ram.data_pages(),
+                    hinted_pages: r.ram.hinted_pages(),
+                    final_round_pages: r.ram.rounds.last().map_or(0, |x| x.dirty),
+                    state_bytes: r.state_bytes,
+                }),
+                ..Response::ok()
+            }
+        }
+        Err(e) => Response::err(format!("migrate: {e} (the VM runs on)")),
     }
 }

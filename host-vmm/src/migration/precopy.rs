@@ -90,7 +90,7 @@ pub struct RoundStats {
 pub struct RamStats {
     /// Every round, the last one being stop-and-copy.
     pub rounds: Vec<RoundStats>,
-    /// When `pause` returned (the start of the downtime).
+    /// When `pause` was called (the start of the downtime).
     pub paused_at: Option<Instant>,
 }
 
@@ -218,8 +218,10 @@ pub fn send_ram<W: Write>(
         }
         round += 1;
     }
+    // The downtime starts when the pause is asked for: the vCPU stops at the kick.
+    let asked = Instant::now();
     pause().map_err(PrecopyError::Pause)?;
-    stats.paused_at = Some(Instant::now());
+    stats.paused_at = Some(asked);
     let t = Instant::now();
     let last = log.fetch()?;
     let fetch = t.elapsed();

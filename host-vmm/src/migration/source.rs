@@ -39,8 +39,9 @@ pub trait MigrationSource {
     fn resume(&self) -> Result<(), String>;
     /// The paused VM's state as a snapshot state file (disk flushed).
     fn capture_state(&self) -> Result<Vec<u8>, String>;
-    /// The target runs the guest now: stop this VM for good, naming the target.
-    fn finish(&self, to: &str);
+    /// The target runs the guest now: stop this VM for good (the report names the target
+    /// and the figures).
+    fn finish(&self, report: &MigrationReport);
 }
 
 /// Errors of a migration; the source VM runs on after every one of them.
@@ -86,6 +87,22 @@ pub struct MigrationReport {
     pub ram: RamStats,
     /// Bytes of the VM state.
     pub state_bytes: u64,
+    /// Parts of the downtime: pausing the vCPU, the final round, capturing the state, and
+    /// from the end record to the target's `READY` (it writes the state, rebuilds the VM).
+    pub downtime_parts: DowntimeParts,
+}
+
+/// Where the downtime went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DowntimeParts {
+    /// `pause` itself (vCPU out of `KVM_RUN`), counted before the downtime starts.
+    pub pause: Duration,
+    /// The stop-and-copy round (dirty-log read and pages).
+    pub final_round: Duration,
+    /// Capturing and encoding the VM state (disk flush included).
+    pub capture: Duration,
+    /// End record written → `READY` read: the target rebuilding the VM.
+    pub target: Duration,
 }
 
 impl MigrationReport {
@@ -94,7 +111,8 @@ impl MigrationReport {
         format!(
             "migrated to {}: total {:.1} ms, downtime {:.2} ms, {} bytes sent, {} rounds, \
              {} pages with content, {} hinted pages skipped, final round {} pages, state {} \
-             bytes, dirty-log read {} us at most",
+             bytes, dirty-log read {} us at most; downtime: pause {} us, final round {} us, \
+             state capture {} us, target rebuild {} us",
             self.to,
             self.total.as_secs_f64() * 1e3,
             self.downtime.as_secs_f64() * 1e3,
@@ -110,6 +128,10 @@ impl MigrationReport {
                 .map(|r| r.fetch.as_micros())
                 .max()
                 .unwrap_or(0),
+            self.downtime_parts.pause.as_micros(),
+            self.downtime_parts.final_round.as_micros(),
+            self.downtime_parts.capture.as_micros(),
+            self.downtime_parts.target.as_micros(),
         )
     }
 }
@@ -174,15 +196,22 @@ pub fn migrate_to(
             ram_bytes: ram_size(src.mem()),
         };
         let mut w = StreamWriter::new(out, header)?;
+        let mut parts = DowntimeParts::default();
         let mut pause = || {
+            let t = Instant::now();
             src.pause()?;
+            parts.pause = t.elapsed();
             paused = true;
             Ok(())
         };
         let ram = send_ram(src.mem(), &mut log, hints, &mut w, config, &mut pause)?;
+        parts.final_round = ram.rounds.last().map_or(Duration::ZERO, |r| r.elapsed);
+        let t = Instant::now();
         let state = src.capture_state().map_err(MigrationError::Unsupported)?;
+        parts.capture = t.elapsed();
         w.state(&state)?;
         let (_, bytes) = w.end()?;
+        let t = Instant::now();
         let mut c = &conn;
         c.set_read_timeout(Some(HANDOVER_TIMEOUT))
             .map_err(|e| MigrationError::Handover(e.to_string()))?;
@@ -190,6 +219,7 @@ pub fn migrate_to(
             Verdict::Refused(why) => return Err(MigrationError::Refused(why)),
             Verdict::Ready => {}
         }
+        parts.target = t.elapsed();
         c.write_all(&[GO])
             .and_then(|()| c.flush())
             .map_err(|e| MigrationError::Handover(e.to_string()))?;
@@ -201,11 +231,12 @@ pub fn migrate_to(
             bytes,
             ram,
             state_bytes: state.len() as u64,
+            downtime_parts: parts,
         })
     })();
     match result {
         Ok(report) => {
-            src.finish(&to);
+            src.finish(&report);
             stop_tracking(Some(log));
             Ok(report)
         }

@@ -48,8 +48,8 @@ impl MigrationSource for Fake {
     fn capture_state(&self) -> Result<Vec<u8>, String> {
         Ok(b"the state file".to_vec())
     }
-    fn finish(&self, to: &str) {
-        *self.finished.lock().unwrap() = Some(to.to_owned());
+    fn finish(&self, report: &super::source::MigrationReport) {
+        *self.finished.lock().unwrap() = Some(report.to.clone());
     }
 }
 

@@ -176,6 +176,8 @@ pub struct DeviceHandles {
     pub pv_clock: Option<Arc<PvClock>>,
     /// The balloon, if any.
     pub balloon: Option<Arc<PvBalloon>>,
+    /// The free-page hints, if any (not saved: a live migration reads them).
+    pub free_page_hint: Option<Arc<crate::devices::pv::free_page_hint::PvFreePageHint>>,
 }
 
 impl std::fmt::Debug for DeviceHandles {

@@ -395,6 +395,7 @@ pub fn build(
         vm_clock: clock,
         pv_clock,
         balloon: balloon.clone(),
+        free_page_hint: free_page_hint.clone(),
     };
 
     let shards: Vec<ExitLedger> = others.iter().map(|_| ledger.shard()).collect();

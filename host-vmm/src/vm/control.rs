@@ -75,6 +75,9 @@ struct Parked {
 pub struct PauseGate {
     parked: Mutex<Parked>,
     cv: Condvar,
+    /// How the run ends when the controller ended it (a migration): the parked vCPU does
+    /// not re-enter the guest.
+    final_stop: Mutex<Option<crate::StopReason>>,
 }
 
 impl std::fmt::Debug for PauseGate {
@@ -110,6 +113,11 @@ impl PauseGate {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
         }
+    }
+
+    /// The stop the controller set ([`VmControl::finish_migrated`]), if any.
+    pub fn final_stop(&self) -> Option<crate::StopReason> {
+        lock(&self.final_stop).clone()
     }
 
     /// vCPU thread: it has ended (no more parking).
@@ -301,16 +309,7 @@ impl VmControl {
     /// paused for it and resumed afterwards; a paused one stays paused.
     pub fn snapshot(&self, dir: &Path) -> Result<SnapshotReport, ControlError> {
         let _busy = lock(&self.busy);
-        if self.info.net {
-            return Err(ControlError::Unsupported(
-                "a NIC (its backend and receive state cannot be saved yet)".into(),
-            ));
-        }
-        if self.vm.pv.rings().is_some_and(|r| r.any_registered()) {
-            return Err(ControlError::Unsupported(
-                "registered PV rings (ring state is not captured yet)".into(),
-            ));
-        }
+        self.check_capturable()?;
         let was_paused = self.is_paused();
         let pause = match was_paused {
             true => Duration::ZERO,
@@ -329,6 +328,15 @@ impl VmControl {
     }
 
     fn capture_and_write(&self, dir: &Path) -> Result<SnapshotStats, ControlError> {
+        let state = self.capture_paused()?;
+        let balloon = self.devices.balloon.clone();
+        let ballooned = move |gpa| balloon.as_ref().is_some_and(|b| b.is_ballooned(gpa));
+        Ok(write_snapshot(dir, &state, self.vm.mem(), &ballooned)?)
+    }
+
+    /// The state of the paused VM (the disk flushed: every write the guest saw complete is
+    /// in the image).
+    fn capture_paused(&self) -> Result<VmState, ControlError> {
         let parked = lock(&self.gate.parked);
         let vcpu = parked.vcpu.as_ref().ok_or(ControlError::Stopped)?;
         let vcpu_state = capture_vcpu(vcpu, &self.info.msrs)?;
@@ -358,9 +366,65 @@ impl VmControl {
                 .flush()
                 .map_err(|e| ControlError::Unsupported(format!("disk flush failed: {e}")))?;
         }
-        let balloon = self.devices.balloon.clone();
-        let ballooned = move |gpa| balloon.as_ref().is_some_and(|b| b.is_ballooned(gpa));
-        Ok(write_snapshot(dir, &state, self.vm.mem(), &ballooned)?)
+        Ok(state)
+    }
+
+    /// Why this VM cannot be captured (a snapshot or a migration), if it cannot.
+    fn check_capturable(&self) -> Result<(), ControlError> {
+        if self.info.net {
+            return Err(ControlError::Unsupported(
+                "a NIC (its backend and receive state cannot be saved yet)".into(),
+            ));
+        }
+        if self.vm.pv.rings().is_some_and(|r| r.any_registered()) {
+            return Err(ControlError::Unsupported(
+                "registered PV rings (ring state is not captured yet)".into(),
+            ));
+        }
+        self.check_pausable()
+    }
+
+    /// The shared VM (RAM, the KVM fd), for a live migration ([`super::migrate`]).
+    pub fn vm(&self) -> &Arc<Vm> {
+        &self.vm
+    }
+
+    /// The free-page hint device, if the VM has one.
+    pub fn free_page_hint(
+        &self,
+    ) -> Option<Arc<crate::devices::pv::free_page_hint::PvFreePageHint>> {
+        self.devices.free_page_hint.clone()
+    }
+
+    /// Whether the VM can be migrated now: running, one vCPU, no NIC, no registered ring.
+    pub fn check_migratable(&self) -> Result<(), ControlError> {
+        let _busy = lock(&self.busy);
+        self.check_capturable()?;
+        if self.is_stopped() {
+            return Err(ControlError::Stopped);
+        }
+        if self.is_paused() {
+            return Err(ControlError::AlreadyIn("paused"));
+        }
+        Ok(())
+    }
+
+    /// The paused VM's state as a snapshot state file (for a migration stream).
+    pub fn capture_state_file(&self) -> Result<Vec<u8>, ControlError> {
+        let _busy = lock(&self.busy);
+        self.check_capturable()?;
+        let state = self.capture_paused()?;
+        crate::snapshot::state::encode(&state)
+            .map_err(|e| ControlError::Unsupported(format!("cannot encode the state: {e}")))
+    }
+
+    /// The VM was migrated: its paused vCPU never runs again and the run ends with
+    /// `stop` ([`crate::StopReason::Migrated`]).
+    pub fn finish_migrated(&self, stop: crate::StopReason) {
+        let _busy = lock(&self.busy);
+        *lock(&self.gate.final_stop) = Some(stop);
+        self.vm.shared.stop_requested.store(true, Ordering::Release);
+        self.gate.cv.notify_all();
     }
 
     /// The VM's statistics now.
