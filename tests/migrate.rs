@@ -209,6 +209,7 @@ fn migrate_pair(name: &str, hints: bool) -> Migrated {
     let (scode, source, serr) = source.finish();
     assert_eq!(scode, 0, "{serr}");
     assert!(serr.contains("live-migrated to"), "{serr}");
+    eprintln!("{name}: {}", serr.trim());
     let (tcode, target, target_err) = target.finish();
     assert_eq!(tcode, 0, "{target_err}");
     Migrated {
