@@ -112,7 +112,8 @@ impl MigrationReport {
             "migrated to {}: total {:.1} ms, downtime {:.2} ms, {} bytes sent, {} rounds, \
              {} pages with content, {} hinted pages skipped, final round {} pages, state {} \
              bytes, dirty-log read {} us at most; downtime: pause {} us, final round {} us, \
-             state capture {} us, target rebuild {} us",
+             state capture {} us, target rebuild {} us; rounds (dirty/data/zero/hinted pages, \
+             ms): {}",
             self.to,
             self.total.as_secs_f64() * 1e3,
             self.downtime.as_secs_f64() * 1e3,
@@ -132,6 +133,19 @@ impl MigrationReport {
             self.downtime_parts.final_round.as_micros(),
             self.downtime_parts.capture.as_micros(),
             self.downtime_parts.target.as_micros(),
+            self.ram
+                .rounds
+                .iter()
+                .map(|r| format!(
+                    "{}/{}/{}/{} {:.1}",
+                    r.dirty,
+                    r.data_pages,
+                    r.zero_pages,
+                    r.hinted_pages,
+                    r.elapsed.as_secs_f64() * 1e3
+                ))
+                .collect::<Vec<_>>()
+                .join(", "),
         )
     }
 }
