@@ -251,7 +251,7 @@ fn check(m: &Migrated, hints: bool) {
         );
     }
     // Exact exits of the whole run: the ledger travels in the state, the target counts on.
-    let acks_total = (TICKS / 4) as u64 + u64::from(TICKS % 4 != 0);
+    let acks_total = TICKS.div_ceil(4);
     let lines = TICKS + acks_total + 3; // + banner, free line, done line
     let e = &m.target_err;
     assert_eq!(stat(e, "hypercall console_write"), lines, "{e}");
