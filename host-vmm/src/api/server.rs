@@ -124,7 +124,10 @@ fn serve_connection(stream: UnixStream, ctl: &VmControl) {
         };
         let mut text = serde_json::to_vec(&reply).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
         text.push(b'\n');
-        if out.write_all(&text).is_err() || close {
+        let written = out.write_all(&text);
+        // A migrated VM stops only now, after its reply is out (the process ends with it).
+        ctl.apply_deferred_stop();
+        if written.is_err() || close {
             return;
         }
     }
@@ -200,7 +203,7 @@ fn migrate(dest: &str, ctl: &VmControl) -> Response {
         Err(e) => return Response::err(format!("migrate: cannot resolve {dest}: {e}")),
     };
     let config = crate::migration::precopy::PrecopyConfig::default();
-    match crate::vm::migrate::migrate(ctl, addr, config) {
+    match crate::vm::migrate::migrate_then_reply(ctl, addr, config) {
         Ok(r) => {
             let us = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
             Response {

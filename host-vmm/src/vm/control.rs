@@ -190,6 +190,8 @@ pub struct VmControl {
     started: Instant,
     /// Serialises control requests (one pause/resume/snapshot at a time).
     busy: Mutex<()>,
+    /// A stop decided but not yet applied ([`VmControl::defer_stop`]).
+    deferred_stop: Mutex<Option<crate::StopReason>>,
 }
 
 impl std::fmt::Debug for VmControl {
@@ -217,6 +219,7 @@ impl VmControl {
             info,
             started: Instant::now(),
             busy: Mutex::new(()),
+            deferred_stop: Mutex::new(None),
         }
     }
 
@@ -416,6 +419,21 @@ impl VmControl {
         let state = self.capture_paused()?;
         crate::snapshot::state::encode(&state)
             .map_err(|e| ControlError::Unsupported(format!("cannot encode the state: {e}")))
+    }
+
+    /// Like [`VmControl::finish_migrated`], but applied only by
+    /// [`VmControl::apply_deferred_stop`]: the control API answers the `migrate` request
+    /// first (the process ends with the VM). The VM stays paused meanwhile.
+    pub fn defer_stop(&self, stop: crate::StopReason) {
+        *lock(&self.deferred_stop) = Some(stop);
+    }
+
+    /// Applies a stop left by [`VmControl::defer_stop`], if any.
+    pub fn apply_deferred_stop(&self) {
+        let stop = lock(&self.deferred_stop).take();
+        if let Some(stop) = stop {
+            self.finish_migrated(stop);
+        }
     }
 
     /// The VM was migrated: its paused vCPU never runs again and the run ends with

@@ -25,6 +25,8 @@ use crate::StopReason;
 /// A [`VmControl`] as the migration sees it.
 struct Source<'a> {
     ctl: &'a VmControl,
+    /// Leave the stop to [`VmControl::apply_deferred_stop`].
+    defer: bool,
 }
 
 impl MigrationSource for Source<'_> {
@@ -47,10 +49,14 @@ impl MigrationSource for Source<'_> {
         self.ctl.capture_state_file().map_err(|e| e.to_string())
     }
     fn finish(&self, report: &MigrationReport) {
-        self.ctl.finish_migrated(StopReason::Migrated {
+        let stop = StopReason::Migrated {
             to: report.to.clone(),
             summary: report.summary(),
-        });
+        };
+        match self.defer {
+            true => self.ctl.defer_stop(stop),
+            false => self.ctl.finish_migrated(stop),
+        }
     }
 }
 
@@ -63,7 +69,20 @@ pub fn migrate(
 ) -> Result<MigrationReport, MigrationError> {
     ctl.check_migratable()
         .map_err(|e| MigrationError::Unsupported(e.to_string()))?;
-    migrate_to(&Source { ctl }, to, config)
+    migrate_to(&Source { ctl, defer: false }, to, config)
+}
+
+/// [`migrate`] for a caller that must answer before the VM stops (the control API): on
+/// success the VM stays paused, and stops for good at the caller's
+/// [`VmControl::apply_deferred_stop`].
+pub fn migrate_then_reply(
+    ctl: &VmControl,
+    to: SocketAddr,
+    config: PrecopyConfig,
+) -> Result<MigrationReport, MigrationError> {
+    ctl.check_migratable()
+        .map_err(|e| MigrationError::Unsupported(e.to_string()))?;
+    migrate_to(&Source { ctl, defer: true }, to, config)
 }
 
 /// Migrates the VM a while after it starts (`pvkit run --migrate-to ADDR
