@@ -363,6 +363,14 @@ impl VmControl {
         Ok(write_snapshot(dir, &state, self.vm.mem(), &ballooned)?)
     }
 
+    /// Stops the VM (as its watchdog would: the run ends with a timeout stop). A paused VM
+    /// stops without running the guest again.
+    pub fn request_stop(&self) {
+        self.vm.shared.stop_requested.store(true, Ordering::Release);
+        self.gate.cv.notify_all();
+        (self.kick)();
+    }
+
     /// The VM's statistics now.
     pub fn stats(&self) -> VmStats {
         use crate::devices::legacy::vm_clock::VmTime;
