@@ -173,7 +173,11 @@ impl LifecycleResults {
         let snap: Vec<_> = self.snapshots.iter().map(|s| s.total).collect();
         let pause: Vec<_> = self.snapshots.iter().map(|s| s.pause).collect();
         let run: Vec<_> = self.restores.iter().map(|r| r.to_running).collect();
-        let first: Vec<_> = self.restores.iter().filter_map(|r| r.to_first_exit).collect();
+        let first: Vec<_> = self
+            .restores
+            .iter()
+            .filter_map(|r| r.to_first_exit)
+            .collect();
         let written = self.snapshots.last().map_or(0, |s| s.written);
         let range = |v: &[Duration]| {
             let min = v.iter().min().copied().unwrap_or_default();

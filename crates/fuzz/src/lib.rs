@@ -64,6 +64,7 @@ pub fn targets() -> Vec<Target> {
             hypercall_dispatch::run,
             hypercall_dispatch::seeds,
         ),
+        ("snapshot_state", snapshot_state::run, snapshot_state::seeds),
     ]);
     t
 }

@@ -328,9 +328,19 @@ impl VmControl {
         })
     }
 
-    fn capture_and_write(&self, dir: &Path) -> Result<SnapshotStats, ControlError> {
+    /// The state of the paused VM (everything but RAM), for a snapshot or a migration
+    /// stream. [`ControlError::AlreadyIn`]`("running")` if the VM is not paused.
+    pub fn capture_state(&self) -> Result<VmState, ControlError> {
+        let _busy = lock(&self.busy);
+        self.capture_state_locked()
+    }
+
+    fn capture_state_locked(&self) -> Result<VmState, ControlError> {
         let parked = lock(&self.gate.parked);
-        let vcpu = parked.vcpu.as_ref().ok_or(ControlError::Stopped)?;
+        let vcpu = parked
+            .vcpu
+            .as_ref()
+            .ok_or(ControlError::AlreadyIn("running"))?;
         let vcpu_state = capture_vcpu(vcpu, &self.info.msrs)?;
         let mut ledger = self.info.base_ledger.clone();
         ledger.merge(&parked.ledger);
@@ -340,7 +350,7 @@ impl VmControl {
             .as_ref()
             .ok_or_else(|| ControlError::Unsupported("no KVM VM".into()))?;
         let vm_state = capture_vm(fd, self.info.irqchip)?;
-        let state = VmState {
+        Ok(VmState {
             mem_bytes: self.info.mem_bytes,
             cmdline: self.info.cmdline.clone(),
             kernel: self.info.kernel.clone(),
@@ -350,7 +360,24 @@ impl VmControl {
             devices: self.devices.capture(),
             disk: self.info.disk.clone(),
             ledger: save_ledger(&ledger)?,
-        };
+        })
+    }
+
+    /// The VM (guest RAM, the KVM VM fd), e.g. for a migration's dirty-page log.
+    pub fn vm(&self) -> &Arc<Vm> {
+        &self.vm
+    }
+
+    /// Whether a page is ballooned (a snapshot or migration need not copy it).
+    pub fn is_ballooned(&self, gpa: u64) -> bool {
+        self.devices
+            .balloon
+            .as_ref()
+            .is_some_and(|b| b.is_ballooned(gpa))
+    }
+
+    fn capture_and_write(&self, dir: &Path) -> Result<SnapshotStats, ControlError> {
+        let state = self.capture_state_locked()?;
         if let Some(d) = &self.devices.disk {
             use pvkit_devices::BlockBackend;
             // Every write the guest saw complete is in the image before the snapshot names it.
@@ -358,8 +385,7 @@ impl VmControl {
                 .flush()
                 .map_err(|e| ControlError::Unsupported(format!("disk flush failed: {e}")))?;
         }
-        let balloon = self.devices.balloon.clone();
-        let ballooned = move |gpa| balloon.as_ref().is_some_and(|b| b.is_ballooned(gpa));
+        let ballooned = |gpa| self.is_ballooned(gpa);
         Ok(write_snapshot(dir, &state, self.vm.mem(), &ballooned)?)
     }
 
