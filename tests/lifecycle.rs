@@ -352,3 +352,44 @@ fn malformed_api_requests_are_refused_and_change_nothing() {
     assert_eq!(s, (1..=60).collect::<Vec<_>>());
     assert!(!api.exists(), "the socket is removed when the VM ends");
 }
+
+/// The restored VM's ledger continues the snapshot's: over the guest's whole life (boot,
+/// pause, snapshot, restore, end) every exit is counted exactly once.
+#[test]
+fn the_ledger_counts_on_across_a_restore() {
+    use pvkit_abi::call::Hypercall;
+    use pvkit_vmm::exit::ledger::ExitKind;
+    if !common::builtin_ready() {
+        return;
+    }
+    let d = dir("ledger");
+    let disk = d.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    const N: u64 = 12;
+    let (snap, _) = snapshot_at(&d, &disk, N, 4);
+    let o = pvkit_vmm::run(&pvkit_vmm::VmConfig {
+        restore: Some(snap),
+        capture_console: true,
+        timeout: Duration::from_secs(120),
+        ..pvkit_vmm::VmConfig::default()
+    })
+    .expect("restore");
+    assert_eq!(
+        o.stop,
+        pvkit_vmm::StopReason::Exit(0),
+        "{}",
+        String::from_utf8_lossy(&o.console)
+    );
+    let l = &o.ledger;
+    let hc = |h| l.count(ExitKind::Hypercall(h));
+    // Boot: the clock page and the disk size; per step: read and write sector 0 and one
+    // console line; then `counter done` and `Exit`. The pause for the snapshot: one
+    // interrupted `KVM_RUN`.
+    assert_eq!(hc(Hypercall::RegisterRegion), 1);
+    assert_eq!(hc(Hypercall::BlockCapacity), 1);
+    assert_eq!(hc(Hypercall::BlockIo), 2 * N);
+    assert_eq!(hc(Hypercall::ConsoleWrite), N + 1);
+    assert_eq!(hc(Hypercall::Exit), 1);
+    assert_eq!(l.count(ExitKind::Interrupted), 1);
+    assert_eq!(l.total, 3 * N + 5, "{:?}", l.by_count());
+}
