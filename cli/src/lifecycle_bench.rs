@@ -77,13 +77,11 @@ fn config(bench: &LifecycleBench, disk: &Path) -> VmConfig {
     }
 }
 
+/// The thread a VM runs on.
+type VmThread = std::thread::JoinHandle<Result<pvkit_vmm::RunOutcome, pvkit_vmm::VmError>>;
+
 /// A VM on its own thread, with its control handle.
-fn start(
-    cfg: VmConfig,
-) -> anyhow::Result<(
-    Arc<VmControl>,
-    std::thread::JoinHandle<Result<pvkit_vmm::RunOutcome, pvkit_vmm::VmError>>,
-)> {
+fn start(cfg: VmConfig) -> anyhow::Result<(Arc<VmControl>, VmThread)> {
     let (tx, rx) = mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     let cfg = VmConfig {

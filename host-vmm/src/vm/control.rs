@@ -50,7 +50,7 @@ pub enum ControlError {
     #[error("the VM is already {0}")]
     AlreadyIn(&'static str),
     /// The vCPU did not reach a clean point in time.
-    #[error("the vCPU did not pause within {0:?}")]
+    #[error("the vCPU did not answer (pause or resume) within {0:?}")]
     PauseTimeout(Duration),
     /// The VM has something pause or snapshot cannot handle yet.
     #[error("not supported for this VM: {0}")]
@@ -101,6 +101,8 @@ impl PauseGate {
             let running = !pause.load(Ordering::Acquire) || stop.load(Ordering::Acquire);
             if running {
                 if let Some(v) = p.vcpu.take() {
+                    // The controller's resume waits for this.
+                    self.cv.notify_all();
                     return v;
                 }
             }
@@ -281,6 +283,20 @@ impl VmControl {
         }
         self.pause_flag().store(false, Ordering::Release);
         self.gate.cv.notify_all();
+        // Resumed when the vCPU thread has taken its vCPU back (then `is_paused` is false).
+        let t = Instant::now();
+        let mut p = lock(&self.gate.parked);
+        while p.vcpu.is_some() && !p.ended {
+            if t.elapsed() > PAUSE_TIMEOUT {
+                return Err(ControlError::PauseTimeout(PAUSE_TIMEOUT));
+            }
+            p = self
+                .gate
+                .cv
+                .wait_timeout(p, Duration::from_millis(2))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
         Ok(())
     }
 
