@@ -124,7 +124,19 @@ fn disk_record(path: &Path) -> (u64, u64) {
 /// Boots the counter, pauses it after step `at`, snapshots into `dir/snap`, terminates it.
 /// Returns the snapshot directory and the steps the original printed.
 fn snapshot_at(dir: &Path, disk: &Path, steps_total: u64, at: u64) -> (PathBuf, Vec<(u64, u64)>) {
-    let mut vm = Running::start(dir, disk, &format!("counter={steps_total} counter_ms=20"));
+    snapshot_with(dir, disk, steps_total, at, "")
+}
+
+/// [`snapshot_at`] with more guest command-line tokens (`extra`, may be empty).
+fn snapshot_with(
+    dir: &Path,
+    disk: &Path,
+    steps_total: u64,
+    at: u64,
+    extra: &str,
+) -> (PathBuf, Vec<(u64, u64)>) {
+    let cmdline = format!("counter={steps_total} counter_ms=20 {extra}");
+    let mut vm = Running::start(dir, disk, cmdline.trim());
     vm.wait_for(&format!("counter {at} "));
     let r = vm.api(&Request::Pause);
     assert!(r.ok, "{r:?}");
@@ -392,4 +404,37 @@ fn the_ledger_counts_on_across_a_restore() {
     assert_eq!(hc(Hypercall::Exit), 1);
     assert_eq!(l.count(ExitKind::Interrupted), 1);
     assert_eq!(l.total, 3 * N + 5, "{:?}", l.by_count());
+}
+
+/// A guest printing through the console ring (each transport: doorbell exits, ioeventfd
+/// with the I/O thread, I/O-thread polling) is snapshotted with its ring registered, and the
+/// restored guest goes on printing through it: the consumer's index and flags are restored
+/// and the ring re-registered with its transport.
+#[test]
+fn registered_rings_are_saved_and_restored() {
+    if !common::builtin_ready() {
+        return;
+    }
+    for transport in ["doorbell", "eventfd", "poll"] {
+        let d = dir(&format!("ring-{transport}"));
+        let disk = d.join("disk.img");
+        std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+        let (snap, before) = snapshot_with(&d, &disk, 20, 5, &format!("ring={transport}"));
+        let k = before.last().unwrap().0;
+        let o = restore(&snap, &[]).output().unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{transport}: {out}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let lines: Vec<String> = out.lines().map(str::to_owned).collect();
+        let after: Vec<u64> = steps(&lines).iter().map(|s| s.0).collect();
+        assert_eq!(
+            after,
+            (k + 1..=20).collect::<Vec<_>>(),
+            "{transport}: {out}"
+        );
+    }
 }

@@ -78,7 +78,7 @@ fn io_err<'a>(
 
 /// Writes guest RAM to a new file at `path`, sparse: pages for which `ballooned(gpa)` holds,
 /// and pages of zeros, are skipped (holes: `set_len` first, then only data pages written).
-/// Call with the vCPUs paused.
+/// Call with the vCPUs paused and every PV ring held still.
 pub fn write_memory_file(
     path: &Path,
     mem: &GuestRam,
@@ -104,9 +104,10 @@ pub fn write_memory_file(
                 detail: e.to_string(),
             })?;
         // SAFETY: `[host, host + len)` is the region's live mapping, owned by `mem` for the
-        // whole call. The vCPUs are paused (the caller's contract) and no other host thread
-        // writes guest RAM while they are (the I/O thread serves rings only on a guest
-        // kick), so reading it as bytes races with no writer.
+        // whole call. The vCPUs are paused and the rings held still (the caller's contract:
+        // `VmControl` writes the file inside `Rings::frozen`; the VMs that can be
+        // snapshotted have no NIC), so no thread writes guest RAM meanwhile and reading it
+        // as bytes races with no writer.
         let bytes = unsafe { std::slice::from_raw_parts(host.cast_const(), len) };
         // Runs of data pages are written with one `pwrite` each.
         let mut run: Option<usize> = None;

@@ -322,11 +322,6 @@ impl VmControl {
                 "a NIC (its backend and receive state cannot be saved yet)".into(),
             ));
         }
-        if self.vm.pv.rings().is_some_and(|r| r.any_registered()) {
-            return Err(ControlError::Unsupported(
-                "registered PV rings (ring state is not captured yet)".into(),
-            ));
-        }
         let was_paused = self.is_paused();
         let pause = match was_paused {
             true => Duration::ZERO,
@@ -348,7 +343,22 @@ impl VmControl {
     /// stream. [`ControlError::AlreadyIn`]`("running")` if the VM is not paused.
     pub fn capture_state(&self) -> Result<VmState, ControlError> {
         let _busy = lock(&self.busy);
-        self.capture_state_locked()
+        self.with_rings_frozen(|rings| {
+            let mut state = self.capture_state_locked()?;
+            state.devices.rings = rings;
+            Ok(state)
+        })
+    }
+
+    /// Calls `f` with the saved rings while every ring is held still.
+    fn with_rings_frozen<R>(
+        &self,
+        f: impl FnOnce(Vec<crate::snapshot::state::SavedRing>) -> Result<R, ControlError>,
+    ) -> Result<R, ControlError> {
+        match self.vm.pv.rings() {
+            Some(rings) => rings.frozen(f).map_err(ControlError::Unsupported)?,
+            None => f(Vec::new()),
+        }
     }
 
     fn capture_state_locked(&self) -> Result<VmState, ControlError> {
@@ -393,16 +403,21 @@ impl VmControl {
     }
 
     fn capture_and_write(&self, dir: &Path) -> Result<SnapshotStats, ControlError> {
-        let state = self.capture_state_locked()?;
-        if let Some(d) = &self.devices.disk {
-            use pvkit_devices::BlockBackend;
-            // Every write the guest saw complete is in the image before the snapshot names it.
-            d.clone()
-                .flush()
-                .map_err(|e| ControlError::Unsupported(format!("disk flush failed: {e}")))?;
-        }
-        let ballooned = |gpa| self.is_ballooned(gpa);
-        Ok(write_snapshot(dir, &state, self.vm.mem(), &ballooned)?)
+        // The rings are held still from their capture until RAM is written, so both agree.
+        self.with_rings_frozen(|rings| {
+            let mut state = self.capture_state_locked()?;
+            state.devices.rings = rings;
+            if let Some(d) = &self.devices.disk {
+                use pvkit_devices::BlockBackend;
+                // Every write the guest saw complete is in the image before the snapshot
+                // names it.
+                d.clone()
+                    .flush()
+                    .map_err(|e| ControlError::Unsupported(format!("disk flush failed: {e}")))?;
+            }
+            let ballooned = |gpa| self.is_ballooned(gpa);
+            Ok(write_snapshot(dir, &state, self.vm.mem(), &ballooned)?)
+        })
     }
 
     /// Stops the VM (as its watchdog would: the run ends with a timeout stop). A paused VM
