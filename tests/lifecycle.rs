@@ -124,7 +124,19 @@ fn disk_record(path: &Path) -> (u64, u64) {
 /// Boots the counter, pauses it after step `at`, snapshots into `dir/snap`, terminates it.
 /// Returns the snapshot directory and the steps the original printed.
 fn snapshot_at(dir: &Path, disk: &Path, steps_total: u64, at: u64) -> (PathBuf, Vec<(u64, u64)>) {
-    let mut vm = Running::start(dir, disk, &format!("counter={steps_total} counter_ms=20"));
+    snapshot_with(dir, disk, steps_total, at, "")
+}
+
+/// [`snapshot_at`] with more guest command-line tokens (`extra`, may be empty).
+fn snapshot_with(
+    dir: &Path,
+    disk: &Path,
+    steps_total: u64,
+    at: u64,
+    extra: &str,
+) -> (PathBuf, Vec<(u64, u64)>) {
+    let cmdline = format!("counter={steps_total} counter_ms=20 {extra}");
+    let mut vm = Running::start(dir, disk, cmdline.trim());
     vm.wait_for(&format!("counter {at} "));
     let r = vm.api(&Request::Pause);
     assert!(r.ok, "{r:?}");
@@ -351,4 +363,78 @@ fn malformed_api_requests_are_refused_and_change_nothing() {
     let s: Vec<u64> = steps(&lines).iter().map(|s| s.0).collect();
     assert_eq!(s, (1..=60).collect::<Vec<_>>());
     assert!(!api.exists(), "the socket is removed when the VM ends");
+}
+
+/// The restored VM's ledger continues the snapshot's: over the guest's whole life (boot,
+/// pause, snapshot, restore, end) every exit is counted exactly once.
+#[test]
+fn the_ledger_counts_on_across_a_restore() {
+    use pvkit_abi::call::Hypercall;
+    use pvkit_vmm::exit::ledger::ExitKind;
+    if !common::builtin_ready() {
+        return;
+    }
+    let d = dir("ledger");
+    let disk = d.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    const N: u64 = 12;
+    let (snap, _) = snapshot_at(&d, &disk, N, 4);
+    let o = pvkit_vmm::run(&pvkit_vmm::VmConfig {
+        restore: Some(snap),
+        capture_console: true,
+        timeout: Duration::from_secs(120),
+        ..pvkit_vmm::VmConfig::default()
+    })
+    .expect("restore");
+    assert_eq!(
+        o.stop,
+        pvkit_vmm::StopReason::Exit(0),
+        "{}",
+        String::from_utf8_lossy(&o.console)
+    );
+    let l = &o.ledger;
+    let hc = |h| l.count(ExitKind::Hypercall(h));
+    // Boot: the clock page and the disk size; per step: read and write sector 0 and one
+    // console line; then `counter done` and `Exit`. The pause for the snapshot: one
+    // interrupted `KVM_RUN`.
+    assert_eq!(hc(Hypercall::RegisterRegion), 1);
+    assert_eq!(hc(Hypercall::BlockCapacity), 1);
+    assert_eq!(hc(Hypercall::BlockIo), 2 * N);
+    assert_eq!(hc(Hypercall::ConsoleWrite), N + 1);
+    assert_eq!(hc(Hypercall::Exit), 1);
+    assert_eq!(l.count(ExitKind::Interrupted), 1);
+    assert_eq!(l.total, 3 * N + 5, "{:?}", l.by_count());
+}
+
+/// A guest printing through the console ring (each transport: doorbell exits, ioeventfd
+/// with the I/O thread, I/O-thread polling) is snapshotted with its ring registered, and the
+/// restored guest goes on printing through it: the consumer's index and flags are restored
+/// and the ring re-registered with its transport.
+#[test]
+fn registered_rings_are_saved_and_restored() {
+    if !common::builtin_ready() {
+        return;
+    }
+    for transport in ["doorbell", "eventfd", "poll"] {
+        let d = dir(&format!("ring-{transport}"));
+        let disk = d.join("disk.img");
+        std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+        let (snap, before) = snapshot_with(&d, &disk, 20, 5, &format!("ring={transport}"));
+        let k = before.last().unwrap().0;
+        let o = restore(&snap, &[]).output().unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{transport}: {out}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let lines: Vec<String> = out.lines().map(str::to_owned).collect();
+        let after: Vec<u64> = steps(&lines).iter().map(|s| s.0).collect();
+        assert_eq!(
+            after,
+            (k + 1..=20).collect::<Vec<_>>(),
+            "{transport}: {out}"
+        );
+    }
 }

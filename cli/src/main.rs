@@ -47,6 +47,45 @@ enum Command {
     New(NewArgs),
     /// Send a request to a running VM's control API (`pvkit run --api PATH`).
     Ctl(CtlArgs),
+    /// Time snapshots of a running built-in guest and restores until it runs again.
+    SnapshotBench(SnapshotBenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SnapshotBenchArgs {
+    /// Guest RAM in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 128)]
+    mem: u64,
+    /// Snapshots and restores to time.
+    #[arg(long, value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    iterations: u32,
+    /// Where the snapshot and the disk image go (default: a new directory under the
+    /// system temp directory, removed at the end).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Do not confine the vCPU threads with seccomp.
+    #[arg(long)]
+    no_seccomp: bool,
+}
+
+fn snapshot_bench(args: &SnapshotBenchArgs) -> anyhow::Result<u8> {
+    use pvkit_cli::lifecycle_bench::{run, LifecycleBench};
+    let temp = args.dir.is_none();
+    let dir = args.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("pvkit-snapshot-bench-{}", std::process::id()))
+    });
+    let r = run(&LifecycleBench {
+        mem_mib: args.mem,
+        iterations: args.iterations,
+        dir: dir.clone(),
+        seccomp: !args.no_seccomp,
+    });
+    if temp {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    print!("{}", r?.render());
+    Ok(0)
 }
 
 #[derive(clap::Args, Debug)]
@@ -705,6 +744,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench(args),
         Command::New(args) => new_guest(args),
         Command::Ctl(args) => ctl(args),
+        Command::SnapshotBench(args) => snapshot_bench(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

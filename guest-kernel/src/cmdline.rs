@@ -8,7 +8,7 @@
 //! | `alloc=N`   | before the output: allocate `N` bytes on the heap, touch the first and last, free them |
 //! | `writes=K`  | with `print=`: do it `K` times (K writes of N bytes), default 1      |
 //! | `flood`     | with `print=`: write for ever (`writes=` ignored); the host's watchdog or a signal ends it |
-//! | `ring=`     | with `print=`: write through the console ring, `doorbell` or `eventfd` transport, instead of the console |
+//! | `ring=`     | with `print=` or `counter=`: write through the console ring, `doorbell`, `eventfd` or `poll` transport, instead of the console |
 //! | `fault=`    | after the banner: `ud` (ud2), `pf` (write above the 4 GiB identity map), `gp` (non-canonical access), `de` (divide by zero), `df` (double fault: a stack overflow into unmapped memory) |
 //! | `panic`     | after the banner: `panic!("requested panic")`                         |
 //! | `spin`      | after the banner: loop forever (watchdog tests)                       |
@@ -22,7 +22,7 @@
 //! | `cpus=N`    | with `smp=`: how many CPUs there are (1–8), default 1                 |
 //! | `quick`     | with `bench=`: small operation counts                                 |
 //! | `ops=N`     | with `bench=`: `N` (≥ 1) operations in every case                      |
-//! | `counter=N` | instead of everything else: count to `N`, one step per `counter_ms=M` (default 20) ms, checking the PV clock and the disk ([`crate::counter`]); for snapshot tests |
+//! | `counter=N` | instead of everything else: count to `N`, one step per `counter_ms=M` (default 20) ms, checking the PV clock and the disk ([`crate::counter`]); for snapshot tests; with `ring=` it prints through the console ring |
 //! | `net=`      | instead of everything else: the NE2000 by interrupts, `serve`, `echo` or `send` ([`crate::net`]); with `ip=`, `peer=` (IPv4), `count=N`, `size=N` (UDP payload) |
 //!
 //! Unknown tokens are ignored (they may be meant for someone else). When several of
@@ -167,6 +167,7 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
             ("flood", None) => flood = true,
             ("ring", Some("doorbell")) => ring = Some(Transport::Doorbell),
             ("ring", Some("eventfd")) => ring = Some(Transport::DoorbellEventfd),
+            ("ring", Some("poll")) => ring = Some(Transport::HostPoll),
             ("ring", Some(other)) => return Err(other),
             ("fault", Some(kind)) => {
                 args.action = Some(Action::Fault(match kind {
@@ -236,6 +237,7 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
                     args.counter = Some(crate::counter::CounterArgs {
                         steps: n,
                         step_ms: 0,
+                        ring: None,
                     })
                 }
                 _ => return Err(n),
@@ -271,6 +273,7 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
     }
     if let Some(c) = &mut args.counter {
         c.step_ms = counter_ms;
+        c.ring = ring;
     }
     Ok(args)
 }

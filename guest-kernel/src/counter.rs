@@ -16,6 +16,54 @@ use pvkit_guest::block::PvBlock;
 use pvkit_guest::clock::ClockPage;
 
 use crate::statics::{Exclusive, Pages};
+use pvkit_abi::ring::Transport;
+use pvkit_guest::console_ring::ConsoleRing;
+
+static RING: Exclusive<Pages<4096>> = Exclusive::new(Pages::zeroed());
+static LINE: Exclusive<Pages<128>> = Exclusive::new(Pages::zeroed());
+
+/// A line of text in a fixed buffer.
+struct LineBuf<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl core::fmt::Write for LineBuf<'_> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.buf.get_mut(self.len..end).ok_or(core::fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// Writes `counter I t=NS` through the console ring and waits for the host's answer.
+fn ring_line(ring: &mut ConsoleRing, line: &mut [u8], i: u64, now: u64) {
+    use core::fmt::Write;
+    let mut b = LineBuf { buf: line, len: 0 };
+    if writeln!(b, "counter {i} t={now}").is_err() {
+        panic!("counter: line too long");
+    }
+    let (ptr, len) = (b.buf.as_ptr(), b.len);
+    // SAFETY: `line` is a static buffer; the host reads these bytes only until it answers
+    // the request, and `wait` below returns only after that answer, before the buffer is
+    // written again.
+    let bytes: &'static [u8] = unsafe { core::slice::from_raw_parts(ptr, len) };
+    if ring.queue(bytes).is_err() {
+        panic!("counter: console ring full");
+    }
+    ring.submit();
+    let mut written = 0usize;
+    let waited = ring.wait(u64::MAX, |rsp| {
+        if rsp.status == 0 {
+            written += rsp.written as usize;
+        }
+    });
+    if waited.is_err() || written != len {
+        panic!("counter: console ring write failed ({written} of {len} bytes)");
+    }
+}
 
 /// `counter=` arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +72,9 @@ pub struct CounterArgs {
     pub steps: u64,
     /// Milliseconds of PV clock time per step.
     pub step_ms: u64,
+    /// Print through the console ring with this transport (`ring=`) instead of the
+    /// `ConsoleWrite` call: a snapshot then holds a registered ring.
+    pub ring: Option<Transport>,
 }
 
 static CLOCK: ClockPage = ClockPage::new();
@@ -52,6 +103,13 @@ pub fn run(args: CounterArgs, boot: &BootInfo) -> ! {
     let mut block = PvBlock::new();
     let buf = &mut SECTOR.take().0[..512];
     let step_ns = args.step_ms.saturating_mul(1_000_000);
+    let mut ring = args
+        .ring
+        .map(|t| match ConsoleRing::register(&mut RING.take().0, 32, t) {
+            Ok(r) => r,
+            Err(e) => panic!("counter: registering the console ring ({t:?}): {e:?}"),
+        });
+    let line = &mut LINE.take().0;
     let mut last = clock.nanoseconds();
     let mut prev: Option<(u64, u64)> = None;
     for i in 1..=args.steps {
@@ -91,7 +149,10 @@ pub fn run(args: CounterArgs, boot: &BootInfo) -> ! {
             }
             prev = Some((i, now));
         }
-        println!("counter {i} t={now}");
+        match &mut ring {
+            Some(r) => ring_line(r, line, i, now),
+            None => println!("counter {i} t={now}"),
+        }
         last = now;
     }
     println!("counter done");

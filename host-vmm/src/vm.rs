@@ -711,6 +711,15 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     let on_fatal = Arc::new(move |msg| {
         let _ = fatal.send(Event::HostFailure(msg));
     });
+    // The vCPU filter is compiled on a helper thread while the VM is built (it takes
+    // milliseconds here: most of a restore's time to the guest running).
+    let confinement = match config.seccomp {
+        true => {
+            crate::runtime::seccomp::use_main_arena_only();
+            Some(std::thread::spawn(|| Confinement::new(ThreadKind::Vcpu)))
+        }
+        false => None,
+    };
     let built = builder::build(config, on_fatal)?;
     let builder::Built {
         vm,
@@ -758,12 +767,9 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         let index = u32::try_from(state.index).unwrap_or(u32::MAX);
         state.recorder = ExitRecorder::new(config.record, t0, index);
     }
-    let confinement = match config.seccomp {
-        true => {
-            crate::runtime::seccomp::use_main_arena_only();
-            Some(Confinement::new(ThreadKind::Vcpu)?)
-        }
-        false => None,
+    let confinement = match confinement {
+        Some(compiling) => Some(compiling.join().map_err(|_| VmError::VcpuPanicked)??),
+        None => None,
     };
     let others = vcpus.split_off(1.min(vcpus.len()));
     let (vcpu, boot) = vcpus.pop().ok_or(VmError::VcpuCount {

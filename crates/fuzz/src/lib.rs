@@ -71,6 +71,7 @@ pub fn targets() -> Vec<Target> {
             migration_stream::run,
             migration_stream::seeds,
         ),
+        ("snapshot_state", snapshot_state::run, snapshot_state::seeds),
     ]);
     t
 }

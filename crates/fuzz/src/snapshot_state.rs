@@ -34,3 +34,24 @@ pub fn run(data: &[u8]) {
         );
     }
 }
+
+/// Seed inputs: a framed empty object, a framed partial state, raw header-only bytes.
+pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let framed = |json: &str| {
+        let mut v = vec![0u8];
+        v.extend_from_slice(json.as_bytes());
+        v
+    };
+    let mut raw = vec![1u8];
+    raw.extend_from_slice(&MAGIC);
+    raw.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    raw.extend_from_slice(&[0; 12]);
+    vec![
+        ("framed_empty", framed("{}")),
+        (
+            "framed_partial",
+            framed(r#"{"mem_bytes":134217728,"cmdline":"counter=5","vcpus":[]}"#),
+        ),
+        ("raw_header", raw),
+    ]
+}

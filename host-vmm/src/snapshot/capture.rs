@@ -220,6 +220,8 @@ impl DeviceHandles {
             pv_block_sectors: self.disk.as_ref().map(SharedDisk::sectors),
             clock_pages,
             ballooned,
+            // Filled by the caller, which holds the rings still ([`crate::devices::pv::rings::Rings::frozen`]).
+            rings: Vec::new(),
             vm_clock: self.vm_clock.state(),
         }
     }

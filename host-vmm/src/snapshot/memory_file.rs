@@ -78,7 +78,7 @@ fn io_err<'a>(
 
 /// Writes guest RAM to a new file at `path`, sparse: pages for which `ballooned(gpa)` holds,
 /// and pages of zeros, are skipped (holes: `set_len` first, then only data pages written).
-/// Call with the vCPUs paused.
+/// Call with the vCPUs paused and every PV ring held still.
 pub fn write_memory_file(
     path: &Path,
     mem: &GuestRam,
@@ -104,10 +104,17 @@ pub fn write_memory_file(
                 detail: e.to_string(),
             })?;
         // SAFETY: `[host, host + len)` is the region's live mapping, owned by `mem` for the
-        // whole call. The vCPUs are paused (the caller's contract) and no other host thread
-        // writes guest RAM while they are (the I/O thread serves rings only on a guest
-        // kick), so reading it as bytes races with no writer.
+        // whole call. The vCPUs are paused and the rings held still (the caller's contract:
+        // `VmControl` writes the file inside `Rings::frozen`; the VMs that can be
+        // snapshotted have no NIC), so no thread writes guest RAM meanwhile and reading it
+        // as bytes races with no writer.
         let bytes = unsafe { std::slice::from_raw_parts(host.cast_const(), len) };
+        // Anonymous RAM without swap: a page that is not resident was never written (or was
+        // released by the balloon) and reads as zeros, so it is a hole without being read.
+        let resident = match region.file_offset() {
+            None if !swap_enabled() => resident_pages(host.cast_const(), len),
+            _ => None,
+        };
         // Runs of data pages are written with one `pwrite` each.
         let mut run: Option<usize> = None;
         let flush = |start: usize, end: usize| -> Result<(), MemoryFileError> {
@@ -118,10 +125,13 @@ pub fn write_memory_file(
         for (i, page) in bytes.chunks(PAGE).enumerate() {
             let off = i * PAGE;
             let gpa = base + off as u64;
+            let untouched = resident
+                .as_ref()
+                .is_some_and(|r| r.get(i).is_some_and(|&b| b & 1 == 0));
             let hole = if ballooned(gpa) {
                 stats.ballooned_pages += 1;
                 true
-            } else if is_zero(page) {
+            } else if untouched || is_zero(page) {
                 stats.zero_pages += 1;
                 true
             } else {
@@ -144,6 +154,21 @@ pub fn write_memory_file(
         }
     }
     Ok(stats)
+}
+
+/// Whether the host has swap: then a non-resident anonymous page may hold data.
+fn swap_enabled() -> bool {
+    // Header line only: no swap. Unreadable: assume swap.
+    std::fs::read_to_string("/proc/swaps").map_or(true, |s| s.lines().count() > 1)
+}
+
+/// `mincore` of `[addr, addr + len)`: one byte per page, bit 0 set when resident.
+fn resident_pages(addr: *const u8, len: usize) -> Option<Vec<u8>> {
+    let mut v = vec![0u8; len.div_ceil(PAGE)];
+    // SAFETY: `[addr, addr + len)` is one live, page-aligned mapping (a guest RAM region);
+    // mincore only writes `v`, which has one byte per page of the range.
+    let r = unsafe { libc::mincore(addr as *mut libc::c_void, len, v.as_mut_ptr()) };
+    (r == 0).then_some(v)
 }
 
 /// Whether `page` is all zeros (word at a time).
@@ -237,6 +262,17 @@ mod tests {
             map_memory_file(&path, 8 << 20),
             Err(MemoryFileError::Size { .. })
         ));
+        // A snapshot of restored RAM (file-backed, mostly never touched) keeps the file's
+        // data and the clone's own write.
+        let again = dir.join("mem2");
+        let stats = write_memory_file(&again, &a, &|_| false).unwrap();
+        assert_eq!(stats.written_bytes, 2 * PAGE as u64);
+        let c = map_memory_file(&again, 4 << 20).unwrap();
+        c.read_slice(&mut buf, GuestAddress(0x1000)).unwrap();
+        assert_eq!(&buf, b"HELLO");
+        let mut end = [0u8; 3];
+        c.read_slice(&mut end, GuestAddress((4 << 20) - 3)).unwrap();
+        assert_eq!(&end, b"end");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

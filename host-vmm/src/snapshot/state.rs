@@ -27,6 +27,8 @@ use thiserror::Error;
 use pvkit_devices::{AtaState, PitState, UartState, VmClockState};
 use pvkit_pv::PvClockState;
 
+pub use crate::devices::pv::rings::SavedRing;
+
 /// The first 8 bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"PVKITSNP";
 /// The state-file format this VMM writes and the only one it reads.
@@ -172,6 +174,8 @@ pub struct DeviceStates {
     pub clock_pages: Vec<ClockPageState>,
     /// Ballooned page ranges (first page, page count), in 4 KiB pages.
     pub ballooned: Vec<(u64, u64)>,
+    /// Registered PV rings (saved while every ring was held still).
+    pub rings: Vec<SavedRing>,
 }
 
 /// The disk the VM had.
@@ -250,6 +254,9 @@ impl VmState {
                 "RAM size {} is not a whole number of MiB",
                 self.mem_bytes
             ));
+        }
+        if self.devices.rings.len() > 32 {
+            return bad(format!("{} rings", self.devices.rings.len()));
         }
         if self.ledger.len() > MAX_ENTRIES || self.devices.ballooned.len() > MAX_ENTRIES {
             return bad("too many ledger entries or balloon ranges".into());
@@ -438,6 +445,7 @@ mod tests {
                 pv_block_sectors: None,
                 clock_pages: vec![],
                 ballooned: vec![(100, 4)],
+                rings: vec![],
             },
             disk: None,
             ledger: vec![(SavedExitKind::Hypercall(1), 7), (SavedExitKind::Hlt, 1)],

@@ -303,6 +303,9 @@ pub fn build(
             b.restore_ballooned(&state.devices.ballooned)
                 .map_err(mismatch)?;
         }
+        for ring in &state.devices.rings {
+            pv.bus.restore_ring(&mem, ring).map_err(mismatch)?;
+        }
     }
     if let Some(d) = &disk {
         bench.set_disk(Box::new(d.clone()));

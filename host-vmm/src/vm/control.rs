@@ -50,7 +50,7 @@ pub enum ControlError {
     #[error("the VM is already {0}")]
     AlreadyIn(&'static str),
     /// The vCPU did not reach a clean point in time.
-    #[error("the vCPU did not pause within {0:?}")]
+    #[error("the vCPU did not answer (pause or resume) within {0:?}")]
     PauseTimeout(Duration),
     /// The VM has something pause or snapshot cannot handle yet.
     #[error("not supported for this VM: {0}")]
@@ -104,6 +104,8 @@ impl PauseGate {
             let running = !pause.load(Ordering::Acquire) || stop.load(Ordering::Acquire);
             if running {
                 if let Some(v) = p.vcpu.take() {
+                    // The controller's resume waits for this.
+                    self.cv.notify_all();
                     return v;
                 }
             }
@@ -292,6 +294,20 @@ impl VmControl {
         }
         self.pause_flag().store(false, Ordering::Release);
         self.gate.cv.notify_all();
+        // Resumed when the vCPU thread has taken its vCPU back (then `is_paused` is false).
+        let t = Instant::now();
+        let mut p = lock(&self.gate.parked);
+        while p.vcpu.is_some() && !p.ended {
+            if t.elapsed() > PAUSE_TIMEOUT {
+                return Err(ControlError::PauseTimeout(PAUSE_TIMEOUT));
+            }
+            p = self
+                .gate
+                .cv
+                .wait_timeout(p, Duration::from_millis(2))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
         Ok(())
     }
 
@@ -312,7 +328,11 @@ impl VmControl {
     /// paused for it and resumed afterwards; a paused one stays paused.
     pub fn snapshot(&self, dir: &Path) -> Result<SnapshotReport, ControlError> {
         let _busy = lock(&self.busy);
-        self.check_capturable()?;
+        if self.info.net {
+            return Err(ControlError::Unsupported(
+                "a NIC (its backend and receive state cannot be saved yet)".into(),
+            ));
+        }
         let was_paused = self.is_paused();
         let pause = match was_paused {
             true => Duration::ZERO,
@@ -330,18 +350,34 @@ impl VmControl {
         })
     }
 
-    fn capture_and_write(&self, dir: &Path) -> Result<SnapshotStats, ControlError> {
-        let state = self.capture_paused()?;
-        let balloon = self.devices.balloon.clone();
-        let ballooned = move |gpa| balloon.as_ref().is_some_and(|b| b.is_ballooned(gpa));
-        Ok(write_snapshot(dir, &state, self.vm.mem(), &ballooned)?)
+    /// The state of the paused VM (everything but RAM), for a snapshot or a migration
+    /// stream. [`ControlError::AlreadyIn`]`("running")` if the VM is not paused.
+    pub fn capture_state(&self) -> Result<VmState, ControlError> {
+        let _busy = lock(&self.busy);
+        self.with_rings_frozen(|rings| {
+            let mut state = self.capture_state_locked()?;
+            state.devices.rings = rings;
+            Ok(state)
+        })
     }
 
-    /// The state of the paused VM (the disk flushed: every write the guest saw complete is
-    /// in the image).
-    fn capture_paused(&self) -> Result<VmState, ControlError> {
+    /// Calls `f` with the saved rings while every ring is held still.
+    fn with_rings_frozen<R>(
+        &self,
+        f: impl FnOnce(Vec<crate::snapshot::state::SavedRing>) -> Result<R, ControlError>,
+    ) -> Result<R, ControlError> {
+        match self.vm.pv.rings() {
+            Some(rings) => rings.frozen(f).map_err(ControlError::Unsupported)?,
+            None => f(Vec::new()),
+        }
+    }
+
+    fn capture_state_locked(&self) -> Result<VmState, ControlError> {
         let parked = lock(&self.gate.parked);
-        let vcpu = parked.vcpu.as_ref().ok_or(ControlError::Stopped)?;
+        let vcpu = parked
+            .vcpu
+            .as_ref()
+            .ok_or(ControlError::AlreadyIn("running"))?;
         let vcpu_state = capture_vcpu(vcpu, &self.info.msrs)?;
         let mut ledger = self.info.base_ledger.clone();
         ledger.merge(&parked.ledger);
@@ -351,7 +387,7 @@ impl VmControl {
             .as_ref()
             .ok_or_else(|| ControlError::Unsupported("no KVM VM".into()))?;
         let vm_state = capture_vm(fd, self.info.irqchip)?;
-        let state = VmState {
+        Ok(VmState {
             mem_bytes: self.info.mem_bytes,
             cmdline: self.info.cmdline.clone(),
             kernel: self.info.kernel.clone(),
@@ -361,35 +397,38 @@ impl VmControl {
             devices: self.devices.capture(),
             disk: self.info.disk.clone(),
             ledger: save_ledger(&ledger)?,
-        };
-        if let Some(d) = &self.devices.disk {
-            use pvkit_devices::BlockBackend;
-            // Every write the guest saw complete is in the image before the snapshot names it.
-            d.clone()
-                .flush()
-                .map_err(|e| ControlError::Unsupported(format!("disk flush failed: {e}")))?;
-        }
-        Ok(state)
+        })
     }
 
-    /// Why this VM cannot be captured (a snapshot or a migration), if it cannot.
-    fn check_capturable(&self) -> Result<(), ControlError> {
-        if self.info.net {
-            return Err(ControlError::Unsupported(
-                "a NIC (its backend and receive state cannot be saved yet)".into(),
-            ));
-        }
-        if self.vm.pv.rings().is_some_and(|r| r.any_registered()) {
-            return Err(ControlError::Unsupported(
-                "registered PV rings (ring state is not captured yet)".into(),
-            ));
-        }
-        self.check_pausable()
-    }
-
-    /// The shared VM (RAM, the KVM fd), for a live migration ([`super::migrate`]).
+    /// The VM (guest RAM, the KVM VM fd), e.g. for a migration's dirty-page log.
     pub fn vm(&self) -> &Arc<Vm> {
         &self.vm
+    }
+
+    /// Whether a page is ballooned (a snapshot or migration need not copy it).
+    pub fn is_ballooned(&self, gpa: u64) -> bool {
+        self.devices
+            .balloon
+            .as_ref()
+            .is_some_and(|b| b.is_ballooned(gpa))
+    }
+
+    fn capture_and_write(&self, dir: &Path) -> Result<SnapshotStats, ControlError> {
+        // The rings are held still from their capture until RAM is written, so both agree.
+        self.with_rings_frozen(|rings| {
+            let mut state = self.capture_state_locked()?;
+            state.devices.rings = rings;
+            if let Some(d) = &self.devices.disk {
+                use pvkit_devices::BlockBackend;
+                // Every write the guest saw complete is in the image before the snapshot
+                // names it.
+                d.clone()
+                    .flush()
+                    .map_err(|e| ControlError::Unsupported(format!("disk flush failed: {e}")))?;
+            }
+            let ballooned = |gpa| self.is_ballooned(gpa);
+            Ok(write_snapshot(dir, &state, self.vm.mem(), &ballooned)?)
+        })
     }
 
     /// The free-page hint device, if the VM has one.
@@ -399,10 +438,22 @@ impl VmControl {
         self.devices.free_page_hint.clone()
     }
 
-    /// Whether the VM can be migrated now: running, one vCPU, no NIC, no registered ring.
+    /// Whether the VM can be live-migrated now: running, one vCPU, no NIC, and no
+    /// registered PV ring (the I/O thread serves rings while the vCPU is paused, so their
+    /// writes could follow the final round; a snapshot holds the rings still instead).
     pub fn check_migratable(&self) -> Result<(), ControlError> {
         let _busy = lock(&self.busy);
-        self.check_capturable()?;
+        if self.info.net {
+            return Err(ControlError::Unsupported(
+                "a NIC (its backend and receive state cannot be saved yet)".into(),
+            ));
+        }
+        if self.vm.pv.rings().is_some_and(|r| r.any_registered()) {
+            return Err(ControlError::Unsupported(
+                "registered PV rings (not held still across a migration's final round yet)".into(),
+            ));
+        }
+        self.check_pausable()?;
         if self.is_stopped() {
             return Err(ControlError::Stopped);
         }
@@ -412,11 +463,16 @@ impl VmControl {
         Ok(())
     }
 
-    /// The paused VM's state as a snapshot state file (for a migration stream).
+    /// The paused VM's state as a snapshot state file, the disk flushed first (every write
+    /// the guest saw complete is in the image): a migration stream's state record.
     pub fn capture_state_file(&self) -> Result<Vec<u8>, ControlError> {
-        let _busy = lock(&self.busy);
-        self.check_capturable()?;
-        let state = self.capture_paused()?;
+        let state = self.capture_state()?;
+        if let Some(d) = &self.devices.disk {
+            use pvkit_devices::BlockBackend;
+            d.clone()
+                .flush()
+                .map_err(|e| ControlError::Unsupported(format!("disk flush failed: {e}")))?;
+        }
         crate::snapshot::state::encode(&state)
             .map_err(|e| ControlError::Unsupported(format!("cannot encode the state: {e}")))
     }
@@ -443,6 +499,14 @@ impl VmControl {
         *lock(&self.gate.final_stop) = Some(stop);
         self.vm.shared.stop_requested.store(true, Ordering::Release);
         self.gate.cv.notify_all();
+    }
+
+    /// Stops the VM (as its watchdog would: the run ends with a timeout stop). A paused VM
+    /// stops without running the guest again.
+    pub fn request_stop(&self) {
+        self.vm.shared.stop_requested.store(true, Ordering::Release);
+        self.gate.cv.notify_all();
+        (self.kick)();
     }
 
     /// The VM's statistics now.
