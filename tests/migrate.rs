@@ -29,9 +29,11 @@ use pvkit_vmm::migration::stream::{Header, StreamWriter};
 const PVKIT: &str = env!("CARGO_BIN_EXE_pvkit");
 /// Wall-clock bound for waits (≥ 10× what they take on this machine).
 const WAIT: Duration = Duration::from_secs(120);
-/// Ticks of the workload: the migration comes after [`MIGRATE_AT`] of them, and the guest
-/// needs seconds for the rest (about 1 ms per tick), so the migration happens mid-run.
-const TICKS: u64 = 6000;
+/// Ticks of the workload, each at least [`TICK_MS`] of PV clock time: the migration comes
+/// after [`MIGRATE_AT`] of them and the guest needs seconds for the rest whatever the
+/// host's speed, so the migration happens mid-run.
+const TICKS: u64 = 4000;
+const TICK_MS: u64 = 1;
 const MIGRATE_AT: u64 = 300;
 const MEM_MIB: u64 = 128;
 
@@ -186,7 +188,7 @@ fn migrate_pair(name: &str, hints: bool) -> Migrated {
     let to_s = to.to_string();
     let target = Running::start(&["run", "--incoming", &to_s, "--stats", "--timeout", "120"]);
     let cmdline = format!(
-        "workload={TICKS} workload_disk{}",
+        "workload={TICKS} workload_ms={TICK_MS} workload_disk{}",
         if hints { " hints" } else { "" }
     );
     let mut source = Running::start(&[
@@ -262,6 +264,7 @@ fn check(m: &Migrated, hints: bool) {
         "{e}"
     );
     assert_eq!(stat(e, "hypercall exit"), 1, "{e}");
+    assert_eq!(stat(e, "hypercall register_region"), 1, "{e}"); // the clock page
     // The figures.
     let r = &m.reply;
     assert!(r.rounds >= 2 && r.rounds <= 9, "{r:?}");
@@ -355,7 +358,7 @@ fn a_truncated_or_corrupt_stream_is_refused_and_a_refused_migration_leaves_the_s
         "--timeout",
         "120",
         "--",
-        "workload=3000 hints",
+        "workload=3000 workload_ms=1 hints",
     ]);
     source.wait_for("tick 200");
     let reply = send(&api, &Request::Migrate { dest: to_s }).expect("API reply");

@@ -17,7 +17,7 @@
 //! | `disk`      | after the banner: the ATA disk check ([`crate::diskcheck`]): read, write, read back a few sectors through ATA PIO and print the results |
 //! | `balloon=MIB` | after the banner: the memory balloon check ([`crate::balloon`]); `balloon_range=KIB` (default 2048) sets the range size, `balloon_bad` sends invalid calls first |
 //! | `bench=`    | instead of everything else: run benchmark cases, see [`crate::bench`]; `all` or a comma-separated list of devices (`console`, `block`, `clock`, `exit`) and `device/variant` pairs (e.g. `block/ata-pio`) |
-//! | `workload=N` | after the banner: the live-migration workload ([`crate::workload`]): `N` ticks (0: for ever) of a printed counter and a dirtied working set; `hints` adds free-page hints, `workload_disk` acknowledged disk writes |
+//! | `workload=N` | after the banner: the live-migration workload ([`crate::workload`]): `N` ticks (0: for ever) of a printed counter and a dirtied working set; `hints` adds free-page hints, `workload_disk` acknowledged disk writes, `workload_ms=M` at least M ms per tick |
 //! | `smp=`      | after the output: bring up the other CPUs, `emulated` (INIT-SIPI-SIPI) or `pv` (`VcpuUp`), see [`crate::smp`] |
 //! | `cpus=N`    | with `smp=`: how many CPUs there are (1–8), default 1                 |
 //! | `quick`     | with `bench=`: small operation counts                                 |
@@ -136,6 +136,7 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
     };
     let mut workload_hints = false;
     let mut workload_disk = false;
+    let mut workload_ms = 0;
     let mut counter_ms = 20;
     let mut net = crate::net::NetArgs::new(crate::net::Mode::Serve);
     let mut net_mode = None;
@@ -189,10 +190,12 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
                     ticks: n.parse().map_err(|_| n)?,
                     hints: false,
                     disk: false,
+                    tick_ms: 0,
                 })
             }
             ("hints", None) => workload_hints = true,
             ("workload_disk", None) => workload_disk = true,
+            ("workload_ms", Some(n)) => workload_ms = n.parse().map_err(|_| n)?,
             ("balloon", Some(n)) => {
                 args.balloon = Some(crate::balloon::BalloonArgs {
                     mib: n.parse().map_err(|_| n)?,
@@ -259,6 +262,7 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
     if let Some(w) = &mut args.workload {
         w.hints = workload_hints;
         w.disk = workload_disk;
+        w.tick_ms = workload_ms;
     }
     if let Some(b) = &mut args.balloon {
         b.range_kib = balloon_range;

@@ -1,4 +1,7 @@
-//! `workload=N [hints] [workload_disk]`: a guest that keeps working while it is migrated.
+//! `workload=N [workload_ms=M] [hints] [workload_disk]`: a guest that keeps working while it
+//! is migrated. With `workload_ms=M` each tick lasts at least `M` ms of PV clock time (the
+//! clock page is registered, and survives the migration with the VM state), so a run takes
+//! at least `N·M` ms whatever the host's speed.
 //!
 //! 1. The free region: RAM above the kernel and the heap (2 MiB aligned, as the balloon
 //!    check takes it) up to the end of RAM. One word is written in each of its pages, as a
@@ -36,6 +39,8 @@ pub struct WorkloadArgs {
     pub hints: bool,
     /// Write the disk every [`DISK_EVERY`] ticks.
     pub disk: bool,
+    /// Least milliseconds per tick (0: as fast as it goes).
+    pub tick_ms: u64,
 }
 
 /// Pages of the working set written per tick.
@@ -50,6 +55,7 @@ pub const DISK_SLOTS: u64 = 64;
 const WORKING_SET: usize = 256 << 10;
 static WORKING: Exclusive<Pages<WORKING_SET>> = Exclusive::new(Pages::zeroed());
 static SECTOR: Exclusive<Pages<4096>> = Exclusive::new(Pages::zeroed());
+static CLOCK: pvkit_guest::clock::ClockPage = pvkit_guest::clock::ClockPage::new();
 static RANGES: Exclusive<[BalloonRange; BALLOON_MAX_RANGES as usize]> =
     Exclusive::new([BalloonRange { gpa: 0, pages: 0 }; BALLOON_MAX_RANGES as usize]);
 
@@ -81,8 +87,26 @@ pub fn run(a: WorkloadArgs, boot: &BootInfo) -> ! {
     let ranges = RANGES.take();
     let mut disk = PvBlock::new();
     let pages = WORKING_SET / 4096;
+    let clock = match a.tick_ms {
+        0 => None,
+        _ if !Features::from_bits_truncate(boot.features).contains(Features::CLOCK) => {
+            panic!("workload: workload_ms needs the PV clock")
+        }
+        _ => match pvkit_guest::clock::register(&CLOCK) {
+            Ok(c) => Some(c),
+            Err(e) => panic!("workload: clock registration failed: {e:?}"),
+        },
+    };
+    let tick_ns = a.tick_ms.saturating_mul(1_000_000);
+    let mut next = clock.as_ref().map_or(0, |c| c.nanoseconds());
     let mut i = 0u64;
     while a.ticks == 0 || i < a.ticks {
+        if let Some(c) = &clock {
+            next = next.saturating_add(tick_ns);
+            while c.nanoseconds() < next {
+                core::hint::spin_loop();
+            }
+        }
         for k in 0..DIRTY_PER_TICK {
             let page = (i as usize * DIRTY_PER_TICK + k) % pages;
             let at = page * 4096 + (i as usize % 512) * 8;
