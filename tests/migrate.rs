@@ -264,7 +264,8 @@ fn check(m: &Migrated, hints: bool) {
         "{e}"
     );
     assert_eq!(stat(e, "hypercall exit"), 1, "{e}");
-    assert_eq!(stat(e, "hypercall register_region"), 1, "{e}"); // the clock page
+    // The PV clock page the paced ticks read.
+    assert_eq!(stat(e, "hypercall register_region"), 1, "{e}");
     // The figures.
     let r = &m.reply;
     assert!(r.rounds >= 2 && r.rounds <= 9, "{r:?}");
