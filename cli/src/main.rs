@@ -473,11 +473,12 @@ fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
     // Bound before the guest runs: a path in use fails at once.
     if let Some(path) = &args.api {
         let server = std::sync::Mutex::new(Some(pvkit_vmm::api::server::ApiServer::bind(path)?));
+        let confine = !args.no_seccomp;
         hooks.push(pvkit_vmm::vm::ControlHook(std::sync::Arc::new(
             move |ctl| {
                 let server = server.lock().ok().and_then(|mut s| s.take());
                 if let Some(server) = server {
-                    if let Err(e) = server.serve(ctl) {
+                    if let Err(e) = server.serve(ctl, confine) {
                         eprintln!("pvkit: cannot start the API thread: {e}");
                     }
                 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use super::request::{parse, Request, Response, SnapshotReply, StatsReply, MAX_REQUEST};
+use crate::runtime::seccomp::{Confinement, SeccompError, ThreadKind};
 use crate::vm::control::VmControl;
 
 /// Most requests on one connection.
@@ -34,6 +35,9 @@ pub enum ApiError {
     /// Something is at the path already.
     #[error("the API socket path {0} exists; remove it or choose another")]
     Exists(PathBuf),
+    /// The API thread's seccomp filter could not be built.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     /// Binding or configuring the socket failed.
     #[error("cannot serve the API on {path}: {source}")]
     Bind {
@@ -74,11 +78,30 @@ impl ApiServer {
     }
 
     /// Serves `ctl` on a thread (`pvkit-api`) until the VM ends; the socket file is removed
-    /// then.
-    pub fn serve(self, ctl: Arc<VmControl>) -> std::io::Result<std::thread::JoinHandle<()>> {
+    /// then. With `confine`, the thread first confines itself with the API filter
+    /// ([`ThreadKind::Api`]: no new sockets, no `exec`, only the KVM state reads).
+    pub fn serve(
+        self,
+        ctl: Arc<VmControl>,
+        confine: bool,
+    ) -> Result<std::thread::JoinHandle<()>, ApiError> {
+        let confinement = match confine {
+            true => Some(Confinement::new(ThreadKind::Api)?),
+            false => None,
+        };
+        let path = self.path.clone();
         std::thread::Builder::new()
             .name("pvkit-api".into())
-            .spawn(move || self.run(&ctl))
+            .spawn(move || {
+                if let Some(c) = confinement {
+                    if let Err(e) = c.apply() {
+                        eprintln!("pvkit: API thread: {e}; the API is off");
+                        return;
+                    }
+                }
+                self.run(&ctl)
+            })
+            .map_err(|source| ApiError::Bind { path, source })
     }
 
     fn run(self, ctl: &VmControl) {
