@@ -370,7 +370,18 @@ fn ctl(args: &CtlArgs) -> anyhow::Result<u8> {
         CtlOp::Balloon { target_mib } => Request::Balloon {
             target_mib: *target_mib,
         },
-        CtlOp::Migrate { dest } => Request::Migrate { dest: dest.clone() },
+        // Resolved here: the VM's API thread takes addresses only.
+        CtlOp::Migrate { dest } => {
+            use std::net::ToSocketAddrs;
+            let addr = dest
+                .to_socket_addrs()
+                .with_context(|| format!("cannot resolve the migration target {dest}"))?
+                .next()
+                .with_context(|| format!("{dest} resolves to no address"))?;
+            Request::Migrate {
+                dest: addr.to_string(),
+            }
+        }
     };
     let reply = pvkit_vmm::api::client::send(&args.socket, &req)
         .with_context(|| format!("no answer from the API socket {}", args.socket.display()))?;
