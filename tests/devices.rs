@@ -64,6 +64,7 @@ impl TempImage {
         DiskConfig {
             path: self.0.clone(),
             read_only,
+            base: None,
         }
     }
 }

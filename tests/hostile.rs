@@ -264,6 +264,7 @@ fn hostile_all_vmm_records() {
         disk: Some(DiskConfig {
             path: img.clone(),
             read_only: false,
+            base: None,
         }),
         // The process-level tests above run the confined VMM; here a seccomp kill would
         // take the whole test binary down instead of failing one test.

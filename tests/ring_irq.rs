@@ -23,6 +23,7 @@ fn boot(cmdline: &str, irqchip: bool) -> RunOutcome {
         disk: Some(DiskConfig {
             path: disk,
             read_only: true,
+            base: None,
         }),
         irqchip,
         ..VmConfig::default()

@@ -361,6 +361,14 @@ enum PVKIT_Hypercall
   PVKIT_HYPERCALL_BALLOON_DEFLATE = 1281,
   // `RDX` ← the number of 4 KiB pages currently ballooned. No arguments.
   PVKIT_HYPERCALL_BALLOON_INFO = 1282,
+  // Free-page hint for live migration ([`crate::balloon`]): the pages of an array of
+  // [`crate::balloon::BalloonRange`] (arg0 = its GPA, arg1 = its count, at most
+  // [`crate::balloon::BALLOON_MAX_RANGES`]) are free, so a migration need not send them
+  // unless the guest writes them after the hint. The pages stay the guest's (nothing is
+  // released); their content after a migration is undefined until written. Ranges follow
+  // the balloon's rules, overlaps and ballooned pages allowed. `RDX` ← pages recorded:
+  // 0 when no migration is tracking dirty pages (the hint is dropped; hint again later).
+  PVKIT_HYPERCALL_FREE_PAGE_HINT = 1283,
   // Mark the beginning or end of a benchmark phase so the host can attribute exits to it.
   // arg0 = phase id ([`crate::bench::CaseId`] packed), arg1 = [`crate::bench::PhaseMark`],
   // arg2 = operations done in the phase (at `End`).
@@ -692,6 +700,8 @@ typedef uint64_t PVKIT_Features;
 #define PVKIT_Features_PV_SPINLOCK (uint64_t)(1 << 14)
 // The per-vCPU steal-time page ([`crate::spinlock::STEAL_PAGE`]).
 #define PVKIT_Features_STEAL_TIME (uint64_t)(1 << 15)
+// Free-page hints for live migration: [`crate::Hypercall::FreePageHint`].
+#define PVKIT_Features_FREE_PAGE_HINT (uint64_t)(1 << 18)
 
 // One entry of the memory map.
 typedef struct {

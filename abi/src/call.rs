@@ -215,6 +215,14 @@ pub enum Hypercall {
     BalloonDeflate = 0x501,
     /// `RDX` ← the number of 4 KiB pages currently ballooned. No arguments.
     BalloonInfo = 0x502,
+    /// Free-page hint for live migration ([`crate::balloon`]): the pages of an array of
+    /// [`crate::balloon::BalloonRange`] (arg0 = its GPA, arg1 = its count, at most
+    /// [`crate::balloon::BALLOON_MAX_RANGES`]) are free, so a migration need not send them
+    /// unless the guest writes them after the hint. The pages stay the guest's (nothing is
+    /// released); their content after a migration is undefined until written. Ranges follow
+    /// the balloon's rules, overlaps and ballooned pages allowed. `RDX` ← pages recorded:
+    /// 0 when no migration is tracking dirty pages (the hint is dropped; hint again later).
+    FreePageHint = 0x503,
     /// Mark the beginning or end of a benchmark phase so the host can attribute exits to it.
     /// arg0 = phase id ([`crate::bench::CaseId`] packed), arg1 = [`crate::bench::PhaseMark`],
     /// arg2 = operations done in the phase (at `End`).
@@ -249,6 +257,7 @@ impl TryFrom<u32> for Hypercall {
             0x500 => Hypercall::BalloonInflate,
             0x501 => Hypercall::BalloonDeflate,
             0x502 => Hypercall::BalloonInfo,
+            0x503 => Hypercall::FreePageHint,
             0x400 => Hypercall::VcpuUp,
             0x401 => Hypercall::SendIpi,
             0x402 => Hypercall::LockWait,
@@ -284,6 +293,7 @@ impl Hypercall {
         Hypercall::BalloonInflate,
         Hypercall::BalloonDeflate,
         Hypercall::BalloonInfo,
+        Hypercall::FreePageHint,
         Hypercall::BenchPhase,
         Hypercall::BenchResult,
     ];
@@ -301,9 +311,10 @@ impl Hypercall {
             Hypercall::ConsoleWrite => DeviceClass::Console,
             Hypercall::BlockCapacity | Hypercall::BlockIo => DeviceClass::Block,
             Hypercall::NetInfo | Hypercall::NetSend => DeviceClass::Net,
-            Hypercall::BalloonInflate | Hypercall::BalloonDeflate | Hypercall::BalloonInfo => {
-                DeviceClass::Memory
-            }
+            Hypercall::BalloonInflate
+            | Hypercall::BalloonDeflate
+            | Hypercall::BalloonInfo
+            | Hypercall::FreePageHint => DeviceClass::Memory,
             Hypercall::VcpuUp | Hypercall::SendIpi | Hypercall::LockWait | Hypercall::LockKick => {
                 DeviceClass::Cpu
             }
@@ -331,6 +342,7 @@ impl Hypercall {
             Hypercall::BalloonInflate => "balloon_inflate",
             Hypercall::BalloonDeflate => "balloon_deflate",
             Hypercall::BalloonInfo => "balloon_info",
+            Hypercall::FreePageHint => "free_page_hint",
             Hypercall::VcpuUp => "vcpu_up",
             Hypercall::SendIpi => "send_ipi",
             Hypercall::LockWait => "lock_wait",
@@ -428,7 +440,7 @@ mod tests {
             0x202,
             0x302,
             0x4ff,
-            0x503,
+            0x504,
             0x5ff,
             0x600,
             0xf02,

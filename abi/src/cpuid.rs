@@ -82,6 +82,8 @@ bitflags! {
         const PV_SPINLOCK = 1 << 14;
         /// The per-vCPU steal-time page ([`crate::spinlock::STEAL_PAGE`]).
         const STEAL_TIME = 1 << 15;
+        /// Free-page hints for live migration: [`crate::Hypercall::FreePageHint`].
+        const FREE_PAGE_HINT = 1 << 18;
     }
 }
 

@@ -32,6 +32,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of `RunArgs` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Boot a guest kernel and run it until it exits.
@@ -47,6 +49,10 @@ enum Command {
     /// and memory per VM; run a UDP ring through all of them and verify it. Needs root.
     #[command(after_long_help = FLEET_HELP)]
     Fleet(FleetArgs),
+    /// Send a request to a running VM's control API (`pvkit run --api PATH`).
+    Ctl(CtlArgs),
+    /// Time snapshots of a running built-in guest and restores until it runs again.
+    SnapshotBench(SnapshotBenchArgs),
 }
 
 const FLEET_HELP: &str = "\
@@ -182,6 +188,43 @@ fn fleet(args: &FleetArgs) -> anyhow::Result<u8> {
     } else {
         STATUS_FLEET_FAILED
     })
+}
+
+#[derive(clap::Args, Debug)]
+struct SnapshotBenchArgs {
+    /// Guest RAM in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 128)]
+    mem: u64,
+    /// Snapshots and restores to time.
+    #[arg(long, value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    iterations: u32,
+    /// Where the snapshot and the disk image go (default: a new directory under the
+    /// system temp directory, removed at the end).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Do not confine the vCPU threads with seccomp.
+    #[arg(long)]
+    no_seccomp: bool,
+}
+
+fn snapshot_bench(args: &SnapshotBenchArgs) -> anyhow::Result<u8> {
+    use pvkit_cli::lifecycle_bench::{run, LifecycleBench};
+    let temp = args.dir.is_none();
+    let dir = args.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("pvkit-snapshot-bench-{}", std::process::id()))
+    });
+    let r = run(&LifecycleBench {
+        mem_mib: args.mem,
+        iterations: args.iterations,
+        dir: dir.clone(),
+        seccomp: !args.no_seccomp,
+    });
+    if temp {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    print!("{}", r?.render());
+    Ok(0)
 }
 
 #[derive(clap::Args, Debug)]
@@ -384,9 +427,149 @@ struct RunArgs {
     #[arg(long)]
     irqchip: bool,
 
+    /// Serve the control API on the Unix socket PATH (must not exist): line-delimited
+    /// JSON requests pause, resume, snapshot, stats (see `pvkit ctl`).
+    #[arg(long, value_name = "PATH")]
+    api: Option<PathBuf>,
+
+    /// Restore the snapshot in DIR (written by `pvkit ctl PATH snapshot DIR`) instead of
+    /// booting a kernel: the guest continues where it was paused. Its RAM is mapped
+    /// copy-on-write from DIR/vm.mem. --disk replaces the snapshot's disk (same size: a
+    /// clone's own copy, see --overlay); the kernel, --mem, --vcpus and the command line
+    /// come from the snapshot.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["elf", "cmdline", "gdb"])]
+    restore: Option<PathBuf>,
+
+    /// With --restore: give this clone its own copy-on-write disk FILE over the snapshot's
+    /// disk (reflink where the filesystem offers it, else a sparse block-level overlay
+    /// file); writes go to FILE only, never to the base image.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "restore",
+        conflicts_with = "disk"
+    )]
+    overlay: Option<PathBuf>,
+
+    /// Wait on ADDR (TCP, e.g. 127.0.0.1:4000) for a live-migrated VM instead of booting
+    /// one: receive its RAM and state (a refused stream changes nothing and exits 1), rebuild
+    /// it, take over from the source and run the guest to its end. --mem must equal the
+    /// source's; the disk is the source's (shared storage) unless --disk names it.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["elf", "cmdline", "restore", "gdb", "migrate_to"])]
+    incoming: Option<std::net::SocketAddr>,
+
+    /// Live-migrate the VM to ADDR (a `pvkit run --incoming ADDR`) --migrate-after-ms after
+    /// it starts (the control API's `pvkit ctl PATH migrate HOST:PORT` does the same on
+    /// request). On success this pvkit exits 0 with the figures on stderr; on a failure the
+    /// VM runs on here.
+    #[arg(long, value_name = "ADDR")]
+    migrate_to: Option<std::net::SocketAddr>,
+
+    /// With --migrate-to: milliseconds after the start.
+    #[arg(long, value_name = "MS", default_value_t = 0, requires = "migrate_to")]
+    migrate_after_ms: u64,
+
+    /// With --migrate-to: at most this many pre-copy rounds while the guest runs.
+    #[arg(long, value_name = "N", default_value_t = 8, requires = "migrate_to",
+          value_parser = clap::value_parser!(u32).range(1..=63))]
+    migrate_rounds: u32,
+
     /// The guest kernel command line (after `--`), e.g. `-- print=10 exit=3`.
     #[arg(last = true, value_name = "KERNEL-CMDLINE")]
     cmdline: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct CtlArgs {
+    /// The API socket of a `pvkit run --api PATH`.
+    socket: PathBuf,
+    #[command(subcommand)]
+    op: CtlOp,
+}
+
+#[derive(Subcommand, Debug)]
+enum CtlOp {
+    /// Pause the VM (its vCPU out of the guest and held).
+    Pause,
+    /// Resume a paused VM.
+    Resume,
+    /// Write a snapshot (vm.state, vm.mem) into DIR; a running VM is paused for it and
+    /// resumed after.
+    Snapshot {
+        /// The snapshot directory (created if missing).
+        dir: PathBuf,
+    },
+    /// Print the VM's statistics.
+    Stats,
+    /// Set the balloon's target (not supported yet: the balloon is guest-driven).
+    Balloon {
+        /// Target size in MiB.
+        target_mib: u64,
+    },
+    /// Live-migrate the VM to HOST:PORT, where a `pvkit run --incoming` waits; the reply
+    /// (after the hand-over) has the figures. On an error the VM runs on.
+    Migrate {
+        /// The destination.
+        dest: String,
+    },
+}
+
+/// `pvkit run --incoming ADDR`: one migrated VM, run to its end. A refused stream is a
+/// VMM error (status 1) and nothing ran.
+fn incoming(
+    addr: std::net::SocketAddr,
+    mem_mib: u64,
+    cfg: &VmConfig,
+) -> Result<pvkit_vmm::RunOutcome, pvkit_vmm::VmError> {
+    use pvkit_vmm::vm::migrate::{default_incoming_dir, run_incoming, IncomingError};
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| pvkit_vmm::VmError::StartRefused(format!("cannot listen on {addr}: {e}")))?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    eprintln!("pvkit: incoming migration: waiting on {bound}");
+    match run_incoming(&listener, mem_mib << 20, cfg, &default_incoming_dir()) {
+        Ok(o) => {
+            eprintln!(
+                "pvkit: incoming migration: {} bytes, {} rounds received",
+                o.received.bytes, o.received.rounds
+            );
+            Ok(o.outcome)
+        }
+        Err(IncomingError::Vm(e)) => Err(e),
+        Err(e) => Err(pvkit_vmm::VmError::StartRefused(e.to_string())),
+    }
+}
+
+/// `pvkit ctl`: one request, its JSON reply on stdout; status 0 when it succeeded.
+fn ctl(args: &CtlArgs) -> anyhow::Result<u8> {
+    use pvkit_vmm::api::request::Request;
+    let req = match &args.op {
+        CtlOp::Pause => Request::Pause,
+        CtlOp::Resume => Request::Resume,
+        CtlOp::Snapshot { dir } => Request::Snapshot {
+            dir: std::path::absolute(dir)
+                .with_context(|| format!("bad snapshot directory {}", dir.display()))?,
+        },
+        CtlOp::Stats => Request::Stats,
+        CtlOp::Balloon { target_mib } => Request::Balloon {
+            target_mib: *target_mib,
+        },
+        // Resolved here: the VM's API thread takes addresses only.
+        CtlOp::Migrate { dest } => {
+            use std::net::ToSocketAddrs;
+            let addr = dest
+                .to_socket_addrs()
+                .with_context(|| format!("cannot resolve the migration target {dest}"))?
+                .next()
+                .with_context(|| format!("{dest} resolves to no address"))?;
+            Request::Migrate {
+                dest: addr.to_string(),
+            }
+        }
+    };
+    let reply = pvkit_vmm::api::client::send(&args.socket, &req)
+        .with_context(|| format!("no answer from the API socket {}", args.socket.display()))?;
+    println!("{}", serde_json::to_string(&reply)?);
+    Ok(if reply.ok { 0 } else { 1 })
 }
 
 fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
@@ -424,6 +607,7 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
         disk: args.disk.as_ref().map(|path| DiskConfig {
             path: path.clone(),
             read_only: args.disk_ro,
+            base: None,
         }),
         phase_observer: None,
         seccomp: !args.no_seccomp,
@@ -442,6 +626,9 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
         gdb: args.gdb,
         pv_console: !args.no_pv_console,
         mergeable: args.mergeable,
+        restore: args.restore.clone(),
+        control: None,
+        start_gate: None,
     })
 }
 
@@ -484,7 +671,73 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 }
 
 fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
-    let cfg = config(args, started_at)?;
+    let mut cfg = config(args, started_at)?;
+    if let (Some(dir), Some(overlay)) = (&args.restore, &args.overlay) {
+        let state = pvkit_vmm::snapshot::restore::read_state(dir)?;
+        let base = state
+            .disk
+            .as_ref()
+            .context("--overlay: the snapshot has no disk")?;
+        // A clone of a clone is an overlay over the same base.
+        let root = base.base.clone().unwrap_or_else(|| base.path.clone());
+        if base.base.is_some() {
+            anyhow::bail!("--overlay: the snapshot's disk is itself an overlay; clone from a snapshot of a VM on a plain image");
+        }
+        let kind = pvkit_vmm::io::disk::create_overlay(&root, overlay).with_context(|| {
+            format!(
+                "cannot create the overlay {} over {}",
+                overlay.display(),
+                root.display()
+            )
+        })?;
+        eprintln!(
+            "pvkit: disk {}: {kind} over {}",
+            overlay.display(),
+            root.display()
+        );
+        cfg.disk = Some(DiskConfig {
+            path: overlay.clone(),
+            read_only: false,
+            base: (kind == pvkit_vmm::io::disk::OverlayKind::Block).then_some(root),
+        });
+    }
+    let mut hooks: Vec<pvkit_vmm::vm::ControlHook> = Vec::new();
+    // Bound before the guest runs: a path in use fails at once.
+    if let Some(path) = &args.api {
+        let server = std::sync::Mutex::new(Some(pvkit_vmm::api::server::ApiServer::bind(path)?));
+        let confine = !args.no_seccomp;
+        hooks.push(pvkit_vmm::vm::ControlHook(std::sync::Arc::new(
+            move |ctl| {
+                let server = server.lock().ok().and_then(|mut s| s.take());
+                if let Some(server) = server {
+                    if let Err(e) = server.serve(ctl, confine) {
+                        eprintln!("pvkit: cannot start the API thread: {e}");
+                    }
+                }
+            },
+        )));
+    }
+    if let Some(to) = args.migrate_to {
+        let m = pvkit_vmm::vm::migrate::MigrateAfter {
+            to,
+            after: Duration::from_millis(args.migrate_after_ms),
+            precopy: pvkit_vmm::migration::precopy::PrecopyConfig {
+                max_rounds: args.migrate_rounds,
+                ..Default::default()
+            },
+            report: Default::default(),
+        };
+        hooks.push(m.hook());
+    }
+    if !hooks.is_empty() {
+        cfg.control = Some(pvkit_vmm::vm::ControlHook(std::sync::Arc::new(
+            move |ctl: std::sync::Arc<pvkit_vmm::vm::control::VmControl>| {
+                for h in &hooks {
+                    (h.0)(std::sync::Arc::clone(&ctl));
+                }
+            },
+        )));
+    }
     // Created before the guest runs: a path that cannot be written fails at once.
     let trace_file = match &args.trace {
         Some(p) => Some((
@@ -494,7 +747,15 @@ fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
         )),
         None => None,
     };
-    let outcome = match pvkit_vmm::run(&cfg) {
+    let result = match args.incoming {
+        Some(addr) => incoming(addr, args.mem, &cfg),
+        None => pvkit_vmm::run(&cfg),
+    };
+    if let Some(path) = &args.api {
+        // The API thread also removes it when it notices the end; the process may exit first.
+        let _ = std::fs::remove_file(path);
+    }
+    let outcome = match result {
         Ok(o) => o,
         // A SIGINT/SIGTERM that arrived while the VM was being set up (reading and
         // loading the ELF) is the reason to stop, whatever the setup then did.
@@ -509,7 +770,9 @@ fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
     let _ = std::io::stdout().flush();
     match &outcome.stop {
         StopReason::Exit(_) => {}
-        StopReason::Signal { .. } => eprintln!("pvkit: {}", outcome.stop),
+        StopReason::Signal { .. } | StopReason::Migrated { .. } => {
+            eprintln!("pvkit: {}", outcome.stop)
+        }
         // An AP's stop names the AP: its fault is not vCPU 0's.
         other if outcome.stop_vcpu != 0 => eprintln!("vCPU {}: {other}", outcome.stop_vcpu),
         other => eprintln!("{other}"),
@@ -824,6 +1087,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench(args),
         Command::New(args) => new_guest(args),
         Command::Fleet(args) => fleet(args),
+        Command::Ctl(args) => ctl(args),
+        Command::SnapshotBench(args) => snapshot_bench(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

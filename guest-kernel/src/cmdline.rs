@@ -8,7 +8,7 @@
 //! | `alloc=N`   | before the output: allocate `N` bytes on the heap, touch the first and last, free them |
 //! | `writes=K`  | with `print=`: do it `K` times (K writes of N bytes), default 1      |
 //! | `flood`     | with `print=`: write for ever (`writes=` ignored); the host's watchdog or a signal ends it |
-//! | `ring=`     | with `print=`: write through the console ring, `doorbell` or `eventfd` transport, instead of the console |
+//! | `ring=`     | with `print=` or `counter=`: write through the console ring, `doorbell`, `eventfd` or `poll` transport, instead of the console |
 //! | `fault=`    | after the banner: `ud` (ud2), `pf` (write above the 4 GiB identity map), `gp` (non-canonical access), `de` (divide by zero), `df` (double fault: a stack overflow into unmapped memory) |
 //! | `panic`     | after the banner: `panic!("requested panic")`                         |
 //! | `spin`      | after the banner: loop forever (watchdog tests)                       |
@@ -18,12 +18,14 @@
 //! | `disk`      | after the banner: the ATA disk check ([`crate::diskcheck`]): read, write, read back a few sectors through ATA PIO and print the results |
 //! | `balloon=MIB` | after the banner: the memory balloon check ([`crate::balloon`]); `balloon_range=KIB` (default 2048) sets the range size, `balloon_bad` sends invalid calls first |
 //! | `bench=`    | instead of everything else: run benchmark cases, see [`crate::bench`]; `all` or a comma-separated list of devices (`console`, `block`, `clock`, `exit`, `irq`) and `device/variant` pairs (e.g. `block/ata-pio`) |
+//! | `workload=N` | after the banner: the live-migration workload ([`crate::workload`]): `N` ticks (0: for ever) of a printed counter and a dirtied working set; `hints` adds free-page hints, `workload_disk` acknowledged disk writes, `workload_ms=M` at least M ms per tick |
 //! | `smp=`      | after the output: bring up the other CPUs, `emulated` (INIT-SIPI-SIPI) or `pv` (`VcpuUp`), see [`crate::smp`] |
 //! | `cpus=N`    | with `smp=`: how many CPUs there are (1–8), default 1                 |
 //! | `ipi=`      | with `smp=`: after the bring-up, the IPI workload, `emulated` (x2APIC ICR) or `pv` (`SendIpi`), see [`crate::smp::ipi`]; `ipi_rounds=N` (≥ 1) round trips and broadcasts |
 //! | `lock=`     | instead of everything else: the spinlock workload, `plain` or `pv` ([`crate::lock`]), on `cpus=N` CPUs; `iters=K` acquisitions per CPU, `spin=S` spins before a PV wait, `lock_bad` refused calls first, `lock_hang` wait for ever, `lock_bench` benchmark markers and sample |
 //! | `quick`     | with `bench=`: small operation counts                                 |
 //! | `ops=N`     | with `bench=`: `N` (≥ 1) operations in every case                      |
+//! | `counter=N` | instead of everything else: count to `N`, one step per `counter_ms=M` (default 20) ms, checking the PV clock and the disk ([`crate::counter`]); for snapshot tests; with `ring=` it prints through the console ring |
 //! | `net=`      | instead of everything else: the NE2000 by interrupts, `serve`, `echo`, `send` or `ring` ([`crate::net`]); with `ip=`, `peer=` (IPv4), `count=N`, `size=N` (UDP payload), `pvnet=` (PV NIC path) |
 //! | `id=K`, `members=N` | with `net=ring`: this member's id (1..=N) and the ring's size ([`crate::net::ring`]) |
 //! | `touch=MIB` | with `net=ring`: before the ring starts, write every page of `MIB` MiB, then stop using it; `give_back` returns it to the host through the balloon |
@@ -123,6 +125,10 @@ pub struct Args {
     pub ipi: Option<IpiArgs>,
     /// `lock=`: the spinlock workload instead of everything else.
     pub lock: Option<crate::lock::LockArgs>,
+    /// `workload=N`: the migration workload after the banner.
+    pub workload: Option<crate::workload::WorkloadArgs>,
+    /// `counter=N`: the snapshot tests' counter instead of everything else.
+    pub counter: Option<crate::counter::CounterArgs>,
 }
 
 /// Parses the command line in one pass. The error names the offending token.
@@ -142,10 +148,16 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
         smp: None,
         ipi: None,
         lock: None,
+        workload: None,
+        counter: None,
     };
     let mut lock_iters = crate::lock::DEFAULT_ITERS;
     let mut lock_spin = crate::lock::DEFAULT_SPIN;
     let (mut lock_bad, mut lock_hang, mut lock_bench) = (false, false, false);
+    let mut workload_hints = false;
+    let mut workload_disk = false;
+    let mut workload_ms = 0;
+    let mut counter_ms = 20;
     let mut net = crate::net::NetArgs::new(crate::net::Mode::Serve);
     let mut net_mode = None;
     let mut balloon_range = 2048;
@@ -178,6 +190,7 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
             ("flood", None) => flood = true,
             ("ring", Some("doorbell")) => ring = Some(Transport::Doorbell),
             ("ring", Some("eventfd")) => ring = Some(Transport::DoorbellEventfd),
+            ("ring", Some("poll")) => ring = Some(Transport::HostPoll),
             ("ring", Some(other)) => return Err(other),
             ("fault", Some(kind)) => {
                 args.action = Some(Action::Fault(match kind {
@@ -202,6 +215,17 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
                 args.blkirq = Some((args.blkirq.map_or(1, |b| b.0), true))
             }
             ("blkirq_transport", Some("doorbell")) => {}
+            ("workload", Some(n)) => {
+                args.workload = Some(crate::workload::WorkloadArgs {
+                    ticks: n.parse().map_err(|_| n)?,
+                    hints: false,
+                    disk: false,
+                    tick_ms: 0,
+                })
+            }
+            ("hints", None) => workload_hints = true,
+            ("workload_disk", None) => workload_disk = true,
+            ("workload_ms", Some(n)) => workload_ms = n.parse().map_err(|_| n)?,
             ("balloon", Some(n)) => {
                 args.balloon = Some(crate::balloon::BalloonArgs {
                     mib: n.parse().map_err(|_| n)?,
@@ -272,6 +296,17 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
             ("lock_bad", None) => lock_bad = true,
             ("lock_hang", None) => lock_hang = true,
             ("lock_bench", None) => lock_bench = true,
+            ("counter", Some(n)) => match n.parse::<u64>() {
+                Ok(n) if n >= 1 => {
+                    args.counter = Some(crate::counter::CounterArgs {
+                        steps: n,
+                        step_ms: 0,
+                        ring: None,
+                    })
+                }
+                _ => return Err(n),
+            },
+            ("counter_ms", Some(n)) => counter_ms = n.parse().map_err(|_| n)?,
             ("console", Some(other)) => return Err(other),
             _ => {}
         }
@@ -284,6 +319,11 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
     if let Some(mode) = net_mode {
         net.mode = mode;
         args.net = Some(net);
+    }
+    if let Some(w) = &mut args.workload {
+        w.hints = workload_hints;
+        w.disk = workload_disk;
+        w.tick_ms = workload_ms;
     }
     if let Some(b) = &mut args.balloon {
         b.range_kib = balloon_range;
@@ -307,6 +347,10 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
     if let Some(b) = &mut args.bench {
         b.quick = quick;
         b.ops = ops;
+    }
+    if let Some(c) = &mut args.counter {
+        c.step_ms = counter_ms;
+        c.ring = ring;
     }
     Ok(args)
 }

@@ -30,6 +30,7 @@ mod balloon;
 mod bench;
 mod blkirq;
 mod cmdline;
+mod counter;
 mod diskcheck;
 mod gdt;
 mod heap;
@@ -43,6 +44,7 @@ mod pvh;
 mod smp;
 mod statics;
 mod user;
+mod workload;
 
 use pvkit_abi::boot::{BootInfo, CMDLINE_MAX, IDENTITY_MAP_SIZE};
 use pvkit_abi::cpuid::Features;

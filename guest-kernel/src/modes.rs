@@ -42,6 +42,9 @@ pub fn run(args: &Args, console: ConsoleKind, boot: &BootInfo) -> ! {
     if let Some((batches, eventfd)) = args.blkirq {
         crate::blkirq::run(batches, eventfd, boot);
     }
+    if let Some(c) = args.counter {
+        crate::counter::run(c, boot);
+    }
     if let Some(bytes) = args.alloc {
         alloc_touch_free(bytes);
     }
@@ -63,6 +66,9 @@ pub fn run(args: &Args, console: ConsoleKind, boot: &BootInfo) -> ! {
     }
     if let Some(b) = args.balloon {
         crate::balloon::run(b, boot);
+    }
+    if let Some(w) = args.workload {
+        crate::workload::run(w, boot);
     }
     if let Some((mode, cpus)) = args.smp {
         crate::smp::run(mode, cpus, args.ipi, boot);

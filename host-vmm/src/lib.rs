@@ -47,6 +47,7 @@
     )
 )]
 
+pub mod api;
 pub mod arch;
 pub mod bus;
 pub mod debug;
@@ -59,9 +60,11 @@ pub mod iothread;
 #[cfg(test)]
 mod layering;
 pub mod loader;
+pub mod migration;
 #[cfg(test)]
 mod proptests;
 pub mod runtime;
+pub mod snapshot;
 pub mod testing;
 pub mod vm;
 pub mod vstate;

@@ -905,7 +905,8 @@ fn check_call(
         | Hypercall::VcpuUp
         | Hypercall::SendIpi
         | Hypercall::LockWait
-        | Hypercall::LockKick => prop_assert_eq!(out, &ret(Status::EOPNOTSUPP, 0)),
+        | Hypercall::LockKick
+        | Hypercall::FreePageHint => prop_assert_eq!(out, &ret(Status::EOPNOTSUPP, 0)),
     }
     if h != Hypercall::BenchPhase {
         prop_assert_eq!(phases.0, phases.1);

@@ -8,8 +8,10 @@
 //! on their own threads. Their ledgers are merged for the [`RunOutcome`].
 
 pub mod builder;
+pub mod control;
 pub mod diag;
 pub mod machine;
+pub mod migrate;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,7 +45,7 @@ use crate::vstate::memory::{MemoryError, DEFAULT_MEM_MIB};
 use crate::vstate::vcpu::{RegAccess, Vcpu, VcpuError};
 use crate::vstate::vm::VmFdError;
 use diag::StopRegs;
-use machine::{merge_ledgers, run_vcpu, VcpuState, Vm};
+use machine::{merge_ledgers, run_vcpu, VcpuEnd, VcpuState, Vm};
 
 /// Where the guest kernel comes from.
 #[derive(Clone, Debug)]
@@ -145,6 +147,40 @@ pub struct VmConfig {
     /// runs, may then merge identical pages within and across VMs copy-on-write. Default
     /// `false`. pvkit never turns KSM itself on.
     pub mergeable: bool,
+    /// Restore the snapshot in this directory instead of booting `kernel`
+    /// (`pvkit run --restore DIR`, [`crate::snapshot`]): RAM, vCPU and device state, the
+    /// command line and the vCPU count come from the snapshot; `kernel`, `mem_mib`,
+    /// `cmdline` and `vcpus` are ignored. `disk`, if set, replaces the snapshot's disk (it
+    /// must have the same size: a clone's overlay).
+    pub restore: Option<PathBuf>,
+    /// Called once, before the guest runs, with the VM's control handle (pause, resume,
+    /// snapshot, stats): `pvkit run --api` starts its API server here. Default: none.
+    pub control: Option<ControlHook>,
+    /// Called once after the VM is built and before the guest runs (after
+    /// [`VmConfig::control`]); an `Err` ends the run with [`VmError::StartRefused`] and
+    /// the guest never runs. The target of a live migration waits here for the source's go
+    /// ([`crate::migration::target`]). Default: none.
+    pub start_gate: Option<StartGate>,
+}
+
+/// Decides whether a built VM may start ([`VmConfig::start_gate`]).
+#[derive(Clone)]
+pub struct StartGate(pub Arc<dyn Fn() -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for StartGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StartGate")
+    }
+}
+
+/// Receives a VM's control handle ([`VmConfig::control`]).
+#[derive(Clone)]
+pub struct ControlHook(pub Arc<dyn Fn(Arc<control::VmControl>) + Send + Sync>);
+
+impl std::fmt::Debug for ControlHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlHook")
+    }
 }
 
 impl Default for VmConfig {
@@ -170,6 +206,9 @@ impl Default for VmConfig {
             gdb: None,
             pv_console: true,
             mergeable: false,
+            restore: None,
+            control: None,
+            start_gate: None,
         }
     }
 }
@@ -346,6 +385,15 @@ pub enum VmError {
     /// The network could not be set up.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// The start gate refused to let the guest run ([`VmConfig::start_gate`]).
+    #[error("the VM was built but not started: {0}")]
+    StartRefused(String),
+    /// The snapshot could not be restored.
+    #[error(transparent)]
+    Restore(#[from] crate::snapshot::restore::RestoreError),
+    /// The snapshot's memory file could not be mapped.
+    #[error(transparent)]
+    MemoryFile(#[from] crate::snapshot::memory_file::MemoryFileError),
     /// The in-kernel irqchip or an interrupt line could not be set up.
     #[error(transparent)]
     Irq(#[from] IrqError),
@@ -423,13 +471,39 @@ type VcpuResult = Result<(StopReason, VcpuState, Vcpu), VcpuError>;
 /// vCPU 0's thread body: runs the guest on `vm` until it stops, then names the stop with
 /// the vCPU's `RIP`. The vCPU is handed back, so that the supervising thread (not under
 /// the vCPU filter) can read its special registers for [`diag`].
-fn vcpu_loop(mut vcpu: Vcpu, vm: &Vm, mut cpu: VcpuState) -> VcpuResult {
-    // SAFETY: the pointer is the `immediate_exit` byte of this vCPU's `kvm_run` mapping,
-    // which lives as long as `vcpu`; the guard is dropped right after the run, while
-    // this function still owns `vcpu`.
-    let armed = unsafe { ArmGuard::new(vcpu.immediate_exit_ptr()) };
-    let stop = run_vcpu(&mut vcpu, vm, &mut cpu)?;
-    drop(armed);
+///
+/// A pause ([`control`]) returns from the run loop; the vCPU is parked in `gate` (disarmed:
+/// the controller may hold it) until resumed, then re-armed and run again.
+fn vcpu_loop(mut vcpu: Vcpu, vm: &Vm, mut cpu: VcpuState, gate: &control::PauseGate) -> VcpuResult {
+    let stop = loop {
+        // SAFETY: the pointer is the `immediate_exit` byte of this vCPU's `kvm_run`
+        // mapping, which lives as long as `vcpu`; the guard is dropped right after the
+        // run, while this function still owns `vcpu` (before it is parked).
+        let armed = unsafe { ArmGuard::new(vcpu.immediate_exit_ptr()) };
+        let end = run_vcpu(&mut vcpu, vm, &mut cpu);
+        drop(armed);
+        match end? {
+            VcpuEnd::Stopped(stop) => break stop,
+            VcpuEnd::Paused => {
+                let ledger = cpu.exits.ledger.snapshot();
+                let shared = &vm.shared;
+                vcpu = gate.park(
+                    vcpu,
+                    ledger,
+                    &shared.pause_requested,
+                    &shared.stop_requested,
+                );
+                // Stopped while paused (watchdog, signal, a finished migration): the guest
+                // does not run again.
+                if shared.stop_requested.load(Ordering::Acquire) {
+                    break gate.final_stop().unwrap_or(StopReason::Timeout {
+                        rip: None,
+                        disk: crate::runtime::signals::DiskFlush::NoDisk,
+                    });
+                }
+            }
+        }
+    };
     Ok((with_rip(stop, &vcpu), cpu, vcpu))
 }
 
@@ -596,6 +670,8 @@ enum Event {
     ApStopped(u32, StopReason),
     /// The debugger's Ctrl-C: kick vCPU 0 out of `KVM_RUN` (`crate::debug::gdb`).
     DebugInterrupt,
+    /// The controller pauses the VM: kick vCPU 0 out of `KVM_RUN`.
+    KickVcpu0,
 }
 
 /// The watchdog: waits for the vCPU thread to end. At the deadline, or as soon as a host
@@ -660,6 +736,14 @@ fn supervise<T>(
                     continue;
                 }
             }
+            Ok(Event::KickVcpu0) => {
+                if !thread.is_finished() {
+                    watchdog::kick(thread)?;
+                }
+                if kicking.is_none() {
+                    continue;
+                }
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if kicking.is_none()
                     && signals::pending().is_none()
@@ -700,6 +784,15 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     let on_fatal = Arc::new(move |msg| {
         let _ = fatal.send(Event::HostFailure(msg));
     });
+    // The vCPU filter is compiled on a helper thread while the VM is built (it takes
+    // milliseconds here: most of a restore's time to the guest running).
+    let confinement = match config.seccomp {
+        true => {
+            crate::runtime::seccomp::use_main_arena_only();
+            Some(std::thread::spawn(|| Confinement::new(ThreadKind::Vcpu)))
+        }
+        false => None,
+    };
     let built = builder::build(config, on_fatal)?;
     let builder::Built {
         vm,
@@ -716,19 +809,43 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         mut pv_net,
         ring_irqs,
         balloon,
+        free_page_hint: _,
         vcpu_up,
         steal,
+        devices,
+        info,
     } = built;
+    let base_ledger = info.base_ledger.clone();
+    let gate = Arc::new(control::PauseGate::default());
+    if let Some(hook) = &config.control {
+        let kick = Mutex::new(tx.clone());
+        let kick = Box::new(move || {
+            let tx = kick
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _ = tx.send(Event::KickVcpu0);
+        });
+        let ctl = control::VmControl::new(Arc::clone(&vm), Arc::clone(&gate), kick, devices, info);
+        (hook.0)(Arc::new(ctl));
+    }
+    if let Some(StartGate(gate_fn)) = &config.start_gate {
+        if let Err(msg) = gate_fn() {
+            if let Some(s) = io_stopper {
+                s.stop();
+            }
+            if let Some(n) = net.as_mut() {
+                let _ = n.stop();
+            }
+            return Err(VmError::StartRefused(msg));
+        }
+    }
     for (_, state) in &mut vcpus {
         let index = u32::try_from(state.index).unwrap_or(u32::MAX);
         state.recorder = ExitRecorder::new(config.record, t0, index);
     }
-    let confinement = match config.seccomp {
-        true => {
-            crate::runtime::seccomp::use_main_arena_only();
-            Some(Confinement::new(ThreadKind::Vcpu)?)
-        }
-        false => None,
+    let confinement = match confinement {
+        Some(compiling) => Some(compiling.join().map_err(|_| VmError::VcpuPanicked)??),
+        None => None,
     };
     let others = vcpus.split_off(1.min(vcpus.len()));
     let (vcpu, boot) = vcpus.pop().ok_or(VmError::VcpuCount {
@@ -765,15 +882,17 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     }
     let aps = ApThreads::start(others, &vm, vcpu_up.as_ref(), config.seccomp, &tx)?;
     let vm0 = Arc::clone(&vm);
+    let gate0 = Arc::clone(&gate);
     let thread = std::thread::Builder::new()
         .name(vcpu_thread_name(vcpu.index()))
         .spawn(move || {
             vm0.pv.vcpu_thread_started(0);
             // Confined before the first guest instruction; the filter stays for good.
             let r = match confinement.map(Confinement::apply).transpose() {
-                Ok(_) => vcpu_loop(vcpu, &vm0, boot).map_err(VmError::from),
+                Ok(_) => vcpu_loop(vcpu, &vm0, boot, &gate0).map_err(VmError::from),
                 Err(e) => Err(VmError::from(e)),
             };
+            gate0.end();
             // This thread's reference to the VM; the supervising thread holds another until
             // after it has dropped the vCPU handed back, so the VM fd outlives the vCPU fd.
             drop(vm0);
@@ -864,7 +983,9 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     };
 
     // Every vCPU's exits; only vCPU 0 runs guest code, so its timings are the run's.
-    let ledger = merge_ledgers(std::iter::once(&boot).chain(&others));
+    let mut ledger = merge_ledgers(std::iter::once(&boot).chain(&others));
+    // A restored VM counts on from the snapshot's exits.
+    ledger.merge(&base_ledger);
     let kvm_exits = std::iter::once(&boot)
         .chain(&others)
         .map(|c| c.kvm_exits)

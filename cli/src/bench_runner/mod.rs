@@ -438,6 +438,7 @@ fn boot(
         disk: disk.filter(|_| device.needs_disk()).map(|path| DiskConfig {
             path: path.to_path_buf(),
             read_only: false,
+            base: None,
         }),
         // Net only: both NICs, each on its own in-VMM loopback peer (no privileges).
         net: device.needs_nics().then_some(NetConfig {

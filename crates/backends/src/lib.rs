@@ -17,5 +17,7 @@
 )]
 
 pub mod file;
+pub mod overlay;
 
 pub use file::FileBackend;
+pub use overlay::{create_overlay, OverlayBackend, OverlayKind};

@@ -340,7 +340,10 @@ impl Harness {
                 self.ram.check(&[], "LockKick");
             }
             // No balloon in the assembled devices either (`balloon: None`).
-            Hypercall::BalloonInflate | Hypercall::BalloonDeflate | Hypercall::BalloonInfo => {
+            Hypercall::BalloonInflate
+            | Hypercall::BalloonDeflate
+            | Hypercall::BalloonInfo
+            | Hypercall::FreePageHint => {
                 assert_eq!(out, ret(Status::EOPNOTSUPP, 0))
             }
             Hypercall::BlockCapacity => {

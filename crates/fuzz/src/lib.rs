@@ -20,6 +20,8 @@ pub mod enc;
 #[cfg(feature = "vmm")]
 pub mod hypercall_dispatch;
 pub mod mem;
+#[cfg(feature = "vmm")]
+pub mod migration_stream;
 pub mod ne2000;
 pub mod pit;
 pub mod pv_block;
@@ -29,6 +31,8 @@ pub mod pv_console;
 pub mod pv_ipi;
 pub mod pv_net;
 pub mod pv_ring;
+#[cfg(feature = "vmm")]
+pub mod snapshot_state;
 
 /// A target: its name (the `fuzz_targets/` file and the `corpus/` directory), its harness
 /// and its seeds.
@@ -65,6 +69,12 @@ pub fn targets() -> Vec<Target> {
             hypercall_dispatch::seeds,
         ),
         ("pv_ipi", pv_ipi::run, pv_ipi::seeds),
+        (
+            "migration_stream",
+            migration_stream::run,
+            migration_stream::seeds,
+        ),
+        ("snapshot_state", snapshot_state::run, snapshot_state::seeds),
     ]);
     t
 }
@@ -136,6 +146,7 @@ pub fn describe(target: &str, data: &[u8]) -> Option<String> {
             "{:#?}",
             d::<pv_ipi::IpiSetup, pv_ipi::IpiOp>(data, pv_ipi::MAX_OPS)
         ),
+        "migration_stream" => format!("{} bytes of stream", data.len()),
         _ => return None,
     })
 }

@@ -60,10 +60,10 @@ impl Layout {
 
     /// The memory object for this layout, one per thread (libFuzzer runs the harness on
     /// one thread; `cargo test` runs tests on several, which must not share RAM).
-    pub fn memory(self) -> &'static GuestMemoryMmap<()> {
+    pub fn memory(self) -> &'static GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap> {
         thread_local! {
-            static FLAT: &'static GuestMemoryMmap<()> = Layout::Flat.create();
-            static HOLES: &'static GuestMemoryMmap<()> = Layout::Holes.create();
+            static FLAT: &'static GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap> = Layout::Flat.create();
+            static HOLES: &'static GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap> = Layout::Holes.create();
         }
         match self {
             Layout::Flat => FLAT.with(|m| *m),
@@ -71,7 +71,7 @@ impl Layout {
         }
     }
 
-    fn create(self) -> &'static GuestMemoryMmap<()> {
+    fn create(self) -> &'static GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap> {
         let ranges: Vec<(GuestAddress, usize)> = self
             .regions()
             .iter()
@@ -126,7 +126,7 @@ pub struct Ram {
     /// The layout.
     pub layout: Layout,
     /// The vm-memory object handed to the code under test.
-    pub mem: &'static GuestMemoryMmap<()>,
+    pub mem: &'static GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>,
     /// What RAM is expected to hold.
     pub image: Vec<u8>,
     host: Vec<HostRegion>,

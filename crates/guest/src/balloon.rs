@@ -11,13 +11,16 @@
 use pvkit_abi::balloon::{BalloonRange, BALLOON_MAX_RANGES, BALLOON_PAGE_SIZE};
 use pvkit_abi::Status;
 
-/// Inflate or deflate.
+/// Inflate, deflate, or hint free pages (the same range arrays).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
     /// Give pages to the host.
     Inflate,
     /// Take ballooned pages back.
     Deflate,
+    /// Tell the host the pages are free, so a live migration need not send them
+    /// (`FreePageHint`, feature `FREE_PAGE_HINT`); the pages stay the guest's.
+    Hint,
 }
 
 /// Sends one call's ranges to the host; returns the pages it took.
@@ -37,6 +40,7 @@ impl Submit for Hypercalls {
         let call = match op {
             Op::Inflate => pvkit_abi::Hypercall::BalloonInflate,
             Op::Deflate => pvkit_abi::Hypercall::BalloonDeflate,
+            Op::Hint => pvkit_abi::Hypercall::FreePageHint,
         };
         let gpa = crate::addr::virt_to_phys(ranges.as_ptr());
         // SAFETY: the host reads the array (borrowed for the call, physically contiguous

@@ -325,6 +325,18 @@ impl<Req: AbiPod, Rsp: AbiPod> RingConsumer<Req, Rsp> {
         Ok(())
     }
 
+    /// Writes the host's `host_flags` into the ring header again (after a restore rebuilt
+    /// the consumer from its saved state over a header a re-registration rewrote).
+    pub fn publish_host_flags<M: GuestMemory + ?Sized>(&self, mem: &M) -> Result<(), RingError> {
+        mem.store(
+            self.host_flags,
+            self.field(offsets::HOST_FLAGS),
+            Ordering::Release,
+        )?;
+        fence(Ordering::SeqCst);
+        Ok(())
+    }
+
     /// Services every available request: for each one, copies the request out of its slot
     /// once, calls `handler` with the copy and writes the result to the matching response
     /// slot; publishes `rsp_prod` after each run; when no request is left, re-arms

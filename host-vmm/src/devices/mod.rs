@@ -20,6 +20,7 @@ use pv::balloon::{BalloonError, PvBalloon};
 use pv::block::PvBlock;
 use pv::clock::{ClockSource, PvClock};
 use pv::console::PvConsole;
+use pv::free_page_hint::PvFreePageHint;
 use pv::ipi::PvIpi;
 use pv::net::PvNet;
 use pv::spinlock::PvSpinlock;
@@ -42,8 +43,8 @@ pub struct PvConfig {
     /// KVM's kvmclock is available to the guest (advertised as
     /// [`pvkit_abi::cpuid::Features::KVMCLOCK`]).
     pub kvmclock: bool,
-    /// Guest RAM and the loaded kernel image's span, for the memory balloon; `None`: no
-    /// balloon.
+    /// Guest RAM and the loaded kernel image's span, for the memory balloon and the
+    /// free-page hints; `None`: neither.
     pub balloon: Option<(GuestRam, std::ops::Range<u64>)>,
     /// Guest RAM and how rings are served; `None`: no rings (no `RegisterRegion` of a
     /// ring, no `RingKick`, no doorbells).
@@ -98,6 +99,8 @@ pub struct PvDevices {
     pub clock: Option<Arc<PvClock>>,
     /// The memory balloon, if there is one (its statistics are read after the run).
     pub balloon: Option<Arc<PvBalloon>>,
+    /// The free-page hints (with the balloon), read by a migration.
+    pub free_page_hint: Option<Arc<PvFreePageHint>>,
 }
 
 /// The PV devices could not be assembled.
@@ -130,12 +133,18 @@ pub fn assemble(config: PvConfig, ledger: &mut ExitLedger) -> Result<PvDevices, 
     if let Some(disk) = config.disk {
         bus.insert(Arc::new(PvBlock::new(disk)))?;
     }
-    let balloon = match config.balloon {
-        Some((mem, kernel)) => Some(Arc::new(PvBalloon::new(&mem, kernel)?)),
-        None => None,
+    let (balloon, free_page_hint) = match config.balloon {
+        Some((mem, kernel)) => (
+            Some(Arc::new(PvBalloon::new(&mem, kernel.clone())?)),
+            Some(Arc::new(PvFreePageHint::new(&mem, kernel))),
+        ),
+        None => (None, None),
     };
     if let Some(b) = &balloon {
         bus.insert(b.clone())?;
+    }
+    if let Some(h) = &free_page_hint {
+        bus.insert(h.clone())?;
     }
     if let Some(up) = config.vcpu_up {
         bus.insert(up)?;
@@ -161,6 +170,7 @@ pub fn assemble(config: PvConfig, ledger: &mut ExitLedger) -> Result<PvDevices, 
         bench,
         clock,
         balloon,
+        free_page_hint,
     })
 }
 

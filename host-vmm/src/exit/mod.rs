@@ -59,6 +59,9 @@ pub struct VmShared {
     /// Set by the watchdog before it kicks the vCPUs: an interrupted `KVM_RUN` then means
     /// "time is up", otherwise it was spurious and the guest resumes.
     pub stop_requested: Arc<AtomicBool>,
+    /// Set by the VM's controller before it kicks vCPU 0 to pause it
+    /// (`crate::vm::control`): an interrupted `KVM_RUN` then parks the vCPU.
+    pub pause_requested: Arc<AtomicBool>,
 }
 
 impl VmShared {
@@ -69,6 +72,7 @@ impl VmShared {
             pio,
             mmio: MmioBus::new(),
             stop_requested: Arc::new(AtomicBool::new(false)),
+            pause_requested: Arc::new(AtomicBool::new(false)),
         }
     }
 }

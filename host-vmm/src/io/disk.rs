@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use pvkit_abi::block::SECTOR_SIZE;
-use pvkit_backends::FileBackend;
+pub use pvkit_backends::{create_overlay, OverlayKind};
+use pvkit_backends::{FileBackend, OverlayBackend};
 use pvkit_devices::{BackendError, BlockBackend};
 use thiserror::Error;
 
@@ -22,6 +23,10 @@ pub struct DiskConfig {
     pub path: PathBuf,
     /// Open without write access: guest writes fail (ATA `ERR`/`ABRT`, PV `EPERM`).
     pub read_only: bool,
+    /// `path` is a block-level copy-on-write overlay over this base image
+    /// ([`pvkit_backends::overlay`]: a clone's disk): reads of blocks the guest never wrote
+    /// come from the base, which is never written.
+    pub base: Option<PathBuf>,
 }
 
 /// The disk image could not be opened.
@@ -64,6 +69,13 @@ impl SharedDisk {
 
     /// Opens the image of `config`.
     pub fn open(config: &DiskConfig) -> Result<Self, DiskError> {
+        if let Some(base) = &config.base {
+            let overlay = OverlayBackend::open(base, &config.path).map_err(|source| DiskError {
+                path: config.path.clone(),
+                source,
+            })?;
+            return Ok(Self::new(Box::new(overlay)));
+        }
         let file =
             FileBackend::open(&config.path, config.read_only).map_err(|source| DiskError {
                 path: config.path.clone(),
@@ -144,6 +156,7 @@ mod tests {
         let e = SharedDisk::open(&DiskConfig {
             path: "/nonexistent/pvkit.img".into(),
             read_only: true,
+            base: None,
         })
         .unwrap_err();
         assert!(e.to_string().contains("/nonexistent/pvkit.img"), "{e}");

@@ -56,6 +56,9 @@ pub enum ThreadKind {
     Vcpu,
     /// The I/O thread: ioeventfd doorbells and polled rings.
     Io,
+    /// The control API thread (`pvkit run --api`): the socket, snapshot files, the KVM
+    /// state reads of a paused VM.
+    Api,
 }
 
 impl ThreadKind {
@@ -64,6 +67,7 @@ impl ThreadKind {
         match self {
             ThreadKind::Vcpu => "vCPU",
             ThreadKind::Io => "I/O",
+            ThreadKind::Api => "API",
         }
     }
 
@@ -71,6 +75,7 @@ impl ThreadKind {
         match self {
             ThreadKind::Vcpu => 1,
             ThreadKind::Io => 2,
+            ThreadKind::Api => 3,
         }
     }
 
@@ -78,6 +83,7 @@ impl ThreadKind {
         match tag {
             1 => Some(ThreadKind::Vcpu),
             2 => Some(ThreadKind::Io),
+            3 => Some(ThreadKind::Api),
             _ => None,
         }
     }
@@ -160,6 +166,69 @@ pub const VCPU_IOCTLS: &[(u64, &str)] = &[
     (KVM_SIGNAL_MSI, "KVM_SIGNAL_MSI"),
 ];
 
+const IOC_RW: u64 = IOC_READ | IOC_WRITE;
+
+/// The ioctl requests the API thread may make: the state reads of a paused vCPU and of the
+/// VM for a snapshot (`crate::snapshot::capture`), with their names, and `FIONBIO`.
+pub const API_IOCTLS: &[(u64, &str)] = &[
+    (KVM_GET_REGS, "KVM_GET_REGS"),
+    (
+        ioc(IOC_READ, 0x83, size_of::<kvm_bindings::kvm_sregs>()),
+        "KVM_GET_SREGS",
+    ),
+    (
+        ioc(IOC_READ, 0xa4, size_of::<kvm_bindings::kvm_xsave>()),
+        "KVM_GET_XSAVE",
+    ),
+    (
+        ioc(IOC_READ, 0xa6, size_of::<kvm_bindings::kvm_xcrs>()),
+        "KVM_GET_XCRS",
+    ),
+    (
+        ioc(IOC_READ, 0x8e, size_of::<kvm_bindings::kvm_lapic_state>()),
+        "KVM_GET_LAPIC",
+    ),
+    (
+        ioc(IOC_READ, 0x98, size_of::<kvm_bindings::kvm_mp_state>()),
+        "KVM_GET_MP_STATE",
+    ),
+    (
+        ioc(IOC_READ, 0x9f, size_of::<kvm_bindings::kvm_vcpu_events>()),
+        "KVM_GET_VCPU_EVENTS",
+    ),
+    (
+        ioc(IOC_RW, 0x88, size_of::<kvm_bindings::kvm_msrs>()),
+        "KVM_GET_MSRS",
+    ),
+    (
+        ioc(IOC_RW, 0x62, size_of::<kvm_bindings::kvm_irqchip>()),
+        "KVM_GET_IRQCHIP",
+    ),
+    (
+        ioc(IOC_READ, 0x9f, size_of::<kvm_bindings::kvm_pit_state2>()),
+        "KVM_GET_PIT2",
+    ),
+    (
+        ioc(IOC_READ, 0x7c, size_of::<kvm_bindings::kvm_clock_data>()),
+        "KVM_GET_CLOCK",
+    ),
+    (libc::FIONBIO, "FIONBIO"),
+    // A live migration (the API's `migrate` request): dirty logging on the RAM slot, and
+    // the dirty log read each round.
+    (
+        ioc(
+            IOC_WRITE,
+            0x46,
+            size_of::<kvm_bindings::kvm_userspace_memory_region>(),
+        ),
+        "KVM_SET_USER_MEMORY_REGION",
+    ),
+    (
+        ioc(IOC_WRITE, 0x42, size_of::<kvm_bindings::kvm_dirty_log>()),
+        "KVM_GET_DIRTY_LOG",
+    ),
+];
+
 // --- Other argument values.
 
 const CLONE_NAMESPACES: u64 = (libc::CLONE_NEWNS
@@ -214,6 +283,26 @@ fn one_of(index: u8, values: impl IntoIterator<Item = u64>) -> Rules {
 fn ioctl_rules() -> Rules {
     // The kernel reads the request as an `unsigned int`: a 32-bit compare is exact.
     one_of(1, VCPU_IOCTLS.iter().map(|(r, _)| *r))
+}
+
+fn api_ioctl_rules() -> Rules {
+    one_of(1, API_IOCTLS.iter().map(|(r, _)| *r))
+}
+
+fn api_socket_rules() -> Rules {
+    one_of(0, [libc::AF_INET as u64, libc::AF_INET6 as u64])
+}
+
+fn api_fcntl_rules() -> Rules {
+    one_of(
+        1,
+        [
+            libc::F_GETFD as u64,
+            libc::F_DUPFD_CLOEXEC as u64,
+            libc::F_GETFL as u64,
+            libc::F_SETFL as u64,
+        ],
+    )
 }
 
 fn futex_rules() -> Rules {
@@ -487,10 +576,83 @@ fn io_entries() -> Vec<Entry> {
     v
 }
 
+fn api_entries() -> Vec<Entry> {
+    let mut v = vec![
+        allow!(
+            SYS_ioctl,
+            api_ioctl_rules,
+            "arg1: KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_XSAVE, KVM_GET_XCRS, KVM_GET_LAPIC, \
+                KVM_GET_MP_STATE, KVM_GET_VCPU_EVENTS, KVM_GET_MSRS, KVM_GET_IRQCHIP, \
+                KVM_GET_PIT2, KVM_GET_CLOCK, FIONBIO, KVM_SET_USER_MEMORY_REGION, \
+                KVM_GET_DIRTY_LOG",
+            "a snapshot reads the paused vCPU's and the VM's state; a connection is made \
+                blocking; a live migration logs dirty pages",
+        ),
+        allow!(SYS_accept4, "accepting a connection on the API socket"),
+        allow!(
+            SYS_socket,
+            api_socket_rules,
+            "arg0: AF_INET, AF_INET6",
+            "a live migration's TCP connection to its target",
+        ),
+        allow!(SYS_connect, "a live migration connecting to its target"),
+        allow!(
+            SYS_poll,
+            "connecting with a timeout (std's `connect_timeout`)"
+        ),
+        allow!(SYS_ppoll, "as `poll` (newer glibc)"),
+        allow!(
+            SYS_getsockopt,
+            "the connection's error after a connect with a timeout"
+        ),
+        allow!(SYS_read, "reading requests; `/proc/swaps` (a snapshot)"),
+        allow!(SYS_recvfrom, "reading requests (std's socket reads)"),
+        allow!(SYS_sendto, "writing replies (std's socket writes)"),
+        allow!(SYS_setsockopt, "the connection's read and write timeouts"),
+        allow!(
+            SYS_fcntl,
+            api_fcntl_rules,
+            "arg1: F_GETFD, F_DUPFD_CLOEXEC, F_GETFL, F_SETFL",
+            "duplicating a connection for its writer; std's debug check of a descriptor",
+        ),
+        allow!(SYS_close, "closing connections and snapshot files"),
+        allow!(
+            SYS_openat,
+            "creating the snapshot's files; reading `/proc/swaps`"
+        ),
+        allow!(SYS_mkdir, "creating the snapshot directory"),
+        allow!(
+            SYS_statx,
+            "`create_dir_all` checking an existing directory; sizing a file read"
+        ),
+        allow!(SYS_newfstatat, "as `statx` (older glibc)"),
+        allow!(SYS_fstat, "as `statx` (older glibc)"),
+        allow!(SYS_lseek, "std reading a file to its end"),
+        allow!(SYS_ftruncate, "sizing the memory file (holes)"),
+        allow!(SYS_rename, "putting the state file in place atomically"),
+        allow!(
+            SYS_unlink,
+            "removing a stale state file; the socket at the end"
+        ),
+        allow!(
+            SYS_mincore,
+            "finding guest pages that were never resident (holes without reading)"
+        ),
+        allow!(
+            SYS_clock_nanosleep,
+            "the accept loop's sleep between looks (`thread::sleep`)"
+        ),
+        allow!(SYS_nanosleep, "as `clock_nanosleep` (older glibc)"),
+    ];
+    v.extend(common_entries());
+    v
+}
+
 fn entries(kind: ThreadKind) -> Vec<Entry> {
     match kind {
         ThreadKind::Vcpu => vcpu_entries(),
         ThreadKind::Io => io_entries(),
+        ThreadKind::Api => api_entries(),
     }
 }
 
@@ -779,6 +941,8 @@ fn syscall_name(nr: i64) -> Option<&'static str> {
         SYS_accept,
         SYS_sendto,
         SYS_recvfrom,
+        SYS_getsockopt,
+        SYS_ppoll,
         SYS_sendmsg,
         SYS_recvmsg,
         SYS_bind,
@@ -864,6 +1028,9 @@ fn syscall_name(nr: i64) -> Option<&'static str> {
         SYS_pwritev2,
         SYS_sync_file_range,
         SYS_fallocate,
+        SYS_accept4,
+        SYS_setsockopt,
+        SYS_mincore,
     );
     None
 }
@@ -889,7 +1056,8 @@ mod tests {
     fn both_filters_compile() {
         assert_eq!(compile(ThreadKind::Vcpu).unwrap().len(), 2);
         assert_eq!(compile(ThreadKind::Io).unwrap().len(), 1);
-        for kind in [ThreadKind::Vcpu, ThreadKind::Io] {
+        assert_eq!(compile(ThreadKind::Api).unwrap().len(), 1);
+        for kind in [ThreadKind::Vcpu, ThreadKind::Io, ThreadKind::Api] {
             let c = Confinement::new(kind).unwrap();
             assert_eq!(c.kind(), kind);
             assert!(c.programs.iter().all(|p| !p.is_empty() && p.len() < 4096));
@@ -898,7 +1066,7 @@ mod tests {
 
     #[test]
     fn lists_have_no_duplicates_and_every_entry_says_why() {
-        for kind in [ThreadKind::Vcpu, ThreadKind::Io] {
+        for kind in [ThreadKind::Vcpu, ThreadKind::Io, ThreadKind::Api] {
             let list = allowlist(kind);
             for w in list.windows(2) {
                 assert_ne!(w[0].name, w[1].name, "{kind:?}");
@@ -981,7 +1149,7 @@ mod tests {
 
     #[test]
     fn security_md_lists_exactly_the_allowed_calls() {
-        for kind in [ThreadKind::Vcpu, ThreadKind::Io] {
+        for kind in [ThreadKind::Vcpu, ThreadKind::Io, ThreadKind::Api] {
             let mut doc = documented(kind);
             doc.sort();
             let mut code: Vec<String> = allowlist(kind).iter().map(|a| a.name.to_owned()).collect();

@@ -108,6 +108,14 @@ pub enum StopReason {
         /// Whether the disk was flushed afterwards.
         disk: DiskFlush,
     },
+    /// The VM was live-migrated ([`crate::migration`]): the target runs the guest now.
+    /// Process exit status 0: the hand-over succeeded.
+    Migrated {
+        /// The target's address.
+        to: String,
+        /// The migration's figures (time, downtime, bytes, rounds).
+        summary: String,
+    },
 }
 
 /// Process exit status: VMM error (bad ELF, ABI mismatch, no usable `/dev/kvm`).
@@ -143,6 +151,7 @@ impl StopReason {
                 ..
             } => STATUS_VMM_ERROR,
             StopReason::Signal { signal, .. } => signal.exit_status(),
+            StopReason::Migrated { .. } => 0,
         }
     }
 }
@@ -194,6 +203,12 @@ impl fmt::Display for StopReason {
                 disk: DiskFlush::NoDisk,
             } => write!(f, "stopped by {signal}"),
             StopReason::Signal { signal, disk } => write!(f, "stopped by {signal}; {disk}"),
+            StopReason::Migrated { to, summary } => {
+                write!(
+                    f,
+                    "the VM was live-migrated to {to} and runs there ({summary})"
+                )
+            }
         }
     }
 }

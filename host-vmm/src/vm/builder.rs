@@ -5,9 +5,11 @@
 use std::sync::Arc;
 
 use kvm_ioctls::Cap;
+use pvkit_abi::cpuid::Features;
 use pvkit_abi::ports::{IRQ_TEST, IRQ_TEST_GSI};
 use pvkit_abi::AbiVersion;
 
+use super::control::VmInfo;
 use super::machine::{VcpuState, Vm};
 use super::{read_kernel_file, KernelSource, VmConfig, VmError};
 use crate::arch::x86_64::cpuid::{kvmclock_available, supported_cpuid};
@@ -34,20 +36,32 @@ use crate::devices::pv::ring_irq::RingIrqs;
 use crate::devices::pv::spinlock::PvSpinlock;
 use crate::devices::pv::steal::{PvSteal, ThreadSchedStat};
 use crate::devices::pv::vcpu_up::VcpuUp;
+use crate::devices::pv::RegionOwner;
 use crate::devices::pv::RingsConfig;
 use crate::devices::{assemble, PvConfig};
 use crate::exit::ledger::ExitLedger;
+use crate::exit::ledger::LedgerSnapshot;
 use crate::exit::VmShared;
 use crate::io::console_out::Console;
+use crate::io::disk::DiskConfig;
 use crate::io::disk::SharedDisk;
 use crate::iothread::IoStopper;
 use crate::loader::elf::ElfImage;
 use crate::loader::symbols::SymbolTable;
+use crate::runtime::sync::lock;
 use crate::runtime::watchdog;
+use crate::snapshot::capture::{msr_list, DeviceHandles};
+use crate::snapshot::memory_file::map_memory_file;
+use crate::snapshot::restore::{load_ledger, restore_vcpu, restore_vm, RestoreError};
+use crate::snapshot::state::{DiskInfo, KernelInfo, VmState};
+use crate::snapshot::MEMORY_FILE;
 use crate::vstate::kvm::{open_kvm, PlatformInfo};
+use crate::vstate::memory::ram_size;
 use crate::vstate::memory::{create_fresh_ram, mark_mergeable, MAX_MEM_MIB};
 use crate::vstate::vcpu::{RegAccess, Vcpu};
 use crate::vstate::vm::create_vm;
+use pvkit_devices::{Ata, Pit};
+use std::sync::Mutex;
 
 /// A VM assembled and ready to run: the shared [`Vm`], its vCPUs with their states, and what
 /// the run needs at the end.
@@ -72,10 +86,10 @@ pub struct Built {
     pub guest_abi: AbiVersion,
     /// The guest ELF's symbols, kept from the file before its bytes are dropped.
     pub symbols: Arc<SymbolTable>,
-    /// The NE2000 ([`VmConfig::net`] with [`NicModel::Ne2000`]), with its receive thread
-    /// running.
+    /// The NE2000 ([`VmConfig::net`] with [`super::NicModel::Ne2000`]), with its receive
+    /// thread running.
     pub net: Option<NetDevice>,
-    /// The PV NIC ([`VmConfig::net`] with [`NicModel::Pv`]), its backend served.
+    /// The PV NIC ([`VmConfig::net`] with [`super::NicModel::Pv`]), its backend served.
     pub pv_net: Option<PvNetRunning>,
     /// The rings' completion interrupt lines (VMs with the in-kernel irqchip).
     pub ring_irqs: Option<Arc<RingIrqs>>,
@@ -83,8 +97,14 @@ pub struct Built {
     pub balloon: Option<Arc<PvBalloon>>,
     /// The steal-time device, if the host shows scheduler statistics.
     pub steal: Option<Arc<PvSteal>>,
+    /// The free-page hints (a migration reads them).
+    pub free_page_hint: Option<Arc<crate::devices::pv::free_page_hint::PvFreePageHint>>,
     /// The `VcpuUp` device (more than one vCPU).
     pub vcpu_up: Option<Arc<VcpuUp>>,
+    /// The device models a snapshot saves.
+    pub devices: DeviceHandles,
+    /// What a snapshot needs to know of the VM ([`crate::vm::control`]).
+    pub info: VmInfo,
 }
 
 impl std::fmt::Debug for Built {
@@ -120,37 +140,51 @@ pub fn build(
     config: &VmConfig,
     on_fatal: Arc<dyn Fn(String) + Send + Sync>,
 ) -> Result<Built, VmError> {
-    let bytes = kernel_bytes(&config.kernel, config.mem_mib)?;
-    let image = ElfImage::parse(&bytes)?;
-    let disk = config.disk.as_ref().map(SharedDisk::open).transpose()?;
+    // A restore reads and checks the whole state file before anything else is set up.
+    let restore = config
+        .restore
+        .as_deref()
+        .map(crate::snapshot::restore::read_state)
+        .transpose()?;
+    let guest = match &restore {
+        Some(state) => restored_guest(config, state)?,
+        None => fresh_guest(config)?,
+    };
+    let Guest {
+        mem,
+        entry,
+        span,
+        abi,
+        symbols,
+        disk_config,
+    } = guest;
+    let disk = disk_config.as_ref().map(SharedDisk::open).transpose()?;
     let kvm = open_kvm()?;
+    let vcpu_count = match &restore {
+        Some(state) => u32::try_from(state.vcpus.len()).unwrap_or(u32::MAX),
+        None => config.vcpus,
+    };
     let max_vcpus = u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX);
-    if !(1..=max_vcpus).contains(&config.vcpus) {
+    if !(1..=max_vcpus).contains(&vcpu_count) {
         return Err(VmError::VcpuCount {
-            requested: config.vcpus,
+            requested: vcpu_count,
             max: max_vcpus,
         });
     }
     watchdog::install()?;
-
-    // Fresh RAM: the loader skips zero-filling what mmap already zeroed.
-    let (mem, kernel) = image.load_fresh(create_fresh_ram(config.mem_mib)?)?;
-    if config.mergeable {
-        mark_mergeable(&mem)?;
-    }
-    // A compact copy of the symbol table (bounded, see `loader::symbols`) is all that is
-    // kept of the file; a malformed one means no symbols, not a refused guest.
-    let symbols = Arc::new(SymbolTable::from_elf(&bytes).unwrap_or_default());
-    // The image is in guest RAM: the file's bytes are not kept for the run.
-    drop(image);
-    drop(bytes);
     let vm_fd = Arc::new(create_vm(&kvm, &mem)?);
     // KVM's in-kernel irqchip, created before any vCPU, only when something needs it: the
     // NIC's interrupt (IOAPIC), or SMP (LAPICs for INIT-SIPI-SIPI and IPIs, so the APs start
     // in KVM's wait-for-SIPI state). With it, `hlt` no longer exits to userspace.
-    let irqchip = config.net.is_some() || config.vcpus > 1 || config.irq_test || config.irqchip;
+    let irqchip = config.net.is_some() || vcpu_count > 1 || config.irq_test || config.irqchip;
     if irqchip {
         create_irqchip(&vm_fd)?;
+    }
+    if let Some(state) = &restore {
+        if state.vm.irqchip.is_some() != irqchip {
+            return Err(mismatch("the snapshot's irqchip does not match this VM's"));
+        }
+        restore_vm(&vm_fd, &state.vm)?;
     }
     // Completion interrupts of the rings need the IOAPIC.
     let ring_irqs = irqchip
@@ -180,24 +214,36 @@ pub fn build(
         }
         None => (None, None),
     };
-    let vcpu_up = (config.vcpus > 1).then(|| Arc::new(VcpuUp::new(config.vcpus)));
+    let vcpu_up = (vcpu_count > 1).then(|| Arc::new(VcpuUp::new(vcpu_count)));
     // PV IPIs go to the in-kernel LAPICs (created above with more than one vCPU).
-    let ipi = (config.vcpus > 1).then(|| {
-        Arc::new(PvIpi::new(
-            config.vcpus,
-            Arc::new(KvmMsi(Arc::clone(&vm_fd))),
-        ))
-    });
-    let steal = schedstat_available().then(|| Arc::new(PvSteal::new(config.vcpus)));
-    let clock = VmClock::start();
+    let ipi = (vcpu_count > 1)
+        .then(|| Arc::new(PvIpi::new(vcpu_count, Arc::new(KvmMsi(Arc::clone(&vm_fd))))));
+    let steal = schedstat_available().then(|| Arc::new(PvSteal::new(vcpu_count)));
+    let clock = match &restore {
+        Some(state) => VmClock::resume(&state.devices.vm_clock).map_err(mismatch)?,
+        None => VmClock::start(),
+    };
     let supported = supported_cpuid(&kvm)?;
     let kvmclock = kvmclock_available(supported.as_slice());
     let eventfd = kvm.check_extension(Cap::Ioeventfd);
     let clock_possible = kvm.check_extension(Cap::GetTscKhz);
     // vCPU 0 first: the PV clock needs its TSC rate and offset. Its CPUID table (with the
     // feature bits, once the devices are registered) and boot registers come below, so
-    // `KVM_SET_CPUID2` is done once.
+    // `KVM_SET_CPUID2` is done once. A restored vCPU gets the saved feature bits at once:
+    // its state is set before the devices are registered, and its CPUID must be in place
+    // before that.
+    let saved_features = restore
+        .as_ref()
+        .map(|s| Features::from_bits_retain(s.features));
     let mut vcpu = Vcpu::create(&kvm, &vm_fd, 0, config.reg_access)?;
+    if let (Some(state), Some(saved_features)) = (&restore, saved_features) {
+        vcpu.setup_boot(&supported, saved_features, entry)?;
+        let saved = state
+            .vcpus
+            .first()
+            .ok_or_else(|| mismatch("no vCPU state"))?;
+        restore_vcpu(&mut vcpu, saved)?;
+    }
     let tsc_khz = vcpu.tsc_khz();
     let tsc_clock = match (clock_possible, tsc_khz, vcpu.guest_tsc_offset()) {
         (true, Some(khz), Some(offset)) => Some(TscClock::new(clock, khz, offset)),
@@ -211,16 +257,34 @@ pub fn build(
         Console::stdout().map_err(VmError::Thread)?
     };
     let mut pio = PortBus::new();
-    pio.insert_mut(
-        COM1_BASE.into(),
-        COM1_LEN.into(),
-        "com1",
-        Uart::new(console.clone()),
-    )?;
+    let uart = match &restore {
+        Some(state) => Uart::from_state(&state.devices.uart, console.clone()).map_err(mismatch)?,
+        None => Uart::new(console.clone()),
+    };
+    let uart = Arc::new(Mutex::new(uart));
+    pio.insert(COM1_BASE.into(), COM1_LEN.into(), "com1", uart.clone())?;
     pio.insert_mut(pvkit_abi::ports::NULL.into(), 1, "null", NullPort)?;
-    attach_pit(&mut pio, clock)?;
-    if let Some(d) = &disk {
-        attach_ata(&mut pio, d.clone())?;
+    let pit = attach_pit(&mut pio, clock)?;
+    let ata = disk
+        .as_ref()
+        .map(|d| attach_ata(&mut pio, d.clone()))
+        .transpose()?;
+    if let Some(state) = &restore {
+        *lock(&pit) = Pit::from_state(&state.devices.pit).map_err(mismatch)?;
+        match (&ata, &disk, &state.devices.ata) {
+            (Some(a), Some(d), Some(saved)) => {
+                *lock(a) = Ata::from_state(saved, d.clone()).map_err(mismatch)?;
+            }
+            (None, None, None) => {}
+            _ => {
+                return Err(mismatch(
+                    "the snapshot's VM had a disk exactly when this one has",
+                ))
+            }
+        }
+        if state.devices.pv_block_sectors != disk.as_ref().map(SharedDisk::sectors) {
+            return Err(mismatch("the disk's size differs from the snapshot's disk"));
+        }
     }
     if let Some(line) = irq_test {
         pio.insert_mut(IRQ_TEST.into(), 1, "irq-test", IrqTestPort::new(line))?;
@@ -236,7 +300,7 @@ pub fn build(
             disk: disk.clone(),
             clock: tsc_clock.map(|c| Arc::new(c) as Arc<dyn ClockSource>),
             kvmclock,
-            balloon: Some((mem.clone(), kernel.span.clone())),
+            balloon: Some((mem.clone(), span.clone())),
             rings: Some((
                 mem.clone(),
                 RingsConfig {
@@ -249,7 +313,7 @@ pub fn build(
             vcpu_up: vcpu_up.clone(),
             net: pv_net.clone(),
             ipi,
-            spinlock: (config.vcpus > 1).then(|| Arc::new(PvSpinlock::new(config.vcpus))),
+            spinlock: (vcpu_count > 1).then(|| Arc::new(PvSpinlock::new(vcpu_count))),
             steal: steal.clone(),
         },
         &mut ledger,
@@ -269,6 +333,31 @@ pub fn build(
     let io_stopper = pv.bus.stopper();
     let bench = pv.bench;
     let balloon = pv.balloon;
+    let free_page_hint = pv.free_page_hint;
+    let pv_clock = pv.clock;
+    if let Some(state) = &restore {
+        if let (Some(c), pages) = (&pv_clock, &state.devices.clock_pages) {
+            let pages: Vec<_> = pages
+                .iter()
+                .map(|p| {
+                    let owner = p.vcpu.map_or(RegionOwner::Vm, RegionOwner::Vcpu);
+                    (owner, p.page)
+                })
+                .collect();
+            c.restore_pages(&mem, &pages).map_err(mismatch)?;
+        } else if !state.devices.clock_pages.is_empty() {
+            return Err(mismatch(
+                "the snapshot has PV clock pages, this VM has no PV clock",
+            ));
+        }
+        if let Some(b) = &balloon {
+            b.restore_ballooned(&state.devices.ballooned)
+                .map_err(mismatch)?;
+        }
+        for ring in &state.devices.rings {
+            pv.bus.restore_ring(&mem, ring).map_err(mismatch)?;
+        }
+    }
     if let Some(d) = &disk {
         bench.set_disk(Box::new(d.clone()));
     }
@@ -278,12 +367,22 @@ pub fn build(
 
     // The features the guest sees: derived from the registered devices, in one place.
     let features = pv.bus.features();
-    vcpu.setup_boot(&supported, features, kernel.entry)?;
+    match saved_features {
+        // Already in vCPU 0's CPUID; it must be what these devices offer.
+        Some(saved) if saved != features => {
+            return Err(mismatch(format!(
+                "the snapshot's guest saw features {:#x}, this VM offers {:#x}",
+                saved.bits(),
+                features.bits()
+            )))
+        }
+        Some(_) => {}
+        None => vcpu.setup_boot(&supported, features, entry)?,
+    }
     // The other vCPUs, with the final feature bits and vCPU 0's register access.
-    let others: Vec<Vcpu> = (1..config.vcpus)
+    let mut others: Vec<Vcpu> = (1..vcpu_count)
         .map(|i| {
             let access = Some(vcpu.reg_access());
-            let entry = kernel.entry;
             Vcpu::new(
                 &kvm,
                 &vm_fd,
@@ -295,16 +394,63 @@ pub fn build(
             )
         })
         .collect::<Result<_, _>>()?;
-    let cmdline = config.full_cmdline();
-    write_boot_area(
-        &mem,
-        &BootParams {
-            cmdline: cmdline.as_bytes(),
-            kernel: kernel.span.clone(),
-            features: features.bits(),
-            tsc_khz: tsc_khz.map_or(0, u64::from),
+    let cmdline = match &restore {
+        Some(state) => state.cmdline.clone(),
+        None => config.full_cmdline(),
+    };
+    if restore.is_none() {
+        write_boot_area(
+            &mem,
+            &BootParams {
+                cmdline: cmdline.as_bytes(),
+                kernel: span.clone(),
+                features: features.bits(),
+                tsc_khz: tsc_khz.map_or(0, u64::from),
+            },
+        )?;
+    }
+    if let Some(state) = &restore {
+        for (v, saved) in others.iter_mut().zip(state.vcpus.iter().skip(1)) {
+            restore_vcpu(v, saved)?;
+        }
+    }
+    let info = VmInfo {
+        mem_bytes: ram_size(&mem),
+        cmdline,
+        kernel: KernelInfo {
+            entry,
+            span: (span.start, span.end),
+            abi: (abi.major, abi.minor),
         },
-    )?;
+        features: features.bits(),
+        irqchip,
+        disk: match (&disk_config, &disk) {
+            (Some(c), Some(d)) => Some(DiskInfo {
+                path: c.path.clone(),
+                len: d.sectors() * pvkit_abi::block::SECTOR_SIZE,
+                read_only: c.read_only,
+                base: c.base.clone(),
+            }),
+            _ => None,
+        },
+        vcpus: vcpu_count,
+        net: config.net.is_some(),
+        msrs: msr_list(&kvm).unwrap_or_default(),
+        base_ledger: match &restore {
+            Some(state) => load_ledger(&state.ledger)?,
+            None => LedgerSnapshot::default(),
+        },
+    };
+    let devices = DeviceHandles {
+        uart,
+        pit,
+        ata,
+        disk: disk.clone(),
+        vm_clock: clock,
+        pv_clock,
+        balloon: balloon.clone(),
+        free_page_hint: free_page_hint.clone(),
+    };
 
     let shards: Vec<ExitLedger> = others.iter().map(|_| ledger.shard()).collect();
     // vCPU 0's in-kernel counters (KVM's binary stats) go into every snapshot of its ledger,
@@ -331,14 +477,17 @@ pub fn build(
         bench,
         platform,
         reg_access,
-        guest_abi: kernel.abi,
+        guest_abi: abi,
         symbols,
         net,
         pv_net,
         ring_irqs,
         balloon,
-        vcpu_up,
         steal,
+        free_page_hint,
+        vcpu_up,
+        devices,
+        info,
     })
 }
 
@@ -346,4 +495,71 @@ pub fn build(
 /// the steal-time source).
 fn schedstat_available() -> bool {
     ThreadSchedStat::open_current().is_ok()
+}
+
+/// The guest's RAM and what the VMM keeps of its kernel, before the VM exists.
+struct Guest {
+    mem: crate::vstate::memory::GuestRam,
+    entry: u64,
+    span: std::ops::Range<u64>,
+    abi: AbiVersion,
+    symbols: Arc<SymbolTable>,
+    disk_config: Option<DiskConfig>,
+}
+
+/// A new guest: the kernel ELF loaded into fresh RAM.
+fn fresh_guest(config: &VmConfig) -> Result<Guest, VmError> {
+    let bytes = kernel_bytes(&config.kernel, config.mem_mib)?;
+    let image = ElfImage::parse(&bytes)?;
+    // Fresh RAM: the loader skips zero-filling what mmap already zeroed.
+    let (mem, kernel) = image.load_fresh(create_fresh_ram(config.mem_mib)?)?;
+    if config.mergeable {
+        mark_mergeable(&mem)?;
+    }
+    // A compact copy of the symbol table (bounded, see `loader::symbols`) is all that is
+    // kept of the file; a malformed one means no symbols, not a refused guest.
+    let symbols = Arc::new(SymbolTable::from_elf(&bytes).unwrap_or_default());
+    Ok(Guest {
+        mem,
+        entry: kernel.entry,
+        span: kernel.span,
+        abi: kernel.abi,
+        symbols,
+        disk_config: config.disk.clone(),
+    })
+}
+
+/// A restored guest: RAM mapped copy-on-write from the snapshot's memory file; the disk
+/// is `config.disk` if given (e.g. a clone's overlay), else the snapshot's.
+fn restored_guest(config: &VmConfig, state: &VmState) -> Result<Guest, VmError> {
+    let dir = config
+        .restore
+        .as_deref()
+        .unwrap_or(std::path::Path::new("."));
+    if config.net.is_some() {
+        return Err(mismatch("a snapshot cannot be restored with a NIC"));
+    }
+    let mem = map_memory_file(&dir.join(MEMORY_FILE), state.mem_bytes)?;
+    let disk_config = match (&config.disk, &state.disk) {
+        (Some(d), Some(_)) => Some(d.clone()),
+        (None, Some(saved)) => Some(DiskConfig {
+            path: saved.path.clone(),
+            read_only: saved.read_only,
+            base: saved.base.clone(),
+        }),
+        (_, None) => None,
+    };
+    let (major, minor) = state.kernel.abi;
+    Ok(Guest {
+        mem,
+        entry: state.kernel.entry,
+        span: state.kernel.span.0..state.kernel.span.1,
+        abi: AbiVersion { major, minor },
+        symbols: Arc::new(SymbolTable::default()),
+        disk_config,
+    })
+}
+
+fn mismatch(e: impl std::fmt::Display) -> VmError {
+    VmError::Restore(RestoreError::Mismatch(e.to_string()))
 }

@@ -6,6 +6,7 @@
 //! to the buses of [`VmShared`], and hypercalls go to the PV layer through
 //! [`PvCalls`] (a call of `hypercall::dispatch` with guest memory and a context).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,7 +16,7 @@ use pvkit_abi::call::RawCall;
 use crate::debug::gdb::{DebugStop, VcpuDebug};
 use crate::devices::pv::vcpu_up::VcpuUp;
 use crate::devices::pv::HypercallBus;
-use crate::exit::ledger::{ExitLedger, LedgerSnapshot};
+use crate::exit::ledger::{ExitKind, ExitLedger, LedgerSnapshot};
 use crate::exit::record::ExitRecorder;
 use crate::exit::{handle_exit, Exit, ExitAction, Hypercalls, VcpuExits, VmShared};
 use crate::hypercall::{self, HypercallContext, Outcome};
@@ -151,7 +152,6 @@ pub fn run_ap(
     cpu: &mut VcpuState,
     up: &VcpuUp,
 ) -> Result<StopReason, VcpuError> {
-    use std::sync::atomic::Ordering;
     let index = cpu.index;
     let stop = loop {
         let mut teardown = false;
@@ -190,9 +190,20 @@ pub fn run_ap(
     Ok(stop)
 }
 
-/// Runs `vcpu` on `vm` until an exit stops it: each exit is handled by `cpu`, a
-/// hypercall's results go back into the vCPU's registers.
-pub fn run_vcpu(vcpu: &mut Vcpu, vm: &Vm, cpu: &mut VcpuState) -> Result<StopReason, VcpuError> {
+/// Why [`run_vcpu`] returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VcpuEnd {
+    /// The guest stopped.
+    Stopped(StopReason),
+    /// A pause was requested (`VmShared::pause_requested`) and the vCPU is out of
+    /// `KVM_RUN` at a clean point: interrupted, with no I/O pending
+    /// ([`crate::vm::control`]).
+    Paused,
+}
+
+/// Runs `vcpu` on `vm` until an exit stops it or a pause is requested: each exit is
+/// handled by `cpu`, a hypercall's results go back into the vCPU's registers.
+pub fn run_vcpu(vcpu: &mut Vcpu, vm: &Vm, cpu: &mut VcpuState) -> Result<VcpuEnd, VcpuError> {
     cpu.entered.get_or_insert_with(Instant::now);
     // Under gdb: stopped before the first instruction; `KVM_EXIT_DEBUG` is the debugger's.
     let debugging = cpu.debug.is_some();
@@ -228,7 +239,13 @@ pub fn run_vcpu(vcpu: &mut Vcpu, vm: &Vm, cpu: &mut VcpuState) -> Result<StopRea
                 r.record(cpu.exits.ledger.last(), vcpu.exit_rip());
             }
             match action {
-                ExitAction::Continue => {}
+                ExitAction::Continue => {
+                    // Only at an interrupted `KVM_RUN`: no I/O of the guest is pending.
+                    let interrupted = cpu.exits.ledger.last() == Some(ExitKind::Interrupted);
+                    if interrupted && vm.shared.pause_requested.load(Ordering::Acquire) {
+                        return Ok(VcpuEnd::Paused);
+                    }
+                }
                 ExitAction::Return(ret) => vcpu.set_return(ret)?,
                 ExitAction::Stop(reason) => break 'run reason,
             }
@@ -239,7 +256,7 @@ pub fn run_vcpu(vcpu: &mut Vcpu, vm: &Vm, cpu: &mut VcpuState) -> Result<StopRea
     }
     cpu.stopped = Some(Instant::now());
     cpu.kvm_exits = vcpu.kvm_exits();
-    Ok(stop)
+    Ok(VcpuEnd::Stopped(stop))
 }
 
 #[cfg(test)]

@@ -5,10 +5,14 @@
 //! into RAM before boot (GDT, page tables, boot info) is [`crate::arch::x86_64::layout`].
 
 use thiserror::Error;
+use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-/// Guest RAM as the VMM holds it.
-pub type GuestRam = GuestMemoryMmap<()>;
+/// Guest RAM as the VMM holds it: every write the VMM makes through vm-memory (device
+/// models, rings, DMA, the loader) sets a bit in the region's [`AtomicBitmap`] (one bit per
+/// 4 KiB page), so that live migration ([`super::dirty`]) also resends pages the host wrote;
+/// KVM's dirty log covers the guest's own writes.
+pub type GuestRam = GuestMemoryMmap<AtomicBitmap>;
 
 /// Default RAM size in MiB.
 pub const DEFAULT_MEM_MIB: u64 = 128;

@@ -278,6 +278,20 @@ impl Vcpu {
         Some(lo.wrapping_add((width / 2) as i64) as u64)
     }
 
+    /// The KVM vCPU fd, for the snapshot's state ioctls ([`crate::snapshot`]) on a vCPU
+    /// that is out of `KVM_RUN` (paused, or not yet started).
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    /// After a restore set the registers: keeps the copy in `kvm_run` (sync regs) equal to
+    /// them, as [`Vcpu::start_long_mode`] does.
+    pub fn sync_restored_regs(&mut self, regs: kvm_regs) {
+        if self.access == RegAccess::SyncRegs {
+            self.fd.sync_regs_mut().regs = regs;
+        }
+    }
+
     /// How this vCPU reads and writes hypercall registers.
     pub fn reg_access(&self) -> RegAccess {
         self.access

@@ -15,7 +15,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Guest RAM as the VMM holds it (the same type as `vstate::memory::GuestRam`; named here
 /// so that `arch` does not depend on `vstate`).
-type GuestRam = GuestMemoryMmap<()>;
+type GuestRam = GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
 
 fn ram_size(mem: &GuestRam) -> u64 {
     mem.iter().map(vm_memory::GuestMemoryRegion::len).sum()
@@ -212,7 +212,7 @@ mod tests {
 
     fn ram(mib: u64) -> GuestRam {
         let bytes = usize::try_from(mib << 20).unwrap();
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), bytes)]).unwrap()
+        GuestRam::from_ranges(&[(GuestAddress(0), bytes)]).unwrap()
     }
 
     #[test]

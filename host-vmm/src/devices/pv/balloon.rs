@@ -51,6 +51,14 @@ pub enum BalloonError {
     /// The RAM is too large for the page bitmap (never for RAM this VMM creates).
     #[error("guest RAM of {0} bytes is too large for the balloon bitmap")]
     RamTooLarge(u64),
+    /// A saved ballooned range is outside guest RAM.
+    #[error("saved ballooned pages {first}+{count} are outside guest RAM")]
+    SavedRange {
+        /// First page.
+        first: u64,
+        /// Page count.
+        count: u64,
+    },
 }
 
 /// One bit per 4 KiB page of guest RAM: set = ballooned.
@@ -270,12 +278,50 @@ impl PvBalloon {
         lock(&self.state).bitmap.get(gpa / BALLOON_PAGE_SIZE)
     }
 
+    /// The ballooned pages as runs (first page, count), for a snapshot.
+    pub fn ballooned_ranges(&self) -> Vec<(u64, u64)> {
+        let state = lock(&self.state);
+        let pages = self.limits.ram / BALLOON_PAGE_SIZE;
+        let mut out = Vec::new();
+        let mut run: Option<u64> = None;
+        for p in 0..=pages {
+            match (p < pages && state.bitmap.get(p), run) {
+                (true, None) => run = Some(p),
+                (false, Some(start)) => {
+                    out.push((start, p - start));
+                    run = None;
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Marks saved runs (first page, count) as ballooned, on a restored VM whose RAM has
+    /// them as holes. Refused if a run is outside RAM.
+    pub fn restore_ballooned(&self, runs: &[(u64, u64)]) -> Result<(), BalloonError> {
+        let pages = self.limits.ram / BALLOON_PAGE_SIZE;
+        let mut state = lock(&self.state);
+        for &(first, count) in runs {
+            match first.checked_add(count) {
+                Some(end) if end <= pages => state.bitmap.assign(first..end, true),
+                _ => return Err(BalloonError::SavedRange { first, count }),
+            }
+        }
+        state.stats.ballooned_pages = state.bitmap.count();
+        Ok(())
+    }
+
     fn rss_kib(&self) -> Option<u64> {
         self.statm.as_ref().and_then(read_rss_kib)
     }
 
-    /// Reads the call's array of ranges.
-    fn read_ranges(mem: &GuestRam, addr: u64, count: u64) -> Result<Vec<BalloonRange>, Status> {
+    /// Reads the call's array of ranges (also the free-page hint's).
+    pub(crate) fn read_ranges(
+        mem: &GuestRam,
+        addr: u64,
+        count: u64,
+    ) -> Result<Vec<BalloonRange>, Status> {
         if count > BALLOON_MAX_RANGES {
             return Err(Status::E2BIG);
         }
@@ -312,6 +358,8 @@ impl PvBalloon {
         // notifier) or by the VMM maps a zero page. No Rust reference into guest RAM
         // exists: the VMM accesses guest RAM only through vm-memory's copying API.
         let r = unsafe { libc::madvise(host.cast(), len, libc::MADV_DONTNEED) };
+        // The pages now read as zero: a migration in progress must resend them.
+        crate::vstate::dirty::mark_host_write(mem, gpa, len as u64);
         if r == 0 {
             Ok(())
         } else {

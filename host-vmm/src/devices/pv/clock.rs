@@ -97,6 +97,36 @@ impl PvClock {
     }
 }
 
+impl PvClock {
+    /// Every registered page's state, for a snapshot.
+    pub fn page_states(&self) -> Vec<(RegionOwner, pvkit_pv::PvClockState)> {
+        lock(&self.pages)
+            .iter()
+            .map(|(o, p)| (*o, p.state()))
+            .collect()
+    }
+
+    /// Re-registers saved pages over the restored RAM `mem` and publishes a fresh sample in
+    /// each (the restored VM clock's time with the guest TSC now), so the guest's clock
+    /// continues from the saved time. Replaces any page registered before.
+    pub fn restore_pages(
+        &self,
+        mem: &crate::vstate::memory::GuestRam,
+        pages: &[(RegionOwner, pvkit_pv::PvClockState)],
+    ) -> Result<(), String> {
+        let mut map = BTreeMap::new();
+        for (owner, state) in pages {
+            let mut page = PvClockPage::from_state(mem, state).map_err(|e| e.to_string())?;
+            if let Some(sample) = self.source.as_ref().and_then(|s| s.sample()) {
+                page.update(mem, sample).map_err(|e| e.to_string())?;
+            }
+            map.insert(*owner, page);
+        }
+        *lock(&self.pages) = map;
+        Ok(())
+    }
+}
+
 impl PvDevice for PvClock {
     fn name(&self) -> &'static str {
         "clock"

@@ -276,6 +276,26 @@ impl HypercallBus {
         }
     }
 
+    /// Re-registers a ring saved by a snapshot ([`Rings::frozen`]) over the restored RAM
+    /// `mem`: its device opens it at the saved address, the consumer continues from the
+    /// saved state, and it is registered with the saved transport.
+    pub fn restore_ring(
+        &self,
+        mem: &GuestRam,
+        saved: &super::rings::SavedRing,
+    ) -> Result<(), String> {
+        let queue = QueueId::from_u32(saved.queue).map_err(|q| format!("bad queue id {q}"))?;
+        let &(spec, i) = self
+            .queue_route(queue)
+            .ok_or_else(|| format!("no device serves ring {queue:?}"))?;
+        let rings = self.rings.as_ref().ok_or("this VM has no rings")?;
+        let dev = self.devices.get(i).ok_or("no device")?;
+        let consumer = dev
+            .open_queue(mem, spec.queue, saved.ring.gpa, saved.len)
+            .map_err(|s| format!("reopening ring {queue:?}: {s:?}"))?;
+        rings.restore(consumer, saved)
+    }
+
     /// `RingKick`: services a registered queue now.
     fn ring_kick(&self, args: [u64; 4]) -> Result<u64, Status> {
         let [queue, ..] = args;

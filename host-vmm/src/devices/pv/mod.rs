@@ -12,6 +12,7 @@
 //! | [`clock`]            | the PV clock page (and the kvmclock feature bit)              |
 //! | [`balloon`]          | the memory balloon: `BalloonInflate`, `BalloonDeflate`, `BalloonInfo` |
 //! | [`ring_irq`]         | completion interrupts of the rings: irqfd lines, `QueueInterrupt` |
+//! | [`free_page_hint`]   | `FreePageHint`: pages a migration need not send               |
 //! | [`rings`]            | the registered rings of every device, serviced on three transports |
 //! | [`doorbell`]         | the doorbell port and its per-queue ioeventfds (datamatch)    |
 //! | [`vcpu_up`]          | `VcpuUp`: PV start of the other vCPUs (with `--vcpus` > 1)   |
@@ -32,6 +33,7 @@ pub mod block;
 pub mod clock;
 pub mod console;
 pub mod doorbell;
+pub mod free_page_hint;
 pub mod hypercall_bus;
 pub mod ipi;
 pub mod net;

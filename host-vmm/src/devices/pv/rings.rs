@@ -44,7 +44,7 @@ use pvkit_abi::ports::DOORBELL;
 use pvkit_abi::ring::{offsets, QueueId, Transport};
 use pvkit_abi::Status;
 pub use pvkit_pv::ring::{SERVICE_BYTES, SERVICE_REQUESTS};
-use pvkit_pv::{AbiPod, Batch, RingConsumer, RingError};
+use pvkit_pv::{AbiPod, Batch, RingConsumer, RingError, RingState};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -79,6 +79,29 @@ pub trait Queue: Send + std::fmt::Debug {
     /// Binds the queue's completions to `line` (`None`: polling only): after a service
     /// whose responses crossed the guest's `rsp_event`, the line is raised once.
     fn set_interrupt(&mut self, line: Option<Arc<RingIrqLine>>);
+    /// The consumer's saved state and the ring's length in bytes, for a snapshot; `None`:
+    /// this queue cannot be saved.
+    fn save(&self) -> Option<(RingState, u64)> {
+        None
+    }
+    /// Continues from a saved state (the queue was just opened at the saved address): the
+    /// consumer's index and flags, republished in the ring header.
+    fn restore(&mut self, _mem: &GuestRam, _state: &RingState) -> Result<(), String> {
+        Err("this queue cannot be restored".into())
+    }
+}
+
+/// A registered ring as a snapshot keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedRing {
+    /// The queue id (`QueueId` as its raw value).
+    pub queue: u32,
+    /// The transport (`Transport` as its raw value).
+    pub transport: u64,
+    /// Bytes the ring occupies.
+    pub len: u64,
+    /// The consumer.
+    pub ring: RingState,
 }
 
 /// A [`Queue`] made of a `pvkit-pv` ring consumer and the device's service function.
@@ -150,6 +173,18 @@ where
 
     fn set_interrupt(&mut self, line: Option<Arc<RingIrqLine>>) {
         self.irq = line;
+    }
+
+    fn save(&self) -> Option<(RingState, u64)> {
+        Some((self.ring.state(), self.ring.ring_bytes() as u64))
+    }
+
+    fn restore(&mut self, mem: &GuestRam, state: &RingState) -> Result<(), String> {
+        let ring = RingConsumer::from_state(mem, state).map_err(|e| e.to_string())?;
+        ring.publish_host_flags(mem).map_err(|e| e.to_string())?;
+        self.ring = ring;
+        self.set_service_budget();
+        Ok(())
     }
 }
 
@@ -259,6 +294,13 @@ impl RingSet {
 
     pub(crate) fn waiters(&self) -> &LockWaiters {
         &self.waiters
+    }
+
+    /// Whether any ring is registered (a snapshot cannot hold ring state yet).
+    pub fn any_registered(&self) -> bool {
+        self.queues
+            .iter()
+            .any(|q| crate::runtime::sync::lock(&q.slot).queue.is_some())
     }
 
     /// The rings registered for the I/O thread to poll, as a bit mask of slot indices.
@@ -525,6 +567,54 @@ impl Rings {
     /// (counted and ignored).
     pub fn unknown_doorbells(&self) -> u64 {
         self.set.unknown_doorbells.load(Ordering::Relaxed)
+    }
+
+    /// Whether any ring is registered.
+    pub fn any_registered(&self) -> bool {
+        self.set.any_registered()
+    }
+
+    /// Holds every ring still (all slot locks: no thread services one meanwhile), saves
+    /// each registered ring and calls `f` with them (a snapshot writes guest RAM there, so
+    /// rings and RAM agree). Call with the vCPUs paused: no new request or doorbell then
+    /// arrives, and every service that was running has ended once its lock is taken.
+    /// `Err` if a registered ring cannot be saved.
+    pub fn frozen<R>(&self, f: impl FnOnce(Vec<SavedRing>) -> R) -> Result<R, String> {
+        let guards: Vec<_> = self.set.queues.iter().map(|q| lock(&q.slot)).collect();
+        let mut saved = Vec::new();
+        for (q, slot) in self.set.queues.iter().zip(&guards) {
+            if let Some(queue) = &slot.queue {
+                let (ring, len) = queue
+                    .save()
+                    .ok_or_else(|| format!("ring {:?} cannot be saved", q.spec.queue))?;
+                saved.push(SavedRing {
+                    queue: q.spec.queue.to_u32(),
+                    transport: slot.transport as u64,
+                    len,
+                    ring,
+                });
+            }
+        }
+        let r = f(saved);
+        drop(guards);
+        Ok(r)
+    }
+
+    /// Registers `queue` (opened by its device at the saved address) continuing from
+    /// `saved`, as the guest had registered it.
+    pub(crate) fn restore(
+        &self,
+        mut queue: Box<dyn Queue>,
+        saved: &SavedRing,
+    ) -> Result<(), String> {
+        let id = QueueId::from_u32(saved.queue).map_err(|_| "bad queue id".to_owned())?;
+        let transport = self
+            .transport(saved.transport)
+            .map_err(|s| format!("transport {}: {s:?}", saved.transport))?;
+        queue.restore(&self.set.mem, &saved.ring)?;
+        self.register(id, queue, transport)
+            .map(drop)
+            .map_err(|s| format!("re-registering ring {id:?}: {s:?}"))
     }
 
     /// Whether the I/O thread has been started.

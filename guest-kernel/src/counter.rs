@@ -1,0 +1,160 @@
+//! `counter=N`: a workload for snapshot, restore and clone tests. It counts from 1 to `N`,
+//! one step every `counter_ms=M` milliseconds (default 20) of PV clock time, and prints
+//! `counter I t=NS` at each step, then `counter done` and exits 0.
+//!
+//! What it checks itself (a failure panics, which the host reports as a guest fault):
+//! - the PV clock never goes backwards, across a snapshot and restore included;
+//! - with a PV block disk: at each step it first reads sector 0 and requires the record it
+//!   wrote at the previous step (`PVCNT`, step, time), then writes this step's record. A
+//!   restored guest thus proves its disk holds exactly what it wrote before the snapshot,
+//!   and a clone proves no other clone wrote to its disk meanwhile (each record carries
+//!   its own clock time, which differs from clone to clone).
+
+use pvkit_abi::boot::BootInfo;
+use pvkit_abi::cpuid::Features;
+use pvkit_guest::block::PvBlock;
+use pvkit_guest::clock::ClockPage;
+
+use crate::statics::{Exclusive, Pages};
+use pvkit_abi::ring::Transport;
+use pvkit_guest::console_ring::ConsoleRing;
+
+static RING: Exclusive<Pages<4096>> = Exclusive::new(Pages::zeroed());
+static LINE: Exclusive<Pages<128>> = Exclusive::new(Pages::zeroed());
+
+/// A line of text in a fixed buffer.
+struct LineBuf<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl core::fmt::Write for LineBuf<'_> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.buf.get_mut(self.len..end).ok_or(core::fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// Writes `counter I t=NS` through the console ring and waits for the host's answer.
+fn ring_line(ring: &mut ConsoleRing, line: &mut [u8], i: u64, now: u64) {
+    use core::fmt::Write;
+    let mut b = LineBuf { buf: line, len: 0 };
+    if writeln!(b, "counter {i} t={now}").is_err() {
+        panic!("counter: line too long");
+    }
+    let (ptr, len) = (b.buf.as_ptr(), b.len);
+    // SAFETY: `line` is a static buffer; the host reads these bytes only until it answers
+    // the request, and `wait` below returns only after that answer, before the buffer is
+    // written again.
+    let bytes: &'static [u8] = unsafe { core::slice::from_raw_parts(ptr, len) };
+    if ring.queue(bytes).is_err() {
+        panic!("counter: console ring full");
+    }
+    ring.submit();
+    let mut written = 0usize;
+    let waited = ring.wait(u64::MAX, |rsp| {
+        if rsp.status == 0 {
+            written += rsp.written as usize;
+        }
+    });
+    if waited.is_err() || written != len {
+        panic!("counter: console ring write failed ({written} of {len} bytes)");
+    }
+}
+
+/// `counter=` arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterArgs {
+    /// Steps.
+    pub steps: u64,
+    /// Milliseconds of PV clock time per step.
+    pub step_ms: u64,
+    /// Print through the console ring with this transport (`ring=`) instead of the
+    /// `ConsoleWrite` call: a snapshot then holds a registered ring.
+    pub ring: Option<Transport>,
+}
+
+static CLOCK: ClockPage = ClockPage::new();
+static SECTOR: Exclusive<Pages<4096>> = Exclusive::new(Pages::zeroed());
+const MAGIC: &[u8; 5] = b"PVCNT";
+
+fn record(buf: &mut [u8], step: u64, t: u64) {
+    buf.fill(0);
+    buf[..5].copy_from_slice(MAGIC);
+    buf[8..16].copy_from_slice(&step.to_le_bytes());
+    buf[16..24].copy_from_slice(&t.to_le_bytes());
+}
+
+/// Runs the counter (see the module doc) and exits.
+pub fn run(args: CounterArgs, boot: &BootInfo) -> ! {
+    let features = Features::from_bits_truncate(boot.features);
+    if !features.contains(Features::CLOCK) {
+        panic!("counter: needs the PV clock");
+    }
+    let clock = match pvkit_guest::clock::register(&CLOCK) {
+        Ok(r) => r,
+        Err(e) => panic!("counter: clock registration failed: {e:?}"),
+    };
+    let disk =
+        features.contains(Features::BLOCK) && pvkit_guest::block::capacity().is_ok_and(|c| c > 0);
+    let mut block = PvBlock::new();
+    let buf = &mut SECTOR.take().0[..512];
+    let step_ns = args.step_ms.saturating_mul(1_000_000);
+    let mut ring = args
+        .ring
+        .map(|t| match ConsoleRing::register(&mut RING.take().0, 32, t) {
+            Ok(r) => r,
+            Err(e) => panic!("counter: registering the console ring ({t:?}): {e:?}"),
+        });
+    let line = &mut LINE.take().0;
+    let mut last = clock.nanoseconds();
+    let mut prev: Option<(u64, u64)> = None;
+    for i in 1..=args.steps {
+        let deadline = last.saturating_add(step_ns);
+        let mut now = clock.nanoseconds();
+        while now < deadline {
+            let t = clock.nanoseconds();
+            if t < now {
+                panic!("counter: clock went back from {now} to {t}");
+            }
+            now = t;
+        }
+        if now < last {
+            panic!("counter: clock went back from {last} to {now}");
+        }
+        if disk {
+            if let Err(e) = block.read(0, buf) {
+                panic!("counter: disk read failed: {e:?}");
+            }
+            if let Some((step, t)) = prev {
+                let mut want = [0u8; 512];
+                record(&mut want, step, t);
+                if buf[..24] != want[..24] {
+                    let word = |r: core::ops::Range<usize>| {
+                        u64::from_le_bytes(buf[r].try_into().unwrap_or([0; 8]))
+                    };
+                    panic!(
+                        "counter: step {i}: sector 0 holds ({}, {}), not step {step}'s record ({step}, {t})",
+                        word(8..16),
+                        word(16..24)
+                    );
+                }
+            }
+            record(buf, i, now);
+            if let Err(e) = block.write(0, buf) {
+                panic!("counter: disk write failed: {e:?}");
+            }
+            prev = Some((i, now));
+        }
+        match &mut ring {
+            Some(r) => ring_line(r, line, i, now),
+            None => println!("counter {i} t={now}"),
+        }
+        last = now;
+    }
+    println!("counter done");
+    crate::exit(0)
+}

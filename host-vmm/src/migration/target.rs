@@ -1,0 +1,205 @@
+//! The target of a migration: one TCP connection, the stream read into a snapshot
+//! directory ([`receive`]: the memory file written page by page as rounds arrive, the
+//! state file from the stream's state record), then the hand-over: the VM is rebuilt from
+//! that directory by the ordinary restore path and the target says [`Incoming::ready`];
+//! only after the source's go does the guest run. A refused stream gets
+//! [`Incoming::refuse`] (or a dropped connection) and nothing runs.
+//!
+//! The hand-over after the end record, target → source: one byte, [`READY`] or
+//! [`REFUSED`], then a `u32` length and that many bytes of UTF-8 message (at most
+//! [`MAX_MESSAGE`]). Source → target: one byte, [`GO`]. The target runs the guest only on
+//! `GO`; the source stops its VM only after sending it. A connection lost in between
+//! leaves neither running (never both).
+
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use thiserror::Error;
+
+use super::stream::{read_stream, PageSink, Received, StreamError, PAGE_SIZE};
+use crate::snapshot::{MEMORY_FILE, STATE_FILE};
+use crate::vstate::dirty::PageBitmap;
+
+/// The target rebuilt the VM and waits for [`GO`].
+pub const READY: u8 = b'R';
+/// The target refused the stream or could not rebuild the VM; a message follows.
+pub const REFUSED: u8 = b'X';
+/// The source has stopped its VM: run.
+pub const GO: u8 = b'G';
+/// Longest hand-over message.
+pub const MAX_MESSAGE: u32 = 1024;
+/// How long each side waits for the other's hand-over byte.
+pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors of the target.
+#[derive(Debug, Error)]
+pub enum TargetError {
+    /// The stream was refused.
+    #[error("incoming migration refused: {0}")]
+    Stream(#[from] StreamError),
+    /// The snapshot directory could not be written.
+    #[error("incoming migration: cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The hand-over with the source failed (the guest does not run).
+    #[error("incoming migration: hand-over with the source failed: {0}")]
+    Handover(String),
+}
+
+/// Received pages into the memory file: the file starts sparse (all zero), so a zero run
+/// only rewrites pages the stream wrote earlier.
+struct FileSink {
+    file: File,
+    written: PageBitmap,
+}
+
+impl PageSink for FileSink {
+    fn page(&mut self, page: u64, data: &[u8]) -> std::io::Result<()> {
+        self.file.write_all_at(data, page * PAGE_SIZE)?;
+        self.written.set(page);
+        Ok(())
+    }
+
+    fn zeros(&mut self, first: u64, count: u64) -> std::io::Result<()> {
+        let zero = [0u8; PAGE_SIZE as usize];
+        for p in first..first.saturating_add(count) {
+            if self.written.get(p) {
+                self.file.write_all_at(&zero, p * PAGE_SIZE)?;
+                self.written.clear(p);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A stream received completely into a snapshot directory, the connection kept for the
+/// hand-over.
+#[derive(Debug)]
+pub struct Incoming {
+    conn: TcpStream,
+    /// The snapshot directory (memory file and state file).
+    pub dir: PathBuf,
+    /// What the stream carried.
+    pub received: Received,
+}
+
+fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> TargetError + '_ {
+    move |source| TargetError::Write {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Reads one migration stream from `conn` for a VM of `ram_bytes` into `dir` (created;
+/// existing snapshot files replaced). On an error the source is told ([`REFUSED`]) and
+/// the directory's files are removed.
+pub fn receive(conn: TcpStream, ram_bytes: u64, dir: &Path) -> Result<Incoming, TargetError> {
+    std::fs::create_dir_all(dir).map_err(write_err(dir))?;
+    let mem_path = dir.join(MEMORY_FILE);
+    let state_path = dir.join(STATE_FILE);
+    let cleanup = || {
+        let _ = std::fs::remove_file(&mem_path);
+        let _ = std::fs::remove_file(&state_path);
+    };
+    let r = (|| -> Result<Received, TargetError> {
+        let file = File::create(&mem_path).map_err(write_err(&mem_path))?;
+        file.set_len(ram_bytes).map_err(write_err(&mem_path))?;
+        let mut sink = FileSink {
+            file,
+            written: PageBitmap::new(ram_bytes / PAGE_SIZE),
+        };
+        let reader = BufReader::with_capacity(1 << 20, &conn);
+        let received = read_stream(reader, ram_bytes, &mut sink)?;
+        std::fs::write(&state_path, &received.state).map_err(write_err(&state_path))?;
+        Ok(received)
+    })();
+    match r {
+        Ok(received) => Ok(Incoming {
+            conn,
+            dir: dir.to_owned(),
+            received,
+        }),
+        Err(e) => {
+            cleanup();
+            let mut conn = conn;
+            let _ = send_verdict(&mut conn, REFUSED, &e.to_string());
+            Err(e)
+        }
+    }
+}
+
+fn send_verdict(conn: &mut TcpStream, code: u8, msg: &str) -> std::io::Result<()> {
+    let msg = msg.as_bytes();
+    let msg = msg.get(..MAX_MESSAGE as usize).unwrap_or(msg);
+    let mut out = vec![code];
+    out.extend_from_slice(&(msg.len() as u32).to_le_bytes());
+    out.extend_from_slice(msg);
+    conn.write_all(&out)?;
+    conn.flush()
+}
+
+impl Incoming {
+    /// The VM is rebuilt: tells the source and waits for its [`GO`]. `Ok` means run.
+    pub fn ready(&mut self) -> Result<(), TargetError> {
+        let fail = |e: std::io::Error| TargetError::Handover(e.to_string());
+        send_verdict(&mut self.conn, READY, "").map_err(fail)?;
+        self.conn
+            .set_read_timeout(Some(HANDOVER_TIMEOUT))
+            .map_err(fail)?;
+        let mut b = [0u8; 1];
+        self.conn.read_exact(&mut b).map_err(fail)?;
+        if b[0] != GO {
+            return Err(TargetError::Handover(format!(
+                "expected the source's go, got byte {:#04x}",
+                b[0]
+            )));
+        }
+        Ok(())
+    }
+
+    /// The VM could not be rebuilt: tells the source (which resumes its VM).
+    pub fn refuse(mut self, why: &str) {
+        let _ = send_verdict(&mut self.conn, REFUSED, why);
+    }
+}
+
+/// The target's verdict as the source reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Rebuilt, waiting for go.
+    Ready,
+    /// Refused, with the target's reason.
+    Refused(String),
+}
+
+/// Reads the target's verdict (bounded message).
+pub fn read_verdict(conn: &mut impl Read) -> std::io::Result<Verdict> {
+    let mut h = [0u8; 5];
+    conn.read_exact(&mut h)?;
+    let len = u32::from_le_bytes([h[1], h[2], h[3], h[4]]);
+    if len > MAX_MESSAGE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "hand-over message too long",
+        ));
+    }
+    let mut msg = vec![0u8; len as usize];
+    conn.read_exact(&mut msg)?;
+    let msg = String::from_utf8_lossy(&msg).into_owned();
+    match h[0] {
+        READY => Ok(Verdict::Ready),
+        REFUSED => Ok(Verdict::Refused(msg)),
+        other => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("unknown hand-over byte {other:#04x}"),
+        )),
+    }
+}

@@ -1,0 +1,392 @@
+//! Live migration under real KVM over loopback TCP, with the built-in guest's migration
+//! workload (guest-kernel/src/workload.rs: a printed counter, a dirtied working set, PV
+//! block writes acknowledged on the console, free-page hints with `hints`).
+//!
+//! The source is `pvkit run --api SOCK` (the migration is the control API's `migrate`
+//! request, as `pvkit ctl SOCK migrate HOST:PORT` sends it), the target `pvkit run
+//! --incoming ADDR --stats`. Checked: the counter continues on the target with no gap and
+//! no repeat; every acknowledged disk write is on the disk at the end; the exits of the
+//! whole run (source up to the pause + target, the ledger travels with the state) are
+//! exactly what the guest did; the source exits 0 only after the hand-over; with hints the
+//! bytes sent drop by at least the guest's free fraction. A truncated or corrupt stream is
+//! refused by the target, which runs nothing, and a refused migration leaves the source
+//! running to its normal end.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use pvkit_vmm::api::client::send;
+use pvkit_vmm::api::request::{MigrationReply, Request};
+use pvkit_vmm::migration::stream::{Header, StreamWriter};
+
+const PVKIT: &str = env!("CARGO_BIN_EXE_pvkit");
+/// Wall-clock bound for waits (≥ 10× what they take on this machine).
+const WAIT: Duration = Duration::from_secs(120);
+/// Ticks of the workload, each at least [`TICK_MS`] of PV clock time: the migration comes
+/// after [`MIGRATE_AT`] of them and the guest needs seconds for the rest whatever the
+/// host's speed, so the migration happens mid-run.
+const TICKS: u64 = 4000;
+const TICK_MS: u64 = 1;
+const MIGRATE_AT: u64 = 300;
+const MEM_MIB: u64 = 128;
+
+fn dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("pvkit-migrate-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A free loopback port (bound and released: the target binds it again at once).
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A `pvkit run` whose stdout lines arrive on a channel as they are printed.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(PVKIT)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pvkit");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line starting with `prefix`.
+    fn wait_for(&mut self, prefix: &str) {
+        let t = Instant::now();
+        while t.elapsed() < WAIT {
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(l) => {
+                    let hit = l.starts_with(prefix);
+                    self.seen.push(l);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        panic!("no line {prefix:?}; seen: {:?}", self.seen.last());
+    }
+
+    /// Waits for the process; all its stdout lines and its stderr.
+    fn finish(mut self) -> (i32, Vec<String>, String) {
+        let t = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read;
+                self.child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                // The reader thread ends with the pipe.
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
+                    self.seen.push(l);
+                }
+                return (st.code().expect("exit status"), self.seen, err);
+            }
+            assert!(t.elapsed() < WAIT, "pvkit did not end");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The ticks printed, in order.
+fn ticks(lines: &[String]) -> Vec<u64> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
+        .collect()
+}
+
+/// `ack TICK lba LBA` lines: the last acknowledged tick per sector.
+fn acks(lines: &[String]) -> BTreeMap<u64, u64> {
+    let mut m = BTreeMap::new();
+    for l in lines {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if let ["ack", t, "lba", s] = w[..] {
+            m.insert(s.parse().unwrap(), t.parse().unwrap());
+        }
+    }
+    m
+}
+
+/// The count of one exit kind in a `--stats` report on stderr (0 if absent).
+fn stat(stderr: &str, kind: &str) -> u64 {
+    stderr
+        .lines()
+        .find_map(|l| {
+            let (n, k) = l.trim().split_once("  ")?;
+            (k.trim() == kind).then(|| n.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+/// `workload: free START..END MIB MiB hints=…` → MiB.
+fn free_mib(lines: &[String]) -> u64 {
+    lines
+        .iter()
+        .find_map(|l| {
+            let rest = l.strip_prefix("workload: free ")?;
+            rest.split_whitespace().nth(1)?.parse().ok()
+        })
+        .expect("the workload's free line")
+}
+
+struct Migrated {
+    reply: MigrationReply,
+    source: Vec<String>,
+    target: Vec<String>,
+    target_err: String,
+    disk: PathBuf,
+}
+
+/// Source with the workload, target waiting; migrates after [`MIGRATE_AT`] ticks.
+fn migrate_pair(name: &str, hints: bool) -> Migrated {
+    let d = dir(name);
+    let disk = d.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let api = d.join("api.sock");
+    let to = free_port();
+    let to_s = to.to_string();
+    let target = Running::start(&["run", "--incoming", &to_s, "--stats", "--timeout", "120"]);
+    let cmdline = format!(
+        "workload={TICKS} workload_ms={TICK_MS} workload_disk{}",
+        if hints { " hints" } else { "" }
+    );
+    let mut source = Running::start(&[
+        "run",
+        "--console",
+        "pv",
+        "--disk",
+        disk.to_str().unwrap(),
+        "--api",
+        api.to_str().unwrap(),
+        "--timeout",
+        "120",
+        "--",
+        &cmdline,
+    ]);
+    source.wait_for(&format!("tick {MIGRATE_AT}"));
+    let reply = send(&api, &Request::Migrate { dest: to_s.clone() }).expect("API reply");
+    assert!(reply.ok, "{reply:?}");
+    let reply = reply.migration.expect("the migration's figures");
+    let (scode, source, serr) = source.finish();
+    assert_eq!(scode, 0, "{serr}");
+    assert!(serr.contains("live-migrated to"), "{serr}");
+    eprintln!("{name}: {}", serr.trim());
+    let (tcode, target, target_err) = target.finish();
+    assert_eq!(tcode, 0, "{target_err}");
+    Migrated {
+        reply,
+        source,
+        target,
+        target_err,
+        disk,
+    }
+}
+
+fn check(m: &Migrated, hints: bool) {
+    // The counter: every tick exactly once, in order, across both hosts.
+    let mut all = ticks(&m.source);
+    let first_here = ticks(&m.target);
+    assert!(!first_here.is_empty(), "the target printed no tick");
+    let last_there = *all.last().unwrap();
+    assert!(last_there >= MIGRATE_AT);
+    assert_eq!(
+        first_here[0],
+        last_there + 1,
+        "a gap or a repeat at the hand-over"
+    );
+    all.extend(&first_here);
+    assert_eq!(all, (0..TICKS).collect::<Vec<_>>());
+    assert_eq!(m.target.last().unwrap(), &format!("workload: done {TICKS}"));
+    // Every acknowledged write, on either host, is on the disk (the last per sector).
+    let mut acked = acks(&m.source);
+    acked.extend(acks(&m.target));
+    assert_eq!(acked.len(), 64, "every sector slot written");
+    let disk = std::fs::read(&m.disk).unwrap();
+    for (lba, tick) in &acked {
+        let at = (*lba * 512) as usize;
+        let want: Vec<u8> = tick.to_le_bytes().repeat(64);
+        assert_eq!(
+            disk[at..at + 512],
+            want[..],
+            "sector {lba}, acknowledged at tick {tick}"
+        );
+    }
+    // Exact exits of the whole run: the ledger travels in the state, the target counts on.
+    let acks_total = TICKS.div_ceil(4);
+    let lines = TICKS + acks_total + 3; // + banner, free line, done line
+    let e = &m.target_err;
+    assert_eq!(stat(e, "hypercall console_write"), lines, "{e}");
+    assert_eq!(stat(e, "hypercall block_io"), acks_total, "{e}");
+    assert_eq!(
+        stat(e, "hypercall free_page_hint"),
+        if hints { TICKS } else { 0 },
+        "{e}"
+    );
+    assert_eq!(stat(e, "hypercall exit"), 1, "{e}");
+    // The PV clock page the paced ticks read.
+    assert_eq!(stat(e, "hypercall register_region"), 1, "{e}");
+    // The figures.
+    let r = &m.reply;
+    assert!(r.rounds >= 2 && r.rounds <= 9, "{r:?}");
+    assert!(r.downtime_us > 0 && r.downtime_us <= r.total_us, "{r:?}");
+    assert_eq!(r.hinted_pages == 0, !hints, "{r:?}");
+}
+
+#[test]
+fn the_workload_migrates_with_and_without_free_page_hints() {
+    if !common::builtin_ready() {
+        return;
+    }
+    let with = migrate_pair("hints", true);
+    check(&with, true);
+    let without = migrate_pair("nohints", false);
+    check(&without, false);
+    let free = free_mib(&with.source) as f64 / MEM_MIB as f64;
+    let (b_with, b_without) = (with.reply.bytes as f64, without.reply.bytes as f64);
+    eprintln!(
+        "free fraction {free:.3}; bytes with hints {b_with}, without {b_without}; \
+         with: {:?}; without: {:?}",
+        with.reply, without.reply
+    );
+    assert!(
+        b_with <= b_without * (1.0 - free),
+        "hints saved less than the free fraction {free:.3}: {b_with} vs {b_without}"
+    );
+}
+
+/// A target that gets `bytes` and then the connection closes: it must refuse, exit 1 and
+/// run nothing.
+fn refused_stream(name: &str, bytes: &[u8], why: &str) {
+    let to = free_port();
+    let to_s = to.to_string();
+    let target = Running::start(&["run", "--incoming", &to_s, "--timeout", "60"]);
+    let t = Instant::now();
+    let mut c = loop {
+        match TcpStream::connect(to) {
+            Ok(c) => break c,
+            Err(_) if t.elapsed() < WAIT => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("{name}: {e}"),
+        }
+    };
+    c.write_all(bytes).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let (code, out, err) = target.finish();
+    assert_eq!(code, 1, "{name}: {err}");
+    assert!(out.is_empty(), "{name}: the guest ran: {out:?}");
+    assert!(err.contains(why), "{name}: {err}");
+    assert!(err.contains("refused"), "{name}: {err}");
+}
+
+#[test]
+fn a_truncated_or_corrupt_stream_is_refused_and_a_refused_migration_leaves_the_source_running() {
+    if !common::builtin_ready() {
+        return;
+    }
+    let mut w = StreamWriter::new(
+        Vec::new(),
+        Header {
+            ram_bytes: MEM_MIB << 20,
+        },
+    )
+    .unwrap();
+    w.pages(0x300, &[0x5a; 8192]).unwrap();
+    w.round(1, 2).unwrap();
+    w.state(b"not a real state file").unwrap();
+    let (good, _) = w.end().unwrap();
+    refused_stream("truncated", &good[..good.len() / 2], "truncated");
+    let mut corrupt = good.clone();
+    corrupt[100] ^= 1;
+    refused_stream("corrupt", &corrupt, "checksum");
+    refused_stream(
+        "garbage",
+        b"GET / HTTP/1.1\r\n\r\n and some more bytes",
+        "magic",
+    );
+
+    // A real source, a target with another RAM size: refused, and the source runs on.
+    let d = dir("refused");
+    let api = d.join("api.sock");
+    let to = free_port();
+    let to_s = to.to_string();
+    let target = Running::start(&["run", "--incoming", &to_s, "--mem", "64"]);
+    let mut source = Running::start(&[
+        "run",
+        "--console",
+        "pv",
+        "--api",
+        api.to_str().unwrap(),
+        "--timeout",
+        "120",
+        "--",
+        "workload=3000 workload_ms=1 hints",
+    ]);
+    source.wait_for("tick 200");
+    let reply = send(&api, &Request::Migrate { dest: to_s }).expect("API reply");
+    assert!(!reply.ok, "{reply:?}");
+    let msg = reply.error.unwrap();
+    assert!(msg.contains("RAM") && msg.contains("runs on"), "{msg}");
+    let (tcode, tout, terr) = target.finish();
+    assert_eq!(tcode, 1, "{terr}");
+    assert!(tout.is_empty());
+    // Nobody listening any more: refused at connect, the source still runs.
+    let reply = send(
+        &api,
+        &Request::Migrate {
+            dest: to.to_string(),
+        },
+    )
+    .expect("API reply");
+    assert!(
+        !reply.ok && reply.error.as_deref().unwrap_or("").contains("connect"),
+        "{reply:?}"
+    );
+    let (scode, sout, serr) = source.finish();
+    assert_eq!(scode, 0, "{serr}");
+    assert_eq!(
+        ticks(&sout),
+        (0..3000).collect::<Vec<_>>(),
+        "the source's counter"
+    );
+    assert_eq!(sout.last().unwrap(), "workload: done 3000");
+}
