@@ -206,6 +206,7 @@ fn hostile_net_nic_records() {
         net: Some(NetConfig {
             backend: NetBackendConfig::Loopback,
             mac: None,
+            host_rtt: None,
         }),
         seccomp: false,
         ..VmConfig::default()

@@ -223,6 +223,7 @@ pub fn workload_name(w: Workload) -> &'static str {
         Workload::Rx64 => "rx-64B",
         Workload::Rx1500 => "rx-1500B",
         Workload::UdpEcho64 => "udp-echo-64B",
+        Workload::HostEcho64 => "udp-echo-host-64B",
         Workload::PingPong => "ping-pong",
         Workload::OneToAll => "one-to-all",
         Workload::ApBringUp => "ap-bringup",
@@ -333,7 +334,8 @@ pub fn unit(w: Workload) -> Unit {
         | Workload::Tx1500
         | Workload::Rx64
         | Workload::Rx1500
-        | Workload::UdpEcho64 => Unit::PacketsPerSec,
+        | Workload::UdpEcho64
+        | Workload::HostEcho64 => Unit::PacketsPerSec,
         Workload::PingPong | Workload::OneToAll | Workload::ApBringUp => Unit::OpsPerSec,
         Workload::Interrupt => Unit::InterruptsPerSec,
         Workload::Contend2 | Workload::Contend4 | Workload::Contend8 => Unit::AcqPerSec,
