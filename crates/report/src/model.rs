@@ -219,7 +219,7 @@ pub enum LatencyMethod {
     /// No per-operation samples: median and p99 are the timed loop's mean.
     PhaseMean,
     /// Host clock per operation, taken by the host (a round trip the host originated and
-    /// timed); the guest cycle percentiles are not given.
+    /// timed): the ns percentiles; the guest cycle fields are the timed loop's mean.
     HostClock,
 }
 
