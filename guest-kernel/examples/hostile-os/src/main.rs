@@ -22,6 +22,7 @@
 //! | `enospc`       | PV block and ATA writes until the host filesystem is full           |
 //! | `ring-chain`   | `via=…` `then=…`: a block ring that reloads itself from the disk    |
 //! | `net`          | NE2000 register nonsense and an undrained ring (needs `--net`)      |
+//! | `qirq`         | `QueueInterrupt` nonsense: bad queues, flags and GSIs, storms (with and without `--net --nic pv`) |
 //!
 //! Ring 0 is interpreted on kvm_pvm (~1 µs per instruction), so no scenario loops over
 //! more than a few thousand instructions except the deliberate infinite loops.
@@ -34,6 +35,7 @@ mod disk;
 mod hcalls;
 mod net;
 mod out;
+mod qirq;
 mod raw;
 mod rings;
 mod spin;
@@ -145,6 +147,7 @@ extern "C" fn main(boot: &'static BootInfo) -> ! {
         "enospc" => disk::enospc(&mut ctx),
         "ring-chain" => chain::run(&mut ctx),
         "net" => net::run(&mut ctx),
+        "qirq" => qirq::run(&mut ctx),
         _ => {
             say("unknown case");
             hypercall::exit(201);
