@@ -52,7 +52,7 @@ const UDP_HLEN: usize = 8;
 const TTL: u8 = 64;
 
 /// One finished (or abandoned) run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RttRun {
     /// The bench case id the guest named.
     pub case: u64,
@@ -346,19 +346,6 @@ impl HostPinger {
         }
         // A full queue loses the "done": the guest's watchdog then ends the boot.
         let _ = queue(&a.request);
-    }
-}
-
-impl Default for RttRun {
-    fn default() -> Self {
-        Self {
-            case: 0,
-            requests: 0,
-            samples_ns: Vec::new(),
-            exact: 0,
-            mismatched: 0,
-            lost: 0,
-        }
     }
 }
 
