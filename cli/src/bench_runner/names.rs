@@ -128,8 +128,9 @@ impl BenchDevice {
             BenchDevice::Clock => 3,
             // null port.
             BenchDevice::Exit => 1,
-            // ne2000 + 4 PV variants × 5 workloads, pv-irq × 3 receive workloads.
-            BenchDevice::Net => 28,
+            // ne2000 + 4 PV variants × 6 workloads, pv-irq × 2 receive and 2 round-trip
+            // workloads.
+            BenchDevice::Net => 34,
             // x2apic, pv-hypercall × ping-pong, one-to-all.
             BenchDevice::Ipi => 4,
             // One variant per boot.
