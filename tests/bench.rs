@@ -60,6 +60,21 @@ fn exits(c: &Value) -> f64 {
         .unwrap_or_else(|| panic!("userspace_exits_per_op is not a number in {c}"))
 }
 
+/// The net workload whose round trips the host originates and times.
+const HOST_ECHO: &str = "udp-echo-host-64B";
+
+/// A host round-trip case with one exit per echo: exactly `ops + 1` exits (the `+ 1` is
+/// the guest's start datagram).
+fn assert_host_echo_exits(c: &Value) {
+    let ops = c["ops"].as_f64().expect("ops");
+    assert_eq!(
+        (exits(c) * ops).round(),
+        ops + 1.0,
+        "{}: one exit per echo and one for the start: {c}",
+        name(c)
+    );
+}
+
 fn name(c: &Value) -> String {
     format!(
         "{}/{}/{}",
@@ -157,6 +172,8 @@ fn quick_bench_verifies_every_case_and_exit_counts_order_as_designed() {
             "pv-ring" | "pv-irq" if w == "udp-echo-64B" => {
                 assert_eq!(exits(c), 1.0, "{}: {c}", name(c))
             }
+            // One doorbell per echo, and one for the guest's start datagram.
+            "pv-ring" | "pv-irq" if w == HOST_ECHO => assert_host_echo_exits(c),
             "pv-ring" => assert!(exits(c) <= 1.0 / 16.0, "{}: {c}", name(c)),
             // A doorbell per batch of requests, and at most one to repost buffers.
             "pv-irq" => assert!(exits(c) <= 2.0 / 16.0, "{}: {c}", name(c)),
@@ -173,6 +190,8 @@ fn quick_bench_verifies_every_case_and_exit_counts_order_as_designed() {
                     let mib = c["ops"].as_f64().unwrap_or(0.0);
                     assert_eq!(exits(c), (mib / 1024.0).ceil() / mib, "{}: {c}", name(c))
                 }
+                // One NetSend per echo and one for the guest's start datagram.
+                "pv-hypercall" if *workload == HOST_ECHO => assert_host_echo_exits(c),
                 // One hypercall per write (console), per request (block), per round trip.
                 "pv-hypercall" => assert_eq!(exits(c), 1.0, "{}: {c}", name(c)),
                 // Nothing exits to userspace: the host polls, or KVM signals a thread.
@@ -245,6 +264,78 @@ fn quick_bench_verifies_every_case_and_exit_counts_order_as_designed() {
     }
     let svg = std::fs::read_to_string(dir.join("chart.svg")).expect("read chart.svg");
     assert!(svg.contains("<svg"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `net/*/udp-echo-host-64B`: the host's loopback peer originates every round trip and
+/// times it with the host clock; the case is there for the NE2000 and every PV variant, its
+/// latency distribution has one sample per request, every echo was byte-exact (the runner
+/// fails the case otherwise), and the exits are exact: one per echo (plus the start) where
+/// the guest's transmit exits, none where the host polls or an ioeventfd takes it.
+#[test]
+fn net_bench_times_host_originated_round_trips_on_every_nic() {
+    if !ready() {
+        return;
+    }
+    let dir = out_dir("net-host-rtt");
+    let o = pvkit(&[
+        "bench",
+        "--only",
+        "net",
+        "--quick",
+        "--out",
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        code(&o),
+        0,
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r = read_results(&dir);
+    let cases = r["cases"].as_array().expect("cases");
+    for v in [
+        "ne2000",
+        "pv-hypercall",
+        "pv-ring",
+        "pv-ioeventfd",
+        "pv-poll",
+        "pv-irq",
+    ] {
+        let c = cases
+            .iter()
+            .find(|c| c["variant"] == v && c["workload"] == HOST_ECHO)
+            .unwrap_or_else(|| panic!("no net/{v}/{HOST_ECHO} case: {stdout}"));
+        assert_eq!(c["verified"], Value::Bool(true), "{c}");
+        assert_eq!(c["failure"], Value::Null, "{c}");
+        assert_eq!(c["latency_method"], "host_clock", "{c}");
+        let ops = c["ops"].as_u64().expect("ops");
+        assert!(ops > 0, "{c}");
+        assert_eq!(
+            c["latency_samples"].as_u64(),
+            Some(ops),
+            "one sample per request: {c}"
+        );
+        let notes = c["notes"].to_string();
+        assert!(
+            notes.contains(&format!("{ops} echoes, all byte-exact")),
+            "{c}"
+        );
+        let p50 = c["ns_per_op_p50"].as_f64().expect("p50");
+        let p99 = c["ns_per_op_p99"].as_f64().expect("p99");
+        assert!(p50 > 0.0 && p50 <= p99, "{c}");
+        match v {
+            "ne2000" => assert!(exits(c) >= 10.0, "{c}"),
+            "pv-hypercall" | "pv-ring" | "pv-irq" => assert_host_echo_exits(c),
+            _ => assert_eq!(exits(c), 0.0, "{c}"),
+        }
+    }
+    let md = std::fs::read_to_string(dir.join("results.md")).expect("results.md");
+    assert!(
+        md.contains(HOST_ECHO) && md.contains("(host clock)"),
+        "{md}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -22,7 +22,7 @@ use pvkit_abi::Hypercall;
 use pvkit_vmm::bench::Verification;
 use pvkit_vmm::devices::legacy::ne2000::{NetBackendConfig, NetConfig};
 use pvkit_vmm::exit::ledger::ExitKind;
-use pvkit_vmm::{run, DiskConfig, KernelSource, StopReason, VmConfig};
+use pvkit_vmm::{run, DiskConfig, KernelSource, NicModel, StopReason, VmConfig};
 
 /// The hostile guest ELF built with the VMM.
 const HOSTILE: &str = common::HOSTILE_ELF;
@@ -58,6 +58,11 @@ const CPU_MEM_CALLS: [(Hypercall, u64); 7] = [
 /// Where `case=ap-garbage` starts vCPU 1: 4 GiB, canonical but outside the boot identity
 /// map.
 const AP_GARBAGE_RIP: u64 = 1 << 32;
+/// `case=qirq` with the in-kernel irqchip and the PV NIC (`--net loopback --nic pv`):
+/// `QueueInterrupt` nonsense (`hostile-os/src/qirq.rs`).
+const QIRQ_CHECKS: usize = 30;
+/// `case=qirq` without a NIC (no irqchip): every call `EOPNOTSUPP`.
+const QIRQ_NOCHIP_CHECKS: usize = 6;
 
 /// Whether the guests this file boots are built and KVM is usable (under CI: must be).
 fn ready() -> bool {
@@ -113,7 +118,8 @@ fn scenario(case: &str, want: usize) -> String {
 
 /// [`scenario`] with more `pvkit run` flags (e.g. `--net`).
 fn scenario_with(case: &str, want: usize, flags: &[&str]) -> String {
-    let img = image(&format!("hostile-{case}.img"));
+    // Named by the flags too: a case may run with and without them at once.
+    let img = image(&format!("hostile-{case}-{}.img", flags.len()));
     let before = protected_sum(&img);
     let o: Output = pvkit(
         &[
@@ -207,6 +213,68 @@ fn hostile_net() {
     assert!(out.contains("check ne.flood.missed val=0x8 ok"), "{out}");
 }
 
+/// `QueueInterrupt` (0x007) nonsense through the deployed VMM with the irqchip and the PV
+/// NIC's queues: bad queue ids `EINVAL`, missing queues `EOPNOTSUPP`, bad flags and GSIs
+/// `EINVAL`, shared GSIs and a bind/unbind storm accepted.
+#[test]
+fn hostile_queue_interrupt() {
+    if !ready() {
+        return;
+    }
+    let out = scenario_with("qirq", QIRQ_CHECKS, &["--net", "loopback", "--nic", "pv"]);
+    assert!(out.contains("check qirq.storm.ok val=0x200 ok"), "{out}");
+}
+
+/// `QueueInterrupt` in a VM without the in-kernel irqchip (no NIC, one vCPU): `RING_IRQ` is
+/// not offered and every call is `EOPNOTSUPP`, whatever its arguments.
+#[test]
+fn hostile_queue_interrupt_without_irqchip() {
+    if !ready() {
+        return;
+    }
+    let out = scenario("qirq", QIRQ_NOCHIP_CHECKS);
+    assert!(
+        out.contains("check qirq.nochip.rx status=EOPNOTSUPP ok"),
+        "{out}"
+    );
+}
+
+/// `case=qirq` through the library: the storm of binds and unbinds of queues that have no
+/// ring raised no interrupt on any line.
+#[test]
+fn hostile_queue_interrupt_raises_nothing() {
+    if !ready() {
+        return;
+    }
+    let img = image("hostile-qirq-lib.img");
+    let cfg = VmConfig {
+        kernel: KernelSource::Path(HOSTILE.into()),
+        mem_mib: 32,
+        cmdline: "case=qirq".into(),
+        capture_console: true,
+        timeout: Duration::from_secs(30),
+        disk: Some(DiskConfig {
+            path: img.clone(),
+            read_only: false,
+            base: None,
+        }),
+        net: Some(NetConfig {
+            backend: NetBackendConfig::Loopback,
+            mac: None,
+            host_rtt: None,
+        }),
+        nic: NicModel::Pv,
+        seccomp: false,
+        ..VmConfig::default()
+    };
+    let o = run(&cfg).expect("run the hostile guest");
+    let console = String::from_utf8_lossy(&o.console);
+    assert_eq!(o.stop, StopReason::Exit(0), "{console}");
+    assert_eq!(checks(&console).len(), QIRQ_CHECKS, "{console}");
+    assert_eq!(o.ring_irqs_raised, Some(0), "{console}");
+    let _ = std::fs::remove_file(&img);
+}
+
 /// `case=net` through the library, to look at the NIC's own counts: the four nonsense
 /// rings dropped one reply each, the undrained ring dropped eight and kept one page free,
 /// the two oversize transmits were refused and never reached the backend, and the
@@ -225,6 +293,7 @@ fn hostile_net_nic_records() {
         net: Some(NetConfig {
             backend: NetBackendConfig::Loopback,
             mac: None,
+            host_rtt: None,
         }),
         seccomp: false,
         ..VmConfig::default()

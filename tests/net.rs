@@ -27,7 +27,11 @@ fn boot(cmdline: &str, backend: NetBackendConfig) -> RunOutcome {
         console: Some(ConsoleKind::Pv),
         capture_console: true,
         timeout: Duration::from_secs(120),
-        net: Some(NetConfig { backend, mac: None }),
+        net: Some(NetConfig {
+            backend,
+            mac: None,
+            host_rtt: None,
+        }),
         ..VmConfig::default()
     };
     run(&cfg).expect("run the guest kernel with a NIC")

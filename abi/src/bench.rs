@@ -119,6 +119,9 @@ pub enum Workload {
     Rx1500 = 12,
     /// One UDP echo round trip of a 64-byte frame.
     UdpEcho64 = 13,
+    /// One UDP echo round trip of a 64-byte frame originated by the host's loopback peer
+    /// and timed by the host clock; the guest serves its UDP echo responder.
+    HostEcho64 = 30,
     /// An IPI from CPU 0 to CPU 1 and its answer back (a round trip).
     PingPong = 19,
     /// One IPI from CPU 0 to every other CPU, all acknowledged.
@@ -197,6 +200,7 @@ decode_u16!(Workload {
     Rx64,
     Rx1500,
     UdpEcho64,
+    HostEcho64,
     PingPong,
     OneToAll,
     ApBringUp,

@@ -646,6 +646,7 @@ fn net_config(args: &RunArgs) -> anyhow::Result<Option<NetConfig>> {
     Ok(Some(NetConfig {
         backend,
         mac: args.mac,
+        host_rtt: None,
     }))
 }
 

@@ -58,6 +58,7 @@ pub fn expected(device: BenchDevice) -> Vec<CaseId> {
                 Workload::Rx64,
                 Workload::Rx1500,
                 Workload::UdpEcho64,
+                Workload::HostEcho64,
             ],
         ),
         BenchDevice::Ipi => (
@@ -145,6 +146,7 @@ fn guest_workload(s: &str) -> Option<Workload> {
         "rx64" | "rx-64B" => Workload::Rx64,
         "rx1500" | "rx-1500B" => Workload::Rx1500,
         "udpecho64" | "udp-echo-64B" => Workload::UdpEcho64,
+        "hostecho64" | "udp-echo-host-64B" => Workload::HostEcho64,
         "pingpong" | "ping-pong" => Workload::PingPong,
         "one-to-all" => Workload::OneToAll,
         "ap-bringup" => Workload::ApBringUp,

@@ -21,6 +21,7 @@ pub mod cases;
 pub mod console_check;
 pub mod disk;
 pub mod expected;
+pub mod host_rtt;
 pub mod names;
 pub mod progress;
 pub mod rss;
@@ -54,7 +55,10 @@ fn latency_from_cycles(cases: &mut [Case], tsc_khz: u64) {
     }
     let ns =
         |cycles: f64| (cycles.is_finite() && cycles > 0.0).then(|| cycles * 1e6 / tsc_khz as f64);
-    for c in cases {
+    for c in cases
+        .iter_mut()
+        .filter(|c| c.latency_method != Some(pvkit_report::LatencyMethod::HostClock))
+    {
         c.ns_per_op_p50 = ns(c.guest_cycles_per_op_median);
         c.ns_per_op_p99 = ns(c.guest_cycles_per_op_p99);
     }
@@ -156,6 +160,8 @@ pub struct DeviceRun {
     pub wall: Duration,
     /// The host RSS (KiB) at the end of each phase, for devices whose result is memory.
     pub rss_at_end: Vec<(pvkit_abi::bench::CaseId, u64)>,
+    /// The round trips the loopback peers originated and timed ([`host_rtt`]).
+    pub host_rtt: Vec<pvkit_net::host_rtt::RttRun>,
 }
 
 /// Everything a bench run produced.
@@ -414,6 +420,7 @@ fn boot(
 ) -> DeviceRun {
     let cmdline = spec.cmdline;
     let rss_log = rss::RssLog::default();
+    let rtt_log = pvkit_net::host_rtt::HostRttLog::new();
     let observer = match device {
         BenchDevice::Balloon => {
             rss::observer(bar.observer(), rss_log.clone()).unwrap_or_else(|| bar.observer())
@@ -441,9 +448,10 @@ fn boot(
             base: None,
         }),
         // Net only: both NICs, each on its own in-VMM loopback peer (no privileges).
-        net: device.needs_nics().then_some(NetConfig {
+        net: device.needs_nics().then(|| NetConfig {
             backend: NetBackendConfig::Loopback,
             mac: None,
+            host_rtt: Some(rtt_log.clone()),
         }),
         nic: NicModel::Both,
         phase_observer: Some(observer),
@@ -465,6 +473,7 @@ fn boot(
         result,
         wall,
         rss_at_end,
+        host_rtt: rtt_log.runs(),
     }
 }
 
@@ -554,6 +563,11 @@ fn collect(runs: &[DeviceRun]) -> (Vec<Case>, Vec<String>, Vec<expected::Unavail
         })
         .collect();
     let mut out = cases::build_cases(&all);
+    let rtt: Vec<_> = runs
+        .iter()
+        .flat_map(|r| r.host_rtt.iter().cloned())
+        .collect();
+    host_rtt::apply(&mut out, &rtt);
     for c in out.iter_mut() {
         let kib: Vec<u64> = runs
             .iter()

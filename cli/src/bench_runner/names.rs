@@ -128,8 +128,9 @@ impl BenchDevice {
             BenchDevice::Clock => 3,
             // null port.
             BenchDevice::Exit => 1,
-            // ne2000 + 4 PV variants × 5 workloads, pv-irq × 3 receive workloads.
-            BenchDevice::Net => 28,
+            // ne2000 + 4 PV variants × 6 workloads, pv-irq × 2 receive and 2 round-trip
+            // workloads.
+            BenchDevice::Net => 34,
             // x2apic, pv-hypercall × ping-pong, one-to-all.
             BenchDevice::Ipi => 4,
             // One variant per boot.
@@ -223,6 +224,7 @@ pub fn workload_name(w: Workload) -> &'static str {
         Workload::Rx64 => "rx-64B",
         Workload::Rx1500 => "rx-1500B",
         Workload::UdpEcho64 => "udp-echo-64B",
+        Workload::HostEcho64 => "udp-echo-host-64B",
         Workload::PingPong => "ping-pong",
         Workload::OneToAll => "one-to-all",
         Workload::ApBringUp => "ap-bringup",
@@ -333,7 +335,8 @@ pub fn unit(w: Workload) -> Unit {
         | Workload::Tx1500
         | Workload::Rx64
         | Workload::Rx1500
-        | Workload::UdpEcho64 => Unit::PacketsPerSec,
+        | Workload::UdpEcho64
+        | Workload::HostEcho64 => Unit::PacketsPerSec,
         Workload::PingPong | Workload::OneToAll | Workload::ApBringUp => Unit::OpsPerSec,
         Workload::Interrupt => Unit::InterruptsPerSec,
         Workload::Contend2 | Workload::Contend4 | Workload::Contend8 => Unit::AcqPerSec,

@@ -9,6 +9,9 @@
 //! | [`tap`]      | [`tap::TapBackend`]: a real TAP device (`/dev/net/tun`) inside a network namespace, with an address on the host side; needs root or `CAP_NET_ADMIN` |
 //! | [`loopback`] | [`loopback::LoopbackBackend`]: an in-VMM peer that answers ARP, ICMP echo and UDP echo, or reflects/sinks every frame; needs no privileges |
 //!
+//! [`host_rtt`] makes the loopback peer a UDP echo client of the guest, timed by the host
+//! clock (the bench's host-side round trips).
+//!
 //! [`netns`] creates, names, enters and deletes network namespaces without an external
 //! `ip` binary; [`bridge`] makes the host bridge that connects many guests' TAP devices.
 //!
@@ -35,6 +38,7 @@
 
 pub mod backend;
 pub mod bridge;
+pub mod host_rtt;
 mod ifconfig;
 pub mod loopback;
 pub mod netns;

@@ -26,6 +26,7 @@ use crate::backend::{
     check_frame_len, BackendError, DropReason, NetBackend, NetCounters, TxOutcome, ETH_HEADER_LEN,
     MAX_FRAME_LEN,
 };
+use crate::host_rtt::{HostPinger, HostRttLog, PingerAction};
 
 /// TTL of the IPv4 packets the responder builds.
 pub const REPLY_TTL: u8 = 64;
@@ -387,6 +388,8 @@ pub struct LoopbackBackend {
     scratch: Box<[u8; MAX_FRAME_LEN]>,
     counters: NetCounters,
     stats: LoopbackStats,
+    /// Host-originated round trips (responder mode only), see [`crate::host_rtt`].
+    pinger: Option<HostPinger>,
 }
 
 impl LoopbackBackend {
@@ -403,7 +406,18 @@ impl LoopbackBackend {
             scratch: Box::new([0u8; MAX_FRAME_LEN]),
             counters: NetCounters::default(),
             stats: LoopbackStats::default(),
+            pinger: None,
         })
+    }
+
+    /// Makes the responder also a UDP echo client of the guest whose runs, timed by the
+    /// host clock, go to `log` ([`crate::host_rtt`]). No effect in the other modes.
+    pub fn with_host_rtt(mut self, log: HostRttLog) -> Self {
+        if let Some(r) = self.responder {
+            let c = r.config();
+            self.pinger = Some(HostPinger::new(log, c.mac, c.ip));
+        }
+        self
     }
 
     /// The mode it runs in.
@@ -458,6 +472,13 @@ impl NetBackend for LoopbackBackend {
                 let Some(responder) = self.responder else {
                     return self.drop_frame(DropReason::BackendError);
                 };
+                if let Some(pinger) = self.pinger.as_mut() {
+                    let queue = &mut self.queue;
+                    if pinger.on_frame(frame, &mut |f| queue.push(f)) == PingerAction::Taken {
+                        self.counters.count_tx(frame.len());
+                        return TxOutcome::Sent;
+                    }
+                }
                 let full = self.queue.is_full();
                 let out: &mut [u8] = match self.queue.tail_slot() {
                     Some(slot) => slot,

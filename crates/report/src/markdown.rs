@@ -111,6 +111,7 @@ fn latency_cell(case: &Case) -> String {
         Some(LatencyMethod::SeparatePass) | None => "",
         Some(LatencyMethod::TimedLoop) => " (in loop)",
         Some(LatencyMethod::PhaseMean) => " (mean)",
+        Some(LatencyMethod::HostClock) => " (host clock)",
     };
     match (case.ns_per_op_p50, case.ns_per_op_p99) {
         (Some(p50), Some(p99)) => format!(

@@ -218,6 +218,9 @@ pub enum LatencyMethod {
     TimedLoop,
     /// No per-operation samples: median and p99 are the timed loop's mean.
     PhaseMean,
+    /// Host clock per operation, taken by the host (a round trip the host originated and
+    /// timed): the ns percentiles; the guest cycle fields are the timed loop's mean.
+    HostClock,
 }
 
 impl LatencyMethod {
@@ -227,6 +230,7 @@ impl LatencyMethod {
             LatencyMethod::SeparatePass => "separate latency pass",
             LatencyMethod::TimedLoop => "sampled inside the timed loop",
             LatencyMethod::PhaseMean => "timed-loop mean (no per-op samples)",
+            LatencyMethod::HostClock => "host clock per round trip, originated by the host",
         }
     }
 }

@@ -19,7 +19,7 @@
 //! | block | `ata-pio`, `pv-hypercall`, `pv-ring`, `pv-ioeventfd`, `pv-poll` | `RandRead4K`, `RandWrite4K` / `SeqRead1M`, `SeqWrite1M` | 128 / 4 (`ata-pio/seqwrite1m`: 1) | 16 / 1 |
 //! | clock | `pit` / `pv-clock`, `kvmclock` | `ClockRead` | 500 / 100 000 | 50 / 10 000 |
 //! | exit | `port-out` | `RoundTrip` | 1000 | 100 |
-//! | net | `ne2000`, `pv-hypercall`, `pv-ring`, `pv-ioeventfd`, `pv-poll`, `pv-irq` | `Tx64`, `Tx1500`, `Rx64`, `Rx1500`, `UdpEcho64` | see [`net`] | see [`net`] |
+//! | net | `ne2000`, `pv-hypercall`, `pv-ring`, `pv-ioeventfd`, `pv-poll`, `pv-irq` | `Tx64`, `Tx1500`, `Rx64`, `Rx1500`, `UdpEcho64`, `HostEcho64` | see [`net`] | see [`net`] |
 //! | ipi | `x2apic`, `pv-hypercall` | `PingPong`, `OneToAll` ([`ipi`]; 4 CPUs) | 200 | 20 |
 //! | smp | `init-sipi` / `pv-hypercall` (one per boot) | `ApBringUp` ([`smp`]; 4 CPUs) | 3 APs | 3 APs |
 //! | balloon | `none` / `pv-hypercall` (one per boot) | `Release` ([`balloon`]; an op is 1 MiB) | 256 MiB | 64 MiB |
@@ -566,6 +566,7 @@ pub const fn workload_name(workload: Workload) -> &'static str {
         Workload::Rx64 => "rx64",
         Workload::Rx1500 => "rx1500",
         Workload::UdpEcho64 => "udpecho64",
+        Workload::HostEcho64 => "hostecho64",
         Workload::PingPong => "pingpong",
         Workload::OneToAll => "one-to-all",
         Workload::ApBringUp => "ap-bringup",

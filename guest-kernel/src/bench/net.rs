@@ -9,6 +9,7 @@
 //! | `rx64`       | one 64-byte UDP echo received, in a pipelined stream: a window of requests sent back to back, then their echoes taken (each echo also costs its request's transmit) |
 //! | `rx1500`     | as `rx64` with 1514-byte frames                                   |
 //! | `udpecho64`  | one UDP echo round trip of a 64-byte frame (send, wait for the echo) |
+//! | `hostecho64` | one UDP echo round trip of a 64-byte frame originated by the host: the guest sends one start datagram to the peer's `HOST_RTT_PORT` and serves its echo responder until the peer's "done"; the host times each round trip with its own clock (`pvkit_net::host_rtt`) |
 //!
 //! Variants: `ne2000` (port I/O and remote DMA, receive by IRQ 9), `pv-hypercall`
 //! (`NetSend` per frame), `pv-ring` (rings, doorbell exits), `pv-ioeventfd`, `pv-poll`
@@ -28,7 +29,9 @@
 
 use super::{begin, case, end, latency_ops, Outcome, Runner, Scratch};
 use crate::net::link::Link;
-use crate::net::proto::{DISCARD_PORT, ECHO_PORT};
+use crate::net::proto::{
+    DISCARD_PORT, ECHO_PORT, HOST_RTT_MAGIC, HOST_RTT_PORT, HOST_RTT_START_LEN, UDP_PAYLOAD,
+};
 use crate::net::pv::{PvLink, PvPath};
 use crate::net::{Mode, NetArgs};
 use crate::statics::{Exclusive, Pages};
@@ -64,7 +67,12 @@ pub fn run(r: &mut Runner, scratch: &mut Scratch) {
         let mut args = NetArgs::new(Mode::Echo);
         let id = |w| case(Device::Net, variant, w);
         let workloads: &[Workload] = if variant == Variant::PvIrq {
-            &[Workload::Rx64, Workload::Rx1500, Workload::UdpEcho64]
+            &[
+                Workload::Rx64,
+                Workload::Rx1500,
+                Workload::UdpEcho64,
+                Workload::HostEcho64,
+            ]
         } else {
             &[
                 Workload::Tx64,
@@ -72,6 +80,7 @@ pub fn run(r: &mut Runner, scratch: &mut Scratch) {
                 Workload::Rx64,
                 Workload::Rx1500,
                 Workload::UdpEcho64,
+                Workload::HostEcho64,
             ]
         };
         let missing = match path {
@@ -154,6 +163,7 @@ fn run_case(
         (Workload::Rx64, true) => r.count(128, 16),
         (Workload::Rx1500, true) => r.count(32, 8),
         (Workload::UdpEcho64, true) => r.count(100, 10),
+        (Workload::HostEcho64, true) => r.count(100, 10),
         (Workload::Tx64, false) => r.count(4000, 200),
         (Workload::Tx1500, false) => r.count(1000, 64),
         (Workload::Rx64, false) => r.count(2000, 128),
@@ -188,6 +198,26 @@ fn run_case(
             }
             link.drain();
             end(id, t0, ops)
+        }
+        Workload::HostEcho64 => {
+            // The host originates `ops` requests, one after each echo, and times them; the
+            // guest only answers (its echo responder in `Link::wait`).
+            let udp0 = link.proto().counts.udp;
+            link.proto().done = false;
+            let case_id = id.to_u64();
+            let t0 = begin(id);
+            link.send(false, &mut |p, f| {
+                let s = &mut f[UDP_PAYLOAD..UDP_PAYLOAD + HOST_RTT_START_LEN];
+                s[..4].copy_from_slice(&HOST_RTT_MAGIC);
+                s[4..12].copy_from_slice(&case_id.to_le_bytes());
+                s[12..16].copy_from_slice(&(ops as u32).to_le_bytes());
+                s[16..18].copy_from_slice(&(payload as u16).to_le_bytes());
+                p.udp_datagram(f, HOST_RTT_PORT, HOST_RTT_START_LEN, 0)
+            });
+            link.wait(&|p| p.done);
+            let c = end(id, t0, ops);
+            failed |= link.proto().counts.udp != udp0 + ops;
+            c
         }
         _ => {
             // Latency pass: one sample per round trip.

@@ -15,6 +15,14 @@ pub const ECHO_PORT: u16 = 7;
 pub const DISCARD_PORT: u16 = 9;
 /// A datagram to this UDP port ends `net=serve`.
 pub const CONTROL_PORT: u16 = 9999;
+/// The loopback peer's port for round trips it originates (`pvkit_net::host_rtt`): a
+/// start datagram goes there.
+pub const HOST_RTT_PORT: u16 = 7200;
+/// First bytes of a start datagram to [`HOST_RTT_PORT`] (then case id `u64` LE, requests
+/// `u32` LE, request payload length `u16` LE).
+pub const HOST_RTT_MAGIC: [u8; 4] = *b"RTT1";
+/// Payload length of a start datagram.
+pub const HOST_RTT_START_LEN: usize = 18;
 /// The source port of the datagrams the guest sends.
 pub const CLIENT_PORT: u16 = 40000;
 /// The UDP port of `net=ring` ([`super::ring`]): datagrams of exactly [`RING_MSG_LEN`]

@@ -201,14 +201,21 @@ pub fn build(
             let ne2000 = match config.nic.has_ne2000() {
                 true => {
                     let line = InterruptLine::irqfd(&vm_fd, NE2000_GSI)?;
-                    Some((open_backend(&net.backend)?, mac, line))
+                    Some((
+                        open_backend(&net.backend, net.host_rtt.as_ref())?,
+                        mac,
+                        line,
+                    ))
                 }
                 false => None,
             };
             let pv = config
                 .nic
                 .has_pv()
-                .then(|| open_backend(&net.backend).map(|b| Arc::new(PvNet::new(b, mac))))
+                .then(|| {
+                    open_backend(&net.backend, net.host_rtt.as_ref())
+                        .map(|b| Arc::new(PvNet::new(b, mac)))
+                })
                 .transpose()?;
             (ne2000, pv)
         }

@@ -24,6 +24,7 @@
 //! | `net`          | NE2000 register nonsense and an undrained ring (needs `--net`)      |
 //! | `cpu-mem`      | `VcpuUp`, `SendIpi`, `LockWait`/`LockKick`, balloon (`--vcpus 2`)   |
 //! | `ap-garbage`   | vCPU 1 started at an unmapped address (the VM must stop, 126)       |
+//! | `qirq`         | `QueueInterrupt` nonsense: bad queues, flags and GSIs, storms (with and without `--net --nic pv`) |
 //!
 //! Ring 0 is interpreted on kvm_pvm (~1 µs per instruction), so no scenario loops over
 //! more than a few thousand instructions except the deliberate infinite loops.
@@ -37,6 +38,7 @@ mod disk;
 mod hcalls;
 mod net;
 mod out;
+mod qirq;
 mod raw;
 mod rings;
 mod spin;
@@ -150,6 +152,7 @@ extern "C" fn main(boot: &'static BootInfo) -> ! {
         "net" => net::run(&mut ctx),
         "cpu-mem" => cpumem::run(&mut ctx),
         "ap-garbage" => cpumem::ap_garbage(&mut ctx),
+        "qirq" => qirq::run(&mut ctx),
         _ => {
             say("unknown case");
             hypercall::exit(201);

@@ -22,6 +22,7 @@ use std::os::unix::io::RawFd;
 use std::sync::{Arc, Mutex};
 
 use pvkit_devices::ne2000::{Ne2000, Ne2000Stats, NE2000_IO_BASE, NE2000_IO_LEN};
+use pvkit_net::host_rtt::HostRttLog;
 use pvkit_net::loopback::{LoopbackBackend, LoopbackMode, ResponderConfig, DEFAULT_QUEUE_FRAMES};
 use pvkit_net::netns::NetNs;
 use pvkit_net::tap::{TapBackend, TapConfig};
@@ -77,6 +78,9 @@ pub struct NetConfig {
     /// The NIC's station address; `None`: [`NE2000_MAC`]. Guests sharing a bridge each
     /// need their own.
     pub mac: Option<[u8; 6]>,
+    /// Loopback only: where the peer logs the UDP echo round trips it originates and
+    /// times itself (`pvkit bench`'s host-side round trips); `None`: it originates none.
+    pub host_rtt: Option<HostRttLog>,
 }
 
 /// Errors setting up the NIC.
@@ -118,16 +122,25 @@ pub struct NicStats {
 }
 
 /// Opens the backend of `config`.
-pub fn open_backend(config: &NetBackendConfig) -> Result<Box<dyn NetBackend>, NetError> {
+pub fn open_backend(
+    config: &NetBackendConfig,
+    host_rtt: Option<&HostRttLog>,
+) -> Result<Box<dyn NetBackend>, NetError> {
     Ok(match config {
-        NetBackendConfig::Loopback => Box::new(LoopbackBackend::new(
-            LoopbackMode::Responder(ResponderConfig {
-                mac: LOOPBACK_MAC,
-                ip: HOST_IP,
-                udp_echo_port: UDP_ECHO_PORT,
-            }),
-            DEFAULT_QUEUE_FRAMES,
-        )?),
+        NetBackendConfig::Loopback => {
+            let b = LoopbackBackend::new(
+                LoopbackMode::Responder(ResponderConfig {
+                    mac: LOOPBACK_MAC,
+                    ip: HOST_IP,
+                    udp_echo_port: UDP_ECHO_PORT,
+                }),
+                DEFAULT_QUEUE_FRAMES,
+            )?;
+            Box::new(match host_rtt {
+                Some(log) => b.with_host_rtt(log.clone()),
+                None => b,
+            })
+        }
         NetBackendConfig::Tap { netns, bridge } => {
             let ns = match netns {
                 Some(name) => NetNs::open(name).map_err(|source| NetError::Netns {
@@ -339,7 +352,7 @@ mod tests {
     fn loopback_answer_lands_in_the_ring_and_raises_the_line_once() {
         let mut bus = PortBus::new();
         let line = InterruptLine::unconnected(NE2000_GSI).unwrap();
-        let backend = open_backend(&NetBackendConfig::Loopback).unwrap();
+        let backend = open_backend(&NetBackendConfig::Loopback, None).unwrap();
         let dev = attach_ne2000(&mut bus, NE2000_MAC, backend, line, Arc::new(|_| {})).unwrap();
         // Minimal init: ring 0x46..0x80, CURR 0x47, accept broadcast + our MAC, PRX unmasked.
         for (r, v) in [
