@@ -9,6 +9,72 @@ use x86_64::{instructions::tables::lidt, structures::DescriptorTablePointer, Vir
 
 pub use pvkit_guest::rt::trap::TrapFrame;
 
+/// Defines the interrupt entry stub `$entry` (a global symbol, declared here as an
+/// `extern "C" fn()` for [`pvkit_guest::rt::trap::set_gate`]): it saves the caller-saved
+/// registers, calls `$handler` (an `extern "C" fn()`) with the direction flag clear,
+/// restores them and returns with `iretq`. The CPU aligned `RSP` to 16 and pushed 5 words;
+/// the 9 pushes leave it 16-byte aligned at the `call`.
+macro_rules! interrupt_entry {
+    ($entry:ident, $handler:path) => {
+        core::arch::global_asm!(
+            concat!(".pushsection .text.", stringify!($entry), ", \"ax\", @progbits"),
+            ".balign 16",
+            concat!(".global ", stringify!($entry)),
+            concat!(stringify!($entry), ":"),
+            "    push rax",
+            "    push rcx",
+            "    push rdx",
+            "    push rsi",
+            "    push rdi",
+            "    push r8",
+            "    push r9",
+            "    push r10",
+            "    push r11",
+            "    cld",
+            "    call {handler}",
+            "    pop r11",
+            "    pop r10",
+            "    pop r9",
+            "    pop r8",
+            "    pop rdi",
+            "    pop rsi",
+            "    pop rdx",
+            "    pop rcx",
+            "    pop rax",
+            "    iretq",
+            ".popsection",
+            handler = sym $handler,
+        );
+        extern "C" {
+            fn $entry();
+        }
+    };
+}
+pub(crate) use interrupt_entry;
+
+/// Defines the spurious-interrupt entry `$entry`: it only returns (a spurious interrupt
+/// takes no EOI).
+macro_rules! spurious_entry {
+    ($entry:ident) => {
+        core::arch::global_asm!(
+            concat!(
+                ".pushsection .text.",
+                stringify!($entry),
+                ", \"ax\", @progbits"
+            ),
+            ".balign 16",
+            concat!(".global ", stringify!($entry)),
+            concat!(stringify!($entry), ":"),
+            "    iretq",
+            ".popsection",
+        );
+        extern "C" {
+            fn $entry();
+        }
+    };
+}
+pub(crate) use spurious_entry;
+
 /// Vector of a general-protection fault.
 const GENERAL_PROTECTION: u64 = 13;
 

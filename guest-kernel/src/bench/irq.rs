@@ -96,41 +96,8 @@ extern "C" fn bench_interrupt() {
     }
 }
 
-// The entry: saves the caller-saved registers, calls the handler with the direction flag
-// clear, restores them, `iretq` (as `crate::net::irq`'s NIC entry).
-core::arch::global_asm!(
-    ".pushsection .text.pvkit_bench_irq, \"ax\", @progbits",
-    ".balign 16",
-    ".global pvkit_bench_irq_entry",
-    "pvkit_bench_irq_entry:",
-    "    push rax",
-    "    push rcx",
-    "    push rdx",
-    "    push rsi",
-    "    push rdi",
-    "    push r8",
-    "    push r9",
-    "    push r10",
-    "    push r11",
-    "    cld",
-    "    call {handler}",
-    "    pop r11",
-    "    pop r10",
-    "    pop r9",
-    "    pop r8",
-    "    pop rdi",
-    "    pop rsi",
-    "    pop rdx",
-    "    pop rcx",
-    "    pop rax",
-    "    iretq",
-    ".popsection",
-    handler = sym bench_interrupt,
-);
-
-extern "C" {
-    fn pvkit_bench_irq_entry();
-}
+// The entry stub (`crate::interrupts::interrupt_entry`).
+crate::interrupts::interrupt_entry!(pvkit_bench_irq_entry, bench_interrupt);
 
 /// Whether KVM's CPUID leaves offer `KVM_FEATURE_PV_EOI`.
 fn pv_eoi_offered() -> bool {

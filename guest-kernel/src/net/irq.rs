@@ -136,48 +136,9 @@ pub fn mask_irq(irq: u8) {
     mmio_write(IOAPIC_BASE + IOAPIC_WIN, LVT_MASKED);
 }
 
-// The device vector's entry: saves the caller-saved registers, calls the handler with the
-// direction flag clear, restores them, `iretq`. The CPU aligned RSP to 16 and pushed 5
-// words; 9 pushes more leave it 16-byte aligned at the `call`. The spurious vector's entry
-// only returns (no EOI for a spurious interrupt).
-core::arch::global_asm!(
-    ".pushsection .text.pvkit_net_irq, \"ax\", @progbits",
-    ".balign 16",
-    ".global pvkit_net_irq_entry",
-    "pvkit_net_irq_entry:",
-    "    push rax",
-    "    push rcx",
-    "    push rdx",
-    "    push rsi",
-    "    push rdi",
-    "    push r8",
-    "    push r9",
-    "    push r10",
-    "    push r11",
-    "    cld",
-    "    call {handler}",
-    "    pop r11",
-    "    pop r10",
-    "    pop r9",
-    "    pop r8",
-    "    pop rdi",
-    "    pop rsi",
-    "    pop rdx",
-    "    pop rcx",
-    "    pop rax",
-    "    iretq",
-    ".balign 16",
-    ".global pvkit_spurious_entry",
-    "pvkit_spurious_entry:",
-    "    iretq",
-    ".popsection",
-    handler = sym super::nic_interrupt,
-);
-
-extern "C" {
-    fn pvkit_net_irq_entry();
-    fn pvkit_spurious_entry();
-}
+// The entry stub (`crate::interrupts::interrupt_entry`).
+crate::interrupts::interrupt_entry!(pvkit_net_irq_entry, super::nic_interrupt);
+crate::interrupts::spurious_entry!(pvkit_spurious_entry);
 
 /// Points `vector` at the NIC's entry stub and [`SPURIOUS_VECTOR`] at its own.
 pub fn install(vector: u8) {

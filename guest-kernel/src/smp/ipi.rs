@@ -96,47 +96,9 @@ extern "C" fn ipi_interrupt() {
     lapic::eoi();
 }
 
-// The vector's entry: saves the caller-saved registers, calls the handler with the
-// direction flag clear, restores them, `iretq` (the CPU aligned RSP to 16 and pushed 5
-// words; 9 more leave it aligned at the `call`). The spurious vector only returns.
-core::arch::global_asm!(
-    ".pushsection .text.pvkit_ipi, \"ax\", @progbits",
-    ".balign 16",
-    ".global pvkit_ipi_entry",
-    "pvkit_ipi_entry:",
-    "    push rax",
-    "    push rcx",
-    "    push rdx",
-    "    push rsi",
-    "    push rdi",
-    "    push r8",
-    "    push r9",
-    "    push r10",
-    "    push r11",
-    "    cld",
-    "    call {handler}",
-    "    pop r11",
-    "    pop r10",
-    "    pop r9",
-    "    pop r8",
-    "    pop rdi",
-    "    pop rsi",
-    "    pop rdx",
-    "    pop rcx",
-    "    pop rax",
-    "    iretq",
-    ".balign 16",
-    ".global pvkit_ipi_spurious_entry",
-    "pvkit_ipi_spurious_entry:",
-    "    iretq",
-    ".popsection",
-    handler = sym ipi_interrupt,
-);
-
-extern "C" {
-    fn pvkit_ipi_entry();
-    fn pvkit_ipi_spurious_entry();
-}
+// The entry stub (`crate::interrupts::interrupt_entry`).
+crate::interrupts::interrupt_entry!(pvkit_ipi_entry, ipi_interrupt);
+crate::interrupts::spurious_entry!(pvkit_ipi_spurious_entry);
 
 /// Points [`IPI_VECTOR`] and the spurious vector at their entries in the shared IDT. On
 /// the BSP before any AP starts.
