@@ -146,22 +146,6 @@ fn netns(tag: &str) -> Option<NetNs> {
     }
 }
 
-/// The payload of the test's pings.
-const PING_DATA: &[u8] = b"pvkit ne2000 ping";
-
-/// Sends one ICMP echo request with `seq` to the guest and waits up to `wait` for its
-/// reply. A send that fails (the VMM has not brought the TAP device up yet: ENETUNREACH)
-/// is a lost ping.
-fn ping(p: &Pinger, seq: u16, wait: Duration) -> bool {
-    match p.ping(GUEST_IP, 0x7076, seq, PING_DATA, wait) {
-        Ok(reply) => reply.as_deref() == Some(PING_DATA),
-        Err(_) => {
-            std::thread::sleep(wait);
-            false
-        }
-    }
-}
-
 #[test]
 fn host_pings_the_guest_and_gets_udp_echoes_over_tap() {
     if !common::builtin_ready() {
@@ -175,47 +159,7 @@ fn host_pings_the_guest_and_gets_udp_echoes_over_tap() {
     };
     std::thread::scope(|s| {
         let vm = s.spawn(|| boot("net=serve", backend));
-        let host = ns
-            .run_in(|| {
-                let sock = Pinger::new().expect("a raw ICMP socket");
-                // The guest boots meanwhile: ping until the first reply (ARP included).
-                let start = Instant::now();
-                let mut seq = 0u16;
-                loop {
-                    seq += 1;
-                    if ping(&sock, seq, Duration::from_millis(500)) {
-                        break;
-                    }
-                    assert!(
-                        start.elapsed() < Duration::from_secs(60),
-                        "the guest never answered a ping"
-                    );
-                }
-                let mut replies = 0;
-                for _ in 0..5 {
-                    seq += 1;
-                    replies += u32::from(ping(&sock, seq, Duration::from_secs(10)));
-                }
-                let udp = UdpSocket::bind("0.0.0.0:0").unwrap();
-                udp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                let guest = SocketAddrV4::new(GUEST_IP, 7);
-                let mut echoes = 0;
-                for i in 0..3u8 {
-                    let msg = [b'p', b'v', b'k', i, 0xee, 0xff];
-                    udp.send_to(&msg, guest).unwrap();
-                    let mut b = [0u8; 64];
-                    if let Ok((n, from)) = udp.recv_from(&mut b) {
-                        if b[..n] == msg && from == std::net::SocketAddr::V4(guest) {
-                            echoes += 1;
-                        }
-                    }
-                }
-                // Ends the guest's serve mode.
-                udp.send_to(b"bye", SocketAddrV4::new(GUEST_IP, 9999))
-                    .unwrap();
-                (replies, echoes)
-            })
-            .unwrap();
+        let host = ns.run_in(|| common::tap_peer::host_side(b'k')).unwrap();
         let o = vm.join().unwrap();
         let out = console(&o);
         assert_eq!(host, (5, 3), "ping replies and UDP echoes: {out}");
@@ -315,7 +259,7 @@ fn oversize_frames_from_the_host_over_tap_are_dropped_and_the_guest_keeps_servin
                 // Until the guest answers (its MAC is then in the host's ARP table).
                 let start = Instant::now();
                 let mut seq = 0u16;
-                while !ping(&sock, seq, Duration::from_millis(500)) {
+                while !common::tap_peer::ping(&sock, seq, Duration::from_millis(500)) {
                     seq += 1;
                     assert!(
                         start.elapsed() < Duration::from_secs(60),

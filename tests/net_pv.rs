@@ -7,12 +7,10 @@
 
 mod common;
 
-use std::net::{SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pvkit_net::netns::NetNs;
-use pvkit_vmm::devices::legacy::ne2000::{NetBackendConfig, NetConfig, GUEST_IP};
+use pvkit_vmm::devices::legacy::ne2000::{NetBackendConfig, NetConfig};
 use pvkit_vmm::exit::ledger::{ExitKind, LedgerSnapshot};
 use pvkit_vmm::{run, ConsoleKind, KernelSource, NicModel, RunOutcome, StopReason, VmConfig};
 
@@ -188,129 +186,6 @@ fn netns(tag: &str) -> Option<NetNs> {
     }
 }
 
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-const PING_DATA: &[u8] = b"pvkit pv nic ping";
-
-/// Sends one ICMP echo request with `seq` to the guest on `sock` and waits up to `wait`
-/// for its reply.
-fn ping(sock: &OwnedFd, seq: u16, wait: Duration) -> bool {
-    let mut req = vec![8u8, 0, 0, 0, 0x70, 0x76];
-    req.extend_from_slice(&seq.to_be_bytes());
-    req.extend_from_slice(PING_DATA);
-    let c = checksum(&req);
-    req[2..4].copy_from_slice(&c.to_be_bytes());
-    let dst = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(GUEST_IP.octets()),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sendto(2) with a live buffer and a valid sockaddr_in of the given size.
-    let n = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            req.as_ptr().cast(),
-            req.len(),
-            0,
-            (&dst as *const libc::sockaddr_in).cast(),
-            size_of::<libc::sockaddr_in>() as u32,
-        )
-    };
-    let start = Instant::now();
-    if n != req.len() as isize {
-        // The VMM has not brought the TAP device up yet (ENETUNREACH): a lost ping.
-        std::thread::sleep(wait);
-        return false;
-    }
-    while start.elapsed() < wait {
-        let mut b = [0u8; 2048];
-        // SAFETY: recv(2) into a live buffer of the given length, non-blocking.
-        let n = unsafe {
-            libc::recv(
-                sock.as_raw_fd(),
-                b.as_mut_ptr().cast(),
-                b.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n <= 0 {
-            std::thread::sleep(Duration::from_millis(5));
-            continue;
-        }
-        let pkt = &b[..n as usize];
-        let ihl = usize::from(pkt[0] & 0xf) * 4;
-        if pkt[12..16] == GUEST_IP.octets()
-            && pkt[ihl] == 0
-            && pkt[ihl + 4..ihl + 8] == [0x70, 0x76, (seq >> 8) as u8, seq as u8]
-        {
-            return pkt[ihl + 8..] == *PING_DATA;
-        }
-    }
-    false
-}
-
-/// The host side of a TAP test: pings until the guest answers, then 5 pings and 3 UDP
-/// echoes, then "bye" to port 9999. Returns (ping replies, UDP echoes).
-fn host_side() -> (u32, u32) {
-    // SAFETY: socket(2) with constant arguments; checked before use.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_ICMP,
-        )
-    };
-    assert!(fd >= 0, "{}", std::io::Error::last_os_error());
-    // SAFETY: a fresh descriptor owned by nothing else.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let start = Instant::now();
-    let mut seq = 0u16;
-    loop {
-        seq += 1;
-        if ping(&sock, seq, Duration::from_millis(500)) {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the guest never answered a ping"
-        );
-    }
-    let mut replies = 0;
-    for _ in 0..5 {
-        seq += 1;
-        replies += u32::from(ping(&sock, seq, Duration::from_secs(10)));
-    }
-    let udp = UdpSocket::bind("0.0.0.0:0").unwrap();
-    udp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let guest = SocketAddrV4::new(GUEST_IP, 7);
-    let mut echoes = 0;
-    for i in 0..3u8 {
-        let msg = [b'p', b'v', b'n', i, 0xee, 0xff];
-        udp.send_to(&msg, guest).unwrap();
-        let mut b = [0u8; 64];
-        if let Ok((n, from)) = udp.recv_from(&mut b) {
-            if b[..n] == msg && from == std::net::SocketAddr::V4(guest) {
-                echoes += 1;
-            }
-        }
-    }
-    udp.send_to(b"bye", SocketAddrV4::new(GUEST_IP, 9999))
-        .unwrap();
-    (replies, echoes)
-}
-
 /// The host pings the guest over TAP and gets UDP echoes, with the PV NIC polled
 /// (`doorbell`: frames land in the RX ring from the VMM's event loop) and by completion
 /// interrupt (`irq`: the guest halts between frames).
@@ -328,7 +203,7 @@ fn host_pings_the_pv_nic_and_gets_udp_echoes_over_tap() {
         };
         std::thread::scope(|s| {
             let vm = s.spawn(|| boot(&format!("net=serve pvnet={path}"), backend));
-            let host = ns.run_in(host_side).unwrap();
+            let host = ns.run_in(|| common::tap_peer::host_side(b'n')).unwrap();
             let o = vm.join().unwrap();
             let out = console(&o);
             assert_eq!(host, (5, 3), "{path}: ping replies and UDP echoes: {out}");

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod scaffold;
+pub mod tap_peer;
 
 use std::path::PathBuf;
 use std::process::Output;
