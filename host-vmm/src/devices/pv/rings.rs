@@ -56,6 +56,11 @@ use crate::iothread::{IoStopper, IoThread};
 use crate::runtime::sync::lock;
 use crate::vstate::memory::GuestRam;
 
+/// Most services of one ring when [`Rings::frozen`] drains it before a snapshot (each at
+/// most [`SERVICE_REQUESTS`] requests and [`SERVICE_BYTES`] bytes); a ring left with work
+/// after them is saved as it is.
+pub const DRAIN_SERVICES: usize = 16;
+
 /// Most rings one VM may have (the I/O thread keeps them in a 32-bit mask).
 pub const MAX_QUEUES: usize = 32;
 
@@ -574,13 +579,28 @@ impl Rings {
         self.set.any_registered()
     }
 
-    /// Holds every ring still (all slot locks: no thread services one meanwhile), saves
-    /// each registered ring and calls `f` with them (a snapshot writes guest RAM there, so
-    /// rings and RAM agree). Call with the vCPUs paused: no new request or doorbell then
-    /// arrives, and every service that was running has ended once its lock is taken.
-    /// `Err` if a registered ring cannot be saved.
+    /// Holds every ring still (all slot locks: no thread services one meanwhile), drains
+    /// each registered ring ([`DRAIN_SERVICES`]), saves it and calls `f` with them (a
+    /// snapshot writes guest RAM there, so rings and RAM agree). Call with the vCPUs
+    /// paused: no new request or doorbell then arrives, and every service that was running
+    /// has ended once its lock is taken.
+    ///
+    /// The drain (as QEMU drains block I/O before it stops a VM) serves the requests the
+    /// guest posted before the pause whatever their transport: a polled ring or an
+    /// ioeventfd already signalled would otherwise be served by the paused VM's I/O thread
+    /// after the capture, and a restored copy would serve the same requests again (or, for
+    /// the ioeventfd, wait for a signal the snapshot does not hold). `Err` if a registered
+    /// ring cannot be saved.
     pub fn frozen<R>(&self, f: impl FnOnce(Vec<SavedRing>) -> R) -> Result<R, String> {
-        let guards: Vec<_> = self.set.queues.iter().map(|q| lock(&q.slot)).collect();
+        let mut guards: Vec<_> = self.set.queues.iter().map(|q| lock(&q.slot)).collect();
+        for slot in guards.iter_mut().filter(|s| s.queue.is_some()) {
+            for _ in 0..DRAIN_SERVICES {
+                match self.set.service_slot(slot) {
+                    Ok(b) if b.budget_exhausted => continue,
+                    _ => break,
+                }
+            }
+        }
         let mut saved = Vec::new();
         for (q, slot) in self.set.queues.iter().zip(&guards) {
             if let Some(queue) = &slot.queue {
