@@ -178,6 +178,9 @@ pub struct DeviceHandles {
     pub balloon: Option<Arc<PvBalloon>>,
     /// The free-page hints, if any (not saved: a live migration reads them).
     pub free_page_hint: Option<Arc<crate::devices::pv::free_page_hint::PvFreePageHint>>,
+    /// The NIC as a snapshot keeps it (a VM whose NIC cannot be saved is refused before
+    /// a capture: [`crate::vm::control::VmInfo::net_refusal`]).
+    pub net: Option<super::state::NicState>,
 }
 
 impl std::fmt::Debug for DeviceHandles {
@@ -222,6 +225,7 @@ impl DeviceHandles {
             ballooned,
             // Filled by the caller, which holds the rings still ([`crate::devices::pv::rings::Rings::frozen`]).
             rings: Vec::new(),
+            net: self.net.clone(),
             vm_clock: self.vm_clock.state(),
         }
     }

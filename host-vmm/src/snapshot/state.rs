@@ -176,6 +176,21 @@ pub struct DeviceStates {
     pub ballooned: Vec<(u64, u64)>,
     /// Registered PV rings (saved while every ring was held still).
     pub rings: Vec<SavedRing>,
+    /// The NIC, if the VM had one: only the PV NIC on the loopback backend is saved
+    /// ([`NicState`]); absent in state files written before NICs were saved.
+    #[serde(default)]
+    pub net: Option<NicState>,
+}
+
+/// The NIC a snapshot keeps: the PV NIC on the in-VMM loopback backend (stateless: it
+/// answers each frame as it is sent). Its rings are in [`DeviceStates::rings`]; frames
+/// that waited for a receive buffer and the device's counters are not kept (a NIC may
+/// lose frames; the counters restart at zero). The restoring VM must be given the same
+/// NIC again (`--net loopback --nic pv`, the same MAC).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicState {
+    /// The MAC address the guest was told.
+    pub mac: [u8; 6],
 }
 
 /// The disk the VM had.
@@ -443,6 +458,7 @@ mod tests {
                 pit: pvkit_devices::Pit::new().state(),
                 ata: None,
                 pv_block_sectors: None,
+                net: None,
                 clock_pages: vec![],
                 ballooned: vec![(100, 4)],
                 rings: vec![],

@@ -18,7 +18,7 @@ use crate::bus::PortBus;
 use crate::devices::legacy::ata::attach_ata;
 use crate::devices::legacy::irq::{create_irqchip, InterruptLine};
 use crate::devices::legacy::ne2000::{
-    attach_ne2000, open_backend, NetDevice, NE2000_GSI, NE2000_MAC,
+    attach_ne2000, open_backend, NetBackendConfig, NetDevice, NE2000_GSI, NE2000_MAC,
 };
 use crate::devices::legacy::pit::attach_pit;
 use crate::devices::legacy::uart::{Uart, COM1_BASE, COM1_LEN};
@@ -53,7 +53,7 @@ use crate::runtime::watchdog;
 use crate::snapshot::capture::{msr_list, DeviceHandles};
 use crate::snapshot::memory_file::map_memory_file;
 use crate::snapshot::restore::{load_ledger, restore_vcpu, restore_vm, RestoreError};
-use crate::snapshot::state::{DiskInfo, KernelInfo, VmState};
+use crate::snapshot::state::{DiskInfo, KernelInfo, NicState, VmState};
 use crate::snapshot::MEMORY_FILE;
 use crate::vstate::kvm::{open_kvm, PlatformInfo};
 use crate::vstate::memory::ram_size;
@@ -441,7 +441,7 @@ pub fn build(
             _ => None,
         },
         vcpus: vcpu_count,
-        net: config.net.is_some(),
+        net_refusal: saved_nic(config).err(),
         msrs: msr_list(&kvm).unwrap_or_default(),
         base_ledger: match &restore {
             Some(state) => load_ledger(&state.ledger)?,
@@ -457,6 +457,7 @@ pub fn build(
         pv_clock,
         balloon: balloon.clone(),
         free_page_hint: free_page_hint.clone(),
+        net: saved_nic(config).ok().flatten(),
     };
 
     let shards: Vec<ExitLedger> = others.iter().map(|_| ledger.shard()).collect();
@@ -536,6 +537,34 @@ fn fresh_guest(config: &VmConfig) -> Result<Guest, VmError> {
     })
 }
 
+/// The NIC as a snapshot keeps it, or why it cannot: only the PV NIC alone on the
+/// loopback backend (stateless, re-created on restore) is saved.
+fn saved_nic(config: &VmConfig) -> Result<Option<NicState>, String> {
+    let Some(net) = &config.net else {
+        return Ok(None);
+    };
+    if config.nic.has_ne2000() {
+        return Err(
+            "the NE2000 (its card memory and receive state are not saved; \
+                    the PV NIC on the loopback backend is)"
+                .into(),
+        );
+    }
+    if net.backend != NetBackendConfig::Loopback {
+        return Err(
+            "a NIC on the TAP backend (the TAP device and its namespace are not \
+                    saved; the PV NIC on the loopback backend is)"
+                .into(),
+        );
+    }
+    if net.host_rtt.is_some() {
+        return Err("a loopback peer that times its own round trips (bench only)".into());
+    }
+    Ok(Some(NicState {
+        mac: net.mac.unwrap_or(NE2000_MAC),
+    }))
+}
+
 /// A restored guest: RAM mapped copy-on-write from the snapshot's memory file; the disk
 /// is `config.disk` if given (e.g. a clone's overlay), else the snapshot's.
 fn restored_guest(config: &VmConfig, state: &VmState) -> Result<Guest, VmError> {
@@ -543,8 +572,16 @@ fn restored_guest(config: &VmConfig, state: &VmState) -> Result<Guest, VmError> 
         .restore
         .as_deref()
         .unwrap_or(std::path::Path::new("."));
-    if config.net.is_some() {
-        return Err(mismatch("a snapshot cannot be restored with a NIC"));
+    let nic = saved_nic(config)
+        .map_err(|why| mismatch(format!("a snapshot cannot be restored with {why}")))?;
+    if nic != state.devices.net {
+        return Err(mismatch(match (&state.devices.net, &nic) {
+            (Some(_), None) => "the snapshot's VM had the PV NIC on the loopback backend: \
+                                give it again (--net loopback --nic pv, the same --mac)"
+                .to_owned(),
+            (None, Some(_)) => "the snapshot's VM had no NIC".to_owned(),
+            _ => "the NIC's MAC address differs from the snapshot's".to_owned(),
+        }));
     }
     let mem = map_memory_file(&dir.join(MEMORY_FILE), state.mem_bytes)?;
     let disk_config = match (&config.disk, &state.disk) {

@@ -146,8 +146,9 @@ pub struct VmInfo {
     pub disk: Option<DiskInfo>,
     /// vCPU count.
     pub vcpus: u32,
-    /// The VM has a NIC (its backend cannot be saved).
-    pub net: bool,
+    /// Why the VM's NIC cannot be saved (a snapshot or migration is refused), if it has
+    /// one that cannot: every NIC but the PV NIC on the loopback backend.
+    pub net_refusal: Option<String>,
     /// KVM's MSR save list.
     pub msrs: Vec<u32>,
     /// Exit counts the VM started with (a restored VM: the snapshot's).
@@ -328,10 +329,8 @@ impl VmControl {
     /// paused for it and resumed afterwards; a paused one stays paused.
     pub fn snapshot(&self, dir: &Path) -> Result<SnapshotReport, ControlError> {
         let _busy = lock(&self.busy);
-        if self.info.net {
-            return Err(ControlError::Unsupported(
-                "a NIC (its backend and receive state cannot be saved yet)".into(),
-            ));
+        if let Some(why) = &self.info.net_refusal {
+            return Err(ControlError::Unsupported(why.clone()));
         }
         let was_paused = self.is_paused();
         let pause = match was_paused {
@@ -373,6 +372,9 @@ impl VmControl {
     }
 
     fn capture_state_locked(&self) -> Result<VmState, ControlError> {
+        if let Some(why) = &self.info.net_refusal {
+            return Err(ControlError::Unsupported(why.clone()));
+        }
         let parked = lock(&self.gate.parked);
         let vcpu = parked
             .vcpu
@@ -443,10 +445,8 @@ impl VmControl {
     /// writes could follow the final round; a snapshot holds the rings still instead).
     pub fn check_migratable(&self) -> Result<(), ControlError> {
         let _busy = lock(&self.busy);
-        if self.info.net {
-            return Err(ControlError::Unsupported(
-                "a NIC (its backend and receive state cannot be saved yet)".into(),
-            ));
+        if let Some(why) = &self.info.net_refusal {
+            return Err(ControlError::Unsupported(why.clone()));
         }
         if self.vm.pv.rings().is_some_and(|r| r.any_registered()) {
             return Err(ControlError::Unsupported(

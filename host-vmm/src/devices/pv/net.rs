@@ -40,7 +40,7 @@ use pvkit_abi::net::{NetInfo, MTU};
 use pvkit_abi::ring::{QueueId, NET_RX_QUEUE, NET_TX_QUEUE};
 use pvkit_abi::Status;
 use pvkit_net::{NetBackend, NetCounters};
-use pvkit_pv::{Batch, NetDevice, NetRxRing, NetStats, NetTxRing, RingError};
+use pvkit_pv::{Batch, NetDevice, NetRxRing, NetStats, NetTxRing, RingError, RingState};
 
 use super::net_rx::PvNetStats;
 use super::ring_irq::RingIrqLine;
@@ -256,6 +256,31 @@ impl Queue for NetQueue {
             Dir::Tx => s.tx_irq = line,
             Dir::Rx => s.rx_irq = line,
         }
+    }
+
+    fn save(&self) -> Option<(RingState, u64)> {
+        let mut s = lock(&self.shared);
+        match s.ring_mut(self.dir)? {
+            RingRef::Tx(r) => Some((r.state(), r.ring_bytes() as u64)),
+            RingRef::Rx(r) => Some((r.state(), r.ring_bytes() as u64)),
+        }
+    }
+
+    fn restore(&mut self, mem: &GuestRam, state: &RingState) -> Result<(), String> {
+        let mut s = lock(&self.shared);
+        match self.dir {
+            Dir::Tx => {
+                let ring = NetTxRing::from_state(mem, state).map_err(|e| e.to_string())?;
+                ring.publish_host_flags(mem).map_err(|e| e.to_string())?;
+                s.tx = Some(ring);
+            }
+            Dir::Rx => {
+                let ring = NetRxRing::from_state(mem, state).map_err(|e| e.to_string())?;
+                ring.publish_host_flags(mem).map_err(|e| e.to_string())?;
+                s.rx = Some(ring);
+            }
+        }
+        Ok(())
     }
 }
 
