@@ -107,6 +107,10 @@ pub struct SavedRing {
     pub len: u64,
     /// The consumer.
     pub ring: RingState,
+    /// The GSI the guest bound the ring's completions to (`QueueInterrupt`); 0: none
+    /// (and in state files written before bindings were saved).
+    #[serde(default)]
+    pub irq_gsi: u32,
 }
 
 /// A [`Queue`] made of a `pvkit-pv` ring consumer and the device's service function.
@@ -612,6 +616,7 @@ impl Rings {
                     transport: slot.transport as u64,
                     len,
                     ring,
+                    irq_gsi: slot.irq.as_ref().map_or(0, |l| l.gsi()),
                 });
             }
         }
@@ -632,6 +637,22 @@ impl Rings {
             .transport(saved.transport)
             .map_err(|s| format!("transport {}: {s:?}", saved.transport))?;
         queue.restore(&self.set.mem, &saved.ring)?;
+        if saved.irq_gsi != 0 {
+            // The binding as the guest made it; `register` hands it to the queue.
+            let line = self
+                .irqs
+                .as_ref()
+                .and_then(|irqs| irqs.line(saved.irq_gsi.into()))
+                .ok_or_else(|| {
+                    format!(
+                        "ring {id:?}: no completion interrupt at GSI {}",
+                        saved.irq_gsi
+                    )
+                })?;
+            let i = self.set.index_of(id).ok_or("undeclared queue")?;
+            let q = self.set.queue(i).ok_or("undeclared queue")?;
+            lock(&q.slot).irq = Some(line);
+        }
         self.register(id, queue, transport)
             .map(drop)
             .map_err(|s| format!("re-registering ring {id:?}: {s:?}"))
