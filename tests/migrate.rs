@@ -390,3 +390,108 @@ fn a_truncated_or_corrupt_stream_is_refused_and_a_refused_migration_leaves_the_s
     );
     assert_eq!(sout.last().unwrap(), "workload: done 3000");
 }
+
+/// `net: done ...` → (echoes=, frames=, errors=).
+fn net_done(lines: &[String]) -> Option<(u64, u64, u64)> {
+    let l = lines.iter().find(|l| l.starts_with("net: done "))?;
+    let field = |k: &str| -> Option<u64> {
+        l.split(' ')
+            .find_map(|w| w.strip_prefix(k))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("echoes=")?, field("frames=")?, field("errors=")?))
+}
+
+/// UDP echoes over the PV NIC (loopback peer, `pvnet=path`) migrated mid-run: the target,
+/// given the same NIC, finishes them, each answered exactly once.
+fn echo_migrates(path: &str) {
+    const COUNT: u64 = 20_000;
+    let d = dir(&format!("pv-nic-{path}"));
+    let api = d.join("api.sock");
+    let to = free_port();
+    let to_s = to.to_string();
+    let nic = ["--net", "loopback", "--nic", "pv"];
+    let mut target_args = vec!["run", "--incoming", &to_s, "--timeout", "120"];
+    target_args.extend(nic);
+    let target = Running::start(&target_args);
+    let cmdline = format!("net=echo count={COUNT} pvnet={path}");
+    let mut source_args = vec!["run", "--api", api.to_str().unwrap(), "--timeout", "120"];
+    source_args.extend(nic);
+    source_args.extend(["--", &cmdline]);
+    let mut source = Running::start(&source_args);
+    source.wait_for("net: PV NIC ");
+    // Mid-run: ~2500-3500 echoes a second here, COUNT take seconds.
+    std::thread::sleep(Duration::from_millis(300));
+    let reply = send(&api, &Request::Migrate { dest: to_s.clone() }).expect("API reply");
+    assert!(reply.ok, "{path}: {reply:?}");
+    let (scode, before, serr) = source.finish();
+    assert_eq!(scode, 0, "{path}: {serr}");
+    assert!(serr.contains("live-migrated to"), "{path}: {serr}");
+    assert!(
+        net_done(&before).is_none(),
+        "{path}: migrated after the echoes ended: {before:?}"
+    );
+    let (tcode, after, terr) = target.finish();
+    assert_eq!(tcode, 0, "{path}: {terr}\n{after:?}");
+    assert!(
+        !after.iter().any(|l| l.starts_with("net: PV NIC ")),
+        "{path}: the target started the guest over: {after:?}"
+    );
+    // Every echo answered exactly once (a lost frame would hang the guest, a duplicate
+    // would count twice), one ARP reply before them.
+    assert_eq!(
+        net_done(&after),
+        Some((COUNT, COUNT + 1, 0)),
+        "{path}: {after:?}"
+    );
+}
+
+#[test]
+fn udp_echoes_over_the_pv_nic_continue_on_the_target() {
+    if !common::builtin_ready() {
+        return;
+    }
+    for path in ["doorbell", "eventfd", "poll", "irq"] {
+        echo_migrates(path);
+    }
+}
+
+#[test]
+fn a_target_without_the_sources_nic_refuses_the_vm() {
+    if !common::builtin_ready() {
+        return;
+    }
+    let d = dir("pv-nic-missing");
+    let api = d.join("api.sock");
+    let to = free_port();
+    let to_s = to.to_string();
+    let target = Running::start(&["run", "--incoming", &to_s, "--timeout", "60"]);
+    let mut source = Running::start(&[
+        "run",
+        "--api",
+        api.to_str().unwrap(),
+        "--timeout",
+        "120",
+        "--net",
+        "loopback",
+        "--nic",
+        "pv",
+        "--",
+        "net=echo count=2000000",
+    ]);
+    source.wait_for("net: PV NIC ");
+    let reply = send(&api, &Request::Migrate { dest: to_s }).expect("API reply");
+    assert!(!reply.ok, "{reply:?}");
+    let (tcode, _, terr) = target.finish();
+    assert_ne!(tcode, 0);
+    assert!(terr.contains("--net loopback --nic pv"), "{terr}");
+    // The source runs on: it still answers and is not paused.
+    let st = send(&api, &Request::Stats)
+        .expect("API reply")
+        .stats
+        .unwrap();
+    assert!(!st.paused, "a refused migration leaves the source running");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(source.child.id() as i32, libc::SIGTERM) };
+    let _ = source.finish();
+}

@@ -319,6 +319,22 @@ impl VmControl {
         self.pause_locked()
     }
 
+    /// Pauses the VM for a migration's stop-and-copy: [`VmControl::pause`], then every
+    /// registered ring drained (the requests the guest posted before the pause served,
+    /// their writes to guest RAM made now), so the final round's dirty log sees them.
+    /// Afterwards nothing writes guest RAM: the vCPU posts nothing new, and the devices
+    /// a migration accepts only answer requests (the loopback NIC answers a frame as it is
+    /// sent). The state capture drains again and finds nothing.
+    pub fn pause_for_migration(&self) -> Result<Duration, ControlError> {
+        let _busy = lock(&self.busy);
+        let took = self.pause_locked()?;
+        if let Err(e) = self.with_rings_frozen(|_| Ok(())) {
+            let _ = self.resume_locked();
+            return Err(e);
+        }
+        Ok(took)
+    }
+
     /// Lets a paused VM continue.
     pub fn resume(&self) -> Result<(), ControlError> {
         let _busy = lock(&self.busy);
@@ -440,18 +456,13 @@ impl VmControl {
         self.devices.free_page_hint.clone()
     }
 
-    /// Whether the VM can be live-migrated now: running, one vCPU, no NIC, and no
-    /// registered PV ring (the I/O thread serves rings while the vCPU is paused, so their
-    /// writes could follow the final round; a snapshot holds the rings still instead).
+    /// Whether the VM can be live-migrated now: running, one vCPU, and no NIC but the PV
+    /// NIC on the loopback backend. Registered PV rings are fine: the migration's pause
+    /// drains them ([`VmControl::pause_for_migration`]) before its final round.
     pub fn check_migratable(&self) -> Result<(), ControlError> {
         let _busy = lock(&self.busy);
         if let Some(why) = &self.info.net_refusal {
             return Err(ControlError::Unsupported(why.clone()));
-        }
-        if self.vm.pv.rings().is_some_and(|r| r.any_registered()) {
-            return Err(ControlError::Unsupported(
-                "registered PV rings (not held still across a migration's final round yet)".into(),
-            ));
         }
         self.check_pausable()?;
         if self.is_stopped() {

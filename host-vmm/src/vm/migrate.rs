@@ -40,7 +40,10 @@ impl MigrationSource for Source<'_> {
         self.ctl.free_page_hint()
     }
     fn pause(&self) -> Result<(), String> {
-        self.ctl.pause().map(drop).map_err(|e| e.to_string())
+        self.ctl
+            .pause_for_migration()
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
     fn resume(&self) -> Result<(), String> {
         self.ctl.resume().map_err(|e| e.to_string())
