@@ -105,9 +105,10 @@ pub fn write_memory_file(
             })?;
         // SAFETY: `[host, host + len)` is the region's live mapping, owned by `mem` for the
         // whole call. The vCPUs are paused and the rings held still (the caller's contract:
-        // `VmControl` writes the file inside `Rings::frozen`; the VMs that can be
-        // snapshotted have no NIC), so no thread writes guest RAM meanwhile and reading it
-        // as bytes races with no writer.
+        // `VmControl` writes the file inside `Rings::frozen`; the only NIC that can be
+        // snapshotted is the PV NIC on loopback, which has no receive thread and writes
+        // guest RAM only from ring services and `NetSend`), so no thread writes guest RAM
+        // meanwhile and reading it as bytes races with no writer.
         let bytes = unsafe { std::slice::from_raw_parts(host.cast_const(), len) };
         // Anonymous RAM without swap: a page that is not resident was never written (or was
         // released by the balloon) and reads as zeros, so it is a hole without being read.
