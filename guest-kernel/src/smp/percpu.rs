@@ -11,7 +11,7 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use pvkit_guest::clock::{ClockPage, ClockReader};
-use pvkit_guest::rt::gdt::{DOUBLE_FAULT_IST, KERNEL_CODE, KERNEL_DATA, NMI_IST, TSS_SELECTOR};
+use pvkit_guest::rt::gdt::CpuTables;
 
 use super::MAX_CPUS;
 
@@ -20,26 +20,6 @@ const GS_BASE_MSR: u32 = 0xc000_0101;
 /// Size of each AP's IST stacks (double fault, NMI).
 const IST_SIZE: usize = 8 * 1024;
 
-/// The 64-bit task-state segment.
-#[repr(C, packed(4))]
-struct Tss {
-    reserved0: u32,
-    rsp: [u64; 3],
-    reserved1: u64,
-    ist: [u64; 7],
-    reserved2: u64,
-    reserved3: u16,
-    iomap_base: u16,
-}
-const _: () = assert!(core::mem::size_of::<Tss>() == 104);
-
-/// An AP's descriptor tables, the same layout as the runtime's ([`crate::gdt`]).
-#[repr(C, align(16))]
-struct Tables {
-    gdt: [u64; 7],
-    tss: Tss,
-}
-
 /// One CPU's data. `self_ptr` and `index` come first: `gs:[0]`, `gs:[8]`.
 #[repr(C, align(64))]
 pub struct PerCpu {
@@ -47,7 +27,8 @@ pub struct PerCpu {
     index: UnsafeCell<u64>,
     /// IPIs this CPU's handler ran for.
     pub received: AtomicU64,
-    tables: UnsafeCell<Tables>,
+    /// An AP's own GDT and TSS (the BSP uses the runtime's).
+    tables: UnsafeCell<CpuTables>,
 }
 
 // SAFETY: `self_ptr`, `index` and `tables` are written only by the CPU the block belongs
@@ -61,18 +42,7 @@ impl PerCpu {
             self_ptr: UnsafeCell::new(0),
             index: UnsafeCell::new(0),
             received: AtomicU64::new(0),
-            tables: UnsafeCell::new(Tables {
-                gdt: [0; 7],
-                tss: Tss {
-                    reserved0: 0,
-                    rsp: [0; 3],
-                    reserved1: 0,
-                    ist: [0; 7],
-                    reserved2: 0,
-                    reserved3: 0,
-                    iomap_base: core::mem::size_of::<Tss>() as u16,
-                },
-            }),
+            tables: UnsafeCell::new(CpuTables::new()),
         }
     }
 }
@@ -141,65 +111,10 @@ pub fn this() -> &'static PerCpu {
 /// An AP's part, on the AP itself with interrupts off: builds and loads its own GDT and TSS
 /// (its own IST stacks), loads the shared IDT, sets its `GS` base.
 pub fn init_ap(cpu: usize) {
-    let tables = CPUS[cpu].tables.get();
-    // SAFETY: a field address inside the 'static block; nothing is read.
-    let tss_addr = unsafe { &raw const (*tables).tss } as u64;
-    let limit = core::mem::size_of::<Tss>() as u64 - 1;
-    let tss_low = (limit & 0xffff)
-        | (tss_addr & 0xff_ffff) << 16
-        | 0x89 << 40 // present, DPL 0, available 64-bit TSS
-        | (limit >> 16 & 0xf) << 48
-        | (tss_addr >> 24 & 0xff) << 56;
-    // SAFETY: see `impl Sync for PerCpu`: only this AP writes its tables, before loading them.
-    unsafe {
-        let t = &mut *tables;
-        let mut ist = [0; 7];
-        ist[usize::from(DOUBLE_FAULT_IST - 1)] = ist_top(cpu, 0);
-        ist[usize::from(NMI_IST - 1)] = ist_top(cpu, 1);
-        t.tss.ist = ist;
-        t.gdt = [
-            0,
-            0x00af_9a00_0000_ffff, // kernel code
-            0x00cf_9200_0000_ffff, // kernel data
-            0x00cf_f200_0000_ffff, // user data
-            0x00af_fa00_0000_ffff, // user code
-            tss_low,
-            tss_addr >> 32,
-        ];
-    }
-    #[repr(C, packed(2))]
-    struct Pointer {
-        limit: u16,
-        base: u64,
-    }
-    let pointer = Pointer {
-        limit: (7 * 8 - 1) as u16,
-        base: tables as u64,
-    };
-    // SAFETY: the GDT is 'static with the runtime's layout (64-bit code at 0x08, data at
-    // 0x10, an available TSS at 0x28 whose stacks are 'static); the far return reloads CS
-    // with the kind of segment the code runs in; interrupts are off.
-    unsafe {
-        core::arch::asm!(
-            "lgdt [{ptr}]",
-            "push {code}",
-            "lea {tmp}, [rip + 2f]",
-            "push {tmp}",
-            "retfq",
-            "2:",
-            "mov {tmp:e}, {data}",
-            "mov ss, {tmp:e}",
-            "mov ds, {tmp:e}",
-            "mov es, {tmp:e}",
-            "mov {tmp:e}, {tss}",
-            "ltr {tmp:x}",
-            ptr = in(reg) &pointer,
-            code = const KERNEL_CODE as u64,
-            data = const KERNEL_DATA as u32,
-            tss = const TSS_SELECTOR as u32,
-            tmp = out(reg) _,
-        );
-    }
+    // SAFETY: see `impl Sync for PerCpu`: only this AP touches its tables, which are in a
+    // 'static block, as are its IST stacks; interrupts are off. No `RSP0`: APs never run
+    // ring 3.
+    unsafe { CpuTables::load(CPUS[cpu].tables.get(), 0, ist_top(cpu, 0), ist_top(cpu, 1)) };
     pvkit_guest::rt::trap::load();
     set_gs(cpu);
 }
