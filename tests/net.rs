@@ -13,7 +13,6 @@ mod common;
 use std::net::{SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
-use pvkit_net::netns::NetNs;
 use pvkit_net::ping::Pinger;
 use pvkit_vmm::devices::legacy::ne2000::{NetBackendConfig, NetConfig, GUEST_IP};
 use pvkit_vmm::exit::ledger::{ExitKind, LedgerSnapshot};
@@ -130,28 +129,14 @@ fn ne2000_transmit_costs_exactly_12_plus_one_exit_per_word() {
 
 // ---- TAP ------------------------------------------------------------------------------
 
-/// A namespace for a TAP test, or `None` (skip) without privileges; under CI a failure.
-/// The VMM opens it by name; it is deleted when the returned value is dropped.
-fn netns(tag: &str) -> Option<NetNs> {
-    let name = format!("pvkit-nic-{}-{tag}", std::process::id());
-    match NetNs::create(&name) {
-        Ok(ns) => Some(ns),
-        Err(e) => {
-            if common::ci() {
-                panic!("CI=true but the TAP test cannot create a network namespace: {e}");
-            }
-            eprintln!("note: skipping a TAP test (needs root): {e}");
-            None
-        }
-    }
-}
-
 #[test]
 fn host_pings_the_guest_and_gets_udp_echoes_over_tap() {
     if !common::builtin_ready() {
         return;
     }
-    let Some(ns) = netns("tap") else { return };
+    let Some(ns) = common::tap_peer::netns("pvkit-nic", "tap") else {
+        return;
+    };
     let name = ns.name().unwrap_or_default().to_owned();
     let backend = NetBackendConfig::Tap {
         netns: Some(name.clone()),
@@ -246,7 +231,9 @@ fn oversize_frames_from_the_host_over_tap_are_dropped_and_the_guest_keeps_servin
     if !common::builtin_ready() {
         return;
     }
-    let Some(ns) = netns("jumbo") else { return };
+    let Some(ns) = common::tap_peer::netns("pvkit-nic", "jumbo") else {
+        return;
+    };
     let backend = NetBackendConfig::Tap {
         netns: Some(ns.name().unwrap_or_default().to_owned()),
         bridge: None,

@@ -9,7 +9,6 @@ mod common;
 
 use std::time::Duration;
 
-use pvkit_net::netns::NetNs;
 use pvkit_vmm::devices::legacy::ne2000::{NetBackendConfig, NetConfig};
 use pvkit_vmm::exit::ledger::{ExitKind, LedgerSnapshot};
 use pvkit_vmm::{run, ConsoleKind, KernelSource, NicModel, RunOutcome, StopReason, VmConfig};
@@ -171,21 +170,6 @@ fn completion_interrupts_raised_equal_handled_over_loopback() {
 
 // ---- TAP ------------------------------------------------------------------------------
 
-/// A namespace for a TAP test, or `None` (skip) without privileges; under CI a failure.
-fn netns(tag: &str) -> Option<NetNs> {
-    let name = format!("pvkit-pvnic-{}-{tag}", std::process::id());
-    match NetNs::create(&name) {
-        Ok(ns) => Some(ns),
-        Err(e) => {
-            if common::ci() {
-                panic!("CI=true but the TAP test cannot create a network namespace: {e}");
-            }
-            eprintln!("note: skipping a TAP test (needs root): {e}");
-            None
-        }
-    }
-}
-
 /// The host pings the guest over TAP and gets UDP echoes, with the PV NIC polled
 /// (`doorbell`: frames land in the RX ring from the VMM's event loop) and by completion
 /// interrupt (`irq`: the guest halts between frames).
@@ -195,7 +179,9 @@ fn host_pings_the_pv_nic_and_gets_udp_echoes_over_tap() {
         return;
     }
     for path in ["doorbell", "irq"] {
-        let Some(ns) = netns(path) else { return };
+        let Some(ns) = common::tap_peer::netns("pvkit-pvnic", path) else {
+            return;
+        };
         let name = ns.name().unwrap_or_default().to_owned();
         let backend = NetBackendConfig::Tap {
             netns: Some(name.clone()),

@@ -1,5 +1,5 @@
-//! The host side of the TAP tests (run inside the test's network namespace): ICMP pings
-//! and UDP echoes to the built-in guest's `net=serve` mode at [`GUEST_IP`].
+//! The host side of the TAP tests: their network namespace ([`netns`]), and ICMP pings and
+//! UDP echoes (run inside it) to the built-in guest's `net=serve` mode at [`GUEST_IP`].
 
 use std::net::{SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
@@ -62,4 +62,21 @@ pub fn host_side(tag: u8) -> (u32, u32) {
     udp.send_to(b"bye", SocketAddrV4::new(GUEST_IP, 9999))
         .unwrap();
     (replies, echoes)
+}
+
+/// A network namespace `<prefix>-<pid>-<tag>` for a TAP test, or `None` (skip) without
+/// privileges; under `CI=true` a failure. The VMM opens it by name; it is deleted when the
+/// returned value is dropped.
+pub fn netns(prefix: &str, tag: &str) -> Option<pvkit_net::netns::NetNs> {
+    let name = format!("{prefix}-{}-{tag}", std::process::id());
+    match pvkit_net::netns::NetNs::create(&name) {
+        Ok(ns) => Some(ns),
+        Err(e) => {
+            if super::ci() {
+                panic!("CI=true but the TAP test cannot create a network namespace: {e}");
+            }
+            eprintln!("note: skipping a TAP test (needs root): {e}");
+            None
+        }
+    }
 }
