@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -21,11 +20,7 @@ const PVKIT: &str = env!("CARGO_BIN_EXE_pvkit");
 const WAIT: Duration = Duration::from_secs(60);
 
 fn dir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("pvkit-lifecycle-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::fresh_dir("pvkit-lifecycle", name)
 }
 
 /// A `pvkit run --api` VM whose console lines arrive on a channel.
@@ -55,14 +50,7 @@ impl Running {
             .spawn()
             .expect("spawn pvkit");
         let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = common::line_channel(out);
         Self {
             child,
             lines,

@@ -15,7 +15,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -38,11 +38,7 @@ const MIGRATE_AT: u64 = 300;
 const MEM_MIB: u64 = 128;
 
 fn dir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("pvkit-migrate-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::fresh_dir("pvkit-migrate", name)
 }
 
 /// A free loopback port (bound and released: the target binds it again at once).
@@ -53,11 +49,13 @@ fn free_port() -> SocketAddr {
         .unwrap()
 }
 
-/// A `pvkit run` whose stdout lines arrive on a channel as they are printed.
+/// A `pvkit run` whose stdout and stderr lines arrive on channels as they are printed.
 struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
+    err_lines: mpsc::Receiver<String>,
+    err_seen: Vec<String>,
 }
 
 impl Running {
@@ -68,19 +66,14 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start pvkit");
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = common::line_channel(child.stdout.take().unwrap());
+        let err_lines = common::line_channel(child.stderr.take().unwrap());
         Self {
             child,
             lines,
             seen: Vec::new(),
+            err_lines,
+            err_seen: Vec::new(),
         }
     }
 
@@ -103,23 +96,36 @@ impl Running {
         panic!("no line {prefix:?}; seen: {:?}", self.seen.last());
     }
 
+    /// Waits until a `pvkit run --incoming` target listens (its stderr says so), so that a
+    /// source started next cannot try to connect before the port is bound again.
+    fn wait_listening(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        while !self
+            .err_seen
+            .iter()
+            .any(|l| l.starts_with("pvkit: incoming migration: waiting on"))
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.err_lines.recv_timeout(left) {
+                Ok(l) => self.err_seen.push(l),
+                Err(e) => panic!("the target never listened ({e}): {:?}", self.err_seen),
+            }
+        }
+    }
+
     /// Waits for the process; all its stdout lines and its stderr.
     fn finish(mut self) -> (i32, Vec<String>, String) {
         let t = Instant::now();
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
-                let mut err = String::new();
-                use std::io::Read;
-                self.child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut err)
-                    .unwrap();
-                // The reader thread ends with the pipe.
+                // The reader threads end with the pipes.
                 while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
                     self.seen.push(l);
                 }
+                while let Ok(l) = self.err_lines.recv_timeout(Duration::from_secs(5)) {
+                    self.err_seen.push(l);
+                }
+                let err: String = self.err_seen.iter().map(|l| format!("{l}\n")).collect();
                 return (st.code().expect("exit status"), self.seen, err);
             }
             assert!(t.elapsed() < WAIT, "pvkit did not end");
@@ -186,7 +192,8 @@ fn migrate_pair(name: &str, hints: bool) -> Migrated {
     let api = d.join("api.sock");
     let to = free_port();
     let to_s = to.to_string();
-    let target = Running::start(&["run", "--incoming", &to_s, "--stats", "--timeout", "120"]);
+    let mut target = Running::start(&["run", "--incoming", &to_s, "--stats", "--timeout", "120"]);
+    target.wait_listening();
     let cmdline = format!(
         "workload={TICKS} workload_ms={TICK_MS} workload_disk{}",
         if hints { " hints" } else { "" }
@@ -349,7 +356,8 @@ fn a_truncated_or_corrupt_stream_is_refused_and_a_refused_migration_leaves_the_s
     let api = d.join("api.sock");
     let to = free_port();
     let to_s = to.to_string();
-    let target = Running::start(&["run", "--incoming", &to_s, "--mem", "64"]);
+    let mut target = Running::start(&["run", "--incoming", &to_s, "--mem", "64"]);
+    target.wait_listening();
     let mut source = Running::start(&[
         "run",
         "--console",
@@ -413,7 +421,8 @@ fn echo_migrates(path: &str) {
     let nic = ["--net", "loopback", "--nic", "pv"];
     let mut target_args = vec!["run", "--incoming", &to_s, "--timeout", "120"];
     target_args.extend(nic);
-    let target = Running::start(&target_args);
+    let mut target = Running::start(&target_args);
+    target.wait_listening();
     let cmdline = format!("net=echo count={COUNT} pvnet={path}");
     let mut source_args = vec!["run", "--api", api.to_str().unwrap(), "--timeout", "120"];
     source_args.extend(nic);
@@ -465,7 +474,8 @@ fn a_target_without_the_sources_nic_refuses_the_vm() {
     let api = d.join("api.sock");
     let to = free_port();
     let to_s = to.to_string();
-    let target = Running::start(&["run", "--incoming", &to_s, "--timeout", "60"]);
+    let mut target = Running::start(&["run", "--incoming", &to_s, "--timeout", "60"]);
+    target.wait_listening();
     let mut source = Running::start(&[
         "run",
         "--api",

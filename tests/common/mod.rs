@@ -59,6 +59,31 @@ fn guest_ready(built: bool, what: &str) -> bool {
     kvm_available()
 }
 
+/// An empty directory `<prefix>-<pid>-<name>` under the target's temp dir (what an earlier
+/// run left there is removed first).
+pub fn fresh_dir(prefix: &str, name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{prefix}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The lines `out` yields (a child's stdout), sent on the returned channel by a thread as
+/// they are printed; the channel closes with the pipe.
+pub fn line_channel(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
 /// Writes `bytes` to a fresh file under the target's temp dir and returns its path.
 pub fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
     let dir =
