@@ -51,8 +51,6 @@ enum Command {
     Fleet(FleetArgs),
     /// Send a request to a running VM's control API (`pvkit run --api PATH`).
     Ctl(CtlArgs),
-    /// Time snapshots of a running built-in guest and restores until it runs again.
-    SnapshotBench(SnapshotBenchArgs),
 }
 
 const FLEET_HELP: &str = "\
@@ -188,43 +186,6 @@ fn fleet(args: &FleetArgs) -> anyhow::Result<u8> {
     } else {
         STATUS_FLEET_FAILED
     })
-}
-
-#[derive(clap::Args, Debug)]
-struct SnapshotBenchArgs {
-    /// Guest RAM in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 128)]
-    mem: u64,
-    /// Snapshots and restores to time.
-    #[arg(long, value_name = "N", default_value_t = 10,
-          value_parser = clap::value_parser!(u32).range(1..=1000))]
-    iterations: u32,
-    /// Where the snapshot and the disk image go (default: a new directory under the
-    /// system temp directory, removed at the end).
-    #[arg(long, value_name = "DIR")]
-    dir: Option<PathBuf>,
-    /// Do not confine the vCPU threads with seccomp.
-    #[arg(long)]
-    no_seccomp: bool,
-}
-
-fn snapshot_bench(args: &SnapshotBenchArgs) -> anyhow::Result<u8> {
-    use pvkit_cli::lifecycle_bench::{run, LifecycleBench};
-    let temp = args.dir.is_none();
-    let dir = args.dir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("pvkit-snapshot-bench-{}", std::process::id()))
-    });
-    let r = run(&LifecycleBench {
-        mem_mib: args.mem,
-        iterations: args.iterations,
-        dir: dir.clone(),
-        seccomp: !args.no_seccomp,
-    });
-    if temp {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    print!("{}", r?.render());
-    Ok(0)
 }
 
 #[derive(clap::Args, Debug)]
@@ -681,28 +642,16 @@ fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
             .disk
             .as_ref()
             .context("--overlay: the snapshot has no disk")?;
-        // A clone of a clone is an overlay over the same base.
-        let root = base.base.clone().unwrap_or_else(|| base.path.clone());
         if base.base.is_some() {
             anyhow::bail!("--overlay: the snapshot's disk is itself an overlay; clone from a snapshot of a VM on a plain image");
         }
-        let kind = pvkit_vmm::io::disk::create_overlay(&root, overlay).with_context(|| {
-            format!(
-                "cannot create the overlay {} over {}",
-                overlay.display(),
-                root.display()
-            )
-        })?;
+        let (disk, kind) = pvkit_cli::lifecycle::clone_disk(&base.path, overlay)?;
         eprintln!(
             "pvkit: disk {}: {kind} over {}",
             overlay.display(),
-            root.display()
+            base.path.display()
         );
-        cfg.disk = Some(DiskConfig {
-            path: overlay.clone(),
-            read_only: false,
-            base: (kind == pvkit_vmm::io::disk::OverlayKind::Block).then_some(root),
-        });
+        cfg.disk = Some(disk);
     }
     let mut hooks: Vec<pvkit_vmm::vm::ControlHook> = Vec::new();
     // Bound before the guest runs: a path in use fails at once.
@@ -881,12 +830,19 @@ enum DeviceArg {
     Irq,
     /// One spinlock contended by 2, 4 and 8 vCPUs: plain ticket lock vs the PV lock.
     Spinlock,
+    /// Snapshot (pause, sparse write, resume), restore to running, and N clones sharing
+    /// the memory file, of a running 128 MiB guest; each checked to continue.
+    Snapshot,
+    /// Live migration of a 128 MiB guest over loopback: free-page hints on vs off (total
+    /// time, bytes, rounds, downtime); continuity and exact exits checked.
+    Migrate,
 }
 
 #[derive(clap::Args, Debug)]
 struct BenchArgs {
     /// Run only these devices (repeat or comma-separate). Default: every device but `fleet` (`fleet`
     /// runs only when named: it needs root and writes fleet.json and fleet.md instead).
+    /// `snapshot` and `migrate` run after the device boots, in the same report.
     #[arg(long, value_enum, value_delimiter = ',', value_name = "DEVICE")]
     only: Vec<DeviceArg>,
 
@@ -979,7 +935,7 @@ fn fleet_bench(args: &BenchArgs) -> anyhow::Result<u8> {
 }
 
 fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
-    use pvkit_cli::bench_runner::{self as runner, BenchConfig, BenchDevice};
+    use pvkit_cli::bench_runner::{self as runner, BenchConfig, BenchDevice, LifecycleBench};
     let timeout = match args.timeout {
         None if args.quick => runner::DEFAULT_QUICK_TIMEOUT,
         None => runner::DEFAULT_TIMEOUT,
@@ -991,6 +947,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
         _ => timeout,
     };
     let mut devices: Vec<BenchDevice> = Vec::new();
+    let mut lifecycle: Vec<LifecycleBench> = Vec::new();
     let mut fleet = false;
     for d in &args.only {
         let d = match d {
@@ -1008,6 +965,16 @@ fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
                 fleet = true;
                 continue;
             }
+            DeviceArg::Snapshot | DeviceArg::Migrate => {
+                let l = match d {
+                    DeviceArg::Snapshot => LifecycleBench::Snapshot,
+                    _ => LifecycleBench::Migrate,
+                };
+                if !lifecycle.contains(&l) {
+                    lifecycle.push(l);
+                }
+                continue;
+            }
         };
         if !devices.contains(&d) {
             devices.push(d);
@@ -1016,15 +983,17 @@ fn bench(args: &BenchArgs) -> anyhow::Result<u8> {
     if fleet {
         // The fleet is its own run with its own files; devices asked for too run after it.
         let status = fleet_bench(args)?;
-        if devices.is_empty() || status != 0 {
+        if (devices.is_empty() && lifecycle.is_empty()) || status != 0 {
             return Ok(status);
         }
     }
-    if devices.is_empty() {
+    if devices.is_empty() && lifecycle.is_empty() {
         devices = BenchDevice::ALL.to_vec();
+        lifecycle = LifecycleBench::ALL.to_vec();
     }
     let cfg = BenchConfig {
         devices,
+        lifecycle,
         quick: args.quick,
         iterations: args.iterations,
         disk: args.disk.clone(),
@@ -1091,7 +1060,6 @@ fn main() -> ExitCode {
         Command::New(args) => new_guest(args),
         Command::Fleet(args) => fleet(args),
         Command::Ctl(args) => ctl(args),
-        Command::SnapshotBench(args) => snapshot_bench(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -22,6 +22,7 @@ pub mod console_check;
 pub mod disk;
 pub mod expected;
 pub mod host_rtt;
+pub mod lifecycle_cases;
 pub mod names;
 pub mod progress;
 pub mod rss;
@@ -42,6 +43,7 @@ use pvkit_vmm::runtime::stop::StopReason;
 use pvkit_vmm::vm::{ConsoleKind, KernelSource, RunOutcome, VmConfig};
 use pvkit_vmm::vstate::kvm::{open_kvm, PlatformError, PlatformKind};
 
+pub use lifecycle_cases::LifecycleBench;
 pub use names::BenchDevice;
 use progress::Progress;
 
@@ -76,6 +78,9 @@ pub const DEFAULT_MEM_MIB: u64 = 128;
 pub struct BenchConfig {
     /// The devices, each in its own boot, in this order.
     pub devices: Vec<BenchDevice>,
+    /// The lifecycle benchmarks (snapshot, migrate), run after the devices
+    /// ([`lifecycle_cases`]).
+    pub lifecycle: Vec<LifecycleBench>,
     /// Pass `quick` to the guest (fewer ops per case).
     pub quick: bool,
     /// Boots per device; the cases of all boots are pooled.
@@ -108,6 +113,7 @@ impl Default for BenchConfig {
     fn default() -> Self {
         Self {
             devices: BenchDevice::ALL.to_vec(),
+            lifecycle: LifecycleBench::ALL.to_vec(),
             quick: false,
             iterations: 1,
             disk: None,
@@ -263,7 +269,7 @@ impl Image {
 /// Runs the benchmarks. Problems with single devices become failed cases; only problems
 /// with the whole run (no KVM, no disk image) are errors.
 pub fn run(cfg: &BenchConfig) -> Result<BenchOutcome, RunnerError> {
-    if cfg.devices.is_empty() {
+    if cfg.devices.is_empty() && cfg.lifecycle.is_empty() {
         return Err(RunnerError::NoDevices);
     }
     if cfg.iterations == 0 {
@@ -285,7 +291,12 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchOutcome, RunnerError> {
         .devices
         .iter()
         .map(|d| d.expected_cases() * d.selections().len() as u64 * u64::from(cfg.iterations))
-        .sum();
+        .sum::<u64>()
+        + cfg
+            .lifecycle
+            .iter()
+            .map(|l| l.expected_cases())
+            .sum::<u64>();
     let bar = Progress::new(cfg.progress && progress::wanted(), expected);
 
     // The disk (and its baseline) only if a block boot will run.
@@ -341,17 +352,25 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchOutcome, RunnerError> {
             }
         }
     }
-    bar.finish();
     // The temporary image is removed here (and on every early return above).
     drop(image);
+    let lifecycle = lifecycle_cases::run(&cfg.lifecycle, cfg, &|name| bar.device(name));
+    bar.finish();
 
-    let (cases, problems, unavailable) = collect(&runs);
+    let (mut cases, mut problems, unavailable) = collect(&runs);
+    let lifecycle_cases::LifecycleOutcome {
+        cases: lifecycle_cases,
+        problems: lifecycle_problems,
+        tsc_khz: lifecycle_tsc,
+    } = lifecycle;
+    cases.extend(lifecycle_cases);
+    problems.extend(lifecycle_problems);
     let tsc_khz = runs
         .iter()
         .filter_map(|r| r.result.as_ref().ok())
-        .find_map(|o| o.platform.tsc_khz);
+        .find_map(|o| o.platform.tsc_khz)
+        .or(lifecycle_tsc);
     platform.tsc_khz = tsc_khz.map_or(0, u64::from);
-    let mut cases = cases;
     latency_from_cycles(&mut cases, platform.tsc_khz);
     let mut report = Report {
         platform,
