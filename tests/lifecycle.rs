@@ -3,7 +3,8 @@
 //! and the disk's sector 0 checked to hold the previous step's record, by the guest):
 //! pause and snapshot through the control API (`pvkit run --api`), restore
 //! (`pvkit run --restore`) continuing exactly where the guest stopped, clones with their
-//! own copy-on-write disks, refused state files and refused API requests.
+//! own copy-on-write disks (block-level overlays here, reflink copies on a loop-mounted XFS
+//! with reflinks), refused state files and refused API requests.
 
 mod common;
 
@@ -203,15 +204,14 @@ fn snapshot_restore_continues_counter_clock_and_disk() {
     assert_eq!(disk_record(&disk), *after.last().unwrap());
 }
 
-#[test]
-fn clones_share_the_snapshot_and_keep_their_disks_apart() {
-    if !common::builtin_ready() {
-        return;
-    }
-    let d = dir("clones");
+/// Snapshots the counter in `d` on a fresh base disk, restores 3 clones of it at once,
+/// each with its own `--overlay` in `d`, runs them to the end and checks that each went on
+/// where the snapshot stopped with a disk of its own (a write in one clone is invisible to
+/// the others and to the base). Returns each clone's overlay and stderr.
+fn clones_apart(d: &Path) -> Vec<(PathBuf, String)> {
     let disk = d.join("base.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    let (snap, before) = snapshot_at(&d, &disk, 20, 5);
+    let (snap, before) = snapshot_at(d, &disk, 20, 5);
     let base_before = std::fs::read(&disk).unwrap();
     let &(k, t_k) = before.last().unwrap();
 
@@ -227,15 +227,12 @@ fn clones_share_the_snapshot_and_keep_their_disks_apart() {
         })
         .collect();
     let mut lasts = Vec::new();
+    let mut done = Vec::new();
     for (overlay, child) in clones {
         let o = child.wait_with_output().unwrap();
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
-        assert_eq!(
-            o.status.code(),
-            Some(0),
-            "{out}\n{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
         let lines: Vec<String> = out.lines().map(str::to_owned).collect();
         let s = steps(&lines);
         assert_eq!(s.first().map(|s| s.0), Some(k + 1), "{out}");
@@ -243,6 +240,7 @@ fn clones_share_the_snapshot_and_keep_their_disks_apart() {
         // Each clone's disk holds its own last record (its own clock time).
         assert_eq!(disk_record(&overlay), *s.last().unwrap());
         lasts.push(s.last().unwrap().1);
+        done.push((overlay, err));
     }
     // Three clones, three different last records: no clone saw another's writes (the
     // guests check each step's read-back too), and the base is untouched.
@@ -255,6 +253,54 @@ fn clones_share_the_snapshot_and_keep_their_disks_apart() {
         base == (k, t_k) || base.0 == k + 1,
         "{base:?} after step {k}"
     );
+    done
+}
+
+#[test]
+fn clones_share_the_snapshot_and_keep_their_disks_apart() {
+    if !common::builtin_ready() {
+        return;
+    }
+    clones_apart(&dir("clones"));
+}
+
+/// The reflink path of clones: on XFS with reflinks (a loop-mounted image,
+/// [`common::loop_fs`]) each clone's disk is a `FICLONE` copy, an ordinary image sharing
+/// the base's blocks; the clones are as isolated as on the block-level overlay, and only
+/// the block each clone wrote (sector 0's record) stopped being shared.
+#[test]
+fn clones_on_a_reflink_filesystem_are_reflink_copies_and_stay_apart() {
+    if !common::builtin_ready() {
+        return;
+    }
+    let Some(fs) = common::loop_fs::ReflinkFs::mount_or_skip(&dir("reflink")) else {
+        return;
+    };
+    let clones = clones_apart(fs.path());
+    for (overlay, err) in &clones {
+        assert!(
+            err.contains(&format!(
+                "pvkit: disk {}: reflink copy over",
+                overlay.display()
+            )),
+            "{err}"
+        );
+        // A reflink copy is a plain image of the base's size (no block-level overlay).
+        assert_eq!(std::fs::metadata(overlay).unwrap().len(), 1 << 20);
+        // Written back first: XFS moves a copied-on-write block into the file at writeback.
+        std::fs::File::open(overlay).unwrap().sync_all().unwrap();
+        let ext = common::loop_fs::extents(overlay);
+        assert!(!ext.is_empty(), "no extents: {ext:?}");
+        // Block 0 (the clone's own record) is its own; the rest still the base's.
+        let first = ext.iter().find(|e| e.0 == 0).expect("an extent at block 0");
+        assert!(!first.2, "the written block is still shared: {ext:?}");
+        let shared: u64 = ext.iter().filter(|e| e.2).map(|e| e.1 - e.0 + 1).sum();
+        assert!(
+            shared >= 255 - 1,
+            "{shared} of 256 blocks still shared with the base: {ext:?}"
+        );
+    }
+    drop(fs);
 }
 
 #[test]
