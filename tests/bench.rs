@@ -60,6 +60,50 @@ fn exits(c: &Value) -> f64 {
         .unwrap_or_else(|| panic!("userspace_exits_per_op is not a number in {c}"))
 }
 
+/// The devices whose cases measure the VM lifecycle (`bench_runner::lifecycle_cases`).
+const LIFECYCLE: &[&str] = &["snapshot", "migrate"];
+
+/// The lifecycle cases: timed by the host clock, their checks passed (the case is
+/// verified, above); the migration pair is hints off (the baseline) against hints on,
+/// which sent fewer bytes and says so in its notes.
+fn assert_lifecycle(device: &str, workload: &str, emulated: &[&&Value], pv: &[&&Value]) {
+    for c in emulated.iter().chain(pv) {
+        assert_eq!(c["latency_method"], "host_clock", "{}: {c}", name(c));
+        assert!(
+            c["notes"].to_string().contains("checked: "),
+            "{}: {c}",
+            name(c)
+        );
+    }
+    match device {
+        "snapshot" => {
+            assert!(emulated.is_empty(), "{device}/{workload}");
+            assert_eq!(pv.len(), 1, "{device}/{workload}");
+            if workload.starts_with("snapshot-") {
+                // Sparse: far less than the guest's RAM was written per snapshot.
+                let c = pv[0];
+                let per_op = c["bytes"].as_f64().unwrap() / c["ops"].as_f64().unwrap();
+                assert!(per_op > 0.0 && per_op < (16 << 20) as f64, "{c}");
+            }
+        }
+        _ => {
+            assert_eq!((emulated.len(), pv.len()), (1, 1), "{device}/{workload}");
+            let bytes = |c: &Value| c["bytes"].as_u64().expect("bytes");
+            assert!(
+                bytes(pv[0]) < bytes(emulated[0]),
+                "{}: {}",
+                pv[0],
+                emulated[0]
+            );
+            assert!(
+                pv[0]["notes"].to_string().contains("free fraction"),
+                "{}",
+                pv[0]
+            );
+        }
+    }
+}
+
 /// The net workload whose round trips the host originates and times.
 const HOST_ECHO: &str = "udp-echo-host-64B";
 
@@ -139,7 +183,14 @@ fn quick_bench_verifies_every_case_and_exit_counts_order_as_designed() {
         );
         assert!(c["failure"].is_null(), "{}: {c}", name(c));
         assert!(c["ops"].as_u64().is_some_and(|n| n > 0), "{}", name(c));
-        for f in ["ns_per_op", "throughput", "guest_cycles_per_op_median"] {
+        // The lifecycle cases are the VMM's work, timed by the host: no guest cycles.
+        let host_side = LIFECYCLE.contains(&s(c, "device"));
+        let timed: &[&str] = if host_side {
+            &["ns_per_op", "throughput"]
+        } else {
+            &["ns_per_op", "throughput", "guest_cycles_per_op_median"]
+        };
+        for f in timed {
             assert!(
                 c[f].as_f64().is_some(),
                 "{}: {f} is not a number: {c}",
@@ -159,6 +210,7 @@ fn quick_bench_verifies_every_case_and_exit_counts_order_as_designed() {
     let devices: Vec<&str> = cases.iter().map(|c| s(c, "device")).collect();
     for d in [
         "console", "block", "clock", "exit", "net", "ipi", "smp", "balloon", "irq", "spinlock",
+        "snapshot", "migrate",
     ] {
         assert!(devices.contains(&d), "no {d} cases in {devices:?}");
     }
@@ -203,6 +255,10 @@ fn quick_bench_verifies_every_case_and_exit_counts_order_as_designed() {
         }
         if *device == "irq" {
             // Its own test below: emulated and PV acknowledges may both cost 0 exits.
+            continue;
+        }
+        if LIFECYCLE.contains(device) {
+            assert_lifecycle(device, workload, &emulated, &pv);
             continue;
         }
         if *device == "exit" {
@@ -455,6 +511,8 @@ fn help_explains_every_flag() {
         "--disk",
         "--timeout",
         "--mem",
+        "snapshot",
+        "migrate",
     ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use pvkit_cli::lifecycle::counter;
 use pvkit_vmm::api::client::{send, send_raw};
 use pvkit_vmm::api::request::{Request, Response};
 
@@ -95,23 +96,17 @@ impl Running {
     }
 }
 
-/// `counter I t=NS` → (I, NS).
-fn step(line: &str) -> Option<(u64, u64)> {
-    let rest = line.strip_prefix("counter ")?;
-    let (i, t) = rest.split_once(" t=")?;
-    Some((i.parse().ok()?, t.parse().ok()?))
-}
-
+/// The `counter I t=NS` lines as (I, NS) (the parser `pvkit bench --only snapshot` checks
+/// with).
 fn steps(lines: &[String]) -> Vec<(u64, u64)> {
-    lines.iter().filter_map(|l| step(l)).collect()
+    counter::steps(&lines.join("\n"))
 }
 
 /// Sector 0's counter record (step, time).
 fn disk_record(path: &Path) -> (u64, u64) {
-    let b = std::fs::read(path).unwrap();
-    assert_eq!(&b[..5], b"PVCNT", "no counter record in {}", path.display());
-    let word = |r: std::ops::Range<usize>| u64::from_le_bytes(b[r].try_into().unwrap());
-    (word(8..16), word(16..24))
+    counter::read_record(path)
+        .unwrap()
+        .unwrap_or_else(|| panic!("no counter record in {}", path.display()))
 }
 
 /// Boots the counter, pauses it after step `at`, snapshots into `dir/snap`, terminates it.

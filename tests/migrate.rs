@@ -22,6 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use pvkit_cli::lifecycle::workload;
 use pvkit_vmm::api::client::send;
 use pvkit_vmm::api::request::{MigrationReply, Request};
 use pvkit_vmm::migration::stream::{Header, StreamWriter};
@@ -134,24 +135,14 @@ impl Running {
     }
 }
 
-/// The ticks printed, in order.
+/// The ticks printed, in order (the parser `pvkit bench --only migrate` checks with).
 fn ticks(lines: &[String]) -> Vec<u64> {
-    lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
-        .collect()
+    workload::ticks(&lines.join("\n"))
 }
 
 /// `ack TICK lba LBA` lines: the last acknowledged tick per sector.
 fn acks(lines: &[String]) -> BTreeMap<u64, u64> {
-    let mut m = BTreeMap::new();
-    for l in lines {
-        let w: Vec<&str> = l.split_whitespace().collect();
-        if let ["ack", t, "lba", s] = w[..] {
-            m.insert(s.parse().unwrap(), t.parse().unwrap());
-        }
-    }
-    m
+    workload::acks(&lines.join("\n"))
 }
 
 /// The count of one exit kind in a `--stats` report on stderr (0 if absent).
@@ -167,13 +158,7 @@ fn stat(stderr: &str, kind: &str) -> u64 {
 
 /// `workload: free START..END MIB MiB hints=…` → MiB.
 fn free_mib(lines: &[String]) -> u64 {
-    lines
-        .iter()
-        .find_map(|l| {
-            let rest = l.strip_prefix("workload: free ")?;
-            rest.split_whitespace().nth(1)?.parse().ok()
-        })
-        .expect("the workload's free line")
+    workload::free_mib(&lines.join("\n")).expect("the workload's free line")
 }
 
 struct Migrated {
