@@ -2,7 +2,8 @@
 //! [`crate::lifecycle`] as report cases. The VMM does the work here, not the guest, so
 //! these cases are timed by the host clock and carry no guest cycles; their exact counts
 //! are bytes and pages (written, sent, skipped), rounds and steps, in `bytes` and the
-//! notes. A measurement whose check failed is a FAILED case with the reason.
+//! notes, and for a snapshot the exits its pause cost the guest. A measurement whose check
+//! failed is a FAILED case with the reason.
 //!
 //! - `snapshot`: `snapshot-<RAM>` (pause + capture + sparse write + resume of the
 //!   running guest), `restore-to-running` (up to the vCPU's first `KVM_RUN`, then the
@@ -246,6 +247,15 @@ pub fn snapshot_report(r: &SnapshotResults) -> Vec<Case> {
         written,
         "snapshots/s",
     );
+    // What a snapshot costs the guest in exits: its pause kicks the vCPU out of KVM_RUN
+    // (one `Interrupted` exit, a second if a re-kick was needed). The last pause (of the
+    // snapshot restored below) counts too.
+    let pauses = r.snapshots.len() as f64 + 1.0;
+    snap.userspace_exits_per_op = r.pause_exits as f64 / pauses;
+    snap.exits_by_kind.insert(
+        pvkit_vmm::exit::ledger::ExitKind::Interrupted.to_string(),
+        snap.userspace_exits_per_op,
+    );
     snap.notes.push(format!(
         "pause + capture + disk fdatasync + vm.mem + vm.state + resume of the running guest; \
          pause median {}",
@@ -263,11 +273,10 @@ pub fn snapshot_report(r: &SnapshotResults) -> Vec<Case> {
     }
     snap.notes.push(format!(
         "checked: the guest counted on across all {} snapshots ({} steps, each once, clock \
-         monotonic); {} pause exits (Interrupted) over {} pauses",
+         monotonic); exits/op: {} Interrupted exits over {pauses} pauses",
         r.snapshots.len(),
         r.original_steps,
         r.pause_exits,
-        r.snapshots.len() + 1
     ));
 
     let runs: Vec<Duration> = r.restores.iter().map(|s| s.to_running).collect();
