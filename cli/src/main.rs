@@ -791,7 +791,9 @@ Each device gets its own guest boot (bench=<device> on the guest command line), 
 whose guest crashes loses only its own cases. The Markdown report goes to stdout; the guest's
 console output is captured and checked, never printed. Cases the guest skipped (a host
 feature or device it needs is missing) are listed as unavailable on stderr and in results.md;
-they do not fail the run. Method: docs/BENCHMARKS.md.
+they do not fail the run. After the devices, `snapshot` and `migrate` measure the VM
+lifecycle in this process (snapshot, restore, clones; live migration with free-page hints
+against without), each case checked against what the guest did. Method: docs/BENCHMARKS.md.
 
 Exit status:
   0     every case verified and every guest exited cleanly
