@@ -1,0 +1,164 @@
+//! The `migrate` cases: the PV pair, live migration with free-page hints against without.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pvkit_report::{Case, Kind};
+
+use super::{fail, host_case, mib, ms, LifecycleOutcome, LifecycleSizes};
+use crate::bench_runner::BenchConfig;
+use crate::lifecycle::migrate::{self, MigrateConfig, MigrationSample};
+use crate::lifecycle::LifecycleError;
+
+pub(super) fn migrate_cases(
+    cfg: &BenchConfig,
+    sizes: &LifecycleSizes,
+    dir: PathBuf,
+    out: &mut LifecycleOutcome,
+) {
+    let mc = MigrateConfig {
+        mem_mib: cfg.mem_mib,
+        ticks: sizes.ticks,
+        migrate_at: sizes.migrate_at,
+        dir,
+        seccomp: cfg.seccomp,
+        timeout: cfg.timeout,
+    };
+    let workload = format!("live-{}", mib(cfg.mem_mib << 20));
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    let mut failed: [Option<LifecycleError>; 2] = [None, None];
+    for _ in 0..sizes.migrations {
+        for (hints, samples) in [(false, &mut without), (true, &mut with)] {
+            if failed[usize::from(hints)].is_some() {
+                continue;
+            }
+            // A pre-copy slower than the room (a loaded machine) is measured again with a
+            // longer workload, once.
+            let longer = MigrateConfig {
+                ticks: mc.migrate_at + 4 * (mc.ticks - mc.migrate_at),
+                ..mc.clone()
+            };
+            let r = match migrate::run_one(&mc, hints) {
+                Err(LifecycleError::WorkloadEnded(_)) => migrate::run_one(&longer, hints),
+                r => r,
+            };
+            match r {
+                Ok(s) => samples.push(s),
+                Err(e) => failed[usize::from(hints)] = Some(e),
+            }
+        }
+    }
+    let [off_err, on_err] = failed;
+    let mut off = match off_err {
+        Some(e) => {
+            fail(
+                out,
+                "migrate",
+                &[("hints-off", Kind::Emulated)],
+                &workload,
+                &e,
+            );
+            None
+        }
+        None => Some(migrate_case(
+            "hints-off",
+            Kind::Emulated,
+            &workload,
+            &without,
+        )),
+    };
+    let mut on = match on_err {
+        Some(e) => {
+            fail(
+                out,
+                "migrate",
+                &[("free-page-hints", Kind::Pv)],
+                &workload,
+                &e,
+            );
+            None
+        }
+        None => Some(migrate_case("free-page-hints", Kind::Pv, &workload, &with)),
+    };
+    // The pair: every run with hints against every run without.
+    if let (Some(c), Some(_)) = (&mut on, &off) {
+        let bad = with
+            .iter()
+            .flat_map(|w| without.iter().map(move |o| migrate::check_pair(w, o)))
+            .find_map(Result::err);
+        match bad {
+            Some(why) => {
+                out.problems.push(format!("migrate: {why}"));
+                c.failure = Some(why);
+                c.verified = false;
+            }
+            None => c.notes.push(format!(
+                "checked: bytes with hints ≤ bytes without × (1 − free fraction {:.3})",
+                with.first().map_or(0.0, MigrationSample::free_fraction)
+            )),
+        }
+    }
+    out.tsc_khz = out
+        .tsc_khz
+        .or(with.iter().chain(&without).find_map(|s| s.tsc_khz));
+    out.cases.extend(off.take());
+    out.cases.extend(on.take());
+}
+
+fn migrate_case(variant: &str, kind: Kind, workload: &str, runs: &[MigrationSample]) -> Case {
+    let totals: Vec<Duration> = runs.iter().map(|s| s.report.total).collect();
+    let bytes = runs.iter().map(|s| s.report.bytes).sum();
+    let mut c = host_case(
+        "migrate",
+        variant,
+        kind,
+        workload.into(),
+        &totals,
+        bytes,
+        "migrations/s",
+    );
+    let list =
+        |f: &dyn Fn(&MigrationSample) -> String| runs.iter().map(f).collect::<Vec<_>>().join(", ");
+    c.notes.push(format!(
+        "downtime (pause → target's go) {}: pause / final round / state capture / target \
+         rebuild µs {}",
+        list(&|s| ms(s.report.downtime)),
+        list(&|s| {
+            let p = &s.report.downtime_parts;
+            format!(
+                "{}/{}/{}/{}",
+                p.pause.as_micros(),
+                p.final_round.as_micros(),
+                p.capture.as_micros(),
+                p.target.as_micros()
+            )
+        })
+    ));
+    c.notes.push(format!(
+        "bytes sent {}; rounds {}; pages with content {}; pages skipped as hinted free {}; \
+         zero pages {}; state {} bytes",
+        list(&|s| s.report.bytes.to_string()),
+        list(&|s| s.report.ram.rounds.len().to_string()),
+        list(&|s| s.report.ram.data_pages().to_string()),
+        list(&|s| s.report.ram.hinted_pages().to_string()),
+        list(&|s| s
+            .report
+            .ram
+            .rounds
+            .iter()
+            .map(|r| r.zero_pages)
+            .sum::<u64>()
+            .to_string()),
+        list(&|s| s.report.state_bytes.to_string()),
+    ));
+    if let Some(s) = runs.first() {
+        c.notes.push(format!(
+            "checked: {} ticks once each across both hosts ({} on the source), every \
+             acknowledged write on the disk, exits of the whole run exact, both ends counted \
+             the same bytes; guest free RAM {} of {} MiB",
+            s.ticks, s.ticks_on_source, s.free_mib, s.mem_mib
+        ));
+    }
+    c
+}
