@@ -50,7 +50,7 @@ pub(super) fn migrate_cases(
         }
     }
     let [off_err, on_err] = failed;
-    let mut off = match off_err {
+    let off = match off_err {
         Some(e) => {
             fail(
                 out,
@@ -102,8 +102,8 @@ pub(super) fn migrate_cases(
     out.tsc_khz = out
         .tsc_khz
         .or(with.iter().chain(&without).find_map(|s| s.tsc_khz));
-    out.cases.extend(off.take());
-    out.cases.extend(on.take());
+    out.cases.extend(off);
+    out.cases.extend(on);
 }
 
 fn migrate_case(variant: &str, kind: Kind, workload: &str, runs: &[MigrationSample]) -> Case {
