@@ -9,6 +9,12 @@
 //!   restored guest thus proves its disk holds exactly what it wrote before the snapshot,
 //!   and a clone proves no other clone wrote to its disk meanwhile (each record carries
 //!   its own clock time, which differs from clone to clone).
+//!
+//! With `balloon_follow` ([`CounterArgs::balloon_batch`]) each step first follows the
+//! host-set balloon target ([`pvkit_guest::balloon::BalloonDriver`], one `BalloonTarget`
+//! call a step and at most one inflate or deflate of `balloon_batch` pages) over the free
+//! RAM above the heap ([`crate::balloon::free_region_start`] to the top of RAM), and prints
+//! `balloon: target T gen G: +I -D, B ballooned` whenever it moved or a new target came.
 
 use pvkit_abi::boot::BootInfo;
 use pvkit_abi::cpuid::Features;
@@ -16,7 +22,9 @@ use pvkit_guest::block::PvBlock;
 use pvkit_guest::clock::ClockPage;
 
 use crate::statics::{Exclusive, Pages};
+use pvkit_abi::boot::IDENTITY_MAP_SIZE;
 use pvkit_abi::ring::Transport;
+use pvkit_guest::balloon::{BalloonDriver, Hypercalls};
 use pvkit_guest::console_ring::ConsoleRing;
 
 static RING: Exclusive<Pages<4096>> = Exclusive::new(Pages::zeroed());
@@ -75,6 +83,50 @@ pub struct CounterArgs {
     /// Print through the console ring with this transport (`ring=`) instead of the
     /// `ConsoleWrite` call: a snapshot then holds a registered ring.
     pub ring: Option<Transport>,
+    /// `balloon_follow`: follow the host's balloon target, at most this many pages a step.
+    pub balloon_batch: Option<u64>,
+}
+
+/// Pages a `balloon_follow` step moves at most (8 MiB).
+pub const DEFAULT_BALLOON_BATCH: u64 = 2048;
+
+/// The balloon driver of `balloon_follow` over the free RAM above the heap, or `None` (with
+/// a line saying why) when the host offers no target.
+fn balloon_driver(batch: u64, features: Features, boot: &BootInfo) -> Option<BalloonDriver> {
+    if !features.contains(Features::BALLOON | Features::BALLOON_TARGET) {
+        println!("balloon: the host offers no balloon target (BALLOON_TARGET); not following");
+        return None;
+    }
+    let start = crate::balloon::free_region_start();
+    let top = boot.mem_size.min(IDENTITY_MAP_SIZE) & !0xfff;
+    let len = top.saturating_sub(start);
+    match BalloonDriver::new(start, len, batch) {
+        Ok(d) => {
+            println!(
+                "balloon: following the host's target over {} pages at {start:#x}, {batch} a step",
+                d.capacity_pages()
+            );
+            Some(d)
+        }
+        Err(s) => panic!("balloon: region {start:#x}+{len:#x}: {s}"),
+    }
+}
+
+/// One `balloon_follow` step: prints what it did when it moved or a new target came.
+fn balloon_step(d: &mut BalloonDriver) {
+    match d.follow(&mut Hypercalls) {
+        Ok(s) if s.new_request || !s.settled() => println!(
+            "balloon: target {} gen {}: +{} -{}, {} ballooned{}",
+            s.target.pages,
+            s.target.generation,
+            s.inflated,
+            s.deflated,
+            s.ballooned,
+            if s.capped { " (capped)" } else { "" }
+        ),
+        Ok(_) => {}
+        Err(e) => panic!("balloon: following the target: {e}"),
+    }
 }
 
 static CLOCK: ClockPage = ClockPage::new();
@@ -110,6 +162,9 @@ pub fn run(args: CounterArgs, boot: &BootInfo) -> ! {
             Err(e) => panic!("counter: registering the console ring ({t:?}): {e:?}"),
         });
     let line = &mut LINE.take().0;
+    let mut balloon = args
+        .balloon_batch
+        .and_then(|b| balloon_driver(b, features, boot));
     let mut last = clock.nanoseconds();
     let mut prev: Option<(u64, u64)> = None;
     for i in 1..=args.steps {
@@ -124,6 +179,9 @@ pub fn run(args: CounterArgs, boot: &BootInfo) -> ! {
         }
         if now < last {
             panic!("counter: clock went back from {last} to {now}");
+        }
+        if let Some(d) = &mut balloon {
+            balloon_step(d);
         }
         if disk {
             if let Err(e) = block.read(0, buf) {
