@@ -428,7 +428,7 @@ struct RunArgs {
     irqchip: bool,
 
     /// Serve the control API on the Unix socket PATH (must not exist): line-delimited
-    /// JSON requests pause, resume, snapshot, stats (see `pvkit ctl`).
+    /// JSON requests pause, resume, snapshot, stats, balloon, migrate (see `pvkit ctl`).
     #[arg(long, value_name = "PATH")]
     api: Option<PathBuf>,
 
