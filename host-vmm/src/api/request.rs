@@ -268,6 +268,18 @@ mod tests {
         );
         let r = Request::Balloon { target_mib: 64 };
         assert_eq!(parse(&serde_json::to_vec(&r).unwrap()), Ok(r));
+        assert_eq!(
+            parse(br#"{"op":"balloon","target_mib":0}"#),
+            Ok(Request::Balloon { target_mib: 0 })
+        );
+        // The largest RAM parses; the VM refuses what its own RAM cannot hold.
+        let max = format!(r#"{{"op":"balloon","target_mib":{MAX_TARGET_MIB}}}"#);
+        assert_eq!(
+            parse(max.as_bytes()),
+            Ok(Request::Balloon {
+                target_mib: MAX_TARGET_MIB
+            })
+        );
     }
 
     #[test]
@@ -286,6 +298,11 @@ mod tests {
             br#"{"op":"snapshot","dir":"/a\u0000b"}"#,
             br#"{"op":"balloon","target_mib":-1}"#,
             br#"{"op":"balloon","target_mib":99999999}"#,
+            br#"{"op":"balloon"}"#,
+            br#"{"op":"balloon","target_mib":"64"}"#,
+            br#"{"op":"balloon","target_mib":1.5}"#,
+            br#"{"op":"balloon","target_mib":64,"now":true}"#,
+            br#"{"op":"balloon","amount_mib":64}"#,
             br#"{"op":"migrate","dest":"nowhere"}"#,
             br#"{"op":"migrate","dest":"h:0"}"#,
             b"\xff\xfe",

@@ -779,10 +779,7 @@ mod tests {
         let max = ram - 256 - 257;
         assert_eq!(h.b.max_target_pages(), max);
         assert_eq!(h.b.target(), TargetStatus::default());
-        let call = |h: &H| {
-            let ctx_ret = h.b.read_target();
-            BalloonTarget::from_u64(ctx_ret)
-        };
+        let call = |h: &H| BalloonTarget::from_u64(h.b.read_target());
         // Nothing set: target 0, generation 0.
         assert_eq!(call(&h), BalloonTarget::default());
         let t = h.b.set_target(8 * 256).unwrap();
@@ -817,6 +814,54 @@ mod tests {
         assert_eq!(h.b.set_target(0).unwrap().target.generation, 4);
         // The target does not touch the balloon itself.
         assert_eq!(h.b.stats(), BalloonStats::default());
+    }
+
+    /// Through the hypercall bus, as the exit handler calls it: the feature bit is offered
+    /// with the balloon, and `BalloonTarget` returns the packed target and ignores its
+    /// arguments.
+    #[test]
+    fn the_bus_offers_and_dispatches_balloon_target() {
+        use crate::devices::{assemble, PvConfig};
+        use crate::exit::ledger::ExitLedger;
+        let mem = create_ram(64).unwrap();
+        let mut ledger = ExitLedger::new();
+        let pv = assemble(
+            PvConfig {
+                console: crate::io::console_out::Console::capture(),
+                pv_console: false,
+                disk: None,
+                clock: None,
+                kvmclock: false,
+                balloon: Some((mem.clone(), KERNEL)),
+                rings: None,
+                vcpu_up: None,
+                net: None,
+                ipi: None,
+                spinlock: None,
+                steal: None,
+            },
+            &mut ledger,
+        )
+        .unwrap();
+        assert!(pv
+            .bus
+            .features()
+            .contains(Features::BALLOON | Features::BALLOON_TARGET));
+        let b = pv.balloon.unwrap();
+        let call = |args| {
+            pv.bus
+                .dispatch(&mem, &ledger, 0, Hypercall::BalloonTarget, args)
+        };
+        assert_eq!(call([0; 4]), CallReturn::ok(0));
+        b.set_target(300).unwrap();
+        let packed = BalloonTarget {
+            pages: 300,
+            generation: 1,
+        }
+        .to_u64();
+        assert_eq!(call([u64::MAX; 4]), CallReturn::ok(packed));
+        assert_eq!(b.target().reads, 2);
+        assert!(b.target().read);
     }
 
     #[test]
