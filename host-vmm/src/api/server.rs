@@ -213,13 +213,11 @@ pub fn handle(req: &Request, ctl: &VmControl) -> Response {
             }
         }
         Request::Balloon { target_mib } => match ctl.set_balloon_target(*target_mib) {
-            Ok(_) => {
-                let s = ctl.stats();
-                Response {
-                    balloon: s.balloon.zip(s.balloon_target).map(balloon_reply),
-                    ..Response::ok()
-                }
-            }
+            // The target as set (the guest has not read it yet) with the actual size now.
+            Ok(target) => Response {
+                balloon: ctl.stats().balloon.map(|b| balloon_reply((b, target))),
+                ..Response::ok()
+            },
             Err(e) => Response::err(format!("balloon: {e}")),
         },
         Request::Migrate { dest } => migrate(dest, ctl),
