@@ -40,8 +40,9 @@
 //! (bits 32–63, wrapping) that the host increments each time a target is set, so a guest
 //! that remembers the last generation it acted on knows whether a new request came. The
 //! target starts at 0 (generation 0) and is at most the RAM outside the boot area and the
-//! kernel image. The guest polls the call (one exit, no memory access); there is no
-//! change interrupt.
+//! kernel image. The guest polls the call (one exit, no memory access; arg0 = flags, 0,
+//! else `EINVAL`: reserved for binding a change interrupt later); there is no change
+//! interrupt yet.
 //!
 //! The target is advice: the guest moves its balloon toward it with ordinary inflate and
 //! deflate calls (in bounded batches, when it can spare the pages), and the host only

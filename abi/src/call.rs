@@ -226,7 +226,8 @@ pub enum Hypercall {
     /// The host's balloon target ([`crate::balloon::BalloonTarget`], offered with
     /// [`crate::cpuid::Features::BALLOON_TARGET`]): `RDX` ← the target in 4 KiB pages
     /// (bits 0–31) and its generation (bits 32–63), which the host increments on every
-    /// target it sets, the same value included. No arguments. The target is advice: the
+    /// target it sets, the same value included. arg0 = flags (0; any other value is
+    /// `EINVAL`, reserved for a change-interrupt binding). The target is advice: the
     /// guest inflates or deflates toward it when it can (virtio-balloon's `num_pages`);
     /// the host only counts ([`crate::balloon`] "The host-set target").
     BalloonTarget = 0x504,

@@ -575,6 +575,8 @@ impl PvDevice for PvBalloon {
                 call_return(self.resize(ctx.mem, Op::Deflate, addr, count))
             }
             Hypercall::BalloonInfo => CallReturn::ok(lock(&self.state).bitmap.count()),
+            // arg0: flags, none defined yet (reserved for a change-interrupt binding).
+            Hypercall::BalloonTarget if addr != 0 => CallReturn::err(Status::EINVAL),
             Hypercall::BalloonTarget => CallReturn::ok(self.read_target()),
             _ => CallReturn::err(Status::EOPNOTSUPP),
         }
@@ -817,8 +819,8 @@ mod tests {
     }
 
     /// Through the hypercall bus, as the exit handler calls it: the feature bit is offered
-    /// with the balloon, and `BalloonTarget` returns the packed target and ignores its
-    /// arguments.
+    /// with the balloon, and `BalloonTarget` returns the packed target; flags other than 0
+    /// are refused and count as no read; arguments 1–3 are ignored.
     #[test]
     fn the_bus_offers_and_dispatches_balloon_target() {
         use crate::devices::{assemble, PvConfig};
@@ -859,7 +861,14 @@ mod tests {
             generation: 1,
         }
         .to_u64();
-        assert_eq!(call([u64::MAX; 4]), CallReturn::ok(packed));
+        for flags in [1, u64::MAX] {
+            assert_eq!(call([flags, 0, 0, 0]), CallReturn::err(Status::EINVAL));
+        }
+        assert!(!b.target().read);
+        assert_eq!(
+            call([0, u64::MAX, u64::MAX, u64::MAX]),
+            CallReturn::ok(packed)
+        );
         assert_eq!(b.target().reads, 2);
         assert!(b.target().read);
     }
