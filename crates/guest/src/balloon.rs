@@ -88,6 +88,9 @@ pub struct FollowStep {
     pub ballooned: u64,
     /// The target is more than the region can give: the driver stops at the region's size.
     pub capped: bool,
+    /// The range inflated or deflated by this step, if any (deflated pages read as zero
+    /// until written).
+    pub moved: Option<BalloonRange>,
 }
 
 impl FollowStep {
@@ -167,6 +170,7 @@ impl BalloonDriver {
             let got = host.submit(Op::Inflate, &[BalloonRange { gpa, pages: n }])?;
             self.ballooned += got.min(n);
             step.inflated = got.min(n);
+            step.moved = Some(BalloonRange { gpa, pages: n });
         } else if want < self.ballooned {
             let n = (self.ballooned - want).min(self.batch);
             // The lowest `n` ballooned pages.
@@ -174,6 +178,7 @@ impl BalloonDriver {
             let got = host.submit(Op::Deflate, &[BalloonRange { gpa, pages: n }])?;
             self.ballooned -= got.min(n);
             step.deflated = got.min(n);
+            step.moved = Some(BalloonRange { gpa, pages: n });
         }
         step.ballooned = self.ballooned;
         Ok(step)
@@ -400,6 +405,13 @@ mod tests {
         let a = d.follow(&mut host).unwrap();
         let b = d.follow(&mut host).unwrap();
         assert_eq!((a.deflated, b.deflated), (2048, 1952));
+        assert_eq!(
+            a.moved,
+            Some(BalloonRange {
+                gpa: (top - 5000) * 4096,
+                pages: 2048
+            })
+        );
         assert!(d.follow(&mut host).unwrap().settled());
         assert_eq!(host.ballooned.len(), 1000);
         assert!(host.ballooned.iter().all(|&p| p >= top - 1000));
