@@ -391,8 +391,8 @@ fn malformed_api_requests_are_refused_and_change_nothing() {
         let r: Response = serde_json::from_str(&reply).unwrap();
         assert!(!r.ok && r.error.is_some(), "{reply}");
     }
-    // Well-formed but refused: resume of a running VM, a snapshot into a file, the
-    // balloon target and migrate (not in this build).
+    // Well-formed but refused: resume of a running VM, a snapshot into a file, a balloon
+    // target above the guest's 128 MiB and migrate (nobody listens there).
     let file = d.join("a-file");
     std::fs::write(&file, b"x").unwrap();
     for req in [
@@ -400,7 +400,7 @@ fn malformed_api_requests_are_refused_and_change_nothing() {
         Request::Snapshot {
             dir: file.join("sub"),
         },
-        Request::Balloon { target_mib: 64 },
+        Request::Balloon { target_mib: 1024 },
         Request::Migrate {
             dest: "127.0.0.1:4000".into(),
         },
@@ -411,6 +411,8 @@ fn malformed_api_requests_are_refused_and_change_nothing() {
     // Nothing changed: the VM runs (not paused) and finishes its count.
     let st = vm.api(&Request::Stats).stats.unwrap();
     assert!(!st.paused);
+    let b = st.balloon.expect("a balloon");
+    assert_eq!((b.target_pages, b.generation, b.actual_pages), (0, 0, 0));
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
     // A pause/resume round trip continues the count without a gap.
     assert!(vm.api(&Request::Pause).ok);

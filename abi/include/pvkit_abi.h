@@ -369,6 +369,14 @@ enum PVKIT_Hypercall
   // the balloon's rules, overlaps and ballooned pages allowed. `RDX` ← pages recorded:
   // 0 when no migration is tracking dirty pages (the hint is dropped; hint again later).
   PVKIT_HYPERCALL_FREE_PAGE_HINT = 1283,
+  // The host's balloon target ([`crate::balloon::BalloonTarget`], offered with
+  // [`crate::cpuid::Features::BALLOON_TARGET`]): `RDX` ← the target in 4 KiB pages
+  // (bits 0–31) and its generation (bits 32–63), which the host increments on every
+  // target it sets, the same value included. arg0 = flags (0; any other value is
+  // `EINVAL`, reserved for a change-interrupt binding). The target is advice: the
+  // guest inflates or deflates toward it when it can (virtio-balloon's `num_pages`);
+  // the host only counts ([`crate::balloon`] "The host-set target").
+  PVKIT_HYPERCALL_BALLOON_TARGET = 1284,
   // Mark the beginning or end of a benchmark phase so the host can attribute exits to it.
   // arg0 = phase id ([`crate::bench::CaseId`] packed), arg1 = [`crate::bench::PhaseMark`],
   // arg2 = operations done in the phase (at `End`).
@@ -702,6 +710,9 @@ typedef uint64_t PVKIT_Features;
 #define PVKIT_Features_STEAL_TIME (uint64_t)(1 << 15)
 // Free-page hints for live migration: [`crate::Hypercall::FreePageHint`].
 #define PVKIT_Features_FREE_PAGE_HINT (uint64_t)(1 << 18)
+// The host-set balloon target: [`crate::Hypercall::BalloonTarget`]
+// ([`crate::balloon::BalloonTarget`]). Offered with [`Features::BALLOON`].
+#define PVKIT_Features_BALLOON_TARGET (uint64_t)(1 << 19)
 
 // One entry of the memory map.
 typedef struct {

@@ -30,6 +30,24 @@
 //! them until it deflated them (a touch is not an error: the host backs the page again,
 //! which costs host memory, and its content is unspecified). After a deflate the pages read
 //! as zero until written (if the guest did not touch them while ballooned).
+//!
+//! # The host-set target
+//!
+//! With [`crate::cpuid::Features::BALLOON_TARGET`] the host also says how many pages it
+//! would like ballooned, as Firecracker's balloon (`amount_mib`) and virtio-balloon's
+//! `num_pages` do. [`crate::Hypercall::BalloonTarget`] returns it packed in `RDX`
+//! ([`BalloonTarget::from_u64`]): the target in 4 KiB pages (bits 0–31) and a generation
+//! (bits 32–63, wrapping) that the host increments each time a target is set, so a guest
+//! that remembers the last generation it acted on knows whether a new request came. The
+//! target starts at 0 (generation 0) and is at most the RAM outside the boot area and the
+//! kernel image. The guest polls the call (one exit, no memory access; arg0 = flags, 0,
+//! else `EINVAL`: reserved for binding a change interrupt later); there is no change
+//! interrupt yet.
+//!
+//! The target is advice: the guest moves its balloon toward it with ordinary inflate and
+//! deflate calls (in bounded batches, when it can spare the pages), and the host only
+//! compares ("target" and "actual" in the control API's `stats`). A guest that ignores
+//! the target keeps its memory.
 
 use crate::assert_layout;
 
@@ -60,6 +78,30 @@ impl BalloonRange {
     }
 }
 
+/// The host's balloon target as [`crate::Hypercall::BalloonTarget`] returns it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BalloonTarget {
+    /// Pages the host would like ballooned.
+    pub pages: u32,
+    /// Incremented (wrapping) on every target the host sets.
+    pub generation: u32,
+}
+
+impl BalloonTarget {
+    /// The packed `RDX` value: `pages | generation << 32`.
+    pub const fn to_u64(self) -> u64 {
+        self.pages as u64 | (self.generation as u64) << 32
+    }
+
+    /// Unpacks an `RDX` value.
+    pub const fn from_u64(v: u64) -> Self {
+        Self {
+            pages: v as u32,
+            generation: (v >> 32) as u32,
+        }
+    }
+}
+
 /// The most calls an inflate (or deflate) of `ranges` ranges costs: `⌈ranges / 512⌉`.
 pub const fn calls_for_ranges(ranges: u64) -> u64 {
     ranges.div_ceil(BALLOON_MAX_RANGES)
@@ -86,6 +128,22 @@ mod tests {
             pages: u64::MAX / 2,
         };
         assert_eq!(r.end(), None);
+    }
+
+    #[test]
+    fn target_packs_pages_low_and_generation_high() {
+        let t = BalloonTarget {
+            pages: 16384,
+            generation: 3,
+        };
+        assert_eq!(t.to_u64(), 16384 | 3 << 32);
+        assert_eq!(BalloonTarget::from_u64(t.to_u64()), t);
+        let max = BalloonTarget {
+            pages: u32::MAX,
+            generation: u32::MAX,
+        };
+        assert_eq!(max.to_u64(), u64::MAX);
+        assert_eq!(BalloonTarget::from_u64(u64::MAX), max);
     }
 
     #[test]

@@ -223,6 +223,14 @@ pub enum Hypercall {
     /// the balloon's rules, overlaps and ballooned pages allowed. `RDX` ← pages recorded:
     /// 0 when no migration is tracking dirty pages (the hint is dropped; hint again later).
     FreePageHint = 0x503,
+    /// The host's balloon target ([`crate::balloon::BalloonTarget`], offered with
+    /// [`crate::cpuid::Features::BALLOON_TARGET`]): `RDX` ← the target in 4 KiB pages
+    /// (bits 0–31) and its generation (bits 32–63), which the host increments on every
+    /// target it sets, the same value included. arg0 = flags (0; any other value is
+    /// `EINVAL`, reserved for a change-interrupt binding). The target is advice: the
+    /// guest inflates or deflates toward it when it can (virtio-balloon's `num_pages`);
+    /// the host only counts ([`crate::balloon`] "The host-set target").
+    BalloonTarget = 0x504,
     /// Mark the beginning or end of a benchmark phase so the host can attribute exits to it.
     /// arg0 = phase id ([`crate::bench::CaseId`] packed), arg1 = [`crate::bench::PhaseMark`],
     /// arg2 = operations done in the phase (at `End`).
@@ -258,6 +266,7 @@ impl TryFrom<u32> for Hypercall {
             0x501 => Hypercall::BalloonDeflate,
             0x502 => Hypercall::BalloonInfo,
             0x503 => Hypercall::FreePageHint,
+            0x504 => Hypercall::BalloonTarget,
             0x400 => Hypercall::VcpuUp,
             0x401 => Hypercall::SendIpi,
             0x402 => Hypercall::LockWait,
@@ -294,6 +303,7 @@ impl Hypercall {
         Hypercall::BalloonDeflate,
         Hypercall::BalloonInfo,
         Hypercall::FreePageHint,
+        Hypercall::BalloonTarget,
         Hypercall::BenchPhase,
         Hypercall::BenchResult,
     ];
@@ -314,7 +324,8 @@ impl Hypercall {
             Hypercall::BalloonInflate
             | Hypercall::BalloonDeflate
             | Hypercall::BalloonInfo
-            | Hypercall::FreePageHint => DeviceClass::Memory,
+            | Hypercall::FreePageHint
+            | Hypercall::BalloonTarget => DeviceClass::Memory,
             Hypercall::VcpuUp | Hypercall::SendIpi | Hypercall::LockWait | Hypercall::LockKick => {
                 DeviceClass::Cpu
             }
@@ -343,6 +354,7 @@ impl Hypercall {
             Hypercall::BalloonDeflate => "balloon_deflate",
             Hypercall::BalloonInfo => "balloon_info",
             Hypercall::FreePageHint => "free_page_hint",
+            Hypercall::BalloonTarget => "balloon_target",
             Hypercall::VcpuUp => "vcpu_up",
             Hypercall::SendIpi => "send_ipi",
             Hypercall::LockWait => "lock_wait",
@@ -440,7 +452,7 @@ mod tests {
             0x202,
             0x302,
             0x4ff,
-            0x504,
+            0x505,
             0x5ff,
             0x600,
             0xf02,

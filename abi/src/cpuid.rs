@@ -84,6 +84,9 @@ bitflags! {
         const STEAL_TIME = 1 << 15;
         /// Free-page hints for live migration: [`crate::Hypercall::FreePageHint`].
         const FREE_PAGE_HINT = 1 << 18;
+        /// The host-set balloon target: [`crate::Hypercall::BalloonTarget`]
+        /// ([`crate::balloon::BalloonTarget`]). Offered with [`Features::BALLOON`].
+        const BALLOON_TARGET = 1 << 19;
     }
 }
 

@@ -389,7 +389,7 @@ struct RunArgs {
     irqchip: bool,
 
     /// Serve the control API on the Unix socket PATH (must not exist): line-delimited
-    /// JSON requests pause, resume, snapshot, stats (see `pvkit ctl`).
+    /// JSON requests pause, resume, snapshot, stats, balloon, migrate (see `pvkit ctl`).
     #[arg(long, value_name = "PATH")]
     api: Option<PathBuf>,
 
@@ -464,7 +464,9 @@ enum CtlOp {
     },
     /// Print the VM's statistics.
     Stats,
-    /// Set the balloon's target (not supported yet: the balloon is guest-driven).
+    /// Set the balloon's target: the guest (if it follows the target, e.g. the built-in
+    /// guest's `balloon_follow`) inflates or deflates toward it; `stats` shows target and
+    /// actual. Refused above what the guest's RAM allows.
     Balloon {
         /// Target size in MiB.
         target_mib: u64,

@@ -26,6 +26,7 @@
 //! | `quick`     | with `bench=`: small operation counts                                 |
 //! | `ops=N`     | with `bench=`: `N` (≥ 1) operations in every case                      |
 //! | `counter=N` | instead of everything else: count to `N`, one step per `counter_ms=M` (default 20) ms, checking the PV clock and the disk ([`crate::counter`]); for snapshot tests; with `ring=` it prints through the console ring |
+//! | `balloon_follow` | with `counter=`: at each step, follow the host-set balloon target (`BalloonTarget`) over the free RAM above the heap, at most `balloon_batch=PAGES` (default 2048, 8 MiB) pages a step, printing each move and checking that deflated pages read zero; `balloon_touch` writes every page of that RAM first (so the host backs it) |
 //! | `net=`      | instead of everything else: the NE2000 by interrupts, `serve`, `echo`, `send` or `ring` ([`crate::net`]); with `ip=`, `peer=` (IPv4), `count=N`, `size=N` (UDP payload), `pvnet=` (PV NIC path) |
 //! | `id=K`, `members=N` | with `net=ring`: this member's id (1..=N) and the ring's size ([`crate::net::ring`]) |
 //! | `touch=MIB` | with `net=ring`: before the ring starts, write every page of `MIB` MiB, then stop using it; `give_back` returns it to the host through the balloon |
@@ -158,6 +159,9 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
     let mut workload_disk = false;
     let mut workload_ms = 0;
     let mut counter_ms = 20;
+    let mut balloon_follow = false;
+    let mut balloon_touch = false;
+    let mut balloon_batch = crate::counter::DEFAULT_BALLOON_BATCH;
     let mut net = crate::net::NetArgs::new(crate::net::Mode::Serve);
     let mut net_mode = None;
     let mut balloon_range = 2048;
@@ -302,11 +306,19 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
                         steps: n,
                         step_ms: 0,
                         ring: None,
+                        balloon_batch: None,
+                        balloon_touch: false,
                     })
                 }
                 _ => return Err(n),
             },
             ("counter_ms", Some(n)) => counter_ms = n.parse().map_err(|_| n)?,
+            ("balloon_follow", None) => balloon_follow = true,
+            ("balloon_touch", None) => balloon_touch = true,
+            ("balloon_batch", Some(n)) => match n.parse::<u64>() {
+                Ok(n) if (1..=1 << 20).contains(&n) => balloon_batch = n,
+                _ => return Err(n),
+            },
             ("console", Some(other)) => return Err(other),
             _ => {}
         }
@@ -351,6 +363,8 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
     if let Some(c) = &mut args.counter {
         c.step_ms = counter_ms;
         c.ring = ring;
+        c.balloon_batch = balloon_follow.then_some(balloon_batch);
+        c.balloon_touch = balloon_touch;
     }
     Ok(args)
 }

@@ -9,6 +9,15 @@
 //!   restored guest thus proves its disk holds exactly what it wrote before the snapshot,
 //!   and a clone proves no other clone wrote to its disk meanwhile (each record carries
 //!   its own clock time, which differs from clone to clone).
+//!
+//! With `balloon_follow` ([`CounterArgs::balloon_batch`]) each step first follows the
+//! host-set balloon target ([`pvkit_guest::balloon::BalloonDriver`], one `BalloonTarget`
+//! call a step and at most one inflate or deflate of `balloon_batch` pages) over the free
+//! RAM above the heap ([`crate::balloon::free_region_start`] to the top of RAM), and prints
+//! `balloon: target T gen G: +I -D, B ballooned` whenever it moved or a new target came.
+//! It checks that every page it deflates reads zero (first word: the host dropped it).
+//! With `balloon_touch` it first writes one word in every page of that RAM, so that the
+//! host backs it and an inflate gives real host memory back.
 
 use pvkit_abi::boot::BootInfo;
 use pvkit_abi::cpuid::Features;
@@ -16,7 +25,9 @@ use pvkit_guest::block::PvBlock;
 use pvkit_guest::clock::ClockPage;
 
 use crate::statics::{Exclusive, Pages};
+use pvkit_abi::boot::IDENTITY_MAP_SIZE;
 use pvkit_abi::ring::Transport;
+use pvkit_guest::balloon::{BalloonDriver, Hypercalls};
 use pvkit_guest::console_ring::ConsoleRing;
 
 static RING: Exclusive<Pages<4096>> = Exclusive::new(Pages::zeroed());
@@ -75,6 +86,95 @@ pub struct CounterArgs {
     /// Print through the console ring with this transport (`ring=`) instead of the
     /// `ConsoleWrite` call: a snapshot then holds a registered ring.
     pub ring: Option<Transport>,
+    /// `balloon_follow`: follow the host's balloon target, at most this many pages a step.
+    pub balloon_batch: Option<u64>,
+    /// `balloon_touch`: with `balloon_follow`, write every page of the region first.
+    pub balloon_touch: bool,
+}
+
+/// Pages a `balloon_follow` step moves at most (8 MiB).
+pub const DEFAULT_BALLOON_BATCH: u64 = 2048;
+
+/// The balloon driver of `balloon_follow` over the free RAM above the heap, or `None` (with
+/// a line saying why) when the host offers no target.
+fn balloon_driver(
+    batch: u64,
+    touch_first: bool,
+    features: Features,
+    boot: &BootInfo,
+) -> Option<BalloonDriver> {
+    if !features.contains(Features::BALLOON | Features::BALLOON_TARGET) {
+        println!("balloon: the host offers no balloon target (BALLOON_TARGET); not following");
+        return None;
+    }
+    let start = crate::balloon::free_region_start();
+    let top = boot.mem_size.min(IDENTITY_MAP_SIZE) & !0xfff;
+    let len = top.saturating_sub(start);
+    match BalloonDriver::new(start, len, batch) {
+        Ok(d) => {
+            println!(
+                "balloon: following the host's target over {} pages at {start:#x}, {batch} a step",
+                d.capacity_pages()
+            );
+            if touch_first {
+                touch(&d);
+            }
+            Some(d)
+        }
+        Err(s) => panic!("balloon: region {start:#x}+{len:#x}: {s}"),
+    }
+}
+
+/// Writes one word in every page of the balloon's region (`balloon_touch`).
+fn touch(d: &BalloonDriver) {
+    let region = d.usable();
+    let mut at = region.start;
+    while at < region.end {
+        // SAFETY: the region is free RAM above the heap and the kernel under the identity
+        // map, given to the balloon driver and not ballooned yet; nothing else uses it.
+        unsafe { (at as *mut u64).write_volatile(at | 1) };
+        at += 4096;
+    }
+    println!("balloon: touched {} pages", d.capacity_pages());
+}
+
+/// Panics unless the first word of every page of a deflated range reads zero.
+fn check_zero(r: pvkit_abi::balloon::BalloonRange) {
+    for i in 0..r.pages {
+        let p = (r.gpa + i * 4096) as *const u64;
+        // SAFETY: the page was just deflated: it is the guest's again, inside the
+        // driver's region (free RAM under the identity map).
+        let v = unsafe { p.read_volatile() };
+        if v != 0 {
+            panic!(
+                "balloon: deflated page {:#x} reads {v:#x}, not zero",
+                r.gpa + i * 4096
+            );
+        }
+    }
+}
+
+/// One `balloon_follow` step: prints what it did when it moved or a new target came.
+fn balloon_step(d: &mut BalloonDriver) {
+    let step = d.follow(&mut Hypercalls);
+    if let Ok(s) = &step {
+        if let (Some(r), true) = (s.moved, s.deflated > 0) {
+            check_zero(r);
+        }
+    }
+    match step {
+        Ok(s) if s.new_request || !s.settled() => println!(
+            "balloon: target {} gen {}: +{} -{}, {} ballooned{}",
+            s.target.pages,
+            s.target.generation,
+            s.inflated,
+            s.deflated,
+            s.ballooned,
+            if s.capped { " (capped)" } else { "" }
+        ),
+        Ok(_) => {}
+        Err(e) => panic!("balloon: following the target: {e}"),
+    }
 }
 
 static CLOCK: ClockPage = ClockPage::new();
@@ -110,6 +210,9 @@ pub fn run(args: CounterArgs, boot: &BootInfo) -> ! {
             Err(e) => panic!("counter: registering the console ring ({t:?}): {e:?}"),
         });
     let line = &mut LINE.take().0;
+    let mut balloon = args
+        .balloon_batch
+        .and_then(|b| balloon_driver(b, args.balloon_touch, features, boot));
     let mut last = clock.nanoseconds();
     let mut prev: Option<(u64, u64)> = None;
     for i in 1..=args.steps {
@@ -124,6 +227,9 @@ pub fn run(args: CounterArgs, boot: &BootInfo) -> ! {
         }
         if now < last {
             panic!("counter: clock went back from {last} to {now}");
+        }
+        if let Some(d) = &mut balloon {
+            balloon_step(d);
         }
         if disk {
             if let Err(e) = block.read(0, buf) {

@@ -902,6 +902,7 @@ fn check_call(
         | Hypercall::BalloonInflate
         | Hypercall::BalloonDeflate
         | Hypercall::BalloonInfo
+        | Hypercall::BalloonTarget
         | Hypercall::VcpuUp
         | Hypercall::SendIpi
         | Hypercall::LockWait

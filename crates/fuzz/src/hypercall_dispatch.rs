@@ -343,6 +343,7 @@ impl Harness {
             Hypercall::BalloonInflate
             | Hypercall::BalloonDeflate
             | Hypercall::BalloonInfo
+            | Hypercall::BalloonTarget
             | Hypercall::FreePageHint => {
                 assert_eq!(out, ret(Status::EOPNOTSUPP, 0))
             }

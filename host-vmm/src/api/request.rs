@@ -6,7 +6,7 @@
 //! {"op":"resume"}                     {"ok":true}
 //! {"op":"snapshot","dir":"/abs/dir"}  {"ok":true,"snapshot":{...}}
 //! {"op":"stats"}                      {"ok":true,"stats":{...}}
-//! {"op":"balloon","target_mib":64}    {"ok":false,"error":"..."}
+//! {"op":"balloon","target_mib":64}    {"ok":true,"balloon":{...}}
 //! {"op":"migrate","dest":"host:port"} {"ok":false,"error":"..."}
 //! ```
 //!
@@ -43,7 +43,8 @@ pub enum Request {
     },
     /// The VM's statistics.
     Stats,
-    /// Set the balloon's target size.
+    /// Set the balloon's target size (the guest follows it when it reads
+    /// `BalloonTarget`, [`pvkit_abi::balloon`]).
     Balloon {
         /// Target in MiB.
         target_mib: u64,
@@ -72,6 +73,9 @@ pub struct Response {
     /// Stats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<StatsReply>,
+    /// Balloon: the target now set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonReply>,
     /// Migrate: what the migration did (the VM now runs on the target).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationReply>,
@@ -156,6 +160,32 @@ pub struct StatsReply {
     /// Pages ballooned now (absent: no balloon).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ballooned_pages: Option<u64>,
+    /// The balloon: target and actual (absent: no balloon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonReply>,
+}
+
+/// The balloon's target and actual size (Firecracker's balloon statistics: target and
+/// actual pages and MiB).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonReply {
+    /// The host-set target in 4 KiB pages.
+    pub target_pages: u64,
+    /// The target in MiB.
+    pub target_mib: u64,
+    /// Pages the guest has ballooned now.
+    pub actual_pages: u64,
+    /// The actual size in MiB (rounded down).
+    pub actual_mib: u64,
+    /// The target's generation (incremented on every `balloon` request).
+    pub generation: u32,
+    /// The guest has read this target (`BalloonTarget`); a guest that does not follow
+    /// the target never does.
+    pub target_read: bool,
+    /// The guest's successful inflate and deflate calls so far.
+    pub inflate_calls: u64,
+    /// See `inflate_calls`.
+    pub deflate_calls: u64,
 }
 
 /// Why a request line was refused.
@@ -238,6 +268,18 @@ mod tests {
         );
         let r = Request::Balloon { target_mib: 64 };
         assert_eq!(parse(&serde_json::to_vec(&r).unwrap()), Ok(r));
+        assert_eq!(
+            parse(br#"{"op":"balloon","target_mib":0}"#),
+            Ok(Request::Balloon { target_mib: 0 })
+        );
+        // The largest RAM parses; the VM refuses what its own RAM cannot hold.
+        let max = format!(r#"{{"op":"balloon","target_mib":{MAX_TARGET_MIB}}}"#);
+        assert_eq!(
+            parse(max.as_bytes()),
+            Ok(Request::Balloon {
+                target_mib: MAX_TARGET_MIB
+            })
+        );
     }
 
     #[test]
@@ -256,6 +298,11 @@ mod tests {
             br#"{"op":"snapshot","dir":"/a\u0000b"}"#,
             br#"{"op":"balloon","target_mib":-1}"#,
             br#"{"op":"balloon","target_mib":99999999}"#,
+            br#"{"op":"balloon"}"#,
+            br#"{"op":"balloon","target_mib":"64"}"#,
+            br#"{"op":"balloon","target_mib":1.5}"#,
+            br#"{"op":"balloon","target_mib":64,"now":true}"#,
+            br#"{"op":"balloon","amount_mib":64}"#,
             br#"{"op":"migrate","dest":"nowhere"}"#,
             br#"{"op":"migrate","dest":"h:0"}"#,
             b"\xff\xfe",

@@ -16,7 +16,10 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use super::request::{parse, Request, Response, SnapshotReply, StatsReply, MAX_REQUEST};
+use super::request::{
+    parse, BalloonReply, Request, Response, SnapshotReply, StatsReply, MAX_REQUEST,
+};
+use crate::devices::pv::balloon::{BalloonStats, TargetStatus};
 use crate::runtime::seccomp::{Confinement, SeccompError, ThreadKind};
 use crate::vm::control::VmControl;
 
@@ -204,15 +207,35 @@ pub fn handle(req: &Request, ctl: &VmControl) -> Response {
                     vm_clock_ns: s.vm_clock_ns,
                     mem_bytes: s.mem_bytes,
                     ballooned_pages: s.balloon.map(|b| b.ballooned_pages),
+                    balloon: s.balloon.zip(s.balloon_target).map(balloon_reply),
                 }),
                 ..Response::ok()
             }
         }
-        Request::Balloon { .. } => Response::err(
-            "balloon target: not supported: the ABI v1 balloon is guest-driven (the guest \
-             inflates and deflates on its own); there is no host-set target to deliver yet",
-        ),
+        Request::Balloon { target_mib } => match ctl.set_balloon_target(*target_mib) {
+            // The target as set (the guest has not read it yet) with the actual size now.
+            Ok(target) => Response {
+                balloon: ctl.stats().balloon.map(|b| balloon_reply((b, target))),
+                ..Response::ok()
+            },
+            Err(e) => Response::err(format!("balloon: {e}")),
+        },
         Request::Migrate { dest } => migrate(dest, ctl),
+    }
+}
+
+/// The balloon's target and actual size in the reply's form.
+fn balloon_reply((stats, target): (BalloonStats, TargetStatus)) -> BalloonReply {
+    const PAGES_PER_MIB: u64 = 256;
+    BalloonReply {
+        target_pages: target.pages(),
+        target_mib: target.pages() / PAGES_PER_MIB,
+        actual_pages: stats.ballooned_pages,
+        actual_mib: stats.ballooned_pages / PAGES_PER_MIB,
+        generation: target.target.generation,
+        target_read: target.read,
+        inflate_calls: stats.inflate_calls,
+        deflate_calls: stats.deflate_calls,
     }
 }
 

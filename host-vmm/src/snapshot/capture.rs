@@ -216,8 +216,16 @@ impl DeviceHandles {
             .as_ref()
             .map(|b| b.ballooned_ranges())
             .unwrap_or_default();
+        let balloon_target = self.balloon.as_ref().map(|b| {
+            let t = b.target().target;
+            super::state::BalloonTargetState {
+                pages: t.pages,
+                generation: t.generation,
+            }
+        });
         DeviceStates {
             uart,
+            balloon_target,
             pit,
             ata,
             pv_block_sectors: self.disk.as_ref().map(SharedDisk::sectors),

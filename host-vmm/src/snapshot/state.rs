@@ -32,7 +32,7 @@ pub use crate::devices::pv::rings::SavedRing;
 /// The first 8 bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"PVKITSNP";
 /// The state-file format this VMM writes and the only one it reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 24;
 /// Largest payload accepted (16 MiB: a one-vCPU state is ~60 KiB of JSON).
@@ -174,12 +174,24 @@ pub struct DeviceStates {
     pub clock_pages: Vec<ClockPageState>,
     /// Ballooned page ranges (first page, page count), in 4 KiB pages.
     pub ballooned: Vec<(u64, u64)>,
+    /// The host-set balloon target, if the VM has a balloon (format version 2).
+    pub balloon_target: Option<BalloonTargetState>,
     /// Registered PV rings (saved while every ring was held still).
     pub rings: Vec<SavedRing>,
     /// The NIC, if the VM had one: only the PV NIC on the loopback backend is saved
     /// ([`NicState`]); absent in state files written before NICs were saved.
     #[serde(default)]
     pub net: Option<NicState>,
+}
+
+/// The host-set balloon target ([`pvkit_abi::balloon::BalloonTarget`]): the guest sees
+/// the same target and generation after a restore or a migration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonTargetState {
+    /// Target in 4 KiB pages.
+    pub pages: u32,
+    /// Its generation.
+    pub generation: u32,
 }
 
 /// The NIC a snapshot keeps: the PV NIC on the in-VMM loopback backend (stateless: it
@@ -307,6 +319,11 @@ impl VmState {
         }
         check_size("clock", &self.vm.clock, sizes.clock)?;
         let pages = self.mem_bytes / 4096;
+        if let Some(t) = &self.devices.balloon_target {
+            if u64::from(t.pages) > pages {
+                return bad(format!("balloon target {} pages above RAM", t.pages));
+            }
+        }
         for &(first, count) in &self.devices.ballooned {
             if count == 0 || first.checked_add(count).is_none_or(|end| end > pages) {
                 return bad(format!("ballooned range {first}+{count} outside RAM"));
@@ -461,6 +478,10 @@ mod tests {
                 net: None,
                 clock_pages: vec![],
                 ballooned: vec![(100, 4)],
+                balloon_target: Some(BalloonTargetState {
+                    pages: 4,
+                    generation: 2,
+                }),
                 rings: vec![],
             },
             disk: None,
@@ -487,11 +508,17 @@ mod tests {
         let mut b = good.clone();
         b[0] = b'X';
         assert!(matches!(decode(&b, &sizes), Err(StateFileError::BadMagic)));
-        let mut b = good.clone();
-        b[8] = 2;
-        let e = decode(&b, &sizes).unwrap_err();
-        assert!(matches!(e, StateFileError::Version { found: 2 }));
-        assert!(e.to_string().contains("version 2"));
+        // Another version, older (1: before the balloon target) or newer, is refused.
+        for other in [1, FORMAT_VERSION + 1] {
+            let mut b = good.clone();
+            b[8..12].copy_from_slice(&other.to_le_bytes());
+            let e = decode(&b, &sizes).unwrap_err();
+            assert!(
+                matches!(e, StateFileError::Version { found } if found == other),
+                "{e}"
+            );
+            assert!(e.to_string().contains(&format!("version {other}")), "{e}");
+        }
         let mut b = good.clone();
         let last = b.len() - 2;
         b[last] ^= 1;

@@ -360,6 +360,13 @@ pub fn build(
         if let Some(b) = &balloon {
             b.restore_ballooned(&state.devices.ballooned)
                 .map_err(mismatch)?;
+            if let Some(t) = state.devices.balloon_target {
+                b.restore_target(pvkit_abi::balloon::BalloonTarget {
+                    pages: t.pages,
+                    generation: t.generation,
+                })
+                .map_err(mismatch)?;
+            }
         }
         for ring in &state.devices.rings {
             pv.bus.restore_ring(&mem, ring).map_err(mismatch)?;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use super::machine::Vm;
-use crate::devices::pv::balloon::BalloonStats;
+use crate::devices::pv::balloon::{BalloonError, BalloonStats, TargetStatus};
 use crate::exit::ledger::LedgerSnapshot;
 use crate::runtime::sync::lock;
 use crate::snapshot::capture::{
@@ -58,6 +58,9 @@ pub enum ControlError {
     /// The snapshot failed (the VM is left as it was: paused or running).
     #[error(transparent)]
     Capture(#[from] CaptureError),
+    /// The balloon target was refused (the target is unchanged).
+    #[error(transparent)]
+    Balloon(#[from] BalloonError),
 }
 
 /// Where a paused vCPU waits, and what it left for the controller.
@@ -170,6 +173,8 @@ pub struct VmStats {
     pub mem_bytes: u64,
     /// The balloon's statistics, if the VM has one.
     pub balloon: Option<BalloonStats>,
+    /// The host-set balloon target, if the VM has a balloon.
+    pub balloon_target: Option<TargetStatus>,
 }
 
 /// What a snapshot wrote and how long its parts took.
@@ -532,6 +537,24 @@ impl VmControl {
             vm_clock_ns: self.devices.vm_clock.now_ns(),
             mem_bytes: self.info.mem_bytes,
             balloon: self.devices.balloon.as_ref().map(|b| b.stats()),
+            balloon_target: self.devices.balloon.as_ref().map(|b| b.target()),
         }
+    }
+
+    /// Sets the balloon target to `mib` MiB (the guest reads it and moves toward it; see
+    /// [`pvkit_abi::balloon`]). Refused, changing nothing, when the VM has stopped, has no
+    /// balloon, or the target is above what its RAM allows. Works paused or running.
+    pub fn set_balloon_target(&self, mib: u64) -> Result<TargetStatus, ControlError> {
+        let _busy = lock(&self.busy);
+        if self.is_stopped() {
+            return Err(ControlError::Stopped);
+        }
+        let balloon = self
+            .devices
+            .balloon
+            .as_ref()
+            .ok_or_else(|| ControlError::Unsupported("the VM has no balloon".into()))?;
+        let pages = mib.saturating_mul((1 << 20) / pvkit_abi::balloon::BALLOON_PAGE_SIZE);
+        Ok(balloon.set_target(pages)?)
     }
 }

@@ -1,7 +1,9 @@
 //! The memory balloon ([`pvkit_abi::balloon`]): `BalloonInflate` releases guest pages to
 //! the host with `madvise(MADV_DONTNEED)` on their host mapping and tracks them in a
 //! bitmap of RAM pages; `BalloonDeflate` untracks them (the guest's next touch gets a
-//! zero-filled page); `BalloonInfo` says how many pages are ballooned.
+//! zero-filled page); `BalloonInfo` says how many pages are ballooned; `BalloonTarget`
+//! tells the guest the host-set target ([`PvBalloon::set_target`], the control API's
+//! `balloon`), which the guest follows on its own (the host only counts).
 //!
 //! Every call is validated completely before anything changes ([`validate`]): a call with
 //! one bad range is refused with a status and changes nothing. The bitmap is bounded by
@@ -18,7 +20,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use pvkit_abi::balloon::{BalloonRange, BALLOON_MAX_RANGES, BALLOON_PAGE_SIZE};
+use pvkit_abi::balloon::{BalloonRange, BalloonTarget, BALLOON_MAX_RANGES, BALLOON_PAGE_SIZE};
 use pvkit_abi::boot::KERNEL_MIN_ADDR;
 use pvkit_abi::call::{CallReturn, Hypercall};
 use pvkit_abi::cpuid::Features;
@@ -34,6 +36,7 @@ const CALLS: &[Hypercall] = &[
     Hypercall::BalloonInflate,
     Hypercall::BalloonDeflate,
     Hypercall::BalloonInfo,
+    Hypercall::BalloonTarget,
 ];
 
 /// Inflate or deflate.
@@ -58,6 +61,31 @@ pub enum BalloonError {
         first: u64,
         /// Page count.
         count: u64,
+    },
+    /// A target larger than guest RAM.
+    #[error(
+        "balloon target of {target_pages} pages ({} MiB) is larger than the guest's RAM of \
+         {ram_pages} pages ({} MiB); nothing changed",
+        target_pages / 256,
+        ram_pages / 256
+    )]
+    TargetAboveRam {
+        /// The target asked for.
+        target_pages: u64,
+        /// Guest RAM.
+        ram_pages: u64,
+    },
+    /// A target larger than what the guest could ever give: its RAM less the boot area and
+    /// the kernel image, which are never ballooned.
+    #[error(
+        "balloon target of {target_pages} pages is more than the guest can give: at most \
+         {max_pages} pages (RAM less the boot area and the kernel image); nothing changed"
+    )]
+    TargetAboveMax {
+        /// The target asked for.
+        target_pages: u64,
+        /// The largest target.
+        max_pages: u64,
     },
 }
 
@@ -220,9 +248,29 @@ impl BalloonStats {
     }
 }
 
+/// The host-set target and whether the guest has read it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TargetStatus {
+    /// The target and its generation, as `BalloonTarget` returns them.
+    pub target: BalloonTarget,
+    /// The guest has called `BalloonTarget` since this target was set (a guest that
+    /// follows the target reads it; one that never reads it keeps its memory).
+    pub read: bool,
+    /// `BalloonTarget` calls so far.
+    pub reads: u64,
+}
+
+impl TargetStatus {
+    /// The target in pages.
+    pub fn pages(&self) -> u64 {
+        u64::from(self.target.pages)
+    }
+}
+
 struct State {
     bitmap: PageBitmap,
     stats: BalloonStats,
+    target: TargetStatus,
 }
 
 /// The balloon device.
@@ -263,6 +311,7 @@ impl PvBalloon {
             state: Mutex::new(State {
                 bitmap,
                 stats: BalloonStats::default(),
+                target: TargetStatus::default(),
             }),
             statm: File::open("/proc/self/statm").ok(),
         })
@@ -271,6 +320,79 @@ impl PvBalloon {
     /// What the balloon did so far.
     pub fn stats(&self) -> BalloonStats {
         lock(&self.state).stats
+    }
+
+    /// The host-set target, its generation and whether the guest read it.
+    pub fn target(&self) -> TargetStatus {
+        lock(&self.state).target
+    }
+
+    /// The largest target: the RAM pages outside the boot area (below
+    /// [`KERNEL_MIN_ADDR`]) and the kernel image (rounded out to pages), which the balloon
+    /// refuses.
+    pub fn max_target_pages(&self) -> u64 {
+        let page = BALLOON_PAGE_SIZE;
+        let ram = self.limits.ram / page;
+        let boot = KERNEL_MIN_ADDR.div_ceil(page).min(ram);
+        let k_start = (self.limits.kernel.start / page).max(boot).min(ram);
+        let k_end = self.limits.kernel.end.div_ceil(page).max(k_start).min(ram);
+        ram - boot - (k_end - k_start)
+    }
+
+    /// Sets the target to `pages` (the control API's `balloon`): the guest reads it with
+    /// `BalloonTarget` and moves toward it. Every set increments the generation (the same
+    /// value included: a new request). Refused, changing nothing, above
+    /// [`PvBalloon::max_target_pages`].
+    pub fn set_target(&self, pages: u64) -> Result<TargetStatus, BalloonError> {
+        let ram_pages = self.limits.ram / BALLOON_PAGE_SIZE;
+        if pages > ram_pages {
+            return Err(BalloonError::TargetAboveRam {
+                target_pages: pages,
+                ram_pages,
+            });
+        }
+        let max_pages = self.max_target_pages();
+        let value = match u32::try_from(pages) {
+            Ok(v) if pages <= max_pages => v,
+            _ => {
+                return Err(BalloonError::TargetAboveMax {
+                    target_pages: pages,
+                    max_pages,
+                })
+            }
+        };
+        let mut state = lock(&self.state);
+        let t = &mut state.target;
+        t.target = BalloonTarget {
+            pages: value,
+            generation: t.target.generation.wrapping_add(1),
+        };
+        t.read = false;
+        Ok(*t)
+    }
+
+    /// Sets a saved target and generation on a restored VM (checked as
+    /// [`PvBalloon::set_target`]); the guest sees the same generation it may have read.
+    pub fn restore_target(&self, saved: BalloonTarget) -> Result<(), BalloonError> {
+        let pages = u64::from(saved.pages);
+        let max_pages = self.max_target_pages();
+        if pages > max_pages {
+            return Err(BalloonError::TargetAboveMax {
+                target_pages: pages,
+                max_pages,
+            });
+        }
+        lock(&self.state).target.target = saved;
+        Ok(())
+    }
+
+    /// `BalloonTarget`: the target, packed; the guest has now read it.
+    pub fn read_target(&self) -> u64 {
+        let mut state = lock(&self.state);
+        let t = &mut state.target;
+        t.read = true;
+        t.reads = t.reads.saturating_add(1);
+        t.target.to_u64()
     }
 
     /// Whether the page at `gpa` is ballooned.
@@ -436,7 +558,7 @@ impl PvDevice for PvBalloon {
     }
 
     fn features(&self) -> Features {
-        Features::BALLOON
+        Features::BALLOON | Features::BALLOON_TARGET
     }
 
     fn hypercalls(&self) -> &'static [Hypercall] {
@@ -453,6 +575,9 @@ impl PvDevice for PvBalloon {
                 call_return(self.resize(ctx.mem, Op::Deflate, addr, count))
             }
             Hypercall::BalloonInfo => CallReturn::ok(lock(&self.state).bitmap.count()),
+            // arg0: flags, none defined yet (reserved for a change-interrupt binding).
+            Hypercall::BalloonTarget if addr != 0 => CallReturn::err(Status::EINVAL),
+            Hypercall::BalloonTarget => CallReturn::ok(self.read_target()),
             _ => CallReturn::err(Status::EOPNOTSUPP),
         }
     }
@@ -644,6 +769,149 @@ mod tests {
         // The page just past the kernel's rounded-out end is allowed.
         assert_eq!(h.call(Op::Inflate, &[r(0x30_1000, 1)]), Ok(1));
         assert_eq!(h.call(Op::Inflate, &[r(KERNEL_MIN_ADDR, 1)]), Ok(1));
+    }
+
+    #[test]
+    fn the_target_is_set_read_and_bounded() {
+        let h = H::new(64);
+        let ram = 64 * 256;
+        // Boot area (1 MiB: 256 pages below KERNEL_MIN_ADDR) and the kernel image rounded
+        // out (2 MiB..3 MiB + 4 KiB: 257 pages) are never ballooned.
+        assert_eq!(KERNEL_MIN_ADDR, MIB);
+        let max = ram - 256 - 257;
+        assert_eq!(h.b.max_target_pages(), max);
+        assert_eq!(h.b.target(), TargetStatus::default());
+        let call = |h: &H| BalloonTarget::from_u64(h.b.read_target());
+        // Nothing set: target 0, generation 0.
+        assert_eq!(call(&h), BalloonTarget::default());
+        let t = h.b.set_target(8 * 256).unwrap();
+        assert_eq!(
+            (t.target.pages, t.target.generation, t.read),
+            (2048, 1, false)
+        );
+        assert_eq!(
+            call(&h),
+            BalloonTarget {
+                pages: 2048,
+                generation: 1
+            }
+        );
+        let s = h.b.target();
+        assert!(s.read);
+        assert_eq!(s.reads, 2);
+        // The same value again is a new request.
+        assert_eq!(h.b.set_target(2048).unwrap().target.generation, 2);
+        assert!(!h.b.target().read);
+        // Refused: above RAM, above what the guest can give; nothing changes.
+        let before = h.b.target();
+        let e = h.b.set_target(ram + 1).unwrap_err();
+        assert!(matches!(e, BalloonError::TargetAboveRam { .. }), "{e}");
+        assert!(e.to_string().contains("64 MiB"), "{e}");
+        let e = h.b.set_target(max + 1).unwrap_err();
+        assert!(matches!(e, BalloonError::TargetAboveMax { .. }), "{e}");
+        assert!(h.b.set_target(u64::MAX).is_err());
+        assert_eq!(h.b.target(), before);
+        // The largest target and 0 are accepted.
+        assert_eq!(h.b.set_target(max).unwrap().target.pages as u64, max);
+        assert_eq!(h.b.set_target(0).unwrap().target.generation, 4);
+        // The target does not touch the balloon itself.
+        assert_eq!(h.b.stats(), BalloonStats::default());
+    }
+
+    /// Through the hypercall bus, as the exit handler calls it: the feature bit is offered
+    /// with the balloon, and `BalloonTarget` returns the packed target; flags other than 0
+    /// are refused and count as no read; arguments 1–3 are ignored.
+    #[test]
+    fn the_bus_offers_and_dispatches_balloon_target() {
+        use crate::devices::{assemble, PvConfig};
+        use crate::exit::ledger::ExitLedger;
+        let mem = create_ram(64).unwrap();
+        let mut ledger = ExitLedger::new();
+        let pv = assemble(
+            PvConfig {
+                console: crate::io::console_out::Console::capture(),
+                pv_console: false,
+                disk: None,
+                clock: None,
+                kvmclock: false,
+                balloon: Some((mem.clone(), KERNEL)),
+                rings: None,
+                vcpu_up: None,
+                net: None,
+                ipi: None,
+                spinlock: None,
+                steal: None,
+            },
+            &mut ledger,
+        )
+        .unwrap();
+        assert!(pv
+            .bus
+            .features()
+            .contains(Features::BALLOON | Features::BALLOON_TARGET));
+        let b = pv.balloon.unwrap();
+        let call = |args| {
+            pv.bus
+                .dispatch(&mem, &ledger, 0, Hypercall::BalloonTarget, args)
+        };
+        assert_eq!(call([0; 4]), CallReturn::ok(0));
+        b.set_target(300).unwrap();
+        let packed = BalloonTarget {
+            pages: 300,
+            generation: 1,
+        }
+        .to_u64();
+        for flags in [1, u64::MAX] {
+            assert_eq!(call([flags, 0, 0, 0]), CallReturn::err(Status::EINVAL));
+        }
+        assert!(!b.target().read);
+        assert_eq!(
+            call([0, u64::MAX, u64::MAX, u64::MAX]),
+            CallReturn::ok(packed)
+        );
+        assert_eq!(b.target().reads, 2);
+        assert!(b.target().read);
+    }
+
+    #[test]
+    fn a_restored_target_keeps_its_generation_and_is_checked() {
+        let h = H::new(64);
+        let saved = BalloonTarget {
+            pages: 1000,
+            generation: 7,
+        };
+        h.b.restore_target(saved).unwrap();
+        assert_eq!(BalloonTarget::from_u64(h.b.read_target()), saved);
+        assert_eq!(h.b.set_target(10).unwrap().target.generation, 8);
+        let huge = BalloonTarget {
+            pages: u32::MAX,
+            generation: 1,
+        };
+        assert!(h.b.restore_target(huge).is_err());
+        assert_eq!(h.b.target().pages(), 10);
+    }
+
+    /// A guest following the target through the device: the call returns the target and
+    /// the guest's inflates and deflates bring the actual count to it.
+    #[test]
+    fn a_guest_following_the_target_reaches_it() {
+        let h = H::new(64);
+        h.b.set_target(4096).unwrap();
+        let t = BalloonTarget::from_u64(h.b.read_target());
+        // The guest inflates 16 MiB above 8 MiB in two batches of 8 MiB.
+        let mut at = 8 * MIB;
+        while h.b.stats().ballooned_pages < u64::from(t.pages) {
+            let left = u64::from(t.pages) - h.b.stats().ballooned_pages;
+            let n = left.min(2048);
+            assert_eq!(h.call(Op::Inflate, &[r(at, n)]), Ok(n));
+            at += n * 4096;
+        }
+        let s = h.b.stats();
+        assert_eq!((s.ballooned_pages, s.inflate_calls), (4096, 2));
+        h.b.set_target(0).unwrap();
+        assert_eq!(BalloonTarget::from_u64(h.b.read_target()).pages, 0);
+        assert_eq!(h.call(Op::Deflate, &[r(8 * MIB, 4096)]), Ok(4096));
+        assert_eq!(h.b.stats().ballooned_pages, 0);
     }
 
     #[test]
