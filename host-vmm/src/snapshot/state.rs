@@ -28,11 +28,14 @@ use pvkit_devices::{AtaState, PitState, UartState, VmClockState};
 use pvkit_pv::PvClockState;
 
 pub use crate::devices::pv::rings::SavedRing;
+pub use crate::devices::pv::vcpu_up::SavedStartSlot;
 
 /// The first 8 bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"PVKITSNP";
 /// The state-file format this VMM writes and the only one it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2: every vCPU of an SMP VM (each with its MP state) and the APs' start slots
+/// ([`DeviceStates::vcpu_starts`]).
+pub const FORMAT_VERSION: u32 = 2;
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 24;
 /// Largest payload accepted (16 MiB: a one-vCPU state is ~60 KiB of JSON).
@@ -180,6 +183,10 @@ pub struct DeviceStates {
     /// ([`NicState`]); absent in state files written before NICs were saved.
     #[serde(default)]
     pub net: Option<NicState>,
+    /// The `VcpuUp` start slot of every vCPU, vCPU 0 first (an AP not started, one whose
+    /// start was posted but not yet taken, or running); empty for a one-vCPU VM.
+    #[serde(default)]
+    pub vcpu_starts: Vec<SavedStartSlot>,
 }
 
 /// The NIC a snapshot keeps: the PV NIC on the in-VMM loopback backend (stateless: it
@@ -275,6 +282,21 @@ impl VmState {
         }
         if self.ledger.len() > MAX_ENTRIES || self.devices.ballooned.len() > MAX_ENTRIES {
             return bad("too many ledger entries or balloon ranges".into());
+        }
+        let starts = &self.devices.vcpu_starts;
+        let want_starts = if self.vcpus.len() > 1 { self.vcpus.len() } else { 0 };
+        if starts.len() != want_starts {
+            return bad(format!(
+                "{} vCPU start slots for {} vCPUs",
+                starts.len(),
+                self.vcpus.len()
+            ));
+        }
+        if let Some(e) = starts.iter().find_map(|s| s.check().err()) {
+            return bad(e);
+        }
+        if starts.first().is_some_and(|s| *s != SavedStartSlot::Running) {
+            return bad("vCPU 0's start slot is not `running`".into());
         }
         for (i, v) in self.vcpus.iter().enumerate() {
             if v.index != i as u64 {
@@ -462,18 +484,41 @@ mod tests {
                 clock_pages: vec![],
                 ballooned: vec![(100, 4)],
                 rings: vec![],
+                vcpu_starts: vec![],
             },
             disk: None,
             ledger: vec![(SavedExitKind::Hypercall(1), 7), (SavedExitKind::Hlt, 1)],
         }
     }
 
+    /// [`sample`] with three vCPUs: vCPU 1 running, vCPU 2's start posted.
+    pub(crate) fn smp_sample() -> VmState {
+        let mut s = sample();
+        for i in 1..3 {
+            let mut v = s.vcpus[0].clone();
+            v.index = i;
+            v.mp_state = kvm_bindings::KVM_MP_STATE_HALTED;
+            s.vcpus.push(v);
+        }
+        s.devices.vcpu_starts = vec![
+            SavedStartSlot::Running,
+            SavedStartSlot::Running,
+            SavedStartSlot::Pending {
+                rip: 0x20_1000,
+                rsp: 0x30_0000,
+                arg: 2,
+            },
+        ];
+        s
+    }
+
     #[test]
     fn round_trip() {
-        let s = sample();
-        let bytes = encode(&s).unwrap();
-        assert_eq!(&bytes[..8], b"PVKITSNP");
-        assert_eq!(decode(&bytes, &KvmSizes::host()).unwrap(), s);
+        for s in [sample(), smp_sample()] {
+            let bytes = encode(&s).unwrap();
+            assert_eq!(&bytes[..8], b"PVKITSNP");
+            assert_eq!(decode(&bytes, &KvmSizes::host()).unwrap(), s);
+        }
     }
 
     #[test]
@@ -487,11 +532,14 @@ mod tests {
         let mut b = good.clone();
         b[0] = b'X';
         assert!(matches!(decode(&b, &sizes), Err(StateFileError::BadMagic)));
-        let mut b = good.clone();
-        b[8] = 2;
-        let e = decode(&b, &sizes).unwrap_err();
-        assert!(matches!(e, StateFileError::Version { found: 2 }));
-        assert!(e.to_string().contains("version 2"));
+        // The version before SMP snapshots, and a future one.
+        for v in [1, FORMAT_VERSION + 1] {
+            let mut b = good.clone();
+            b[8..12].copy_from_slice(&v.to_le_bytes());
+            let e = decode(&b, &sizes).unwrap_err();
+            assert!(matches!(e, StateFileError::Version { found } if found == v));
+            assert!(e.to_string().contains(&format!("version {v};")), "{e}");
+        }
         let mut b = good.clone();
         let last = b.len() - 2;
         b[last] ^= 1;
@@ -512,6 +560,21 @@ mod tests {
         let mut s = sample();
         s.devices.ballooned = vec![(u64::MAX, 2)];
         assert!(decode(&encode(&s).unwrap(), &sizes).is_err());
+        // Start slots that do not fit the vCPUs, or a hostile start address.
+        let mut s = smp_sample();
+        s.devices.vcpu_starts.pop();
+        let e = decode(&encode(&s).unwrap(), &sizes).unwrap_err();
+        assert!(e.to_string().contains("start slots"), "{e}");
+        let mut s = smp_sample();
+        s.devices.vcpu_starts[1] = SavedStartSlot::Pending {
+            rip: 1 << 47,
+            rsp: 0x1000,
+            arg: 0,
+        };
+        assert!(decode(&encode(&s).unwrap(), &sizes).is_err());
+        let mut s = smp_sample();
+        s.devices.vcpu_starts[0] = SavedStartSlot::Waiting;
+        assert!(decode(&encode(&s).unwrap(), &sizes).is_err(), "vCPU 0 runs");
         // Valid framing around garbage.
         let mut g = Vec::from(MAGIC);
         g.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
