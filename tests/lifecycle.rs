@@ -566,3 +566,106 @@ fn nics_a_snapshot_cannot_keep_are_refused() {
     assert!(!st.paused, "a refused snapshot leaves the VM running");
     vm.terminate();
 }
+
+/// An SMP guest (`--vcpus 4`, the counter with `cpus=3`: CPU 1 answers every step from its
+/// own running sum, CPU 2 halted, vCPU 3 never started) is paused and resumed, then
+/// snapshotted: the state file holds all four vCPUs with their MP states, and the restored
+/// VM continues on every vCPU (CPU 1's sum checked by the guest at every step, and once
+/// more here), its counter, clock and disk continuing, its ledger exact over the guest's
+/// whole life.
+#[test]
+fn an_smp_guest_pauses_snapshots_and_restores_with_every_vcpu() {
+    use pvkit_abi::call::Hypercall;
+    use pvkit_vmm::exit::ledger::ExitKind;
+    use pvkit_vmm::snapshot::restore::read_state;
+    if !common::builtin_ready() {
+        return;
+    }
+    const N: u64 = 30;
+    let d = dir("smp");
+    let disk = d.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let extra = [
+        "--disk".as_ref(),
+        disk.as_os_str(),
+        "--vcpus".as_ref(),
+        "4".as_ref(),
+    ];
+    let mut vm = Running::start_with(&d, &extra, &format!("counter={N} counter_ms=20 cpus=3"));
+    vm.wait_for("counter 3 ");
+    // A pause holds every vCPU; a resume lets all of them go on.
+    let r = vm.api(&Request::Pause);
+    assert!(r.ok, "{r:?}");
+    assert!(vm.api(&Request::Stats).stats.unwrap().paused);
+    let r = vm.api(&Request::Resume);
+    assert!(r.ok, "{r:?}");
+    vm.wait_for("counter 8 ");
+    let r = vm.api(&Request::Pause);
+    assert!(r.ok, "{r:?}");
+    let snap = d.join("snap");
+    let r = vm.api(&Request::Snapshot { dir: snap.clone() });
+    assert!(r.ok, "{r:?}");
+    let before = steps(&vm.terminate());
+    let &(k, t_k) = before.last().unwrap();
+    assert!(k >= 8, "{before:?}");
+
+    // Every vCPU's state, each with what it was doing (KVM's `KVM_MP_STATE_*` values).
+    const RUNNABLE: u32 = 0;
+    const UNINITIALIZED: u32 = 1;
+    const HALTED: u32 = 3;
+    let state = read_state(&snap).unwrap();
+    assert_eq!(state.vcpus.len(), 4);
+    let mp: Vec<u32> = state.vcpus.iter().map(|v| v.mp_state).collect();
+    assert_eq!(mp[0], RUNNABLE, "{mp:?}");
+    assert_eq!(mp[1], RUNNABLE, "{mp:?}");
+    assert_eq!(mp[2], HALTED, "{mp:?}");
+    assert_eq!(mp[3], UNINITIALIZED, "{mp:?}");
+    assert!(state.vcpus.iter().all(|v| v.lapic.is_some()));
+    use pvkit_vmm::snapshot::state::SavedStartSlot as Slot;
+    assert_eq!(
+        state.devices.vcpu_starts,
+        [Slot::Running, Slot::Running, Slot::Running, Slot::Waiting]
+    );
+
+    let o = pvkit_vmm::run(&pvkit_vmm::VmConfig {
+        restore: Some(snap),
+        capture_console: true,
+        timeout: Duration::from_secs(120),
+        ..pvkit_vmm::VmConfig::default()
+    })
+    .expect("restore");
+    let out = String::from_utf8_lossy(&o.console).into_owned();
+    assert_eq!(o.stop, pvkit_vmm::StopReason::Exit(0), "{out}");
+    let lines: Vec<String> = out.lines().map(str::to_owned).collect();
+    let after = steps(&lines);
+    // Step k + 1 may have been written to the disk before the pause and printed after.
+    let want: Vec<u64> = (k + 1..=N).collect();
+    assert_eq!(after.iter().map(|s| s.0).collect::<Vec<_>>(), want, "{out}");
+    let mut last = t_k;
+    for &(i, t) in &after {
+        assert!(t >= last, "step {i}: {t} < {last}");
+        last = t;
+    }
+    let sum = format!("counter cpu1 sum={}", N * (N + 1) / 2);
+    assert_eq!(
+        lines[lines.len() - 2..],
+        [sum, "counter done".to_owned()],
+        "{out}"
+    );
+    assert_eq!(disk_record(&disk), *after.last().unwrap());
+
+    // The ledger: boot (the clock page, the disk size, one `VcpuUp` per AP and the wake-up
+    // of its thread), per step two disk requests and a line, the sum and `counter done`
+    // lines and `Exit`; each of the two pauses, one interrupted `KVM_RUN` per vCPU. CPU 1
+    // and CPU 2 never exit.
+    let l = &o.ledger;
+    let hc = |h| l.count(ExitKind::Hypercall(h));
+    assert_eq!(hc(Hypercall::RegisterRegion), 1);
+    assert_eq!(hc(Hypercall::BlockCapacity), 1);
+    assert_eq!(hc(Hypercall::VcpuUp), 2);
+    assert_eq!(hc(Hypercall::BlockIo), 2 * N);
+    assert_eq!(hc(Hypercall::ConsoleWrite), N + 2);
+    assert_eq!(hc(Hypercall::Exit), 1);
+    assert_eq!(l.count(ExitKind::Interrupted), 2 + 2 * 4);
+    assert_eq!(l.total, 3 * N + 17, "{:?}", l.by_count());
+}

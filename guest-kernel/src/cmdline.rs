@@ -25,7 +25,7 @@
 //! | `lock=`     | instead of everything else: the spinlock workload, `plain` or `pv` ([`crate::lock`]), on `cpus=N` CPUs; `iters=K` acquisitions per CPU, `spin=S` spins before a PV wait, `lock_bad` refused calls first, `lock_hang` wait for ever, `lock_bench` benchmark markers and sample |
 //! | `quick`     | with `bench=`: small operation counts                                 |
 //! | `ops=N`     | with `bench=`: `N` (≥ 1) operations in every case                      |
-//! | `counter=N` | instead of everything else: count to `N`, one step per `counter_ms=M` (default 20) ms, checking the PV clock and the disk ([`crate::counter`]); for snapshot tests; with `ring=` it prints through the console ring |
+//! | `counter=N` | instead of everything else: count to `N`, one step per `counter_ms=M` (default 20) ms, checking the PV clock and the disk ([`crate::counter`]); for snapshot tests; with `ring=` it prints through the console ring; with `cpus=N` (2–8) CPU 1 answers every step and CPUs 2.. halt ([`crate::counter`]) |
 //! | `net=`      | instead of everything else: the NE2000 by interrupts, `serve`, `echo`, `send` or `ring` ([`crate::net`]); with `ip=`, `peer=` (IPv4), `count=N`, `size=N` (UDP payload), `pvnet=` (PV NIC path) |
 //! | `id=K`, `members=N` | with `net=ring`: this member's id (1..=N) and the ring's size ([`crate::net::ring`]) |
 //! | `touch=MIB` | with `net=ring`: before the ring starts, write every page of `MIB` MiB, then stop using it; `give_back` returns it to the host through the balloon |
@@ -302,6 +302,7 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
                         steps: n,
                         step_ms: 0,
                         ring: None,
+                        cpus: 1,
                     })
                 }
                 _ => return Err(n),
@@ -351,6 +352,7 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
     if let Some(c) = &mut args.counter {
         c.step_ms = counter_ms;
         c.ring = ring;
+        c.cpus = cpus;
     }
     Ok(args)
 }
