@@ -510,7 +510,13 @@ fn a_target_without_the_sources_nic_refuses_the_vm() {
 fn counter_steps(lines: &[String]) -> Vec<u64> {
     lines
         .iter()
-        .filter_map(|l| l.strip_prefix("counter ")?.split_once(" t=")?.0.parse().ok())
+        .filter_map(|l| {
+            l.strip_prefix("counter ")?
+                .split_once(" t=")?
+                .0
+                .parse()
+                .ok()
+        })
         .collect()
 }
 

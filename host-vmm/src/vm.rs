@@ -4,8 +4,10 @@
 //! [`builder`] assembles the VM from a [`VmConfig`]; [`machine`] holds the [`machine::Vm`]
 //! the vCPU threads share and the state each owns. Threads: the caller's thread builds the
 //! VM, then waits as the watchdog; the guest runs on a dedicated vCPU thread (vCPU 0) with
-//! its [`machine::VcpuState`], handed back when the guest stops; the other vCPUs are parked
-//! on their own threads. Their ledgers are merged for the [`RunOutcome`].
+//! its [`machine::VcpuState`], handed back when the guest stops; the other vCPUs (APs) run
+//! on their own threads, waiting in `KVM_RUN` until the guest starts them. A pause
+//! ([`control`]) parks every vCPU thread in its seat of the [`control::PauseGate`]. Their
+//! ledgers are merged for the [`RunOutcome`].
 
 pub mod builder;
 pub mod control;

@@ -284,7 +284,11 @@ impl VmState {
             return bad("too many ledger entries or balloon ranges".into());
         }
         let starts = &self.devices.vcpu_starts;
-        let want_starts = if self.vcpus.len() > 1 { self.vcpus.len() } else { 0 };
+        let want_starts = if self.vcpus.len() > 1 {
+            self.vcpus.len()
+        } else {
+            0
+        };
         if starts.len() != want_starts {
             return bad(format!(
                 "{} vCPU start slots for {} vCPUs",
@@ -295,7 +299,10 @@ impl VmState {
         if let Some(e) = starts.iter().find_map(|s| s.check().err()) {
             return bad(e);
         }
-        if starts.first().is_some_and(|s| *s != SavedStartSlot::Running) {
+        if starts
+            .first()
+            .is_some_and(|s| *s != SavedStartSlot::Running)
+        {
             return bad("vCPU 0's start slot is not `running`".into());
         }
         for (i, v) in self.vcpus.iter().enumerate() {

@@ -367,7 +367,11 @@ pub fn build(
         match &vcpu_up {
             Some(up) => up.restore(&state.devices.vcpu_starts).map_err(mismatch)?,
             None if state.devices.vcpu_starts.is_empty() => {}
-            None => return Err(mismatch("the snapshot has vCPU start slots, this VM one vCPU")),
+            None => {
+                return Err(mismatch(
+                    "the snapshot has vCPU start slots, this VM one vCPU",
+                ))
+            }
         }
     }
     if let Some(d) = &disk {

@@ -741,7 +741,10 @@ mod tests {
         fn finish(self) -> Vec<u64> {
             self.stop.store(true, Ordering::Release);
             self.gate.cv.notify_all();
-            self.threads.into_iter().map(|t| t.join().unwrap()).collect()
+            self.threads
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .collect()
         }
     }
 

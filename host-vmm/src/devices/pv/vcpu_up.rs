@@ -62,11 +62,9 @@ impl SavedStartSlot {
     /// are canonical, as [`VcpuUp::up`] required when it accepted them.
     pub fn check(&self) -> Result<(), String> {
         match *self {
-            SavedStartSlot::Pending { rip, rsp, .. } if !canonical(rip) || !canonical(rsp) => {
-                Err(format!(
-                    "a pending vCPU start at non-canonical rip {rip:#x} / rsp {rsp:#x}"
-                ))
-            }
+            SavedStartSlot::Pending { rip, rsp, .. } if !canonical(rip) || !canonical(rsp) => Err(
+                format!("a pending vCPU start at non-canonical rip {rip:#x} / rsp {rsp:#x}"),
+            ),
             _ => Ok(()),
         }
     }
