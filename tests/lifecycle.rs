@@ -79,12 +79,17 @@ impl Running {
     }
 
     /// SIGTERM, then every console line the guest printed.
-    fn terminate(mut self) -> Vec<String> {
+    fn terminate(self) -> Vec<String> {
+        self.terminate_with_code().1
+    }
+
+    /// SIGTERM, then the exit status and every console line the guest printed.
+    fn terminate_with_code(mut self) -> (i32, Vec<String>) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().unwrap();
+        let status = self.child.wait().unwrap();
         self.seen.extend(self.lines.iter());
-        self.seen
+        (status.code().unwrap_or(-1), self.seen)
     }
 
     fn wait_exit(mut self) -> (i32, Vec<String>) {
@@ -605,7 +610,11 @@ fn an_smp_guest_pauses_snapshots_and_restores_with_every_vcpu() {
     let snap = d.join("snap");
     let r = vm.api(&Request::Snapshot { dir: snap.clone() });
     assert!(r.ok, "{r:?}");
-    let before = steps(&vm.terminate());
+    // SIGTERM stops the paused VM (every vCPU thread leaves the gate) with the disk
+    // flushed: status 128 + 15.
+    let (code, lines) = vm.terminate_with_code();
+    assert_eq!(code, 143);
+    let before = steps(&lines);
     let &(k, t_k) = before.last().unwrap();
     assert!(k >= 8, "{before:?}");
 
