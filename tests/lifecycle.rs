@@ -574,10 +574,11 @@ fn nics_a_snapshot_cannot_keep_are_refused() {
 
 /// An SMP guest (`--vcpus 4`, the counter with `cpus=3`: CPU 1 answers every step from its
 /// own running sum, CPU 2 halted, vCPU 3 never started) is paused and resumed, then
-/// snapshotted: the state file holds all four vCPUs with their MP states, and the restored
-/// VM continues on every vCPU (CPU 1's sum checked by the guest at every step, and once
-/// more here), its counter, clock and disk continuing, its ledger exact over the guest's
-/// whole life.
+/// snapshotted: the state file holds all four vCPUs with their MP states. The restored VM
+/// is snapshotted again mid-run (its restored APs park like the original's), and the
+/// second restore continues on every vCPU (CPU 1's sum checked by the guest at every step,
+/// and once more here), its counter, clock and disk continuing, its ledger exact over the
+/// guest's whole life.
 #[test]
 fn an_smp_guest_pauses_snapshots_and_restores_with_every_vcpu() {
     use pvkit_abi::call::Hypercall;
@@ -586,7 +587,7 @@ fn an_smp_guest_pauses_snapshots_and_restores_with_every_vcpu() {
     if !common::builtin_ready() {
         return;
     }
-    const N: u64 = 30;
+    const N: u64 = 60;
     let d = dir("smp");
     let disk = d.join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
@@ -636,18 +637,53 @@ fn an_smp_guest_pauses_snapshots_and_restores_with_every_vcpu() {
         [Slot::Running, Slot::Running, Slot::Running, Slot::Waiting]
     );
 
+    // The first restore runs ~200 ms, then is paused and snapshotted through its control
+    // handle, and stopped.
+    let (tx, rx) = mpsc::channel();
+    let hook = pvkit_vmm::vm::ControlHook(std::sync::Arc::new(move |ctl| {
+        let _ = tx.send(ctl);
+    }));
+    let snap2 = d.join("snap2");
+    let taker = {
+        let snap2 = snap2.clone();
+        std::thread::spawn(move || {
+            let ctl: std::sync::Arc<pvkit_vmm::vm::control::VmControl> =
+                rx.recv_timeout(WAIT).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            ctl.pause().unwrap();
+            ctl.snapshot(&snap2).unwrap();
+            ctl.request_stop();
+        })
+    };
     let o = pvkit_vmm::run(&pvkit_vmm::VmConfig {
         restore: Some(snap),
         capture_console: true,
         timeout: Duration::from_secs(120),
+        control: Some(hook),
         ..pvkit_vmm::VmConfig::default()
     })
-    .expect("restore");
+    .expect("first restore");
+    taker.join().unwrap();
+    let out = String::from_utf8_lossy(&o.console).into_owned();
+    assert!(
+        matches!(o.stop, pvkit_vmm::StopReason::Timeout { .. }),
+        "stopped by the controller: {:?}\n{out}",
+        o.stop
+    );
+    let mut lines: Vec<String> = out.lines().map(str::to_owned).collect();
+    assert!(!lines.iter().any(|l| l == "counter done"), "{out}");
+    let o = pvkit_vmm::run(&pvkit_vmm::VmConfig {
+        restore: Some(snap2),
+        capture_console: true,
+        timeout: Duration::from_secs(120),
+        ..pvkit_vmm::VmConfig::default()
+    })
+    .expect("second restore");
     let out = String::from_utf8_lossy(&o.console).into_owned();
     assert_eq!(o.stop, pvkit_vmm::StopReason::Exit(0), "{out}");
-    let lines: Vec<String> = out.lines().map(str::to_owned).collect();
+    lines.extend(out.lines().map(str::to_owned));
     let after = steps(&lines);
-    // Step k + 1 may have been written to the disk before the pause and printed after.
+    // Every step once across the two restores.
     let want: Vec<u64> = (k + 1..=N).collect();
     assert_eq!(after.iter().map(|s| s.0).collect::<Vec<_>>(), want, "{out}");
     let mut last = t_k;
@@ -665,8 +701,8 @@ fn an_smp_guest_pauses_snapshots_and_restores_with_every_vcpu() {
 
     // The ledger: boot (the clock page, the disk size, one `VcpuUp` per AP and the wake-up
     // of its thread), per step two disk requests and a line, the sum and `counter done`
-    // lines and `Exit`; each of the two pauses, one interrupted `KVM_RUN` per vCPU. CPU 1
-    // and CPU 2 never exit.
+    // lines and `Exit`; each of the three pauses, one interrupted `KVM_RUN` per vCPU. CPU 1
+    // and CPU 2 never exit; the stop of the paused first restore costs nothing.
     let l = &o.ledger;
     let hc = |h| l.count(ExitKind::Hypercall(h));
     assert_eq!(hc(Hypercall::RegisterRegion), 1);
@@ -675,6 +711,6 @@ fn an_smp_guest_pauses_snapshots_and_restores_with_every_vcpu() {
     assert_eq!(hc(Hypercall::BlockIo), 2 * N);
     assert_eq!(hc(Hypercall::ConsoleWrite), N + 2);
     assert_eq!(hc(Hypercall::Exit), 1);
-    assert_eq!(l.count(ExitKind::Interrupted), 2 + 2 * 4);
-    assert_eq!(l.total, 3 * N + 17, "{:?}", l.by_count());
+    assert_eq!(l.count(ExitKind::Interrupted), 2 + 3 * 4);
+    assert_eq!(l.total, 3 * N + 21, "{:?}", l.by_count());
 }
