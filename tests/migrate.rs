@@ -555,6 +555,9 @@ fn a_two_vcpu_guest_migrates_with_both_vcpus() {
     source.wait_for(&format!("counter {AT} "));
     let reply = send(&api, &Request::Migrate { dest: to_s }).expect("API reply");
     assert!(reply.ok, "{reply:?}");
+    let figures = reply.migration.expect("the migration's figures");
+    eprintln!("2 vCPUs: {figures:?}");
+    assert!(figures.downtime_us > 0 && figures.downtime_us <= figures.total_us);
     let (scode, source, serr) = source.finish();
     assert_eq!(scode, 0, "{serr}");
     assert!(serr.contains("live-migrated to"), "{serr}");
