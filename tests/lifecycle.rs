@@ -714,3 +714,45 @@ fn an_smp_guest_pauses_snapshots_and_restores_with_every_vcpu() {
     assert_eq!(l.count(ExitKind::Interrupted), 2 + 3 * 4);
     assert_eq!(l.total, 3 * N + 21, "{:?}", l.by_count());
 }
+
+/// The watchdog still ends a paused SMP VM: every vCPU thread (CPU 1 spinning, CPU 2 halted,
+/// vCPU 3 never started, all parked) leaves the gate and the run stops with the timeout.
+#[test]
+fn the_watchdog_stops_a_paused_smp_vm() {
+    if !common::builtin_ready() {
+        return;
+    }
+    let (tx, rx) = mpsc::channel();
+    let hook = pvkit_vmm::vm::ControlHook(std::sync::Arc::new(move |ctl| {
+        let _ = tx.send(ctl);
+    }));
+    let pauser = std::thread::spawn(move || {
+        let ctl: std::sync::Arc<pvkit_vmm::vm::control::VmControl> =
+            rx.recv_timeout(WAIT).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        ctl.pause().unwrap();
+        assert!(ctl.stats().paused);
+    });
+    let t = Instant::now();
+    let o = pvkit_vmm::run(&pvkit_vmm::VmConfig {
+        cmdline: "counter=100000 counter_ms=20 cpus=3".into(),
+        console: Some(pvkit_vmm::ConsoleKind::Pv),
+        capture_console: true,
+        vcpus: 4,
+        timeout: Duration::from_secs(3),
+        control: Some(hook),
+        ..pvkit_vmm::VmConfig::default()
+    })
+    .expect("run");
+    pauser.join().unwrap();
+    assert!(
+        matches!(o.stop, pvkit_vmm::StopReason::Timeout { .. }),
+        "{:?}",
+        o.stop
+    );
+    // The deadline plus the kick grace at most.
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    use pvkit_vmm::exit::ledger::ExitKind;
+    // The wake-ups of CPUs 1 and 2, and the pause: one per vCPU.
+    assert_eq!(o.ledger.count(ExitKind::Interrupted), 2 + 4);
+}
