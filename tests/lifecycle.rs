@@ -727,8 +727,7 @@ fn the_watchdog_stops_a_paused_smp_vm() {
         let _ = tx.send(ctl);
     }));
     let pauser = std::thread::spawn(move || {
-        let ctl: std::sync::Arc<pvkit_vmm::vm::control::VmControl> =
-            rx.recv_timeout(WAIT).unwrap();
+        let ctl: std::sync::Arc<pvkit_vmm::vm::control::VmControl> = rx.recv_timeout(WAIT).unwrap();
         std::thread::sleep(Duration::from_millis(300));
         ctl.pause().unwrap();
         assert!(ctl.stats().paused);
