@@ -81,12 +81,17 @@ impl Running {
     }
 
     /// SIGTERM, then every console line the guest printed.
-    fn terminate(mut self) -> Vec<String> {
+    fn terminate(self) -> Vec<String> {
+        self.terminate_with_code().1
+    }
+
+    /// SIGTERM, then the exit status and every console line the guest printed.
+    fn terminate_with_code(mut self) -> (i32, Vec<String>) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().unwrap();
+        let status = self.child.wait().unwrap();
         self.seen.extend(self.lines.iter());
-        self.seen
+        (status.code().unwrap_or(-1), self.seen)
     }
 
     fn wait_exit(mut self) -> (i32, Vec<String>) {
@@ -608,4 +613,188 @@ fn nics_a_snapshot_cannot_keep_are_refused() {
     let st = vm.api(&Request::Stats).stats.unwrap();
     assert!(!st.paused, "a refused snapshot leaves the VM running");
     vm.terminate();
+}
+
+/// An SMP guest (`--vcpus 4`, the counter with `cpus=3`: CPU 1 answers every step from its
+/// own running sum, CPU 2 halted, vCPU 3 never started) is paused and resumed, then
+/// snapshotted: the state file holds all four vCPUs with their MP states. The restored VM
+/// is snapshotted again mid-run (its restored APs park like the original's), and the
+/// second restore continues on every vCPU (CPU 1's sum checked by the guest at every step,
+/// and once more here), its counter, clock and disk continuing, its ledger exact over the
+/// guest's whole life.
+#[test]
+fn an_smp_guest_pauses_snapshots_and_restores_with_every_vcpu() {
+    use pvkit_abi::call::Hypercall;
+    use pvkit_vmm::exit::ledger::ExitKind;
+    use pvkit_vmm::snapshot::restore::read_state;
+    if !common::builtin_ready() {
+        return;
+    }
+    const N: u64 = 60;
+    let d = dir("smp");
+    let disk = d.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let extra = [
+        "--disk".as_ref(),
+        disk.as_os_str(),
+        "--vcpus".as_ref(),
+        "4".as_ref(),
+    ];
+    let mut vm = Running::start_with(&d, &extra, &format!("counter={N} counter_ms=20 cpus=3"));
+    vm.wait_for("counter 3 ");
+    // A pause holds every vCPU; a resume lets all of them go on.
+    let r = vm.api(&Request::Pause);
+    assert!(r.ok, "{r:?}");
+    assert!(vm.api(&Request::Stats).stats.unwrap().paused);
+    let r = vm.api(&Request::Resume);
+    assert!(r.ok, "{r:?}");
+    vm.wait_for("counter 8 ");
+    let r = vm.api(&Request::Pause);
+    assert!(r.ok, "{r:?}");
+    let snap = d.join("snap");
+    let r = vm.api(&Request::Snapshot { dir: snap.clone() });
+    assert!(r.ok, "{r:?}");
+    // SIGTERM stops the paused VM (every vCPU thread leaves the gate) with the disk
+    // flushed: status 128 + 15.
+    let (code, lines) = vm.terminate_with_code();
+    assert_eq!(code, 143);
+    let before = steps(&lines);
+    let &(k, t_k) = before.last().unwrap();
+    assert!(k >= 8, "{before:?}");
+
+    // Every vCPU's state, each with what it was doing (KVM's `KVM_MP_STATE_*` values).
+    const RUNNABLE: u32 = 0;
+    const UNINITIALIZED: u32 = 1;
+    const HALTED: u32 = 3;
+    let state = read_state(&snap).unwrap();
+    assert_eq!(state.vcpus.len(), 4);
+    let mp: Vec<u32> = state.vcpus.iter().map(|v| v.mp_state).collect();
+    assert_eq!(mp[0], RUNNABLE, "{mp:?}");
+    assert_eq!(mp[1], RUNNABLE, "{mp:?}");
+    assert_eq!(mp[2], HALTED, "{mp:?}");
+    assert_eq!(mp[3], UNINITIALIZED, "{mp:?}");
+    assert!(state.vcpus.iter().all(|v| v.lapic.is_some()));
+    use pvkit_vmm::snapshot::state::SavedStartSlot as Slot;
+    assert_eq!(
+        state.devices.vcpu_starts,
+        [Slot::Running, Slot::Running, Slot::Running, Slot::Waiting]
+    );
+
+    // The first restore runs ~200 ms, then is paused and snapshotted through its control
+    // handle, and stopped.
+    let (tx, rx) = mpsc::channel();
+    let hook = pvkit_vmm::vm::ControlHook(std::sync::Arc::new(move |ctl| {
+        let _ = tx.send(ctl);
+    }));
+    let snap2 = d.join("snap2");
+    let taker = {
+        let snap2 = snap2.clone();
+        std::thread::spawn(move || {
+            let ctl: std::sync::Arc<pvkit_vmm::vm::control::VmControl> =
+                rx.recv_timeout(WAIT).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            ctl.pause().unwrap();
+            ctl.snapshot(&snap2).unwrap();
+            ctl.request_stop();
+        })
+    };
+    let o = pvkit_vmm::run(&pvkit_vmm::VmConfig {
+        restore: Some(snap),
+        capture_console: true,
+        timeout: Duration::from_secs(120),
+        control: Some(hook),
+        ..pvkit_vmm::VmConfig::default()
+    })
+    .expect("first restore");
+    taker.join().unwrap();
+    let out = String::from_utf8_lossy(&o.console).into_owned();
+    assert!(
+        matches!(o.stop, pvkit_vmm::StopReason::Timeout { .. }),
+        "stopped by the controller: {:?}\n{out}",
+        o.stop
+    );
+    let mut lines: Vec<String> = out.lines().map(str::to_owned).collect();
+    assert!(!lines.iter().any(|l| l == "counter done"), "{out}");
+    let o = pvkit_vmm::run(&pvkit_vmm::VmConfig {
+        restore: Some(snap2),
+        capture_console: true,
+        timeout: Duration::from_secs(120),
+        ..pvkit_vmm::VmConfig::default()
+    })
+    .expect("second restore");
+    let out = String::from_utf8_lossy(&o.console).into_owned();
+    assert_eq!(o.stop, pvkit_vmm::StopReason::Exit(0), "{out}");
+    lines.extend(out.lines().map(str::to_owned));
+    let after = steps(&lines);
+    // Every step once across the two restores.
+    let want: Vec<u64> = (k + 1..=N).collect();
+    assert_eq!(after.iter().map(|s| s.0).collect::<Vec<_>>(), want, "{out}");
+    let mut last = t_k;
+    for &(i, t) in &after {
+        assert!(t >= last, "step {i}: {t} < {last}");
+        last = t;
+    }
+    let sum = format!("counter cpu1 sum={}", N * (N + 1) / 2);
+    assert_eq!(
+        lines[lines.len() - 2..],
+        [sum, "counter done".to_owned()],
+        "{out}"
+    );
+    assert_eq!(disk_record(&disk), *after.last().unwrap());
+
+    // The ledger: boot (the clock page, the disk size, one `VcpuUp` per AP and the wake-up
+    // of its thread), per step two disk requests and a line, the sum and `counter done`
+    // lines and `Exit`; each of the three pauses, one interrupted `KVM_RUN` per vCPU. CPU 1
+    // and CPU 2 never exit; the stop of the paused first restore costs nothing.
+    let l = &o.ledger;
+    let hc = |h| l.count(ExitKind::Hypercall(h));
+    assert_eq!(hc(Hypercall::RegisterRegion), 1);
+    assert_eq!(hc(Hypercall::BlockCapacity), 1);
+    assert_eq!(hc(Hypercall::VcpuUp), 2);
+    assert_eq!(hc(Hypercall::BlockIo), 2 * N);
+    assert_eq!(hc(Hypercall::ConsoleWrite), N + 2);
+    assert_eq!(hc(Hypercall::Exit), 1);
+    assert_eq!(l.count(ExitKind::Interrupted), 2 + 3 * 4);
+    assert_eq!(l.total, 3 * N + 21, "{:?}", l.by_count());
+}
+
+/// The watchdog still ends a paused SMP VM: every vCPU thread (CPU 1 spinning, CPU 2 halted,
+/// vCPU 3 never started, all parked) leaves the gate and the run stops with the timeout.
+#[test]
+fn the_watchdog_stops_a_paused_smp_vm() {
+    if !common::builtin_ready() {
+        return;
+    }
+    let (tx, rx) = mpsc::channel();
+    let hook = pvkit_vmm::vm::ControlHook(std::sync::Arc::new(move |ctl| {
+        let _ = tx.send(ctl);
+    }));
+    let pauser = std::thread::spawn(move || {
+        let ctl: std::sync::Arc<pvkit_vmm::vm::control::VmControl> = rx.recv_timeout(WAIT).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        ctl.pause().unwrap();
+        assert!(ctl.stats().paused);
+    });
+    let t = Instant::now();
+    let o = pvkit_vmm::run(&pvkit_vmm::VmConfig {
+        cmdline: "counter=100000 counter_ms=20 cpus=3".into(),
+        console: Some(pvkit_vmm::ConsoleKind::Pv),
+        capture_console: true,
+        vcpus: 4,
+        timeout: Duration::from_secs(3),
+        control: Some(hook),
+        ..pvkit_vmm::VmConfig::default()
+    })
+    .expect("run");
+    pauser.join().unwrap();
+    assert!(
+        matches!(o.stop, pvkit_vmm::StopReason::Timeout { .. }),
+        "{:?}",
+        o.stop
+    );
+    // The deadline plus the kick grace at most.
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    use pvkit_vmm::exit::ledger::ExitKind;
+    // The wake-ups of CPUs 1 and 2, and the pause: one per vCPU.
+    assert_eq!(o.ledger.count(ExitKind::Interrupted), 2 + 4);
 }

@@ -490,3 +490,83 @@ fn a_target_without_the_sources_nic_refuses_the_vm() {
     unsafe { libc::kill(source.child.id() as i32, libc::SIGTERM) };
     let _ = source.finish();
 }
+
+/// `counter I t=NS` lines (the built-in guest's `counter=` mode): the steps, in order.
+fn counter_steps(lines: &[String]) -> Vec<u64> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            l.strip_prefix("counter ")?
+                .split_once(" t=")?
+                .0
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// A 2-vCPU VM (the counter with `cpus=2`: CPU 1 answers every step from its own running
+/// sum, which the guest checks at every step) migrates mid-run: both vCPUs are paused,
+/// captured and restored on the target, where CPU 1 goes on answering from the same sum.
+/// Checked: every step exactly once across both hosts, CPU 1's final sum, and the exact
+/// exits of the whole run.
+#[test]
+fn a_two_vcpu_guest_migrates_with_both_vcpus() {
+    if !common::builtin_ready() {
+        return;
+    }
+    // Steps of at least 5 ms of PV clock time: seconds left after the migration starts.
+    const STEPS: u64 = 1000;
+    const AT: u64 = 40;
+    let d = dir("smp");
+    let api = d.join("api.sock");
+    let to_s = free_port().to_string();
+    let mut target = Running::start(&["run", "--incoming", &to_s, "--stats", "--timeout", "120"]);
+    target.wait_listening();
+    let cmdline = format!("counter={STEPS} counter_ms=5 cpus=2");
+    let mut source = Running::start(&[
+        "run",
+        "--console",
+        "pv",
+        "--vcpus",
+        "2",
+        "--api",
+        api.to_str().unwrap(),
+        "--timeout",
+        "120",
+        "--",
+        &cmdline,
+    ]);
+    source.wait_for(&format!("counter {AT} "));
+    let reply = send(&api, &Request::Migrate { dest: to_s }).expect("API reply");
+    assert!(reply.ok, "{reply:?}");
+    let figures = reply.migration.expect("the migration's figures");
+    eprintln!("2 vCPUs: {figures:?}");
+    assert!(figures.downtime_us > 0 && figures.downtime_us <= figures.total_us);
+    let (scode, source, serr) = source.finish();
+    assert_eq!(scode, 0, "{serr}");
+    assert!(serr.contains("live-migrated to"), "{serr}");
+    let (tcode, target, e) = target.finish();
+    assert_eq!(tcode, 0, "{e}");
+    let (there, here) = (counter_steps(&source), counter_steps(&target));
+    assert!(!here.is_empty(), "the target printed no step");
+    assert!(*there.last().unwrap() >= AT);
+    let mut all = there;
+    all.extend(&here);
+    assert_eq!(all, (1..=STEPS).collect::<Vec<_>>(), "a gap or a repeat");
+    let sum = format!("counter cpu1 sum={}", STEPS * (STEPS + 1) / 2);
+    assert_eq!(target[target.len() - 2..], [sum, "counter done".to_owned()]);
+    // The exits of the whole run (the ledger travels with the state): the clock page, one
+    // `VcpuUp` and the wake-up of CPU 1's thread, a line per step, the sum and `counter
+    // done`, `Exit`; the migration's pause costs one interrupted `KVM_RUN` per vCPU.
+    assert_eq!(stat(&e, "hypercall console_write"), STEPS + 2, "{e}");
+    assert_eq!(stat(&e, "hypercall vcpu_up"), 1, "{e}");
+    assert_eq!(stat(&e, "hypercall register_region"), 1, "{e}");
+    assert_eq!(stat(&e, "hypercall exit"), 1, "{e}");
+    assert_eq!(stat(&e, "interrupted (signal)"), 1 + 2, "{e}");
+    let total: u64 = e
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("total exits:")?.trim().parse().ok())
+        .expect("the total in the --stats report");
+    assert_eq!(total, STEPS + 8, "{e}");
+}

@@ -25,7 +25,7 @@
 //! | `lock=`     | instead of everything else: the spinlock workload, `plain` or `pv` ([`crate::lock`]), on `cpus=N` CPUs; `iters=K` acquisitions per CPU, `spin=S` spins before a PV wait, `lock_bad` refused calls first, `lock_hang` wait for ever, `lock_bench` benchmark markers and sample |
 //! | `quick`     | with `bench=`: small operation counts                                 |
 //! | `ops=N`     | with `bench=`: `N` (≥ 1) operations in every case                      |
-//! | `counter=N` | instead of everything else: count to `N`, one step per `counter_ms=M` (default 20) ms, checking the PV clock and the disk ([`crate::counter`]); for snapshot tests; with `ring=` it prints through the console ring |
+//! | `counter=N` | instead of everything else: count to `N`, one step per `counter_ms=M` (default 20) ms, checking the PV clock and the disk ([`crate::counter`]); for snapshot tests; with `ring=` it prints through the console ring; with `cpus=N` (2–8) CPU 1 answers every step and CPUs 2.. halt ([`crate::counter`]) |
 //! | `balloon_follow` | with `counter=`: at each step, follow the host-set balloon target (`BalloonTarget`) over the free RAM above the heap, at most `balloon_batch=PAGES` (default 2048, 8 MiB) pages a step, printing each move and checking that deflated pages read zero; `balloon_touch` writes every page of that RAM first (so the host backs it) |
 //! | `net=`      | instead of everything else: the NE2000 by interrupts, `serve`, `echo`, `send` or `ring` ([`crate::net`]); with `ip=`, `peer=` (IPv4), `count=N`, `size=N` (UDP payload), `pvnet=` (PV NIC path) |
 //! | `id=K`, `members=N` | with `net=ring`: this member's id (1..=N) and the ring's size ([`crate::net::ring`]) |
@@ -308,6 +308,7 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
                         ring: None,
                         balloon_batch: None,
                         balloon_touch: false,
+                        cpus: 1,
                     })
                 }
                 _ => return Err(n),
@@ -365,6 +366,7 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
         c.ring = ring;
         c.balloon_batch = balloon_follow.then_some(balloon_batch);
         c.balloon_touch = balloon_touch;
+        c.cpus = cpus;
     }
     Ok(args)
 }

@@ -18,6 +18,19 @@
 //! It checks that every page it deflates reads zero (first word: the host dropped it).
 //! With `balloon_touch` it first writes one word in every page of that RAM, so that the
 //! host backs it and an inflate gives real host memory back.
+//!
+//! With `cpus=N` (N ≥ 2, the VM started with at least N vCPUs) the counter is an SMP
+//! guest ([`smp_start`]): before counting, CPU 0 starts CPU 1 and CPUs 2..N with one
+//! `VcpuUp` each. CPU 1 is the partner: at every step CPU 0 posts the step number and waits
+//! (at most [`PARTNER_WAIT_NS`] of PV clock time) until CPU 1 has answered it, and CPU 1's
+//! running sum of all steps it answered, kept in its own registers and stack, must be
+//! `1 + 2 + … + i`: a restored CPU 1 must continue from its saved registers, not start
+//! over, and must run at all. CPUs 2..N halt with interrupts off (their MP state is
+//! `HALTED`; nothing wakes them). Neither exits: the ledger gains one `VcpuUp` per AP (and
+//! the wake-up of its thread) and one console line, `counter cpu1 sum=S`, before
+//! `counter done`.
+
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use pvkit_abi::boot::BootInfo;
 use pvkit_abi::cpuid::Features;
@@ -90,6 +103,8 @@ pub struct CounterArgs {
     pub balloon_batch: Option<u64>,
     /// `balloon_touch`: with `balloon_follow`, write every page of the region first.
     pub balloon_touch: bool,
+    /// CPUs taking part (`cpus=`, default 1): see the module doc.
+    pub cpus: usize,
 }
 
 /// Pages a `balloon_follow` step moves at most (8 MiB).
@@ -177,6 +192,87 @@ fn balloon_step(d: &mut BalloonDriver) {
     }
 }
 
+/// How long CPU 0 waits for CPU 1's answer to a step, in PV clock nanoseconds.
+pub const PARTNER_WAIT_NS: u64 = 30_000_000_000;
+
+/// The step CPU 0 asks CPU 1 to answer (0: none yet).
+static ASK: AtomicU64 = AtomicU64::new(0);
+/// The last step CPU 1 answered.
+static ANSWER: AtomicU64 = AtomicU64::new(0);
+/// CPU 1's sum of the steps it answered, published with each answer.
+static SUM: AtomicU64 = AtomicU64::new(0);
+/// APs that reached their loop (CPU 1) or are about to halt (CPUs 2..).
+static READY: AtomicU32 = AtomicU32::new(0);
+
+/// CPU 1's loop: answers each step CPU 0 asks for, keeping its running sum in its own
+/// registers. No exits.
+extern "C" fn partner(cpu: u64) -> ! {
+    crate::smp::percpu::init_ap(cpu as usize);
+    READY.fetch_add(1, Ordering::AcqRel);
+    let mut answered = 0u64;
+    let mut sum = 0u64;
+    loop {
+        let ask = ASK.load(Ordering::Acquire);
+        if ask != answered {
+            sum = sum.wrapping_add(ask);
+            answered = ask;
+            SUM.store(sum, Ordering::Relaxed);
+            ANSWER.store(ask, Ordering::Release);
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// CPUs 2..: halt for good (interrupts off: their MP state stays `HALTED`).
+extern "C" fn halter(cpu: u64) -> ! {
+    crate::smp::percpu::init_ap(cpu as usize);
+    READY.fetch_add(1, Ordering::AcqRel);
+    loop {
+        // SAFETY: `cli; hlt` only stops this CPU; nothing it owns is left inconsistent.
+        unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) };
+    }
+}
+
+/// Starts CPU 1 ([`partner`]) and CPUs 2..`cpus` ([`halter`]) with `VcpuUp` and waits
+/// until all are in their loops (bounded by [`PARTNER_WAIT_NS`]).
+fn smp_start(cpus: usize, clock: &pvkit_guest::clock::ClockReader) {
+    let cpus = cpus.min(crate::smp::MAX_CPUS);
+    for cpu in 1..cpus {
+        let entry = match cpu {
+            1 => partner as *const () as u64,
+            _ => halter as *const () as u64,
+        };
+        let stack = crate::smp::stack_top(cpu);
+        if let Err(s) = pvkit_guest::hypercall::vcpu_up(cpu as u64, entry, stack, cpu as u64) {
+            panic!("counter: starting CPU {cpu} failed: {s:?} (fewer vCPUs than cpus=?)");
+        }
+    }
+    let t0 = clock.nanoseconds();
+    while READY.load(Ordering::Acquire) < (cpus - 1) as u32 {
+        if clock.nanoseconds().saturating_sub(t0) > PARTNER_WAIT_NS {
+            panic!("counter: the APs did not come up");
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// Asks CPU 1 to answer step `i` and checks its answer and its running sum.
+fn partner_step(i: u64, clock: &pvkit_guest::clock::ClockReader) {
+    ASK.store(i, Ordering::Release);
+    let t0 = clock.nanoseconds();
+    while ANSWER.load(Ordering::Acquire) != i {
+        if clock.nanoseconds().saturating_sub(t0) > PARTNER_WAIT_NS {
+            panic!("counter: CPU 1 did not answer step {i}");
+        }
+        core::hint::spin_loop();
+    }
+    let sum = SUM.load(Ordering::Relaxed);
+    let want = i * (i + 1) / 2;
+    if sum != want {
+        panic!("counter: CPU 1's sum after step {i} is {sum}, not {want}");
+    }
+}
+
 static CLOCK: ClockPage = ClockPage::new();
 static SECTOR: Exclusive<Pages<4096>> = Exclusive::new(Pages::zeroed());
 const MAGIC: &[u8; 5] = b"PVCNT";
@@ -213,6 +309,9 @@ pub fn run(args: CounterArgs, boot: &BootInfo) -> ! {
     let mut balloon = args
         .balloon_batch
         .and_then(|b| balloon_driver(b, args.balloon_touch, features, boot));
+    if args.cpus > 1 {
+        smp_start(args.cpus, &clock);
+    }
     let mut last = clock.nanoseconds();
     let mut prev: Option<(u64, u64)> = None;
     for i in 1..=args.steps {
@@ -255,11 +354,17 @@ pub fn run(args: CounterArgs, boot: &BootInfo) -> ! {
             }
             prev = Some((i, now));
         }
+        if args.cpus > 1 {
+            partner_step(i, &clock);
+        }
         match &mut ring {
             Some(r) => ring_line(r, line, i, now),
             None => println!("counter {i} t={now}"),
         }
         last = now;
+    }
+    if args.cpus > 1 {
+        println!("counter cpu1 sum={}", SUM.load(Ordering::Relaxed));
     }
     println!("counter done");
     crate::exit(0)

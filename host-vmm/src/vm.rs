@@ -4,8 +4,10 @@
 //! [`builder`] assembles the VM from a [`VmConfig`]; [`machine`] holds the [`machine::Vm`]
 //! the vCPU threads share and the state each owns. Threads: the caller's thread builds the
 //! VM, then waits as the watchdog; the guest runs on a dedicated vCPU thread (vCPU 0) with
-//! its [`machine::VcpuState`], handed back when the guest stops; the other vCPUs are parked
-//! on their own threads. Their ledgers are merged for the [`RunOutcome`].
+//! its [`machine::VcpuState`], handed back when the guest stops; the other vCPUs (APs) run
+//! on their own threads, waiting in `KVM_RUN` until the guest starts them. A pause
+//! ([`control`]) parks every vCPU thread in its seat of the [`control::PauseGate`]. Their
+//! ledgers are merged for the [`RunOutcome`].
 
 pub mod builder;
 pub mod control;
@@ -488,11 +490,15 @@ fn vcpu_loop(mut vcpu: Vcpu, vm: &Vm, mut cpu: VcpuState, gate: &control::PauseG
                 let ledger = cpu.exits.ledger.snapshot();
                 let shared = &vm.shared;
                 vcpu = gate.park(
+                    0,
                     vcpu,
                     ledger,
                     &shared.pause_requested,
                     &shared.stop_requested,
                 );
+                // A kick that landed between the interrupted exit and the park must not
+                // cost the resumed guest another exit.
+                vcpu.clear_immediate_exit();
                 // Stopped while paused (watchdog, signal, a finished migration): the guest
                 // does not run again.
                 if shared.stop_requested.load(Ordering::Acquire) {
@@ -527,6 +533,54 @@ fn with_rip(stop: StopReason, vcpu: &Vcpu) -> StopReason {
     }
 }
 
+/// An AP thread's body after its confinement: runs [`machine::run_ap`] armed for kicks
+/// (`ready` hears once it is armed the first time), parks the vCPU in `gate` at a pause
+/// (disarmed, as vCPU 0 in [`vcpu_loop`]) and runs it again on resume, until it stops.
+/// Stopped while paused, it ends with the timeout stop, which reports nothing.
+fn ap_loop(
+    mut vcpu: Vcpu,
+    vm: &Vm,
+    cpu: &mut VcpuState,
+    up: &VcpuUp,
+    gate: &control::PauseGate,
+    ready: &mpsc::Sender<()>,
+) -> Result<(StopReason, Vcpu), VmError> {
+    let seat = usize::try_from(cpu.index).unwrap_or(usize::MAX);
+    loop {
+        // SAFETY: the `immediate_exit` byte of this vCPU's `kvm_run` mapping, which lives
+        // as long as `vcpu`; the guard is dropped right after the run, while this function
+        // still owns `vcpu` (before it is parked).
+        let armed = unsafe { ArmGuard::new(vcpu.immediate_exit_ptr()) };
+        let _ = ready.send(());
+        let end = machine::run_ap(&mut vcpu, vm, cpu, up);
+        drop(armed);
+        match end? {
+            VcpuEnd::Stopped(stop) => return Ok((stop, vcpu)),
+            VcpuEnd::Paused => {
+                let ledger = cpu.exits.ledger.snapshot();
+                let shared = &vm.shared;
+                vcpu = gate.park(
+                    seat,
+                    vcpu,
+                    ledger,
+                    &shared.pause_requested,
+                    &shared.stop_requested,
+                );
+                vcpu.clear_immediate_exit();
+                if shared.stop_requested.load(Ordering::Acquire) {
+                    cpu.stopped = Some(Instant::now());
+                    cpu.kvm_exits = vcpu.kvm_exits();
+                    let stop = StopReason::Timeout {
+                        rip: None,
+                        disk: crate::runtime::signals::DiskFlush::NoDisk,
+                    };
+                    return Ok((stop, vcpu));
+                }
+            }
+        }
+    }
+}
+
 /// How often the supervising thread refreshes the steal-time pages.
 const STEAL_TICK: Duration = Duration::from_millis(pvkit_abi::spinlock::STEAL_UPDATE_MS);
 
@@ -555,6 +609,7 @@ impl ApThreads {
         vcpus: Vec<(Vcpu, VcpuState)>,
         vm: &Arc<Vm>,
         up: Option<&Arc<VcpuUp>>,
+        gate: &Arc<control::PauseGate>,
         seccomp: bool,
         events: &mpsc::Sender<Event>,
     ) -> Result<Self, VmError> {
@@ -563,35 +618,40 @@ impl ApThreads {
         };
         let (ready_tx, ready) = mpsc::channel::<()>();
         let count = vcpus.len();
-        for (mut vcpu, mut state) in vcpus {
+        for (vcpu, mut state) in vcpus {
             let confinement = match seccomp {
                 true => Some(Confinement::new(ThreadKind::Vcpu)?),
                 false => None,
             };
             let vm = Arc::clone(vm);
-            let up = up.cloned();
+            // No way to start it without the device: it waits in KVM_RUN until the stop.
+            let up = up.cloned().unwrap_or_else(|| Arc::new(VcpuUp::new(0)));
+            let gate = Arc::clone(gate);
             let (events, ready_tx) = (events.clone(), ready_tx.clone());
             let thread = std::thread::Builder::new()
                 .name(vcpu_thread_name(vcpu.index()))
                 .spawn(move || {
                     vm.pv
                         .vcpu_thread_started(u32::try_from(state.index).unwrap_or(u32::MAX));
-                    confinement.map(Confinement::apply).transpose()?;
-                    // SAFETY: the `immediate_exit` byte of this vCPU's `kvm_run` mapping,
-                    // which lives as long as `vcpu`; the guard is dropped before `vcpu`.
-                    let armed = unsafe { ArmGuard::new(vcpu.immediate_exit_ptr()) };
-                    let _ = ready_tx.send(());
-                    let r = match &up {
-                        Some(up) => machine::run_ap(&mut vcpu, &vm, &mut state, up),
-                        // No way to start it: wait in KVM_RUN until the stop kick.
-                        None => machine::run_ap(&mut vcpu, &vm, &mut state, &VcpuUp::new(0)),
+                    let seat = usize::try_from(state.index).unwrap_or(usize::MAX);
+                    if let Err(e) = confinement.map(Confinement::apply).transpose() {
+                        gate.end(seat);
+                        return Err(VmError::from(e));
+                    }
+                    let r = ap_loop(vcpu, &vm, &mut state, &up, &gate, &ready_tx);
+                    gate.end(seat);
+                    let (r, vcpu) = match r {
+                        Ok((stop, vcpu)) => (Ok(stop), Some(vcpu)),
+                        Err(e) => (Err(e), None),
                     };
-                    drop(armed);
                     match r {
                         Ok(StopReason::Timeout { .. }) => {}
                         Ok(stop) => {
                             let index = u32::try_from(state.index).unwrap_or(u32::MAX);
-                            let stop = with_rip(stop, &vcpu);
+                            let stop = match &vcpu {
+                                Some(v) => with_rip(stop, v),
+                                None => stop,
+                            };
                             let _ = events.send(Event::ApStopped(index, stop));
                         }
                         Err(e) => {
@@ -599,6 +659,7 @@ impl ApThreads {
                             let _ = events.send(Event::HostFailure(msg));
                         }
                     }
+                    // The vCPU fd before the VM's.
                     drop(vcpu);
                     drop(vm);
                     Ok(state)
@@ -670,8 +731,8 @@ enum Event {
     ApStopped(u32, StopReason),
     /// The debugger's Ctrl-C: kick vCPU 0 out of `KVM_RUN` (`crate::debug::gdb`).
     DebugInterrupt,
-    /// The controller pauses the VM: kick vCPU 0 out of `KVM_RUN`.
-    KickVcpu0,
+    /// The controller pauses or stops the VM: kick this vCPU out of `KVM_RUN`.
+    Kick(u32),
 }
 
 /// The watchdog: waits for the vCPU thread to end. At the deadline, or as soon as a host
@@ -736,10 +797,16 @@ fn supervise<T>(
                     continue;
                 }
             }
-            Ok(Event::KickVcpu0) => {
+            Ok(Event::Kick(0)) => {
                 if !thread.is_finished() {
                     watchdog::kick(thread)?;
                 }
+                if kicking.is_none() {
+                    continue;
+                }
+            }
+            Ok(Event::Kick(index)) => {
+                kick_ap(index)?;
                 if kicking.is_none() {
                     continue;
                 }
@@ -816,14 +883,14 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
         info,
     } = built;
     let base_ledger = info.base_ledger.clone();
-    let gate = Arc::new(control::PauseGate::default());
+    let gate = Arc::new(control::PauseGate::new(info.vcpus));
     if let Some(hook) = &config.control {
         let kick = Mutex::new(tx.clone());
-        let kick = Box::new(move || {
+        let kick = Box::new(move |index| {
             let tx = kick
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let _ = tx.send(Event::KickVcpu0);
+            let _ = tx.send(Event::Kick(index));
         });
         let ctl = control::VmControl::new(Arc::clone(&vm), Arc::clone(&gate), kick, devices, info);
         (hook.0)(Arc::new(ctl));
@@ -880,7 +947,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
             let _ = tx.send(Event::Wake(i));
         }));
     }
-    let aps = ApThreads::start(others, &vm, vcpu_up.as_ref(), config.seccomp, &tx)?;
+    let aps = ApThreads::start(others, &vm, vcpu_up.as_ref(), &gate, config.seccomp, &tx)?;
     let vm0 = Arc::clone(&vm);
     let gate0 = Arc::clone(&gate);
     let thread = std::thread::Builder::new()
@@ -892,7 +959,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
                 Ok(_) => vcpu_loop(vcpu, &vm0, boot, &gate0).map_err(VmError::from),
                 Err(e) => Err(VmError::from(e)),
             };
-            gate0.end();
+            gate0.end(0);
             // This thread's reference to the VM; the supervising thread holds another until
             // after it has dropped the vCPU handed back, so the VM fd outlives the vCPU fd.
             drop(vm0);

@@ -71,7 +71,7 @@ static mut AP_STACKS: [Stack<AP_STACK_SIZE>; MAX_CPUS] =
 pub static UP: AtomicU32 = AtomicU32::new(0);
 
 /// The initial `RSP` of CPU `cpu`'s stack (aligned as just after a `call`).
-fn stack_top(cpu: usize) -> u64 {
+pub(crate) fn stack_top(cpu: usize) -> u64 {
     (&raw const AP_STACKS) as u64 + ((cpu + 1) * AP_STACK_SIZE) as u64 - 8
 }
 

@@ -64,7 +64,7 @@ pub struct Response {
     /// Why not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Pause: how long the vCPU took to stop, in µs.
+    /// Pause: how long the vCPUs took to stop (the last of them to park), in µs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_in_us: Option<u64>,
     /// Snapshot: what was written.

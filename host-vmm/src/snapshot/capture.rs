@@ -178,6 +178,8 @@ pub struct DeviceHandles {
     pub balloon: Option<Arc<PvBalloon>>,
     /// The free-page hints, if any (not saved: a live migration reads them).
     pub free_page_hint: Option<Arc<crate::devices::pv::free_page_hint::PvFreePageHint>>,
+    /// The `VcpuUp` start slots (VMs with more than one vCPU).
+    pub vcpu_up: Option<Arc<crate::devices::pv::vcpu_up::VcpuUp>>,
     /// The NIC as a snapshot keeps it (a VM whose NIC cannot be saved is refused before
     /// a capture: [`crate::vm::control::VmInfo::net_refusal`]).
     pub net: Option<super::state::NicState>,
@@ -234,6 +236,7 @@ impl DeviceHandles {
             // Filled by the caller, which holds the rings still ([`crate::devices::pv::rings::Rings::frozen`]).
             rings: Vec::new(),
             net: self.net.clone(),
+            vcpu_starts: self.vcpu_up.as_ref().map(|u| u.save()).unwrap_or_default(),
             vm_clock: self.vm_clock.state(),
         }
     }

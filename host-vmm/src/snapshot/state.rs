@@ -28,10 +28,13 @@ use pvkit_devices::{AtaState, PitState, UartState, VmClockState};
 use pvkit_pv::PvClockState;
 
 pub use crate::devices::pv::rings::SavedRing;
+pub use crate::devices::pv::vcpu_up::SavedStartSlot;
 
 /// The first 8 bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"PVKITSNP";
 /// The state-file format this VMM writes and the only one it reads.
+/// Version 2: every vCPU of an SMP VM (each with its MP state) and the APs' start slots
+/// ([`DeviceStates::vcpu_starts`]).
 pub const FORMAT_VERSION: u32 = 2;
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 24;
@@ -182,6 +185,10 @@ pub struct DeviceStates {
     /// ([`NicState`]); absent in state files written before NICs were saved.
     #[serde(default)]
     pub net: Option<NicState>,
+    /// The `VcpuUp` start slot of every vCPU, vCPU 0 first (an AP not started, one whose
+    /// start was posted but not yet taken, or running); empty for a one-vCPU VM.
+    #[serde(default)]
+    pub vcpu_starts: Vec<SavedStartSlot>,
 }
 
 /// The host-set balloon target ([`pvkit_abi::balloon::BalloonTarget`]): the guest sees
@@ -287,6 +294,28 @@ impl VmState {
         }
         if self.ledger.len() > MAX_ENTRIES || self.devices.ballooned.len() > MAX_ENTRIES {
             return bad("too many ledger entries or balloon ranges".into());
+        }
+        let starts = &self.devices.vcpu_starts;
+        let want_starts = if self.vcpus.len() > 1 {
+            self.vcpus.len()
+        } else {
+            0
+        };
+        if starts.len() != want_starts {
+            return bad(format!(
+                "{} vCPU start slots for {} vCPUs",
+                starts.len(),
+                self.vcpus.len()
+            ));
+        }
+        if let Some(e) = starts.iter().find_map(|s| s.check().err()) {
+            return bad(e);
+        }
+        if starts
+            .first()
+            .is_some_and(|s| *s != SavedStartSlot::Running)
+        {
+            return bad("vCPU 0's start slot is not `running`".into());
         }
         for (i, v) in self.vcpus.iter().enumerate() {
             if v.index != i as u64 {
@@ -483,18 +512,41 @@ mod tests {
                     generation: 2,
                 }),
                 rings: vec![],
+                vcpu_starts: vec![],
             },
             disk: None,
             ledger: vec![(SavedExitKind::Hypercall(1), 7), (SavedExitKind::Hlt, 1)],
         }
     }
 
+    /// [`sample`] with three vCPUs: vCPU 1 running, vCPU 2's start posted.
+    pub(crate) fn smp_sample() -> VmState {
+        let mut s = sample();
+        for i in 1..3 {
+            let mut v = s.vcpus[0].clone();
+            v.index = i;
+            v.mp_state = kvm_bindings::KVM_MP_STATE_HALTED;
+            s.vcpus.push(v);
+        }
+        s.devices.vcpu_starts = vec![
+            SavedStartSlot::Running,
+            SavedStartSlot::Running,
+            SavedStartSlot::Pending {
+                rip: 0x20_1000,
+                rsp: 0x30_0000,
+                arg: 2,
+            },
+        ];
+        s
+    }
+
     #[test]
     fn round_trip() {
-        let s = sample();
-        let bytes = encode(&s).unwrap();
-        assert_eq!(&bytes[..8], b"PVKITSNP");
-        assert_eq!(decode(&bytes, &KvmSizes::host()).unwrap(), s);
+        for s in [sample(), smp_sample()] {
+            let bytes = encode(&s).unwrap();
+            assert_eq!(&bytes[..8], b"PVKITSNP");
+            assert_eq!(decode(&bytes, &KvmSizes::host()).unwrap(), s);
+        }
     }
 
     #[test]
@@ -508,7 +560,8 @@ mod tests {
         let mut b = good.clone();
         b[0] = b'X';
         assert!(matches!(decode(&b, &sizes), Err(StateFileError::BadMagic)));
-        // Another version, older (1: before the balloon target) or newer, is refused.
+        // Another version, older (1: before the balloon target and SMP snapshots) or newer,
+        // is refused.
         for other in [1, FORMAT_VERSION + 1] {
             let mut b = good.clone();
             b[8..12].copy_from_slice(&other.to_le_bytes());
@@ -539,6 +592,21 @@ mod tests {
         let mut s = sample();
         s.devices.ballooned = vec![(u64::MAX, 2)];
         assert!(decode(&encode(&s).unwrap(), &sizes).is_err());
+        // Start slots that do not fit the vCPUs, or a hostile start address.
+        let mut s = smp_sample();
+        s.devices.vcpu_starts.pop();
+        let e = decode(&encode(&s).unwrap(), &sizes).unwrap_err();
+        assert!(e.to_string().contains("start slots"), "{e}");
+        let mut s = smp_sample();
+        s.devices.vcpu_starts[1] = SavedStartSlot::Pending {
+            rip: 1 << 47,
+            rsp: 0x1000,
+            arg: 0,
+        };
+        assert!(decode(&encode(&s).unwrap(), &sizes).is_err());
+        let mut s = smp_sample();
+        s.devices.vcpu_starts[0] = SavedStartSlot::Waiting;
+        assert!(decode(&encode(&s).unwrap(), &sizes).is_err(), "vCPU 0 runs");
         // Valid framing around garbage.
         let mut g = Vec::from(MAGIC);
         g.extend_from_slice(&FORMAT_VERSION.to_le_bytes());

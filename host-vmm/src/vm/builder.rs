@@ -371,6 +371,15 @@ pub fn build(
         for ring in &state.devices.rings {
             pv.bus.restore_ring(&mem, ring).map_err(mismatch)?;
         }
+        match &vcpu_up {
+            Some(up) => up.restore(&state.devices.vcpu_starts).map_err(mismatch)?,
+            None if state.devices.vcpu_starts.is_empty() => {}
+            None => {
+                return Err(mismatch(
+                    "the snapshot has vCPU start slots, this VM one vCPU",
+                ))
+            }
+        }
     }
     if let Some(d) = &disk {
         bench.set_disk(Box::new(d.clone()));
@@ -465,6 +474,7 @@ pub fn build(
         balloon: balloon.clone(),
         free_page_hint: free_page_hint.clone(),
         net: saved_nic(config).ok().flatten(),
+        vcpu_up: vcpu_up.clone(),
     };
 
     let shards: Vec<ExitLedger> = others.iter().map(|_| ledger.shard()).collect();

@@ -1,19 +1,30 @@
 //! Pause, resume and snapshot of a running VM ([`VmControl`]), for the control API.
 //!
 //! # Pausing at a clean point
-//! [`VmControl::pause`] sets the VM's `pause_requested` flag and kicks vCPU 0's thread out
-//! of `KVM_RUN` (the watchdog's signal). An interrupted `KVM_RUN` has completed any port or
-//! MMIO access the previous exit left pending (KVM finishes it on entry, before it notices
-//! the signal or `immediate_exit`), so at that [`Exit::Interrupted`](crate::vstate::vcpu::Exit)
-//! the vCPU's registers are exactly the guest's: the run loop returns, and the thread parks
-//! its [`Vcpu`] in the [`PauseGate`] and waits. While parked, the controller reads (or, for a
-//! snapshot, captures) the vCPU's state through the gate, on its own thread: the vCPU
-//! thread's seccomp filter allows none of the `KVM_GET_*` state ioctls. [`VmControl::resume`]
-//! clears the flag; the vCPU thread takes its `Vcpu` back and re-enters the guest. A pause
-//! costs the guest one `Interrupted` exit in the ledger.
+//! [`VmControl::pause`] sets the VM's `pause_requested` flag and kicks every vCPU's thread
+//! out of `KVM_RUN` (the watchdog's signal), vCPU 0 and the APs alike. An interrupted
+//! `KVM_RUN` has completed any port or MMIO access the previous exit left pending (KVM
+//! finishes it on entry, before it notices the signal or `immediate_exit`), so at that
+//! [`Exit::Interrupted`](crate::vstate::vcpu::Exit) the vCPU's registers are exactly the
+//! guest's: the run loop returns, and the thread parks its [`Vcpu`] in its seat of the
+//! [`PauseGate`] and waits. The VM is paused when every vCPU is parked; the pause kicks
+//! again, every 20 ms, the vCPUs not parked yet, and gives up after [`PAUSE_TIMEOUT`] (the
+//! flag is cleared, the vCPUs parked so far go back to the guest).
 //!
-//! A VM stopping while paused (watchdog, signal) ends the wait: the thread takes the vCPU
-//! back and stops as usual. Only single-vCPU VMs can be paused (the APs have no gate yet).
+//! An AP that the guest has not started (waiting for INIT-SIPI or a `VcpuUp`) or that is
+//! halted waits inside `KVM_RUN` too (KVM blocks it there); the kick interrupts that wait
+//! like any other, so it parks like a running vCPU: every vCPU thread is parked, started
+//! or not, and every vCPU's state is captured, its MP state saying what it was doing.
+//!
+//! While parked, the controller reads (or, for a snapshot, captures) the vCPUs' state
+//! through the gate, on its own thread: the vCPU threads' seccomp filter allows none of
+//! the `KVM_GET_*` state ioctls. [`VmControl::resume`] clears the flag; each vCPU thread
+//! takes its `Vcpu` back and re-enters the guest. A pause costs the guest one
+//! `Interrupted` exit per vCPU in the ledger.
+//!
+//! A VM stopping while paused (watchdog, signal, a finished migration) ends the wait: each
+//! thread takes its vCPU back and stops as usual. The VM counts as stopped as soon as one
+//! vCPU thread has ended (an AP's thread ends only when the VM stops).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,50 +74,110 @@ pub enum ControlError {
     Balloon(#[from] BalloonError),
 }
 
-/// Where a paused vCPU waits, and what it left for the controller.
-#[derive(Default)]
-struct Parked {
-    vcpu: Option<Vcpu>,
-    /// vCPU 0's ledger shard when it parked.
+/// One vCPU's seat in the gate: what its thread left there when it parked.
+struct Seat<V> {
+    /// The parked vCPU (`None`: running, or not yet parked).
+    vcpu: Option<V>,
+    /// The vCPU's ledger shard when it last parked.
     ledger: LedgerSnapshot,
-    /// The vCPU thread has ended: nothing will park any more.
+    /// The vCPU's thread has ended: it will not park any more.
     ended: bool,
 }
 
-/// The meeting point of a controller and vCPU 0's thread (see the module doc).
-#[derive(Default)]
-pub struct PauseGate {
-    parked: Mutex<Parked>,
+impl<V> Default for Seat<V> {
+    fn default() -> Self {
+        Self {
+            vcpu: None,
+            ledger: LedgerSnapshot::default(),
+            ended: false,
+        }
+    }
+}
+
+/// Every vCPU's seat, by vCPU index.
+struct Parked<V> {
+    seats: Vec<Seat<V>>,
+}
+
+impl<V> Parked<V> {
+    /// Every vCPU is parked: the VM is paused.
+    fn all_parked(&self) -> bool {
+        self.seats.iter().all(|s| s.vcpu.is_some())
+    }
+
+    /// Some vCPU is still parked (a resume waits until none is).
+    fn any_parked(&self) -> bool {
+        self.seats.iter().any(|s| s.vcpu.is_some())
+    }
+
+    /// Some vCPU thread has ended: the VM is stopping (an AP's thread ends only when the
+    /// VM stops), nothing can be paused any more.
+    fn any_ended(&self) -> bool {
+        self.seats.iter().any(|s| s.ended)
+    }
+
+    /// The VM's exits at the last pause: every vCPU's shard added up.
+    fn ledger(&self) -> LedgerSnapshot {
+        let mut all = LedgerSnapshot::default();
+        for s in &self.seats {
+            all.merge(&s.ledger);
+        }
+        all
+    }
+}
+
+/// The meeting point of a controller and the vCPU threads, one seat per vCPU (see the
+/// module doc). Generic over what is parked so that its logic is tested without KVM; the
+/// VMM parks [`Vcpu`]s.
+pub struct PauseGate<V = Vcpu> {
+    parked: Mutex<Parked<V>>,
     cv: Condvar,
-    /// How the run ends when the controller ended it (a migration): the parked vCPU does
+    /// How the run ends when the controller ended it (a migration): the parked vCPUs do
     /// not re-enter the guest.
     final_stop: Mutex<Option<crate::StopReason>>,
 }
 
-impl std::fmt::Debug for PauseGate {
+impl<V> std::fmt::Debug for PauseGate<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PauseGate").finish_non_exhaustive()
     }
 }
 
-impl PauseGate {
-    /// vCPU thread: parks `vcpu` (out of `KVM_RUN`, at a clean point) with its ledger and
-    /// waits until `pause` is cleared or `stop` is set; returns the vCPU.
+impl<V> PauseGate<V> {
+    /// The gate of a VM with `vcpus` vCPUs (at least one seat).
+    pub fn new(vcpus: u32) -> Self {
+        let n = usize::try_from(vcpus).unwrap_or(1).max(1);
+        Self {
+            parked: Mutex::new(Parked {
+                seats: (0..n).map(|_| Seat::default()).collect(),
+            }),
+            cv: Condvar::new(),
+            final_stop: Mutex::new(None),
+        }
+    }
+
+    /// vCPU thread of vCPU `index`: parks `vcpu` (out of `KVM_RUN`, at a clean point) with
+    /// its ledger shard and waits until `pause` is cleared or `stop` is set; returns the
+    /// vCPU. An index without a seat is handed back at once (never parked).
     pub fn park(
         &self,
-        vcpu: Vcpu,
+        index: usize,
+        vcpu: V,
         ledger: LedgerSnapshot,
         pause: &AtomicBool,
         stop: &AtomicBool,
-    ) -> Vcpu {
+    ) -> V {
         let mut p = lock(&self.parked);
-        p.vcpu = Some(vcpu);
-        p.ledger = ledger;
+        let Some(seat) = p.seats.get_mut(index) else {
+            return vcpu;
+        };
+        seat.vcpu = Some(vcpu);
+        seat.ledger = ledger;
         self.cv.notify_all();
         loop {
             let running = !pause.load(Ordering::Acquire) || stop.load(Ordering::Acquire);
             if running {
-                if let Some(v) = p.vcpu.take() {
+                if let Some(v) = p.seats.get_mut(index).and_then(|s| s.vcpu.take()) {
                     // The controller's resume waits for this.
                     self.cv.notify_all();
                     return v;
@@ -125,10 +196,131 @@ impl PauseGate {
         lock(&self.final_stop).clone()
     }
 
-    /// vCPU thread: it has ended (no more parking).
-    pub fn end(&self) {
-        lock(&self.parked).ended = true;
+    /// vCPU thread of vCPU `index`: it has ended (no more parking).
+    pub fn end(&self, index: usize) {
+        if let Some(s) = lock(&self.parked).seats.get_mut(index) {
+            s.ended = true;
+        }
         self.cv.notify_all();
+    }
+
+    /// Every vCPU is parked.
+    fn is_paused(&self) -> bool {
+        lock(&self.parked).all_parked()
+    }
+
+    /// Some vCPU thread has ended.
+    fn is_stopped(&self) -> bool {
+        lock(&self.parked).any_ended()
+    }
+
+    /// Controller: sets `pause`, kicks every vCPU (`kick(index)`) and waits until all are
+    /// parked, kicking again every [`REKICK`] those that are not yet. On a stop
+    /// ([`ControlError::Stopped`]) or after `timeout` ([`ControlError::PauseTimeout`]) it
+    /// clears `pause` again: the vCPUs parked so far go back to the guest.
+    fn pause_all(
+        &self,
+        pause: &AtomicBool,
+        kick: &dyn Fn(u32),
+        timeout: Duration,
+    ) -> Result<Duration, ControlError> {
+        let t = Instant::now();
+        let mut p = lock(&self.parked);
+        if p.any_ended() {
+            return Err(ControlError::Stopped);
+        }
+        if p.all_parked() {
+            return Err(ControlError::AlreadyIn("paused"));
+        }
+        pause.store(true, Ordering::Release);
+        let unparked = |p: &Parked<V>| -> Vec<u32> {
+            (0u32..)
+                .zip(&p.seats)
+                .filter(|(_, s)| s.vcpu.is_none())
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let mut to_kick = unparked(&p);
+        let mut last_kick = Instant::now();
+        loop {
+            if !to_kick.is_empty() {
+                // Kicked without the lock: a vCPU thread parking meanwhile must not wait.
+                drop(p);
+                for &i in &to_kick {
+                    kick(i);
+                }
+                last_kick = Instant::now();
+                p = lock(&self.parked);
+            }
+            if p.any_ended() {
+                pause.store(false, Ordering::Release);
+                self.cv.notify_all();
+                return Err(ControlError::Stopped);
+            }
+            if p.all_parked() {
+                return Ok(t.elapsed());
+            }
+            if t.elapsed() > timeout {
+                pause.store(false, Ordering::Release);
+                self.cv.notify_all();
+                return Err(ControlError::PauseTimeout(timeout));
+            }
+            p = self
+                .cv
+                .wait_timeout(p, Duration::from_millis(2))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+            to_kick = match last_kick.elapsed() > REKICK {
+                true => unparked(&p),
+                false => Vec::new(),
+            };
+        }
+    }
+
+    /// Controller: clears `pause` and waits until every vCPU thread has taken its vCPU
+    /// back (or ended).
+    fn resume_all(&self, pause: &AtomicBool, timeout: Duration) -> Result<(), ControlError> {
+        {
+            let p = lock(&self.parked);
+            if p.any_ended() {
+                return Err(ControlError::Stopped);
+            }
+            if !p.all_parked() {
+                return Err(ControlError::AlreadyIn("running"));
+            }
+        }
+        pause.store(false, Ordering::Release);
+        self.cv.notify_all();
+        let t = Instant::now();
+        let mut p = lock(&self.parked);
+        while p.any_parked() && !p.any_ended() {
+            if t.elapsed() > timeout {
+                return Err(ControlError::PauseTimeout(timeout));
+            }
+            p = self
+                .cv
+                .wait_timeout(p, Duration::from_millis(2))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with every parked vCPU (vCPU 0 first) and the ledger they left, while
+    /// they stay parked; [`ControlError::AlreadyIn`]`("running")` unless all are.
+    fn with_parked<R>(
+        &self,
+        f: impl FnOnce(&[&V], &LedgerSnapshot) -> Result<R, ControlError>,
+    ) -> Result<R, ControlError> {
+        let p = lock(&self.parked);
+        let vcpus: Option<Vec<&V>> = p.seats.iter().map(|s| s.vcpu.as_ref()).collect();
+        let vcpus = vcpus.ok_or(ControlError::AlreadyIn("running"))?;
+        f(&vcpus, &p.ledger())
+    }
+
+    /// The ledger the vCPUs left at their last pause, added up.
+    fn parked_ledger(&self) -> LedgerSnapshot {
+        lock(&self.parked).ledger()
     }
 }
 
@@ -192,7 +384,7 @@ pub struct SnapshotReport {
 pub struct VmControl {
     vm: Arc<Vm>,
     gate: Arc<PauseGate>,
-    kick: Box<dyn Fn() + Send + Sync>,
+    kick: Box<dyn Fn(u32) + Send + Sync>,
     devices: DeviceHandles,
     info: VmInfo,
     started: Instant,
@@ -211,11 +403,12 @@ impl std::fmt::Debug for VmControl {
 }
 
 impl VmControl {
-    /// A handle on `vm`, whose vCPU 0 parks in `gate`; `kick` kicks vCPU 0 out of `KVM_RUN`.
+    /// A handle on `vm`, whose vCPUs park in `gate`; `kick(i)` kicks vCPU `i` out of
+    /// `KVM_RUN`.
     pub fn new(
         vm: Arc<Vm>,
         gate: Arc<PauseGate>,
-        kick: Box<dyn Fn() + Send + Sync>,
+        kick: Box<dyn Fn(u32) + Send + Sync>,
         devices: DeviceHandles,
         info: VmInfo,
     ) -> Self {
@@ -235,89 +428,26 @@ impl VmControl {
         &self.vm.shared.pause_requested
     }
 
-    /// Whether the VM is paused now.
+    /// Whether the VM is paused now (every vCPU parked).
     pub fn is_paused(&self) -> bool {
-        lock(&self.gate.parked).vcpu.is_some()
+        self.gate.is_paused()
     }
 
-    /// Whether the vCPU thread has ended.
+    /// Whether the VM has stopped (a vCPU thread has ended).
     pub fn is_stopped(&self) -> bool {
-        lock(&self.gate.parked).ended
-    }
-
-    fn check_pausable(&self) -> Result<(), ControlError> {
-        if self.info.vcpus > 1 {
-            return Err(ControlError::Unsupported(format!(
-                "{} vCPUs (pause holds vCPU 0 only)",
-                self.info.vcpus
-            )));
-        }
-        Ok(())
+        self.gate.is_stopped()
     }
 
     fn pause_locked(&self) -> Result<Duration, ControlError> {
-        self.check_pausable()?;
-        let t = Instant::now();
-        if self.is_stopped() {
-            return Err(ControlError::Stopped);
-        }
-        if self.is_paused() {
-            return Err(ControlError::AlreadyIn("paused"));
-        }
-        self.pause_flag().store(true, Ordering::Release);
-        (self.kick)();
-        let mut p = lock(&self.gate.parked);
-        let mut last_kick = Instant::now();
-        while p.vcpu.is_none() {
-            if p.ended {
-                self.pause_flag().store(false, Ordering::Release);
-                return Err(ControlError::Stopped);
-            }
-            if t.elapsed() > PAUSE_TIMEOUT {
-                self.pause_flag().store(false, Ordering::Release);
-                return Err(ControlError::PauseTimeout(PAUSE_TIMEOUT));
-            }
-            if last_kick.elapsed() > REKICK {
-                (self.kick)();
-                last_kick = Instant::now();
-            }
-            p = self
-                .gate
-                .cv
-                .wait_timeout(p, Duration::from_millis(2))
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
-        }
-        Ok(t.elapsed())
+        self.gate
+            .pause_all(self.pause_flag(), &*self.kick, PAUSE_TIMEOUT)
     }
 
     fn resume_locked(&self) -> Result<(), ControlError> {
-        if self.is_stopped() {
-            return Err(ControlError::Stopped);
-        }
-        if !self.is_paused() {
-            return Err(ControlError::AlreadyIn("running"));
-        }
-        self.pause_flag().store(false, Ordering::Release);
-        self.gate.cv.notify_all();
-        // Resumed when the vCPU thread has taken its vCPU back (then `is_paused` is false).
-        let t = Instant::now();
-        let mut p = lock(&self.gate.parked);
-        while p.vcpu.is_some() && !p.ended {
-            if t.elapsed() > PAUSE_TIMEOUT {
-                return Err(ControlError::PauseTimeout(PAUSE_TIMEOUT));
-            }
-            p = self
-                .gate
-                .cv
-                .wait_timeout(p, Duration::from_millis(2))
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
-        }
-        Ok(())
+        self.gate.resume_all(self.pause_flag(), PAUSE_TIMEOUT)
     }
 
-    /// Pauses the VM: vCPU 0 out of `KVM_RUN` at a clean point and held (module doc).
+    /// Pauses the VM: every vCPU out of `KVM_RUN` at a clean point and held (module doc).
     /// Returns how long it took.
     pub fn pause(&self) -> Result<Duration, ControlError> {
         let _busy = lock(&self.busy);
@@ -396,14 +526,15 @@ impl VmControl {
         if let Some(why) = &self.info.net_refusal {
             return Err(ControlError::Unsupported(why.clone()));
         }
-        let parked = lock(&self.gate.parked);
-        let vcpu = parked
-            .vcpu
-            .as_ref()
-            .ok_or(ControlError::AlreadyIn("running"))?;
-        let vcpu_state = capture_vcpu(vcpu, &self.info.msrs)?;
+        let (vcpus, parked_ledger) = self.gate.with_parked(|vcpus, ledger| {
+            let states = vcpus
+                .iter()
+                .map(|v| capture_vcpu(v, &self.info.msrs))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((states, ledger.clone()))
+        })?;
         let mut ledger = self.info.base_ledger.clone();
-        ledger.merge(&parked.ledger);
+        ledger.merge(&parked_ledger);
         let fd = self
             .vm
             .fd
@@ -415,7 +546,7 @@ impl VmControl {
             cmdline: self.info.cmdline.clone(),
             kernel: self.info.kernel.clone(),
             features: self.info.features,
-            vcpus: vec![vcpu_state],
+            vcpus,
             vm: vm_state,
             devices: self.devices.capture(),
             disk: self.info.disk.clone(),
@@ -461,7 +592,7 @@ impl VmControl {
         self.devices.free_page_hint.clone()
     }
 
-    /// Whether the VM can be live-migrated now: running, one vCPU, and no NIC but the PV
+    /// Whether the VM can be live-migrated now: running, and no NIC but the PV
     /// NIC on the loopback backend. Registered PV rings are fine: the migration's pause
     /// drains them ([`VmControl::pause_for_migration`]) before its final round.
     pub fn check_migratable(&self) -> Result<(), ControlError> {
@@ -469,7 +600,6 @@ impl VmControl {
         if let Some(why) = &self.info.net_refusal {
             return Err(ControlError::Unsupported(why.clone()));
         }
-        self.check_pausable()?;
         if self.is_stopped() {
             return Err(ControlError::Stopped);
         }
@@ -522,14 +652,16 @@ impl VmControl {
     pub fn request_stop(&self) {
         self.vm.shared.stop_requested.store(true, Ordering::Release);
         self.gate.cv.notify_all();
-        (self.kick)();
+        for i in 0..self.info.vcpus {
+            (self.kick)(i);
+        }
     }
 
     /// The VM's statistics now.
     pub fn stats(&self) -> VmStats {
         use crate::devices::legacy::vm_clock::VmTime;
         let mut ledger = self.info.base_ledger.clone();
-        ledger.merge(&lock(&self.gate.parked).ledger);
+        ledger.merge(&self.gate.parked_ledger());
         VmStats {
             paused: self.is_paused(),
             uptime: self.started.elapsed(),
@@ -556,5 +688,160 @@ impl VmControl {
             .ok_or_else(|| ControlError::Unsupported("the VM has no balloon".into()))?;
         let pages = mib.saturating_mul((1 << 20) / pvkit_abi::balloon::BALLOON_PAGE_SIZE);
         Ok(balloon.set_target(pages)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::ledger::{ExitKind, ExitLedger};
+    use std::sync::atomic::AtomicU32;
+
+    /// Stand-in vCPU threads: each "runs" (sleeps 1 ms at a time) until kicked; kicked with
+    /// the pause flag set, it counts one interrupted exit and parks its index, else it
+    /// goes on. Thread `stuck` (if any) never answers a kick.
+    struct Threads {
+        gate: Arc<PauseGate<u32>>,
+        pause: Arc<AtomicBool>,
+        stop: Arc<AtomicBool>,
+        kicked: Arc<Vec<AtomicU32>>,
+        threads: Vec<std::thread::JoinHandle<u64>>,
+    }
+
+    impl Threads {
+        fn start(n: u32, stuck: Option<u32>) -> Self {
+            let gate = Arc::new(PauseGate::new(n));
+            let pause = Arc::new(AtomicBool::new(false));
+            let stop = Arc::new(AtomicBool::new(false));
+            let kicked: Arc<Vec<AtomicU32>> = Arc::new((0..n).map(|_| AtomicU32::new(0)).collect());
+            let threads = (0..n)
+                .map(|i| {
+                    let (gate, pause, stop, kicked) = (
+                        Arc::clone(&gate),
+                        Arc::clone(&pause),
+                        Arc::clone(&stop),
+                        Arc::clone(&kicked),
+                    );
+                    std::thread::spawn(move || {
+                        let mut ledger = ExitLedger::new();
+                        let mut v = i;
+                        let seat = i as usize;
+                        while !stop.load(Ordering::Acquire) {
+                            std::thread::sleep(Duration::from_millis(1));
+                            if Some(i) == stuck || kicked[seat].swap(0, Ordering::AcqRel) == 0 {
+                                continue;
+                            }
+                            ledger.record(ExitKind::Interrupted);
+                            if pause.load(Ordering::Acquire) {
+                                v = gate.park(seat, v, ledger.snapshot(), &pause, &stop);
+                                assert_eq!(v, i, "each thread gets its own vCPU back");
+                            }
+                        }
+                        gate.end(seat);
+                        ledger.snapshot().total
+                    })
+                })
+                .collect();
+            Self {
+                gate,
+                pause,
+                stop,
+                kicked,
+                threads,
+            }
+        }
+
+        fn kick(&self) -> impl Fn(u32) + '_ {
+            |i| {
+                self.kicked[i as usize].fetch_add(1, Ordering::AcqRel);
+            }
+        }
+
+        fn pause(&self, timeout: Duration) -> Result<Duration, ControlError> {
+            self.gate.pause_all(&self.pause, &self.kick(), timeout)
+        }
+
+        fn finish(self) -> Vec<u64> {
+            self.stop.store(true, Ordering::Release);
+            self.gate.cv.notify_all();
+            self.threads
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_pause_parks_every_vcpu_and_a_resume_releases_them_all() {
+        let t = Threads::start(3, None);
+        assert!(matches!(
+            t.gate.resume_all(&t.pause, PAUSE_TIMEOUT),
+            Err(ControlError::AlreadyIn("running"))
+        ));
+        t.pause(PAUSE_TIMEOUT).unwrap();
+        assert!(t.gate.is_paused());
+        assert!(matches!(
+            t.pause(PAUSE_TIMEOUT),
+            Err(ControlError::AlreadyIn("paused"))
+        ));
+        // Every vCPU, in index order, and the sum of their shards: one exit each.
+        let seen = t
+            .gate
+            .with_parked(|v, l| Ok((v.iter().map(|v| **v).collect::<Vec<_>>(), l.total)))
+            .unwrap();
+        assert_eq!(seen, (vec![0, 1, 2], 3));
+        assert_eq!(t.gate.parked_ledger().count(ExitKind::Interrupted), 3);
+        t.gate.resume_all(&t.pause, PAUSE_TIMEOUT).unwrap();
+        assert!(!t.gate.is_paused());
+        assert!(!lock(&t.gate.parked).any_parked());
+        assert!(matches!(
+            t.gate.with_parked(|_, _| Ok(())),
+            Err(ControlError::AlreadyIn("running"))
+        ));
+        // A second pause costs each vCPU one more exit.
+        t.pause(PAUSE_TIMEOUT).unwrap();
+        assert_eq!(t.gate.parked_ledger().total, 6);
+        t.gate.resume_all(&t.pause, PAUSE_TIMEOUT).unwrap();
+        assert_eq!(t.finish(), [2, 2, 2]);
+    }
+
+    #[test]
+    fn a_vcpu_that_never_parks_times_the_pause_out_and_the_others_run_again() {
+        let t = Threads::start(3, Some(2));
+        let e = t.pause(Duration::from_millis(200)).unwrap_err();
+        assert!(matches!(e, ControlError::PauseTimeout(_)), "{e}");
+        assert!(!t.pause.load(Ordering::Acquire), "the flag is cleared");
+        // The two that parked went back to running.
+        let since = Instant::now();
+        while lock(&t.gate.parked).any_parked() {
+            assert!(since.elapsed() < Duration::from_secs(10));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(!t.gate.is_paused());
+        t.finish();
+    }
+
+    #[test]
+    fn a_stop_ends_a_pause_and_releases_parked_vcpus() {
+        // Stopped while paused: every parked thread takes its vCPU back and ends.
+        let t = Threads::start(2, None);
+        t.pause(PAUSE_TIMEOUT).unwrap();
+        assert_eq!(t.finish(), [1, 1]);
+        // A thread that ends while a pause waits for it: the pause says stopped.
+        let t = Threads::start(2, Some(1));
+        let gate = Arc::clone(&t.gate);
+        let ender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            gate.end(1);
+        });
+        let e = t.pause(Duration::from_secs(30)).unwrap_err();
+        assert!(matches!(e, ControlError::Stopped), "{e}");
+        ender.join().unwrap();
+        assert!(t.gate.is_stopped());
+        assert!(matches!(
+            t.gate.resume_all(&t.pause, PAUSE_TIMEOUT),
+            Err(ControlError::Stopped)
+        ));
+        t.finish();
     }
 }

@@ -146,12 +146,17 @@ fn pv_index(index: u64) -> u32 {
 /// one [`Exit::Interrupted`]); then it runs like vCPU 0 until an exit stops it. The kick
 /// that stops it at the end of the run (`stop_requested` set) is not counted: an AP that
 /// never started exits nothing.
+///
+/// A pause (`VmShared::pause_requested`) returns [`VcpuEnd::Paused`] at the interrupted
+/// `KVM_RUN` it kicked, started AP or not (counted: one [`Exit::Interrupted`]); the thread
+/// parks the vCPU and calls this again on resume (a start posted before the pause is then
+/// taken).
 pub fn run_ap(
     vcpu: &mut Vcpu,
     vm: &Vm,
     cpu: &mut VcpuState,
     up: &VcpuUp,
-) -> Result<StopReason, VcpuError> {
+) -> Result<VcpuEnd, VcpuError> {
     let index = cpu.index;
     let stop = loop {
         let mut teardown = false;
@@ -180,14 +185,19 @@ pub fn run_ap(
             r.record(cpu.exits.ledger.last(), vcpu.exit_rip());
         }
         match action {
-            ExitAction::Continue => {}
+            ExitAction::Continue => {
+                let interrupted = cpu.exits.ledger.last() == Some(ExitKind::Interrupted);
+                if interrupted && vm.shared.pause_requested.load(Ordering::Acquire) {
+                    return Ok(VcpuEnd::Paused);
+                }
+            }
             ExitAction::Return(ret) => vcpu.set_return(ret)?,
             ExitAction::Stop(reason) => break reason,
         }
     };
     cpu.stopped = Some(Instant::now());
     cpu.kvm_exits = vcpu.kvm_exits();
-    Ok(stop)
+    Ok(VcpuEnd::Stopped(stop))
 }
 
 /// Why [`run_vcpu`] returned.

@@ -363,6 +363,12 @@ impl Vcpu {
             .map_err(kvm_err("KVM_SET_MP_STATE"))
     }
 
+    /// Clears `kvm_run.immediate_exit` (a kick that landed while the vCPU was out of
+    /// `KVM_RUN` and is no longer wanted: after a pause).
+    pub fn clear_immediate_exit(&mut self) {
+        self.fd.set_kvm_immediate_exit(0);
+    }
+
     /// The address of `kvm_run.immediate_exit`, for the watchdog's signal handler.
     pub fn immediate_exit_ptr(&mut self) -> *mut u8 {
         &mut self.fd.get_kvm_run().immediate_exit as *mut u8

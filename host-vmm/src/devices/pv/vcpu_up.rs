@@ -38,6 +38,56 @@ enum Slot {
     Running,
 }
 
+/// One vCPU's start slot as a snapshot keeps it ([`VcpuUp::save`], [`VcpuUp::restore`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SavedStartSlot {
+    /// Not started.
+    Waiting,
+    /// A `VcpuUp` was accepted but the AP's thread had not taken it: the restored AP's
+    /// thread takes it.
+    Pending {
+        /// Entry `RIP`.
+        rip: u64,
+        /// `RSP`.
+        rsp: u64,
+        /// `RDI`.
+        arg: u64,
+    },
+    /// Running guest code.
+    Running,
+}
+
+impl SavedStartSlot {
+    /// Checks a slot read from a state file (hostile input): a pending start's addresses
+    /// are canonical, as [`VcpuUp::up`] required when it accepted them.
+    pub fn check(&self) -> Result<(), String> {
+        match *self {
+            SavedStartSlot::Pending { rip, rsp, .. } if !canonical(rip) || !canonical(rsp) => Err(
+                format!("a pending vCPU start at non-canonical rip {rip:#x} / rsp {rsp:#x}"),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Slot {
+    fn saved(self) -> SavedStartSlot {
+        match self {
+            Slot::Waiting => SavedStartSlot::Waiting,
+            Slot::Pending(Start { rip, rsp, arg }) => SavedStartSlot::Pending { rip, rsp, arg },
+            Slot::Running => SavedStartSlot::Running,
+        }
+    }
+
+    fn restored(s: SavedStartSlot) -> Self {
+        match s {
+            SavedStartSlot::Waiting => Slot::Waiting,
+            SavedStartSlot::Pending { rip, rsp, arg } => Slot::Pending(Start { rip, rsp, arg }),
+            SavedStartSlot::Running => Slot::Running,
+        }
+    }
+}
+
 /// The waker: called with the index of a vCPU whose thread must leave `KVM_RUN`.
 type Waker = Box<dyn Fn(u32) + Send + Sync>;
 
@@ -102,6 +152,35 @@ impl VcpuUp {
                 *s = Slot::Running;
             }
         }
+    }
+
+    /// Every vCPU's slot, vCPU 0 first (the vCPUs are paused: no slot changes meanwhile).
+    pub fn save(&self) -> Vec<SavedStartSlot> {
+        (0..self.slots.len() as u64)
+            .filter_map(|i| self.slot(i).map(|s| s.saved()))
+            .collect()
+    }
+
+    /// Sets every slot from a snapshot (before any vCPU runs): one per vCPU, vCPU 0
+    /// running, each [`SavedStartSlot::check`]ed. On error nothing is changed.
+    pub fn restore(&self, saved: &[SavedStartSlot]) -> Result<(), String> {
+        if saved.len() != self.slots.len() {
+            return Err(format!(
+                "{} vCPU start slots saved for {} vCPUs",
+                saved.len(),
+                self.slots.len()
+            ));
+        }
+        if saved.first() != Some(&SavedStartSlot::Running) {
+            return Err("vCPU 0's start slot is not `running`".into());
+        }
+        saved.iter().try_for_each(SavedStartSlot::check)?;
+        for (i, s) in (0u64..).zip(saved) {
+            if let Some(mut slot) = self.slot(i) {
+                *slot = Slot::restored(*s);
+            }
+        }
+        Ok(())
     }
 
     /// Handles `VcpuUp` from vCPU `caller`.
@@ -180,5 +259,51 @@ mod tests {
         assert_eq!(up.up(0, [2, 0x1000, 0x2000, 7]), Status::EBUSY, "INIT-SIPI");
         assert_eq!(up.up(1, [0, 0x1000, 0x2000, 7]), Status::EBUSY, "vCPU 0");
         assert_eq!(*woken.lock().unwrap(), [1]);
+    }
+
+    #[test]
+    fn slots_are_saved_and_restored_and_bad_saves_change_nothing() {
+        let up = VcpuUp::new(3);
+        assert_eq!(up.up(0, [2, 0x1000, 0x2000, 5]), Status::Ok);
+        up.mark_running(1);
+        let saved = up.save();
+        assert_eq!(
+            saved,
+            [
+                SavedStartSlot::Running,
+                SavedStartSlot::Running,
+                SavedStartSlot::Pending {
+                    rip: 0x1000,
+                    rsp: 0x2000,
+                    arg: 5
+                }
+            ]
+        );
+        let back = VcpuUp::new(3);
+        let bad_rip = SavedStartSlot::Pending {
+            rip: 1 << 47,
+            rsp: 0,
+            arg: 0,
+        };
+        for bad in [
+            &saved[..2],
+            &[SavedStartSlot::Waiting, saved[1], saved[2]][..],
+            &[saved[0], saved[1], bad_rip][..],
+        ] {
+            assert!(back.restore(bad).is_err(), "{bad:?}");
+            assert_eq!(back.save(), VcpuUp::new(3).save(), "unchanged");
+        }
+        back.restore(&saved).unwrap();
+        assert_eq!(back.save(), saved);
+        // The restored pending start is taken by its AP; the running AP cannot be started.
+        assert_eq!(back.up(0, [1, 0x1000, 0x2000, 7]), Status::EBUSY);
+        assert_eq!(
+            back.take_start(2),
+            Some(Start {
+                rip: 0x1000,
+                rsp: 0x2000,
+                arg: 5
+            })
+        );
     }
 }
