@@ -729,6 +729,7 @@ fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
                 ..Default::default()
             },
             report: Default::default(),
+            seccomp: !args.no_seccomp,
         };
         hooks.push(m.hook());
     }

@@ -59,7 +59,29 @@ pub enum ThreadKind {
     /// The control API thread (`pvkit run --api`): the socket, snapshot files, the KVM
     /// state reads of a paused VM.
     Api,
+    /// The console writer thread (`pvkit-console`): guest output to stdout.
+    Console,
+    /// A network backend's event loop (`pvkit-net`, `pvkit-pvnet`): frames from the TAP
+    /// device into the NIC, interrupts through irqfds.
+    Net,
+    /// The gdb stub thread (`pvkit run --gdb`): one TCP connection, vCPU 0's registers and
+    /// debug state through a duplicate of its fd, guest memory.
+    Gdb,
+    /// The migration thread (`pvkit run --migrate-to`): the TCP stream to the target, the
+    /// dirty log, the state reads of the paused VM.
+    Migrate,
 }
+
+/// Every thread kind (docs and tests).
+pub const ALL_KINDS: [ThreadKind; 7] = [
+    ThreadKind::Vcpu,
+    ThreadKind::Io,
+    ThreadKind::Api,
+    ThreadKind::Console,
+    ThreadKind::Net,
+    ThreadKind::Gdb,
+    ThreadKind::Migrate,
+];
 
 impl ThreadKind {
     /// The name used in messages and docs.
@@ -68,6 +90,10 @@ impl ThreadKind {
             ThreadKind::Vcpu => "vCPU",
             ThreadKind::Io => "I/O",
             ThreadKind::Api => "API",
+            ThreadKind::Console => "console writer",
+            ThreadKind::Net => "network",
+            ThreadKind::Gdb => "gdb",
+            ThreadKind::Migrate => "migration",
         }
     }
 
@@ -76,6 +102,10 @@ impl ThreadKind {
             ThreadKind::Vcpu => 1,
             ThreadKind::Io => 2,
             ThreadKind::Api => 3,
+            ThreadKind::Console => 4,
+            ThreadKind::Net => 5,
+            ThreadKind::Gdb => 6,
+            ThreadKind::Migrate => 7,
         }
     }
 
@@ -84,6 +114,10 @@ impl ThreadKind {
             1 => Some(ThreadKind::Vcpu),
             2 => Some(ThreadKind::Io),
             3 => Some(ThreadKind::Api),
+            4 => Some(ThreadKind::Console),
+            5 => Some(ThreadKind::Net),
+            6 => Some(ThreadKind::Gdb),
+            7 => Some(ThreadKind::Migrate),
             _ => None,
         }
     }
@@ -152,6 +186,12 @@ pub const KVM_SET_MP_STATE: u64 = ioc(IOC_WRITE, 0x99, size_of::<kvm_bindings::k
 /// `KVM_IOEVENTFD`.
 pub const KVM_IOEVENTFD: u64 = ioc(IOC_WRITE, 0x79, size_of::<kvm_bindings::kvm_ioeventfd>());
 
+/// `KVM_GET_SREGS`.
+pub const KVM_GET_SREGS: u64 = ioc(IOC_READ, 0x83, size_of::<kvm_bindings::kvm_sregs>());
+/// `KVM_SET_GUEST_DEBUG`.
+pub const KVM_SET_GUEST_DEBUG: u64 =
+    ioc(IOC_WRITE, 0x9b, size_of::<kvm_bindings::kvm_guest_debug>());
+
 /// `KVM_SIGNAL_MSI` (a VM ioctl).
 pub const KVM_SIGNAL_MSI: u64 = ioc(IOC_WRITE, 0xa5, size_of::<kvm_bindings::kvm_msi>());
 
@@ -172,10 +212,7 @@ const IOC_RW: u64 = IOC_READ | IOC_WRITE;
 /// VM for a snapshot (`crate::snapshot::capture`), with their names, and `FIONBIO`.
 pub const API_IOCTLS: &[(u64, &str)] = &[
     (KVM_GET_REGS, "KVM_GET_REGS"),
-    (
-        ioc(IOC_READ, 0x83, size_of::<kvm_bindings::kvm_sregs>()),
-        "KVM_GET_SREGS",
-    ),
+    (KVM_GET_SREGS, "KVM_GET_SREGS"),
     (
         ioc(IOC_READ, 0xa4, size_of::<kvm_bindings::kvm_xsave>()),
         "KVM_GET_XSAVE",
@@ -227,6 +264,17 @@ pub const API_IOCTLS: &[(u64, &str)] = &[
         ioc(IOC_WRITE, 0x42, size_of::<kvm_bindings::kvm_dirty_log>()),
         "KVM_GET_DIRTY_LOG",
     ),
+];
+
+/// The ioctl requests the gdb thread may make on its duplicate of vCPU 0's fd (registers,
+/// segment selectors, breakpoints and single-step) and `FIONBIO` (peeking at the client's
+/// socket without blocking).
+pub const GDB_IOCTLS: &[(u64, &str)] = &[
+    (KVM_GET_REGS, "KVM_GET_REGS"),
+    (KVM_SET_REGS, "KVM_SET_REGS"),
+    (KVM_GET_SREGS, "KVM_GET_SREGS"),
+    (KVM_SET_GUEST_DEBUG, "KVM_SET_GUEST_DEBUG"),
+    (libc::FIONBIO, "FIONBIO"),
 ];
 
 // --- Other argument values.
@@ -287,6 +335,20 @@ fn ioctl_rules() -> Rules {
 
 fn api_ioctl_rules() -> Rules {
     one_of(1, API_IOCTLS.iter().map(|(r, _)| *r))
+}
+
+fn gdb_ioctl_rules() -> Rules {
+    one_of(1, GDB_IOCTLS.iter().map(|(r, _)| *r))
+}
+
+/// `write` only to stderr (messages, a panic's report).
+fn stderr_only_rules() -> Rules {
+    one_of(0, [libc::STDERR_FILENO as u64])
+}
+
+/// `write` only to stdout (the guest's console) and stderr.
+fn stdout_stderr_rules() -> Rules {
+    one_of(0, [libc::STDOUT_FILENO as u64, libc::STDERR_FILENO as u64])
 }
 
 fn api_socket_rules() -> Rules {
@@ -392,22 +454,9 @@ fn syscall_label(sys: &'static str) -> &'static str {
     sys.strip_prefix("SYS_").unwrap_or(sys)
 }
 
-/// Entries both threads need: memory, locks, time, signal return, thread end, output.
-fn common_entries() -> Vec<Entry> {
+/// Entries every confined thread needs: memory, locks, time, signal return, thread end.
+fn base_entries() -> Vec<Entry> {
     vec![
-        allow!(
-            SYS_write,
-            "console output to stdout (UART, PV console, console ring), messages on stderr, waking \
-                the I/O thread (eventfd)",
-        ),
-        allow!(
-            SYS_pread64,
-            "disk reads (ATA, PV block: `FileExt::read_exact_at`); the balloon reading the RSS \
-             from `/proc/self/statm` (opened before confinement); a vCPU reading its KVM `exits` \
-             statistic when it stops (`KVM_GET_STATS_FD`, opened at vCPU creation)"
-        ),
-        allow!(SYS_pwrite64, "disk writes (ATA, PV block)"),
-        allow!(SYS_fdatasync, "PV block flush requests (`File::sync_data`)"),
         allow!(
             SYS_futex,
             futex_rules,
@@ -448,10 +497,6 @@ fn common_entries() -> Vec<Entry> {
             "`Instant::now` when the vDSO falls back to the system call"
         ),
         allow!(
-            SYS_sched_yield,
-            "the polling I/O thread yields its core every 64 spins (`thread::yield_now`)",
-        ),
-        allow!(
             SYS_rt_sigreturn,
             "returning from a signal handler (the watchdog's kick, SIGINT/SIGTERM)",
         ),
@@ -471,6 +516,31 @@ fn common_entries() -> Vec<Entry> {
             "the process ends (including the SIGSYS handler's exit)"
         ),
     ]
+}
+
+/// Entries of the threads that serve devices (vCPU, I/O, API): output, disk I/O, yielding.
+fn device_entries() -> Vec<Entry> {
+    let mut v = vec![
+        allow!(
+            SYS_write,
+            "console output to stdout (UART, PV console, console ring), messages on stderr, waking \
+                the I/O thread (eventfd)",
+        ),
+        allow!(
+            SYS_pread64,
+            "disk reads (ATA, PV block: `FileExt::read_exact_at`); the balloon reading the RSS \
+             from `/proc/self/statm` (opened before confinement); a vCPU reading its KVM `exits` \
+             statistic when it stops (`KVM_GET_STATS_FD`, opened at vCPU creation)"
+        ),
+        allow!(SYS_pwrite64, "disk writes (ATA, PV block)"),
+        allow!(SYS_fdatasync, "PV block flush requests (`File::sync_data`)"),
+        allow!(
+            SYS_sched_yield,
+            "the polling I/O thread yields its core every 64 spins (`thread::yield_now`)",
+        ),
+    ];
+    v.extend(base_entries());
+    v
 }
 
 fn vcpu_entries() -> Vec<Entry> {
@@ -556,7 +626,7 @@ fn vcpu_entries() -> Vec<Entry> {
                 thread (which inherits this list) reads its eventfds",
         ),
     ];
-    v.extend(common_entries());
+    v.extend(device_entries());
     v
 }
 
@@ -572,7 +642,7 @@ fn io_entries() -> Vec<Entry> {
             "reading an eventfd's counter (doorbell notifications, wake-ups)"
         ),
     ];
-    v.extend(common_entries());
+    v.extend(device_entries());
     v
 }
 
@@ -644,7 +714,140 @@ fn api_entries() -> Vec<Entry> {
         ),
         allow!(SYS_nanosleep, "as `clock_nanosleep` (older glibc)"),
     ];
-    v.extend(common_entries());
+    v.extend(device_entries());
+    v
+}
+
+fn console_entries() -> Vec<Entry> {
+    let mut v = vec![allow!(
+        SYS_write,
+        stdout_stderr_rules,
+        "arg0: 1 (stdout), 2 (stderr)",
+        "the guest's console output to stdout; a panic's message on stderr",
+    )];
+    v.extend(base_entries());
+    v
+}
+
+fn net_entries() -> Vec<Entry> {
+    let mut v = vec![
+        allow!(
+            SYS_epoll_wait,
+            "waiting for the backend's fd (the TAP device) and the loop's wake eventfd"
+        ),
+        allow!(SYS_read, "the wake eventfd's counter"),
+        allow!(
+            SYS_readv,
+            "one frame from the TAP device (head buffer plus overflow, `TapBackend::recv`)"
+        ),
+        allow!(
+            SYS_write,
+            "raising the NIC's interrupt (an irqfd) or a PV ring's completion interrupt; a \
+                panic's message on stderr",
+        ),
+        allow!(
+            SYS_sched_yield,
+            "the event loop yields its core before resuming pending work"
+        ),
+    ];
+    v.extend(base_entries());
+    v
+}
+
+fn gdb_entries() -> Vec<Entry> {
+    let mut v = vec![
+        allow!(
+            SYS_ioctl,
+            gdb_ioctl_rules,
+            "arg1: KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS, KVM_SET_GUEST_DEBUG, FIONBIO",
+            "the stopped vCPU's registers (g/G), its segment selectors, hardware breakpoints \
+                and single-step; switching the connection between blocking and non-blocking \
+                to peek for the client's Ctrl-C",
+        ),
+        allow!(SYS_accept4, "accepting the one client connection"),
+        allow!(SYS_setsockopt, "`TCP_NODELAY` on the connection"),
+        allow!(
+            SYS_recvfrom,
+            "reading packets (std's socket reads); peeking for Ctrl-C (`MSG_PEEK`)"
+        ),
+        allow!(SYS_sendto, "writing replies (std's socket writes)"),
+        allow!(
+            SYS_write,
+            stderr_only_rules,
+            "arg0: 2 (stderr)",
+            "messages on stderr (a failed session, a refused software breakpoint)",
+        ),
+        allow!(
+            SYS_close,
+            "the listener after the accept, the connection and the vCPU fd's duplicate at \
+                the end"
+        ),
+        allow!(
+            SYS_fcntl,
+            fcntl_rules,
+            "arg1: F_GETFD",
+            "std's check, in builds with debug assertions, that a descriptor is open before \
+                it is closed",
+        ),
+    ];
+    v.extend(base_entries());
+    v
+}
+
+fn migrate_entries() -> Vec<Entry> {
+    let mut v = vec![
+        allow!(
+            SYS_ioctl,
+            api_ioctl_rules,
+            "arg1: as for the API thread",
+            "dirty logging on the RAM slot and the dirty log each round; the paused VM's \
+                state; `FIONBIO` around the connect with a timeout",
+        ),
+        allow!(
+            SYS_socket,
+            api_socket_rules,
+            "arg0: AF_INET, AF_INET6",
+            "the TCP connection to the target",
+        ),
+        allow!(SYS_connect, "connecting to the target"),
+        allow!(
+            SYS_poll,
+            "connecting with a timeout (std's `connect_timeout`)"
+        ),
+        allow!(SYS_ppoll, "as `poll` (newer glibc)"),
+        allow!(
+            SYS_getsockopt,
+            "the connection's error after a connect with a timeout"
+        ),
+        allow!(
+            SYS_setsockopt,
+            "the connection's timeouts and `TCP_NODELAY`"
+        ),
+        allow!(SYS_recvfrom, "the target's verdict (std's socket reads)"),
+        allow!(SYS_sendto, "the stream (std's socket writes)"),
+        allow!(SYS_read, "as `recvfrom` (reads of the stream)"),
+        allow!(
+            SYS_write,
+            "the outcome on stderr; as `sendto` (writes of the stream)"
+        ),
+        allow!(SYS_close, "the connection at the end"),
+        allow!(
+            SYS_fcntl,
+            api_fcntl_rules,
+            "arg1: F_GETFD, F_DUPFD_CLOEXEC, F_GETFL, F_SETFL",
+            "std's debug check of a descriptor; a connection's flags",
+        ),
+        allow!(
+            SYS_clock_nanosleep,
+            "the wait before the migration starts (`thread::sleep`)"
+        ),
+        allow!(SYS_nanosleep, "as `clock_nanosleep` (older glibc)"),
+        allow!(
+            SYS_sched_yield,
+            "spin back-off in std and glibc while the VM pauses"
+        ),
+    ];
+    v.extend(base_entries());
     v
 }
 
@@ -653,6 +856,10 @@ fn entries(kind: ThreadKind) -> Vec<Entry> {
         ThreadKind::Vcpu => vcpu_entries(),
         ThreadKind::Io => io_entries(),
         ThreadKind::Api => api_entries(),
+        ThreadKind::Console => console_entries(),
+        ThreadKind::Net => net_entries(),
+        ThreadKind::Gdb => gdb_entries(),
+        ThreadKind::Migrate => migrate_entries(),
     }
 }
 
@@ -737,6 +944,15 @@ impl Confinement {
         match confined() {
             Some(_) => Self::new(ThreadKind::Io).map(Some),
             None => Ok(None),
+        }
+    }
+
+    /// The filters of `kind` when `on` (seccomp is on for this VM), else `None`: for a
+    /// thread about to be started by an unconfined thread, which applies them first thing.
+    pub fn when(on: bool, kind: ThreadKind) -> Result<Option<Self>, SeccompError> {
+        match on {
+            true => Self::new(kind).map(Some),
+            false => Ok(None),
         }
     }
 
@@ -1056,8 +1272,10 @@ mod tests {
     fn both_filters_compile() {
         assert_eq!(compile(ThreadKind::Vcpu).unwrap().len(), 2);
         assert_eq!(compile(ThreadKind::Io).unwrap().len(), 1);
-        assert_eq!(compile(ThreadKind::Api).unwrap().len(), 1);
-        for kind in [ThreadKind::Vcpu, ThreadKind::Io, ThreadKind::Api] {
+        for kind in ALL_KINDS.into_iter().skip(1) {
+            assert_eq!(compile(kind).unwrap().len(), 1, "{kind:?}");
+        }
+        for kind in ALL_KINDS {
             let c = Confinement::new(kind).unwrap();
             assert_eq!(c.kind(), kind);
             assert!(c.programs.iter().all(|p| !p.is_empty() && p.len() < 4096));
@@ -1066,7 +1284,7 @@ mod tests {
 
     #[test]
     fn lists_have_no_duplicates_and_every_entry_says_why() {
-        for kind in [ThreadKind::Vcpu, ThreadKind::Io, ThreadKind::Api] {
+        for kind in ALL_KINDS {
             let list = allowlist(kind);
             for w in list.windows(2) {
                 assert_ne!(w[0].name, w[1].name, "{kind:?}");
@@ -1149,7 +1367,7 @@ mod tests {
 
     #[test]
     fn security_md_lists_exactly_the_allowed_calls() {
-        for kind in [ThreadKind::Vcpu, ThreadKind::Io, ThreadKind::Api] {
+        for kind in ALL_KINDS {
             let mut doc = documented(kind);
             doc.sort();
             let mut code: Vec<String> = allowlist(kind).iter().map(|a| a.name.to_owned()).collect();

@@ -18,6 +18,7 @@ use crate::migration::precopy::PrecopyConfig;
 use crate::migration::source::{migrate_to, MigrationError, MigrationReport, MigrationSource};
 use crate::migration::stream::Received;
 use crate::migration::target::{receive, Incoming, TargetError};
+use crate::runtime::seccomp::{Confinement, ThreadKind};
 use crate::runtime::sync::lock;
 use crate::vstate::memory::GuestRam;
 use crate::StopReason;
@@ -101,6 +102,8 @@ pub struct MigrateAfter {
     pub precopy: PrecopyConfig,
     /// Where the report goes (also printed on stderr).
     pub report: Arc<Mutex<Option<Result<MigrationReport, String>>>>,
+    /// Confine the migration thread with its seccomp filter ([`ThreadKind::Migrate`]).
+    pub seccomp: bool,
 }
 
 impl MigrateAfter {
@@ -108,9 +111,24 @@ impl MigrateAfter {
     pub fn hook(self) -> ControlHook {
         ControlHook(Arc::new(move |ctl: Arc<VmControl>| {
             let me = self.clone();
+            let confinement = match Confinement::when(me.seccomp, ThreadKind::Migrate) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("pvkit: cannot start the migration thread: {e}");
+                    return;
+                }
+            };
             let spawned = std::thread::Builder::new()
                 .name("pvkit-migrate".into())
                 .spawn(move || {
+                    // Confined before it waits: the stream carries guest memory out.
+                    if let Some(c) = confinement {
+                        if let Err(e) = c.apply() {
+                            eprintln!("pvkit: migration failed, the VM runs on: {e}");
+                            *lock(&me.report) = Some(Err(e.to_string()));
+                            return;
+                        }
+                    }
                     std::thread::sleep(me.after);
                     let r = migrate(&ctl, me.to, me.precopy);
                     match &r {
