@@ -3,6 +3,7 @@
 
 pub mod scaffold;
 pub mod tap_peer;
+pub mod threads;
 
 use std::path::PathBuf;
 use std::process::Output;
