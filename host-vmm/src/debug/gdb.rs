@@ -730,3 +730,28 @@ fn exit_reason(code: Option<u8>) -> SingleThreadStopReason<u64> {
         None => SingleThreadStopReason::Terminated(Signal::SIGKILL),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::seccomp::GDB_IOCTLS;
+
+    /// Every vCPU ioctl this thread makes is in the gdb thread's seccomp filter.
+    #[test]
+    fn the_gdb_filter_allows_exactly_the_ioctls_used_here() {
+        let used = [
+            (KVM_GET_REGS(), "KVM_GET_REGS"),
+            (KVM_SET_REGS(), "KVM_SET_REGS"),
+            (KVM_GET_SREGS(), "KVM_GET_SREGS"),
+            (KVM_SET_GUEST_DEBUG(), "KVM_SET_GUEST_DEBUG"),
+        ];
+        for (nr, name) in used {
+            assert!(
+                GDB_IOCTLS.contains(&(u64::from(nr), name)),
+                "{name} ({nr:#x}) is not in GDB_IOCTLS"
+            );
+        }
+        // And FIONBIO (`set_nonblocking` for the Ctrl-C peek); nothing else.
+        assert_eq!(GDB_IOCTLS.len(), used.len() + 1);
+    }
+}

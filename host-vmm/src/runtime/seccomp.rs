@@ -70,10 +70,16 @@ pub enum ThreadKind {
     /// The migration thread (`pvkit run --migrate-to`): the TCP stream to the target, the
     /// dirty log, the state reads of the paused VM.
     Migrate,
+    /// The receiving thread of an incoming migration (`pvkit run --incoming`): the
+    /// stream from the source into a fresh snapshot directory.
+    Incoming,
+    /// A reader of a child VMM's stdout or stderr (`pvkit fleet`'s `pvkit-fleet-rd`): the
+    /// guest's console lines, kept up to a bound.
+    OutputReader,
 }
 
 /// Every thread kind (docs and tests).
-pub const ALL_KINDS: [ThreadKind; 7] = [
+pub const ALL_KINDS: [ThreadKind; 9] = [
     ThreadKind::Vcpu,
     ThreadKind::Io,
     ThreadKind::Api,
@@ -81,6 +87,8 @@ pub const ALL_KINDS: [ThreadKind; 7] = [
     ThreadKind::Net,
     ThreadKind::Gdb,
     ThreadKind::Migrate,
+    ThreadKind::Incoming,
+    ThreadKind::OutputReader,
 ];
 
 impl ThreadKind {
@@ -94,6 +102,8 @@ impl ThreadKind {
             ThreadKind::Net => "network",
             ThreadKind::Gdb => "gdb",
             ThreadKind::Migrate => "migration",
+            ThreadKind::Incoming => "incoming migration",
+            ThreadKind::OutputReader => "output reader",
         }
     }
 
@@ -106,6 +116,8 @@ impl ThreadKind {
             ThreadKind::Net => 5,
             ThreadKind::Gdb => 6,
             ThreadKind::Migrate => 7,
+            ThreadKind::Incoming => 8,
+            ThreadKind::OutputReader => 9,
         }
     }
 
@@ -118,6 +130,8 @@ impl ThreadKind {
             5 => Some(ThreadKind::Net),
             6 => Some(ThreadKind::Gdb),
             7 => Some(ThreadKind::Migrate),
+            8 => Some(ThreadKind::Incoming),
+            9 => Some(ThreadKind::OutputReader),
             _ => None,
         }
     }
@@ -851,6 +865,66 @@ fn migrate_entries() -> Vec<Entry> {
     v
 }
 
+fn incoming_entries() -> Vec<Entry> {
+    let mut v = vec![
+        allow!(SYS_recvfrom, "reading the stream (std's socket reads)"),
+        allow!(SYS_read, "as `recvfrom`"),
+        allow!(
+            SYS_sendto,
+            "the verdict on a refused stream (std's socket writes)"
+        ),
+        allow!(
+            SYS_mkdir,
+            "creating the snapshot directory (`create_dir_all`)"
+        ),
+        allow!(SYS_statx, "`create_dir_all` on an existing directory"),
+        allow!(SYS_newfstatat, "as `statx` (older glibc)"),
+        allow!(
+            SYS_openat,
+            "creating the memory file and the state file in that directory"
+        ),
+        allow!(
+            SYS_ftruncate,
+            "sizing the memory file to the RAM size (holes)"
+        ),
+        allow!(SYS_pwrite64, "pages into the memory file at their offsets"),
+        allow!(SYS_write, "the state file; messages on stderr"),
+        allow!(SYS_close, "the files; the connection of a refused stream"),
+        allow!(SYS_unlink, "removing the files of a refused stream"),
+        allow!(
+            SYS_fcntl,
+            fcntl_rules,
+            "arg1: F_GETFD",
+            "std's check, in builds with debug assertions, that a descriptor is open before \
+                it is closed",
+        ),
+    ];
+    v.extend(base_entries());
+    v
+}
+
+fn output_reader_entries() -> Vec<Entry> {
+    let mut v = vec![
+        allow!(SYS_read, "the child's stdout or stderr pipe"),
+        allow!(
+            SYS_write,
+            stderr_only_rules,
+            "arg0: 2 (stderr)",
+            "a panic's message on stderr",
+        ),
+        allow!(SYS_close, "the pipe at its end"),
+        allow!(
+            SYS_fcntl,
+            fcntl_rules,
+            "arg1: F_GETFD",
+            "std's check, in builds with debug assertions, that a descriptor is open before \
+                it is closed",
+        ),
+    ];
+    v.extend(base_entries());
+    v
+}
+
 fn entries(kind: ThreadKind) -> Vec<Entry> {
     match kind {
         ThreadKind::Vcpu => vcpu_entries(),
@@ -860,6 +934,8 @@ fn entries(kind: ThreadKind) -> Vec<Entry> {
         ThreadKind::Net => net_entries(),
         ThreadKind::Gdb => gdb_entries(),
         ThreadKind::Migrate => migrate_entries(),
+        ThreadKind::Incoming => incoming_entries(),
+        ThreadKind::OutputReader => output_reader_entries(),
     }
 }
 
@@ -922,7 +998,7 @@ pub fn confined() -> Option<ThreadKind> {
 }
 
 /// Compiled filters for one thread, built before the thread starts and applied by it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Confinement {
     kind: ThreadKind,
     programs: Vec<BpfProgram>,
@@ -1266,10 +1342,37 @@ mod tests {
         assert_eq!(KVM_SET_SREGS, 0x4138_ae84);
         assert_eq!(KVM_SET_MP_STATE, 0x4004_ae99);
         assert_eq!(KVM_SIGNAL_MSI, 0x4020_aea5);
+        // kvm_guest_debug: 72 bytes.
+        assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
+        assert_eq!(KVM_SET_GUEST_DEBUG, 0x4048_ae9b);
     }
 
     #[test]
-    fn both_filters_compile() {
+    fn threads_started_unconfined_cannot_start_threads_or_add_filters() {
+        // Their thread start ran before the filter; nothing after it needs these.
+        for kind in ALL_KINDS.into_iter().skip(2) {
+            for a in allowlist(kind) {
+                assert!(
+                    !["clone", "clone3", "prctl", "seccomp", "execve", "kill", "tgkill"]
+                        .contains(&a.name),
+                    "{kind:?} allows {}",
+                    a.name
+                );
+            }
+        }
+        // Threads that only print messages write to stderr (the console writer: and stdout).
+        for (kind, only) in [
+            (ThreadKind::Console, "arg0: 1 (stdout), 2 (stderr)"),
+            (ThreadKind::Gdb, "arg0: 2 (stderr)"),
+            (ThreadKind::OutputReader, "arg0: 2 (stderr)"),
+        ] {
+            let write = allowlist(kind).into_iter().find(|a| a.name == "write");
+            assert_eq!(write.map(|a| a.only), Some(only), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn every_filter_compiles() {
         assert_eq!(compile(ThreadKind::Vcpu).unwrap().len(), 2);
         assert_eq!(compile(ThreadKind::Io).unwrap().len(), 1);
         for kind in ALL_KINDS.into_iter().skip(1) {
