@@ -759,10 +759,6 @@ fn net_entries() -> Vec<Entry> {
             "raising the NIC's interrupt (an irqfd) or a PV ring's completion interrupt; a \
                 panic's message on stderr",
         ),
-        allow!(
-            SYS_sched_yield,
-            "the event loop yields its core before resuming pending work"
-        ),
     ];
     v.extend(base_entries());
     v
@@ -839,27 +835,25 @@ fn migrate_entries() -> Vec<Entry> {
         ),
         allow!(SYS_recvfrom, "the target's verdict (std's socket reads)"),
         allow!(SYS_sendto, "the stream (std's socket writes)"),
-        allow!(SYS_read, "as `recvfrom` (reads of the stream)"),
         allow!(
             SYS_write,
-            "the outcome on stderr; as `sendto` (writes of the stream)"
+            stderr_only_rules,
+            "arg0: 2 (stderr)",
+            "the outcome on stderr",
         ),
         allow!(SYS_close, "the connection at the end"),
         allow!(
             SYS_fcntl,
-            api_fcntl_rules,
-            "arg1: F_GETFD, F_DUPFD_CLOEXEC, F_GETFL, F_SETFL",
-            "std's debug check of a descriptor; a connection's flags",
+            fcntl_rules,
+            "arg1: F_GETFD",
+            "std's check, in builds with debug assertions, that a descriptor is open before \
+                it is closed",
         ),
         allow!(
             SYS_clock_nanosleep,
             "the wait before the migration starts (`thread::sleep`)"
         ),
         allow!(SYS_nanosleep, "as `clock_nanosleep` (older glibc)"),
-        allow!(
-            SYS_sched_yield,
-            "spin back-off in std and glibc while the VM pauses"
-        ),
     ];
     v.extend(base_entries());
     v
@@ -868,7 +862,6 @@ fn migrate_entries() -> Vec<Entry> {
 fn incoming_entries() -> Vec<Entry> {
     let mut v = vec![
         allow!(SYS_recvfrom, "reading the stream (std's socket reads)"),
-        allow!(SYS_read, "as `recvfrom`"),
         allow!(
             SYS_sendto,
             "the verdict on a refused stream (std's socket writes)"
@@ -1364,6 +1357,7 @@ mod tests {
         for (kind, only) in [
             (ThreadKind::Console, "arg0: 1 (stdout), 2 (stderr)"),
             (ThreadKind::Gdb, "arg0: 2 (stderr)"),
+            (ThreadKind::Migrate, "arg0: 2 (stderr)"),
             (ThreadKind::OutputReader, "arg0: 2 (stderr)"),
         ] {
             let write = allowlist(kind).into_iter().find(|a| a.name == "write");
