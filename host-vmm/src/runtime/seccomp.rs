@@ -1,8 +1,10 @@
-//! Per-thread seccomp filters: what the vCPU thread and the I/O thread may ask the kernel for
-//! once the guest runs.
+//! Per-thread seccomp filters: what each VMM thread that handles guest or network data may
+//! ask the kernel for once it runs ([`ThreadKind`]: vCPU, I/O, API, console writer, network
+//! event loops, gdb stub, migration source and target, `pvkit fleet`'s output readers).
 //!
-//! Both threads run code that parses hostile guest input, so each confines itself before the
-//! first guest instruction (vCPU) or the first ring it serves (I/O) to an allowlist of the
+//! Each of these threads runs code that handles hostile input, so each confines itself before
+//! it touches any (the vCPU before the first guest instruction, the I/O thread before the
+//! first ring it serves, the others first thing after they start) to an allowlist of the
 //! system calls it actually makes, with the dangerous ones narrowed by argument: `ioctl` to
 //! the KVM requests the thread issues, `clone` to threads (no processes, no namespaces),
 //! `mmap`/`mprotect` to non-executable anonymous memory, `futex` to the non-PI operations.
@@ -29,6 +31,13 @@
 //! `PR_SET_NO_NEW_PRIVS`, `seccomp` with `SECCOMP_SET_MODE_FILTER`; adding a filter can only
 //! take rights away). A thread started by an unconfined thread (`--no-seccomp`, or a test
 //! driving the devices directly) is not confined.
+//!
+//! # Threads started by the main thread
+//!
+//! The console writer, network, gdb, API, migration, incoming-migration and output-reader
+//! threads are started by an unconfined thread: it compiles their filter
+//! ([`Confinement::when`]) and the new thread applies it first thing. One program each; no
+//! thread creation in any of their lists.
 //!
 //! The lists were found by running the test suite and `pvkit bench` under `strace -f` with
 //! the filters in log mode, then tightened (see `docs/SECURITY.md`).
