@@ -747,7 +747,7 @@ mod tests {
         ];
         for (nr, name) in used {
             assert!(
-                GDB_IOCTLS.contains(&(u64::from(nr), name)),
+                GDB_IOCTLS.contains(&(nr, name)),
                 "{name} ({nr:#x}) is not in GDB_IOCTLS"
             );
         }
