@@ -12,6 +12,7 @@
 //!   which no thread is confined.
 //! - `--migrate-to`: the migration thread is confined while it waits, and the migration
 //!   still succeeds (the target takes over, the source exits 0).
+//! - `pvkit fleet`: the readers of the members' output are confined while they run.
 //!
 //! The TAP tests need root (to create the namespace): without it they skip with a note,
 //! except under `CI=true`, where they fail.
@@ -431,4 +432,62 @@ fn the_migration_thread_is_confined_and_the_migration_succeeds() {
     // The target runs the spinning guest on; SIGTERM ends it as any VM.
     let (code, err) = target.terminate();
     assert_eq!(code, 143, "{err}");
+}
+
+/// `pvkit fleet`: the readers of the members' output (`pvkit-fleet-rd`, two per member)
+/// are confined while they run; the fleet still ends cleanly.
+#[test]
+fn the_fleet_output_readers_are_confined() {
+    if !common::builtin_ready() {
+        return;
+    }
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(!common::ci(), "CI=true but the fleet needs root");
+        eprintln!("note: skipping the fleet test (needs root)");
+        return;
+    }
+    let json = common::fresh_dir("pvkit-sct", "fleet").join("fleet.json");
+    let mut fleet = Command::new(env!("CARGO_BIN_EXE_pvkit"))
+        .args(["fleet", "2", "--json", json.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pvkit fleet");
+    let err = common::line_channel(fleet.stderr.take().expect("stderr"));
+    // Every look at the readers while the fleet runs (they live as long as the members).
+    let mut looks: std::collections::BTreeMap<u32, Vec<ThreadStatus>> = Default::default();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = fleet.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(t.elapsed() < WAIT * 4, "pvkit fleet did not end");
+        for r in threads(fleet.id()) {
+            if r.name == "pvkit-fleet-rd" {
+                looks.entry(r.tid).or_default().push(r);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let err: Vec<String> = err.try_iter().collect();
+    assert_eq!(status.code(), Some(0), "{err:?}");
+    let all: Vec<ThreadStatus> = looks.values().flatten().cloned().collect();
+    assert!(!looks.is_empty(), "no reader seen");
+    // A reader names itself as it starts and confines itself right after: only a look in
+    // between (microseconds) may see it unconfined, so a reader's last look must see the
+    // filter once it was seen twice.
+    for (tid, ls) in &looks {
+        let last = ls.last().expect("a look");
+        assert!(
+            ls.len() < 2 || last.mode == 2,
+            "reader {tid} not confined: {}",
+            describe(&all)
+        );
+    }
+    assert!(
+        all.iter().any(|r| r.mode == 2),
+        "no reader confined: {}",
+        describe(&all)
+    );
 }

@@ -6,6 +6,8 @@ use std::path::Path;
 /// whether it is a kernel worker that only lives in the process's thread group.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ThreadStatus {
+    /// The thread's id (`TID`).
+    pub tid: u32,
     /// `/proc/PID/task/TID/comm`.
     pub name: String,
     /// `Seccomp:` (0 none, 2 filter).
@@ -39,6 +41,7 @@ fn status(task: &Path) -> Option<ThreadStatus> {
         .parse()
         .ok()?;
     Some(ThreadStatus {
+        tid: task.file_name()?.to_str()?.parse().ok()?,
         name: name.trim().to_owned(),
         mode: field("Seccomp:")?,
         filters: field("Seccomp_filters:")?,
