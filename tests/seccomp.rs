@@ -2,9 +2,10 @@
 //!
 //! - a forbidden system call on a thread confined with the vCPU (or I/O) filter is refused:
 //!   the process ends at once with status 159 and one line naming the thread and the call,
-//!   while the allowed calls (output, memory, locks, starting a thread) keep working. Each
-//!   case runs in a child process (this test binary, re-executed), since the refusal ends the
-//!   whole process;
+//!   while the allowed calls (output, memory, locks, starting a thread) keep working; the
+//!   same for the filters of the threads the main thread starts (console writer, network,
+//!   gdb, migration, incoming migration, output reader). Each case runs in a child process
+//!   (this test binary, re-executed), since the refusal ends the whole process;
 //! - the threads of a running `pvkit` really carry the filters (`/proc/PID/task/*/status`):
 //!   2 programs on the vCPU thread, 3 on the I/O thread (its own on top of the inherited
 //!   ones), none on the main thread; none with `--no-seccomp`;
@@ -64,6 +65,12 @@ fn child_process() {
     let kind = match kind {
         "vcpu" => ThreadKind::Vcpu,
         "io" => ThreadKind::Io,
+        "console" => ThreadKind::Console,
+        "net" => ThreadKind::Net,
+        "gdb" => ThreadKind::Gdb,
+        "migrate" => ThreadKind::Migrate,
+        "incoming" => ThreadKind::Incoming,
+        "output-reader" => ThreadKind::OutputReader,
         other => panic!("unknown thread kind {other}"),
     };
     let call = call.to_owned();
@@ -115,7 +122,8 @@ fn allowed_calls_work(kind: ThreadKind) {
             .expect("a thread started under the vCPU filter");
         assert_eq!(*m.lock().expect("lock"), 2);
     }
-    println!("{ALLOWED_OK}");
+    // Every filter lets a thread write to stderr; only some to stdout.
+    eprintln!("{ALLOWED_OK}");
 }
 
 /// The line a child prints once heap churn survived the filter.
@@ -178,11 +186,19 @@ fn forbidden(call: &str) {
             "thread" => {
                 let _ = std::thread::Builder::new().spawn(|| {});
             }
+            "write-stdout" => {
+                libc::write(libc::STDOUT_FILENO, b"x".as_ptr().cast(), 1);
+            }
+            "write-fd" => {
+                // Not a descriptor of this process: the filter refuses before the kernel
+                // would say EBADF.
+                libc::write(1000, b"x".as_ptr().cast(), 1);
+            }
             other => panic!("unknown call {other}"),
         }
     }
     // Reached only if the call was allowed: say so, with a status no refusal uses.
-    println!("the call {call} was NOT refused");
+    eprintln!("the call {call} was NOT refused");
     std::process::exit(3);
 }
 
@@ -197,7 +213,7 @@ fn assert_refused(case: &str, thread: &str, call: &str) {
         "{case}: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
         o.status
     );
-    assert!(stdout.contains(ALLOWED_OK), "{case}: {stdout}");
+    assert!(stderr.contains(ALLOWED_OK), "{case}: {stderr}");
     let want = format!("pvkit: seccomp: the {thread} thread made a forbidden system call: {call}");
     assert!(
         stderr.contains(&want),
@@ -237,11 +253,55 @@ fn heap_trimming_on_a_confined_thread_is_allowed() {
 
 #[test]
 fn the_filters_let_the_threads_work() {
-    for case in ["vcpu:none", "io:none"] {
+    for case in [
+        "vcpu:none",
+        "io:none",
+        "console:none",
+        "net:none",
+        "gdb:none",
+        "migrate:none",
+        "incoming:none",
+        "output-reader:none",
+    ] {
         let o = in_child(case);
-        let stdout = text(&o.stdout);
-        assert_eq!(code(&o), 0, "{case}: {stdout}\n{}", text(&o.stderr));
-        assert!(stdout.contains(ALLOWED_OK), "{case}: {stdout}");
+        let stderr = text(&o.stderr);
+        assert_eq!(code(&o), 0, "{case}: {}\n{stderr}", text(&o.stdout));
+        assert!(stderr.contains(ALLOWED_OK), "{case}: {stderr}");
+    }
+}
+
+/// The threads the main thread starts (docs/SECURITY.md, "The threads and their filters"):
+/// each refuses what only other threads may do.
+#[test]
+fn forbidden_calls_on_the_other_threads_are_refused() {
+    for (case, thread, call) in [
+        ("console:socket", "console writer", "socket (41)"),
+        ("console:openat", "console writer", "openat (257)"),
+        ("console:ioctl-run", "console writer", "ioctl (16)"),
+        ("console:write-fd", "console writer", "write (1)"),
+        ("net:socket", "network", "socket (41)"),
+        ("net:openat", "network", "openat (257)"),
+        ("net:ioctl-run", "network", "ioctl (16)"),
+        ("net:fork", "network", "clone (56)"),
+        ("gdb:ioctl-run", "gdb", "ioctl (16)"),
+        ("gdb:ioctl-create-vm", "gdb", "ioctl (16)"),
+        ("gdb:socket", "gdb", "socket (41)"),
+        ("gdb:openat", "gdb", "openat (257)"),
+        ("gdb:write-stdout", "gdb", "write (1)"),
+        ("migrate:openat", "migration", "openat (257)"),
+        ("migrate:ioctl-run", "migration", "ioctl (16)"),
+        ("migrate:execve", "migration", "execve (59)"),
+        ("migrate:write-stdout", "migration", "write (1)"),
+        ("incoming:socket", "incoming migration", "socket (41)"),
+        ("incoming:ioctl-run", "incoming migration", "ioctl (16)"),
+        ("incoming:execve", "incoming migration", "execve (59)"),
+        ("incoming:mmap-exec", "incoming migration", "mmap (9)"),
+        ("output-reader:openat", "output reader", "openat (257)"),
+        ("output-reader:socket", "output reader", "socket (41)"),
+        ("output-reader:write-stdout", "output reader", "write (1)"),
+        ("output-reader:ptrace", "output reader", "ptrace (101)"),
+    ] {
+        assert_refused(case, thread, call);
     }
 }
 
@@ -282,7 +342,7 @@ fn a_refusal_with_sigsys_blocked_is_a_kill() {
     use std::os::unix::process::ExitStatusExt;
     let o = in_child("io:thread");
     assert_eq!(o.status.signal(), Some(libc::SIGSYS), "{o:?}");
-    assert!(text(&o.stdout).contains(ALLOWED_OK));
+    assert!(text(&o.stderr).contains(ALLOWED_OK));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -104,7 +104,8 @@ struct FleetArgs {
     #[arg(long, requires = "mergeable")]
     enable_ksm: bool,
 
-    /// Do not confine the guests' VMM threads with seccomp.
+    /// Do not confine the guests' VMM threads, nor this process's readers of their output,
+    /// with seccomp.
     #[arg(long)]
     no_seccomp: bool,
 
@@ -335,8 +336,9 @@ struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     vcpus: u32,
 
-    /// Do not confine the vCPU and I/O threads with their seccomp filters (for debugging
-    /// the VMM, or a kernel without seccomp; see docs/SECURITY.md).
+    /// Do not confine the VMM's threads (vCPU, I/O, console writer, network, gdb, API,
+    /// migration) with their seccomp filters (for debugging the VMM, or a kernel without
+    /// seccomp; see docs/SECURITY.md).
     #[arg(long)]
     no_seccomp: bool,
 
@@ -680,6 +682,7 @@ fn run(args: &RunArgs, started_at: Instant) -> anyhow::Result<u8> {
                 ..Default::default()
             },
             report: Default::default(),
+            seccomp: !args.no_seccomp,
         };
         hooks.push(m.hook());
     }
@@ -879,7 +882,7 @@ struct BenchArgs {
     #[arg(long, value_name = "MIB", default_value_t = pvkit_cli::bench_runner::DEFAULT_MEM_MIB)]
     mem: u64,
 
-    /// Do not confine the vCPU and I/O threads with their seccomp filters.
+    /// Do not confine the VMM's threads with their seccomp filters.
     #[arg(long)]
     no_seccomp: bool,
 

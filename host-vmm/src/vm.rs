@@ -922,7 +922,8 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
     let stop_requested = Arc::clone(&vm.shared.stop_requested);
     let mut boot = boot;
     if let Some(addr) = config.gdb {
-        // Served by its own (unconfined) thread; the vCPU thread only waits on a channel.
+        // Served by its own thread (confined with the gdb filter when seccomp is on); the
+        // vCPU thread only waits on a channel.
         let listener = crate::debug::gdb::GdbListener::bind(addr)?;
         if let Some(bound) = listener.local_addr() {
             eprintln!("pvkit: gdb: waiting for a connection on {bound}");
@@ -935,7 +936,7 @@ pub fn run(config: &VmConfig) -> Result<RunOutcome, VmError> {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let _ = tx.send(Event::DebugInterrupt);
         });
-        boot.debug = Some(listener.serve(fd, vm.mem().clone(), kick)?);
+        boot.debug = Some(listener.serve(fd, vm.mem().clone(), kick, config.seccomp)?);
     }
 
     if let Some(up) = &vcpu_up {

@@ -4,6 +4,7 @@
 pub mod loop_fs;
 pub mod scaffold;
 pub mod tap_peer;
+pub mod threads;
 
 use std::path::PathBuf;
 use std::process::Output;

@@ -11,6 +11,8 @@ use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use pvkit_vmm::runtime::seccomp::{Confinement, ThreadKind};
+
 use super::network::{guest_ip, guest_mac, HOST_IP};
 
 /// The console line a ring member prints once it waits for the message.
@@ -128,15 +130,26 @@ pub fn run_args(id: u32, spec: &MemberSpec, netns: &str) -> Vec<String> {
 }
 
 /// Reads `r` to the end, keeping at most [`MAX_KEPT`] bytes; for the console, reports the
-/// ready line and the end on `events`.
+/// ready line and the end on `events`. The thread first applies `confinement` (the output
+/// reader's seccomp filter): what it reads is the guest's console.
 fn reader(
     r: impl Read + Send + 'static,
     console: Option<(u32, Sender<Event>)>,
+    confinement: Option<Confinement>,
 ) -> std::io::Result<JoinHandle<String>> {
     std::thread::Builder::new()
         .name("pvkit-fleet-rd".into())
         .stack_size(64 * 1024)
         .spawn(move || {
+            if let Some(c) = confinement {
+                if let Err(e) = c.apply() {
+                    // The pipe is left unread: the member counts as ended, never unconfined.
+                    if let Some((id, tx)) = console {
+                        let _ = tx.send(Event::Closed(id));
+                    }
+                    return format!("pvkit fleet: {e}");
+                }
+            }
             let mut kept = String::new();
             let mut r = BufReader::new(r);
             let mut line = Vec::new();
@@ -172,6 +185,8 @@ impl Member {
         netns: &str,
         events: Sender<Event>,
     ) -> std::io::Result<Self> {
+        let confinement = Confinement::when(spec.seccomp, ThreadKind::OutputReader)
+            .map_err(std::io::Error::other)?;
         let spawned = Instant::now();
         let mut child = Command::new(pvkit)
             .args(run_args(id, spec, netns))
@@ -179,8 +194,11 @@ impl Member {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
-        let out = child.stdout.take().map(|o| reader(o, Some((id, events))));
-        let err = child.stderr.take().map(|e| reader(e, None));
+        let out = child
+            .stdout
+            .take()
+            .map(|o| reader(o, Some((id, events)), confinement.clone()));
+        let err = child.stderr.take().map(|e| reader(e, None, confinement));
         let (stdout, stderr) = match (out.transpose(), err.transpose()) {
             (Ok(o), Ok(e)) => (o, e),
             (Err(e), _) | (_, Err(e)) => {

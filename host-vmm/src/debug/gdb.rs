@@ -2,8 +2,10 @@
 //!
 //! # Threads and confinement
 //!
-//! The socket is served by its own thread, `pvkit-gdb`, which is never confined: the
-//! vCPU thread keeps its seccomp filter and does nothing new but wait on a channel. The
+//! The socket is served by its own thread, `pvkit-gdb`, which (with seccomp on) confines
+//! itself first thing with the gdb thread's filter ([`ThreadKind::Gdb`]: the one accept,
+//! socket reads and writes, the four vCPU ioctls below, `FIONBIO`); the vCPU thread keeps
+//! its own filter and does nothing new but wait on a channel. The
 //! vCPU thread ([`VcpuDebug`], hooked into `crate::vm::machine::run_vcpu`) reports a stop
 //! (before the first guest instruction, then at each `KVM_EXIT_DEBUG`) and blocks until
 //! the gdb thread says "run". While it blocks — and only then — the gdb thread reads and
@@ -67,6 +69,7 @@ use kvm_bindings::{
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress};
 
+use crate::runtime::seccomp::{Confinement, SeccompError, ThreadKind};
 use crate::runtime::stop::StopReason;
 use crate::vstate::memory::GuestRam;
 
@@ -117,6 +120,12 @@ pub enum GdbError {
     /// The vCPU thread has gone.
     #[error("the vCPU thread ended")]
     VcpuGone,
+    /// The gdb thread's seccomp filter could not be built.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    /// The gdb thread could not be started.
+    #[error("cannot start the gdb thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Why the vCPU stopped for the debugger.
@@ -221,13 +230,17 @@ impl GdbListener {
     /// Starts the `pvkit-gdb` thread serving vCPU `fd` (a duplicate of vCPU 0's fd) over
     /// guest RAM `mem`; returns the vCPU thread's end of the link. The thread accepts one
     /// connection, serves it until detach, kill, disconnect or the guest's end, and exits.
-    /// `kick` forces the vCPU thread out of `KVM_RUN` (on Ctrl-C).
+    /// `kick` forces the vCPU thread out of `KVM_RUN` (on Ctrl-C). With `seccomp`, the
+    /// thread confines itself with the gdb filter ([`ThreadKind::Gdb`]) before it waits
+    /// for the vCPU or accepts the client.
     pub fn serve(
         self,
         fd: OwnedFd,
         mem: GuestRam,
         kick: Box<dyn Fn() + Send>,
+        seccomp: bool,
     ) -> Result<VcpuDebug, GdbError> {
+        let confinement = Confinement::when(seccomp, ThreadKind::Gdb)?;
         let (events_tx, events_rx) = mpsc::channel();
         let (resume_tx, resume_rx) = mpsc::channel();
         let interrupt = Arc::new(AtomicBool::new(false));
@@ -245,8 +258,8 @@ impl GdbListener {
         };
         std::thread::Builder::new()
             .name("pvkit-gdb".into())
-            .spawn(move || serve(self.listener, target))
-            .map_err(GdbError::Dup)?;
+            .spawn(move || serve(self.listener, target, confinement))
+            .map_err(GdbError::Thread)?;
         Ok(VcpuDebug {
             events: events_tx,
             resume: resume_rx,
@@ -256,7 +269,18 @@ impl GdbListener {
 }
 
 /// The gdb thread body.
-fn serve(listener: TcpListener, mut target: GdbTarget) {
+fn serve(listener: TcpListener, mut target: GdbTarget, confinement: Option<Confinement>) {
+    if let Some(c) = confinement {
+        if let Err(e) = c.apply() {
+            // Unreachable where the vCPU thread could be confined (same kernel): no
+            // debugger then, and the guest is stopped rather than run unobserved.
+            eprintln!("pvkit: gdb: {e}; stopping the guest");
+            if target.wait_stop().is_ok() {
+                target.release(true);
+            }
+            return;
+        }
+    }
     // Wait for the vCPU's first stop (before its first instruction).
     if target.wait_stop().is_err() {
         return;
@@ -704,5 +728,30 @@ fn exit_reason(code: Option<u8>) -> SingleThreadStopReason<u64> {
     match code {
         Some(c) => SingleThreadStopReason::Exited(c),
         None => SingleThreadStopReason::Terminated(Signal::SIGKILL),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::seccomp::GDB_IOCTLS;
+
+    /// Every vCPU ioctl this thread makes is in the gdb thread's seccomp filter.
+    #[test]
+    fn the_gdb_filter_allows_exactly_the_ioctls_used_here() {
+        let used = [
+            (KVM_GET_REGS(), "KVM_GET_REGS"),
+            (KVM_SET_REGS(), "KVM_SET_REGS"),
+            (KVM_GET_SREGS(), "KVM_GET_SREGS"),
+            (KVM_SET_GUEST_DEBUG(), "KVM_SET_GUEST_DEBUG"),
+        ];
+        for (nr, name) in used {
+            assert!(
+                GDB_IOCTLS.contains(&(nr, name)),
+                "{name} ({nr:#x}) is not in GDB_IOCTLS"
+            );
+        }
+        // And FIONBIO (`set_nonblocking` for the Ctrl-C peek); nothing else.
+        assert_eq!(GDB_IOCTLS.len(), used.len() + 1);
     }
 }

@@ -8,9 +8,10 @@
 //! [`STDOUT_BUFFER`] bytes (allocated once, up front, so a confined thread never calls the
 //! allocator for it) and wakes a writer thread with a condition variable (a `futex` wake,
 //! allowed by both seccomp filters). The writer thread, `pvkit-console`, is started by
-//! [`Console::stdout`] on the unconfined main thread before any vCPU exists, so it is never
-//! under a filter; it is the only thread that calls `write(1, …)`, and it never holds the
-//! buffer's lock while it does. When the buffer is full the bytes that do not fit are
+//! [`Console::stdout`] on the main thread before any vCPU exists and, when seccomp is on,
+//! confines itself first thing with the console writer's filter
+//! ([`ThreadKind::Console`]: `write` to stdout and stderr only, locks, memory); it is the
+//! only thread that calls `write(1, …)`, and it never holds the buffer's lock while it does. When the buffer is full the bytes that do not fit are
 //! dropped and counted ([`Console::dropped`]), and the guest's write still succeeds: the
 //! console is lossy by design, never a way to stall the host.
 //!
@@ -23,6 +24,7 @@ use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::runtime::seccomp::{Confinement, ThreadKind};
 use crate::runtime::sync::lock;
 
 /// The most bytes a capture buffer keeps; later bytes are counted as dropped, so a guest
@@ -70,8 +72,13 @@ struct Pipe {
 }
 
 impl Pipe {
-    /// A pipe of `capacity` bytes drained into `out` by a new thread.
-    fn spawn<W: Write + Send + 'static>(out: W, capacity: usize) -> io::Result<Arc<Pipe>> {
+    /// A pipe of `capacity` bytes drained into `out` by a new thread, which applies
+    /// `confinement` (if any) before it takes its first byte.
+    fn spawn<W: Write + Send + 'static>(
+        out: W,
+        capacity: usize,
+        confinement: Option<Confinement>,
+    ) -> io::Result<Arc<Pipe>> {
         let pipe = Arc::new(Pipe {
             state: Mutex::new(PipeState {
                 buf: VecDeque::with_capacity(capacity),
@@ -88,8 +95,30 @@ impl Pipe {
         let p = Arc::clone(&pipe);
         std::thread::Builder::new()
             .name("pvkit-console".into())
-            .spawn(move || p.drain_into(out))?;
+            .spawn(move || {
+                if let Some(c) = confinement {
+                    if let Err(e) = c.apply() {
+                        // Unreachable where the vCPU thread could be confined: the same
+                        // kernel, the same kind of filter. Output then fails, loudly.
+                        eprintln!("pvkit: console writer: {e}; no console output");
+                        p.fail(io::ErrorKind::PermissionDenied);
+                        return;
+                    }
+                }
+                p.drain_into(out)
+            })?;
         Ok(pipe)
+    }
+
+    /// Marks the output failed: every byte offered from now on is dropped and counted.
+    fn fail(&self, kind: io::ErrorKind) {
+        let mut s = lock(&self.state);
+        let lost = s.buf.len() as u64;
+        s.dropped = s.dropped.saturating_add(lost);
+        s.buf.clear();
+        s.failed = Some(kind);
+        drop(s);
+        self.progress.notify_all();
     }
 
     /// Takes what fits, drops and counts the rest. Never waits for the writer thread.
@@ -245,15 +274,25 @@ pub struct Console {
 impl Console {
     /// A console that writes to the process's stdout through a [`STDOUT_BUFFER`]-byte
     /// buffer and its own writer thread (see the module documentation). Call it on an
-    /// unconfined thread: it starts that thread.
-    pub fn stdout() -> io::Result<Self> {
-        Self::with_writer(RawStdout, STDOUT_BUFFER)
+    /// unconfined thread: it starts that thread, which confines itself with the console
+    /// writer's seccomp filter when `seccomp` is set.
+    pub fn stdout(seccomp: bool) -> io::Result<Self> {
+        let confinement =
+            Confinement::when(seccomp, ThreadKind::Console).map_err(io::Error::other)?;
+        Ok(Self {
+            sink: Arc::new(Sink::Stdout(Pipe::spawn(
+                RawStdout,
+                STDOUT_BUFFER,
+                confinement,
+            )?)),
+        })
     }
 
-    /// A console whose writer thread writes to `out` through a buffer of `capacity` bytes.
+    /// A console whose (unconfined) writer thread writes to `out` through a buffer of
+    /// `capacity` bytes.
     pub fn with_writer<W: Write + Send + 'static>(out: W, capacity: usize) -> io::Result<Self> {
         Ok(Self {
-            sink: Arc::new(Sink::Stdout(Pipe::spawn(out, capacity)?)),
+            sink: Arc::new(Sink::Stdout(Pipe::spawn(out, capacity, None)?)),
         })
     }
 
@@ -350,7 +389,7 @@ mod tests {
 
     #[test]
     fn stdout_console_captures_nothing() {
-        assert!(Console::stdout().unwrap().captured().is_empty());
+        assert!(Console::stdout(false).unwrap().captured().is_empty());
     }
 
     /// An in-memory output whose writes block until the test opens the gate.

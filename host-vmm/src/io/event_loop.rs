@@ -13,9 +13,10 @@
 //!
 //! Subscribers are added before the thread starts ([`EventLoop::subscribe`]); fds may be
 //! watched and unwatched at any time from any thread ([`EventLoop::watch`]). The thread
-//! starts on demand ([`EventLoop::ensure_started`]), inheriting the seccomp filter of the
-//! thread that starts it and narrowing it to the I/O thread's
-//! ([`Confinement::for_new_io_thread`]).
+//! starts on demand ([`EventLoop::ensure_started`]) and applies its seccomp filter before
+//! its first event: the one given with [`EventLoop::confine_with`] (a loop started by the
+//! unconfined main thread, e.g. a network backend's), else, started by a confined thread,
+//! the I/O thread's on top of the filter it inherits ([`Confinement::for_new_io_thread`]).
 //!
 //! A failure (an epoll error, or an error a subscriber returns) or a panic ends the thread,
 //! is recorded, and is reported through the `on_fatal` callback so the VM stops with the
@@ -118,6 +119,8 @@ pub struct EventLoop {
     on_fatal: Arc<dyn Fn(String) + Send + Sync>,
     name: String,
     handle: Option<JoinHandle<()>>,
+    /// The filter the thread applies when it starts ([`EventLoop::confine_with`]).
+    confinement: Option<Confinement>,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -153,6 +156,7 @@ impl EventLoop {
             on_fatal,
             name: name.to_owned(),
             handle: None,
+            confinement: None,
         })
     }
 
@@ -173,6 +177,12 @@ impl EventLoop {
         Ok(id)
     }
 
+    /// The seccomp filter the thread applies first thing when it starts (`None`: as
+    /// [`Confinement::for_new_io_thread`] decides when it starts).
+    pub fn confine_with(&mut self, confinement: Option<Confinement>) {
+        self.confinement = confinement;
+    }
+
     /// Whether the thread was started.
     pub fn is_started(&self) -> bool {
         self.handle.is_some()
@@ -189,9 +199,13 @@ impl EventLoop {
         let ctl = Arc::clone(&self.ctl);
         let mut subs = std::mem::take(&mut self.subscribers);
         let on_fatal = Arc::clone(&self.on_fatal);
-        // Started by a confined vCPU thread, the new thread inherits its seccomp filter and
-        // narrows it to the I/O thread's own (src/runtime/seccomp.rs).
-        let confine = Confinement::for_new_io_thread().map_err(io::Error::other)?;
+        // A filter given by the owner, else: started by a confined vCPU thread, the new
+        // thread inherits its seccomp filter and narrows it to the I/O thread's own
+        // (src/runtime/seccomp.rs).
+        let confine = match self.confinement.take() {
+            Some(c) => Some(c),
+            None => Confinement::for_new_io_thread().map_err(io::Error::other)?,
+        };
         let handle = std::thread::Builder::new()
             .name(self.name.clone())
             .spawn(move || thread_main(&ctl, &mut subs, on_fatal.as_ref(), confine))?;

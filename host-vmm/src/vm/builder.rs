@@ -261,7 +261,7 @@ pub fn build(
     let console = if config.capture_console {
         Console::capture()
     } else {
-        Console::stdout().map_err(VmError::Thread)?
+        Console::stdout(config.seccomp).map_err(VmError::Thread)?
     };
     let mut pio = PortBus::new();
     let uart = match &restore {
@@ -297,7 +297,16 @@ pub fn build(
         pio.insert_mut(IRQ_TEST.into(), 1, "irq-test", IrqTestPort::new(line))?;
     }
     let net = net_backend
-        .map(|(backend, mac, line)| attach_ne2000(&mut pio, mac, backend, line, on_fatal.clone()))
+        .map(|(backend, mac, line)| {
+            attach_ne2000(
+                &mut pio,
+                mac,
+                backend,
+                line,
+                on_fatal.clone(),
+                config.seccomp,
+            )
+        })
         .transpose()?;
     let mut ledger = ExitLedger::new();
     let mut pv = assemble(
@@ -334,7 +343,7 @@ pub fn build(
         pio.insert_mut(base.into(), len.into(), "doorbells", doorbells)?;
     }
     let pv_net = pv_net
-        .map(|n| PvNetRunning::start(n, mem.clone(), on_fatal))
+        .map(|n| PvNetRunning::start(n, mem.clone(), on_fatal, config.seccomp))
         .transpose()
         .map_err(VmError::Thread)?;
     let io_stopper = pv.bus.stopper();

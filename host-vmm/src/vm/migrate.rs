@@ -18,6 +18,7 @@ use crate::migration::precopy::PrecopyConfig;
 use crate::migration::source::{migrate_to, MigrationError, MigrationReport, MigrationSource};
 use crate::migration::stream::Received;
 use crate::migration::target::{receive, Incoming, TargetError};
+use crate::runtime::seccomp::{Confinement, SeccompError, ThreadKind};
 use crate::runtime::sync::lock;
 use crate::vstate::memory::GuestRam;
 use crate::StopReason;
@@ -101,6 +102,8 @@ pub struct MigrateAfter {
     pub precopy: PrecopyConfig,
     /// Where the report goes (also printed on stderr).
     pub report: Arc<Mutex<Option<Result<MigrationReport, String>>>>,
+    /// Confine the migration thread with its seccomp filter ([`ThreadKind::Migrate`]).
+    pub seccomp: bool,
 }
 
 impl MigrateAfter {
@@ -108,9 +111,24 @@ impl MigrateAfter {
     pub fn hook(self) -> ControlHook {
         ControlHook(Arc::new(move |ctl: Arc<VmControl>| {
             let me = self.clone();
+            let confinement = match Confinement::when(me.seccomp, ThreadKind::Migrate) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("pvkit: cannot start the migration thread: {e}");
+                    return;
+                }
+            };
             let spawned = std::thread::Builder::new()
                 .name("pvkit-migrate".into())
                 .spawn(move || {
+                    // Confined before it waits: the stream carries guest memory out.
+                    if let Some(c) = confinement {
+                        if let Err(e) = c.apply() {
+                            eprintln!("pvkit: migration failed, the VM runs on: {e}");
+                            *lock(&me.report) = Some(Err(e.to_string()));
+                            return;
+                        }
+                    }
                     std::thread::sleep(me.after);
                     let r = migrate(&ctl, me.to, me.precopy);
                     match &r {
@@ -139,6 +157,12 @@ pub enum IncomingError {
     /// or it ran and failed.
     #[error(transparent)]
     Vm(#[from] VmError),
+    /// The receiving thread could not be confined with its seccomp filter.
+    #[error("incoming migration: {0}")]
+    Seccomp(#[from] SeccompError),
+    /// The receiving thread could not be started, or panicked.
+    #[error("incoming migration: the receiving thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// What the target did: the stream, then the guest's run.
@@ -174,7 +198,7 @@ pub fn run_incoming(
 ) -> Result<IncomingOutcome, IncomingError> {
     let (conn, _) = listener.accept().map_err(IncomingError::Accept)?;
     let _ = conn.set_nodelay(true);
-    let incoming = receive(conn, ram_bytes, dir)?;
+    let incoming = receive_confined(conn, ram_bytes, dir, config.seccomp)?;
     let received = incoming.received.clone();
     let slot: Arc<Mutex<Option<Incoming>>> = Arc::new(Mutex::new(Some(incoming)));
     let gate_slot = Arc::clone(&slot);
@@ -200,6 +224,31 @@ pub fn run_incoming(
             Err(e.into())
         }
     }
+}
+
+/// [`receive`] on its own thread, `pvkit-incoming`, which confines itself first with the
+/// incoming migration's filter when `seccomp` is set ([`ThreadKind::Incoming`]): the
+/// stream is hostile input from whoever connected, parsed before any VM exists.
+fn receive_confined(
+    conn: std::net::TcpStream,
+    ram_bytes: u64,
+    dir: &Path,
+    seccomp: bool,
+) -> Result<Incoming, IncomingError> {
+    let confinement = Confinement::when(seccomp, ThreadKind::Incoming)?;
+    let dir = dir.to_owned();
+    let thread = std::thread::Builder::new()
+        .name("pvkit-incoming".into())
+        .spawn(move || -> Result<Incoming, IncomingError> {
+            if let Some(c) = confinement {
+                c.apply()?;
+            }
+            Ok(receive(conn, ram_bytes, &dir)?)
+        })
+        .map_err(IncomingError::Thread)?;
+    thread
+        .join()
+        .map_err(|_| IncomingError::Thread(std::io::Error::other("it panicked")))?
 }
 
 fn remove_snapshot_files(dir: &Path) {

@@ -32,6 +32,7 @@ use thiserror::Error;
 use super::irq::InterruptLine;
 use crate::bus::{BusDevice, BusError, PortBus};
 use crate::io::event_loop::{EventLoop, LoopControl, Subscriber};
+use crate::runtime::seccomp::{Confinement, ThreadKind};
 use crate::runtime::sync::lock;
 
 /// The GSI (ISA IRQ, IOAPIC pin) of the NE2000.
@@ -296,13 +297,15 @@ impl NetDevice {
 
 /// Puts an NE2000 with station address `mac` on `bus` at `0x300..=0x31f`, connected to `backend`
 /// and raising `line`. A backend with an fd gets an event-loop thread (`pvkit-net`),
-/// started here; `on_fatal` hears about its failure.
+/// started here and, with `seccomp`, confined with the network thread's filter
+/// ([`ThreadKind::Net`]) before it reads a frame; `on_fatal` hears about its failure.
 pub fn attach_ne2000(
     bus: &mut PortBus,
     mac: [u8; 6],
     backend: Box<dyn NetBackend>,
     line: InterruptLine,
     on_fatal: Arc<dyn Fn(String) + Send + Sync>,
+    seccomp: bool,
 ) -> Result<NetDevice, NetError> {
     let fd: Option<RawFd> = backend.raw_fd();
     let nic = Arc::new(Mutex::new(Nic {
@@ -323,6 +326,10 @@ pub fn attach_ne2000(
     let event_loop = match fd {
         Some(fd) => {
             let mut l = EventLoop::new("pvkit-net", on_fatal).map_err(NetError::EventLoop)?;
+            l.confine_with(
+                Confinement::when(seccomp, ThreadKind::Net)
+                    .map_err(|e| NetError::EventLoop(io::Error::other(e)))?,
+            );
             let id = l
                 .subscribe(Box::new(RxSubscriber {
                     nic: Arc::clone(&nic),
@@ -353,7 +360,8 @@ mod tests {
         let mut bus = PortBus::new();
         let line = InterruptLine::unconnected(NE2000_GSI).unwrap();
         let backend = open_backend(&NetBackendConfig::Loopback, None).unwrap();
-        let dev = attach_ne2000(&mut bus, NE2000_MAC, backend, line, Arc::new(|_| {})).unwrap();
+        let dev =
+            attach_ne2000(&mut bus, NE2000_MAC, backend, line, Arc::new(|_| {}), false).unwrap();
         // Minimal init: ring 0x46..0x80, CURR 0x47, accept broadcast + our MAC, PRX unmasked.
         for (r, v) in [
             (CR, 0x21),

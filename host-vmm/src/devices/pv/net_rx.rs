@@ -16,6 +16,7 @@ use pvkit_pv::NetStats;
 
 use super::net::PvNet;
 use crate::io::event_loop::{EventLoop, LoopControl, Subscriber};
+use crate::runtime::seccomp::{Confinement, ThreadKind};
 use crate::vstate::memory::GuestRam;
 
 /// What the PV NIC counted in a run.
@@ -62,16 +63,21 @@ impl std::fmt::Debug for PvNetRunning {
 }
 
 impl PvNetRunning {
-    /// Starts serving `net`'s backend fd (if any) on a `pvkit-pvnet` event loop; `on_fatal`
-    /// hears about the thread's failure.
+    /// Starts serving `net`'s backend fd (if any) on a `pvkit-pvnet` event loop, confined
+    /// with the network thread's filter ([`ThreadKind::Net`]) when `seccomp` is set;
+    /// `on_fatal` hears about the thread's failure.
     pub fn start(
         net: Arc<PvNet>,
         mem: GuestRam,
         on_fatal: Arc<dyn Fn(String) + Send + Sync>,
+        seccomp: bool,
     ) -> io::Result<Self> {
         let event_loop = match net.raw_fd() {
             Some(fd) => {
                 let mut l = EventLoop::new("pvkit-pvnet", on_fatal)?;
+                l.confine_with(
+                    Confinement::when(seccomp, ThreadKind::Net).map_err(io::Error::other)?,
+                );
                 let id = l.subscribe(Box::new(BackendSubscriber {
                     net: Arc::clone(&net),
                     mem,
