@@ -436,8 +436,9 @@ struct RunArgs {
     /// booting a kernel: the guest continues where it was paused. Its RAM is mapped
     /// copy-on-write from DIR/vm.mem. --disk replaces the snapshot's disk (same size: a
     /// clone's own copy, see --overlay); the kernel, --mem, --vcpus and the command line
-    /// come from the snapshot. A snapshot of a VM with the PV NIC on loopback needs it
-    /// again: --net loopback --nic pv (and the same --mac).
+    /// come from the snapshot. A snapshot of a VM with a NIC needs the same NIC
+    /// again: the same --nic, the same kind of --net (a TAP device is opened anew, in
+    /// --netns if given) and the same --mac.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["elf", "cmdline", "gdb"])]
     restore: Option<PathBuf>,
 
