@@ -25,6 +25,7 @@
 //! | `lock=`     | instead of everything else: the spinlock workload, `plain` or `pv` ([`crate::lock`]), on `cpus=N` CPUs; `iters=K` acquisitions per CPU, `spin=S` spins before a PV wait, `lock_bad` refused calls first, `lock_hang` wait for ever, `lock_bench` benchmark markers and sample |
 //! | `quick`     | with `bench=`: small operation counts                                 |
 //! | `ops=N`     | with `bench=`: `N` (≥ 1) operations in every case                      |
+//! | `emuload=N` | instead of everything else: the migration workload of an unmodified guest ([`crate::emuload`]): `N` ticks of ATA writes read back, NE2000 UDP echoes to `peer=` from `ip=`, UART lines; `emuload_ms=M` at least M ms of PIT time per tick |
 //! | `counter=N` | instead of everything else: count to `N`, one step per `counter_ms=M` (default 20) ms, checking the PV clock and the disk ([`crate::counter`]); for snapshot tests; with `ring=` it prints through the console ring |
 //! | `net=`      | instead of everything else: the NE2000 by interrupts, `serve`, `echo`, `send` or `ring` ([`crate::net`]); with `ip=`, `peer=` (IPv4), `count=N`, `size=N` (UDP payload), `pvnet=` (PV NIC path) |
 //! | `id=K`, `members=N` | with `net=ring`: this member's id (1..=N) and the ring's size ([`crate::net::ring`]) |
@@ -129,6 +130,8 @@ pub struct Args {
     pub workload: Option<crate::workload::WorkloadArgs>,
     /// `counter=N`: the snapshot tests' counter instead of everything else.
     pub counter: Option<crate::counter::CounterArgs>,
+    /// `emuload=N`: the emulated-device migration workload instead of everything else.
+    pub emuload: Option<crate::emuload::EmuloadArgs>,
 }
 
 /// Parses the command line in one pass. The error names the offending token.
@@ -150,6 +153,7 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
         lock: None,
         workload: None,
         counter: None,
+        emuload: None,
     };
     let mut lock_iters = crate::lock::DEFAULT_ITERS;
     let mut lock_spin = crate::lock::DEFAULT_SPIN;
@@ -158,6 +162,7 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
     let mut workload_disk = false;
     let mut workload_ms = 0;
     let mut counter_ms = 20;
+    let mut emuload_ms = 0;
     let mut net = crate::net::NetArgs::new(crate::net::Mode::Serve);
     let mut net_mode = None;
     let mut balloon_range = 2048;
@@ -307,6 +312,15 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
                 _ => return Err(n),
             },
             ("counter_ms", Some(n)) => counter_ms = n.parse().map_err(|_| n)?,
+            ("emuload", Some(n)) => {
+                args.emuload = Some(crate::emuload::EmuloadArgs {
+                    ticks: n.parse().map_err(|_| n)?,
+                    tick_ms: 0,
+                    ip: [0; 4],
+                    peer: [0; 4],
+                })
+            }
+            ("emuload_ms", Some(n)) => emuload_ms = n.parse().map_err(|_| n)?,
             ("console", Some(other)) => return Err(other),
             _ => {}
         }
@@ -315,6 +329,11 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
         p.writes = writes;
         p.flood = flood;
         p.ring = ring;
+    }
+    if let Some(e) = &mut args.emuload {
+        e.tick_ms = emuload_ms;
+        e.ip = net.ip;
+        e.peer = net.peer;
     }
     if let Some(mode) = net_mode {
         net.mode = mode;

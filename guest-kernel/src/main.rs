@@ -31,6 +31,7 @@ mod bench;
 mod blkirq;
 mod cmdline;
 mod counter;
+mod emuload;
 mod diskcheck;
 mod gdt;
 mod heap;
