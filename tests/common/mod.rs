@@ -1,6 +1,7 @@
 //! Shared helpers of the KVM integration tests.
 #![allow(dead_code)]
 
+pub mod running;
 pub mod scaffold;
 pub mod tap_peer;
 
