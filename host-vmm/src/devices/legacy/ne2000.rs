@@ -464,4 +464,46 @@ mod tests {
         assert_eq!(dev.stats().irqs_raised, 2);
         assert_eq!(lock(&dev.nic).line.take_signals(), 2);
     }
+    /// A card restored with its line high (an edge the saved irqchip holds) raises no
+    /// second edge on the next access; once the guest acknowledges, the next frame does.
+    #[test]
+    fn a_restored_card_with_its_line_high_raises_no_second_edge() {
+        let mut card = Ne2000::new(NE2000_MAC);
+        card.write(0x0F, &[isr::PTX]); // IMR (page 0)
+        card.write(ISR, &[0xff]);
+        // Start, then a transmit: PTX set and unmasked.
+        card.write(CR, &[cr::STA | cr::RD_ABORT]);
+        card.write(TBCR0, &[60]);
+        card.write(CR, &[cr::TXP | cr::STA | cr::RD_ABORT]);
+        assert!(card.irq_level());
+        let saved = Ne2000::from_state(&card.state()).unwrap();
+        let mut bus = PortBus::new();
+        let line = InterruptLine::unconnected(NE2000_GSI).unwrap();
+        let backend = open_backend(&NetBackendConfig::Loopback, None).unwrap();
+        let dev = attach_ne2000(&mut bus, saved, backend, line, Arc::new(|_| {})).unwrap();
+        out(&bus, CR, cr::STA | cr::RD_ABORT);
+        assert_eq!(
+            dev.stats().irqs_raised,
+            0,
+            "the saved edge is not raised again"
+        );
+        out(&bus, ISR, isr::PTX);
+        out(&bus, TBCR0, 60);
+        out(&bus, CR, cr::TXP | cr::STA | cr::RD_ABORT);
+        assert_eq!(dev.stats().irqs_raised, 1);
+        assert_eq!(dev.handle().state().isr & isr::PTX, isr::PTX);
+    }
+
+    #[test]
+    fn the_announcement_is_a_rarp_request_from_the_guest_mac() {
+        let f = announce_frame(NE2000_MAC);
+        assert_eq!(f.len(), 60);
+        assert_eq!(f[..6], [0xff; 6]);
+        assert_eq!(f[6..12], NE2000_MAC);
+        assert_eq!(f[12..14], [0x80, 0x35]);
+        assert_eq!(f[20..22], [0, 3]);
+        assert_eq!(f[22..28], NE2000_MAC);
+        assert_eq!(f[32..38], NE2000_MAC);
+        assert!(f[28..32].iter().chain(&f[38..]).all(|&b| b == 0));
+    }
 }
