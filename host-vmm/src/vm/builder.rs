@@ -611,6 +611,10 @@ fn restored_guest(config: &VmConfig, state: &VmState) -> Result<Guest, VmError> 
     let saved = state.devices.net.as_ref().map(NicState::spec);
     if nic != saved {
         return Err(mismatch(match (&saved, &nic) {
+            (Some(s), Some(n)) if s.model == n.model && s.backend == n.backend => format!(
+                "the NIC's MAC address differs from the snapshot's: give it again ({})",
+                nic_options(s)
+            ),
             (Some(s), _) => format!(
                 "the snapshot's VM had another NIC than this one: give it again ({})",
                 nic_options(s)
@@ -641,4 +645,50 @@ fn restored_guest(config: &VmConfig, state: &VmState) -> Result<Guest, VmError> 
 
 fn mismatch(e: impl std::fmt::Display) -> VmError {
     VmError::Restore(RestoreError::Mismatch(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::NicModel;
+    use crate::vm::NetConfig;
+
+    fn config(nic: NicModel, backend: NetBackendConfig) -> VmConfig {
+        VmConfig {
+            net: Some(NetConfig {
+                backend,
+                mac: None,
+                host_rtt: None,
+            }),
+            nic,
+            ..VmConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_nic_a_snapshot_keeps_or_why_not() {
+        let tap = NetBackendConfig::Tap {
+            netns: Some("x".into()),
+            bridge: None,
+        };
+        let n = saved_nic(&config(NicModel::Ne2000, tap)).unwrap().unwrap();
+        assert_eq!(
+            (n.model, n.backend, n.mac, n.ne2000.clone()),
+            (SavedNicModel::Ne2000, SavedBackend::Tap, NE2000_MAC, None)
+        );
+        assert_eq!(
+            nic_options(&n),
+            "--net tap --nic ne2000 --mac 52:54:00:12:34:56"
+        );
+        let n = saved_nic(&config(NicModel::Pv, NetBackendConfig::Loopback));
+        assert_eq!(n.unwrap().unwrap().model, SavedNicModel::Pv);
+        let both = saved_nic(&config(NicModel::Both, NetBackendConfig::Loopback));
+        assert!(both.unwrap_err().contains("both NICs"));
+        let mut timed = config(NicModel::Pv, NetBackendConfig::Loopback);
+        if let Some(n) = &mut timed.net {
+            n.host_rtt = Some(pvkit_net::host_rtt::HostRttLog::default());
+        }
+        assert!(saved_nic(&timed).unwrap_err().contains("round trips"));
+        assert_eq!(saved_nic(&VmConfig::default()), Ok(None));
+    }
 }
