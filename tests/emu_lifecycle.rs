@@ -65,7 +65,9 @@ fn joined(before: &[String], after: &[String]) -> Vec<String> {
     let mut all = before.to_vec();
     let mut rest = after;
     if let (Some(last), Some(first)) = (all.last_mut(), after.first()) {
-        if last.starts_with("tick") && tick(last).is_none() {
+        // Cut inside the line, or just before its newline (the target's first line is
+        // then empty: `emuload` prints no empty line).
+        if last.starts_with("tick") && (tick(last).is_none() || first.is_empty()) {
             last.push_str(first);
             rest = &after[1..];
         }
