@@ -11,8 +11,9 @@
 //! and the exits of the whole run are exact where the guest's work fixes them: every byte
 //! printed is one UART write, every ATA command one command-port write, whichever host ran
 //! it. A TAP-backed guest (NE2000 or PV NIC) restored from a snapshot answers pings and UDP
-//! from its namespace again; a restore naming another NIC or MAC is refused and changes
-//! nothing.
+//! from its namespace again, and a TAP-backed NE2000 guest live-migrated to a TAP device in
+//! another namespace answers from there; a restore naming another NIC or MAC is refused and
+//! changes nothing.
 
 mod common;
 
@@ -336,4 +337,81 @@ fn a_tap_backed_guest_restores_and_its_namespace_pings_it_again() {
     }
     tap_guest_restores("ne2000");
     tap_guest_restores("pv");
+}
+
+/// A TAP-backed NE2000 guest serving pings from namespace A live-migrates to a target whose
+/// TAP device is in namespace B (both devices exist during the hand-over, so they cannot
+/// share a namespace and address): the same guest answers pings and UDP echoes from B, then
+/// ends on "bye".
+#[test]
+fn a_tap_backed_ne2000_guest_live_migrates_to_a_tap_device_in_another_namespace() {
+    if !common::builtin_ready() {
+        return;
+    }
+    let (Some(a), Some(b)) = (
+        common::tap_peer::netns("pvkit-emu", "from"),
+        common::tap_peer::netns("pvkit-emu", "to"),
+    ) else {
+        return;
+    };
+    let (name_a, name_b) = (
+        a.name().unwrap_or_default().to_owned(),
+        b.name().unwrap_or_default().to_owned(),
+    );
+    let d = dir("tap-migrate");
+    let api = d.join("api.sock");
+    let to = free_port().to_string();
+    let mut target = Running::start(&[
+        "run",
+        "--incoming",
+        &to,
+        "--net",
+        "tap",
+        "--netns",
+        &name_b,
+        "--timeout",
+        "120",
+    ]);
+    target.wait_listening();
+    let source = Running::start(&[
+        "run",
+        "--api",
+        api.to_str().unwrap(),
+        "--net",
+        "tap",
+        "--netns",
+        &name_a,
+        "--timeout",
+        "120",
+        "--",
+        "net=serve",
+    ]);
+    let answered = a
+        .run_in(|| {
+            let p = pvkit_net::ping::Pinger::new().expect("a raw ICMP socket");
+            (1..=600u16).find(|&seq| common::tap_peer::ping(&p, seq, Duration::from_millis(200)))
+        })
+        .unwrap();
+    assert!(answered.is_some(), "the guest never answered a ping from A");
+    let reply = send(&api, &Request::Migrate { dest: to }).expect("API reply");
+    assert!(reply.ok, "{reply:?}");
+    let (scode, before, serr) = source.finish();
+    assert_eq!(scode, 0, "{serr}");
+    assert!(serr.contains("live-migrated to"), "{serr}");
+    let host = b.run_in(|| common::tap_peer::host_side(b'm')).unwrap();
+    let (tcode, after, terr) = target.finish();
+    assert_eq!(
+        host,
+        (5, 3),
+        "ping replies and UDP echoes from B: {after:?} {terr}"
+    );
+    assert_eq!(tcode, 0, "{terr}");
+    assert!(
+        after.iter().any(|l| l.starts_with("net: done")),
+        "{after:?}"
+    );
+    assert!(
+        !after.iter().any(|l| before.first() == Some(l)),
+        "the guest started over: {after:?}"
+    );
 }
