@@ -9,11 +9,11 @@
 //! joined), every acknowledged write is on the disk, every echo came back exactly once and
 //! none had to be resent (the NE2000's receive ring and card memory travel in the state),
 //! and the exits of the whole run are exact where the guest's work fixes them: every byte
-//! printed is one UART write, every ATA command one command-port write, whichever host ran
-//! it. A TAP-backed guest (NE2000 or PV NIC) restored from a snapshot answers pings and UDP
-//! from its namespace again, and a TAP-backed NE2000 guest live-migrated to a TAP device in
-//! another namespace answers from there; a restore naming another NIC or MAC is refused and
-//! changes nothing.
+//! printed is one UART write, every ATA command one command-port write, every NE2000 frame
+//! sent and read exactly once, whichever host ran it. A TAP-backed guest (NE2000 or PV
+//! NIC) restored from a snapshot answers pings and UDP from its namespace again, and a
+//! TAP-backed NE2000 guest live-migrated to a TAP device in another namespace answers from
+//! there; a restore naming another NIC or MAC is refused and changes nothing.
 
 mod common;
 
@@ -142,6 +142,12 @@ fn check_run(all: &[String], resumed: &[String], stats: &str, disk: &Path) {
     assert_eq!(stat(stats, "port 0x03fd read"), bytes, "{stats}");
     assert_eq!(stat(stats, "port 0x03f8 write"), bytes + 1, "{stats}");
     assert_eq!(stat(stats, "port 0x01f7 write"), 2 * TICKS, "{stats}");
+    // The NE2000: each frame sent once (the ARP request, then one datagram per tick: 60
+    // bytes, 30 word writes of a `rep outsw` that exits per word) and each reply read once
+    // (a `rep insw` for its header and one for its body, after the PROM's at the probe).
+    let frames = TICKS + 1;
+    assert_eq!(stat(stats, "port 0x0310 write"), 30 * frames, "{stats}");
+    assert_eq!(stat(stats, "port 0x0310 read"), 2 * frames + 1, "{stats}");
 }
 
 #[test]
