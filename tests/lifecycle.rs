@@ -594,27 +594,6 @@ fn echo_across_a_restore(path: &str) {
     );
 }
 
-#[test]
-fn nics_a_snapshot_cannot_keep_are_refused() {
-    if !common::builtin_ready() {
-        return;
-    }
-    // The NE2000 (card memory not saved): the snapshot request fails, the VM runs on.
-    let d = dir("ne2000");
-    let nic = ["--net", "loopback", "--nic", "ne2000"].map(std::ffi::OsStr::new);
-    let mut vm = Running::start_with(&d, &nic, "net=echo count=200000");
-    vm.wait_for("net: NE2000 ");
-    let r = vm.api(&Request::Snapshot {
-        dir: d.join("snap"),
-    });
-    assert!(!r.ok, "{r:?}");
-    assert!(format!("{r:?}").contains("NE2000"), "{r:?}");
-    assert!(!d.join("snap").join("vm.state").exists());
-    let st = vm.api(&Request::Stats).stats.unwrap();
-    assert!(!st.paused, "a refused snapshot leaves the VM running");
-    vm.terminate();
-}
-
 /// An SMP guest (`--vcpus 4`, the counter with `cpus=3`: CPU 1 answers every step from its
 /// own running sum, CPU 2 halted, vCPU 3 never started) is paused and resumed, then
 /// snapshotted: the state file holds all four vCPUs with their MP states. The restored VM

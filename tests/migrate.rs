@@ -16,20 +16,17 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::running::{free_port, Running, WAIT};
 use pvkit_cli::lifecycle::workload;
+
 use pvkit_vmm::api::client::send;
 use pvkit_vmm::api::request::{MigrationReply, Request};
 use pvkit_vmm::migration::stream::{Header, StreamWriter};
 
-const PVKIT: &str = env!("CARGO_BIN_EXE_pvkit");
-/// Wall-clock bound for waits (≥ 10× what they take on this machine).
-const WAIT: Duration = Duration::from_secs(120);
 /// Ticks of the workload, each at least [`TICK_MS`] of PV clock time: the migration comes
 /// after [`MIGRATE_AT`] of them and the guest needs seconds for the rest whatever the
 /// host's speed, so the migration happens mid-run.
@@ -42,100 +39,7 @@ fn dir(name: &str) -> PathBuf {
     common::fresh_dir("pvkit-migrate", name)
 }
 
-/// A free loopback port (bound and released: the target binds it again at once).
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// A `pvkit run` whose stdout and stderr lines arrive on channels as they are printed.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    err_lines: mpsc::Receiver<String>,
-    err_seen: Vec<String>,
-}
-
-impl Running {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(PVKIT)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start pvkit");
-        let lines = common::line_channel(child.stdout.take().unwrap());
-        let err_lines = common::line_channel(child.stderr.take().unwrap());
-        Self {
-            child,
-            lines,
-            seen: Vec::new(),
-            err_lines,
-            err_seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line starting with `prefix`.
-    fn wait_for(&mut self, prefix: &str) {
-        let t = Instant::now();
-        while t.elapsed() < WAIT {
-            match self.lines.recv_timeout(Duration::from_millis(100)) {
-                Ok(l) => {
-                    let hit = l.starts_with(prefix);
-                    self.seen.push(l);
-                    if hit {
-                        return;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        panic!("no line {prefix:?}; seen: {:?}", self.seen.last());
-    }
-
-    /// Waits until a `pvkit run --incoming` target listens (its stderr says so), so that a
-    /// source started next cannot try to connect before the port is bound again.
-    fn wait_listening(&mut self) {
-        let deadline = Instant::now() + WAIT;
-        while !self
-            .err_seen
-            .iter()
-            .any(|l| l.starts_with("pvkit: incoming migration: waiting on"))
-        {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.err_lines.recv_timeout(left) {
-                Ok(l) => self.err_seen.push(l),
-                Err(e) => panic!("the target never listened ({e}): {:?}", self.err_seen),
-            }
-        }
-    }
-
-    /// Waits for the process; all its stdout lines and its stderr.
-    fn finish(mut self) -> (i32, Vec<String>, String) {
-        let t = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                // The reader threads end with the pipes.
-                while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
-                    self.seen.push(l);
-                }
-                while let Ok(l) = self.err_lines.recv_timeout(Duration::from_secs(5)) {
-                    self.err_seen.push(l);
-                }
-                let err: String = self.err_seen.iter().map(|l| format!("{l}\n")).collect();
-                return (st.code().expect("exit status"), self.seen, err);
-            }
-            assert!(t.elapsed() < WAIT, "pvkit did not end");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// The ticks printed, in order (the parser `pvkit bench --only migrate` checks with).
+/// The ticks printed, in order.
 fn ticks(lines: &[String]) -> Vec<u64> {
     workload::ticks(&lines.join("\n"))
 }

@@ -399,8 +399,9 @@ struct RunArgs {
     /// booting a kernel: the guest continues where it was paused. Its RAM is mapped
     /// copy-on-write from DIR/vm.mem. --disk replaces the snapshot's disk (same size: a
     /// clone's own copy, see --overlay); the kernel, --mem, --vcpus and the command line
-    /// come from the snapshot. A snapshot of a VM with the PV NIC on loopback needs it
-    /// again: --net loopback --nic pv (and the same --mac).
+    /// come from the snapshot. A snapshot of a VM with a NIC needs the same NIC
+    /// again: the same --nic, the same kind of --net (a TAP device is opened anew, in
+    /// --netns if given) and the same --mac.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["elf", "cmdline", "gdb"])]
     restore: Option<PathBuf>,
 
@@ -419,7 +420,8 @@ struct RunArgs {
     /// one: receive its RAM and state (a refused stream changes nothing and exits 1), rebuild
     /// it, take over from the source and run the guest to its end. --mem must equal the
     /// source's; the disk is the source's (shared storage) unless --disk names it. A VM
-    /// with the PV NIC on loopback needs it here too: --net loopback --nic pv.
+    /// with a NIC needs the same NIC here: the same --nic, the same kind of --net (a TAP
+    /// device is opened here, in --netns if given) and the same --mac.
     #[arg(long, value_name = "ADDR", conflicts_with_all = ["elf", "cmdline", "restore", "gdb", "migrate_to"])]
     incoming: Option<std::net::SocketAddr>,
 

@@ -27,6 +27,7 @@
 //! | `ops=N`     | with `bench=`: `N` (≥ 1) operations in every case                      |
 //! | `counter=N` | instead of everything else: count to `N`, one step per `counter_ms=M` (default 20) ms, checking the PV clock and the disk ([`crate::counter`]); for snapshot tests; with `ring=` it prints through the console ring; with `cpus=N` (2–8) CPU 1 answers every step and CPUs 2.. halt ([`crate::counter`]) |
 //! | `balloon_follow` | with `counter=`: at each step, follow the host-set balloon target (`BalloonTarget`) over the free RAM above the heap, at most `balloon_batch=PAGES` (default 2048, 8 MiB) pages a step, printing each move and checking that deflated pages read zero; `balloon_touch` writes every page of that RAM first (so the host backs it) |
+//! | `emuload=N` | instead of everything else: the migration workload of an unmodified guest ([`crate::emuload`]): `N` ticks of ATA writes read back, NE2000 UDP echoes to `peer=` from `ip=`, UART lines; `emuload_ms=M` at least M ms of PIT time per tick |
 //! | `net=`      | instead of everything else: the NE2000 by interrupts, `serve`, `echo`, `send` or `ring` ([`crate::net`]); with `ip=`, `peer=` (IPv4), `count=N`, `size=N` (UDP payload), `pvnet=` (PV NIC path) |
 //! | `id=K`, `members=N` | with `net=ring`: this member's id (1..=N) and the ring's size ([`crate::net::ring`]) |
 //! | `touch=MIB` | with `net=ring`: before the ring starts, write every page of `MIB` MiB, then stop using it; `give_back` returns it to the host through the balloon |
@@ -130,6 +131,8 @@ pub struct Args {
     pub workload: Option<crate::workload::WorkloadArgs>,
     /// `counter=N`: the snapshot tests' counter instead of everything else.
     pub counter: Option<crate::counter::CounterArgs>,
+    /// `emuload=N`: the emulated-device migration workload instead of everything else.
+    pub emuload: Option<crate::emuload::EmuloadArgs>,
 }
 
 /// Parses the command line in one pass. The error names the offending token.
@@ -151,6 +154,7 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
         lock: None,
         workload: None,
         counter: None,
+        emuload: None,
     };
     let mut lock_iters = crate::lock::DEFAULT_ITERS;
     let mut lock_spin = crate::lock::DEFAULT_SPIN;
@@ -162,6 +166,7 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
     let mut balloon_follow = false;
     let mut balloon_touch = false;
     let mut balloon_batch = crate::counter::DEFAULT_BALLOON_BATCH;
+    let mut emuload_ms = 0;
     let mut net = crate::net::NetArgs::new(crate::net::Mode::Serve);
     let mut net_mode = None;
     let mut balloon_range = 2048;
@@ -320,6 +325,15 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
                 Ok(n) if (1..=1 << 20).contains(&n) => balloon_batch = n,
                 _ => return Err(n),
             },
+            ("emuload", Some(n)) => {
+                args.emuload = Some(crate::emuload::EmuloadArgs {
+                    ticks: n.parse().map_err(|_| n)?,
+                    tick_ms: 0,
+                    ip: [0; 4],
+                    peer: [0; 4],
+                })
+            }
+            ("emuload_ms", Some(n)) => emuload_ms = n.parse().map_err(|_| n)?,
             ("console", Some(other)) => return Err(other),
             _ => {}
         }
@@ -328,6 +342,11 @@ pub fn parse<'a>(cmdline: &Cmdline<'a>) -> Result<Args, &'a str> {
         p.writes = writes;
         p.flood = flood;
         p.ring = ring;
+    }
+    if let Some(e) = &mut args.emuload {
+        e.tick_ms = emuload_ms;
+        e.ip = net.ip;
+        e.peer = net.peer;
     }
     if let Some(mode) = net_mode {
         net.mode = mode;

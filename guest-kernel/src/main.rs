@@ -32,6 +32,7 @@ mod blkirq;
 mod cmdline;
 mod counter;
 mod diskcheck;
+mod emuload;
 mod gdt;
 mod heap;
 mod interrupts;

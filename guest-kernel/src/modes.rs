@@ -45,6 +45,9 @@ pub fn run(args: &Args, console: ConsoleKind, boot: &BootInfo) -> ! {
     if let Some(c) = args.counter {
         crate::counter::run(c, boot);
     }
+    if let Some(e) = args.emuload {
+        crate::emuload::run(e);
+    }
     if let Some(bytes) = args.alloc {
         alloc_touch_free(bytes);
     }

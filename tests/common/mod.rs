@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod loop_fs;
+pub mod running;
 pub mod scaffold;
 pub mod tap_peer;
 pub mod threads;

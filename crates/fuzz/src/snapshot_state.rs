@@ -35,7 +35,8 @@ pub fn run(data: &[u8]) {
     }
 }
 
-/// Seed inputs: a framed empty object, a framed partial state, raw header-only bytes.
+/// Seed inputs: a framed empty object, a framed partial state, raw header-only bytes, a
+/// framed NIC with a (truncated) NE2000 state.
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let framed = |json: &str| {
         let mut v = vec![0u8];
@@ -53,5 +54,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             framed(r#"{"mem_bytes":134217728,"cmdline":"counter=5","vcpus":[]}"#),
         ),
         ("raw_header", raw),
+        (
+            "framed_nic",
+            framed(
+                r#"{"devices":{"net":{"mac":[82,84,0,18,52,86],"model":"Ne2000","backend":"Tap","ne2000":{"version":1,"cr":1,"mem":[]}}}}"#,
+            ),
+        ),
     ]
 }

@@ -183,6 +183,8 @@ pub struct DeviceHandles {
     /// The NIC as a snapshot keeps it (a VM whose NIC cannot be saved is refused before
     /// a capture: [`crate::vm::control::VmInfo::net_refusal`]).
     pub net: Option<super::state::NicState>,
+    /// The NE2000, if the VM has one: its model state goes into [`Self::net`]'s.
+    pub ne2000: Option<crate::devices::legacy::ne2000::Ne2000Handle>,
 }
 
 impl std::fmt::Debug for DeviceHandles {
@@ -235,7 +237,10 @@ impl DeviceHandles {
             ballooned,
             // Filled by the caller, which holds the rings still ([`crate::devices::pv::rings::Rings::frozen`]).
             rings: Vec::new(),
-            net: self.net.clone(),
+            net: self.net.as_ref().map(|n| super::state::NicState {
+                ne2000: self.ne2000.as_ref().map(|h| h.state()),
+                ..n.clone()
+            }),
             vcpu_starts: self.vcpu_up.as_ref().map(|u| u.save()).unwrap_or_default(),
             vm_clock: self.vm_clock.state(),
         }

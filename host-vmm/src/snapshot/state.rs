@@ -24,7 +24,7 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use pvkit_devices::{AtaState, PitState, UartState, VmClockState};
+use pvkit_devices::{AtaState, Ne2000State, PitState, UartState, VmClockState};
 use pvkit_pv::PvClockState;
 
 pub use crate::devices::pv::rings::SavedRing;
@@ -33,8 +33,10 @@ pub use crate::devices::pv::vcpu_up::SavedStartSlot;
 /// The first 8 bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"PVKITSNP";
 /// The state-file format this VMM writes and the only one it reads.
+///
 /// Version 2: every vCPU of an SMP VM (each with its MP state) and the APs' start slots
-/// ([`DeviceStates::vcpu_starts`]).
+/// ([`DeviceStates::vcpu_starts`]); the host-set balloon target; the NIC saved as model,
+/// backend kind and MAC, with the NE2000's whole model state ([`NicState`]).
 pub const FORMAT_VERSION: u32 = 2;
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 24;
@@ -181,9 +183,7 @@ pub struct DeviceStates {
     pub balloon_target: Option<BalloonTargetState>,
     /// Registered PV rings (saved while every ring was held still).
     pub rings: Vec<SavedRing>,
-    /// The NIC, if the VM had one: only the PV NIC on the loopback backend is saved
-    /// ([`NicState`]); absent in state files written before NICs were saved.
-    #[serde(default)]
+    /// The NIC, if the VM had one ([`NicState`]).
     pub net: Option<NicState>,
     /// The `VcpuUp` start slot of every vCPU, vCPU 0 first (an AP not started, one whose
     /// start was posted but not yet taken, or running); empty for a one-vCPU VM.
@@ -201,15 +201,72 @@ pub struct BalloonTargetState {
     pub generation: u32,
 }
 
-/// The NIC a snapshot keeps: the PV NIC on the in-VMM loopback backend (stateless: it
-/// answers each frame as it is sent). Its rings are in [`DeviceStates::rings`]; frames
-/// that waited for a receive buffer and the device's counters are not kept (a NIC may
-/// lose frames; the counters restart at zero). The restoring VM must be given the same
-/// NIC again (`--net loopback --nic pv`, the same MAC).
+/// The NIC model a snapshot holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SavedNicModel {
+    /// The PV NIC: its rings are in [`DeviceStates::rings`]; frames that waited for a
+    /// receive buffer and the device's counters are not kept (a NIC may lose frames).
+    Pv,
+    /// The emulated NE2000: its whole model is in [`NicState::ne2000`].
+    Ne2000,
+}
+
+/// The kind of host backend the NIC was on. The backend itself is not saved: the
+/// restoring VM opens its own of the same kind (`--net loopback`, or `--net tap` with its
+/// namespace, which may differ: the target of a migration is another host).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SavedBackend {
+    /// The in-VMM loopback responder (stateless: it answers each frame as it is sent).
+    Loopback,
+    /// A TAP device. Frames in flight in the host's stack when the VM was saved are lost,
+    /// as a real NIC's are when it moves; the new device gets an announcement
+    /// ([`crate::devices::legacy::ne2000::announce_frame`]).
+    Tap,
+}
+
+/// The NIC a snapshot keeps: which model on which kind of backend with which MAC, and
+/// the NE2000's model state. The restoring VM must be given the same NIC again (the
+/// same `--nic`, the same kind of `--net`, the same `--mac`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NicState {
     /// The MAC address the guest was told.
     pub mac: [u8; 6],
+    /// The model.
+    pub model: SavedNicModel,
+    /// The kind of backend.
+    pub backend: SavedBackend,
+    /// The NE2000's state: present exactly when `model` is [`SavedNicModel::Ne2000`].
+    pub ne2000: Option<Ne2000State>,
+}
+
+impl NicState {
+    /// The NIC without its model state: what a restoring VM's configuration must match.
+    pub fn spec(&self) -> NicState {
+        NicState {
+            ne2000: None,
+            ..self.clone()
+        }
+    }
+
+    /// Checks what the types cannot: the NE2000 state is there exactly for the NE2000,
+    /// has this MAC in its PROM, and is one a card could be in
+    /// ([`pvkit_devices::Ne2000::from_state`]).
+    pub fn validate(&self) -> Result<(), StateFileError> {
+        let bad = |m: String| Err(StateFileError::Invalid(m));
+        match (self.model, &self.ne2000) {
+            (SavedNicModel::Pv, None) => Ok(()),
+            (SavedNicModel::Pv, Some(_)) => bad("an NE2000 state for the PV NIC".into()),
+            (SavedNicModel::Ne2000, None) => bad("the NE2000 has no saved state".into()),
+            (SavedNicModel::Ne2000, Some(n)) => {
+                if n.mac != self.mac {
+                    return bad("the NE2000's PROM holds another MAC than the NIC's".into());
+                }
+                pvkit_devices::Ne2000::from_state(n)
+                    .map(|_| ())
+                    .map_err(|e| StateFileError::Invalid(e.to_string()))
+            }
+        }
+    }
 }
 
 /// The disk the VM had.
@@ -357,6 +414,9 @@ impl VmState {
             if count == 0 || first.checked_add(count).is_none_or(|end| end > pages) {
                 return bad(format!("ballooned range {first}+{count} outside RAM"));
             }
+        }
+        if let Some(n) = &self.devices.net {
+            n.validate()?;
         }
         if self.kernel.span.0 > self.kernel.span.1 || self.kernel.span.1 > self.mem_bytes {
             return bad("kernel span outside RAM".into());
@@ -538,6 +598,46 @@ mod tests {
             },
         ];
         s
+    }
+
+    /// The sample with an NE2000 on a TAP backend, its card holding a frame.
+    fn sample_with_ne2000() -> VmState {
+        let mut s = sample();
+        let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+        let mut card = pvkit_devices::Ne2000::new(mac);
+        card.write(0x18, &[0]);
+        s.devices.net = Some(NicState {
+            mac,
+            model: SavedNicModel::Ne2000,
+            backend: SavedBackend::Tap,
+            ne2000: Some(card.state()),
+        });
+        s
+    }
+
+    #[test]
+    fn an_ne2000_state_round_trips_and_a_hostile_one_is_refused() {
+        let sizes = KvmSizes::host();
+        let s = sample_with_ne2000();
+        assert_eq!(decode(&encode(&s).unwrap(), &sizes).unwrap(), s);
+        let refused = |f: &dyn Fn(&mut NicState), why: &str| {
+            let mut s = sample_with_ne2000();
+            f(s.devices.net.as_mut().unwrap());
+            let e = decode(&encode(&s).unwrap(), &sizes).unwrap_err();
+            assert!(e.to_string().contains(why), "{why}: {e}");
+        };
+        refused(
+            &|n| n.ne2000.as_mut().unwrap().mem.pop().map(drop).unwrap(),
+            "16384",
+        );
+        refused(&|n| n.ne2000.as_mut().unwrap().cr = 0x07, "CR");
+        refused(
+            &|n| n.ne2000.as_mut().unwrap().tx = vec![vec![0; 2000]],
+            "1514",
+        );
+        refused(&|n| n.ne2000.as_mut().unwrap().mac[0] ^= 2, "another MAC");
+        refused(&|n| n.ne2000 = None, "no saved state");
+        refused(&|n| n.model = SavedNicModel::Pv, "for the PV NIC");
     }
 
     #[test]

@@ -18,7 +18,8 @@ use crate::bus::PortBus;
 use crate::devices::legacy::ata::attach_ata;
 use crate::devices::legacy::irq::{create_irqchip, InterruptLine};
 use crate::devices::legacy::ne2000::{
-    attach_ne2000, open_backend, NetBackendConfig, NetDevice, NE2000_GSI, NE2000_MAC,
+    announce_frame, attach_ne2000, open_backend, NetBackendConfig, NetDevice, NE2000_GSI,
+    NE2000_MAC,
 };
 use crate::devices::legacy::pit::attach_pit;
 use crate::devices::legacy::uart::{Uart, COM1_BASE, COM1_LEN};
@@ -53,14 +54,16 @@ use crate::runtime::watchdog;
 use crate::snapshot::capture::{msr_list, DeviceHandles};
 use crate::snapshot::memory_file::map_memory_file;
 use crate::snapshot::restore::{load_ledger, restore_vcpu, restore_vm, RestoreError};
-use crate::snapshot::state::{DiskInfo, KernelInfo, NicState, VmState};
+use crate::snapshot::state::{
+    DiskInfo, KernelInfo, NicState, SavedBackend, SavedNicModel, VmState,
+};
 use crate::snapshot::MEMORY_FILE;
 use crate::vstate::kvm::{open_kvm, PlatformInfo};
 use crate::vstate::memory::ram_size;
 use crate::vstate::memory::{create_fresh_ram, mark_mergeable, MAX_MEM_MIB};
 use crate::vstate::vcpu::{RegAccess, Vcpu};
 use crate::vstate::vm::create_vm;
-use pvkit_devices::{Ata, Pit};
+use pvkit_devices::{Ata, Ne2000, Pit};
 use std::sync::Mutex;
 
 /// A VM assembled and ready to run: the shared [`Vm`], its vCPUs with their states, and what
@@ -195,27 +198,36 @@ pub fn build(
         .irq_test
         .then(|| InterruptLine::irqfd(&vm_fd, IRQ_TEST_GSI.into()))
         .transpose()?;
+    // A restored NIC's backend is new (a TAP device may be on another host): it announces
+    // the guest's MAC once, before the guest runs.
+    let saved_net = restore.as_ref().and_then(|s| s.devices.net.as_ref());
+    let open_nic_backend = |net: &super::NetConfig, mac: [u8; 6]| {
+        open_backend(&net.backend, net.host_rtt.as_ref()).map(|mut b| {
+            if saved_net.is_some_and(|n| n.backend == SavedBackend::Tap) {
+                // A frame the device cannot take now is lost, like any frame.
+                let _ = b.send(&announce_frame(mac));
+            }
+            b
+        })
+    };
     let (net_backend, pv_net) = match &config.net {
         Some(net) => {
             let mac = net.mac.unwrap_or(NE2000_MAC);
             let ne2000 = match config.nic.has_ne2000() {
                 true => {
+                    let model = match saved_net.and_then(|n| n.ne2000.as_ref()) {
+                        Some(saved) => Ne2000::from_state(saved).map_err(mismatch)?,
+                        None => Ne2000::new(mac),
+                    };
                     let line = InterruptLine::irqfd(&vm_fd, NE2000_GSI)?;
-                    Some((
-                        open_backend(&net.backend, net.host_rtt.as_ref())?,
-                        mac,
-                        line,
-                    ))
+                    Some((open_nic_backend(net, mac)?, model, line))
                 }
                 false => None,
             };
             let pv = config
                 .nic
                 .has_pv()
-                .then(|| {
-                    open_backend(&net.backend, net.host_rtt.as_ref())
-                        .map(|b| Arc::new(PvNet::new(b, mac)))
-                })
+                .then(|| open_nic_backend(net, mac).map(|b| Arc::new(PvNet::new(b, mac))))
                 .transpose()?;
             (ne2000, pv)
         }
@@ -297,10 +309,10 @@ pub fn build(
         pio.insert_mut(IRQ_TEST.into(), 1, "irq-test", IrqTestPort::new(line))?;
     }
     let net = net_backend
-        .map(|(backend, mac, line)| {
+        .map(|(backend, model, line)| {
             attach_ne2000(
                 &mut pio,
-                mac,
+                model,
                 backend,
                 line,
                 on_fatal.clone(),
@@ -484,6 +496,7 @@ pub fn build(
         free_page_hint: free_page_hint.clone(),
         net: saved_nic(config).ok().flatten(),
         vcpu_up: vcpu_up.clone(),
+        ne2000: net.as_ref().map(NetDevice::handle),
     };
 
     let shards: Vec<ExitLedger> = others.iter().map(|_| ledger.shard()).collect();
@@ -563,32 +576,51 @@ fn fresh_guest(config: &VmConfig) -> Result<Guest, VmError> {
     })
 }
 
-/// The NIC as a snapshot keeps it, or why it cannot: only the PV NIC alone on the
-/// loopback backend (stateless, re-created on restore) is saved.
+/// The NIC as a snapshot keeps it (without the NE2000's model state, which the capture
+/// adds), or why it cannot: the PV NIC or the NE2000, alone, on the loopback or a TAP
+/// backend. Both NICs at once and a loopback peer that times its own round trips
+/// (`pvkit bench` only) are not saved.
 fn saved_nic(config: &VmConfig) -> Result<Option<NicState>, String> {
     let Some(net) = &config.net else {
         return Ok(None);
     };
-    if config.nic.has_ne2000() {
-        return Err(
-            "the NE2000 (its card memory and receive state are not saved; \
-                    the PV NIC on the loopback backend is)"
-                .into(),
-        );
-    }
-    if net.backend != NetBackendConfig::Loopback {
-        return Err(
-            "a NIC on the TAP backend (the TAP device and its namespace are not \
-                    saved; the PV NIC on the loopback backend is)"
-                .into(),
-        );
-    }
+    let model = match config.nic {
+        super::NicModel::Pv => SavedNicModel::Pv,
+        super::NicModel::Ne2000 => SavedNicModel::Ne2000,
+        super::NicModel::Both => {
+            return Err("both NICs at once (bench only; one NIC, PV or NE2000, is saved)".into())
+        }
+    };
     if net.host_rtt.is_some() {
         return Err("a loopback peer that times its own round trips (bench only)".into());
     }
+    let backend = match net.backend {
+        NetBackendConfig::Loopback => SavedBackend::Loopback,
+        NetBackendConfig::Tap { .. } => SavedBackend::Tap,
+    };
     Ok(Some(NicState {
         mac: net.mac.unwrap_or(NE2000_MAC),
+        model,
+        backend,
+        ne2000: None,
     }))
+}
+
+/// How to give a restoring VM the NIC of `nic` again, as `pvkit run` options.
+fn nic_options(nic: &NicState) -> String {
+    let model = match nic.model {
+        SavedNicModel::Pv => "pv",
+        SavedNicModel::Ne2000 => "ne2000",
+    };
+    let backend = match nic.backend {
+        SavedBackend::Loopback => "loopback",
+        SavedBackend::Tap => "tap",
+    };
+    let m = nic.mac;
+    format!(
+        "--net {backend} --nic {model} --mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }
 
 /// A restored guest: RAM mapped copy-on-write from the snapshot's memory file; the disk
@@ -600,13 +632,18 @@ fn restored_guest(config: &VmConfig, state: &VmState) -> Result<Guest, VmError> 
         .unwrap_or(std::path::Path::new("."));
     let nic = saved_nic(config)
         .map_err(|why| mismatch(format!("a snapshot cannot be restored with {why}")))?;
-    if nic != state.devices.net {
-        return Err(mismatch(match (&state.devices.net, &nic) {
-            (Some(_), None) => "the snapshot's VM had the PV NIC on the loopback backend: \
-                                give it again (--net loopback --nic pv, the same --mac)"
-                .to_owned(),
-            (None, Some(_)) => "the snapshot's VM had no NIC".to_owned(),
-            _ => "the NIC's MAC address differs from the snapshot's".to_owned(),
+    let saved = state.devices.net.as_ref().map(NicState::spec);
+    if nic != saved {
+        return Err(mismatch(match (&saved, &nic) {
+            (Some(s), Some(n)) if s.model == n.model && s.backend == n.backend => format!(
+                "the NIC's MAC address differs from the snapshot's: give it again ({})",
+                nic_options(s)
+            ),
+            (Some(s), _) => format!(
+                "the snapshot's VM had another NIC than this one: give it again ({})",
+                nic_options(s)
+            ),
+            (None, _) => "the snapshot's VM had no NIC".to_owned(),
         }));
     }
     let mem = map_memory_file(&dir.join(MEMORY_FILE), state.mem_bytes)?;
@@ -632,4 +669,50 @@ fn restored_guest(config: &VmConfig, state: &VmState) -> Result<Guest, VmError> 
 
 fn mismatch(e: impl std::fmt::Display) -> VmError {
     VmError::Restore(RestoreError::Mismatch(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::NicModel;
+    use crate::vm::NetConfig;
+
+    fn config(nic: NicModel, backend: NetBackendConfig) -> VmConfig {
+        VmConfig {
+            net: Some(NetConfig {
+                backend,
+                mac: None,
+                host_rtt: None,
+            }),
+            nic,
+            ..VmConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_nic_a_snapshot_keeps_or_why_not() {
+        let tap = NetBackendConfig::Tap {
+            netns: Some("x".into()),
+            bridge: None,
+        };
+        let n = saved_nic(&config(NicModel::Ne2000, tap)).unwrap().unwrap();
+        assert_eq!(
+            (n.model, n.backend, n.mac, n.ne2000.clone()),
+            (SavedNicModel::Ne2000, SavedBackend::Tap, NE2000_MAC, None)
+        );
+        assert_eq!(
+            nic_options(&n),
+            "--net tap --nic ne2000 --mac 52:54:00:12:34:56"
+        );
+        let n = saved_nic(&config(NicModel::Pv, NetBackendConfig::Loopback));
+        assert_eq!(n.unwrap().unwrap().model, SavedNicModel::Pv);
+        let both = saved_nic(&config(NicModel::Both, NetBackendConfig::Loopback));
+        assert!(both.unwrap_err().contains("both NICs"));
+        let mut timed = config(NicModel::Pv, NetBackendConfig::Loopback);
+        if let Some(n) = &mut timed.net {
+            n.host_rtt = Some(pvkit_net::host_rtt::HostRttLog::default());
+        }
+        assert!(saved_nic(&timed).unwrap_err().contains("round trips"));
+        assert_eq!(saved_nic(&VmConfig::default()), Ok(None));
+    }
 }

@@ -342,7 +342,7 @@ pub struct VmInfo {
     /// vCPU count.
     pub vcpus: u32,
     /// Why the VM's NIC cannot be saved (a snapshot or migration is refused), if it has
-    /// one that cannot: every NIC but the PV NIC on the loopback backend.
+    /// one that cannot: both NICs at once, or a self-timing bench peer.
     pub net_refusal: Option<String>,
     /// KVM's MSR save list.
     pub msrs: Vec<u32>,
@@ -592,8 +592,9 @@ impl VmControl {
         self.devices.free_page_hint.clone()
     }
 
-    /// Whether the VM can be live-migrated now: running, and no NIC but the PV
-    /// NIC on the loopback backend. Registered PV rings are fine: the migration's pause
+    /// Whether the VM can be live-migrated now: running, and a NIC a snapshot can hold (the
+    /// PV NIC or the NE2000, on the loopback or a TAP backend), if any. Registered PV rings
+    /// are fine: the migration's pause
     /// drains them ([`VmControl::pause_for_migration`]) before its final round.
     pub fn check_migratable(&self) -> Result<(), ControlError> {
         let _busy = lock(&self.busy);

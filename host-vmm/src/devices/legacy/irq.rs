@@ -99,6 +99,13 @@ impl InterruptLine {
         rising
     }
 
+    /// Takes `level` as the line's current level without raising an edge: a restored
+    /// device whose line was already high when it was saved (its edge is in the saved
+    /// irqchip state) must not raise a second one.
+    pub fn assume_level(&mut self, level: bool) {
+        self.level = level;
+    }
+
     /// Raises one edge now.
     pub fn trigger(&mut self) {
         // An eventfd write fails only when the counter would overflow (2^64 - 2

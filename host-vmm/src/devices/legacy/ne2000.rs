@@ -21,7 +21,9 @@ use std::net::Ipv4Addr;
 use std::os::unix::io::RawFd;
 use std::sync::{Arc, Mutex};
 
-use pvkit_devices::ne2000::{Ne2000, Ne2000Stats, NE2000_IO_BASE, NE2000_IO_LEN};
+use pvkit_devices::ne2000::{
+    Ne2000, Ne2000State, Ne2000Stats, MIN_FRAME, NE2000_IO_BASE, NE2000_IO_LEN,
+};
 use pvkit_net::host_rtt::HostRttLog;
 use pvkit_net::loopback::{LoopbackBackend, LoopbackMode, ResponderConfig, DEFAULT_QUEUE_FRAMES};
 use pvkit_net::netns::NetNs;
@@ -295,21 +297,65 @@ impl NetDevice {
     }
 }
 
-/// Puts an NE2000 with station address `mac` on `bus` at `0x300..=0x31f`, connected to `backend`
-/// and raising `line`. A backend with an fd gets an event-loop thread (`pvkit-net`),
-/// started here and, with `seccomp`, confined with the network thread's filter
-/// ([`ThreadKind::Net`]) before it reads a frame; `on_fatal` hears about its failure.
+/// A handle on a running NE2000's model, for a snapshot or a migration to save it.
+#[derive(Clone)]
+pub struct Ne2000Handle(Arc<Mutex<Nic>>);
+
+impl std::fmt::Debug for Ne2000Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ne2000Handle")
+    }
+}
+
+impl Ne2000Handle {
+    /// The model's state now (registers, card memory, ring pointers, transmit queue), taken
+    /// under the NIC's lock: consistent with itself, whatever the receive thread does next.
+    pub fn state(&self) -> Ne2000State {
+        lock(&self.0).model.state()
+    }
+}
+
+impl NetDevice {
+    /// A handle that saves the model's state.
+    pub fn handle(&self) -> Ne2000Handle {
+        Ne2000Handle(Arc::clone(&self.nic))
+    }
+}
+
+/// The announcement a NIC's backend sends after a restore or an incoming migration, as
+/// QEMU's `announce` does: a RARP request ("who is `mac`?") from `mac` to the broadcast
+/// address, 60 bytes. A switch or bridge learns the guest's new port from it; nothing
+/// answers it and the host's ARP table does not take it.
+pub fn announce_frame(mac: [u8; 6]) -> [u8; MIN_FRAME] {
+    let mut f = [0u8; MIN_FRAME];
+    f[..6].fill(0xff);
+    f[6..12].copy_from_slice(&mac);
+    // EtherType RARP; hardware Ethernet, protocol IPv4, lengths 6 and 4, op 3 (request
+    // reverse); sender and target hardware address `mac`, both IP addresses 0.
+    f[12..22].copy_from_slice(&[0x80, 0x35, 0, 1, 0x08, 0x00, 6, 4, 0, 3]);
+    f[22..28].copy_from_slice(&mac);
+    f[32..38].copy_from_slice(&mac);
+    f
+}
+
+/// Puts `model` (a new card, [`Ne2000::new`], or a restored one) on `bus` at
+/// `0x300..=0x31f`, connected to `backend` and raising `line`. The line starts at the
+/// model's level without an edge (a restored card's raised edge is in the irqchip's saved
+/// state). A backend with an fd gets an event-loop thread (`pvkit-net`), started here and,
+/// with `seccomp`, confined with the network thread's filter ([`ThreadKind::Net`]) before
+/// it reads a frame; `on_fatal` hears about its failure.
 pub fn attach_ne2000(
     bus: &mut PortBus,
-    mac: [u8; 6],
+    model: Ne2000,
     backend: Box<dyn NetBackend>,
-    line: InterruptLine,
+    mut line: InterruptLine,
     on_fatal: Arc<dyn Fn(String) + Send + Sync>,
     seccomp: bool,
 ) -> Result<NetDevice, NetError> {
     let fd: Option<RawFd> = backend.raw_fd();
+    line.assume_level(model.irq_level());
     let nic = Arc::new(Mutex::new(Nic {
-        model: Ne2000::new(mac),
+        model,
         backend,
         line,
         buf: Box::new([0u8; MAX_FRAME_LEN]),
@@ -360,8 +406,15 @@ mod tests {
         let mut bus = PortBus::new();
         let line = InterruptLine::unconnected(NE2000_GSI).unwrap();
         let backend = open_backend(&NetBackendConfig::Loopback, None).unwrap();
-        let dev =
-            attach_ne2000(&mut bus, NE2000_MAC, backend, line, Arc::new(|_| {}), false).unwrap();
+        let dev = attach_ne2000(
+            &mut bus,
+            Ne2000::new(NE2000_MAC),
+            backend,
+            line,
+            Arc::new(|_| {}),
+            false,
+        )
+        .unwrap();
         // Minimal init: ring 0x46..0x80, CURR 0x47, accept broadcast + our MAC, PRX unmasked.
         for (r, v) in [
             (CR, 0x21),
@@ -418,5 +471,47 @@ mod tests {
         out(&bus, CR, cr::TXP | cr::STA | cr::RD_ABORT);
         assert_eq!(dev.stats().irqs_raised, 2);
         assert_eq!(lock(&dev.nic).line.take_signals(), 2);
+    }
+    /// A card restored with its line high (an edge the saved irqchip holds) raises no
+    /// second edge on the next access; once the guest acknowledges, the next frame does.
+    #[test]
+    fn a_restored_card_with_its_line_high_raises_no_second_edge() {
+        let mut card = Ne2000::new(NE2000_MAC);
+        card.write(0x0F, &[isr::PTX]); // IMR (page 0)
+        card.write(ISR, &[0xff]);
+        // Start, then a transmit: PTX set and unmasked.
+        card.write(CR, &[cr::STA | cr::RD_ABORT]);
+        card.write(TBCR0, &[60]);
+        card.write(CR, &[cr::TXP | cr::STA | cr::RD_ABORT]);
+        assert!(card.irq_level());
+        let saved = Ne2000::from_state(&card.state()).unwrap();
+        let mut bus = PortBus::new();
+        let line = InterruptLine::unconnected(NE2000_GSI).unwrap();
+        let backend = open_backend(&NetBackendConfig::Loopback, None).unwrap();
+        let dev = attach_ne2000(&mut bus, saved, backend, line, Arc::new(|_| {}), false).unwrap();
+        out(&bus, CR, cr::STA | cr::RD_ABORT);
+        assert_eq!(
+            dev.stats().irqs_raised,
+            0,
+            "the saved edge is not raised again"
+        );
+        out(&bus, ISR, isr::PTX);
+        out(&bus, TBCR0, 60);
+        out(&bus, CR, cr::TXP | cr::STA | cr::RD_ABORT);
+        assert_eq!(dev.stats().irqs_raised, 1);
+        assert_eq!(dev.handle().state().isr & isr::PTX, isr::PTX);
+    }
+
+    #[test]
+    fn the_announcement_is_a_rarp_request_from_the_guest_mac() {
+        let f = announce_frame(NE2000_MAC);
+        assert_eq!(f.len(), 60);
+        assert_eq!(f[..6], [0xff; 6]);
+        assert_eq!(f[6..12], NE2000_MAC);
+        assert_eq!(f[12..14], [0x80, 0x35]);
+        assert_eq!(f[20..22], [0, 3]);
+        assert_eq!(f[22..28], NE2000_MAC);
+        assert_eq!(f[32..38], NE2000_MAC);
+        assert!(f[28..32].iter().chain(&f[38..]).all(|&b| b == 0));
     }
 }
