@@ -8,15 +8,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use pvkit_vmm::api::client::{send, send_raw};
+use common::api_vm::ApiVm;
+use pvkit_vmm::api::client::send_raw;
 use pvkit_vmm::api::request::{BalloonReply, Request, Response};
 
-const PVKIT: &str = env!("CARGO_BIN_EXE_pvkit");
 /// Wall-clock bound for waits (≥ 10× what they take on this machine: 64 MiB is 8 guest
 /// steps of 20 ms).
 const WAIT: Duration = Duration::from_secs(60);
@@ -25,42 +23,14 @@ const PAGES_64_MIB: u64 = 64 * 256;
 /// The guest's default batch (`balloon_batch`, guest-kernel/src/counter.rs).
 const BATCH: u64 = 2048;
 
-/// A `pvkit run --api` VM whose console lines arrive on a channel.
-struct Vm {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    api: PathBuf,
-    seen: Vec<String>,
-}
+/// A `pvkit run --api` VM of these tests ([`ApiVm`]).
+type Vm = ApiVm;
 
-impl Vm {
+impl ApiVm {
     /// `pvkit run --api DIR/NAME.sock ARGS`.
-    fn start(dir: &Path, name: &str, args: &[&str]) -> Self {
-        let api = dir.join(format!("{name}.sock"));
-        let mut child = Command::new(PVKIT)
-            .args(["run", "--timeout", "240", "--api"])
-            .arg(&api)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn pvkit");
-        let lines = common::line_channel(child.stdout.take().unwrap());
-        // The socket is bound before the guest runs; wait for it.
-        let deadline = Instant::now() + WAIT;
-        while !api.exists() {
-            assert!(Instant::now() < deadline, "no API socket {}", api.display());
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("pvkit {args:?} ended ({status}) before serving its API");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Self {
-            child,
-            lines,
-            api,
-            seen: Vec::new(),
-        }
+    fn start_named(dir: &Path, name: &str, args: &[&str]) -> Self {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        Self::start(dir.join(format!("{name}.sock")), 240, &args, WAIT)
     }
 
     /// Boots the counter with `extra` guest tokens.
@@ -68,26 +38,7 @@ impl Vm {
         let cmdline = format!("counter=100000 counter_ms=20 {extra}");
         let mut args = vec!["--console", "pv", "--"];
         args.extend(cmdline.trim().split(' '));
-        Self::start(dir, name, &args)
-    }
-
-    /// Waits until the guest printed a line starting with `prefix`.
-    fn wait_for(&mut self, prefix: &str) {
-        let deadline = Instant::now() + WAIT;
-        while !self.seen.iter().any(|l| l.starts_with(prefix)) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => self.seen.push(l),
-                Err(e) => panic!(
-                    "no `{prefix}` from the guest ({e}); last lines {:?}",
-                    &self.seen[self.seen.len().saturating_sub(5)..]
-                ),
-            }
-        }
-    }
-
-    fn api(&self, req: &Request) -> Response {
-        send(&self.api, req).expect("API reply")
+        Self::start_named(dir, name, &args)
     }
 
     fn balloon(&self) -> BalloonReply {
@@ -128,26 +79,6 @@ impl Vm {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .expect("VmRSS")
-    }
-
-    /// SIGTERM, then every console line the guest printed.
-    fn terminate(mut self) -> Vec<String> {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().unwrap();
-        let mut seen = std::mem::take(&mut self.seen);
-        seen.extend(self.lines.iter());
-        seen
-    }
-}
-
-impl Drop for Vm {
-    /// A failed test leaves no VM running.
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -257,7 +188,7 @@ fn the_guest_follows_the_host_target_and_a_restore_keeps_it() {
     // The restored guest sees the same target and generation; 0 deflates it all (the guest
     // checks that every deflated page reads zero, else it panics and prints no more moves).
     let snap_arg = snap.to_str().unwrap();
-    let mut vm = Vm::start(&d, "b", &["--restore", snap_arg]);
+    let mut vm = Vm::start_named(&d, "b", &["--restore", snap_arg]);
     let b = vm.balloon();
     assert_eq!(
         (b.target_pages, b.generation, b.actual_pages),

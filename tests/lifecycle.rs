@@ -9,12 +9,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::api_vm::ApiVm;
 use pvkit_cli::lifecycle::counter;
-use pvkit_vmm::api::client::{send, send_raw};
+use pvkit_vmm::api::client::send_raw;
 use pvkit_vmm::api::request::{Request, Response};
 
 const PVKIT: &str = env!("CARGO_BIN_EXE_pvkit");
@@ -25,79 +26,22 @@ fn dir(name: &str) -> PathBuf {
     common::fresh_dir("pvkit-lifecycle", name)
 }
 
-/// A `pvkit run --api` VM whose console lines arrive on a channel.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    api: PathBuf,
-    seen: Vec<String>,
-}
+/// A `pvkit run --api` VM of these tests ([`ApiVm`]).
+type Running = ApiVm;
 
-impl Running {
-    fn start(dir: &Path, disk: &Path, cmdline: &str) -> Self {
+impl ApiVm {
+    /// The counter guest `cmdline` on the PV console with `disk`.
+    fn start_counter(dir: &Path, disk: &Path, cmdline: &str) -> Self {
         Self::start_with(dir, &["--disk".as_ref(), disk.as_os_str()], cmdline)
     }
 
     /// A VM with more `pvkit run` options (`extra`).
     fn start_with(dir: &Path, extra: &[&std::ffi::OsStr], cmdline: &str) -> Self {
-        let api = dir.join("api.sock");
-        let mut child = Command::new(PVKIT)
-            .args(["run", "--console", "pv", "--timeout", "120", "--api"])
-            .arg(&api)
-            .args(extra)
-            .arg("--")
-            .args(cmdline.split(' '))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn pvkit");
-        let out = child.stdout.take().unwrap();
-        let lines = common::line_channel(out);
-        Self {
-            child,
-            lines,
-            api,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits until the guest printed a line starting with `prefix`.
-    fn wait_for(&mut self, prefix: &str) {
-        let deadline = Instant::now() + WAIT;
-        while !self.seen.iter().any(|l| l.starts_with(prefix)) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => self.seen.push(l),
-                Err(e) => panic!(
-                    "no `{prefix}` from the guest ({e}); last lines {:?}",
-                    &self.seen[self.seen.len().saturating_sub(5)..]
-                ),
-            }
-        }
-    }
-
-    fn api(&self, req: &Request) -> Response {
-        send(&self.api, req).expect("API reply")
-    }
-
-    /// SIGTERM, then every console line the guest printed.
-    fn terminate(self) -> Vec<String> {
-        self.terminate_with_code().1
-    }
-
-    /// SIGTERM, then the exit status and every console line the guest printed.
-    fn terminate_with_code(mut self) -> (i32, Vec<String>) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        self.seen.extend(self.lines.iter());
-        (status.code().unwrap_or(-1), self.seen)
-    }
-
-    fn wait_exit(mut self) -> (i32, Vec<String>) {
-        let status = self.child.wait().unwrap();
-        self.seen.extend(self.lines.iter());
-        (status.code().unwrap_or(-1), self.seen)
+        let mut args: Vec<&std::ffi::OsStr> = vec!["--console".as_ref(), "pv".as_ref()];
+        args.extend_from_slice(extra);
+        args.push("--".as_ref());
+        args.extend(cmdline.split(' ').map(std::ffi::OsStr::new));
+        Self::start(dir.join("api.sock"), 120, &args, WAIT)
     }
 }
 
@@ -129,7 +73,7 @@ fn snapshot_with(
     extra: &str,
 ) -> (PathBuf, Vec<(u64, u64)>) {
     let cmdline = format!("counter={steps_total} counter_ms=20 {extra}");
-    let mut vm = Running::start(dir, disk, cmdline.trim());
+    let mut vm = Running::start_counter(dir, disk, cmdline.trim());
     vm.wait_for(&format!("counter {at} "));
     let r = vm.api(&Request::Pause);
     assert!(r.ok, "{r:?}");
@@ -359,7 +303,7 @@ fn malformed_api_requests_are_refused_and_change_nothing() {
     let d = dir("api");
     let disk = d.join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    let mut vm = Running::start(&d, &disk, "counter=60 counter_ms=20");
+    let mut vm = Running::start_counter(&d, &disk, "counter=60 counter_ms=20");
     vm.wait_for("counter 2 ");
     let api = vm.api.clone();
     // The API thread serves under its own seccomp filter (mode 2).

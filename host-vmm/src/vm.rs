@@ -487,21 +487,9 @@ fn vcpu_loop(mut vcpu: Vcpu, vm: &Vm, mut cpu: VcpuState, gate: &control::PauseG
         match end? {
             VcpuEnd::Stopped(stop) => break stop,
             VcpuEnd::Paused => {
-                let ledger = cpu.exits.ledger.snapshot();
-                let shared = &vm.shared;
-                vcpu = gate.park(
-                    0,
-                    vcpu,
-                    ledger,
-                    &shared.pause_requested,
-                    &shared.stop_requested,
-                );
-                // A kick that landed between the interrupted exit and the park must not
-                // cost the resumed guest another exit.
-                vcpu.clear_immediate_exit();
-                // Stopped while paused (watchdog, signal, a finished migration): the guest
-                // does not run again.
-                if shared.stop_requested.load(Ordering::Acquire) {
+                let stopped;
+                (vcpu, stopped) = park_at_pause(gate, 0, vcpu, vm, &cpu);
+                if stopped {
                     break gate.final_stop().unwrap_or(StopReason::Timeout {
                         rip: None,
                         disk: crate::runtime::signals::DiskFlush::NoDisk,
@@ -511,6 +499,30 @@ fn vcpu_loop(mut vcpu: Vcpu, vm: &Vm, mut cpu: VcpuState, gate: &control::PauseG
         }
     };
     Ok((with_rip(stop, &vcpu), cpu, vcpu))
+}
+
+/// Parks `vcpu` (out of `KVM_RUN` at a pause) in `gate`'s `seat` with its ledger until the
+/// VM resumes or stops; returns it, and whether the VM stopped while it was parked
+/// (watchdog, signal, a finished migration: the guest does not run again).
+fn park_at_pause(
+    gate: &control::PauseGate,
+    seat: usize,
+    vcpu: Vcpu,
+    vm: &Vm,
+    cpu: &VcpuState,
+) -> (Vcpu, bool) {
+    let shared = &vm.shared;
+    let mut vcpu = gate.park(
+        seat,
+        vcpu,
+        cpu.exits.ledger.snapshot(),
+        &shared.pause_requested,
+        &shared.stop_requested,
+    );
+    // A kick that landed between the interrupted exit and the park must not cost the
+    // resumed guest another exit.
+    vcpu.clear_immediate_exit();
+    (vcpu, shared.stop_requested.load(Ordering::Acquire))
 }
 
 /// Names a stop with `vcpu`'s `RIP` where the exit handler could not read it (a triple
@@ -557,17 +569,9 @@ fn ap_loop(
         match end? {
             VcpuEnd::Stopped(stop) => return Ok((stop, vcpu)),
             VcpuEnd::Paused => {
-                let ledger = cpu.exits.ledger.snapshot();
-                let shared = &vm.shared;
-                vcpu = gate.park(
-                    seat,
-                    vcpu,
-                    ledger,
-                    &shared.pause_requested,
-                    &shared.stop_requested,
-                );
-                vcpu.clear_immediate_exit();
-                if shared.stop_requested.load(Ordering::Acquire) {
+                let stopped;
+                (vcpu, stopped) = park_at_pause(gate, seat, vcpu, vm, cpu);
+                if stopped {
                     cpu.stopped = Some(Instant::now());
                     cpu.kvm_exits = vcpu.kvm_exits();
                     let stop = StopReason::Timeout {

@@ -1,6 +1,7 @@
 //! Shared helpers of the KVM integration tests.
 #![allow(dead_code)]
 
+pub mod api_vm;
 pub mod loop_fs;
 pub mod running;
 pub mod scaffold;
