@@ -125,20 +125,7 @@ mod tests {
             let console = Console::capture();
             let mut ledger = ExitLedger::new();
             let devices = crate::devices::assemble(
-                crate::devices::PvConfig {
-                    console: console.clone(),
-                    pv_console,
-                    disk: None,
-                    clock: None,
-                    kvmclock: false,
-                    balloon: None,
-                    rings: None,
-                    vcpu_up: None,
-                    net: None,
-                    ipi: None,
-                    spinlock: None,
-                    steal: None,
-                },
+                crate::devices::PvConfig::core(console.clone(), pv_console),
                 &mut ledger,
             )
             .unwrap();

@@ -62,6 +62,27 @@ pub struct PvConfig {
     pub steal: Option<Arc<PvSteal>>,
 }
 
+impl PvConfig {
+    /// Only the core calls: no device beyond the (optional) PV console; the fields to add
+    /// are set over it (`PvConfig { disk: …, ..PvConfig::core(console, true) }`).
+    pub fn core(console: Console, pv_console: bool) -> Self {
+        Self {
+            console,
+            pv_console,
+            disk: None,
+            clock: None,
+            kvmclock: false,
+            balloon: None,
+            rings: None,
+            vcpu_up: None,
+            net: None,
+            ipi: None,
+            spinlock: None,
+            steal: None,
+        }
+    }
+}
+
 /// Which NIC a VM with a network gets (`pvkit run --nic`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum NicModel {
@@ -178,19 +199,6 @@ pub fn assemble(config: PvConfig, ledger: &mut ExitLedger) -> Result<PvDevices, 
 /// no clock: for tests of the dispatch paths.
 #[cfg(test)]
 pub(crate) fn core_devices(console: Console) -> PvDevices {
-    let config = PvConfig {
-        console,
-        pv_console: true,
-        disk: None,
-        clock: None,
-        kvmclock: false,
-        balloon: None,
-        rings: None,
-        vcpu_up: None,
-        net: None,
-        ipi: None,
-        spinlock: None,
-        steal: None,
-    };
-    assemble(config, &mut ExitLedger::new()).expect("no conflicts among the core devices")
+    assemble(PvConfig::core(console, true), &mut ExitLedger::new())
+        .expect("no conflicts among the core devices")
 }

@@ -477,6 +477,18 @@ fn syscall_label(sys: &'static str) -> &'static str {
     sys.strip_prefix("SYS_").unwrap_or(sys)
 }
 
+/// `fcntl(F_GETFD)`: std's check, in builds with debug assertions, that a descriptor is open
+/// before it is closed (the threads that close descriptors).
+fn std_fd_check() -> Entry {
+    allow!(
+        SYS_fcntl,
+        fcntl_rules,
+        "arg1: F_GETFD",
+        "std's check, in builds with debug assertions, that a descriptor is open before \
+            it is closed",
+    )
+}
+
 /// Entries every confined thread needs: memory, locks, time, signal return, thread end.
 fn base_entries() -> Vec<Entry> {
     vec![
@@ -801,13 +813,7 @@ fn gdb_entries() -> Vec<Entry> {
             "the listener after the accept, the connection and the vCPU fd's duplicate at \
                 the end"
         ),
-        allow!(
-            SYS_fcntl,
-            fcntl_rules,
-            "arg1: F_GETFD",
-            "std's check, in builds with debug assertions, that a descriptor is open before \
-                it is closed",
-        ),
+        std_fd_check(),
     ];
     v.extend(base_entries());
     v
@@ -851,13 +857,7 @@ fn migrate_entries() -> Vec<Entry> {
             "the outcome on stderr",
         ),
         allow!(SYS_close, "the connection at the end"),
-        allow!(
-            SYS_fcntl,
-            fcntl_rules,
-            "arg1: F_GETFD",
-            "std's check, in builds with debug assertions, that a descriptor is open before \
-                it is closed",
-        ),
+        std_fd_check(),
         allow!(
             SYS_clock_nanosleep,
             "the wait before the migration starts (`thread::sleep`)"
@@ -893,13 +893,7 @@ fn incoming_entries() -> Vec<Entry> {
         allow!(SYS_write, "the state file; messages on stderr"),
         allow!(SYS_close, "the files; the connection of a refused stream"),
         allow!(SYS_unlink, "removing the files of a refused stream"),
-        allow!(
-            SYS_fcntl,
-            fcntl_rules,
-            "arg1: F_GETFD",
-            "std's check, in builds with debug assertions, that a descriptor is open before \
-                it is closed",
-        ),
+        std_fd_check(),
     ];
     v.extend(base_entries());
     v
@@ -915,13 +909,7 @@ fn output_reader_entries() -> Vec<Entry> {
             "a panic's message on stderr",
         ),
         allow!(SYS_close, "the pipe at its end"),
-        allow!(
-            SYS_fcntl,
-            fcntl_rules,
-            "arg1: F_GETFD",
-            "std's check, in builds with debug assertions, that a descriptor is open before \
-                it is closed",
-        ),
+        std_fd_check(),
     ];
     v.extend(base_entries());
     v

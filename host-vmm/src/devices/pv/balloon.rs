@@ -829,18 +829,8 @@ mod tests {
         let mut ledger = ExitLedger::new();
         let pv = assemble(
             PvConfig {
-                console: crate::io::console_out::Console::capture(),
-                pv_console: false,
-                disk: None,
-                clock: None,
-                kvmclock: false,
                 balloon: Some((mem.clone(), KERNEL)),
-                rings: None,
-                vcpu_up: None,
-                net: None,
-                ipi: None,
-                spinlock: None,
-                steal: None,
+                ..PvConfig::core(crate::io::console_out::Console::capture(), false)
             },
             &mut ledger,
         )

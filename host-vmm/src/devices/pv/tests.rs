@@ -212,14 +212,11 @@ fn harness(o: Opts) -> Harness {
     let disk = o.disk.map(SharedDisk::new);
     let devices = assemble(
         PvConfig {
-            console: console.clone(),
-            pv_console: true,
             disk: disk.clone(),
             clock: o
                 .clock
                 .then(|| Arc::new(FixedClock) as Arc<dyn ClockSource>),
             kvmclock: o.kvmclock,
-            balloon: None,
             rings: Some((
                 mem.clone(),
                 RingsConfig {
@@ -229,11 +226,7 @@ fn harness(o: Opts) -> Harness {
                     on_fatal: Arc::new(move |m| f2.lock().unwrap().push(m)),
                 },
             )),
-            vcpu_up: None,
-            net: None,
-            ipi: None,
-            spinlock: None,
-            steal: None,
+            ..PvConfig::core(console.clone(), true)
         },
         &mut ledger,
     )
