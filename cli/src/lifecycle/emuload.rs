@@ -73,9 +73,19 @@ pub fn check_continuity(
 ) -> Result<(), String> {
     let ticks: Vec<u64> = all.iter().filter_map(|l| tick(l)).collect();
     if ticks != (0..ticks_total).collect::<Vec<_>>() {
+        // Where it broke, with the lines around it.
+        let at = (0..ticks_total)
+            .position(|i| ticks.get(i as usize) != Some(&i))
+            .unwrap_or(0);
+        let line = all
+            .iter()
+            .position(|l| tick(l) == Some(at as u64 + 1))
+            .unwrap_or(0);
         return Err(format!(
-            "the ticks are not 0..{ticks_total} once each and in order ({} printed)",
-            ticks.len()
+            "the ticks are not 0..{ticks_total} once each and in order ({} printed; tick \
+             {at} is not where it belongs; lines around it: {:?})",
+            ticks.len(),
+            &all[line.saturating_sub(3)..(line + 2).min(all.len())]
         ));
     }
     if resumed.iter().any(|l| l.starts_with("emuload: ata")) {
