@@ -167,7 +167,10 @@ fn drain(conn: &mut TcpStream, within: Duration, max: u64) -> u64 {
         let want = buf
             .len()
             .min(usize::try_from(max - dropped).unwrap_or(usize::MAX));
-        match conn.read(&mut buf[..want]) {
+        let Some(chunk) = buf.get_mut(..want) else {
+            break;
+        };
+        match conn.read(chunk) {
             Ok(0) => break,
             Ok(n) => dropped += n as u64,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
