@@ -63,9 +63,14 @@ fn exits(c: &Value) -> f64 {
 /// The devices whose cases measure the VM lifecycle (`bench_runner::lifecycle_cases`).
 const LIFECYCLE: &[&str] = &["snapshot", "migrate"];
 
+/// The variant of the unmodified guest's own migration (`--only migrate`, not the default
+/// run): on emulated devices only, no pair of its own.
+const EMULATED_MIGRATION: &str = "emulated-devices";
+
 /// The lifecycle cases: timed by the host clock, their checks passed (the case is
 /// verified, above); the migration pair is hints off (the baseline) against hints on,
-/// which sent fewer bytes and says so in its notes.
+/// which sent fewer bytes and says so in its notes; the emulated guest's migration, when
+/// there, checked its echoes and skipped no page.
 fn assert_lifecycle(device: &str, workload: &str, emulated: &[&&Value], pv: &[&&Value]) {
     for c in emulated.iter().chain(pv) {
         assert_eq!(c["latency_method"], "host_clock", "{}: {c}", name(c));
@@ -87,6 +92,18 @@ fn assert_lifecycle(device: &str, workload: &str, emulated: &[&&Value], pv: &[&&
             }
         }
         _ => {
+            let (emu, emulated): (Vec<&&Value>, Vec<&&Value>) = emulated
+                .iter()
+                .partition(|c| c["variant"] == EMULATED_MIGRATION);
+            for c in &emu {
+                let notes = c["notes"].to_string();
+                assert!(
+                    notes.contains("echo answered exactly once")
+                        && notes.contains("pages skipped as hinted free 0;"),
+                    "{c}"
+                );
+            }
+            assert!(emu.len() <= 1, "{device}/{workload}");
             assert_eq!((emulated.len(), pv.len()), (1, 1), "{device}/{workload}");
             let bytes = |c: &Value| c["bytes"].as_u64().expect("bytes");
             assert!(
@@ -214,6 +231,11 @@ fn quick_bench_verifies_every_case_and_exit_counts_order_as_designed() {
     ] {
         assert!(devices.contains(&d), "no {d} cases in {devices:?}");
     }
+    // The unmodified guest's own migration takes seconds of ticks: named runs only.
+    assert!(
+        !cases.iter().any(|c| c["variant"] == EMULATED_MIGRATION),
+        "the default run migrated the emulated guest"
+    );
     // Net (issue 9's targets in exits): the NE2000 costs at least 10 exits per frame; a PV
     // ring at most one doorbell per batch (the guest publishes 16 or 32 frames at once in
     // the streaming cases, one in the round trip); polled rings and ioeventfds none.
@@ -392,6 +414,64 @@ fn net_bench_times_host_originated_round_trips_on_every_nic() {
         md.contains(HOST_ECHO) && md.contains("(host clock)"),
         "{md}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--only migrate` adds the unmodified guest's own migration to the PV pair: the
+/// `emulated-devices` case is there, verified (every tick, ATA write and NE2000 echo across
+/// both hosts, exact exits), and the default run (the quick bench above) leaves it out.
+#[test]
+fn migrate_bench_also_migrates_the_guest_on_emulated_devices() {
+    if !ready() {
+        return;
+    }
+    let dir = out_dir("migrate-emulated");
+    let o = pvkit(&[
+        "bench",
+        "--only",
+        "migrate",
+        "--quick",
+        "--out",
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        code(&o),
+        0,
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r = read_results(&dir);
+    let cases = r["cases"].as_array().expect("cases");
+    let variants: Vec<&str> = cases.iter().map(|c| s(c, "variant")).collect();
+    assert_eq!(
+        variants.len(),
+        3,
+        "the pair and the emulated guest: {variants:?}"
+    );
+    for c in cases {
+        assert_eq!(c["verified"], Value::Bool(true), "{c}");
+        assert!(c["failure"].is_null(), "{c}");
+    }
+    let emulated: Vec<&Value> = cases.iter().filter(|c| c["kind"] == "emulated").collect();
+    let pv: Vec<&Value> = cases.iter().filter(|c| c["kind"] == "pv").collect();
+    let workload = s(&cases[0], "workload");
+    assert_lifecycle(
+        "migrate",
+        workload,
+        &emulated.iter().collect::<Vec<_>>(),
+        &pv.iter().collect::<Vec<_>>(),
+    );
+    let emu = cases
+        .iter()
+        .find(|c| c["variant"] == EMULATED_MIGRATION)
+        .unwrap_or_else(|| panic!("no migrate/{EMULATED_MIGRATION} case: {stdout}"));
+    assert_eq!(emu["kind"], "emulated", "{emu}");
+    assert!(emu["bytes"].as_u64().is_some_and(|b| b > 0), "{emu}");
+    let notes = emu["notes"].to_string();
+    for want in ["downtime", "rounds", "ticks once each across both hosts"] {
+        assert!(notes.contains(want), "{want}: {emu}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

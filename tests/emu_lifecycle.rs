@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::running::{free_port, Running};
+use pvkit_cli::lifecycle::emuload::{check_continuity, exact_exits, joined};
 use pvkit_vmm::api::client::send;
 use pvkit_vmm::api::request::Request;
 
@@ -30,9 +31,6 @@ use pvkit_vmm::api::request::Request;
 const TICKS: u64 = 3000;
 const TICK_MS: u64 = 4;
 const AT: u64 = 200;
-/// Sectors the workload cycles through, from [`FIRST_LBA`] (guest-kernel/src/emuload.rs).
-const SLOTS: u64 = 64;
-const FIRST_LBA: u64 = 16;
 
 fn dir(name: &str) -> PathBuf {
     common::fresh_dir("pvkit-emu", name)
@@ -46,36 +44,6 @@ fn disk(d: &Path) -> PathBuf {
 
 fn cmdline() -> String {
     format!("emuload={TICKS} emuload_ms={TICK_MS}")
-}
-
-/// `tick I lba L ok` → I (checking L).
-fn tick(line: &str) -> Option<u64> {
-    let w: Vec<&str> = line.split(' ').collect();
-    match w[..] {
-        ["tick", i, "lba", l, "ok"] => {
-            let i: u64 = i.parse().ok()?;
-            (l.parse::<u64>().ok()? == FIRST_LBA + i % SLOTS).then_some(i)
-        }
-        _ => None,
-    }
-}
-
-/// The lines of a run handed over from `before` to `after`: the last line of `before` is
-/// joined with the first of `after` when the pause cut it (a UART line is printed byte by
-/// byte; every tick line ends in `ok`).
-fn joined(before: &[String], after: &[String]) -> Vec<String> {
-    let mut all = before.to_vec();
-    let mut rest = after;
-    if let (Some(last), Some(first)) = (all.last_mut(), after.first()) {
-        // Cut inside the line, or just before its newline (the target's first line is
-        // then empty: `emuload` prints no empty line).
-        if last.starts_with("tick") && (tick(last).is_none() || first.is_empty()) {
-            last.push_str(first);
-            rest = &after[1..];
-        }
-    }
-    all.extend(rest.iter().cloned());
-    all
 }
 
 /// The count of one exit kind in a `--stats` report (0 if absent).
@@ -92,42 +60,15 @@ fn stat(stderr: &str, kind: &str) -> u64 {
 /// Checks a whole run (`all` its joined lines, `stats` the last host's `--stats`) and the
 /// disk it wrote; `resumed` the lines the restored or migrated guest printed.
 fn check_run(all: &[String], resumed: &[String], stats: &str, disk: &Path) {
-    let ticks: Vec<u64> = all.iter().filter_map(|l| tick(l)).collect();
-    assert_eq!(
-        ticks,
-        (0..TICKS).collect::<Vec<_>>(),
-        "every tick once, in order"
-    );
-    assert!(
-        !resumed.iter().any(|l| l.starts_with("emuload: ata")),
-        "the guest started over: {:?}",
-        &resumed[..resumed.len().min(3)]
-    );
-    assert!(
-        resumed.iter().any(|l| tick(l).is_some()),
-        "the hand-over came after the last tick"
-    );
-    assert_eq!(
-        all.last().unwrap(),
-        &format!("emuload: done {TICKS} echoes={TICKS} retries=0 stale=0"),
-        "every echo came back exactly once, none resent"
-    );
-    // Every acknowledged write is on the disk: each slot holds its last tick.
+    // Every tick once and in order, no restart, every echo once and none resent, every
+    // acknowledged write on the disk (pvkit_cli::lifecycle::emuload).
     let image = std::fs::read(disk).unwrap();
-    for slot in 0..SLOTS {
-        let last = (0..TICKS).rev().find(|t| t % SLOTS == slot).unwrap();
-        let at = ((FIRST_LBA + slot) * 512) as usize;
-        assert_eq!(
-            image[at..at + 512],
-            last.to_le_bytes().repeat(64)[..],
-            "sector {} after tick {last}",
-            FIRST_LBA + slot
-        );
+    if let Err(why) = check_continuity(all, resumed, TICKS, &image) {
+        panic!("{why}");
     }
     // Exact exits over both hosts (the ledger travels in the state): no hypercall but the
-    // exit; one UART status read and one data write per byte printed (the lines and their
-    // newlines), plus the divisor-latch write of the UART's set-up at boot; one ATA command
-    // per read and write plus the IDENTIFY.
+    // exit; per byte printed (the lines and their newlines) a UART status read and a data
+    // write; ATA commands; each NE2000 frame sent and read once ([`exact_exits`]).
     let hypercalls: Vec<&str> = stats
         .lines()
         .filter(|l| {
@@ -137,17 +78,10 @@ fn check_run(all: &[String], resumed: &[String], stats: &str, disk: &Path) {
         })
         .collect();
     assert_eq!(hypercalls.len(), 1, "{hypercalls:?}");
-    assert_eq!(stat(stats, "hypercall exit"), 1, "{stats}");
     let bytes: u64 = all.iter().map(|l| l.len() as u64 + 1).sum();
-    assert_eq!(stat(stats, "port 0x03fd read"), bytes, "{stats}");
-    assert_eq!(stat(stats, "port 0x03f8 write"), bytes + 1, "{stats}");
-    assert_eq!(stat(stats, "port 0x01f7 write"), 2 * TICKS, "{stats}");
-    // The NE2000: each frame sent once (the ARP request, then one datagram per tick: 60
-    // bytes, 30 word writes of a `rep outsw` that exits per word) and each reply read once
-    // (a `rep insw` for its header and one for its body, after the PROM's at the probe).
-    let frames = TICKS + 1;
-    assert_eq!(stat(stats, "port 0x0310 write"), 30 * frames, "{stats}");
-    assert_eq!(stat(stats, "port 0x0310 read"), 2 * frames + 1, "{stats}");
+    for (kind, n) in exact_exits(TICKS, bytes) {
+        assert_eq!(stat(stats, &kind.to_string()), n, "{kind}: {stats}");
+    }
 }
 
 #[test]

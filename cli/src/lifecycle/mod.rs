@@ -1,17 +1,19 @@
 //! The VM lifecycle measured and checked: snapshot, restore and clones of a running
-//! built-in guest in `counter` mode ([`snapshot`]), and live migration of the migration
-//! workload over loopback TCP with free-page hints and without ([`migrate`]). `pvkit bench
+//! built-in guest in `counter` mode ([`snapshot`]), and live migration over loopback TCP of
+//! the migration workload with free-page hints and without, and of the unmodified guest on
+//! emulated devices only ([`migrate`]). `pvkit bench
 //! --only snapshot` and `--only migrate` turn the results into report cases
 //! (`bench_runner::lifecycle_cases`).
 //!
 //! Everything runs in this process through the library (`pvkit_vmm`): the VMs run on their
 //! own threads, so a restore's time does not include starting a `pvkit` process. Every
-//! measurement is checked before it counts ([`counter`], [`workload`]: the guest continued
+//! measurement is checked before it counts ([`counter`], [`workload`], [`emuload`]: the guest continued
 //! where it stopped, its counter and disk are continuous, clones are isolated, the exits of
 //! a migrated run are exactly the guest's, hints saved at least the free fraction); a check
 //! that fails is an error, never a number.
 
 pub mod counter;
+pub mod emuload;
 pub mod migrate;
 pub mod smaps;
 pub mod snapshot;

@@ -248,7 +248,7 @@ pub fn migrate_to(
             downtime_parts: parts,
         })
     })();
-    match result {
+    match result.map_err(|e| refusal_behind(&conn, e)) {
         Ok(report) => {
             src.finish(&report);
             stop_tracking(Some(log));
@@ -265,5 +265,27 @@ pub fn migrate_to(
             }
             Err(e)
         }
+    }
+}
+
+/// How long the source waits for a verdict after its stream could not be written.
+const REFUSAL_WAIT: Duration = Duration::from_secs(2);
+
+/// A stream write that failed because the target refused the stream and closed (it sends
+/// its verdict first, so the verdict may wait in the socket even when the close reset the
+/// connection): that refusal, else `e` itself.
+pub(super) fn refusal_behind(conn: &TcpStream, e: MigrationError) -> MigrationError {
+    let write_failed = matches!(
+        e,
+        MigrationError::Stream(StreamError::Io(_))
+            | MigrationError::Precopy(PrecopyError::Stream(StreamError::Io(_)))
+    );
+    let mut c = conn;
+    if !write_failed || c.set_read_timeout(Some(REFUSAL_WAIT)).is_err() {
+        return e;
+    }
+    match read_verdict(&mut c) {
+        Ok(Verdict::Refused(why)) => MigrationError::Refused(why),
+        _ => e,
     }
 }

@@ -13,10 +13,10 @@
 
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
@@ -34,6 +34,12 @@ pub const GO: u8 = b'G';
 pub const MAX_MESSAGE: u32 = 1024;
 /// How long each side waits for the other's hand-over byte.
 pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
+/// After a refusal the target still reads, and drops, what the source sends for at most
+/// this long: a socket closed with unread data resets the connection, and a source still
+/// writing its stream would see the reset instead of the verdict.
+pub const REFUSAL_DRAIN_TIME: Duration = Duration::from_secs(2);
+/// ... and at most this many bytes (the stream of a large VM is not read to its end).
+pub const REFUSAL_DRAIN_BYTES: u64 = 256 << 20;
 
 /// Errors of the target.
 #[derive(Debug, Error)]
@@ -129,11 +135,49 @@ pub fn receive(conn: TcpStream, ram_bytes: u64, dir: &Path) -> Result<Incoming, 
         }),
         Err(e) => {
             cleanup();
-            let mut conn = conn;
-            let _ = send_verdict(&mut conn, REFUSED, &e.to_string());
+            refuse_on(conn, &e.to_string());
             Err(e)
         }
     }
+}
+
+/// Sends [`REFUSED`] with `why`, ends the target's side of the connection (the source reads
+/// the verdict, then end of stream) and drains the source's side within
+/// [`REFUSAL_DRAIN_TIME`] and [`REFUSAL_DRAIN_BYTES`] before closing, so that the close
+/// does not reset the connection under a source still writing its stream.
+fn refuse_on(mut conn: TcpStream, why: &str) {
+    if send_verdict(&mut conn, REFUSED, why).is_err() {
+        return;
+    }
+    let _ = conn.shutdown(Shutdown::Write);
+    drain(&mut conn, REFUSAL_DRAIN_TIME, REFUSAL_DRAIN_BYTES);
+}
+
+/// Reads and drops what `conn` delivers until its end, `within` passed or `max` bytes were
+/// read, whichever comes first. Returns the bytes dropped.
+fn drain(conn: &mut TcpStream, within: Duration, max: u64) -> u64 {
+    let until = Instant::now() + within;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut dropped = 0u64;
+    while dropped < max {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || conn.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(max - dropped).unwrap_or(usize::MAX));
+        let Some(chunk) = buf.get_mut(..want) else {
+            break;
+        };
+        match conn.read(chunk) {
+            Ok(0) => break,
+            Ok(n) => dropped += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    dropped
 }
 
 fn send_verdict(conn: &mut TcpStream, code: u8, msg: &str) -> std::io::Result<()> {
@@ -166,8 +210,8 @@ impl Incoming {
     }
 
     /// The VM could not be rebuilt: tells the source (which resumes its VM).
-    pub fn refuse(mut self, why: &str) {
-        let _ = send_verdict(&mut self.conn, REFUSED, why);
+    pub fn refuse(self, why: &str) {
+        refuse_on(self.conn, why);
     }
 }
 

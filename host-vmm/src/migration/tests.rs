@@ -154,16 +154,9 @@ fn a_refused_migration_resumes_the_source() {
         ),
         "{terr}"
     );
-    // The source learns why (or, if the target closed first, that the stream broke), and
-    // its VM runs on.
+    // The source learns why (never a reset connection), and its VM runs on.
     assert!(
-        matches!(
-            err,
-            MigrationError::Refused(_)
-                | MigrationError::Stream(_)
-                | MigrationError::Precopy(_)
-                | MigrationError::Handover(_)
-        ),
+        matches!(&err, MigrationError::Refused(m) if m.contains("RAM")),
         "{err}"
     );
     assert_eq!(*src.finished.lock().unwrap(), None);
@@ -175,4 +168,81 @@ fn a_refused_migration_resumes_the_source() {
     // Nobody listening: a connect error, the VM untouched.
     let err = migrate_to(&src, addr, PrecopyConfig::default()).unwrap_err();
     assert!(matches!(err, MigrationError::Connect { .. }), "{err}");
+}
+
+/// A source still writing a long stream when the target refuses its header: the target
+/// drains what it sends (bounded) before closing, so the source's writes all succeed and
+/// it reads the refusal, not a reset connection.
+#[test]
+fn a_refusing_target_drains_so_a_source_still_writing_reads_the_verdict() {
+    use std::io::Write;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = Dir::new("drain");
+    let d = dir.path().to_owned();
+    let target = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        receive(conn, 8 << 20, &d).map(|_| ())
+    });
+    let conn = std::net::TcpStream::connect(addr).unwrap();
+    // A header for 16 MiB (refused: the target has 8), then far more than the sockets
+    // buffer on loopback.
+    super::stream::StreamWriter::new(
+        &conn,
+        super::stream::Header {
+            ram_bytes: 16 << 20,
+        },
+    )
+    .unwrap();
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut c = &conn;
+    for i in 0..32 {
+        c.write_all(&chunk)
+            .unwrap_or_else(|e| panic!("write {i} MiB into the refusing target: {e}"));
+    }
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let verdict = super::target::read_verdict(&mut c).unwrap();
+    assert!(
+        matches!(&verdict, super::target::Verdict::Refused(m) if m.contains("RAM")),
+        "{verdict:?}"
+    );
+    let terr = target.join().unwrap().unwrap_err();
+    assert!(matches!(terr, TargetError::Stream(_)), "{terr}");
+}
+
+/// A target that refuses and closes with the source's bytes unread (the kernel resets the
+/// connection): the source's write fails, and it still reads the refusal sent before the
+/// reset.
+#[test]
+fn a_source_whose_stream_write_fails_still_reads_the_refusal() {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let target = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut header = [0u8; 16];
+        conn.read_exact(&mut header).unwrap();
+        let why = b"the source VM has the wrong RAM";
+        let mut v = vec![super::target::REFUSED];
+        v.extend_from_slice(&(why.len() as u32).to_le_bytes());
+        v.extend_from_slice(why);
+        conn.write_all(&v).unwrap();
+        // Closed with unread data: a reset.
+    });
+    let conn = std::net::TcpStream::connect(addr).unwrap();
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut c = &conn;
+    let failed = (0..256).find_map(|_| c.write_all(&chunk).err());
+    target.join().unwrap();
+    let e = failed.expect("writing 256 MiB to a closed connection failed");
+    let err = super::source::refusal_behind(
+        &conn,
+        MigrationError::Stream(super::stream::StreamError::Io(e)),
+    );
+    assert!(
+        matches!(&err, MigrationError::Refused(m) if m.contains("wrong RAM")),
+        "{err}"
+    );
 }

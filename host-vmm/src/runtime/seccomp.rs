@@ -868,12 +868,37 @@ fn migrate_entries() -> Vec<Entry> {
     v
 }
 
+/// `shutdown(fd, SHUT_WR)` only: the end of the verdict on a refused stream.
+fn shutdown_write_rules() -> Rules {
+    one_of(1, [libc::SHUT_WR as u64])
+}
+
+/// `setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, …)` only: the bound on draining a refused stream.
+fn receive_timeout_rules() -> Rules {
+    Ok(vec![SeccompRule::new(vec![
+        cond(1, SeccompCmpOp::Eq, libc::SOL_SOCKET as u64)?,
+        cond(2, SeccompCmpOp::Eq, libc::SO_RCVTIMEO as u64)?,
+    ])?])
+}
+
 fn incoming_entries() -> Vec<Entry> {
     let mut v = vec![
         allow!(SYS_recvfrom, "reading the stream (std's socket reads)"),
         allow!(
             SYS_sendto,
             "the verdict on a refused stream (std's socket writes)"
+        ),
+        allow!(
+            SYS_shutdown,
+            shutdown_write_rules,
+            "arg1: SHUT_WR",
+            "ending the target's side after the verdict on a refused stream",
+        ),
+        allow!(
+            SYS_setsockopt,
+            receive_timeout_rules,
+            "arg1: SOL_SOCKET, arg2: SO_RCVTIMEO",
+            "the time bound on draining a refused stream before the close",
         ),
         allow!(
             SYS_mkdir,
@@ -1264,6 +1289,7 @@ fn syscall_name(nr: i64) -> Option<&'static str> {
         SYS_ppoll,
         SYS_sendmsg,
         SYS_recvmsg,
+        SYS_shutdown,
         SYS_bind,
         SYS_listen,
         SYS_socketpair,
