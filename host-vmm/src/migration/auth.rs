@@ -143,8 +143,27 @@ impl MigrationKey {
     }
 }
 
+/// An HMAC-SHA256 keyed with `key`, through the infallible fixed-size constructor: the
+/// key padded to the 64-byte block, or hashed first when longer (RFC 2104's rule, so the
+/// same MAC as `new_from_slice`).
+fn keyed(key: &[u8]) -> HmacSha256 {
+    let mut block = [0u8; 64];
+    let hashed;
+    let src = match key.len() > block.len() {
+        true => {
+            hashed = <Sha256 as sha2::Digest>::digest(key);
+            hashed.as_slice()
+        }
+        false => key,
+    };
+    for (b, k) in block.iter_mut().zip(src) {
+        *b = *k;
+    }
+    <HmacSha256 as hmac::digest::KeyInit>::new(&block.into())
+}
+
 fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; TAG_LEN] {
-    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    let mut m = keyed(key);
     for p in parts {
         m.update(p);
     }
@@ -191,7 +210,7 @@ impl RecordMac {
     /// The MAC of the session with nonces `nt` (target) and `ns` (source).
     pub fn new(key: &MigrationKey, nt: &[u8; TAG_LEN], ns: &[u8; TAG_LEN]) -> Self {
         let ks = key.mac(&[b"pvkit-migration session", nt, ns]);
-        Self(HmacSha256::new_from_slice(&ks).expect("HMAC takes any key length"))
+        Self(keyed(&ks))
     }
 
     /// Adds record bytes.
@@ -288,6 +307,22 @@ mod tests {
             other.tag(),
             "the session key depends on both nonces"
         );
+    }
+
+    #[test]
+    fn the_fixed_size_key_is_rfc_2104s() {
+        for len in [32, 64, 65, 4096] {
+            let key: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut a = keyed(&key);
+            let mut b = HmacSha256::new_from_slice(&key).unwrap();
+            a.update(b"data");
+            b.update(b"data");
+            assert_eq!(
+                a.finalize().into_bytes(),
+                b.finalize().into_bytes(),
+                "{len}"
+            );
+        }
     }
 
     #[test]

@@ -212,12 +212,11 @@ pub fn admit_keyed(
     }
     let mut answer = [0u8; 3 * TAG_LEN];
     more(&mut answer)?;
-    let part = |i: usize| -> [u8; TAG_LEN] {
-        let mut t = [0u8; TAG_LEN];
-        t.copy_from_slice(&answer[i * TAG_LEN..(i + 1) * TAG_LEN]);
-        t
-    };
-    let (echo, ns, proof) = (part(0), part(1), part(2));
+    let mut parts = answer
+        .chunks_exact(TAG_LEN)
+        .map(|c| <[u8; TAG_LEN]>::try_from(c).unwrap_or([0; TAG_LEN]));
+    let mut part = || parts.next().unwrap_or([0; TAG_LEN]);
+    let (echo, ns, proof) = (part(), part(), part());
     if !tags_equal(&echo, challenge) {
         return Err(StreamError::Replayed);
     }

@@ -130,7 +130,7 @@ impl Gate for Admit<'_> {
             }
             None => (NoKey.admit(header, raw, more)?, Vec::new()),
         };
-        send_reply(&mut self.conn, ACCEPT, &proof)?;
+        send_reply(self.conn, ACCEPT, &proof)?;
         Ok(mac)
     }
 }
