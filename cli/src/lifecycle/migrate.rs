@@ -53,6 +53,8 @@ pub struct MigrateConfig {
     pub seccomp: bool,
     /// Watchdog of each VM.
     pub timeout: Duration,
+    /// Authenticate the stream with this key on both sides (`--migration-key`).
+    pub key: Option<std::sync::Arc<pvkit_vmm::migration::auth::MigrationKey>>,
 }
 
 /// One migration, all checks passed.
@@ -121,6 +123,7 @@ pub fn run_one(cfg: &MigrateConfig, hints: bool) -> Result<MigrationSample, Life
         capture_console: true,
         timeout: cfg.timeout,
         seccomp: cfg.seccomp,
+        migration_key: cfg.key.clone(),
         ..VmConfig::default()
     };
     let ram_bytes = cfg.mem_mib << 20;
@@ -146,6 +149,7 @@ pub fn run_one(cfg: &MigrateConfig, hints: bool) -> Result<MigrationSample, Life
             read_only: false,
             base: None,
         }),
+        migration_key: cfg.key.clone(),
         ..VmConfig::default()
     };
     let result = Running::start(source_cfg).and_then(|source| {
