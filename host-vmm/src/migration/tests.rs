@@ -262,3 +262,39 @@ fn a_wrong_key_or_a_key_on_one_side_only_is_refused_on_both_sides() {
         "{err}"
     );
 }
+
+#[test]
+fn a_target_that_cannot_prove_the_key_gets_nothing() {
+    use std::io::{Read, Write};
+    let mut src = fake(8);
+    src.key = Some(key(4));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // An impostor: a keyed hello, then an accept with a made-up proof.
+    let impostor = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let hello = super::auth::Hello {
+            version: super::stream::VERSION,
+            keyed: true,
+            nonce: [0x11; 32],
+        };
+        conn.write_all(&hello.encode()).unwrap();
+        let mut answer = [0u8; 32 + 96];
+        conn.read_exact(&mut answer).unwrap();
+        let mut reply = vec![super::target::ACCEPT];
+        reply.extend_from_slice(&32u32.to_le_bytes());
+        reply.extend_from_slice(&[0u8; 32]);
+        conn.write_all(&reply).unwrap();
+        let mut rest = Vec::new();
+        conn.read_to_end(&mut rest).unwrap();
+        rest
+    });
+    let err = migrate_to(&src, addr, PrecopyConfig::default()).unwrap_err();
+    assert!(
+        matches!(&err, MigrationError::Handshake { why, .. } if why.contains("did not prove")),
+        "{err}"
+    );
+    assert!(impostor.join().unwrap().is_empty(), "no record was sent");
+    assert_eq!(src.pauses.load(Ordering::SeqCst), 0);
+    assert_eq!(*src.finished.lock().unwrap(), None);
+}
