@@ -118,6 +118,8 @@ fn keyed_case(
     out: &mut LifecycleOutcome,
 ) {
     let variant = [("hints-off-authenticated", Kind::Emulated)];
+    // Its own workload: the PV pair's (one emulated, one PV case) stays a pair.
+    let workload = &format!("{workload}-authenticated");
     let key = match write_key(&mc.dir) {
         Ok(k) => k,
         Err(e) => return fail(out, "migrate", &variant, workload, &e),

@@ -11,7 +11,8 @@
 //!   file, each on its own copy-on-write disk).
 //! - `migrate`: `live-<RAM>`, the PV pair: `hints-off` (the guest stands for an unmodified
 //!   one, the baseline) against `free-page-hints`; total time, bytes, rounds and downtime;
-//!   and `hints-off-authenticated`, the baseline with a migration key on both sides.
+//!   and `live-<RAM>-authenticated`: `hints-off-authenticated`, the baseline with a
+//!   migration key on both sides.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
