@@ -91,6 +91,14 @@ fn assert_lifecycle(device: &str, workload: &str, emulated: &[&&Value], pv: &[&&
                 assert!(per_op > 0.0 && per_op < (16 << 20) as f64, "{c}");
             }
         }
+        // The baseline with a migration key on both sides, alone in its workload.
+        _ if workload.ends_with("-authenticated") => {
+            assert_eq!((emulated.len(), pv.len()), (1, 0), "{device}/{workload}");
+            let c = emulated[0];
+            assert_eq!(c["variant"], "hints-off-authenticated", "{c}");
+            assert!(c["notes"].to_string().contains("HMAC-SHA256"), "{c}");
+            assert!(c["bytes"].as_u64().is_some_and(|b| b > 0), "{c}");
+        }
         _ => {
             let (emu, emulated): (Vec<&&Value>, Vec<&&Value>) = emulated
                 .iter()

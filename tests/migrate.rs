@@ -17,7 +17,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::running::{free_port, Running, WAIT};
@@ -73,21 +73,42 @@ struct Migrated {
     disk: PathBuf,
 }
 
-/// Source with the workload, target waiting; migrates after [`MIGRATE_AT`] ticks.
-fn migrate_pair(name: &str, hints: bool) -> Migrated {
+/// A migration key file in `d`: 32 bytes from `seed`, mode 600.
+fn key_file(d: &Path, seed: u8) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = d.join(format!("key{seed}"));
+    let bytes: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37) ^ seed).collect();
+    std::fs::write(&p, bytes).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+/// `--migration-key FILE`, or nothing.
+fn key_args(key: Option<&Path>) -> Vec<&str> {
+    match key {
+        Some(k) => vec!["--migration-key", k.to_str().unwrap()],
+        None => Vec::new(),
+    }
+}
+
+/// Source with the workload, target waiting; migrates after [`MIGRATE_AT`] ticks. With
+/// `key`, both sides are started with it.
+fn migrate_pair(name: &str, hints: bool, key: Option<&Path>) -> Migrated {
     let d = dir(name);
     let disk = d.join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let api = d.join("api.sock");
     let to = free_port();
     let to_s = to.to_string();
-    let mut target = Running::start(&["run", "--incoming", &to_s, "--stats", "--timeout", "120"]);
+    let mut target_args = vec!["run", "--incoming", &to_s, "--stats", "--timeout", "120"];
+    target_args.extend(key_args(key));
+    let mut target = Running::start(&target_args);
     target.wait_listening();
     let cmdline = format!(
         "workload={TICKS} workload_ms={TICK_MS} workload_disk{}",
         if hints { " hints" } else { "" }
     );
-    let mut source = Running::start(&[
+    let mut source_args = vec![
         "run",
         "--console",
         "pv",
@@ -97,9 +118,10 @@ fn migrate_pair(name: &str, hints: bool) -> Migrated {
         api.to_str().unwrap(),
         "--timeout",
         "120",
-        "--",
-        &cmdline,
-    ]);
+    ];
+    source_args.extend(key_args(key));
+    source_args.extend(["--", &cmdline]);
+    let mut source = Running::start(&source_args);
     source.wait_for(&format!("tick {MIGRATE_AT}"));
     let reply = send(&api, &Request::Migrate { dest: to_s.clone() }).expect("API reply");
     assert!(reply.ok, "{reply:?}");
@@ -110,6 +132,11 @@ fn migrate_pair(name: &str, hints: bool) -> Migrated {
     eprintln!("{name}: {}", serr.trim());
     let (tcode, target, target_err) = target.finish();
     assert_eq!(tcode, 0, "{target_err}");
+    assert_eq!(
+        target_err.contains("unauthenticated"),
+        key.is_none(),
+        "the target warns exactly when it has no key: {target_err}"
+    );
     Migrated {
         reply,
         source,
@@ -174,9 +201,9 @@ fn the_workload_migrates_with_and_without_free_page_hints() {
     if !common::builtin_ready() {
         return;
     }
-    let with = migrate_pair("hints", true);
+    let with = migrate_pair("hints", true, None);
     check(&with, true);
-    let without = migrate_pair("nohints", false);
+    let without = migrate_pair("nohints", false, None);
     check(&without, false);
     let free = free_mib(&with.source) as f64 / MEM_MIB as f64;
     let (b_with, b_without) = (with.reply.bytes as f64, without.reply.bytes as f64);
@@ -189,6 +216,107 @@ fn the_workload_migrates_with_and_without_free_page_hints() {
         b_with <= b_without * (1.0 - free),
         "hints saved less than the free fraction {free:.3}: {b_with} vs {b_without}"
     );
+}
+
+#[test]
+fn the_workload_migrates_with_a_migration_key_on_both_sides() {
+    if !common::builtin_ready() {
+        return;
+    }
+    let d = dir("keyed-files");
+    let key = key_file(&d, 1);
+    let m = migrate_pair("keyed", true, Some(&key));
+    check(&m, true);
+}
+
+/// A source started with `source_key` asks to migrate to a target with `target_key`:
+/// the reply names `source_says`, the target exits 1 naming `target_says` and runs
+/// nothing, and the source is not paused.
+fn key_refused(api: &Path, target_key: Option<&Path>, source_says: &str, target_says: &str) {
+    let to_s = free_port().to_string();
+    let mut target_args = vec!["run", "--incoming", &to_s, "--timeout", "60"];
+    target_args.extend(key_args(target_key));
+    let mut target = Running::start(&target_args);
+    target.wait_listening();
+    let reply = send(api, &Request::Migrate { dest: to_s }).expect("API reply");
+    assert!(!reply.ok, "{reply:?}");
+    let msg = reply.error.unwrap();
+    assert!(
+        msg.contains(source_says) && msg.contains("runs on"),
+        "{msg}"
+    );
+    let (tcode, tout, terr) = target.finish();
+    assert_eq!(tcode, 1, "{terr}");
+    assert!(tout.is_empty(), "the guest ran on the target: {tout:?}");
+    assert!(
+        terr.contains(target_says) && terr.contains("refused"),
+        "{terr}"
+    );
+    let st = send(api, &Request::Stats)
+        .expect("API reply")
+        .stats
+        .unwrap();
+    assert!(!st.paused, "a refused migration leaves the source running");
+}
+
+#[test]
+fn a_wrong_key_or_a_key_on_one_side_only_is_refused_and_the_source_runs_on() {
+    if !common::builtin_ready() {
+        return;
+    }
+    let d = dir("key-refused");
+    let (key, other) = (key_file(&d, 1), key_file(&d, 2));
+    for source_key in [Some(&key), None] {
+        let api = d.join(format!("api-{}.sock", source_key.is_some()));
+        let mut args = vec!["run", "--console", "pv", "--api", api.to_str().unwrap()];
+        args.extend(key_args(source_key.map(PathBuf::as_path)));
+        args.extend(["--timeout", "120", "--", "workload=3000 workload_ms=1"]);
+        let mut source = Running::start(&args);
+        source.wait_for("tick 200");
+        match source_key {
+            Some(_) => {
+                key_refused(
+                    &api,
+                    Some(&other),
+                    "wrong migration key",
+                    "wrong migration key",
+                );
+                key_refused(&api, None, "started without one", "this target has none");
+            }
+            None => key_refused(
+                &api,
+                Some(&key),
+                "requires a migration key",
+                "carries no MAC",
+            ),
+        }
+        let (scode, sout, serr) = source.finish();
+        assert_eq!(scode, 0, "{serr}");
+        assert_eq!(
+            ticks(&sout),
+            (0..3000).collect::<Vec<_>>(),
+            "the source's counter"
+        );
+    }
+    // A key file others may read, or too short, is refused at start with the fix.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let to_s = free_port().to_string();
+    let args = [
+        "run",
+        "--incoming",
+        &to_s,
+        "--migration-key",
+        other.to_str().unwrap(),
+    ];
+    let (code, _, err) = Running::start(&args).finish();
+    assert_ne!(code, 0);
+    assert!(err.contains("chmod 600"), "{err}");
+    std::fs::write(&other, [1u8; 16]).unwrap();
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, _, err) = Running::start(&args).finish();
+    assert_ne!(code, 0);
+    assert!(err.contains("head -c 32 /dev/urandom"), "{err}");
 }
 
 /// A target that gets `bytes` and then the connection closes: it must refuse, exit 1 and
@@ -212,6 +340,7 @@ fn refused_stream(name: &str, bytes: &[u8], why: &str) {
     assert!(out.is_empty(), "{name}: the guest ran: {out:?}");
     assert!(err.contains(why), "{name}: {err}");
     assert!(err.contains("refused"), "{name}: {err}");
+    assert!(err.contains("unauthenticated"), "{name}: no warning: {err}");
 }
 
 #[test]
@@ -223,6 +352,7 @@ fn a_truncated_or_corrupt_stream_is_refused_and_a_refused_migration_leaves_the_s
         Vec::new(),
         Header {
             ram_bytes: MEM_MIB << 20,
+            authenticated: false,
         },
     )
     .unwrap();

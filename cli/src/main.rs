@@ -432,6 +432,14 @@ struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     migrate_to: Option<std::net::SocketAddr>,
 
+    /// A pre-shared key authenticating live migrations (HMAC-SHA256; not encrypted): with
+    /// --incoming only a source started with the same key is accepted; with --migrate-to
+    /// or the control API's `migrate` the stream is authenticated with it. Both sides need
+    /// it, or neither. FILE: at least 32 random bytes, mode 600 (make one with
+    /// `head -c 32 /dev/urandom > key; chmod 600 key`). Read at start, never sent.
+    #[arg(long, value_name = "FILE")]
+    migration_key: Option<PathBuf>,
+
     /// With --migrate-to: milliseconds after the start.
     #[arg(long, value_name = "MS", default_value_t = 0, requires = "migrate_to")]
     migrate_after_ms: u64,
@@ -494,6 +502,12 @@ fn incoming(
     let listener = std::net::TcpListener::bind(addr)
         .map_err(|e| pvkit_vmm::VmError::StartRefused(format!("cannot listen on {addr}: {e}")))?;
     let bound = listener.local_addr().unwrap_or(addr);
+    if cfg.migration_key.is_none() {
+        eprintln!(
+            "pvkit: warning: incoming migration on {bound} is unauthenticated (no \
+             --migration-key): anyone who can connect can send a VM to run here"
+        );
+    }
     eprintln!("pvkit: incoming migration: waiting on {bound}");
     match run_incoming(&listener, mem_mib << 20, cfg, &default_incoming_dir()) {
         Ok(o) => {
@@ -598,6 +612,13 @@ fn config(args: &RunArgs, started_at: Instant) -> anyhow::Result<VmConfig> {
         restore: args.restore.clone(),
         control: None,
         start_gate: None,
+        // Read now, before any thread is confined.
+        migration_key: match &args.migration_key {
+            Some(p) => Some(std::sync::Arc::new(
+                pvkit_vmm::migration::auth::MigrationKey::load(p)?,
+            )),
+            None => None,
+        },
     })
 }
 

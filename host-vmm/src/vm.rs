@@ -163,6 +163,10 @@ pub struct VmConfig {
     /// the guest never runs. The target of a live migration waits here for the source's go
     /// ([`crate::migration::target`]). Default: none.
     pub start_gate: Option<StartGate>,
+    /// The pre-shared migration key (`pvkit run --migration-key FILE`, read at start):
+    /// an incoming migration requires it, and this VM's outgoing migrations authenticate
+    /// their stream with it ([`crate::migration::auth`]). Default: none (unauthenticated).
+    pub migration_key: Option<Arc<crate::migration::auth::MigrationKey>>,
 }
 
 /// Decides whether a built VM may start ([`VmConfig::start_gate`]).
@@ -211,6 +215,7 @@ impl Default for VmConfig {
             restore: None,
             control: None,
             start_gate: None,
+            migration_key: None,
         }
     }
 }

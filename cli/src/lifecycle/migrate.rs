@@ -98,6 +98,8 @@ pub struct MigrateConfig {
     pub seccomp: bool,
     /// Watchdog of each VM.
     pub timeout: Duration,
+    /// Authenticate the stream with this key on both sides (`--migration-key`).
+    pub key: Option<std::sync::Arc<pvkit_vmm::migration::auth::MigrationKey>>,
 }
 
 /// One migration, all checks passed.
@@ -192,6 +194,7 @@ pub fn run_one(
         timeout: cfg.timeout,
         seccomp: cfg.seccomp,
         net: net.clone(),
+        migration_key: cfg.key.clone(),
         ..VmConfig::default()
     };
     let ram_bytes = cfg.mem_mib << 20;
@@ -213,6 +216,7 @@ pub fn run_one(
             read_only: false,
             base: None,
         }),
+        migration_key: cfg.key.clone(),
         ..VmConfig::default()
     };
     let result = Running::start(source_cfg).and_then(|source| {

@@ -296,7 +296,14 @@ mod tests {
         // Round 2 sees 100 dirty pages (above the threshold), round 3 sees 2: stop.
         let round2: Vec<u64> = (100..200).chain([650]).collect();
         let mut log = Script(vec![round2, vec![2, 3], vec![3, 7]], pages);
-        let mut w = StreamWriter::new(Vec::new(), Header { ram_bytes: 4 << 20 }).unwrap();
+        let mut w = StreamWriter::new(
+            Vec::new(),
+            Header {
+                ram_bytes: 4 << 20,
+                authenticated: false,
+            },
+        )
+        .unwrap();
         let mem = &src;
         let mut pause = || {
             // Changes while the guest still ran before the pause: in the final round.
@@ -344,7 +351,14 @@ mod tests {
     fn a_failed_pause_is_an_error() {
         let src = create_ram(4).unwrap();
         let mut log = Script(vec![], 1024);
-        let mut w = StreamWriter::new(Vec::new(), Header { ram_bytes: 4 << 20 }).unwrap();
+        let mut w = StreamWriter::new(
+            Vec::new(),
+            Header {
+                ram_bytes: 4 << 20,
+                authenticated: false,
+            },
+        )
+        .unwrap();
         let mut pause = || Err("no".to_owned());
         let r = send_ram(
             &src,

@@ -3,8 +3,13 @@
 //! [`super::target`]. Any failure before the target's `READY` resumes the VM and switches
 //! tracking off: a failed migration leaves the source running. After `READY` the source
 //! sends `GO` and its VM must stop ([`MigrationSource::finish`]).
+//!
+//! Before any of that, the handshake ([`super::auth`]): the target's hello, the header
+//! (with the answer to the target's challenge when the VM has a migration key), the
+//! target's accept (with its proof of the key). A key on one side only, a wrong key or a
+//! target that does not prove the key ends the migration before tracking starts.
 
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,8 +17,9 @@ use std::time::{Duration, Instant};
 use kvm_ioctls::VmFd;
 use thiserror::Error;
 
+use super::auth::{source_proof, tags_equal, target_proof, Hello, MigrationKey, RecordMac};
 use super::precopy::{send_ram, PrecopyConfig, PrecopyError, RamStats};
-use super::stream::{Header, StreamError, StreamWriter};
+use super::stream::{Header, StreamError, StreamWriter, VERSION};
 use super::target::{read_verdict, Verdict, GO, HANDOVER_TIMEOUT};
 use crate::devices::pv::free_page_hint::PvFreePageHint;
 use crate::vstate::dirty::{DirtyLog, FreePageHints, NoHints};
@@ -31,6 +37,8 @@ pub trait MigrationSource {
     fn vm_fd(&self) -> Option<Arc<VmFd>>;
     /// Guest RAM.
     fn mem(&self) -> &GuestRam;
+    /// The key the VM was started with (`--migration-key`), if any.
+    fn migration_key(&self) -> Option<Arc<MigrationKey>>;
     /// The free-page hint device, if the VM has one.
     fn hints(&self) -> Option<Arc<PvFreePageHint>>;
     /// Pauses the vCPUs and device threads at a clean point.
@@ -64,6 +72,15 @@ pub enum MigrationError {
     /// The stream could not be written.
     #[error(transparent)]
     Stream(#[from] StreamError),
+    /// The handshake failed: not a pvkit target, another version, a key on one side only,
+    /// or a target that cannot prove the key.
+    #[error("migration handshake with {addr}: {why}")]
+    Handshake {
+        /// The target.
+        addr: String,
+        /// Why.
+        why: String,
+    },
     /// The target refused the VM.
     #[error("the migration target refused the VM: {0}")]
     Refused(String),
@@ -150,6 +167,98 @@ impl MigrationReport {
     }
 }
 
+enum Shake {
+    Fail(String),
+    Refused(String),
+    Stream(StreamError),
+}
+
+impl From<StreamError> for Shake {
+    fn from(e: StreamError) -> Self {
+        Shake::Stream(e)
+    }
+}
+
+impl From<std::io::Error> for Shake {
+    fn from(e: std::io::Error) -> Self {
+        Shake::Fail(format!(
+            "no answer from the target ({e}); is it a pvkit of this version?"
+        ))
+    }
+}
+
+/// The source's side of the handshake: the target's hello, the header (and the answer to
+/// its challenge), the target's accept; returns the writer, authenticating records when
+/// both sides have the key.
+fn handshake<W: Write>(
+    conn: &TcpStream,
+    out: W,
+    header: Header,
+    key: Option<&MigrationKey>,
+) -> Result<StreamWriter<W>, Shake> {
+    let mut c = conn;
+    c.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+    let mut b = [0u8; super::auth::HELLO_LEN];
+    c.read_exact(&mut b)?;
+    let hello = Hello::decode(&b)
+        .ok_or_else(|| Shake::Fail("the peer is not a pvkit migration target".into()))?;
+    if hello.version != VERSION {
+        return Err(Shake::Fail(format!(
+            "the target reads migration stream version {}, this pvkit writes version {VERSION}",
+            hello.version
+        )));
+    }
+    let raw = header.encode();
+    let mut w = StreamWriter::new(out, header)?;
+    match (key, hello.keyed) {
+        (None, false) => w.flush()?,
+        (Some(k), true) => {
+            let ns = k.nonce();
+            w.answer(&hello.nonce, &ns, &source_proof(k, &hello.nonce, &ns, &raw))?;
+            w.authenticate(RecordMac::new(k, &hello.nonce, &ns));
+            let c = conn;
+            return match read_verdict(&mut &*c)? {
+                Verdict::Accepted(p) => {
+                    let want = target_proof(k, &hello.nonce, &ns, &raw);
+                    match <[u8; 32]>::try_from(p.as_slice()) {
+                        Ok(p) if tags_equal(&p, &want) => Ok(w),
+                        _ => Err(Shake::Fail(
+                            "the target did not prove the migration key (a wrong key, or \
+                             not the target you meant); nothing was sent"
+                                .into(),
+                        )),
+                    }
+                }
+                Verdict::Refused(why) => Err(Shake::Refused(why)),
+                Verdict::Ready => Err(Shake::Fail("unexpected hand-over byte".into())),
+            };
+        }
+        // The header goes out anyway, so that the target can name the mismatch too.
+        (None, true) => {
+            w.flush()?;
+            return Err(Shake::Fail(
+                "the target requires a migration key and this VM has none: start it with \
+                 --migration-key and the target's key file"
+                    .into(),
+            ));
+        }
+        (Some(_), false) => {
+            w.flush()?;
+            return Err(Shake::Fail(
+                "this VM has a migration key but the target was started without one: start \
+                 the target with --migration-key and the same key file (it would accept the \
+                 stream unauthenticated)"
+                    .into(),
+            ));
+        }
+    }
+    match read_verdict(&mut &*conn)? {
+        Verdict::Accepted(p) if p.is_empty() => Ok(w),
+        Verdict::Refused(why) => Err(Shake::Refused(why)),
+        _ => Err(Shake::Fail("unexpected reply to the header".into())),
+    }
+}
+
 /// Migrates the VM of `src` to `addr`. On success the VM was stopped with
 /// [`MigrationSource::finish`]; on any error it runs on.
 pub fn migrate_to(
@@ -169,6 +278,20 @@ pub fn migrate_to(
         }
     })?;
     let _ = conn.set_nodelay(true);
+    let key = src.migration_key();
+    let header = Header {
+        ram_bytes: ram_size(src.mem()),
+        authenticated: key.is_some(),
+    };
+    let out = BufWriter::with_capacity(1 << 20, &conn);
+    let mut w = handshake(&conn, out, header, key.as_deref()).map_err(|e| match e {
+        Shake::Fail(why) => MigrationError::Handshake {
+            addr: to.clone(),
+            why,
+        },
+        Shake::Refused(why) => MigrationError::Refused(why),
+        Shake::Stream(e) => MigrationError::Stream(e),
+    })?;
     let hint_dev = src.hints();
     let hinting_guest = hint_dev.as_ref().is_some_and(|h| h.stats().idle_calls > 0);
     let hinted_before = hint_dev.as_ref().map_or(0, |h| h.stats().recorded_calls);
@@ -205,11 +328,6 @@ pub fn migrate_to(
     };
     let mut paused = false;
     let result = (|| {
-        let out = BufWriter::with_capacity(1 << 20, &conn);
-        let header = Header {
-            ram_bytes: ram_size(src.mem()),
-        };
-        let mut w = StreamWriter::new(out, header)?;
         let mut parts = DowntimeParts::default();
         let mut pause = || {
             let t = Instant::now();
@@ -232,6 +350,9 @@ pub fn migrate_to(
         match read_verdict(&mut c).map_err(|e| MigrationError::Handover(e.to_string()))? {
             Verdict::Refused(why) => return Err(MigrationError::Refused(why)),
             Verdict::Ready => {}
+            Verdict::Accepted(_) => {
+                return Err(MigrationError::Handover("unexpected accept".into()))
+            }
         }
         parts.target = t.elapsed();
         c.write_all(&[GO])

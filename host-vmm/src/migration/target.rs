@@ -5,6 +5,10 @@
 //! only after the source's go does the guest run. A refused stream gets
 //! [`Incoming::refuse`] (or a dropped connection) and nothing runs.
 //!
+//! Before the stream the target sends its [`Hello`] (with a challenge when it has a key)
+//! and, once the header (and handshake answer) is admitted, replies [`ACCEPT`] with its own
+//! proof of the key as the message (empty without a key), or [`REFUSED`] with why.
+//!
 //! The hand-over after the end record, target → source: one byte, [`READY`] or
 //! [`REFUSED`], then a `u32` length and that many bytes of UTF-8 message (at most
 //! [`MAX_MESSAGE`]). Source → target: one byte, [`GO`]. The target runs the guest only on
@@ -20,7 +24,11 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use super::stream::{read_stream, PageSink, Received, StreamError, PAGE_SIZE};
+use super::auth::{target_proof, Hello, MigrationKey, RecordMac};
+use super::stream::{
+    admit_keyed, read_stream_with, Gate, Header, NoKey, PageSink, Received, StreamError, PAGE_SIZE,
+    VERSION,
+};
 use crate::snapshot::{MEMORY_FILE, STATE_FILE};
 use crate::vstate::dirty::PageBitmap;
 
@@ -28,6 +36,8 @@ use crate::vstate::dirty::PageBitmap;
 pub const READY: u8 = b'R';
 /// The target refused the stream or could not rebuild the VM; a message follows.
 pub const REFUSED: u8 = b'X';
+/// The header (and the handshake) is admitted: records may follow.
+pub const ACCEPT: u8 = b'A';
 /// The source has stopped its VM: run.
 pub const GO: u8 = b'G';
 /// Longest hand-over message.
@@ -104,10 +114,43 @@ fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> TargetError + '_ {
     }
 }
 
+/// The target's [`Gate`]: the key check (or none), then [`ACCEPT`] with the target's proof.
+struct Admit<'a> {
+    conn: &'a TcpStream,
+    key: Option<&'a MigrationKey>,
+    challenge: [u8; 32],
+}
+
+impl Gate for Admit<'_> {
+    fn admit(
+        &mut self,
+        header: &Header,
+        raw: &[u8; 32],
+        more: &mut dyn FnMut(&mut [u8]) -> Result<(), StreamError>,
+    ) -> Result<Option<RecordMac>, StreamError> {
+        let (mac, proof) = match self.key {
+            Some(k) => {
+                let a = admit_keyed(k, &self.challenge, header, raw, more)?;
+                let proof = target_proof(k, &self.challenge, &a.source_nonce, raw);
+                (Some(a.mac), proof.to_vec())
+            }
+            None => (NoKey.admit(header, raw, more)?, Vec::new()),
+        };
+        send_reply(self.conn, ACCEPT, &proof)?;
+        Ok(mac)
+    }
+}
+
 /// Reads one migration stream from `conn` for a VM of `ram_bytes` into `dir` (created;
-/// existing snapshot files replaced). On an error the source is told ([`REFUSED`]) and
-/// the directory's files are removed.
-pub fn receive(conn: TcpStream, ram_bytes: u64, dir: &Path) -> Result<Incoming, TargetError> {
+/// existing snapshot files replaced), authenticated with `key` when given (then a stream
+/// without a key, with another key or replayed is refused). On an error the source is
+/// told ([`REFUSED`]) and the directory's files are removed.
+pub fn receive(
+    conn: TcpStream,
+    ram_bytes: u64,
+    dir: &Path,
+    key: Option<&MigrationKey>,
+) -> Result<Incoming, TargetError> {
     std::fs::create_dir_all(dir).map_err(write_err(dir))?;
     let mem_path = dir.join(MEMORY_FILE);
     let state_path = dir.join(STATE_FILE);
@@ -122,8 +165,22 @@ pub fn receive(conn: TcpStream, ram_bytes: u64, dir: &Path) -> Result<Incoming, 
             file,
             written: PageBitmap::new(ram_bytes / PAGE_SIZE),
         };
+        let challenge = key.map_or([0; 32], MigrationKey::nonce);
+        let hello = Hello {
+            version: VERSION,
+            keyed: key.is_some(),
+            nonce: challenge,
+        };
+        (&conn)
+            .write_all(&hello.encode())
+            .map_err(StreamError::Io)?;
+        let mut gate = Admit {
+            conn: &conn,
+            key,
+            challenge,
+        };
         let reader = BufReader::with_capacity(1 << 20, &conn);
-        let received = read_stream(reader, ram_bytes, &mut sink)?;
+        let received = read_stream_with(reader, ram_bytes, &mut sink, &mut gate)?;
         std::fs::write(&state_path, &received.state).map_err(write_err(&state_path))?;
         Ok(received)
     })();
@@ -181,7 +238,10 @@ fn drain(conn: &mut TcpStream, within: Duration, max: u64) -> u64 {
 }
 
 fn send_verdict(conn: &mut TcpStream, code: u8, msg: &str) -> std::io::Result<()> {
-    let msg = msg.as_bytes();
+    send_reply(conn, code, msg.as_bytes())
+}
+
+fn send_reply(mut conn: &TcpStream, code: u8, msg: &[u8]) -> std::io::Result<()> {
     let msg = msg.get(..MAX_MESSAGE as usize).unwrap_or(msg);
     let mut out = vec![code];
     out.extend_from_slice(&(msg.len() as u32).to_le_bytes());
@@ -218,6 +278,8 @@ impl Incoming {
 /// The target's verdict as the source reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
+    /// Header admitted, with the target's proof of the key (empty without a key).
+    Accepted(Vec<u8>),
     /// Rebuilt, waiting for go.
     Ready,
     /// Refused, with the target's reason.
@@ -237,10 +299,10 @@ pub fn read_verdict(conn: &mut impl Read) -> std::io::Result<Verdict> {
     }
     let mut msg = vec![0u8; len as usize];
     conn.read_exact(&mut msg)?;
-    let msg = String::from_utf8_lossy(&msg).into_owned();
     match h[0] {
+        ACCEPT => Ok(Verdict::Accepted(msg)),
         READY => Ok(Verdict::Ready),
-        REFUSED => Ok(Verdict::Refused(msg)),
+        REFUSED => Ok(Verdict::Refused(String::from_utf8_lossy(&msg).into_owned())),
         other => Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("unknown hand-over byte {other:#04x}"),

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{Bytes, GuestAddress};
 
+use super::auth::MigrationKey;
 use super::precopy::PrecopyConfig;
 use super::source::{migrate_to, MigrationError, MigrationSource};
 use super::target::{receive, TargetError};
@@ -21,6 +22,7 @@ struct Fake {
     pauses: AtomicU32,
     resumes: AtomicU32,
     finished: Mutex<Option<String>>,
+    key: Option<Arc<MigrationKey>>,
 }
 
 impl MigrationSource for Fake {
@@ -29,6 +31,9 @@ impl MigrationSource for Fake {
     }
     fn mem(&self) -> &GuestRam {
         &self.mem
+    }
+    fn migration_key(&self) -> Option<Arc<MigrationKey>> {
+        self.key.clone()
     }
     fn hints(&self) -> Option<Arc<PvFreePageHint>> {
         None
@@ -67,6 +72,7 @@ fn fake(mib: u64) -> Fake {
         pauses: AtomicU32::new(0),
         resumes: AtomicU32::new(0),
         finished: Mutex::new(None),
+        key: None,
     }
 }
 
@@ -105,7 +111,7 @@ fn a_vm_moves_over_loopback_and_the_source_stops() {
     let d = dir.path().to_owned();
     let target = std::thread::spawn(move || {
         let (conn, _) = listener.accept().unwrap();
-        let mut inc = receive(conn, 8 << 20, &d)?;
+        let mut inc = receive(conn, 8 << 20, &d, None)?;
         inc.ready()?;
         Ok::<_, TargetError>(inc.received)
     });
@@ -143,7 +149,7 @@ fn a_refused_migration_resumes_the_source() {
     // The target has 16 MiB: the header is refused.
     let target = std::thread::spawn(move || {
         let (conn, _) = listener.accept().unwrap();
-        receive(conn, 16 << 20, &d).map(|_| ())
+        receive(conn, 16 << 20, &d, None).map(|_| ())
     });
     let err = migrate_to(&src, addr, PrecopyConfig::default()).unwrap_err();
     let terr = target.join().unwrap().unwrap_err();
@@ -182,20 +188,23 @@ fn a_refusing_target_drains_so_a_source_still_writing_reads_the_verdict() {
     let d = dir.path().to_owned();
     let target = std::thread::spawn(move || {
         let (conn, _) = listener.accept().unwrap();
-        receive(conn, 8 << 20, &d).map(|_| ())
+        receive(conn, 8 << 20, &d, None).map(|_| ())
     });
     let conn = std::net::TcpStream::connect(addr).unwrap();
-    // A header for 16 MiB (refused: the target has 8), then far more than the sockets
-    // buffer on loopback.
+    let mut c = &conn;
+    // The target's hello, then a header for 16 MiB (refused: the target has 8), then far
+    // more than the sockets buffer on loopback.
+    let mut hello = [0u8; super::auth::HELLO_LEN];
+    std::io::Read::read_exact(&mut c, &mut hello).unwrap();
     super::stream::StreamWriter::new(
         &conn,
         super::stream::Header {
             ram_bytes: 16 << 20,
+            authenticated: false,
         },
     )
     .unwrap();
     let chunk = vec![0x5au8; 1 << 20];
-    let mut c = &conn;
     for i in 0..32 {
         c.write_all(&chunk)
             .unwrap_or_else(|e| panic!("write {i} MiB into the refusing target: {e}"));
@@ -245,4 +254,119 @@ fn a_source_whose_stream_write_fails_still_reads_the_refusal() {
         matches!(&err, MigrationError::Refused(m) if m.contains("wrong RAM")),
         "{err}"
     );
+}
+fn key(b: u8) -> Arc<MigrationKey> {
+    Arc::new(MigrationKey::from_parts(vec![b; 32], [b ^ 0xff; 32]))
+}
+
+#[test]
+fn with_the_same_key_on_both_sides_the_vm_moves() {
+    let mut src = fake(8);
+    src.key = Some(key(3));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = Dir::new("keyed");
+    let d = dir.path().to_owned();
+    let target = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut inc = receive(conn, 8 << 20, &d, Some(&key(3)))?;
+        inc.ready()?;
+        Ok::<_, TargetError>(inc.received)
+    });
+    let report = migrate_to(&src, addr, PrecopyConfig::default()).unwrap();
+    let got = target.join().unwrap().unwrap();
+    assert_eq!(got.bytes, report.bytes);
+    assert_eq!(*src.finished.lock().unwrap(), Some(addr.to_string()));
+    let file = std::fs::read(dir.path().join(MEMORY_FILE)).unwrap();
+    assert_eq!(file, ram_bytes(&src.mem, 8 << 20));
+}
+
+/// The source with `source_key` migrates to a target with `target_key`: both refuse,
+/// the source never paused and runs on, the target wrote nothing.
+fn refused(
+    source_key: Option<Arc<MigrationKey>>,
+    target_key: Option<Arc<MigrationKey>>,
+) -> (MigrationError, TargetError) {
+    let mut src = fake(8);
+    src.key = source_key;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = Dir::new("key-refused");
+    let d = dir.path().to_owned();
+    let target = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        receive(conn, 8 << 20, &d, target_key.as_deref()).map(|_| ())
+    });
+    let err = migrate_to(&src, addr, PrecopyConfig::default()).unwrap_err();
+    let terr = target.join().unwrap().unwrap_err();
+    assert_eq!(*src.finished.lock().unwrap(), None);
+    assert_eq!(
+        src.pauses.load(Ordering::SeqCst),
+        0,
+        "refused before tracking"
+    );
+    assert!(!dir.path().join(MEMORY_FILE).exists());
+    (err, terr)
+}
+
+#[test]
+fn a_wrong_key_or_a_key_on_one_side_only_is_refused_on_both_sides() {
+    use super::stream::StreamError as S;
+    let (err, terr) = refused(Some(key(1)), Some(key(2)));
+    assert!(matches!(terr, TargetError::Stream(S::WrongKey)), "{terr}");
+    assert!(
+        matches!(&err, MigrationError::Refused(m) if m.contains("wrong migration key")),
+        "{err}"
+    );
+    let (err, terr) = refused(None, Some(key(1)));
+    assert!(matches!(terr, TargetError::Stream(S::NoMac)), "{terr}");
+    assert!(
+        matches!(&err, MigrationError::Handshake { why, .. } if why.contains("requires a migration key")),
+        "{err}"
+    );
+    let (err, terr) = refused(Some(key(1)), None);
+    assert!(
+        matches!(terr, TargetError::Stream(S::UnexpectedKey)),
+        "{terr}"
+    );
+    assert!(
+        matches!(&err, MigrationError::Handshake { why, .. } if why.contains("started without one")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_target_that_cannot_prove_the_key_gets_nothing() {
+    use std::io::{Read, Write};
+    let mut src = fake(8);
+    src.key = Some(key(4));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // An impostor: a keyed hello, then an accept with a made-up proof.
+    let impostor = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let hello = super::auth::Hello {
+            version: super::stream::VERSION,
+            keyed: true,
+            nonce: [0x11; 32],
+        };
+        conn.write_all(&hello.encode()).unwrap();
+        let mut answer = [0u8; 32 + 96];
+        conn.read_exact(&mut answer).unwrap();
+        let mut reply = vec![super::target::ACCEPT];
+        reply.extend_from_slice(&32u32.to_le_bytes());
+        reply.extend_from_slice(&[0u8; 32]);
+        conn.write_all(&reply).unwrap();
+        let mut rest = Vec::new();
+        conn.read_to_end(&mut rest).unwrap();
+        rest
+    });
+    let err = migrate_to(&src, addr, PrecopyConfig::default()).unwrap_err();
+    assert!(
+        matches!(&err, MigrationError::Handshake { why, .. } if why.contains("did not prove")),
+        "{err}"
+    );
+    assert!(impostor.join().unwrap().is_empty(), "no record was sent");
+    assert_eq!(src.pauses.load(Ordering::SeqCst), 0);
+    assert_eq!(*src.finished.lock().unwrap(), None);
 }

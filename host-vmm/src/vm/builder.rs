@@ -484,6 +484,7 @@ pub fn build(
             Some(state) => load_ledger(&state.ledger)?,
             None => LedgerSnapshot::default(),
         },
+        migration_key: config.migration_key.clone(),
     };
     let devices = DeviceHandles {
         uart,

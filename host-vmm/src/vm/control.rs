@@ -348,6 +348,8 @@ pub struct VmInfo {
     pub msrs: Vec<u32>,
     /// Exit counts the VM started with (a restored VM: the snapshot's).
     pub base_ledger: LedgerSnapshot,
+    /// The migration key the VM was started with ([`super::VmConfig::migration_key`]).
+    pub migration_key: Option<Arc<crate::migration::auth::MigrationKey>>,
 }
 
 /// What [`VmControl::stats`] reports.
@@ -552,6 +554,11 @@ impl VmControl {
             disk: self.info.disk.clone(),
             ledger: save_ledger(&ledger)?,
         })
+    }
+
+    /// The migration key the VM was started with, if any.
+    pub fn migration_key(&self) -> Option<Arc<crate::migration::auth::MigrationKey>> {
+        self.info.migration_key.clone()
     }
 
     /// The VM (guest RAM, the KVM VM fd), e.g. for a migration's dirty-page log.

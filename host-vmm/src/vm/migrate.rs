@@ -14,6 +14,7 @@ use thiserror::Error;
 use super::control::VmControl;
 use super::{ControlHook, RunOutcome, StartGate, VmConfig, VmError};
 use crate::devices::pv::free_page_hint::PvFreePageHint;
+use crate::migration::auth::MigrationKey;
 use crate::migration::precopy::PrecopyConfig;
 use crate::migration::source::{migrate_to, MigrationError, MigrationReport, MigrationSource};
 use crate::migration::stream::Received;
@@ -36,6 +37,9 @@ impl MigrationSource for Source<'_> {
     }
     fn mem(&self) -> &GuestRam {
         self.ctl.vm().mem()
+    }
+    fn migration_key(&self) -> Option<Arc<MigrationKey>> {
+        self.ctl.migration_key()
     }
     fn hints(&self) -> Option<Arc<PvFreePageHint>> {
         self.ctl.free_page_hint()
@@ -186,7 +190,7 @@ pub fn default_incoming_dir() -> PathBuf {
 }
 
 /// The target: accepts one connection on `listener`, receives a VM of `ram_bytes` into
-/// `dir`, rebuilds it with `config` (whose `restore` and `start_gate` are set here),
+/// `dir` (authenticated with `config.migration_key` when set), rebuilds it with `config` (whose `restore` and `start_gate` are set here),
 /// tells the source, and on its go runs the guest to the end. The directory's files are
 /// removed once the VM is built (RAM is mapped from the memory file, which stays alive
 /// while mapped).
@@ -198,7 +202,8 @@ pub fn run_incoming(
 ) -> Result<IncomingOutcome, IncomingError> {
     let (conn, _) = listener.accept().map_err(IncomingError::Accept)?;
     let _ = conn.set_nodelay(true);
-    let incoming = receive_confined(conn, ram_bytes, dir, config.seccomp)?;
+    let key = config.migration_key.clone();
+    let incoming = receive_confined(conn, ram_bytes, dir, key, config.seccomp)?;
     let received = incoming.received.clone();
     let slot: Arc<Mutex<Option<Incoming>>> = Arc::new(Mutex::new(Some(incoming)));
     let gate_slot = Arc::clone(&slot);
@@ -233,6 +238,7 @@ fn receive_confined(
     conn: std::net::TcpStream,
     ram_bytes: u64,
     dir: &Path,
+    key: Option<Arc<MigrationKey>>,
     seccomp: bool,
 ) -> Result<Incoming, IncomingError> {
     let confinement = Confinement::when(seccomp, ThreadKind::Incoming)?;
@@ -243,7 +249,7 @@ fn receive_confined(
             if let Some(c) = confinement {
                 c.apply()?;
             }
-            Ok(receive(conn, ram_bytes, &dir)?)
+            Ok(receive(conn, ram_bytes, &dir, key.as_deref())?)
         })
         .map_err(IncomingError::Thread)?;
     thread

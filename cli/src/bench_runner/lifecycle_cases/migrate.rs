@@ -25,6 +25,7 @@ pub(super) fn migrate_cases(
         dir,
         seccomp: cfg.seccomp,
         timeout: cfg.timeout,
+        key: None,
     };
     let workload = format!("live-{}", mib(cfg.mem_mib << 20));
     let mut without = Vec::new();
@@ -96,6 +97,76 @@ pub(super) fn migrate_cases(
         .or(with.iter().chain(&without).find_map(|s| s.tsc_khz));
     out.cases.extend(off);
     out.cases.extend(on);
+    keyed_case(&mc, sizes, &workload, out);
+}
+
+/// `hints-off-authenticated`: the hints-off migration with a migration key on both sides
+/// (a key file written and loaded as `--migration-key` does): the cost of the handshake
+/// and of HMAC-SHA256 over every byte of RAM sent.
+fn keyed_case(
+    mc: &MigrateConfig,
+    sizes: &LifecycleSizes,
+    workload: &str,
+    out: &mut LifecycleOutcome,
+) {
+    let variant = [("hints-off-authenticated", Kind::Emulated)];
+    // Its own workload: the PV pair's (one emulated, one PV case) stays a pair.
+    let workload = &format!("{workload}-authenticated");
+    let key = match write_key(&mc.dir) {
+        Ok(k) => k,
+        Err(e) => return fail(out, "migrate", &variant, workload, &e),
+    };
+    let keyed = MigrateConfig {
+        key: Some(std::sync::Arc::new(key)),
+        ..mc.clone()
+    };
+    let mut runs = Vec::new();
+    for _ in 0..sizes.migrations {
+        let longer = MigrateConfig {
+            ticks: keyed.migrate_at + 4 * (keyed.ticks - keyed.migrate_at),
+            ..keyed.clone()
+        };
+        let r = match migrate::run_one(&keyed, MigratingGuest::Workload { hints: false }) {
+            Err(LifecycleError::WorkloadEnded(_)) => {
+                migrate::run_one(&longer, MigratingGuest::Workload { hints: false })
+            }
+            r => r,
+        };
+        match r {
+            Ok(s) => runs.push(s),
+            Err(e) => return fail(out, "migrate", &variant, workload, &e),
+        }
+    }
+    let mut c = migrate_case(variant[0].0, variant[0].1, workload, &runs);
+    c.notes.push(
+        "stream authenticated: challenge-response and a HMAC-SHA256 tag per record \
+         (--migration-key on both sides; not encrypted)"
+            .into(),
+    );
+    out.cases.push(c);
+}
+
+fn write_key(
+    dir: &std::path::Path,
+) -> Result<pvkit_vmm::migration::auth::MigrationKey, LifecycleError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir).map_err(LifecycleError::io("directory", dir))?;
+    let path = dir.join("migration.key");
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(LifecycleError::io("random bytes", &path))?;
+    let _ = std::fs::remove_file(&path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
+        .map_err(LifecycleError::io("migration key", &path))?;
+    pvkit_vmm::migration::auth::MigrationKey::load(&path)
+        .map_err(|e| LifecycleError::Check(e.to_string()))
 }
 
 /// Migrates `guest` with `mc`; a pre-copy slower than the room (a loaded machine) is
@@ -129,6 +200,7 @@ pub(super) fn emulated_migrate_cases(
         dir,
         seccomp: cfg.seccomp,
         timeout: cfg.timeout,
+        key: None,
     };
     let workload = format!("live-{}", mib(cfg.mem_mib << 20));
     let variant = "emulated-devices";

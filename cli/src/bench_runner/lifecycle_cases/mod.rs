@@ -10,9 +10,11 @@
 //!   guest's continuation checked), `clone-x<N>` (N restores at once sharing the memory
 //!   file, each on its own copy-on-write disk).
 //! - `migrate`: `live-<RAM>`, the PV pair: `hints-off` (the guest stands for an unmodified
-//!   one, the baseline) against `free-page-hints`; total time, bytes, rounds and downtime.
-//!   Named with `--only` ([`LifecycleBench::EmulatedMigrate`]), also `emulated-devices`:
-//!   the unmodified guest itself (UART, PIT, ATA, NE2000), which takes seconds of ticks.
+//!   one, the baseline) against `free-page-hints`; total time, bytes, rounds and downtime;
+//!   and `live-<RAM>-authenticated`: `hints-off-authenticated`, the baseline with a
+//!   migration key on both sides. Named with `--only` ([`LifecycleBench::EmulatedMigrate`]),
+//!   also `emulated-devices`: the unmodified guest itself (UART, PIT, ATA, NE2000), which
+//!   takes seconds of ticks.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
