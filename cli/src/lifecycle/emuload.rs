@@ -49,9 +49,11 @@ pub fn joined(before: &[String], after: &[String]) -> Vec<String> {
     let mut all = before.to_vec();
     let mut rest = after;
     if let (Some(last), Some(first)) = (all.last_mut(), after.first()) {
-        // Cut inside the line, or just before its newline (the target's first line is
+        // Cut inside the line, wherever (`t`, `tic`, `tick 27` …: the source printed a
+        // piece of a tick line), or just before its newline (the target's first line is
         // then empty: `emuload` prints no empty line).
-        if last.starts_with("tick") && (tick(last).is_none() || first.is_empty()) {
+        let piece_of_tick = "tick ".starts_with(last.as_str()) || last.starts_with("tick ");
+        if piece_of_tick && (tick(last).is_none() || first.is_empty()) {
             last.push_str(first);
             rest = &after[1..];
         }
@@ -208,6 +210,15 @@ mod tests {
             vec![String::new(), "tick 3 lba 19 ok".into()],
         );
         assert_eq!(joined(&b, &a), console(0..4));
+        // Cut at every byte of a tick line (a run once failed on `tic` + `k 274 …`).
+        let line = "tick 3 lba 19 ok";
+        for at in 1..line.len() {
+            let mut b = console(0..3);
+            b.push(line[..at].to_owned());
+            let mut a = vec![line[at..].to_owned()];
+            a.extend(console(4..6));
+            assert_eq!(joined(&b, &a), console(0..6), "cut after {at} bytes");
+        }
         // A lost write, a resend, a repeat, a restart.
         assert!(check_continuity(&all, &after, 100, &disk(99)).is_err());
         let mut resent = all.clone();
