@@ -885,6 +885,11 @@ fn incoming_entries() -> Vec<Entry> {
     let mut v = vec![
         allow!(SYS_recvfrom, "reading the stream (std's socket reads)"),
         allow!(
+            SYS_read,
+            "glibc reading `/proc/sys/vm/overcommit_memory` when it first trims a thread \
+                arena's heap (this thread may open files, so that open is not refused)"
+        ),
+        allow!(
             SYS_sendto,
             "the verdict on a refused stream (std's socket writes)"
         ),
