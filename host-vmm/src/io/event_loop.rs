@@ -28,10 +28,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::poll_pacer::{Pace, PollPacer};
 use crate::runtime::seccomp::Confinement;
 use crate::runtime::sync::lock;
 
@@ -93,8 +95,12 @@ pub trait Subscriber: Send {
     fn resume(&mut self, _ctl: &LoopControl) -> io::Result<()> {
         Ok(())
     }
-    /// One poll step (when [`Busy::polling`]).
-    fn poll(&mut self, _ctl: &LoopControl) {}
+    /// One poll step (when [`Busy::polling`]). Returns whether it found work: the loop
+    /// spins while work comes, and sleeps between steps once it stopped coming
+    /// ([`PollPacer`]).
+    fn poll(&mut self, _ctl: &LoopControl) -> bool {
+        false
+    }
 }
 
 /// Stops the loop's thread (sets the stop flag and wakes it). Cloneable and `Send`, for the
@@ -297,6 +303,7 @@ fn thread_main(
 fn run_loop(ctl: &LoopControl, subs: &mut [Box<dyn Subscriber>]) -> io::Result<()> {
     let mut events = [EpollEvent::default(); 8];
     let mut spins: u32 = 0;
+    let mut pacer = PollPacer::new();
     loop {
         if ctl.stopping() {
             return Ok(());
@@ -352,22 +359,25 @@ fn run_loop(ctl: &LoopControl, subs: &mut [Box<dyn Subscriber>]) -> io::Result<(
             }
         }
         if polling {
+            let mut worked = false;
             for (s, b) in subs.iter_mut().zip(&busy) {
                 if ctl.stopping() {
                     return Ok(());
                 }
                 if b.polling {
-                    s.poll(ctl);
+                    worked |= s.poll(ctl);
                 }
             }
             spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(EPOLL_EVERY) {
-                // If a vCPU thread waits for this core (a loaded host), let it run: a
-                // spinning poller must not starve the guest it serves.
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
+            match pacer.step(worked, Instant::now()) {
+                // Idle past the spin window: leave the core (to the vCPU this loop serves,
+                // on a loaded host) until the next step; see `poll_pacer`.
+                Pace::Sleep(d) => std::thread::sleep(d),
+                Pace::Spin if spins.is_multiple_of(EPOLL_EVERY) => std::thread::yield_now(),
+                Pace::Spin => std::hint::spin_loop(),
             }
+        } else {
+            pacer.reset();
         }
     }
 }
@@ -481,8 +491,9 @@ mod tests {
         fn resume(&mut self, _ctl: &LoopControl) -> io::Result<()> {
             Ok(())
         }
-        fn poll(&mut self, _ctl: &LoopControl) {
+        fn poll(&mut self, _ctl: &LoopControl) -> bool {
             self.0.fetch_add(1, Ordering::Relaxed);
+            true
         }
     }
 
