@@ -6,8 +6,10 @@
 //! token of each fd that became readable, [`Subscriber::woken`] when someone called
 //! [`EventLoop::wake`] (a registration changed), and, while the subscriber reports itself
 //! [`Busy`], [`Subscriber::resume`] (work left at a budget, continued every turn) or
-//! [`Subscriber::poll`] (a polled source: the loop spins instead of sleeping, looks at the
-//! fds — one non-blocking `epoll_wait` — and yields the core every [`EPOLL_EVERY`] spins).
+//! [`Subscriber::poll`] (a polled source: the loop polls instead of waiting in `epoll_wait`,
+//! looks at the fds — one non-blocking `epoll_wait` — every [`EPOLL_EVERY`] spins and after
+//! each sleep, and yields the core every [`EPOLL_EVERY`] spins; a poll step that found no
+//! work is followed by a short sleep, see [`super::poll_pacer`]).
 //! Subscribers check [`LoopControl::stopping`] between units of work, so [`EventLoop::stop`]
 //! joins the thread after one unit at most.
 //!
@@ -28,7 +30,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -58,7 +59,8 @@ pub struct Busy {
     /// Work is left (e.g. at a service budget): call [`Subscriber::resume`] next turn,
     /// without waiting for an event.
     pub pending: bool,
-    /// A polled source: call [`Subscriber::poll`] every turn and spin instead of sleeping.
+    /// A polled source: call [`Subscriber::poll`] every turn instead of waiting for events
+    /// (again at once after a step that found work, after a short sleep otherwise).
     pub polling: bool,
 }
 
@@ -304,6 +306,7 @@ fn run_loop(ctl: &LoopControl, subs: &mut [Box<dyn Subscriber>]) -> io::Result<(
     let mut events = [EpollEvent::default(); 8];
     let mut spins: u32 = 0;
     let mut pacer = PollPacer::new();
+    let mut slept = false;
     loop {
         if ctl.stopping() {
             return Ok(());
@@ -311,8 +314,9 @@ fn run_loop(ctl: &LoopControl, subs: &mut [Box<dyn Subscriber>]) -> io::Result<(
         let busy: Vec<Busy> = subs.iter_mut().map(|s| s.busy()).collect();
         let pending = busy.iter().any(|b| b.pending);
         let polling = busy.iter().any(|b| b.polling);
-        // Look at the fds every turn unless only polling, then every EPOLL_EVERY spins.
-        let n = if pending || !polling || spins.is_multiple_of(EPOLL_EVERY) {
+        // Look at the fds every turn unless only polling, then every EPOLL_EVERY spins and
+        // after each sleep.
+        let n = if pending || !polling || slept || spins.is_multiple_of(EPOLL_EVERY) {
             let timeout = if pending || polling { 0 } else { -1 };
             match ctl.epoll.wait(timeout, &mut events) {
                 Ok(n) => n,
@@ -369,15 +373,20 @@ fn run_loop(ctl: &LoopControl, subs: &mut [Box<dyn Subscriber>]) -> io::Result<(
                 }
             }
             spins = spins.wrapping_add(1);
-            match pacer.step(worked, Instant::now()) {
-                // Idle past the spin window: leave the core (to the vCPU this loop serves,
-                // on a loaded host) until the next step; see `poll_pacer`.
-                Pace::Sleep(d) => std::thread::sleep(d),
+            slept = false;
+            match pacer.step(worked) {
+                // Idle: leave the core (to the vCPU this loop serves, on a loaded host)
+                // until the next step; see `poll_pacer`.
+                Pace::Sleep(d) => {
+                    std::thread::sleep(d);
+                    slept = true;
+                }
                 Pace::Spin if spins.is_multiple_of(EPOLL_EVERY) => std::thread::yield_now(),
                 Pace::Spin => std::hint::spin_loop(),
             }
         } else {
             pacer.reset();
+            slept = false;
         }
     }
 }
