@@ -393,6 +393,7 @@ fn run_loop(ctl: &LoopControl, subs: &mut [Box<dyn Subscriber>]) -> io::Result<(
 
 #[cfg(test)]
 mod tests {
+    use super::super::poll_pacer::FIRST_SLEEP;
     use super::*;
     use std::sync::atomic::AtomicU64;
     use std::time::{Duration, Instant};
@@ -519,6 +520,43 @@ mod tests {
         let after = polls.load(Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(10));
         assert_eq!(polls.load(Ordering::Relaxed), after);
+    }
+
+    /// Counts its poll steps and never finds work.
+    struct Idle(Arc<AtomicU64>);
+    impl Subscriber for Idle {
+        fn ready(&mut self, _token: u32, _ctl: &LoopControl) -> io::Result<()> {
+            Ok(())
+        }
+        fn busy(&mut self) -> Busy {
+            Busy {
+                pending: false,
+                polling: true,
+            }
+        }
+        fn poll(&mut self, _ctl: &LoopControl) -> bool {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+
+    #[test]
+    fn an_idle_poller_sleeps_between_steps() {
+        let mut el = EventLoop::new("pvkit-io-test", no_fatal()).unwrap();
+        let polls = Arc::new(AtomicU64::new(0));
+        el.subscribe(Box::new(Idle(Arc::clone(&polls)))).unwrap();
+        let t = Instant::now();
+        el.ensure_started().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let n = polls.load(Ordering::Relaxed);
+        let elapsed = t.elapsed();
+        // Every idle step sleeps at least FIRST_SLEEP, so the steps are bounded by the
+        // time (a spinning loop makes millions of them).
+        let bound = (elapsed.as_micros() / FIRST_SLEEP.as_micros()) as u64 + 1;
+        assert!(n >= 1, "it polled");
+        assert!(n <= bound, "{n} idle steps in {elapsed:?}");
+        // Sleeping, it still stops when asked.
+        assert_eq!(el.stop(), Ok(()));
     }
 
     struct Failing;

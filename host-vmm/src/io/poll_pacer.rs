@@ -30,7 +30,7 @@ pub const FIRST_SLEEP: Duration = Duration::from_micros(10);
 /// The longest sleep: a request published on an idle ring waits this long (plus the
 /// kernel's timer slack, 50 µs by default) at most. The sleeps double from
 /// [`FIRST_SLEEP`] up to it.
-pub const MAX_SLEEP: Duration = Duration::from_micros(200);
+pub const MAX_SLEEP: Duration = Duration::from_micros(500);
 
 /// What the loop does after a poll step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -673,7 +673,7 @@ fn io_entries() -> Vec<Entry> {
         allow!(
             SYS_clock_nanosleep,
             "sleeping between poll steps once a polled ring is idle (`thread::sleep`, at most \
-                200 µs; src/io/poll_pacer.rs)",
+                500 µs; src/io/poll_pacer.rs)",
         ),
         allow!(SYS_nanosleep, "as `clock_nanosleep` (older glibc)"),
     ];
