@@ -1,6 +1,6 @@
 //! How a polling event loop paces itself between poll steps: it polls again at once while
-//! the steps find work, and sleeps for short, growing intervals between steps that find
-//! none.
+//! the steps find work and for a short window after, then sleeps for short, growing
+//! intervals between steps that find none.
 //!
 //! # Why a poller must not spin while idle
 //!
@@ -17,14 +17,21 @@
 //! core to the vCPU, and its timer wake-up (that of a thread that slept) preempts the
 //! spinning guest: a hand-over costs one sleep interval, not a time slice.
 //!
-//! Measured (docs/BENCHMARKS.md): even a short spin window after the last work (KVM's
-//! halt polling spins 200 µs) made things worse on the loaded 2-core host, since the
-//! vCPU cannot publish its next request while the poller holds the core; so idle steps
-//! sleep at once. [`PollPacer`] is a pure state machine, tested without threads.
+//! Measured (docs/DESIGN.md, "Polled rings on a loaded host"): a spin window as long as
+//! KVM's halt polling (200 µs after the last work) made things worse on the loaded 2-core
+//! host, since the vCPU cannot publish its next request while the poller holds the core.
+//! The window is therefore short ([`SPIN_WINDOW`]): long enough for a guest that
+//! publishes its next request right after reading a response (ring-3 code, microseconds),
+//! too short to matter on a shared core. [`PollPacer`] is a pure state machine (the caller
+//! passes the time in), tested without threads.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// The first sleep after a poll step that found no work.
+/// How long the loop keeps polling without a pause after the last poll step that found
+/// work: a guest that publishes its next request within it is served at once.
+pub const SPIN_WINDOW: Duration = Duration::from_micros(20);
+
+/// The first sleep after the spin window.
 pub const FIRST_SLEEP: Duration = Duration::from_micros(10);
 
 /// The longest sleep: a request published on an idle ring waits this long (plus the
@@ -44,7 +51,9 @@ pub enum Pace {
 /// The pacing state of one polling loop.
 #[derive(Clone, Copy, Debug)]
 pub struct PollPacer {
-    /// The next sleep after an idle step.
+    /// When a poll step last found work (or polling started).
+    last_work: Option<Instant>,
+    /// The next sleep, once the spin window has passed.
     next_sleep: Duration,
 }
 
@@ -55,19 +64,27 @@ impl Default for PollPacer {
 }
 
 impl PollPacer {
-    /// A pacer whose next idle step sleeps [`FIRST_SLEEP`].
+    /// A pacer that has seen no poll step yet: it spins for a window from the first one.
     pub const fn new() -> Self {
         Self {
+            last_work: None,
             next_sleep: FIRST_SLEEP,
         }
     }
 
-    /// After a poll step that found work (`worked`: poll again at once, and the next idle
-    /// step sleeps [`FIRST_SLEEP`]) or found none (sleep; each idle step in a row twice
-    /// as long, up to [`MAX_SLEEP`]).
-    pub fn step(&mut self, worked: bool) -> Pace {
-        if worked {
-            self.next_sleep = FIRST_SLEEP;
+    /// After a poll step at `now` that found work (`worked`) or not: spin within
+    /// [`SPIN_WINDOW`] of the last work, else sleep ([`FIRST_SLEEP`], doubling up to
+    /// [`MAX_SLEEP`]). Work resets both.
+    pub fn step(&mut self, worked: bool, now: Instant) -> Pace {
+        let last = match self.last_work {
+            Some(t) if !worked => t,
+            _ => {
+                self.last_work = Some(now);
+                self.next_sleep = FIRST_SLEEP;
+                return Pace::Spin;
+            }
+        };
+        if now.saturating_duration_since(last) < SPIN_WINDOW {
             return Pace::Spin;
         }
         let sleep = self.next_sleep;
@@ -75,7 +92,8 @@ impl PollPacer {
         Pace::Sleep(sleep)
     }
 
-    /// Starts over (polling stopped): the next idle step sleeps [`FIRST_SLEEP`].
+    /// Forgets the last work: the next step starts a new spin window (polling stopped, or
+    /// an event other than a poll step brought work).
     pub fn reset(&mut self) {
         *self = Self::new();
     }
@@ -85,37 +103,62 @@ impl PollPacer {
 mod tests {
     use super::*;
 
+    fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
     #[test]
-    fn idle_steps_sleep_twice_as_long_each_up_to_the_bound() {
+    fn spins_within_the_window_then_sleeps_longer_up_to_the_bound() {
+        let t0 = Instant::now();
         let mut p = PollPacer::new();
-        let sleeps: Vec<Duration> = (0..12)
-            .map(|_| match p.step(false) {
-                Pace::Sleep(d) => d,
-                Pace::Spin => panic!("an idle step spun"),
-            })
-            .collect();
+        assert_eq!(
+            p.step(false, t0),
+            Pace::Spin,
+            "the first step opens a window"
+        );
+        assert_eq!(p.step(false, t0 + SPIN_WINDOW - us(1)), Pace::Spin);
+        let mut t = t0 + SPIN_WINDOW;
+        let mut sleeps = Vec::new();
+        for _ in 0..10 {
+            match p.step(false, t) {
+                Pace::Sleep(d) => {
+                    sleeps.push(d);
+                    t += d;
+                }
+                Pace::Spin => panic!("spun after the window at {:?}", t - t0),
+            }
+        }
         assert_eq!(sleeps[0], FIRST_SLEEP);
         for w in sleeps.windows(2) {
             assert_eq!(w[1], (w[0] * 2).min(MAX_SLEEP), "{sleeps:?}");
         }
         assert_eq!(*sleeps.last().unwrap(), MAX_SLEEP);
-        assert!(sleeps.iter().all(|d| *d <= MAX_SLEEP));
     }
 
     #[test]
-    fn work_polls_again_at_once_and_restarts_the_sleeps() {
+    fn work_reopens_the_window_and_restarts_the_sleeps() {
+        let t0 = Instant::now();
         let mut p = PollPacer::new();
-        assert_eq!(p.step(false), Pace::Sleep(FIRST_SLEEP));
-        assert_eq!(p.step(false), Pace::Sleep(FIRST_SLEEP * 2));
-        assert_eq!(p.step(true), Pace::Spin);
-        assert_eq!(p.step(true), Pace::Spin);
+        p.step(true, t0);
+        let t = t0 + SPIN_WINDOW * 3;
+        assert_eq!(p.step(false, t), Pace::Sleep(FIRST_SLEEP));
+        assert_eq!(p.step(false, t), Pace::Sleep(FIRST_SLEEP * 2));
+        assert_eq!(p.step(true, t), Pace::Spin);
+        assert_eq!(p.step(false, t + SPIN_WINDOW / 2), Pace::Spin);
         assert_eq!(
-            p.step(false),
+            p.step(false, t + SPIN_WINDOW),
             Pace::Sleep(FIRST_SLEEP),
-            "short again after work"
+            "the sleeps start short again"
         );
-        p.step(false);
         p.reset();
-        assert_eq!(p.step(false), Pace::Sleep(FIRST_SLEEP));
+        assert_eq!(p.step(false, t + SPIN_WINDOW * 5), Pace::Spin);
+    }
+
+    #[test]
+    fn a_clock_that_goes_backwards_keeps_spinning() {
+        let t0 = Instant::now() + SPIN_WINDOW * 4;
+        let mut p = PollPacer::new();
+        p.step(true, t0);
+        assert_eq!(p.step(false, t0 - SPIN_WINDOW * 2), Pace::Spin);
     }
 }
