@@ -17,19 +17,27 @@
 //! core to the vCPU, and its timer wake-up (that of a thread that slept) preempts the
 //! spinning guest: a hand-over costs one sleep interval, not a time slice.
 //!
-//! Measured (docs/DESIGN.md, "Polled rings on a loaded host"): a spin window as long as
-//! KVM's halt polling (200 µs after the last work) made things worse on the loaded 2-core
-//! host, since the vCPU cannot publish its next request while the poller holds the core.
-//! The window is therefore short ([`SPIN_WINDOW`]): long enough for a guest that
-//! publishes its next request right after reading a response (ring-3 code, microseconds),
-//! too short to matter on a shared core. [`PollPacer`] is a pure state machine (the caller
-//! passes the time in), tested without threads.
+//! Measured (docs/DESIGN.md, "Polled rings on a loaded host"): a fixed spin window as
+//! long as KVM's halt polling (200 µs after the last work) made things worse on the
+//! loaded 2-core host, where the built-in ring-0 guest needs hundreds of microseconds
+//! between requests and cannot publish the next one while the poller holds the core;
+//! without any window, a ring-3 benchmark loop that publishes its next request some tens
+//! of microseconds after a response paid a sleep per request. So the window adapts as
+//! KVM's halt-polling window does (`halt_poll_ns` grow/shrink): work that came after the
+//! window had expired but within [`MAX_WINDOW`] of the last work doubles it (a longer
+//! window would have caught it without a sleep); an idle period longer than
+//! [`MAX_WINDOW`] halves it (polling through it would have been wasted), down to
+//! [`MIN_WINDOW`]. [`PollPacer`] is a pure state machine (the caller passes the time in),
+//! tested without threads.
 
 use std::time::{Duration, Instant};
 
-/// How long the loop keeps polling without a pause after the last poll step that found
-/// work: a guest that publishes its next request within it is served at once.
-pub const SPIN_WINDOW: Duration = Duration::from_micros(20);
+/// The shortest spin window (and the first one): how long the loop keeps polling without
+/// a pause after the last poll step that found work.
+pub const MIN_WINDOW: Duration = Duration::from_micros(10);
+
+/// The longest spin window: KVM's default halt-polling window (`halt_poll_ns`, 200 µs).
+pub const MAX_WINDOW: Duration = Duration::from_micros(200);
 
 /// The first sleep after the spin window.
 pub const FIRST_SLEEP: Duration = Duration::from_micros(10);
@@ -53,8 +61,14 @@ pub enum Pace {
 pub struct PollPacer {
     /// When a poll step last found work (or polling started).
     last_work: Option<Instant>,
+    /// The current spin window.
+    window: Duration,
     /// The next sleep, once the spin window has passed.
     next_sleep: Duration,
+    /// The window expired in this idle period (the loop slept).
+    expired: bool,
+    /// This idle period already shrank the window.
+    shrunk: bool,
 }
 
 impl Default for PollPacer {
@@ -64,36 +78,55 @@ impl Default for PollPacer {
 }
 
 impl PollPacer {
-    /// A pacer that has seen no poll step yet: it spins for a window from the first one.
+    /// A pacer that has seen no poll step yet: it spins for [`MIN_WINDOW`] from the first.
     pub const fn new() -> Self {
         Self {
             last_work: None,
+            window: MIN_WINDOW,
             next_sleep: FIRST_SLEEP,
+            expired: false,
+            shrunk: false,
         }
     }
 
-    /// After a poll step at `now` that found work (`worked`) or not: spin within
-    /// [`SPIN_WINDOW`] of the last work, else sleep ([`FIRST_SLEEP`], doubling up to
-    /// [`MAX_SLEEP`]). Work resets both.
+    /// The current spin window.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// After a poll step at `now` that found work (`worked`) or not: spin within the
+    /// window of the last work, else sleep ([`FIRST_SLEEP`], doubling up to
+    /// [`MAX_SLEEP`]). Work restarts the sleeps and adapts the window (module docs).
     pub fn step(&mut self, worked: bool, now: Instant) -> Pace {
-        let last = match self.last_work {
-            Some(t) if !worked => t,
-            _ => {
-                self.last_work = Some(now);
-                self.next_sleep = FIRST_SLEEP;
-                return Pace::Spin;
-            }
+        let Some(last) = self.last_work else {
+            self.last_work = Some(now);
+            return Pace::Spin;
         };
-        if now.saturating_duration_since(last) < SPIN_WINDOW {
+        let idle = now.saturating_duration_since(last);
+        if worked {
+            if self.expired && idle <= MAX_WINDOW {
+                self.window = (self.window * 2).min(MAX_WINDOW);
+            }
+            self.last_work = Some(now);
+            self.next_sleep = FIRST_SLEEP;
+            self.expired = false;
+            self.shrunk = false;
             return Pace::Spin;
         }
+        if idle < self.window {
+            return Pace::Spin;
+        }
+        if idle > MAX_WINDOW && !self.shrunk {
+            self.window = (self.window / 2).max(MIN_WINDOW);
+            self.shrunk = true;
+        }
+        self.expired = true;
         let sleep = self.next_sleep;
         self.next_sleep = (sleep * 2).min(MAX_SLEEP);
         Pace::Sleep(sleep)
     }
 
-    /// Forgets the last work: the next step starts a new spin window (polling stopped, or
-    /// an event other than a poll step brought work).
+    /// Starts over (polling stopped): the next step opens a [`MIN_WINDOW`].
     pub fn reset(&mut self) {
         *self = Self::new();
     }
@@ -107,6 +140,16 @@ mod tests {
         Duration::from_micros(n)
     }
 
+    /// Idle steps from `t` on until the first sleep; returns the time of that step.
+    fn until_sleep(p: &mut PollPacer, mut t: Instant) -> (Instant, Duration) {
+        loop {
+            match p.step(false, t) {
+                Pace::Spin => t += us(1),
+                Pace::Sleep(d) => return (t, d),
+            }
+        }
+    }
+
     #[test]
     fn spins_within_the_window_then_sleeps_longer_up_to_the_bound() {
         let t0 = Instant::now();
@@ -116,10 +159,10 @@ mod tests {
             Pace::Spin,
             "the first step opens a window"
         );
-        assert_eq!(p.step(false, t0 + SPIN_WINDOW - us(1)), Pace::Spin);
-        let mut t = t0 + SPIN_WINDOW;
+        assert_eq!(p.step(false, t0 + MIN_WINDOW - us(1)), Pace::Spin);
+        let mut t = t0 + MIN_WINDOW;
         let mut sleeps = Vec::new();
-        for _ in 0..10 {
+        for _ in 0..12 {
             match p.step(false, t) {
                 Pace::Sleep(d) => {
                     sleeps.push(d);
@@ -136,29 +179,69 @@ mod tests {
     }
 
     #[test]
-    fn work_reopens_the_window_and_restarts_the_sleeps() {
-        let t0 = Instant::now();
+    fn work_just_after_the_window_grows_it_up_to_the_bound() {
+        let mut t = Instant::now();
         let mut p = PollPacer::new();
-        p.step(true, t0);
-        let t = t0 + SPIN_WINDOW * 3;
-        assert_eq!(p.step(false, t), Pace::Sleep(FIRST_SLEEP));
-        assert_eq!(p.step(false, t), Pace::Sleep(FIRST_SLEEP * 2));
-        assert_eq!(p.step(true, t), Pace::Spin);
-        assert_eq!(p.step(false, t + SPIN_WINDOW / 2), Pace::Spin);
-        assert_eq!(
-            p.step(false, t + SPIN_WINDOW),
-            Pace::Sleep(FIRST_SLEEP),
-            "the sleeps start short again"
-        );
+        p.step(true, t);
+        let mut windows = vec![p.window()];
+        for _ in 0..8 {
+            // The guest publishes 150 µs after each response: past the window, within
+            // MAX_WINDOW.
+            let (_, d) = until_sleep(&mut p, t);
+            assert_eq!(d, FIRST_SLEEP, "the sleeps start short after work");
+            t += us(150);
+            assert_eq!(p.step(true, t), Pace::Spin);
+            windows.push(p.window());
+        }
+        assert_eq!(windows[1], MIN_WINDOW * 2);
+        assert!(windows.windows(2).all(|w| w[1] >= w[0]), "{windows:?}");
+        assert_eq!(*windows.last().unwrap(), MAX_WINDOW);
+        // Now that request comes within the window: no sleep before it.
+        for i in 1..150 {
+            assert_eq!(p.step(false, t + us(i)), Pace::Spin);
+        }
+        assert_eq!(p.step(true, t + us(150)), Pace::Spin);
+        assert_eq!(p.window(), MAX_WINDOW);
+    }
+
+    #[test]
+    fn long_idle_periods_shrink_the_window_to_the_minimum() {
+        let mut t = Instant::now();
+        let mut p = PollPacer::new();
+        p.step(true, t);
+        // Grow it first (work 100 µs after the last, each time after a sleep).
+        for _ in 0..6 {
+            until_sleep(&mut p, t);
+            t += us(100);
+            p.step(true, t);
+        }
+        assert!(p.window() > MIN_WINDOW * 4, "{:?}", p.window());
+        // The built-in ring-0 guest on a shared core: the next request 600 µs later.
+        for _ in 0..12 {
+            let before = p.window();
+            let (at, _) = until_sleep(&mut p, t);
+            let polled = at - t;
+            assert!(
+                polled >= before && polled < before + us(1),
+                "polled {polled:?} for a window of {before:?}"
+            );
+            // Idle steps past MAX_WINDOW shrink it once per idle period.
+            p.step(false, t + MAX_WINDOW + us(1));
+            p.step(false, t + MAX_WINDOW + us(300));
+            assert_eq!(p.window(), (before / 2).max(MIN_WINDOW));
+            t += us(600);
+            p.step(true, t);
+        }
+        assert_eq!(p.window(), MIN_WINDOW);
         p.reset();
-        assert_eq!(p.step(false, t + SPIN_WINDOW * 5), Pace::Spin);
+        assert_eq!(p.window(), MIN_WINDOW);
     }
 
     #[test]
     fn a_clock_that_goes_backwards_keeps_spinning() {
-        let t0 = Instant::now() + SPIN_WINDOW * 4;
+        let t0 = Instant::now() + MAX_WINDOW * 4;
         let mut p = PollPacer::new();
         p.step(true, t0);
-        assert_eq!(p.step(false, t0 - SPIN_WINDOW * 2), Pace::Spin);
+        assert_eq!(p.step(false, t0 - MAX_WINDOW * 2), Pace::Spin);
     }
 }
