@@ -7,7 +7,9 @@
 //! writes KVM absorbed since the last read), adds it to the ring's in-kernel notification
 //! counter in the ledger, then services the ring; the ring consumer re-arms `req_event`
 //! and re-checks `req_prod`. While a ring is polled the loop spins, peeking at `req_prod`
-//! (one load) each step.
+//! (one load) each step, and once no step found work for a while it sleeps between steps
+//! (`crate::io::poll_pacer`): a poller that never blocks would take the core from the vCPU
+//! it serves on a loaded host.
 //!
 //! Each service is bounded by the ring's budget (`crate::devices::pv::rings::SERVICE_REQUESTS`,
 //! `SERVICE_BYTES`). An eventfd ring left with work at its budget is remembered
@@ -87,13 +89,15 @@ impl Subscriber for RingSubscriber {
         Ok(())
     }
 
-    fn poll(&mut self, ctl: &LoopControl) {
+    fn poll(&mut self, ctl: &LoopControl) -> bool {
+        let mut worked = false;
         for id in ring_ids(self.polled) {
             if ctl.stopping() {
-                return;
+                return worked;
             }
-            self.rings.poll_step(id);
+            worked |= self.rings.poll_step(id);
         }
+        worked
     }
 }
 

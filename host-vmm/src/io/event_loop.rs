@@ -6,8 +6,10 @@
 //! token of each fd that became readable, [`Subscriber::woken`] when someone called
 //! [`EventLoop::wake`] (a registration changed), and, while the subscriber reports itself
 //! [`Busy`], [`Subscriber::resume`] (work left at a budget, continued every turn) or
-//! [`Subscriber::poll`] (a polled source: the loop spins instead of sleeping, looks at the
-//! fds — one non-blocking `epoll_wait` — and yields the core every [`EPOLL_EVERY`] spins).
+//! [`Subscriber::poll`] (a polled source: the loop polls instead of waiting in `epoll_wait`,
+//! looks at the fds — one non-blocking `epoll_wait` — every [`EPOLL_EVERY`] spins and after
+//! each sleep, and yields the core every [`EPOLL_EVERY`] spins; a poll step that found no
+//! work is followed by a short sleep, see [`super::poll_pacer`]).
 //! Subscribers check [`LoopControl::stopping`] between units of work, so [`EventLoop::stop`]
 //! joins the thread after one unit at most.
 //!
@@ -28,10 +30,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::poll_pacer::{Pace, PollPacer};
 use crate::runtime::seccomp::Confinement;
 use crate::runtime::sync::lock;
 
@@ -56,7 +60,8 @@ pub struct Busy {
     /// Work is left (e.g. at a service budget): call [`Subscriber::resume`] next turn,
     /// without waiting for an event.
     pub pending: bool,
-    /// A polled source: call [`Subscriber::poll`] every turn and spin instead of sleeping.
+    /// A polled source: call [`Subscriber::poll`] every turn instead of waiting for events
+    /// (again at once after a step that found work, after a short sleep otherwise).
     pub polling: bool,
 }
 
@@ -93,8 +98,12 @@ pub trait Subscriber: Send {
     fn resume(&mut self, _ctl: &LoopControl) -> io::Result<()> {
         Ok(())
     }
-    /// One poll step (when [`Busy::polling`]).
-    fn poll(&mut self, _ctl: &LoopControl) {}
+    /// One poll step (when [`Busy::polling`]). Returns whether it found work: the loop
+    /// spins while work comes, and sleeps between steps once it stopped coming
+    /// ([`PollPacer`]).
+    fn poll(&mut self, _ctl: &LoopControl) -> bool {
+        false
+    }
 }
 
 /// Stops the loop's thread (sets the stop flag and wakes it). Cloneable and `Send`, for the
@@ -297,6 +306,8 @@ fn thread_main(
 fn run_loop(ctl: &LoopControl, subs: &mut [Box<dyn Subscriber>]) -> io::Result<()> {
     let mut events = [EpollEvent::default(); 8];
     let mut spins: u32 = 0;
+    let mut pacer = PollPacer::new();
+    let mut slept = false;
     loop {
         if ctl.stopping() {
             return Ok(());
@@ -304,8 +315,9 @@ fn run_loop(ctl: &LoopControl, subs: &mut [Box<dyn Subscriber>]) -> io::Result<(
         let busy: Vec<Busy> = subs.iter_mut().map(|s| s.busy()).collect();
         let pending = busy.iter().any(|b| b.pending);
         let polling = busy.iter().any(|b| b.polling);
-        // Look at the fds every turn unless only polling, then every EPOLL_EVERY spins.
-        let n = if pending || !polling || spins.is_multiple_of(EPOLL_EVERY) {
+        // Look at the fds every turn unless only polling, then every EPOLL_EVERY spins and
+        // after each sleep.
+        let n = if pending || !polling || slept || spins.is_multiple_of(EPOLL_EVERY) {
             let timeout = if pending || polling { 0 } else { -1 };
             match ctl.epoll.wait(timeout, &mut events) {
                 Ok(n) => n,
@@ -352,28 +364,37 @@ fn run_loop(ctl: &LoopControl, subs: &mut [Box<dyn Subscriber>]) -> io::Result<(
             }
         }
         if polling {
+            let mut worked = false;
             for (s, b) in subs.iter_mut().zip(&busy) {
                 if ctl.stopping() {
                     return Ok(());
                 }
                 if b.polling {
-                    s.poll(ctl);
+                    worked |= s.poll(ctl);
                 }
             }
             spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(EPOLL_EVERY) {
-                // If a vCPU thread waits for this core (a loaded host), let it run: a
-                // spinning poller must not starve the guest it serves.
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
+            slept = false;
+            match pacer.step(worked, Instant::now()) {
+                // Idle past the spin window: leave the core (to the vCPU this loop serves,
+                // on a loaded host) until the next step; see `poll_pacer`.
+                Pace::Sleep(d) => {
+                    std::thread::sleep(d);
+                    slept = true;
+                }
+                Pace::Spin if spins.is_multiple_of(EPOLL_EVERY) => std::thread::yield_now(),
+                Pace::Spin => std::hint::spin_loop(),
             }
+        } else {
+            pacer.reset();
+            slept = false;
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::poll_pacer::MAX_SLEEP;
     use super::*;
     use std::sync::atomic::AtomicU64;
     use std::time::{Duration, Instant};
@@ -481,8 +502,9 @@ mod tests {
         fn resume(&mut self, _ctl: &LoopControl) -> io::Result<()> {
             Ok(())
         }
-        fn poll(&mut self, _ctl: &LoopControl) {
+        fn poll(&mut self, _ctl: &LoopControl) -> bool {
             self.0.fetch_add(1, Ordering::Relaxed);
+            true
         }
     }
 
@@ -499,6 +521,44 @@ mod tests {
         let after = polls.load(Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(10));
         assert_eq!(polls.load(Ordering::Relaxed), after);
+    }
+
+    /// Counts its poll steps and never finds work.
+    struct Idle(Arc<AtomicU64>);
+    impl Subscriber for Idle {
+        fn ready(&mut self, _token: u32, _ctl: &LoopControl) -> io::Result<()> {
+            Ok(())
+        }
+        fn busy(&mut self) -> Busy {
+            Busy {
+                pending: false,
+                polling: true,
+            }
+        }
+        fn poll(&mut self, _ctl: &LoopControl) -> bool {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+
+    #[test]
+    fn an_idle_poller_sleeps_between_steps() {
+        let mut el = EventLoop::new("pvkit-io-test", no_fatal()).unwrap();
+        let polls = Arc::new(AtomicU64::new(0));
+        el.subscribe(Box::new(Idle(Arc::clone(&polls)))).unwrap();
+        let t = Instant::now();
+        el.ensure_started().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let n = polls.load(Ordering::Relaxed);
+        let elapsed = t.elapsed();
+        // After the spin window (a few steps), idle steps sleep FIRST_SLEEP, doubling to
+        // MAX_SLEEP, and a sleep lasts at least as long as asked: the steps are bounded
+        // by the time (a spinning loop made 27 648 in 100 ms).
+        let bound = 1000 + (elapsed.as_micros() / MAX_SLEEP.as_micros()) as u64;
+        assert!(n >= 1, "it polled");
+        assert!(n <= bound, "{n} idle steps in {elapsed:?}");
+        // Sleeping, it still stops when asked.
+        assert_eq!(el.stop(), Ok(()));
     }
 
     struct Failing;

@@ -6,3 +6,4 @@
 pub mod console_out;
 pub mod disk;
 pub mod event_loop;
+pub mod poll_pacer;

@@ -656,6 +656,12 @@ fn vcpu_entries() -> Vec<Entry> {
             "only for the I/O thread, which is started from this thread and inherits this list",
         ),
         allow!(
+            SYS_clock_nanosleep,
+            "only for the I/O thread (inherits this list): its sleeps between poll steps of an \
+                idle polled ring",
+        ),
+        allow!(SYS_nanosleep, "as `clock_nanosleep` (older glibc)"),
+        allow!(
             SYS_read,
             "counting the doorbells an eventfd absorbed when its ring is registered anew; the I/O \
                 thread (which inherits this list) reads its eventfds",
@@ -676,6 +682,12 @@ fn io_entries() -> Vec<Entry> {
             SYS_read,
             "reading an eventfd's counter (doorbell notifications, wake-ups)"
         ),
+        allow!(
+            SYS_clock_nanosleep,
+            "sleeping between poll steps once a polled ring is idle (`thread::sleep`, at most \
+                500 µs; src/io/poll_pacer.rs)",
+        ),
+        allow!(SYS_nanosleep, "as `clock_nanosleep` (older glibc)"),
     ];
     v.extend(device_entries());
     v

@@ -9,7 +9,7 @@
 //! |-------------------------------|----------------------------------------------------------------|
 //! | [`Transport::Doorbell`]       | the vCPU thread, in the exit of the doorbell port write ([`super::doorbell::DoorbellPort`]) |
 //! | [`Transport::DoorbellEventfd`]| the I/O thread, woken by KVM's ioeventfd on the doorbell port (datamatch: the queue's id) |
-//! | [`Transport::HostPoll`]       | the I/O thread, spinning on `req_prod` while `HOST_POLLING` is set |
+//! | [`Transport::HostPoll`]       | the I/O thread, polling `req_prod` while `HOST_POLLING` is set (spinning while requests come, sleeping in short steps when idle) |
 //!
 //! `RingKick` services any registered ring on the vCPU thread. Each ring sits in its own
 //! mutex ([`RingSet`]) with its transport and ioeventfd; the block device and the disk have
@@ -418,24 +418,28 @@ impl RingSet {
 
     /// One polling step for ring `i`: services it (one budget) if `req_prod` moved. Cheap
     /// when idle: one lock and one load. Work left at the budget is taken up by the next
-    /// step.
-    pub(crate) fn poll_step(&self, i: QueueIndex) {
+    /// step. Returns whether the step found work: requests served, or work left (the
+    /// polling loop sleeps between steps once they stop finding any,
+    /// `crate::io::poll_pacer`). A net receive ring whose posted buffers wait for frames
+    /// is not work.
+    pub(crate) fn poll_step(&self, i: QueueIndex) -> bool {
         if self.waiters.any() {
-            return;
+            // A vCPU waits for a lock: it is served next, not slept on.
+            return true;
         }
         let Some(q) = self.queue(i) else {
-            return;
+            return false;
         };
         let mut slot = lock(&q.slot);
         if slot.transport != Transport::HostPoll {
-            return;
+            return false;
         }
         let Some(ring) = slot.queue.as_ref() else {
-            return;
+            return false;
         };
         if ring.is_broken() {
             self.set_polled(i, false);
-            return;
+            return false;
         }
         let at = GuestAddress(ring.gpa().wrapping_add(offsets::REQ_PROD));
         let busy = match self.mem.load::<u32>(at, Ordering::Acquire) {
@@ -443,8 +447,15 @@ impl RingSet {
             // Let the consumer see (and mark) the failure.
             Err(_) => true,
         };
-        if busy && self.service_slot(&mut slot).is_err() {
-            self.set_polled(i, false);
+        if !busy {
+            return false;
+        }
+        match self.service_slot(&mut slot) {
+            Ok(b) => b.requests != 0 || b.budget_exhausted,
+            Err(_) => {
+                self.set_polled(i, false);
+                false
+            }
         }
     }
 
