@@ -44,6 +44,9 @@ pub const GO: u8 = b'G';
 pub const MAX_MESSAGE: u32 = 1024;
 /// How long each side waits for the other's hand-over byte.
 pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the target waits for the next bytes of the stream before it refuses it (the
+/// source sends continuously until the hand-over; its stop-and-copy takes milliseconds).
+pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// After a refusal the target still reads, and drops, what the source sends for at most
 /// this long: a socket closed with unread data resets the connection, and a source still
 /// writing its stream would see the reset instead of the verdict.
@@ -151,6 +154,17 @@ pub fn receive(
     dir: &Path,
     key: Option<&MigrationKey>,
 ) -> Result<Incoming, TargetError> {
+    receive_with_idle_limit(conn, ram_bytes, dir, key, STREAM_IDLE_TIMEOUT)
+}
+
+/// [`receive`], a source silent for `idle` dropped.
+pub(crate) fn receive_with_idle_limit(
+    conn: TcpStream,
+    ram_bytes: u64,
+    dir: &Path,
+    key: Option<&MigrationKey>,
+    idle: Duration,
+) -> Result<Incoming, TargetError> {
     std::fs::create_dir_all(dir).map_err(write_err(dir))?;
     let mem_path = dir.join(MEMORY_FILE);
     let state_path = dir.join(STATE_FILE);
@@ -165,6 +179,8 @@ pub fn receive(
             file,
             written: PageBitmap::new(ram_bytes / PAGE_SIZE),
         };
+        // A source that stops sending is dropped, not waited for (bounded in time).
+        conn.set_read_timeout(Some(idle)).map_err(StreamError::Io)?;
         let challenge = key.map_or([0; 32], MigrationKey::nonce);
         let hello = Hello {
             version: VERSION,
@@ -183,7 +199,21 @@ pub fn receive(
         let received = read_stream_with(reader, ram_bytes, &mut sink, &mut gate)?;
         std::fs::write(&state_path, &received.state).map_err(write_err(&state_path))?;
         Ok(received)
-    })();
+    })()
+    .map_err(|e| match e {
+        TargetError::Stream(StreamError::Io(io))
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            TargetError::Stream(StreamError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the source sent nothing for {idle:?}"),
+            )))
+        }
+        other => other,
+    });
     match r {
         Ok(received) => Ok(Incoming {
             conn,

@@ -255,6 +255,36 @@ fn a_source_whose_stream_write_fails_still_reads_the_refusal() {
         "{err}"
     );
 }
+/// A source that connects and then sends nothing is dropped after the idle limit, and the
+/// target leaves no files behind.
+#[test]
+fn a_silent_source_is_dropped_after_the_idle_limit() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = Dir::new("silent");
+    let d = dir.path().to_owned();
+    let target = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let t = std::time::Instant::now();
+        let r = super::target::receive_with_idle_limit(
+            conn,
+            8 << 20,
+            &d,
+            None,
+            std::time::Duration::from_millis(200),
+        )
+        .map(|_| ());
+        (r, t.elapsed())
+    });
+    let _conn = std::net::TcpStream::connect(addr).unwrap();
+    let (r, took) = target.join().unwrap();
+    let e = r.unwrap_err();
+    assert!(matches!(e, TargetError::Stream(_)), "{e}");
+    assert!(e.to_string().contains("sent nothing for"), "{e}");
+    assert!(took < std::time::Duration::from_secs(20), "{took:?}");
+    assert!(!dir.path().join(MEMORY_FILE).exists());
+}
+
 fn key(b: u8) -> Arc<MigrationKey> {
     Arc::new(MigrationKey::from_parts(vec![b; 32], [b ^ 0xff; 32]))
 }
