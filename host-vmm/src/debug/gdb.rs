@@ -161,7 +161,14 @@ pub struct VcpuDebug {
     events: Sender<VcpuEvent>,
     resume: Receiver<Resume>,
     interrupt: Arc<AtomicBool>,
+    /// Disconnected when the gdb thread has ended (its sender is dropped with it).
+    done: Receiver<()>,
 }
+
+/// How long the vCPU thread, once the guest stopped for good, waits for the gdb thread to
+/// send the client its last stop reply (`W` or `X`) and end, before the run (and perhaps
+/// the process) ends under it.
+const LAST_REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl VcpuDebug {
     /// Whether the debugger asked to stop the running guest (Ctrl-C); clears the request.
@@ -206,6 +213,8 @@ impl VcpuDebug {
             _ => None,
         };
         let _ = self.events.send(VcpuEvent::Exited(code));
+        // The client is told before the process can end (the gdb thread is not joined).
+        let _ = self.done.recv_timeout(LAST_REPLY_WAIT);
     }
 }
 
@@ -256,14 +265,19 @@ impl GdbListener {
             running: false,
             exited: None,
         };
+        let (done_tx, done) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("pvkit-gdb".into())
-            .spawn(move || serve(self.listener, target, confinement))
+            .spawn(move || {
+                let _ended = done_tx;
+                serve(self.listener, target, confinement)
+            })
             .map_err(GdbError::Thread)?;
         Ok(VcpuDebug {
             events: events_tx,
             resume: resume_rx,
             interrupt,
+            done,
         })
     }
 }
