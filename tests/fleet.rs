@@ -183,10 +183,11 @@ fn the_balloon_gives_the_touched_memory_back_to_the_host() {
     let most_given = *given.iter().max().unwrap();
     // Without the balloon the host still backs every touched page; with it, none of them
     // (the rest of the guest's pages are the same in both runs, give or take the page of
-    // the balloon's call array).
+    // the balloon's call array and a page or two that differ from member to member: the
+    // members of one run differ by up to 2 pages, and this compares the extremes).
     assert!(least_kept >= touch_kib, "kept {kept:?} KiB");
     assert!(
-        most_given + touch_kib <= least_kept + 8,
+        most_given + touch_kib <= least_kept + 16,
         "given back {given:?} KiB, kept {kept:?} KiB"
     );
 }
