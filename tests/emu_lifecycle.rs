@@ -105,21 +105,7 @@ fn the_emulated_guest_migrates_with_disk_writes_and_ne2000_echoes_running() {
     ]);
     target.wait_listening();
     let cmd = cmdline();
-    let mut source = Running::start(&[
-        "run",
-        "--console",
-        "uart",
-        "--disk",
-        disk.to_str().unwrap(),
-        "--net",
-        "loopback",
-        "--api",
-        api.to_str().unwrap(),
-        "--timeout",
-        "120",
-        "--",
-        &cmd,
-    ]);
+    let mut source = start_emuload(&disk, &api, &cmd);
     source.wait_for(&format!("tick {AT} "));
     let reply = send(&api, &Request::Migrate { dest: to.clone() }).expect("API reply");
     assert!(reply.ok, "{reply:?}");
@@ -132,13 +118,10 @@ fn the_emulated_guest_migrates_with_disk_writes_and_ne2000_echoes_running() {
     check_run(&joined(&before, &after), &after, &terr, &disk);
 }
 
-/// Boots `emuload` with the API, snapshots it after tick [`AT`] into `d/snap` and ends it.
-/// Returns the snapshot directory and the lines printed.
-fn snapshot_emuload(d: &Path, disk: &Path) -> (PathBuf, Vec<String>) {
-    let api = d.join("api.sock");
-    let snap = d.join("snap");
-    let cmd = cmdline();
-    let mut vm = Running::start(&[
+/// `pvkit run` of the emulated-device guest `cmd` (UART console, ATA `disk`, NE2000 on the
+/// loopback backend) with its control API on `api`.
+fn start_emuload(disk: &Path, api: &Path, cmd: &str) -> Running {
+    Running::start(&[
         "run",
         "--console",
         "uart",
@@ -151,8 +134,17 @@ fn snapshot_emuload(d: &Path, disk: &Path) -> (PathBuf, Vec<String>) {
         "--timeout",
         "120",
         "--",
-        &cmd,
-    ]);
+        cmd,
+    ])
+}
+
+/// Boots `emuload` with the API, snapshots it after tick [`AT`] into `d/snap` and ends it.
+/// Returns the snapshot directory and the lines printed.
+fn snapshot_emuload(d: &Path, disk: &Path) -> (PathBuf, Vec<String>) {
+    let api = d.join("api.sock");
+    let snap = d.join("snap");
+    let cmd = cmdline();
+    let mut vm = start_emuload(disk, &api, &cmd);
     vm.wait_for(&format!("tick {AT} "));
     assert!(send(&api, &Request::Pause).unwrap().ok);
     let r = send(&api, &Request::Snapshot { dir: snap.clone() }).unwrap();
