@@ -330,8 +330,8 @@ struct RunArgs {
     #[arg(long, requires = "disk")]
     disk_ro: bool,
 
-    /// Create N KVM vCPUs. vCPU 0 runs the guest; the others are created and parked on
-    /// their own threads (pvkit-vcpu1, ...) without entering the guest, ready for SMP.
+    /// Create N KVM vCPUs. vCPU 0 runs the guest; each other one waits on its own thread
+    /// (pvkit-vcpu1, ...) until the guest starts it (INIT-SIPI-SIPI or the VcpuUp call).
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..))]
     vcpus: u32,

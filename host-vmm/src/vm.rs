@@ -108,11 +108,10 @@ pub struct VmConfig {
     /// default `true`; `pvkit --no-seccomp` turns it off).
     pub seccomp: bool,
     /// How many KVM vCPUs to create (default 1; at most what KVM supports). vCPU 0 runs
-    /// the guest. The others are created like it (same CPUID table, boot registers at the
-    /// entry point) and parked: each waits on its own thread, `pvkit-vcpu{i}` (confined
-    /// like vCPU 0), without ever entering the guest, until the VM stops. They exit
-    /// nothing and change no count; the guest cannot start them yet (no SIPI or PV
-    /// wake-up exists).
+    /// the guest from the entry point. Each other vCPU runs on its own thread,
+    /// `pvkit-vcpu{i}` (confined like vCPU 0), waiting in `KVM_RUN` until the guest starts
+    /// it (INIT-SIPI-SIPI through the in-kernel LAPIC, or the `VcpuUp` call). Pause,
+    /// snapshot and migration hold every vCPU.
     pub vcpus: u32,
     /// Per-exit records: exits by guest `RIP` (`pvkit run --stats`) and a trace of every
     /// exit (`pvkit run --trace`), in [`RunOutcome::exit_profile`] and [`RunOutcome::trace`]
