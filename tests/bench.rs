@@ -23,6 +23,29 @@ fn out_dir(name: &str) -> PathBuf {
     d
 }
 
+/// `pvkit bench --only DEVICE --quick` into a fresh [`out_dir`]`(tag)`; it must succeed.
+/// Returns the directory, the run's stdout and its results.json.
+fn quick_only(tag: &str, device: &str) -> (PathBuf, String, Value) {
+    let dir = out_dir(tag);
+    let o = pvkit(&[
+        "bench",
+        "--only",
+        device,
+        "--quick",
+        "--out",
+        dir.to_str().expect("utf-8 path"),
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(
+        code(&o),
+        0,
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r = read_results(&dir);
+    (dir, stdout, r)
+}
+
 fn read_results(dir: &std::path::Path) -> Value {
     let text = std::fs::read_to_string(dir.join("results.json")).expect("read results.json");
     serde_json::from_str(&text).expect("results.json is JSON")
@@ -363,23 +386,7 @@ fn net_bench_times_host_originated_round_trips_on_every_nic() {
     if !ready() {
         return;
     }
-    let dir = out_dir("net-host-rtt");
-    let o = pvkit(&[
-        "bench",
-        "--only",
-        "net",
-        "--quick",
-        "--out",
-        dir.to_str().expect("utf-8 path"),
-    ]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(
-        code(&o),
-        0,
-        "stdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let r = read_results(&dir);
+    let (dir, stdout, r) = quick_only("net-host-rtt", "net");
     let cases = r["cases"].as_array().expect("cases");
     for v in [
         "ne2000",
@@ -433,23 +440,7 @@ fn migrate_bench_also_migrates_the_guest_on_emulated_devices() {
     if !ready() {
         return;
     }
-    let dir = out_dir("migrate-emulated");
-    let o = pvkit(&[
-        "bench",
-        "--only",
-        "migrate",
-        "--quick",
-        "--out",
-        dir.to_str().expect("utf-8 path"),
-    ]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(
-        code(&o),
-        0,
-        "stdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let r = read_results(&dir);
+    let (dir, stdout, r) = quick_only("migrate-emulated", "migrate");
     let cases = r["cases"].as_array().expect("cases");
     let variants: Vec<&str> = cases.iter().map(|c| s(c, "variant")).collect();
     assert_eq!(
@@ -506,23 +497,7 @@ fn irq_bench_counts_exactly_the_exits_of_raising_each_interrupt() {
     if !ready() {
         return;
     }
-    let dir = out_dir("irq");
-    let o = pvkit(&[
-        "bench",
-        "--only",
-        "irq",
-        "--quick",
-        "--out",
-        dir.to_str().expect("utf-8 path"),
-    ]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(
-        code(&o),
-        0,
-        "stdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let r = read_results(&dir);
+    let (dir, stdout, r) = quick_only("irq", "irq");
     let cases = r["cases"].as_array().expect("cases");
     let find = |v: &str| cases.iter().find(|c| c["variant"] == v);
     for (variant, exits_per_op) in [("x2apic-eoi", 0.0), ("ioapic-eoi", 1.0), ("pic-eoi", 1.0)] {

@@ -246,20 +246,7 @@ fn tap_guest_restores(nic: &str) {
     let restored = Running::start(&args);
     let host = ns.run_in(|| common::tap_peer::host_side(b'r')).unwrap();
     let (code, after, err) = restored.finish();
-    assert_eq!(
-        host,
-        (5, 3),
-        "{nic}: ping replies and UDP echoes: {after:?} {err}"
-    );
-    assert_eq!(code, 0, "{nic}: {err}");
-    assert!(
-        after.iter().any(|l| l.starts_with("net: done")),
-        "{nic}: {after:?}"
-    );
-    assert!(
-        !after.iter().any(|l| before.first() == Some(l)),
-        "{nic}: the guest started over: {after:?}"
-    );
+    assert_served_on(nic, host, code, &before, &after, &err);
 }
 
 #[test]
@@ -332,18 +319,32 @@ fn a_tap_backed_ne2000_guest_live_migrates_to_a_tap_device_in_another_namespace(
     assert!(serr.contains("live-migrated to"), "{serr}");
     let host = b.run_in(|| common::tap_peer::host_side(b'm')).unwrap();
     let (tcode, after, terr) = target.finish();
+    assert_served_on("from B", host, tcode, &before, &after, &terr);
+}
+
+/// The continued `net=serve` guest (`after`, its exit `code` and stderr `err`) answered the
+/// host side's 5 pings and 3 UDP echoes (`host`), ended its run and did not start over
+/// (none of its lines is the original's first, `before`).
+fn assert_served_on(
+    what: &str,
+    host: (u32, u32),
+    code: i32,
+    before: &[String],
+    after: &[String],
+    err: &str,
+) {
     assert_eq!(
         host,
         (5, 3),
-        "ping replies and UDP echoes from B: {after:?} {terr}"
+        "{what}: ping replies and UDP echoes: {after:?} {err}"
     );
-    assert_eq!(tcode, 0, "{terr}");
+    assert_eq!(code, 0, "{what}: {err}");
     assert!(
         after.iter().any(|l| l.starts_with("net: done")),
-        "{after:?}"
+        "{what}: {after:?}"
     );
     assert!(
         !after.iter().any(|l| before.first() == Some(l)),
-        "the guest started over: {after:?}"
+        "{what}: the guest started over: {after:?}"
     );
 }

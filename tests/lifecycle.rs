@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::net_echo::{assert_echoes_continued, net_done};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -451,17 +453,6 @@ fn registered_rings_are_saved_and_restored() {
     }
 }
 
-/// `net: done ... echoes=E ... errors=X` → (E, X), and `frames=F` → F.
-fn net_done(lines: &[String]) -> Option<(u64, u64, u64)> {
-    let l = lines.iter().find(|l| l.starts_with("net: done "))?;
-    let field = |k: &str| -> Option<u64> {
-        l.split(' ')
-            .find_map(|w| w.strip_prefix(k))
-            .and_then(|v| v.parse().ok())
-    };
-    Some((field("echoes=")?, field("frames=")?, field("errors=")?))
-}
-
 #[test]
 fn pv_nic_on_loopback_keeps_echoing_across_a_restore() {
     if !common::builtin_ready() {
@@ -527,15 +518,7 @@ fn echo_across_a_restore(path: &str) {
         String::from_utf8_lossy(&o.stderr)
     );
     let lines: Vec<String> = out.lines().map(str::to_owned).collect();
-    assert!(
-        !lines.iter().any(|l| l.starts_with("net: PV NIC ")),
-        "{path}: the restored guest did not start over: {out}"
-    );
-    assert_eq!(
-        net_done(&lines),
-        Some((COUNT, COUNT + 1, 0)),
-        "{path}: {out}"
-    );
+    assert_echoes_continued(path, &lines, COUNT);
 }
 
 /// An SMP guest (`--vcpus 4`, the counter with `cpus=3`: CPU 1 answers every step from its

@@ -14,6 +14,8 @@
 
 mod common;
 
+use common::net_echo::{assert_echoes_continued, net_done};
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::TcpStream;
@@ -418,17 +420,6 @@ fn a_truncated_or_corrupt_stream_is_refused_and_a_refused_migration_leaves_the_s
     assert_eq!(sout.last().unwrap(), "workload: done 3000");
 }
 
-/// `net: done ...` → (echoes=, frames=, errors=).
-fn net_done(lines: &[String]) -> Option<(u64, u64, u64)> {
-    let l = lines.iter().find(|l| l.starts_with("net: done "))?;
-    let field = |k: &str| -> Option<u64> {
-        l.split(' ')
-            .find_map(|w| w.strip_prefix(k))
-            .and_then(|v| v.parse().ok())
-    };
-    Some((field("echoes=")?, field("frames=")?, field("errors=")?))
-}
-
 /// UDP echoes over the PV NIC (loopback peer, `pvnet=path`) migrated mid-run: the target,
 /// given the same NIC, finishes them, each answered exactly once.
 fn echo_migrates(path: &str) {
@@ -461,17 +452,7 @@ fn echo_migrates(path: &str) {
     );
     let (tcode, after, terr) = target.finish();
     assert_eq!(tcode, 0, "{path}: {terr}\n{after:?}");
-    assert!(
-        !after.iter().any(|l| l.starts_with("net: PV NIC ")),
-        "{path}: the target started the guest over: {after:?}"
-    );
-    // Every echo answered exactly once (a lost frame would hang the guest, a duplicate
-    // would count twice), one ARP reply before them.
-    assert_eq!(
-        net_done(&after),
-        Some((COUNT, COUNT + 1, 0)),
-        "{path}: {after:?}"
-    );
+    assert_echoes_continued(path, &after, COUNT);
 }
 
 #[test]

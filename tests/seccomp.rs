@@ -21,6 +21,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::threads::{threads, ThreadStatus};
 use common::{code, kvm_available, temp_file};
 use pvkit_cli::bench_runner::{self as runner, BenchConfig, BenchDevice};
 use pvkit_vmm::runtime::seccomp::{self, Confinement, ThreadKind, STATUS_SECCOMP};
@@ -433,34 +434,6 @@ fn ring_then_spin_elf() -> Vec<u8> {
     ElfBuilder::new(LOAD, &image).build()
 }
 
-/// A thread's name and its `Seccomp` (mode) and `Seccomp_filters`.
-type ThreadStatus = (String, (u32, u32));
-
-/// `Seccomp` (mode) and `Seccomp_filters` of a thread, from its status file.
-fn seccomp_status(task: &Path) -> Option<(u32, u32)> {
-    let status = std::fs::read_to_string(task.join("status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse::<u32>().ok())
-    };
-    Some((field("Seccomp:")?, field("Seccomp_filters:")?))
-}
-
-/// The threads of `pid` by name, with their seccomp status.
-fn threads(pid: u32) -> Vec<ThreadStatus> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| {
-        let task = e.ok()?.path();
-        let name = std::fs::read_to_string(task.join("comm")).ok()?;
-        Some((name.trim().to_owned(), seccomp_status(&task)?))
-    })
-    .collect()
-}
-
 /// Starts `pvkit run ELF [extra]` and waits until both its vCPU and I/O threads exist;
 /// returns the child and the threads' status.
 fn start_and_inspect(elf: &Path, extra: &[&str]) -> (Child, Vec<ThreadStatus>) {
@@ -475,7 +448,7 @@ fn start_and_inspect(elf: &Path, extra: &[&str]) -> (Child, Vec<ThreadStatus>) {
     let t0 = Instant::now();
     loop {
         let ts = threads(child.id());
-        let has = |n: &str| ts.iter().any(|(name, _)| name == n);
+        let has = |n: &str| ts.iter().any(|t| t.name == n);
         if has("pvkit-vcpu0") && has("pvkit-io") {
             // The I/O thread confines itself right after it starts: give it a moment.
             std::thread::sleep(Duration::from_millis(100));
@@ -510,10 +483,11 @@ fn stop(mut child: Child) -> Output {
     child.wait_with_output().expect("output")
 }
 
+/// `Seccomp` (mode) and `Seccomp_filters` of the thread called `name`.
 fn status_of(ts: &[ThreadStatus], name: &str) -> (u32, u32) {
     ts.iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, s)| *s)
+        .find(|t| t.name == name)
+        .map(|t| (t.mode, t.filters))
         .unwrap_or_else(|| panic!("no thread {name} in {ts:?}"))
 }
 
@@ -535,8 +509,13 @@ fn a_running_vm_has_confined_vcpu_and_io_threads() {
 
     let (child, ts) = start_and_inspect(&elf, &["--no-seccomp"]);
     let o = stop(child);
-    for (name, s) in &ts {
-        assert_eq!(*s, (0, 0), "{name} is confined under --no-seccomp: {ts:?}");
+    for t in &ts {
+        assert_eq!(
+            (t.mode, t.filters),
+            (0, 0),
+            "{} is confined under --no-seccomp: {ts:?}",
+            t.name
+        );
     }
     assert_eq!(code(&o), 143, "{}", text(&o.stderr));
 }

@@ -3,6 +3,7 @@
 
 pub mod api_vm;
 pub mod loop_fs;
+pub mod net_echo;
 pub mod running;
 pub mod scaffold;
 pub mod tap_peer;
