@@ -579,17 +579,24 @@ impl VmControl {
         self.with_rings_frozen(|rings| {
             let mut state = self.capture_state_locked()?;
             state.devices.rings = rings;
-            if let Some(d) = &self.devices.disk {
-                use pvkit_devices::BlockBackend;
-                // Every write the guest saw complete is in the image before the snapshot
-                // names it.
-                d.clone()
-                    .flush()
-                    .map_err(|e| ControlError::Unsupported(format!("disk flush failed: {e}")))?;
-            }
+            // Every write the guest saw complete is in the image before the snapshot names it.
+            self.flush_disk()?;
             let ballooned = |gpa| self.is_ballooned(gpa);
             Ok(write_snapshot(dir, &state, self.vm.mem(), &ballooned)?)
         })
+    }
+
+    /// Flushes the VM's disk, if it has one: every write the guest saw complete reaches the
+    /// image.
+    fn flush_disk(&self) -> Result<(), ControlError> {
+        use pvkit_devices::BlockBackend;
+        match &self.devices.disk {
+            Some(d) => d
+                .clone()
+                .flush()
+                .map_err(|e| ControlError::Unsupported(format!("disk flush failed: {e}"))),
+            None => Ok(()),
+        }
     }
 
     /// The free-page hint device, if the VM has one.
@@ -621,12 +628,7 @@ impl VmControl {
     /// the guest saw complete is in the image): a migration stream's state record.
     pub fn capture_state_file(&self) -> Result<Vec<u8>, ControlError> {
         let state = self.capture_state()?;
-        if let Some(d) = &self.devices.disk {
-            use pvkit_devices::BlockBackend;
-            d.clone()
-                .flush()
-                .map_err(|e| ControlError::Unsupported(format!("disk flush failed: {e}")))?;
-        }
+        self.flush_disk()?;
         crate::snapshot::state::encode(&state)
             .map_err(|e| ControlError::Unsupported(format!("cannot encode the state: {e}")))
     }
